@@ -1,0 +1,45 @@
+"""idlkit: implicit deep learning.
+
+Implicit models predict ``y = C x + D u`` where the state solves
+``x = phi(A x + B u)``. See ``../shared/DESIGN.md`` (the project's design page)
+and the docstrings, which cite the papers' equations.
+"""
+
+from . import activations, errors, function, solve, wellposed
+from .activations import get_activation
+from .errors import (
+    ConfigurationError,
+    ConvergenceError,
+    IdlError,
+    InputError,
+    NonFiniteError,
+    ShapeError,
+    WellPosednessError,
+)
+from .io import load, save
+from .model import ImplicitModel
+from .solve import SolveInfo, fixed_point
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ImplicitModel",
+    "SolveInfo",
+    "fixed_point",
+    "get_activation",
+    "save",
+    "load",
+    "activations",
+    "errors",
+    "function",
+    "solve",
+    "wellposed",
+    "IdlError",
+    "ConfigurationError",
+    "ConvergenceError",
+    "InputError",
+    "NonFiniteError",
+    "ShapeError",
+    "WellPosednessError",
+    "__version__",
+]

@@ -1,0 +1,89 @@
+"""Save and load implicit models: safetensors weights + JSON config, written atomically.
+
+A checkpoint is one directory-free file pair ``<path>`` (safetensors, which
+stores the JSON config in its metadata header). No pickle is involved, so
+loading a tampered file cannot execute code; a truncated or corrupted file
+raises :class:`~idlkit.errors.IdlError` naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import IdlError
+
+__all__ = ["save", "load", "CheckpointError"]
+
+_FORMAT = "idlkit.ImplicitModel/1"
+
+
+class CheckpointError(IdlError):
+    """A checkpoint file is missing, truncated, tampered or of another format."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (an :class:`~idlkit.ImplicitModel`) to ``path`` atomically.
+
+    The file is a safetensors file whose metadata holds the JSON config
+    (activation, solver, well-posedness settings, library version).
+    """
+    from safetensors.torch import save as st_save
+
+    from . import __version__
+
+    cfg = {"format": _FORMAT, "version": __version__, "config": model.config(),
+           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = st_save(tensors, metadata={"idlkit": json.dumps(cfg)})
+    path = Path(path)
+    _atomic_write(path, data)
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Read a model written by :func:`save`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from .model import ImplicitModel
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + header_len]).get("__metadata__", {})
+        cfg = json.loads(meta["idlkit"])
+    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
+                              f"tampered?): {exc}") from exc
+    if cfg.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} has format {cfg.get('format')!r}, expected {_FORMAT!r}")
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    model = ImplicitModel(**cfg["config"], dtype=dtype)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
+    return model.to(map_location)

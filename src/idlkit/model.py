@@ -1,0 +1,320 @@
+"""The implicit model ``y = C x + D u + d``, ``x = phi(A x + B u + b)`` (paper 000 eq. 1.1, §3.1).
+
+User-facing tensors are batch-first (``u``: ``(batch, p)``, output ``(batch, q)``,
+state ``(batch, n)``); the transposition to the papers' column convention
+happens in :meth:`ImplicitModel._pre_activation` and :meth:`ImplicitModel.equilibrium`
+only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import wellposed as wp
+from .activations import Activation, Centered, get_activation
+from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
+from .function import SolverSettings, SolveRecord, equilibrium
+from .solve import ON_NONCONVERGENCE, SOLVERS, SolveInfo
+
+__all__ = ["ImplicitModel", "WELLPOSEDNESS"]
+
+WELLPOSEDNESS = ("inf", "pf", "mu", "triangular", None)
+_RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+class ImplicitModel(nn.Module):
+    """Implicit model with enforced well-posedness and implicit gradients.
+
+    Args:
+        in_features: input size ``p``.
+        hidden: state size ``n``.
+        out_features: output size ``q``.
+        activation: name (``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``,
+            ``"identity"``, ``"softmax"``, ``"blockmax"``) or an
+            :class:`~idlkit.activations.Activation` (e.g. ``Blockwise``).
+        bias: learn biases ``b`` (``(n,)``) and ``d`` (``(q,)``) (paper 000 §3.1).
+        wellposedness: the enforced condition: ``"inf"`` (``gamma ||A||_inf <= kappa``,
+            exact Euclidean projection), ``"mu"`` (``gamma mu_inf(A) <= kappa``, exact
+            projection, paper 004), ``"pf"`` (``lambda_pf(gamma |A|) <= kappa``, by
+            rescaling: the PF set is not convex), ``"triangular"`` (strictly upper
+            triangular A, Thm 2.8) or ``None`` (unchecked: the solver must converge).
+        kappa: bound of the condition, in (0, 1).
+        solver: forward solver, one of ``picard``, ``averaged``, ``anderson``, ``triangular``.
+        tol, max_iter: stopping rule of the forward (and by default backward) solve.
+        backward_solver, backward_tol, backward_max_iter: adjoint solve settings
+            (default: ``anderson``, or ``triangular`` with a triangular forward solver).
+        alpha: averaged step (default chosen from A, see :func:`idlkit.solve.default_alpha`).
+        anderson_m: Anderson memory.
+        on_nonconvergence: ``"raise"`` (default :class:`~idlkit.errors.ConvergenceError`),
+            ``"warn"`` or ``"ignore"``.
+        device, dtype: as for :class:`torch.nn.Linear`.
+
+    Attributes:
+        A, B, C, D, b, d: the parameters (``b``, ``d`` are ``None`` without bias).
+        last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
+        last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
+    """
+
+    def __init__(self, in_features: int, hidden: int, out_features: int,
+                 activation: str | Activation = "relu", bias: bool = True,
+                 wellposedness: str | None = "inf", kappa: float = 0.95,
+                 solver: str = "anderson", tol: float = 1e-6, max_iter: int = 500, *,
+                 backward_solver: str | None = None, backward_tol: float | None = None,
+                 backward_max_iter: int | None = None, alpha: float | None = None,
+                 anderson_m: int = 5, on_nonconvergence: str = "raise",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("hidden", hidden),
+                        ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {v!r}")
+        if wellposedness not in WELLPOSEDNESS:
+            raise ConfigurationError(f"wellposedness must be one of {list(WELLPOSEDNESS)}, got "
+                                     f"{wellposedness!r}")
+        self.kappa = wp.check_kappa(kappa)
+        self.activation = get_activation(activation)
+        self.activation.blocks(hidden)  # validates block partitions against n
+        self.wellposedness = wellposedness
+        self.settings = SolverSettings(
+            method=solver, tol=tol, max_iter=max_iter, alpha=alpha, anderson_m=anderson_m,
+            on_nonconvergence=on_nonconvergence, backward_method=backward_solver,
+            backward_tol=backward_tol, backward_max_iter=backward_max_iter)
+        self._validate_settings()
+        self.in_features, self.hidden, self.out_features = in_features, hidden, out_features
+        fk = {"device": device, "dtype": dtype}
+        self.A = nn.Parameter(torch.empty(hidden, hidden, **fk))
+        self.B = nn.Parameter(torch.empty(hidden, in_features, **fk))
+        self.C = nn.Parameter(torch.empty(out_features, hidden, **fk))
+        self.D = nn.Parameter(torch.empty(out_features, in_features, **fk))
+        if bias:
+            self.b = nn.Parameter(torch.empty(hidden, **fk))
+            self.d = nn.Parameter(torch.empty(out_features, **fk))
+        else:
+            self.register_parameter("b", None)
+            self.register_parameter("d", None)
+        self._record = SolveRecord()
+        self._wp_cache: tuple[tuple, str | None] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _validate_settings(self) -> None:
+        s = self.settings
+        for m in (s.method, s.backward_method):
+            if m is not None and m not in SOLVERS:
+                raise ConfigurationError(f"unknown solver {m!r}; choose one of {list(SOLVERS)}")
+        if not (isinstance(s.tol, int | float) and math.isfinite(s.tol) and s.tol > 0):
+            raise ConfigurationError(f"tol must be a positive finite number, got {s.tol!r}")
+        if not (isinstance(s.max_iter, int) and s.max_iter >= 1):
+            raise ConfigurationError(f"max_iter must be a positive integer, got {s.max_iter!r}")
+        if s.on_nonconvergence not in ON_NONCONVERGENCE:
+            raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}"
+                                     f", got {s.on_nonconvergence!r}")
+        if s.alpha is not None and not (0 < s.alpha <= 1):
+            raise ConfigurationError(f"alpha must lie in (0, 1], got {s.alpha!r}")
+        if self.wellposedness == "mu" and not getattr(self.activation, "monotone", False):
+            raise ConfigurationError(
+                f"wellposedness='mu' needs a monotone componentwise activation (phi' >= 0), got "
+                f"{self.activation!r}; use 'inf' or 'pf'")
+
+    def reset_parameters(self) -> None:
+        """Initialise as :class:`torch.nn.Linear` does, then make ``A`` satisfy its condition."""
+        with torch.no_grad():
+            n, p = self.hidden, self.in_features
+            for W, fan_in in ((self.B, p), (self.C, n), (self.D, p)):
+                bound = 1.0 / math.sqrt(fan_in)
+                W.uniform_(-bound, bound)
+            self.A.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
+            if self.b is not None:
+                self.b.uniform_(-1.0 / math.sqrt(p), 1.0 / math.sqrt(p))
+                self.d.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
+            if self.wellposedness in ("pf", "mu", None):
+                # ||A||_inf <= kappa / gamma implies every other certificate
+                limit = self.kappa / self.activation.lipschitz_inf
+                self.A.mul_(min(1.0, limit / max(wp.inf_norm(self.A), 1e-300)))
+            self.project_()
+
+    # ------------------------------------------------------------------ well-posedness
+
+    def project_(self) -> ImplicitModel:
+        """Enforce the declared well-posedness set on ``A`` in place (call after each step).
+
+        ``inf``: exact Euclidean projection onto ``{||A||_inf <= kappa / gamma_inf}``
+        (row-wise l1-ball projection, paper 000 App. H). ``mu``: exact projection onto
+        ``{mu_inf(A) <= kappa / gamma}``. ``pf``: ``A <- A kappa / lambda_pf`` when
+        ``gamma lambda_pf(|A|) > kappa`` (a rescaling: the PF set is not convex).
+        ``triangular``: zero the diagonal and below.
+        """
+        with torch.no_grad():
+            A, act, kind = self.A, self.activation, self.wellposedness
+            if kind == "inf":
+                A.copy_(wp.project_inf_ball(A, self.kappa / act.lipschitz_inf))
+            elif kind == "mu":
+                A.copy_(wp.project_mu_set(A, self.kappa / act.lipschitz))  # type: ignore[attr-defined]
+            elif kind == "triangular":
+                A.copy_(wp.project_triangular(A, strict=True))
+            elif kind == "pf":
+                pf = self._pf_value()
+                if pf > self.kappa:
+                    A.mul_(self.kappa / pf)
+        return self
+
+    def _pf_value(self) -> float:
+        return wp.check(self.A, self.activation).pf
+
+    def attach_projection(self, optimizer: torch.optim.Optimizer) -> object:
+        """Call :meth:`project_` after every ``optimizer.step()`` (projected gradient, problem 6.4).
+
+        Returns the hook handle (``handle.remove()`` detaches it).
+        """
+        return optimizer.register_step_post_hook(lambda *_: self.project_())
+
+    def certificate(self) -> wp.WellPosedness:
+        """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins."""
+        return wp.check(self.A, self.activation, declared=self.wellposedness, kappa=self.kappa)
+
+    def _check_wellposed(self) -> None:
+        """Raise :class:`WellPosednessError` if ``A`` violates the declared condition (cached)."""
+        kind = self.wellposedness
+        if kind is None:
+            return
+        A = self.A
+        key = (A._version, A.data_ptr(), A.dtype, A.device)
+        if self._wp_cache is not None and self._wp_cache[0] == key:
+            msg = self._wp_cache[1]
+        else:
+            msg = self._violation(kind)
+            self._wp_cache = (key, msg)
+        if msg is not None:
+            raise WellPosednessError(msg)
+
+    def _violation(self, kind: str) -> str | None:
+        A, act = self.A.detach(), self.activation
+        slack = 1 + _RTOL.get(A.dtype, 1e-5)
+        fix = "call model.project_() after the optimizer step (or model.attach_projection(opt))"
+        if kind == "triangular":
+            if bool(torch.tril(A).ne(0).any()):
+                i, j = (torch.tril(A).ne(0).nonzero()[0]).tolist()
+                return (f"wellposedness='triangular' needs strictly upper-triangular A; "
+                        f"A[{i}, {j}] = {float(A[i, j]):.6g}. Fix: {fix}")
+            return None
+        if kind == "inf":
+            value = act.lipschitz_inf * float(A.abs().sum(dim=1).max())
+            label = "gamma_inf * ||A||_inf"
+        elif kind == "mu":
+            value = act.lipschitz * wp.mu_inf(A)  # type: ignore[attr-defined]
+            label = "gamma * mu_inf(A)"
+        else:
+            value = self._pf_value()
+            label = "lambda_pf"
+        if value > self.kappa * slack:
+            return (f"A violates wellposedness={kind!r}: {label} = {value:.6g} > kappa = "
+                    f"{self.kappa:g}. Fix: {fix}")
+        return None
+
+    # ------------------------------------------------------------------ forward
+
+    def _as_batch(self, u: Tensor) -> tuple[Tensor, bool]:
+        if not isinstance(u, Tensor):
+            raise InputError(f"input must be a torch.Tensor, got {type(u).__name__}")
+        if not u.is_floating_point():
+            raise InputError(f"input must be a floating tensor, got dtype {u.dtype}; convert "
+                             f"with u.to({self.A.dtype})")
+        if u.dtype != self.A.dtype:
+            raise InputError(f"input dtype {u.dtype} differs from the model's {self.A.dtype}; "
+                             f"convert the input (u.to({self.A.dtype})) or the model "
+                             f"(model.to({u.dtype}))")
+        p = self.in_features
+        if u.dim() == 1 and u.shape[0] == p:
+            return u.unsqueeze(0), True
+        if u.dim() == 2 and u.shape[1] == p:
+            return u, False
+        if u.dim() >= 3 and math.prod(u.shape[1:]) == p:
+            return u.reshape(u.shape[0], p), False
+        raise ShapeError(f"expected input of shape (batch, {p}), ({p},) or (batch, *dims) with "
+                         f"prod(dims) = {p}; got {tuple(u.shape)}")
+
+    def _solve_activation(self) -> tuple[Activation, Tensor | None]:
+        """The activation the solver sees and ``phi(0)`` when it is shifted (§3.1)."""
+        act = self.activation.centered(self.hidden)
+        if isinstance(act, Centered):
+            return act, act.offset(self.hidden, self.A)
+        return act, None
+
+    def _pre_activation(self, U: Tensor, offset: Tensor | None) -> Tensor:
+        """``B u + b`` in column convention ``(n, batch)``, plus ``A phi(0)`` when shifted."""
+        Zc = self.B @ U.t()
+        if self.b is not None:
+            Zc = Zc + self.b[:, None]
+        if offset is not None:
+            Zc = Zc + self.A @ offset
+        return Zc
+
+    def _state(self, U: Tensor, x0: Tensor | None) -> Tensor:
+        """Equilibrium in column convention ``(n, batch)``, with autograd."""
+        self._check_wellposed()
+        if not bool(torch.isfinite(U).all()):
+            raise NonFiniteError("input u contains NaN or Inf")
+        act, offset = self._solve_activation()
+        Zc = self._pre_activation(U, offset)
+        x0c = None
+        if x0 is not None:
+            x0 = x0.reshape(1, -1) if x0.dim() == 1 else x0
+            if x0.shape != (U.shape[0], self.hidden):
+                raise ShapeError(f"warm start x0 must have shape ({U.shape[0]}, {self.hidden}), "
+                                 f"got {tuple(x0.shape)}")
+            x0c = x0.detach().t() - (0 if offset is None else offset)
+        X, record = equilibrium(self.A, Zc, act, self.settings, x0c)
+        self._record = record
+        return X if offset is None else X + offset
+
+    def equilibrium(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
+        """The state ``x`` solving ``x = phi(A x + B u + b)``, shape ``(batch, n)``.
+
+        ``x0`` (``(batch, n)``) warm-starts the solver.
+        """
+        U, squeeze = self._as_batch(u)
+        X = self._state(U, x0).t()
+        return X.squeeze(0) if squeeze else X
+
+    def forward(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
+        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
+        U, squeeze = self._as_batch(u)
+        X = self._state(U, x0)
+        Y = (self.C @ X).t() + U @ self.D.t()
+        if self.d is not None:
+            Y = Y + self.d
+        return Y.squeeze(0) if squeeze else Y
+
+    # ------------------------------------------------------------------ reports
+
+    @property
+    def last_solve(self) -> SolveInfo | None:
+        return self._record.forward
+
+    @property
+    def last_backward_solve(self) -> SolveInfo | None:
+        return self._record.backward
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (used by :mod:`idlkit.io`)."""
+        s = self.settings
+        return {
+            "in_features": self.in_features, "hidden": self.hidden,
+            "out_features": self.out_features, "activation": self.activation.config(),
+            "bias": self.b is not None, "wellposedness": self.wellposedness,
+            "kappa": self.kappa, "solver": s.method, "tol": s.tol, "max_iter": s.max_iter,
+            "backward_solver": s.backward_method, "backward_tol": s.backward_tol,
+            "backward_max_iter": s.backward_max_iter, "alpha": s.alpha,
+            "anderson_m": s.anderson_m, "on_nonconvergence": s.on_nonconvergence,
+        }
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, hidden={self.hidden}, "
+                f"out_features={self.out_features}, activation={self.activation!r}, "
+                f"bias={self.b is not None}, wellposedness={self.wellposedness!r}, "
+                f"kappa={self.kappa:g}, solver={self.settings.method!r}, tol={self.settings.tol:g}")

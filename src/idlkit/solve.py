@@ -1,0 +1,521 @@
+"""Fixed-point solvers for ``X = phi(A X + b)`` and its adjoint, with :class:`SolveInfo`.
+
+Column convention (the papers'): ``X`` and ``b`` are ``(n, m)``, one column per
+sample. Every solver is batched over columns, stops when the l_inf residual
+``||phi(A x + b) - x||_inf`` of every column is below ``tol``, records for each
+column the iteration at which it got there (the papers' "depth adaptability"),
+and raises :class:`~idlkit.errors.ConvergenceError` (or warns, on request) when
+``max_iter`` is reached first. NaN/Inf appearing in an iterate raises at once.
+
+Methods (registry :data:`SOLVERS`):
+
+* ``picard``: ``x <- phi(A x + b)`` (paper 000 eq. 2.4); a contraction in l_inf
+  when ``||A||_inf < 1`` (Thm 2.2, Remark 2.4).
+* ``averaged``: ``x <- (1 - alpha) x + alpha phi(A x + b)`` (paper 004). For a
+  monotone componentwise ``phi`` with ``0 <= phi' <= 1`` the Jacobian of the step
+  is ``(1 - alpha) I + alpha D A`` with ``D = diag(d)``, ``d in [0, 1]``; if
+  ``alpha <= 1 / (1 + max_i (-A_ii)_+)`` its diagonal is nonnegative and its
+  l_inf norm is ``max_i 1 - alpha (1 - d_i r_i) <= 1 - alpha (1 - mu_inf(A)_+)``
+  with ``r_i`` the row measure. The default ``alpha = 1 / (1 + max_i (-A_ii)_+)``
+  is the largest such step (derived here; the slides say "small enough alpha").
+* ``anderson``: type-II Anderson acceleration (Walker & Ni 2011) with memory
+  ``m``, per column, with a safeguard: a column whose residual increases is sent
+  back to the fallback step (Picard, or the averaged step when ``alpha < 1``)
+  from its previous iterate, and its history is restarted.
+* ``triangular``: exact back-substitution by levels of the dependency graph for
+  (block) strictly upper-triangular ``A`` (Thm 2.8/2.9): ``x_I = phi_I(b_I +
+  sum_{J > I} A_IJ x_J)``, one matrix product per level; for upper-triangular
+  ``A`` with ``diag(A) < 1`` and a piecewise-linear positively homogeneous map
+  (ReLU, LeakyReLU, identity), the closed form of Remark 2.5,
+  ``x_i = phi(c_i) / (1 - A_ii phi'(c_i))`` with ``c_i = b_i + sum_{j>i} A_ij x_j``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .activations import Activation, ComponentwiseActivation, get_activation
+from .errors import (
+    ConfigurationError,
+    ConvergenceError,
+    NonFiniteError,
+    ShapeError,
+    WellPosednessError,
+)
+
+__all__ = [
+    "SolveInfo",
+    "ConvergenceWarning",
+    "SOLVERS",
+    "fixed_point",
+    "adjoint_fixed_point",
+    "default_alpha",
+    "triangular_levels",
+]
+
+SOLVERS = ("picard", "averaged", "anderson", "triangular")
+ON_NONCONVERGENCE = ("raise", "warn", "ignore")
+
+
+class ConvergenceWarning(UserWarning):
+    """Issued instead of :class:`ConvergenceError` when ``on_nonconvergence="warn"``."""
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """What a fixed-point solve did.
+
+    Attributes:
+        method: solver name.
+        iterations: number of updates of the iterate (levels for ``triangular``).
+        residual: ``max_j ||phi(A x_j + b_j) - x_j||_inf`` at the returned state.
+        converged: ``residual <= tol`` (always true for ``triangular``, which is exact).
+        per_sample_iterations: ``(m,)`` int64 tensor, updates each column needed to
+            reach ``tol`` (``iterations`` for a column that never did).
+        per_sample_residual: ``(m,)`` tensor of the final residual of each column.
+        tol: the tolerance asked for.
+        fallbacks: Anderson steps rejected by the safeguard (column-steps).
+    """
+
+    method: str
+    iterations: int
+    residual: float
+    converged: bool
+    per_sample_iterations: Tensor
+    per_sample_residual: Tensor
+    tol: float
+    fallbacks: int = 0
+
+    def __str__(self) -> str:
+        psi = self.per_sample_iterations.double()
+        spread = (f"per sample min/mean/max {int(psi.min())}/{psi.mean():.1f}/{int(psi.max())}"
+                  if psi.numel() else "no samples")
+        return (f"SolveInfo({self.method}: {self.iterations} iterations, residual "
+                f"{self.residual:.3g} (tol {self.tol:g}), converged={self.converged}, {spread}"
+                + (f", {self.fallbacks} safeguard fallbacks" if self.fallbacks else "") + ")")
+
+
+# A fixed-point map: F(X, cols) -> (F(X), Z) where Z is the pre-activation;
+# ``cols`` restricts to a subset of columns (X then holds only those columns).
+FixedPointMap = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
+
+
+def default_alpha(A: Tensor) -> float:
+    """Largest averaged step with a certified contraction (see module doc): 1 / (1 + max(-A_ii)_+)."""
+    d = torch.diagonal(A.to_dense() if A.layout != torch.strided else A).detach()
+    neg = float(torch.clamp(-d, min=0).max()) if d.numel() else 0.0
+    return 1.0 / (1.0 + neg)
+
+
+def _check_settings(method: str, tol: float, max_iter: int, on_nonconvergence: str,
+                    alpha: float | None, anderson_m: int) -> None:
+    if method not in SOLVERS:
+        raise ConfigurationError(f"unknown solver {method!r}; choose one of {list(SOLVERS)}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+        raise ConfigurationError(f"tol must be a positive finite number, got {tol!r}")
+    if not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
+        raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if on_nonconvergence not in ON_NONCONVERGENCE:
+        raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}, "
+                                 f"got {on_nonconvergence!r}")
+    if alpha is not None and not (0 < float(alpha) <= 1):
+        raise ConfigurationError(f"alpha (averaging step) must lie in (0, 1], got {alpha!r}")
+    if not (isinstance(anderson_m, int | np.integer) and anderson_m >= 1):
+        raise ConfigurationError(f"anderson_m must be a positive integer, got {anderson_m!r}")
+
+
+def _residual(FX: Tensor, X: Tensor) -> Tensor:
+    return (FX - X).abs().amax(dim=0) if X.shape[0] else X.new_zeros(X.shape[1])
+
+
+def _finite_or_raise(r: Tensor, method: str, it: int) -> None:
+    if not bool(torch.isfinite(r).all()):
+        bad = int((~torch.isfinite(r)).nonzero()[0])
+        raise NonFiniteError(
+            f"{method}: NaN/Inf appeared in the iterate at iteration {it} (first bad sample "
+            f"{bad}); the input or the parameters contain NaN/Inf, or A is not well-posed and "
+            f"the iteration diverged (check model.certificate())")
+
+
+def _finish(method: str, X: Tensor, r: Tensor, it: int, iters: Tensor, tol: float,
+            on_nonconvergence: str, fallbacks: int = 0) -> SolveInfo:
+    resid = float(r.max()) if r.numel() else 0.0
+    converged = resid <= tol
+    iters = torch.where(iters < 0, torch.full_like(iters, it), iters)
+    info = SolveInfo(method, it, resid, converged, iters, r.detach(), tol, fallbacks)
+    if not converged and on_nonconvergence != "ignore":
+        worst = int(r.argmax())
+        msg = (f"{method} solver did not converge in {it} iterations: l_inf residual {resid:.3g} "
+               f"> tol {tol:g} (worst sample {worst}). Fix: raise max_iter, loosen tol, use "
+               f"solver='anderson', or restore well-posedness (model.certificate(), project_()).")
+        if on_nonconvergence == "raise":
+            raise ConvergenceError(msg, info)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return info
+
+
+def _update_iters(iters: Tensor, r: Tensor, tol: float, it: int) -> Tensor:
+    return torch.where((iters < 0) & (r <= tol), torch.full_like(iters, it), iters)
+
+
+def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
+                    method: str, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Picard (alpha = 1) or averaged iteration."""
+    iters = torch.full((X.shape[1],), -1, dtype=torch.long, device=X.device)
+    it = 0
+    while True:
+        FX, Z = F(X, None)
+        r = _residual(FX, X)
+        _finite_or_raise(r, method, it)
+        iters = _update_iters(iters, r, tol, it)
+        if bool((r <= tol).all()) or it >= max_iter:
+            break
+        X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
+        it += 1
+    return X, Z, _finish(method, X, r, it, iters, tol, on_nonconvergence)
+
+
+def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
+              m: int, beta: float, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Type-II Anderson acceleration, per column, with a residual-decrease safeguard.
+
+    With ``G_i = F(x_i) - x_i`` for the last ``m`` iterates, the weights solve
+    ``min ||sum_i a_i G_i||_2 : sum_i a_i = 1`` (through the bordered normal
+    equations in float64, Tikhonov-regularised), and
+    ``x+ = sum_i a_i (x_i + beta G_i)``. The Gram matrix is updated one row per
+    iteration (O(m n) per column).
+    """
+    n, B = X.shape
+    dev, dt = X.device, X.dtype
+    Xh = X.new_zeros(m, n, B)
+    Gh = X.new_zeros(m, n, B)
+    H = torch.zeros(B, m, m, dtype=torch.float64, device=dev)
+    iters = torch.full((B,), -1, dtype=torch.long, device=dev)
+    FX, Z = F(X, None)
+    G = FX - X
+    r = G.abs().amax(dim=0) if n else X.new_zeros(B)
+    _finite_or_raise(r, "anderson", 0)
+    iters = _update_iters(iters, r, tol, 0)
+    count, it, fallbacks = 0, 0, 0
+
+    def push(slot: int, Xs: Tensor, Gs: Tensor) -> None:
+        Xh[slot], Gh[slot] = Xs, Gs
+        row = torch.einsum("nb,inb->bi", Gs, Gh).to(torch.float64)
+        H[:, slot, :] = row
+        H[:, :, slot] = row
+
+    push(0, X, G)
+    count = 1
+    while not bool((r <= tol).all()) and it < max_iter:
+        it += 1
+        k = min(count, m)
+        Hk = H[:, :k, :k]
+        scale = Hk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp(min=1e-300)
+        sys = torch.zeros(B, k + 1, k + 1, dtype=torch.float64, device=dev)
+        sys[:, 0, 1:] = 1.0
+        sys[:, 1:, 0] = 1.0
+        sys[:, 1:, 1:] = Hk / scale[:, None, None] + 1e-10 * torch.eye(k, dtype=torch.float64,
+                                                                       device=dev)
+        rhs = torch.zeros(B, k + 1, 1, dtype=torch.float64, device=dev)
+        rhs[:, 0] = 1.0
+        sol, info = torch.linalg.solve_ex(sys, rhs)
+        a = sol[:, 1:, 0]
+        ok = (info == 0) & torch.isfinite(a).all(dim=1)
+        if not bool(ok.all()):  # degenerate system: plain step for those columns
+            a = torch.where(ok[:, None], a, torch.zeros_like(a))
+            a[~ok, (count - 1) % m] = 1.0  # the newest entry: a plain step
+        a = a.to(dt)
+        Xn = torch.einsum("bi,inb->nb", a, Xh[:k]) + beta * torch.einsum("bi,inb->nb", a, Gh[:k])
+        FXn, Zn = F(Xn, None)
+        Gn = FXn - Xn
+        rn = Gn.abs().amax(dim=0) if n else Xn.new_zeros(B)
+        bad = ~(rn <= r)  # increased residual, or NaN from an extrapolated step
+        if bool(bad.any()):
+            idx = bad.nonzero().squeeze(1)
+            fallbacks += int(idx.numel())
+            Xs = X[:, idx] + alpha * G[:, idx]
+            FXs, Zs = F(Xs, idx)
+            Xn[:, idx], FXn[:, idx], Zn[:, idx] = Xs, FXs, Zs
+            Gn[:, idx] = FXs - Xs
+            rn[idx] = Gn[:, idx].abs().amax(dim=0) if n else 0
+            # restart the history of these columns at the new point
+            Xh[:, :, idx] = Xs.unsqueeze(0)
+            Gh[:, :, idx] = Gn[:, idx].unsqueeze(0)
+            g2 = (Gn[:, idx].to(torch.float64) ** 2).sum(dim=0)
+            H[idx] = g2[:, None, None].expand(-1, m, m)
+        _finite_or_raise(rn, "anderson", it)
+        X, G, Z, r = Xn, Gn, Zn, rn
+        iters = _update_iters(iters, r, tol, it)
+        push(count % m, X, G)
+        count += 1
+    return X, Z, _finish("anderson", X, r, it, iters, tol, on_nonconvergence, fallbacks)
+
+
+# ----------------------------------------------------------------------------- triangular
+
+
+def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
+                      allow_diagonal: bool = False) -> list[Tensor]:
+    """Level sets of the dependency graph of an upper (block) triangular ``A``.
+
+    Block ``I`` depends on block ``J`` when ``A_IJ != 0`` and ``J != I``; its level is
+    ``1 + max level(J)`` (0 without dependencies). Blocks of one level are
+    independent given the lower levels, so ``triangular`` solves them with one
+    matrix product. Raises :class:`ConfigurationError` when ``A`` has a nonzero
+    entry below the (block) diagonal, or a nonzero diagonal (block) when
+    ``allow_diagonal`` is false.
+    """
+    n = A.shape[0]
+    if sizes is None:
+        sizes = (1,) * n
+    if A.layout != torch.strided:
+        coo = A.to_sparse_coo().coalesce()
+        rows, cols = coo.indices().cpu().numpy()
+        vals = coo.values().detach().cpu().numpy()
+        rows, cols = rows[vals != 0], cols[vals != 0]
+    else:
+        rows, cols = np.nonzero(A.detach().cpu().numpy())
+    blk = np.repeat(np.arange(len(sizes)), sizes)
+    br, bc = blk[rows], blk[cols]
+    if np.any(br > bc):
+        i = int(np.argmax(br > bc))
+        raise ConfigurationError(
+            f"the triangular solver needs (block) upper-triangular A; A[{rows[i]}, {cols[i]}] "
+            f"below the diagonal is nonzero. Use solver='anderson', or project A with "
+            f"idlkit.wellposed.project_triangular")
+    diag = br == bc
+    if np.any(diag & (rows != cols)) or (not allow_diagonal and np.any(diag)):
+        i = int(np.argmax(diag))
+        raise ConfigurationError(
+            f"the triangular solver needs a zero diagonal (block) for this activation; "
+            f"A[{rows[i]}, {cols[i]}] is nonzero. Only ReLU/LeakyReLU/identity admit a "
+            f"nonzero diagonal (Remark 2.5).")
+    keep = br < bc
+    br, bc = br[keep], bc[keep]
+    L = len(sizes)
+    level = np.zeros(L, dtype=np.int64)
+    if br.size:
+        order = np.lexsort((bc, br))  # group dependencies by row block
+        br, bc = br[order], bc[order]
+        starts = np.searchsorted(br, np.arange(L))
+        ends = np.searchsorted(br, np.arange(L), side="right")
+        for i in range(L - 1, -1, -1):
+            s, e = starts[i], ends[i]
+            if e > s:
+                level[i] = 1 + level[bc[s:e]].max()
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    groups = []
+    for lv in range(int(level.max()) + 1 if L else 0):
+        blocks = np.nonzero(level == lv)[0]
+        idx = np.concatenate([np.arange(offs[b], offs[b + 1]) for b in blocks])
+        groups.append(torch.as_tensor(idx, dtype=torch.long, device=A.device))
+    return groups
+
+
+def _rows(A: Tensor, idx: Tensor) -> Tensor:
+    if A.layout == torch.strided:
+        return A[idx]
+    return torch.index_select(A, 0, idx)
+
+
+def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float) -> tuple[Tensor, Tensor, SolveInfo]:
+    base = getattr(act, "base", act)
+    homog = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
+             and base.slope_min >= 0)
+    sizes = act.blocks(A.shape[0]).sizes
+    levels = triangular_levels(A, sizes, allow_diagonal=homog)
+    X = torch.zeros_like(b)
+    n = X.shape[0]
+    if homog:
+        diag = torch.diagonal(A.to_dense() if A.layout != torch.strided else A)
+        if bool((diag * base.slope_max >= 1).any()):
+            i = int((diag * base.slope_max >= 1).nonzero()[0])
+            raise WellPosednessError(
+                f"upper-triangular A with {base.name} is well-posed iff diag(A) < 1 (Remark 2.5, "
+                f"Thm 2.8); A[{i}, {i}] = {float(diag[i]):.6g}. Fix: project the diagonal below 1.")
+    for idx in levels:
+        C = b[idx] + _rows(A, idx) @ X
+        if homog:
+            # closed form of Remark 2.5: x_i = phi(c_i) / (1 - A_ii phi'(c_i))
+            X[idx] = act(C) / (1 - diag[idx][:, None] * act.derivative(C))
+        else:
+            X[idx] = _act_rows(act, C, idx, n)
+    Z = A @ X + b
+    r = _residual(act(Z), X)
+    _finite_or_raise(r, "triangular", len(levels))
+    iters = torch.full((X.shape[1],), len(levels), dtype=torch.long, device=X.device)
+    resid = float(r.max()) if r.numel() else 0.0
+    # exact up to rounding: converged by construction
+    return X, Z, SolveInfo("triangular", len(levels), resid, True, iters, r, tol)
+
+
+def _act_rows(act: Activation, C: Tensor, idx: Tensor, n: int) -> Tensor:
+    """Apply a (block) activation to the rows ``idx`` only (whole blocks by construction)."""
+    if act.componentwise:
+        return act(C)
+    full = C.new_zeros(n, C.shape[1])
+    full[idx] = C
+    return act(full)[idx]
+
+
+def _triangular_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation) -> Tensor:
+    """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order."""
+    base = getattr(act, "base", act)
+    homog = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
+             and base.slope_min >= 0)
+    sizes = act.blocks(A.shape[0]).sizes
+    levels = triangular_levels(A, sizes, allow_diagonal=homog)
+    At = A.t()
+    V = torch.zeros_like(G)
+    n = A.shape[0]
+    diag = torch.diagonal(A.to_dense() if A.layout != torch.strided else A) if homog else None
+    for idx in reversed(levels):
+        C = G[idx] + _rows(At, idx) @ V
+        if homog:
+            d = act.derivative(Z[idx])
+            V[idx] = d * C / (1 - diag[idx][:, None] * d)
+        elif act.componentwise:
+            V[idx] = act.vjp(Z[idx], C)
+        else:
+            full = C.new_zeros(n, C.shape[1])
+            full[idx] = C
+            V[idx] = act.vjp(Z, full)[idx]
+    return V
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _validate_system(A: Tensor, b: Tensor) -> None:
+    if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) tensor, got {getattr(A, 'shape', A)!r}")
+    if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[0] != A.shape[0]:
+        raise ShapeError(f"b must be an (n, m) tensor with n = {A.shape[0]} (one column per "
+                         f"sample), got {getattr(b, 'shape', b)!r}")
+
+
+def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
+                method: str = "anderson", tol: float = 1e-6, max_iter: int = 500,
+                x0: Tensor | None = None, alpha: float | None = None, anderson_m: int = 5,
+                beta: float = 1.0, on_nonconvergence: str = "raise"
+                ) -> tuple[Tensor, SolveInfo]:
+    """Solve ``X = phi(A X + b)`` column by column.
+
+    Args:
+        A: ``(n, n)`` matrix (dense or torch sparse).
+        b: ``(n, m)`` right-hand side, one column per sample (``B u + b`` in the model).
+        activation: name or :class:`~idlkit.activations.Activation`.
+        method: one of :data:`SOLVERS`.
+        tol: stop when every column's l_inf residual is at most ``tol``.
+        max_iter: iteration budget.
+        x0: warm start, ``(n, m)`` (default zeros).
+        alpha: averaging step for ``averaged`` and for Anderson's fallback step
+            (default: 1 when ``||A||_inf < 1``, else :func:`default_alpha`).
+        anderson_m: Anderson memory; ``beta``: Anderson mixing parameter.
+        on_nonconvergence: ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
+
+    Returns:
+        ``(X, info)`` with ``X`` of shape ``(n, m)`` (no autograd graph) and a :class:`SolveInfo`.
+    """
+    X, _, info = _solve_with_z(A, b, get_activation(activation), method=method, tol=tol,
+                               max_iter=max_iter, x0=x0, alpha=alpha, anderson_m=anderson_m,
+                               beta=beta, on_nonconvergence=on_nonconvergence)
+    return X, info
+
+
+def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: float,
+                  max_iter: int, x0: Tensor | None, alpha: float | None, anderson_m: int,
+                  beta: float, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Forward solve returning also the pre-activation ``Z = A X + b`` at the solution."""
+    _check_settings(method, tol, max_iter, on_nonconvergence, alpha, anderson_m)
+    _validate_system(A, b)
+    with torch.no_grad():
+        A, b = A.detach(), b.detach()
+        if not bool(torch.isfinite(b).all()):
+            raise NonFiniteError("the right-hand side b (B u + bias) contains NaN/Inf; check the "
+                                 "input u and the parameters B, bias")
+        if method == "triangular":
+            return _triangular(A, b, act, tol)
+        if x0 is None:
+            X = torch.zeros_like(b)
+        else:
+            if x0.shape != b.shape:
+                raise ShapeError(f"warm start x0 must have shape {tuple(b.shape)}, got "
+                                 f"{tuple(x0.shape)}")
+            X = x0.detach().to(b.dtype).clone()
+        a = _alpha(A, alpha, method)
+
+        def F(Xc: Tensor, cols: Tensor | None) -> tuple[Tensor, Tensor]:
+            Z = A @ Xc + (b if cols is None else b[:, cols])
+            return act(Z), Z
+
+        if method == "anderson":
+            return _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+        return _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter, method,
+                               on_nonconvergence)
+
+
+def _alpha(A: Tensor, alpha: float | None, method: str) -> float:
+    if alpha is not None:
+        return float(alpha)
+    if method == "picard":
+        return 1.0
+    dense = A.to_dense() if A.layout != torch.strided else A
+    if method == "anderson" and float(dense.abs().sum(dim=1).max() if A.numel() else 0) < 1:
+        return 1.0
+    return default_alpha(dense)
+
+
+def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activation = "relu",
+                        *, method: str = "anderson", tol: float = 1e-6, max_iter: int = 500,
+                        x0: Tensor | None = None, alpha: float | None = None,
+                        anderson_m: int = 5, beta: float = 1.0,
+                        on_nonconvergence: str = "raise") -> tuple[Tensor, SolveInfo]:
+    """Solve the adjoint equilibrium ``V = J(Z)^T (A^T V + G)`` (paper 000 eq. G.3-G.4).
+
+    For componentwise maps ``J(Z)^T`` is the entrywise product with ``Psi =
+    phi'(Z)``, giving eq. G.4, ``V = Psi o (A^T V + C^T L)``. ``V`` is the gradient
+    of the loss with respect to the pre-activation; ``G`` is the gradient with
+    respect to the state ``X``. It is linear in ``V``; the same solvers apply.
+    """
+    act = get_activation(activation)
+    _check_settings(method, tol, max_iter, on_nonconvergence, alpha, anderson_m)
+    _validate_system(A, G)
+    if Z.shape != G.shape:
+        raise ShapeError(f"Z and G must have the same shape, got {tuple(Z.shape)} and "
+                         f"{tuple(G.shape)}")
+    with torch.no_grad():
+        A = A.detach()
+        if not bool(torch.isfinite(G).all()):
+            raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
+        if method == "triangular":
+            V = _triangular_adjoint(A, Z, G, act)
+            B = V.shape[1]
+            info = SolveInfo("triangular", 0, 0.0, True,
+                             torch.zeros(B, dtype=torch.long, device=V.device),
+                             V.new_zeros(B), tol)
+            return V, info
+        At = A.t()
+        if At.layout == torch.strided:
+            At = At.contiguous()
+        X = torch.zeros_like(G) if x0 is None else x0.detach().clone()
+        a = _alpha(A, alpha, method)
+
+        def F(Vc: Tensor, cols: Tensor | None) -> tuple[Tensor, Tensor]:
+            Zc, Gc = (Z, G) if cols is None else (Z[:, cols], G[:, cols])
+            W = At @ Vc + Gc
+            return act.vjp(Zc, W), W
+
+        if method == "anderson":
+            V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+        else:
+            V, _, info = _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter,
+                                         method, on_nonconvergence)
+        return V, info

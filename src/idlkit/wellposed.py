@@ -1,0 +1,441 @@
+"""Well-posedness certificates and projections (paper 000 §2, App. H; paper 004).
+
+A matrix ``A`` is well-posed for ``phi`` when ``x = phi(A x + b)`` has a unique
+solution for every ``b`` (Def. 2.1). The sufficient conditions implemented here:
+
+* ``pf``: ``lambda_pf(gamma |A|) < 1`` for componentwise maps (Thm 2.2) and
+  ``lambda_pf(Gamma N(A)) < 1`` for BLIP maps (Thm 2.7, ``N`` of eq. 2.5);
+* ``inf``: ``gamma_inf ||A||_inf < 1`` (Remark 2.4; the convex condition used in
+  training), with ``gamma_inf`` the l_inf Lipschitz constant of ``phi``;
+* ``mu``: ``gamma mu_inf(A) < 1`` for monotone componentwise maps with
+  ``0 <= phi' <= gamma`` (paper 004: one-sided Lipschitz / contraction theory);
+* ``triangular``: exact for (block) strictly upper-triangular ``A`` (Thm 2.8/2.9),
+  and for upper-triangular ``A`` with ``diag(A) < 1`` and a piecewise-linear
+  positively homogeneous map such as ReLU (Remark 2.5).
+
+All certificates are computed in float64 on the CPU and report so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .activations import Activation, ComponentwiseActivation, get_activation
+from .errors import ConfigurationError, ShapeError, WellPosednessError
+
+__all__ = [
+    "inf_norm",
+    "mu_inf",
+    "pf_eigenvalue",
+    "blip_norm_matrix",
+    "is_upper_triangular",
+    "project_inf_ball",
+    "project_mu_set",
+    "project_triangular",
+    "WellPosedness",
+    "check",
+    "require",
+    "check_kappa",
+]
+
+_EXACT_EIG_MAX_N = 1024
+
+
+def _as_np(A: Tensor | np.ndarray) -> np.ndarray:
+    """Dense float64 numpy copy of a (possibly sparse) matrix."""
+    if isinstance(A, Tensor):
+        if A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc):
+            A = A.to_dense()
+        return A.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(A, dtype=np.float64)
+
+
+def _square(A: np.ndarray, name: str = "A") -> np.ndarray:
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ShapeError(f"{name} must be a square (n, n) matrix, got shape {A.shape}")
+    return A
+
+
+def check_kappa(kappa: float, name: str = "kappa") -> float:
+    """Validate a contraction margin: a finite number in (0, 1)."""
+    try:
+        k = float(kappa)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{name} must be a number in (0, 1), got {kappa!r}") from exc
+    if not (0.0 < k < 1.0):
+        raise ConfigurationError(f"{name} must lie in the open interval (0, 1), got {kappa!r}; "
+                                 f"well-posedness needs a contraction factor strictly below 1")
+    return k
+
+
+def inf_norm(A: Tensor | np.ndarray) -> float:
+    """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64."""
+    M = _as_np(A)
+    if M.size == 0:
+        return 0.0
+    return float(np.abs(M).sum(axis=1).max())
+
+
+def mu_inf(A: Tensor | np.ndarray) -> float:
+    """l_inf matrix measure ``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004), float64."""
+    M = _square(_as_np(A))
+    if M.size == 0:
+        return -math.inf
+    d = np.diag(M)
+    return float((d + np.abs(M).sum(axis=1) - np.abs(d)).max())
+
+
+def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10_000) -> float:
+    """Perron-Frobenius eigenvalue (spectral radius) of a nonnegative matrix, float64.
+
+    For ``n <= 1024`` the dense eigenvalues give it exactly (up to rounding). For
+    larger ``M`` a power iteration on ``M + I`` (primitive whenever ``M`` is
+    irreducible; the shift also handles reducible and periodic ``M``) is run, and
+    the value returned is the Collatz-Wielandt *upper* bound
+    ``max_i (M v)_i / v_i`` for the positive iterate ``v``, valid for every
+    nonnegative ``M`` and every ``v > 0`` — a certified bound, never an
+    underestimate.
+    """
+    A = _square(_as_np(M), "M")
+    if (A < 0).any():
+        raise ConfigurationError(f"pf_eigenvalue needs a nonnegative matrix; min entry is "
+                                 f"{A.min():.3g} (pass abs(A) for the CONE certificate)")
+    n = A.shape[0]
+    if n == 0:
+        return 0.0
+    if n <= _EXACT_EIG_MAX_N:
+        return float(np.abs(np.linalg.eigvals(A)).max())
+    v = np.ones(n)
+    upper = math.inf
+    for _ in range(max_iter):
+        w = A @ v + v
+        v_new = w / w.max()
+        v_new = np.maximum(v_new, 1e-300)  # stay positive for the Collatz-Wielandt bound
+        Av = A @ v_new
+        ratio = Av / v_new
+        up, low = float(ratio.max()), float(ratio.min())
+        upper = min(upper, up)
+        v = v_new
+        if up - low <= tol * max(1.0, up):
+            break
+    return upper
+
+
+def _segment_matrix(sizes: tuple[int, ...]) -> np.ndarray:
+    """``n x L`` 0/1 matrix mapping indices to their block."""
+    n, L = sum(sizes), len(sizes)
+    P = np.zeros((n, L))
+    P[np.arange(n), np.repeat(np.arange(L), sizes)] = 1.0
+    return P
+
+
+def _block_reduce_max(M: np.ndarray, sizes: tuple[int, ...], axis: int) -> np.ndarray:
+    """Max over the blocks of ``sizes`` along ``axis``."""
+    starts = np.cumsum((0,) + sizes[:-1])
+    return np.maximum.reduceat(M, starts, axis=axis)
+
+
+def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
+                     norms: tuple[float, ...]) -> np.ndarray:
+    """The ``L x L`` matrix ``N(A)_ij = ||A_ij||_{p_j -> p_i}`` of eq. 2.5, float64.
+
+    Exact for the pairs ``(p_j -> p_i)`` in ``{inf->inf, 1->1, 1->inf, 2->inf,
+    1->2, 2->2}``. The pairs ``inf->1``, ``inf->2`` and ``2->1`` are NP-hard in
+    general; for them a documented upper bound is used (sum of absolute entries;
+    the l2 norm of the row l1 norms; the sum of the row l2 norms), which keeps the
+    certificate of Thm 2.7 sufficient.
+    """
+    M = _square(_as_np(A))
+    n = M.shape[0]
+    if sum(sizes) != n or len(sizes) != len(norms):
+        raise ShapeError(f"partition {sizes} (with norms {norms}) does not cover a state of size {n}")
+    for p in norms:
+        if p not in (1, 2, math.inf):
+            raise ConfigurationError(f"block norms must be 1, 2 or inf, got {p!r}")
+    if all(s == 1 for s in sizes):
+        return np.abs(M)
+    absM, sq = np.abs(M), M * M
+    P = _segment_matrix(sizes)
+    rowsum_blk = absM @ P           # (n, L): l1 norm of each row restricted to column block
+    rowl2_blk = np.sqrt(sq @ P)     # (n, L): l2 norm of each row restricted to column block
+    colsum_blk = P.T @ absM         # (L, n)
+    coll2_blk = np.sqrt(P.T @ sq)   # (L, n)
+    maxabs = _block_reduce_max(_block_reduce_max(absM, sizes, 0), sizes, 1)
+    cand = {
+        (math.inf, math.inf): _block_reduce_max(rowsum_blk, sizes, 0),
+        (1.0, 1.0): _block_reduce_max(colsum_blk, sizes, 1),
+        (1.0, math.inf): maxabs,
+        (2.0, math.inf): _block_reduce_max(rowl2_blk, sizes, 0),
+        (1.0, 2.0): _block_reduce_max(coll2_blk, sizes, 1),
+        (math.inf, 1.0): P.T @ rowsum_blk,                      # upper bound
+        (math.inf, 2.0): np.sqrt(P.T @ (rowsum_blk ** 2)),      # upper bound
+        (2.0, 1.0): P.T @ rowl2_blk,                            # upper bound
+    }
+    L = len(sizes)
+    N = np.zeros((L, L))
+    offs = np.cumsum((0,) + tuple(sizes))
+    for i in range(L):
+        for j in range(L):
+            key = (float(norms[j]), float(norms[i]))  # p_j -> p_i
+            if key == (2.0, 2.0):
+                blk = M[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
+                N[i, j] = np.linalg.norm(blk, 2) if blk.size else 0.0
+            else:
+                N[i, j] = cand[key][i, j]
+    return N
+
+
+def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
+                        sizes: tuple[int, ...] | None = None) -> bool:
+    """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks)."""
+    M = _square(_as_np(A))
+    n = M.shape[0]
+    if sizes is None or all(s == 1 for s in sizes):
+        mask = np.tril(np.ones((n, n), dtype=bool), k=-1 if not strict else 0)
+        return not bool(np.any(M[mask] != 0))
+    blk = np.repeat(np.arange(len(sizes)), sizes)
+    lower = blk[:, None] > blk[None, :] if not strict else blk[:, None] >= blk[None, :]
+    return not bool(np.any(M[lower] != 0))
+
+
+# ----------------------------------------------------------------------------- projections
+
+
+def _project_rows_l1(V: Tensor, radius: float) -> Tensor:
+    """Rows of ``V`` projected onto ``{a : ||a||_1 <= radius}`` (exact, sort based).
+
+    The KKT conditions of ``min 1/2 ||a - v||^2 : ||a||_1 <= r`` give
+    ``a = sign(v) (|v| - lam)_+`` with ``lam >= 0`` the root of
+    ``sum_j (|v_j| - lam)_+ = r`` (paper 000 App. H). Sorting ``|v|`` in decreasing
+    order ``c_1 >= c_2 >= ...``, ``lam = (sum_{j<=k} c_j - r) / k`` with ``k`` the
+    largest index such that ``c_k > (sum_{j<=k} c_j - r)/k`` (Duchi et al. 2008).
+    O(n log n) per row, vectorised over rows.
+    """
+    absV = V.abs()
+    inside = absV.sum(dim=1) <= radius
+    if bool(inside.all()):
+        return V.clone()
+    c, _ = torch.sort(absV, dim=1, descending=True)
+    cs = torch.cumsum(c, dim=1) - radius
+    k = torch.arange(1, V.shape[1] + 1, dtype=V.dtype, device=V.device)
+    cond = c * k > cs
+    rho = (cond * k).amax(dim=1, keepdim=True)  # largest k with the condition (>= 1)
+    lam = cs.gather(1, rho.long() - 1) / rho
+    lam = torch.where(inside[:, None], torch.zeros_like(lam), lam)
+    out = torch.sign(V) * torch.clamp(absV - lam, min=0)
+    # rounding can leave a row a few ulps above the radius: shrink those rows by a few ulps
+    sums = out.abs().sum(dim=1, keepdim=True)
+    over = sums > radius
+    if bool(over.any()):
+        eps = torch.finfo(V.dtype).eps
+        out = torch.where(over, out * (radius / sums) * (1 - 4 * eps), out)
+    return out
+
+
+def project_inf_ball(A: Tensor, kappa: float) -> Tensor:
+    """Exact Euclidean projection of ``A`` onto ``{||A||_inf <= kappa}`` (paper 000 eq. 6.6, App. H).
+
+    The problem separates over rows; each row is projected onto the l1 ball of
+    radius ``kappa`` by the sort-based algorithm (:func:`_project_rows_l1`), which
+    reaches the exact optimum of the bisection of App. H in ``O(n^2 log n)``.
+    Rows already inside are returned unchanged. Works in ``A``'s dtype; a row that
+    rounding leaves a few ulps above ``kappa`` is shrunk by a few ulps, so the
+    result is feasible in its own precision (``||A||_inf <= kappa`` as computed).
+    """
+    if not isinstance(A, Tensor) or A.dim() != 2:
+        raise ShapeError(f"project_inf_ball expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
+    if not (float(kappa) > 0 and math.isfinite(float(kappa))):
+        raise ConfigurationError(f"kappa must be a positive finite number, got {kappa!r}")
+    return _project_rows_l1(A, float(kappa))
+
+
+def project_mu_set(A: Tensor, gamma: float) -> Tensor:
+    """Exact Euclidean projection of ``A`` onto ``{mu_inf(A) <= gamma}`` (paper 004).
+
+    Derivation (ours; the slides state the set, not its projection). The set is
+    an intersection of one constraint per row, ``a_ii + sum_{j != i} |a_ij| <= gamma``,
+    so the projection separates over rows. For a row with diagonal entry ``t0``
+    and off-diagonal part ``w0``, the KKT conditions of
+    ``min 1/2 (t - t0)^2 + 1/2 ||w - w0||^2 : t + ||w||_1 <= gamma`` give, for a
+    multiplier ``lam >= 0``, ``t = t0 - lam`` and ``w = sign(w0) (|w0| - lam)_+``,
+    where ``h(lam) = t0 - lam + sum_j (|w0_j| - lam)_+ - gamma`` is strictly
+    decreasing; ``lam = 0`` if ``h(0) <= 0``, else its root. With ``c`` the sorted
+    ``|w0|`` (decreasing) and ``S_k`` its partial sums, the root on the piece with
+    ``k`` active entries is ``lam_k = (t0 + S_k - gamma) / (k + 1)``, valid when
+    ``c_{k+1} <= lam_k <= c_k`` (``c_0 = inf``, ``c_{n} = 0``); the valid ``k`` is
+    the largest with ``c_k > lam_k`` (k = 0 always qualifies). ``gamma`` may be
+    any real number (negative values ask for strict contraction of the flow).
+    """
+    if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
+        raise ShapeError(f"project_mu_set expects a square 2-D tensor, got "
+                         f"{getattr(A, 'shape', A)!r}")
+    g = float(gamma)
+    if not math.isfinite(g):
+        raise ConfigurationError(f"gamma must be finite, got {gamma!r}")
+    n = A.shape[0]
+    if n == 0:
+        return A.clone()
+    eye = torch.eye(n, dtype=torch.bool, device=A.device)
+    t0 = torch.diagonal(A)
+    W = A.masked_fill(eye, 0.0)
+    absW = W.abs()
+    h0 = t0 + absW.sum(dim=1) - g
+    c, _ = torch.sort(absW, dim=1, descending=True)
+    c = c[:, : n - 1] if n > 1 else c[:, :0]
+    S = torch.cumsum(c, dim=1)
+    k = torch.arange(1, c.shape[1] + 1, dtype=A.dtype, device=A.device)
+    lam_k = (t0[:, None] + S - g) / (k + 1)               # pieces k = 1..n-1
+    valid = c > lam_k
+    kbest = (valid * k).amax(dim=1).long() if c.shape[1] else torch.zeros(n, dtype=torch.long)
+    lam0 = (t0 - g)                                         # piece k = 0
+    lam_sel = torch.where(
+        kbest > 0,
+        lam_k.gather(1, (kbest.clamp(min=1) - 1)[:, None]).squeeze(1) if c.shape[1] else lam0,
+        lam0,
+    )
+    lam = torch.where(h0 > 0, lam_sel, torch.zeros_like(lam_sel)).clamp(min=0)
+    out = torch.sign(W) * torch.clamp(absW - lam[:, None], min=0)
+    return out + torch.diag_embed(t0 - lam)
+
+
+def project_triangular(A: Tensor, strict: bool = True) -> Tensor:
+    """Projection onto (strictly) upper-triangular matrices: zero the rest (Thm 2.8)."""
+    if not isinstance(A, Tensor) or A.dim() != 2:
+        raise ShapeError(f"project_triangular expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
+    return torch.triu(A, diagonal=1 if strict else 0)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class WellPosedness:
+    """Well-posedness report of a matrix for an activation (all values float64).
+
+    Attributes:
+        inf_norm: ``||A||_inf``.
+        gamma_inf: l_inf Lipschitz constant of the activation; ``inf`` holds when
+            ``gamma_inf * inf_norm < 1``.
+        pf: ``lambda_pf(gamma |A|)`` (CONE/componentwise, Thm 2.2) or
+            ``lambda_pf(Gamma N(A))`` (BLIP, Thm 2.7).
+        mu_inf: ``mu_inf(A)``; ``gamma * mu_inf(A) < 1`` certifies monotone
+            componentwise maps (paper 004); ``nan`` when not applicable.
+        triangular: ``A`` is (block) strictly upper triangular, or upper triangular
+            with ``diag(A) < 1`` for a piecewise-linear homogeneous map.
+        holds: which sufficient conditions hold, by name.
+        margins: ``1 - value`` for each condition (positive when it holds).
+        declared: the condition the model declares, if any, and ``kappa`` its bound.
+        dtype: always ``"float64"``.
+    """
+
+    inf_norm: float
+    gamma_inf: float
+    pf: float
+    mu_inf: float
+    triangular: bool
+    holds: dict[str, bool] = field(default_factory=dict)
+    margins: dict[str, float] = field(default_factory=dict)
+    declared: str | None = None
+    kappa: float | None = None
+    dtype: str = "float64"
+
+    @property
+    def wellposed(self) -> bool:
+        """At least one sufficient condition holds."""
+        return any(self.holds.values())
+
+    @property
+    def margin(self) -> float:
+        """Margin of the declared condition (``kappa - value``), else the best margin."""
+        if self.declared is not None and self.declared in self.margins:
+            return self.margins[self.declared]
+        return max(self.margins.values()) if self.margins else -math.inf
+
+    def __str__(self) -> str:
+        lines = [
+            f"well-posedness certificate (float64): {'HOLDS' if self.wellposed else 'NOT CERTIFIED'}",
+            f"  ||A||_inf         = {self.inf_norm:.6g}   (x gamma_inf={self.gamma_inf:g})",
+            f"  lambda_pf         = {self.pf:.6g}",
+            f"  mu_inf(A)         = {self.mu_inf:.6g}",
+            f"  triangular        = {self.triangular}",
+        ]
+        for k, ok in self.holds.items():
+            lines.append(f"  [{'x' if ok else ' '}] {k:<12s} margin {self.margins[k]:+.4g}")
+        if self.declared is not None:
+            lines.append(f"  declared: {self.declared}"
+                         + (f" with kappa={self.kappa:g}" if self.kappa is not None else ""))
+        return "\n".join(lines)
+
+
+def _triangular_ok(M: np.ndarray, act: Activation, sizes: tuple[int, ...]) -> bool:
+    if is_upper_triangular(M, strict=True, sizes=sizes):
+        return True
+    base = getattr(act, "base", act)
+    piecewise_linear = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
+                        and base.slope_min >= 0)
+    if piecewise_linear and is_upper_triangular(M, strict=False):
+        return bool((np.diag(M) * base.slope_max < 1).all())
+    return False
+
+
+def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
+          declared: str | None = None, kappa: float | None = None) -> WellPosedness:
+    """Evaluate every certificate for ``A`` and ``activation``; never raises on failure.
+
+    Args:
+        A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+        declared: the model's declared condition (``"inf"``, ``"pf"``, ``"mu"``,
+            ``"triangular"``), reported with its margin against ``kappa``.
+        kappa: the declared bound (margins are ``kappa - value`` for it).
+    """
+    act = get_activation(activation)
+    M = _square(_as_np(A))
+    n = M.shape[0]
+    bs = act.blocks(n)
+    gamma_inf = float(act.lipschitz_inf)
+    nrm = inf_norm(M)
+    if all(s == 1 for s in bs.sizes):
+        pf = pf_eigenvalue(np.abs(M) * np.asarray(bs.gammas)[:, None])
+    else:
+        pf = pf_eigenvalue(np.asarray(bs.gammas)[:, None] * blip_norm_matrix(M, bs.sizes, bs.norms))
+    holds = {"inf": gamma_inf * nrm < 1, "pf": pf < 1}
+    margins = {"inf": 1 - gamma_inf * nrm, "pf": 1 - pf}
+    base = getattr(act, "base", act)
+    if isinstance(base, ComponentwiseActivation) and base.monotone:
+        mu = mu_inf(M)
+        holds["mu"] = base.lipschitz * mu < 1
+        margins["mu"] = 1 - base.lipschitz * mu
+    else:
+        mu = math.nan
+    tri = _triangular_ok(M, act, bs.sizes)
+    holds["triangular"] = tri
+    margins["triangular"] = 1.0 if tri else -1.0
+    if declared is not None and kappa is not None and declared in margins:
+        value = {"inf": gamma_inf * nrm, "pf": pf, "mu": mu}.get(declared)
+        if value is not None and not math.isnan(value):
+            margins[declared] = float(kappa) - value
+            holds[declared] = value <= float(kappa)
+    return WellPosedness(inf_norm=nrm, gamma_inf=gamma_inf, pf=pf, mu_inf=mu, triangular=tri,
+                         holds=holds, margins=margins, declared=declared, kappa=kappa)
+
+
+def require(A: Tensor | np.ndarray, activation: str | Activation = "relu",
+            condition: str | None = None, kappa: float | None = None) -> WellPosedness:
+    """Like :func:`check`, but raise :class:`WellPosednessError` with the numbers when
+    ``condition`` (or, if None, every certificate) fails."""
+    rep = check(A, activation, declared=condition, kappa=kappa)
+    ok = rep.holds.get(condition, False) if condition is not None else rep.wellposed
+    if not ok:
+        raise WellPosednessError(
+            f"A is not certified well-posed ({condition or 'any condition'}"
+            f"{'' if kappa is None else f' <= {kappa:g}'}): ||A||_inf={rep.inf_norm:.6g}, "
+            f"lambda_pf={rep.pf:.6g}, mu_inf={rep.mu_inf:.6g}, triangular={rep.triangular}. "
+            f"Fix: project A (model.project_() or idlkit.wellposed.project_inf_ball) or rescale it."
+        )
+    return rep
