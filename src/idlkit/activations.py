@@ -120,7 +120,7 @@ class Activation:
         raise NotImplementedError
 
     def centered(self, n: int) -> Activation:
-        """``phi~ = phi - phi(0)`` on an ``n``-state (paper 000 §3.1); ``self`` if ``phi(0) = 0``."""
+        """``phi~ = phi - phi(0)`` on an ``n``-state (§3.1); ``self`` when ``phi(0) = 0``."""
         zero = self(torch.zeros(n, 1, dtype=torch.float64))
         return self if not bool(zero.abs().amax() > 0) else Centered(self)
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from . import wellposed as wp
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
-from .function import SolverSettings, SolveRecord, equilibrium
+from .function import SolveRecord, SolverSettings, equilibrium
 from .solve import ON_NONCONVERGENCE, SOLVERS, SolveInfo
 
 __all__ = ["ImplicitModel", "WELLPOSEDNESS"]

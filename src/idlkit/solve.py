@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +61,8 @@ __all__ = [
 
 SOLVERS = ("picard", "averaged", "anderson", "triangular")
 ON_NONCONVERGENCE = ("raise", "warn", "ignore")
+_REJECT_FACTOR = 100.0
+_FLOOR_ULPS = 1024
 
 
 class ConvergenceWarning(UserWarning):
@@ -102,9 +103,35 @@ class SolveInfo:
                 + (f", {self.fallbacks} safeguard fallbacks" if self.fallbacks else "") + ")")
 
 
-# A fixed-point map: F(X, cols) -> (F(X), Z) where Z is the pre-activation;
-# ``cols`` restricts to a subset of columns (X then holds only those columns).
-FixedPointMap = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
+class _ForwardMap:
+    """``F(X) = phi(A X + b)``, returning ``(F(X), Z)`` with ``Z = A X + b``."""
+
+    def __init__(self, A: Tensor, b: Tensor, act: Activation) -> None:
+        self.A, self.b, self.act = A, b, act
+
+    def restrict(self, cols: Tensor) -> _ForwardMap:
+        return _ForwardMap(self.A, self.b[:, cols], self.act)
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        Z = torch.addmm(self.b, self.A, X) if self.A.layout == torch.strided else self.A @ X + self.b
+        return self.act(Z), Z
+
+
+class _AdjointMap:
+    """``F(V) = J(Z)^T (A^T V + G)`` (eq. G.3), returning ``(F(V), A^T V + G)``."""
+
+    def __init__(self, At: Tensor, Z: Tensor, G: Tensor, act: Activation) -> None:
+        self.At, self.Z, self.G, self.act = At, Z, G, act
+
+    def restrict(self, cols: Tensor) -> _AdjointMap:
+        return _AdjointMap(self.At, self.Z[:, cols], self.G[:, cols], self.act)
+
+    def __call__(self, V: Tensor) -> tuple[Tensor, Tensor]:
+        W = torch.addmm(self.G, self.At, V) if self.At.layout == torch.strided else self.At @ V + self.G
+        return self.act.vjp(self.Z, W), W
+
+
+FixedPointMap = _ForwardMap | _AdjointMap
 
 
 def default_alpha(A: Tensor) -> float:
@@ -144,7 +171,7 @@ def _finite_or_raise(r: Tensor, method: str, it: int) -> None:
             f"the iteration diverged (check model.certificate())")
 
 
-def _finish(method: str, X: Tensor, r: Tensor, it: int, iters: Tensor, tol: float,
+def _finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float,
             on_nonconvergence: str, fallbacks: int = 0) -> SolveInfo:
     resid = float(r.max()) if r.numel() else 0.0
     converged = resid <= tol
@@ -161,25 +188,49 @@ def _finish(method: str, X: Tensor, r: Tensor, it: int, iters: Tensor, tol: floa
     return info
 
 
-def _update_iters(iters: Tensor, r: Tensor, tol: float, it: int) -> Tensor:
-    return torch.where((iters < 0) & (r <= tol), torch.full_like(iters, it), iters)
+class _Output:
+    """Collects each column's final state, pre-activation and residual as it leaves the
+    active set: converged columns are frozen, so later iterations cost only the rest."""
+
+    def __init__(self, X: Tensor) -> None:
+        B = X.shape[1]
+        self.X = torch.empty_like(X)
+        self.Z = torch.empty_like(X)
+        self.r = X.new_zeros(B)
+        self.iters = torch.full((B,), -1, dtype=torch.long, device=X.device)
+
+    def retire(self, cols: Tensor, mask: Tensor, X: Tensor, Z: Tensor, r: Tensor,
+               it: int) -> None:
+        idx = cols[mask]
+        self.X[:, idx], self.Z[:, idx], self.r[idx] = X[:, mask], Z[:, mask], r[mask]
+        self.iters[idx] = it
 
 
 def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
                     method: str, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
-    """Picard (alpha = 1) or averaged iteration."""
-    iters = torch.full((X.shape[1],), -1, dtype=torch.long, device=X.device)
+    """Picard (``alpha = 1``) or averaged iteration, on the columns not yet converged."""
+    out = _Output(X)
+    cols = torch.arange(X.shape[1], device=X.device)
     it = 0
     while True:
-        FX, Z = F(X, None)
+        FX, Z = F(X)
         r = _residual(FX, X)
         _finite_or_raise(r, method, it)
-        iters = _update_iters(iters, r, tol, it)
-        if bool((r <= tol).all()) or it >= max_iter:
-            break
+        done = r <= tol
+        if it >= max_iter:
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            out.retire(cols, done, X, Z, r, it)
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            sel = keep.nonzero().squeeze(1)
+            cols, X, FX = cols[sel], X[:, sel], FX[:, sel]
+            F = F.restrict(sel)
         X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
         it += 1
-    return X, Z, _finish(method, X, r, it, iters, tol, on_nonconvergence)
+    iters = torch.where(out.r <= tol, out.iters, torch.full_like(out.iters, -1))
+    return out.X, out.Z, _finish(method, out.r, it, iters, tol, on_nonconvergence)
 
 
 def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
@@ -191,29 +242,56 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     equations in float64, Tikhonov-regularised), and
     ``x+ = sum_i a_i (x_i + beta G_i)``. The Gram matrix is updated one row per
     iteration (O(m n) per column).
+
+    Safeguards, per column: a step that multiplies the residual by more than
+    ``_REJECT_FACTOR`` (or gives NaN) is replaced by the fallback step
+    ``x + alpha (F(x) - x)`` from the previous iterate and the history restarts;
+    a column whose best residual has not improved for ``2 m`` steps while within
+    ``_FLOOR_ULPS`` ulps of its largest entry continues with fallback steps only
+    (rounding noise in float32 with ``tol`` near an ulp of the state defeats
+    extrapolation, while plain steps reach the floating-point fixed point).
+    Converged columns leave the active set.
     """
     n, B = X.shape
     dev, dt = X.device, X.dtype
+    eps = torch.finfo(dt).eps
+    out = _Output(X)
+    cols = torch.arange(B, device=dev)
     Xh = X.new_zeros(m, n, B)
     Gh = X.new_zeros(m, n, B)
     H = torch.zeros(B, m, m, dtype=torch.float64, device=dev)
-    iters = torch.full((B,), -1, dtype=torch.long, device=dev)
-    FX, Z = F(X, None)
+    polish = torch.zeros(B, dtype=torch.bool, device=dev)
+    stall = torch.zeros(B, dtype=torch.long, device=dev)
+    FX, Z = F(X)
     G = FX - X
-    r = G.abs().amax(dim=0) if n else X.new_zeros(B)
+    r = _residual(FX, X)
+    r_best = r.clone()
     _finite_or_raise(r, "anderson", 0)
-    iters = _update_iters(iters, r, tol, 0)
     count, it, fallbacks = 0, 0, 0
 
-    def push(slot: int, Xs: Tensor, Gs: Tensor) -> None:
-        Xh[slot], Gh[slot] = Xs, Gs
-        row = torch.einsum("nb,inb->bi", Gs, Gh).to(torch.float64)
+    def push(slot: int) -> None:
+        Xh[slot], Gh[slot] = X, G
+        row = (Gh * G).sum(dim=1).t().to(torch.float64)  # (B, m)
         H[:, slot, :] = row
         H[:, :, slot] = row
 
-    push(0, X, G)
-    count = 1
-    while not bool((r <= tol).all()) and it < max_iter:
+    while True:
+        done = r <= tol
+        if it >= max_iter:
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            out.retire(cols, done, X, Z, r, it)
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            sel = keep.nonzero().squeeze(1)
+            cols, X, G, Z, r = cols[sel], X[:, sel], G[:, sel], Z[:, sel], r[sel]
+            polish, stall, r_best = polish[sel], stall[sel], r_best[sel]
+            Xh, Gh, H = Xh[:, :, sel], Gh[:, :, sel], H[sel]
+            F = F.restrict(sel)
+            B = int(sel.numel())
+        push(count % m)
+        count += 1
         it += 1
         k = min(count, m)
         Hk = H[:, :k, :k]
@@ -230,32 +308,41 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         ok = (info == 0) & torch.isfinite(a).all(dim=1)
         if not bool(ok.all()):  # degenerate system: plain step for those columns
             a = torch.where(ok[:, None], a, torch.zeros_like(a))
-            a[~ok, (count - 1) % m] = 1.0  # the newest entry: a plain step
-        a = a.to(dt)
-        Xn = torch.einsum("bi,inb->nb", a, Xh[:k]) + beta * torch.einsum("bi,inb->nb", a, Gh[:k])
-        FXn, Zn = F(Xn, None)
+            a[~ok, (count - 1) % m] = 1.0  # the newest entry
+        aT = a.t().to(dt)[:, None, :]  # (k, 1, B)
+        Xn = (aT * (Xh[:k] + beta * Gh[:k])).sum(dim=0)
+        if bool(polish.any()):  # columns at the rounding floor take plain steps
+            Xn = torch.where(polish, X + alpha * G, Xn)
+        FXn, Zn = F(Xn)
         Gn = FXn - Xn
-        rn = Gn.abs().amax(dim=0) if n else Xn.new_zeros(B)
-        bad = ~(rn <= r)  # increased residual, or NaN from an extrapolated step
+        rn = _residual(FXn, Xn)
+        # a blow-up (residual up by more than _REJECT_FACTOR, or NaN) is rejected; Anderson's
+        # residuals are not monotone, and rejecting every increase stalls it (measured)
+        bad = ~(rn <= _REJECT_FACTOR * r) & ~polish
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             fallbacks += int(idx.numel())
             Xs = X[:, idx] + alpha * G[:, idx]
-            FXs, Zs = F(Xs, idx)
-            Xn[:, idx], FXn[:, idx], Zn[:, idx] = Xs, FXs, Zs
+            FXs, Zs = F.restrict(idx)(Xs)
+            Xn[:, idx], Zn[:, idx] = Xs, Zs
             Gn[:, idx] = FXs - Xs
-            rn[idx] = Gn[:, idx].abs().amax(dim=0) if n else 0
+            rn[idx] = _residual(FXs, Xs)
             # restart the history of these columns at the new point
             Xh[:, :, idx] = Xs.unsqueeze(0)
             Gh[:, :, idx] = Gn[:, idx].unsqueeze(0)
             g2 = (Gn[:, idx].to(torch.float64) ** 2).sum(dim=0)
             H[idx] = g2[:, None, None].expand(-1, m, m)
         _finite_or_raise(rn, "anderson", it)
+        improved = rn < r_best
+        r_best = torch.where(improved, rn, r_best)
+        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
+        # no progress for 2m steps within ~1000 ulps of the state: extrapolation is lost in
+        # rounding noise (float32 with tol near an ulp of the state); plain steps converge
+        floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=0) if n else r_best
+        polish |= (stall >= 2 * m) & (r_best <= floor)
         X, G, Z, r = Xn, Gn, Zn, rn
-        iters = _update_iters(iters, r, tol, it)
-        push(count % m, X, G)
-        count += 1
-    return X, Z, _finish("anderson", X, r, it, iters, tol, on_nonconvergence, fallbacks)
+    iters = torch.where(out.r <= tol, out.iters, torch.full_like(out.iters, -1))
+    return out.X, out.Z, _finish("anderson", out.r, it, iters, tol, on_nonconvergence, fallbacks)
 
 
 # ----------------------------------------------------------------------------- triangular
@@ -452,10 +539,7 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
             X = x0.detach().to(b.dtype).clone()
         a = _alpha(A, alpha, method)
 
-        def F(Xc: Tensor, cols: Tensor | None) -> tuple[Tensor, Tensor]:
-            Z = A @ Xc + (b if cols is None else b[:, cols])
-            return act(Z), Z
-
+        F = _ForwardMap(A, b, act)
         if method == "anderson":
             return _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
         return _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter, method,
@@ -508,11 +592,7 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
         X = torch.zeros_like(G) if x0 is None else x0.detach().clone()
         a = _alpha(A, alpha, method)
 
-        def F(Vc: Tensor, cols: Tensor | None) -> tuple[Tensor, Tensor]:
-            Zc, Gc = (Z, G) if cols is None else (Z[:, cols], G[:, cols])
-            W = At @ Vc + Gc
-            return act.vjp(Zc, W), W
-
+        F = _AdjointMap(At, Z, G, act)
         if method == "anderson":
             V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
         else:

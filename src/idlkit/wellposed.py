@@ -228,12 +228,14 @@ def _project_rows_l1(V: Tensor, radius: float) -> Tensor:
     lam = cs.gather(1, rho.long() - 1) / rho
     lam = torch.where(inside[:, None], torch.zeros_like(lam), lam)
     out = torch.sign(V) * torch.clamp(absV - lam, min=0)
-    # rounding can leave a row a few ulps above the radius: shrink those rows by a few ulps
-    sums = out.abs().sum(dim=1, keepdim=True)
+    # rounding can leave a row a few ulps above the radius; the certificates sum in
+    # float64, so check there and shrink such rows by a few ulps of V's dtype
+    sums = out.abs().sum(dim=1, keepdim=True, dtype=torch.float64)
     over = sums > radius
     if bool(over.any()):
         eps = torch.finfo(V.dtype).eps
-        out = torch.where(over, out * (radius / sums) * (1 - 4 * eps), out)
+        shrink = ((radius / sums) * (1 - 8 * eps)).to(V.dtype)
+        out = torch.where(over, out * shrink, out)
     return out
 
 
