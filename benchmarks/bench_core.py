@@ -55,8 +55,7 @@ REFERENCE = "idlkit-anderson"  # the idlkit default, denominator of the torchidl
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=None,
                     help="hidden sizes n (default 100 300 1000; --quick: 20 50)")
     ap.add_argument("--kappas", type=float, nargs="+", default=None,
@@ -64,26 +63,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed runs per cell after one warm-up (default 5; --quick: 2)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 256; --quick: 32)")
-    ap.add_argument("--p", type=int, default=784, help="input features")
-    ap.add_argument("--q", type=int, default=10, help="output features (classes)")
-    ap.add_argument("--tol", type=float, default=1e-6, help="absolute l_inf tolerance, both solves")
+    ap.add_argument("--p", type=int, default=784, help="input features (default 784)")
+    ap.add_argument("--q", type=int, default=10, help="output features / classes (default 10)")
+    ap.add_argument("--tol", type=float, default=1e-6,
+                    help="solver tolerance (default 1e-6): absolute l_inf residual of the forward "
+                         "solve; idlkit scales it for the adjoint solve (see --torchidl-grad-tol)")
     ap.add_argument("--max-iter", type=int, default=2000,
-                    help="iteration cap, forward and backward, every method")
+                    help="iteration cap, forward and backward, every method (default 2000)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
-                    help="float32 cannot reach an absolute tol of 1e-6 at kappa=0.99: the adjoint "
-                         "state is ~100x the state and its float32 spacing exceeds 1e-6")
+                    help="default float64: float32 cannot resolve an absolute 1e-6 at kappa=0.99 "
+                         "(the state reaches ~10, where float32 spacing is ~1e-6)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: the CPUs this process may use)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
-                    help="'idlkit-picard-bwdpicard' is idlkit picard with a picard adjoint solve, "
-                         "the same algorithm as torchidl")
+                    help="default: all; 'idlkit-picard-bwdpicard' is idlkit picard with a picard "
+                         "adjoint solve, the same algorithm as torchidl")
+    ap.add_argument("--torchidl-grad-tol", choices=["match", "tol"], default="match",
+                    help="torchidl's absolute adjoint tolerance: 'match' = the absolute tolerance "
+                         "idlkit's adjoint solve used in the same cell (SolveInfo.tol; idlkit "
+                         "scales --tol by ||dL/dx||_inf; the default), 'tol' = --tol")
     ap.add_argument("--cell-budget", type=float, default=20.0,
-                    help="seconds: when the warm-up of a method takes longer than this / repeats,"
-                         " fewer timed runs are made (at least 1; 0 when the warm-up alone is "
-                         "longer than the budget, and the warm-up is reported)")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="seconds (default 20): when the warm-up of a method takes longer than "
+                         "this / repeats, fewer timed runs are made (at least 1; 0 when the "
+                         "warm-up alone is longer than the budget, and the warm-up is reported)")
+    ap.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
+    ap.add_argument("--out", type=Path, default=HERE / "results",
+                    help="output directory (default benchmarks/results)")
     args = ap.parse_args(argv)
     quick = args.quick
     if args.sizes is None:
@@ -275,7 +281,7 @@ def _tidl_record(err: object, status: str, tol: CountingTol, mitr: int) -> dict:
     # number of updates of the returned iterate is evaluations - 1 (idlkit's convention)
     return {"iterations": evaluations - 1 if converged else evaluations,
             "residual": float(err), "converged": converged, "status": status,
-            "evaluations": evaluations, "max_iter": mitr}
+            "evaluations": evaluations, "max_iter": mitr, "tol": tol.value}
 
 
 # ----------------------------------------------------------------------------- problem
@@ -302,8 +308,12 @@ def make_problem(n: int, kappa: float, args: argparse.Namespace) -> dict:
     return prob
 
 
-def build(method: str, prob: dict, n: int, kappa: float, args: argparse.Namespace, tidl):
-    """``(model, solve_info_fn)``; ``solve_info_fn()`` describes the last forward/backward."""
+def build(method: str, prob: dict, n: int, kappa: float, args: argparse.Namespace, tidl,
+          grad_tol: float | None = None):
+    """``(model, solve_info_fn)``; ``solve_info_fn()`` describes the last forward/backward.
+
+    ``grad_tol``: torchidl's absolute adjoint tolerance (default ``args.tol``).
+    """
     dt = DTYPES[args.dtype]
     p, q = args.p, args.q
     if method.startswith("idlkit"):
@@ -326,7 +336,8 @@ def build(method: str, prob: dict, n: int, kappa: float, args: argparse.Namespac
         kap = max(kappa, float(torch.linalg.matrix_norm(prob["A"], ord=float("inf"))))
         model = tb.ImplicitModel(input_dim=p, output_dim=q, hidden_dim=n, f=fn, no_D=False,
                                  bias=False, mitr=args.max_iter, grad_mitr=args.max_iter,
-                                 tol=CountingTol(args.tol), grad_tol=CountingTol(args.tol),
+                                 tol=CountingTol(args.tol),
+                                 grad_tol=CountingTol(args.tol if grad_tol is None else grad_tol),
                                  kappa=kap).to(dt)
 
         def info() -> dict:
@@ -342,7 +353,7 @@ def _idl_record(s) -> dict | None:
         return None
     return {"iterations": int(s.iterations), "residual": float(s.residual),
             "converged": bool(s.converged), "fallbacks": int(getattr(s, "fallbacks", 0)),
-            "method": s.method}
+            "method": s.method, "tol": float(s.tol)}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -400,10 +411,10 @@ def contention_probe(threads: int, dtype: torch.dtype) -> dict:
 
 
 def bench_method(method: str, prob: dict, n: int, kappa: float, args: argparse.Namespace,
-                 tidl) -> dict:
+                 tidl, grad_tol: float | None = None) -> dict:
     rec: dict = {"method": method}
     try:
-        model, info = build(method, prob, n, kappa, args, tidl)
+        model, info = build(method, prob, n, kappa, args, tidl, grad_tol)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-convergence is read from the records
             fw, bw, y = run_once(model, prob)  # warm-up
@@ -468,7 +479,10 @@ def _fb(solve: dict | None) -> str:
 
 
 def fmt_res(solve: dict | None) -> str:
-    return "-" if not solve else f"{solve['residual']:.2g}"
+    if not solve:
+        return "-"
+    tol = f" ({solve['tol']:.2g})" if solve.get("tol") is not None else ""
+    return f"{solve['residual']:.2g}{tol}"
 
 
 def markdown(result: dict) -> str:
@@ -484,14 +498,16 @@ def markdown(result: dict) -> str:
         "",
         f"Problem: `x = relu(A x + B u)`, `y = C x + D u`, batch {cfg['batch']}, p = {cfg['p']}, "
         f"q = {cfg['q']}, {cfg['dtype']}; `A >= 0` with every row summing to kappa; cross "
-        f"entropy against random labels. tol {cfg['tol']:g} (absolute, forward and backward), "
-        f"max_iter {cfg['max_iter']}. Times: median of the timed runs after one warm-up "
+        f"entropy against random labels. tol {cfg['tol']:g} (forward: absolute; backward: see "
+        f"`resid (tol)` and the notes), max_iter {cfg['max_iter']}. Times: median of the timed "
+        f"runs after one warm-up "
         f"(`runs` column; `0*` = only the warm-up, which took longer than the "
         f"{cfg['cell_budget']:g} s cell budget).",
         "",
-        "| n | kappa | method | fwd ms | bwd ms | fwd+bwd ms | fwd it | bwd it | fwd resid | "
-        "bwd resid | AA fallbacks | fwd ms/it / GEMM | max abs dy | torchidl / this | runs |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| n | kappa | method | fwd ms | bwd ms | fwd+bwd ms | fwd it | bwd it | fwd resid (tol) | "
+        "bwd resid (tol) | AA fallbacks | fwd ms/it / GEMM | max abs dy | rel d grad | torchidl / this "
+        "| runs |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         recs = {r["method"]: r for r in c["methods"]}
@@ -499,7 +515,7 @@ def markdown(result: dict) -> str:
         for r in c["methods"]:
             head = f"| {c['n']} | {c['kappa']:g} | {r['method']} |"
             if "error" in r:
-                lines.append(head + f" error: {r['error'][:120]} |" + " |" * 11)
+                lines.append(head + f" error: {r['error'][:120]} |" + " |" * 12)
                 continue
             fwd, bwd = r.get("forward"), r.get("backward")
             per = "-"
@@ -509,14 +525,15 @@ def markdown(result: dict) -> str:
             ratio = "-"
             if tidl and r["method"] != "torchidl":
                 ratio = f"{tidl / r['total_s']:.2f}"
-            dy = "-" if "max_abs_dy" not in r or r["method"] == r.get("compared_to") \
-                else f"{r['max_abs_dy']:.1e}"
+            same = "max_abs_dy" not in r or r["method"] == r.get("compared_to")
+            dy = "-" if same else f"{r['max_abs_dy']:.1e}"
+            dg = "-" if same else f"{max(r['rel_dgrad'].values()):.1e}"
             runs = str(r["timed_runs"]) if r["timed_runs"] else "0*"
             fb = "/".join(str(s["fallbacks"]) if s and s.get("method") == "anderson" else "-"
                           for s in (fwd, bwd))
             lines.append(f"{head} {fmt_ms(r['fwd_s'])} | {fmt_ms(r['bwd_s'])} | "
                          f"{fmt_ms(r['total_s'])} | {fmt_it(fwd)} | {fmt_it(bwd)} | "
-                         f"{fmt_res(fwd)} | {fmt_res(bwd)} | {fb} | {per} | {dy} | {ratio} | "
+                         f"{fmt_res(fwd)} | {fmt_res(bwd)} | {fb} | {per} | {dy} | {dg} | {ratio} | "
                          f"{runs} |")
     lines += ["", "GEMMs, median time of one product: `A @ X` ((n, n) times (n, batch)), "
               "the per-iteration product, and `B @ U` ((n, p) times (p, batch)), done once "
@@ -555,22 +572,33 @@ def _load(v) -> str:
 NOTES = [
     "`it`: updates of the iterate (idlkit's convention; a Picard solve evaluates the map "
     "it + 1 times). `(NC)`: stopped at max_iter without reaching tol.",
-    "`resid`: the absolute residual `max_j ||F(x_j) - x_j||_inf` over the batch at the returned "
-    "iterate, as each library computes it. Both libraries stop on this same absolute max-abs "
-    "residual (idlkit `<= tol`, torchidl `< tol`; torchidl's `torch.norm(X_new - X, inf)` "
-    "of a matrix is its max abs entry), so the rows compare at equal accuracy.",
+    "`resid (tol)`: the absolute residual `max_j ||F(x_j) - x_j||_inf` over the batch at the "
+    "returned iterate, as each library computes it, and in parentheses the absolute tolerance "
+    "the solve stopped on (idlkit: `SolveInfo.tol`). Both libraries stop on this max-abs "
+    "residual (idlkit `<= tol`, per sample; torchidl `< tol` over the whole batch: its "
+    "`torch.norm(X_new - X, inf)` of a matrix is the max abs entry). The forward tolerance "
+    "is --tol for both. idlkit's adjoint tolerance is --tol times `||dL/dx||_inf` (relative "
+    "to the incoming gradient; ~1e-3 for a batch-mean loss), torchidl's is absolute: with "
+    "`--torchidl-grad-tol match` (default) torchidl is given the absolute value idlkit used "
+    "in the same cell, so both backward solves stop at the same accuracy.",
     "idlkit's adjoint (backward) solve is Anderson by default, also for `solver='picard'`; "
     "torchidl's forward and backward solves are both plain Picard. idlkit-picard-bwdpicard "
     "(idlkit picard with `backward_solver='picard'`) is the like-for-like row.",
     "`fwd ms/it / GEMM`: (forward time - one `B @ U` product) / forward iterations / one "
     "`A @ X` product; 1 is the floor "
     "for a solver doing one product per iteration, the rest is per-iteration overhead "
-    "(Anderson mixing, residual checks, safeguard re-evaluations). In parentheses for torchidl.",
+    "(Anderson mixing, residual checks, safeguard re-evaluations). In parentheses for torchidl. "
+    "idlkit stops each sample (column) at its own convergence and drops it from later "
+    "iterations, so its cost per iteration falls as samples converge and can be below one "
+    "full-batch GEMM; torchidl iterates the whole batch until the slowest sample converges.",
     "`AA fallbacks`: forward/backward Anderson steps rejected by idlkit's safeguard and "
     "replaced by a plain step (column-steps, out of iterations x batch).",
     "`max abs dy`: max |y - y_ref| over the batch, ref = torchidl (idlkit-anderson if torchidl "
     "is absent); both solutions are within tol of the fixed point, so differences up to about "
-    "`||C||_inf tol / (1 - kappa)` are expected.",
+    "`||C||_inf tol / (1 - kappa)` are expected. `rel d grad`: max over A, B, C, D of "
+    "`max|grad - grad_ref| / max|grad_ref|`. A Picard iterate with residual tol is up to "
+    "`tol / (1 - kappa)` away from the fixed point (1e-4 at kappa = 0.99), enough to flip the "
+    "ReLU pattern of a few units, which changes the gradients by more than the outputs.",
     "torchidl is given `kappa = ||A||_inf` so that its `ImplicitFunctionInf` projection "
     "leaves A unchanged; its iteration counts are read by counting its own `err < tol` tests "
     "(see `CountingTol`).",
@@ -598,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
     tb, tf, note = load_torchidl()
-    methods = list(dict.fromkeys(args.methods))
+    methods = [m for m in METHODS if m in args.methods]  # idlkit rows first (see --torchidl-grad-tol)
     if tb is None and "torchidl" in methods:
         print(f"NOTE: {note}; running the idlkit rows only.", flush=True)
         methods.remove("torchidl")
@@ -621,8 +649,13 @@ def main(argv: list[str] | None = None) -> int:
         for kappa in args.kappas:
             prob = make_problem(n, kappa, args)
             recs = []
+            matched: float | None = None  # idlkit's absolute adjoint tolerance in this cell
             for method in methods:
-                r = bench_method(method, prob, n, kappa, args, (tb, tf))
+                gt = matched if method == "torchidl" and args.torchidl_grad_tol == "match" \
+                    else None
+                r = bench_method(method, prob, n, kappa, args, (tb, tf), gt)
+                if method.startswith("idlkit") and r.get("backward") and matched is None:
+                    matched = r["backward"]["tol"]
                 recs.append(r)
                 fwd, bwd = r.get("forward"), r.get("backward")
                 msg = r.get("error") or (

@@ -590,6 +590,6 @@ def test_training_reduces_loss(name):
         loss = ((model(u) - target) ** 2).mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
     assert model.certificate().holds["inf"]

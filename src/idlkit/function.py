@@ -9,7 +9,9 @@ with ``G = dL/dX``, the adjoint state ``V = dL/db`` solves
 and ``dL/dA = V X^T``, ``dL/db = V`` (eq. G.2 and the "summary" of App. G, with
 ``G = C^T dL/dy`` when the loss sees ``X`` only through ``y = C X + D u``). The
 gradients of ``B``, the bias and the input ``u`` then follow by the chain rule
-through ``b = B u + bias``, done by torch autograd. Only ``A, X, Z`` are kept
+through ``b = B u + bias``, done by torch autograd. The adjoint solve stops when
+its l_inf residual is below ``backward_tol * ||G||_inf`` (relative to the incoming
+gradient, whose scale depends on the loss). Only ``A, X, Z`` are kept
 for backward: memory is O(n^2 + n m), independent of the number of iterations.
 """
 
@@ -86,8 +88,13 @@ class ImplicitFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gX: Tensor):  # type: ignore[override]
         A, X, Z = ctx.saved_tensors
-        V, info = adjoint_fixed_point(A, Z, gX.contiguous(), ctx.act,
-                                      **ctx.settings.backward_kwargs())
+        gX = gX.contiguous()
+        kwargs = ctx.settings.backward_kwargs()
+        # the adjoint tolerance is relative to the size of the incoming gradient, which
+        # scales with the loss (e.g. 1/batch for a mean): tol * ||dL/dX||_inf
+        scale = float(gX.abs().max()) if gX.numel() else 0.0
+        kwargs["tol"] = kwargs["tol"] * scale if scale > 0 else kwargs["tol"]
+        V, info = adjoint_fixed_point(A, Z, gX, ctx.act, **kwargs)
         ctx.record.backward = info
         gA = V @ X.t() if ctx.needs_input_grad[0] else None
         gb = V if ctx.needs_input_grad[1] else None

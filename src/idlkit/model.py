@@ -45,7 +45,8 @@ class ImplicitModel(nn.Module):
         solver: forward solver, one of ``picard``, ``averaged``, ``anderson``, ``triangular``.
         tol, max_iter: stopping rule of the forward (and by default backward) solve.
         backward_solver, backward_tol, backward_max_iter: adjoint solve settings
-            (default: ``anderson``, or ``triangular`` with a triangular forward solver).
+            (default: ``anderson``, or ``triangular`` with a triangular forward solver);
+            ``backward_tol`` is relative to ``||dL/dx||_inf``.
         alpha: averaged step (default chosen from A, see :func:`idlkit.solve.default_alpha`).
         anderson_m: Anderson memory.
         on_nonconvergence: ``"raise"`` (default :class:`~idlkit.errors.ConvergenceError`),

@@ -103,32 +103,43 @@ class SolveInfo:
                 + (f", {self.fallbacks} safeguard fallbacks" if self.fallbacks else "") + ")")
 
 
+# The iterative solvers work batch-first internally (one *row* per sample, ``(m, n)``):
+# dropping converged samples is then a contiguous row selection, and ``X A^T`` is one GEMM
+# with a transposed operand. Activations see the column-convention view ``Z.t()``.
+
+
 class _ForwardMap:
-    """``F(X) = phi(A X + b)``, returning ``(F(X), Z)`` with ``Z = A X + b``."""
+    """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``."""
 
-    def __init__(self, A: Tensor, b: Tensor, act: Activation) -> None:
-        self.A, self.b, self.act = A, b, act
+    def __init__(self, A: Tensor, bT: Tensor, act: Activation) -> None:
+        self.A, self.bT, self.act = A, bT, act
 
-    def restrict(self, cols: Tensor) -> _ForwardMap:
-        return _ForwardMap(self.A, self.b[:, cols], self.act)
+    def restrict(self, rows: Tensor) -> _ForwardMap:
+        return _ForwardMap(self.A, self.bT[rows], self.act)
 
     def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
-        Z = torch.addmm(self.b, self.A, X) if self.A.layout == torch.strided else self.A @ X + self.b
-        return self.act(Z), Z
+        if self.A.layout == torch.strided:
+            Z = torch.addmm(self.bT, X, self.A.t())
+        else:
+            Z = (self.A @ X.t()).t() + self.bT
+        return self.act(Z.t()).t(), Z
 
 
 class _AdjointMap:
-    """``F(V) = J(Z)^T (A^T V + G)`` (eq. G.3), returning ``(F(V), A^T V + G)``."""
+    """``F(v) = J(z)^T (A^T v + g)`` on rows (eq. G.3): returns ``(F(V), V A + G^T)``."""
 
-    def __init__(self, At: Tensor, Z: Tensor, G: Tensor, act: Activation) -> None:
-        self.At, self.Z, self.G, self.act = At, Z, G, act
+    def __init__(self, A: Tensor, ZT: Tensor, GT: Tensor, act: Activation) -> None:
+        self.A, self.ZT, self.GT, self.act = A, ZT, GT, act
 
-    def restrict(self, cols: Tensor) -> _AdjointMap:
-        return _AdjointMap(self.At, self.Z[:, cols], self.G[:, cols], self.act)
+    def restrict(self, rows: Tensor) -> _AdjointMap:
+        return _AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act)
 
     def __call__(self, V: Tensor) -> tuple[Tensor, Tensor]:
-        W = torch.addmm(self.G, self.At, V) if self.At.layout == torch.strided else self.At @ V + self.G
-        return self.act.vjp(self.Z, W), W
+        if self.A.layout == torch.strided:
+            W = torch.addmm(self.GT, V, self.A)
+        else:
+            W = (self.A.t() @ V.t()).t() + self.GT
+        return self.act.vjp(self.ZT.t(), W.t()).t(), W
 
 
 FixedPointMap = _ForwardMap | _AdjointMap
@@ -159,7 +170,8 @@ def _check_settings(method: str, tol: float, max_iter: int, on_nonconvergence: s
 
 
 def _residual(FX: Tensor, X: Tensor) -> Tensor:
-    return (FX - X).abs().amax(dim=0) if X.shape[0] else X.new_zeros(X.shape[1])
+    """Per-sample l_inf residual of batch-first iterates ``(m, n)``."""
+    return (FX - X).abs().amax(dim=1) if X.shape[1] else X.new_zeros(X.shape[0])
 
 
 def _finite_or_raise(r: Tensor, method: str, it: int) -> None:
@@ -189,28 +201,35 @@ def _finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float,
 
 
 class _Output:
-    """Collects each column's final state, pre-activation and residual as it leaves the
-    active set: converged columns are frozen, so later iterations cost only the rest."""
+    """Collects each sample's final state, pre-activation and residual as it leaves the
+    active set: converged samples are frozen, so later iterations cost only the rest."""
 
     def __init__(self, X: Tensor) -> None:
-        B = X.shape[1]
+        B = X.shape[0]
         self.X = torch.empty_like(X)
         self.Z = torch.empty_like(X)
         self.r = X.new_zeros(B)
         self.iters = torch.full((B,), -1, dtype=torch.long, device=X.device)
 
-    def retire(self, cols: Tensor, mask: Tensor, X: Tensor, Z: Tensor, r: Tensor,
+    def retire(self, rows: Tensor, mask: Tensor, X: Tensor, Z: Tensor, r: Tensor,
                it: int) -> None:
-        idx = cols[mask]
-        self.X[:, idx], self.Z[:, idx], self.r[idx] = X[:, mask], Z[:, mask], r[mask]
+        idx = rows[mask]
+        self.X[idx], self.Z[idx], self.r[idx] = X[mask], Z[mask], r[mask]
         self.iters[idx] = it
+
+    def result(self, method: str, it: int, tol: float, on_nonconvergence: str,
+               fallbacks: int = 0) -> tuple[Tensor, Tensor, SolveInfo]:
+        """``(X, Z, info)`` back in column convention ``(n, m)``."""
+        iters = torch.where(self.r <= tol, self.iters, torch.full_like(self.iters, -1))
+        info = _finish(method, self.r, it, iters, tol, on_nonconvergence, fallbacks)
+        return self.X.t(), self.Z.t(), info
 
 
 def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
                     method: str, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
-    """Picard (``alpha = 1``) or averaged iteration, on the columns not yet converged."""
+    """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only."""
     out = _Output(X)
-    cols = torch.arange(X.shape[1], device=X.device)
+    rows = torch.arange(X.shape[0], device=X.device)
     it = 0
     while True:
         FX, Z = F(X)
@@ -220,45 +239,45 @@ def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
         if it >= max_iter:
             done = torch.ones_like(done)
         if bool(done.any()):
-            out.retire(cols, done, X, Z, r, it)
+            out.retire(rows, done, X, Z, r, it)
             keep = ~done
             if not bool(keep.any()):
                 break
             sel = keep.nonzero().squeeze(1)
-            cols, X, FX = cols[sel], X[:, sel], FX[:, sel]
+            rows, X, FX = rows[sel], X[sel], FX[sel]
             F = F.restrict(sel)
         X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
         it += 1
-    iters = torch.where(out.r <= tol, out.iters, torch.full_like(out.iters, -1))
-    return out.X, out.Z, _finish(method, out.r, it, iters, tol, on_nonconvergence)
+    return out.result(method, it, tol, on_nonconvergence)
 
 
 def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
               m: int, beta: float, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
-    """Type-II Anderson acceleration, per column, with a residual-decrease safeguard.
+    """Type-II Anderson acceleration, per sample, with safeguards (batch-first ``X``).
 
     With ``G_i = F(x_i) - x_i`` for the last ``m`` iterates, the weights solve
     ``min ||sum_i a_i G_i||_2 : sum_i a_i = 1`` (through the bordered normal
     equations in float64, Tikhonov-regularised), and
-    ``x+ = sum_i a_i (x_i + beta G_i)``. The Gram matrix is updated one row per
-    iteration (O(m n) per column).
+    ``x+ = sum_i a_i (x_i + beta G_i)``. The history is stored batch-first,
+    ``(m_batch, memory, n)``, so the Gram update and the mixing are batched
+    matrix products; the Gram matrix gains one row per iteration (O(m n) per sample).
 
-    Safeguards, per column: a step that multiplies the residual by more than
+    Safeguards, per sample: a step that multiplies the residual by more than
     ``_REJECT_FACTOR`` (or gives NaN) is replaced by the fallback step
     ``x + alpha (F(x) - x)`` from the previous iterate and the history restarts;
-    a column whose best residual has not improved for ``2 m`` steps while within
+    a sample whose best residual has not improved for ``2 m`` steps while within
     ``_FLOOR_ULPS`` ulps of its largest entry continues with fallback steps only
     (rounding noise in float32 with ``tol`` near an ulp of the state defeats
     extrapolation, while plain steps reach the floating-point fixed point).
-    Converged columns leave the active set.
+    Converged samples leave the active set.
     """
-    n, B = X.shape
+    B, n = X.shape
     dev, dt = X.device, X.dtype
     eps = torch.finfo(dt).eps
     out = _Output(X)
-    cols = torch.arange(B, device=dev)
-    Xh = X.new_zeros(m, n, B)
-    Gh = X.new_zeros(m, n, B)
+    rows = torch.arange(B, device=dev)
+    Yh = X.new_zeros(B, m, n)  # x_i + beta G_i
+    Gh = X.new_zeros(B, m, n)  # G_i
     H = torch.zeros(B, m, m, dtype=torch.float64, device=dev)
     polish = torch.zeros(B, dtype=torch.bool, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
@@ -268,29 +287,29 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     r_best = r.clone()
     _finite_or_raise(r, "anderson", 0)
     count, it, fallbacks = 0, 0, 0
-
-    def push(slot: int) -> None:
-        Xh[slot], Gh[slot] = X, G
-        row = (Gh * G).sum(dim=1).t().to(torch.float64)  # (B, m)
-        H[:, slot, :] = row
-        H[:, :, slot] = row
+    eye = 1e-10 * torch.eye(m, dtype=torch.float64, device=dev)
 
     while True:
         done = r <= tol
         if it >= max_iter:
             done = torch.ones_like(done)
         if bool(done.any()):
-            out.retire(cols, done, X, Z, r, it)
+            out.retire(rows, done, X, Z, r, it)
             keep = ~done
             if not bool(keep.any()):
                 break
             sel = keep.nonzero().squeeze(1)
-            cols, X, G, Z, r = cols[sel], X[:, sel], G[:, sel], Z[:, sel], r[sel]
+            rows, X, G, Z, r = rows[sel], X[sel], G[sel], Z[sel], r[sel]
             polish, stall, r_best = polish[sel], stall[sel], r_best[sel]
-            Xh, Gh, H = Xh[:, :, sel], Gh[:, :, sel], H[sel]
+            Yh, Gh, H = Yh[sel], Gh[sel], H[sel]
             F = F.restrict(sel)
             B = int(sel.numel())
-        push(count % m)
+        slot = count % m
+        Gh[:, slot] = G
+        Yh[:, slot] = X + beta * G if beta != 1.0 else X + G
+        row = torch.bmm(Gh, G.unsqueeze(2)).squeeze(2).to(torch.float64)  # (B, m)
+        H[:, slot, :] = row
+        H[:, :, slot] = row
         count += 1
         it += 1
         k = min(count, m)
@@ -299,20 +318,18 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         sys = torch.zeros(B, k + 1, k + 1, dtype=torch.float64, device=dev)
         sys[:, 0, 1:] = 1.0
         sys[:, 1:, 0] = 1.0
-        sys[:, 1:, 1:] = Hk / scale[:, None, None] + 1e-10 * torch.eye(k, dtype=torch.float64,
-                                                                       device=dev)
+        sys[:, 1:, 1:] = Hk / scale[:, None, None] + eye[:k, :k]
         rhs = torch.zeros(B, k + 1, 1, dtype=torch.float64, device=dev)
         rhs[:, 0] = 1.0
         sol, info = torch.linalg.solve_ex(sys, rhs)
         a = sol[:, 1:, 0]
         ok = (info == 0) & torch.isfinite(a).all(dim=1)
-        if not bool(ok.all()):  # degenerate system: plain step for those columns
+        if not bool(ok.all()):  # degenerate system: plain step for those samples
             a = torch.where(ok[:, None], a, torch.zeros_like(a))
-            a[~ok, (count - 1) % m] = 1.0  # the newest entry
-        aT = a.t().to(dt)[:, None, :]  # (k, 1, B)
-        Xn = (aT * (Xh[:k] + beta * Gh[:k])).sum(dim=0)
-        if bool(polish.any()):  # columns at the rounding floor take plain steps
-            Xn = torch.where(polish, X + alpha * G, Xn)
+            a[~ok, slot] = 1.0  # the newest entry
+        Xn = torch.bmm(a.to(dt).unsqueeze(1), Yh[:, :k]).squeeze(1)
+        if bool(polish.any()):  # samples at the rounding floor take plain steps
+            Xn = torch.where(polish[:, None], X + alpha * G, Xn)
         FXn, Zn = F(Xn)
         Gn = FXn - Xn
         rn = _residual(FXn, Xn)
@@ -322,15 +339,15 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             fallbacks += int(idx.numel())
-            Xs = X[:, idx] + alpha * G[:, idx]
+            Xs = X[idx] + alpha * G[idx]
             FXs, Zs = F.restrict(idx)(Xs)
-            Xn[:, idx], Zn[:, idx] = Xs, Zs
-            Gn[:, idx] = FXs - Xs
+            Xn[idx], Zn[idx] = Xs, Zs
+            Gn[idx] = FXs - Xs
             rn[idx] = _residual(FXs, Xs)
-            # restart the history of these columns at the new point
-            Xh[:, :, idx] = Xs.unsqueeze(0)
-            Gh[:, :, idx] = Gn[:, idx].unsqueeze(0)
-            g2 = (Gn[:, idx].to(torch.float64) ** 2).sum(dim=0)
+            # restart the history of these samples at the new point
+            Yh[idx] = (Xs + beta * Gn[idx]).unsqueeze(1)
+            Gh[idx] = Gn[idx].unsqueeze(1)
+            g2 = (Gn[idx].to(torch.float64) ** 2).sum(dim=1)
             H[idx] = g2[:, None, None].expand(-1, m, m)
         _finite_or_raise(rn, "anderson", it)
         improved = rn < r_best
@@ -338,11 +355,10 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
         # no progress for 2m steps within ~1000 ulps of the state: extrapolation is lost in
         # rounding noise (float32 with tol near an ulp of the state); plain steps converge
-        floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=0) if n else r_best
+        floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=1) if n else r_best
         polish |= (stall >= 2 * m) & (r_best <= floor)
         X, G, Z, r = Xn, Gn, Zn, rn
-    iters = torch.where(out.r <= tol, out.iters, torch.full_like(out.iters, -1))
-    return out.X, out.Z, _finish("anderson", out.r, it, iters, tol, on_nonconvergence, fallbacks)
+    return out.result("anderson", it, tol, on_nonconvergence, fallbacks)
 
 
 # ----------------------------------------------------------------------------- triangular
@@ -435,7 +451,7 @@ def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float) -> tuple[Tens
         else:
             X[idx] = _act_rows(act, C, idx, n)
     Z = A @ X + b
-    r = _residual(act(Z), X)
+    r = _residual(act(Z).t(), X.t())
     _finite_or_raise(r, "triangular", len(levels))
     iters = torch.full((X.shape[1],), len(levels), dtype=torch.long, device=X.device)
     resid = float(r.max()) if r.numel() else 0.0
@@ -531,15 +547,14 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
         if method == "triangular":
             return _triangular(A, b, act, tol)
         if x0 is None:
-            X = torch.zeros_like(b)
+            X = b.new_zeros(b.shape[1], b.shape[0])
         else:
             if x0.shape != b.shape:
                 raise ShapeError(f"warm start x0 must have shape {tuple(b.shape)}, got "
                                  f"{tuple(x0.shape)}")
-            X = x0.detach().to(b.dtype).clone()
+            X = x0.detach().to(b.dtype).t().contiguous()
         a = _alpha(A, alpha, method)
-
-        F = _ForwardMap(A, b, act)
+        F = _ForwardMap(A, b.t().contiguous(), act)
         if method == "anderson":
             return _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
         return _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter, method,
@@ -586,13 +601,9 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
                              torch.zeros(B, dtype=torch.long, device=V.device),
                              V.new_zeros(B), tol)
             return V, info
-        At = A.t()
-        if At.layout == torch.strided:
-            At = At.contiguous()
-        X = torch.zeros_like(G) if x0 is None else x0.detach().clone()
+        X = G.new_zeros(G.shape[1], G.shape[0]) if x0 is None else x0.detach().t().contiguous()
         a = _alpha(A, alpha, method)
-
-        F = _AdjointMap(At, Z, G, act)
+        F = _AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
         if method == "anderson":
             V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
         else:
