@@ -71,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-iter", type=int, default=2000,
                     help="iteration cap, forward and backward, every method (default 2000)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
-                    help="default float64: float32 cannot resolve an absolute 1e-6 at kappa=0.99 "
-                         "(the state reaches ~10, where float32 spacing is ~1e-6)")
+                    help="default float64: at kappa=0.99 the state reaches ~10, where the float32 "
+                         "spacing (~1e-6) equals the tolerance, so float32 iteration counts are "
+                         "set by rounding")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: the CPUs this process may use)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
@@ -614,6 +615,9 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -681,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.insert(0, f"torchidl rows missing: {note}.")
     elif not note.startswith("import torchidl"):
         notes.append(f"torchidl import: {note}.")
+    if threads != usable_cpus():
+        notes.append(f"Run with --threads {threads} ({usable_cpus()} usable CPUs).")
     contended = [mach[k].get("slowdown") for k in ("contention_probe_start",
                                                       "contention_probe_end")
                  if mach[k].get("contended")]

@@ -312,7 +312,7 @@ class Centered(Activation):
     def blocks(self, n: int) -> BlockStructure:
         return self.base.blocks(n)
 
-    def centered(self) -> Activation:
+    def centered(self, n: int) -> Activation:
         return self
 
     def __repr__(self) -> str:

@@ -38,7 +38,7 @@ class SolverSettings:
     max_iter: int = 500
     alpha: float | None = None
     anderson_m: int = 5
-    beta: float = 1.0
+    beta: float | None = None
     on_nonconvergence: str = "raise"
     backward_method: str | None = None
     backward_tol: float | None = None

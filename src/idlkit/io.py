@@ -78,10 +78,19 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
                               f"tampered?): {exc}") from exc
-    if cfg.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} has format {cfg.get('format')!r}, expected {_FORMAT!r}")
-    dtype = getattr(torch, cfg.get("dtype", "float32"))
-    model = ImplicitModel(**cfg["config"], dtype=dtype)
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        fmt = cfg.get("format") if isinstance(cfg, dict) else None
+        raise CheckpointError(f"{path} has format {fmt!r}, expected {_FORMAT!r}")
+    dtype = getattr(torch, str(cfg.get("dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CheckpointError(f"{path}: unknown dtype {cfg.get('dtype')!r} in the config")
+    config = cfg.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the model config is missing or not a JSON object")
+    try:
+        model = ImplicitModel(**config, dtype=dtype)
+    except (TypeError, ValueError, IdlError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -157,7 +157,7 @@ class ImplicitModel(nn.Module):
             elif kind == "mu":
                 A.copy_(wp.project_mu_set(A, self.kappa / act.lipschitz))  # type: ignore[attr-defined]
             elif kind == "triangular":
-                A.copy_(wp.project_triangular(A, strict=True))
+                A.copy_(wp.project_triangular(A, strict=True, sizes=act.blocks(self.hidden).sizes))
             elif kind == "pf":
                 pf = self._pf_value()
                 if pf > self.kappa:
@@ -179,17 +179,25 @@ class ImplicitModel(nn.Module):
         return wp.check(self.A, self.activation, declared=self.wellposedness, kappa=self.kappa)
 
     def _check_wellposed(self) -> None:
-        """Raise :class:`WellPosednessError` if ``A`` violates the declared condition (cached)."""
+        """Raise :class:`WellPosednessError` if ``A`` violates the declared condition.
+
+        ``inf``, ``mu`` and ``triangular`` cost O(n^2) and are evaluated on every call.
+        The PF eigenvalue is cached under a fingerprint of ``A``'s values (sum and sum of
+        squares, which also catch edits through ``A.data`` that leave ``_version`` alone).
+        """
         kind = self.wellposedness
         if kind is None:
             return
-        A = self.A
-        key = (A._version, A.data_ptr(), A.dtype, A.device)
-        if self._wp_cache is not None and self._wp_cache[0] == key:
-            msg = self._wp_cache[1]
+        if kind == "pf":
+            A = self.A.detach()
+            key = (A.dtype, A.device, A.shape, float(A.sum()), float((A * A).sum()))
+            if self._wp_cache is not None and self._wp_cache[0] == key:
+                msg = self._wp_cache[1]
+            else:
+                msg = self._violation(kind)
+                self._wp_cache = (key, msg)
         else:
             msg = self._violation(kind)
-            self._wp_cache = (key, msg)
         if msg is not None:
             raise WellPosednessError(msg)
 
@@ -198,9 +206,10 @@ class ImplicitModel(nn.Module):
         slack = 1 + _RTOL.get(A.dtype, 1e-5)
         fix = "call model.project_() after the optimizer step (or model.attach_projection(opt))"
         if kind == "triangular":
-            if bool(torch.tril(A).ne(0).any()):
-                i, j = (torch.tril(A).ne(0).nonzero()[0]).tolist()
-                return (f"wellposedness='triangular' needs strictly upper-triangular A; "
+            lower = A - wp.project_triangular(A, strict=True, sizes=act.blocks(self.hidden).sizes)
+            if bool(lower.ne(0).any()):
+                i, j = (lower.ne(0).nonzero()[0]).tolist()
+                return (f"wellposedness='triangular' needs strictly (block) upper-triangular A; "
                         f"A[{i}, {j}] = {float(A[i, j]):.6g}. Fix: {fix}")
             return None
         if kind == "inf":
@@ -242,9 +251,9 @@ class ImplicitModel(nn.Module):
     def _solve_activation(self) -> tuple[Activation, Tensor | None]:
         """The activation the solver sees and ``phi(0)`` when it is shifted (§3.1)."""
         act = self.activation.centered(self.hidden)
-        if isinstance(act, Centered):
-            return act, act.offset(self.hidden, self.A)
-        return act, None
+        if act is self.activation or not isinstance(act, Centered):
+            return act, None  # phi(0) = 0 already (a user's Centered map included)
+        return act, act.offset(self.hidden, self.A)
 
     def _pre_activation(self, U: Tensor, offset: Tensor | None) -> Tensor:
         """``B u + b`` in column convention ``(n, batch)``, plus ``A phi(0)`` when shifted."""

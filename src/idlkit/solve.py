@@ -507,7 +507,7 @@ def _validate_system(A: Tensor, b: Tensor) -> None:
 def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
                 method: str = "anderson", tol: float = 1e-6, max_iter: int = 500,
                 x0: Tensor | None = None, alpha: float | None = None, anderson_m: int = 5,
-                beta: float = 1.0, on_nonconvergence: str = "raise"
+                beta: float | None = None, on_nonconvergence: str = "raise"
                 ) -> tuple[Tensor, SolveInfo]:
     """Solve ``X = phi(A X + b)`` column by column.
 
@@ -521,7 +521,9 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
         x0: warm start, ``(n, m)`` (default zeros).
         alpha: averaging step for ``averaged`` and for Anderson's fallback step
             (default: 1 when ``||A||_inf < 1``, else :func:`default_alpha`).
-        anderson_m: Anderson memory; ``beta``: Anderson mixing parameter.
+        anderson_m: Anderson memory; ``beta``: Anderson mixing parameter (default
+            ``alpha``: Anderson then accelerates the averaged map, which is a
+            contraction under the mu_inf condition even when ``||A||_inf >= 1``).
         on_nonconvergence: ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
 
     Returns:
@@ -535,7 +537,7 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
 
 def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: float,
                   max_iter: int, x0: Tensor | None, alpha: float | None, anderson_m: int,
-                  beta: float, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
+                  beta: float | None, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
     """Forward solve returning also the pre-activation ``Z = A X + b`` at the solution."""
     _check_settings(method, tol, max_iter, on_nonconvergence, alpha, anderson_m)
     _validate_system(A, b)
@@ -556,7 +558,8 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
         a = _alpha(A, alpha, method)
         F = _ForwardMap(A, b.t().contiguous(), act)
         if method == "anderson":
-            return _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+            return _anderson(F, X, a, tol, max_iter, anderson_m, a if beta is None else beta,
+                             on_nonconvergence)
         return _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter, method,
                                on_nonconvergence)
 
@@ -575,7 +578,7 @@ def _alpha(A: Tensor, alpha: float | None, method: str) -> float:
 def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activation = "relu",
                         *, method: str = "anderson", tol: float = 1e-6, max_iter: int = 500,
                         x0: Tensor | None = None, alpha: float | None = None,
-                        anderson_m: int = 5, beta: float = 1.0,
+                        anderson_m: int = 5, beta: float | None = None,
                         on_nonconvergence: str = "raise") -> tuple[Tensor, SolveInfo]:
     """Solve the adjoint equilibrium ``V = J(Z)^T (A^T V + G)`` (paper 000 eq. G.3-G.4).
 
@@ -605,7 +608,8 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
         a = _alpha(A, alpha, method)
         F = _AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
         if method == "anderson":
-            V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+            V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m,
+                                   a if beta is None else beta, on_nonconvergence)
         else:
             V, _, info = _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter,
                                          method, on_nonconvergence)
