@@ -171,7 +171,14 @@ def _check_settings(method: str, tol: float, max_iter: int, on_nonconvergence: s
 
 def _residual(FX: Tensor, X: Tensor) -> Tensor:
     """Per-sample l_inf residual of batch-first iterates ``(m, n)``."""
-    return (FX - X).abs().amax(dim=1) if X.shape[1] else X.new_zeros(X.shape[0])
+    return _row_inf_norm(FX - X)
+
+
+def _row_inf_norm(G: Tensor) -> Tensor:
+    """``max_j |G_ij|`` per row."""
+    if G.shape[1] == 0:
+        return G.new_zeros(G.shape[0])
+    return G.abs().amax(dim=1)
 
 
 def _finite_or_raise(r: Tensor, method: str, it: int) -> None:
@@ -230,25 +237,31 @@ def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
     """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only."""
     out = _Output(X)
     rows = torch.arange(X.shape[0], device=X.device)
+    live = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
     it = 0
     while True:
         FX, Z = F(X)
         r = _residual(FX, X)
         _finite_or_raise(r, method, it)
-        done = r <= tol
-        if it >= max_iter:
-            done = torch.ones_like(done)
+        done = (r <= tol) & live if it < max_iter else live
         if bool(done.any()):
             out.retire(rows, done, X, Z, r, it)
-            keep = ~done
-            if not bool(keep.any()):
+            live = live & ~done
+            if not bool(live.any()):
                 break
-            sel = keep.nonzero().squeeze(1)
-            rows, X, FX = rows[sel], X[sel], FX[sel]
-            F = F.restrict(sel)
+            if _should_compact(live):
+                sel = live.nonzero().squeeze(1)
+                rows, X, FX, live = rows[sel], X[sel], FX[sel], live[sel]
+                F = F.restrict(sel)
         X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
         it += 1
     return out.result(method, it, tol, on_nonconvergence)
+
+
+def _should_compact(live: Tensor) -> bool:
+    """Drop retired samples once they are an eighth of the active set (copies amortised)."""
+    dead = int((~live).sum())
+    return dead * 8 >= live.numel()
 
 
 def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
@@ -269,7 +282,7 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     ``_FLOOR_ULPS`` ulps of its largest entry continues with fallback steps only
     (rounding noise in float32 with ``tol`` near an ulp of the state defeats
     extrapolation, while plain steps reach the floating-point fixed point).
-    Converged samples leave the active set.
+    Converged samples are frozen and leave the active set.
     """
     B, n = X.shape
     dev, dt = X.device, X.dtype
@@ -278,36 +291,38 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     rows = torch.arange(B, device=dev)
     Yh = X.new_zeros(B, m, n)  # x_i + beta G_i
     Gh = X.new_zeros(B, m, n)  # G_i
+    buf = torch.empty_like(Gh)  # workspace of the Gram update
     H = torch.zeros(B, m, m, dtype=torch.float64, device=dev)
     polish = torch.zeros(B, dtype=torch.bool, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
     FX, Z = F(X)
     G = FX - X
-    r = _residual(FX, X)
+    r = _row_inf_norm(G)
     r_best = r.clone()
     _finite_or_raise(r, "anderson", 0)
     count, it, fallbacks = 0, 0, 0
     eye = 1e-10 * torch.eye(m, dtype=torch.float64, device=dev)
 
+    live = torch.ones(B, dtype=torch.bool, device=dev)
     while True:
-        done = r <= tol
-        if it >= max_iter:
-            done = torch.ones_like(done)
+        done = (r <= tol) & live if it < max_iter else live
         if bool(done.any()):
             out.retire(rows, done, X, Z, r, it)
-            keep = ~done
-            if not bool(keep.any()):
+            live = live & ~done
+            if not bool(live.any()):
                 break
-            sel = keep.nonzero().squeeze(1)
-            rows, X, G, Z, r = rows[sel], X[sel], G[sel], Z[sel], r[sel]
-            polish, stall, r_best = polish[sel], stall[sel], r_best[sel]
-            Yh, Gh, H = Yh[sel], Gh[sel], H[sel]
-            F = F.restrict(sel)
-            B = int(sel.numel())
+            if _should_compact(live):
+                sel = live.nonzero().squeeze(1)
+                rows, X, G, Z, r, live = rows[sel], X[sel], G[sel], Z[sel], r[sel], live[sel]
+                polish, stall, r_best = polish[sel], stall[sel], r_best[sel]
+                Yh, Gh, H = Yh[sel], Gh[sel], H[sel]
+                F = F.restrict(sel)
+                B = int(sel.numel())
         slot = count % m
         Gh[:, slot] = G
         Yh[:, slot] = X + beta * G if beta != 1.0 else X + G
-        row = torch.bmm(Gh, G.unsqueeze(2)).squeeze(2).to(torch.float64)  # (B, m)
+        prod = torch.mul(Gh, G.unsqueeze(1), out=buf[:B])  # preallocated: no page faults
+        row = prod.sum(dim=2).to(torch.float64)  # (B, m)
         H[:, slot, :] = row
         H[:, :, slot] = row
         count += 1
@@ -332,10 +347,10 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
             Xn = torch.where(polish[:, None], X + alpha * G, Xn)
         FXn, Zn = F(Xn)
         Gn = FXn - Xn
-        rn = _residual(FXn, Xn)
+        rn = _row_inf_norm(Gn)
         # a blow-up (residual up by more than _REJECT_FACTOR, or NaN) is rejected; Anderson's
         # residuals are not monotone, and rejecting every increase stalls it (measured)
-        bad = ~(rn <= _REJECT_FACTOR * r) & ~polish
+        bad = ~(rn <= _REJECT_FACTOR * r) & ~polish & live
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             fallbacks += int(idx.numel())
@@ -343,7 +358,7 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
             FXs, Zs = F.restrict(idx)(Xs)
             Xn[idx], Zn[idx] = Xs, Zs
             Gn[idx] = FXs - Xs
-            rn[idx] = _residual(FXs, Xs)
+            rn[idx] = _row_inf_norm(Gn[idx])
             # restart the history of these samples at the new point
             Yh[idx] = (Xs + beta * Gn[idx]).unsqueeze(1)
             Gh[idx] = Gn[idx].unsqueeze(1)
