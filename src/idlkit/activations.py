@@ -122,7 +122,7 @@ class Activation:
     def centered(self, n: int) -> Activation:
         """``phi~ = phi - phi(0)`` on an ``n``-state (§3.1); ``self`` when ``phi(0) = 0``."""
         zero = self(torch.zeros(n, 1, dtype=torch.float64))
-        return self if not bool(zero.abs().amax() > 0) else Centered(self)
+        return self if not bool(zero.abs().sum() > 0) else Centered(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

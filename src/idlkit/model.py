@@ -30,7 +30,7 @@ class ImplicitModel(nn.Module):
 
     Args:
         in_features: input size ``p``.
-        hidden: state size ``n``.
+        hidden: state size ``n`` (0 gives the static affine map ``y = D u + d``).
         out_features: output size ``q``.
         activation: name (``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``,
             ``"identity"``, ``"softmax"``, ``"blockmax"``) or an
@@ -69,10 +69,10 @@ class ImplicitModel(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("hidden", hidden),
-                        ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {v!r}")
+        for name, v, low in (("in_features", in_features, 1), ("hidden", hidden, 0),
+                             ("out_features", out_features, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigurationError(f"{name} must be an integer >= {low}, got {v!r}")
         if wellposedness not in WELLPOSEDNESS:
             raise ConfigurationError(f"wellposedness must be one of {list(WELLPOSEDNESS)}, got "
                                      f"{wellposedness!r}")
@@ -127,17 +127,55 @@ class ImplicitModel(nn.Module):
         with torch.no_grad():
             n, p = self.hidden, self.in_features
             for W, fan_in in ((self.B, p), (self.C, n), (self.D, p)):
-                bound = 1.0 / math.sqrt(fan_in)
+                bound = 1.0 / math.sqrt(max(fan_in, 1))
                 W.uniform_(-bound, bound)
-            self.A.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
+            self.A.uniform_(-1.0 / math.sqrt(max(n, 1)), 1.0 / math.sqrt(max(n, 1)))
             if self.b is not None:
                 self.b.uniform_(-1.0 / math.sqrt(p), 1.0 / math.sqrt(p))
-                self.d.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
+                self.d.uniform_(-1.0 / math.sqrt(max(n, 1)), 1.0 / math.sqrt(max(n, 1)))
             if self.wellposedness in ("pf", "mu", None):
                 # ||A||_inf <= kappa / gamma implies every other certificate
                 limit = self.kappa / self.activation.lipschitz_inf
                 self.A.mul_(min(1.0, limit / max(wp.inf_norm(self.A), 1e-300)))
             self.project_()
+
+    @classmethod
+    def from_matrices(cls, A: Tensor, B: Tensor, C: Tensor, D: Tensor, b: Tensor | None = None,
+                      d: Tensor | None = None, *, activation: str | Activation = "relu",
+                      wellposedness: str | None = None, kappa: float = 0.95,
+                      **solver_kwargs: object) -> ImplicitModel:
+        """Model holding copies of the given matrices (dtype and device of ``A``).
+
+        Shapes: ``A (n, n)``, ``B (n, p)``, ``C (q, n)``, ``D (q, p)``, ``b (n,)``, ``d (q,)``;
+        with one bias given the other is zero. ``n = 0`` (empty ``A``) gives the static
+        affine map ``y = D u + d``. The declared ``wellposedness`` must already hold:
+        a violation raises :class:`WellPosednessError` (nothing is projected silently).
+        ``solver_kwargs`` are the constructor's solver settings (``solver``, ``tol``, ...).
+        """
+        mats = {"A": A, "B": B, "C": C, "D": D}
+        for k, M in mats.items():
+            if not isinstance(M, Tensor) or M.dim() != 2:
+                raise ShapeError(f"{k} must be a 2-D tensor, got {getattr(M, 'shape', type(M))}")
+        n, p, q = A.shape[0], B.shape[1], C.shape[0]
+        expected = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
+        for k, M in mats.items():
+            if tuple(M.shape) != expected[k]:
+                raise ShapeError(f"{k} has shape {tuple(M.shape)}, expected {expected[k]} for "
+                                 f"n={n}, p={p}, q={q}")
+        for k, v, size in (("b", b, n), ("d", d, q)):
+            if v is not None and tuple(v.shape) != (size,):
+                raise ShapeError(f"{k} has shape {tuple(v.shape)}, expected ({size},)")
+        bias = b is not None or d is not None
+        model = cls(p, n, q, activation=activation, bias=bias, wellposedness=wellposedness,
+                    kappa=kappa, dtype=A.dtype, device=A.device, **solver_kwargs)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for k, M in mats.items():
+                getattr(model, k).copy_(M)
+            if bias:
+                model.b.copy_(b if b is not None else torch.zeros(n))
+                model.d.copy_(d if d is not None else torch.zeros(q))
+        model._check_wellposed()
+        return model
 
     # ------------------------------------------------------------------ well-posedness
 
@@ -186,7 +224,7 @@ class ImplicitModel(nn.Module):
         squares, which also catch edits through ``A.data`` that leave ``_version`` alone).
         """
         kind = self.wellposedness
-        if kind is None:
+        if kind is None or self.hidden == 0:
             return
         if kind == "pf":
             A = self.A.detach()
@@ -269,6 +307,12 @@ class ImplicitModel(nn.Module):
         self._check_wellposed()
         if not bool(torch.isfinite(U).all()):
             raise NonFiniteError("input u contains NaN or Inf")
+        if self.hidden == 0:  # static affine map: nothing to solve
+            m = U.shape[0]
+            self._record = SolveRecord(SolveInfo(
+                "none", 0, 0.0, True, torch.zeros(m, dtype=torch.long, device=U.device),
+                U.new_zeros(m), self.settings.tol))
+            return U.new_zeros(0, m)
         act, offset = self._solve_activation()
         Zc = self._pre_activation(U, offset)
         x0c = None
