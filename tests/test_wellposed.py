@@ -409,7 +409,11 @@ def test_check_triangular_flag():
     Ud = U + np.diag([0.9, -5.0, 0.5, 0.0, 0.99])
     assert wp.check(Ud, "relu").triangular  # Remark 2.5: diag(A) < 1 with ReLU
     assert wp.check(Ud, LeakyReLU(0.1)).triangular
-    assert not wp.check(Ud, "tanh").triangular  # nonzero diagonal: not for smooth maps
+    # tanh: x = tanh(a x + c) is uniquely solvable for every c iff a <= 1 (Thm 2.8 blocks)
+    assert wp.check(Ud, "tanh").triangular
+    Ut = Ud.copy()
+    Ut[0, 0] = 1.5
+    assert not wp.check(Ut, "tanh").triangular
     Ud[2, 2] = 1.0
     assert not wp.check(Ud, "relu").triangular
     L = U.T

@@ -147,8 +147,11 @@ def _block_reduce_max(M: np.ndarray, sizes: tuple[int, ...], axis: int) -> np.nd
 
 
 def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
-                     norms: tuple[float, ...]) -> np.ndarray:
+                     norms: tuple[float, ...], gammas: tuple[float, ...] | None = None) -> np.ndarray:
     """The ``L x L`` matrix ``N(A)_ij = ||A_ij||_{p_j -> p_i}`` of eq. 2.5, float64.
+
+    With ``gammas`` (the blocks' Lipschitz constants) the rows are scaled, giving the
+    matrix ``Gamma N(A)`` of Thm 2.7 (see :func:`blip_condition`).
 
     Exact for the pairs ``(p_j -> p_i)`` in ``{inf->inf, 1->1, 1->inf, 2->inf,
     1->2, 2->2}``. The pairs ``inf->1``, ``inf->2`` and ``2->1`` are NP-hard in
@@ -163,8 +166,9 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     for p in norms:
         if p not in (1, 2, math.inf):
             raise ConfigurationError(f"block norms must be 1, 2 or inf, got {p!r}")
+    scale = np.ones(len(sizes)) if gammas is None else np.asarray(gammas, dtype=np.float64)
     if all(s == 1 for s in sizes):
-        return np.abs(M)
+        return scale[:, None] * np.abs(M)
     absM, sq = np.abs(M), M * M
     P = _segment_matrix(sizes)
     rowsum_blk = absM @ P           # (n, L): l1 norm of each row restricted to column block
@@ -182,6 +186,8 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
         (math.inf, 2.0): np.sqrt(P.T @ (rowsum_blk ** 2)),      # upper bound
         (2.0, 1.0): P.T @ rowl2_blk,                            # upper bound
     }
+    if gammas is not None and len(gammas) != len(sizes):
+        raise ShapeError(f"{len(gammas)} Lipschitz constants for {len(sizes)} blocks")
     L = len(sizes)
     N = np.zeros((L, L))
     offs = np.cumsum((0,) + tuple(sizes))
@@ -193,7 +199,19 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
                 N[i, j] = np.linalg.norm(blk, 2) if blk.size else 0.0
             else:
                 N[i, j] = cand[key][i, j]
-    return N
+    return scale[:, None] * N
+
+
+def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> float:
+    """``lambda_pf(Gamma N(A))`` for the activation's BLIP structure (Thm 2.7), float64.
+
+    Below 1 certifies well-posedness. For componentwise maps it is
+    ``lambda_pf(gamma |A|)`` (Thm 2.2).
+    """
+    act = get_activation(activation)
+    M = _square(_as_np(A))
+    bs = act.blocks(M.shape[0])
+    return pf_eigenvalue(blip_norm_matrix(M, bs.sizes, bs.norms, bs.gammas))
 
 
 def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
@@ -408,15 +426,126 @@ class WellPosedness:
         return "\n".join(lines)
 
 
-def _triangular_ok(M: np.ndarray, act: Activation, sizes: tuple[int, ...]) -> bool:
-    if is_upper_triangular(M, strict=True, sizes=sizes):
-        return True
+@dataclass(frozen=True)
+class TriangularReport:
+    """The exact criterion for (block) upper-triangular ``A`` (Thm 2.8/2.9, Remark 2.5).
+
+    Attributes:
+        triangular: ``A`` is block upper triangular for a partition into at least two
+            contiguous blocks that respects the activation's BLIP blocks (or is 1 x 1).
+        wellposed: every diagonal block is well-posed (then so is ``A``: Thm 2.8/2.9).
+        exact: the verdict is exact (scalar or zero diagonal blocks); otherwise the
+            diagonal blocks were certified by the sufficient conditions of :func:`check`.
+        blocks: ``(start, size)`` of the diagonal blocks (the finest such partition).
+        failing: ``(start, size)`` of the diagonal blocks found not well-posed / not certified.
+    """
+
+    triangular: bool
+    wellposed: bool
+    exact: bool
+    blocks: tuple[tuple[int, int], ...]
+    failing: tuple[tuple[int, int], ...]
+
+
+def _scalar_wellposed(a: float, act: Activation) -> bool | None:
+    """Exact well-posedness of ``x = phi(a x + c)`` for every ``c`` (1 x 1 diagonal block).
+
+    ``g(x) = x - phi(a x + c)`` has ``g' = 1 - a phi'``. For ``a <= 0`` and monotone
+    ``phi`` it is strictly increasing and unbounded: unique root. For ``a > 0``:
+    piecewise-linear maps (ReLU, LeakyReLU with slope in [0, 1]) need ``a slope_max < 1``
+    (Remark 2.5: at ``a = 1`` ReLU has none or infinitely many solutions); the identity
+    needs ``a != 1``; tanh and sigmoid need ``a sup phi' <= 1`` (``g' >= 0``, vanishing
+    at one point only; beyond it ``g`` is non-monotone and three roots appear for
+    some ``c``). ``None`` when no exact rule is known.
+    """
     base = getattr(act, "base", act)
-    piecewise_linear = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
-                        and base.slope_min >= 0)
-    if piecewise_linear and is_upper_triangular(M, strict=False):
-        return bool((np.diag(M) * base.slope_max < 1).all())
-    return False
+    if not isinstance(base, ComponentwiseActivation):
+        return None
+    if a == 0.0:
+        return True
+    if base.name == "identity":
+        return a != 1.0
+    if not base.monotone:
+        return None
+    if a < 0:
+        return True
+    if base.positively_homogeneous:
+        return a * base.slope_max < 1.0
+    if base.name in ("tanh", "sigmoid"):
+        return a * base.slope_max <= 1.0
+    return None
+
+
+def _finest_block_partition(M: np.ndarray, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Finest contiguous partition, on the activation's block boundaries, making M block
+    upper triangular: ``k`` is a split point iff ``M[k:, :k] == 0``."""
+    n = M.shape[0]
+    nz = M != 0
+    # lowest nonzero row per column, then the max over columns < k must be < k
+    low = np.where(nz.any(axis=0), n - 1 - np.argmax(nz[::-1], axis=0), -1)
+    reach = np.maximum.accumulate(low) if n else low  # reach[k-1] = max_{j<k} lowest row
+    boundaries = np.cumsum(sizes)[:-1] if len(sizes) > 1 else np.array([], dtype=int)
+    splits = [int(k) for k in boundaries if reach[k - 1] < k]
+    edges = [0] + splits + [n]
+    return [(edges[i], edges[i + 1] - edges[i]) for i in range(len(edges) - 1)]
+
+
+def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = "relu"
+                         ) -> TriangularReport:
+    """Well-posedness of (block) upper-triangular ``A`` from its diagonal blocks (Thm 2.8/2.9).
+
+    ``A`` is well-posed iff each diagonal block is (for the activation restricted to it).
+    Scalar and zero diagonal blocks are decided exactly (:func:`_scalar_wellposed`;
+    for ReLU and triangular ``A``: iff ``diag(A) < 1``); larger blocks by the sufficient
+    certificates of :func:`check` (then ``exact`` is False).
+    """
+    act = get_activation(activation)
+    M = _square(_as_np(A))
+    n = M.shape[0]
+    if n == 0:
+        return TriangularReport(True, True, True, (), ())
+    sizes = act.blocks(n).sizes
+    parts = _finest_block_partition(M, sizes)
+    if len(parts) == 1 and n > 1:  # no triangular structure to exploit, unless A = 0
+        zero = not M.any()
+        return TriangularReport(zero, zero, zero, tuple(parts), () if zero else tuple(parts))
+    triangular = True
+    exact, failing = True, []
+    for start, size in parts:
+        blk = M[start:start + size, start:start + size]
+        if not blk.any():
+            continue  # phi(c): always unique
+        if size == 1:
+            verdict = _scalar_wellposed(float(blk[0, 0]), act)
+            if verdict is not None:
+                if not verdict:
+                    failing.append((start, size))
+                continue
+        exact = False
+        sub = _restrict_activation(act, start, size)
+        if sub is None or not check(blk, sub).wellposed:
+            failing.append((start, size))
+    return TriangularReport(triangular, not failing, exact, tuple(parts), tuple(failing))
+
+
+def _restrict_activation(act: Activation, start: int, size: int) -> Activation | None:
+    """The activation acting on states ``start:start+size`` (a union of its blocks)."""
+    from .activations import Blockwise
+
+    if act.componentwise:
+        return act
+    if isinstance(act, Blockwise):
+        out, pos = [], 0
+        for seg_size, seg_act in act.segments:
+            lo, hi = max(pos, start), min(pos + seg_size, start + size)
+            if hi > lo:
+                out.append((hi - lo, seg_act))
+            pos += seg_size
+        return Blockwise(out) if len(out) > 1 else out[0][1]
+    bs = getattr(act, "block_size", None)
+    if bs is not None:
+        return type(act)(bs)  # same map on whole blocks of the same size
+    return act if start == 0 else None
 
 
 def _rounding_slack(n: int) -> float:
@@ -457,7 +586,8 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
         margins["mu"] = 1 - base.lipschitz * mu
     else:
         mu = math.nan
-    tri = _triangular_ok(M, act, bs.sizes)
+    tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())
+    tri = tri_rep.triangular and tri_rep.wellposed
     holds["triangular"] = tri
     margins["triangular"] = 1.0 if tri else -1.0
     if declared is not None and kappa is not None and declared in margins:
