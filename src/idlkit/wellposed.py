@@ -37,6 +37,13 @@ __all__ = [
     "project_inf_ball",
     "project_mu_set",
     "project_triangular",
+    "project_sparsity",
+    "mu_parametrization",
+    "MuInfParametrization",
+    "rescale",
+    "blip_condition",
+    "triangular_criterion",
+    "TriangularReport",
     "WellPosedness",
     "check",
     "require",
@@ -166,6 +173,8 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     for p in norms:
         if p not in (1, 2, math.inf):
             raise ConfigurationError(f"block norms must be 1, 2 or inf, got {p!r}")
+    if gammas is not None and len(gammas) != len(sizes):
+        raise ShapeError(f"{len(gammas)} Lipschitz constants for {len(sizes)} blocks")
     scale = np.ones(len(sizes)) if gammas is None else np.asarray(gammas, dtype=np.float64)
     if all(s == 1 for s in sizes):
         return scale[:, None] * np.abs(M)
@@ -186,8 +195,6 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
         (math.inf, 2.0): np.sqrt(P.T @ (rowsum_blk ** 2)),      # upper bound
         (2.0, 1.0): P.T @ rowl2_blk,                            # upper bound
     }
-    if gammas is not None and len(gammas) != len(sizes):
-        raise ShapeError(f"{len(gammas)} Lipschitz constants for {len(sizes)} blocks")
     L = len(sizes)
     N = np.zeros((L, L))
     offs = np.cumsum((0,) + tuple(sizes))
@@ -364,6 +371,135 @@ def project_triangular(A: Tensor, strict: bool = True,
     return A * keep.to(A.dtype)
 
 
+def project_sparsity(A: Tensor, mask: Tensor) -> Tensor:
+    """Euclidean projection onto the matrices with the sparsity pattern ``mask``: ``A * mask``.
+
+    ``mask`` is boolean (or 0/1) of ``A``'s shape; entries outside it are zeroed.
+    """
+    if not isinstance(A, Tensor) or not isinstance(mask, Tensor) or mask.shape != A.shape:
+        raise ShapeError(f"mask must be a tensor of A's shape {tuple(getattr(A, 'shape', ()))}, "
+                         f"got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ConfigurationError("mask must be boolean or hold only 0 and 1")
+    return torch.where(mask.to(torch.bool), A, torch.zeros((), dtype=A.dtype, device=A.device))
+
+
+def mu_parametrization(T: Tensor, gamma: float) -> Tensor:
+    """``A = T - diag(|T| 1) + gamma I``, which has ``mu_inf(A) <= gamma`` for every ``T`` (paper 004).
+
+    Row ``i`` of ``A`` has diagonal ``T_ii - sum_j |T_ij| + gamma`` and off-diagonal
+    ``T_ij``, so ``mu_inf``'s row value is ``T_ii - |T_ii| + gamma <= gamma``, with
+    equality exactly for rows with ``T_ii >= 0``. Every ``A`` with ``mu_inf(A) <= gamma``
+    is reached (take ``T = A`` off the diagonal and ``T_ii`` to absorb the slack), so
+    training ``T`` freely explores the whole set. Differentiable in ``T``.
+    """
+    if not isinstance(T, Tensor) or T.dim() != 2 or T.shape[0] != T.shape[1]:
+        raise ShapeError(f"T must be a square 2-D tensor, got {getattr(T, 'shape', T)!r}")
+    g = float(gamma)
+    if not math.isfinite(g):
+        raise ConfigurationError(f"gamma must be finite, got {gamma!r}")
+    return T - torch.diag_embed(T.abs().sum(dim=1)) + g * torch.eye(
+        T.shape[0], dtype=T.dtype, device=T.device)
+
+
+class MuInfParametrization(torch.nn.Module):
+    """:func:`mu_parametrization` as a module, for ``torch.nn.utils.parametrize``.
+
+    ``parametrize.register_parametrization(model, "A", MuInfParametrization(0.9))``
+    makes ``model.A`` satisfy ``mu_inf(A) <= 0.9`` after every optimizer step.
+    (``right_inverse`` maps an ``A`` already in the set to a ``T`` producing it.)
+    """
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.gamma = float(gamma)
+
+    def forward(self, T: Tensor) -> Tensor:
+        return mu_parametrization(T, self.gamma)
+
+    def right_inverse(self, A: Tensor) -> Tensor:
+        # T off-diagonal = A; on the diagonal t with t - |t| - r + gamma = a (r = off-row l1)
+        # take t <= 0: 2 t = a + r - gamma, valid when a + r <= gamma (A in the set)
+        n = A.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=A.device)
+        r = A.masked_fill(eye, 0).abs().sum(dim=1)
+        a = torch.diagonal(A)
+        if bool((a + r > self.gamma + 1e-12 * (1 + abs(self.gamma) + r)).any()):
+            raise WellPosednessError(f"right_inverse needs mu_inf(A) <= {self.gamma}; got "
+                                     f"{float((a + r).max()):.6g}")
+        t = (a + r - self.gamma) / 2
+        return A.masked_fill(eye, 0) + torch.diag_embed(t)
+
+
+def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
+    """Equivalent model with ``||A'||_inf < 1`` by diagonal scaling (paper 000 §2.5, paper 002 Thm 2.4).
+
+    For a positively homogeneous CONE activation and ``w > 0``,
+    ``W = diag(w)``, the state ``x' = W^-1 x`` solves
+    ``x' = phi(W^-1 A W x' + W^-1 B u + W^-1 b)`` and ``y = C W x' + D u + d``: the
+    prediction rule is unchanged. The Collatz-Wielandt formula (eq. 2.6) makes
+    ``||W^-1 A W||_inf = max_i (|A| w)_i / w_i`` small:
+
+    * ``method="pf"``: ``w`` the Perron-Frobenius eigenvector of ``|A|`` (needs
+      ``w > 0``; gives exactly ``lambda_pf(|A|)``, the smallest possible);
+    * ``method="neumann"``: ``w = (I - |A|)^-1 1``, so ``(|A| w)_i = w_i - 1`` and the
+      norm is ``max_i 1 - 1/w_i < 1`` (works for reducible and nilpotent ``|A|``,
+      e.g. the strictly triangular ``A`` of converted networks);
+    * ``"auto"``: ``pf`` when the eigenvector is positive, else ``neumann``.
+
+    (The paper writes ``S A S^-1`` with ``s`` "a PF eigenvector"; the scaling that
+    attains the infimum is ``S = diag(v)^-1`` for the right eigenvector ``v``, as here.)
+    Computed in float64 and cast to the model's dtype.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(|A|) >= 1`` (no diagonal scaling can help).
+        ConfigurationError: the activation is not positively homogeneous and CONE.
+    """
+    if method not in ("auto", "pf", "neumann"):
+        raise ConfigurationError(f"method must be 'auto', 'pf' or 'neumann', got {method!r}")
+    act = model.activation
+    base = getattr(act, "base", act)
+    if not (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
+            and base.is_cone and base.monotone):
+        raise ConfigurationError(f"rescale needs a positively homogeneous CONE activation "
+                                 f"(ReLU, LeakyReLU, identity), got {act!r}")
+    M = _as_np(model.A)
+    n = M.shape[0]
+    absA = np.abs(M)
+    lam = pf_eigenvalue(absA)
+    if lam >= 1:
+        raise WellPosednessError(f"rescale needs lambda_pf(|A|) < 1; it is {lam:.6g}, so no "
+                                 f"diagonal scaling gives ||A'||_inf < 1")
+    w = None
+    if method in ("auto", "pf") and n:
+        vals, vecs = np.linalg.eig(absA)
+        v = np.real(vecs[:, np.argmax(np.abs(vals))])
+        v = v * np.sign(v.sum()) if v.sum() != 0 else v
+        if v.min() > 1e-9 * np.abs(v).max():
+            w = v / v.max()
+        elif method == "pf":
+            raise WellPosednessError("the PF eigenvector of |A| is not positive (reducible |A|); "
+                                     "use method='neumann'")
+    if w is None:
+        w = np.linalg.solve(np.eye(n) - absA, np.ones(n))
+    dt, dev = model.A.dtype, model.A.device
+    W = torch.as_tensor(w, dtype=torch.float64)
+    f64 = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+    A2 = f64(model.A) * W[None, :] / W[:, None]
+    B2 = f64(model.B) / W[:, None]
+    C2 = f64(model.C) * W[None, :]
+    b2 = None if model.b is None else f64(model.b) / W
+    new_norm = inf_norm(A2)
+    cast = lambda t: None if t is None else t.to(dev, dt)  # noqa: E731
+    s = model.settings
+    return type(model).from_matrices(
+        cast(A2), cast(B2), cast(C2), cast(f64(model.D)), cast(b2),
+        cast(None if model.d is None else f64(model.d)), activation=act,
+        wellposedness="inf", kappa=min(max(new_norm * (1 + 1e-9), 1e-12), 1 - 1e-12),
+        solver=s.method, tol=s.tol, max_iter=s.max_iter, anderson_m=s.anderson_m,
+        on_nonconvergence=s.on_nonconvergence)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -523,7 +659,7 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
                 continue
         exact = False
         sub = _restrict_activation(act, start, size)
-        if sub is None or not check(blk, sub).wellposed:
+        if sub is None or not any(_norm_certificates(blk, sub)[4].values()):
             failing.append((start, size))
     return TriangularReport(triangular, not failing, exact, tuple(parts), tuple(failing))
 
@@ -553,6 +689,24 @@ def _rounding_slack(n: int) -> float:
     return 16 * max(n, 1) * float(np.finfo(np.float64).eps)
 
 
+def _norm_certificates(M: np.ndarray, act: Activation
+                       ) -> tuple[float, float, float, float, dict[str, bool], dict[str, float]]:
+    """The ``inf``, ``pf`` and ``mu`` certificates of a dense float64 matrix (no triangular)."""
+    bs = act.blocks(M.shape[0])
+    gamma_inf = float(act.lipschitz_inf)
+    nrm = inf_norm(M)
+    pf = pf_eigenvalue(blip_norm_matrix(M, bs.sizes, bs.norms, bs.gammas))
+    holds = {"inf": gamma_inf * nrm < 1, "pf": pf < 1}
+    margins = {"inf": 1 - gamma_inf * nrm, "pf": 1 - pf}
+    base = getattr(act, "base", act)
+    mu = math.nan
+    if isinstance(base, ComponentwiseActivation) and base.monotone:
+        mu = mu_inf(M)
+        holds["mu"] = base.lipschitz * mu < 1
+        margins["mu"] = 1 - base.lipschitz * mu
+    return nrm, gamma_inf, pf, mu, holds, margins
+
+
 def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
           declared: str | None = None, kappa: float | None = None) -> WellPosedness:
     """Evaluate every certificate for ``A`` and ``activation``; never raises on failure.
@@ -570,22 +724,8 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
     act = get_activation(activation)
     M = _square(_as_np(A))
     n = M.shape[0]
-    bs = act.blocks(n)
-    gamma_inf = float(act.lipschitz_inf)
-    nrm = inf_norm(M)
-    if all(s == 1 for s in bs.sizes):
-        pf = pf_eigenvalue(np.abs(M) * np.asarray(bs.gammas)[:, None])
-    else:
-        pf = pf_eigenvalue(np.asarray(bs.gammas)[:, None] * blip_norm_matrix(M, bs.sizes, bs.norms))
-    holds = {"inf": gamma_inf * nrm < 1, "pf": pf < 1}
-    margins = {"inf": 1 - gamma_inf * nrm, "pf": 1 - pf}
+    nrm, gamma_inf, pf, mu, holds, margins = _norm_certificates(M, act)
     base = getattr(act, "base", act)
-    if isinstance(base, ComponentwiseActivation) and base.monotone:
-        mu = mu_inf(M)
-        holds["mu"] = base.lipschitz * mu < 1
-        margins["mu"] = 1 - base.lipschitz * mu
-    else:
-        mu = math.nan
     tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())
     tri = tri_rep.triangular and tri_rep.wellposed
     holds["triangular"] = tri

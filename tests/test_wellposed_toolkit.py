@@ -1,0 +1,244 @@
+"""Rescaling, parametrizations, sparsity projection, the exact triangular criterion and the
+BLIP condition (paper 000 §2.3-2.5; paper 002 Thm 2.4; paper 004), against independent
+computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.utils import parametrize
+
+import idlkit
+from idlkit import wellposed as wp
+from idlkit.activations import Blockwise, LeakyReLU, SoftMax
+from idlkit.errors import ConfigurationError, ShapeError, WellPosednessError
+
+F64 = torch.float64
+
+
+def _model_with_pf(seed: int, n: int, lam: float, act="relu", bias=True):
+    g = torch.Generator().manual_seed(seed)
+    m = idlkit.ImplicitModel(4, n, 3, act, bias=bias, wellposedness=None, tol=1e-13,
+                             max_iter=20000, dtype=F64)
+    A = torch.randn(n, n, generator=g, dtype=F64)
+    A *= lam / wp.pf_eigenvalue(A.abs())
+    with torch.no_grad():
+        m.A.copy_(A)
+    return m
+
+
+# ----------------------------------------------------------------------------- rescale
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 12), lam=st.floats(0.05, 0.97),
+       method=st.sampled_from(["auto", "pf", "neumann"]),
+       act=st.sampled_from(["relu", "identity", "leaky"]), bias=st.booleans())
+def test_rescale_same_prediction_and_norm_below_one(seed, n, lam, method, act, bias):
+    activation = LeakyReLU(0.2) if act == "leaky" else act
+    m = _model_with_pf(seed, n, lam, activation, bias)
+    try:
+        r = wp.rescale(m, method)
+    except WellPosednessError:
+        assert method == "pf"  # a reducible |A| may have no positive PF eigenvector
+        return
+    assert wp.inf_norm(r.A) < 1
+    if method == "pf":  # Collatz-Wielandt: the PF scaling attains lambda_pf exactly
+        assert wp.inf_norm(r.A) == pytest.approx(wp.pf_eigenvalue(m.A.abs()), rel=1e-8)
+    u = torch.randn(6, 4, generator=torch.Generator().manual_seed(seed + 1), dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(r(u), m(u), rtol=0, atol=1e-10)
+
+
+def test_rescale_strictly_triangular_uses_neumann_scaling():
+    A = torch.triu(torch.randn(6, 6, dtype=F64) * 3, 1)  # nilpotent: lambda_pf = 0
+    m = idlkit.ImplicitModel.from_matrices(A, torch.randn(6, 2, dtype=F64), torch.randn(1, 6, dtype=F64),
+                                           torch.zeros(1, 2, dtype=F64), tol=1e-13)
+    assert wp.inf_norm(A) > 1
+    r = wp.rescale(m)
+    w = np.linalg.solve(np.eye(6) - np.abs(A.numpy()), np.ones(6))
+    assert wp.inf_norm(r.A) == pytest.approx(float((1 - 1 / w).max()), rel=1e-10)
+    u = torch.randn(3, 2, dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(r(u), m(u), rtol=0, atol=1e-10)
+
+
+def test_rescale_errors():
+    with pytest.raises(WellPosednessError, match="lambda_pf"):
+        wp.rescale(_model_with_pf(0, 5, 1.2))
+    with pytest.raises(ConfigurationError, match="homogeneous"):
+        wp.rescale(_model_with_pf(0, 5, 0.5, act="tanh"))
+    with pytest.raises(ConfigurationError):
+        wp.rescale(_model_with_pf(0, 5, 0.5), method="bogus")
+
+
+# ----------------------------------------------------------------------------- mu parametrization
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 10), gamma=st.floats(-2, 2),
+       scale=st.floats(0.01, 100))
+def test_mu_parametrization_always_in_the_set(seed, n, gamma, scale):
+    T = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=F64) * scale
+    A = wp.mu_parametrization(T, gamma)
+    rows = [A[i, i].item() + sum(abs(A[i, j].item()) for j in range(n) if j != i) for i in range(n)]
+    assert max(rows) <= gamma + 1e-12 * (1 + scale * n)
+    # rows with T_ii >= 0 sit exactly on the boundary
+    for i in range(n):
+        if T[i, i] >= 0:
+            assert rows[i] == pytest.approx(gamma, abs=1e-10 * (1 + scale * n))
+    # right_inverse reproduces any A of the set
+    P = wp.MuInfParametrization(gamma)
+    torch.testing.assert_close(P(P.right_inverse(A)), A, rtol=0, atol=1e-10 * (1 + scale * n))
+
+
+def test_mu_parametrization_trains_inside_the_set():
+    torch.manual_seed(0)
+    m = idlkit.ImplicitModel(5, 8, 2, "relu", wellposedness=None, dtype=F64, tol=1e-10,
+                             max_iter=5000)
+    with torch.no_grad():
+        m.A.copy_(wp.mu_parametrization(torch.randn(8, 8, dtype=F64), 0.5))
+    parametrize.register_parametrization(m, "A", wp.MuInfParametrization(0.5))
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    u, y = torch.randn(16, 5, dtype=F64), torch.randn(16, 2, dtype=F64)
+    for _ in range(5):
+        loss = ((m(u) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert wp.mu_inf(m.A) <= 0.5 + 1e-12
+    with pytest.raises(WellPosednessError):
+        wp.MuInfParametrization(0.5).right_inverse(torch.eye(3, dtype=F64))
+
+
+def test_mu_parametrization_errors():
+    with pytest.raises(ShapeError):
+        wp.mu_parametrization(torch.ones(2, 3), 0.5)
+    with pytest.raises(ConfigurationError):
+        wp.mu_parametrization(torch.ones(2, 2), math.inf)
+
+
+# ----------------------------------------------------------------------------- sparsity pattern
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 8))
+def test_project_sparsity_is_the_closest_point(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=F64)
+    mask = torch.rand(n, n, generator=g) < 0.5
+    P = wp.project_sparsity(A, mask)
+    assert bool((P[~mask] == 0).all()) and torch.equal(P[mask], A[mask])
+    # any other matrix with the pattern is farther from A
+    Q = P + torch.randn(n, n, generator=g, dtype=F64) * mask
+    assert ((Q - A) ** 2).sum() >= ((P - A) ** 2).sum()
+    torch.testing.assert_close(wp.project_sparsity(A, mask.to(F64)), P)
+
+
+def test_project_sparsity_errors():
+    with pytest.raises(ShapeError):
+        wp.project_sparsity(torch.ones(2, 2), torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ConfigurationError):
+        wp.project_sparsity(torch.ones(2, 2), torch.full((2, 2), 0.5))
+
+
+# ----------------------------------------------------------------------------- triangular criterion
+
+
+def _scalar_unique_brute(a: float, phi) -> bool:
+    """Count roots of g(x) = x - phi(a x + c) on a fine grid for several c."""
+    # c covers -a/2 (sigmoid's critical point); roots stay within [-60, 60]
+    xs = np.linspace(-100, 100, 400_001)
+    cs = np.append(np.linspace(-3, 3, 13), -a / 2)
+    for c in cs:
+        g = xs - phi(a * xs + c)
+        roots = int(np.sum(np.sign(g[:-1]) * np.sign(g[1:]) < 0) + np.sum(g == 0))
+        if roots != 1:
+            return False
+    return True
+
+
+PHIS = {
+    "relu": lambda z: np.maximum(z, 0),
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+}
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("a", [-3.0, 0.0, 0.5, 0.95, 1.3, 3.0, 4.5])
+def test_scalar_diagonal_block_rule_matches_root_counting(name, a):
+    rep = wp.triangular_criterion(np.array([[a]]), name)
+    assert rep.exact
+    assert rep.wellposed == _scalar_unique_brute(a, PHIS[name])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 8))
+def test_relu_upper_triangular_iff_diag_below_one(seed, n):
+    rng = np.random.default_rng(seed)
+    A = np.triu(rng.standard_normal((n, n)) * 2)
+    A[np.diag_indices(n)] = rng.uniform(-3, 1.5, n)
+    rep = wp.triangular_criterion(A, "relu")
+    assert rep.triangular and rep.exact
+    assert rep.wellposed == bool((np.diag(A) < 1).all())
+    assert wp.check(A, "relu").holds["triangular"] == rep.wellposed
+
+
+def test_block_triangular_with_certified_diagonal_blocks():
+    rng = np.random.default_rng(1)
+    A = np.zeros((7, 7))
+    A[:3, :3] = rng.standard_normal((3, 3))
+    A[:3, :3] *= 0.5 / np.abs(A[:3, :3]).sum(axis=1).max()
+    A[3:, 3:] = rng.standard_normal((4, 4))
+    A[3:, 3:] *= 0.8 / np.abs(A[3:, 3:]).sum(axis=1).max()
+    A[:3, 3:] = rng.standard_normal((3, 4)) * 10  # large coupling: ||A||_inf >> 1
+    rep = wp.triangular_criterion(A, "tanh")
+    assert rep.blocks == ((0, 3), (3, 4)) and rep.wellposed and not rep.exact
+    assert wp.inf_norm(A) > 1 and wp.check(A, "tanh").holds["triangular"]
+    A[3:, 3:] = np.abs(A[3:, 3:]) * 2 / np.abs(A[3:, 3:]).sum(axis=1, keepdims=True)
+    # second diagonal block no longer certified: pf = mu_inf = ||.||_inf = 2
+    assert wp.triangular_criterion(A, "tanh").failing == ((3, 4),)
+    # a lower-triangular entry across the split merges the blocks
+    A[5, 1] = 1.0
+    assert not wp.triangular_criterion(A, "tanh").triangular
+
+
+def test_triangular_criterion_respects_blip_blocks():
+    A = np.triu(np.ones((4, 4)), 1)
+    assert wp.triangular_criterion(A, SoftMax(2)).blocks == ((0, 2), (2, 2))
+    # diagonal blocks [[0,1],[0,0]]: SoftMax is 1/2-Lipschitz in l_inf, so certified
+    assert wp.triangular_criterion(A, SoftMax(2)).wellposed
+    A[0, 1] = A[2, 3] = 3.0  # now neither 0.5 * ||.||_inf nor the l1 PF bound is below 1
+    assert wp.triangular_criterion(A, SoftMax(2)).failing == ((0, 2), (2, 2))
+    B = np.zeros((4, 4))
+    B[:2, 2:] = 5.0
+    rep = wp.triangular_criterion(B, Blockwise([(2, SoftMax()), (2, "relu")]))
+    assert rep.triangular and rep.wellposed
+
+
+# ----------------------------------------------------------------------------- BLIP condition
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), L=st.integers(1, 4), bs=st.integers(1, 3))
+def test_blip_condition_is_pf_of_gamma_n(seed, L, bs):
+    rng = np.random.default_rng(seed)
+    n = L * bs
+    A = rng.standard_normal((n, n))
+    act = SoftMax(bs)
+    N = np.zeros((L, L))
+    for i in range(L):
+        for j in range(L):
+            N[i, j] = np.abs(A[i * bs:(i + 1) * bs, j * bs:(j + 1) * bs]).sum(axis=0).max()  # 1->1
+    val = wp.blip_condition(A, act)
+    assert val == pytest.approx(np.abs(np.linalg.eigvals(N)).max(), rel=1e-9, abs=1e-12)
+    assert val == pytest.approx(wp.check(A, act).pf, rel=1e-12)
+    gam = tuple(rng.uniform(0.1, 2, L))
+    np.testing.assert_allclose(wp.blip_norm_matrix(A, (bs,) * L, (1.0,) * L, gam),
+                               np.asarray(gam)[:, None] * N, rtol=1e-12)
+    with pytest.raises(ShapeError):
+        wp.blip_norm_matrix(A, (bs,) * L, (1.0,) * L, gam + (1.0,))
