@@ -242,3 +242,54 @@ def test_blip_condition_is_pf_of_gamma_n(seed, L, bs):
                                np.asarray(gam)[:, None] * N, rtol=1e-12)
     with pytest.raises(ShapeError):
         wp.blip_norm_matrix(A, (bs,) * L, (1.0,) * L, gam + (1.0,))
+
+
+# ----------------------------------------------------------------------------- degenerate inputs
+
+
+def _cvx_inf_ball(A: np.ndarray, kappa: float) -> np.ndarray:
+    import cvxpy as cp
+
+    X = cp.Variable(A.shape)
+    cp.Problem(cp.Minimize(cp.sum_squares(X - A)), [cp.sum(cp.abs(X), axis=1) <= kappa]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    return X.value
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 6),
+       kappa=st.sampled_from([1e-9, 1e-3, 0.5, 2.0]))
+def test_project_inf_ball_with_ties_and_tiny_kappa(seed, n, kappa):
+    """Entries from {-2,...,2}: many ties in the sort; kappa -> 0 shrinks to ~0."""
+    rng = np.random.default_rng(seed)
+    A = rng.integers(-2, 3, (n, n)).astype(np.float64)
+    P = wp.project_inf_ball(torch.tensor(A), kappa).numpy()
+    assert np.abs(P).sum(axis=1).max() <= kappa
+    np.testing.assert_allclose(P, _cvx_inf_ball(A, kappa), atol=1e-6 * max(1.0, kappa))
+    inside = np.abs(A).sum(axis=1) <= kappa
+    np.testing.assert_array_equal(P[inside], A[inside])
+
+
+def test_zero_matrix_everything_holds():
+    Z = torch.zeros(5, 5, dtype=F64)
+    assert torch.equal(wp.project_inf_ball(Z, 0.5), Z)
+    assert torch.equal(wp.project_mu_set(Z, 0.5), Z)
+    rep = wp.check(Z, "tanh")
+    assert rep.wellposed and all(rep.holds.values())
+    assert rep.pf == 0 and rep.inf_norm == 0 and rep.triangular
+    assert wp.pf_eigenvalue(Z.abs()) == 0.0
+
+
+def test_sparse_certificates_match_dense():
+    rng = np.random.default_rng(0)
+    n = 1200  # above the dense-eig size: the power iteration runs on the sparse matrix
+    i, j = rng.integers(0, n, 6 * n), rng.integers(0, n, 6 * n)
+    v = rng.standard_normal(6 * n) * 0.1
+    T = torch.sparse_coo_tensor(torch.tensor(np.vstack([i, j])), torch.tensor(v), (n, n)).coalesce()
+    D = T.to_dense()
+    assert wp.inf_norm(T) == pytest.approx(wp.inf_norm(D), rel=1e-12)
+    assert wp.mu_inf(T) == pytest.approx(wp.mu_inf(D), rel=1e-12)
+    assert wp.mu_inf(T.to_sparse_csr()) == pytest.approx(wp.mu_inf(D), rel=1e-12)
+    lam_true = float(np.abs(np.linalg.eigvals(D.abs().numpy())).max())
+    lam = wp.pf_eigenvalue(T.abs())
+    assert lam_true - 1e-12 <= lam <= lam_true * (1 + 1e-6) + 1e-9

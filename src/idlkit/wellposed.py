@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -62,6 +63,18 @@ def _as_np(A: Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(A, dtype=np.float64)
 
 
+def _as_matrix(A: object) -> np.ndarray | sp.csr_array:
+    """float64 matrix on the CPU: a scipy CSR array for sparse input (torch sparse or
+    scipy sparse), else a dense numpy array. Large sparse models are never densified."""
+    if isinstance(A, Tensor) and (A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc)):
+        coo = A.detach().to_sparse_coo().coalesce().to("cpu", torch.float64)
+        i, j = coo.indices().numpy()
+        return sp.csr_array((coo.values().numpy(), (i, j)), shape=tuple(A.shape))
+    if sp.issparse(A):
+        return sp.csr_array(A, dtype=np.float64)
+    return _as_np(A)  # type: ignore[arg-type]
+
+
 def _square(A: np.ndarray, name: str = "A") -> np.ndarray:
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"{name} must be a square (n, n) matrix, got shape {A.shape}")
@@ -81,37 +94,52 @@ def check_kappa(kappa: float, name: str = "kappa") -> float:
 
 
 def inf_norm(A: Tensor | np.ndarray) -> float:
-    """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64."""
-    M = _as_np(A)
-    if M.size == 0:
+    """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64.
+
+    Dense or sparse (torch sparse, scipy sparse) input; sparse stays sparse.
+    """
+    M = _as_matrix(A)
+    if M.shape[0] == 0 or M.shape[1] == 0:
         return 0.0
-    return float(np.abs(M).sum(axis=1).max())
+    return float(np.asarray(abs(M).sum(axis=1)).max())
 
 
 def mu_inf(A: Tensor | np.ndarray) -> float:
-    """l_inf matrix measure ``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004), float64."""
-    M = _square(_as_np(A))
-    if M.size == 0:
+    """l_inf matrix measure ``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004), float64.
+
+    Dense or sparse input.
+    """
+    M = _as_matrix(A)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    if M.shape[0] == 0:
         return -math.inf
-    d = np.diag(M)
-    return float((d + np.abs(M).sum(axis=1) - np.abs(d)).max())
+    d = np.asarray(M.diagonal())
+    return float((d + np.asarray(abs(M).sum(axis=1)).ravel() - np.abs(d)).max())
 
 
 def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10_000) -> float:
     """Perron-Frobenius eigenvalue (spectral radius) of a nonnegative matrix, float64.
 
     For ``n <= 1024`` the dense eigenvalues give it exactly (up to rounding). For
-    larger ``M`` a power iteration on ``M + I`` (primitive whenever ``M`` is
-    irreducible; the shift also handles reducible and periodic ``M``) is run, and
-    the value returned is the Collatz-Wielandt *upper* bound
-    ``max_i (M v)_i / v_i`` for the positive iterate ``v``, valid for every
-    nonnegative ``M`` and every ``v > 0`` — a certified bound, never an
-    underestimate.
+    larger ``M`` (dense, or sparse: torch or scipy, kept sparse) a power iteration
+    on ``M + I`` (primitive whenever ``M`` is irreducible; the shift also handles
+    reducible and periodic ``M``) is run, and the value returned is the
+    Collatz-Wielandt *upper* bound ``max_i (M v)_i / v_i`` for the positive iterate
+    ``v``, valid for every nonnegative ``M`` and every ``v > 0`` — a certified
+    bound, never an underestimate. It stops when the lower and upper bounds meet
+    or the upper bound stalls (reducible ``M``).
     """
-    A = _square(_as_np(M), "M")
-    if (A < 0).any():
+    A = _as_matrix(M)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ShapeError(f"M must be a square (n, n) matrix, got shape {A.shape}")
+    vals = A.data if sp.issparse(A) else A
+    if vals.size and vals.min() < 0:
         raise ConfigurationError(f"pf_eigenvalue needs a nonnegative matrix; min entry is "
-                                 f"{A.min():.3g} (pass abs(A) for the CONE certificate)")
+                                 f"{vals.min():.3g} (pass abs(A) for the CONE certificate)")
+    n = A.shape[0]
+    if sp.issparse(A) and n <= _EXACT_EIG_MAX_N:
+        A = A.toarray()
     n = A.shape[0]
     if n == 0:
         return 0.0
