@@ -5,7 +5,7 @@ Implicit models predict ``y = C x + D u`` where the state solves
 and the docstrings, which cite the papers' equations.
 """
 
-from . import activations, errors, function, solve, wellposed
+from . import activations, compose, errors, function, solve, wellposed
 from .activations import get_activation
 from .errors import (
     ConfigurationError,
@@ -30,6 +30,7 @@ __all__ = [
     "save",
     "load",
     "activations",
+    "compose",
     "errors",
     "function",
     "solve",

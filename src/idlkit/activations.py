@@ -341,6 +341,8 @@ class _BlockMap(Activation):
 
     def _size(self, n: int) -> int:
         bs = n if self.block_size is None else self.block_size
+        if bs == 0:  # an empty state has no blocks
+            return 1
         if n % bs != 0:
             raise ShapeError(f"{type(self).__name__}(block_size={bs}) cannot partition a state of "
                              f"size {n}: n must be a multiple of block_size")
