@@ -22,8 +22,6 @@ from idlkit.activations import Blockwise, LeakyReLU, ReLU, SoftMax
 from idlkit.compose import (
     affine,
     batch_norm,
-    block_certificate,
-    blocks_wellposed,
     cascade,
     concat,
     feedback,
@@ -76,7 +74,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
 def assert_certified(m: ImplicitModel) -> None:
     rep = wp.check(m.A, m.activation)
     assert rep.wellposed, str(rep)
-    assert blocks_wellposed(m), str(block_certificate(m.A, m.activation))
+    assert wp.check(m.A, m.activation).wellposed
 
 
 model_spec = st.tuples(st.sampled_from(NAMES), st.booleans(), st.integers(0, 3))
@@ -342,9 +340,10 @@ def test_feedback_open_loop_certified_blockwise():
         m2.D.zero_()
         m2.B.mul_(20.0)
     f = feedback(m1, m2)
-    assert not wp.check(f.A, f.activation).wellposed
-    cert = block_certificate(f.A, f.activation)
-    assert cert.wellposed and len(cert.components) >= 2, str(cert)
+    rep = wp.check(f.A, f.activation)
+    assert rep.wellposed and not (rep.holds["inf"] or rep.holds["pf"]), str(rep)
+    cert = wp.triangular_criterion(f.A, f.activation)
+    assert cert.wellposed and len(cert.components) >= 2, cert
     u = inputs(3, 4, 0)
     with torch.no_grad():
         assert_close(f(u), m1(u))
@@ -512,19 +511,17 @@ def test_float32_compositions():
 
 def test_block_certificate():
     A = torch.tensor([[0.5, 2.0], [2.0, 0.5]], dtype=F64)
-    cert = block_certificate(A, "relu")
-    assert not cert.wellposed and cert.failing() and "NOT CERTIFIED" in str(cert)
-    # lower triangular with large coupling and negative diagonal: inf, pf, mu and the
-    # (upper) triangular criterion fail; the 1 x 1 components are exactly well-posed
+    cert = wp.triangular_criterion(A, "relu")
+    assert not cert.wellposed and cert.failing and not cert.triangular
+    # lower triangular with large coupling and negative diagonal: inf, pf and mu fail;
+    # the 1 x 1 components are exactly well-posed (Remark 2.6: permutation invariance)
     L = torch.tensor([[-3.0, 0.0], [5.0, -3.0]], dtype=F64)
-    assert not wp.check(L, "tanh").wellposed
-    cert = block_certificate(L, "tanh")
-    assert cert.wellposed and cert.components == ((0,), (1,))
-    assert blocks_wellposed(L, "tanh")
-    assert block_certificate(torch.zeros(0, 0, dtype=F64), "relu").wellposed
-    with pytest.raises(ConfigurationError):
-        blocks_wellposed(L)
+    rep = wp.check(L, "tanh")
+    assert not (rep.holds["inf"] or rep.holds["pf"] or rep.holds["mu"]) and rep.wellposed
+    cert = wp.triangular_criterion(L, "tanh")
+    assert cert.wellposed and cert.components == ((0,), (1,)) and cert.exact
+    assert wp.triangular_criterion(torch.zeros(0, 0, dtype=F64), "relu").wellposed
     # a BLIP partition is respected: one softmax block of size 2 cannot be split
     S = np.array([[0.0, 0.9, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    cert = block_certificate(S, Blockwise([(2, SoftMax()), (1, "relu")]))
+    cert = wp.triangular_criterion(S, Blockwise([(2, SoftMax()), (1, "relu")]))
     assert cert.components == ((0, 1), (2,)) and cert.wellposed

@@ -389,7 +389,9 @@ def test_check_report_fields(activation, gamma, seed, n, target, shift):
     assert rep.margins["inf"] == pytest.approx(1 - gamma * rep.inf_norm)
     assert rep.margins["pf"] == pytest.approx(1 - rep.pf)
     assert rep.wellposed == any(rep.holds.values())
-    assert rep.triangular is False or n == 1 or bool(np.all(np.tril(A, -1) == 0))
+    if rep.triangular and n > 1 and A.any():  # Remark 2.6: reducible, i.e. block triangular
+        reach = np.linalg.matrix_power(np.eye(n) + (A != 0), n - 1)  # up to a permutation
+        assert (reach == 0).any()
     assert isinstance(str(rep), str) and "float64" in str(rep)
 
 
@@ -416,8 +418,10 @@ def test_check_triangular_flag():
     assert not wp.check(Ut, "tanh").triangular
     Ud[2, 2] = 1.0
     assert not wp.check(Ud, "relu").triangular
-    L = U.T
-    assert not wp.check(L, "relu").triangular
+    L = U.T  # lower triangular: a permutation of an upper one (Remark 2.6)
+    assert wp.check(L, "relu").triangular
+    C = U + U.T  # symmetric coupling: irreducible, no triangular structure
+    assert not wp.check(C, "relu").triangular
 
 
 def test_check_blip_softmax_pf_uses_block_norms():

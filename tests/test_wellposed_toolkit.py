@@ -197,23 +197,23 @@ def test_block_triangular_with_certified_diagonal_blocks():
     A[3:, 3:] *= 0.8 / np.abs(A[3:, 3:]).sum(axis=1).max()
     A[:3, 3:] = rng.standard_normal((3, 4)) * 10  # large coupling: ||A||_inf >> 1
     rep = wp.triangular_criterion(A, "tanh")
-    assert rep.blocks == ((0, 3), (3, 4)) and rep.wellposed and not rep.exact
+    assert rep.components == ((0, 1, 2), (3, 4, 5, 6)) and rep.wellposed and not rep.exact
     assert wp.inf_norm(A) > 1 and wp.check(A, "tanh").holds["triangular"]
     A[3:, 3:] = np.abs(A[3:, 3:]) * 2 / np.abs(A[3:, 3:]).sum(axis=1, keepdims=True)
     # second diagonal block no longer certified: pf = mu_inf = ||.||_inf = 2
-    assert wp.triangular_criterion(A, "tanh").failing == ((3, 4),)
-    # a lower-triangular entry across the split merges the blocks
+    assert wp.triangular_criterion(A, "tanh").failing == ((3, 4, 5, 6),)
+    # a lower-triangular entry across the split closes a cycle: one irreducible block
     A[5, 1] = 1.0
     assert not wp.triangular_criterion(A, "tanh").triangular
 
 
 def test_triangular_criterion_respects_blip_blocks():
     A = np.triu(np.ones((4, 4)), 1)
-    assert wp.triangular_criterion(A, SoftMax(2)).blocks == ((0, 2), (2, 2))
+    assert wp.triangular_criterion(A, SoftMax(2)).components == ((0, 1), (2, 3))
     # diagonal blocks [[0,1],[0,0]]: SoftMax is 1/2-Lipschitz in l_inf, so certified
     assert wp.triangular_criterion(A, SoftMax(2)).wellposed
     A[0, 1] = A[2, 3] = 3.0  # now neither 0.5 * ||.||_inf nor the l1 PF bound is below 1
-    assert wp.triangular_criterion(A, SoftMax(2)).failing == ((0, 2), (2, 2))
+    assert wp.triangular_criterion(A, SoftMax(2)).failing == ((0, 1), (2, 3))
     B = np.zeros((4, 4))
     B[:2, 2:] = 5.0
     rep = wp.triangular_criterion(B, Blockwise([(2, SoftMax()), (2, "relu")]))

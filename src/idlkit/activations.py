@@ -30,12 +30,13 @@ A, and hence every certificate, unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .errors import ConfigurationError, ShapeError
+from .errors import ConfigurationError, IdlError, ShapeError
 
 __all__ = [
     "Activation",
@@ -51,6 +52,8 @@ __all__ = [
     "Blockwise",
     "BlockStructure",
     "get_activation",
+    "stack_activations",
+    "block_activations",
     "ACTIVATIONS",
 ]
 
@@ -483,6 +486,68 @@ class Blockwise(Activation):
 
     def config(self) -> dict:
         return {"name": self.name, "segments": [[s, a.config()] for s, a in self.segments]}
+
+
+def _segments(act: Activation, n: int) -> list[tuple[int, Activation]]:
+    """``act`` on an ``n``-state as a flat list of ``(size, activation)`` segments."""
+    if n == 0:
+        return []
+    if isinstance(act, Blockwise):
+        return list(act.segments)
+    return [(n, act)]
+
+
+def _mergeable(s1: int, a1: Activation, s2: int, a2: Activation) -> bool:
+    """Whether ``a1`` on ``s1`` states followed by ``a2`` on ``s2`` equals ``a1`` on ``s1 + s2``."""
+    if a1 is not a2 and (type(a1) is not type(a2) or a1.config() != a2.config()):
+        return False
+    try:
+        whole, p1, p2 = a1.blocks(s1 + s2), a1.blocks(s1), a2.blocks(s2)
+    except IdlError:
+        return False
+    return (whole.sizes == p1.sizes + p2.sizes and whole.norms == p1.norms + p2.norms
+            and whole.gammas == p1.gammas + p2.gammas)
+
+
+def stack_activations(parts: Sequence[tuple[int, Activation]]) -> Activation:
+    """``phi(z_1, z_2, ...) = (phi_1(z_1), phi_2(z_2), ...)`` (Thm 2.9), as simply as possible.
+
+    Nested :class:`Blockwise` maps are flattened; adjacent equal maps whose block
+    partition is unchanged by merging (componentwise maps, block maps with a fixed
+    ``block_size``) are merged, so two parts with the same componentwise map give that
+    map itself. Empty parts (``hidden = 0``) contribute nothing; with no state at all
+    the (irrelevant) activation is the identity.
+    """
+    segs: list[tuple[int, Activation]] = []
+    for n, act in parts:
+        for size, a in _segments(act, n):
+            if segs and _mergeable(segs[-1][0], segs[-1][1], size, a):
+                segs[-1] = (segs[-1][0] + size, segs[-1][1])
+            else:
+                segs.append((size, a))
+    if not segs:
+        return Identity()
+    if len(segs) == 1:
+        return segs[0][1]
+    return Blockwise(segs)  # type: ignore[arg-type]  # (list is invariant)
+
+
+def block_activations(act: Activation, n: int) -> list[tuple[int, Activation]]:
+    """The BLIP blocks of ``act`` on ``n`` states, each with the (uncentred) map acting on it.
+
+    ``phi - phi(0)`` and ``phi`` are well-posed together (a shift of the state, §3.1), so
+    :class:`Centered` maps are unwrapped.
+    """
+    if isinstance(act, Centered):
+        return block_activations(act.base, n)
+    if isinstance(act, Blockwise):
+        if act.size != n:
+            raise ShapeError(f"Blockwise activation covers {act.size} states, A has {n}")
+        out: list[tuple[int, Activation]] = []
+        for size, a in act.segments:
+            out += block_activations(a, size)
+        return out
+    return [(s, act) for s in act.blocks(n).sizes]
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {

@@ -30,19 +30,15 @@ Well-posedness. Cascade, parallel and concatenation produce a block upper triang
 accordingly, so the result is well-posed iff the parts are (Thm 2.8/2.9). How to verify:
 
 * ``idlkit.wellposed.check(result.A, result.activation).wellposed`` holds for every such
-  composition of certified parts: its ``triangular`` entry applies Thm 2.9 (finest
-  contiguous block triangular partition, each diagonal block certified), and its ``pf``
-  entry is the max of the parts' PF values (the eigenvalues of a block triangular
-  ``Gamma N(A)`` are those of its diagonal blocks; remark after Thm 2.9), so ``pf``
-  holds too whenever every part satisfies the PF condition -- e.g. componentwise parts
-  certified by ``inf``, as ``lambda_pf(gamma |A_i|) <= gamma ||A_i||_inf``. The ``inf``
-  and ``mu`` values of the composed ``A`` include the coupling blocks and may exceed 1.
-* :func:`block_certificate` / :func:`blocks_wellposed` go one step further: they split
-  ``A`` into the strongly connected components of the dependency graph of its
-  activation blocks, i.e. block triangular form up to a permutation of whole blocks
-  (which preserves well-posedness, Remark 2.6), and certify each diagonal block with
-  :func:`idlkit.wellposed.check`. This also covers lower block triangular structures,
-  e.g. a feedback loop that is open in one direction.
+  composition of certified parts: its ``triangular`` entry
+  (:func:`idlkit.wellposed.triangular_criterion`) splits ``A`` into the strongly
+  connected components of the dependency graph of its activation blocks, i.e. block
+  triangular form up to a permutation of whole blocks (Remark 2.6), and certifies each
+  diagonal block (Thm 2.9); this also covers lower block triangular structures, e.g. a
+  feedback loop open in one direction. Its ``pf`` entry is the max of the parts' PF
+  values (the eigenvalues of a block triangular ``Gamma N(A)`` are those of its diagonal
+  blocks). The ``inf`` and ``mu`` values of the composed ``A`` include the coupling
+  blocks and may exceed 1.
 
 A feedback connection is in general *not* well-posed (end of §2.4); :func:`feedback`
 checks it.
@@ -55,15 +51,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from . import wellposed as wp
-from .activations import Activation, Blockwise, Centered, ComponentwiseActivation, Identity, get_activation
-from .errors import ConfigurationError, IdlError, InputError, ShapeError, WellPosednessError
+from .activations import (
+    Activation,
+    Blockwise,
+    Centered,
+    ComponentwiseActivation,
+    get_activation,
+    stack_activations,
+)
+from .errors import ConfigurationError, InputError, ShapeError, WellPosednessError
 from .model import ImplicitModel
 
 __all__ = [
@@ -74,9 +74,6 @@ __all__ = [
     "with_output_activation",
     "affine",
     "batch_norm",
-    "BlockCertificate",
-    "block_certificate",
-    "blocks_wellposed",
 ]
 
 
@@ -122,50 +119,6 @@ def _check_models(*models: object) -> None:
         if m.A.device != ref.device:
             raise InputError(f"models live on different devices: model 1 on {ref.device}, model {i} "
                              f"on {m.A.device}; move one (model.to(device)) first")
-
-
-def _segments(act: Activation, n: int) -> list[tuple[int, Activation]]:
-    """``act`` on an ``n``-state as a flat list of ``(size, activation)`` segments."""
-    if n == 0:
-        return []
-    if isinstance(act, Blockwise):
-        return list(act.segments)
-    return [(n, act)]
-
-
-def _mergeable(s1: int, a1: Activation, s2: int, a2: Activation) -> bool:
-    """Whether ``a1`` on ``s1`` states followed by ``a2`` on ``s2`` equals ``a1`` on ``s1 + s2``."""
-    if a1 is not a2 and (type(a1) is not type(a2) or a1.config() != a2.config()):
-        return False
-    try:
-        whole, p1, p2 = a1.blocks(s1 + s2), a1.blocks(s1), a2.blocks(s2)
-    except (IdlError, ZeroDivisionError):
-        return False
-    return (whole.sizes == p1.sizes + p2.sizes and whole.norms == p1.norms + p2.norms
-            and whole.gammas == p1.gammas + p2.gammas)
-
-
-def _stack_activations(parts: Sequence[tuple[int, Activation]]) -> Activation:
-    """``phi(z_1, z_2, ...) = (phi_1(z_1), phi_2(z_2), ...)`` (Thm 2.9), as simply as possible.
-
-    Nested :class:`Blockwise` maps are flattened; adjacent equal maps whose block
-    partition is unchanged by merging (componentwise maps, block maps with a fixed
-    ``block_size``) are merged, so two parts with the same componentwise map give that
-    map itself. Empty parts (``hidden = 0``) contribute nothing; with no state at all
-    the (irrelevant) activation is the identity.
-    """
-    segs: list[tuple[int, Activation]] = []
-    for n, act in parts:
-        for size, a in _segments(act, n):
-            if segs and _mergeable(segs[-1][0], segs[-1][1], size, a):
-                segs[-1] = (segs[-1][0] + size, segs[-1][1])
-            else:
-                segs.append((size, a))
-    if not segs:
-        return Identity()
-    if len(segs) == 1:
-        return segs[0][1]
-    return Blockwise(segs)  # type: ignore[arg-type]  # (list is invariant)
 
 
 def _settings_source(models: Sequence[ImplicitModel]) -> ImplicitModel:
@@ -262,7 +215,7 @@ def cascade(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P2.b + P2.B @ P1.d, P1.b)
         d = P2.d + P2.D @ P1.d if has else None
-    act = _stack_activations([(P2.n, m2.activation), (P1.n, m1.activation)])
+    act = stack_activations([(P2.n, m2.activation), (P1.n, m1.activation)])
     return _build([m1, m2], A, B, C, D, b, d, act)
 
 
@@ -311,7 +264,7 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b, P2.b)
         d = w1 * P1.d + w2 * P2.d if has else None
-    act = _stack_activations([(P1.n, m1.activation), (P2.n, m2.activation)])
+    act = stack_activations([(P1.n, m1.activation), (P2.n, m2.activation)])
     return _build([m1, m2], A, B, C, D, b, d, act)
 
 
@@ -339,7 +292,7 @@ def concat(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b, P2.b)
         d = _bias(has, P1.d, P2.d)
-    act = _stack_activations([(P1.n, m1.activation), (P2.n, m2.activation)])
+    act = stack_activations([(P1.n, m1.activation), (P2.n, m2.activation)])
     return _build([m1, m2], A, B, C, D, b, d, act)
 
 
@@ -370,8 +323,9 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
     ``A = [[A_1, B_1 C_2], [B_2 C_1, A_2]]``, ``B = [[B_1], [0]]``, ``C = [C_1, 0]``, ``D = 0``.
 
     The feedback of two well-posed models need not be well-posed (end of §2.4): the
-    result's certificate (:func:`idlkit.wellposed.check`, and failing that the block
-    certificate of :func:`block_certificate`) is evaluated, and when none holds a
+    result's certificate (:func:`idlkit.wellposed.check`, whose ``triangular`` entry
+    includes the block criterion of :func:`idlkit.wellposed.triangular_criterion`) is
+    evaluated, and when none holds a
     :class:`WellPosednessError` with the numbers is raised (``require_wellposed=True``),
     or the model is returned unchecked (``False``; its solver may then fail to converge).
 
@@ -413,10 +367,10 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b + P1.B @ (P2.d + P2.D @ dy), P2.b + P2.B @ dy)
         d = dy if has else None
-    act = _stack_activations([(n1, m1.activation), (n2, m2.activation)])
+    act = stack_activations([(n1, m1.activation), (n2, m2.activation)])
     if require_wellposed and A.shape[0] > 0:
         rep = wp.check(A, act)
-        if not rep.wellposed and not block_certificate(A, act).wellposed:
+        if not rep.wellposed:
             raise WellPosednessError(
                 f"the feedback connection is not certified well-posed (no sufficient condition "
                 f"holds for its A of size {A.shape[0]}): ||A||_inf = {rep.inf_norm:.6g} (x gamma_inf "
@@ -462,7 +416,7 @@ def with_output_activation(m: ImplicitModel, phi_o: str | Activation) -> Implici
         C = torch.cat([torch.eye(q, dtype=P.A.dtype, device=P.A.device), P.A.new_zeros(q, n)], dim=1)
         D = P.D.new_zeros(q, P.p)
         b = _bias(P.has_bias, P.d, P.b)
-    act = _stack_activations([(q, act_o), (n, m.activation)])
+    act = stack_activations([(q, act_o), (n, m.activation)])
     return _build([m], A, B, C, D, b, None, act)
 
 
@@ -533,114 +487,3 @@ def batch_norm(running_mean: Tensor, running_var: Tensor, weight: Tensor | None 
 
 
 # ----------------------------------------------------------------------------- certificates
-
-
-@dataclass(frozen=True)
-class BlockCertificate:
-    """Blockwise well-posedness certificate (Thm 2.8/2.9 with Remark 2.6).
-
-    Attributes:
-        components: state indices of each strongly connected component of the
-            dependency graph of the activation's blocks (``I`` depends on ``J`` when
-            ``A_IJ != 0``). Permuting whole blocks puts ``A`` in block upper
-            triangular form with these diagonal blocks.
-        reports: :func:`idlkit.wellposed.check` of each diagonal block with the
-            activation restricted to it.
-    """
-
-    components: tuple[tuple[int, ...], ...]
-    reports: tuple[wp.WellPosedness, ...]
-
-    @property
-    def wellposed(self) -> bool:
-        """Every diagonal block is certified, hence ``A`` is well-posed (Thm 2.9)."""
-        return all(r.wellposed for r in self.reports)
-
-    def failing(self) -> list[tuple[tuple[int, ...], wp.WellPosedness]]:
-        """The components without a certificate, with their reports."""
-        return [(c, r) for c, r in zip(self.components, self.reports, strict=True) if not r.wellposed]
-
-    def __str__(self) -> str:
-        lines = [f"block certificate (Thm 2.9): {'HOLDS' if self.wellposed else 'NOT CERTIFIED'}, "
-                 f"{len(self.components)} diagonal block(s)"]
-        for comp, rep in zip(self.components, self.reports, strict=True):
-            which = [k for k, ok in rep.holds.items() if ok]
-            lines.append(f"  size {len(comp):4d} (states {comp[0]}..{comp[-1]}): "
-                         f"{', '.join(which) if which else 'none'}; pf={rep.pf:.4g}, "
-                         f"inf={rep.inf_norm:.4g}")
-        return "\n".join(lines)
-
-
-def _block_activations(act: Activation, n: int) -> list[tuple[int, Activation]]:
-    """The BLIP blocks of ``act`` on ``n`` states, each with the (uncentred) map acting on it.
-
-    ``phi - phi(0)`` and ``phi`` are well-posed together (a shift of the state, §3.1), so
-    :class:`Centered` maps are unwrapped.
-    """
-    if isinstance(act, Centered):
-        return _block_activations(act.base, n)
-    if isinstance(act, Blockwise):
-        if act.size != n:
-            raise ShapeError(f"Blockwise activation covers {act.size} states, A has {n}")
-        out: list[tuple[int, Activation]] = []
-        for size, a in act.segments:
-            out += _block_activations(a, size)
-        return out
-    return [(s, act) for s in act.blocks(n).sizes]
-
-
-def _as_np(A: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(A, Tensor):
-        if A.layout != torch.strided:
-            A = A.to_dense()
-        return A.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(A, dtype=np.float64)
-
-
-def block_certificate(A: Tensor | np.ndarray, activation: str | Activation = "relu") -> BlockCertificate:
-    """Certify ``x = phi(A x + b)`` block by block (Thm 2.8/2.9, Remark 2.6).
-
-    The activation's blocks (its BLIP partition; single entries for componentwise maps)
-    are the nodes of a graph with an edge ``I -> J`` when ``A_IJ != 0``. Ordering the
-    strongly connected components topologically and permuting whole blocks accordingly
-    (which preserves well-posedness) makes ``A`` block upper triangular with one diagonal
-    block per component; by Thm 2.9 applied recursively, ``A`` is well-posed iff every
-    diagonal block is, for the activation restricted to it. Each block is checked with
-    every certificate of :func:`idlkit.wellposed.check`. The result is never weaker than
-    ``check(A, activation)`` and certifies every cascade, parallel connection and
-    concatenation of certified parts, including those whose coupling blocks make the
-    composed ``||A||_inf`` exceed 1.
-    """
-    act = get_activation(activation)
-    M = _as_np(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
-    n = M.shape[0]
-    if n == 0:
-        return BlockCertificate((), ())
-    blocks = _block_activations(act, n)
-    sizes = [s for s, _ in blocks]
-    L = len(sizes)
-    owner = np.repeat(np.arange(L), sizes)
-    P = np.zeros((n, L))
-    P[np.arange(n), owner] = 1.0
-    G = (P.T @ (M != 0).astype(np.float64) @ P) > 0
-    _, labels = connected_components(csr_matrix(G), directed=True, connection="strong")
-    offs = np.concatenate(([0], np.cumsum(sizes)))
-    comps, reports = [], []
-    for lab in sorted(set(labels.tolist()), key=lambda c: int(np.argmax(labels == c))):
-        members = np.nonzero(labels == lab)[0]
-        idx = np.concatenate([np.arange(offs[i], offs[i + 1]) for i in members])
-        sub = _stack_activations([blocks[i] for i in members])
-        comps.append(tuple(int(i) for i in idx))
-        reports.append(wp.check(M[np.ix_(idx, idx)], sub))
-    return BlockCertificate(tuple(comps), tuple(reports))
-
-
-def blocks_wellposed(model: ImplicitModel | Tensor, activation: str | Activation | None = None) -> bool:
-    """Whether :func:`block_certificate` holds for a model (or for ``A`` and ``activation``)."""
-    if isinstance(model, ImplicitModel):
-        return block_certificate(model.A, model.activation).wellposed
-    if activation is None:
-        raise ConfigurationError("blocks_wellposed(A, activation): give the activation with a matrix")
-    return block_certificate(model, activation).wellposed

@@ -26,7 +26,13 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .activations import Activation, ComponentwiseActivation, get_activation
+from .activations import (
+    Activation,
+    ComponentwiseActivation,
+    block_activations,
+    get_activation,
+    stack_activations,
+)
 from .errors import ConfigurationError, ShapeError, WellPosednessError
 
 __all__ = [
@@ -592,23 +598,25 @@ class WellPosedness:
 
 @dataclass(frozen=True)
 class TriangularReport:
-    """The exact criterion for (block) upper-triangular ``A`` (Thm 2.8/2.9, Remark 2.5).
+    """The block triangular criterion (Thm 2.8/2.9 with Remark 2.6).
 
     Attributes:
-        triangular: ``A`` is block upper triangular for a partition into at least two
-            contiguous blocks that respects the activation's BLIP blocks (or is 1 x 1).
-        wellposed: every diagonal block is well-posed (then so is ``A``: Thm 2.8/2.9).
-        exact: the verdict is exact (scalar or zero diagonal blocks); otherwise the
-            diagonal blocks were certified by the sufficient conditions of :func:`check`.
-        blocks: ``(start, size)`` of the diagonal blocks (the finest such partition).
-        failing: ``(start, size)`` of the diagonal blocks found not well-posed / not certified.
+        triangular: ``A`` is block triangular up to a permutation of whole activation
+            blocks, with at least two diagonal blocks (or ``n <= 1``, or ``A = 0``).
+        wellposed: every diagonal block is well-posed (then so is ``A``).
+        exact: the verdict is exact (every diagonal block is a scalar, decided by the
+            rule of :func:`_scalar_wellposed`, or zero); otherwise larger blocks were
+            certified by the sufficient conditions (``inf``, ``pf``, ``mu``).
+        components: state indices of each diagonal block (the strongly connected
+            components of the dependency graph of the activation's blocks).
+        failing: the components found not well-posed / not certified.
     """
 
     triangular: bool
     wellposed: bool
     exact: bool
-    blocks: tuple[tuple[int, int], ...]
-    failing: tuple[tuple[int, int], ...]
+    components: tuple[tuple[int, ...], ...]
+    failing: tuple[tuple[int, ...], ...]
 
 
 def _scalar_wellposed(a: float, act: Activation) -> bool | None:
@@ -640,76 +648,54 @@ def _scalar_wellposed(a: float, act: Activation) -> bool | None:
     return None
 
 
-def _finest_block_partition(M: np.ndarray, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Finest contiguous partition, on the activation's block boundaries, making M block
-    upper triangular: ``k`` is a split point iff ``M[k:, :k] == 0``."""
-    n = M.shape[0]
-    nz = M != 0
-    # lowest nonzero row per column, then the max over columns < k must be < k
-    low = np.where(nz.any(axis=0), n - 1 - np.argmax(nz[::-1], axis=0), -1)
-    reach = np.maximum.accumulate(low) if n else low  # reach[k-1] = max_{j<k} lowest row
-    boundaries = np.cumsum(sizes)[:-1] if len(sizes) > 1 else np.array([], dtype=int)
-    splits = [int(k) for k in boundaries if reach[k - 1] < k]
-    edges = [0] + splits + [n]
-    return [(edges[i], edges[i + 1] - edges[i]) for i in range(len(edges) - 1)]
-
-
 def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = "relu"
                          ) -> TriangularReport:
-    """Well-posedness of (block) upper-triangular ``A`` from its diagonal blocks (Thm 2.8/2.9).
+    """Well-posedness of ``A`` from the diagonal blocks of its block triangular form.
 
-    ``A`` is well-posed iff each diagonal block is (for the activation restricted to it).
-    Scalar and zero diagonal blocks are decided exactly (:func:`_scalar_wellposed`;
-    for ReLU and triangular ``A``: iff ``diag(A) < 1``); larger blocks by the sufficient
-    certificates of :func:`check` (then ``exact`` is False).
+    The activation's BLIP blocks (single entries for componentwise maps) are the nodes
+    of a graph with an edge ``I -> J`` when ``A_IJ != 0``. Ordering its strongly
+    connected components topologically and permuting whole blocks accordingly (which
+    preserves well-posedness, Remark 2.6) makes ``A`` block upper triangular with one
+    diagonal block per component; by Thm 2.8/2.9 applied recursively, ``A`` is
+    well-posed iff every diagonal block is, for the activation restricted to it. Scalar
+    blocks are decided exactly (for ReLU and triangular ``A``: iff ``diag(A) < 1``,
+    Remark 2.5), larger ones by the sufficient certificates (then ``exact`` is False).
     """
+    from scipy.sparse.csgraph import connected_components
+
     act = get_activation(activation)
     M = _square(_as_np(A))
     n = M.shape[0]
     if n == 0:
         return TriangularReport(True, True, True, (), ())
-    sizes = act.blocks(n).sizes
-    parts = _finest_block_partition(M, sizes)
-    if len(parts) == 1 and n > 1:  # no triangular structure to exploit, unless A = 0
-        zero = not M.any()
-        return TriangularReport(zero, zero, zero, tuple(parts), () if zero else tuple(parts))
-    triangular = True
-    exact, failing = True, []
-    for start, size in parts:
-        blk = M[start:start + size, start:start + size]
+    blocks = block_activations(act, n)
+    sizes = [size for size, _ in blocks]
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    P = _segment_matrix(tuple(sizes))
+    G = sp.csr_array((P.T @ (M != 0).astype(np.float64) @ P) > 0)
+    ncomp, labels = connected_components(G, directed=True, connection="strong")
+    comps, failing, exact = [], [], True
+    for lab in sorted(range(ncomp), key=lambda c: int(np.argmax(labels == c))):
+        members = np.nonzero(labels == lab)[0]
+        idx = np.concatenate([np.arange(offs[i], offs[i + 1]) for i in members])
+        comps.append(tuple(int(i) for i in idx))
+        blk = M[np.ix_(idx, idx)]
         if not blk.any():
-            continue  # phi(c): always unique
-        if size == 1:
-            verdict = _scalar_wellposed(float(blk[0, 0]), act)
+            continue  # x = phi(c): always unique
+        if len(idx) == 1:
+            verdict = _scalar_wellposed(float(blk[0, 0]), blocks[members[0]][1])
             if verdict is not None:
                 if not verdict:
-                    failing.append((start, size))
+                    failing.append(comps[-1])
                 continue
         exact = False
-        sub = _restrict_activation(act, start, size)
-        if sub is None or not any(_norm_certificates(blk, sub)[4].values()):
-            failing.append((start, size))
-    return TriangularReport(triangular, not failing, exact, tuple(parts), tuple(failing))
-
-
-def _restrict_activation(act: Activation, start: int, size: int) -> Activation | None:
-    """The activation acting on states ``start:start+size`` (a union of its blocks)."""
-    from .activations import Blockwise
-
-    if act.componentwise:
-        return act
-    if isinstance(act, Blockwise):
-        out, pos = [], 0
-        for seg_size, seg_act in act.segments:
-            lo, hi = max(pos, start), min(pos + seg_size, start + size)
-            if hi > lo:
-                out.append((hi - lo, seg_act))
-            pos += seg_size
-        return Blockwise(out) if len(out) > 1 else out[0][1]
-    bs = getattr(act, "block_size", None)
-    if bs is not None:
-        return type(act)(bs)  # same map on whole blocks of the same size
-    return act if start == 0 else None
+        sub = stack_activations([blocks[i] for i in members])
+        if not any(_norm_certificates(blk, sub)[4].values()):
+            failing.append(comps[-1])
+    triangular = ncomp > 1 or n == 1 or not M.any()
+    if not triangular:  # one irreducible block: nothing beyond the plain certificates
+        return TriangularReport(False, False, False, tuple(comps), tuple(comps))
+    return TriangularReport(True, not failing, exact, tuple(comps), tuple(failing))
 
 
 def _rounding_slack(n: int) -> float:
