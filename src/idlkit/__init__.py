@@ -5,7 +5,7 @@ Implicit models predict ``y = C x + D u`` where the state solves
 and the docstrings, which cite the papers' equations.
 """
 
-from . import activations, compose, errors, function, solve, wellposed
+from . import activations, compose, errors, function, lowrank, solve, wellposed
 from .activations import get_activation
 from .errors import (
     ConfigurationError,
@@ -17,6 +17,7 @@ from .errors import (
     WellPosednessError,
 )
 from .io import load, save
+from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
 from .solve import SolveInfo, fixed_point
 
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ImplicitModel",
+    "LowRankImplicitModel",
     "SolveInfo",
     "fixed_point",
     "get_activation",
@@ -31,6 +33,7 @@ __all__ = [
     "load",
     "activations",
     "compose",
+    "lowrank",
     "errors",
     "function",
     "solve",

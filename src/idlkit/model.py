@@ -19,10 +19,37 @@ from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, 
 from .function import SolveRecord, SolverSettings, equilibrium
 from .solve import ON_NONCONVERGENCE, SOLVERS, SolveInfo
 
-__all__ = ["ImplicitModel", "WELLPOSEDNESS"]
+__all__ = ["ImplicitModel", "WELLPOSEDNESS", "batch_input"]
 
 WELLPOSEDNESS = ("inf", "pf", "mu", "triangular", None)
 _RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor, bool]:
+    """Validate a model input; returns ``(U, squeezed)`` with ``U`` of shape ``(batch, p)``.
+
+    Accepts ``(p,)`` (a single sample: ``squeezed`` is True), ``(batch, p)`` and
+    ``(batch, *dims)`` with ``prod(dims) = p`` (images, flattened). Anything else, a
+    non-floating tensor or a dtype other than the model's raises a typed error naming
+    the expected shape or the conversion to apply.
+    """
+    if not isinstance(u, Tensor):
+        raise InputError(f"input must be a torch.Tensor, got {type(u).__name__}")
+    if not u.is_floating_point():
+        raise InputError(f"input must be a floating tensor, got dtype {u.dtype}; convert "
+                         f"with u.to({dtype})")
+    if u.dtype != dtype:
+        raise InputError(f"input dtype {u.dtype} differs from the model's {dtype}; convert "
+                         f"the input (u.to({dtype})) or the model (model.to({u.dtype}))")
+    p = in_features
+    if u.dim() == 1 and u.shape[0] == p:
+        return u.unsqueeze(0), True
+    if u.dim() == 2 and u.shape[1] == p:
+        return u, False
+    if u.dim() >= 3 and math.prod(u.shape[1:]) == p:
+        return u.reshape(u.shape[0], p), False
+    raise ShapeError(f"expected input of shape (batch, {p}), ({p},) or (batch, *dims) with "
+                     f"prod(dims) = {p}; got {tuple(u.shape)}")
 
 
 class ImplicitModel(nn.Module):
@@ -267,24 +294,7 @@ class ImplicitModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def _as_batch(self, u: Tensor) -> tuple[Tensor, bool]:
-        if not isinstance(u, Tensor):
-            raise InputError(f"input must be a torch.Tensor, got {type(u).__name__}")
-        if not u.is_floating_point():
-            raise InputError(f"input must be a floating tensor, got dtype {u.dtype}; convert "
-                             f"with u.to({self.A.dtype})")
-        if u.dtype != self.A.dtype:
-            raise InputError(f"input dtype {u.dtype} differs from the model's {self.A.dtype}; "
-                             f"convert the input (u.to({self.A.dtype})) or the model "
-                             f"(model.to({u.dtype}))")
-        p = self.in_features
-        if u.dim() == 1 and u.shape[0] == p:
-            return u.unsqueeze(0), True
-        if u.dim() == 2 and u.shape[1] == p:
-            return u, False
-        if u.dim() >= 3 and math.prod(u.shape[1:]) == p:
-            return u.reshape(u.shape[0], p), False
-        raise ShapeError(f"expected input of shape (batch, {p}), ({p},) or (batch, *dims) with "
-                         f"prod(dims) = {p}; got {tuple(u.shape)}")
+        return batch_input(u, self.in_features, self.A.dtype)
 
     def _solve_activation(self) -> tuple[Activation, Tensor | None]:
         """The activation the solver sees and ``phi(0)`` when it is shifted (§3.1)."""
