@@ -277,37 +277,70 @@ def _boundary_margin(n: int, dtype: torch.dtype) -> float:
     return 16 * max(n, 1) * float(np.finfo(np.float64).eps) + 4 * torch.finfo(dtype).eps
 
 
+def _l1_threshold(W: Tensor, radius: float) -> Tensor:
+    """``lam >= 0`` with ``sum_j (W_ij - lam_i)_+ = radius`` for each row of ``W >= 0``
+    (rows with ``sum_j W_ij > radius``).
+
+    With ``c`` the row sorted in decreasing order and ``s_j = sum_{i<=j} c_i - r``,
+    ``lam = s_rho / rho`` for ``rho`` the largest ``j`` with ``c_j > s_j / j`` (Duchi et
+    al. 2008); that condition holds exactly for ``j <= rho``. So the ``k`` largest
+    entries suffice whenever the condition already fails at ``j = k``: ``torch.topk``
+    with a small ``k`` is tried first, and only the rows that need it are retried with
+    ``4k`` entries, up to a full sort. Far outside the ball few entries survive, and
+    barely outside (the usual case after a small gradient step) all of them do, which
+    is checked first (``rho = n``); both are much cheaper than sorting every row.
+    """
+    m, n = W.shape
+    # every entry survives iff min_j W_ij > (sum_j W_ij - r) / n (rows barely outside)
+    lam = (W.sum(dim=1) - radius) / n
+    rows = (W.amin(dim=1) <= lam).nonzero().squeeze(1)
+    k = min(n, 16)
+    while rows.numel():
+        Wk = W[rows]
+        c = torch.topk(Wk, k, dim=1, sorted=True).values if k < n else \
+            torch.sort(Wk, dim=1, descending=True).values
+        cs = torch.cumsum(c, dim=1) - radius
+        j = torch.arange(1, k + 1, dtype=W.dtype, device=W.device)
+        cond = c * j > cs
+        rho = (cond * j).amax(dim=1, keepdim=True)  # >= 1 since radius > 0
+        found = ~cond[:, -1] if k < n else torch.ones_like(cond[:, -1])
+        lam[rows[found]] = (cs.gather(1, rho.long() - 1) / rho).squeeze(1)[found]
+        rows = rows[~found]
+        k = min(n, 4 * k)
+    return lam
+
+
 def _project_rows_l1(V: Tensor, radius: float) -> Tensor:
-    """Rows of ``V`` projected onto ``{a : ||a||_1 <= radius}`` (exact, sort based).
+    """Rows of ``V`` projected onto ``{a : ||a||_1 <= radius}`` (exact).
 
     The KKT conditions of ``min 1/2 ||a - v||^2 : ||a||_1 <= r`` give
     ``a = sign(v) (|v| - lam)_+`` with ``lam >= 0`` the root of
-    ``sum_j (|v_j| - lam)_+ = r`` (paper 000 App. H). Sorting ``|v|`` in decreasing
-    order ``c_1 >= c_2 >= ...``, ``lam = (sum_{j<=k} c_j - r) / k`` with ``k`` the
-    largest index such that ``c_k > (sum_{j<=k} c_j - r)/k`` (Duchi et al. 2008).
-    O(n log n) per row, vectorised over rows. Projected rows are pulled inside the
-    sphere by the rounding allowance of :func:`_boundary_margin` (relative ~1e-13
-    in float64), so that the result is feasible whatever the summation order.
+    ``sum_j (|v_j| - lam)_+ = r`` (paper 000 App. H); :func:`_l1_threshold` finds it
+    exactly from the largest entries (at worst one sort, O(n log n) per row). Rows
+    inside (summed in float64) are returned unchanged. Projected rows are pulled inside
+    the sphere by the rounding allowance of :func:`_boundary_margin` (relative ~1e-13
+    in float64), so that they are feasible whatever the summation order.
     """
     absV = V.abs()
-    inside = absV.sum(dim=1) <= radius
-    if bool(inside.all()):
+    outside = absV.sum(dim=1, dtype=torch.float64) > radius  # float64, as the certificates
+    if not bool(outside.any()):
         return V.clone()
-    c, _ = torch.sort(absV, dim=1, descending=True)
-    cs = torch.cumsum(c, dim=1) - radius
-    k = torch.arange(1, V.shape[1] + 1, dtype=V.dtype, device=V.device)
-    cond = c * k > cs
-    rho = (cond * k).amax(dim=1, keepdim=True)  # largest k with the condition (>= 1)
-    lam = cs.gather(1, rho.long() - 1) / rho
-    lam = torch.where(inside[:, None], torch.zeros_like(lam), lam)
-    out = torch.sign(V) * torch.clamp(absV - lam, min=0)
+    every = bool(outside.all())
+    rows = None if every else outside.nonzero().squeeze(1)
+    Vr, W = (V, absV) if every else (V[rows], absV[rows])
+    lam = _l1_threshold(W, radius)[:, None]
+    P = Vr - torch.clamp(Vr, -lam, lam)  # = sign(v) (|v| - lam)_+, soft thresholding
     # the projected rows lie on the sphere in exact arithmetic; after rounding they may sit a
     # few ulps outside, so pull them strictly inside by the rounding allowance
-    moved = ~inside
     target = radius * (1 - _boundary_margin(V.shape[1], V.dtype))
-    sums = out.abs().sum(dim=1, keepdim=True, dtype=torch.float64)
-    shrink = torch.where(moved[:, None] & (sums > target), target / sums, torch.ones_like(sums))
-    out = out * shrink.to(V.dtype)
+    psum = torch.linalg.vector_norm(P, 1, dim=1, keepdim=True, dtype=torch.float64)
+    over = psum > target
+    if bool(over.any()):
+        P = P * torch.where(over, target / psum, torch.ones_like(psum)).to(V.dtype)
+    if every:
+        return P
+    out = V.clone()
+    out[rows] = P
     return out
 
 
