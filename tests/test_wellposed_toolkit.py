@@ -293,3 +293,34 @@ def test_sparse_certificates_match_dense():
     lam_true = float(np.abs(np.linalg.eigvals(D.abs().numpy())).max())
     lam = wp.pf_eigenvalue(T.abs())
     assert lam_true - 1e-12 <= lam <= lam_true * (1 + 1e-6) + 1e-9
+
+
+def _threshold_reference(w: np.ndarray, r: float) -> float:
+    c = np.sort(w)[::-1]
+    cs = np.cumsum(c) - r
+    j = np.arange(1, len(c) + 1)
+    rho = j[c * j > cs].max()
+    return cs[rho - 1] / rho
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_l1_threshold_every_path_matches_sorting(dtype, monkeypatch):
+    """Rows barely outside (all entries survive), far outside (top-k), in between
+    (Michelot) and, with Michelot cut short, the full sort: all give the sorted answer."""
+    from idlkit.wellposed import _l1_threshold, _michelot
+
+    rng = np.random.default_rng(0)
+    n, r = 300, 0.95
+    rows = [np.abs(rng.standard_normal(n)) + 0.01, np.abs(rng.standard_normal(n)) * 10,
+            np.abs(rng.standard_normal(n))]
+    rows[0] *= r * 1.0001 / rows[0].sum()   # barely outside: every entry survives
+    rows[2] *= r * 1.05 / rows[2].sum()     # 5% outside: many, not all, survive
+    W = np.stack(rows)
+    ref = np.array([_threshold_reference(w, r) for w in W])
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    got = _l1_threshold(torch.tensor(W, dtype=dtype), r).double().numpy()
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    monkeypatch.setattr("idlkit.wellposed._michelot",
+                        lambda W, radius, lam: _michelot(W, radius, lam, max_iter=1))
+    got = _l1_threshold(torch.tensor(W, dtype=dtype), r).double().numpy()
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)

@@ -277,36 +277,67 @@ def _boundary_margin(n: int, dtype: torch.dtype) -> float:
     return 16 * max(n, 1) * float(np.finfo(np.float64).eps) + 4 * torch.finfo(dtype).eps
 
 
+def _threshold_sorted(c: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """From rows ``c`` sorted in decreasing order (the ``k`` largest entries): ``lam`` and
+    whether it is exact, i.e. the condition ``c_j > s_j / j`` already fails at ``j = k``."""
+    k = c.shape[1]
+    cs = torch.cumsum(c, dim=1) - radius
+    j = torch.arange(1, k + 1, dtype=c.dtype, device=c.device)
+    cond = c * j > cs
+    rho = (cond * j).amax(dim=1, keepdim=True)  # >= 1 since radius > 0
+    return (cs.gather(1, rho.long() - 1) / rho).squeeze(1), ~cond[:, -1]
+
+
+def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30,
+              chunk: int = 128) -> tuple[Tensor, Tensor]:
+    """Michelot's iteration ``lam <- (sum_{W > lam} W - r) / #{W > lam}``, which increases
+    to the exact threshold and stops when the active set no longer shrinks; by chunks of
+    rows so that each pass stays in cache. Returns ``(lam, exact)``."""
+    lam = lam.clone()
+    exact = torch.zeros_like(lam, dtype=torch.bool)
+    for lo in range(0, W.shape[0], chunk):
+        Wc, lc = W[lo:lo + chunk], lam[lo:lo + chunk]
+        count = torch.full_like(lc, float(W.shape[1]))
+        for _ in range(max_iter):
+            active = Wc > lc[:, None]
+            new_count = active.sum(dim=1).to(W.dtype)
+            done = new_count == count
+            if bool(done.all()):
+                break
+            lc = ((Wc * active).sum(dim=1) - radius) / new_count
+            count = new_count
+        lam[lo:lo + chunk], exact[lo:lo + chunk] = lc, done
+    return lam, exact
+
+
 def _l1_threshold(W: Tensor, radius: float) -> Tensor:
     """``lam >= 0`` with ``sum_j (W_ij - lam_i)_+ = radius`` for each row of ``W >= 0``
     (rows with ``sum_j W_ij > radius``).
 
     With ``c`` the row sorted in decreasing order and ``s_j = sum_{i<=j} c_i - r``,
     ``lam = s_rho / rho`` for ``rho`` the largest ``j`` with ``c_j > s_j / j`` (Duchi et
-    al. 2008); that condition holds exactly for ``j <= rho``. So the ``k`` largest
-    entries suffice whenever the condition already fails at ``j = k``: ``torch.topk``
-    with a small ``k`` is tried first, and only the rows that need it are retried with
-    ``4k`` entries, up to a full sort. Far outside the ball few entries survive, and
-    barely outside (the usual case after a small gradient step) all of them do, which
-    is checked first (``rho = n``); both are much cheaper than sorting every row.
+    al. 2008); the condition holds exactly for ``j <= rho``. Three exact shortcuts come
+    before a full sort: every entry survives (``rho = n``: barely outside, as after a
+    small gradient step) iff ``min_j W_ij > (sum_j W_ij - r) / n``; few survive (far
+    outside) iff the condition fails within the 16 largest entries (``torch.topk``);
+    otherwise Michelot's finite iteration usually settles in a few passes. Rows none of
+    these settle are sorted.
     """
     m, n = W.shape
-    # every entry survives iff min_j W_ij > (sum_j W_ij - r) / n (rows barely outside)
     lam = (W.sum(dim=1) - radius) / n
     rows = (W.amin(dim=1) <= lam).nonzero().squeeze(1)
-    k = min(n, 16)
-    while rows.numel():
-        Wk = W[rows]
-        c = torch.topk(Wk, k, dim=1, sorted=True).values if k < n else \
-            torch.sort(Wk, dim=1, descending=True).values
-        cs = torch.cumsum(c, dim=1) - radius
-        j = torch.arange(1, k + 1, dtype=W.dtype, device=W.device)
-        cond = c * j > cs
-        rho = (cond * j).amax(dim=1, keepdim=True)  # >= 1 since radius > 0
-        found = ~cond[:, -1] if k < n else torch.ones_like(cond[:, -1])
-        lam[rows[found]] = (cs.gather(1, rho.long() - 1) / rho).squeeze(1)[found]
-        rows = rows[~found]
-        k = min(n, 4 * k)
+    if rows.numel() and n > 16:
+        top = torch.topk(W[rows], 16, dim=1, sorted=True).values
+        lam_top, exact = _threshold_sorted(top, radius)
+        lam[rows[exact]] = lam_top[exact]
+        rows = rows[~exact]
+    if rows.numel():
+        lam_m, exact = _michelot(W[rows], radius, lam[rows])
+        lam[rows[exact]] = lam_m[exact]
+        rows = rows[~exact]
+    if rows.numel():
+        c = torch.sort(W[rows], dim=1, descending=True).values
+        lam[rows] = _threshold_sorted(c, radius)[0]
     return lam
 
 
