@@ -230,3 +230,16 @@ def test_tampered_config_raises_checkpoint_error(tmp_path, tamper):
     with pytest.raises(CheckpointError) as exc:
         idlkit.load(bad)
     assert "tampered.idl" in str(exc.value)
+
+
+def test_low_rank_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = idlkit.LowRankImplicitModel(5, 12, 3, rank=4, activation="tanh", dtype=torch.float64)
+    path = idlkit.save(m, tmp_path / "lr.safetensors")
+    back = idlkit.load(path)
+    assert isinstance(back, idlkit.LowRankImplicitModel) and back.rank == 4
+    u = torch.randn(7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(u), m(u), rtol=0, atol=0)
+    with pytest.raises(idlkit.io.CheckpointError):
+        idlkit.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 
 from .errors import IdlError
+from .lowrank import LowRankImplicitModel
+from .model import ImplicitModel
 
 __all__ = ["save", "load", "CheckpointError"]
 
-_FORMAT = "idlkit.ImplicitModel/1"
+_FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1")
 
 
 class CheckpointError(IdlError):
@@ -41,7 +43,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (an :class:`~idlkit.ImplicitModel`) to ``path`` atomically.
+    """Write ``model`` (:class:`~idlkit.ImplicitModel` or :class:`~idlkit.LowRankImplicitModel`)
+    to ``path`` atomically.
 
     The file is a safetensors file whose metadata holds the JSON config
     (activation, solver, well-posedness settings, library version).
@@ -50,7 +53,11 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 
     from . import __version__
 
-    cfg = {"format": _FORMAT, "version": __version__, "config": model.config(),
+    if not isinstance(model, ImplicitModel | LowRankImplicitModel):
+        raise CheckpointError(f"save() writes ImplicitModel and LowRankImplicitModel, got "
+                              f"{type(model).__name__}")
+    fmt = _FORMATS[1] if isinstance(model, LowRankImplicitModel) else _FORMATS[0]
+    cfg = {"format": fmt, "version": __version__, "config": model.config(),
            "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = st_save(tensors, metadata={"idlkit": json.dumps(cfg)})
@@ -64,8 +71,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    from .model import ImplicitModel
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -78,9 +83,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
                               f"tampered?): {exc}") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") not in _FORMATS:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
-        raise CheckpointError(f"{path} has format {fmt!r}, expected {_FORMAT!r}")
+        raise CheckpointError(f"{path} has format {fmt!r}, expected one of {list(_FORMATS)}")
+    cls = LowRankImplicitModel if cfg["format"] == _FORMATS[1] else ImplicitModel
     dtype = getattr(torch, str(cfg.get("dtype", "float32")), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise CheckpointError(f"{path}: unknown dtype {cfg.get('dtype')!r} in the config")
@@ -88,7 +94,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the model config is missing or not a JSON object")
     try:
-        model = ImplicitModel(**config, dtype=dtype)
+        model = cls(**config, dtype=dtype)
     except (TypeError, ValueError, IdlError) as exc:
         raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
     try:
