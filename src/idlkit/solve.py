@@ -433,13 +433,13 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
             s, e = starts[i], ends[i]
             if e > s:
                 level[i] = 1 + level[bc[s:e]].max()
-    offs = np.concatenate(([0], np.cumsum(sizes)))
-    groups = []
-    for lv in range(int(level.max()) + 1 if L else 0):
-        blocks = np.nonzero(level == lv)[0]
-        idx = np.concatenate([np.arange(offs[b], offs[b + 1]) for b in blocks])
-        groups.append(torch.as_tensor(idx, dtype=torch.long, device=A.device))
-    return groups
+    if L == 0:
+        return []
+    state_level = np.repeat(level, sizes)  # level of every state, blocks kept whole
+    order = np.argsort(state_level, kind="stable")
+    bounds = np.cumsum(np.bincount(state_level))[:-1]
+    return [torch.as_tensor(idx, dtype=torch.long, device=A.device)
+            for idx in np.split(order, bounds)]
 
 
 def _rows(A: Tensor, idx: Tensor) -> Tensor:
