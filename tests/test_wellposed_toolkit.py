@@ -324,3 +324,17 @@ def test_l1_threshold_every_path_matches_sorting(dtype, monkeypatch):
                         lambda W, radius, lam: _michelot(W, radius, lam, max_iter=1))
     got = _l1_threshold(torch.tensor(W, dtype=dtype), r).double().numpy()
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("gamma", [-1.0, 0.0, 0.7])
+def test_project_mu_set_michelot_and_sort_paths_agree(gamma, monkeypatch):
+    from idlkit.wellposed import _michelot
+
+    rng = np.random.default_rng(1)
+    A = torch.tensor(rng.standard_normal((40, 40)) * rng.uniform(0.01, 3, (40, 1)), dtype=F64)
+    P = wp.project_mu_set(A, gamma)
+    monkeypatch.setattr("idlkit.wellposed._michelot",
+                        lambda W, radius, lam, offset=None: _michelot(W, radius, lam, max_iter=1,
+                                                                       offset=offset))
+    torch.testing.assert_close(wp.project_mu_set(A, gamma), P, rtol=0, atol=1e-12)
+    assert wp.mu_inf(P) <= gamma

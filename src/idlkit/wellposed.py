@@ -288,23 +288,28 @@ def _threshold_sorted(c: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     return (cs.gather(1, rho.long() - 1) / rho).squeeze(1), ~cond[:, -1]
 
 
-def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30,
-              chunk: int = 128) -> tuple[Tensor, Tensor]:
-    """Michelot's iteration ``lam <- (sum_{W > lam} W - r) / #{W > lam}``, which increases
-    to the exact threshold and stops when the active set no longer shrinks; by chunks of
-    rows so that each pass stays in cache. Returns ``(lam, exact)``."""
+def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30, chunk: int = 128,
+              offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Michelot's iteration ``lam <- (t + sum_{W > lam} W - r) / (#{W > lam} + e)``, i.e.
+    Newton's method on the convex, decreasing, piecewise-linear
+    ``h(lam) = t - e lam + sum_j (W_j - lam)_+ - r`` from a start with ``h >= 0``: it
+    increases to the exact root and stops when the active set no longer shrinks. ``t = 0,
+    e = 0`` for the l1 ball; ``t = offset`` (the diagonal entry) and ``e = 1`` for the
+    mu_inf set. By chunks of rows so that each pass stays in cache. Returns ``(lam, exact)``."""
     lam = lam.clone()
     exact = torch.zeros_like(lam, dtype=torch.bool)
+    extra = 0.0 if offset is None else 1.0
     for lo in range(0, W.shape[0], chunk):
         Wc, lc = W[lo:lo + chunk], lam[lo:lo + chunk]
-        count = torch.full_like(lc, float(W.shape[1]))
+        tc = 0.0 if offset is None else offset[lo:lo + chunk]
+        count = torch.full_like(lc, float(W.shape[1]) + 1.0)  # nothing counted yet
         for _ in range(max_iter):
             active = Wc > lc[:, None]
             new_count = active.sum(dim=1).to(W.dtype)
             done = new_count == count
             if bool(done.all()):
                 break
-            lc = ((Wc * active).sum(dim=1) - radius) / new_count
+            lc = (tc + (Wc * active).sum(dim=1) - radius) / (new_count + extra)
             count = new_count
         lam[lo:lo + chunk], exact[lo:lo + chunk] = lc, done
     return lam, exact
@@ -423,20 +428,27 @@ def project_mu_set(A: Tensor, gamma: float) -> Tensor:
     W = A.masked_fill(eye, 0.0)
     absW = W.abs()
     h0 = t0 + absW.sum(dim=1) - g
-    c, _ = torch.sort(absW, dim=1, descending=True)
-    c = c[:, : n - 1] if n > 1 else c[:, :0]
-    S = torch.cumsum(c, dim=1)
-    k = torch.arange(1, c.shape[1] + 1, dtype=A.dtype, device=A.device)
-    lam_k = (t0[:, None] + S - g) / (k + 1)               # pieces k = 1..n-1
-    valid = c > lam_k
-    kbest = (valid * k).amax(dim=1).long() if c.shape[1] else torch.zeros(n, dtype=torch.long)
-    lam0 = (t0 - g)                                         # piece k = 0
-    lam_sel = torch.where(
-        kbest > 0,
-        lam_k.gather(1, (kbest.clamp(min=1) - 1)[:, None]).squeeze(1) if c.shape[1] else lam0,
-        lam0,
-    )
-    lam = torch.where(h0 > 0, lam_sel, torch.zeros_like(lam_sel)).clamp(min=0)
+    lam = torch.zeros_like(t0)
+    rows = (h0 > 0).nonzero().squeeze(1)
+    if rows.numel():
+        # Michelot/Newton from lam = h0 / n (all entries active, h >= 0 there), exact
+        lam_m, exact = _michelot(absW[rows], g, h0[rows] / n, offset=t0[rows])
+        lam[rows] = lam_m
+        rows = rows[~exact]
+    if rows.numel():  # unsettled rows: the sort-based formula
+        c, _ = torch.sort(absW[rows], dim=1, descending=True)
+        c = c[:, : n - 1]
+        tr = t0[rows]
+        S = torch.cumsum(c, dim=1)
+        k = torch.arange(1, c.shape[1] + 1, dtype=A.dtype, device=A.device)
+        lam_k = (tr[:, None] + S - g) / (k + 1)              # pieces k = 1..n-1
+        kbest = (c > lam_k).mul(k).amax(dim=1).long() if c.shape[1] else torch.zeros_like(rows)
+        lam0 = tr - g                                         # piece k = 0
+        lam[rows] = torch.where(
+            kbest > 0,
+            lam_k.gather(1, (kbest.clamp(min=1) - 1)[:, None]).squeeze(1) if c.shape[1] else lam0,
+            lam0)
+    lam = lam.clamp(min=0)
     out = torch.sign(W) * torch.clamp(absW - lam[:, None], min=0)
     t = t0 - lam
     # projected rows land on the boundary; move their diagonal inside by the rounding allowance
