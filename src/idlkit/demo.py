@@ -75,8 +75,9 @@ def run_demo(out: str | Path = "runs/demo/model.safetensors", hidden: int = 100,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            fwd_it.append(model.last_solve.iterations)
-            bwd_it.append(model.last_backward_solve.iterations)
+            fwd, bwd = model.last_solve, model.last_backward_solve
+            fwd_it.append(fwd.iterations if fwd else 0)
+            bwd_it.append(bwd.iterations if bwd else 0)
             total += float(loss.detach()) * len(idx)
         if log and (epoch % 5 == 4 or epoch == epochs - 1):
             say(f"  epoch {epoch + 1:3d}  loss {total / len(Xtr):.4f}  "

@@ -113,14 +113,17 @@ class ImplicitModel(nn.Module):
             backward_tol=backward_tol, backward_max_iter=backward_max_iter)
         self._validate_settings()
         self.in_features, self.hidden, self.out_features = in_features, hidden, out_features
-        fk = {"device": device, "dtype": dtype}
-        self.A = nn.Parameter(torch.empty(hidden, hidden, **fk))
-        self.B = nn.Parameter(torch.empty(hidden, in_features, **fk))
-        self.C = nn.Parameter(torch.empty(out_features, hidden, **fk))
-        self.D = nn.Parameter(torch.empty(out_features, in_features, **fk))
+
+        def empty(*shape: int) -> Tensor:
+            return torch.empty(*shape, device=device, dtype=dtype)
+
+        self.A = nn.Parameter(empty(hidden, hidden))
+        self.B = nn.Parameter(empty(hidden, in_features))
+        self.C = nn.Parameter(empty(out_features, hidden))
+        self.D = nn.Parameter(empty(out_features, in_features))
         if bias:
-            self.b = nn.Parameter(torch.empty(hidden, **fk))
-            self.d = nn.Parameter(torch.empty(out_features, **fk))
+            self.b = nn.Parameter(empty(hidden))
+            self.d = nn.Parameter(empty(out_features))
         else:
             self.register_parameter("b", None)
             self.register_parameter("d", None)
@@ -237,7 +240,10 @@ class ImplicitModel(nn.Module):
 
         Returns the hook handle (``handle.remove()`` detaches it).
         """
-        return optimizer.register_step_post_hook(lambda *_: self.project_())
+        def hook(*_: object) -> None:
+            self.project_()
+
+        return optimizer.register_step_post_hook(hook)
 
     def certificate(self) -> wp.WellPosedness:
         """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins."""
