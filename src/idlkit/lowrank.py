@@ -68,7 +68,7 @@ from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings
 from .model import ImplicitModel, batch_input
-from .solve import ON_NONCONVERGENCE, SolveInfo, _anderson, _iterate_simple
+from .solve import ON_NONCONVERGENCE, SolveInfo, iterate_map
 
 __all__ = ["LowRankImplicitModel", "LowRankCertificate", "LowRankApproximation",
            "LowRankFunction", "LOWRANK_SOLVERS"]
@@ -126,15 +126,11 @@ def _run(F: _LatentMap | _LatentAdjointMap, X0: Tensor, method: str, tol: float,
     fallback step of Anderson is the plain step (``alpha = 1``) unless given;
     ``averaged`` uses ``alpha = 0.5`` unless given.
     """
-    if method == "anderson":
-        a = 1.0 if alpha is None else float(alpha)
-        X, _, info = _anderson(F, X0, a, tol, max_iter,  # type: ignore[arg-type]
-                               anderson_m, a if beta is None else beta, on_nonconvergence)
+    if alpha is not None:
+        a = float(alpha)
     else:
-        a = 1.0 if method == "picard" else (
-            _DEFAULT_AVERAGED_ALPHA if alpha is None else float(alpha))
-        X, _, info = _iterate_simple(F, X0, a, tol, max_iter, method,  # type: ignore[arg-type]
-                                     on_nonconvergence)
+        a = _DEFAULT_AVERAGED_ALPHA if method == "averaged" else 1.0
+    X, _, info = iterate_map(F, X0, method, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
     return X.t(), info  # the solvers return column convention (k, m)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,6 +59,8 @@ __all__ = [
     "adjoint_fixed_point",
     "default_alpha",
     "triangular_levels",
+    "iterate_map",
+    "FixedPointMap",
 ]
 
 SOLVERS = ("picard", "averaged", "anderson", "triangular")
@@ -143,7 +146,33 @@ class _AdjointMap:
         return self.act.vjp(self.ZT.t(), W.t()).t(), W
 
 
-FixedPointMap = _ForwardMap | _AdjointMap
+class FixedPointMap(Protocol):
+    """A batch-first map for :func:`iterate_map`: ``F(X) -> (F(X), aux)`` with ``X`` and
+    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples."""
+
+    def restrict(self, rows: Tensor) -> FixedPointMap: ...
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: float,
+                max_iter: int, anderson_m: int = 5, beta: float | None = None,
+                on_nonconvergence: str = "raise") -> tuple[Tensor, Tensor, SolveInfo]:
+    """Solve ``X = F(X)`` for any batch-first map (used by the model's forward and adjoint
+    solves and by :mod:`idlkit.lowrank`'s latent solves).
+
+    ``method``: ``picard``, ``averaged`` (step ``alpha``) or ``anderson`` (fallback step
+    ``alpha``, mixing ``beta``, default ``alpha``). ``X``: ``(m, d)`` start. Returns
+    ``(X, aux, info)`` in column convention ``(d, m)``.
+    """
+    if method == "anderson":
+        return _anderson(F, X, alpha, tol, max_iter, anderson_m,
+                         alpha if beta is None else beta, on_nonconvergence)
+    if method not in ("picard", "averaged"):
+        raise ConfigurationError(f"iterate_map solves with picard, averaged or anderson, got "
+                                 f"{method!r}")
+    return _iterate_simple(F, X, alpha if method == "averaged" else 1.0, tol, max_iter, method,
+                           on_nonconvergence)
 
 
 def default_alpha(A: Tensor) -> float:
@@ -583,11 +612,7 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
             X = x0.detach().to(b.dtype).t().contiguous()
         a = _alpha(A, alpha, method)
         F = _ForwardMap(A, b.t().contiguous(), act)
-        if method == "anderson":
-            return _anderson(F, X, a, tol, max_iter, anderson_m, a if beta is None else beta,
-                             on_nonconvergence)
-        return _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter, method,
-                               on_nonconvergence)
+        return iterate_map(F, X, method, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
 
 
 def _alpha(A: Tensor, alpha: float | None, method: str) -> float:
@@ -633,10 +658,6 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
         X = G.new_zeros(G.shape[1], G.shape[0]) if x0 is None else x0.detach().t().contiguous()
         a = _alpha(A, alpha, method)
         F = _AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
-        if method == "anderson":
-            V, _, info = _anderson(F, X, a, tol, max_iter, anderson_m,
-                                   a if beta is None else beta, on_nonconvergence)
-        else:
-            V, _, info = _iterate_simple(F, X, a if method == "averaged" else 1.0, tol, max_iter,
-                                         method, on_nonconvergence)
+        V, _, info = iterate_map(F, X, method, a, tol, max_iter, anderson_m, beta,
+                                 on_nonconvergence)
         return V, info
