@@ -50,6 +50,13 @@ class SolverSettings:
             return self.backward_method
         return "triangular" if self.method == "triangular" else "anderson"
 
+    def config(self) -> dict:
+        """The constructor's solver arguments, JSON-serialisable (for :mod:`idlkit.io`)."""
+        return {"solver": self.method, "tol": self.tol, "max_iter": self.max_iter,
+                "backward_solver": self.backward_method, "backward_tol": self.backward_tol,
+                "backward_max_iter": self.backward_max_iter, "alpha": self.alpha,
+                "anderson_m": self.anderson_m, "on_nonconvergence": self.on_nonconvergence}
+
     def forward_kwargs(self) -> dict:
         return dict(method=self.method, tol=self.tol, max_iter=self.max_iter, alpha=self.alpha,
                     anderson_m=self.anderson_m, beta=self.beta,

@@ -67,7 +67,7 @@ from . import wellposed as wp
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings
-from .model import ImplicitModel, batch_input
+from .model import ImplicitModel, SolveReports, batch_input, output_map
 from .solve import ON_NONCONVERGENCE, SolveInfo, iterate_map
 
 __all__ = ["LowRankImplicitModel", "LowRankCertificate", "LowRankApproximation",
@@ -293,7 +293,7 @@ def _check_int(name: str, v: object, low: int) -> int:
     return int(v)
 
 
-class LowRankImplicitModel(nn.Module):
+class LowRankImplicitModel(SolveReports, nn.Module):
     """Implicit model ``y = C x + D u + d``, ``x = phi(L R^T x + B u + b)``, solved in rank ``k``.
 
     The state is obtained from the latent fixed point ``z = R^T phi(L z + B u + b)``
@@ -722,34 +722,18 @@ class LowRankImplicitModel(nn.Module):
     def forward(self, u: Tensor, z0: Tensor | None = None) -> Tensor:
         """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
         U, squeeze = self._as_batch(u)
-        X = self._state(U, z0)
-        Y = X @ self.C.t() + U @ self.D.t()
-        if self.d is not None:
-            Y = Y + self.d
+        Y = output_map(self._state(U, z0), U, self.C, self.D, self.d)
         return Y.squeeze(0) if squeeze else Y
 
     # ------------------------------------------------------------------ reports
 
-    @property
-    def last_solve(self) -> SolveInfo | None:
-        return self._record.forward
-
-    @property
-    def last_backward_solve(self) -> SolveInfo | None:
-        return self._record.backward
-
     def config(self) -> dict:
-        """JSON-serialisable constructor arguments."""
-        s = self.settings
+        """JSON-serialisable constructor arguments (used by :mod:`idlkit.io`)."""
         return {
             "in_features": self.in_features, "hidden": self.hidden,
             "out_features": self.out_features, "rank": self.rank,
             "activation": self.activation.config(), "bias": self.b is not None,
-            "wellposedness": self.wellposedness, "kappa": self.kappa, "solver": s.method,
-            "tol": s.tol, "max_iter": s.max_iter, "backward_solver": s.backward_method,
-            "backward_tol": s.backward_tol, "backward_max_iter": s.backward_max_iter,
-            "alpha": s.alpha, "anderson_m": s.anderson_m,
-            "on_nonconvergence": s.on_nonconvergence,
+            "wellposedness": self.wellposedness, "kappa": self.kappa, **self.settings.config(),
         }
 
     def extra_repr(self) -> str:

@@ -52,7 +52,29 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor
                      f"prod(dims) = {p}; got {tuple(u.shape)}")
 
 
-class ImplicitModel(nn.Module):
+def output_map(X: Tensor, U: Tensor, C: Tensor, D: Tensor, d: Tensor | None) -> Tensor:
+    """The prediction equation ``y = C x + D u + d`` (eq. 1.1a, §3.1) on batch-first ``X, U``."""
+    Y = X @ C.t() + U @ D.t()
+    return Y if d is None else Y + d
+
+
+class SolveReports:
+    """``last_solve`` / ``last_backward_solve`` of a model that keeps a ``_record``."""
+
+    _record: SolveRecord
+
+    @property
+    def last_solve(self) -> SolveInfo | None:
+        """:class:`~idlkit.solve.SolveInfo` of the last forward solve."""
+        return self._record.forward
+
+    @property
+    def last_backward_solve(self) -> SolveInfo | None:
+        """:class:`~idlkit.solve.SolveInfo` of the last adjoint (backward) solve."""
+        return self._record.backward
+
+
+class ImplicitModel(SolveReports, nn.Module):
     """Implicit model with enforced well-posedness and implicit gradients.
 
     Args:
@@ -354,33 +376,18 @@ class ImplicitModel(nn.Module):
     def forward(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
         """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
         U, squeeze = self._as_batch(u)
-        X = self._state(U, x0)
-        Y = (self.C @ X).t() + U @ self.D.t()
-        if self.d is not None:
-            Y = Y + self.d
+        Y = output_map(self._state(U, x0).t(), U, self.C, self.D, self.d)
         return Y.squeeze(0) if squeeze else Y
 
     # ------------------------------------------------------------------ reports
 
-    @property
-    def last_solve(self) -> SolveInfo | None:
-        return self._record.forward
-
-    @property
-    def last_backward_solve(self) -> SolveInfo | None:
-        return self._record.backward
-
     def config(self) -> dict:
         """JSON-serialisable constructor arguments (used by :mod:`idlkit.io`)."""
-        s = self.settings
         return {
             "in_features": self.in_features, "hidden": self.hidden,
             "out_features": self.out_features, "activation": self.activation.config(),
             "bias": self.b is not None, "wellposedness": self.wellposedness,
-            "kappa": self.kappa, "solver": s.method, "tol": s.tol, "max_iter": s.max_iter,
-            "backward_solver": s.backward_method, "backward_tol": s.backward_tol,
-            "backward_max_iter": s.backward_max_iter, "alpha": s.alpha,
-            "anderson_m": s.anderson_m, "on_nonconvergence": s.on_nonconvergence,
+            "kappa": self.kappa, **self.settings.config(),
         }
 
     def extra_repr(self) -> str:
