@@ -30,8 +30,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# torchidl is the reference of bench_core; --no-deps keeps pip away from torch
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-deps torchidl || echo "torchidl unavailable: idlkit rows only"
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_wellposed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
