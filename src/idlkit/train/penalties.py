@@ -1,0 +1,130 @@
+"""Penalties of the training problem (paper 000 §4.3, §5, §6; paper 004), differentiable.
+
+Every function takes model matrices (torch tensors, any dtype) and returns a scalar
+tensor with autograd. ``||.||_inf`` is the max-row-sum norm throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigurationError, ShapeError, WellPosednessError
+
+__all__ = [
+    "l1",
+    "group_columns",
+    "feature_selection",
+    "inf_norm_torch",
+    "mu_inf_torch",
+    "lipschitz_bound",
+    "lipschitz_penalty",
+    "sensitivity_matrix",
+    "sensitivity_penalty",
+    "mu_lipschitz_bound",
+    "PENALTIES",
+]
+
+
+def inf_norm_torch(M: Tensor) -> Tensor:
+    """``||M||_inf = max_i sum_j |M_ij|`` with autograd (0 for an empty matrix)."""
+    if M.numel() == 0:
+        return M.new_zeros(())
+    return M.abs().sum(dim=1).amax()
+
+
+def mu_inf_torch(A: Tensor) -> Tensor:
+    """``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004) with autograd."""
+    if A.dim() != 2 or A.shape[0] != A.shape[1]:
+        raise ShapeError(f"A must be square, got {tuple(A.shape)}")
+    d = torch.diagonal(A)
+    return (d + A.abs().sum(dim=1) - d.abs()).amax()
+
+
+def l1(M: Tensor) -> Tensor:
+    """Elementwise sparsity penalty ``sum_ij |M_ij|`` (paper 000 §5, §6)."""
+    return M.abs().sum()
+
+
+def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
+    """Column-sparsity penalty ``sum_j ||N e_j||_alpha`` (paper 000 §5, alpha > 1).
+
+    Row sparsity is ``group_columns(N.T)``.
+    """
+    a = float(alpha)
+    if not (a > 1 or math.isinf(a)):
+        raise ConfigurationError(f"alpha must be > 1 (or inf), got {alpha!r}")
+    return torch.linalg.vector_norm(N, ord=a, dim=0).sum()
+
+
+def feature_selection(B: Tensor, D: Tensor, alpha: float = 2.0) -> Tensor:
+    """``P(B, D) = sum_j ||(B; D) e_j||_alpha`` (eq. 5.1): a zero column ``j`` removes input ``j``."""
+    if B.shape[1] != D.shape[1]:
+        raise ShapeError(f"B and D must have the same number of columns (inputs), got "
+                         f"{B.shape[1]} and {D.shape[1]}")
+    return group_columns(torch.cat([B, D], dim=0), alpha)
+
+
+def _contraction_margin(A: Tensor, what: str) -> Tensor:
+    a = inf_norm_torch(A)
+    if float(a.detach()) >= 1:
+        raise WellPosednessError(f"{what} needs ||A||_inf < 1, got {float(a):.6g}; project A "
+                                 f"first (model.project_()) or rescale it (idlkit.wellposed.rescale)")
+    return 1 - a
+
+
+def lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """``kappa = ||B|| ||C|| / (1 - ||A||) + ||D||`` (eq. 4.8): l_inf -> l_inf Lipschitz
+    constant of ``u -> y`` for a CONE activation and ``||A||_inf < 1``."""
+    return inf_norm_torch(B) * inf_norm_torch(C) / _contraction_margin(A, "eq. 4.8") + inf_norm_torch(D)
+
+
+def lipschitz_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """``P = 1/2 (||B||^2 + ||C||^2) / (1 - ||A||) + ||D||`` (eq. 4.9), a convex upper bound
+    of :func:`lipschitz_bound` (AM-GM: ``||B|| ||C|| <= (||B||^2 + ||C||^2) / 2``)."""
+    b, c = inf_norm_torch(B), inf_norm_torch(C)
+    return 0.5 * (b * b + c * c) / _contraction_margin(A, "eq. 4.9") + inf_norm_torch(D)
+
+
+def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """``S = |C| (I - |A|)^-1 |B| + |D|`` (Thm 4.3), with autograd, for a CONE activation.
+
+    ``|y(u) - y(u0)| <= S |u - u0|`` componentwise. Needs ``lambda_pf(|A|) < 1``; solved
+    with a dense linear solve (``(n, n)``).
+    """
+    from ..wellposed import pf_eigenvalue
+
+    lam = pf_eigenvalue(A.detach().abs())
+    if lam >= 1:
+        raise WellPosednessError(f"the sensitivity matrix needs lambda_pf(|A|) < 1, got {lam:.6g}")
+    n = A.shape[0]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    X = torch.linalg.solve(eye - A.abs(), B.abs())
+    return C.abs() @ X + D.abs()
+
+
+def sensitivity_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """``||S||_inf`` of the sensitivity matrix (paper 000 §6, "an l_inf-norm bound on S");
+    ``||y(u) - y(u0)||_inf <= ||S||_inf ||u - u0||_inf``, never larger than eq. 4.8."""
+    return inf_norm_torch(sensitivity_matrix(A, B, C, D))
+
+
+def mu_lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """``||B|| ||C|| / (1 - mu_inf(A)_+) + ||D||`` (paper 004, input-output Lipschitz bound,
+    plus the direct term), for monotone CONE activations and ``mu_inf(A) < 1``."""
+    mu = mu_inf_torch(A)
+    if float(mu.detach()) >= 1:
+        raise WellPosednessError(f"the mu_inf Lipschitz bound needs mu_inf(A) < 1, got {float(mu):.6g}")
+    return inf_norm_torch(B) * inf_norm_torch(C) / (1 - torch.clamp(mu, min=0)) + inf_norm_torch(D)
+
+
+PENALTIES = {
+    "l1": l1,
+    "group_columns": group_columns,
+    "feature_selection": feature_selection,
+    "lipschitz": lipschitz_penalty,
+    "sensitivity": sensitivity_penalty,
+    "mu_lipschitz": mu_lipschitz_bound,
+}
