@@ -1,8 +1,7 @@
 """Training implicit models (paper 000 §6, App. G-H; paper 001 §4; paper 004).
 
-So far: the losses of eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and
-paper 004 (:mod:`.penalties`). Projected gradient itself is ``model.attach_projection``
-on any torch optimizer.
+So far: projected-gradient training (:class:`Trainer`, problem 6.4), the losses of
+eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
 """
 
 from .losses import cross_entropy, squared_error
@@ -18,8 +17,14 @@ from .penalties import (
     sensitivity_matrix,
     sensitivity_penalty,
 )
+from .trainer import LOSSES, OPTIMIZERS, EpochRecord, Trainer, TrainResult
 
 __all__ = [
+    "Trainer",
+    "TrainResult",
+    "EpochRecord",
+    "LOSSES",
+    "OPTIMIZERS",
     "squared_error",
     "cross_entropy",
     "l1",

@@ -1,0 +1,263 @@
+"""Projected-gradient training with implicit gradients (paper 000 §6, problem 6.4; App. G).
+
+:class:`Trainer` runs mini-batch (stochastic) gradient steps with any torch optimizer on
+loss + penalties, and after every step projects ``A`` back onto the model's declared
+well-posedness set (``model.project_()``: the exact l_inf-ball projection of App. H for
+``wellposedness="inf"``). Runs are deterministic for a given ``seed`` (the batch order
+comes from a private generator; nothing global is seeded).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+from .losses import cross_entropy, squared_error
+from .penalties import PENALTIES
+
+__all__ = ["Trainer", "TrainResult", "EpochRecord", "OPTIMIZERS", "LOSSES"]
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"cross_entropy": cross_entropy,
+                                            "squared_error": squared_error}
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+_SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: mean training objective (loss + penalties), validation loss and accuracy
+    (``nan`` without validation data or for regression), learning rate, time, and the mean
+    forward/backward solver iterations per batch."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    forward_iterations: float
+    backward_iterations: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """History of a :meth:`Trainer.fit`; ``best_epoch`` is the one whose weights the model
+    holds at the end when early stopping restored them (else the last)."""
+
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+
+
+def _as_tensors(data: object, name: str) -> tuple[Tensor, Tensor]:
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
+        X, y = data.tensors
+    elif isinstance(data, tuple | list) and len(data) == 2:
+        X, y = data
+    else:
+        raise InputError(f"{name} must be a pair (X, y) of arrays/tensors or a TensorDataset of "
+                         f"two tensors, got {type(data).__name__}")
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X)
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+    if X.shape[0] != y.shape[0]:
+        raise ShapeError(f"{name}: {X.shape[0]} inputs but {y.shape[0]} targets")
+    if X.shape[0] == 0:
+        raise InputError(f"{name} is empty")
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        raise NonFiniteError(f"{name} inputs contain NaN or Inf")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise NonFiniteError(f"{name} targets contain NaN or Inf")
+    return X, y
+
+
+class Trainer:
+    """Mini-batch projected gradient descent on ``loss + sum_k w_k P_k`` (problem 6.4).
+
+    Args:
+        loss: ``"cross_entropy"`` (eq. 6.2), ``"squared_error"`` or ``f(y_hat, y) -> scalar``.
+        optimizer: ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"`` or ``f(params) -> Optimizer``.
+        lr, weight_decay, momentum: optimizer settings (momentum for SGD/RMSprop).
+        epochs, batch_size: passes over the data and mini-batch size.
+        schedule: ``"constant"``, ``"cosine"`` (to 0 over ``epochs``) or ``"step"`` (x0.1 every
+            third of the epochs).
+        penalties: pairs ``(name or f(model) -> scalar, weight)``; names from
+            :data:`idlkit.train.PENALTIES` (``l1`` sums over A, B, C, D; ``feature_selection``
+            uses (B, D); the others take (A, B, C, D)).
+        patience: early stopping after this many epochs without a better validation loss;
+            the best weights are restored (needs ``val_data``). ``None`` disables it.
+        seed: seeds the private generator of the batch order (runs are reproducible).
+        dtype: ``torch.float64`` trains (and converts the model) in double precision.
+        project: call ``model.project_()`` after every step (projected gradient).
+        log: ``f(EpochRecord)`` called after every epoch (e.g. ``print``).
+    """
+
+    def __init__(self, *, loss: str | Callable[..., Tensor] = "cross_entropy",
+                 optimizer: str | Callable[..., torch.optim.Optimizer] = "adam", lr: float = 1e-3,
+                 weight_decay: float = 0.0, momentum: float = 0.0, epochs: int = 10,
+                 batch_size: int = 100, schedule: str = "constant",
+                 penalties: Sequence[tuple[str | Callable[[nn.Module], Tensor], float]] = (),
+                 patience: int | None = None, seed: int = 0, dtype: torch.dtype | None = None,
+                 project: bool = True, log: Callable[[EpochRecord], object] | None = None) -> None:
+        if isinstance(loss, str) and loss not in LOSSES:
+            raise ConfigurationError(f"unknown loss {loss!r}; choose one of {list(LOSSES)} or pass "
+                                     f"a callable")
+        if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+            raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose one of "
+                                     f"{list(OPTIMIZERS)} or pass a callable params -> Optimizer")
+        if schedule not in _SCHEDULES:
+            raise ConfigurationError(f"unknown schedule {schedule!r}; choose one of {list(_SCHEDULES)}")
+        for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ConfigurationError(f"patience must be a positive integer or None, got {patience!r}")
+        for pen, w in penalties:
+            if isinstance(pen, str) and pen not in PENALTIES:
+                raise ConfigurationError(f"unknown penalty {pen!r}; choose one of {list(PENALTIES)} "
+                                         f"or pass a callable model -> scalar")
+            if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
+                raise ConfigurationError(f"penalty weight must be a finite number >= 0, got {w!r}")
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        self.loss, self.optimizer, self.lr = loss, optimizer, float(lr)
+        self.weight_decay, self.momentum = float(weight_decay), float(momentum)
+        self.epochs, self.batch_size, self.schedule = epochs, batch_size, schedule
+        self.penalties, self.patience, self.seed = tuple(penalties), patience, int(seed)
+        self.dtype, self.project, self.log = dtype, project, log
+
+    # ------------------------------------------------------------------ pieces
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if callable(self.optimizer) and not isinstance(self.optimizer, str):
+            return self.optimizer(model.parameters())
+        cls = OPTIMIZERS[self.optimizer]
+        kw: dict = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.optimizer in ("sgd", "rmsprop"):
+            kw["momentum"] = self.momentum
+        return cls(model.parameters(), **kw)
+
+    def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        if self.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        if self.schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.epochs // 3), gamma=0.1)
+        return None
+
+    def _penalty(self, model: nn.Module) -> Tensor | float:
+        total: Tensor | float = 0.0
+        for pen, w in self.penalties:
+            if w == 0:
+                continue
+            if callable(pen) and not isinstance(pen, str):
+                value = pen(model)
+            elif pen == "l1":
+                value = sum(PENALTIES["l1"](getattr(model, k)) for k in ("A", "B", "C", "D"))
+            elif pen == "feature_selection":
+                value = PENALTIES[pen](model.B, model.D)
+            else:
+                value = PENALTIES[pen](model.A, model.B, model.C, model.D)
+            total = total + w * value
+        return total
+
+    def _loss_fn(self) -> Callable[..., Tensor]:
+        return LOSSES[self.loss] if isinstance(self.loss, str) else self.loss
+
+    def _prepare(self, X: Tensor, y: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        X = X.to(dtype)
+        if y.is_floating_point():
+            y = y.to(dtype)
+        return X, y
+
+    def evaluate(self, model: nn.Module, data: object) -> tuple[float, float]:
+        """Mean loss and accuracy (``nan`` unless labels are integers) on ``data``."""
+        X, y = _as_tensors(data, "data")
+        X, y = self._prepare(X, y, next(model.parameters()).dtype)
+        loss_fn = self._loss_fn()
+        with torch.no_grad():
+            total, correct = 0.0, 0
+            for i in range(0, X.shape[0], self.batch_size):
+                out = model(X[i:i + self.batch_size])
+                yb = y[i:i + self.batch_size]
+                if isinstance(self.loss, str):
+                    total += float(loss_fn(out, yb, reduction="sum"))
+                else:  # a user loss: assumed to average over the batch
+                    total += float(loss_fn(out, yb)) * len(yb)
+                if not yb.is_floating_point() and yb.dim() == 1:
+                    correct += int((out.argmax(dim=1) == yb).sum())
+        acc = correct / X.shape[0] if not y.is_floating_point() and y.dim() == 1 else math.nan
+        return total / X.shape[0], acc
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, model: nn.Module, train_data: object, val_data: object | None = None) -> TrainResult:
+        """Train ``model`` in place on ``train_data`` (``(X, y)`` or a TensorDataset)."""
+        if self.patience is not None and val_data is None:
+            raise ConfigurationError("early stopping (patience) needs val_data")
+        if self.dtype is not None:
+            model.to(self.dtype)
+        dtype = next(model.parameters()).dtype
+        X, y = self._prepare(*_as_tensors(train_data, "train_data"), dtype)
+        opt = self._make_optimizer(model)
+        sched = self._make_schedule(opt)
+        loss_fn = self._loss_fn()
+        gen = torch.Generator().manual_seed(self.seed)
+        history: list[EpochRecord] = []
+        best = (math.inf, 0, None)  # (val loss, epoch, state)
+        stopped = False
+        t_start = time.perf_counter()
+        model.train()
+        for epoch in range(1, self.epochs + 1):
+            t0 = time.perf_counter()
+            perm = torch.randperm(X.shape[0], generator=gen)
+            total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
+            for i in range(0, X.shape[0], self.batch_size):
+                idx = perm[i:i + self.batch_size]
+                objective = loss_fn(model(X[idx]), y[idx]) + self._penalty(model)
+                if not bool(torch.isfinite(objective)):
+                    raise NonFiniteError(f"the training objective became {float(objective)} at epoch "
+                                         f"{epoch}; lower lr (now {opt.param_groups[0]['lr']:g})")
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+                if self.project and hasattr(model, "project_"):
+                    model.project_()
+                total += float(objective.detach()) * len(idx)
+                info_f = getattr(model, "last_solve", None)
+                info_b = getattr(model, "last_backward_solve", None)
+                fwd += info_f.iterations if info_f is not None else 0
+                bwd += info_b.iterations if info_b is not None else 0
+                batches += 1
+            lr_now = opt.param_groups[0]["lr"]
+            if sched is not None:
+                sched.step()
+            val_loss, val_acc = self.evaluate(model, val_data) if val_data is not None else (math.nan,
+                                                                                              math.nan)
+            rec = EpochRecord(epoch, total / X.shape[0], val_loss, val_acc, lr_now,
+                              time.perf_counter() - t0, fwd / batches, bwd / batches)
+            history.append(rec)
+            if self.log is not None:
+                self.log(rec)
+            if val_data is not None and val_loss < best[0]:
+                best = (val_loss, epoch, copy.deepcopy(model.state_dict()) if self.patience else None)
+            if self.patience is not None and epoch - best[1] >= self.patience:
+                stopped = True
+                break
+        if self.patience is not None and best[2] is not None:
+            model.load_state_dict(best[2])
+        model.eval()
+        best_epoch = best[1] if (self.patience is not None and best[2] is not None) else len(history)
+        return TrainResult(tuple(history), best_epoch, stopped, time.perf_counter() - t_start)
