@@ -118,3 +118,45 @@ def test_bad_data(digits):
     with pytest.raises(ConfigurationError):
         train.Trainer(patience=2).fit(m, (Xtr[:10], ytr[:10]))
     assert np.isfinite(float(m.A.sum()))
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adam", "cosine"), ("sgd", "step")])
+def test_resume_is_bit_identical(digits, tmp_path, optimizer, schedule):
+    Xtr, ytr, Xte, yte = digits
+    data, val = (Xtr[:300], ytr[:300]), (Xte[:100], yte[:100])
+    kw = dict(optimizer=optimizer, schedule=schedule, lr=1e-2, momentum=0.9, batch_size=64, seed=5)
+    straight = _model(seed=2)
+    full = train.Trainer(epochs=4, **kw).fit(straight, data, val)
+    ckpt = tmp_path / "run.safetensors"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_3(rec):
+        if rec.epoch == 3:
+            raise Interrupt  # the run dies after epoch 3's work, before its checkpoint
+
+    with pytest.raises(Interrupt):
+        train.Trainer(epochs=4, log=stop_in_epoch_3, **kw).fit(_model(seed=2), data, val,
+                                                               checkpoint=ckpt)
+    resumed = _model(seed=9)  # different initial weights: all must come from the checkpoint
+    res = train.Trainer(epochs=4, **kw).fit(resumed, data, val, checkpoint=ckpt, resume=True)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_errors(digits, tmp_path):
+    Xtr, ytr, _, _ = digits
+    ckpt = tmp_path / "run.safetensors"
+    train.Trainer(epochs=1, batch_size=128).fit(_model(), (Xtr[:200], ytr[:200]), checkpoint=ckpt)
+    with pytest.raises(idlkit.io.CheckpointError, match="shapes"):
+        train.Trainer(epochs=2).fit(_model(n=16), (Xtr[:200], ytr[:200]), checkpoint=ckpt, resume=True)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(idlkit.io.CheckpointError):
+        train.Trainer(epochs=2).fit(_model(), (Xtr[:200], ytr[:200]), checkpoint=ckpt, resume=True)
+    idlkit.save(_model(), tmp_path / "model.safetensors")  # a model file is not a Trainer checkpoint
+    with pytest.raises(idlkit.io.CheckpointError, match="not a Trainer checkpoint"):
+        train.Trainer(epochs=2).fit(_model(), (Xtr[:200], ytr[:200]),
+                                    checkpoint=tmp_path / "model.safetensors", resume=True)

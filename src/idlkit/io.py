@@ -19,7 +19,7 @@ from .errors import IdlError
 from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError"]
 
 _FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1")
 
@@ -42,32 +42,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (:class:`~idlkit.ImplicitModel` or :class:`~idlkit.LowRankImplicitModel`)
-    to ``path`` atomically.
-
-    The file is a safetensors file whose metadata holds the JSON config
-    (activation, solver, well-posedness settings, library version).
-    """
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Atomically write ``tensors`` (safetensors) with the JSON-serialisable ``meta`` in its header."""
     from safetensors.torch import save as st_save
 
-    from . import __version__
-
-    if not isinstance(model, ImplicitModel | LowRankImplicitModel):
-        raise CheckpointError(f"save() writes ImplicitModel and LowRankImplicitModel, got "
-                              f"{type(model).__name__}")
-    fmt = _FORMATS[1] if isinstance(model, LowRankImplicitModel) else _FORMATS[0]
-    cfg = {"format": fmt, "version": __version__, "config": model.config(),
-           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = st_save(tensors, metadata={"idlkit": json.dumps(cfg)})
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                   metadata={"idlkit": json.dumps(meta)})
     path = Path(path)
     _atomic_write(path, data)
     return path
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Read a model written by :func:`save`."""
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Inverse of :func:`write_tensors`; a missing, truncated or tampered file raises
+    :class:`CheckpointError` (no pickle: nothing in the file is executed)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -78,12 +66,38 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8:8 + header_len]).get("__metadata__", {})
-        cfg = json.loads(meta["idlkit"])
-    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        meta = json.loads(json.loads(raw[8:8 + header_len]).get("__metadata__", {})["idlkit"])
+    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
                               f"tampered?): {exc}") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") not in _FORMATS:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the header is not a JSON object")
+    return tensors, meta
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (:class:`~idlkit.ImplicitModel` or :class:`~idlkit.LowRankImplicitModel`)
+    to ``path`` atomically.
+
+    The file is a safetensors file whose metadata holds the JSON config
+    (activation, solver, well-posedness settings, library version).
+    """
+    from . import __version__
+
+    if not isinstance(model, ImplicitModel | LowRankImplicitModel):
+        raise CheckpointError(f"save() writes ImplicitModel and LowRankImplicitModel, got "
+                              f"{type(model).__name__}")
+    fmt = _FORMATS[1] if isinstance(model, LowRankImplicitModel) else _FORMATS[0]
+    cfg = {"format": fmt, "version": __version__, "config": model.config(),
+           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return write_tensors(path, dict(model.state_dict()), cfg)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Read a model written by :func:`save`."""
+    path = Path(path)
+    tensors, cfg = read_tensors(path)
+    if cfg.get("format") not in _FORMATS:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
         raise CheckpointError(f"{path} has format {fmt!r}, expected one of {list(_FORMATS)}")
     cls = LowRankImplicitModel if cfg["format"] == _FORMATS[1] else ImplicitModel

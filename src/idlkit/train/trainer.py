@@ -10,16 +10,20 @@ comes from a private generator; nothing global is seeded).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+from ..io import CheckpointError, read_tensors, write_tensors
 from .losses import cross_entropy, squared_error
 from .penalties import PENALTIES
 
@@ -80,6 +84,30 @@ def _as_tensors(data: object, name: str) -> tuple[Tensor, Tensor]:
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
         raise NonFiniteError(f"{name} targets contain NaN or Inf")
     return X, y
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Split ``opt.state_dict()`` into tensors and a JSON part (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    state: dict[str, dict] = {}
+    for pid, st in sd["state"].items():
+        state[str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt/{pid}/{k}"] = v
+                state[str(pid)][k] = {"__tensor__": f"opt/{pid}/{k}"}
+            else:
+                state[str(pid)][k] = v
+    return tensors, {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v
+                           else v for k, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 class Trainer:
@@ -182,6 +210,45 @@ class Trainer:
             y = y.to(dtype)
         return X, y
 
+    def _save(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+              sched: torch.optim.lr_scheduler.LRScheduler | None, gen: torch.Generator, epoch: int,
+              history: list[EpochRecord], best: tuple[float, int, dict | None], stopped: bool) -> None:
+        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+        opt_tensors, opt_meta = _optimizer_state(opt)
+        tensors.update(opt_tensors)
+        tensors["rng/batch_order"] = gen.get_state()
+        if best[2] is not None:
+            tensors.update({f"best/{k}": v for k, v in best[2].items()})
+        meta = {"format": "idlkit.TrainerCheckpoint/1", "epoch": epoch, "stopped": stopped,
+                "history": [dataclasses.asdict(r) for r in history],
+                "best": [best[0], best[1], best[2] is not None], "optimizer": opt_meta,
+                "schedule": None if sched is None else sched.state_dict(),
+                "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
+        write_tensors(path, tensors, meta)
+
+    def _resume(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler | None, gen: torch.Generator
+                ) -> tuple[int, list[EpochRecord], tuple[float, int, dict | None], bool]:
+        tensors, meta = read_tensors(path)
+        if meta.get("format") != "idlkit.TrainerCheckpoint/1":
+            raise CheckpointError(f"{path} is not a Trainer checkpoint (format {meta.get('format')!r})")
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        if meta.get("model") != shapes:
+            raise CheckpointError(f"{path} holds a model with parameter shapes {meta.get('model')}, "
+                                  f"not {shapes}: resume with the same model")
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+            _restore_optimizer(opt, tensors, meta["optimizer"])
+            if sched is not None and meta["schedule"] is not None:
+                sched.load_state_dict(meta["schedule"])
+            gen.set_state(tensors["rng/batch_order"])
+            history = [EpochRecord(**r) for r in meta["history"]]
+            loss, ep, has = meta["best"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: inconsistent Trainer checkpoint ({exc})") from exc
+        state = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")} if has else None
+        return int(meta["epoch"]) + 1, history, (float(loss), int(ep), state), bool(meta["stopped"])
+
     def evaluate(self, model: nn.Module, data: object) -> tuple[float, float]:
         """Mean loss and accuracy (``nan`` unless labels are integers) on ``data``."""
         X, y = _as_tensors(data, "data")
@@ -203,8 +270,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, model: nn.Module, train_data: object, val_data: object | None = None) -> TrainResult:
-        """Train ``model`` in place on ``train_data`` (``(X, y)`` or a TensorDataset)."""
+    def fit(self, model: nn.Module, train_data: object, val_data: object | None = None, *,
+            checkpoint: str | os.PathLike | None = None, resume: bool = False) -> TrainResult:
+        """Train ``model`` in place on ``train_data`` (``(X, y)`` or a TensorDataset).
+
+        ``checkpoint``: a file written atomically after every epoch with the weights, the
+        optimizer and schedule state, the batch-order generator, the history and the best
+        weights (safetensors + JSON, no pickle); a run that fails leaves the previous epoch's
+        file intact. ``resume=True`` continues from that file when it exists: the result is
+        bit-identical to an uninterrupted run with the same settings.
+        """
         if self.patience is not None and val_data is None:
             raise ConfigurationError("early stopping (patience) needs val_data")
         if self.dtype is not None:
@@ -216,11 +291,16 @@ class Trainer:
         loss_fn = self._loss_fn()
         gen = torch.Generator().manual_seed(self.seed)
         history: list[EpochRecord] = []
-        best = (math.inf, 0, None)  # (val loss, epoch, state)
+        best: tuple[float, int, dict | None] = (math.inf, 0, None)  # (val loss, epoch, state)
         stopped = False
+        start = 1
+        if resume and checkpoint is not None and Path(checkpoint).exists():
+            start, history, best, stopped = self._resume(Path(checkpoint), model, opt, sched, gen)
+            if stopped:  # the run had already stopped early: nothing left to do
+                start = self.epochs + 1
         t_start = time.perf_counter()
         model.train()
-        for epoch in range(1, self.epochs + 1):
+        for epoch in range(start, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.randperm(X.shape[0], generator=gen)
             total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
@@ -253,7 +333,10 @@ class Trainer:
                 self.log(rec)
             if val_data is not None and val_loss < best[0]:
                 best = (val_loss, epoch, copy.deepcopy(model.state_dict()) if self.patience else None)
-            if self.patience is not None and epoch - best[1] >= self.patience:
+            stop = self.patience is not None and epoch - best[1] >= self.patience
+            if checkpoint is not None:
+                self._save(Path(checkpoint), model, opt, sched, gen, epoch, history, best, stop)
+            if stop:
                 stopped = True
                 break
         if self.patience is not None and best[2] is not None:
