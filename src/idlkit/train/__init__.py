@@ -4,6 +4,7 @@ So far: projected-gradient training (:class:`Trainer`, problem 6.4), the losses 
 eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
 """
 
+from .alternating import AlternatingResult, alternating_fit, fit_output_layer
 from .losses import cross_entropy, squared_error
 from .penalties import (
     PENALTIES,
@@ -20,6 +21,9 @@ from .penalties import (
 from .trainer import LOSSES, OPTIMIZERS, EpochRecord, Trainer, TrainResult
 
 __all__ = [
+    "alternating_fit",
+    "fit_output_layer",
+    "AlternatingResult",
     "Trainer",
     "TrainResult",
     "EpochRecord",
