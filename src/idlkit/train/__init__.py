@@ -1,10 +1,12 @@
 """Training implicit models (paper 000 §6, App. G-H; paper 001 §4; paper 004).
 
-So far: projected-gradient training (:class:`Trainer`, problem 6.4), the losses of
+So far: projected-gradient training (:class:`Trainer`, problem 6.4), Frank-Wolfe
+(:func:`frank_wolfe`, §6.2), the alternating block scheme of §7.1, the losses of
 eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
 """
 
 from .alternating import AlternatingResult, alternating_fit, fit_output_layer
+from .frank_wolfe import FWRecord, FWResult, frank_wolfe, fw_gap, lmo_inf_ball, lmo_l1_ball
 from .losses import cross_entropy, squared_error
 from .penalties import (
     PENALTIES,
@@ -21,6 +23,12 @@ from .penalties import (
 from .trainer import LOSSES, OPTIMIZERS, EpochRecord, Trainer, TrainResult
 
 __all__ = [
+    "frank_wolfe",
+    "FWResult",
+    "FWRecord",
+    "lmo_inf_ball",
+    "lmo_l1_ball",
+    "fw_gap",
     "alternating_fit",
     "fit_output_layer",
     "AlternatingResult",
