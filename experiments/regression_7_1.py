@@ -53,9 +53,14 @@ def run_implicit(seed: int, U, Y, grid, epochs: int) -> dict:
         loss="squared_error", lr=1e-2, epochs=epochs, batch_size=20, seed=seed))
     with torch.no_grad():
         test = rmse(model(grid), f(grid))
+    # the plain least squares interpolates the noise (77 features, 200 points): a small ridge
+    # (not in the paper) shows what the same states give with a regularised output layer
+    ridge_train = train.fit_output_layer(model, U, Y, ridge=1e-2)
+    with torch.no_grad():
+        ridge_test = rmse(model(grid), f(grid))
     return {"rmse_state_block": res.rmse_after_state_block, "rmse_output_block": res.rmse_after_output_block,
-            "rmse_vs_f": test, "seconds": time.perf_counter() - t0,
-            "inf_norm_A": idlkit.wellposed.inf_norm(model.A)}
+            "rmse_vs_f": test, "ridge_rmse_train": ridge_train, "ridge_rmse_vs_f": ridge_test,
+            "seconds": time.perf_counter() - t0, "inf_norm_A": idlkit.wellposed.inf_norm(model.A)}
 
 
 def run_network(seed: int, U, Y, grid, steps: int = 5000) -> dict:
@@ -65,7 +70,7 @@ def run_network(seed: int, U, Y, grid, steps: int = 5000) -> dict:
                               torch.nn.Linear(25, 1)).double()
     best = None
     t0 = time.perf_counter()
-    for lr in (1e-3, 3e-3, 1e-2):  # the paper's "tuned learning rate": best training RMSE
+    for lr in (3e-3, 1e-2):  # the paper's "tuned learning rate": best training RMSE
         torch.manual_seed(seed)
         for layer in net:
             if hasattr(layer, "reset_parameters"):
@@ -97,8 +102,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=100, help="epochs of the (A, B) block update")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=60, help="epochs of the (A, B) block update")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +123,8 @@ def main() -> None:
         ("implicit, after (A, B)", [r["implicit"]["rmse_state_block"] for r in runs], None),
         ("implicit, after (C, D)", [r["implicit"]["rmse_output_block"] for r in runs],
          [r["implicit"]["rmse_vs_f"] for r in runs]),
+        ("implicit, (C, D) with ridge 1e-2", [r["implicit"]["ridge_rmse_train"] for r in runs],
+         [r["implicit"]["ridge_rmse_vs_f"] for r in runs]),
         ("network 1-25-25-25-1", [r["network"]["rmse_train"] for r in runs],
          [r["network"]["rmse_vs_f"] for r in runs]),
     ]
@@ -127,13 +134,13 @@ def main() -> None:
         f"m = 200, noise U(-1, 1) (std 0.577), n = 75, ||A||_inf <= 0.5; {args.seeds} seeds "
         f"(mean ± std); (A, B) block: Adam lr 1e-2, {args.epochs} epochs, batch 20, projected "
         f"after every step; (C, D): least squares. Network: Adam, batch 20, 500 epochs, lr tuned "
-        f"in {{1e-3, 3e-3, 1e-2}} on the training RMSE.",
+        f"in {{3e-3, 1e-2}} on the training RMSE. The grid column measures fit to f itself.",
         "",
         "| model | train RMSE (vs noisy y) | paper | RMSE vs f on a grid of [-5, 5] |",
         "|---|---:|---:|---:|",
     ]
     for name, tr, te in rows:
-        lines.append(f"| {name} | {ms(tr)} | {PAPER[name]} | {ms(te) if te else '-'} |")
+        lines.append(f"| {name} | {ms(tr)} | {PAPER.get(name, '-')} | {ms(te) if te else '-'} |")
     text = "\n".join(lines) + "\n"
     write_atomic(args.out / "regression_7_1.md", text)
     write_atomic(args.out / "regression_7_1.json", json.dumps({"runs": runs, "paper": PAPER}, indent=2))

@@ -27,5 +27,130 @@ def demo(out: Path = typer.Option(Path("runs/demo/model.safetensors"), help="whe
     run_demo(out=out, hidden=hidden, epochs=epochs, kappa=kappa, seed=seed)
 
 
+@app.command()
+def train(
+    data: str = typer.Option(..., "--data", help="dataset name: digits, mnist, fashion_mnist, gtsrb, "
+                             "newsgroups20 or cifar10 (files found via $IDLKIT_DATA)"),
+    hidden: int = typer.Option(100, help="state size n (hidden features)"),
+    epochs: int = typer.Option(10, help="training epochs"),
+    batch_size: int = typer.Option(100, help="mini-batch size"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    optimizer: str = typer.Option("adam", help="optimizer: adam, sgd, adamw or rmsprop"),
+    kappa: float = typer.Option(0.95, help="bound on ||A||_inf (well-posedness), in (0, 1)"),
+    activation: str = typer.Option("relu", help="activation of the implicit layer"),
+    solver: str = typer.Option("anderson", help="fixed-point solver (anderson, picard, ...)"),
+    tol: float = typer.Option(1e-6, help="solver tolerance"),
+    seed: int = typer.Option(0, help="random seed (initialisation, validation split, batch order)"),
+    val_fraction: float = typer.Option(0.1, help="fraction of the training set held out for "
+                                       "validation (deterministic from --seed); 0 disables it"),
+    patience: int | None = typer.Option(None, help="early stopping after this many epochs without a "
+                                        "better validation loss (default: off)"),
+    float64: bool = typer.Option(False, "--float64", help="train in double precision"),
+    checkpoint: Path | None = typer.Option(None, help="trainer checkpoint file, written every epoch"),
+    resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint if it exists"),
+    limit: int | None = typer.Option(None, help="use only the first N training samples (quick runs)"),
+    out: Path = typer.Option(Path("model.safetensors"), help="where to save the trained model"),
+) -> None:
+    """Train an implicit model on a dataset, report train/val/test metrics and save it."""
+    import math
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console()
+    err = Console(stderr=True)
+
+    def fail(msg: str) -> None:
+        msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+        err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
+
+    if not 0 <= val_fraction < 1:
+        fail(f"--val-fraction must lie in [0, 1), got {val_fraction}")
+    if limit is not None and limit < 1:
+        fail(f"--limit must be a positive integer, got {limit}")
+
+    import numpy as np
+    import torch
+
+    from . import datasets, io
+    from .errors import IdlError
+    from .model import ImplicitModel
+    from .train import Trainer
+
+    try:
+        ds = datasets.load(data, seed=seed)
+        x_all = torch.from_numpy(np.asarray(ds.x_train))
+        y_all = torch.from_numpy(np.asarray(ds.y_train))
+        if limit is not None:
+            x_all, y_all = x_all[:limit], y_all[:limit]
+        n_total = x_all.shape[0]
+        n_val = int(round(val_fraction * n_total))
+        if val_fraction > 0 and not 0 < n_val < n_total:
+            fail(f"--val-fraction {val_fraction} leaves an empty split of {n_total} samples")
+        perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+        val_idx, tr_idx = perm[:n_val], perm[n_val:]
+        train_data = (x_all[tr_idx], y_all[tr_idx])
+        val_data = (x_all[val_idx], y_all[val_idx]) if n_val > 0 else None
+        test_data = (torch.from_numpy(np.asarray(ds.x_test)), torch.from_numpy(np.asarray(ds.y_test)))
+        dtype = torch.float64 if float64 else torch.float32
+        torch.manual_seed(seed)
+        model = ImplicitModel(x_all.shape[1], hidden, ds.num_classes, activation=activation,
+                              kappa=kappa, solver=solver, tol=tol, dtype=dtype)
+        console.print(f"[bold]{ds.name}[/]: {len(tr_idx)} train, {n_val} validation, "
+                      f"{test_data[0].shape[0]} test samples, {x_all.shape[1]} features, "
+                      f"{ds.num_classes} classes; n = {hidden}, kappa = {kappa}, {solver}, "
+                      f"{'float64' if float64 else 'float32'}", highlight=False)
+
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            task = progress.add_task("epochs", total=epochs, stats="")
+
+            def log(rec: object) -> None:
+                acc = "" if math.isnan(rec.val_accuracy) else f"val acc {rec.val_accuracy:.4f} "
+                progress.update(task, completed=rec.epoch,
+                                stats=f"loss {rec.train_loss:.4f} {acc}"
+                                      f"it fwd {rec.forward_iterations:.1f} bwd "
+                                      f"{rec.backward_iterations:.1f} ({rec.seconds:.1f} s)")
+                progress.console.print(
+                    f"epoch {rec.epoch:>3}: train loss {rec.train_loss:.4f}, {acc}"
+                    f"fwd/bwd iterations {rec.forward_iterations:.1f}/{rec.backward_iterations:.1f}, "
+                    f"{rec.seconds:.1f} s", highlight=False)
+
+            trainer = Trainer(optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
+                              patience=patience, seed=seed, dtype=dtype, log=log)
+            result = trainer.fit(model, train_data, val_data, checkpoint=checkpoint, resume=resume)
+        test_loss, test_acc = trainer.evaluate(model, test_data)
+        cert = model.certificate()
+        saved = io.save(model, out)
+    except IdlError as exc:
+        fail(str(exc))
+
+    hist = result.history
+    last = hist[-1] if hist else None
+    table = Table(title="training summary")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("epochs", f"{len(hist)}" + (f" (stopped early, best {result.best_epoch})"
+                                                if result.stopped_early else ""))
+    if last is not None:
+        table.add_row("train loss (last epoch)", f"{last.train_loss:.4f}")
+        table.add_row("val accuracy", "-" if math.isnan(last.val_accuracy) else f"{last.val_accuracy:.4f}")
+        fwd = sum(r.forward_iterations for r in hist) / len(hist)
+        bwd = sum(r.backward_iterations for r in hist) / len(hist)
+        table.add_row("mean forward / backward iterations", f"{fwd:.1f} / {bwd:.1f}")
+    table.add_row("test loss", f"{test_loss:.4f}")
+    table.add_row("test accuracy", f"{test_acc:.4f}")
+    table.add_row("training time", f"{result.seconds:.1f} s")
+    holds = cert.inf_norm <= kappa * (1 + 1e-6)
+    table.add_row("certificate ||A||_inf", f"{cert.inf_norm:.4f} (kappa {kappa}: "
+                  f"{'holds' if holds else 'VIOLATED'}; well-posed: {'yes' if cert.wellposed else 'no'})")
+    console.print(table)
+    console.print(f"test accuracy: {test_acc:.4f}", highlight=False)
+    console.print(f"model saved to {saved}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
