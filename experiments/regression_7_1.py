@@ -6,7 +6,7 @@ projected gradient on (A, B) with implicit gradients, then least squares on (C, 
 Baseline: a network with 3 hidden layers of width 25 (ReLU), Adam until convergence.
 Paper: RMSE 1.77 after the first block, 0.56 after the second; network 0.65.
 
-    .venv/bin/python experiments/regression_7_1.py [--seeds 3] [--epochs 100]
+    .venv/bin/python experiments/regression_7_1.py [--seeds 2] [--epochs 60]
 
 Writes experiments/results/regression_7_1.{json,md} (atomically) and prints the table.
 """
