@@ -37,10 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import atomic_write, load_torchidl
 
 HERE = Path(__file__).resolve().parent
 _SHARED = HERE.parent.parent / "shared" / "datasets"
@@ -73,41 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- torchidl
-
-
-def load_torchidl() -> tuple[types.ModuleType | None, str]:
-    """``(implicit_base_model, note)`` (module ``None`` when torchidl is missing).
-
-    torchidl 0.0.4's package ``__init__`` imports its SIM sub-package, which needs tqdm,
-    cvxpy, matplotlib and scikit-learn; when ``import torchidl`` fails on such a dependency
-    its two core files (torch only) are loaded directly under a private package name
-    (as in ``bench_core.py``).
-    """
-    try:
-        return importlib.import_module("torchidl.implicit_base_model"), "import torchidl"
-    except ModuleNotFoundError as exc:
-        if exc.name == "torchidl":
-            return None, ("torchidl is not installed (install it with "
-                          "`.venv/bin/pip install --no-deps torchidl`)")
-        missing = exc.name
-    except ImportError as exc:  # pragma: no cover
-        missing = repr(exc)
-    spec = importlib.util.find_spec("torchidl")
-    if spec is None or not spec.submodule_search_locations:
-        return None, f"torchidl could not be imported ({missing})"
-    for name in [m for m in sys.modules if m == "torchidl" or m.startswith("torchidl.")]:
-        del sys.modules[name]
-    pkg = types.ModuleType("_torchidl_core")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__package__ = "_torchidl_core"
-    sys.modules["_torchidl_core"] = pkg
-    try:
-        tb = importlib.import_module("_torchidl_core.implicit_base_model")
-        importlib.import_module("_torchidl_core.implicit_function")
-    except ImportError as exc:
-        return None, f"torchidl core modules could not be loaded ({exc!r})"
-    return tb, (f"`import torchidl` fails (missing module {missing!r}); loaded "
-                f"implicit_base_model.py and implicit_function.py from {pkg.__path__[0]}")
 
 
 # ----------------------------------------------------------------------------- worker
@@ -196,7 +162,7 @@ def worker(args: argparse.Namespace) -> dict:
             trainer.fit(model, (X, y))
         note = "ImplicitModel(solver='anderson', tol=1e-6) + Trainer (projection after every step)"
     else:
-        tb, note = load_torchidl()
+        tb, _, note = load_torchidl()
         if tb is None:
             return {"error": note}
         model = tb.ImplicitModel(X.shape[1], 10, HIDDEN, bias=True, kappa=KAPPA, tol=TOL,
@@ -235,22 +201,6 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run_worker(lib: str, args: argparse.Namespace) -> dict:

@@ -37,8 +37,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -46,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import atomic_write, cpu_model, git_commit
 
 import idlkit as idl
 from idlkit import wellposed as wp
@@ -98,28 +97,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= a.lr_k <= a.lr_n:
         ap.error("need 1 <= --lr-k <= --lr-n")
     return a
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + ("+dirty(src)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def source_hash() -> str:
@@ -460,23 +437,6 @@ NOTES = [
     "certificate). The dense model is timed min(repeats, 2) times without warm-up.",
     "Timings need an idle machine; the load average is recorded at start and end.",
 ]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> dict:
