@@ -404,8 +404,10 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
         # no progress for 2m steps within ~1000 ulps of the state: extrapolation is lost in
         # rounding noise (float32 with tol near an ulp of the state); plain steps converge
-        floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=1) if n else r_best
-        polish |= (stall >= 2 * m) & (r_best <= floor)
+        stalled = stall >= 2 * m
+        if bool(stalled.any()):  # the |x| pass only when some sample has stalled
+            floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=1) if n else r_best
+            polish |= stalled & (r_best <= floor)
         X, G, Z, r = Xn, Gn, Zn, rn
     return out.result("anderson", it, tol, on_nonconvergence, fallbacks)
 
