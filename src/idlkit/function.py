@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import Activation
-from .solve import SolveInfo, _solve_with_z, adjoint_fixed_point
+from .solve import SolveInfo, _check_settings, _solve_with_z, adjoint_fixed_point
 
 __all__ = ["SolverSettings", "SolveRecord", "ImplicitFunction", "equilibrium"]
 
@@ -49,6 +49,13 @@ class SolverSettings:
         if self.backward_method is not None:
             return self.backward_method
         return "triangular" if self.method == "triangular" else "anderson"
+
+    def validate(self) -> SolverSettings:
+        """Raise :class:`~idlkit.errors.ConfigurationError` for an invalid forward or
+        backward setting (unknown solver, tol <= 0, max_iter < 1, ...); returns ``self``."""
+        _check_settings(**{k: v for k, v in self.forward_kwargs().items() if k != "beta"})
+        _check_settings(**{k: v for k, v in self.backward_kwargs().items() if k != "beta"})
+        return self
 
     def config(self) -> dict:
         """The constructor's solver arguments, JSON-serialisable (for :mod:`idlkit.io`)."""

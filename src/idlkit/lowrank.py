@@ -55,6 +55,7 @@ conservative (``n = k = 2``, ``L = [[1, 1], [0, 0]]``, ``R = [[1, -1], [0, 0]]``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings
 from .model import ImplicitModel, SolveReports, batch_input, output_map
-from .solve import ON_NONCONVERGENCE, SolveInfo, iterate_map
+from .solve import SolveInfo, iterate_map
 
 __all__ = ["LowRankImplicitModel", "LowRankCertificate", "LowRankApproximation",
            "LowRankFunction", "LOWRANK_SOLVERS"]
@@ -390,23 +391,8 @@ class LowRankImplicitModel(SolveReports, nn.Module):
                          "not triangular)" if m == "triangular" else "")
                 raise ConfigurationError(f"unknown {name} {m!r} for a low-rank model; choose one "
                                          f"of {list(LOWRANK_SOLVERS)}{extra}")
-        for name, t in (("tol", s.tol), ("backward_tol", s.backward_tol)):
-            if t is None and name == "backward_tol":
-                continue
-            if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t)
-                                           and t > 0):
-                raise ConfigurationError(f"{name} must be a positive finite number, got {t!r}")
-        for name, v in (("max_iter", s.max_iter), ("backward_max_iter", s.backward_max_iter),
-                        ("anderson_m", s.anderson_m)):
-            if v is None and name == "backward_max_iter":
-                continue
-            if isinstance(v, bool) or not (isinstance(v, int | np.integer) and v >= 1):
-                raise ConfigurationError(f"{name} must be a positive integer, got {v!r}")
-        if s.on_nonconvergence not in ON_NONCONVERGENCE:
-            raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}"
-                                     f", got {s.on_nonconvergence!r}")
-        if s.alpha is not None and not (isinstance(s.alpha, int | float) and 0 < s.alpha <= 1):
-            raise ConfigurationError(f"alpha must lie in (0, 1], got {s.alpha!r}")
+        # tolerances, iteration budgets, alpha, on_nonconvergence: as for every model
+        dataclasses.replace(s, method="picard", backward_method="picard").validate()
 
     def reset_parameters(self) -> None:
         """``B, C, D`` and biases as :class:`torch.nn.Linear`; ``L, R`` uniform in

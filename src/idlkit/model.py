@@ -17,7 +17,7 @@ from . import wellposed as wp
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings, equilibrium
-from .solve import ON_NONCONVERGENCE, SOLVERS, SolveInfo
+from .solve import SolveInfo
 
 __all__ = ["ImplicitModel", "WELLPOSEDNESS", "batch_input"]
 
@@ -156,19 +156,7 @@ class ImplicitModel(SolveReports, nn.Module):
     # ------------------------------------------------------------------ set-up
 
     def _validate_settings(self) -> None:
-        s = self.settings
-        for m in (s.method, s.backward_method):
-            if m is not None and m not in SOLVERS:
-                raise ConfigurationError(f"unknown solver {m!r}; choose one of {list(SOLVERS)}")
-        if not (isinstance(s.tol, int | float) and math.isfinite(s.tol) and s.tol > 0):
-            raise ConfigurationError(f"tol must be a positive finite number, got {s.tol!r}")
-        if not (isinstance(s.max_iter, int) and s.max_iter >= 1):
-            raise ConfigurationError(f"max_iter must be a positive integer, got {s.max_iter!r}")
-        if s.on_nonconvergence not in ON_NONCONVERGENCE:
-            raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}"
-                                     f", got {s.on_nonconvergence!r}")
-        if s.alpha is not None and not (0 < s.alpha <= 1):
-            raise ConfigurationError(f"alpha must lie in (0, 1], got {s.alpha!r}")
+        self.settings.validate()
         if self.wellposedness == "mu" and not getattr(self.activation, "monotone", False):
             raise ConfigurationError(
                 f"wellposedness='mu' needs a monotone componentwise activation (phi' >= 0), got "

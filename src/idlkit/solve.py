@@ -186,16 +186,16 @@ def _check_settings(method: str, tol: float, max_iter: int, on_nonconvergence: s
                     alpha: float | None, anderson_m: int) -> None:
     if method not in SOLVERS:
         raise ConfigurationError(f"unknown solver {method!r}; choose one of {list(SOLVERS)}")
-    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+    if isinstance(tol, bool) or not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise ConfigurationError(f"tol must be a positive finite number, got {tol!r}")
-    if not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
         raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
     if on_nonconvergence not in ON_NONCONVERGENCE:
         raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}, "
                                  f"got {on_nonconvergence!r}")
     if alpha is not None and not (0 < float(alpha) <= 1):
         raise ConfigurationError(f"alpha (averaging step) must lie in (0, 1], got {alpha!r}")
-    if not (isinstance(anderson_m, int | np.integer) and anderson_m >= 1):
+    if isinstance(anderson_m, bool) or not (isinstance(anderson_m, int | np.integer) and anderson_m >= 1):
         raise ConfigurationError(f"anderson_m must be a positive integer, got {anderson_m!r}")
 
 
