@@ -1,11 +1,22 @@
 """Training implicit models (paper 000 §6, App. G-H; paper 001 §4; paper 004).
 
 So far: projected-gradient training (:class:`Trainer`, problem 6.4), Frank-Wolfe
-(:func:`frank_wolfe`, §6.2), the alternating block scheme of §7.1, the losses of
+(:func:`frank_wolfe`, §6.2), the alternating block scheme of §7.1, Fenchel-divergence
+block-coordinate descent (:func:`fenchel_bcd`, paper 001 §4, paper 000 §6.3), the losses of
 eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
 """
 
 from .alternating import AlternatingResult, alternating_fit, fit_output_layer
+from .fenchel import (
+    FENCHEL_ACTIVATIONS,
+    FENCHEL_LOSSES,
+    FenchelBCDResult,
+    FenchelSweep,
+    fenchel_bcd,
+    fenchel_divergence,
+    group_lasso_prox,
+    relaxed_objective,
+)
 from .frank_wolfe import FWRecord, FWResult, frank_wolfe, fw_gap, lmo_inf_ball, lmo_l1_ball
 from .losses import cross_entropy, squared_error
 from .penalties import (
@@ -49,4 +60,12 @@ __all__ = [
     "mu_inf_torch",
     "mu_lipschitz_bound",
     "PENALTIES",
+    "fenchel_bcd",
+    "fenchel_divergence",
+    "group_lasso_prox",
+    "relaxed_objective",
+    "FenchelBCDResult",
+    "FenchelSweep",
+    "FENCHEL_ACTIVATIONS",
+    "FENCHEL_LOSSES",
 ]

@@ -1,0 +1,931 @@
+"""Fenchel-divergence relaxation and block-coordinate descent (paper 001 §4; paper 000 §6.1, §6.3).
+
+Convention. Internally everything is in the papers' *column* convention: ``U`` is ``(p, m)``,
+``X, P`` are ``(n, m)``, ``Y`` is ``(q, m)`` (one column per sample), so that the formulas
+read as in paper 001 (``Z = A X + B U``). The public inputs are batch-first, as elsewhere in
+idlkit (``U``: ``(m, p)``); the states returned in :class:`FenchelBCDResult` are batch-first
+``(m, n)`` again. Computations run in float64.
+
+Fenchel divergences (paper 001 eqs. 7-8, re-derived). For a componentwise activation
+``phi = (g*)'`` with ``g`` convex, the Fenchel-Young gap ``F(x, z) = g(x) + g*(z) - x z`` is
+``>= 0``, ``= 0`` iff ``x = phi(z)``, convex in each argument separately, and
+``dF/dz = phi(z) - x``, ``dF/dx = g'(x) - z``.
+
+* ReLU: ``g*(z) = 1/2 relu(z)^2``, ``g(x) = 1/2 x^2`` on ``x >= 0`` (``+inf`` otherwise):
+  eq. 7, ``F = 1/2 x^2 + 1/2 relu(z)^2 - x z`` (the paper's text writes the domain as
+  "``U >= 0``": it is ``X >= 0``).
+* tanh: ``g*(z) = log cosh z``, ``g(x) = 1/2 [(1 + x) log(1 + x) + (1 - x) log(1 - x)]`` on
+  ``|x| <= 1``. Expanding, ``g(x) = 1/2 [x log((1 + x)/(1 - x)) + log(1 - x^2)]``, which is
+  the first part of eq. 8; but eq. 8 as printed puts ``log cosh Z`` *inside* the factor 1/2,
+  which is not a Fenchel-Young gap and is unbounded below (``x = 0.9``, ``z -> inf`` gives
+  ``-0.4 z``). We use ``F = g(x) + log cosh z - x z`` (1/2 applies to ``g`` only).
+
+The relaxed training problem (eq. 11, eq. 10 for scalar ``lam``)::
+
+    min  L(Y, C P + D U + d 1^T) + lam^T F(P, A X + B U + b 1^T) 1 + mu/2 ||X - P||_F^2
+         + P(A, B, C, D)
+    s.t. ||A||_inf <= kappa (or A strictly upper triangular, eq. 6), structural masks,
+         optional l1 balls ||B||_1 <= beta_B, ||(C, D)||_1 <= beta_CD (eqs. 12-13)
+
+with ``L`` the *sum* over samples of ``1/2 ||y - y_hat||^2`` or of the soft-max cross
+entropy (eq. 4) and ``P`` = ``l1 (||B||_1 + ||C||_1 + ||D||_1)`` (eq. 5) or the
+feature-selection group penalty ``w sum_j ||(B; D) e_j||_2`` (paper 000 eq. 5.1, alpha = 2),
+plus an optional ridge ``r/2 ||(C, D)||_F^2``. Biases ``b, d`` (when the model has them) are
+free, unpenalised columns.
+
+Block-coordinate descent (§4.2), one sweep = the blocks in ``order``:
+
+* ``CD``: ``min_{C,D,d} L(Y, C P + D U + d)`` (+ penalty) — problem 12. Squared error with
+  no l1 term: exact (masked, ridge) least squares; otherwise accelerated proximal gradient
+  with the exact Lipschitz constant (``sigma_max(V)^2``, ``/2`` for the cross entropy).
+* ``AB``: ``min_{A,B,b} lam^T F(P, A X + B U + b) 1`` s.t. the well-posedness set — problem
+  13, row-decomposable: accelerated proximal gradient, with per-row steps
+  ``1 / (lam_i sigma_max([X; U; 1])^2)`` when the penalty is row-separable, and the exact
+  row-wise l1-ball projection of :func:`idlkit.wellposed.project_inf_ball`.
+* with the group penalty, which couples B and D, the two model blocks are one joint
+  proximal-gradient block ``ABCD`` (group-lasso proximal operator :func:`group_lasso_prox`).
+* ``X``: problem 14, strictly convex and column-separable: damped Newton per column
+  (Hessian ``A^T diag(lam phi'(Z)) A + mu I``) with Armijo backtracking; or the paper's
+  fixed-point iteration ``X = P - mu^-1 A^T diag(lam) (phi(A X + B U) - P)`` (``x_solver=
+  "fixed_point"``), used only when it contracts: its Lipschitz constant in l2 is at most
+  ``max(lam) ||A||_2^2 / mu``. The paper states the condition as ``||A|| <= sqrt(mu/lam)`` and
+  then "``mu < lam kappa^2``": the inequality is reversed (``mu >= lam kappa^2`` is what the
+  bound needs), and the norm must be the spectral one (or ``||A||_1 ||A||_inf``), not
+  ``||A||_inf`` alone. Not used by default.
+* ``P``: problem 15, strictly convex and column-separable. ReLU: minimise over ``P >= 0``
+  by accelerated projected gradient (the paper's "closed form" via
+  ``P0 = (lam Z + mu X)/(lam + mu)`` ignores the constraint ``P >= 0``; the unconstrained
+  least-squares solution is used as the starting point). tanh: damped Newton keeping
+  ``|P| < 1`` (``g`` is a barrier: the minimiser is interior).
+
+Every block is a descent step on the relaxed objective (exact solve or a monotone
+safeguarded method, and a column or block whose update would increase the objective is left
+unchanged), so the objective is non-increasing over blocks and sweeps.
+
+Stationarity (Theorem 2). After each sweep the first-order stationarity measure of every
+block is reported: the norm of the unit-step proximal-gradient residual
+``||Theta - prox_h(Theta - grad_Theta f)||_F`` (for unconstrained smooth blocks, ``||grad||``;
+for ``P >= 0``, ``||P - max(P - grad, 0)||``). It is 0 exactly at a stationary point of the
+relaxed problem; BCD stops when the root sum of squares falls below ``tol`` (absolute: the
+objective is a sum over samples). Theorem 2 asks ``lam > 0``, ``mu > 0``, a closed convex
+penalty, a differentiable bounded-below loss and a differentiable divergence; the settings
+that break them are refused with :class:`~idlkit.errors.ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .. import wellposed as wp
+from ..activations import ReLU, Tanh
+from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+from .trainer import _as_tensors
+
+__all__ = [
+    "FENCHEL_ACTIVATIONS",
+    "FENCHEL_LOSSES",
+    "fenchel_divergence",
+    "group_lasso_prox",
+    "relaxed_objective",
+    "fenchel_bcd",
+    "FenchelSweep",
+    "FenchelBCDResult",
+]
+
+FENCHEL_ACTIVATIONS = ("relu", "tanh")
+FENCHEL_LOSSES = ("squared_error", "cross_entropy")
+_BLOCKS = ("CD", "AB", "X", "P")
+_F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------- divergences
+
+
+def _activation_name(activation: object) -> str:
+    """``"relu"`` or ``"tanh"`` from a name or an Activation; anything else is refused."""
+    if isinstance(activation, ReLU):
+        return "relu"
+    if isinstance(activation, Tanh):
+        return "tanh"
+    if isinstance(activation, str) and activation.lower() in FENCHEL_ACTIVATIONS:
+        return activation.lower()
+    raise ConfigurationError(
+        f"no Fenchel divergence for activation {activation!r}: supported activations are "
+        f"{list(FENCHEL_ACTIVATIONS)} (Theorem 2 needs a differentiable divergence); build the model "
+        f"with activation='relu' or 'tanh'")
+
+
+def _phi(z: Tensor, act: str) -> Tensor:
+    return torch.relu(z) if act == "relu" else torch.tanh(z)
+
+
+def _dphi(z: Tensor, act: str) -> Tensor:
+    if act == "relu":
+        return (z > 0).to(z.dtype)
+    t = torch.tanh(z)
+    return 1 - t * t
+
+
+def _conj(z: Tensor, act: str) -> Tensor:
+    """``g*(z)``: ``1/2 relu(z)^2`` or ``log cosh z`` (computed stably)."""
+    if act == "relu":
+        r = torch.relu(z)
+        return 0.5 * r * r
+    a = z.abs()
+    return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
+
+
+def _g(x: Tensor, act: str) -> Tensor:
+    """``g(x)``, ``+inf`` outside the domain (``x >= 0``, resp. ``|x| <= 1``)."""
+    inf = torch.full_like(x, math.inf)
+    if act == "relu":
+        return torch.where(x >= 0, 0.5 * x * x, inf)
+    inside = x.abs() <= 1
+    xc = x.clamp(-1, 1)
+    val = 0.5 * (torch.special.xlogy(1 + xc, 1 + xc) + torch.special.xlogy(1 - xc, 1 - xc))
+    return torch.where(inside, val, inf)
+
+
+def _dg(x: Tensor, act: str) -> Tensor:
+    """``g'(x)`` on the interior of the domain: ``x``, resp. ``atanh x``."""
+    return x if act == "relu" else torch.atanh(x)
+
+
+def fenchel_divergence(X: Tensor, Z: Tensor, activation: object = "relu",
+                       reduction: str = "none") -> Tensor:
+    """Fenchel divergence ``F(X, Z) = g(X) + g*(Z) - X Z`` elementwise (paper 001 eqs. 7-8).
+
+    ReLU: ``1/2 X^2 + 1/2 relu(Z)^2 - X Z`` on ``X >= 0``; tanh: ``1/2[(1+X)log(1+X) +
+    (1-X)log(1-X)] + log cosh Z - X Z`` on ``|X| <= 1`` (eq. 8 re-derived; see the module
+    docstring). ``+inf`` outside the domain. ``F >= 0`` with equality iff ``X = phi(Z)``;
+    ``dF/dZ = phi(Z) - X``. ``reduction``: ``"none"`` (elementwise) or ``"sum"``.
+    """
+    act = _activation_name(activation)
+    if not isinstance(X, Tensor) or not isinstance(Z, Tensor):
+        raise InputError("fenchel_divergence expects two tensors")
+    if X.shape != Z.shape:
+        raise ShapeError(f"X and Z must have the same shape, got {tuple(X.shape)} and {tuple(Z.shape)}")
+    if reduction not in ("none", "sum"):
+        raise ConfigurationError(f"reduction must be 'none' or 'sum', got {reduction!r}")
+    F = _g(X, act) + _conj(Z, act) - X * Z
+    return F.sum() if reduction == "sum" else F
+
+
+# ----------------------------------------------------------------------------- proximal maps
+
+
+def group_lasso_prox(N: Tensor, threshold: float | Tensor) -> Tensor:
+    """Proximal operator of ``t sum_j ||N e_j||_2`` (columns; paper 000 eq. 5.1, alpha = 2).
+
+    Block soft thresholding: column ``v`` becomes ``v max(0, 1 - t / ||v||_2)``.
+    """
+    norms = torch.linalg.vector_norm(N, dim=0, keepdim=True)
+    scale = torch.clamp(1 - threshold / torch.clamp(norms, min=1e-300), min=0)
+    return N * scale
+
+
+def _soft(M: Tensor, t: float | Tensor) -> Tensor:
+    return M - torch.clamp(M, -t, t) if not isinstance(t, float) or t > 0 else M
+
+
+def _l1_ball(M: Tensor, radius: float | None) -> Tensor:
+    """Exact projection onto ``{sum |M_kl| <= radius}`` (one row of :func:`wp.project_inf_ball`)."""
+    if radius is None or M.numel() == 0:
+        return M
+    return wp.project_inf_ball(M.reshape(1, -1), radius).reshape(M.shape)
+
+
+# ----------------------------------------------------------------------------- the problem
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Data and settings of the relaxed problem (column convention, float64)."""
+
+    U: Tensor  # (p, m)
+    Y: Tensor  # (q, m): targets, or class probabilities for the cross entropy
+    act: str
+    loss: str
+    lam: Tensor  # (n, 1)
+    mu: float
+    radius: float | None  # ||A||_inf bound (None: triangular only)
+    masks: dict[str, Tensor]  # 0/1 patterns of A, B, C, D
+    bias: bool
+    l1: float
+    group: float
+    ridge: float
+    ball_B: float | None
+    ball_CD: float | None
+
+    @property
+    def n(self) -> int:
+        return self.lam.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.U.shape[0]
+
+    def W(self, X: Tensor) -> Tensor:
+        """Regressors of the state equation, ``[X; U; 1]``."""
+        parts = [X, self.U] + ([torch.ones_like(self.U[:1])] if self.bias else [])
+        return torch.cat(parts, dim=0)
+
+    def V(self, P: Tensor) -> Tensor:
+        """Regressors of the output equation, ``[P; U; 1]``."""
+        return self.W(P)
+
+
+def _split(T: Tensor, n: int, p: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    return T[:, :n], T[:, n:n + p], (T[:, n + p:] if T.shape[1] > n + p else None)
+
+
+def _loss(pb: _Problem, Yhat: Tensor) -> Tensor:
+    """Per-column loss ``(m,)``."""
+    if pb.loss == "squared_error":
+        return 0.5 * ((Yhat - pb.Y) ** 2).sum(dim=0)
+    return torch.logsumexp(Yhat, dim=0) - (pb.Y * Yhat).sum(dim=0)
+
+
+def _dloss(pb: _Problem, Yhat: Tensor) -> Tensor:
+    if pb.loss == "squared_error":
+        return Yhat - pb.Y
+    return torch.softmax(Yhat, dim=0) - pb.Y
+
+
+def _loss_curvature(pb: _Problem) -> float:
+    """Bound of the loss Hessian in ``y_hat``: 1, or 1/2 for the soft-max cross entropy."""
+    return 1.0 if pb.loss == "squared_error" else 0.5
+
+
+def _penalty(pb: _Problem, TAB: Tensor, TCD: Tensor) -> float:
+    n, p = pb.n, pb.p
+    _, B, _ = _split(TAB, n, p)
+    C, D, _ = _split(TCD, n, p)
+    val = 0.0
+    if pb.l1:
+        val += pb.l1 * float(B.abs().sum() + C.abs().sum() + D.abs().sum())
+    if pb.group:
+        val += pb.group * float(torch.linalg.vector_norm(torch.cat([B, D]), dim=0).sum())
+    if pb.ridge:
+        val += 0.5 * pb.ridge * float((C * C).sum() + (D * D).sum())
+    return val
+
+
+def _divergence_cols(pb: _Problem, P: Tensor, Z: Tensor) -> Tensor:
+    """``sum_i lam_i F(P_ij, Z_ij)`` per column ``(m,)``."""
+    return (pb.lam * (_g(P, pb.act) + _conj(Z, pb.act) - P * Z)).sum(dim=0)
+
+
+def _objective(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor) -> float:
+    """The relaxed objective (eq. 10/11) at the given point."""
+    Z = TAB @ pb.W(X)
+    Yhat = TCD @ pb.V(P)
+    return float(_loss(pb, Yhat).sum() + _divergence_cols(pb, P, Z).sum()
+                 + 0.5 * pb.mu * ((X - P) ** 2).sum()) + _penalty(pb, TAB, TCD)
+
+
+# ----------------------------------------------------------------------------- generic solvers
+
+
+def _fista(x0: list[Tensor], obj: Callable[[list[Tensor]], float],
+           grad: Callable[[list[Tensor]], list[Tensor]],
+           prox: Callable[[list[Tensor], list[Tensor | float]], list[Tensor]],
+           steps: list[Tensor | float], max_iter: int, tol: float) -> list[Tensor]:
+    """Accelerated proximal gradient with adaptive restart; never returns a worse point.
+
+    ``steps`` are ``1/L`` with ``L`` a valid Lipschitz constant of ``grad`` (per tensor, or
+    per row in a diagonal metric the prox is separable in), so a plain step from the current
+    iterate cannot increase ``obj`` (up to rounding): a momentum step that does is undone
+    and the momentum restarted; a plain step that does ends the loop.
+    """
+    x, y, t = x0, x0, 1.0
+    fx = obj(x)
+    for _ in range(max_iter):
+        g = grad(y)
+        x_new = prox([yi - s * gi for yi, s, gi in zip(y, steps, g, strict=True)], steps)
+        f_new = obj(x_new)
+        if not f_new <= fx:
+            if y is x:
+                break
+            y, t = x, 1.0
+            continue
+        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
+        beta = (t - 1) / t_new
+        diff = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(x_new, x, strict=True)))
+        size = math.sqrt(sum(float((a * a).sum()) for a in x_new))
+        y = [a + beta * (a - b) for a, b in zip(x_new, x, strict=True)]
+        x, fx, t = x_new, f_new, t_new
+        if diff <= tol * (1 + size):
+            break
+    return x
+
+
+def _newton_columns(V0: Tensor, fun: Callable[[Tensor], Tensor], grad: Callable[[Tensor], Tensor],
+                    hess: Callable[[Tensor], Tensor], max_iter: int, tol: float) -> Tensor:
+    """Damped Newton on a sum of independent strictly convex column problems.
+
+    ``fun(V)`` gives the per-column values ``(m,)`` (``+inf`` outside the domain),
+    ``grad(V)`` ``(n, m)``, ``hess(V)`` ``(m, n, n)``. Armijo backtracking per column;
+    columns whose line search fails keep their value (no increase).
+    """
+    V = V0.clone()
+    fV = fun(V)
+    for _ in range(max_iter):
+        g = grad(V)
+        H = hess(V)
+        d = -torch.linalg.solve(H, g.t().unsqueeze(-1)).squeeze(-1).t()
+        slope = (g * d).sum(dim=0)  # < 0 unless converged
+        if float((-slope).max()) <= 2 * tol:
+            break
+        step = torch.ones_like(fV)
+        accepted = torch.zeros_like(fV, dtype=torch.bool)
+        f_new = fV.clone()
+        for _ls in range(60):
+            cand = V + step * d
+            fc = fun(cand)
+            ok = (fc <= fV + 1e-4 * step * slope) & ~accepted & (slope < 0)
+            f_new = torch.where(ok, fc, f_new)
+            V = torch.where(ok, cand, V)
+            accepted |= ok
+            if bool((accepted | (slope >= 0)).all()):
+                break
+            step = torch.where(accepted, step, step * 0.5)
+        fV = f_new
+        if not bool(accepted.any()):
+            break
+    return V
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _prox_AB(pb: _Problem, T: Tensor, step: Tensor | float) -> Tensor:
+    n, p = pb.n, pb.p
+    A, B, b = _split(T, n, p)
+    A = A * pb.masks["A"]
+    if pb.radius is not None:
+        A = wp.project_inf_ball(A, pb.radius)
+    B = _l1_ball(_soft(B, pb.l1 * step) * pb.masks["B"], pb.ball_B)
+    return torch.cat([A, B] + ([b] if b is not None else []), dim=1)
+
+
+def _prox_CD(pb: _Problem, T: Tensor, step: Tensor | float) -> Tensor:
+    n, p = pb.n, pb.p
+    C, D, d = _split(T, n, p)
+    C = _soft(C, pb.l1 * step) * pb.masks["C"]
+    D = _soft(D, pb.l1 * step) * pb.masks["D"]
+    if pb.ball_CD is not None:
+        CD = _l1_ball(torch.cat([C, D], dim=1), pb.ball_CD)
+        C, D = CD[:, :n], CD[:, n:]
+    return torch.cat([C, D] + ([d] if d is not None else []), dim=1)
+
+
+def _prox_joint(pb: _Problem, TAB: Tensor, TCD: Tensor, step: float) -> tuple[Tensor, Tensor]:
+    """Prox of the group penalty on the columns of ``(B; D)`` plus the constraints of A, C, D."""
+    n, p = pb.n, pb.p
+    TAB = _prox_AB(pb, TAB, 0.0)
+    TCD = _prox_CD(pb, TCD, 0.0)
+    _, B, _ = _split(TAB, n, p)
+    _, D, _ = _split(TCD, n, p)
+    BD = group_lasso_prox(torch.cat([B, D]), pb.group * step)
+    TAB = TAB.clone()
+    TCD = TCD.clone()
+    TAB[:, n:n + p] = BD[:n]
+    TCD[:, n:n + p] = BD[n:]
+    return TAB, TCD
+
+
+def _grad_AB(pb: _Problem, TAB: Tensor, W: Tensor, P: Tensor) -> Tensor:
+    Z = TAB @ W
+    return (pb.lam * (_phi(Z, pb.act) - P)) @ W.t()
+
+
+def _grad_CD(pb: _Problem, TCD: Tensor, V: Tensor) -> Tensor:
+    G = _dloss(pb, TCD @ V) @ V.t()
+    if pb.ridge:
+        G = G + pb.ridge * _ridge_mask(pb, TCD) * TCD
+    return G
+
+
+def _ridge_mask(pb: _Problem, TCD: Tensor) -> Tensor:
+    m = torch.ones_like(TCD)
+    m[:, pb.n + pb.p:] = 0  # the intercept d is not penalised
+    return m
+
+
+def _sigma2(M: Tensor) -> float:
+    return float(torch.linalg.matrix_norm(M, ord=2)) ** 2 if M.numel() else 0.0
+
+
+def _row_separable(pb: _Problem) -> bool:
+    return pb.group == 0 and pb.ball_B is None
+
+
+def _step_AB(pb: _Problem, TAB: Tensor, X: Tensor, P: Tensor, it: int, tol: float) -> Tensor:
+    """Problem 13 by accelerated proximal gradient (rows decouple)."""
+    W = pb.W(X)
+    s2 = max(_sigma2(W), 1e-300)
+    steps: Tensor | float = 1 / (pb.lam * s2) if _row_separable(pb) else 1 / (float(pb.lam.max()) * s2)
+
+    def obj(v: list[Tensor]) -> float:
+        return float(_divergence_cols(pb, P, v[0] @ W).sum()) + _penalty(pb, v[0], _zero_cd(pb))
+
+    out = _fista([TAB], obj, lambda v: [_grad_AB(pb, v[0], W, P)],
+                 lambda v, s: [_prox_AB(pb, v[0], s[0])], [steps], it, tol)
+    return out[0]
+
+
+def _zero_cd(pb: _Problem) -> Tensor:
+    return torch.zeros(pb.Y.shape[0], pb.n + pb.p, dtype=_F64, device=pb.U.device)
+
+
+def _zero_ab(pb: _Problem) -> Tensor:
+    return torch.zeros(pb.n, pb.n + pb.p, dtype=_F64, device=pb.U.device)
+
+
+def _lstsq_CD(pb: _Problem, V: Tensor) -> Tensor:
+    """Exact (masked, ridge) least squares of ``Y`` on ``V = [P; U; 1]``, one output row at a time."""
+    n, p = pb.n, pb.p
+    q, k = pb.Y.shape[0], V.shape[0]
+    mask = torch.ones(q, k, dtype=_F64)
+    mask[:, :n] = pb.masks["C"]
+    mask[:, n:n + p] = pb.masks["D"]
+    T = torch.zeros(q, k, dtype=_F64)
+    for i in range(q):
+        cols = mask[i].nonzero().squeeze(1)
+        if cols.numel() == 0:
+            continue
+        F = V[cols].t()
+        y = pb.Y[i][:, None]
+        if pb.ridge:
+            pen = (cols < n + p).to(_F64) * math.sqrt(pb.ridge)
+            F = torch.cat([F, torch.diag(pen)])
+            y = torch.cat([y, y.new_zeros(cols.numel(), 1)])
+        T[i, cols] = torch.linalg.lstsq(F, y, driver="gelsd").solution[:, 0]
+    return T
+
+
+def _cd_closed_form(pb: _Problem) -> bool:
+    return pb.loss == "squared_error" and pb.l1 == 0 and pb.ball_CD is None and pb.group == 0
+
+
+def _step_CD(pb: _Problem, TCD: Tensor, P: Tensor, it: int, tol: float) -> Tensor:
+    """Problem 12: exact least squares, or accelerated proximal gradient."""
+    V = pb.V(P)
+    if _cd_closed_form(pb):
+        return _lstsq_CD(pb, V)
+    L = _loss_curvature(pb) * _sigma2(V) + pb.ridge
+
+    def obj(v: list[Tensor]) -> float:
+        return float(_loss(pb, v[0] @ V).sum()) + _penalty(pb, _zero_ab(pb), v[0])
+
+    return _fista([TCD], obj, lambda v: [_grad_CD(pb, v[0], V)],
+                  lambda v, s: [_prox_CD(pb, v[0], s[0])], [1 / max(L, 1e-300)], it, tol)[0]
+
+
+def _step_joint(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor, it: int,
+                tol: float) -> tuple[Tensor, Tensor]:
+    """(A, B, C, D) jointly: the group penalty couples B and D."""
+    W, V = pb.W(X), pb.V(P)
+    L = max(float(pb.lam.max()) * _sigma2(W), _loss_curvature(pb) * _sigma2(V) + pb.ridge, 1e-300)
+
+    def obj(v: list[Tensor]) -> float:
+        return (float(_divergence_cols(pb, P, v[0] @ W).sum() + _loss(pb, v[1] @ V).sum())
+                + _penalty(pb, v[0], v[1]))
+
+    def prox(v: list[Tensor], s: list[Tensor | float]) -> list[Tensor]:
+        return list(_prox_joint(pb, v[0], v[1], float(s[0])))
+
+    out = _fista([TAB, TCD], obj, lambda v: [_grad_AB(pb, v[0], W, P), _grad_CD(pb, v[1], V)],
+                 prox, [1 / L, 1 / L], it, tol)
+    return out[0], out[1]
+
+
+def _x_parts(pb: _Problem, TAB: Tensor, P: Tensor) -> tuple[Tensor, Tensor]:
+    n, p = pb.n, pb.p
+    A, B, b = _split(TAB, n, p)
+    R = B @ pb.U + (b if b is not None else 0)
+    return A, R
+
+
+def _step_X(pb: _Problem, TAB: Tensor, X: Tensor, P: Tensor, it: int, tol: float,
+            solver: str) -> Tensor:
+    """Problem 14: ``min_X lam^T F(P, A X + R) 1 + mu/2 ||X - P||^2``, column by column."""
+    A, R = _x_parts(pb, TAB, P)
+    lam, mu, act = pb.lam, pb.mu, pb.act
+
+    def fun(V: Tensor) -> Tensor:
+        Z = A @ V + R
+        return (lam * (_conj(Z, act) - P * Z)).sum(dim=0) + 0.5 * mu * ((V - P) ** 2).sum(dim=0)
+
+    def grad(V: Tensor) -> Tensor:
+        return A.t() @ (lam * (_phi(A @ V + R, act) - P)) + mu * (V - P)
+
+    if solver == "fixed_point":
+        contraction = float(lam.max()) * _sigma2(A) / mu
+        if contraction < 1:
+            V = X.clone()
+            for _ in range(it):
+                V_new = P - A.t() @ (lam * (_phi(A @ V + R, act) - P)) / mu
+                done = float((V_new - V).abs().max()) <= tol * (1 + float(V.abs().max()))
+                V = V_new
+                if done:
+                    break
+            return torch.where(fun(V) <= fun(X), V, X)
+        # no contraction: fall back to Newton (the paper's iteration need not converge)
+
+    def hess(V: Tensor) -> Tensor:
+        w = lam * _dphi(A @ V + R, act)  # (n, m)
+        H = torch.einsum("ia,im,ib->mab", A, w, A)
+        return H + mu * torch.eye(A.shape[0], dtype=_F64)
+
+    V = _newton_columns(X, fun, grad, hess, it, tol)
+    return torch.where(fun(V) <= fun(X), V, X)
+
+
+def _step_P(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor, it: int,
+            tol: float) -> Tensor:
+    """Problem 15: ``min_P L(Y, C P + D U + d) + lam^T F(P, Z) 1 + mu/2 ||X - P||^2``."""
+    n, p = pb.n, pb.p
+    Z = TAB @ pb.W(X)
+    C, D, d = _split(TCD, n, p)
+    S = D @ pb.U + (d if d is not None else 0)
+    lam, mu, act = pb.lam, pb.mu, pb.act
+
+    def fun(V: Tensor) -> Tensor:
+        return (_loss(pb, C @ V + S) + (lam * (_g(V, act) - V * Z)).sum(dim=0)
+                + 0.5 * mu * ((X - V) ** 2).sum(dim=0))
+
+    def grad(V: Tensor) -> Tensor:
+        return C.t() @ _dloss(pb, C @ V + S) + lam * (_dg(V, act) - Z) + mu * (V - X)
+
+    if act == "relu":
+        V0 = P
+        if pb.loss == "squared_error":
+            # unconstrained minimiser (P0 of §4.2 and a least-squares solve), then clipped
+            Lam = (lam + mu).squeeze(1)
+            P0 = (lam * Z + mu * X) / (lam + mu)
+            H = C.t() @ C + torch.diag(Lam)
+            V0 = torch.relu(torch.linalg.solve(H, C.t() @ (pb.Y - S) + Lam[:, None] * P0))
+            V0 = torch.where(fun(V0) <= fun(P), V0, P)
+        L = _loss_curvature(pb) * _sigma2(C) + float(lam.max()) + mu
+        out = _fista([V0], lambda v: float(fun(v[0]).sum()), lambda v: [grad(v[0])],
+                     lambda v, s: [torch.relu(v[0])], [1 / L], it, tol)[0]
+        return torch.where(fun(out) <= fun(P), out, P)
+
+    def hess(V: Tensor) -> Tensor:
+        Yhat = C @ V + S
+        if pb.loss == "squared_error":
+            HL = (C.t() @ C).expand(V.shape[1], n, n)
+        else:
+            s = torch.softmax(Yhat, dim=0)
+            HL = torch.einsum("ia,im,ib->mab", C, s, C) - torch.einsum("ia,im,jm,jb->mab", C, s, s, C)
+        diag = (lam / (1 - V * V) + mu).t()  # (m, n)
+        return HL + torch.diag_embed(diag)
+
+    out = _newton_columns(P, fun, grad, hess, it, tol)
+    return torch.where(fun(out) <= fun(P), out, P)
+
+
+# ----------------------------------------------------------------------------- stationarity
+
+
+def _stationarity(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor) -> dict[str, float]:
+    """Unit-step proximal-gradient residual of every block (0 iff stationary, Theorem 2)."""
+    W, V = pb.W(X), pb.V(P)
+    gAB, gCD = _grad_AB(pb, TAB, W, P), _grad_CD(pb, TCD, V)
+    out: dict[str, float] = {}
+    if pb.group:
+        nAB, nCD = _prox_joint(pb, TAB - gAB, TCD - gCD, 1.0)
+        out["ABCD"] = math.sqrt(float(((TAB - nAB) ** 2).sum() + ((TCD - nCD) ** 2).sum()))
+    else:
+        out["AB"] = float(torch.linalg.norm(TAB - _prox_AB(pb, TAB - gAB, 1.0)))
+        out["CD"] = float(torch.linalg.norm(TCD - _prox_CD(pb, TCD - gCD, 1.0)))
+    A, R = _x_parts(pb, TAB, P)
+    Z = A @ X + R
+    out["X"] = float(torch.linalg.norm(A.t() @ (pb.lam * (_phi(Z, pb.act) - P)) + pb.mu * (X - P)))
+    n, p = pb.n, pb.p
+    C, D, d = _split(TCD, n, p)
+    Yhat = C @ P + D @ pb.U + (d if d is not None else 0)
+    gP = C.t() @ _dloss(pb, Yhat) + pb.lam * (_dg(P, pb.act) - Z) + pb.mu * (P - X)
+    if pb.act == "relu":
+        out["P"] = float(torch.linalg.norm(P - torch.relu(P - gP)))
+    else:
+        out["P"] = float(torch.linalg.norm(gP))
+    return out
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class FenchelSweep:
+    """One BCD sweep: the relaxed objective after each block, the stationarity measures.
+
+    Attributes:
+        sweep: 1-based sweep index.
+        objective: relaxed objective at the end of the sweep.
+        blocks: ``(block name, objective after it)`` in the order applied.
+        stationarity: per-block proximal-gradient residual at the end of the sweep.
+        stationarity_total: their root sum of squares.
+    """
+
+    sweep: int
+    objective: float
+    blocks: tuple[tuple[str, float], ...]
+    stationarity: dict[str, float]
+    stationarity_total: float
+
+
+@dataclass(frozen=True)
+class FenchelBCDResult:
+    """Outcome of :func:`fenchel_bcd`.
+
+    Attributes:
+        objectives: relaxed objective at the start (index 0) and after every sweep.
+        sweeps: the per-sweep records.
+        converged: the stationarity measure fell below ``tol``.
+        seconds: wall time.
+        X, P: final states, batch-first ``(m, n)``.
+    """
+
+    objectives: tuple[float, ...]
+    sweeps: tuple[FenchelSweep, ...]
+    converged: bool
+    seconds: float
+    X: Tensor
+    P: Tensor
+
+    @property
+    def stationarity(self) -> float:
+        return self.sweeps[-1].stationarity_total if self.sweeps else math.nan
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _positive(value: object, name: str, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
+        raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}; {fix}")
+    return float(value)
+
+
+def _nonneg(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _lam_vector(lam: object, n: int) -> Tensor:
+    if isinstance(lam, int | float) and not isinstance(lam, bool):
+        _positive(lam, "lam", "pass a positive relaxation weight, e.g. lam=1.0")
+        return torch.full((n, 1), float(lam), dtype=_F64)
+    try:
+        v = torch.as_tensor(lam, dtype=_F64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"lam must be a number or a length-{n} vector, got {lam!r}") from exc
+    if v.numel() != n:
+        raise ShapeError(f"lam has {v.numel()} entries, the model has n = {n} states")
+    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+        bad = float(v[~(torch.isfinite(v) & (v > 0))][0])
+        raise ConfigurationError(f"every entry of lam must be finite and > 0 (Theorem 2), found {bad}; "
+                                 f"use small positive weights instead of zeros")
+    return v[:, None]
+
+
+def _targets(Y: Tensor, m: int, q: int, loss: str) -> Tensor:
+    """Targets in column convention ``(q, m)`` float64 (class probabilities for the cross entropy)."""
+    if loss == "cross_entropy" and Y.dim() == 1 and not Y.is_floating_point():
+        if Y.numel() and (int(Y.min()) < 0 or int(Y.max()) >= q):
+            raise InputError(f"labels must lie in [0, {q}), found {int(Y.min())}..{int(Y.max())}")
+        return torch.nn.functional.one_hot(Y.long(), q).to(_F64).t()
+    if not Y.is_floating_point():
+        raise InputError(f"targets must be floating for loss={loss!r}, got dtype {Y.dtype}")
+    Y = Y.reshape(-1, 1) if Y.dim() == 1 and q == 1 else Y
+    if Y.dim() != 2 or Y.shape != (m, q):
+        raise ShapeError(f"targets must have shape ({m}, {q}), got {tuple(Y.shape)}")
+    return Y.to(_F64).t()
+
+
+def _masks(masks: Mapping[str, Tensor] | None, shapes: dict[str, tuple[int, int]],
+           triangular: bool) -> dict[str, Tensor]:
+    out = {k: torch.ones(s, dtype=_F64) for k, s in shapes.items()}
+    for k, M in (masks or {}).items():
+        if k not in shapes:
+            raise ConfigurationError(f"mask key {k!r} unknown; masks apply to {sorted(shapes)}")
+        M = torch.as_tensor(M)
+        if tuple(M.shape) != shapes[k]:
+            raise ShapeError(f"mask for {k} has shape {tuple(M.shape)}, expected {shapes[k]}")
+        out[k] = (M != 0).to(_F64)
+    if triangular:
+        out["A"] = out["A"] * torch.triu(torch.ones(shapes["A"], dtype=_F64), diagonal=1)
+    return out
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def relaxed_objective(model: nn.Module, U: Tensor, Y: Tensor, X: Tensor, P: Tensor, *, lam: object,
+                      mu: float, loss: str = "squared_error", l1: float = 0.0, group: float = 0.0,
+                      ridge: float = 0.0) -> float:
+    """The relaxed objective of eq. 10/11 at the model's ``A, B, C, D`` (and ``b, d``).
+
+    ``U`` ``(m, p)``, ``Y`` ``(m, q)`` (or labels for the cross entropy), ``X, P`` ``(m, n)``
+    batch-first. ``+inf`` when ``P`` is outside the divergence's domain. Constraints are
+    not checked (they are indicator terms, 0 on the feasible set).
+    """
+    pb = _problem(model, U, Y, lam, mu, loss, None, None, {}, l1, group, ridge, None, None)
+    TAB, TCD = _thetas(model)
+    return _objective(pb, TAB, TCD, X.to(_F64).t(), P.to(_F64).t())
+
+
+def _thetas(model: nn.Module) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        ab = [model.A, model.B] + ([model.b[:, None]] if model.b is not None else [])
+        cd = [model.C, model.D] + ([model.d[:, None]] if model.d is not None else [])
+        return torch.cat(ab, 1).to(_F64).clone(), torch.cat(cd, 1).to(_F64).clone()
+
+
+def _problem(model: nn.Module, U: Tensor, Y: Tensor, lam: object, mu: object, loss: str,
+             radius: float | None, triangular: bool | None, masks: Mapping[str, Tensor] | None,
+             l1: float, group: float, ridge: float, ball_B: float | None,
+             ball_CD: float | None) -> _Problem:
+    act = _activation_name(model.activation)
+    if loss not in FENCHEL_LOSSES:
+        raise ConfigurationError(f"unknown loss {loss!r}; choose one of {list(FENCHEL_LOSSES)}")
+    n, p, q = model.hidden, model.in_features, model.out_features
+    if n == 0:
+        raise ConfigurationError("the model has no state (hidden = 0): nothing to relax; fit D directly")
+    if not isinstance(U, Tensor) or not U.is_floating_point():
+        raise InputError(f"inputs must be a floating tensor, got {getattr(U, 'dtype', type(U))}")
+    if U.dim() != 2 or U.shape[1] != p:
+        raise ShapeError(f"inputs must have shape (m, {p}), got {tuple(U.shape)}")
+    if not bool(torch.isfinite(U).all()):
+        raise NonFiniteError("inputs contain NaN or Inf")
+    if Y.is_floating_point() and not bool(torch.isfinite(Y).all()):
+        raise NonFiniteError("targets contain NaN or Inf")
+    m = U.shape[0]
+    shapes = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
+    return _Problem(
+        U=U.to(_F64).t(), Y=_targets(Y, m, q, loss), act=act, loss=loss, lam=_lam_vector(lam, n),
+        mu=_positive(mu, "mu", "pass mu > 0, e.g. mu=1.0 (the coupling of X and P, eq. 10)"),
+        radius=radius, masks=_masks(masks, shapes, bool(triangular)), bias=model.b is not None,
+        l1=_nonneg(l1, "l1"), group=_nonneg(group, "group"), ridge=_nonneg(ridge, "ridge"),
+        ball_B=None if ball_B is None else _positive(ball_B, "ball_B", "or None for no l1 ball"),
+        ball_CD=None if ball_CD is None else _positive(ball_CD, "ball_CD", "or None for no l1 ball"))
+
+
+def _wellposed_set(model: nn.Module, kappa: float | None, triangular: bool | None
+                   ) -> tuple[float | None, bool]:
+    """``(radius of ||A||_inf, triangular)`` from the arguments and the model's declared set."""
+    declared = getattr(model, "wellposedness", None)
+    tri = declared == "triangular" if triangular is None else bool(triangular)
+    if declared == "triangular" and not tri:
+        raise ConfigurationError("the model declares wellposedness='triangular': pass triangular=True "
+                                 "(or leave it None)")
+    if kappa is None:
+        if tri:
+            return None, True
+        kappa = float(model.kappa)
+    if isinstance(kappa, bool) or not isinstance(kappa, int | float) or not (0 < kappa < 1):
+        raise ConfigurationError(f"kappa must lie in (0, 1) so that ||A||_inf <= kappa makes A "
+                                 f"well-posed (Theorem 2 needs a well-posed A), got {kappa!r}; "
+                                 f"e.g. kappa=0.5")
+    if declared == "inf" and kappa > model.kappa:
+        raise ConfigurationError(f"kappa = {kappa} exceeds the model's declared kappa = {model.kappa}: "
+                                 f"the learned A would violate it; pass kappa <= {model.kappa}")
+    return float(kappa) / model.activation.lipschitz_inf, tri
+
+
+def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[float] | Tensor,
+                mu: float, kappa: float | None = None, iterations: int = 10,
+                loss: str = "squared_error", triangular: bool | None = None,
+                masks: Mapping[str, Tensor] | None = None, l1: float = 0.0, group: float = 0.0,
+                ridge: float = 0.0, ball_B: float | None = None, ball_CD: float | None = None,
+                order: Sequence[str] = _BLOCKS, tol: float = 1e-6, inner_iterations: int = 200,
+                inner_tol: float = 1e-10, x_solver: str = "newton",
+                callback: Callable[[FenchelSweep], None] | None = None) -> FenchelBCDResult:
+    """Block-coordinate descent on the Fenchel relaxation (paper 001 eqs. 10-15, Theorem 2).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with ReLU or tanh activation; its ``A, B,
+            C, D`` (``b, d``) are the starting point and receive the result.
+        train_data: ``(U, Y)``, ``U`` ``(m, p)``, ``Y`` ``(m, q)`` (labels ``(m,)`` or
+            probabilities for the cross entropy).
+        lam: relaxation weight ``> 0``, scalar (eq. 10) or one per state (eq. 11).
+        mu: coupling ``mu/2 ||X - P||^2``, ``> 0``.
+        kappa: ``||A||_inf <= kappa < 1``; default: the model's kappa (none for a
+            triangular model).
+        iterations: maximum number of sweeps.
+        loss: ``"squared_error"`` (``1/2 ||.||_F^2``) or ``"cross_entropy"`` (eq. 4), summed
+            over samples.
+        triangular: restrict A to strictly upper triangular (eq. 6); default: the model's
+            declared ``wellposedness == "triangular"``.
+        masks: 0/1 patterns (keys ``A, B, C, D``) of the allowed nonzeros (structure, e.g.
+            ``D = 0`` in eq. 6).
+        l1: weight of ``||B||_1 + ||C||_1 + ||D||_1`` (eq. 5).
+        group: weight of the feature-selection penalty ``sum_j ||(B; D) e_j||_2`` (paper 000
+            eq. 5.1); makes the model step one joint (A, B, C, D) block.
+        ridge: ``ridge/2 ||(C, D)||_F^2``.
+        ball_B, ball_CD: l1-ball radii ``||B||_1 <= ball_B``, ``||(C, D)||_1 <= ball_CD``
+            (eqs. 12-13).
+        order: the blocks of a sweep, a permutation of ``("CD", "AB", "X", "P")``.
+        tol: stop when the stationarity measure (Theorem 2) falls below it.
+        inner_iterations, inner_tol: limits of each block's solver.
+        x_solver: ``"newton"`` or ``"fixed_point"`` (the paper's iteration; Newton is used
+            when it does not contract).
+        callback: called with each :class:`FenchelSweep`.
+    """
+    t0 = time.perf_counter()
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ConfigurationError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if x_solver not in ("newton", "fixed_point"):
+        raise ConfigurationError(f"x_solver must be 'newton' or 'fixed_point', got {x_solver!r}")
+    if sorted(order) != sorted(_BLOCKS):
+        raise ConfigurationError(f"order must be a permutation of {list(_BLOCKS)}, got {list(order)!r}")
+    if group and (l1 or ball_B is not None or ball_CD is not None):
+        raise ConfigurationError("group (feature selection) cannot be combined with l1, ball_B or "
+                                 "ball_CD: their joint proximal map is not implemented; use one")
+    radius, tri = _wellposed_set(model, kappa, triangular)
+    _positive(mu, "mu", "pass mu > 0, e.g. mu=1.0 (the coupling of X and P, eq. 10)")
+    _lam_vector(lam, model.hidden)
+    U, Y = _as_tensors(train_data, "train_data")
+    if not U.is_floating_point():
+        raise InputError(f"inputs must be a floating tensor, got dtype {U.dtype}")
+    if U.dim() != 2:
+        U = U.reshape(U.shape[0], -1)
+    pb = _problem(model, U, Y, lam, mu, loss, radius, tri, masks, l1, group, ridge, ball_B, ball_CD)
+
+    TAB, TCD = _thetas(model)
+    # start from a feasible point: the projections are no-ops for a model that satisfies them
+    if group:
+        TAB, TCD = _prox_joint(pb, TAB, TCD, 0.0)
+    else:
+        TAB, TCD = _prox_AB(pb, TAB, 0.0), _prox_CD(pb, TCD, 0.0)
+    with torch.no_grad():
+        _write(model, pb, TAB, TCD)
+        X = model.equilibrium(U.to(model.A.dtype)).to(_F64).t()
+    # into the divergence's domain (the solver's rounding can leave -1e-17 or |x| = 1)
+    X = X.clamp(-1 + 1e-12, 1 - 1e-12) if pb.act == "tanh" else X.clamp(min=0)
+    P = X.clone()
+    objectives = [_objective(pb, TAB, TCD, X, P)]
+    sweeps: list[FenchelSweep] = []
+    converged = False
+    it, itol = inner_iterations, inner_tol
+    for k in range(1, iterations + 1):
+        blocks: list[tuple[str, float]] = []
+        done_model = False
+        for name in order:
+            if name in ("AB", "CD") and pb.group:
+                if done_model:
+                    continue
+                TAB, TCD = _step_joint(pb, TAB, TCD, X, P, it, itol)
+                done_model, name = True, "ABCD"
+            elif name == "AB":
+                TAB = _step_AB(pb, TAB, X, P, it, itol)
+            elif name == "CD":
+                TCD = _step_CD(pb, TCD, P, it, itol)
+            elif name == "X":
+                X = _step_X(pb, TAB, X, P, it, itol, x_solver)
+            else:
+                P = _step_P(pb, TAB, TCD, X, P, it, itol)
+            blocks.append((name, _objective(pb, TAB, TCD, X, P)))
+        stat = _stationarity(pb, TAB, TCD, X, P)
+        total = math.sqrt(sum(v * v for v in stat.values()))
+        rec = FenchelSweep(k, blocks[-1][1], tuple(blocks), stat, total)
+        sweeps.append(rec)
+        objectives.append(rec.objective)
+        if callback is not None:
+            callback(rec)
+        if total <= tol:
+            converged = True
+            break
+    _write(model, pb, TAB, TCD)
+    return FenchelBCDResult(tuple(objectives), tuple(sweeps), converged, time.perf_counter() - t0,
+                            X.t().contiguous(), P.t().contiguous())
+
+
+def _write(model: nn.Module, pb: _Problem, TAB: Tensor, TCD: Tensor) -> None:
+    """Copy the parameters into the model (its dtype), keeping ``A`` inside its set."""
+    n, p = pb.n, pb.p
+    A, B, b = _split(TAB, n, p)
+    C, D, d = _split(TCD, n, p)
+    with torch.no_grad():
+        A = A.to(model.A.dtype)
+        if pb.radius is not None:
+            A = wp.project_inf_ball(A, pb.radius)  # rounding to a lower precision
+        model.A.copy_(A)
+        model.B.copy_(B)
+        model.C.copy_(C)
+        model.D.copy_(D)
+        if b is not None:
+            model.b.copy_(b[:, 0])
+            model.d.copy_(d[:, 0])
