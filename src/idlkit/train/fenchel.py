@@ -336,29 +336,28 @@ def _newton_columns(V0: Tensor, fun: Callable[[Tensor], Tensor], grad: Callable[
     """
     V = V0.clone()
     fV = fun(V)
+    live = torch.ones_like(fV, dtype=torch.bool)  # columns still being optimised
     for _ in range(max_iter):
         g = grad(V)
         H = hess(V)
         d = -torch.linalg.solve(H, g.t().unsqueeze(-1)).squeeze(-1).t()
-        slope = (g * d).sum(dim=0)  # < 0 unless converged
-        if float((-slope).max()) <= 2 * tol:
+        slope = (g * d).sum(dim=0)  # -(Newton decrement)^2 < 0 unless converged
+        live &= -slope > 2 * tol
+        if not bool(live.any()):
             break
         step = torch.ones_like(fV)
-        accepted = torch.zeros_like(fV, dtype=torch.bool)
-        f_new = fV.clone()
+        accepted = ~live
         for _ls in range(60):
             cand = V + step * d
             fc = fun(cand)
-            ok = (fc <= fV + 1e-4 * step * slope) & ~accepted & (slope < 0)
-            f_new = torch.where(ok, fc, f_new)
+            ok = (fc <= fV + 1e-4 * step * slope) & ~accepted
+            fV = torch.where(ok, fc, fV)
             V = torch.where(ok, cand, V)
             accepted |= ok
-            if bool((accepted | (slope >= 0)).all()):
+            if bool(accepted.all()):
                 break
             step = torch.where(accepted, step, step * 0.5)
-        fV = f_new
-        if not bool(accepted.any()):
-            break
+        live &= accepted  # a failed line search means the column is at rounding level: freeze it
     return V
 
 
