@@ -460,3 +460,42 @@ def test_adjoint_triangular_matches_dense():
     for j in range(m):
         v = torch.linalg.solve(I - psi[:, j, None] * A.t(), psi[:, j] * G[:, j])
         torch.testing.assert_close(V[:, j], v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_empty_batch_returns_at_once(method):
+    A = torch.full((4, 4), 0.1, dtype=torch.float64)
+    X, info = fixed_point(A, torch.zeros(4, 0, dtype=torch.float64), method=method)
+    assert X.shape == (4, 0) and info.converged and info.iterations == 0
+    V, info = adjoint_fixed_point(A, torch.zeros(4, 0, dtype=torch.float64),
+                                  torch.zeros(4, 0, dtype=torch.float64), method=method)
+    assert V.shape == (4, 0) and info.converged
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, n=st.integers(1, 30), m=st.integers(1, 20))
+def test_anderson_takes_plain_steps_while_they_halve_the_residual(seed, n, m):
+    """With ||A||_inf <= 0.3 and a 1-Lipschitz phi, each Picard step cuts the residual by
+    0.3 < 1/2: Anderson's plain phase never ends and it is Picard, step for step."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(n, n, generator=g, dtype=torch.float64) * 2 - 1
+    A *= 0.3 / A.abs().sum(dim=1, keepdim=True)
+    b = torch.randn(n, m, generator=g, dtype=torch.float64)
+    Xa, ia = fixed_point(A, b, "tanh", method="anderson", tol=1e-12)
+    Xp, ip = fixed_point(A, b, "tanh", method="picard", tol=1e-12)
+    assert ia.iterations == ip.iterations
+    assert torch.equal(ia.per_sample_iterations, ip.per_sample_iterations)
+    assert torch.equal(Xa, Xp)
+
+
+def test_anderson_accelerates_a_slow_contraction():
+    """kappa = 0.99: plain steps stop halving the residual at once; Anderson takes over and
+    needs several times fewer iterations than Picard, to the same fixed point."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(60, 60, generator=g, dtype=torch.float64)
+    A *= 0.99 / A.sum(dim=1, keepdim=True)
+    b = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    Xa, ia = fixed_point(A, b, method="anderson", tol=1e-10, max_iter=5000)
+    Xp, ip = fixed_point(A, b, method="picard", tol=1e-10, max_iter=5000)
+    assert ia.iterations * 5 < ip.iterations
+    assert torch.allclose(Xa, Xp, atol=1e-7)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .activations import Activation, ComponentwiseActivation, get_activation
+from .activations import Activation, Centered, ComponentwiseActivation, get_activation
 from .errors import (
     ConfigurationError,
     ConvergenceError,
@@ -66,6 +66,7 @@ __all__ = [
 SOLVERS = ("picard", "averaged", "anderson", "triangular")
 ON_NONCONVERGENCE = ("raise", "warn", "ignore")
 _REJECT_FACTOR = 100.0
+_PLAIN_RATE = 0.5
 _FLOOR_ULPS = 1024
 
 
@@ -112,37 +113,57 @@ class SolveInfo:
 # with a transposed operand. Activations see the column-convention view ``Z.t()``.
 
 
+def _elementwise(act: Activation) -> bool:
+    """``act`` applies one scalar function to every entry, so it may act on the batch-first
+    layout directly (no transposed views): componentwise maps and their centred shifts."""
+    base = act.base if isinstance(act, Centered) else act
+    return isinstance(base, ComponentwiseActivation)
+
+
 class _ForwardMap:
     """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``."""
 
     def __init__(self, A: Tensor, bT: Tensor, act: Activation) -> None:
         self.A, self.bT, self.act = A, bT, act
+        self.elementwise = _elementwise(act)
+        self.AT = A.t() if A.layout == torch.strided else None
 
     def restrict(self, rows: Tensor) -> _ForwardMap:
         return _ForwardMap(self.A, self.bT[rows], self.act)
 
     def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
-        if self.A.layout == torch.strided:
-            Z = torch.addmm(self.bT, X, self.A.t())
+        if self.AT is not None:
+            Z = torch.addmm(self.bT, X, self.AT)
         else:
             Z = (self.A @ X.t()).t() + self.bT
-        return self.act(Z.t()).t(), Z
+        return (self.act(Z) if self.elementwise else self.act(Z.t()).t()), Z
 
 
 class _AdjointMap:
-    """``F(v) = J(z)^T (A^T v + g)`` on rows (eq. G.3): returns ``(F(V), V A + G^T)``."""
+    """``F(v) = J(z)^T (A^T v + g)`` on rows (eq. G.3): returns ``(F(V), V A + G^T)``.
 
-    def __init__(self, A: Tensor, ZT: Tensor, GT: Tensor, act: Activation) -> None:
+    For an entrywise map ``J(z)^T`` is the diagonal ``Psi = phi'(z)`` (eq. G.4), computed
+    once: an iteration is then one matrix product and one entrywise product.
+    """
+
+    def __init__(self, A: Tensor, ZT: Tensor, GT: Tensor, act: Activation,
+                 psi: Tensor | None = None) -> None:
         self.A, self.ZT, self.GT, self.act = A, ZT, GT, act
+        if psi is None and _elementwise(act):
+            psi = act.vjp(ZT, torch.ones_like(ZT))
+        self.psi = psi
 
     def restrict(self, rows: Tensor) -> _AdjointMap:
-        return _AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act)
+        return _AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act,
+                           None if self.psi is None else self.psi[rows])
 
     def __call__(self, V: Tensor) -> tuple[Tensor, Tensor]:
         if self.A.layout == torch.strided:
             W = torch.addmm(self.GT, V, self.A)
         else:
             W = (self.A.t() @ V.t()).t() + self.GT
+        if self.psi is not None:
+            return self.psi * W, W
         return self.act.vjp(self.ZT.t(), W.t()).t(), W
 
 
@@ -247,6 +268,26 @@ class _Output:
         self.Z = torch.empty_like(X)
         self.r = X.new_zeros(B)
         self.iters = torch.full((B,), -1, dtype=torch.long, device=X.device)
+        self.partial = False  # some samples retired but still in the active set
+        self.dead = 0  # how many
+
+    def due(self, r: Tensor, live: Tensor, it: int, tol: float, max_iter: int, method: str) -> bool:
+        """Whether :meth:`settle` has work: a live sample at ``tol`` or the budget spent.
+
+        Also raises on NaN/Inf in the residual (``max`` propagates NaN). One reduction and
+        one host read while no sample has retired (then a masked reduction).
+        """
+        if r.numel() == 0:
+            return True
+        if self.partial:
+            lo = float(r.masked_fill(~live, math.inf).amin())
+            hi = float(r.amax())
+        else:
+            lo_t, hi_t = torch.aminmax(r)
+            lo, hi = float(lo_t), float(hi_t)
+        if not math.isfinite(hi):
+            _finite_or_raise(r, method, it)
+        return lo <= tol or it >= max_iter
 
     def settle(self, rows: Tensor, live: Tensor, X: Tensor, Z: Tensor, r: Tensor, it: int,
                tol: float, max_iter: int) -> tuple[Tensor, Tensor | None, bool]:
@@ -255,16 +296,27 @@ class _Output:
         Returns ``(live, sel, finished)``: ``sel`` holds the rows to keep when it is time
         to compact the active set (else None); ``finished`` when no sample is left.
         """
-        done = (r <= tol) & live if it < max_iter else live
-        if not bool(done.any()):
-            return live, None, False
-        idx = rows[done]
-        self.X[idx], self.Z[idx], self.r[idx] = X[done], Z[done], r[done]
-        self.iters[idx] = it
-        live = live & ~done
-        if not bool(live.any()):
+        if live.numel() == 0:  # an empty batch: nothing to solve
             return live, None, True
-        return live, (live.nonzero().squeeze(1) if _should_compact(live) else None), False
+        done = (r <= tol) & live if it < max_iter else live
+        didx = done.nonzero().squeeze(1)
+        if didx.numel() == 0:
+            return live, None, False
+        idx = rows.index_select(0, didx)
+        self.X.index_copy_(0, idx, X.index_select(0, didx))
+        self.Z.index_copy_(0, idx, Z.index_select(0, didx))
+        self.r.index_copy_(0, idx, r.index_select(0, didx))
+        self.iters.index_fill_(0, idx, it)
+        live = live.index_fill(0, didx, False)
+        self.dead += int(didx.numel())
+        if self.dead == live.numel():
+            return live, None, True
+        # drop retired samples once they are half the active set (copies amortised)
+        sel = live.nonzero().squeeze(1) if 2 * self.dead >= live.numel() else None
+        if sel is not None:
+            self.dead = 0
+        self.partial = sel is None
+        return live, sel, False
 
     def result(self, method: str, it: int, tol: float, on_nonconvergence: str,
                fallbacks: int = 0) -> tuple[Tensor, Tensor, SolveInfo]:
@@ -284,22 +336,42 @@ def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
     while True:
         FX, Z = F(X)
         r = _residual(FX, X)
-        _finite_or_raise(r, method, it)
-        live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
-        if finished:
-            break
-        if sel is not None:
-            rows, X, FX, live = rows[sel], X[sel], FX[sel], live[sel]
-            F = F.restrict(sel)
+        if out.due(r, live, it, tol, max_iter, method):
+            live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
+            if finished:
+                break
+            if sel is not None:
+                rows, X, FX, live = rows[sel], X[sel], FX[sel], live[sel]
+                F = F.restrict(sel)
         X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
         it += 1
     return out.result(method, it, tol, on_nonconvergence)
 
 
-def _should_compact(live: Tensor) -> bool:
-    """Drop retired samples once they are an eighth of the active set (copies amortised)."""
-    dead = int((~live).sum())
-    return dead * 8 >= live.numel()
+class _History:
+    """Anderson's memory for a batch ``(m_batch, n)``: iterates ``x_i + beta G_i`` and
+    residuals ``G_i`` slot-first ``(memory, m_batch, n)``, their Gram matrices, and the
+    bordered system ``[[0, 1^T], [1, H]]`` with its border set once."""
+
+    def __init__(self, X: Tensor, m: int) -> None:
+        B, n = X.shape
+        f64 = dict(dtype=torch.float64, device=X.device)
+        self.Yh = X.new_zeros(m, B, n)
+        self.Gh = X.new_zeros(m, B, n)
+        self.buf = torch.empty_like(self.Gh)  # workspace of the Gram update and the mixing
+        self.H = torch.zeros(B, m, m, **f64)
+        self.system = torch.zeros(B, m + 1, m + 1, **f64)
+        self.system[:, 0, 1:] = 1.0
+        self.system[:, 1:, 0] = 1.0
+        self.rhs = torch.zeros(B, m + 1, 1, **f64)
+        self.rhs[:, 0] = 1.0
+
+    def select(self, sel: Tensor) -> _History:
+        """The same memory for the samples ``sel`` only (in place of a new allocation)."""
+        self.Yh, self.Gh, self.H = self.Yh[:, sel], self.Gh[:, sel], self.H[sel]
+        self.buf = torch.empty_like(self.Gh)
+        self.system, self.rhs = self.system[sel], self.rhs[sel]
+        return self
 
 
 def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
@@ -309,82 +381,102 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     With ``G_i = F(x_i) - x_i`` for the last ``m`` iterates, the weights solve
     ``min ||sum_i a_i G_i||_2 : sum_i a_i = 1`` (through the bordered normal
     equations in float64, Tikhonov-regularised), and
-    ``x+ = sum_i a_i (x_i + beta G_i)``. The history is stored batch-first,
-    ``(m_batch, memory, n)``, so the Gram update and the mixing are batched
-    matrix products; the Gram matrix gains one row per iteration (O(m n) per sample).
+    ``x+ = sum_i a_i (x_i + beta G_i)``. The history is stored slot-first,
+    ``(memory, m_batch, n)``, so storing an iterate is one contiguous copy; the Gram
+    matrix gains one row per iteration (O(m n) per sample), and the bordered system
+    lives in a preallocated buffer whose border is set once.
 
     Safeguards, per sample: a step that multiplies the residual by more than
-    ``_REJECT_FACTOR`` (or gives NaN) is replaced by the fallback step
-    ``x + alpha (F(x) - x)`` from the previous iterate and the history restarts;
-    a sample whose best residual has not improved for ``2 m`` steps while within
-    ``_FLOOR_ULPS`` ulps of its largest entry continues with fallback steps only
-    (rounding noise in float32 with ``tol`` near an ulp of the state defeats
+    ``_REJECT_FACTOR`` (or gives NaN, e.g. from a singular system) is replaced by the
+    fallback step ``x + alpha (F(x) - x)`` from the previous iterate and the history
+    restarts; a sample whose best residual has not improved over a window of ``2 m``
+    steps while within ``_FLOOR_ULPS`` ulps of its largest entry continues with fallback
+    steps only (rounding noise in float32 with ``tol`` near an ulp of the state defeats
     extrapolation, while plain steps reach the floating-point fixed point).
     Converged samples are frozen and leave the active set.
+
+    Acceleration starts when it is needed: the solve begins with fallback (plain) steps
+    and switches to Anderson at the first step that fails to cut the residual of every
+    live sample by ``_PLAIN_RATE`` (1/2). An easy problem (a strongly contracting map)
+    is then solved at the cost of plain steps, which are several times cheaper than
+    Anderson steps at small ``n``; a hard one loses at most a few plain steps.
+
+    Every iteration costs two small GEMMs against the history besides ``F``, and a
+    fixed number of tensor operations (about 25), which matters for small ``n``.
     """
     B, n = X.shape
     dev, dt = X.device, X.dtype
     eps = torch.finfo(dt).eps
     out = _Output(X)
     rows = torch.arange(B, device=dev)
-    Yh = X.new_zeros(B, m, n)  # x_i + beta G_i
-    Gh = X.new_zeros(B, m, n)  # G_i
-    buf = torch.empty_like(Gh)  # workspace of the Gram update
-    H = torch.zeros(B, m, m, dtype=torch.float64, device=dev)
     polish = torch.zeros(B, dtype=torch.bool, device=dev)
-    stall = torch.zeros(B, dtype=torch.long, device=dev)
+    any_polish = False
     FX, Z = F(X)
     G = FX - X
     r = _row_inf_norm(G)
     r_best = r.clone()
-    _finite_or_raise(r, "anderson", 0)
+    r_window = r.clone()  # best residual at the start of the current stall window
     count, it, fallbacks = 0, 0, 0
-    eye = 1e-10 * torch.eye(m, dtype=torch.float64, device=dev)
+    window = 2 * m
 
     live = torch.ones(B, dtype=torch.bool, device=dev)
+    plain = True  # the plain-step phase (see the docstring)
+    hist: _History | None = None
     while True:
-        live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
-        if finished:
-            break
-        if sel is not None:
-            rows, X, G, Z, r, live = rows[sel], X[sel], G[sel], Z[sel], r[sel], live[sel]
-            polish, stall, r_best = polish[sel], stall[sel], r_best[sel]
-            Yh, Gh, H = Yh[sel], Gh[sel], H[sel]
-            F = F.restrict(sel)
-            B = int(sel.numel())
+        if out.due(r, live, it, tol, max_iter, "anderson"):
+            live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
+            if finished:
+                break
+            if sel is not None:
+                rows, X, G, Z, r, live = rows[sel], X[sel], G[sel], Z[sel], r[sel], live[sel]
+                polish, r_best, r_window = polish[sel], r_best[sel], r_window[sel]
+                if hist is not None:
+                    hist = hist.select(sel)
+                F = F.restrict(sel)
+        if plain:
+            Xn = torch.add(X, G, alpha=alpha)
+            FXn, Zn = F(Xn)
+            Gn = FXn - Xn
+            rn = _row_inf_norm(Gn)
+            excess = torch.sub(rn, r, alpha=_PLAIN_RATE)
+            if out.partial:
+                excess = excess.masked_fill(~live, -math.inf)
+            if float(excess.amax()) > 0:  # (NaN compares false: due() raises next)
+                plain = False
+                r_best, r_window = rn.clone(), rn.clone()
+                hist = _History(Xn, m)
+            X, G, Z, r = Xn, Gn, Zn, rn
+            it += 1
+            continue
+        assert hist is not None
+        Yh, Gh, H, buf, system, rhs = hist.Yh, hist.Gh, hist.H, hist.buf, hist.system, hist.rhs
         slot = count % m
-        Gh[:, slot] = G
-        Yh[:, slot] = X + beta * G if beta != 1.0 else X + G
-        prod = torch.mul(Gh, G.unsqueeze(1), out=buf[:B])  # preallocated: no page faults
-        row = prod.sum(dim=2).to(torch.float64)  # (B, m)
+        Gh[slot] = G
+        torch.add(X, G, alpha=beta, out=Yh[slot])
+        row = torch.mul(Gh, G, out=buf).sum(dim=2).t().to(torch.float64)  # (B, m)
         H[:, slot, :] = row
         H[:, :, slot] = row
         count += 1
         it += 1
         k = min(count, m)
         Hk = H[:, :k, :k]
-        scale = Hk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp(min=1e-300)
-        sys = torch.zeros(B, k + 1, k + 1, dtype=torch.float64, device=dev)
-        sys[:, 0, 1:] = 1.0
-        sys[:, 1:, 0] = 1.0
-        sys[:, 1:, 1:] = Hk / scale[:, None, None] + eye[:k, :k]
-        rhs = torch.zeros(B, k + 1, 1, dtype=torch.float64, device=dev)
-        rhs[:, 0] = 1.0
-        sol, info = torch.linalg.solve_ex(sys, rhs)
-        a = sol[:, 1:, 0]
-        ok = (info == 0) & torch.isfinite(a).all(dim=1)
-        if not bool(ok.all()):  # degenerate system: plain step for those samples
-            a = torch.where(ok[:, None], a, torch.zeros_like(a))
-            a[~ok, slot] = 1.0  # the newest entry
-        Xn = torch.bmm(a.to(dt).unsqueeze(1), Yh[:, :k]).squeeze(1)
-        if bool(polish.any()):  # samples at the rounding floor take plain steps
+        scale = Hk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_(min=1e-300)
+        inner = system[:, 1:k + 1, 1:k + 1]
+        torch.div(Hk, scale[:, None, None], out=inner)
+        inner.diagonal(dim1=1, dim2=2).add_(1e-10)  # Tikhonov, relative to the largest |G_i|^2
+        # a singular system gives NaN/Inf weights: the step is then rejected below
+        a = torch.linalg.solve_ex(system[:, :k + 1, :k + 1], rhs[:, :k + 1])[0][:, 1:, 0]
+        Xn = torch.mul(Yh[:k], a.t().to(dt).unsqueeze(2), out=buf[:k]).sum(dim=0)
+        if any_polish:  # samples at the rounding floor take plain steps
             Xn = torch.where(polish[:, None], X + alpha * G, Xn)
         FXn, Zn = F(Xn)
         Gn = FXn - Xn
         rn = _row_inf_norm(Gn)
         # a blow-up (residual up by more than _REJECT_FACTOR, or NaN) is rejected; Anderson's
         # residuals are not monotone, and rejecting every increase stalls it (measured)
-        bad = ~(rn <= _REJECT_FACTOR * r) & ~polish & live
+        bad = ~(rn <= _REJECT_FACTOR * r) & live
+        if any_polish:
+            bad &= ~polish
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             fallbacks += int(idx.numel())
@@ -393,21 +485,23 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
             Xn[idx], Zn[idx] = Xs, Zs
             Gn[idx] = FXs - Xs
             rn[idx] = _row_inf_norm(Gn[idx])
+            _finite_or_raise(rn[idx], "anderson", it)
             # restart the history of these samples at the new point
-            Yh[idx] = (Xs + beta * Gn[idx]).unsqueeze(1)
-            Gh[idx] = Gn[idx].unsqueeze(1)
+            Yh[:, idx] = Xs + beta * Gn[idx]
+            Gh[:, idx] = Gn[idx]
             g2 = (Gn[idx].to(torch.float64) ** 2).sum(dim=1)
             H[idx] = g2[:, None, None].expand(-1, m, m)
-        _finite_or_raise(rn, "anderson", it)
-        improved = rn < r_best
-        r_best = torch.where(improved, rn, r_best)
-        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
-        # no progress for 2m steps within ~1000 ulps of the state: extrapolation is lost in
-        # rounding noise (float32 with tol near an ulp of the state); plain steps converge
-        stalled = stall >= 2 * m
-        if bool(stalled.any()):  # the |x| pass only when some sample has stalled
-            floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=1) if n else r_best
-            polish |= stalled & (r_best <= floor)
+        torch.minimum(r_best, rn, out=r_best)
+        if it % window == 0:
+            # no progress over a window of 2m steps within ~1000 ulps of the state:
+            # extrapolation is lost in rounding noise (float32 with tol near an ulp of the
+            # state); plain steps converge
+            stalled = r_best >= r_window
+            if bool(stalled.any()):
+                floor = _FLOOR_ULPS * eps * Xn.abs().amax(dim=1) if n else r_best
+                polish |= stalled & (r_best <= floor)
+                any_polish = bool(polish.any())
+            r_window = r_best.clone()
         X, G, Z, r = Xn, Gn, Zn, rn
     return out.result("anderson", it, tol, on_nonconvergence, fallbacks)
 
