@@ -8,8 +8,16 @@ grid-searched on a 5000-sample hold-out of the training set. torchidl 0.0.4's
 in the same batch order. Paper (best test accuracy, 5 runs): implicit 0.874, network 0.859.
 
 Data: ``idlkit.datasets.load("gtsrb")``: 34799 train / 12630 test (the paper's split),
-gray 0.299R + 0.587G + 0.114B, 1024 features in [0, 1], then standardised with the
-training set's global mean and std (``--norm``; the same for every model).
+gray 0.299R + 0.587G + 0.114B, 1024 features in [0, 1], then each image standardised to
+mean 0 and std 1 (contrast normalisation, ``--norm image``; the same for every model: on a
+5000-image validation hold-out it beat the global standardisation for the implicit model,
+0.977 vs 0.969, and for the network, 0.970 vs 0.964).
+
+idlkit settings (chosen on that hold-out, 10 epochs): Adam lr 1e-3, cosine schedule,
+kappa 0.99, solver tol 1e-4 (lr 2e-3 / kappa 0.95 gave 0.9768 vs 0.9770 on validation: a
+tie; test accuracy differs by 0.007, within run-to-run noise). The random hold-out is
+optimistic (GTSRB's training set holds ~30 near-identical frames per physical sign), so
+validation accuracy is far above test accuracy.
 
     .venv/bin/python experiments/gtsrb_7_2_3.py                        # 10 epochs, 1 seed
     .venv/bin/python experiments/gtsrb_7_2_3.py --limit 2000 --epochs 1    # quick check
@@ -31,8 +39,8 @@ SIZES = [1024, 300, 100, 43]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_image_args(ap, hidden=400, epochs=10, lr=2e-3, nn_lrs=[3e-4, 1e-3, 3e-3], kappa=0.95,
-                   schedule="cosine", norm="global", tol=1e-4)
+    add_image_args(ap, hidden=400, epochs=10, lr=1e-3, nn_lrs=[3e-4, 1e-3, 3e-3], kappa=0.99,
+                   schedule="cosine", norm="image", tol=1e-4)
     ap.set_defaults(nn_search_val=5000)
     args = ap.parse_args(argv)
     return run_image("gtsrb", args, SIZES, PAPER, "Paper 000 §7.2.3: GTSRB, implicit model vs network")
