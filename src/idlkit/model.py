@@ -52,10 +52,37 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor
                      f"prod(dims) = {p}; got {tuple(u.shape)}")
 
 
+def is_sparse(M: Tensor | None) -> bool:
+    """Whether ``M`` is a torch sparse tensor (COO, CSR, CSC, ...)."""
+    return M is not None and M.layout != torch.strided
+
+
+def _apply(M: Tensor, X: Tensor) -> Tensor:
+    """``X M^T`` for batch-first ``X``; a sparse ``M`` is applied as ``(M X^T)^T``."""
+    return (M @ X.t()).t() if is_sparse(M) else X @ M.t()
+
+
 def output_map(X: Tensor, U: Tensor, C: Tensor, D: Tensor, d: Tensor | None) -> Tensor:
-    """The prediction equation ``y = C x + D u + d`` (eq. 1.1a, §3.1) on batch-first ``X, U``."""
-    Y = X @ C.t() + U @ D.t()
+    """The prediction equation ``y = C x + D u + d`` (eq. 1.1a, §3.1) on batch-first ``X, U``.
+
+    ``C`` and ``D`` may be torch sparse tensors.
+    """
+    Y = _apply(C, X) + _apply(D, U)
     return Y if d is None else Y + d
+
+
+def _sparse_lower_entry(A: Tensor, sizes: tuple[int, ...]) -> tuple[int, int, float] | None:
+    """First nonzero of a sparse ``A`` on or below the block diagonal of ``sizes``, else None."""
+    coo = A.to_sparse_coo().coalesce()
+    rows, cols = coo.indices()
+    vals = coo.values()
+    blk = torch.repeat_interleave(torch.arange(len(sizes), device=A.device),
+                                  torch.as_tensor(sizes, device=A.device, dtype=torch.long))
+    bad = (blk[rows] >= blk[cols]) & (vals != 0)
+    if not bool(bad.any()):
+        return None
+    k = int(bad.nonzero()[0])
+    return int(rows[k]), int(cols[k]), float(vals[k])
 
 
 class SolveReports:
@@ -104,6 +131,12 @@ class ImplicitModel(SolveReports, nn.Module):
 
     Attributes:
         A, B, C, D, b, d: the parameters (``b``, ``d`` are ``None`` without bias).
+            A model made by :meth:`from_matrices` from torch *sparse* matrices (as
+            :func:`idlkit.convert.from_torch` makes) keeps each sparse matrix sparse, as a
+            frozen *buffer* (not a parameter: it receives no gradient; gradients still
+            flow to the input and to dense parameters such as the biases). Forward,
+            backward, the ``triangular`` solver and :meth:`certificate` (``triangular``)
+            accept it without densifying.
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
     """
@@ -115,8 +148,8 @@ class ImplicitModel(SolveReports, nn.Module):
                  backward_solver: str | None = None, backward_tol: float | None = None,
                  backward_max_iter: int | None = None, alpha: float | None = None,
                  anderson_m: int = 5, on_nonconvergence: str = "raise",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 _allocate: bool = True) -> None:
         super().__init__()
         for name, v, low in (("in_features", in_features, 1), ("hidden", hidden, 0),
                              ("out_features", out_features, 1)):
@@ -139,6 +172,10 @@ class ImplicitModel(SolveReports, nn.Module):
         def empty(*shape: int) -> Tensor:
             return torch.empty(*shape, device=device, dtype=dtype)
 
+        self._record = SolveRecord()
+        self._wp_cache: tuple[tuple, str | None] | None = None
+        if not _allocate:  # from_matrices with sparse matrices fills them in
+            return
         self.A = nn.Parameter(empty(hidden, hidden))
         self.B = nn.Parameter(empty(hidden, in_features))
         self.C = nn.Parameter(empty(out_features, hidden))
@@ -149,8 +186,6 @@ class ImplicitModel(SolveReports, nn.Module):
         else:
             self.register_parameter("b", None)
             self.register_parameter("d", None)
-        self._record = SolveRecord()
-        self._wp_cache: tuple[tuple, str | None] | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -188,7 +223,9 @@ class ImplicitModel(SolveReports, nn.Module):
 
         Shapes: ``A (n, n)``, ``B (n, p)``, ``C (q, n)``, ``D (q, p)``, ``b (n,)``, ``d (q,)``;
         with one bias given the other is zero. ``n = 0`` (empty ``A``) gives the static
-        affine map ``y = D u + d``. The declared ``wellposedness`` must already hold:
+        affine map ``y = D u + d``. Torch sparse matrices (COO/CSR/CSC) stay sparse: they are
+        stored (coalesced, as CSR) as frozen buffers, dense ones as parameters; no dense
+        ``(n, n)`` matrix is ever allocated. The declared ``wellposedness`` must already hold:
         a violation raises :class:`WellPosednessError` (nothing is projected silently).
         ``solver_kwargs`` are the constructor's solver settings (``solver``, ``tol``, ...).
         """
@@ -206,6 +243,9 @@ class ImplicitModel(SolveReports, nn.Module):
             if v is not None and tuple(v.shape) != (size,):
                 raise ShapeError(f"{k} has shape {tuple(v.shape)}, expected ({size},)")
         bias = b is not None or d is not None
+        if any(is_sparse(M) for M in mats.values()):
+            return cls._from_sparse(mats, b, d, bias, activation=activation,
+                                    wellposedness=wellposedness, kappa=kappa, **solver_kwargs)
         model = cls(p, n, q, activation=activation, bias=bias, wellposedness=wellposedness,
                     kappa=kappa, dtype=A.dtype, device=A.device, **solver_kwargs)  # type: ignore[arg-type]
         with torch.no_grad():
@@ -217,6 +257,34 @@ class ImplicitModel(SolveReports, nn.Module):
         model._check_wellposed()
         return model
 
+    @classmethod
+    def _from_sparse(cls, mats: dict[str, Tensor], b: Tensor | None, d: Tensor | None, bias: bool,
+                     **kwargs: object) -> ImplicitModel:
+        """:meth:`from_matrices` with at least one sparse matrix (see there)."""
+        A = mats["A"]
+        n, p, q = A.shape[0], mats["B"].shape[1], mats["C"].shape[0]
+        model = cls(p, n, q, bias=bias, dtype=A.dtype, device=A.device, _allocate=False,
+                    **kwargs)  # type: ignore[arg-type]
+        for k, M in mats.items():
+            M = M.detach().to(A.dtype)
+            if is_sparse(M):
+                model.register_buffer(k, M.to_sparse_coo().coalesce().to_sparse_csr())
+            else:
+                setattr(model, k, nn.Parameter(M.clone()))
+        if bias:
+            model.b = nn.Parameter((b if b is not None else torch.zeros(n)).detach().to(A).clone())
+            model.d = nn.Parameter((d if d is not None else torch.zeros(q)).detach().to(A).clone())
+        else:
+            model.register_parameter("b", None)
+            model.register_parameter("d", None)
+        model._check_wellposed()
+        return model
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``A`` is stored as a torch sparse tensor (a frozen buffer)."""
+        return is_sparse(self.A)
+
     # ------------------------------------------------------------------ well-posedness
 
     def project_(self) -> ImplicitModel:
@@ -226,8 +294,12 @@ class ImplicitModel(SolveReports, nn.Module):
         (row-wise l1-ball projection, paper 000 App. H). ``mu``: exact projection onto
         ``{mu_inf(A) <= kappa / gamma}``. ``pf``: ``A <- A kappa / lambda_pf`` when
         ``gamma lambda_pf(|A|) > kappa`` (a rescaling: the PF set is not convex).
-        ``triangular``: zero the diagonal and below.
+        ``triangular``: zero the diagonal and below. A sparse ``A`` is frozen: it is only
+        checked (:class:`WellPosednessError` when the condition fails).
         """
+        if self.sparse:
+            self._check_wellposed()
+            return self
         with torch.no_grad():
             A, act, kind = self.A, self.activation, self.wellposedness
             if kind == "inf":
@@ -256,8 +328,41 @@ class ImplicitModel(SolveReports, nn.Module):
         return optimizer.register_step_post_hook(hook)
 
     def certificate(self) -> wp.WellPosedness:
-        """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins."""
+        """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins.
+
+        For a sparse ``A`` nothing is densified: ``||A||_inf`` and ``mu_inf`` are computed
+        on the sparse matrix; strict (block) upper triangularity is checked on its pattern,
+        and when it holds ``lambda_pf = 0`` exactly (``Gamma N(A)`` is then strictly upper
+        triangular, Thm 2.7-2.9); otherwise ``pf`` is reported as ``nan`` (not evaluated).
+        """
+        if self.sparse:
+            return self._sparse_certificate()
         return wp.check(self.A, self.activation, declared=self.wellposedness, kappa=self.kappa)
+
+    def _sparse_certificate(self) -> wp.WellPosedness:
+        A, act = self.A, self.activation
+        gamma_inf = float(act.lipschitz_inf)
+        nrm, mu = wp.inf_norm(A), wp.mu_inf(A) if self.hidden else -math.inf
+        tri = _sparse_lower_entry(A, act.blocks(self.hidden).sizes) is None
+        pf = 0.0 if tri else math.nan
+        holds = {"inf": gamma_inf * nrm < 1, "pf": tri, "triangular": tri}
+        margins = {"inf": 1 - gamma_inf * nrm, "pf": 1.0 if tri else -math.inf,
+                   "triangular": 1.0 if tri else -1.0}
+        base = getattr(act, "base", act)
+        if getattr(base, "monotone", False):
+            holds["mu"] = base.lipschitz * mu < 1
+            margins["mu"] = 1 - base.lipschitz * mu
+        else:
+            mu = math.nan
+        declared, kappa = self.wellposedness, self.kappa
+        if declared in ("inf", "mu", "pf"):
+            value = {"inf": gamma_inf * nrm, "pf": pf,
+                     "mu": getattr(base, "lipschitz", math.nan) * mu}[declared]
+            margins[declared] = kappa - value
+            holds[declared] = value <= kappa * (1 + 16 * max(self.hidden, 1) * 2.3e-16)
+        return wp.WellPosedness(inf_norm=nrm, gamma_inf=gamma_inf, pf=pf, mu_inf=mu,
+                                triangular=tri, holds=holds, margins=margins, declared=declared,
+                                kappa=kappa)
 
     def _check_wellposed(self) -> None:
         """Raise :class:`WellPosednessError` if ``A`` violates the declared condition.
@@ -286,6 +391,19 @@ class ImplicitModel(SolveReports, nn.Module):
         A, act = self.A.detach(), self.activation
         slack = 1 + _RTOL.get(A.dtype, 1e-5)
         fix = "call model.project_() after the optimizer step (or model.attach_projection(opt))"
+        if self.sparse:
+            if kind == "triangular":
+                bad = _sparse_lower_entry(A, act.blocks(self.hidden).sizes)
+                if bad is None:
+                    return None
+                i, j, v = bad
+                return (f"wellposedness='triangular' needs strictly (block) upper-triangular A; "
+                        f"A[{i}, {j}] = {v:.6g} (sparse A is frozen: rebuild it)")
+            rep = self._sparse_certificate()
+            if rep.holds.get(kind, False):
+                return None
+            return (f"sparse A violates wellposedness={kind!r} (certificate: {rep.margins}); "
+                    f"sparse A is frozen: use wellposedness='triangular' or rebuild A")
         if kind == "triangular":
             lower = A - wp.project_triangular(A, strict=True, sizes=act.blocks(self.hidden).sizes)
             if bool(lower.ne(0).any()):

@@ -524,9 +524,7 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
     if sizes is None:
         sizes = (1,) * n
     if A.layout != torch.strided:
-        coo = A.to_sparse_coo().coalesce()
-        rows, cols = coo.indices().cpu().numpy()
-        vals = coo.values().detach().cpu().numpy()
+        rows, cols, vals = _sparse_pattern(A)
         rows, cols = rows[vals != 0], cols[vals != 0]
     else:
         rows, cols = np.nonzero(A.detach().cpu().numpy())
@@ -550,8 +548,9 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
     L = len(sizes)
     level = np.zeros(L, dtype=np.int64)
     if br.size:
-        order = np.lexsort((bc, br))  # group dependencies by row block
-        br, bc = br[order], bc[order]
+        if not bool(np.all(br[1:] >= br[:-1])):  # a sparse (CSR) pattern is sorted already
+            order = np.lexsort((bc, br))  # group dependencies by row block
+            br, bc = br[order], bc[order]
         starts = np.searchsorted(br, np.arange(L))
         ends = np.searchsorted(br, np.arange(L), side="right")
         for i in range(L - 1, -1, -1):
@@ -573,6 +572,61 @@ def _rows(A: Tensor, idx: Tensor) -> Tensor:
     return torch.index_select(A, 0, idx)
 
 
+def _sparse_pattern(A: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, values)`` of a torch sparse matrix as numpy arrays, sorted by row."""
+    if A.layout == torch.sparse_csr:
+        crow = A.crow_indices().cpu().numpy()
+        rows = np.repeat(np.arange(A.shape[0]), np.diff(crow))
+        return rows, A.col_indices().cpu().numpy(), A.values().detach().cpu().numpy()
+    coo = A.detach().to_sparse_coo().coalesce()
+    rows, cols = coo.indices().cpu().numpy()
+    return rows, cols, coo.values().cpu().numpy()
+
+
+def _to_csr(A: Tensor, transpose: bool = False) -> Tensor:
+    """``A`` (or ``A^T``) as a torch CSR tensor; the transpose goes through scipy on the CPU
+    (torch's CSC -> CSR conversion is an order of magnitude slower on large matrices)."""
+    if not transpose:
+        return A if A.layout == torch.sparse_csr else A.to_sparse_coo().coalesce().to_sparse_csr()
+    if A.device.type != "cpu":
+        return A.t().to_sparse_coo().coalesce().to_sparse_csr()
+    import scipy.sparse as sp
+
+    rows, cols, vals = _sparse_pattern(A)
+    T = sp.csr_array((vals, (cols, rows)), shape=(A.shape[1], A.shape[0]))
+    T.sum_duplicates()
+    T.sort_indices()
+    return torch.sparse_csr_tensor(torch.from_numpy(T.indptr.astype(np.int64)),
+                                   torch.from_numpy(T.indices.astype(np.int64)),
+                                   torch.from_numpy(T.data).to(A.dtype), T.shape)
+
+
+def _csr_row_blocks(A: Tensor, levels: list[Tensor]):  # noqa: ANN202 (generator)
+    """Yield, level by level, the rows ``A[idx]`` of a CSR matrix as a CSR matrix (lazily:
+    one level's copy at a time, so the memory stays O(nnz))."""
+    crow, col, val = A.crow_indices(), A.col_indices(), A.values()
+    for idx in levels:
+        starts = crow[idx]
+        cnt = crow[idx + 1] - starts
+        new_crow = torch.zeros(idx.numel() + 1, dtype=crow.dtype, device=crow.device)
+        torch.cumsum(cnt, 0, out=new_crow[1:])
+        total = int(new_crow[-1])
+        gather = (torch.repeat_interleave(starts - new_crow[:-1], cnt)
+                  + torch.arange(total, dtype=crow.dtype, device=crow.device))
+        yield torch.sparse_csr_tensor(new_crow, col[gather], val[gather], (idx.numel(), A.shape[1]))
+
+
+def _diagonal(A: Tensor) -> Tensor:
+    """``diag(A)`` of a dense or sparse matrix, without densifying."""
+    if A.layout == torch.strided:
+        return torch.diagonal(A)
+    coo = A.to_sparse_coo().coalesce()
+    r, c = coo.indices()
+    on = r == c
+    d = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    return d.index_put_((r[on],), coo.values()[on], accumulate=True)
+
+
 def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float) -> tuple[Tensor, Tensor, SolveInfo]:
     base = getattr(act, "base", act)
     homog = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
@@ -581,15 +635,17 @@ def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float) -> tuple[Tens
     levels = triangular_levels(A, sizes, allow_diagonal=homog)
     X = torch.zeros_like(b)
     n = X.shape[0]
+    sparse = A.layout != torch.strided
+    row_blocks = _csr_row_blocks(_to_csr(A), levels) if sparse else None
     if homog:
-        diag = torch.diagonal(A.to_dense() if A.layout != torch.strided else A)
+        diag = _diagonal(A)
         if bool((diag * base.slope_max >= 1).any()):
             i = int((diag * base.slope_max >= 1).nonzero()[0])
             raise WellPosednessError(
                 f"upper-triangular A with {base.name} is well-posed iff diag(A) < 1 (Remark 2.5, "
                 f"Thm 2.8); A[{i}, {i}] = {float(diag[i]):.6g}. Fix: project the diagonal below 1.")
     for idx in levels:
-        C = b[idx] + _rows(A, idx) @ X
+        C = b[idx] + (next(row_blocks) if row_blocks is not None else _rows(A, idx)) @ X
         if homog:
             # closed form of Remark 2.5: x_i = phi(c_i) / (1 - A_ii phi'(c_i))
             X[idx] = act(C) / (1 - diag[idx][:, None] * act.derivative(C))
@@ -620,12 +676,14 @@ def _triangular_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation) -> Ten
              and base.slope_min >= 0)
     sizes = act.blocks(A.shape[0]).sizes
     levels = triangular_levels(A, sizes, allow_diagonal=homog)
+    sparse = A.layout != torch.strided
     At = A.t()
+    row_blocks = _csr_row_blocks(_to_csr(A, transpose=True), levels[::-1]) if sparse else None
     V = torch.zeros_like(G)
     n = A.shape[0]
-    diag = torch.diagonal(A.to_dense() if A.layout != torch.strided else A) if homog else None
+    diag = _diagonal(A) if homog else None
     for idx in reversed(levels):
-        C = G[idx] + _rows(At, idx) @ V
+        C = G[idx] + (next(row_blocks) if row_blocks is not None else _rows(At, idx)) @ V
         if homog:
             d = act.derivative(Z[idx])
             V[idx] = d * C / (1 - diag[idx][:, None] * d)
