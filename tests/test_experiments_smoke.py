@@ -1,0 +1,54 @@
+"""Smoke test of the paper 000 §7.2 experiment scripts (experiments/*_7_2_*.py).
+
+Each script runs with tiny flags (a few hundred samples, one epoch) into a temporary
+directory; the MNIST and GTSRB ones are skipped when their dataset file is not found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import idlkit
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+
+
+def _data_dir(file: str) -> Path | None:
+    dirs = [*idlkit.datasets.search_dirs(), ROOT / "shared" / "datasets",
+            ROOT.parent / "shared" / "datasets", Path("/work/shared/datasets")]
+    return next((d for d in dirs if (d / file).is_file()), None)
+
+
+def _run(script: str, args: list[str], tmp_path: Path, data: Path | None = None) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if data is not None:
+        env["IDLKIT_DATA"] = str(data)
+    proc = subprocess.run([sys.executable, str(EXP / script), *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stem = Path(script).stem
+    assert json.loads((tmp_path / f"{stem}.json").read_text())["runs"]
+    assert (tmp_path / f"{stem}.md").read_text().startswith("# Paper 000")
+    assert "| " in proc.stdout
+
+
+def test_synthetic_smoke(tmp_path: Path) -> None:
+    _run("synthetic_7_2_1.py", ["--seeds", "1", "--epochs", "4", "--lrs", "1e-2", "--eval-every", "2"],
+         tmp_path)
+
+
+@pytest.mark.parametrize(("script", "file"), [("mnist_7_2_2.py", "mnist.npz"),
+                                              ("gtsrb_7_2_3.py", "gtsrb32_gray.npz")])
+def test_image_smoke(script: str, file: str, tmp_path: Path) -> None:
+    data = _data_dir(file)
+    if data is None:
+        pytest.skip(f"{file} not found in $IDLKIT_DATA, the idlkit cache or shared/datasets")
+    _run(script, ["--limit", "300", "--epochs", "1", "--test-limit", "500", "--hidden", "20",
+                  "--nn-lrs", "1e-3", "--quiet"], tmp_path, data)
