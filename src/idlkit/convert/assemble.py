@@ -1,0 +1,164 @@
+"""Exact implicit form of a standard network: ``from_torch`` and ``states`` (paper 000 §3).
+
+The state blocks made by :class:`~idlkit.convert.trace.Tracer` in forward order
+``x_1, ..., x_L`` are stacked *last layer on top*, ``x = (x_L; ...; x_1)`` (paper 002 §3,
+paper 000 eq. 3.3). Block ``k``'s pre-activation ``z_k = sum_{j<k} M_kj x_j + M_ku u +
+c_k`` gives row block ``k`` of ``[A B b]``; the output expression gives ``[C D d]``.
+Since a block depends only on earlier blocks, which sit *below* it, ``A`` is strictly
+block upper triangular: the model is well-posed for any weights (Thm 2.8/2.9) and the
+``triangular`` solver computes the state in one backward block substitution, level by
+level, which is the network's forward pass (§3.2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from ..activations import stack_activations
+from ..errors import ConversionError
+from ..model import ImplicitModel
+from .expr import INPUT, Affine
+from .trace import StateBlock, Tracer
+
+__all__ = ["from_torch", "states", "SPARSE_AUTO_THRESHOLD"]
+
+SPARSE_AUTO_THRESHOLD = 4096  # sparse="auto": sparse matrices from this state size on
+
+
+def _offsets(blocks: list[StateBlock]) -> list[int]:
+    """Row offset of each block (creation order) in the stacked state ``(x_L; ...; x_1)``."""
+    offs, pos = [0] * len(blocks), 0
+    for k in range(len(blocks) - 1, -1, -1):
+        offs[k] = pos
+        pos += blocks[k].size
+    return offs
+
+
+def _place(expr: Affine, row0: int, offs: list[int], n: int, p: int, rows: dict[str, list]) -> None:
+    for key, M in expr.terms.items():
+        coo = M.tocoo()
+        keep = coo.data != 0
+        r = coo.row[keep].astype(np.int64) + row0
+        if key == INPUT:
+            rows["B"].append((r, coo.col[keep].astype(np.int64), coo.data[keep]))
+        else:
+            rows["A"].append((r, coo.col[keep].astype(np.int64) + offs[key], coo.data[keep]))
+
+
+def _to_torch(parts: list, shape: tuple[int, int], dtype: torch.dtype, sparse: bool) -> Tensor:
+    if parts:
+        r = np.concatenate([x[0] for x in parts])
+        c = np.concatenate([x[1] for x in parts])
+        v = np.concatenate([x[2] for x in parts])
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+        v = np.zeros(0)
+    M = sp.csr_array((v, (r, c)), shape=shape)
+    M.sum_duplicates()
+    M.sort_indices()
+    if not sparse:
+        return torch.from_numpy(M.toarray()).to(dtype)
+    return torch.sparse_csr_tensor(torch.from_numpy(M.indptr.astype(np.int64)),
+                                   torch.from_numpy(M.indices.astype(np.int64)),
+                                   torch.from_numpy(M.data).to(dtype), shape)
+
+
+def _net_dtype(net: nn.Module, example: Tensor) -> torch.dtype:
+    for t in list(net.parameters()) + list(net.buffers()):
+        if t.is_floating_point() and t.dtype != example.dtype:
+            raise ConversionError(f"example_input has dtype {example.dtype} but the network holds "
+                                  f"{t.dtype} tensors; convert one of them (net.to({example.dtype}))")
+    return example.dtype
+
+
+def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "auto",
+               **solver_kwargs: object) -> ImplicitModel:
+    """Exactly equivalent :class:`~idlkit.ImplicitModel` of a standard network (paper 000 §3).
+
+    Args:
+        net: a ``torch.nn.Module`` traceable by ``torch.fx`` (no data-dependent control
+            flow), in eval mode where it has batch norm or dropout. Supported: ``Linear``,
+            ``Conv1d``/``Conv2d`` (any stride, padding, dilation, groups, bias; zero
+            padding mode), ``AvgPool2d``, ``MaxPool2d`` (BLIP max-over-blocks, §3.3),
+            ``AdaptiveAvgPool2d``, ``Flatten`` and reshapes/slicing/zero padding/cat,
+            ``BatchNorm1d/2d`` (eval, §3.1), ``Dropout`` (eval), ReLU, LeakyReLU, Tanh,
+            Sigmoid (modules, ``F.*``, ``torch.*`` and tensor methods), softmax over the
+            last dimension, sums of branches (residual blocks, §3.4), scalar scaling, and
+            ``nn.RNN`` (tanh/relu, ``batch_first=True``, no h0) unrolled over the example's
+            sequence length (§3.5). Nested ``nn.Sequential`` and custom modules are traced through.
+        example_input: a batch-first input ``(batch, *dims)``; fixes every shape (and the
+            RNN's sequence length). Its dtype is the model's (float32 or float64).
+        sparse: ``True`` stores ``A, B, C, D`` as torch CSR tensors (frozen buffers, see
+            :meth:`ImplicitModel.from_matrices`), ``False`` dense, ``"auto"`` sparse when the
+            state has at least :data:`SPARSE_AUTO_THRESHOLD` entries.
+        **solver_kwargs: passed on (default ``solver="triangular"``).
+
+    Returns:
+        A model with ``wellposedness="triangular"`` and the ``triangular`` solver: ``A`` is
+        strictly block upper triangular with the state stacked last layer on top,
+        ``x = (x_L; ...; x_1)`` (paper 002 §3), so ``model(u)`` is one backward block
+        substitution. Its input is the flattened ``example_input[0]`` (``model`` accepts
+        ``(batch, *dims)`` too); its output the flattened network output.
+
+    Raises:
+        ConversionError: an unsupported layer or function, a training-mode batch norm or
+            dropout, dynamic control flow, or a shape mismatch; the message names the
+            node, the module and the reason. Nothing is returned half-converted.
+    """
+    if not isinstance(net, nn.Module):
+        raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
+    dtype = _net_dtype(net, example_input)
+    with torch.no_grad():
+        tr = Tracer(net, example_input, build=True).run()
+    blocks, out = tr.blocks, tr.output
+    assert out is not None
+    n = sum(b.size for b in blocks)
+    p = int(np.prod(example_input.shape[1:]))
+    q = out.size
+    offs = _offsets(blocks)
+    parts: dict[str, list] = {"A": [], "B": []}
+    b = np.zeros(n)
+    for k, blk in enumerate(blocks):
+        assert blk.pre is not None
+        _place(blk.pre, offs[k], offs, n, p, parts)
+        b[offs[k]:offs[k] + blk.size] = blk.pre.const
+        blk.pre = None  # free the expression as soon as it is placed
+    out_parts: dict[str, list] = {"A": [], "B": []}
+    _place(out, 0, offs, n, p, out_parts)
+    use_sparse = (n >= SPARSE_AUTO_THRESHOLD) if sparse == "auto" else bool(sparse)
+    A = _to_torch(parts["A"], (n, n), dtype, use_sparse)
+    B = _to_torch(parts["B"], (n, p), dtype, use_sparse)
+    C = _to_torch(out_parts["A"], (q, n), dtype, use_sparse)
+    D = _to_torch(out_parts["B"], (q, p), dtype, use_sparse)
+    act = stack_activations([(blocks[k].size, blocks[k].act) for k in range(len(blocks) - 1, -1, -1)])
+    kwargs = {"solver": "triangular", **solver_kwargs}
+    bt = torch.from_numpy(b).to(dtype)
+    dt = torch.from_numpy(np.asarray(out.const, dtype=np.float64)).to(dtype)
+    return ImplicitModel.from_matrices(A, B, C, D, bt, dt, activation=act,
+                                       wellposedness="triangular", **kwargs)
+
+
+def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre- and post-activation state stacks ``(Z, X)`` of ``net`` on ``u`` (paper 002 §3).
+
+    Both are batch-first ``(batch, n)`` with the blocks in the order of
+    :func:`from_torch`'s state, last layer on top: ``X[:, :n_L]`` is the last layer's
+    post-activation state and ``X = phi(Z)`` blockwise. For ``m = from_torch(net, u)``,
+    ``X`` equals ``m.equilibrium(u)`` and ``Z = X A^T + U B^T + b`` (up to rounding), so
+    SIM and the converter agree on what the state is. The values are computed from the
+    network's own intermediate tensors (max pooling: the window copies of its input;
+    ``nn.RNN``: each layer's hidden states).
+    """
+    _net_dtype(net, u)
+    with torch.no_grad():
+        tr = Tracer(net, u, build=False).run()
+    blocks = tr.blocks[::-1]
+    if not blocks:
+        empty = u.new_zeros(u.shape[0], 0)
+        return empty, empty
+    Z = torch.cat([blk.z for blk in blocks], dim=1)
+    X = torch.cat([blk.x for blk in blocks], dim=1)
+    return Z, X

@@ -1,0 +1,677 @@
+"""Trace a network with ``torch.fx`` and turn it into state blocks (paper 000 §3).
+
+:class:`Tracer` runs the traced graph node by node on the example input, computing
+for every node both its value (used for shapes, and by :func:`idlkit.convert.states`)
+and, when building, its :class:`~idlkit.convert.expr.Affine` expression. An
+activation (ReLU, LeakyReLU, Tanh, Sigmoid, SoftMax over the last dimension) makes a
+new *state block* whose pre-activation is the expression of its input; max pooling
+makes a BlockMax block holding a copy of each window (§3.3); ``nn.RNN`` makes one
+block per layer and time step (§3.5). Everything else supported is affine and folds
+into the expressions. Anything else raises :class:`~idlkit.errors.ConversionError`
+naming the node, the module and the reason; nothing is half converted.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ..activations import Activation, BlockMax, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
+from ..errors import ConversionError
+from . import linear_maps as lm
+from .expr import INPUT, Affine
+
+__all__ = ["StateBlock", "Tracer", "trace_graph"]
+
+
+@dataclass
+class StateBlock:
+    """One block ``x_k = phi_k(z_k)`` of the state, in creation (forward) order.
+
+    Attributes:
+        name: where it comes from (the fx node, e.g. ``layer1.0.relu``; ``rnn@t3.l0``).
+        size: number of states.
+        act: its activation map (componentwise, ``BlockMax(K)`` or ``SoftMax(k)``).
+        pre: its pre-activation as an :class:`Affine` of the input and earlier blocks.
+        z, x: the pre- and post-activation values on the traced input, ``(batch, size)``.
+    """
+
+    name: str
+    size: int
+    act: Activation
+    pre: Affine | None
+    z: Tensor
+    x: Tensor
+
+
+@dataclass
+class _Env:
+    val: dict = field(default_factory=dict)
+    expr: dict = field(default_factory=dict)
+
+
+def _tracer_with_traces() -> fx.Tracer:
+    t = fx.Tracer()
+    t.record_stack_traces = True
+    return t
+
+
+def trace_graph(net: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace of ``net``; dynamic control flow raises :class:`ConversionError`."""
+    if not isinstance(net, nn.Module):
+        raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
+    tracer = _tracer_with_traces()
+    try:
+        graph = tracer.trace(net)
+    except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent code
+        raise ConversionError(
+            f"torch.fx could not trace {type(net).__name__}: {type(exc).__name__}: {exc}. Dynamic "
+            f"control flow (if/for on tensor values) cannot be converted into a fixed implicit "
+            f"model; rewrite the branch without data-dependent Python control flow") from exc
+    return fx.GraphModule(tracer.root, graph)
+
+
+_ACT_MODULES: dict[type, Callable[[nn.Module], Activation]] = {
+    nn.ReLU: lambda m: ReLU(),
+    nn.LeakyReLU: lambda m: LeakyReLU(m.negative_slope),
+    nn.Tanh: lambda m: Tanh(),
+    nn.Sigmoid: lambda m: Sigmoid(),
+}
+_ACT_FUNCS: dict[object, str] = {
+    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu",
+    F.leaky_relu: "leaky_relu", F.tanh: "tanh", torch.tanh: "tanh",
+    F.sigmoid: "sigmoid", torch.sigmoid: "sigmoid",
+}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_SOFTMAX = (F.softmax, torch.softmax)
+# ops that only move entries around (or pad with zeros): converted by the index trick
+_REARRANGE_FUNCS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
+                    torch.unsqueeze, torch.cat, torch.concat, torch.stack, F.pad, operator.getitem,
+                    torch.swapaxes, torch.narrow}
+_REARRANGE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
+                      "unsqueeze", "narrow", "swapaxes", "clone", "detach"}
+_PASSTHROUGH_MODULES = (nn.Identity,)
+
+
+def _pair(v: object) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))  # type: ignore[index]
+
+
+class Tracer:
+    """Interpret a traced network on ``example`` (batch-first), recording state blocks.
+
+    ``build=False`` computes only values and blocks' ``z, x`` (for :func:`states`).
+    """
+
+    def __init__(self, net: nn.Module, example: Tensor, build: bool = True) -> None:
+        if not isinstance(example, Tensor) or example.dim() < 2 or not example.is_floating_point():
+            raise ConversionError(f"example_input must be a floating tensor (batch, *dims), got "
+                                  f"{getattr(example, 'shape', type(example).__name__)}")
+        self.net, self.example, self.build = net, example, build
+        self.gm = trace_graph(net)
+        self.modules = dict(self.gm.named_modules())
+        self.blocks: list[StateBlock] = []
+        self.batch = example.shape[0]
+        self.output: Affine | None = None
+        self.output_value: Tensor | None = None
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail(self, node: fx.Node, reason: str) -> ConversionError:
+        where = f"node {node.name!r} ({node.op} {self._target_name(node)})"
+        trace = (node.stack_trace or "").strip().splitlines()
+        if trace:
+            where += f", at {trace[-2].strip() if len(trace) > 1 else trace[-1].strip()}"
+        return ConversionError(f"cannot convert {where}: {reason}")
+
+    def _target_name(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"{node.target!r}: {type(self.modules[node.target]).__name__}"
+        return getattr(node.target, "__name__", repr(node.target))
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> Tracer:
+        env = _Env()
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if any(n.op == "placeholder" for n in env.val):
+                    raise self._fail(node, "networks with more than one input are not supported")
+                env.val[node] = self.example
+                env.expr[node] = Affine.source(INPUT, tuple(self.example.shape[1:]))
+                continue
+            if node.op == "output":
+                self._output(node, env)
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env.val[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env.val[n])
+            try:
+                value = self._evaluate(node, args, kwargs)
+            except ConversionError:
+                raise
+            except Exception as exc:
+                raise self._fail(node, f"running it on the example input failed (shape mismatch?): "
+                                       f"{type(exc).__name__}: {exc}") from exc
+            env.val[node] = value
+            env.expr[node] = self._convert(node, args, kwargs, value, env)
+        return self
+
+    def _evaluate(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
+        if node.op == "get_attr":
+            obj: object = self.gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            return obj
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        raise self._fail(node, f"unknown fx op {node.op!r}")
+
+    def _output(self, node: fx.Node, env: _Env) -> None:
+        arg = node.args[0]
+        if not isinstance(arg, fx.Node) or not isinstance(env.val.get(arg), Tensor):
+            raise self._fail(node, "the network must return one tensor")
+        value = env.val[arg]
+        expr = env.expr.get(arg)
+        if not isinstance(expr, Affine):
+            raise self._fail(node, "the output does not depend on the input")
+        if expr.batch_dim != 0 or value.shape[0] != self.batch:
+            raise self._fail(node, f"the output of shape {tuple(value.shape)} is not batch-first")
+        self.output, self.output_value = expr, value
+
+    # ------------------------------------------------------------------ node conversion
+
+    def _convert(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
+        deps = [env.expr.get(a) for a in node.all_input_nodes]
+        if not any(isinstance(d, Affine | tuple) for d in deps):
+            return None  # a constant (parameters, shapes, ...): evaluated only
+        if node.op == "call_module":
+            res = self._module(node, self.modules[node.target], args, kwargs, value, env)
+        elif node.op == "call_function":
+            res = self._function(node, args, kwargs, value, env)
+        elif node.op == "call_method":
+            res = self._method(node, args, kwargs, value, env)
+        else:
+            raise self._fail(node, "unsupported node")
+        if self.build or res is None or isinstance(res, tuple):
+            return res
+        if not isinstance(value, Tensor):
+            raise self._fail(node, "expected a tensor result")
+        return Affine(tuple(value.shape[1:]))
+
+    def _in(self, node: fx.Node, env: _Env, i: int = 0) -> Affine:
+        a = node.args[i]
+        e = env.expr.get(a) if isinstance(a, fx.Node) else None
+        if not isinstance(e, Affine):
+            raise self._fail(node, f"argument {i} is not a tensor computed from the input")
+        if e.batch_dim != 0:
+            raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
+        return e
+
+    def _module(self, node: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: object,
+                env: _Env) -> object:
+        name = str(node.target)
+        if isinstance(mod, _PASSTHROUGH_MODULES):
+            return self._in(node, env)
+        if isinstance(mod, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
+            if mod.training and mod.p > 0:
+                raise self._fail(node, f"dropout {name!r} is in training mode (random); call net.eval()")
+            return self._in(node, env)
+        if type(mod) in _ACT_MODULES:
+            return self._activation(node, env, _ACT_MODULES[type(mod)](mod), args[0], value)
+        if isinstance(mod, nn.Softmax):
+            return self._softmax(node, env, mod.dim, args[0], value)
+        if isinstance(mod, nn.Linear):
+            return self._linear(node, env, mod.weight, mod.bias)
+        if isinstance(mod, nn.Conv1d | nn.Conv2d):
+            return self._conv(node, env, mod, args[0], value)
+        if isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d):
+            return self._batchnorm(node, env, mod, value)
+        if isinstance(mod, nn.AvgPool2d):
+            return self._avgpool(node, env, args[0], value, mod.kernel_size, mod.stride, mod.padding,
+                                 mod.count_include_pad, mod.divisor_override)
+        if isinstance(mod, nn.AdaptiveAvgPool2d):
+            return self._adaptive_avgpool(node, env, args[0], value)
+        if isinstance(mod, nn.MaxPool2d):
+            if mod.return_indices:
+                raise self._fail(node, "MaxPool2d(return_indices=True) is not supported")
+            return self._maxpool(node, env, args[0], value, mod.kernel_size, mod.stride, mod.padding,
+                                 mod.dilation)
+        if isinstance(mod, nn.Flatten | nn.Unflatten):
+            return self._rearrange(node, env, lambda x: mod(x), value)
+        if isinstance(mod, nn.RNN):
+            return self._rnn(node, env, mod, args, value)
+        raise self._fail(node, f"unsupported module {type(mod).__name__} (supported: Linear, Conv1d/2d, "
+                               f"BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, "
+                               f"Flatten, Dropout (eval), ReLU, LeakyReLU, Tanh, Sigmoid, Softmax, "
+                               f"Identity, RNN)")
+
+    def _function(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
+        f = node.target
+        if f in _ACT_FUNCS:
+            kind = _ACT_FUNCS[f]
+            if kind == "leaky_relu":
+                slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+                act: Activation = LeakyReLU(float(slope))
+            else:
+                act = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[kind]()
+            return self._activation(node, env, act, args[0], value)
+        if f in _SOFTMAX:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            return self._softmax(node, env, dim, args[0], value)
+        if f in (F.dropout, torch.dropout):
+            training = kwargs.get("training", args[2] if len(args) > 2 else f is F.dropout)
+            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            if training and p > 0:
+                raise self._fail(node, "functional dropout with training=True (random); pass "
+                                       "training=self.training and call net.eval()")
+            return self._in(node, env)
+        if f in (F.avg_pool2d,):
+            get = _getter(args, kwargs, ["input", "kernel_size", "stride", "padding", "ceil_mode",
+                                         "count_include_pad", "divisor_override"])
+            k = get("kernel_size")
+            return self._avgpool(node, env, args[0], value, k, get("stride") or k, get("padding", 0),
+                                 get("count_include_pad", True), get("divisor_override"))
+        if f in (F.max_pool2d, torch.max_pool2d):
+            get = _getter(args, kwargs, ["input", "kernel_size", "stride", "padding", "dilation",
+                                         "ceil_mode", "return_indices"])
+            if get("return_indices", False):
+                raise self._fail(node, "max_pool2d(return_indices=True) is not supported")
+            k = get("kernel_size")
+            return self._maxpool(node, env, args[0], value, k, get("stride") or k, get("padding", 0),
+                                 get("dilation", 1))
+        if f in (F.adaptive_avg_pool2d,):
+            return self._adaptive_avgpool(node, env, args[0], value)
+        if f in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
+            alpha = kwargs.get("alpha", 1)
+            sign = -1.0 if f in (operator.sub, operator.isub, torch.sub) else 1.0
+            return self._sum(node, env, args, value, sign * alpha)
+        if f in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div):
+            return self._scalar_mul(node, env, args, f in (operator.truediv, operator.itruediv, torch.div))
+        if f in (operator.neg, torch.neg):
+            return self._in(node, env).scale(-1.0)
+        if f is operator.getitem and isinstance(env.expr.get(node.args[0]), tuple):
+            return env.expr[node.args[0]][args[1]]
+        if f is operator.getitem and isinstance(env.expr.get(node.args[0]), Affine) \
+                and env.expr[node.args[0]].batch_dim == 1:
+            return self._rnn_hn_select(node, env, args[1])
+        if f in _REARRANGE_FUNCS:
+            return self._rearrange(node, env, None, value)
+        if f is F.linear:
+            return self._linear(node, env, args[1], args[2] if len(args) > 2 else kwargs.get("bias"))
+        raise self._fail(node, f"unsupported function {getattr(f, '__name__', f)!r}")
+
+    def _method(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
+        m = node.target
+        if m in _ACT_METHODS:
+            act = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[_ACT_METHODS[m]]()
+            return self._activation(node, env, act, args[0], value)
+        if m == "softmax":
+            return self._softmax(node, env, kwargs.get("dim", args[1] if len(args) > 1 else None),
+                                 args[0], value)
+        if m in ("size", "dim"):
+            return None
+        if m in ("add", "add_", "sub", "sub_"):
+            sign = -1.0 if m.startswith("sub") else 1.0
+            return self._sum(node, env, args, value, sign * kwargs.get("alpha", 1))
+        if m in ("mul", "mul_", "div", "div_"):
+            return self._scalar_mul(node, env, args, m.startswith("div"))
+        if m in _REARRANGE_METHODS:
+            return self._rearrange(node, env, None, value)
+        raise self._fail(node, f"unsupported tensor method .{m}()")
+
+    # ------------------------------------------------------------------ states
+
+    def _new_block(self, node: fx.Node, name: str, act: Activation, pre: Affine | None,
+                   z: Tensor, x: Tensor) -> int:
+        self.blocks.append(StateBlock(name, z.shape[1], act, pre, z.detach(), x.detach()))
+        return len(self.blocks) - 1
+
+    def _activation(self, node: fx.Node, env: _Env, act: Activation, inp: Tensor, value: object
+                    ) -> Affine | None:
+        e = self._in(node, env)
+        if not isinstance(value, Tensor) or value.shape != inp.shape:
+            raise self._fail(node, "activation changed the shape")
+        z = inp.reshape(self.batch, -1)
+        k = self._new_block(node, node.name, act, e if self.build else None, z, value.reshape(self.batch, -1))
+        return Affine.source(k, e.shape) if self.build else e
+
+    def _softmax(self, node: fx.Node, env: _Env, dim: object, inp: Tensor, value: object) -> Affine | None:
+        e = self._in(node, env)
+        nd = inp.dim()
+        if dim is None or int(dim) not in (-1, nd - 1) or nd < 2:
+            raise self._fail(node, f"softmax over dim={dim!r} of a {nd}-d tensor: only the last "
+                                   f"dimension (not the batch) is supported")
+        act = SoftMax(int(inp.shape[-1]))
+        z = inp.reshape(self.batch, -1)
+        k = self._new_block(node, node.name, act, e if self.build else None, z, value.reshape(self.batch, -1))
+        return Affine.source(k, e.shape) if self.build else e
+
+    def _maxpool(self, node: fx.Node, env: _Env, inp: Tensor, value: Tensor, kernel: object,
+                 stride: object, padding: object, dilation: object) -> Affine | None:
+        e = self._in(node, env)
+        if inp.dim() != 4:
+            raise self._fail(node, f"max pooling expects (batch, C, H, W), got {tuple(inp.shape)}")
+        kernel, stride = _pair(kernel), _pair(stride if stride not in (None, ()) else kernel)
+        C, H, W = inp.shape[1:]
+        Ho, Wo = value.shape[2:]
+        try:
+            G = lm.maxpool2d_windows((C, H, W), (Ho, Wo), kernel, stride, _pair(padding), _pair(dilation))
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
+        K = G.shape[1]
+        flat = inp.reshape(self.batch, -1)
+        z = flat[:, torch.as_tensor(G.ravel())]
+        x = BlockMax(K)(z.t()).t()
+        pre = e.gather(G.ravel(), (G.size,)) if self.build else None
+        k = self._new_block(node, node.name, BlockMax(K), pre, z, x)
+        if not self.build:
+            return e
+        sel = np.arange(G.shape[0]) * K  # the max sits in each block's first slot
+        out = Affine.source(k, (G.size,)).gather(sel, (C, Ho, Wo))
+        return out
+
+    # ------------------------------------------------------------------ affine layers
+
+    def _linear(self, node: fx.Node, env: _Env, weight: Tensor, bias: Tensor | None) -> Affine | None:
+        e = self._in(node, env)
+        if not self.build:
+            return e
+        W = sp.csr_array(weight.detach().double().cpu().numpy())
+        if not e.shape or e.shape[-1] != W.shape[1]:
+            raise self._fail(node, f"Linear expects last dimension {W.shape[1]}, got shape {e.shape}")
+        lead = math.prod(e.shape[:-1])
+        M = W if lead == 1 else sp.kron(sp.identity(lead, format="csr"), W, format="csr")
+        b = None if bias is None else np.tile(bias.detach().double().cpu().numpy(), lead)
+        return e.linear(M, e.shape[:-1] + (W.shape[0],), b)
+
+    def _conv(self, node: fx.Node, env: _Env, mod: nn.Module, inp: Tensor, value: Tensor) -> Affine | None:
+        e = self._in(node, env)
+        if mod.padding_mode != "zeros":
+            raise self._fail(node, f"padding_mode={mod.padding_mode!r}: only 'zeros' is supported")
+        if not self.build:
+            return e
+        w = mod.weight.detach().double().cpu().numpy()
+        one_d = isinstance(mod, nn.Conv1d)
+        if one_d:
+            w = w[:, :, None, :]
+            in_shape = (inp.shape[1], 1, inp.shape[2])
+            out_hw = (1, value.shape[2])
+            stride, dil = (1, mod.stride[0]), (1, mod.dilation[0])
+        else:
+            in_shape = tuple(inp.shape[1:])
+            out_hw = tuple(value.shape[2:])
+            stride, dil = tuple(mod.stride), tuple(mod.dilation)
+        if isinstance(mod.padding, str):  # 'valid' / 'same': left padding = total // 2
+            pads = [0 if mod.padding == "valid" else d * (k - 1) // 2
+                    for d, k in zip(mod.dilation, mod.kernel_size, strict=True)]
+        else:
+            pads = list(mod.padding)
+        pad = (0, pads[0]) if one_d else (pads[0], pads[1])
+        M = lm.conv2d_matrix(w, in_shape, out_hw, stride, pad, dil, mod.groups)  # type: ignore[arg-type]
+        rest = math.prod(value.shape[2:])
+        b = None if mod.bias is None else np.repeat(mod.bias.detach().double().cpu().numpy(), rest)
+        return e.linear(M, tuple(value.shape[1:]), b)
+
+    def _batchnorm(self, node: fx.Node, env: _Env, mod: nn.Module, value: Tensor) -> Affine | None:
+        e = self._in(node, env)
+        if mod.training:
+            raise self._fail(node, f"batch norm {node.target!r} is in training mode (uses batch "
+                                   f"statistics); call net.eval()")
+        if mod.running_mean is None:
+            raise self._fail(node, f"batch norm {node.target!r} has track_running_stats=False: it "
+                                   f"normalises with batch statistics even in eval mode")
+        if not self.build:
+            return e
+        var = mod.running_var.detach().double().cpu().numpy()
+        mean = mod.running_mean.detach().double().cpu().numpy()
+        scale = 1.0 / np.sqrt(var + mod.eps)
+        shift = -mean * scale
+        if mod.affine:
+            g = mod.weight.detach().double().cpu().numpy()
+            beta = mod.bias.detach().double().cpu().numpy()
+            scale, shift = scale * g, shift * g + beta
+        M, c = lm.channel_scale(scale, shift, e.shape)
+        return e.linear(M, e.shape, c)
+
+    def _avgpool(self, node: fx.Node, env: _Env, inp: Tensor, value: Tensor, kernel: object,
+                 stride: object, padding: object, count_include_pad: bool,
+                 divisor_override: int | None) -> Affine | None:
+        e = self._in(node, env)
+        if inp.dim() != 4:
+            raise self._fail(node, f"AvgPool2d expects (batch, C, H, W), got {tuple(inp.shape)}")
+        if not self.build:
+            return e
+        kernel = _pair(kernel)
+        stride = _pair(stride if stride not in (None, ()) else kernel)
+        M = lm.avgpool2d_matrix(tuple(inp.shape[1:]), tuple(value.shape[2:]), kernel, stride,
+                                _pair(padding), bool(count_include_pad), divisor_override)
+        return e.linear(M, tuple(value.shape[1:]))
+
+    def _adaptive_avgpool(self, node: fx.Node, env: _Env, inp: Tensor, value: Tensor) -> Affine | None:
+        e = self._in(node, env)
+        if inp.dim() != 4:
+            raise self._fail(node, f"AdaptiveAvgPool2d expects (batch, C, H, W), got {tuple(inp.shape)}")
+        if not self.build:
+            return e
+        M = lm.adaptive_avgpool2d_matrix(tuple(inp.shape[1:]), tuple(value.shape[2:]))
+        return e.linear(M, tuple(value.shape[1:]))
+
+    def _sum(self, node: fx.Node, env: _Env, args: tuple, value: Tensor, alpha: float) -> Affine | None:
+        a, b = node.args[0], node.args[1]
+        ea = env.expr.get(a) if isinstance(a, fx.Node) else None
+        eb = env.expr.get(b) if isinstance(b, fx.Node) else None
+        shape = tuple(value.shape[1:])
+        for e in (ea, eb):
+            if isinstance(e, Affine) and (e.batch_dim != 0 or e.shape != shape):
+                raise self._fail(node, f"adding tensors of different shapes ({e.shape} vs {shape}) "
+                                       f"(broadcasting between branches is not supported)")
+        if not self.build:
+            return ea if isinstance(ea, Affine) else eb
+        if isinstance(ea, Affine) and isinstance(eb, Affine):
+            return ea + eb.scale(alpha)
+        const = args[1] if isinstance(ea, Affine) else args[0]
+        c = self._constant(node, const, shape)
+        if isinstance(ea, Affine):
+            return ea.shift(alpha * c)
+        return eb.scale(alpha).shift(c)  # type: ignore[union-attr]
+
+    def _constant(self, node: fx.Node, c: object, shape: tuple[int, ...]) -> np.ndarray:
+        if isinstance(c, int | float):
+            return np.full(math.prod(shape), float(c))
+        if isinstance(c, Tensor):
+            t = c.detach().double().cpu()
+            if t.dim() > len(shape):
+                if t.dim() != len(shape) + 1 or t.shape[0] != 1:
+                    raise self._fail(node, f"a constant of shape {tuple(t.shape)} varies over the batch")
+                t = t[0]
+            try:
+                return torch.broadcast_to(t, shape).reshape(-1).numpy().copy()
+            except RuntimeError as exc:
+                raise self._fail(node, f"constant of shape {tuple(t.shape)} does not broadcast to "
+                                       f"{shape}") from exc
+        raise self._fail(node, f"unsupported operand {type(c).__name__}")
+
+    def _scalar_mul(self, node: fx.Node, env: _Env, args: tuple, divide: bool) -> Affine | None:
+        a, b = node.args[0], node.args[1]
+        ea = env.expr.get(a) if isinstance(a, fx.Node) else None
+        eb = env.expr.get(b) if isinstance(b, fx.Node) else None
+        if isinstance(ea, Affine) and isinstance(eb, Affine):
+            raise self._fail(node, "the product of two input-dependent tensors is not affine "
+                                   "(multiplicative units, §3.6, are not supported)")
+        if divide and not isinstance(ea, Affine):
+            raise self._fail(node, "division by an input-dependent tensor is not supported")
+        e = ea if isinstance(ea, Affine) else eb
+        s = args[1] if isinstance(ea, Affine) else args[0]
+        if isinstance(s, Tensor) and s.numel() == 1:
+            s = float(s)
+        if not isinstance(s, int | float):
+            raise self._fail(node, "only multiplication by a scalar constant is supported")
+        if e.batch_dim != 0:  # type: ignore[union-attr]
+            raise self._fail(node, "only h_n[layer] of an nn.RNN may be used")
+        if not self.build:
+            return e
+        return e.scale(1.0 / s if divide else float(s))  # type: ignore[union-attr]
+
+    def _rearrange(self, node: fx.Node, env: _Env, fn: Callable | None, value: object) -> Affine | None:
+        """Ops that only move entries (reshape, slicing, zero padding, cat, ...), converted by
+        running the op on a tensor of entry indices (1-based; 0 is a zero entry)."""
+        if not isinstance(value, Tensor):
+            raise self._fail(node, "expected a tensor result")
+        tensor_args = [a for a in node.all_input_nodes if isinstance(env.expr.get(a), Affine)]
+        for a in tensor_args:
+            if env.expr[a].batch_dim != 0:
+                raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
+        offsets, total = {}, 0
+        for a in tensor_args:
+            offsets[a], total = total, total + env.expr[a].size
+        if total >= 2 ** 52:
+            raise self._fail(node, "tensor too large for the index trick")
+
+        def index_tensor(a: fx.Node) -> Tensor:
+            e = env.expr[a]
+            idx = torch.arange(1, e.size + 1, dtype=torch.float64) + offsets[a]
+            return idx.reshape(e.shape).unsqueeze(0).expand(self.batch, *e.shape).clone()
+
+        def sub(n: fx.Node) -> object:
+            return index_tensor(n) if n in offsets else env.val[n]
+
+        try:
+            if fn is not None:
+                out = fn(index_tensor(node.args[0]))
+            else:
+                args = fx.node.map_arg(node.args, sub)
+                kwargs = fx.node.map_arg(node.kwargs, sub)
+                if node.op == "call_method":
+                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    out = node.target(*args, **kwargs)
+        except Exception as exc:
+            raise self._fail(node, f"could not follow the entries through it: {exc}") from exc
+        if not isinstance(out, Tensor) or out.shape != value.shape:
+            raise self._fail(node, "entry tracking changed the shape")
+        if out.dim() == 0 or out.shape[0] != self.batch or not bool((out == out[:1]).all()):
+            raise self._fail(node, "the operation mixes samples of the batch (batch must stay dim 0)")
+        if fn is None and node.op == "call_function" and node.target is F.pad:
+            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+            fill = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+            if mode != "constant" or fill not in (None, 0, 0.0):
+                raise self._fail(node, "only zero padding is supported")
+        if not self.build:
+            return env.expr[tensor_args[0]]
+        idx = out[0].reshape(-1).round().long().numpy() - 1
+        shape = tuple(value.shape[1:])
+        result: Affine | None = None
+        for a in tensor_args:
+            lo, hi = offsets[a], offsets[a] + env.expr[a].size
+            local = np.where((idx >= lo) & (idx < hi), idx - lo, -1)
+            part = env.expr[a].gather(local, shape)
+            result = part if result is None else result + part
+        return result
+
+    # ------------------------------------------------------------------ RNN (§3.5)
+
+    def _rnn(self, node: fx.Node, env: _Env, mod: nn.RNN, args: tuple, value: object) -> tuple:
+        e = self._in(node, env)
+        if not mod.batch_first:
+            raise self._fail(node, "nn.RNN must use batch_first=True (inputs are batch-first)")
+        if mod.bidirectional:
+            raise self._fail(node, "bidirectional nn.RNN is not supported")
+        if len(args) > 1 and args[1] is not None:
+            raise self._fail(node, "an initial hidden state h0 is not supported (zeros are assumed)")
+        if mod.training and mod.dropout > 0 and mod.num_layers > 1:
+            raise self._fail(node, "nn.RNN with dropout in training mode; call net.eval()")
+        if mod.proj_size if hasattr(mod, "proj_size") else 0:
+            raise self._fail(node, "nn.RNN with proj_size is not supported")
+        inp = args[0]
+        if inp.dim() != 3:
+            raise self._fail(node, f"nn.RNN expects (batch, time, features), got {tuple(inp.shape)}")
+        T, H = inp.shape[1], mod.hidden_size
+        act_cls = Tanh if mod.nonlinearity == "tanh" else ReLU
+        x_val = inp.detach()
+        x_exprs = [e.gather(np.arange(t * inp.shape[2], (t + 1) * inp.shape[2]), (inp.shape[2],))
+                   for t in range(T)] if self.build else [None] * T
+        h_last: list = []
+        for layer in range(mod.num_layers):
+            W_ih = getattr(mod, f"weight_ih_l{layer}").detach()
+            W_hh = getattr(mod, f"weight_hh_l{layer}").detach()
+            bias = torch.zeros(H, dtype=W_ih.dtype)
+            if mod.bias:
+                bias = getattr(mod, f"bias_ih_l{layer}").detach() + getattr(mod, f"bias_hh_l{layer}").detach()
+            Wi = sp.csr_array(W_ih.double().numpy()) if self.build else None
+            Wh = sp.csr_array(W_hh.double().numpy()) if self.build else None
+            bi = (getattr(mod, f"bias_ih_l{layer}").detach().double().numpy()
+                  + getattr(mod, f"bias_hh_l{layer}").detach().double().numpy()) if mod.bias else None
+            h = torch.zeros(self.batch, H, dtype=x_val.dtype)
+            h_expr: Affine | None = None
+            outs, out_exprs = [], []
+            for t in range(T):
+                z = x_val[:, t] @ W_ih.t() + bias + h @ W_hh.t()
+                h = act_cls()(z.t()).t()
+                pre = None
+                if self.build:
+                    pre = x_exprs[t].linear(Wi, (H,), bi)
+                    if h_expr is not None:
+                        pre = pre + h_expr.linear(Wh, (H,))
+                k = self._new_block(node, f"{node.name}@l{layer}.t{t}", act_cls(), pre, z, h)
+                h_expr = Affine.source(k, (H,)) if self.build else None
+                outs.append(h)
+                out_exprs.append(h_expr)
+            x_val = torch.stack(outs, dim=1)
+            x_exprs = out_exprs
+            h_last.append(h_expr)
+        if not self.build:  # markers with the right shapes
+            return (Affine((T, H)), Affine((mod.num_layers, H), batch_dim=1))
+        out = _stack(x_exprs, (T, H))
+        hn = _stack(h_last, (mod.num_layers, H))
+        hn.batch_dim = 1
+        return (out, hn)
+
+    def _rnn_hn_select(self, node: fx.Node, env: _Env, index: object) -> Affine | None:
+        e = env.expr[node.args[0]]
+        L, H = e.shape
+        if not self.build:
+            return Affine((H,))
+        if not isinstance(index, int):
+            raise self._fail(node, "index h_n with one integer (the layer), e.g. h_n[-1]")
+        layer = index % L
+        out = e.gather(np.arange(layer * H, (layer + 1) * H), (H,))
+        out.batch_dim = 0
+        return out
+
+
+def _stack(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
+    """Concatenate per-sample expressions (each ``(H,)``) into one of shape ``shape``."""
+    sizes = [p.size for p in parts]
+    total = sum(sizes)
+    result: Affine | None = None
+    off = 0
+    for p in parts:
+        P = sp.csr_array((np.ones(p.size), (np.arange(off, off + p.size), np.arange(p.size))),
+                         shape=(total, p.size))
+        q = p.linear(P, shape)
+        result = q if result is None else result + q
+        off += p.size
+    assert result is not None
+    return result
+
+
+def _getter(args: tuple, kwargs: dict, names: list[str]) -> Callable[..., object]:
+    def get(name: str, default: object = None) -> object:
+        if name in kwargs:
+            return kwargs[name]
+        i = names.index(name)
+        return args[i] if i < len(args) else default
+    return get
+
