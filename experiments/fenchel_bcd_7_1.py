@@ -8,17 +8,24 @@ Teacher ``y = W3 tanh(W2 tanh(W1 u))``, ``p = 20 -> 12 -> 6 -> q = 5``, weights
 eigenvalues clipped at 0). m = 1000 training points; 500 test points drawn with an
 independent Sigma (same weights).
 
-BCD: the network written as an implicit model with strictly upper triangular A (eq. 6,
-states ``x = (x2; x1)``, masks ``A = [[0, W2], [0, 0]]``, ``B = [0; W1]``, ``C = [W3, 0]``,
-``D = 0``), relaxation (11) with ``lam = [eps 1_6; eps^2 1_12]``, ``eps = 1e-3``, ``mu``
-(the paper's §7.1 problem has one state per layer, i.e. ``mu -> inf``; we use a finite
-``mu``, see --mu), 5 sweeps in the order C (W3), P, X, (A, B) (W2, W1) — the paper's order
-W3, X2, W2, X1, W1 interleaves per layer; our state and weight blocks cover all layers at
-once. RMSProp: ``torch.optim.RMSprop`` on the same network from the same initial weights,
-150 full-batch iterations, learning rate tuned on the training RMSE in a small grid.
-RMSE = sqrt of the mean squared error over all outputs.
+BCD (default, ``--method layered``): the paper's problem, eq. 9 with the feedforward structure
+and no proxy P, ``min 1/2 ||Y - W3 X2||^2 + eps f(X2, W2 X1) + eps^2 f(X1, W1 U)``, solved by
+:func:`idlkit.train.fenchel.layered_bcd` in the paper's order W3 (least squares), X2, W2, X1, W1
+(states by Newton, weights by Newton on the row-wise GLM, each to optimality), 5 sweeps, from
+the initial weights and their forward states. ``--method implicit``: the earlier variant, the
+network as an implicit model with strictly upper triangular A (eq. 6; states ``x = (x2; x1)``,
+masks ``A = [[0, W2], [0, 0]]``, ``B = [0; W1]``, ``C = [W3, 0]``, ``D = 0``) and the proxy
+relaxation (11), ``lam = [eps 1_6; eps^2 1_12]``, finite ``--mu``, blocks C, P, X, (A, B) of
+:func:`idlkit.train.fenchel_bcd`; it is also run as an extra row unless ``--no-extras``.
+Evaluation: the RMSE of the actual forward network ``W3 tanh(W2 tanh(W1 u))`` with the learned
+weights (as for RMSProp). Extra rows: "+ refit" = a last closed-form least-squares block for W3
+on the forward states of the learned W1, W2; the BCD RMSE after sweep 1 (paper's Fig. 1); the
+layered BCD for other eps (``--eps-table``). RMSProp: ``torch.optim.RMSprop`` on the same
+network from the same initial weights, 150 full-batch iterations, learning rate tuned on the
+training RMSE in a small grid. RMSE = sqrt of the mean squared error over all outputs.
 
-    .venv/bin/python experiments/fenchel_bcd_7_1.py [--trials 10] [--sweeps 5] [--mu 0.1]
+    .venv/bin/python experiments/fenchel_bcd_7_1.py [--trials 20] [--sweeps 5] [--eps 1e-3]
+        [--method layered|implicit] [--mu 0.1] [--eps-table 1e-2,1e-1,1] [--no-extras]
 
 Writes experiments/results/fenchel_bcd_7_1.{json,md} (atomically) and prints the table.
 """
@@ -37,6 +44,7 @@ import torch
 
 import idlkit
 from idlkit.train import fenchel_bcd
+from idlkit.train.fenchel import layered_bcd
 
 HERE = Path(__file__).resolve().parent
 SIZES = (20, 12, 6, 5)
@@ -93,7 +101,8 @@ def implicit_from(Ws: list[torch.Tensor]) -> tuple[idlkit.ImplicitModel, dict[st
     return model, masks
 
 
-def run_bcd(W0, U, Y, Ut, Yt, eps: float, mu: float, sweeps: int) -> dict:
+def run_implicit(W0, U, Y, Ut, Yt, eps: float, mu: float, sweeps: int) -> dict:
+    """Eq. 11 (proxy P, finite mu) on the triangular implicit form, blocks C, P, X, (A, B)."""
     model, masks = implicit_from(W0)
     n1, n2 = SIZES[1], SIZES[2]
     lam = torch.cat([torch.full((n2,), eps), torch.full((n1,), eps ** 2)])
@@ -104,6 +113,21 @@ def run_bcd(W0, U, Y, Ut, Yt, eps: float, mu: float, sweeps: int) -> dict:
     with torch.no_grad():
         return {"rmse_train": rmse(model(U), Y), "rmse_test": rmse(model(Ut), Yt), "seconds": seconds,
                 "objectives": list(res.objectives), "stationarity": res.stationarity}
+
+
+def run_layered(W0, U, Y, Ut, Yt, eps: float, sweeps: int) -> dict:
+    """Eq. 9 (no proxy), the paper's order W3, X2, W2, X1, W1; forward RMSE after every sweep."""
+    per_sweep: list[float] = []
+    res = layered_bcd(W0, (U, Y), eps=eps, iterations=sweeps,
+                      callback=lambda k, obj, Ws: per_sweep.append(rmse(net(list(Ws), U), Y)))
+    W1, W2, _ = res.weights
+    H = torch.tanh(torch.tanh(U @ W1.t()) @ W2.t())  # forward states of the learned W1, W2
+    W3r = torch.linalg.lstsq(H, Y, driver="gelsd").solution.t()
+    Wr = [W1, W2, W3r]
+    Wl = list(res.weights)
+    return {"rmse_train": rmse(net(Wl, U), Y), "rmse_test": rmse(net(Wl, Ut), Yt),
+            "rmse_train_refit": rmse(net(Wr, U), Y), "rmse_test_refit": rmse(net(Wr, Ut), Yt),
+            "rmse_train_per_sweep": per_sweep, "seconds": res.seconds, "objectives": list(res.objectives)}
 
 
 def run_rmsprop(W0, U, Y, Ut, Yt, iters: int = 150) -> dict:
@@ -134,14 +158,21 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=10, help="paper: 50")
+    ap.add_argument("--trials", type=int, default=20, help="paper: 50")
     ap.add_argument("--sweeps", type=int, default=5)
     ap.add_argument("--eps", type=float, default=1e-3)
-    ap.add_argument("--mu", type=float, default=0.1)
+    ap.add_argument("--method", choices=("layered", "implicit"), default="layered",
+                    help="layered: eq. 9, the paper's order (default); implicit: eq. 11 with proxy P")
+    ap.add_argument("--mu", type=float, default=0.1, help="X-P coupling of the implicit (eq. 11) variant")
+    ap.add_argument("--eps-table", type=str, default="1e-2,1e-1,1",
+                    help="other eps for the layered BCD (comma separated; empty: none)")
+    ap.add_argument("--no-extras", action="store_true", help="skip the eps table and the other method")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    other = "implicit" if args.method == "layered" else "layered"
+    eps_table = [] if args.no_extras or not args.eps_table else [float(e) for e in args.eps_table.split(",")]
     runs = []
     for trial in range(args.trials):
         g = torch.Generator().manual_seed(1000 + trial)
@@ -149,41 +180,78 @@ def main() -> None:
         U, Ut = inputs(g, 1000), inputs(g, 500)
         Y, Yt = net(Ws, U), net(Ws, Ut)
         W0 = init_weights(g)
-        runs.append({"trial": trial, "bcd": run_bcd(W0, U, Y, Ut, Yt, args.eps, args.mu, args.sweeps),
-                     "rmsprop": run_rmsprop(W0, U, Y, Ut, Yt), "rmse_zero_predictor": rmse(0 * Y, Y)})
-        r = runs[-1]
-        print(f"trial {trial}: BCD train {r['bcd']['rmse_train']:.4f} test {r['bcd']['rmse_test']:.4f} "
-              f"({r['bcd']['seconds']:.1f}s) | RMSProp train {r['rmsprop']['rmse_train']:.4f} test "
+        r = {"trial": trial, "rmsprop": run_rmsprop(W0, U, Y, Ut, Yt), "rmse_zero_predictor": rmse(0 * Y, Y)}
+        for meth in [args.method] + ([] if args.no_extras else [other]):
+            r[meth] = (run_layered(W0, U, Y, Ut, Yt, args.eps, args.sweeps) if meth == "layered"
+                       else run_implicit(W0, U, Y, Ut, Yt, args.eps, args.mu, args.sweeps))
+        r["eps_table"] = {str(e): run_layered(W0, U, Y, Ut, Yt, e, args.sweeps) for e in eps_table}
+        runs.append(r)
+        b = r[args.method]
+        print(f"trial {trial}: BCD ({args.method}) train {b['rmse_train']:.4f} test {b['rmse_test']:.4f} "
+              f"({b['seconds']:.1f}s) | RMSProp train {r['rmsprop']['rmse_train']:.4f} test "
               f"{r['rmsprop']['rmse_test']:.4f} lr {r['rmsprop']['lr']}", flush=True)
 
     def ms(xs: list[float]) -> str:
         return f"{np.mean(xs):.2e} ± {np.std(xs):.2e}"
 
-    bcd_tr = [r["bcd"]["rmse_train"] for r in runs]
-    bcd_te = [r["bcd"]["rmse_test"] for r in runs]
-    rp_tr = [r["rmsprop"]["rmse_train"] for r in runs]
-    rp_te = [r["rmsprop"]["rmse_test"] for r in runs]
-    gap_tr = [a - b for a, b in zip(rp_tr, bcd_tr, strict=True)]
-    gap_te = [a - b for a, b in zip(rp_te, bcd_te, strict=True)]
+    def col(key: str, meth: str) -> list[float]:
+        return [r[meth][key] for r in runs]
+
+    rp_tr, rp_te = col("rmse_train", "rmsprop"), col("rmse_test", "rmsprop")
+
+    def gaps(xs: list[float], ref: list[float]) -> str:
+        return ms([a - b for a, b in zip(ref, xs, strict=True)])
+
     zero = [r["rmse_zero_predictor"] for r in runs]
+    label = {"layered": "eq. 9 layered (paper's order, no P)",
+             "implicit": f"eq. 11 implicit (proxy P, mu = {args.mu:g})"}
     lines = [
         "# Paper 001 §7.1: Fenchel BCD vs RMSProp on a sparse tanh network 20-12-6-5",
         "",
-        f"{args.trials} trials (paper: 50), mean ± std. BCD: eq. 11 with lam = [eps 1_6; eps^2 1_12], "
-        f"eps = {args.eps:g}, mu = {args.mu:g}, {args.sweeps} sweeps (C, P, X, (A, B)), triangular A. "
-        f"RMSProp: 150 full-batch iterations, lr tuned in {list(LRS)} (train RMSE). Same initial weights. "
-        f"Zero predictor RMSE (scale of y): {ms(zero)}.",
+        f"{args.trials} trials (paper: 50), mean ± std; gaps are RMSProp - BCD per trial (paper's sign: "
+        f"positive = BCD better). BCD: eps = {args.eps:g}, {args.sweeps} sweeps. Main method: "
+        f"{label[args.method]}. RMSE of the forward network W3 tanh(W2 tanh(W1 u)) with the learned "
+        f"weights. RMSProp: 150 full-batch iterations, lr tuned in {list(LRS)} (train RMSE). Same initial "
+        f"weights. Zero predictor RMSE (scale of y): {ms(zero)}.",
         "",
         "| quantity | ours | paper |",
         "|---|---:|---:|",
-        f"| BCD train RMSE | {ms(bcd_tr)} | - |",
-        f"| BCD test RMSE | {ms(bcd_te)} | - |",
         f"| RMSProp train RMSE | {ms(rp_tr)} | - |",
         f"| RMSProp test RMSE | {ms(rp_te)} | - |",
-        f"| train gap RMSProp - BCD | {ms(gap_tr)} | 1.10e-02 ± 2.70e-02 |",
-        f"| test gap RMSProp - BCD | {ms(gap_te)} | -3.00e-03 ± 2.90e-02 |",
-        f"| BCD seconds per trial | {np.mean([r['bcd']['seconds'] for r in runs]):.2f} | - |",
     ]
+    for meth in [args.method] + ([] if args.no_extras else [other]):
+        tr, te = col("rmse_train", meth), col("rmse_test", meth)
+        paper_tr, paper_te = (("1.10e-02 ± 2.70e-02", "-3.00e-03 ± 2.90e-02") if meth == "layered"
+                              else ("-", "-"))
+        lines += [
+            f"| BCD {label[meth]}: train RMSE | {ms(tr)} | - |",
+            f"| BCD {label[meth]}: test RMSE | {ms(te)} | - |",
+            f"| **train gap RMSProp - BCD {label[meth]}** | {gaps(tr, rp_tr)} | {paper_tr} |",
+            f"| **test gap RMSProp - BCD {label[meth]}** | {gaps(te, rp_te)} | {paper_te} |",
+        ]
+        if meth == "layered":
+            trr, ter = col("rmse_train_refit", meth), col("rmse_test_refit", meth)
+            first = [r[meth]["rmse_train_per_sweep"][0] for r in runs]
+            lines += [
+                f"| BCD layered, train RMSE after sweep 1 (Fig. 1) | {ms(first)} | close to RMSProp |",
+                f"| BCD layered **+ refit** (extra last block: W3 least squares on forward states): "
+                f"train gap | {gaps(trr, rp_tr)} | - |",
+                f"| BCD layered **+ refit**: test gap | {gaps(ter, rp_te)} | - |",
+            ]
+        lines.append(f"| BCD {meth} seconds per trial | {np.mean(col('seconds', meth)):.2f} | - |")
+    if eps_table:
+        lines += ["", "Layered BCD (eq. 9) for other eps, same trials (gap = RMSProp - BCD):", "",
+                  "| eps | BCD train RMSE | BCD test RMSE | train gap | test gap |",
+                  "|---:|---:|---:|---:|---:|"]
+        for e in [args.eps] + eps_table:
+            if args.method == "layered" and e == args.eps:
+                rows = [r["layered"] for r in runs]
+            elif str(e) in runs[0]["eps_table"]:
+                rows = [r["eps_table"][str(e)] for r in runs]
+            else:
+                continue
+            tr, te = [x["rmse_train"] for x in rows], [x["rmse_test"] for x in rows]
+            lines.append(f"| {e:g} | {ms(tr)} | {ms(te)} | {gaps(tr, rp_tr)} | {gaps(te, rp_te)} |")
     text = "\n".join(lines) + "\n"
     write_atomic(args.out / "fenchel_bcd_7_1.md", text)
     write_atomic(args.out / "fenchel_bcd_7_1.json", json.dumps(

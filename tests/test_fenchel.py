@@ -331,3 +331,70 @@ def test_bad_inputs():
         fenchel_bcd(_model(), (U, torch.full((40,), 5)), lam=1.0, mu=1.0, loss="cross_entropy")
     with pytest.raises(ShapeError):
         fenchel_divergence(torch.zeros(2), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- layered (eq. 9) BCD
+
+
+def _ff_data(seed=0, sizes=(4, 3, 2, 2), m=60):
+    g = torch.Generator().manual_seed(seed)
+    Ws = [torch.rand(o, i, generator=g, dtype=F64) - 0.5 for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+    U = torch.randn(m, sizes[0], generator=g, dtype=F64)
+    Y = torch.tanh(torch.tanh(U @ Ws[0].t()) @ Ws[1].t()) @ Ws[2].t()
+    W0 = [torch.rand(o, i, generator=g, dtype=F64) - 0.5 for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+    return Ws, W0, U, Y
+
+
+def test_layered_bcd_monotone_and_w_step_optimal():
+    _, W0, U, Y = _ff_data()
+    res = fz.layered_bcd(W0, (U, Y), eps=0.1, iterations=3)
+    flat = [res.objectives[0]] + [v for blocks in res.block_objectives for _, v in blocks]
+    assert all(b <= a * (1 + 1e-12) + 1e-15 for a, b in zip(flat[:-1], flat[1:], strict=True))
+    assert [name for name, _ in res.block_objectives[0]] == ["W3", "X2", "W2", "X1", "W1"]  # paper's order
+    # the last block (W1) is solved to optimality: the GLM gradient vanishes
+    X1 = res.states[0].t()
+    G = (torch.tanh(res.weights[0] @ U.t()) - X1) @ U
+    assert float(G.norm()) < 1e-7
+
+
+@pytest.mark.parametrize("top", ["loss", "divergence"])
+def test_layered_x_step_is_minimiser(top):
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(3, 5, generator=g, dtype=F64) * 1.8 - 0.9
+    Z = torch.randn(3, 5, generator=g, dtype=F64)
+    Wn = torch.randn(2, 3, generator=g, dtype=F64)
+    target = torch.randn(2, 5, generator=g, dtype=F64) if top == "loss" else \
+        torch.rand(2, 5, generator=g, dtype=F64) * 1.8 - 0.9
+    lam_next = None if top == "loss" else 0.3
+    out = fz._layer_x_step(X, Z, 0.05, "tanh", Wn, target, lam_next, 100, 1e-14)
+    for j in range(5):
+        def f(x, j=j):
+            x = torch.as_tensor(x, dtype=F64)
+            own = 0.05 * float((fz._g(x, "tanh") - x * Z[:, j]).sum())
+            zn = Wn @ x
+            if lam_next is None:
+                return own + 0.5 * float(((target[:, j] - zn) ** 2).sum())
+            return own + lam_next * float((fz._conj(zn, "tanh") - target[:, j] * zn).sum())
+        ref = so.minimize(f, X[:, j].numpy(), bounds=[(-1 + 1e-9, 1 - 1e-9)] * 3, method="L-BFGS-B",
+                          options={"ftol": 1e-15, "gtol": 1e-12})
+        assert f(out[:, j].numpy()) <= ref.fun + 1e-9
+
+
+def test_layered_bcd_teacher_is_a_fixed_point():
+    Ws, _, U, Y = _ff_data(seed=1)
+    res = fz.layered_bcd(Ws, (U, Y), eps=1e-2, iterations=2)
+    assert res.objectives[0] < 1e-12 and res.objectives[-1] < 1e-12
+    Yhat = torch.tanh(torch.tanh(U @ res.weights[0].t()) @ res.weights[1].t()) @ res.weights[2].t()
+    assert float((Yhat - Y).abs().max()) < 1e-4
+
+
+def test_layered_bcd_configuration_errors():
+    _, W0, U, Y = _ff_data()
+    with pytest.raises(ConfigurationError, match="tanh"):
+        fz.layered_bcd(W0, (U, Y), eps=0.1, activation="relu")
+    with pytest.raises(ConfigurationError, match="eps"):
+        fz.layered_bcd(W0, (U, Y), eps=0.0)
+    with pytest.raises(ShapeError, match="lam has"):
+        fz.layered_bcd(W0, (U, Y), lam=[1.0, 2.0, 3.0])
+    with pytest.raises(ShapeError, match="chain"):
+        fz.layered_bcd([W0[0], W0[2]], (U, Y), eps=0.1)

@@ -96,6 +96,8 @@ __all__ = [
     "fenchel_bcd",
     "FenchelSweep",
     "FenchelBCDResult",
+    "layered_bcd",
+    "LayeredBCDResult",
 ]
 
 FENCHEL_ACTIVATIONS = ("relu", "tanh")
@@ -928,3 +930,203 @@ def _write(model: nn.Module, pb: _Problem, TAB: Tensor, TCD: Tensor) -> None:
         if b is not None:
             model.b.copy_(b[:, 0])
             model.d.copy_(d[:, 0])
+
+
+# ----------------------------------------------------------------------------- layered (eq. 9) BCD
+
+
+@dataclass(frozen=True)
+class LayeredBCDResult:
+    """Outcome of :func:`layered_bcd`.
+
+    Attributes:
+        weights: the learned ``W_1, ..., W_{L+1}`` (float64, ``(out, in)`` as in ``y = W x``).
+        states: the final relaxed states ``X_1, ..., X_L``, batch-first ``(m, n_l)``.
+        objectives: the objective of eq. 9 at the start (index 0) and after every sweep.
+        block_objectives: per sweep, ``(block name, objective after it)`` in the order applied.
+        seconds: wall time.
+    """
+
+    weights: tuple[Tensor, ...]
+    states: tuple[Tensor, ...]
+    objectives: tuple[float, ...]
+    block_objectives: tuple[tuple[tuple[str, float], ...], ...]
+    seconds: float
+
+
+def _layer_lams(lam: object, eps: object, L: int) -> list[float]:
+    """``lam_l`` of the hidden layers ``l = 1..L``: given, or ``eps^(L+1-l)`` (§4.1, §7.1)."""
+    if lam is not None:
+        vals = [float(v) for v in (lam if isinstance(lam, Sequence) else [lam] * L)]
+        if len(vals) != L:
+            raise ShapeError(f"lam has {len(vals)} entries, the network has L = {L} hidden layers")
+        for v in vals:
+            _positive(v, "every lam_l", "the relaxation weights must be positive (Theorem 2)")
+        return vals
+    e = _positive(eps, "eps", "pass eps > 0, e.g. eps=1e-3 (paper 001 §7.1)")
+    return [e ** (L + 1 - l) for l in range(1, L + 1)]
+
+
+def _layered_objective(Ws: list[Tensor], U: Tensor, Y: Tensor, Xs: list[Tensor], lams: list[float],
+                       act: str) -> float:
+    """Eq. 9 for a feedforward net (column convention): ``1/2 ||Y - W_{L+1} X_L||^2 +
+    sum_l lam_l f(X_l, W_l X_{l-1})``, ``X_0 = U``."""
+    val = 0.5 * float(((Y - Ws[-1] @ Xs[-1]) ** 2).sum())
+    prev = U
+    for W, X, lam_l in zip(Ws[:-1], Xs, lams, strict=True):
+        Z = W @ prev
+        val += lam_l * float((_g(X, act) + _conj(Z, act) - X * Z).sum())
+        prev = X
+    return val
+
+
+def _glm_rows(W: Tensor, Xin: Tensor, Xout: Tensor, act: str, it: int, tol: float) -> Tensor:
+    """The W-step ``min_W f(Xout, W Xin) = sum g*(W Xin) - <Xout, W Xin> + const``.
+
+    Row-separable generalised linear model (for tanh a logistic-like loss): damped Newton per
+    row with Hessian ``Xin diag(phi'(w^T Xin)) Xin^T``, shifted by ``1e-10`` times its mean
+    diagonal so that a rank-deficient ``Xin`` (e.g. a singular input covariance) still gives
+    a descent direction; Armijo backtracking keeps every row monotone.
+    """
+    n_in = Xin.shape[0]
+    eye = torch.eye(n_in, dtype=_F64)
+
+    def fun(V: Tensor) -> Tensor:  # V = W^T: one column per row of W
+        Z = V.t() @ Xin
+        return (_conj(Z, act) - Xout * Z).sum(dim=1)
+
+    def grad(V: Tensor) -> Tensor:
+        return Xin @ (_phi(V.t() @ Xin, act) - Xout).t()
+
+    def hess(V: Tensor) -> Tensor:
+        w = _dphi(V.t() @ Xin, act)  # (n_out, m)
+        H = torch.einsum("am,km,bm->kab", Xin, w, Xin)
+        shift = 1e-10 * H.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-300)
+        return H + shift[:, None, None] * eye
+
+    V0 = W.t().contiguous()
+    V = _newton_columns(V0, fun, grad, hess, it, tol)
+    return torch.where(fun(V) <= fun(V0), V, V0).t().contiguous()
+
+
+def _layer_x_step(X: Tensor, Z: Tensor, lam_l: float, act: str, Wnext: Tensor, target: Tensor,
+                  lam_next: float | None, it: int, tol: float) -> Tensor:
+    """The X_l-step of eq. 9: ``min_X lam_l f(X, Z) + top(X)``, column-separable, strictly convex.
+
+    ``top`` is ``1/2 ||target - Wnext X||^2`` for the last hidden layer (``lam_next`` None,
+    ``target = Y``) and ``lam_next f(target, Wnext X)`` otherwise (``target = X_{l+1}``): ``X``
+    is the first argument of its own divergence (convex through ``g``) and inside the second
+    argument of the next one (convex through ``g*``). Damped Newton per column, staying
+    inside the domain ``|X| < 1`` (``g`` is a barrier).
+    """
+    def fun(V: Tensor) -> Tensor:
+        own = lam_l * (_g(V, act) - V * Z).sum(dim=0)
+        if lam_next is None:
+            return own + 0.5 * ((target - Wnext @ V) ** 2).sum(dim=0)
+        Zn = Wnext @ V
+        return own + lam_next * (_conj(Zn, act) - target * Zn).sum(dim=0)
+
+    def grad(V: Tensor) -> Tensor:
+        own = lam_l * (_dg(V, act) - Z)
+        if lam_next is None:
+            return own + Wnext.t() @ (Wnext @ V - target)
+        return own + lam_next * Wnext.t() @ (_phi(Wnext @ V, act) - target)
+
+    def hess(V: Tensor) -> Tensor:
+        own = torch.diag_embed((lam_l / (1 - V * V)).t())
+        if lam_next is None:
+            return own + (Wnext.t() @ Wnext).expand(V.shape[1], -1, -1)
+        w = lam_next * _dphi(Wnext @ V, act)
+        return own + torch.einsum("ia,im,ib->mab", Wnext, w, Wnext)
+
+    V = _newton_columns(X, fun, grad, hess, it, tol)
+    return torch.where(fun(V) <= fun(X), V, X)
+
+
+def layered_bcd(weights: Sequence[Tensor], train_data: object, *, eps: float | None = None,
+                lam: float | Sequence[float] | None = None, iterations: int = 5,
+                activation: object = "tanh", inner_iterations: int = 50, inner_tol: float = 1e-12,
+                callback: Callable[[int, float, tuple[Tensor, ...]], None] | None = None
+                ) -> LayeredBCDResult:
+    """BCD on the direct (proxy-free) relaxation, eq. 9, of a feedforward network (paper 001 §7.1).
+
+    The network ``y = W_{L+1} phi(W_L ... phi(W_1 u))`` (no biases) is fitted through
+
+        ``min  1/2 ||Y - W_{L+1} X_L||_F^2 + sum_{l=1..L} lam_l f(X_l, W_l X_{l-1})``,  ``X_0 = U``,
+
+    i.e. eq. 9 with the feedforward structure of eq. 6 (strictly upper triangular A) and one
+    state block per layer, with ``lam_l = eps^(L+1-l)`` (the "scaled" weights of eq. 11:
+    ``eps`` for the last hidden layer, ``eps^L`` for the first) unless ``lam`` is given.
+    Unlike :func:`fenchel_bcd` (eq. 10/11) there is no proxy ``P``: each layer's state enters
+    its own divergence and the next one directly, which is jointly convex in one layer's
+    state (the divergence is biconvex and the layers do not overlap), but not in all states
+    at once. One sweep is the paper's order ``W_{L+1}, X_L, W_L, X_{L-1}, ..., X_1, W_1``:
+    ``W_{L+1}`` by least squares (closed form); each ``X_l`` and each ``W_l`` by damped Newton
+    to optimality (column-, resp. row-separable strictly convex problems). Every block is
+    an exact minimisation (or a safeguarded monotone step), so the objective is
+    non-increasing. The states start at the forward pass of the initial weights.
+
+    Args:
+        weights: initial ``W_1, ..., W_{L+1}`` (``W_l`` of shape ``(n_l, n_{l-1})``), ``L >= 1``.
+        train_data: ``(U, Y)``, ``U`` ``(m, n_0)``, ``Y`` ``(m, n_{L+1})``.
+        eps: the hyper-parameter of §4.1 (``lam_l = eps^(L+1-l)``); or give ``lam``.
+        lam: the per-layer weights ``lam_1..lam_L`` (scalar: the same for every layer).
+        iterations: number of sweeps.
+        activation: ``"tanh"`` (the X-steps use the barrier ``g`` of the tanh divergence, eq.
+            8; the ReLU divergence has the constraint ``X >= 0`` and is not supported here:
+            use :func:`fenchel_bcd`).
+        inner_iterations, inner_tol: Newton limits per block.
+        callback: called with ``(sweep, objective, weights)`` after each sweep.
+    """
+    t0 = time.perf_counter()
+    act = _activation_name(activation)
+    if act != "tanh":
+        raise ConfigurationError("layered_bcd supports activation='tanh' only (its X-steps are "
+                                 "unconstrained Newton solves); for ReLU use fenchel_bcd")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ConfigurationError(f"iterations must be an integer >= 0, got {iterations!r}")
+    Ws = [torch.as_tensor(W).detach().to(_F64).clone() for W in weights]
+    if len(Ws) < 2 or any(W.dim() != 2 for W in Ws):
+        raise ShapeError("weights must be at least two matrices W_1, ..., W_{L+1}")
+    for a, b in zip(Ws[:-1], Ws[1:], strict=True):
+        if b.shape[1] != a.shape[0]:
+            raise ShapeError(f"weights do not chain: {tuple(a.shape)} then {tuple(b.shape)}")
+    L = len(Ws) - 1
+    lams = _layer_lams(lam, eps, L)
+    U, Y = _as_tensors(train_data, "train_data")
+    if not U.is_floating_point() or not Y.is_floating_point():
+        raise InputError("inputs and targets must be floating tensors")
+    U = U.reshape(U.shape[0], -1).to(_F64).t()
+    Y = (Y.reshape(-1, 1) if Y.dim() == 1 else Y).to(_F64).t()
+    if U.shape[0] != Ws[0].shape[1] or Y.shape[0] != Ws[-1].shape[0]:
+        raise ShapeError(f"data ({U.shape[0]} inputs, {Y.shape[0]} outputs) do not match the weights "
+                         f"({Ws[0].shape[1]} inputs, {Ws[-1].shape[0]} outputs)")
+    Xs: list[Tensor] = []
+    prev = U
+    for W in Ws[:-1]:
+        prev = _phi(W @ prev, act).clamp(-1 + 1e-12, 1 - 1e-12)
+        Xs.append(prev)
+    objectives = [_layered_objective(Ws, U, Y, Xs, lams, act)]
+    history: list[tuple[tuple[str, float], ...]] = []
+    it, itol = inner_iterations, inner_tol
+    for k in range(1, iterations + 1):
+        blocks: list[tuple[str, float]] = []
+        Ws[-1] = torch.linalg.lstsq(Xs[-1].t(), Y.t(), driver="gelsd").solution.t().contiguous()
+        blocks.append((f"W{L + 1}", _layered_objective(Ws, U, Y, Xs, lams, act)))
+        for l in range(L, 0, -1):  # noqa: E741 - the layer index of the paper
+            below = Xs[l - 2] if l >= 2 else U
+            if l == L:
+                Xs[l - 1] = _layer_x_step(Xs[l - 1], Ws[l - 1] @ below, lams[l - 1], act, Ws[l], Y, None,
+                                          it, itol)
+            else:
+                Xs[l - 1] = _layer_x_step(Xs[l - 1], Ws[l - 1] @ below, lams[l - 1], act, Ws[l], Xs[l],
+                                          lams[l], it, itol)
+            blocks.append((f"X{l}", _layered_objective(Ws, U, Y, Xs, lams, act)))
+            Ws[l - 1] = _glm_rows(Ws[l - 1], below, Xs[l - 1], act, it, itol)
+            blocks.append((f"W{l}", _layered_objective(Ws, U, Y, Xs, lams, act)))
+        history.append(tuple(blocks))
+        objectives.append(blocks[-1][1])
+        if callback is not None:
+            callback(k, objectives[-1], tuple(W.clone() for W in Ws))
+    return LayeredBCDResult(tuple(Ws), tuple(X.t().contiguous() for X in Xs), tuple(objectives),
+                            tuple(history), time.perf_counter() - t0)
