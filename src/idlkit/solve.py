@@ -67,6 +67,7 @@ SOLVERS = ("picard", "averaged", "anderson", "triangular")
 ON_NONCONVERGENCE = ("raise", "warn", "ignore")
 _REJECT_FACTOR = 100.0
 _PLAIN_RATE = 0.5
+_RETIRE_WORK = 1 << 20
 _FLOOR_ULPS = 1024
 
 
@@ -260,38 +261,77 @@ def _finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float,
 
 class _Output:
     """Collects each sample's final state, pre-activation and residual as it leaves the
-    active set: converged samples are frozen, so later iterations cost only the rest."""
+    active set: converged samples are frozen, so later iterations cost only the rest.
+
+    Retiring costs a dozen small tensor operations, more than a few extra iterations of
+    a few samples cost when ``n`` is small. Samples at ``tol`` are retired when their
+    number times ``n (n + 32)`` (about the work of one of their iterations) reaches
+    ``_RETIRE_WORK``, or when every live sample is at ``tol``; a batch whose whole
+    iteration is below twice that work is never retired piecewise. Until retired, a
+    sample keeps iterating (its residual keeps falling for Picard; an Anderson sample
+    that drifts back above ``tol`` is retired later). ``per_sample_iterations`` reports
+    the iteration at which each sample first reached ``tol``, found afterwards from the
+    residuals of the iterations since the last compaction (no per-iteration cost).
+    """
 
     def __init__(self, X: Tensor) -> None:
-        B = X.shape[0]
+        B, self.n = X.shape
         self.X = torch.empty_like(X)
         self.Z = torch.empty_like(X)
         self.r = X.new_zeros(B)
         self.iters = torch.full((B,), -1, dtype=torch.long, device=X.device)
+        self.first = self.iters.clone()  # per active row: first iteration at tol before t0
+        self.history: list[Tensor] = []  # residuals of the active rows at iterations t0, ...
+        self.t0 = 0
+        self.piecewise = B * self.n * (self.n + 32) >= 2 * _RETIRE_WORK
         self.partial = False  # some samples retired but still in the active set
         self.dead = 0  # how many
+        self.hi = math.inf  # largest live residual seen by the last due()
 
     def due(self, r: Tensor, live: Tensor, it: int, tol: float, max_iter: int, method: str) -> bool:
-        """Whether :meth:`settle` has work: a live sample at ``tol`` or the budget spent.
+        """Whether to :meth:`settle` now: every live sample at ``tol``, the budget spent, or
+        enough samples at ``tol`` to be worth retiring (see the class docstring).
 
-        Also raises on NaN/Inf in the residual (``max`` propagates NaN). One reduction and
-        one host read while no sample has retired (then a masked reduction).
+        Also raises on NaN/Inf in a live residual (``max`` propagates NaN). One reduction
+        and one host read while no sample is at ``tol``.
         """
         if r.numel() == 0:
             return True
+        self.history.append(r)
+        if len(self.history) == 64:  # bound the memory: fold the history into first hits
+            self.first, self.history, self.t0 = self._first_hits(tol), [], it + 1
+        if not self.piecewise:
+            hi = self.hi = float(r.amax())
+            if not math.isfinite(hi):
+                _finite_or_raise(r, method, it)
+            return hi <= tol or it >= max_iter
         if self.partial:
             lo = float(r.masked_fill(~live, math.inf).amin())
-            hi = float(r.amax())
+            hi = float(r.masked_fill(~live, 0.0).amax())
         else:
             lo_t, hi_t = torch.aminmax(r)
             lo, hi = float(lo_t), float(hi_t)
+        self.hi = hi
         if not math.isfinite(hi):
-            _finite_or_raise(r, method, it)
-        return lo <= tol or it >= max_iter
+            _finite_or_raise(r.masked_fill(~live, 0.0), method, it)
+        if hi <= tol or it >= max_iter:
+            return True
+        if lo > tol:
+            return False
+        count = int(((r <= tol) & live).sum())
+        return count * self.n * (self.n + 32) >= _RETIRE_WORK
+
+    def _first_hits(self, tol: float) -> Tensor:
+        """Per active row, the first iteration at which its residual was at ``tol`` (-1: never)."""
+        R = torch.stack(self.history) <= tol  # (iterations since t0, rows)
+        seen = R.any(dim=0)
+        when = self.t0 + R.to(torch.uint8).argmax(dim=0)  # the first True
+        fresh = torch.where(seen, when, torch.full_like(when, -1))
+        return torch.where(self.first >= 0, self.first, fresh)
 
     def settle(self, rows: Tensor, live: Tensor, X: Tensor, Z: Tensor, r: Tensor, it: int,
                tol: float, max_iter: int) -> tuple[Tensor, Tensor | None, bool]:
-        """Retire the live samples that converged (all of them once ``it`` hits ``max_iter``).
+        """Retire the live samples at ``tol`` (all of them once ``it`` hits ``max_iter``).
 
         Returns ``(live, sel, finished)``: ``sel`` holds the rows to keep when it is time
         to compact the active set (else None); ``finished`` when no sample is left.
@@ -302,11 +342,12 @@ class _Output:
         didx = done.nonzero().squeeze(1)
         if didx.numel() == 0:
             return live, None, False
+        first = self._first_hits(tol)
         idx = rows.index_select(0, didx)
         self.X.index_copy_(0, idx, X.index_select(0, didx))
         self.Z.index_copy_(0, idx, Z.index_select(0, didx))
         self.r.index_copy_(0, idx, r.index_select(0, didx))
-        self.iters.index_fill_(0, idx, it)
+        self.iters.index_copy_(0, idx, first.index_select(0, didx))
         live = live.index_fill(0, didx, False)
         self.dead += int(didx.numel())
         if self.dead == live.numel():
@@ -315,6 +356,8 @@ class _Output:
         sel = live.nonzero().squeeze(1) if 2 * self.dead >= live.numel() else None
         if sel is not None:
             self.dead = 0
+            self.first = first.index_select(0, sel)
+            self.history, self.t0 = [], it + 1
         self.partial = sel is None
         return live, sel, False
 
@@ -396,8 +439,8 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     Converged samples are frozen and leave the active set.
 
     Acceleration starts when it is needed: the solve begins with fallback (plain) steps
-    and switches to Anderson at the first step that fails to cut the residual of every
-    live sample by ``_PLAIN_RATE`` (1/2). An easy problem (a strongly contracting map)
+    and switches to Anderson at the first step that fails to cut the largest live
+    residual by ``_PLAIN_RATE`` (1/2). An easy problem (a strongly contracting map)
     is then solved at the cost of plain steps, which are several times cheaper than
     Anderson steps at small ``n``; a hard one loses at most a few plain steps.
 
@@ -422,6 +465,7 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     live = torch.ones(B, dtype=torch.bool, device=dev)
     plain = True  # the plain-step phase (see the docstring)
     hist: _History | None = None
+    hi_prev = math.inf
     while True:
         if out.due(r, live, it, tol, max_iter, "anderson"):
             live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
@@ -432,20 +476,19 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
                 polish, r_best, r_window = polish[sel], r_best[sel], r_window[sel]
                 if hist is not None:
                     hist = hist.select(sel)
+                if plain:
+                    FX = FX[sel]
                 F = F.restrict(sel)
+        if plain and out.hi > _PLAIN_RATE * hi_prev:  # plain steps no longer halve the residual
+            plain = False
+            r_best, r_window = r.clone(), r.clone()
+            hist = _History(X, m)
         if plain:
-            Xn = torch.add(X, G, alpha=alpha)
-            FXn, Zn = F(Xn)
-            Gn = FXn - Xn
-            rn = _row_inf_norm(Gn)
-            excess = torch.sub(rn, r, alpha=_PLAIN_RATE)
-            if out.partial:
-                excess = excess.masked_fill(~live, -math.inf)
-            if float(excess.amax()) > 0:  # (NaN compares false: due() raises next)
-                plain = False
-                r_best, r_window = rn.clone(), rn.clone()
-                hist = _History(Xn, m)
-            X, G, Z, r = Xn, Gn, Zn, rn
+            hi_prev = out.hi
+            Xn = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
+            FX, Zn = F(Xn)
+            G = FX - Xn
+            X, Z, r = Xn, Zn, _row_inf_norm(G)
             it += 1
             continue
         assert hist is not None
