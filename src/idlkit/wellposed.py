@@ -315,6 +315,9 @@ def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30, chunk: 
     return lam, exact
 
 
+_SORT_DIRECTLY = 1 << 16  # entries below which _l1_threshold sorts at once
+
+
 def _l1_threshold(W: Tensor, radius: float) -> Tensor:
     """``lam >= 0`` with ``sum_j (W_ij - lam_i)_+ = radius`` for each row of ``W >= 0``
     (rows with ``sum_j W_ij > radius``).
@@ -326,9 +329,11 @@ def _l1_threshold(W: Tensor, radius: float) -> Tensor:
     small gradient step) iff ``min_j W_ij > (sum_j W_ij - r) / n``; few survive (far
     outside) iff the condition fails within the 16 largest entries (``torch.topk``);
     otherwise Michelot's finite iteration usually settles in a few passes. Rows none of
-    these settle are sorted.
+    these settle are sorted. Small inputs (``m n <= _SORT_DIRECTLY``) are sorted at once.
     """
     m, n = W.shape
+    if m * n <= _SORT_DIRECTLY:  # small: one sort costs less than the shortcuts' bookkeeping
+        return _threshold_sorted(torch.sort(W, dim=1, descending=True).values, radius)[0]
     lam = (W.sum(dim=1) - radius) / n
     rows = (W.amin(dim=1) <= lam).nonzero().squeeze(1)
     if rows.numel() and n > 16:

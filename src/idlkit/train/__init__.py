@@ -2,7 +2,8 @@
 
 So far: projected-gradient training (:class:`Trainer`, problem 6.4), Frank-Wolfe
 (:func:`frank_wolfe`, §6.2), the alternating block scheme of §7.1, Fenchel-divergence
-block-coordinate descent (:func:`fenchel_bcd`, paper 001 §4, paper 000 §6.3), the losses of
+block-coordinate descent (:func:`fenchel_bcd`, paper 001 §4, paper 000 §6.3; its per-layer,
+proxy-free form of paper 001 §7.1, :func:`layered_bcd`), the losses of
 eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
 """
 
@@ -12,9 +13,11 @@ from .fenchel import (
     FENCHEL_LOSSES,
     FenchelBCDResult,
     FenchelSweep,
+    LayeredBCDResult,
     fenchel_bcd,
     fenchel_divergence,
     group_lasso_prox,
+    layered_bcd,
     relaxed_objective,
 )
 from .frank_wolfe import FWRecord, FWResult, frank_wolfe, fw_gap, lmo_inf_ball, lmo_l1_ball
@@ -68,4 +71,6 @@ __all__ = [
     "FenchelSweep",
     "FENCHEL_ACTIVATIONS",
     "FENCHEL_LOSSES",
+    "layered_bcd",
+    "LayeredBCDResult",
 ]

@@ -173,7 +173,8 @@ class Trainer:
         if callable(self.optimizer) and not isinstance(self.optimizer, str):
             return self.optimizer(model.parameters())
         cls = OPTIMIZERS[self.optimizer]
-        kw: dict = {"lr": self.lr, "weight_decay": self.weight_decay}
+        # foreach: one multi-tensor kernel per update stage instead of one per parameter
+        kw: dict = {"lr": self.lr, "weight_decay": self.weight_decay, "foreach": True}
         if self.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = self.momentum
         return cls(model.parameters(), **kw)
