@@ -658,7 +658,7 @@ def _to_csr(A: Tensor, transpose: bool = False) -> Tensor:
     T.sort_indices()
     return torch.sparse_csr_tensor(torch.from_numpy(T.indptr.astype(np.int64)),
                                    torch.from_numpy(T.indices.astype(np.int64)),
-                                   torch.from_numpy(T.data).to(A.dtype), T.shape)
+                                   torch.from_numpy(T.data).to(A.dtype), T.shape, check_invariants=False)
 
 
 def _csr_row_blocks(A: Tensor, levels: list[Tensor]):  # noqa: ANN202 (generator)
@@ -673,7 +673,8 @@ def _csr_row_blocks(A: Tensor, levels: list[Tensor]):  # noqa: ANN202 (generator
         total = int(new_crow[-1])
         gather = (torch.repeat_interleave(starts - new_crow[:-1], cnt)
                   + torch.arange(total, dtype=crow.dtype, device=crow.device))
-        yield torch.sparse_csr_tensor(new_crow, col[gather], val[gather], (idx.numel(), A.shape[1]))
+        yield torch.sparse_csr_tensor(new_crow, col[gather], val[gather], (idx.numel(), A.shape[1]),
+                                      check_invariants=False)
 
 
 def _diagonal(A: Tensor) -> Tensor:

@@ -25,7 +25,8 @@ from .trace import StateBlock, Tracer
 
 __all__ = ["from_torch", "states", "SPARSE_AUTO_THRESHOLD"]
 
-SPARSE_AUTO_THRESHOLD = 4096  # sparse="auto": sparse matrices from this state size on
+SPARSE_AUTO_THRESHOLD = 1024  # sparse="auto": sparse matrices from this state size on (the dense
+# certificate of a larger A costs an iterative PF eigenvalue)
 
 
 def _offsets(blocks: list[StateBlock]) -> list[int]:
@@ -63,7 +64,7 @@ def _to_torch(parts: list, shape: tuple[int, int], dtype: torch.dtype, sparse: b
         return torch.from_numpy(M.toarray()).to(dtype)
     return torch.sparse_csr_tensor(torch.from_numpy(M.indptr.astype(np.int64)),
                                    torch.from_numpy(M.indices.astype(np.int64)),
-                                   torch.from_numpy(M.data).to(dtype), shape)
+                                   torch.from_numpy(M.data).to(dtype), shape, check_invariants=False)
 
 
 def _net_dtype(net: nn.Module, example: Tensor) -> torch.dtype:
