@@ -33,6 +33,7 @@ __all__ = [
     "load",
     "activations",
     "compose",
+    "convert",
     "datasets",
     "lowrank",
     "errors",
