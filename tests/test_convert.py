@@ -369,3 +369,18 @@ def test_model_rejects_wrong_input_after_conversion() -> None:
     with pytest.raises(idl.ShapeError):
         model(torch.randn(2, 4, dtype=F64))
     assert np.isclose(model.certificate().pf, 0.0)
+
+
+def test_spy_draws_converted_resnet(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from idlkit import plot
+
+    net = resnet20(width=2).double().eval()
+    model = from_torch(net, torch.randn(1, 3, 8, 8, dtype=F64), sparse=True)
+    ax = plot.spy(model)
+    assert "nonzeros" in ax.get_title()
+    ax.figure.savefig(tmp_path / "spy.png", dpi=50)
+    assert (tmp_path / "spy.png").stat().st_size > 0
