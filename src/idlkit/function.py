@@ -102,7 +102,8 @@ class ImplicitFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gX: Tensor):  # type: ignore[override]
         A, X, Z = ctx.saved_tensors
-        gX = gX.contiguous()
+        # (no .contiguous(): the solvers work on gX.t(), which is contiguous when gX is
+        # the column view of a batch-first gradient, as the model produces)
         kwargs = ctx.settings.backward_kwargs()
         # the adjoint tolerance is relative to the size of the incoming gradient, which
         # scales with the loss (e.g. 1/batch for a mean): tol * ||dL/dX||_inf

@@ -152,7 +152,7 @@ class _AdjointMap:
                  psi: Tensor | None = None) -> None:
         self.A, self.ZT, self.GT, self.act = A, ZT, GT, act
         if psi is None and _elementwise(act):
-            psi = act.vjp(ZT, torch.ones_like(ZT))
+            psi = act.derivative(ZT)  # type: ignore[attr-defined]
         self.psi = psi
 
     def restrict(self, rows: Tensor) -> _AdjointMap:
@@ -247,7 +247,6 @@ def _finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float,
             on_nonconvergence: str, fallbacks: int = 0) -> SolveInfo:
     resid = float(r.max()) if r.numel() else 0.0
     converged = resid <= tol
-    iters = torch.where(iters < 0, torch.full_like(iters, it), iters)
     info = SolveInfo(method, it, resid, converged, iters, r.detach(), tol, fallbacks)
     if not converged and on_nonconvergence != "ignore":
         worst = int(r.argmax())
@@ -277,11 +276,10 @@ class _Output:
 
     def __init__(self, X: Tensor) -> None:
         B, self.n = X.shape
-        self.X = torch.empty_like(X)
-        self.Z = torch.empty_like(X)
-        self.r = X.new_zeros(B)
-        self.iters = torch.full((B,), -1, dtype=torch.long, device=X.device)
-        self.first = self.iters.clone()  # per active row: first iteration at tol before t0
+        self.size = B
+        self.like = X
+        self.X = self.Z = self.r = self.iters = None  # allocated when samples retire piecewise
+        self.first = torch.full((B,), -1, dtype=torch.long, device=X.device)  # before t0
         self.history: list[Tensor] = []  # residuals of the active rows at iterations t0, ...
         self.t0 = 0
         self.piecewise = B * self.n * (self.n + 32) >= 2 * _RETIRE_WORK
@@ -338,7 +336,18 @@ class _Output:
         to compact the active set (else None); ``finished`` when no sample is left.
         """
         if live.numel() == 0:  # an empty batch: nothing to solve
+            self.X, self.Z, self.r = X, Z, r
+            self.iters = self.first
             return live, None, True
+        if self.dead == 0 and rows.numel() == self.size and (self.hi <= tol or it >= max_iter):
+            # the whole batch at once, none retired before: no copies
+            self.X, self.Z, self.r, self.iters = X, Z, r, self._first_hits(tol)
+            return live.logical_not_(), None, True
+        if self.X is None:
+            like = self.like
+            self.X, self.Z = torch.empty_like(like), torch.empty_like(like)
+            self.r = like.new_zeros(self.size)
+            self.iters = torch.full((self.size,), -1, dtype=torch.long, device=like.device)
         done = (r <= tol) & live if it < max_iter else live
         didx = done.nonzero().squeeze(1)
         if didx.numel() == 0:
@@ -365,7 +374,7 @@ class _Output:
     def result(self, method: str, it: int, tol: float, on_nonconvergence: str,
                fallbacks: int = 0) -> tuple[Tensor, Tensor, SolveInfo]:
         """``(X, Z, info)`` back in column convention ``(n, m)``."""
-        iters = torch.where(self.r <= tol, self.iters, torch.full_like(self.iters, -1))
+        iters = torch.where(self.r <= tol, self.iters, it)  # the budget for the unconverged
         info = _finish(method, self.r, it, iters, tol, on_nonconvergence, fallbacks)
         return self.X.t(), self.Z.t(), info
 
