@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import wellposed as wp
+from ._validation import all_finite
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings
@@ -184,7 +185,7 @@ class LowRankFunction(torch.autograd.Function):
         L, R, CT, Z = ctx.saved_tensors
         s = ctx.settings
         gZ = gZ.contiguous()
-        if not bool(torch.isfinite(gZ).all()):
+        if not all_finite(gZ):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
         method = s.backward_method or "anderson"
         tol = s.tol if s.backward_tol is None else s.backward_tol
@@ -655,10 +656,10 @@ class LowRankImplicitModel(SolveReports, nn.Module):
     def _latent(self, U: Tensor, z0: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(Z (m, k), c (m, n))`` with autograd through :class:`LowRankFunction`."""
         self._check_wellposed()
-        if not bool(torch.isfinite(U).all()):
+        if not all_finite(U):
             raise NonFiniteError("input u contains NaN or Inf")
         CT = self._pre(U)
-        if not bool(torch.isfinite(CT).all()):
+        if not all_finite(CT):
             raise NonFiniteError("B u + b contains NaN/Inf; check the parameters B, b")
         if z0 is not None:
             z0 = z0.reshape(1, -1) if z0.dim() == 1 else z0

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import wellposed as wp
+from ._validation import all_finite
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings, equilibrium
@@ -449,7 +450,7 @@ class ImplicitModel(SolveReports, nn.Module):
     def _state(self, U: Tensor, x0: Tensor | None) -> Tensor:
         """Equilibrium in column convention ``(n, batch)``, with autograd."""
         self._check_wellposed()
-        if not bool(torch.isfinite(U).all()):
+        if not all_finite(U):
             raise NonFiniteError("input u contains NaN or Inf")
         if self.hidden == 0:  # static affine map: nothing to solve
             m = U.shape[0]

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validation import all_finite
 from .activations import Activation, Centered, ComponentwiseActivation, get_activation
 from .errors import (
     ConfigurationError,
@@ -822,7 +823,7 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
     _validate_system(A, b)
     with torch.no_grad():
         A, b = A.detach(), b.detach()
-        if not bool(torch.isfinite(b).all()):
+        if not all_finite(b):
             raise NonFiniteError("the right-hand side b (B u + bias) contains NaN/Inf; check the "
                                  "input u and the parameters B, bias")
         if method == "triangular":
@@ -870,7 +871,7 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
                          f"{tuple(G.shape)}")
     with torch.no_grad():
         A = A.detach()
-        if not bool(torch.isfinite(G).all()):
+        if not all_finite(G):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
         if method == "triangular":
             V = _triangular_adjoint(A, Z, G, act)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._validation import all_finite
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from ..io import CheckpointError, read_tensors, write_tensors
 from .losses import cross_entropy, squared_error
@@ -79,9 +80,9 @@ def _as_tensors(data: object, name: str) -> tuple[Tensor, Tensor]:
         raise ShapeError(f"{name}: {X.shape[0]} inputs but {y.shape[0]} targets")
     if X.shape[0] == 0:
         raise InputError(f"{name} is empty")
-    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+    if not all_finite(X):
         raise NonFiniteError(f"{name} inputs contain NaN or Inf")
-    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise NonFiniteError(f"{name} targets contain NaN or Inf")
     return X, y
 
