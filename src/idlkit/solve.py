@@ -134,6 +134,11 @@ class _ForwardMap:
     def restrict(self, rows: Tensor) -> _ForwardMap:
         return _ForwardMap(self.A, self.bT[rows], self.act)
 
+    def at_zero(self) -> tuple[Tensor, Tensor]:
+        """``(F(0), Z)`` with ``Z = b^T``: no matrix product."""
+        Z = self.bT.clone()
+        return (self.act(Z) if self.elementwise else self.act(Z.t()).t()), Z
+
     def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
         if self.AT is not None:
             Z = torch.addmm(self.bT, X, self.AT)
@@ -160,6 +165,13 @@ class _AdjointMap:
         return _AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act,
                            None if self.psi is None else self.psi[rows])
 
+    def at_zero(self) -> tuple[Tensor, Tensor]:
+        """``(F(0), W)`` with ``W = G^T``: no matrix product."""
+        W = self.GT.clone()
+        if self.psi is not None:
+            return self.psi * W, W
+        return self.act.vjp(self.ZT.t(), W.t()).t(), W
+
     def __call__(self, V: Tensor) -> tuple[Tensor, Tensor]:
         if self.A.layout == torch.strided:
             W = torch.addmm(self.GT, V, self.A)
@@ -181,22 +193,25 @@ class FixedPointMap(Protocol):
 
 def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: float,
                 max_iter: int, anderson_m: int = 5, beta: float | None = None,
-                on_nonconvergence: str = "raise") -> tuple[Tensor, Tensor, SolveInfo]:
+                on_nonconvergence: str = "raise", zero_start: bool = False
+                ) -> tuple[Tensor, Tensor, SolveInfo]:
     """Solve ``X = F(X)`` for any batch-first map (used by the model's forward and adjoint
     solves and by :mod:`idlkit.lowrank`'s latent solves).
 
     ``method``: ``picard``, ``averaged`` (step ``alpha``) or ``anderson`` (fallback step
     ``alpha``, mixing ``beta``, default ``alpha``). ``X``: ``(m, d)`` start. Returns
-    ``(X, aux, info)`` in column convention ``(d, m)``.
+    ``(X, aux, info)`` in column convention ``(d, m)``. ``zero_start``: ``X`` is zero and
+    ``F`` has ``at_zero()``, its value there without the matrix product.
     """
+    first = F.at_zero() if zero_start else None  # type: ignore[attr-defined]
     if method == "anderson":
         return _anderson(F, X, alpha, tol, max_iter, anderson_m,
-                         alpha if beta is None else beta, on_nonconvergence)
+                         alpha if beta is None else beta, on_nonconvergence, first)
     if method not in ("picard", "averaged"):
         raise ConfigurationError(f"iterate_map solves with picard, averaged or anderson, got "
                                  f"{method!r}")
     return _iterate_simple(F, X, alpha if method == "averaged" else 1.0, tol, max_iter, method,
-                           on_nonconvergence)
+                           on_nonconvergence, first)
 
 
 def default_alpha(A: Tensor) -> float:
@@ -381,14 +396,17 @@ class _Output:
 
 
 def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
-                    method: str, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
-    """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only."""
+                    method: str, on_nonconvergence: str,
+                    first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only.
+
+    ``first``: ``F(X)`` when the caller has it for free (``X = 0``)."""
     out = _Output(X)
     rows = torch.arange(X.shape[0], device=X.device)
     live = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
     it = 0
+    FX, Z = F(X) if first is None else first
     while True:
-        FX, Z = F(X)
         r = _residual(FX, X)
         if out.due(r, live, it, tol, max_iter, method):
             live, sel, finished = out.settle(rows, live, X, Z, r, it, tol, max_iter)
@@ -399,6 +417,7 @@ def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
                 F = F.restrict(sel)
         X = FX if alpha == 1.0 else torch.lerp(X, FX, alpha)
         it += 1
+        FX, Z = F(X)
     return out.result(method, it, tol, on_nonconvergence)
 
 
@@ -442,7 +461,8 @@ def _plain_rate(batch: int, n: int, m: int) -> float:
 
 
 def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
-              m: int, beta: float, on_nonconvergence: str) -> tuple[Tensor, Tensor, SolveInfo]:
+              m: int, beta: float, on_nonconvergence: str,
+              first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
     """Type-II Anderson acceleration, per sample, with safeguards (batch-first ``X``).
 
     With ``G_i = F(x_i) - x_i`` for the last ``m`` iterates, the weights solve
@@ -480,7 +500,7 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
     rows = torch.arange(B, device=dev)
     polish = torch.zeros(B, dtype=torch.bool, device=dev)
     any_polish = False
-    FX, Z = F(X)
+    FX, Z = F(X) if first is None else first
     G = FX - X
     r = _row_inf_norm(G)
     r_best = r.clone()
@@ -837,7 +857,8 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
             X = x0.detach().to(b.dtype).t().contiguous()
         a = _alpha(A, alpha, method)
         F = _ForwardMap(A, b.t().contiguous(), act)
-        return iterate_map(F, X, method, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+        return iterate_map(F, X, method, a, tol, max_iter, anderson_m, beta, on_nonconvergence,
+                           zero_start=x0 is None)
 
 
 def _alpha(A: Tensor, alpha: float | None, method: str) -> float:
@@ -884,5 +905,5 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
         a = _alpha(A, alpha, method)
         F = _AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
         V, _, info = iterate_map(F, X, method, a, tol, max_iter, anderson_m, beta,
-                                 on_nonconvergence)
+                                 on_nonconvergence, zero_start=x0 is None)
         return V, info
