@@ -288,6 +288,16 @@ def _threshold_sorted(c: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     return (cs.gather(1, rho.long() - 1) / rho).squeeze(1), ~cond[:, -1]
 
 
+def _threshold_sorted_np(W: np.ndarray, radius: float) -> np.ndarray:
+    """:func:`_threshold_sorted` of the rows of ``W`` sorted in full (numpy, float64 sums)."""
+    c = -np.sort(-W, axis=1)
+    cs = np.cumsum(c, axis=1, dtype=np.float64) - radius
+    j = np.arange(1, c.shape[1] + 1)
+    rho = ((c * j) > cs).argmin(axis=1)  # first j where the condition fails (it holds up to rho)
+    rho = np.where(((c * j) > cs).all(axis=1), c.shape[1], rho)
+    return cs[np.arange(c.shape[0]), rho - 1] / rho
+
+
 def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30, chunk: int = 128,
               offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Michelot's iteration ``lam <- (t + sum_{W > lam} W - r) / (#{W > lam} + e)``, i.e.
@@ -333,6 +343,8 @@ def _l1_threshold(W: Tensor, radius: float) -> Tensor:
     """
     m, n = W.shape
     if m * n <= _SORT_DIRECTLY:  # small: one sort costs less than the shortcuts' bookkeeping
+        if W.device.type == "cpu":  # numpy's small-array overhead is a third of torch's
+            return torch.from_numpy(_threshold_sorted_np(W.detach().numpy(), radius)).to(W.dtype)
         return _threshold_sorted(torch.sort(W, dim=1, descending=True).values, radius)[0]
     lam = (W.sum(dim=1) - radius) / n
     rows = (W.amin(dim=1) <= lam).nonzero().squeeze(1)
