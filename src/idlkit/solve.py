@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _triangular as _tri
 from ._validation import all_finite
 from .activations import Activation, Centered, ComponentwiseActivation, get_activation
 from .errors import (
@@ -601,154 +602,66 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
 
 def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
                       allow_diagonal: bool = False) -> list[Tensor]:
-    """Level sets of the dependency graph of an upper (block) triangular ``A``.
+    """Level sets of the dependency graph of an upper (block) triangular ``A`` (Thm 2.8/2.9).
 
     Block ``I`` depends on block ``J`` when ``A_IJ != 0`` and ``J != I``; its level is
     ``1 + max level(J)`` (0 without dependencies). Blocks of one level are
     independent given the lower levels, so ``triangular`` solves them with one
-    matrix product. Raises :class:`ConfigurationError` when ``A`` has a nonzero
-    entry below the (block) diagonal, or a nonzero diagonal (block) when
-    ``allow_diagonal`` is false.
+    matrix product. Computed by vectorised frontier propagation over the (sparse)
+    pattern, with no per-row Python loop (:func:`idlkit._triangular.block_levels`).
+    Raises :class:`ConfigurationError` when ``A`` has a nonzero entry below the (block)
+    diagonal, or a nonzero diagonal (block) when ``allow_diagonal`` is false.
     """
     n = A.shape[0]
     if sizes is None:
         sizes = (1,) * n
-    if A.layout != torch.strided:
-        rows, cols, vals = _sparse_pattern(A)
-        rows, cols = rows[vals != 0], cols[vals != 0]
-    else:
-        rows, cols = np.nonzero(A.detach().cpu().numpy())
-    blk = np.repeat(np.arange(len(sizes)), sizes)
-    br, bc = blk[rows], blk[cols]
-    if np.any(br > bc):
-        i = int(np.argmax(br > bc))
-        raise ConfigurationError(
-            f"the triangular solver needs (block) upper-triangular A; A[{rows[i]}, {cols[i]}] "
-            f"below the diagonal is nonzero. Use solver='anderson', or project A with "
-            f"idlkit.wellposed.project_triangular")
-    diag = br == bc
-    if np.any(diag & (rows != cols)) or (not allow_diagonal and np.any(diag)):
-        i = int(np.argmax(diag))
-        raise ConfigurationError(
-            f"the triangular solver needs a zero diagonal (block) for this activation; "
-            f"A[{rows[i]}, {cols[i]}] is nonzero. Only ReLU/LeakyReLU/identity admit a "
-            f"nonzero diagonal (Remark 2.5).")
-    keep = br < bc
-    br, bc = br[keep], bc[keep]
-    L = len(sizes)
-    level = np.zeros(L, dtype=np.int64)
-    if br.size:
-        if not bool(np.all(br[1:] >= br[:-1])):  # a sparse (CSR) pattern is sorted already
-            order = np.lexsort((bc, br))  # group dependencies by row block
-            br, bc = br[order], bc[order]
-        starts = np.searchsorted(br, np.arange(L))
-        ends = np.searchsorted(br, np.arange(L), side="right")
-        for i in range(L - 1, -1, -1):
-            s, e = starts[i], ends[i]
-            if e > s:
-                level[i] = 1 + level[bc[s:e]].max()
-    if L == 0:
-        return []
-    state_level = np.repeat(level, sizes)  # level of every state, blocks kept whole
-    order = np.argsort(state_level, kind="stable")
-    bounds = np.cumsum(np.bincount(state_level))[:-1]
-    return [torch.as_tensor(idx, dtype=torch.long, device=A.device)
-            for idx in np.split(order, bounds)]
+    level = _tri.block_levels(A.detach(), tuple(sizes), allow_diagonal)
+    return _tri.level_sets(level, tuple(sizes), A.device)
 
 
-def _rows(A: Tensor, idx: Tensor) -> Tensor:
-    if A.layout == torch.strided:
-        return A[idx]
-    return torch.index_select(A, 0, idx)
+def _homog_diag_check(diag: Tensor, base: ComponentwiseActivation) -> None:
+    bad = diag * base.slope_max >= 1
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise WellPosednessError(
+            f"upper-triangular A with {base.name} is well-posed iff diag(A) < 1 (Remark 2.5, "
+            f"Thm 2.8); A[{i}, {i}] = {float(diag[i]):.6g}. Fix: project the diagonal below 1.")
 
 
-def _sparse_pattern(A: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows, cols, values)`` of a torch sparse matrix as numpy arrays, sorted by row."""
-    if A.layout == torch.sparse_csr:
-        crow = A.crow_indices().cpu().numpy()
-        rows = np.repeat(np.arange(A.shape[0]), np.diff(crow))
-        return rows, A.col_indices().cpu().numpy(), A.values().detach().cpu().numpy()
-    coo = A.detach().to_sparse_coo().coalesce()
-    rows, cols = coo.indices().cpu().numpy()
-    return rows, cols, coo.values().cpu().numpy()
-
-
-def _to_csr(A: Tensor, transpose: bool = False) -> Tensor:
-    """``A`` (or ``A^T``) as a torch CSR tensor; the transpose goes through scipy on the CPU
-    (torch's CSC -> CSR conversion is an order of magnitude slower on large matrices)."""
-    if not transpose:
-        return A if A.layout == torch.sparse_csr else A.to_sparse_coo().coalesce().to_sparse_csr()
-    if A.device.type != "cpu":
-        return A.t().to_sparse_coo().coalesce().to_sparse_csr()
-    import scipy.sparse as sp
-
-    rows, cols, vals = _sparse_pattern(A)
-    T = sp.csr_array((vals, (cols, rows)), shape=(A.shape[1], A.shape[0]))
-    T.sum_duplicates()
-    T.sort_indices()
-    return torch.sparse_csr_tensor(torch.from_numpy(T.indptr.astype(np.int64)),
-                                   torch.from_numpy(T.indices.astype(np.int64)),
-                                   torch.from_numpy(T.data).to(A.dtype), T.shape, check_invariants=False)
-
-
-def _csr_row_blocks(A: Tensor, levels: list[Tensor]):  # noqa: ANN202 (generator)
-    """Yield, level by level, the rows ``A[idx]`` of a CSR matrix as a CSR matrix (lazily:
-    one level's copy at a time, so the memory stays O(nnz))."""
-    crow, col, val = A.crow_indices(), A.col_indices(), A.values()
-    for idx in levels:
-        starts = crow[idx]
-        cnt = crow[idx + 1] - starts
-        new_crow = torch.zeros(idx.numel() + 1, dtype=crow.dtype, device=crow.device)
-        torch.cumsum(cnt, 0, out=new_crow[1:])
-        total = int(new_crow[-1])
-        gather = (torch.repeat_interleave(starts - new_crow[:-1], cnt)
-                  + torch.arange(total, dtype=crow.dtype, device=crow.device))
-        yield torch.sparse_csr_tensor(new_crow, col[gather], val[gather], (idx.numel(), A.shape[1]),
-                                      check_invariants=False)
-
-
-def _diagonal(A: Tensor) -> Tensor:
-    """``diag(A)`` of a dense or sparse matrix, without densifying."""
-    if A.layout == torch.strided:
-        return torch.diagonal(A)
-    coo = A.to_sparse_coo().coalesce()
-    r, c = coo.indices()
-    on = r == c
-    d = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
-    return d.index_put_((r[on],), coo.values()[on], accumulate=True)
-
-
-def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float) -> tuple[Tensor, Tensor, SolveInfo]:
-    base = getattr(act, "base", act)
-    homog = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
-             and base.slope_min >= 0)
-    sizes = act.blocks(A.shape[0]).sizes
-    levels = triangular_levels(A, sizes, allow_diagonal=homog)
+def _triangular(A: Tensor, b: Tensor, act: Activation, tol: float,
+                owner: Tensor | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Back-substitution by levels (Thm 2.8/2.9): ``x_I = phi_I(b_I + A_I. x)``, one product
+    per level with the cached plan of ``owner`` (the caller's ``A`` object, see
+    :func:`idlkit._triangular.plan_for`); ``Z`` is assembled level by level (no extra product)."""
+    plan = _tri.plan_for(owner if owner is not None else A, act)
     X = torch.zeros_like(b)
+    Z = torch.empty_like(b)
     n = X.shape[0]
-    sparse = A.layout != torch.strided
-    row_blocks = _csr_row_blocks(_to_csr(A), levels) if sparse else None
-    if homog:
-        diag = _diagonal(A)
-        if bool((diag * base.slope_max >= 1).any()):
-            i = int((diag * base.slope_max >= 1).nonzero()[0])
-            raise WellPosednessError(
-                f"upper-triangular A with {base.name} is well-posed iff diag(A) < 1 (Remark 2.5, "
-                f"Thm 2.8); A[{i}, {i}] = {float(diag[i]):.6g}. Fix: project the diagonal below 1.")
-    for idx in levels:
-        C = b[idx] + (next(row_blocks) if row_blocks is not None else _rows(A, idx)) @ X
-        if homog:
+    base = getattr(act, "base", act)
+    diag = plan.diag
+    if plan.homog:
+        assert diag is not None
+        _homog_diag_check(diag, base)
+    for k, idx in enumerate(plan.levels):
+        sl = plan.slices[k]
+        sel = sl if sl is not None else idx
+        C = plan.row_block(A, k) @ X
+        C += b[sel]
+        if plan.homog:
             # closed form of Remark 2.5: x_i = phi(c_i) / (1 - A_ii phi'(c_i))
-            X[idx] = act(C) / (1 - diag[idx][:, None] * act.derivative(C))
+            d = diag[sel][:, None]
+            Xk = act(C) / (1 - d * act.derivative(C))
+            X[sel] = Xk
+            Z[sel] = C + d * Xk
         else:
-            X[idx] = _act_rows(act, C, idx, n)
-    Z = A @ X + b
+            X[sel] = _act_rows(act, C, idx, n)
+            Z[sel] = C
     r = _residual(act(Z).t(), X.t())
-    _finite_or_raise(r, "triangular", len(levels))
-    iters = torch.full((X.shape[1],), len(levels), dtype=torch.long, device=X.device)
+    _finite_or_raise(r, "triangular", len(plan.levels))
+    iters = torch.full((X.shape[1],), len(plan.levels), dtype=torch.long, device=X.device)
     resid = float(r.max()) if r.numel() else 0.0
     # exact up to rounding: converged by construction
-    return X, Z, SolveInfo("triangular", len(levels), resid, True, iters, r, tol)
+    return X, Z, SolveInfo("triangular", len(plan.levels), resid, True, iters, r, tol)
 
 
 def _act_rows(act: Activation, C: Tensor, idx: Tensor, n: int) -> Tensor:
@@ -760,30 +673,29 @@ def _act_rows(act: Activation, C: Tensor, idx: Tensor, n: int) -> Tensor:
     return act(full)[idx]
 
 
-def _triangular_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation) -> Tensor:
-    """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order."""
-    base = getattr(act, "base", act)
-    homog = (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
-             and base.slope_min >= 0)
-    sizes = act.blocks(A.shape[0]).sizes
-    levels = triangular_levels(A, sizes, allow_diagonal=homog)
-    sparse = A.layout != torch.strided
-    At = A.t()
-    row_blocks = _csr_row_blocks(_to_csr(A, transpose=True), levels[::-1]) if sparse else None
+def _triangular_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
+                        owner: Tensor | None = None) -> Tensor:
+    """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order, with the
+    cached per-level row blocks of ``A^T`` (built on the first adjoint solve)."""
+    plan = _tri.plan_for(owner if owner is not None else A, act)
     V = torch.zeros_like(G)
     n = A.shape[0]
-    diag = _diagonal(A) if homog else None
-    for idx in reversed(levels):
-        C = G[idx] + (next(row_blocks) if row_blocks is not None else _rows(At, idx)) @ V
-        if homog:
-            d = act.derivative(Z[idx])
-            V[idx] = d * C / (1 - diag[idx][:, None] * d)
+    diag = plan.diag
+    for k in range(len(plan.levels) - 1, -1, -1):
+        idx, sl = plan.levels[k], plan.slices[k]
+        sel = sl if sl is not None else idx
+        C = plan.row_block_t(A, k) @ V
+        C += G[sel]
+        if plan.homog:
+            assert diag is not None
+            d = act.derivative(Z[sel])
+            V[sel] = d * C / (1 - diag[sel][:, None] * d)
         elif act.componentwise:
-            V[idx] = act.vjp(Z[idx], C)
+            V[sel] = act.vjp(Z[sel], C)
         else:
             full = C.new_zeros(n, C.shape[1])
             full[idx] = C
-            V[idx] = act.vjp(Z, full)[idx]
+            V[sel] = act.vjp(Z, full)[idx]
     return V
 
 
@@ -842,12 +754,12 @@ def _solve_with_z(A: Tensor, b: Tensor, act: Activation, *, method: str, tol: fl
     _check_settings(method, tol, max_iter, on_nonconvergence, alpha, anderson_m)
     _validate_system(A, b)
     with torch.no_grad():
-        A, b = A.detach(), b.detach()
+        owner, A, b = A, A.detach(), b.detach()
         if not all_finite(b):
             raise NonFiniteError("the right-hand side b (B u + bias) contains NaN/Inf; check the "
                                  "input u and the parameters B, bias")
         if method == "triangular":
-            return _triangular(A, b, act, tol)
+            return _triangular(A, b, act, tol, owner)
         if x0 is None:
             X = b.new_zeros(b.shape[1], b.shape[0])
         else:
@@ -891,11 +803,11 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
         raise ShapeError(f"Z and G must have the same shape, got {tuple(Z.shape)} and "
                          f"{tuple(G.shape)}")
     with torch.no_grad():
-        A = A.detach()
+        owner, A = A, A.detach()
         if not all_finite(G):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
         if method == "triangular":
-            V = _triangular_adjoint(A, Z, G, act)
+            V = _triangular_adjoint(A, Z, G, act, owner)
             B = V.shape[1]
             info = SolveInfo("triangular", 0, 0.0, True,
                              torch.zeros(B, dtype=torch.long, device=V.device),

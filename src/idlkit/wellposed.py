@@ -69,9 +69,25 @@ def _as_np(A: Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(A, dtype=np.float64)
 
 
+def _is_sparse(A: object) -> bool:
+    return (isinstance(A, Tensor) and A.layout != torch.strided) or sp.issparse(A)
+
+
 def _as_matrix(A: object) -> np.ndarray | sp.csr_array:
     """float64 matrix on the CPU: a scipy CSR array for sparse input (torch sparse or
-    scipy sparse), else a dense numpy array. Large sparse models are never densified."""
+    scipy sparse), else a dense numpy array. Large sparse models are never densified.
+
+    A torch CSR tensor is read directly (index arrays shared, values cast to float64),
+    without a COO round trip."""
+    if isinstance(A, Tensor) and A.layout == torch.sparse_csr:
+        T = A.detach().cpu()
+        crow, col = T.crow_indices().numpy(), T.col_indices().numpy()
+        data = T.values().numpy().astype(np.float64)
+        M = sp.csr_array((data, col, crow), shape=tuple(A.shape))
+        if not M.has_canonical_format:  # unsorted or duplicates: fix on private copies
+            M = sp.csr_array((data, col.copy(), crow.copy()), shape=tuple(A.shape))
+            M.sum_duplicates()
+        return M
     if isinstance(A, Tensor) and (A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc)):
         coo = A.detach().to_sparse_coo().coalesce().to("cpu", torch.float64)
         i, j = coo.indices().numpy()
@@ -107,7 +123,19 @@ def inf_norm(A: Tensor | np.ndarray) -> float:
     M = _as_matrix(A)
     if M.shape[0] == 0 or M.shape[1] == 0:
         return 0.0
-    return float(np.asarray(abs(M).sum(axis=1)).max())
+    return float(_row_abs_sums(M).max())
+
+
+def _row_abs_sums(M: np.ndarray | sp.csr_array) -> np.ndarray:
+    """``sum_j |M_ij|`` per row, float64; a sparse ``M`` by one segmented sum over its values."""
+    if not sp.issparse(M):
+        return np.abs(M).sum(axis=1)
+    M = sp.csr_array(M)
+    out = np.zeros(M.shape[0])
+    nz = np.flatnonzero(np.diff(M.indptr))
+    if nz.size:
+        out[nz] = np.add.reduceat(np.abs(M.data), M.indptr[nz])
+    return out
 
 
 def mu_inf(A: Tensor | np.ndarray) -> float:
@@ -121,7 +149,7 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
     if M.shape[0] == 0:
         return -math.inf
     d = np.asarray(M.diagonal())
-    return float((d + np.asarray(abs(M).sum(axis=1)).ravel() - np.abs(d)).max())
+    return float((d + _row_abs_sums(M) - np.abs(d)).max())
 
 
 def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10_000) -> float:
@@ -199,7 +227,14 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     general; for them a documented upper bound is used (sum of absolute entries;
     the l2 norm of the row l1 norms; the sum of the row l2 norms), which keeps the
     certificate of Thm 2.7 sufficient.
+
+    A sparse ``A`` stays sparse and a scipy CSR matrix is returned: for scalar blocks
+    ``Gamma |A|`` exactly; for larger blocks every ``N_ij`` is bounded by the sum of the
+    absolute entries of ``A_ij`` (``||B x||_q <= ||B x||_1 <= sum |B_kl| ||x||_inf``), an
+    upper bound for every pair of norms, so the certificate stays sufficient.
     """
+    if _is_sparse(A):
+        return _sparse_blip_norm_matrix(_as_matrix(A), sizes, norms, gammas)
     M = _square(_as_np(A))
     n = M.shape[0]
     if sum(sizes) != n or len(sizes) != len(norms):
@@ -243,6 +278,24 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     return scale[:, None] * N
 
 
+def _sparse_blip_norm_matrix(M: sp.csr_array, sizes: tuple[int, ...], norms: tuple[float, ...],
+                             gammas: tuple[float, ...] | None) -> sp.csr_array:
+    n = M.shape[0]
+    if M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    if sum(sizes) != n or len(sizes) != len(norms):
+        raise ShapeError(f"partition {sizes} (with norms {norms}) does not cover a state of size {n}")
+    if gammas is not None and len(gammas) != len(sizes):
+        raise ShapeError(f"{len(gammas)} Lipschitz constants for {len(sizes)} blocks")
+    L = len(sizes)
+    scale = np.ones(L) if gammas is None else np.asarray(gammas, dtype=np.float64)
+    absM = abs(M)
+    if L != n:
+        P = sp.csr_array((np.ones(n), (np.arange(n), np.repeat(np.arange(L), sizes))), shape=(n, L))
+        absM = sp.csr_array(P.T @ absM @ P)
+    return sp.csr_array(sp.diags_array(scale) @ absM)
+
+
 def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> float:
     """``lambda_pf(Gamma N(A))`` for the activation's BLIP structure (Thm 2.7), float64.
 
@@ -250,14 +303,21 @@ def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> floa
     ``lambda_pf(gamma |A|)`` (Thm 2.2).
     """
     act = get_activation(activation)
-    M = _square(_as_np(A))
+    M = _as_matrix(A) if _is_sparse(A) else _square(_as_np(A))
     bs = act.blocks(M.shape[0])
     return pf_eigenvalue(blip_norm_matrix(M, bs.sizes, bs.norms, bs.gammas))
 
 
 def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
                         sizes: tuple[int, ...] | None = None) -> bool:
-    """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks)."""
+    """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks).
+
+    A sparse ``A`` is decided on its pattern, in ``O(nnz)`` (never densified)."""
+    if _is_sparse(A):
+        G = _sparse_block_graph(A, sizes)
+        first = _row_min_col(G)
+        ar = np.arange(G.shape[0])
+        return not bool(np.any(first <= ar if strict else first < ar))
     M = _square(_as_np(A))
     n = M.shape[0]
     if sizes is None or all(s == 1 for s in sizes):
@@ -266,6 +326,36 @@ def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
     blk = np.repeat(np.arange(len(sizes)), sizes)
     lower = blk[:, None] > blk[None, :] if not strict else blk[:, None] >= blk[None, :]
     return not bool(np.any(M[lower] != 0))
+
+
+def _sparse_block_graph(A: object, sizes: tuple[int, ...] | None) -> sp.csr_array:
+    """Block dependency pattern of a sparse ``A`` (``L x L`` CSR, explicit zeros dropped)."""
+    M = _as_matrix(A)
+    if M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    n = M.shape[0]
+    sizes = tuple(sizes) if sizes is not None else (1,) * n
+    if sum(sizes) != n:
+        raise ShapeError(f"partition {sizes} does not cover a state of size {n}")
+    M = sp.csr_array(M)
+    keep = M.data != 0
+    rows = np.repeat(np.arange(n), np.diff(M.indptr))[keep]
+    cols = M.indices[keep]
+    if len(sizes) != n:
+        blk = np.repeat(np.arange(len(sizes)), sizes)
+        rows, cols = blk[rows], blk[cols]
+    L = len(sizes)
+    return sp.csr_array(sp.coo_array((np.ones(rows.size, np.int8), (rows, cols)), shape=(L, L)))
+
+
+def _row_min_col(G: sp.csr_array) -> np.ndarray:
+    """Smallest column of each row of a CSR pattern (``L`` for an empty row)."""
+    L = G.shape[0]
+    out = np.full(L, L, dtype=np.int64)
+    nz = np.flatnonzero(np.diff(G.indptr))
+    if nz.size:
+        out[nz] = np.minimum.reduceat(G.indices, G.indptr[nz])
+    return out
 
 
 # ----------------------------------------------------------------------------- projections
@@ -757,6 +847,8 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
     from scipy.sparse.csgraph import connected_components
 
     act = get_activation(activation)
+    if _is_sparse(A):
+        return _sparse_triangular_criterion(_as_matrix(A), act)[0]
     M = _square(_as_np(A))
     n = M.shape[0]
     if n == 0:
@@ -791,6 +883,69 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
     return TriangularReport(True, not failing, exact, tuple(comps), tuple(failing))
 
 
+def _sparse_triangular_criterion(M: sp.csr_array, act: Activation) -> tuple[TriangularReport, bool]:
+    """:func:`triangular_criterion` for a sparse ``M`` (float64 CSR), vectorised over the
+    components; only components with a self-loop or several blocks are examined one by one
+    (dense when small, by the sparse certificates otherwise). Also returns whether every
+    component is a single block without self-loop, i.e. ``Gamma N(A)`` is nilpotent and
+    ``lambda_pf = 0`` (strictly block triangular up to a permutation, Thm 2.8/2.9)."""
+    from scipy.sparse.csgraph import connected_components
+
+    n = M.shape[0]
+    if M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    if n == 0:
+        return TriangularReport(True, True, True, (), ()), True
+    blocks = block_activations(act, n)
+    sizes = tuple(size for size, _ in blocks)
+    L = len(sizes)
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    G = _sparse_block_graph(M, sizes)
+    ncomp, labels = connected_components(G, directed=True, connection="strong")
+    first = np.full(ncomp, L, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(L))
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(ncomp, dtype=np.int64)
+    rank[order] = np.arange(ncomp)
+    blk_sorted = np.argsort(rank[labels], kind="stable")  # blocks grouped by component, in order
+    counts = np.bincount(rank[labels], minlength=ncomp)
+    state_of_blk = [np.arange(offs[b], offs[b + 1]) for b in blk_sorted] if L != n else None
+    states = np.concatenate(state_of_blk) if state_of_blk is not None else blk_sorted
+    state_counts = np.add.reduceat(np.asarray(sizes)[blk_sorted], np.cumsum(counts) - counts)
+    st, ends = states.tolist(), np.cumsum(state_counts).tolist()
+    comps = tuple(tuple(st[a:b]) for a, b in zip([0] + ends[:-1], ends, strict=True))
+    cstart = np.cumsum(counts) - counts
+    self_loop = G.diagonal() != 0
+    interesting = np.flatnonzero((counts > 1) | self_loop[blk_sorted[cstart]])
+    diag = M.diagonal()
+    failing, exact = [], True
+    for c in interesting:
+        members = blk_sorted[cstart[c]:cstart[c] + counts[c]]
+        idx = np.asarray(comps[c])
+        if len(idx) == 1:
+            verdict = _scalar_wellposed(float(diag[idx[0]]), blocks[int(members[0])][1])
+            if verdict is not None:
+                if not verdict:
+                    failing.append(comps[c])
+                continue
+        exact = False
+        sub_act = stack_activations([blocks[int(i)] for i in members])
+        sub = M[idx][:, idx]
+        if len(idx) <= _EXACT_EIG_MAX_N:
+            ok = any(_norm_certificates(sub.toarray(), sub_act)[4].values())
+        else:
+            bs = sub_act.blocks(len(idx))
+            ok = (float(sub_act.lipschitz_inf) * inf_norm(sub) < 1
+                  or pf_eigenvalue(blip_norm_matrix(sub, bs.sizes, bs.norms, bs.gammas)) < 1)
+        if not ok:
+            failing.append(comps[c])
+    nilpotent = interesting.size == 0
+    triangular = ncomp > 1 or n == 1 or M.count_nonzero() == 0
+    if not triangular:
+        return TriangularReport(False, False, False, comps, comps), False
+    return TriangularReport(True, not failing, exact, comps, tuple(failing)), nilpotent
+
+
 def _rounding_slack(n: int) -> float:
     """Relative rounding allowance of a float64 sum of ``n`` terms (and of a float32 cast)."""
     return 16 * max(n, 1) * float(np.finfo(np.float64).eps)
@@ -814,6 +969,28 @@ def _norm_certificates(M: np.ndarray, act: Activation
     return nrm, gamma_inf, pf, mu, holds, margins
 
 
+def _sparse_certificates(M: sp.csr_array, act: Activation) -> tuple:
+    """:func:`_norm_certificates` plus the triangular report for a sparse ``M``, never densified:
+    ``lambda_pf = 0`` exactly when the block dependency graph is acyclic without self-loops
+    (Thm 2.8/2.9), else the sparse power-iteration bound of :func:`pf_eigenvalue`."""
+    if M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    tri_rep, nilpotent = _sparse_triangular_criterion(M, act)
+    bs = act.blocks(M.shape[0])
+    gamma_inf = float(act.lipschitz_inf)
+    nrm = inf_norm(M)
+    pf = 0.0 if nilpotent else pf_eigenvalue(blip_norm_matrix(M, bs.sizes, bs.norms, bs.gammas))
+    holds = {"inf": gamma_inf * nrm < 1, "pf": pf < 1}
+    margins = {"inf": 1 - gamma_inf * nrm, "pf": 1 - pf}
+    base = getattr(act, "base", act)
+    mu = math.nan
+    if isinstance(base, ComponentwiseActivation) and base.monotone:
+        mu = mu_inf(M) if M.shape[0] else -math.inf
+        holds["mu"] = base.lipschitz * mu < 1
+        margins["mu"] = 1 - base.lipschitz * mu
+    return nrm, gamma_inf, pf, mu, holds, margins, tri_rep
+
+
 def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
           declared: str | None = None, kappa: float | None = None) -> WellPosedness:
     """Evaluate every certificate for ``A`` and ``activation``; never raises on failure.
@@ -829,11 +1006,16 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             (which lands on its boundary) is reported inside it.
     """
     act = get_activation(activation)
-    M = _square(_as_np(A))
-    n = M.shape[0]
-    nrm, gamma_inf, pf, mu, holds, margins = _norm_certificates(M, act)
+    if _is_sparse(A):
+        M = _as_matrix(A)
+        n = M.shape[0]
+        nrm, gamma_inf, pf, mu, holds, margins, tri_rep = _sparse_certificates(M, act)
+    else:
+        M = _square(_as_np(A))
+        n = M.shape[0]
+        nrm, gamma_inf, pf, mu, holds, margins = _norm_certificates(M, act)
+        tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())
     base = getattr(act, "base", act)
-    tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())
     tri = tri_rep.triangular and tri_rep.wellposed
     holds["triangular"] = tri
     margins["triangular"] = 1.0 if tri else -1.0

@@ -1,0 +1,396 @@
+"""Level structure of a (block) triangular ``A`` and its cached solve plan (paper 000 Thm 2.8-2.9).
+
+For a strictly (block) upper triangular ``A`` the equilibrium ``x = phi(A x + b)`` is one
+back-substitution (Thm 2.8, blockwise Thm 2.9): block ``I`` depends on block ``J`` when
+``A_IJ != 0``; grouping the blocks by the length of their longest dependency chain (the
+*levels*) makes each level one matrix product ``x_I = phi_I(b_I + A_I. x)``.
+
+:func:`block_levels` computes the levels of a pattern by frontier propagation (Kahn's
+algorithm run in rounds: a block is ready in the round after its last dependency), fully
+vectorised over a scipy CSR graph, with no per-row Python loop. :class:`TriangularPlan`
+holds the levels and, for a sparse ``A``, the per-level row blocks of ``A`` (and, built on
+the first adjoint solve, of ``A^T``) as int32 CSR tensors: contiguous levels (the usual
+case for converted networks, whose states are stacked layer by layer, paper 002 §3) are
+zero-copy views of ``A``. :func:`plan_for` caches one plan per ``A`` tensor object (the
+model's parameter or buffer), keyed on its storage, version and the activation blocks.
+A dense ``A`` (trainable, e.g. under projected-gradient training) is re-validated on every
+call in ``O(n^2)``: the plan is reused as long as the nonzero pattern of ``A`` is still
+compatible with the cached levels (``A_ij != 0`` only where ``level(i) > level(j)``), so an
+optimizer step that changes the pattern triggers a recomputation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .activations import Activation, ComponentwiseActivation
+from .errors import ConfigurationError
+
+__all__ = ["block_levels", "pattern_graph", "TriangularPlan", "plan_for", "sparse_key",
+           "csr_int32", "levels_reference"]
+
+_INT32_MAX = 2**31 - 1
+
+
+def sparse_key(A: Tensor) -> tuple:
+    """Identity of a torch sparse CSR tensor's contents: storages, sizes and versions.
+
+    Equal keys mean the same index and value storages, unmodified in place since.
+    """
+    crow, col, val = A.crow_indices(), A.col_indices(), A.values()
+    return (A.layout, A.dtype, A.device, tuple(A.shape), int(val.numel()),
+            crow.data_ptr(), col.data_ptr(), val.data_ptr(),
+            crow._version, col._version, val._version)
+
+
+def csr_int32(A: Tensor) -> Tensor:
+    """``A`` as a torch CSR tensor with int32 indices when they fit (torch's CPU sparse-dense
+    product is ~3x faster with int32 indices); coalesced and sorted."""
+    if A.layout != torch.sparse_csr:
+        A = A.to_sparse_coo().coalesce().to_sparse_csr()
+    if A.crow_indices().dtype == torch.int32 or max(A.shape + (A._nnz(),)) > _INT32_MAX:
+        return A
+    return torch.sparse_csr_tensor(A.crow_indices().to(torch.int32), A.col_indices().to(torch.int32),
+                                   A.values(), tuple(A.shape), check_invariants=False)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def pattern_graph(A: Tensor, sizes: tuple[int, ...]) -> sp.csr_array:
+    """Block dependency graph ``G`` (``L x L`` CSR, int8 ones, duplicates kept): ``G_IJ != 0``
+    when block ``I`` of ``A`` has a nonzero entry in block column ``J`` (explicit zeros of a
+    sparse ``A`` are dropped)."""
+    n, L = A.shape[0], len(sizes)
+    if A.layout == torch.strided:
+        rows, cols = np.nonzero(_np(A))
+        indptr = None
+    else:
+        S = csr_int32(A.detach())
+        indptr, cols = _np(S.crow_indices()), _np(S.col_indices())
+        vals = _np(S.values())
+        rows = None
+        if vals.size and not vals.all():
+            keep = vals != 0
+            rows = np.repeat(np.arange(n, dtype=cols.dtype), np.diff(indptr))[keep]
+            cols, indptr = cols[keep], None
+    scalar = L == n
+    if scalar and indptr is not None:
+        return sp.csr_array((np.ones(cols.size, np.int8), cols, indptr), shape=(n, n))
+    if rows is None:
+        rows = np.repeat(np.arange(n, dtype=cols.dtype), np.diff(indptr))
+    if not scalar:
+        blk = np.repeat(np.arange(L, dtype=np.int64), sizes)
+        rows, cols = blk[rows], blk[cols]
+    return sp.csr_array(sp.coo_array((np.ones(rows.size, np.int8), (rows, cols)), shape=(L, L)))
+
+
+def _row_min_col(G: sp.csr_array) -> np.ndarray:
+    """Smallest column of each row of ``G`` (``L`` for an empty row)."""
+    L = G.shape[0]
+    out = np.full(L, L, dtype=np.int64)
+    counts = np.diff(G.indptr)
+    nz = np.flatnonzero(counts)
+    if nz.size:
+        out[nz] = np.minimum.reduceat(G.indices, G.indptr[nz]) if G.indices.size else L
+    return out
+
+
+def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
+                 G: sp.csr_array | None = None) -> np.ndarray:
+    """Level of every block of an upper (block) triangular ``A`` (int64, length ``len(sizes)``).
+
+    Raises :class:`ConfigurationError` on a nonzero below the block diagonal, or on the
+    block diagonal (other than the diagonal itself when ``allow_diagonal``).
+    """
+    L = len(sizes)
+    if G is None:
+        G = pattern_graph(A, sizes)
+    first = _row_min_col(G)
+    ar = np.arange(L)
+    bad = np.flatnonzero(first < ar)
+    if bad.size:
+        I = int(bad[0])
+        i, j = _entry_in(A, sizes, I, int(first[I]))
+        raise ConfigurationError(
+            f"the triangular solver needs (block) upper-triangular A; A[{i}, {j}] "
+            f"below the diagonal is nonzero. Use solver='anderson', or project A with "
+            f"idlkit.wellposed.project_triangular")
+    on_diag = np.flatnonzero(first == ar)
+    if on_diag.size:
+        # a nonzero diagonal is admissible for scalar blocks only (Remark 2.5); in a larger
+        # block G_II != 0 may hide an off-diagonal entry of A_II
+        if not (allow_diagonal and L == A.shape[0]):
+            I = int(on_diag[0])
+            i, j = _entry_in(A, sizes, I, I)
+            raise ConfigurationError(
+                f"the triangular solver needs a zero diagonal (block) for this activation; "
+                f"A[{i}, {j}] is nonzero. Only ReLU/LeakyReLU/identity admit a "
+                f"nonzero diagonal (Remark 2.5).")
+        G = sp.triu(G, k=1, format="csr")
+    return _kahn_levels(G)
+
+
+def _entry_in(A: Tensor, sizes: tuple[int, ...], I: int, J: int) -> tuple[int, int]:
+    """A nonzero ``(i, j)`` of ``A`` in block ``(I, J)`` (for error messages)."""
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    r0, r1, c0, c1 = int(offs[I]), int(offs[I + 1]), int(offs[J]), int(offs[J + 1])
+    if A.layout == torch.strided:
+        sub = _np(A[r0:r1, c0:c1])
+    else:
+        S = csr_int32(A.detach())
+        crow = _np(S.crow_indices())
+        s, e = int(crow[r0]), int(crow[r1])
+        cols, vals = _np(S.col_indices())[s:e], _np(S.values())[s:e]
+        rows = np.repeat(np.arange(r0, r1), np.diff(crow[r0:r1 + 1]))
+        hit = np.flatnonzero((cols >= c0) & (cols < c1) & (vals != 0))
+        if hit.size:
+            return int(rows[hit[0]]), int(cols[hit[0]])
+        return r0, c0
+    nz = np.argwhere(sub != 0)
+    return (r0 + int(nz[0][0]), c0 + int(nz[0][1])) if len(nz) else (r0, c0)
+
+
+def _kahn_levels(G: sp.csr_array) -> np.ndarray:
+    """Longest-path levels of the DAG ``G`` (``G_IJ != 0``: ``I`` depends on ``J``) by frontier
+    propagation: round ``k`` finalises the blocks whose dependencies all have levels ``< k``."""
+    L = G.shape[0]
+    level = np.zeros(L, dtype=np.int64)
+    if L == 0 or G.nnz == 0:
+        return level
+    remaining = np.diff(G.indptr).astype(np.int64)  # dependencies left, with multiplicity
+    T = G.T.tocsr()  # row J lists the blocks depending on J
+    tptr, tind = T.indptr.astype(np.int64), T.indices
+    frontier = np.flatnonzero(remaining == 0)
+    done, lvl = 0, 0
+    while frontier.size:
+        level[frontier] = lvl
+        done += frontier.size
+        starts = tptr[frontier]
+        cnt = tptr[frontier + 1] - starts
+        total = int(cnt.sum())
+        if total == 0:
+            break
+        pos = np.repeat(starts - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+        src = tind[pos]
+        if total * 8 >= L:
+            dec = np.bincount(src, minlength=L)
+            remaining -= dec
+            frontier = np.flatnonzero((remaining == 0) & (dec > 0))
+        else:
+            u, k = np.unique(src, return_counts=True)
+            remaining[u] -= k
+            frontier = u[remaining[u] == 0]
+        lvl += 1
+    if done < L:  # unreachable after the triangularity check; kept as a guard
+        raise ConfigurationError("the dependency graph of A has a cycle: A is not (block) triangular")
+    return level
+
+
+def levels_reference(A: Tensor, sizes: tuple[int, ...]) -> np.ndarray:
+    """Block levels by the plain per-block recursion (reference for tests; dense ``A``)."""
+    M = _np(A.to_dense() if A.layout != torch.strided else A)
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    L = len(sizes)
+    level = np.zeros(L, dtype=np.int64)
+    for I in range(L - 1, -1, -1):
+        deps = [J for J in range(I + 1, L) if M[offs[I]:offs[I + 1], offs[J]:offs[J + 1]].any()]
+        level[I] = 1 + max(level[deps]) if deps else 0
+    return level
+
+
+def level_sets(level: np.ndarray, sizes: tuple[int, ...], device: torch.device) -> list[Tensor]:
+    """State indices of each level (blocks kept whole), in increasing level order."""
+    if level.size == 0:
+        return []
+    state_level = np.repeat(level, sizes)
+    order = np.argsort(state_level, kind="stable")
+    bounds = np.cumsum(np.bincount(state_level))[:-1]
+    return [torch.as_tensor(idx, dtype=torch.long, device=device) for idx in np.split(order, bounds)]
+
+
+def _contiguous(idx: Tensor) -> slice | None:
+    k = idx.numel()
+    if k == 0:
+        return slice(0, 0)
+    s, e = int(idx[0]), int(idx[-1]) + 1
+    if e - s == k and (k == 1 or bool((idx[1:] - idx[:-1] == 1).all())):
+        return slice(s, e)
+    return None
+
+
+def _csr_rows(S: Tensor, idx: Tensor, sl: slice | None) -> Tensor:
+    """Rows ``idx`` of a CSR tensor as a CSR tensor: a zero-copy view of the column indices
+    and values for a contiguous range ``sl``, a gathered copy otherwise."""
+    crow, col, val = S.crow_indices(), S.col_indices(), S.values()
+    if sl is not None:
+        c = crow[sl.start:sl.stop + 1]
+        s, e = int(c[0]), int(c[-1])
+        return torch.sparse_csr_tensor(c - c[0], col[s:e], val[s:e], (sl.stop - sl.start, S.shape[1]),
+                                       check_invariants=False)
+    starts = crow[idx].long()
+    cnt = crow[idx + 1].long() - starts
+    new_crow = torch.zeros(idx.numel() + 1, dtype=torch.long, device=crow.device)
+    torch.cumsum(cnt, 0, out=new_crow[1:])
+    total = int(new_crow[-1])
+    gather = (torch.repeat_interleave(starts - new_crow[:-1], cnt)
+              + torch.arange(total, dtype=torch.long, device=crow.device))
+    return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[gather], val[gather],
+                                   (idx.numel(), S.shape[1]), check_invariants=False)
+
+
+def _transpose_csr(S: Tensor) -> Tensor:
+    """``S^T`` as an int32 CSR tensor (through scipy on the CPU: a linear counting sort)."""
+    if S.device.type != "cpu":
+        return csr_int32(S.t().to_sparse_coo().coalesce().to_sparse_csr())
+    M = sp.csr_array((_np(S.values()), _np(S.col_indices()), _np(S.crow_indices())), shape=tuple(S.shape))
+    T = M.T.tocsr()  # csc -> csr: counting sort, indices sorted
+    idx_dtype = torch.int32 if max(S.shape + (S._nnz(),)) <= _INT32_MAX else torch.int64
+    return torch.sparse_csr_tensor(torch.from_numpy(T.indptr).to(idx_dtype),
+                                   torch.from_numpy(T.indices).to(idx_dtype),
+                                   torch.from_numpy(T.data), T.shape, check_invariants=False)
+
+
+@dataclass(eq=False)
+class TriangularPlan:
+    """Cached solve plan of one triangular ``A`` (paper 000 Thm 2.8-2.9).
+
+    Attributes:
+        key: what the plan was built for (layout, dtype, device, shape, storages and
+            versions of a sparse ``A``; block sizes; whether a diagonal is allowed).
+        levels: state indices of each level, in solve order.
+        slices: per level, the contiguous range of its states (``None`` when scattered).
+        homog: the closed form of Remark 2.5 applies (diagonal allowed).
+        diag: ``diag(A)`` (homogeneous maps only).
+        rows: sparse ``A``: per-level CSR row blocks ``A[level]``.
+        rows_t: sparse ``A``: per-level CSR row blocks of ``A^T`` (built on first use).
+        forbidden: dense ``A``: mask of the entries the levels require to be zero.
+    """
+
+    key: tuple
+    levels: list[Tensor]
+    slices: list[slice | None]
+    homog: bool
+    sparse: bool
+    diag: Tensor | None = None
+    rows: list[Tensor] | None = None
+    rows_t: list[Tensor] | None = None
+    forbidden: Tensor | None = None
+    _At: Tensor | None = field(default=None, repr=False)
+
+    def row_block(self, A: Tensor, k: int) -> Tensor:
+        """Rows of level ``k`` of ``A``."""
+        if self.rows is not None:
+            return self.rows[k]
+        sl = self.slices[k]
+        return A[sl] if sl is not None else A[self.levels[k]]
+
+    def row_block_t(self, A: Tensor, k: int) -> Tensor:
+        """Rows of level ``k`` of ``A^T``."""
+        if self.sparse:
+            if self.rows_t is None:
+                At = _transpose_csr(csr_int32(A))
+                self.rows_t = [_csr_rows(At, idx, sl)
+                               for idx, sl in zip(self.levels, self.slices, strict=True)]
+            return self.rows_t[k]
+        sl = self.slices[k]
+        return A[:, sl].t() if sl is not None else A[:, self.levels[k]].t()
+
+    def compatible(self, A: Tensor) -> bool:
+        """Dense ``A``: its nonzero pattern still fits the levels (``O(n^2)``)."""
+        assert self.forbidden is not None
+        return not bool((A.ne(0) & self.forbidden).any())
+
+
+_PLANS: dict[int, tuple[weakref.ref, TriangularPlan]] = {}
+
+
+def _is_homog(act: Activation) -> bool:
+    base = getattr(act, "base", act)
+    return bool(isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
+                and base.slope_min >= 0)
+
+
+def _diagonal(A: Tensor) -> Tensor:
+    """``diag(A)`` of a dense or CSR matrix, without densifying."""
+    if A.layout == torch.strided:
+        return torch.diagonal(A)
+    S = csr_int32(A)
+    n = A.shape[0]
+    crow, col, val = S.crow_indices().long(), S.col_indices().long(), S.values()
+    rows = torch.repeat_interleave(torch.arange(n, device=A.device), crow[1:] - crow[:-1])
+    on = rows == col
+    d = torch.zeros(n, dtype=A.dtype, device=A.device)
+    return d.index_put_((rows[on],), val[on], accumulate=True)
+
+
+def build_plan(A: Tensor, act: Activation, key: tuple) -> TriangularPlan:
+    """Levels (and per-level row blocks for a sparse ``A``) of a triangular ``A``."""
+    homog = _is_homog(act)
+    sizes = act.blocks(A.shape[0]).sizes
+    level = block_levels(A, sizes, allow_diagonal=homog)
+    levels = level_sets(level, sizes, A.device)
+    slices = [_contiguous(idx) for idx in levels]
+    sparse = A.layout != torch.strided
+    plan = TriangularPlan(key=key, levels=levels, slices=slices, homog=homog, sparse=sparse)
+    if sparse:
+        S = csr_int32(A)
+        plan.rows = [_csr_rows(S, idx, sl) for idx, sl in zip(levels, slices, strict=True)]
+    else:
+        lv = torch.as_tensor(np.repeat(level, sizes), device=A.device)
+        forbidden = lv[:, None] <= lv[None, :]
+        if homog:
+            forbidden.fill_diagonal_(False)
+        plan.forbidden = forbidden
+    if homog:
+        plan.diag = _diagonal(A).clone()
+    return plan
+
+
+def plan_for(A: Tensor, act: Activation) -> TriangularPlan:
+    """The cached :class:`TriangularPlan` of the tensor object ``A`` (built when missing or stale).
+
+    Sparse ``A``: reused while its storages and versions are unchanged. Dense ``A``:
+    reused while its storage is the same and its pattern fits the levels (checked on every
+    call); the diagonal of a homogeneous map is re-read each call.
+    """
+    homog = _is_homog(act)
+    sizes = act.blocks(A.shape[0]).sizes
+    if A.layout != torch.strided:
+        key: tuple | None = sparse_key(A) if A.layout == torch.sparse_csr else None
+    else:
+        key = (A.layout, A.dtype, A.device, tuple(A.shape), A.data_ptr())
+    # (a COO/CSC A has no stable storage identity here: no caching, converted each call)
+    if key is not None:
+        key = key + (sizes, homog)
+    entry = _PLANS.get(id(A))
+    if key is not None and entry is not None and entry[0]() is A and entry[1].key == key:
+        plan = entry[1]
+        if not plan.sparse:
+            Ad = A.detach()
+            if not plan.compatible(Ad):
+                return _store(A, build_plan(Ad, act, key))
+            if homog:
+                plan.diag = torch.diagonal(Ad).clone()
+        return plan
+    plan = build_plan(A.detach(), act, key if key is not None else ())
+    return _store(A, plan) if key is not None else plan
+
+
+def _store(A: Tensor, plan: TriangularPlan) -> TriangularPlan:
+    i = id(A)
+
+    def drop(ref: weakref.ref, i: int = i) -> None:
+        e = _PLANS.get(i)
+        if e is not None and e[0] is ref:
+            del _PLANS[i]
+
+    _PLANS[i] = (weakref.ref(A, drop), plan)
+    return plan
