@@ -51,9 +51,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from . import _triangular as _tri
 from . import wellposed as wp
 from .activations import (
     Activation,
@@ -96,11 +99,86 @@ class _Parts:
     q: int
 
 
+# ----------------------------------------------------------------------------- sparse-aware algebra
+# The connection formulas below are written once for dense and sparse parts: a model made
+# from torch sparse matrices (e.g. by idlkit.convert) is composed without densifying; a
+# block with a sparse part is assembled as a sparse (CSR) matrix, zero blocks are empty.
+
+
+def _issp(M: Tensor) -> bool:
+    return M.layout != torch.strided
+
+
+def _to_sp(M: Tensor) -> sp.csr_array:
+    if _issp(M):
+        coo = M.detach().cpu().to_sparse_coo().coalesce()
+        i, j = coo.indices().numpy()
+        return sp.csr_array((coo.values().numpy(), (i, j)), shape=tuple(M.shape))
+    return sp.csr_array(M.detach().cpu().numpy())
+
+
+def _from_sp(S: sp.sparray, like: Tensor) -> Tensor:
+    S = sp.csr_array(S)
+    S.sum_duplicates()
+    return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(np.int64)),
+                                   torch.from_numpy(S.indices.astype(np.int64)),
+                                   torch.from_numpy(S.data).to(like.dtype), S.shape,
+                                   check_invariants=False).to(like.device)
+
+
+def _mm(X: Tensor, Y: Tensor) -> Tensor:
+    """``X @ Y`` for dense or sparse matrices (sparse when either is); ``Y`` may be a vector."""
+    if not (_issp(X) or _issp(Y)):
+        return X @ Y
+    if Y.dim() == 1:
+        return _mv(X, Y)
+    return _from_sp(_to_sp(X) @ _to_sp(Y), X if _issp(X) else Y)
+
+
+def _mv(X: Tensor, v: Tensor) -> Tensor:
+    if _issp(X):
+        return (X @ v[:, None]).squeeze(1)
+    return X @ v
+
+
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    """``torch.cat`` of 2-D blocks; sparse (CSR) when a block is."""
+    if not any(_issp(M) for M in parts):
+        return torch.cat(parts, dim=dim)
+    like = next(M for M in parts if _issp(M))
+    mats = [_to_sp(M) for M in parts]
+    return _from_sp(sp.hstack(mats) if dim == 1 else sp.vstack(mats), like)
+
+
+def _block_diag(*parts: Tensor) -> Tensor:
+    if not any(_issp(M) for M in parts):
+        return torch.block_diag(*parts)
+    like = next(M for M in parts if _issp(M))
+    return _from_sp(sp.block_diag([_to_sp(M) for M in parts], format="csr"), like)
+
+
+def _zeros(like: Tensor, rows: int, cols: int, sparse: bool) -> Tensor:
+    """A zero block: dense, or an empty CSR matrix when ``sparse``."""
+    if not sparse:
+        return like.new_zeros(rows, cols)
+    return torch.sparse_csr_tensor(torch.zeros(rows + 1, dtype=torch.int64),
+                                   torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=like.dtype),
+                                   (rows, cols)).to(like.device)
+
+
+def _dense(M: Tensor) -> Tensor:
+    return M.to_dense() if _issp(M) else M
+
+
+def _any_sparse(*parts: object) -> bool:
+    return any(_issp(getattr(P, k)) for P in parts for k in "ABCD")
+
+
 def _parts(m: ImplicitModel) -> _Parts:
     A, B, C, D = (getattr(m, k).detach() for k in "ABCD")
     has_bias = m.b is not None
-    b = m.b.detach() if m.b is not None else A.new_zeros(m.hidden)
-    d = m.d.detach() if m.d is not None else A.new_zeros(m.out_features)
+    b = m.b.detach() if m.b is not None else torch.zeros(m.hidden, dtype=A.dtype, device=A.device)
+    d = m.d.detach() if m.d is not None else torch.zeros(m.out_features, dtype=A.dtype, device=A.device)
     return _Parts(A, B, C, D, b, d, has_bias, m.hidden, m.in_features, m.out_features)
 
 
@@ -140,7 +218,7 @@ def _triangular_solvable(A: Tensor, activation: Activation) -> bool:
     if (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
             and base.slope_min >= 0):
         return (wp.is_upper_triangular(A, strict=False)
-                and bool((torch.diagonal(A.detach()) * base.slope_max < 1).all()))
+                and bool((_tri._diagonal(A.detach()) * base.slope_max < 1).all()))
     return wp.is_upper_triangular(A, strict=True, sizes=activation.blocks(n).sizes)
 
 
@@ -206,15 +284,16 @@ def cascade(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
         raise ShapeError(f"cascade needs m1.out_features == m2.in_features; got m1.out_features="
                          f"{m1.out_features}, m2.in_features={m2.in_features}")
     P1, P2 = _parts(m1), _parts(m2)
+    sparse = _any_sparse(P1, P2)
     with torch.no_grad():
-        A = torch.cat([torch.cat([P2.A, P2.B @ P1.C], dim=1),
-                       torch.cat([P1.A.new_zeros(P1.n, P2.n), P1.A], dim=1)], dim=0)
-        B = torch.cat([P2.B @ P1.D, P1.B], dim=0)
-        C = torch.cat([P2.C, P2.D @ P1.C], dim=1)
-        D = P2.D @ P1.D
+        A = _cat([_cat([P2.A, _mm(P2.B, P1.C)], dim=1),
+                  _cat([_zeros(P1.A, P1.n, P2.n, sparse), P1.A], dim=1)], dim=0)
+        B = _cat([_mm(P2.B, P1.D), P1.B], dim=0)
+        C = _cat([P2.C, _mm(P2.D, P1.C)], dim=1)
+        D = _mm(P2.D, P1.D)
         has = P1.has_bias or P2.has_bias
-        b = _bias(has, P2.b + P2.B @ P1.d, P1.b)
-        d = P2.d + P2.D @ P1.d if has else None
+        b = _bias(has, P2.b + _mv(P2.B, P1.d), P1.b)
+        d = P2.d + _mv(P2.D, P1.d) if has else None
     act = stack_activations([(P2.n, m2.activation), (P1.n, m1.activation)])
     return _build([m1, m2], A, B, C, D, b, d, act)
 
@@ -257,10 +336,11 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
                          f"m2.out_features={m2.out_features}")
     P1, P2 = _parts(m1), _parts(m2)
     with torch.no_grad():
-        A = torch.block_diag(P1.A, P2.A)
-        B = torch.cat([P1.B, P2.B], dim=0)
-        C = torch.cat([w1 * P1.C, w2 * P2.C], dim=1)
-        D = w1 * P1.D + w2 * P2.D
+        A = _block_diag(P1.A, P2.A)
+        B = _cat([P1.B, P2.B], dim=0)
+        C = _cat([w1 * P1.C, w2 * P2.C], dim=1)
+        D = (_from_sp(w1 * _to_sp(P1.D) + w2 * _to_sp(P2.D), P1.D) if _issp(P1.D) and _issp(P2.D)
+             else w1 * _dense(P1.D) + w2 * _dense(P2.D))
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b, P2.b)
         d = w1 * P1.d + w2 * P2.d if has else None
@@ -285,10 +365,10 @@ def concat(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
                          f"m2.in_features={m2.in_features}")
     P1, P2 = _parts(m1), _parts(m2)
     with torch.no_grad():
-        A = torch.block_diag(P1.A, P2.A)
-        B = torch.cat([P1.B, P2.B], dim=0)
-        C = torch.block_diag(P1.C, P2.C)
-        D = torch.cat([P1.D, P2.D], dim=0)
+        A = _block_diag(P1.A, P2.A)
+        B = _cat([P1.B, P2.B], dim=0)
+        C = _block_diag(P1.C, P2.C)
+        D = _cat([P1.D, P2.D], dim=0)
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b, P2.b)
         d = _bias(has, P1.d, P2.d)
@@ -342,6 +422,8 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
             f"m2: {m2.in_features} -> {m2.out_features} (m2.in_features must be {m1.out_features} "
             f"and m2.out_features must be {m1.in_features})")
     P1, P2 = _parts(m1), _parts(m2)
+    # the loop couplings B_i (...) C_j are dense in general: sparse parts are densified here
+    P1, P2 = (dataclasses.replace(P, **{k: _dense(getattr(P, k)) for k in "ABCD"}) for P in (P1, P2))
     q, p = P1.q, P1.p
     with torch.no_grad():
         loop = torch.eye(q, dtype=P1.A.dtype, device=P1.A.device) - P1.D @ P2.D
@@ -409,11 +491,12 @@ def with_output_activation(m: ImplicitModel, phi_o: str | Activation) -> Implici
         raise ShapeError(f"output activation {act_o!r} covers {act_o.size} entries, the model has "
                          f"out_features={q}")
     act_o.blocks(q)  # validates block maps against q (e.g. SoftMax(block_size) must divide q)
+    sparse = _any_sparse(P)
     with torch.no_grad():
-        A = torch.cat([torch.cat([P.A.new_zeros(q, q), P.C], dim=1),
-                       torch.cat([P.A.new_zeros(n, q), P.A], dim=1)], dim=0)
-        B = torch.cat([P.D, P.B], dim=0)
-        C = torch.cat([torch.eye(q, dtype=P.A.dtype, device=P.A.device), P.A.new_zeros(q, n)], dim=1)
+        A = _cat([_cat([_zeros(P.A, q, q, sparse), P.C], dim=1),
+                  _cat([_zeros(P.A, n, q, sparse), P.A], dim=1)], dim=0)
+        B = _cat([P.D, P.B], dim=0)
+        C = _cat([torch.eye(q, dtype=P.A.dtype, device=P.A.device), _zeros(P.A, q, n, sparse)], dim=1)
         D = P.D.new_zeros(q, P.p)
         b = _bias(P.has_bias, P.d, P.b)
     act = stack_activations([(q, act_o), (n, m.activation)])
