@@ -95,18 +95,32 @@ def _sparse_lower_entry(A: Tensor, sizes: tuple[int, ...]) -> tuple[int, int, fl
     return i, j, v
 
 
+def _sorted_csr(crow: np.ndarray, col: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """Column indices strictly increasing within every row (sorted, no duplicates); checked
+    in chunks of the nonzeros (bounded temporaries)."""
+    nnz = col.size
+    rows = np.searchsorted(crow, np.arange(0, nnz, chunk), side="right") - 1 if nnz else []
+    for s0, r in zip(range(0, nnz, chunk), rows, strict=True):
+        e0 = min(s0 + chunk + 1, nnz)
+        c = col[s0:e0]
+        ok = np.diff(c) > 0
+        # positions where a new row starts inside this chunk are exempt
+        lo, hi = int(r), int(np.searchsorted(crow, e0, side="left"))
+        starts = crow[lo + 1:hi + 1]
+        starts = starts[(starts > s0) & (starts < e0)] - s0 - 1
+        ok[starts] = True
+        if not bool(ok.all()):
+            return False
+    return True
+
+
 def _store_sparse(M: Tensor) -> Tensor:
     """A torch sparse matrix as a coalesced CSR tensor with int32 indices when they fit (torch's
     CPU sparse-dense product is ~3x faster with them). A CSR input with sorted, duplicate-free
     column indices is taken as is (no COO round trip: memory stays ~8 bytes per nonzero)."""
-    if M.layout == torch.sparse_csr:
-        crow, col = M.crow_indices().cpu().numpy(), M.col_indices().cpu().numpy()
-        step = np.diff(col.astype(np.int64))
-        starts = crow[1:-1]
-        ok = step > 0
-        ok[starts[(starts > 0) & (starts < col.size)] - 1] = True  # row boundaries
-        if bool(ok.all()):
-            return _tri.csr_int32(M)
+    if M.layout == torch.sparse_csr and _sorted_csr(M.crow_indices().cpu().numpy(),
+                                                    M.col_indices().cpu().numpy()):
+        return _tri.csr_int32(M)
     return _tri.csr_int32(M.to_sparse_coo().coalesce().to_sparse_csr())
 
 

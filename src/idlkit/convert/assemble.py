@@ -38,33 +38,66 @@ def _offsets(blocks: list[StateBlock]) -> list[int]:
     return offs
 
 
-def _place(expr: Affine, row0: int, offs: list[int], n: int, p: int, rows: dict[str, list]) -> None:
-    for key, M in expr.terms.items():
-        coo = M.tocoo()
-        keep = coo.data != 0
-        r = coo.row[keep].astype(np.int64) + row0
-        if key == INPUT:
-            rows["B"].append((r, coo.col[keep].astype(np.int64), coo.data[keep]))
+class _CSRBuilder:
+    """Row blocks appended top to bottom into preallocated CSR arrays (target dtype values,
+    int32 indices when they fit): memory ~ (value size + 4) bytes per nonzero, one copy.
+
+    Each row block is the horizontal concatenation of the sparse terms of one expression
+    (disjoint column ranges, so no duplicates), built by scipy block-locally in float64
+    and cast as it is copied in.
+    """
+
+    def __init__(self, rows: int, cols: int, nnz_bound: int, dtype: torch.dtype) -> None:
+        self.shape = (rows, cols)
+        idx = np.int32 if max(rows, cols, nnz_bound) < 2**31 else np.int64
+        self.indptr = np.zeros(rows + 1, dtype=idx)
+        self.indices = np.empty(nnz_bound, dtype=idx)
+        self.data = np.empty(nnz_bound, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        self.row = self.nnz = 0
+
+    def append(self, pieces: list[tuple[int, sp.csr_array]], height: int) -> None:
+        """Rows ``[row, row + height)``: ``pieces`` are ``(column offset, CSR)``."""
+        pieces = sorted((off, M) for off, M in pieces if M.nnz)
+        r0 = self.row
+        if pieces:
+            parts, pos = [], 0
+            for off, M in pieces:
+                if off > pos:
+                    parts.append(sp.csr_array((height, off - pos)))
+                parts.append(sp.csr_array(M))
+                pos = off + M.shape[1]
+            if pos < self.shape[1]:
+                parts.append(sp.csr_array((height, self.shape[1] - pos)))
+            R = sp.csr_array(sp.hstack(parts, format="csr")) if len(parts) > 1 else parts[0]
+            if R.data.size and not R.data.all():
+                R = R.copy()
+                R.eliminate_zeros()
+            if not R.has_sorted_indices:
+                R.sort_indices()
+            k = R.nnz
+            self.indices[self.nnz:self.nnz + k] = R.indices
+            self.data[self.nnz:self.nnz + k] = R.data
+            self.indptr[r0 + 1:r0 + height + 1] = R.indptr[1:] + self.nnz
+            self.nnz += k
         else:
-            rows["A"].append((r, coo.col[keep].astype(np.int64) + offs[key], coo.data[keep]))
+            self.indptr[r0 + 1:r0 + height + 1] = self.nnz
+        self.row += height
+
+    def tensor(self, sparse: bool) -> Tensor:
+        assert self.row == self.shape[0]
+        indices, data = self.indices[:self.nnz], self.data[:self.nnz]
+        if not sparse:
+            M = sp.csr_array((data, indices, self.indptr), shape=self.shape)
+            return torch.from_numpy(M.toarray())
+        return torch.sparse_csr_tensor(torch.from_numpy(self.indptr), torch.from_numpy(indices),
+                                       torch.from_numpy(data), self.shape, check_invariants=False)
 
 
-def _to_torch(parts: list, shape: tuple[int, int], dtype: torch.dtype, sparse: bool) -> Tensor:
-    if parts:
-        r = np.concatenate([x[0] for x in parts])
-        c = np.concatenate([x[1] for x in parts])
-        v = np.concatenate([x[2] for x in parts])
-    else:
-        r = c = np.zeros(0, dtype=np.int64)
-        v = np.zeros(0)
-    M = sp.csr_array((v, (r, c)), shape=shape)
-    M.sum_duplicates()
-    M.sort_indices()
-    if not sparse:
-        return torch.from_numpy(M.toarray()).to(dtype)
-    return torch.sparse_csr_tensor(torch.from_numpy(M.indptr.astype(np.int64)),
-                                   torch.from_numpy(M.indices.astype(np.int64)),
-                                   torch.from_numpy(M.data).to(dtype), shape, check_invariants=False)
+def _terms(expr: Affine, offs: list[int]) -> tuple[list, list]:
+    """``(column offset, CSR)`` pieces of an expression's state terms, and its input terms."""
+    state = [(offs[k], M) for k, M in expr.terms.items() if k != INPUT]
+    inp = [(0, M) for k, M in expr.terms.items() if k == INPUT]
+    return state, inp
 
 
 def _net_dtype(net: nn.Module, example: Tensor) -> torch.dtype:
@@ -120,20 +153,31 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
     p = int(np.prod(example_input.shape[1:]))
     q = out.size
     offs = _offsets(blocks)
-    parts: dict[str, list] = {"A": [], "B": []}
+    use_sparse = (n >= SPARSE_AUTO_THRESHOLD) if sparse == "auto" else bool(sparse)
+    # assemble [A B b] row block by row block, top (last layer) first, straight into CSR
+    # arrays of the target dtype, freeing each block's expression once it is copied
+    order = range(len(blocks) - 1, -1, -1)
+    nnz_a = sum(M.nnz for k in order for key, M in blocks[k].pre.terms.items() if key != INPUT)
+    nnz_b = sum(M.nnz for k in order for key, M in blocks[k].pre.terms.items() if key == INPUT)
+    Ab, Bb = _CSRBuilder(n, n, nnz_a, dtype), _CSRBuilder(n, p, nnz_b, dtype)
     b = np.zeros(n)
-    for k, blk in enumerate(blocks):
+    for k in order:
+        blk = blocks[k]
         assert blk.pre is not None
-        _place(blk.pre, offs[k], offs, n, p, parts)
+        state, inp = _terms(blk.pre, offs)
+        Ab.append(state, blk.size)
+        Bb.append(inp, blk.size)
         b[offs[k]:offs[k] + blk.size] = blk.pre.const
         blk.pre = None  # free the expression as soon as it is placed
-    out_parts: dict[str, list] = {"A": [], "B": []}
-    _place(out, 0, offs, n, p, out_parts)
-    use_sparse = (n >= SPARSE_AUTO_THRESHOLD) if sparse == "auto" else bool(sparse)
-    A = _to_torch(parts["A"], (n, n), dtype, use_sparse)
-    B = _to_torch(parts["B"], (n, p), dtype, use_sparse)
-    C = _to_torch(out_parts["A"], (q, n), dtype, use_sparse)
-    D = _to_torch(out_parts["B"], (q, p), dtype, use_sparse)
+        del state, inp
+    A, B = Ab.tensor(use_sparse), Bb.tensor(use_sparse)
+    del Ab, Bb
+    state, inp = _terms(out, offs)
+    Cb = _CSRBuilder(q, n, sum(M.nnz for _, M in state), dtype)
+    Db = _CSRBuilder(q, p, sum(M.nnz for _, M in inp), dtype)
+    Cb.append(state, q)
+    Db.append(inp, q)
+    C, D = Cb.tensor(use_sparse), Db.tensor(use_sparse)
     act = stack_activations([(blocks[k].size, blocks[k].act) for k in range(len(blocks) - 1, -1, -1)])
     kwargs = {"solver": "triangular", **solver_kwargs}
     bt = torch.from_numpy(b).to(dtype)

@@ -141,6 +141,15 @@ class Tracer:
 
     def run(self) -> Tracer:
         env = _Env()
+        # free each value and expression after its last use (as torch.fx.Interpreter does):
+        # the expressions of a large network (float64 sparse maps) would otherwise all stay alive
+        last_uses: dict[fx.Node, list[fx.Node]] = {}
+        seen: set[fx.Node] = set()
+        for node in reversed(self.gm.graph.nodes):
+            for a in node.all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    last_uses.setdefault(node, []).append(a)
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 if any(n.op == "placeholder" for n in env.val):
@@ -162,6 +171,10 @@ class Tracer:
                                        f"{type(exc).__name__}: {exc}") from exc
             env.val[node] = value
             env.expr[node] = self._convert(node, args, kwargs, value, env)
+            del args, kwargs, value
+            for a in last_uses.get(node, ()):
+                env.val.pop(a, None)
+                env.expr.pop(a, None)
         return self
 
     def _evaluate(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
