@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +61,16 @@ def machine() -> dict:
                        cpu)
     except OSError:
         pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = commit and commit + ("+dirty(src)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        commit = None
     return {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+            "git_commit": commit,
             "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "loadavg_start": list(os.getloadavg())}
