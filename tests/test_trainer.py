@@ -160,3 +160,11 @@ def test_checkpoint_errors(digits, tmp_path):
     with pytest.raises(idlkit.io.CheckpointError, match="not a Trainer checkpoint"):
         train.Trainer(epochs=2).fit(_model(), (Xtr[:200], ytr[:200]),
                                     checkpoint=tmp_path / "model.safetensors", resume=True)
+
+
+def test_epoch_time_excludes_validation(digits):
+    Xtr, ytr, Xte, yte = digits
+    rec_plain = train.Trainer(epochs=1, seed=0).fit(_model(), (Xtr[:200], ytr[:200])).history[0]
+    assert rec_plain.val_seconds == 0.0 and rec_plain.seconds > 0
+    res = train.Trainer(epochs=1, seed=0).fit(_model(), (Xtr[:200], ytr[:200]), (Xte, yte))
+    assert res.history[0].val_seconds > 0

@@ -42,8 +42,9 @@ _SCHEDULES = ("constant", "cosine", "step")
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch: mean training objective (loss + penalties), validation loss and accuracy
-    (``nan`` without validation data or for regression), learning rate, time, and the mean
-    forward/backward solver iterations per batch."""
+    (``nan`` without validation data or for regression), learning rate, the training time
+    ``seconds`` (optimisation steps only) and the validation time ``val_seconds``, and the
+    mean forward/backward solver iterations per batch."""
 
     epoch: int
     train_loss: float
@@ -53,6 +54,7 @@ class EpochRecord:
     seconds: float
     forward_iterations: float
     backward_iterations: float
+    val_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -326,10 +328,11 @@ class Trainer:
             lr_now = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
+            t1 = time.perf_counter()
             val_loss, val_acc = self.evaluate(model, val_data) if val_data is not None else (math.nan,
                                                                                               math.nan)
-            rec = EpochRecord(epoch, total / X.shape[0], val_loss, val_acc, lr_now,
-                              time.perf_counter() - t0, fwd / batches, bwd / batches)
+            rec = EpochRecord(epoch, total / X.shape[0], val_loss, val_acc, lr_now, t1 - t0,
+                              fwd / batches, bwd / batches, time.perf_counter() - t1)
             history.append(rec)
             if self.log is not None:
                 self.log(rec)
