@@ -332,7 +332,8 @@ class Trainer:
             val_loss, val_acc = self.evaluate(model, val_data) if val_data is not None else (math.nan,
                                                                                               math.nan)
             rec = EpochRecord(epoch, total / X.shape[0], val_loss, val_acc, lr_now, t1 - t0,
-                              fwd / batches, bwd / batches, time.perf_counter() - t1)
+                              fwd / batches, bwd / batches,
+                              time.perf_counter() - t1 if val_data is not None else 0.0)
             history.append(rec)
             if self.log is not None:
                 self.log(rec)
