@@ -175,7 +175,10 @@ class ImplicitModel(SolveReports, nn.Module):
             frozen *buffer* (not a parameter: it receives no gradient; gradients still
             flow to the input and to dense parameters such as the biases). Forward,
             backward, the ``triangular`` solver and :meth:`certificate` (``triangular``)
-            accept it without densifying.
+            accept it without densifying. The ``triangular`` solver caches its level plan
+            (paper 000 Thm 2.8-2.9: levels and per-level row blocks of ``A`` and ``A^T``) on
+            the ``A`` tensor object (:func:`idlkit._triangular.plan_for`); it is rebuilt when
+            ``A`` is replaced or edited in place (a dense ``A`` is re-checked every call).
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
     """
@@ -264,7 +267,8 @@ class ImplicitModel(SolveReports, nn.Module):
         Shapes: ``A (n, n)``, ``B (n, p)``, ``C (q, n)``, ``D (q, p)``, ``b (n,)``, ``d (q,)``;
         with one bias given the other is zero. ``n = 0`` (empty ``A``) gives the static
         affine map ``y = D u + d``. Torch sparse matrices (COO/CSR/CSC) stay sparse: they are
-        stored (coalesced, as CSR) as frozen buffers, dense ones as parameters; no dense
+        stored (coalesced, as CSR with int32 indices when they fit; a sorted CSR input is
+        taken without a COO round trip) as frozen buffers, dense ones as parameters; no dense
         ``(n, n)`` matrix is ever allocated. The declared ``wellposedness`` must already hold:
         a violation raises :class:`WellPosednessError` (nothing is projected silently).
         ``solver_kwargs`` are the constructor's solver settings (``solver``, ``tol``, ...).
