@@ -425,27 +425,77 @@ def _iterate_simple(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
 class _History:
     """Anderson's memory for a batch ``(m_batch, n)``: iterates ``x_i + beta G_i`` and
     residuals ``G_i`` slot-first ``(memory, m_batch, n)``, their Gram matrices, and the
-    bordered system ``[[0, 1^T], [1, H]]`` with its border set once."""
+    bordered system ``[[0, 1^T], [1, H]]``.
+
+    The system always has the full memory size: a slot not yet filled has a zero border
+    entry and a zero Gram row and column, so its equation reads ``1e-10 a_j = 0`` and its
+    weight is exactly 0. No view depends on the number of filled slots, so the views an
+    iteration touches are made once (at small ``n`` making them cost a third of an
+    iteration).
+    """
 
     def __init__(self, X: Tensor, m: int) -> None:
         B, n = X.shape
         f64 = dict(dtype=torch.float64, device=X.device)
+        self.m = m
         self.Yh = X.new_zeros(m, B, n)
         self.Gh = X.new_zeros(m, B, n)
-        self.buf = torch.empty_like(self.Gh)  # workspace of the Gram update and the mixing
         self.H = torch.zeros(B, m, m, **f64)
         self.system = torch.zeros(B, m + 1, m + 1, **f64)
-        self.system[:, 0, 1:] = 1.0
-        self.system[:, 1:, 0] = 1.0
         self.rhs = torch.zeros(B, m + 1, 1, **f64)
         self.rhs[:, 0] = 1.0
+        self._views()
+
+    def _views(self) -> None:
+        H, system = self.H, self.system
+        self.buf = torch.empty_like(self.Gh)  # workspace of the Gram update and the mixing
+        self.G_slot, self.Y_slot = list(self.Gh.unbind(0)), list(self.Yh.unbind(0))
+        self.H_row, self.H_col = list(H.unbind(1)), list(H.unbind(2))
+        self.border_row = list(system[:, 0, 1:].unbind(1))
+        self.border_col = list(system[:, 1:, 0].unbind(1))
+        self.H_diag = H.diagonal(dim1=1, dim2=2)
+        self.inner = system[:, 1:, 1:]
+        self.inner_diag = self.inner.diagonal(dim1=1, dim2=2)
 
     def select(self, sel: Tensor) -> _History:
         """The same memory for the samples ``sel`` only (in place of a new allocation)."""
         self.Yh, self.Gh, self.H = self.Yh[:, sel], self.Gh[:, sel], self.H[sel]
-        self.buf = torch.empty_like(self.Gh)
         self.system, self.rhs = self.system[sel], self.rhs[sel]
+        self._views()
         return self
+
+    def store(self, X: Tensor, G: Tensor, beta: float, slot: int, new: bool) -> None:
+        """Put ``(x + beta G, G)`` in ``slot`` and update the Gram matrix (``new``: the slot
+        was empty, so its border entries are switched on)."""
+        torch.add(X, G, alpha=beta, out=self.Y_slot[slot])
+        self.G_slot[slot].copy_(G)
+        row = torch.mul(self.Gh, G, out=self.buf).sum(dim=2).t()  # (B, m), to float64 by copy_
+        self.H_row[slot].copy_(row)
+        self.H_col[slot].copy_(row)
+        if new:
+            self.border_row[slot].fill_(1.0)
+            self.border_col[slot].fill_(1.0)
+
+    def restart(self, idx: Tensor, X: Tensor, G: Tensor, beta: float) -> None:
+        """Samples ``idx`` forget their history: every slot holds ``(x + beta G, G)``."""
+        self.Yh[:, idx] = X + beta * G
+        self.Gh[:, idx] = G
+        g2 = (G.to(torch.float64) ** 2).sum(dim=1)
+        self.H[idx] = g2[:, None, None].expand(-1, self.m, self.m)
+        self.system[idx, 0, 1:] = 1.0
+        self.system[idx, 1:, 0] = 1.0
+
+    def step(self) -> Tensor:
+        """``sum_i a_i (x_i + beta G_i)`` with ``a`` solving the bordered normal equations of
+        ``min ||sum_i a_i G_i|| : sum_i a_i = 1`` over the filled slots, in float64, scaled by
+        the largest ``|G_i|^2`` and Tikhonov-regularised (1e-10). A singular system gives
+        NaN/Inf weights: the caller's safeguard then rejects the step."""
+        scale = self.H_diag.amax(dim=1).clamp_(min=1e-300)
+        torch.div(self.H, scale.view(-1, 1, 1), out=self.inner)
+        self.inner_diag.add_(1e-10)
+        sol = torch.linalg.solve_ex(self.system, self.rhs)[0]
+        a = sol.narrow(1, 1, self.m).transpose(0, 1).to(self.Yh.dtype)  # (m, B, 1)
+        return torch.mul(self.Yh, a, out=self.buf).sum(dim=0)
 
 
 def _plain_rate(batch: int, n: int, m: int) -> float:
@@ -540,24 +590,10 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
             it += 1
             continue
         assert hist is not None
-        Yh, Gh, H, buf, system, rhs = hist.Yh, hist.Gh, hist.H, hist.buf, hist.system, hist.rhs
-        slot = count % m
-        Gh[slot] = G
-        torch.add(X, G, alpha=beta, out=Yh[slot])
-        row = torch.mul(Gh, G, out=buf).sum(dim=2).t().to(torch.float64)  # (B, m)
-        H[:, slot, :] = row
-        H[:, :, slot] = row
+        hist.store(X, G, beta, count % m, count < m)
         count += 1
         it += 1
-        k = min(count, m)
-        Hk = H[:, :k, :k]
-        scale = Hk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_(min=1e-300)
-        inner = system[:, 1:k + 1, 1:k + 1]
-        torch.div(Hk, scale[:, None, None], out=inner)
-        inner.diagonal(dim1=1, dim2=2).add_(1e-10)  # Tikhonov, relative to the largest |G_i|^2
-        # a singular system gives NaN/Inf weights: the step is then rejected below
-        a = torch.linalg.solve_ex(system[:, :k + 1, :k + 1], rhs[:, :k + 1])[0][:, 1:, 0]
-        Xn = torch.mul(Yh[:k], a.t().to(dt).unsqueeze(2), out=buf[:k]).sum(dim=0)
+        Xn = hist.step()
         if any_polish:  # samples at the rounding floor take plain steps
             Xn = torch.where(polish[:, None], X + alpha * G, Xn)
         FXn, Zn = F(Xn)
@@ -565,7 +601,9 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
         rn = _row_inf_norm(Gn)
         # a blow-up (residual up by more than _REJECT_FACTOR, or NaN) is rejected; Anderson's
         # residuals are not monotone, and rejecting every increase stalls it (measured)
-        bad = ~(rn <= _REJECT_FACTOR * r) & live
+        bad = ~(rn <= _REJECT_FACTOR * r)
+        if out.partial:
+            bad &= live
         if any_polish:
             bad &= ~polish
         if bool(bad.any()):
@@ -577,11 +615,7 @@ def _anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: i
             Gn[idx] = FXs - Xs
             rn[idx] = _row_inf_norm(Gn[idx])
             _finite_or_raise(rn[idx], "anderson", it)
-            # restart the history of these samples at the new point
-            Yh[:, idx] = Xs + beta * Gn[idx]
-            Gh[:, idx] = Gn[idx]
-            g2 = (Gn[idx].to(torch.float64) ** 2).sum(dim=1)
-            H[idx] = g2[:, None, None].expand(-1, m, m)
+            hist.restart(idx, Xs, Gn[idx], beta)  # these samples start over at the new point
         torch.minimum(r_best, rn, out=r_best)
         if it % window == 0:
             # no progress over a window of 2m steps within ~1000 ulps of the state:
