@@ -243,3 +243,210 @@ def test_low_rank_round_trip(tmp_path):
         torch.testing.assert_close(back(u), m(u), rtol=0, atol=0)
     with pytest.raises(idlkit.io.CheckpointError):
         idlkit.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------------------------------------- sparse models
+
+def _sparse_model(dtype: torch.dtype, layout: str, bias: bool = True, seed: int = 0) -> idlkit.ImplicitModel:
+    """A (block) triangular model from torch sparse matrices: A, B, D sparse (D without
+    nonzeros), C dense; ``layout`` is the layout of the inputs (stored as int32 CSR by the
+    model)."""
+    g = torch.Generator().manual_seed(seed)
+    n, p, q = 9, 5, 3
+
+    def sp(rows: int, cols: int, density: float = 0.4, upper: bool = False) -> torch.Tensor:
+        M = torch.randn(rows, cols, generator=g, dtype=dtype)
+        M = M * (torch.rand(rows, cols, generator=g) < density)
+        if upper:  # strictly upper block-triangular for blocks of 3 (finer blocks too)
+            i = torch.arange(rows)
+            M = M * (i[None, :] // 3 > i[:, None] // 3)
+        return M.to_sparse_csr() if layout == "csr" else M.to_sparse()
+
+    A, B = sp(n, n, 0.5, upper=True), sp(n, p)
+    C = torch.randn(q, n, generator=g, dtype=dtype)
+    D = sp(q, p, 0.0)
+    b = torch.randn(n, generator=g, dtype=dtype) if bias else None
+    act = Blockwise([(3, BlockMax(3)), (6, "relu")])
+    return idlkit.ImplicitModel.from_matrices(A, B, C, D, b, activation=act,
+                                              wellposedness="triangular", solver="triangular")
+
+
+def _assert_same_model(m: idlkit.ImplicitModel, m2: idlkit.ImplicitModel) -> None:
+    """Same config, tensors (layout, index dtype, components), outputs and certificate."""
+    assert m2.config() == m.config()
+    assert m2.activation.config() == m.activation.config()
+    assert {k for k, _ in m2.named_parameters()} == {k for k, _ in m.named_parameters()}
+    assert {k for k, _ in m2.named_buffers()} == {k for k, _ in m.named_buffers()}
+    s1, s2 = m.state_dict(), m2.state_dict()
+    assert set(s1) == set(s2)
+    for k, v1 in s1.items():
+        v2 = s2[k]
+        assert (v2.layout, v2.dtype, v2.shape) == (v1.layout, v1.dtype, v1.shape), k
+        if v1.layout == torch.sparse_csr:
+            for part in ("crow_indices", "col_indices", "values"):
+                a, b = getattr(v1, part)(), getattr(v2, part)()
+                assert a.dtype == b.dtype and torch.equal(a, b), (k, part)
+        else:
+            assert torch.equal(v1, v2), k
+    u = torch.randn(4, m.in_features, dtype=m.A.dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(m(u), m2(u))
+        assert torch.equal(m.equilibrium(u), m2.equilibrium(u))
+    c1, c2 = m.certificate(), m2.certificate()
+    assert str(c2) == str(c1) and c2.holds == c1.holds and c2.declared == c1.declared
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_sparse_round_trip_exact(tmp_path, dtype, layout):
+    m = _sparse_model(dtype, layout)
+    assert m.sparse and m.A.layout == torch.sparse_csr and m.A.crow_indices().dtype == torch.int32
+    assert m.D._nnz() == 0 and m.C.layout == torch.strided
+    path = idlkit.save(m, tmp_path / "sparse.idl")
+    m2 = idlkit.load(path)
+    _assert_same_model(m, m2)
+    assert m2.settings.method == "triangular" and m2.wellposedness == "triangular"
+    # the header describes each sparse matrix; the file holds its CSR components
+    tensors, meta = idlio.read_tensors(path)
+    assert meta["sparse"]["A"] == {"layout": "sparse_csr", "shape": [9, 9], "index_dtype": "int32"}
+    assert set(meta["sparse"]) == {"A", "B", "D"}
+    assert {"A.crow_indices", "A.col_indices", "A.values", "C", "b", "d"} <= set(tensors)
+    # gradients still flow to the dense parameters of the loaded model
+    u = torch.randn(2, 5, dtype=dtype, requires_grad=True)
+    m2(u).sum().backward()
+    assert m2.C.grad is not None and u.grad is not None
+
+
+def test_sparse_round_trip_no_bias_and_int64_indices(tmp_path):
+    m = _sparse_model(F64, "csr", bias=False)
+    del m.C  # all-sparse: replace the dense C parameter by a sparse buffer with int64 indices
+    C = torch.randn(3, 9, dtype=F64).to_sparse_csr()
+    m.register_buffer("C", torch.sparse_csr_tensor(C.crow_indices(), C.col_indices(), C.values(),
+                                                   C.shape))
+    assert m.C.crow_indices().dtype == torch.int64 and not list(m.parameters())
+    path = idlkit.save(m, tmp_path / "m.idl")
+    _assert_same_model(m, idlkit.load(path))
+
+
+def test_converted_cnn_round_trip(tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(2, 2, 3, padding=1),
+                              torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    x = torch.randn(2, 1, 8, 8)
+    m = idlkit.convert.from_torch(cnn.eval(), x, sparse=True)
+    assert m.sparse and isinstance(m.activation, Blockwise)
+    assert any(isinstance(a, BlockMax) for _, a in m.activation.segments)
+    path = idlkit.save(m, tmp_path / "cnn.idl")
+    m2 = idlkit.load(path)
+    _assert_same_model(m, m2)
+    assert isinstance(m2.activation, Blockwise)
+    assert [(s, type(a)) for s, a in m2.activation.segments] == \
+        [(s, type(a)) for s, a in m.activation.segments]
+    with torch.no_grad():
+        assert torch.equal(m2(x.flatten(1)), m(x.flatten(1)))
+        torch.testing.assert_close(m2(x.flatten(1)), cnn(x))
+
+
+def test_save_rejects_unsupported_sparse_layout(tmp_path):
+    m = _sparse_model(torch.float32, "csr")
+    m.A = m.A.to_sparse_coo()
+    with pytest.raises(CheckpointError, match="CSR"):
+        idlkit.save(m, tmp_path / "m.idl")
+    assert not list(tmp_path.iterdir())
+
+
+def _tamper_sparse(tensors: dict, meta: dict, case: str) -> str:
+    """Corrupt the stored sparse ``A`` (9 x 9, int32) of :func:`_sparse_model`; returns a
+    fragment of the expected error message."""
+    crow, col, val = (tensors[f"A.{p}"] for p in ("crow_indices", "col_indices", "values"))
+    nnz = col.numel()
+    row = int(torch.nonzero(crow[1:] - crow[:-1] >= 2)[0])  # a row with two entries
+    s = int(crow[row])
+    if case == "crow_short":
+        tensors["A.crow_indices"] = crow[:-1].clone()
+        return "crow_indices has"
+    if case == "col_short":
+        tensors["A.col_indices"] = col[:-1].clone()
+        return "entries"
+    if case == "values_long":
+        tensors["A.values"] = torch.cat([val, val[:1]])
+        return "entries"
+    if case == "col_out_of_range":
+        col[s] = 9
+        return "out of range"
+    if case == "col_negative":
+        col[s] = -1
+        return "out of range"
+    if case == "crow_nonmonotone":
+        crow[1] = nnz + 1
+        crow[2] = 0
+        return "monotone"
+    if case == "crow_not_from_zero":
+        crow[0] = 1
+        return "from 0 to nnz"
+    if case == "crow_end":
+        crow[-1] = nnz - 1
+        return "from 0 to nnz"
+    if case == "unsorted_cols":
+        col[s], col[s + 1] = col[s + 1].clone(), col[s].clone()
+        return "strictly increasing"
+    if case == "duplicate_cols":
+        col[s + 1] = col[s]
+        return "strictly increasing"
+    if case == "shape_mismatch":
+        meta["sparse"]["A"]["shape"] = [9, 10]
+        return "does not match the config"
+    if case == "shape_invalid":
+        meta["sparse"]["A"]["shape"] = "9x9"
+        return "invalid shape"
+    if case == "layout":
+        meta["sparse"]["A"]["layout"] = "sparse_coo"
+        return "layout"
+    if case == "index_dtype":
+        tensors["A.col_indices"] = col.long()
+        return "index_dtype"
+    if case == "index_dtype_header":
+        meta["sparse"]["A"]["index_dtype"] = "float32"
+        return "index_dtype"
+    if case == "values_dtype":
+        tensors["A.values"] = val.double()
+        return "dtype"
+    if case == "component_2d":
+        tensors["A.col_indices"] = col.reshape(1, -1)
+        return "1-D"
+    if case == "missing_component":
+        del tensors["A.values"]
+        return "missing ['A.values']"
+    if case == "dense_and_sparse":
+        tensors["A"] = torch.zeros(9, 9)
+        return "unexpected ['A']"
+    if case == "sparse_bias":
+        meta["sparse"]["b"] = dict(meta["sparse"]["A"])
+        return "not matrices of the model"
+    if case == "sparse_not_dict":
+        meta["sparse"] = ["A"]
+        return "not a JSON object"
+    if case == "low_rank_format":
+        meta["format"] = "idlkit.LowRankImplicitModel/1"
+        return "only stored for ImplicitModel"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "crow_short", "col_short", "values_long", "col_out_of_range", "col_negative",
+    "crow_nonmonotone", "crow_not_from_zero", "crow_end", "unsorted_cols", "duplicate_cols",
+    "shape_mismatch", "shape_invalid", "layout", "index_dtype", "index_dtype_header",
+    "values_dtype", "component_2d", "missing_component", "dense_and_sparse", "sparse_bias",
+    "sparse_not_dict", "low_rank_format"])
+def test_tampered_sparse_checkpoint_raises(tmp_path, case):
+    m = _sparse_model(torch.float32, "csr")
+    path = idlkit.save(m, tmp_path / "m.idl")
+    tensors, meta = idlio.read_tensors(path)
+    fragment = _tamper_sparse(tensors, meta, case)
+    bad = idlio.write_tensors(tmp_path / "tampered.idl", tensors, meta)
+    with pytest.raises(CheckpointError) as exc:
+        idlkit.load(bad)
+    msg = str(exc.value)
+    assert "tampered.idl" in msg and fragment in msg, msg

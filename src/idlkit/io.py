@@ -4,6 +4,16 @@ A checkpoint is one directory-free file pair ``<path>`` (safetensors, which
 stores the JSON config in its metadata header). No pickle is involved, so
 loading a tampered file cannot execute code; a truncated or corrupted file
 raises :class:`~idlkit.errors.IdlError` naming the path.
+
+Sparse matrices (the frozen CSR buffers of :meth:`ImplicitModel.from_matrices` /
+:func:`idlkit.convert.from_torch`) are stored as their CSR components, three 1-D
+safetensors entries ``"<name>.crow_indices"``, ``"<name>.col_indices"`` (int32 or int64, as
+in the model) and ``"<name>.values"``; the JSON header maps ``"sparse"`` to ``{name: {"layout":
+"sparse_csr", "shape": [rows, cols], "index_dtype": "int32" | "int64"}}``. Loading validates
+the components (lengths, ``crow_indices`` monotone from 0 to nnz, column indices in range
+and strictly increasing within each row, shape, dtypes) before building the tensor, so a
+tampered file raises :class:`CheckpointError` and never yields an invalid sparse tensor;
+no dense ``(n, n)`` matrix is allocated for a sparse model.
 """
 
 from __future__ import annotations
@@ -17,11 +27,13 @@ import torch
 
 from .errors import IdlError
 from .lowrank import LowRankImplicitModel
-from .model import ImplicitModel
+from .model import ImplicitModel, _sorted_csr
 
 __all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError"]
 
 _FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1")
+_CSR_PARTS = ("crow_indices", "col_indices", "values")
+_INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 
 
 class CheckpointError(IdlError):
@@ -80,7 +92,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     to ``path`` atomically.
 
     The file is a safetensors file whose metadata holds the JSON config
-    (activation, solver, well-posedness settings, library version).
+    (activation, solver, well-posedness settings, library version). Sparse CSR matrices are
+    stored as their components (see the module docstring) and loaded back exactly.
     """
     from . import __version__
 
@@ -88,9 +101,35 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
         raise CheckpointError(f"save() writes ImplicitModel and LowRankImplicitModel, got "
                               f"{type(model).__name__}")
     fmt = _FORMATS[1] if isinstance(model, LowRankImplicitModel) else _FORMATS[0]
-    cfg = {"format": fmt, "version": __version__, "config": model.config(),
-           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
-    return write_tensors(path, dict(model.state_dict()), cfg)
+    # an ImplicitModel made of sparse matrices without bias has no parameters at all
+    dtype = model.A.dtype if isinstance(model, ImplicitModel) else next(model.parameters()).dtype
+    cfg: dict = {"format": fmt, "version": __version__, "config": model.config(),
+                 "dtype": str(dtype).replace("torch.", "")}
+    tensors, sparse = _split_sparse(model.state_dict())
+    if sparse:
+        cfg["sparse"] = sparse
+    return write_tensors(path, tensors, cfg)
+
+
+def _split_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """``state`` with each sparse CSR matrix replaced by its components ``<name>.crow_indices``,
+    ``<name>.col_indices``, ``<name>.values``; returns those tensors and the header entries
+    ``{name: {"layout", "shape", "index_dtype"}}`` of the sparse ones."""
+    tensors: dict[str, torch.Tensor] = {}
+    sparse: dict[str, dict] = {}
+    for k, v in state.items():
+        if v.layout == torch.strided:
+            tensors[k] = v
+            continue
+        if v.layout != torch.sparse_csr or v.dim() != 2 or v.values().dim() != 1:
+            raise CheckpointError(f"cannot save {k}: only dense tensors and 2-D sparse CSR "
+                                  f"matrices are supported, got layout {v.layout} of shape "
+                                  f"{tuple(v.shape)}")
+        parts = (v.crow_indices(), v.col_indices(), v.values())
+        tensors.update({f"{k}.{name}": t for name, t in zip(_CSR_PARTS, parts, strict=True)})
+        sparse[k] = {"layout": "sparse_csr", "shape": list(v.shape),
+                     "index_dtype": str(parts[0].dtype).replace("torch.", "")}
+    return tensors, sparse
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -107,6 +146,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     config = cfg.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the model config is missing or not a JSON object")
+    sparse = cfg.get("sparse", {})
+    if not isinstance(sparse, dict):
+        raise CheckpointError(f"{path}: the 'sparse' header entry is not a JSON object")
+    if sparse:
+        if cls is not ImplicitModel:
+            raise CheckpointError(f"{path}: sparse matrices are only stored for ImplicitModel, "
+                                  f"not {cls.__name__}")
+        return _load_sparse(path, tensors, config, sparse, dtype).to(map_location)
     try:
         model = cls(**config, dtype=dtype)
     except (TypeError, ValueError, IdlError) as exc:
@@ -116,3 +163,93 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
     return model.to(map_location)
+
+
+def _load_sparse(path: Path, tensors: dict[str, torch.Tensor], config: dict, sparse: dict,
+                 dtype: torch.dtype) -> ImplicitModel:
+    """An :class:`ImplicitModel` with the sparse matrices ``sparse`` (header entries) rebuilt
+    from their CSR components and the other tensors as parameters, as
+    :meth:`ImplicitModel.from_matrices` builds it (no dense ``(n, n)`` allocation)."""
+    bias = config.get("bias", True)
+    if not isinstance(bias, bool):
+        raise CheckpointError(f"{path}: invalid model config (bias must be a bool, got {bias!r})")
+    try:
+        model = ImplicitModel(**config, dtype=dtype, _allocate=False)
+    except (TypeError, ValueError, IdlError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
+    n, p, q = model.hidden, model.in_features, model.out_features
+    shapes = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
+    if bias:
+        shapes.update(b=(n,), d=(q,))
+    unknown = sorted(str(k) for k in sparse if k not in ("A", "B", "C", "D"))
+    if unknown:
+        raise CheckpointError(f"{path}: sparse entries {unknown} are not matrices of the model "
+                              f"(expected a subset of A, B, C, D)")
+    expected = {f"{k}.{part}" for k in sparse for part in _CSR_PARTS}
+    expected |= {k for k in shapes if k not in sparse}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise CheckpointError(f"{path}: weights do not match the config: missing {missing}, "
+                              f"unexpected {extra}")
+    for k, shape in shapes.items():
+        if k in sparse:
+            model.register_buffer(k, _csr_from_parts(path, k, sparse[k], tensors, shape, dtype))
+            continue
+        t = tensors[k]
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(f"{path}: {k} has shape {tuple(t.shape)} and dtype {t.dtype}, "
+                                  f"expected a floating tensor of shape {shape}")
+        setattr(model, k, torch.nn.Parameter(t.to(dtype)))
+    if not bias:
+        model.register_parameter("b", None)
+        model.register_parameter("d", None)
+    return model
+
+
+def _csr_from_parts(path: Path, name: str, spec: object, tensors: dict[str, torch.Tensor],
+                    shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The CSR matrix ``name`` from its stored components, validated before it is built."""
+
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{path}: sparse matrix {name}: {msg} (tampered file?)")
+
+    if not isinstance(spec, dict) or spec.get("layout") != "sparse_csr":
+        raise bad(f"unsupported header entry {spec!r}, expected layout 'sparse_csr'")
+    stored = spec.get("shape")
+    if (not isinstance(stored, list) or len(stored) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in stored)):
+        raise bad(f"invalid shape {stored!r}")
+    if tuple(stored) != shape:
+        raise bad(f"shape {tuple(stored)} does not match the config, expected {shape}")
+    index_dtype = _INDEX_DTYPES.get(spec.get("index_dtype"))  # type: ignore[arg-type]
+    if index_dtype is None:
+        raise bad(f"index_dtype must be one of {list(_INDEX_DTYPES)}, got {spec.get('index_dtype')!r}")
+    crow, col, val = (tensors[f"{name}.{part}"] for part in _CSR_PARTS)
+    for part, t in zip(_CSR_PARTS, (crow, col, val), strict=True):
+        if t.dim() != 1:
+            raise bad(f"{part} must be 1-D, got shape {tuple(t.shape)}")
+    if crow.dtype != index_dtype or col.dtype != index_dtype:
+        raise bad(f"index dtypes {crow.dtype}, {col.dtype} do not match index_dtype "
+                  f"{spec['index_dtype']!r}")
+    if val.dtype != dtype:
+        raise bad(f"values have dtype {val.dtype}, the model {dtype}")
+    rows, cols = shape
+    nnz = col.numel()
+    if crow.numel() != rows + 1:
+        raise bad(f"crow_indices has {crow.numel()} entries, expected rows + 1 = {rows + 1}")
+    if val.numel() != nnz:
+        raise bad(f"col_indices has {nnz} entries but values {val.numel()}")
+    if int(crow[0]) != 0 or int(crow[-1]) != nnz:
+        raise bad(f"crow_indices must run from 0 to nnz = {nnz}, got {int(crow[0])} .. "
+                  f"{int(crow[-1])}")
+    if bool((crow[1:] < crow[:-1]).any()):
+        raise bad("crow_indices is not monotone (non-decreasing)")
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
+        raise bad(f"col_indices out of range [0, {cols}): {int(col.min())} .. {int(col.max())}")
+    if not _sorted_csr(crow.numpy(), col.numpy()):
+        raise bad("col_indices are not strictly increasing within each row (unsorted or "
+                  "duplicate entries)")
+    try:
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=True)
+    except RuntimeError as exc:  # pragma: no cover - the checks above cover torch's invariants
+        raise bad(f"invalid CSR components: {exc}") from exc
