@@ -310,16 +310,19 @@ class Trainer:
             total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
             for i in range(0, X.shape[0], self.batch_size):
                 idx = perm[i:i + self.batch_size]
-                objective = loss_fn(model(X[idx]), y[idx]) + self._penalty(model)
-                if not bool(torch.isfinite(objective)):
-                    raise NonFiniteError(f"the training objective became {float(objective)} at epoch "
+                objective = loss_fn(model(X[idx]), y[idx])
+                if self.penalties:
+                    objective = objective + self._penalty(model)
+                value = float(objective.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteError(f"the training objective became {value} at epoch "
                                          f"{epoch}; lower lr (now {opt.param_groups[0]['lr']:g})")
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
                 opt.step()
                 if self.project and hasattr(model, "project_"):
                     model.project_()
-                total += float(objective.detach()) * len(idx)
+                total += value * len(idx)
                 info_f = getattr(model, "last_solve", None)
                 info_b = getattr(model, "last_backward_solve", None)
                 fwd += info_f.iterations if info_f is not None else 0
