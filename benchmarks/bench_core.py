@@ -527,9 +527,10 @@ NOTES = [
     "`A @ X` product; 1 is the floor "
     "for a solver doing one product per iteration, the rest is per-iteration overhead "
     "(Anderson mixing, residual checks, safeguard re-evaluations). In parentheses for torchidl. "
-    "idlkit stops each sample (column) at its own convergence and drops it from later "
-    "iterations, so its cost per iteration falls as samples converge and can be below one "
-    "full-batch GEMM; torchidl iterates the whole batch until the slowest sample converges.",
+    "idlkit records each sample's own convergence and, where that saves work (many samples "
+    "times n^2 large enough to pay for the copies), drops converged samples from later "
+    "iterations, so its cost per iteration can fall below one full-batch GEMM; torchidl "
+    "iterates the whole batch until the slowest sample converges.",
     "`AA fallbacks`: forward/backward Anderson steps rejected by idlkit's safeguard and "
     "replaced by a plain step (column-steps, out of iterations x batch).",
     "`max abs dy`: max |y - y_ref| over the batch, ref = torchidl (idlkit-anderson if torchidl "
