@@ -17,6 +17,7 @@ __all__ = [
     "ConfigurationError",
     "ConversionError",
     "NonFiniteError",
+    "SolverError",
 ]
 
 
@@ -54,3 +55,15 @@ class ConvergenceError(IdlError, RuntimeError):
 
 class ConversionError(IdlError):
     """A network could not be converted into an exactly equivalent implicit model."""
+
+
+class SolverError(IdlError, RuntimeError):
+    """An optimization solver (LP, MILP, SDP) did not return an optimal solution.
+
+    ``status`` holds the solver's own status (code and message), so that no bound is ever
+    reported from a non-optimal solve.
+    """
+
+    def __init__(self, message: str, status: object | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,406 @@
+"""LP relaxation of the worst-case state problem for ReLU models (paper 000 §4.5, Thm 4.5, App. E).
+
+Problem (4.12): ``p* = max_{x, u in U} sum_i f_i(x_i) : x = (A x + B u + b)_+, |x - x0| <= sigma_x``
+with ``sigma_x`` the box bound of Thm 4.1, ``sigma_x = (I - |A|)^-1 |B| sigma_u`` (eq. 4.5), and
+``U`` the box (4.1) or the cardinality-constrained set (4.2), optionally intersected with a valid
+input range ``clip = (lo, hi)``.
+
+What is solved (all in float64, with scipy's HiGHS):
+
+* **Relaxed constraints** (the bidual of Thm 4.5 for ReLU, end of §4.5): ``x >= A x + B u + b``,
+  ``x >= 0``, ``xlo <= x <= xhi`` with ``xlo = (x0 - sigma_x)_+``, ``xhi = x0 + sigma_x``. With
+  ``triangle=True`` (default) the upper side of the ReLU graph is added as well (the convex hull
+  of ``{(z, z_+) : zlo <= z <= zhi}``, the "triangle" relaxation): ``x_i <= zhi_i (z_i - zlo_i) /
+  (zhi_i - zlo_i)`` for an unstable unit, ``x_i <= z_i`` for ``zlo_i >= 0`` and ``x_i <= 0`` for
+  ``zhi_i <= 0``, with ``[zlo, zhi]`` interval bounds of ``z = A x + B u + b`` over the boxes of
+  ``x`` and ``u`` (and ``z <= x <= xhi``). Every true pair ``(x(u), u)``, ``u in U``, satisfies all
+  of them, so the optimum is an upper bound on ``p*`` either way; the cuts only make it tighter
+  and the attack better (without them, ``max c^T x`` with ``c >= 0`` is attained at ``x = xhi``
+  whatever ``u``).
+* **Objectives**: ``"linear"``: ``c^T x + e^T u + const`` (§4.5, ``f_i(xi) = c_i xi``; the term in
+  ``u`` serves output margins ``y_j - y_y``). ``"l2"``: the state discrepancy
+  ``||x - x0||_2^2`` of §4.5/§7.3.2 (``f_i(xi) = (xi - x0_i)^2``). In the bidual of Thm 4.5,
+  ``-g_i^*`` is the concave envelope of ``f_i`` on ``[xlo_i, xhi_i]``; for a convex ``f_i`` it is
+  the chord ``f_i(xlo_i) + (xhi_i + xlo_i - 2 x0_i)(xi - xlo_i)``, which is linear: the l2 bound
+  is **one LP** with that linear objective (exact at the box corners). The attack is then
+  improved by ``refine`` rounds of linearisation at the true state (``c = 2 (x(u) - x0)``, the
+  gradient of the discrepancy: a DC / Frank-Wolfe step on the relaxation); the best true value
+  is kept. The bound stays the chord LP.
+* **Cardinality** (4.2), ``k`` inputs at most: ``card_method="hull"`` (default) solves the
+  paper's bidual (end of §4.5) over the convex hull ``|u - u0| <= sigma_u``,
+  ``||diag(sigma_u)^-1 (u - u0)||_1 <= k`` (an LP: a valid bound over ``U^card``); its ``u``
+  is made feasible by keeping the ``k`` largest ``|u_j - u0_j| / sigma_j`` (the rest reset to
+  ``u0``). ``card_method="milp"`` models ``U^card`` exactly with binaries
+  (``|u_j - u0_j| <= sigma_j s_j``, ``sum s <= k``, ``scipy.optimize.milp``): a tighter bound and
+  a feasible ``u`` directly, at MILP cost (small ``p``).
+
+A non-optimal solver status raises :class:`~idlkit.errors.SolverError` with the status: no bound is
+ever reported from it. The bound is the solver's primal optimum (HiGHS tolerances ~1e-7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .. import wellposed as wp
+from ..errors import (
+    ConfigurationError,
+    InputError,
+    NonFiniteError,
+    ShapeError,
+    SolverError,
+    WellPosednessError,
+)
+from .result import AttackResult
+
+__all__ = ["lp_attack", "state_sigma", "LPProblem"]
+
+Objective = Literal["l2", "linear"]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+def _to_np(M: Tensor | None, shape: tuple[int, ...]) -> np.ndarray | sp.csr_array:
+    """float64 numpy (dense) or scipy CSR (sparse) copy of a model matrix; zeros for None."""
+    if M is None:
+        return np.zeros(shape)
+    if M.layout != torch.strided:
+        return wp._as_matrix(M)
+    return M.detach().to("cpu", torch.float64).numpy()
+
+
+def _dense(M: np.ndarray | sp.csr_array) -> np.ndarray:
+    return M.toarray() if sp.issparse(M) else M
+
+
+def require_relu(model: torch.nn.Module, what: str) -> None:
+    """Raise :class:`ConfigurationError` unless the model's activation is the componentwise ReLU."""
+    act = model.activation
+    if getattr(act, "name", None) != "relu":
+        raise ConfigurationError(
+            f"{what} is defined for the ReLU activation only (paper 000 §4.5-4.6: it uses the "
+            f"representation x = z_+), got activation {act!r}. Fix: use a ReLU model (e.g. "
+            f"ImplicitModel(..., activation='relu') or a converted ReLU network), or use the "
+            f"activation-agnostic box bounds (idlkit.robust.state_box_bound, sensitivity_matrix)")
+
+
+def check_sigma(sigma_u: Tensor | np.ndarray | float, p: int) -> np.ndarray:
+    """``sigma_u`` as a float64 ``(p,)`` array; scalar broadcast; NaN/Inf/negative raise."""
+    s = np.asarray(sigma_u.detach().cpu() if isinstance(sigma_u, Tensor) else sigma_u, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.full(p, float(s))
+    if s.shape != (p,):
+        raise ShapeError(f"sigma_u must be a scalar or have shape ({p},), got {s.shape}")
+    if not np.isfinite(s).all():
+        j = int(np.flatnonzero(~np.isfinite(s))[0])
+        raise NonFiniteError(f"sigma_u contains NaN or Inf (sigma_u[{j}] = {s[j]})")
+    if (s < 0).any():
+        j = int(np.flatnonzero(s < 0)[0])
+        raise InputError(f"sigma_u must be >= 0 (an input box radius), got sigma_u[{j}] = {s[j]:.6g}")
+    return s
+
+
+def check_u0(model: torch.nn.Module, u0: Tensor | np.ndarray) -> np.ndarray:
+    """The nominal input as a float64 ``(p,)`` array (a ``(1, p)`` batch is accepted)."""
+    p = model.in_features
+    u = np.asarray(u0.detach().cpu() if isinstance(u0, Tensor) else u0, dtype=np.float64)
+    if u.ndim == 2 and u.shape[0] == 1:
+        u = u[0]
+    if u.shape != (p,):
+        raise ShapeError(f"u0 must have shape ({p},) (one sample), got {tuple(u.shape)}")
+    if not np.isfinite(u).all():
+        raise NonFiniteError("u0 contains NaN or Inf")
+    return u
+
+
+def check_k(k: int | None, p: int) -> int | None:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= p:
+        raise ConfigurationError(f"k (number of perturbed inputs, eq. 4.2) must be an integer in "
+                                 f"[0, {p}], got {k!r}")
+    return int(k)
+
+
+def input_box(u0: np.ndarray, sigma: np.ndarray, clip: tuple[float, float] | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``[u0 - sigma, u0 + sigma]`` intersected with the valid range ``clip``."""
+    lo, hi = u0 - sigma, u0 + sigma
+    if clip is not None:
+        a, b = (float(c) for c in clip)
+        if not a <= b:
+            raise ConfigurationError(f"clip must be (lo, hi) with lo <= hi, got {clip!r}")
+        if (u0 < a).any() or (u0 > b).any():
+            raise InputError(f"u0 lies outside the valid range clip={clip!r} (min {u0.min():.6g}, "
+                             f"max {u0.max():.6g}); clip it first")
+        lo, hi = np.maximum(lo, a), np.minimum(hi, b)
+    return lo, hi
+
+
+def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray) -> np.ndarray:
+    """Thm 4.1 (eq. 4.5): ``sigma_x = (I - |A|)^-1 |B| sigma_u`` for a CONE map, float64.
+
+    Needs ``lambda_pf(|A|) < 1`` (checked: :class:`WellPosednessError` naming ``lambda_pf``).
+    A linear solve, sparse when ``A`` is sparse.
+    TODO: switch to ``idlkit.robust.bounds.state_box_bound`` once it exists.
+    """
+    n = model.hidden
+    if n == 0:
+        return np.zeros(0)
+    rep = wp.check(model.A, "relu")
+    ok = rep.holds.get("pf", False) or rep.holds.get("inf", False) or rep.holds.get("triangular", False)
+    if not ok:
+        raise WellPosednessError(
+            f"the box bound of Thm 4.1 needs lambda_pf(|A|) < 1, got lambda_pf = {rep.pf:.6g} "
+            f"(||A||_inf = {rep.inf_norm:.6g}): the bound would be meaningless. Fix: project A "
+            f"(model.project_()) or rescale it (idlkit.wellposed.rescale)")
+    A = _to_np(model.A, (n, n))
+    Bm = _to_np(model.B, (n, model.in_features))
+    rhs = abs(Bm) @ sigma_u
+    if sp.issparse(A):
+        M = sp.identity(n, format="csc") - abs(A).tocsc()
+        sx = sp.linalg.spsolve(M, rhs)
+    else:
+        sx = np.linalg.solve(np.eye(n) - np.abs(A), rhs)
+    sx = np.asarray(sx, dtype=np.float64).reshape(n)
+    if not np.isfinite(sx).all() or (sx < -1e-12).any():
+        raise WellPosednessError("(I - |A|)^-1 |B| sigma_u is not finite and nonnegative: "
+                                 "lambda_pf(|A|) is too close to 1 for Thm 4.1")
+    return np.maximum(sx, 0.0)
+
+
+@torch.no_grad()
+def true_states(model: torch.nn.Module, U: np.ndarray) -> np.ndarray:
+    """Equilibrium states ``(m, n)`` (float64 copy) of the model at the rows of ``U``."""
+    dtype = model.A.dtype
+    X = model.equilibrium(torch.as_tensor(np.atleast_2d(U), dtype=dtype, device=model.A.device))
+    return X.detach().to("cpu", torch.float64).numpy()
+
+
+def _state_slack(model: torch.nn.Module) -> float:
+    """Widening of the state box covering the solver's error on ``x0`` and ``x(u)``."""
+    tol = float(getattr(model.settings, "tol", 1e-6))
+    eps = float(torch.finfo(model.A.dtype).eps)
+    return 10.0 * max(tol, 100 * eps)
+
+
+# ----------------------------------------------------------------------------- the LP
+
+@dataclass(frozen=True)
+class LPProblem:
+    """The relaxed feasible set (box/triangle constraints of the module docstring), float64.
+
+    Variables ``v = [x (n), u (p), t (p if k is not None)]``; ``t`` are the cardinality
+    indicators (continuous in [0, 1] for the hull, binary for the MILP).
+    """
+
+    n: int
+    p: int
+    A_ub: sp.csr_array
+    b_ub: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    integrality: np.ndarray
+    x0: np.ndarray
+    xlo: np.ndarray
+    xhi: np.ndarray
+    sigma_x: np.ndarray
+    u0: np.ndarray
+    sigma_u: np.ndarray
+    k: int | None
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: int | None,
+              clip: tuple[float, float] | None, card_method: str, triangle: bool,
+              x0: np.ndarray | None = None) -> LPProblem:
+        n, p = model.hidden, model.in_features
+        A = sp.csr_array(_to_np(model.A, (n, n)))
+        Bm = sp.csr_array(_to_np(model.B, (n, p)))
+        b = np.zeros(n) if model.b is None else model.b.detach().to("cpu", torch.float64).numpy()
+        ulo, uhi = input_box(u0, sigma_u, clip)
+        sx = state_sigma(model, sigma_u)
+        if x0 is None:
+            x0 = true_states(model, u0)[0]
+        slack = _state_slack(model) * (1.0 + np.abs(x0))
+        sxw = sx * (1 + 1e-9) + slack
+        xlo, xhi = np.maximum(x0 - sxw, 0.0), x0 + sxw
+        I = sp.identity(n, format="csr")
+        rows = [sp.hstack([A - I, Bm], format="csr")]  # A x + B u + b <= x
+        rhs = [-b]
+        if triangle and n:
+            xc, xr = (xlo + xhi) / 2, (xhi - xlo) / 2
+            uc, ur = (ulo + uhi) / 2, (uhi - ulo) / 2
+            zc = A @ xc + Bm @ uc + b
+            zr = abs(A) @ xr + abs(Bm) @ ur
+            zr = zr * (1 + 1e-9) + 1e-12
+            zlo, zhi = zc - zr, np.minimum(zc + zr, xhi)  # z <= x <= xhi
+            zlo = np.where(xlo > 0, np.maximum(zlo, xlo), zlo)  # x_i > 0 => z_i = x_i
+            inactive = zhi <= 0
+            xhi = np.where(inactive, 0.0, xhi)
+            xlo = np.minimum(xlo, xhi)
+            active = (zlo >= 0) & ~inactive
+            unstable = ~inactive & ~active
+            a = np.where(active, 1.0, 0.0)
+            a[unstable] = zhi[unstable] / (zhi[unstable] - zlo[unstable])
+            off = np.where(unstable, -zlo, 0.0)
+            sel = np.flatnonzero(active | unstable)
+            if sel.size:
+                Da = sp.diags_array(a[sel])
+                Esel = I[sel]
+                rows.append(sp.hstack([Esel - Da @ A[sel], -(Da @ Bm[sel])], format="csr"))
+                rhs.append(a[sel] * (b[sel] + off[sel]))  # x - a (Ax + Bu) <= a (b - zlo)
+        lower, upper = np.concatenate([xlo, ulo]), np.concatenate([xhi, uhi])
+        integrality = np.zeros(n + p)
+        if k is not None:
+            # |u_j - u0_j| <= sigma_j t_j, sum t <= k (t binary: exact (4.2); t in [0,1]: its hull)
+            Sg = sp.diags_array(sigma_u)
+            Z = sp.csr_array((p, n))
+            Ip = sp.identity(p, format="csr")
+            rows = [sp.hstack([R, sp.csr_array((R.shape[0], p))], format="csr") for R in rows]
+            rows += [sp.hstack([Z, Ip, -Sg], format="csr"), sp.hstack([Z, -Ip, -Sg], format="csr"),
+                     sp.hstack([sp.csr_array((1, n + p)), sp.csr_array(np.ones((1, p)))], format="csr")]
+            rhs += [u0, -u0, np.array([float(k)])]
+            lower, upper = np.concatenate([lower, np.zeros(p)]), np.concatenate([upper, np.ones(p)])
+            integrality = np.concatenate([integrality, np.full(p, 1.0 if card_method == "milp" else 0.0)])
+        return cls(n=n, p=p, A_ub=sp.vstack(rows, format="csr"), b_ub=np.concatenate(rhs),
+                   lower=lower, upper=upper, integrality=integrality, x0=x0, xlo=xlo, xhi=xhi,
+                   sigma_x=sx, u0=u0, sigma_u=sigma_u, k=k)
+
+    def maximize(self, c: np.ndarray, e: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, str]:
+        """``max c^T x + e^T u`` over the relaxed set: ``(value, x, u, status)``; raises on failure."""
+        from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+        nv = self.lower.size
+        obj = np.zeros(nv)
+        obj[:self.n], obj[self.n:self.n + self.p] = -c, -e
+        if self.integrality.any():
+            res = milp(obj, constraints=LinearConstraint(self.A_ub, -np.inf, self.b_ub),
+                       integrality=self.integrality, bounds=Bounds(self.lower, self.upper))
+            ok = res.status == 0 and res.x is not None
+        else:
+            res = linprog(obj, A_ub=self.A_ub, b_ub=self.b_ub,
+                          bounds=np.stack([self.lower, self.upper], axis=1), method="highs")
+            ok = res.status == 0
+        if not ok:
+            raise SolverError(
+                f"HiGHS did not solve the LP relaxation of Thm 4.5 (status {res.status}: "
+                f"{res.message}); no bound is reported. An infeasible relaxation means the state box "
+                f"does not contain the nominal state (check the model's solver tolerance); a time or "
+                f"iteration limit: try a smaller problem or card_method='hull'",
+                status=(res.status, res.message))
+        v = res.x
+        return float(-res.fun), v[:self.n], v[self.n:self.n + self.p], "optimal"
+
+    def feasible_u(self, u: np.ndarray, clip_box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Project a relaxation's ``u`` into the attacked set: the box (and range), then at most
+        ``k`` changed inputs (the largest ``|u_j - u0_j| / sigma_j``)."""
+        u = np.clip(u, *clip_box)
+        if self.k is None:
+            return u
+        d = np.abs(u - self.u0)
+        score = np.where(self.sigma_u > 0, d / np.where(self.sigma_u > 0, self.sigma_u, 1.0), 0.0)
+        keep = np.zeros(self.p, dtype=bool)
+        if self.k:
+            top = np.argsort(-score, kind="stable")[:self.k]
+            keep[top] = score[top] > 0
+        return np.where(keep, u, self.u0)
+
+
+def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: int | None = None, *,
+              objective: Objective = "l2", c: Tensor | np.ndarray | None = None,
+              e: Tensor | np.ndarray | None = None, const: float = 0.0,
+              clip: tuple[float, float] | None = None, card_method: Literal["hull", "milp"] = "hull",
+              triangle: bool = True, refine: int = 3) -> AttackResult:
+    """LP bound (Thm 4.5) on the worst-case state objective and the attack it suggests.
+
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel` (dense or sparse matrices) with
+            ``lambda_pf(|A|) < 1``.
+        u0: nominal input ``(p,)``.
+        sigma_u: box radius (eq. 4.1), scalar or ``(p,)``, ``>= 0``.
+        k: ``None`` for the box set (dense attack); an integer for the cardinality set (4.2)
+            (sparse attack: at most ``k`` inputs change).
+        objective: ``"l2"`` (``||x - x0||_2^2``, §7.3.2) or ``"linear"``
+            (``c^T x + e^T u + const``; ``c (n,)`` required, ``e (p,)`` optional).
+        clip: valid input range ``(lo, hi)`` intersected with the set.
+        card_method: ``"hull"`` (LP over the convex hull of (4.2), default) or ``"milp"``.
+        triangle: add the upper ReLU cuts (tighter, still valid; see the module docstring).
+        refine: linearisation rounds improving the l2 attack (the bound does not change).
+
+    Returns:
+        :class:`AttackResult` with ``u_adv (p,)`` in the set, ``bound`` (float64, an upper bound
+        of the objective over the set), ``value`` (the objective at the model's true state at
+        ``u_adv``), ``status``; ``extra`` holds ``sigma_x``, ``x0``, ``lp_value`` (the relaxation's
+        own objective at its solution) and ``n_lp`` (LPs solved).
+    """
+    require_relu(model, "the LP relaxation (Thm 4.5)")
+    if objective not in ("l2", "linear"):
+        raise ConfigurationError(f"objective must be 'l2' or 'linear', got {objective!r}")
+    if card_method not in ("hull", "milp"):
+        raise ConfigurationError(f"card_method must be 'hull' or 'milp', got {card_method!r}")
+    n, p = model.hidden, model.in_features
+    u0n = check_u0(model, u0)
+    sig = check_sigma(sigma_u, p)
+    k = check_k(k, p)
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ConfigurationError(f"refine must be an integer >= 0, got {refine!r}")
+    e_np = np.zeros(p) if e is None else np.asarray(e.detach().cpu() if isinstance(e, Tensor) else e,
+                                                    dtype=np.float64)
+    if e_np.shape != (p,):
+        raise ShapeError(f"e must have shape ({p},), got {e_np.shape}")
+    if objective == "linear":
+        if c is None:
+            raise ConfigurationError("objective='linear' needs c, a (n,) vector (c^T x + e^T u + const)")
+        c_np = np.asarray(c.detach().cpu() if isinstance(c, Tensor) else c, dtype=np.float64)
+        if c_np.shape != (n,):
+            raise ShapeError(f"c must have shape ({n},), got {c_np.shape}")
+        if not (np.isfinite(c_np).all() and np.isfinite(e_np).all() and np.isfinite(const)):
+            raise NonFiniteError("c, e or const contains NaN or Inf")
+    prob = LPProblem.build(model, u0n, sig, k, clip, card_method, triangle)
+    box = input_box(u0n, sig, clip)
+    x0 = prob.x0
+
+    def true_value(u: np.ndarray) -> tuple[float, np.ndarray]:
+        x = true_states(model, u)[0]
+        if objective == "l2":
+            return float(((x - x0) ** 2).sum()), x
+        return float(c_np @ x + e_np @ u + const), x
+
+    if objective == "l2":
+        lo, hi = prob.xlo, prob.xhi
+        cc = hi + lo - 2 * x0  # chord slope of (xi - x0)^2 on [lo, hi]
+        offset = float(((lo - x0) ** 2 - cc * lo).sum())
+        bound, x_lp, u_lp, status = prob.maximize(cc, np.zeros(p))
+        bound += offset
+        lp_value = float(((x_lp - x0) ** 2).sum())
+    else:
+        bound, x_lp, u_lp, status = prob.maximize(c_np, e_np)
+        bound += const
+        lp_value = bound
+    u_best = prob.feasible_u(u_lp, box)
+    best, x_best = true_value(u_best)
+    n_lp = 1
+    if objective == "l2":
+        for _ in range(refine):
+            g = 2 * (x_best - x0)
+            if not np.any(g):
+                break
+            _, _, u_r, _ = prob.maximize(g, np.zeros(p))
+            n_lp += 1
+            u_r = prob.feasible_u(u_r, box)
+            val, x_r = true_value(u_r)
+            if val <= best * (1 + 1e-12):
+                break
+            best, u_best, x_best = val, u_r, x_r
+    dtype = model.A.dtype
+    return AttackResult(u_adv=torch.as_tensor(u_best, dtype=dtype), bound=float(bound), value=best,
+                        status=status, objective=objective,
+                        n_perturbed=torch.tensor(int((u_best != u0n).sum())),
+                        extra={"sigma_x": prob.sigma_x, "x0": x0, "lp_value": lp_value, "n_lp": n_lp,
+                               "card_method": card_method if k is not None else None})
