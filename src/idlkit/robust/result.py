@@ -31,7 +31,7 @@ class AttackResult:
     """
 
     u_adv: Tensor
-    bound: float | None
+    bound: float | Tensor | None
     value: float | Tensor
     status: str
     objective: str = ""
