@@ -1,0 +1,34 @@
+"""Robustness of implicit models (paper 000 §4, §5.4; paper 003 ch. 4; paper 004).
+
+Certified bounds (float64): state bounds under box and cardinality-constrained inputs
+(eq. 4.1-4.5, Thm 4.1-4.2), the sensitivity matrix (Thm 4.3-4.4), Lipschitz bounds
+(eq. 4.8, paper 004), worst-case losses (§4.4), the model-error bound (Thm 5.1), and
+interval bound propagation for comparison (paper 003 Fig. 4.3).
+"""
+
+# --- bounds, sensitivity, Lipschitz, worst-case losses, model error, IBP
+from .bounds import (
+    BoxBounds,
+    StateBound,
+    box_bounds,
+    state_block_bound,
+    state_bound,
+    state_box_bound,
+    state_linf_bound,
+)
+from .sensitivity import Sensitivity, output_box_bound, sensitivity, sensitivity_matrix
+
+__all__ = [
+    # bounds
+    "BoxBounds",
+    "StateBound",
+    "box_bounds",
+    "state_block_bound",
+    "state_bound",
+    "state_box_bound",
+    "state_linf_bound",
+    "Sensitivity",
+    "output_box_bound",
+    "sensitivity",
+    "sensitivity_matrix",
+]

@@ -1,0 +1,178 @@
+"""Float64 views of a model for the bounds: matrices, BLIP norm matrices, input checks.
+
+The norm matrices of paper 000 §4.2-4.3: ``Gamma N(A)`` (eq. 2.5, via
+:func:`idlkit.wellposed.blip_norm_matrix`), ``Gamma N(B)`` (eq. 4.6: ``N(B)_li = ||B_li||_{p_l}``)
+and ``N(C)`` (Thm 4.4: ``N(C)_il = ||C_il||_{p_l^*}``, the dual norm). For a componentwise map
+they are ``gamma |A|``, ``gamma |B|`` and ``|C|`` (Thm 4.1, 4.3, with ``gamma = 1`` for a CONE
+map; a ``gamma``-Lipschitz map gives the same bounds with ``gamma`` in front, which is Thm 4.2
+with blocks of size 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .. import wellposed as wp
+from ..activations import Activation, BlockStructure, Centered, ComponentwiseActivation
+from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+
+__all__ = ["ModelData", "model_data", "as_sigma", "check_k", "as_batch64", "top_k_sum"]
+
+Mat = np.ndarray | sp.csr_array
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """Float64 matrices of a model (dense numpy or scipy CSR) and its activation's blocks."""
+
+    A: Mat
+    B: Mat
+    C: Mat
+    D: Mat
+    activation: Activation
+    blocks: BlockStructure
+    componentwise: bool
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.B.shape[1]
+
+    @property
+    def q(self) -> int:
+        return self.C.shape[0]
+
+
+def _get(model: object, name: str) -> Tensor:
+    M = getattr(model, name, None)
+    if not isinstance(M, Tensor):
+        raise ConfigurationError(f"expected an idlkit ImplicitModel (with matrices A, B, C, D); "
+                                 f"{type(model).__name__} has no tensor {name!r}")
+    return M
+
+
+def base_activation(act: Activation) -> Activation:
+    return act.base if isinstance(act, Centered) else act
+
+
+def model_data(model: object) -> ModelData:
+    """The model's ``A, B, C, D`` in float64 (sparse stays sparse) and its BLIP structure."""
+    A, B, C, D = (wp._as_matrix(_get(model, k)) for k in "ABCD")
+    act = model.activation  # type: ignore[attr-defined]
+    blocks = act.blocks(A.shape[0])
+    comp = isinstance(base_activation(act), ComponentwiseActivation)
+    return ModelData(A, B, C, D, act, blocks, comp)
+
+
+def _abs(M: Mat) -> Mat:
+    return abs(M) if sp.issparse(M) else np.abs(M)
+
+
+def _row_block_norms(M: Mat, blocks: BlockStructure, dual: bool) -> Mat:
+    """``(L, m)``: the ``p_l`` norm (``p_l^*`` with ``dual``) of each column of ``M`` (``(n, m)``)
+    restricted to each row block ``l``."""
+    sizes = blocks.sizes
+    if all(s == 1 for s in sizes):
+        return _abs(M)
+    norms = [(1.0 / (1.0 - 1.0 / p) if p not in (1.0, math.inf) else (math.inf if p == 1 else 1.0))
+             if dual else p for p in blocks.norms]
+    L, m = len(sizes), M.shape[1]
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    Md = M.toarray() if sp.issparse(M) else M
+    out = np.zeros((L, m))
+    absM = np.abs(Md)
+    for p_ in set(norms):
+        idx = np.array([i for i, pl in enumerate(norms) if pl == p_])
+        if p_ == 1:
+            red = np.add.reduceat(absM, offs[:-1], axis=0) if Md.shape[0] else out
+        elif p_ == 2:
+            red = np.sqrt(np.add.reduceat(Md * Md, offs[:-1], axis=0)) if Md.shape[0] else out
+        else:
+            red = np.maximum.reduceat(absM, offs[:-1], axis=0) if Md.shape[0] else out
+        out[idx] = red[idx]
+    return sp.csr_array(out) if sp.issparse(M) else out
+
+
+def norm_matrices(d: ModelData) -> tuple[Mat, Mat, Mat, Mat]:
+    """``(Gamma N(A), Gamma N(B), N(C), |D|)`` (eq. 2.5, 4.6, Thm 4.4), float64."""
+    bs = d.blocks
+    gam = np.asarray(bs.gammas, dtype=np.float64)
+    if d.n == 0:
+        return np.zeros((0, 0)), np.zeros((0, d.p)), np.zeros((d.q, 0)), _abs(d.D)
+    NA = wp.blip_norm_matrix(d.A, bs.sizes, bs.norms, bs.gammas)
+    NB = _row_block_norms(d.B, bs, dual=False)
+    NB = sp.csr_array(sp.diags_array(gam) @ NB) if sp.issparse(NB) else gam[:, None] * NB
+    NC = _row_block_norms(d.C.T.tocsr() if sp.issparse(d.C) else d.C.T, bs, dual=True)
+    NC = NC.T.tocsr() if sp.issparse(NC) else np.ascontiguousarray(NC.T)
+    return NA, NB, NC, _abs(d.D)
+
+
+def dense(M: Mat) -> np.ndarray:
+    return M.toarray() if sp.issparse(M) else np.asarray(M)
+
+
+def as_sigma(sigma: object, p: int, name: str = "sigma_u") -> np.ndarray:
+    """A radius: scalar or ``(p,)``, finite and ``>= 0``; returned as a float64 ``(p,)`` array."""
+    if isinstance(sigma, Tensor):
+        s = sigma.detach().to("cpu", torch.float64).numpy()
+    else:
+        try:
+            s = np.asarray(sigma, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} must be a number or a ({p},) array, got {sigma!r}") from exc
+    if s.ndim == 0:
+        s = np.full(p, float(s))
+    if s.shape != (p,):
+        raise ShapeError(f"{name} must be a scalar or have shape ({p},), got {s.shape}")
+    if not np.isfinite(s).all():
+        raise NonFiniteError(f"{name} contains NaN or Inf (first at index "
+                             f"{int(np.flatnonzero(~np.isfinite(s))[0])})")
+    if (s < 0).any():
+        i = int(np.argmin(s))
+        raise InputError(f"{name} must be >= 0 (a radius); {name}[{i}] = {s[i]:.6g}. Fix: pass "
+                         f"abs({name})")
+    return s
+
+
+def check_k(k: int | None, p: int) -> int | None:
+    """Cardinality ``k`` of eq. 4.2: ``None`` (box set) or an integer in ``[1, p]``."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not (1 <= int(k) <= p):
+        raise ConfigurationError(f"k (number of perturbed inputs, eq. 4.2) must be an integer in "
+                                 f"[1, p={p}] or None for the box set, got {k!r}")
+    return int(k)
+
+
+def as_batch64(u: object, p: int, name: str = "u") -> np.ndarray:
+    """Batch-first float64 ``(batch, p)`` copy of an input (``(p,)`` accepted)."""
+    if isinstance(u, Tensor):
+        a = u.detach().to("cpu", torch.float64).numpy()
+    else:
+        a = np.asarray(u, dtype=np.float64)
+    if a.ndim == 1 and a.shape[0] == p:
+        a = a[None]
+    elif a.ndim >= 2 and math.prod(a.shape[1:]) == p:
+        a = a.reshape(a.shape[0], p)
+    else:
+        raise ShapeError(f"{name} must have shape (batch, {p}) or ({p},), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise NonFiniteError(f"{name} contains NaN or Inf")
+    return a
+
+
+def top_k_sum(W: np.ndarray, k: int) -> np.ndarray:
+    """``s_k`` of each row of a nonnegative ``W`` (sum of its ``k`` largest entries, eq. 4.4)."""
+    if k >= W.shape[1]:
+        return W.sum(axis=1)
+    part = np.partition(W, W.shape[1] - k, axis=1)[:, W.shape[1] - k:]
+    return part.sum(axis=1)

@@ -1,0 +1,95 @@
+"""The sensitivity matrix and output box bounds (paper 000 §4.3, Thm 4.3-4.4, App. D).
+
+``S = |C| (I - |A|)^-1 |B| + |D|`` (Thm 4.3, CONE maps) and the block form
+``S = N(C) (I - Gamma N(A))^-1 Gamma N(B) + |D|`` (Thm 4.4, BLIP maps) satisfy
+``|y(u) - y(u0)| <= S |u - u0|`` componentwise. A componentwise ``gamma``-Lipschitz map
+gives ``|C| (I - gamma |A|)^-1 gamma |B| + |D|`` (Thm 4.4 with blocks of size 1; equal to
+Thm 4.3's ``S`` for ``gamma = 1``).
+
+``S`` is computed in float64 with one linear solve with ``min(p, q)`` right-hand sides
+(the transposed system ``(I - M^T) W = N(C)^T`` when ``q <= p``), never an explicit inverse,
+and certified against rounding (:mod:`idlkit.robust._linalg`). The differentiable dense
+version used as a training penalty is :func:`idlkit.train.penalties.sensitivity_matrix`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigurationError
+from ._linalg import SolveCertificate, solve_nonneg
+from ._model import as_sigma, check_k, dense, model_data, norm_matrices, top_k_sum
+
+__all__ = ["Sensitivity", "sensitivity", "sensitivity_matrix", "output_box_bound"]
+
+FORMS = ("auto", "cone", "blip")
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The sensitivity matrix with how it was certified.
+
+    Attributes:
+        S: ``(q, p)`` float64 tensor, ``|y(u) - y(u0)| <= S |u - u0|``.
+        form: ``"cone"`` (Thm 4.3) or ``"blip"`` (Thm 4.4).
+        certificate: the solve and the certified bound on ``lambda_pf(Gamma N(A))``.
+    """
+
+    S: Tensor
+    form: str
+    certificate: SolveCertificate
+
+
+def sensitivity(model: object, form: str = "auto", method: str = "auto") -> Sensitivity:
+    """Sensitivity matrix of Thm 4.3 (componentwise maps) or Thm 4.4 (BLIP maps), float64.
+
+    Args:
+        form: ``"auto"`` (by the activation), ``"cone"`` (requires a componentwise map) or
+            ``"blip"`` (any map; for a componentwise one it equals ``"cone"``).
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`idlkit.robust._linalg.solve_nonneg`).
+
+    Raises:
+        ConfigurationError: ``form="cone"`` with a non-componentwise activation.
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+    """
+    if form not in FORMS:
+        raise ConfigurationError(f"form must be one of {list(FORMS)}, got {form!r}")
+    d = model_data(model)
+    if form == "cone" and not d.componentwise:
+        raise ConfigurationError(
+            f"Thm 4.3 (form='cone') needs a componentwise (CONE) activation, got {d.activation!r}; "
+            f"use form='blip' (Thm 4.4)")
+    NA, NB, NC, absD = norm_matrices(d)
+    what = "the sensitivity matrix (Thm 4.3/4.4)"
+    if d.q <= d.p:  # (I - M^T) W = N(C)^T with q right-hand sides; S = W^T Gamma N(B)
+        W, cert = solve_nonneg(NA, dense(NC).T.copy(), transpose=True, method=method, what=what)
+        S = np.asarray((NB.T @ W).T) if d.n else np.zeros((d.q, d.p))
+    else:  # (I - M) T = Gamma N(B) with p right-hand sides; S = N(C) T
+        T, cert = solve_nonneg(NA, dense(NB), method=method, what=what)
+        S = np.asarray(NC @ T) if d.n else np.zeros((d.q, d.p))
+    S = S + dense(absD)
+    return Sensitivity(torch.from_numpy(np.ascontiguousarray(S)),
+                       "cone" if d.componentwise else "blip", cert)
+
+
+def sensitivity_matrix(model: object, form: str = "auto", method: str = "auto") -> Tensor:
+    """``S = |C| (I - |A|)^-1 |B| + |D|`` (Thm 4.3) or its block form (Thm 4.4), ``(q, p)`` float64.
+
+    See :func:`sensitivity` for the arguments and errors.
+    """
+    return sensitivity(model, form, method).S
+
+
+def output_box_bound(model: object, sigma_u: object, k: int | None = None, method: str = "auto") -> Tensor:
+    """``sigma_y`` with ``|y(u) - y(u0)| <= sigma_y`` on ``U_box`` (``S sigma_u``, eq. 4.10/4.11)
+    or on ``U_card`` (``s_k`` of each row of ``S diag(sigma_u)``, the ``k`` largest terms), ``(q,)``."""
+    d = model_data(model)
+    s = as_sigma(sigma_u, d.p)
+    k = check_k(k, d.p)
+    S = sensitivity_matrix(model, method=method).numpy()
+    out = S @ s if k is None else top_k_sum(S * s[None, :], k)
+    return torch.from_numpy(np.ascontiguousarray(out))
