@@ -18,6 +18,23 @@ from .bounds import (
 )
 from .sensitivity import Sensitivity, output_box_bound, sensitivity, sensitivity_matrix
 
+# isort: split
+# --- relaxations and attacks (lp.py, sdp.py, attacks.py, result.py)
+from .attacks import (
+    ATTACKS,
+    Budget,
+    SuccessRate,
+    attack,
+    fgsm_attack,
+    lp_margin_attack,
+    saliency_attack,
+    sensitivity_attack,
+    success_rate,
+)
+from .lp import lp_attack
+from .result import AttackResult
+from .sdp import sdp_attack
+
 __all__ = [
     # bounds
     "BoxBounds",
@@ -31,4 +48,7 @@ __all__ = [
     "output_box_bound",
     "sensitivity",
     "sensitivity_matrix",
+    # relaxations and attacks
+    "AttackResult", "lp_attack", "sdp_attack", "Budget", "SuccessRate", "attack", "ATTACKS",
+    "sensitivity_attack", "saliency_attack", "fgsm_attack", "lp_margin_attack", "success_rate",
 ]
