@@ -16,7 +16,11 @@ from .bounds import (
     state_box_bound,
     state_linf_bound,
 )
+from .ibp import BoundComparison, IntervalBounds, compare_bounds, interval_bounds
+from .lipschitz import LipschitzBounds, lipschitz_bound, lipschitz_bounds
+from .model_error import model_error_bound, perturbation_bound
 from .sensitivity import Sensitivity, output_box_bound, sensitivity, sensitivity_matrix
+from .worst_case import WorstCaseLoss, worst_case_loss
 
 # isort: split
 # --- relaxations and attacks (lp.py, sdp.py, attacks.py, result.py)
@@ -48,6 +52,17 @@ __all__ = [
     "output_box_bound",
     "sensitivity",
     "sensitivity_matrix",
+    "BoundComparison",
+    "IntervalBounds",
+    "compare_bounds",
+    "interval_bounds",
+    "LipschitzBounds",
+    "lipschitz_bound",
+    "lipschitz_bounds",
+    "model_error_bound",
+    "perturbation_bound",
+    "WorstCaseLoss",
+    "worst_case_loss",
     # relaxations and attacks
     "AttackResult", "lp_attack", "sdp_attack", "Budget", "SuccessRate", "attack", "ATTACKS",
     "sensitivity_attack", "saliency_attack", "fgsm_attack", "lp_margin_attack", "success_rate",

@@ -1,0 +1,113 @@
+"""l_inf -> l_inf Lipschitz bounds of the prediction rule (paper 000 eq. 4.8; paper 004).
+
+* ``"inf"``: ``kappa = gamma ||B|| ||C|| / (1 - gamma ||A||) + ||D||`` (eq. 4.8, ``gamma = 1`` for
+  CONE maps; ``gamma`` is the activation's l_inf Lipschitz constant, so BLIP maps are covered).
+  Needs ``gamma ||A||_inf < 1``.
+* ``"mu"``: ``gamma ||B|| ||C|| / (1 - gamma mu_inf(A)_+) + ||D||`` (paper 004, "input-to-output
+  Lipschitz", there with ``gamma = 1`` and no ``D``). Derivation with ``gamma``: the mean-value form
+  ``dx = Lam (A dx + B du)``, ``Lam = diag(lam_i)``, ``0 <= lam_i <= gamma`` (monotone map); at the
+  row ``i`` where ``|dx_i| = ||dx||_inf``: ``||dx|| (1 - lam_i mu_inf(A)_+) <= lam_i ||B|| ||du||``, and
+  ``lam / (1 - lam mu_+)`` increases with ``lam``. Needs a monotone componentwise map and
+  ``gamma mu_inf(A) < 1``.
+* ``"sensitivity"``: ``||S||_inf`` of the sensitivity matrix (Thm 4.3/4.4), never larger than
+  eq. 4.8 and valid whenever ``lambda_pf(Gamma N(A)) < 1``.
+
+All in float64, dense or sparse matrices (never densified). The differentiable training
+penalties (``gamma = 1``) are :func:`idlkit.train.penalties.lipschitz_bound` and
+:func:`idlkit.train.penalties.mu_lipschitz_bound`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import wellposed as wp
+from ..activations import ComponentwiseActivation
+from ..errors import ConfigurationError, WellPosednessError
+from ._model import base_activation, model_data
+
+__all__ = ["LipschitzBounds", "lipschitz_bounds", "lipschitz_bound", "MEASURES"]
+
+MEASURES = ("inf", "mu", "sensitivity", "best")
+_SLACK = 1 + 64 * float(np.finfo(np.float64).eps)  # outward rounding of a few float64 operations
+
+
+@dataclass(frozen=True)
+class LipschitzBounds:
+    """Every applicable l_inf Lipschitz bound of ``u -> y`` (``nan`` where its hypothesis fails).
+
+    Attributes:
+        inf: eq. 4.8; ``mu``: paper 004's ``mu_inf`` form; ``sensitivity``: ``||S||_inf``.
+        best: the smallest finite one.
+    """
+
+    inf: float
+    mu: float
+    sensitivity: float
+
+    @property
+    def best(self) -> float:
+        vals = [v for v in (self.inf, self.mu, self.sensitivity) if math.isfinite(v)]
+        return min(vals) if vals else math.nan
+
+
+def _parts(model: object) -> tuple[float, float, float, object]:
+    d = model_data(model)
+    return wp.inf_norm(d.B), wp.inf_norm(d.C), wp.inf_norm(d.D), d
+
+
+def lipschitz_bound(model: object, measure: str = "inf") -> float:
+    """Upper bound on ``sup ||y(u) - y(v)||_inf / ||u - v||_inf`` (eq. 4.8, paper 004, Thm 4.3).
+
+    Args:
+        measure: ``"inf"`` (eq. 4.8), ``"mu"`` (paper 004), ``"sensitivity"`` (``||S||_inf``) or
+            ``"best"`` (the smallest applicable one).
+
+    Raises:
+        WellPosednessError: the measure's contraction hypothesis fails (the value is named).
+        ConfigurationError: ``"mu"`` with a non-monotone or non-componentwise activation.
+    """
+    if measure not in MEASURES:
+        raise ConfigurationError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
+    if measure == "best":
+        return lipschitz_bounds(model).best
+    nB, nC, nD, d = _parts(model)
+    if d.n == 0:
+        return nD
+    if measure == "sensitivity":
+        from .sensitivity import sensitivity_matrix
+
+        return wp.inf_norm(sensitivity_matrix(model)) * _SLACK
+    if measure == "inf":
+        gamma = float(d.activation.lipschitz_inf)
+        a = gamma * wp.inf_norm(d.A)
+        if not a < 1:
+            raise WellPosednessError(f"eq. 4.8 needs gamma ||A||_inf < 1, got {a:.6g} (gamma = "
+                                     f"{gamma:g}); rescale the model (idlkit.wellposed.rescale) or "
+                                     f"use measure='sensitivity'")
+        return (gamma * nB * nC / (1 - a) + nD) * _SLACK
+    base = base_activation(d.activation)
+    if not (isinstance(base, ComponentwiseActivation) and base.monotone):
+        raise ConfigurationError(f"the mu_inf bound (paper 004) needs a monotone componentwise "
+                                 f"activation, got {d.activation!r}; use measure='inf'")
+    gamma = float(base.lipschitz)
+    mu = gamma * wp.mu_inf(d.A)
+    if not mu < 1:
+        raise WellPosednessError(f"the mu_inf Lipschitz bound needs gamma mu_inf(A) < 1, got "
+                                 f"{mu:.6g}; project A (idlkit.wellposed.project_mu_set) or use "
+                                 f"measure='sensitivity'")
+    return (gamma * nB * nC / (1 - max(mu, 0.0)) + nD) * _SLACK
+
+
+def lipschitz_bounds(model: object) -> LipschitzBounds:
+    """All three bounds of :func:`lipschitz_bound`, ``nan`` where a hypothesis fails."""
+    vals = {}
+    for m in ("inf", "mu", "sensitivity"):
+        try:
+            vals[m] = lipschitz_bound(model, m)
+        except (WellPosednessError, ConfigurationError):
+            vals[m] = math.nan
+    return LipschitzBounds(**vals)

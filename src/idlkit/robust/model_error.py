@@ -1,0 +1,82 @@
+"""State error of a perturbed model matrix (paper 000 §5.4, Thm 5.1, App. F).
+
+For ``|A - A0| <= E`` (``E >= 0``), with ``x0`` and ``x`` the equilibria of ``A0`` and ``A`` for the
+same input and a componentwise ``gamma``-Lipschitz map (CONE: ``gamma = 1``):
+
+    |x - x0| <= (I - gamma (|A0| + E))^-1 gamma E |x0|,   if lambda_pf(gamma (|A0| + E)) < 1.
+
+Rederived (the printed statement and App. F are garbled): ``|x - x0| <= gamma |A (x - x0) +
+(A - A0) x0| <= gamma (|A0| + E) |x - x0| + gamma E |x0|``, and ``(I - M)^-1 >= 0``. The paper
+writes ``|A0 + E|`` and ``x0``; the bound needs ``|A0| + E`` (``|A| <= |A0| + E``, while
+``|A0 + E|`` can be smaller than ``|A|``) and ``|x0|`` (``x0`` may have negative entries, e.g. tanh).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .. import wellposed as wp
+from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+from ._linalg import solve_nonneg
+from ._model import as_batch64, model_data
+
+__all__ = ["model_error_bound", "perturbation_bound"]
+
+
+def perturbation_bound(model: object, A: Tensor) -> Tensor:
+    """``E = |A - A0|`` for a perturbed matrix ``A`` of the model's ``A0``, dense float64."""
+    A0 = wp._as_np(model.A)  # type: ignore[attr-defined]
+    A1 = wp._as_np(A)
+    if A1.shape != A0.shape:
+        raise ShapeError(f"perturbed A has shape {A1.shape}, the model's is {A0.shape}")
+    return torch.from_numpy(np.abs(A1 - A0))
+
+
+def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str = "auto") -> Tensor:
+    """Bound ``(batch, n)`` on ``|x(A) - x(A0)|`` over every ``A`` with ``|A - A0| <= E`` (Thm 5.1).
+
+    Args:
+        model: the nominal model (matrix ``A0``; componentwise activation).
+        E: ``(n, n)`` nonnegative entrywise error bound (dense or sparse), or a scalar (every entry).
+        u: ``(batch, p)`` inputs.
+
+    Raises:
+        ConfigurationError: a non-componentwise activation (Thm 5.1 is for CONE maps).
+        WellPosednessError: ``lambda_pf(gamma (|A0| + E)) < 1`` cannot be certified.
+    """
+    d = model_data(model)
+    if not d.componentwise:
+        raise ConfigurationError(f"Thm 5.1 needs a componentwise (CONE) activation, got "
+                                 f"{d.activation!r}")
+    n = d.n
+    if isinstance(E, int | float):
+        if not np.isfinite(E) or E < 0:
+            raise InputError(f"E must be a finite number >= 0, got {E!r}")
+        Em = np.full((n, n), float(E))
+    else:
+        Em = wp._as_matrix(E)
+        if Em.shape != (n, n):
+            raise ShapeError(f"E must have shape ({n}, {n}), got {Em.shape}")
+        vals = Em.data if sp.issparse(Em) else Em
+        if not np.isfinite(vals).all():
+            raise NonFiniteError("E contains NaN or Inf")
+        if vals.size and vals.min() < 0:
+            raise InputError(f"E must be >= 0 (an entrywise error bound), min entry {vals.min():.6g}")
+    gamma = float(d.blocks.gammas[0]) if n else 1.0
+    absA = abs(d.A) if sp.issparse(d.A) else np.abs(d.A)
+    if sp.issparse(absA) or sp.issparse(Em):
+        M = sp.csr_array(gamma * (sp.csr_array(absA) + sp.csr_array(Em)))
+    else:
+        M = gamma * (absA + Em)
+    U = torch.from_numpy(as_batch64(u, d.p))
+    import copy
+
+    m64 = copy.deepcopy(model).to(torch.float64)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        X0 = m64.equilibrium(U).numpy()
+    R = gamma * np.asarray(Em @ np.abs(X0).T)
+    X, _ = solve_nonneg(M, R, method=method, what="the model-error bound (Thm 5.1)")
+    return torch.from_numpy(np.ascontiguousarray(X.T))
