@@ -85,7 +85,8 @@ def require_relu(model: torch.nn.Module, what: str) -> None:
     if getattr(act, "name", None) != "relu":
         raise ConfigurationError(
             f"{what} is defined for the ReLU activation only (paper 000 §4.5-4.6: it uses the "
-            f"representation x = z_+), got activation {act!r}. Fix: use a ReLU model (e.g. "
+            f"representation x = z_+), got activation "
+            f"{getattr(act, 'name', type(act).__name__)!r} ({act!r}). Fix: use a ReLU model (e.g. "
             f"ImplicitModel(..., activation='relu') or a converted ReLU network), or use the "
             f"activation-agnostic box bounds (idlkit.robust.state_box_bound, sensitivity_matrix)")
 
