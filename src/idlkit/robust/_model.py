@@ -25,6 +25,7 @@ from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 __all__ = ["ModelData", "model_data", "as_sigma", "check_k", "as_batch64", "top_k_sum"]
 
 Mat = np.ndarray | sp.csr_array
+_DENSE_BLIP_MAX_N = 4096
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,10 @@ def norm_matrices(d: ModelData) -> tuple[Mat, Mat, Mat, Mat]:
     gam = np.asarray(bs.gammas, dtype=np.float64)
     if d.n == 0:
         return np.zeros((0, 0)), np.zeros((0, d.p)), np.zeros((d.q, 0)), _abs(d.D)
-    NA = wp.blip_norm_matrix(d.A, bs.sizes, bs.norms, bs.gammas)
+    A = d.A
+    if sp.issparse(A) and any(s_ > 1 for s_ in bs.sizes) and d.n <= _DENSE_BLIP_MAX_N:
+        A = A.toarray()  # exact block norms (the sparse path bounds them by sums of |entries|)
+    NA = wp.blip_norm_matrix(A, bs.sizes, bs.norms, bs.gammas)
     NB = _row_block_norms(d.B, bs, dual=False)
     NB = sp.csr_array(sp.diags_array(gam) @ NB) if sp.issparse(NB) else gam[:, None] * NB
     NC = _row_block_norms(d.C.T.tocsr() if sp.issparse(d.C) else d.C.T, bs, dual=True)
