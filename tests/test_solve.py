@@ -499,3 +499,25 @@ def test_anderson_accelerates_a_slow_contraction():
     Xp, ip = fixed_point(A, b, method="picard", tol=1e-10, max_iter=5000)
     assert ia.iterations * 5 < ip.iterations
     assert torch.allclose(Xa, Xp, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+@pytest.mark.parametrize("max_iter", [62, 63, 64, 127, 128])
+def test_budget_at_the_residual_history_fold(method, max_iter):
+    """The per-sample residual history is folded every 64 iterations; a solve that ends on
+    a fold (here by its budget) reports its iterations like any other."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    A *= 0.97 / A.sum(dim=1, keepdim=True)  # slow: far from the fixed point after 128 steps
+    b = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    X, info = fixed_point(A, b, "identity", method="picard" if method == "anderson" else method,
+                          tol=1e-300, max_iter=max_iter,
+                          on_nonconvergence="ignore")
+    assert not info.converged and info.iterations == max_iter
+    assert torch.equal(info.per_sample_iterations, torch.full((4,), max_iter))
+    # first hits before a fold survive it: a budget past the last sample's convergence
+    # reports the same per-sample iterations as an unlimited one
+    _, free = fixed_point(A, b, "identity", method=method, tol=1e-6, max_iter=10_000)
+    _, capped = fixed_point(A, b, "identity", method=method, tol=1e-6,
+                            max_iter=max(max_iter, free.iterations))
+    assert torch.equal(capped.per_sample_iterations, free.per_sample_iterations)

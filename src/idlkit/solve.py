@@ -343,6 +343,8 @@ class _Output:
 
     def _first_hits(self, tol: float) -> Tensor:
         """Per active row, the first iteration at which its residual was at ``tol`` (-1: never)."""
+        if not self.history:  # just folded (or nothing iterated): all is in ``first``
+            return self.first
         R = torch.stack(self.history) <= tol  # (iterations since t0, rows)
         seen = R.any(dim=0)
         when = self.t0 + R.to(torch.uint8).argmax(dim=0)  # the first True
