@@ -36,8 +36,7 @@ VIOLATIONS = {"lp": 0, "sdp": 0, "checked": 0}
 
 def random_model(seed: int, n: int, p: int, q: int = 3, kappa: float = 0.8) -> ImplicitModel:
     torch.manual_seed(seed)
-    # picard: ||A||_inf <= kappa < 1 makes it a contraction. (Anderson hit an internal error,
-    # "stack expects a non-empty TensorList" in solve._first_hits, on seed=5404, n=p=2, tol=1e-12.)
+    # picard: ||A||_inf <= kappa < 1 makes it a contraction
     return ImplicitModel(p, n, q, activation="relu", dtype=torch.float64, kappa=kappa, tol=1e-12,
                          max_iter=20_000, solver="picard")
 
@@ -120,12 +119,7 @@ def test_lp_l2_bound_holds(seed: int, n: int, p: int, kappa: float, sigma: float
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 12), p=st.integers(1, 6),
        sigma=st.floats(0.05, 1.0), card=st.booleans(), triangle=st.booleans())
 def test_lp_linear_bound_holds(seed: int, n: int, p: int, sigma: float, card: bool, triangle: bool) -> None:
-    try:
-        _linear_case(seed, n, p, sigma, card, triangle)
-    except RuntimeError as exc:  # known solver bug, not a bound violation (see random_model)
-        if "non-empty TensorList" not in str(exc):
-            raise
-        VIOLATIONS["solver_bug"] = VIOLATIONS.get("solver_bug", 0) + 1
+    _linear_case(seed, n, p, sigma, card, triangle)
 
 
 def _linear_case(seed: int, n: int, p: int, sigma: float, card: bool, triangle: bool) -> None:
