@@ -5,7 +5,20 @@ Implicit models predict ``y = C x + D u`` where the state solves
 and the docstrings, which cite the papers' equations.
 """
 
-from . import activations, compose, convert, datasets, errors, function, lowrank, solve, train, wellposed
+from . import (
+    activations,
+    compose,
+    convert,
+    datasets,
+    errors,
+    function,
+    lowrank,
+    plot,
+    robust,
+    solve,
+    train,
+    wellposed,
+)
 from .activations import get_activation
 from .errors import (
     ConfigurationError,
@@ -36,6 +49,8 @@ __all__ = [
     "convert",
     "datasets",
     "lowrank",
+    "plot",
+    "robust",
     "errors",
     "function",
     "solve",
