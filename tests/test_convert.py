@@ -384,3 +384,20 @@ def test_spy_draws_converted_resnet(tmp_path) -> None:  # noqa: ANN001
     assert "nonzeros" in ax.get_title()
     ax.figure.savefig(tmp_path / "spy.png", dpi=50)
     assert (tmp_path / "spy.png").stat().st_size > 0
+
+
+class _GeluInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.gelu(self.lin(x))  # unsupported: the error must point here
+
+
+def test_conversion_error_points_at_the_users_line():
+    with pytest.raises(ConversionError) as info:
+        idl.convert.from_torch(_GeluInForward().eval(), torch.randn(2, 4))
+    msg = str(info.value)
+    assert "gelu" in msg and "test_convert.py" in msg and "F.gelu(self.lin(x))" in msg
+    assert "torch/fx" not in msg

@@ -32,6 +32,26 @@ from .expr import INPUT, Affine
 __all__ = ["StateBlock", "Tracer", "trace_graph"]
 
 
+def _user_frame(stack_trace: str | None) -> str | None:
+    """The innermost frame of a node's recorded stack outside torch.fx itself, preferring the
+    user's code to torch's own modules (e.g. the ``forward`` that called the layer), as
+    ``'File "...", line N, in f: code'``."""
+    lines = (stack_trace or "").strip().splitlines()
+    frames = []
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("File "):
+            code = lines[i + 1].strip() if i + 1 < len(lines) and not lines[i + 1].strip().startswith(
+                "File ") else ""
+            frames.append((text, code))
+    frames = [f for f in frames if "/torch/fx/" not in f[0]]
+    if not frames:
+        return None
+    user = [f for f in frames if "/site-packages/torch/" not in f[0]]
+    text, code = (user or frames)[-1]
+    return f"{text}: {code}" if code else text
+
+
 @dataclass
 class StateBlock:
     """One block ``x_k = phi_k(z_k)`` of the state, in creation (forward) order.
@@ -127,9 +147,9 @@ class Tracer:
 
     def _fail(self, node: fx.Node, reason: str) -> ConversionError:
         where = f"node {node.name!r} ({node.op} {self._target_name(node)})"
-        trace = (node.stack_trace or "").strip().splitlines()
-        if trace:
-            where += f", at {trace[-2].strip() if len(trace) > 1 else trace[-1].strip()}"
+        frame = _user_frame(node.stack_trace)
+        if frame:
+            where += f", at {frame}"
         return ConversionError(f"cannot convert {where}: {reason}")
 
     def _target_name(self, node: fx.Node) -> str:
