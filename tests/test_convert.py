@@ -401,3 +401,37 @@ def test_conversion_error_points_at_the_users_line():
     msg = str(info.value)
     assert "gelu" in msg and "test_convert.py" in msg and "F.gelu(self.lin(x))" in msg
     assert "torch/fx" not in msg
+
+
+class _Reductions(nn.Module):
+    """Global average pooling written as tensor reductions (as many ResNets do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.lin = nn.Linear(9, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        parts = [h.mean(dim=(2, 3)), h.sum(3).mean(2), torch.mean(h, dim=[2, 3], keepdim=True).flatten(1)]
+        return self.lin(torch.cat(parts, dim=1))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_mean_and_sum_reductions(dtype, tol):
+    torch.manual_seed(0)
+    net = _Reductions().eval().to(dtype)
+    u = torch.randn(3, 2, 5, 6, dtype=dtype)
+    model = from_torch(net, u[:1])
+    torch.testing.assert_close(model(u), net(u), rtol=0, atol=tol)
+    torch.testing.assert_close(model(u[:1]), net(u[:1]), rtol=0, atol=tol)
+
+
+class _BatchMean(nn.Module):
+    def forward(self, x):
+        return x.mean()
+
+
+def test_reduction_over_the_batch_is_refused():
+    with pytest.raises(ConversionError, match="mixes the samples"):
+        from_torch(_BatchMean(), torch.randn(2, 3))

@@ -343,6 +343,9 @@ class Tracer:
             return self._rearrange(node, env, None, value)
         if f is F.linear:
             return self._linear(node, env, args[1], args[2] if len(args) > 2 else kwargs.get("bias"))
+        if f in (torch.mean, torch.sum):
+            get = _getter(args, kwargs, ["input", "dim", "keepdim"])
+            return self._reduce(node, env, args[0], value, get("dim"), f is torch.mean)
         raise self._fail(node, f"unsupported function {getattr(f, '__name__', f)!r}")
 
     def _method(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
@@ -362,6 +365,9 @@ class Tracer:
             return self._scalar_mul(node, env, args, m.startswith("div"))
         if m in _REARRANGE_METHODS:
             return self._rearrange(node, env, None, value)
+        if m in ("mean", "sum"):
+            get = _getter(args, kwargs, ["input", "dim", "keepdim"])
+            return self._reduce(node, env, args[0], value, get("dim"), m == "mean")
         raise self._fail(node, f"unsupported tensor method .{m}()")
 
     # ------------------------------------------------------------------ states
@@ -499,6 +505,32 @@ class Tracer:
         if not self.build:
             return e
         M = lm.adaptive_avgpool2d_matrix(tuple(inp.shape[1:]), tuple(value.shape[2:]))
+        return e.linear(M, tuple(value.shape[1:]))
+
+    def _reduce(self, node: fx.Node, env: _Env, inp: Tensor, value: Tensor, dim: object,
+                mean: bool) -> Affine | None:
+        """``x.mean(dim)`` / ``x.sum(dim)`` over per-sample dimensions (e.g. the global average
+        pooling ``x.mean((2, 3))`` of ResNets): a linear map, weights 1/count or 1."""
+        e = self._in(node, env)
+        nd = inp.dim()
+        if dim is None:
+            raise self._fail(node, "mean/sum over every dimension mixes the samples of the batch; "
+                                   "reduce over per-sample dimensions (dim >= 1)")
+        dims = {int(d) % nd for d in (dim if isinstance(dim, tuple | list) else (dim,))}
+        if 0 in dims:
+            raise self._fail(node, "mean/sum over the batch dimension mixes the samples; reduce over "
+                                   "dim >= 1 only")
+        if not self.build:
+            return e
+        S = tuple(inp.shape[1:])
+        coords = np.indices(S).reshape(len(S), -1)
+        kept = [a for a in range(len(S)) if a + 1 not in dims]
+        out_shape = tuple(S[a] for a in kept)
+        rows = (np.ravel_multi_index(tuple(coords[kept]), out_shape) if kept
+                else np.zeros(coords.shape[1], dtype=np.int64))
+        count = math.prod(S[a] for a in range(len(S)) if a + 1 in dims)
+        w = np.full(rows.size, 1.0 / count if mean else 1.0)
+        M = sp.csr_array((w, (rows, np.arange(rows.size))), shape=(max(math.prod(out_shape), 1), rows.size))
         return e.linear(M, tuple(value.shape[1:]))
 
     def _sum(self, node: fx.Node, env: _Env, args: tuple, value: Tensor, alpha: float) -> Affine | None:
