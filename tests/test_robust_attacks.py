@@ -348,6 +348,68 @@ def test_solver_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         lp_attack(model, torch.zeros(2, dtype=torch.float64), 0.1)
 
 
+# ----------------------------------------------------------------------------- LP state bounds (Fig. 4.3)
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 10), p=st.integers(1, 6),
+       sigma=st.floats(0.01, 1.0), card=st.booleans(), rounds=st.integers(1, 2))
+def test_lp_state_bounds_contain_states_and_inside_box(seed: int, n: int, p: int, sigma: float, card: bool,
+                                                       rounds: int) -> None:
+    """Implicit LP bounds contain sampled true states and lie inside the Thm 4.1 box."""
+    from idlkit.robust import lp_state_bounds, state_box_bound
+
+    model = random_model(seed, n, p, kappa=0.8)
+    rng = np.random.default_rng(seed + 7)
+    u0 = rng.normal(size=p)
+    k = int(rng.integers(1, p + 1)) if card else None
+    sb = lp_state_bounds(model, torch.as_tensor(u0), sigma, k, rounds=rounds)
+    lo, hi, x0 = sb.lower.numpy(), sb.upper.numpy(), sb.x0.numpy()
+    X = true_states(model, sample_set(rng, u0, np.full(p, sigma), k, 200))
+    tol = 1e-9 * (1 + np.abs(X))
+    bad = int((X < lo - tol).sum() + (X > hi + tol).sum())
+    VIOLATIONS["lp"] += bad
+    VIOLATIONS["checked"] += X.size
+    assert bad == 0
+    sx = state_box_bound(model, sigma, k).numpy()
+    slack = 1e-5 * (1 + np.abs(x0))  # solver-tolerance widening of lp.py
+    assert np.all(hi <= x0 + sx + slack) and np.all(lo >= x0 - sx - slack)
+    assert np.all(lo <= hi)
+
+
+def test_lp_state_bounds_coords_and_tighten() -> None:
+    from idlkit.robust import lp_state_bounds
+
+    model = random_model(11, 8, 4, kappa=0.9)
+    u0 = torch.linspace(-1, 1, 4, dtype=torch.float64)
+    full = lp_state_bounds(model, u0, 0.3)
+    sub = lp_state_bounds(model, u0, 0.3, coords=[5, 1])
+    assert torch.allclose(sub.lower, full.lower[[5, 1]]) and torch.allclose(sub.upper, full.upper[[5, 1]])
+    two = lp_state_bounds(model, u0, 0.3, rounds=2)
+    assert torch.all(two.upper <= full.upper + 1e-9) and torch.all(two.lower >= full.lower - 1e-9)
+    plain, tight = lp_attack(model, u0, 0.3), lp_attack(model, u0, 0.3, tighten=True)
+    assert tight.bound <= plain.bound * (1 + 1e-7) + 1e-9
+    assert tight.extra["n_lp"] > plain.extra["n_lp"]
+    with pytest.raises(ConfigurationError):
+        lp_state_bounds(model, u0, 0.3, rounds=0)
+    with pytest.raises(ShapeError):
+        lp_state_bounds(model, u0, 0.3, coords=[8])
+    with pytest.raises(ConfigurationError):
+        lp_attack(model, u0, 0.3, tighten=-1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lp_tighten_bound_still_holds(seed: int) -> None:
+    model = random_model(400 + seed, 7, 3, kappa=0.9)
+    rng = np.random.default_rng(seed)
+    u0 = rng.normal(size=3)
+    for k in (None, 1):
+        res = lp_attack(model, torch.as_tensor(u0), 0.5, k, tighten=2)
+        vals = l2_values(model, sample_set(rng, u0, np.full(3, 0.5), k, 300), res.extra["x0"])
+        bad = int((vals > res.bound + 1e-7 * (1 + res.bound)).sum()) + int(res.value > res.bound * (1 + 1e-7))
+        VIOLATIONS["lp"] += bad
+        assert bad == 0
+
+
 def test_zero_violations_summary() -> None:
     """Runs last (file order): the property tests above found no violation."""
     assert VIOLATIONS["lp"] == 0 and VIOLATIONS["sdp"] == 0

@@ -35,7 +35,7 @@ from .attacks import (
     sensitivity_attack,
     success_rate,
 )
-from .lp import lp_attack
+from .lp import LPStateBounds, lp_attack, lp_state_bounds
 from .result import AttackResult
 from .sdp import sdp_attack
 
@@ -64,6 +64,7 @@ __all__ = [
     "WorstCaseLoss",
     "worst_case_loss",
     # relaxations and attacks
-    "AttackResult", "lp_attack", "sdp_attack", "Budget", "SuccessRate", "attack", "ATTACKS",
+    "AttackResult", "lp_attack", "lp_state_bounds", "LPStateBounds", "sdp_attack",
+    "Budget", "SuccessRate", "attack", "ATTACKS",
     "sensitivity_attack", "saliency_attack", "fgsm_attack", "lp_margin_attack", "success_rate",
 ]

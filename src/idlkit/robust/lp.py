@@ -1,9 +1,13 @@
 """LP relaxation of the worst-case state problem for ReLU models (paper 000 §4.5, Thm 4.5, App. E).
 
 Problem (4.12): ``p* = max_{x, u in U} sum_i f_i(x_i) : x = (A x + B u + b)_+, |x - x0| <= sigma_x``
-with ``sigma_x`` the box bound of Thm 4.1, ``sigma_x = (I - |A|)^-1 |B| sigma_u`` (eq. 4.5), and
-``U`` the box (4.1) or the cardinality-constrained set (4.2), optionally intersected with a valid
-input range ``clip = (lo, hi)``.
+with ``sigma_x`` the box bound of Thm 4.1, ``sigma_x = (I - |A|)^-1 |B| sigma_u`` (eq. 4.5;
+:func:`idlkit.robust.bounds.state_box_bound`, with its cardinality refinement when ``k`` is
+given), widened by the model solver's tolerance, and ``U`` the box (4.1) or the
+cardinality-constrained set (4.2), optionally intersected with a valid input range
+``clip = (lo, hi)``. Optionally (``tighten``) the box is replaced by per-unit LP bounds
+(:func:`lp_state_bounds`: ``max +-x_i`` over the relaxation, the "implicit LP" bounds of
+paper 003 Fig. 4.3).
 
 What is solved (all in float64, with scipy's HiGHS):
 
@@ -59,7 +63,7 @@ from ..errors import (
 )
 from .result import AttackResult
 
-__all__ = ["lp_attack", "state_sigma", "LPProblem"]
+__all__ = ["lp_attack", "lp_state_bounds", "LPStateBounds", "state_sigma", "LPProblem"]
 
 Objective = Literal["l2", "linear"]
 
@@ -144,36 +148,29 @@ def input_box(u0: np.ndarray, sigma: np.ndarray, clip: tuple[float, float] | Non
     return lo, hi
 
 
-def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray) -> np.ndarray:
-    """Thm 4.1 (eq. 4.5): ``sigma_x = (I - |A|)^-1 |B| sigma_u`` for a CONE map, float64.
+def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Thm 4.1 (eq. 4.5): ``sigma_x = (I - |A|)^-1 |B| sigma_u`` for a CONE map, float64 ``(n,)``.
 
-    Needs ``lambda_pf(|A|) < 1`` (checked: :class:`WellPosednessError` naming ``lambda_pf``).
-    A linear solve, sparse when ``A`` is sparse.
-    TODO: switch to ``idlkit.robust.bounds.state_box_bound`` once it exists.
+    A thin wrapper of :func:`idlkit.robust.bounds.state_box_bound` (certified linear solve, sparse
+    when ``A`` is sparse; the fixed-point iteration as fallback). With ``k`` (eq. 4.2) it is the
+    cardinality refinement of that function: the ``k`` largest entries of each row of
+    ``(I - |A|)^-1 |B| diag(sigma_u)``, never larger than the box bound.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(|A|) < 1`` cannot be certified (the bound would be
+            meaningless); the message names ``lambda_pf``.
     """
-    n = model.hidden
-    if n == 0:
+    from .bounds import state_box_bound
+
+    if model.hidden == 0:
         return np.zeros(0)
-    rep = wp.check(model.A, "relu")
-    ok = rep.holds.get("pf", False) or rep.holds.get("inf", False) or rep.holds.get("triangular", False)
-    if not ok:
-        raise WellPosednessError(
-            f"the box bound of Thm 4.1 needs lambda_pf(|A|) < 1, got lambda_pf = {rep.pf:.6g} "
-            f"(||A||_inf = {rep.inf_norm:.6g}): the bound would be meaningless. Fix: project A "
-            f"(model.project_()) or rescale it (idlkit.wellposed.rescale)")
-    A = _to_np(model.A, (n, n))
-    Bm = _to_np(model.B, (n, model.in_features))
-    rhs = abs(Bm) @ sigma_u
-    if sp.issparse(A):
-        M = sp.identity(n, format="csc") - abs(A).tocsc()
-        sx = sp.linalg.spsolve(M, rhs)
-    else:
-        sx = np.linalg.solve(np.eye(n) - np.abs(A), rhs)
-    sx = np.asarray(sx, dtype=np.float64).reshape(n)
-    if not np.isfinite(sx).all() or (sx < -1e-12).any():
+    if k == 0:  # no input may change: x = x0 (bounds.py takes k >= 1); still certify lambda_pf
+        return np.zeros_like(state_box_bound(model, sigma_u).numpy(), dtype=np.float64)
+    sx = state_box_bound(model, sigma_u, k).numpy().astype(np.float64, copy=True)
+    if not np.isfinite(sx).all() or (sx < 0).any():  # pragma: no cover - state_box_bound certifies
         raise WellPosednessError("(I - |A|)^-1 |B| sigma_u is not finite and nonnegative: "
                                  "lambda_pf(|A|) is too close to 1 for Thm 4.1")
-    return np.maximum(sx, 0.0)
+    return sx
 
 
 @torch.no_grad()
@@ -219,18 +216,26 @@ class LPProblem:
     @classmethod
     def build(cls, model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: int | None,
               clip: tuple[float, float] | None, card_method: str, triangle: bool,
-              x0: np.ndarray | None = None) -> LPProblem:
+              x0: np.ndarray | None = None,
+              x_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> LPProblem:
+        """The relaxed set around ``u0``; ``x_bounds = (lo, hi)``: extra valid state bounds (e.g.
+        from :func:`lp_state_bounds`, already widened for the solver tolerance), intersected with
+        the Thm 4.1 box."""
         n, p = model.hidden, model.in_features
         A = sp.csr_array(_to_np(model.A, (n, n)))
         Bm = sp.csr_array(_to_np(model.B, (n, p)))
         b = np.zeros(n) if model.b is None else model.b.detach().to("cpu", torch.float64).numpy()
         ulo, uhi = input_box(u0, sigma_u, clip)
-        sx = state_sigma(model, sigma_u)
+        sx = state_sigma(model, sigma_u, k)  # Thm 4.1; with k: the cardinality refinement (4.2)
         if x0 is None:
             x0 = true_states(model, u0)[0]
+        # widen for the error of the model's solver on x0 (and x(u)) and for rounding
         slack = _state_slack(model) * (1.0 + np.abs(x0))
         sxw = sx * (1 + 1e-9) + slack
         xlo, xhi = np.maximum(x0 - sxw, 0.0), x0 + sxw
+        if x_bounds is not None:
+            xlo, xhi = np.maximum(xlo, x_bounds[0]), np.minimum(xhi, x_bounds[1])
+            xlo = np.minimum(xlo, xhi)
         I = sp.identity(n, format="csr")
         rows = [sp.hstack([A - I, Bm], format="csr")]  # A x + B u + b <= x
         rhs = [-b]
@@ -313,11 +318,110 @@ class LPProblem:
         return np.where(keep, u, self.u0)
 
 
+@dataclass(frozen=True)
+class LPStateBounds:
+    """Per-coordinate LP bounds on the state (Thm 4.5 relaxation with ``f = +-e_i``), float64.
+
+    Attributes:
+        lower, upper: ``(len(coords),)`` tensors: ``lower <= x(u)[coords] <= upper`` for every
+            ``u`` in the set (widened outward for the solver tolerance).
+        coords: the state coordinates bounded, ``(len(coords),)`` int64.
+        x0: ``(n,)`` nominal state; ``sigma_x``: ``(n,)`` the Thm 4.1 radius the LP starts from.
+        n_lp: number of LPs solved.
+    """
+
+    lower: Tensor
+    upper: Tensor
+    coords: Tensor
+    x0: Tensor
+    sigma_x: Tensor
+    n_lp: int
+
+
+def _lp_tol(v: np.ndarray) -> np.ndarray:
+    """Outward widening of an LP optimum for HiGHS' feasibility/optimality tolerances (~1e-7)."""
+    return 1e-6 * (1.0 + np.abs(v))
+
+
+def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: int | None = None,
+                    coords: Tensor | np.ndarray | list[int] | None = None, *,
+                    clip: tuple[float, float] | None = None, triangle: bool = True,
+                    card_method: Literal["hull", "milp"] = "hull", rounds: int = 1) -> LPStateBounds:
+    """Implicit LP bounds on state coordinates (paper 003 Fig. 4.3, "implicit LP"; paper 000 Thm 4.5).
+
+    For each coordinate ``i`` in ``coords`` solves ``max +-x_i`` over the relaxed set of
+    :class:`LPProblem` (the bidual of Thm 4.5 with ``f_i(xi) = +-xi``, i.e. the linear
+    objective ``c = +-e_i`` of §4.5: ``x >= A x + B u + b``, ``x >= 0``, the Thm 4.1 box
+    ``|x - x0| <= sigma_x`` and, with ``triangle``, the upper ReLU cuts), over the box (4.1) or,
+    with ``k``, the hull of the cardinality set (4.2). Every true state satisfies the relaxation,
+    so ``[lower, upper]`` contains ``x(u)[coords]`` for every ``u`` in the set; the result always
+    lies inside the Thm 4.1 box (``x0 +- sigma_x``, widened only by the solver tolerance).
+
+    ``rounds > 1`` iterates: all ``2 n`` bounds of a round become the state box of the next LP
+    (tighter interval bounds of ``z = A x + B u + b``, hence tighter triangle cuts). For a
+    converted feed-forward network ``rounds = depth`` gives LP-tight bounds layer by layer.
+
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel` with ``lambda_pf(|A|) < 1``.
+        u0: nominal input ``(p,)``; sigma_u: box radius, scalar or ``(p,)``; k: cardinality.
+        coords: state coordinates to bound (default: all ``n``).
+        clip, triangle, card_method: as in :func:`lp_attack`.
+        rounds: tightening rounds (``>= 1``); each costs ``2 n`` LPs (the last ``2 len(coords)``).
+
+    Raises:
+        ConfigurationError: not ReLU, bad ``k``/``rounds``/``card_method``; SolverError: HiGHS
+        failed; WellPosednessError: Thm 4.1 cannot be certified.
+    """
+    require_relu(model, "the LP relaxation (Thm 4.5)")
+    if card_method not in ("hull", "milp"):
+        raise ConfigurationError(f"card_method must be 'hull' or 'milp', got {card_method!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigurationError(f"rounds must be an integer >= 1, got {rounds!r}")
+    n, p = model.hidden, model.in_features
+    u0n = check_u0(model, u0)
+    sig = check_sigma(sigma_u, p)
+    k = check_k(k, p)
+    if coords is None:
+        idx = np.arange(n)
+    else:
+        idx = np.asarray(coords.detach().cpu() if isinstance(coords, Tensor) else coords).astype(np.int64)
+        idx = idx.reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ShapeError(f"coords must be state indices in [0, {n}), got min {idx.min()}, "
+                             f"max {idx.max()}")
+    x0 = true_states(model, u0n)[0]
+    bounds: tuple[np.ndarray, np.ndarray] | None = None
+    n_lp = 0
+    prob = None
+    for r in range(rounds):
+        prob = LPProblem.build(model, u0n, sig, k, clip, card_method, triangle, x0=x0, x_bounds=bounds)
+        todo = idx if r == rounds - 1 else np.arange(n)
+        lo, hi = prob.xlo[todo].copy(), prob.xhi[todo].copy()
+        e0 = np.zeros(p)
+        for j, i in enumerate(todo):
+            c = np.zeros(n)
+            if prob.xhi[i] > prob.xlo[i]:
+                c[i] = 1.0
+                vmax = prob.maximize(c, e0)[0]
+                c[i] = -1.0
+                vmin = -prob.maximize(c, e0)[0]
+                n_lp += 2
+                hi[j] = min(hi[j], vmax + _lp_tol(np.array(vmax)))
+                lo[j] = max(lo[j], vmin - _lp_tol(np.array(vmin)))
+        lo = np.minimum(lo, hi)
+        if r < rounds - 1:
+            bounds = (lo, hi)
+    assert prob is not None
+    t = torch.from_numpy
+    return LPStateBounds(t(np.ascontiguousarray(lo)), t(np.ascontiguousarray(hi)), t(idx.copy()), t(x0),
+                         t(prob.sigma_x.copy()), n_lp)
+
+
 def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: int | None = None, *,
               objective: Objective = "l2", c: Tensor | np.ndarray | None = None,
               e: Tensor | np.ndarray | None = None, const: float = 0.0,
               clip: tuple[float, float] | None = None, card_method: Literal["hull", "milp"] = "hull",
-              triangle: bool = True, refine: int = 3) -> AttackResult:
+              triangle: bool = True, refine: int = 3, tighten: bool | int = False) -> AttackResult:
     """LP bound (Thm 4.5) on the worst-case state objective and the attack it suggests.
 
     Args:
@@ -333,6 +437,10 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
         card_method: ``"hull"`` (LP over the convex hull of (4.2), default) or ``"milp"``.
         triangle: add the upper ReLU cuts (tighter, still valid; see the module docstring).
         refine: linearisation rounds improving the l2 attack (the bound does not change).
+        tighten: ``False`` (default) uses the Thm 4.1 box as the state box; ``True`` (or an
+            integer number of rounds) first replaces it by per-unit LP bounds
+            (:func:`lp_state_bounds`, ``2 n`` small LPs per round): a tighter (still valid) bound
+            and better triangle cuts, at ``2 n`` times the LP cost.
 
     Returns:
         :class:`AttackResult` with ``u_adv (p,)`` in the set, ``bound`` (float64, an upper bound
@@ -363,7 +471,18 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
             raise ShapeError(f"c must have shape ({n},), got {c_np.shape}")
         if not (np.isfinite(c_np).all() and np.isfinite(e_np).all() and np.isfinite(const)):
             raise NonFiniteError("c, e or const contains NaN or Inf")
-    prob = LPProblem.build(model, u0n, sig, k, clip, card_method, triangle)
+    if isinstance(tighten, bool):
+        rounds = int(tighten)
+    elif isinstance(tighten, int) and tighten >= 0:
+        rounds = tighten
+    else:
+        raise ConfigurationError(f"tighten must be a bool or an integer >= 0, got {tighten!r}")
+    x_bounds, n_pre = None, 0
+    if rounds and n:
+        sb = lp_state_bounds(model, u0n, sig, k, clip=clip, triangle=triangle, card_method=card_method,
+                             rounds=rounds)
+        x_bounds, n_pre = (sb.lower.numpy(), sb.upper.numpy()), sb.n_lp
+    prob = LPProblem.build(model, u0n, sig, k, clip, card_method, triangle, x_bounds=x_bounds)
     box = input_box(u0n, sig, clip)
     x0 = prob.x0
 
@@ -386,7 +505,7 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
         lp_value = bound
     u_best = prob.feasible_u(u_lp, box)
     best, x_best = true_value(u_best)
-    n_lp = 1
+    n_lp = 1 + n_pre
     if objective == "l2":
         for _ in range(refine):
             g = 2 * (x_best - x0)
