@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["spy"]
+__all__ = ["spy", "sensitivity_heatmaps", "attack_images"]
 
 
 def _pyplot() -> Any:
@@ -62,3 +62,144 @@ def spy(model: Any, ax: Any = None, *, matrix: str = "A", markersize: float = 0.
     title = f"{matrix}: {shape[0]} x {shape[1]}, {nnz} nonzeros"
     ax.set_title(title, fontsize=9)
     return ax
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, Tensor):
+        return a.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _image(v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A flat vector as an image: ``(H, W)`` or, for ``(C, H, W)`` (CHW, as ``from_torch``
+    flattens), an ``(H, W, C)`` array for 3 channels or the channel mean otherwise."""
+    img = v.reshape(shape)
+    if img.ndim == 3:
+        img = np.transpose(img, (1, 2, 0)) if img.shape[0] == 3 else img.mean(axis=0)
+    return img
+
+
+def _check_shape(shape: tuple[int, ...], p: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or int(np.prod(shape)) != p:
+        raise ValueError(f"shape {shape} must be (H, W) or (C, H, W) with {p} entries in all")
+    return shape
+
+
+def sensitivity_heatmaps(model: Any, shape: tuple[int, ...] = (28, 28), classes: Any = None, *,
+                         class_names: Any = None, ncols: int = 5, cmap: str = "inferno",
+                         channel_reduce: str = "sum", S: Any = None, fig: Any = None) -> Any:
+    """Per-class rows of the sensitivity matrix as images (paper 000 Fig. 8 and 15; thesis Fig. 4.4).
+
+    Row ``c`` of ``S = |C|(I - |A|)^-1 |B| + |D|`` (Thm 4.3,
+    :func:`idlkit.robust.sensitivity_matrix`) bounds how much output ``c`` can move per unit change
+    of each input; reshaped to ``shape`` it shows which pixels matter most for class ``c``
+    (brighter = more sensitive). ``model`` is an implicit model (or pass the ``(q, p)`` matrix
+    ``S`` directly). ``shape``: ``(H, W)`` or ``(C, H, W)`` (channels are reduced with
+    ``channel_reduce``: ``"sum"`` or ``"max"``). ``classes``: the rows to show (default all);
+    ``class_names``: their titles. Each panel has its own colour scale (the sensitivities of
+    different classes differ in size; the panel titles give the maximum). Returns the ``Figure``.
+    """
+    plt = _pyplot()
+    if S is None:
+        from .robust import sensitivity_matrix
+
+        S = sensitivity_matrix(model)
+    Sn = _as_numpy(S)
+    if Sn.ndim != 2:
+        raise ValueError(f"S must be a (q, p) matrix, got shape {Sn.shape}")
+    q, p = Sn.shape
+    shape = _check_shape(shape, p)
+    rows = list(range(q)) if classes is None else [int(c) for c in np.atleast_1d(classes)]
+    if not rows or any(not 0 <= c < q for c in rows):
+        raise ValueError(f"classes must be indices in [0, {q}), got {classes!r}")
+    if channel_reduce not in ("sum", "max"):
+        raise ValueError(f"channel_reduce must be 'sum' or 'max', got {channel_reduce!r}")
+    ncols = max(1, min(int(ncols), len(rows)))
+    nrows = -(-len(rows) // ncols)
+    if fig is None:
+        fig = plt.figure(figsize=(2.2 * ncols, 2.4 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, rows, strict=False):
+        img = Sn[c].reshape(shape)
+        if img.ndim == 3:
+            img = img.sum(axis=0) if channel_reduce == "sum" else img.max(axis=0)
+        im = ax.imshow(img, cmap=cmap, interpolation="nearest")
+        name = str(class_names[c]) if class_names is not None else f"class {c}"
+        ax.set_title(f"{name}\nmax {img.max():.3g}", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    fig.suptitle("sensitivity matrix rows  S = |C|(I-|A|)^-1|B| + |D|  (Thm 4.3)", fontsize=9)
+    return fig
+
+
+def attack_images(clean: Any, adversarial: Any, shape: tuple[int, ...] = (28, 28), *,
+                  labels: Any = None, predictions: Any = None, clean_predictions: Any = None,
+                  titles: Any = None, mark_changed: bool = True, atol: float = 1e-6,
+                  vmin: float = 0.0, vmax: float = 1.0, cmap: str = "gray", fig: Any = None) -> Any:
+    """Clean vs adversarial images (paper 000 Fig. 16-18; thesis Fig. 4.5-4.6).
+
+    ``clean`` and ``adversarial`` are ``(m, p)`` (or ``(p,)``) flat images; the first row of the grid
+    shows the clean images, the second the adversarial ones, and (``mark_changed``) a third row the
+    adversarial image in grey with the changed inputs (``|u' - u| > atol``) in red, as the paper
+    marks sparse attacks. ``shape``: ``(H, W)`` or ``(C, H, W)`` (3 channels drawn as RGB).
+    ``labels``, ``clean_predictions``, ``predictions`` (integers, optional) go into the titles;
+    ``titles`` (one string per image) replaces them. Returns the ``Figure``.
+    """
+    plt = _pyplot()
+    U, V = np.atleast_2d(_as_numpy(clean)), np.atleast_2d(_as_numpy(adversarial))
+    if U.shape != V.shape or U.ndim != 2:
+        raise ValueError(f"clean and adversarial must have the same shape (m, p), got {U.shape} and "
+                         f"{V.shape}")
+    m, p = U.shape
+    if m == 0:
+        raise ValueError("no images given")
+    shape = _check_shape(shape, p)
+
+    def seq(a: Any, what: str) -> list | None:
+        if a is None:
+            return None
+        out = [int(x) for x in np.atleast_1d(_as_numpy(a))] if what != "titles" else [str(t) for t in a]
+        if len(out) != m:
+            raise ValueError(f"{what} has {len(out)} entries for {m} images")
+        return out
+
+    lab, pred, cpred, tit = (seq(labels, "labels"), seq(predictions, "predictions"),
+                             seq(clean_predictions, "clean_predictions"), seq(titles, "titles"))
+    nrows = 3 if mark_changed else 2
+    if fig is None:
+        fig = plt.figure(figsize=(1.9 * m, 2.0 * nrows + 0.3))
+    axes = fig.subplots(nrows, m, squeeze=False)
+    for i in range(m):
+        a, b = _image(U[i], shape), _image(V[i], shape)
+        kw = {} if a.ndim == 3 else {"cmap": cmap, "vmin": vmin, "vmax": vmax}
+        if a.ndim == 3:  # RGB: scale [vmin, vmax] to [0, 1] (imshow ignores vmin/vmax for RGB)
+            a, b = (np.clip((z - vmin) / max(vmax - vmin, 1e-12), 0, 1) for z in (a, b))
+        axes[0, i].imshow(a, interpolation="nearest", **kw)
+        axes[1, i].imshow(b, interpolation="nearest", **kw)
+        t0, t1 = "clean", "adversarial"
+        if lab is not None:
+            t0 += f"\nlabel {lab[i]}"
+        if cpred is not None:
+            t0 += f", pred {cpred[i]}"
+        if pred is not None:
+            t1 += f"\npred {pred[i]}"
+        changed = np.abs(V[i] - U[i]) > atol
+        t1 += f"  ({int(changed.sum())} changed)"
+        axes[0, i].set_title(tit[i] if tit is not None else t0, fontsize=7)
+        axes[1, i].set_title(t1, fontsize=7)
+        if mark_changed:
+            mask = changed.reshape(shape)
+            if mask.ndim == 3:
+                mask = mask.any(axis=0)
+            g = b.mean(axis=2) if b.ndim == 3 else np.clip((b - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+            rgb = np.stack([g, g, g], axis=-1) * 0.6
+            rgb[mask] = (1.0, 0.0, 0.0)
+            axes[2, i].imshow(rgb, interpolation="nearest")
+            axes[2, i].set_title("changed inputs (red)", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
