@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{r['value_l2']:.4g} | {r['bound_l2']:.4g} | {r['n_lp']} | {r['seconds']:.1f} |")
     lines += ["", "The objective is the state discrepancy, not the margin: a flip is a by-product (the "
               "paper shows flipped examples only). The LP bound is a certified upper bound of ||x - x0||^2 "
-              "over the set; the attained value is the true model's at the returned input.", ""]
+              "over the set; the attained value is the true model's at the returned input. "
+              "The bound is loose here (the state box of Thm 4.1 of a 3-layer network with unconstrained "
+              "weights is wide).",
+              "", "Heat maps: for the MNIST network the rows of S look alike for every class: row c of "
+              "S = |W3||W2||W1| weights the columns of |W1| by the positive vector |W3[c]||W2|, "
+              "which differs little between classes (each panel has its own colour scale).", ""]
     md = "\n".join(lines)
     atomic_write(args.out / "attack_figures.json", json.dumps(res, indent=2) + "\n")
     atomic_write(args.out / "attack_figures.md", md)
