@@ -386,3 +386,17 @@ def test_bad_inputs():
     with pytest.raises(InputError):
         R.worst_case_loss(model, torch.zeros(2, 7, dtype=torch.float64), torch.tensor([0, 9]), 0.1,
                           loss="cross_entropy")
+
+
+def test_worst_case_loss_takes_a_scalar_label_for_a_single_input():
+    torch.manual_seed(0)
+    m = idl.ImplicitModel(6, 8, 3, dtype=torch.float64, kappa=0.9)
+    u0 = torch.randn(6, dtype=torch.float64)
+    one = R.worst_case_loss(m, u0, torch.tensor(1), 0.1, loss="cross_entropy")
+    batch = R.worst_case_loss(m, u0[None], torch.tensor([1]), 0.1, loss="cross_entropy")
+    torch.testing.assert_close(one.bound, batch.bound)
+    U = u0 + 0.1 * (2 * torch.rand(4000, 6, dtype=torch.float64) - 1)
+    with torch.no_grad():
+        sampled = torch.nn.functional.cross_entropy(m(U), torch.ones(4000, dtype=torch.long),
+                                                    reduction="none")
+    assert float(sampled.max()) <= float(one.bound)

@@ -45,6 +45,8 @@ class WorstCaseLoss:
 def _targets(y: Tensor, batch: int, q: int, loss: str) -> Tensor:
     y = torch.as_tensor(y)
     if loss == "cross_entropy" and not y.is_floating_point():
+        if y.dim() == 0 and batch == 1:  # one label for one sample (a 1-D input)
+            y = y.reshape(1)
         if y.shape != (batch,):
             raise ShapeError(f"integer labels must have shape ({batch},), got {tuple(y.shape)}")
         if bool(((y < 0) | (y >= q)).any()):
