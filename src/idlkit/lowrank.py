@@ -69,7 +69,7 @@ from ._validation import all_finite
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings
-from .model import ImplicitModel, SolveReports, batch_input, output_map
+from .model import ImplicitModel, SolveReports, batch_input, copy_matrices_, output_map
 from .solve import SolveInfo, iterate_map
 
 __all__ = ["LowRankImplicitModel", "LowRankCertificate", "LowRankApproximation",
@@ -441,12 +441,7 @@ class LowRankImplicitModel(SolveReports, nn.Module):
         bias = b is not None or d is not None
         model = cls(p, n, q, k, activation=activation, bias=bias, wellposedness=wellposedness,
                     kappa=kappa, dtype=L.dtype, device=L.device, **solver_kwargs)  # type: ignore[arg-type]
-        with torch.no_grad():
-            for name, M in mats.items():
-                getattr(model, name).copy_(M)
-            if bias:
-                model.b.copy_(b if b is not None else torch.zeros(n))
-                model.d.copy_(d if d is not None else torch.zeros(q))
+        copy_matrices_(model, mats, b, d)
         model._check_wellposed()
         return model
 

@@ -124,6 +124,18 @@ def _store_sparse(M: Tensor) -> Tensor:
     return _tri.csr_int32(M.to_sparse_coo().coalesce().to_sparse_csr())
 
 
+def copy_matrices_(model: nn.Module, mats: dict[str, Tensor], b: Tensor | None,
+                   d: Tensor | None) -> None:
+    """Copy ``mats`` (name -> tensor) into the model's parameters of those names, and the
+    biases when the model has them (a missing one is zero), without autograd."""
+    with torch.no_grad():
+        for k, M in mats.items():
+            getattr(model, k).copy_(M)
+        if model.b is not None:
+            model.b.copy_(b if b is not None else torch.zeros_like(model.b))
+            model.d.copy_(d if d is not None else torch.zeros_like(model.d))
+
+
 class SolveReports:
     """``last_solve`` / ``last_backward_solve`` of a model that keeps a ``_record``."""
 
@@ -292,12 +304,7 @@ class ImplicitModel(SolveReports, nn.Module):
                                     wellposedness=wellposedness, kappa=kappa, **solver_kwargs)
         model = cls(p, n, q, activation=activation, bias=bias, wellposedness=wellposedness,
                     kappa=kappa, dtype=A.dtype, device=A.device, **solver_kwargs)  # type: ignore[arg-type]
-        with torch.no_grad():
-            for k, M in mats.items():
-                getattr(model, k).copy_(M)
-            if bias:
-                model.b.copy_(b if b is not None else torch.zeros(n))
-                model.d.copy_(d if d is not None else torch.zeros(q))
+        copy_matrices_(model, mats, b, d)
         model._check_wellposed()
         return model
 
