@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _compare import mlp
 
 import idlkit.robust as R
 from idlkit.convert import from_torch
@@ -56,10 +57,7 @@ def mnist_ffn(epochs: int = 2, seed: int = 0) -> tuple[torch.nn.Sequential, floa
     from idlkit.datasets import load
 
     ds = load("mnist", as_torch=True)
-    layers: list[torch.nn.Module] = []
-    for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=True):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers[:-1])
+    net = mlp(list(WIDTHS))
     path = CACHE / f"mnist_ffn_{'-'.join(map(str, WIDTHS))}_e{epochs}_s{seed}.pt"
     if path.exists():
         net.load_state_dict(torch.load(path))
