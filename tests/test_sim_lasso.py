@@ -240,3 +240,114 @@ def test_bad_input() -> None:
         gram(np.array([[1.0, np.nan]]))
     with pytest.raises(IdlError):
         constrained_lasso(G, c, 1.0, mask, max_bisect=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# degenerate designs: singular G, free coordinates spanning the samples, duplicate / zero columns
+
+
+def _assert_matches_ref(F, z, kappa, mask, res, rel=1e-8):
+    """Objective within ``rel`` of cvxpy (absolute ``rel * ||z||^2`` when the optimum is ~0)."""
+    G, c = gram(F), F.T @ z
+    ref, _ = _ref(F, z, kappa, mask)
+    true = 0.5 * float(np.sum((z - F @ res.w) ** 2))
+    assert res.status in ("optimal", "inactive"), res.status
+    assert abs(true - ref) <= rel * max(abs(ref), float(z @ z)), (true, ref)
+    assert abs(res.objective - true) <= 1e-9 * max(1.0, float(z @ z))
+    assert res.l1 <= kappa * (1 + 1e-12)
+    assert res.kkt <= 1e-8
+    if res.status == "inactive":
+        assert res.lam == 0.0
+        np.testing.assert_allclose(c - G @ res.w, 0.0, atol=1e-8 * max(1.0, np.max(np.abs(c))))
+    else:
+        assert res.lam > 0.0 and abs(res.l1 - kappa) <= 1e-9 * kappa
+    _check_kkt(G, c, res.w, res.lam, kappa, mask)
+
+
+@pytest.mark.parametrize("n_free", [30, 20])  # more free coordinates than samples, and exactly m
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kappa", [0.05, 1.0])
+def test_free_coordinates_span_samples(n_free: int, seed: int, kappa: float) -> None:
+    # regression: the free part fits z exactly, so w_S = 0 is optimal and the constraint inactive;
+    # the solver used to compare only G^+ c (which spreads weight onto S) with kappa, bisect on
+    # [0, lam_max ~ 1e-14] and return "approximate" with a much worse objective.
+    rng = np.random.default_rng(seed)
+    m, n_con = 20, 10
+    F = rng.standard_normal((m, n_con + n_free))
+    z = rng.standard_normal(m)
+    mask = np.arange(n_con + n_free) < n_con
+    G, c = gram(F), F.T @ z
+    res = constrained_lasso(G, c, kappa, mask, zz=float(z @ z))
+    _assert_matches_ref(F, z, kappa, mask, res)
+    assert res.status == "inactive"
+    assert 0.5 * np.sum((z - F @ res.w) ** 2) <= 1e-10 * float(z @ z)
+    # same through the row solver (Alg. 2), with rows that share the degenerate F
+    Z = z + 0.1 * rng.standard_normal((4, m))
+    out = constrained_lasso_rows(G, Z @ F, kappa, mask, zz=np.sum(Z**2, axis=1))
+    assert out.status == ("inactive",) * 4
+    assert np.all(out.lam == 0.0) and np.all(out.l1 <= kappa)
+    np.testing.assert_allclose(out.objective, 0.0, atol=1e-10 * float(np.max(np.sum(Z**2, axis=1))))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_free_coordinates_one_short_of_spanning(seed: int) -> None:
+    # m - 1 free coordinates: the reduced problem on S has rank 1, so G^+ c can violate a budget
+    # that another least-squares solution meets (g(0+) < kappa < ||(G^+ c)_S||_1: inactive,
+    # found by the lam = 0 end of the exact step), while a small budget is binding.
+    rng = np.random.default_rng(50 + seed)
+    m, n_con = 20, 10
+    F = rng.standard_normal((m, n_con + m - 1))
+    z = rng.standard_normal(m)
+    mask = np.arange(F.shape[1]) < n_con
+    G, c = gram(F), F.T @ z
+    l1_pinv = float(np.sum(np.abs((np.linalg.pinv(G) @ c)[mask])))
+    big = constrained_lasso(G, c, 0.9 * l1_pinv, mask, zz=float(z @ z))
+    _assert_matches_ref(F, z, 0.9 * l1_pinv, mask, big)
+    assert big.status == "inactive"
+    small = constrained_lasso(G, c, 0.02, mask, zz=float(z @ z))
+    _assert_matches_ref(F, z, 0.02, mask, small)
+    assert small.status == "optimal"
+
+
+def _degenerate(kind: str, seed: int):
+    rng = np.random.default_rng(1000 + seed)
+    m = int(rng.integers(10, 30))
+    Fs = rng.standard_normal((m, int(rng.integers(2, 12))))
+    Fu = rng.standard_normal((m, int(rng.integers(0, 8))))
+    if kind == "dup_constrained":  # duplicate and scaled copy inside S
+        Fs = np.column_stack([Fs, Fs[:, 0], -2.0 * Fs[:, 0]])
+    elif kind == "dup_free":  # rank-deficient free block
+        Fu = np.column_stack([Fu, Fs[:, 1], Fs[:, 1]])
+    elif kind == "dup_across":  # a constrained column copied into the free block
+        Fu = np.column_stack([Fu, Fs[:, 0]])
+    elif kind == "zero_columns":
+        Fs = np.column_stack([Fs, np.zeros(m)])
+        Fu = np.column_stack([Fu, np.zeros(m)])
+    elif kind == "free_span":
+        Fu = rng.standard_normal((m, m + int(rng.integers(0, 5))))
+    elif kind == "underdetermined":  # more unknowns than samples, free part not spanning
+        Fs = rng.standard_normal((m, m))
+        Fu = rng.standard_normal((m, int(rng.integers(0, m // 2))))
+    F = np.column_stack([Fs, Fu])
+    mask = np.arange(F.shape[1]) < Fs.shape[1]
+    perm = rng.permutation(F.shape[1])
+    z = F @ (rng.standard_normal(F.shape[1]) * (rng.random(F.shape[1]) < 0.5)) + 0.1 * rng.standard_normal(m)
+    return F[:, perm], z, mask[perm]
+
+
+@pytest.mark.parametrize(
+    "kind", ["dup_constrained", "dup_free", "dup_across", "zero_columns", "free_span", "underdetermined"]
+)
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("frac", [1e-3, 0.3, 0.9, 2.0])
+def test_degenerate_designs_match_cvxpy(kind: str, seed: int, frac: float) -> None:
+    F, z, mask = _degenerate(kind, seed)
+    G, c = gram(F), F.T @ z
+    # budgets relative to the l1 size of the minimum-norm least-squares solution on S
+    kappa = frac * float(np.sum(np.abs(np.linalg.lstsq(F, z, rcond=None)[0][mask]))) + 1e-9
+    res = constrained_lasso(G, c, kappa, mask, zz=float(z @ z))
+    _assert_matches_ref(F, z, kappa, mask, res)
+    zero_cols = np.flatnonzero(~F.any(axis=0))
+    assert np.all(res.w[zero_cols] == 0.0)
+    if frac >= 1.0:
+        assert res.status == "inactive"

@@ -34,9 +34,16 @@ Deviations from the thesis (all documented where they occur):
   the safeguard; the answer is then exact, not eps-approximate.
 * ``lam_max``: the thesis uses ``||M^T z||_inf``; with unpenalised coordinates the bracket is
   ``||(c - G w_U)_S||_inf`` with ``w_U`` the least-squares fit on the free coordinates only.
-* Inactive constraint (thesis assumption A1 violated): if the minimum-norm least-squares
-  solution (``G^+ c``, also when ``G`` is singular) is already feasible, it is returned with
-  ``lam = 0`` and status ``"inactive"``.
+* Inactive constraint (thesis assumption A1 violated): ``lam_kappa = 0`` whenever *some*
+  least-squares solution satisfies ``||w_S||_1 <= kappa``. When ``G`` is singular the
+  least-squares solutions form an affine set, and the minimum-norm one ``G^+ c`` need not be the
+  one with the smallest ``||w_S||_1``, so three candidates are checked (each by the KKT
+  conditions of P(kappa) with ``lam = 0``, i.e. ``c - G w = 0``, Lemma 2): ``G^+ c``; the
+  free-only fit ``(w_S, w_U) = (0, G_UU^+ c_U)``, which is a least-squares solution exactly when
+  ``lam_max = 0`` (e.g. the free columns span the samples, so ``F_U w_U = z`` is solvable); and
+  the end ``lam -> 0`` of the last linear piece of the path, ``w_E(0) = G_EE^+ c_E``, found by the
+  exact step when its closed-form ``lam`` is negative (``g(0+) < kappa``: the path never reaches
+  the budget). Any of them is returned with ``lam = 0`` and status ``"inactive"``.
 * Alg. 2 warm-starts row ``i`` from row ``i - 1``; :func:`constrained_lasso_rows` does this
   (the previous row's ``w`` and ``lam`` seed the next row's first bisection step).
 
@@ -253,9 +260,10 @@ class ConstrainedLassoResult:
         i.e. ``1/2 ||z - F w||^2`` in that case.
     iterations: total coordinate-descent sweeps over all bisection steps.
     bisections: number of Q(lam) solves (bisection steps of Alg. 1).
-    status: ``"optimal"`` (KKT of P(kappa) verified, constraint active), ``"inactive"``
-        (least-squares solution feasible, ``lam = 0``), ``"approximate"`` (bisection ended at its
-        tolerance without a verified exact step; the returned ``w`` is feasible).
+    status: ``"optimal"`` (KKT of P(kappa) verified, constraint active, ``lam > 0``),
+        ``"inactive"`` (a least-squares solution is feasible, ``lam = 0``; KKT verified),
+        ``"approximate"`` (bisection ended at its tolerance without a verified exact step; the
+        returned ``w`` is feasible).
     kkt: largest KKT violation of P(kappa) at ``w`` relative to ``max(||c||_inf, lam)``.
     """
 
@@ -294,7 +302,13 @@ def _exact_step(
     G: np.ndarray, c: np.ndarray, w: np.ndarray, pen: np.ndarray, kappa: float, kkt_tol: float
 ) -> tuple[np.ndarray, float] | None:
     """Closed-form solve of ``g(lam) = kappa`` on the linear piece of ``w`` (Lemma 1: g is piecewise
-    linear). Returns ``(w*, lam*)`` when the KKT conditions of P(kappa) hold, else None."""
+    linear). Returns ``(w*, lam*)`` when the KKT conditions of P(kappa) hold, else None.
+
+    When the closed-form ``lam`` is negative, ``g`` stays below ``kappa`` on this whole piece
+    down to ``lam = 0`` (possible only for singular ``G``, where ``g(0+)`` is the smallest
+    ``||w_S||_1`` over the least-squares solutions and can be below ``||(G^+ c)_S||_1``); then
+    ``w_E(0) = G_EE^+ c_E`` is tried with ``lam = 0``: if it is a least-squares solution (KKT
+    with ``lam = 0``) it solves P(kappa) with the constraint inactive."""
     E = np.flatnonzero(~pen | (w != 0.0))
     if E.size == 0:
         return None
@@ -309,8 +323,9 @@ def _exact_step(
     if not np.isfinite(den) or den <= 0.0:
         return None
     lam = (float(s @ xc) - kappa) / den
-    if not np.isfinite(lam) or lam < 0.0:
+    if not np.isfinite(lam):
         return None
+    lam = max(lam, 0.0)  # lam < 0: the budget is not reached on this piece; try its end lam = 0
     wE = xc - lam * xs
     # sign consistency on the penalised active coordinates (a coordinate reaching 0 is allowed)
     wmax = max(float(np.max(np.abs(wE))), 1e-300)
@@ -334,6 +349,33 @@ def _project_budget(w: np.ndarray, pen: np.ndarray, kappa: float) -> np.ndarray:
     return w
 
 
+def _zero_null_columns(G: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Set coordinates of zero columns of F (``G_jj = 0``, hence ``G_j = 0``) exactly to 0: they do
+    not enter the objective, and pseudo-inverses leave round-off there."""
+    dead = np.diag(G) <= 0.0
+    if np.any(dead) and np.any(w[dead] != 0.0):
+        w = w.copy()
+        w[dead] = 0.0
+    return w
+
+
+def _inactive(
+    G: np.ndarray, c: np.ndarray, w: np.ndarray, pen: np.ndarray, zz: float | None, iters: int, steps: int
+) -> ConstrainedLassoResult:
+    """Result for ``lam_kappa = 0``: ``w`` is a least-squares solution with ``||w_S||_1 <= kappa``."""
+    w = _zero_null_columns(G, w)
+    return ConstrainedLassoResult(
+        w=w,
+        lam=0.0,
+        l1=float(np.sum(np.abs(w[pen]))),
+        objective=_objective(G, c, w, zz),
+        iterations=iters,
+        bisections=steps,
+        status="inactive",
+        kkt=_kkt_violation(G, c, w, 0.0, pen),
+    )
+
+
 def _solve_row(
     G: np.ndarray,
     c: np.ndarray,
@@ -341,6 +383,7 @@ def _solve_row(
     pen: np.ndarray,
     w_ls: np.ndarray,
     lam_max: float,
+    w_free: np.ndarray,
     *,
     w0: np.ndarray | None,
     lam0: float | None,
@@ -355,17 +398,12 @@ def _solve_row(
     n = G.shape[0]
     l1_ls = float(np.sum(np.abs(w_ls[pen])))
     if l1_ls <= kappa:  # assumption A1 fails: the constraint is inactive
-        kkt = _kkt_violation(G, c, w_ls, 0.0, pen)
-        return ConstrainedLassoResult(
-            w=w_ls,
-            lam=0.0,
-            l1=l1_ls,
-            objective=_objective(G, c, w_ls, zz),
-            iterations=0,
-            bisections=0,
-            status="inactive",
-            kkt=kkt,
-        )
+        return _inactive(G, c, w_ls, pen, zz, 0, 0)
+    # w_S = 0 is optimal for every lam >= lam_max; if lam_max = 0 (to the KKT tolerance), the
+    # free-only fit is a least-squares solution with ||w_S||_1 = 0 <= kappa: inactive as well
+    # (e.g. the free columns span the samples; G^+ c above may still spread weight onto S).
+    if _kkt_violation(G, c, w_free, 0.0, pen) <= kkt_tol:
+        return _inactive(G, c, w_free, pen, zz, 0, 0)
     lo, hi = 0.0, lam_max
     w = np.zeros(n) if w0 is None else w0.copy()
     w_feas: np.ndarray | None = None
@@ -396,6 +434,8 @@ def _solve_row(
     if found is not None:
         w_out = _project_budget(found[0], pen, kappa)
         lam_out = found[1]
+        if lam_out == 0.0:  # g(0+) < kappa: a least-squares solution meets the budget
+            return _inactive(G, c, w_out, pen, zz, iters, steps)
         status = "optimal"
     else:
         if w_feas is None:  # every step was on the infeasible side: solve once at the upper end
@@ -405,6 +445,7 @@ def _solve_row(
         w_out = _project_budget(w_feas, pen, kappa)
         lam_out = lam_feas
         status = "approximate"
+    w_out = _zero_null_columns(G, w_out)
     return ConstrainedLassoResult(
         w=w_out,
         lam=float(lam_out),
@@ -417,14 +458,23 @@ def _solve_row(
     )
 
 
-def _lam_max(G: np.ndarray, c: np.ndarray, pen: np.ndarray, pinv_free: np.ndarray | None) -> float:
-    """Smallest lam with w_S = 0 optimal: ||(c - G w_U)_S||_inf, w_U = LS fit on free coordinates."""
+def _lam_max(
+    G: np.ndarray, c: np.ndarray, pen: np.ndarray, pinv_free: np.ndarray | None
+) -> tuple[float, np.ndarray]:
+    """Smallest lam with w_S = 0 optimal for Q(lam), and that solution ``(0, w_U)``.
+
+    ``lam_max = ||(c - G w)_S||_inf`` with ``w = (0, w_U)``, ``w_U = G_UU^+ c_U`` the least-squares
+    fit on the free coordinates only (the thesis's ``||M^T z||_inf`` when every coordinate is
+    penalised). ``G_UU^+`` is exact also for a rank-deficient free block, since ``c_U`` lies in
+    the range of ``G_UU = F_U^T F_U``.
+    """
     free = ~pen
+    w = np.zeros_like(c)
     if not np.any(free) or pinv_free is None:
-        return float(np.max(np.abs(c[pen])))
-    wU = pinv_free @ c[free]
-    r = c[pen] - G[np.ix_(pen, free)] @ wU
-    return float(np.max(np.abs(r)))
+        return float(np.max(np.abs(c[pen]))), w
+    w[free] = pinv_free @ c[free]
+    r = c[pen] - G[np.ix_(pen, free)] @ w[free]
+    return float(np.max(np.abs(r))), w
 
 
 def _free_pinv(G: np.ndarray, pen: np.ndarray) -> np.ndarray | None:
@@ -493,7 +543,7 @@ def constrained_lasso(
             status="inactive",
             kkt=_kkt_violation(Ga, ca, w_ls, 0.0, pen),
         )
-    lam_max = _lam_max(Ga, ca, pen, _free_pinv(Ga, pen))
+    lam_max, w_free = _lam_max(Ga, ca, pen, _free_pinv(Ga, pen))
     return _solve_row(
         Ga,
         ca,
@@ -501,6 +551,7 @@ def constrained_lasso(
         pen,
         w_ls,
         lam_max,
+        w_free,
         w0=w0a,
         lam0=lam0,
         warm_start=warm_start,
@@ -597,13 +648,15 @@ def constrained_lasso_rows(
             )
         else:
             use_prev = warm_start_rows and prev is not None and prev.lam > 0.0
+            lam_max_i, w_free_i = _lam_max(Ga, ci, pen, Pf)
             res = _solve_row(
                 Ga,
                 ci,
                 float(kap[i]),
                 pen,
                 W_ls[i],
-                _lam_max(Ga, ci, pen, Pf),
+                lam_max_i,
+                w_free_i,
                 w0=prev.w if use_prev and prev is not None else None,
                 lam0=prev.lam if use_prev and prev is not None else None,
                 warm_start=True,
