@@ -17,6 +17,7 @@ __all__ = [
     "ConfigurationError",
     "ConversionError",
     "NonFiniteError",
+    "InfeasibleError",
     "SolverError",
 ]
 
@@ -67,3 +68,9 @@ class SolverError(IdlError, RuntimeError):
     def __init__(self, message: str, status: object | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InfeasibleError(SolverError):
+    """A constrained problem has no solution (e.g. SIM's exact state matching, paper 002 eq. 8,
+    on states that no row with ``||a||_1 <= kappa`` reproduces): relax the objective."""
+

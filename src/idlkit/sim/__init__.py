@@ -1,10 +1,32 @@
-"""State-driven implicit modeling (SIM, paper 002).
+"""State-driven implicit modeling (SIM, paper 002; thesis ch. 3).
 
 ``extract_states(baseline, U)`` returns the baseline's pre- and post-activation states and
 outputs (paper 002 §3), rescaled by default so that exact matching with ``||A||_inf <= kappa``
-is strictly feasible (paper 002 §3, Thm 2.4). The convex row solvers come later (issue 7).
+is strictly feasible (paper 002 §3, Thm 2.4). ``SIM(objective=...).fit(baseline, U)`` fits an
+implicit model to them row by row, in parallel (Alg. 1), and returns ``(model, SIMReport)``.
+The row solvers are public too: :func:`penalized_rows` (l1 / perspective, problems 10-11),
+:func:`constrained_lasso_batch` and :func:`constrained_lasso` (P(kappa), thesis Alg. 1-2).
 """
 
+from .fit import BACKENDS, OBJECTIVES, SIM, SIMReport
+from .lasso import constrained_lasso, constrained_lasso_rows, gram, lasso_cd
+from .lasso_batch import BatchLassoResult, constrained_lasso_batch
+from .penalized import PenalizedResult, penalized_rows
 from .states import States, extract_states
 
-__all__ = ["States", "extract_states"]
+__all__ = [
+    "BACKENDS",
+    "OBJECTIVES",
+    "SIM",
+    "BatchLassoResult",
+    "PenalizedResult",
+    "SIMReport",
+    "States",
+    "constrained_lasso",
+    "constrained_lasso_batch",
+    "constrained_lasso_rows",
+    "extract_states",
+    "gram",
+    "lasso_cd",
+    "penalized_rows",
+]

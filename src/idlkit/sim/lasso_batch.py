@@ -48,7 +48,7 @@ from idlkit.errors import ConfigurationError, ShapeError
 from idlkit.sim.lasso import _as_float_array, _check_gram, _check_kappa, _check_mask, constrained_lasso
 from idlkit.wellposed import _project_rows_l1
 
-__all__ = ["BatchLassoResult", "constrained_lasso_batch"]
+__all__ = ["BatchLassoResult", "FreeElimination", "constrained_lasso_batch", "eliminate_free"]
 
 _TINY = 1e-300
 
@@ -94,6 +94,44 @@ def _pinv_sym(M: np.ndarray) -> np.ndarray:
     inv = np.where(ev > cut, 1.0 / np.where(ev > cut, ev, 1.0), 0.0)
     P = (V * inv) @ V.T
     return 0.5 * (P + P.T)
+
+
+@dataclass(frozen=True)
+class FreeElimination:
+    """Exact partial minimisation of ``1/2 w^T G w - c_i^T w`` over free coordinates ``U``.
+
+    ``w_U = G_UU^+ (c_U - G_US w_S)`` leaves ``1/2 w_S^T H w_S - b_i^T w_S + const_i`` with the
+    Schur complement ``H = G_SS - G_SU G_UU^+ G_US``, ``b_i = c_S - G_SU G_UU^+ c_U`` and
+    ``const_i = -1/2 c_U^T G_UU^+ c_U`` (exact when ``c_U`` lies in the range of ``G_UU``, as
+    for ``G = F^T F``, ``c = F^T z``).
+    """
+
+    H: np.ndarray
+    B: np.ndarray
+    const: np.ndarray
+    _CU: np.ndarray
+    _PU: np.ndarray
+    _K: np.ndarray
+
+    def free_part(self, XS: np.ndarray) -> np.ndarray:
+        """The optimal free coordinates ``w_U`` for the rows ``w_S`` of ``XS``."""
+        return self._CU @ self._PU - XS @ self._K
+
+
+def eliminate_free(G: np.ndarray, C: np.ndarray, free: np.ndarray) -> FreeElimination:
+    """:class:`FreeElimination` of the ``free`` coordinates (boolean mask) of all rows of ``C``."""
+    S, U = np.flatnonzero(~free), np.flatnonzero(free)
+    if not U.size:
+        empty = np.zeros((0, 0))
+        return FreeElimination(G, C.copy(), np.zeros(C.shape[0]), np.zeros((C.shape[0], 0)), empty,
+                               np.zeros((S.size, 0)))
+    PU = _pinv_sym(G[np.ix_(U, U)])
+    GSU = G[np.ix_(S, U)]
+    K = GSU @ PU  # G_SU G_UU^+
+    H = G[np.ix_(S, S)] - K @ GSU.T
+    CU = C[:, U]
+    return FreeElimination(0.5 * (H + H.T), C[:, S] - CU @ K.T,
+                           -0.5 * np.einsum("ij,ij->i", CU @ PU, CU), CU, PU, K)
 
 
 def _project(V: np.ndarray, kap: np.ndarray) -> np.ndarray:
@@ -179,19 +217,8 @@ def constrained_lasso_batch(
         return BatchLassoResult(W, np.zeros(0), np.zeros(0), gap, iters, (), np.zeros(0), np.zeros(0))
 
     # exact elimination of the free coordinates: Schur complement H, reduced linear term B
-    if U.size:
-        PU = _pinv_sym(Ga[np.ix_(U, U)])
-        GSU = Ga[np.ix_(S, U)]
-        K = GSU @ PU  # G_SU G_UU^+
-        H = Ga[np.ix_(S, S)] - K @ GSU.T
-        H = 0.5 * (H + H.T)
-        B = Ca[:, S] - Ca[:, U] @ K.T
-        const = -0.5 * np.einsum("ij,ij->i", Ca[:, U] @ PU, Ca[:, U])  # min over w_U at w_S = 0
-    else:
-        PU = K = None
-        H = Ga
-        B = Ca.copy()
-        const = np.zeros(r)
+    red = eliminate_free(Ga, Ca, ~pen)
+    H, B, const = red.H, red.B, red.const
 
     if S.size:
         ev, V = np.linalg.eigh(H)
@@ -257,8 +284,7 @@ def constrained_lasso_batch(
 
     W[:, S] = XS
     if U.size:
-        assert PU is not None and K is not None
-        W[:, U] = Ca[:, U] @ PU - XS @ K  # w_U = G_UU^+ (c_U - G_US w_S)
+        W[:, U] = red.free_part(XS)
 
     if polish:
         for i in [i for i in range(r) if status[i] == "max_iter"]:

@@ -1,0 +1,149 @@
+"""SIM row problems as conic programs (paper 002 eqs. 8-11), one row at a time.
+
+These are the formulations of the paper written for a convex solver: basis pursuit with exact
+matching (eqs. 8-9) as a linear program solved by HiGHS, and the relaxed l1 (problem 11) and
+perspective (problem 10, the rotated cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs
+for cvxpy with Clarabel (MOSEK when the user has it and asks for it, SCS as the fallback).
+:mod:`idlkit.sim.penalized` solves the relaxed ones much faster; this module is its reference
+and its fallback for rows it does not converge on.
+
+Each row sees the data through a *reduced factor* of ``F = (X, U[, 1])``: with the thin SVD
+``F = Q diag(sv) V^T`` of rank ``r``, ``||t - F w||^2 = ||Q^T t - R w||^2 + ||t - Q Q^T t||^2``
+for ``R = diag(sv) V^T`` (``r x d``), so a row problem has ``r <= min(m, d)`` equations instead
+of ``m``; exact matching ``F w = t`` is feasible iff ``t - Q Q^T t = 0`` and is then ``R w =
+Q^T t`` (``R`` has full row rank, so these equations are always consistent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize as so
+
+from ..errors import ConfigurationError
+
+__all__ = ["Factor", "RowSolution", "exact_row", "factor", "relaxed_row"]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """Reduced factor of ``F`` (see the module docstring): ``R = diag(sv) V^T`` and ``Q``."""
+
+    R: np.ndarray
+    Q: np.ndarray
+
+    def project(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(Q^T t_i, ||t_i - Q Q^T t_i||)`` for the rows ``t_i`` of ``T`` (``rows x m``)."""
+        Y = T @ self.Q
+        out = np.sqrt(np.maximum(np.einsum("ij,ij->i", T, T) - np.einsum("ij,ij->i", Y, Y), 0.0))
+        return Y, out
+
+
+def factor(F: np.ndarray) -> Factor:
+    """Thin SVD factor of the data matrix ``F`` (``m x d``), dropping singular values below
+    numpy's rank cut-off ``max(sv) * max(m, d) * eps``."""
+    Q, sv, Vt = np.linalg.svd(np.asarray(F, dtype=np.float64), full_matrices=False)
+    cut = (sv[0] if sv.size else 0.0) * max(F.shape) * np.finfo(np.float64).eps
+    k = int(np.sum(sv > cut))
+    return Factor(R=sv[:k, None] * Vt[:k], Q=Q[:, :k])
+
+
+@dataclass(frozen=True)
+class RowSolution:
+    """One row's solution: ``w`` (None when the solver gave none), the solver's name and
+    status (``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"failed"``)."""
+
+    w: np.ndarray | None
+    solver: str
+    status: str
+
+
+def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained: np.ndarray,
+              penalized: np.ndarray, sigma: np.ndarray | None = None) -> RowSolution:
+    """Basis pursuit with exact matching (eqs. 8-9): ``min ||w_P||_1`` s.t. ``R w = y``,
+    ``||w_S||_1 <= kappa``; an LP in ``w = w+ - w-`` solved by HiGHS (scipy). With ``sigma``
+    the objective is ``sum_j sigma_j |w_j|`` (standardised penalty).
+
+    Args:
+        R, y: reduced factor and reduced target (``R w = y`` is ``F w = t`` when ``t`` lies in
+            the range of ``F``; the caller checks that).
+        kappa: l1 budget on ``constrained`` coordinates (None: no constraint).
+        constrained, penalized: boolean ``(d,)`` masks (the bias is neither).
+    """
+    d = R.shape[1]
+    wts = penalized * (np.ones(d) if sigma is None else np.asarray(sigma, dtype=np.float64))
+    cost = np.concatenate([wts, wts])
+    A_eq = np.hstack([R, -R])
+    A_ub = b_ub = None
+    if kappa is not None and constrained.any():
+        c2 = np.concatenate([constrained, constrained]).astype(np.float64)
+        A_ub, b_ub = c2[None, :], np.array([float(kappa)])
+    free_idx = ~penalized & ~constrained
+    bounds = np.zeros((2 * d, 2))
+    bounds[:, 1] = np.inf
+    bounds[np.concatenate([np.zeros(d, bool), free_idx]), 1] = 0.0  # free coords: w+ only, sign-free
+    bounds[np.concatenate([free_idx, np.zeros(d, bool)]), 0] = -np.inf
+    res = so.linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=y, bounds=bounds, method="highs")
+    if res.status == 0:
+        return RowSolution(res.x[:d] - res.x[d:], "highs", "optimal")
+    if res.status == 2:
+        return RowSolution(None, "highs", "infeasible")
+    return RowSolution(None, "highs", "failed")
+
+
+def _cvx_solve(problem: object, solver: str) -> str:
+    """Solve a cvxpy problem, mapping solver errors to the status ``"failed"``."""
+    import cvxpy as cp
+
+    try:
+        problem.solve(solver=solver)  # type: ignore[attr-defined]
+    except (cp.error.SolverError, ValueError, ArithmeticError):
+        return "failed"
+    return str(problem.status)  # type: ignore[attr-defined]
+
+
+def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, lam: float,
+                weight: float, kappa: float | None, constrained: np.ndarray,
+                penalized: np.ndarray, sigma: np.ndarray | None = None,
+                solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
+    """The relaxed row problem of paper 002 App. C with cvxpy, trying ``solvers`` in order.
+
+    ``objective="l1"`` (problem 11): ``min weight ||w_P||_1 + lam ||t - F w||^2``;
+    ``objective="perspective"`` (problem 10): ``min weight sum_j (s_j + t_j) + lam ||t - F w||^2``
+    with the rotated cones ``w_j^2 <= s_j t_j`` (eq. 5), ``t_j in [0, 1]``, ``s_j >= 0`` on the
+    penalised coordinates; both subject to ``||w_S||_1 <= kappa`` (2d). ``||t - F w||^2`` is
+    ``||y - R w||^2 + resid^2`` (module docstring). With ``sigma`` the penalty acts on
+    ``sigma_j w_j`` (standardised).
+    """
+    import cvxpy as cp
+
+    if objective not in ("l1", "perspective"):
+        raise ConfigurationError(f"relaxed_row: objective must be 'l1' or 'perspective'; got {objective!r}")
+    d = R.shape[1]
+    w = cp.Variable(d)
+    fit = lam * (cp.sum_squares(R @ w - y) + resid**2)
+    cons = []
+    P = np.flatnonzero(penalized)
+    sg = np.ones(d) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    v = cp.multiply(sg[P], w[P]) if P.size else None
+    if objective == "l1":
+        pen = weight * cp.norm1(v) if P.size else 0.0
+    else:
+        s = cp.Variable(P.size, nonneg=True)
+        t = cp.Variable(P.size)
+        # w^2 <= s t  <=>  ||(2 w, s - t)||_2 <= s + t  (rotated second-order cone, eq. 5)
+        cons += [cp.SOC(s + t, cp.vstack([2 * v, s - t]), axis=0), t >= 0, t <= 1] if P.size else []
+        pen = weight * (cp.sum(s) + cp.sum(t)) if P.size else 0.0
+    S = np.flatnonzero(constrained)
+    if kappa is not None and S.size:
+        cons.append(cp.norm1(w[S]) <= kappa)
+    prob = cp.Problem(cp.Minimize(pen + fit), cons)
+    status = "failed"
+    for name in solvers:
+        if name not in cp.installed_solvers():
+            continue
+        status = _cvx_solve(prob, name)
+        if status in ("optimal", "optimal_inaccurate") and w.value is not None:
+            return RowSolution(np.asarray(w.value, dtype=np.float64), name.lower(), status)
+    return RowSolution(None, ",".join(s.lower() for s in solvers), status)

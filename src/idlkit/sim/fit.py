@@ -1,0 +1,636 @@
+"""Parallel State-driven Implicit Modeling: ``SIM(...).fit(baseline, U)`` (paper 002 Alg. 1).
+
+Given the states ``(Z, X, Y_hat)`` of a baseline (:func:`idlkit.sim.extract_states`), SIM fits
+``(A, B, C, D)`` row by row (Alg. 1, lines 10-15): each row of ``(A, B)`` matches a row of
+``Z`` from ``F = (X, U[, 1])`` under ``||a||_1 <= kappa`` (2d), each row of ``(C, D)`` a row of
+``Y_hat`` without it (eqs. 8-9). The rows are independent, so they are solved in blocks on
+joblib workers: ``backend="loky"`` (processes; the shared Gram matrix and factor of ``F`` are
+memory-mapped read-only into every worker, written once, never pickled per task),
+``"threading"``, ``"ray"`` (arrays ``ray.put`` once into the object store, as paper 002 App. B),
+``"dask"`` (arrays scattered once to the workers) or ``"serial"``.
+
+Objectives (the ``objective`` argument):
+
+* ``"exact"``: basis pursuit with exact matching, ``min ||w||_1`` s.t. ``F w = t``,
+  ``||a||_1 <= kappa`` (eqs. 6, 8-9): one LP per row (:func:`idlkit.sim.cvx.exact_row`).
+* ``"l1"``: ``beta ||w||_1 + lambda ||t - F w||^2`` (App. C, problem 11).
+* ``"perspective"``: the perspective relaxation of ``||M||_0`` (eqs. 4-5, 10), see
+  :mod:`idlkit.sim.penalized` for its closed form.
+* ``"lasso"``: the constrained LASSO P(kappa) of the thesis (ch. 3, eq. 3.4): ``min 1/2 ||t -
+  F w||^2`` s.t. ``||(a, b)||_1 <= kappa`` (the whole row, which both sparsifies and certifies
+  well-posedness); output rows by least squares, or under ``||(c, d)||_1 <= kappa_output``.
+
+``solver="auto"`` uses the fast batched solvers (:mod:`~idlkit.sim.penalized`,
+:mod:`~idlkit.sim.lasso_batch`, HiGHS for ``"exact"``); ``solver="cvxpy"`` solves the relaxed
+objectives row by row with cvxpy (Clarabel, MOSEK with ``cvx_solvers=("MOSEK",)``). A row a
+solver does not finish is retried with the next solver (FISTA -> Clarabel -> SCS) and reported
+as such in :class:`SIMReport`; a row no solver solves raises :class:`~idlkit.errors.SolverError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigurationError, InfeasibleError, InputError, SolverError
+from ..model import ImplicitModel
+from .cvx import Factor, exact_row, factor, relaxed_row
+from .lasso_batch import constrained_lasso_batch
+from .penalized import penalized_rows
+from .states import States, extract_states
+
+__all__ = ["BACKENDS", "OBJECTIVES", "SIM", "SIMReport"]
+
+OBJECTIVES = ("exact", "l1", "perspective", "lasso")
+BACKENDS = ("loky", "threading", "ray", "dask", "serial")
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class SIMReport:
+    """What :meth:`SIM.fit` did, row by row (state rows ``0..n-1``, then output rows).
+
+    Attributes:
+        objective, backend, n_jobs, kappa: the settings used.
+        status: per row, ``"optimal"``, ``"inactive"`` (constraint not binding), ``"fallback"``
+            (the fast solver did not finish; solved by the next one), ``"inaccurate"`` (the last
+            solver's solution is marked inaccurate).
+        solver: per row, the solver whose solution was kept (``"fista"``, ``"lasso-fista"``,
+            ``"lasso-exact"``, ``"highs"``, ``"clarabel"``, ``"scs"``, ``"mosek"``).
+        residual: per row, ``||t - F w|| / max(||t||, tiny)`` (after pruning).
+        state_residual, output_residual: ``||Z - X A^T - U B^T - b||_F / ||Z||_F`` and the same
+            for ``Y_hat``.
+        a_inf_norm: achieved ``||A||_inf`` (<= kappa).
+        nnz: nonzero parameters of the fitted model (A, B, C, D and the biases).
+        baseline_nnz: the baseline's, ``||N||_0``.
+        sparsity: paper 002 §4.1, ``(1 - nnz / baseline_nnz) * 100`` (negative: more parameters).
+        seconds: wall time of the whole fit (factorisation, solves, assembly).
+        solve_seconds: per row, the time its block spent per row (blocks are solved together).
+        iterations: per row, iterations of the fast solver (0 for LP / cvxpy rows).
+        shared: how the workers received the shared Gram matrix: ``"memmap"`` (loky: a
+            read-only memory map, written once), ``"object-store"`` (ray.put once),
+            ``"in-process"`` (serial, threading; dask scatters it once to each worker).
+        fallback_rows: rows that needed a fallback solver.
+    """
+
+    objective: str
+    backend: str
+    n_jobs: int
+    kappa: float
+    status: tuple[str, ...]
+    solver: tuple[str, ...]
+    residual: np.ndarray
+    state_residual: float
+    output_residual: float
+    a_inf_norm: float
+    nnz: int
+    baseline_nnz: int
+    sparsity: float
+    seconds: float
+    solve_seconds: np.ndarray
+    iterations: np.ndarray
+    shared: str
+    fallback_rows: tuple[int, ...] = field(default=())
+
+    def summary(self) -> str:
+        """A markdown table of the headline figures."""
+        counts: dict[str, int] = {}
+        for s in self.status:
+            counts[s] = counts.get(s, 0) + 1
+        rows = [("objective", self.objective), ("backend", f"{self.backend} ({self.n_jobs} jobs)"),
+                ("rows", f"{len(self.status)} " + str(counts)),
+                ("||A||_inf", f"{self.a_inf_norm:.4f} (kappa {self.kappa})"),
+                ("state residual", f"{self.state_residual:.3e}"),
+                ("output residual", f"{self.output_residual:.3e}"),
+                ("nonzeros", f"{self.nnz} (baseline {self.baseline_nnz})"),
+                ("sparsity", f"{self.sparsity:.1f} %"), ("time", f"{self.seconds:.2f} s")]
+        return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One block of rows for a worker: everything row-specific, small."""
+
+    kind: str  # "penalized" | "lasso" | "exact" | "cvxpy"
+    rows: np.ndarray
+    C: np.ndarray  # F^T t per row
+    tt: np.ndarray  # ||t||^2 per row
+    Y: np.ndarray  # Q^T t per row (reduced target)
+    resid: np.ndarray  # ||t - Q Q^T t|| per row
+    lam: float
+    weight: float
+    penalty: str
+    kappa: float | None
+    constrained: np.ndarray
+    free: np.ndarray
+    W0: np.ndarray | None
+    sigma: np.ndarray
+    tol: float
+    max_iter: int
+    cvx_solvers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _BlockOut:
+    rows: np.ndarray
+    W: np.ndarray
+    status: tuple[str, ...]
+    solver: tuple[str, ...]
+    seconds: np.ndarray
+    iterations: np.ndarray
+    shared: str  # how the Gram matrix reached the worker: "memmap", "object-store", "in-process"
+
+
+def _resolve(x: Any) -> Any:
+    """An array passed through Ray's object store arrives as an ObjectRef: fetch it."""
+    if type(x).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(x)
+    return x
+
+
+def _gram_factor(G: np.ndarray, C: np.ndarray, tt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A factor ``R`` with ``R^T R = G`` and the reduced targets ``y_i`` (``R^T y_i = c_i``) and
+    residuals ``sqrt(tt_i - ||y_i||^2)``, from the Gram form alone (for fallback rows)."""
+    ev, V = np.linalg.eigh(G)
+    keep = ev > max(float(ev[-1]), _TINY) * G.shape[0] * np.finfo(np.float64).eps
+    sq = np.sqrt(ev[keep])
+    R = sq[:, None] * V[:, keep].T
+    Y = (C @ V[:, keep]) / sq
+    return R, Y, np.sqrt(np.maximum(tt - np.einsum("ij,ij->i", Y, Y), 0.0))
+
+
+def _cvx_rows(job: _Job, G: np.ndarray, R: np.ndarray | None, idx: Sequence[int],
+              objective: str) -> list[tuple[np.ndarray | None, str, str]]:
+    """Rows ``idx`` of the block by cvxpy (relaxed) or HiGHS (exact)."""
+    out = []
+    pen = ~job.free
+    Y, resid = job.Y, job.resid
+    if R is None:
+        R, Y, resid = _gram_factor(G, job.C, job.tt)
+    for i in idx:
+        if objective == "exact":
+            sol = exact_row(R, Y[i], kappa=job.kappa, constrained=job.constrained, penalized=pen,
+                            sigma=job.sigma)
+        else:
+            sol = relaxed_row(R, Y[i], float(resid[i]), objective=objective, lam=job.lam,
+                              weight=job.weight, kappa=job.kappa, constrained=job.constrained,
+                              penalized=pen, sigma=job.sigma, solvers=job.cvx_solvers)
+        out.append((sol.w, sol.solver, sol.status))
+    return out
+
+
+def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
+    """Solve one block of rows (runs on a worker)."""
+    shared = "object-store" if type(G).__name__ == "ObjectRef" else (
+        "memmap" if isinstance(G, np.memmap) else "in-process")
+    G, R = _resolve(G), _resolve(R)
+    iters = np.zeros(job.rows.size, dtype=np.int64)
+    t0 = time.perf_counter()
+    r = job.rows.size
+    W = np.zeros((r, job.C.shape[1]))
+    status = ["optimal"] * r
+    solver = [""] * r
+    retry: list[int] = []
+    if job.kind == "penalized":
+        res = penalized_rows(G, job.C, job.tt, lam=job.lam, penalty=job.penalty, weight=job.weight,
+                             kappa=job.kappa, constrained=job.constrained, free=job.free,
+                             sigma=job.sigma, W0=job.W0, tol=job.tol, max_iter=job.max_iter)
+        W[:] = res.W
+        iters[:] = res.iterations
+        solver = ["fista"] * r
+        retry = [i for i in range(r) if res.status[i] != "optimal"]
+    elif job.kind == "lasso":
+        mask = job.constrained if job.kappa is not None else np.zeros_like(job.constrained)
+        kap = job.kappa if job.kappa is not None else 1.0
+        res_l = constrained_lasso_batch(G, job.C, kap, mask, tol=min(job.tol, 1e-8), max_iter=job.max_iter)
+        W[:] = res_l.W
+        iters[:] = res_l.iterations
+        for i, s in enumerate(res_l.status):
+            status[i] = "fallback" if s.startswith("fallback") else s
+            solver[i] = "lasso-exact" if s.startswith("fallback") else "lasso-fista"
+            if s not in ("optimal", "inactive", "fallback"):
+                status[i] = "inaccurate"
+    else:  # "exact" or "cvxpy": one row at a time
+        retry = list(range(r))
+    if retry:
+        objective = "exact" if job.kind == "exact" else job.penalty
+        for i, (w, name, st) in zip(retry, _cvx_rows(job, G, R, retry, objective), strict=True):
+            if w is None:
+                if st == "infeasible":
+                    status[i], solver[i] = "infeasible", name
+                    continue
+                raise SolverError(f"SIM row {int(job.rows[i])}: no solver returned a solution "
+                                  f"(tried {name}: {st}); check the states' scale or try "
+                                  f"another objective", status=st)
+            W[i] = w
+            solver[i] = name
+            if job.kind == "penalized":
+                status[i] = "fallback" if st == "optimal" else "inaccurate"
+            else:
+                status[i] = "optimal" if st == "optimal" else "inaccurate"
+    secs = np.full(r, (time.perf_counter() - t0) / max(r, 1))
+    return _BlockOut(job.rows, W, tuple(status), tuple(solver), secs, iters, shared)
+
+
+def _check_positive(name: str, v: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigurationError(f"{name} must be a finite number > 0; got {v!r}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class SIM:
+    """State-driven implicit modeling (paper 002 Alg. 1; thesis ch. 3 for ``"lasso"``).
+
+    Args:
+        objective: ``"exact"``, ``"l1"``, ``"perspective"`` or ``"lasso"`` (module docstring).
+        kappa: well-posedness bound ``||A||_inf <= kappa`` in (0, 1] (2d); for ``"lasso"`` the
+            l1 budget of each whole row ``(a, b)``.
+        lambda_state, lambda_output: ``lambda_1``, ``lambda_2`` of problems 10-11.
+        beta: l1 weight (problem 11). alpha: perspective weight (problem 10).
+        kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
+        backend: ``"loky"``, ``"threading"``, ``"ray"``, ``"dask"`` or ``"serial"``.
+        n_jobs: workers (None: all cores; ignored by ``"serial"``).
+        solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``/``"perspective"``).
+        cvx_solvers: cvxpy solvers tried in order (fallbacks and ``solver="cvxpy"``).
+        standardize: penalties act on ``sigma_j w_j`` with ``sigma_j`` the RMS of column ``j`` of
+            ``F = (X, U)`` (glmnet's standardisation, scale-free). Deviation from App. C, which
+            penalises ``sum |M_ij|``: on rescaled states (§3) the deep states are smaller by
+            powers of ``gamma max ||W_l||``, so the unweighted penalty prices their coefficients
+            far above those of the inputs and fits deep states linearly from ``U`` (``A = 0``).
+            ``False`` gives the paper's unweighted form.
+        tol: a row stops when its duality gap is at most ``tol * P(0)`` (``P(0)`` the objective
+            at zero; scikit-learn's Lasso convention).
+        max_iter: FISTA iterations after coordinate descent (rows above it fall back to cvxpy).
+        match_tol: ``"exact"``: relative residual of ``t`` outside the range of ``F`` above
+            which exact matching is declared infeasible.
+        prune_tol: entries with ``|w_j| <= prune_tol * max_j |w_j|`` are set to zero (interior
+            point solutions are never exactly sparse); only shrinks ``||a||_1``.
+        bias: fit the biases ``b, d`` (unpenalised). None: when the baseline has biases.
+        sparse: store A, B, C, D as CSR (``True``, ``False``, or ``"auto"``: when at most half of
+            the entries are nonzero); the fitted model then solves with the sparse A.
+        gamma: rescaling factor of paper 002 §3 (None: ``1.01 / kappa``).
+        block_rows: rows per task (None: the rows split evenly over the workers).
+        dtype: dtype of the fitted model (None: the baseline's).
+    """
+
+    objective: str = "l1"
+    kappa: float = 0.99
+    lambda_state: float = 0.1
+    lambda_output: float = 0.1
+    beta: float = 1e-3
+    alpha: float = 1e-3
+    kappa_output: float | None = None
+    backend: str = "loky"
+    n_jobs: int | None = None
+    solver: str = "auto"
+    cvx_solvers: tuple[str, ...] = ("CLARABEL", "SCS")
+    standardize: bool = False
+    tol: float = 1e-4
+    max_iter: int = 5000
+    match_tol: float = 1e-6
+    prune_tol: float = 1e-8
+    bias: bool | None = None
+    sparse: bool | str = "auto"
+    gamma: float | None = None
+    block_rows: int | None = None
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigurationError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+        if self.solver not in ("auto", "cvxpy"):
+            raise ConfigurationError(f"solver must be 'auto' or 'cvxpy'; got {self.solver!r}")
+        if self.solver == "cvxpy" and self.objective not in ("l1", "perspective"):
+            raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1' or 'perspective'; "
+                                     f"{self.objective!r} has its own solver (use solver='auto')")
+        k = self.kappa
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k <= 1):
+            raise ConfigurationError(f"kappa must be in (0, 1] (well-posedness ||A||_inf <= kappa < 1 "
+                                     f"certifies a unique state); got {self.kappa!r}")
+        for name in ("lambda_state", "lambda_output", "beta", "alpha", "tol", "match_tol"):
+            _check_positive(name, getattr(self, name))
+        if self.kappa_output is not None:
+            _check_positive("kappa_output", self.kappa_output)
+        if not (isinstance(self.prune_tol, (int, float)) and 0 <= self.prune_tol < 1):
+            raise ConfigurationError(f"prune_tol must be in [0, 1); got {self.prune_tol!r}")
+        for name in ("max_iter", "n_jobs", "block_rows"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigurationError(f"{name} must be a positive integer or None; got {v!r}")
+        if self.sparse not in (True, False, "auto"):
+            raise ConfigurationError(f"sparse must be True, False or 'auto'; got {self.sparse!r}")
+        if self.dtype not in (None, torch.float32, torch.float64):
+            raise ConfigurationError(f"dtype must be None, torch.float32 or torch.float64; got {self.dtype}")
+
+    # ----------------------------------------------------------------------------- public API
+
+    def fit(self, baseline: nn.Module, U: Tensor, *,
+            init: ImplicitModel | None = None) -> tuple[ImplicitModel, SIMReport]:
+        """Fit an implicit model to ``baseline``'s states on inputs ``U`` (Alg. 1).
+
+        Args:
+            baseline: a layered torch network or an :class:`~idlkit.ImplicitModel` (see
+                :func:`~idlkit.sim.extract_states`).
+            U: inputs, batch-first ``(m, *input_dims)``.
+            init: warm start: a model fitted before on the same baseline (e.g. at a nearby
+                ``beta``/``kappa``); its rows start the fast solvers.
+
+        Returns:
+            ``(model, report)``: the fitted model (inputs flattened to ``(m, p)``) and a
+            :class:`SIMReport`.
+        """
+        states = extract_states(baseline, U, dtype=torch.float64, kappa=self.kappa, gamma=self.gamma)
+        bias = self.bias if self.bias is not None else _has_bias(baseline)
+        dtype = self.dtype or _param_dtype(baseline)
+        return self.fit_states(states, bias=bias, dtype=dtype, init=init)
+
+    def fit_states(self, states: States, *, bias: bool | None = None, dtype: torch.dtype | None = None,
+                   init: ImplicitModel | None = None) -> tuple[ImplicitModel, SIMReport]:
+        """:meth:`fit` from states already extracted (``bias`` default: ``self.bias`` or False)."""
+        t_start = time.perf_counter()
+        if not isinstance(states, States):
+            raise InputError(f"states must be idlkit.sim.States (from extract_states); "
+                             f"got {type(states).__name__}")
+        fit_bias = bool(bias if bias is not None else (self.bias or False))
+        X = states.X.detach().cpu().double().numpy()
+        Uf = states.U.detach().cpu().double().numpy()
+        Z = states.Z.detach().cpu().double().numpy()
+        Yh = states.Y_hat.detach().cpu().double().numpy()
+        for name, arr in (("X", X), ("U", Uf), ("Z", Z), ("Y_hat", Yh)):
+            if not np.all(np.isfinite(arr)):
+                raise InputError(f"states.{name} contains NaN or Inf; check the baseline and the inputs")
+        m, n = X.shape
+        p, q = Uf.shape[1], Yh.shape[1]
+        F = np.hstack([X, Uf] + ([np.ones((m, 1))] if fit_bias else []))
+        d = F.shape[1]
+        G = F.T @ F
+        # an accurate factor of F (thin SVD) where rows are solved by LP / cvxpy; the fast
+        # solvers work on G alone and build a factor from it for their rare fallback rows
+        need_factor = self.objective == "exact" or self.solver == "cvxpy"
+        fac = factor(F) if need_factor else None
+
+        free = np.zeros(d, bool)
+        if fit_bias:
+            free[-1] = True
+        # penalty scales: the column RMS of F (scale-free penalties) or ones (the paper's sum |M_ij|)
+        sigma = np.sqrt(np.diag(G) / m) if self.standardize else np.ones(d)
+        cons_state = np.zeros(d, bool)
+        cons_state[: n if self.objective != "lasso" else n + p] = True
+        W0 = _init_rows(init, n, p, q, fit_bias, states) if init is not None else None
+
+        jobs = self._jobs(Z, fac, F, cons_state, free, sigma, lam=self.lambda_state,
+                          kappa=self.kappa, rows=np.arange(n), W0=None if W0 is None else W0[0])
+        out_kappa = self.kappa_output if self.objective == "lasso" else None
+        cons_out = np.zeros(d, bool)
+        if self.objective == "lasso" and out_kappa is not None:
+            cons_out[: n + p] = True
+        jobs += self._jobs(Yh, fac, F, cons_out, free, sigma, lam=self.lambda_output, kappa=out_kappa,
+                           rows=np.arange(n, n + q), W0=None if W0 is None else W0[1])
+        n_jobs = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
+        outs = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
+
+        W = np.zeros((n + q, d))
+        status = [""] * (n + q)
+        solver = [""] * (n + q)
+        secs = np.zeros(n + q)
+        iters = np.zeros(n + q, dtype=np.int64)
+        for o in outs:
+            W[o.rows] = o.W
+            secs[o.rows] = o.seconds
+            iters[o.rows] = o.iterations
+            for k, i in enumerate(o.rows):
+                status[i], solver[i] = o.status[k], o.solver[k]
+        infeasible = [i for i in range(n + q) if status[i] == "infeasible"]
+        if infeasible:
+            raise InfeasibleError(
+                f"exact matching is infeasible for rows {infeasible[:10]}"
+                f"{'...' if len(infeasible) > 10 else ''} "
+                f"(||a||_1 <= kappa = {self.kappa} cannot hold with F w = t); use a relaxed objective "
+                f"(objective='l1', 'perspective' or 'lasso') or a larger kappa", status="infeasible")
+        W = _prune(W, self.prune_tol)
+        W[:n, :n] = _cap_rows(W[:n, :n], self.kappa if self.objective != "lasso" else None)
+        T = np.hstack([Z, Yh])
+        R = T - F @ W.T
+        tn = np.sqrt(np.einsum("ij,ij->j", T, T))
+        rn = np.sqrt(np.einsum("ij,ij->j", R, R))
+        residual = rn / np.maximum(tn, _TINY)
+        model = _assemble(W, n, p, q, fit_bias, states, self.kappa, self.sparse, dtype or states.X.dtype)
+        nnz = int(np.count_nonzero(W))
+        a_inf = float(np.max(np.sum(np.abs(W[:n, :n]), axis=1), initial=0.0))
+        report = SIMReport(
+            objective=self.objective, backend=self.backend, n_jobs=n_jobs, kappa=self.kappa,
+            status=tuple(status), solver=tuple(solver), residual=residual,
+            state_residual=float(np.linalg.norm(rn[:n]) / max(np.linalg.norm(tn[:n]), _TINY)),
+            output_residual=float(np.linalg.norm(rn[n:]) / max(np.linalg.norm(tn[n:]), _TINY)),
+            a_inf_norm=a_inf, nnz=nnz, baseline_nnz=int(states.baseline_nnz),
+            sparsity=(1.0 - nnz / max(states.baseline_nnz, 1)) * 100.0,
+            seconds=time.perf_counter() - t_start, solve_seconds=secs, iterations=iters,
+            shared=",".join(sorted({o.shared for o in outs})) or "in-process",
+            fallback_rows=tuple(i for i in range(n + q) if status[i] == "fallback"))
+        return model, report
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _jobs(self, T: np.ndarray, fac: Factor | None, F: np.ndarray, constrained: np.ndarray,
+              free: np.ndarray, sigma: np.ndarray, *, lam: float, kappa: float | None, rows: np.ndarray,
+              W0: np.ndarray | None) -> list[_Job]:
+        """Split the target rows ``T`` (``m x r``, one column per row) into worker blocks."""
+        r = T.shape[1]
+        if r == 0:
+            return []
+        Tt = np.ascontiguousarray(T.T)
+        C = Tt @ F
+        tt = np.einsum("ij,ij->i", Tt, Tt)
+        Y, resid = fac.project(Tt) if fac is not None else (np.zeros((r, 0)), np.zeros(r))
+        if self.objective == "exact" and fac is not None:
+            bad = resid > self.match_tol * np.maximum(np.sqrt(tt), _TINY)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InfeasibleError(
+                    f"exact matching F w = t is infeasible for {int(bad.sum())} of {r} rows (row "
+                    f"{int(rows[i])}: relative residual {resid[i] / max(np.sqrt(tt[i]), _TINY):.2e} > "
+                    f"match_tol {self.match_tol:g}; F has rank {fac.R.shape[0]} for {T.shape[0]} samples "
+                    f"and {F.shape[1]} unknowns). Use a relaxed objective (objective='l1', "
+                    f"'perspective' or 'lasso'), fewer samples, or float64 states", status="infeasible")
+        kind = {"exact": "exact", "lasso": "lasso"}.get(self.objective,
+                                                          "cvxpy" if self.solver == "cvxpy" else "penalized")
+        n_workers = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
+        size = self.block_rows or max(1, math.ceil(r / n_workers))
+        jobs = []
+        for start in range(0, r, size):
+            sl = slice(start, min(r, start + size))
+            jobs.append(_Job(
+                kind=kind, rows=rows[sl], C=C[sl], tt=tt[sl], Y=Y[sl], resid=resid[sl], lam=lam,
+                weight=self.beta if self.objective == "l1" else self.alpha,
+                penalty="l1" if self.objective in ("l1", "exact", "lasso") else "perspective",
+                kappa=kappa, constrained=constrained, free=free,
+                W0=None if W0 is None else W0[sl], sigma=sigma, tol=self.tol, max_iter=self.max_iter,
+                cvx_solvers=tuple(self.cvx_solvers)))
+        return jobs
+
+
+def _run(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: int) -> list[_BlockOut]:
+    """Solve the blocks on ``backend`` (see the module docstring for how data is shared)."""
+    if backend == "serial" or len(jobs) <= 1 and backend in ("loky", "threading"):
+        return [_solve_block(j, G, R) for j in jobs]
+    from joblib import Parallel, delayed, parallel_config
+
+    if backend in ("loky", "threading"):
+        # loky memory-maps arrays above 1 MB (G, R) once per call; workers read them in place
+        return Parallel(n_jobs=n_jobs, backend=backend, mmap_mode="r")(
+            delayed(_solve_block)(j, G, R) for j in jobs)
+    if backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError as e:
+            raise ConfigurationError("backend='ray' needs Ray: pip install 'ray[default]' (or use "
+                                     "backend='loky')") from e
+        started = not ray.is_initialized()
+        if started:
+            ray.init(num_cpus=n_jobs, include_dashboard=False, log_to_driver=False)
+        try:
+            register_ray()
+            Gr, Rr = ray.put(G), ray.put(R)  # once into the object store (paper 002 App. B)
+            with parallel_config(backend="ray", n_jobs=n_jobs):
+                return Parallel()(delayed(_solve_block)(j, Gr, Rr) for j in jobs)
+        finally:
+            if started:
+                ray.shutdown()
+    # dask
+    try:
+        import distributed
+    except ImportError as e:
+        raise ConfigurationError("backend='dask' needs dask.distributed: pip install 'dask[distributed]' "
+                                 "(or use backend='loky')") from e
+    client, own = _dask_client(distributed, n_jobs)
+    try:
+        with parallel_config(backend="dask", client=client):
+            # G and R are scattered once to the workers (joblib's dask backend scatters large args)
+            return Parallel()(delayed(_solve_block)(j, G, R) for j in jobs)
+    finally:
+        if own:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _dask_client(distributed: Any, n_jobs: int) -> tuple[Any, bool]:
+    """The current dask client, or a local cluster of ``n_jobs`` single-threaded workers."""
+    try:
+        return distributed.Client.current(), False
+    except ValueError:
+        cluster = distributed.LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        return distributed.Client(cluster), True
+
+
+def _prune(W: np.ndarray, tol: float) -> np.ndarray:
+    """Zero ``|w_j| <= tol * max |w|`` per row."""
+    if tol <= 0:
+        return W
+    big = np.max(np.abs(W), axis=1, keepdims=True)
+    return np.where(np.abs(W) <= tol * big, 0.0, W)
+
+
+def _cap_rows(A: np.ndarray, kappa: float | None) -> np.ndarray:
+    """Guard ``||a||_1 <= kappa`` against round-off of the solvers (scale the rare offender)."""
+    if kappa is None:
+        return A
+    s = np.sum(np.abs(A), axis=1)
+    f = np.where(s > kappa, kappa / np.maximum(s, _TINY) * (1 - 1e-12), 1.0)
+    return A * f[:, None]
+
+
+def _float32_rows_ok(A32: np.ndarray, kappa: float) -> np.ndarray:
+    """Rescale float32 rows whose l1 norm exceeds ``kappa`` after rounding."""
+    s = np.sum(np.abs(A32.astype(np.float64)), axis=1)
+    bad = s > kappa
+    if bad.any():
+        A32 = A32.copy()
+        A32[bad] *= np.float32(1 - 1e-6) * (kappa / s[bad]).astype(np.float32)[:, None]
+    return A32
+
+
+def _assemble(W: np.ndarray, n: int, p: int, q: int, bias: bool, states: States, kappa: float,
+              sparse: bool | str, dtype: torch.dtype) -> ImplicitModel:
+    """The fitted :class:`ImplicitModel` from the stacked rows ``W = [(A B b); (C D d)]``."""
+    A, B = W[:n, :n], W[:n, n:n + p]
+    C, D = W[n:, :n], W[n:, n:n + p]
+    b = W[:n, -1] if bias else None
+    dv = W[n:, -1] if bias else None
+    npdt = np.float32 if dtype == torch.float32 else np.float64
+    A = A.astype(npdt)
+    a_norm = float(np.max(np.sum(np.abs(A.astype(np.float64)), axis=1), initial=0.0))
+    if npdt == np.float32:
+        A = _float32_rows_ok(A, kappa if a_norm <= kappa * (1 + 1e-6) else a_norm)
+    a_norm = float(np.max(np.sum(np.abs(A.astype(np.float64)), axis=1), initial=0.0))
+    dense_nnz = np.count_nonzero(W)
+    use_sparse = sparse is True or (sparse == "auto" and dense_nnz <= 0.5 * W.size)
+
+    def tens(M: np.ndarray) -> Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(M.astype(npdt)))
+        return t.to_sparse_csr() if use_sparse else t
+
+    # declared l_inf well-posedness (paper 000 Thm 2.2) whenever ||A||_inf < 1 certifies it
+    wp = "inf" if a_norm < 1.0 else None
+    model_kappa = min(max(kappa, a_norm, 1e-12), 1.0 - 1e-12)
+    return ImplicitModel.from_matrices(
+        tens(A), tens(B), tens(C), tens(D),
+        None if b is None else torch.from_numpy(b.astype(npdt)),
+        None if dv is None else torch.from_numpy(dv.astype(npdt)),
+        activation=states.activation, wellposedness=wp, kappa=model_kappa,
+        max_iter=max(500, int(np.ceil(30.0 / max(1.0 - a_norm, 1e-3)))))  # Picard rate ||A||_inf
+
+
+def _init_rows(init: ImplicitModel, n: int, p: int, q: int, bias: bool,
+               states: States) -> tuple[np.ndarray, np.ndarray]:
+    """Warm-start rows ``(A B [b])`` and ``(C D [d])`` from a model fitted before."""
+    if not isinstance(init, ImplicitModel):
+        raise InputError(f"init must be an ImplicitModel fitted by SIM; got {type(init).__name__}")
+    if (init.hidden, init.in_features, init.out_features) != (n, p, q):
+        raise InputError(f"init has (n, p, q) = {(init.hidden, init.in_features, init.out_features)}; "
+                         f"the states need {(n, p, q)}")
+
+    def dense(M: Tensor) -> np.ndarray:
+        return (M.to_dense() if M.layout != torch.strided else M).detach().cpu().double().numpy()
+
+    top = [dense(init.A), dense(init.B)]
+    bot = [dense(init.C), dense(init.D)]
+    if bias:
+        bb = getattr(init, "b", None)
+        dd = getattr(init, "d", None)
+        top.append(np.zeros((n, 1)) if bb is None else dense(bb).reshape(n, 1))
+        bot.append(np.zeros((q, 1)) if dd is None else dense(dd).reshape(q, 1))
+    return np.hstack(top), np.hstack(bot)
+
+
+def _has_bias(baseline: nn.Module) -> bool:
+    """Whether the baseline has a nonzero bias (then SIM fits ``b`` and ``d``)."""
+    if isinstance(baseline, ImplicitModel):
+        return any(getattr(baseline, k, None) is not None and bool(torch.any(getattr(baseline, k) != 0))
+                   for k in ("b", "d"))
+    return any(name.endswith("bias") and bool(torch.any(prm != 0))
+               for name, prm in baseline.named_parameters()) or any(
+        name.endswith("bias") or name.endswith("running_mean") for name, _ in baseline.named_buffers())
+
+
+def _param_dtype(baseline: nn.Module) -> torch.dtype:
+    for prm in baseline.parameters():
+        if prm.is_floating_point():
+            return prm.dtype
+    return torch.float32
