@@ -297,7 +297,7 @@ class SIM:
     cvx_solvers: tuple[str, ...] = ("CLARABEL", "SCS")
     standardize: bool = False
     tol: float = 1e-4
-    max_iter: int = 5000
+    max_iter: int = 20_000
     match_tol: float = 1e-6
     prune_tol: float = 1e-8
     bias: bool | None = None
