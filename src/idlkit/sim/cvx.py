@@ -36,8 +36,8 @@ class Factor:
     def project(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(Q^T t_i, ||t_i - Q Q^T t_i||)`` for the rows ``t_i`` of ``T`` (``rows x m``)."""
         Y = T @ self.Q
-        out = np.sqrt(np.maximum(np.einsum("ij,ij->i", T, T) - np.einsum("ij,ij->i", Y, Y), 0.0))
-        return Y, out
+        E = T - Y @ self.Q.T  # explicitly: ||t||^2 - ||Q^T t||^2 loses half the digits
+        return Y, np.sqrt(np.einsum("ij,ij->i", E, E))
 
 
 def factor(F: np.ndarray) -> Factor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,10 +398,18 @@ class SIM:
         cons_out = np.zeros(d, bool)
         if self.objective == "lasso" and out_kappa is not None:
             cons_out[: n + p] = True
-        jobs += self._jobs(Yh, fac, F, cons_out, free, sigma, lam=self.lambda_output, kappa=out_kappa,
-                           rows=np.arange(n, n + q), W0=None if W0 is None else W0[1])
+        lstsq_out = self.objective == "lasso" and out_kappa is None
+        if not lstsq_out:
+            jobs += self._jobs(Yh, fac, F, cons_out, free, sigma, lam=self.lambda_output, kappa=out_kappa,
+                               rows=np.arange(n, n + q), W0=None if W0 is None else W0[1])
         n_jobs = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
         outs = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
+        if lstsq_out:  # thesis eq. 3.5 with l = 0: least squares on F itself (not its Gram matrix)
+            t0 = time.perf_counter()
+            Wo = np.linalg.lstsq(F, Yh, rcond=None)[0].T
+            outs.append(_BlockOut(np.arange(n, n + q), Wo, ("optimal",) * q, ("lstsq",) * q,
+                                  np.full(q, (time.perf_counter() - t0) / max(q, 1)),
+                                  np.zeros(q, dtype=np.int64), "in-process"))
 
         W = np.zeros((n + q, d))
         status = [""] * (n + q)
@@ -584,7 +593,11 @@ def _assemble(W: np.ndarray, n: int, p: int, q: int, bias: bool, states: States,
 
     def tens(M: np.ndarray) -> Tensor:
         t = torch.from_numpy(np.ascontiguousarray(M.astype(npdt)))
-        return t.to_sparse_csr() if use_sparse else t
+        if not use_sparse:
+            return t
+        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
+            warnings.simplefilter("ignore", UserWarning)
+            return t.to_sparse_csr()
 
     # declared l_inf well-posedness (paper 000 Thm 2.2) whenever ||A||_inf < 1 certifies it
     wp = "inf" if a_norm < 1.0 else None
