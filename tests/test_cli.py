@@ -65,3 +65,25 @@ def test_missing_data_file_exits_2(tmp_path, monkeypatch):
     out = _plain(res.output)
     assert "gtsrb32_gray.npz" in out
     assert len([ln for ln in out.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_sim_digits_fits_and_saves_a_wellposed_model(tmp_path):
+    out = tmp_path / "sim.safetensors"
+    res = runner.invoke(app, ["sim", "--data", "digits", "--hidden", "16,8", "--epochs", "3",
+                              "--samples", "300", "--backend", "serial", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = _plain(res.output).lower()
+    assert "sim model test accuracy" in text and "sparsity" in text
+    model = idl.load(out)
+    assert model.hidden == 24 and model.in_features == 64
+    assert model.certificate().inf_norm <= 0.99
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--hidden", "a,b"], "hidden"), (["--objective", "l0"], "objective"), (["--kappa", "2"], "kappa"),
+])
+def test_sim_bad_options_exit_2(tmp_path, args, match):
+    res = runner.invoke(app, ["sim", "--data", "digits", "--out", str(tmp_path / "m.st"), *args])
+    assert res.exit_code == 2
+    assert match in _plain(res.output)
+    assert not (tmp_path / "m.st").exists()

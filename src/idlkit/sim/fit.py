@@ -404,6 +404,7 @@ class SIM:
                                rows=np.arange(n, n + q), W0=None if W0 is None else W0[1])
         n_jobs = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
         outs = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
+        shared = ",".join(sorted({o.shared for o in outs})) or "in-process"
         if lstsq_out:  # thesis eq. 3.5 with l = 0: least squares on F itself (not its Gram matrix)
             t0 = time.perf_counter()
             Wo = np.linalg.lstsq(F, Yh, rcond=None)[0].T
@@ -447,7 +448,7 @@ class SIM:
             a_inf_norm=a_inf, nnz=nnz, baseline_nnz=int(states.baseline_nnz),
             sparsity=(1.0 - nnz / max(states.baseline_nnz, 1)) * 100.0,
             seconds=time.perf_counter() - t_start, solve_seconds=secs, iterations=iters,
-            shared=",".join(sorted({o.shared for o in outs})) or "in-process",
+            shared=shared,
             fallback_rows=tuple(i for i in range(n + q) if status[i] == "fallback"))
         return model, report
 
