@@ -247,3 +247,16 @@ def test_bad_inputs_are_typed_errors():
         SIM(backend="serial").fit_states(bad)
     with pytest.raises(InputError, match="States"):
         SIM(backend="serial").fit_states((st.Z, st.X))  # type: ignore[arg-type]
+
+
+def test_lasso_budget_binds_on_whole_rows():
+    """For "lasso", kappa is the thesis's whole-row budget: the states are rescaled for the
+    default bound, so a small kappa binds (and sparsifies) instead of rescaling the states away."""
+    net, U = _net(), _U()
+    _, loose = SIM(objective="lasso", backend="serial", kappa=0.99).fit(net, U)
+    model, tight = SIM(objective="lasso", backend="serial", kappa=0.02).fit(net, U)
+    assert "optimal" in tight.status  # binding rows
+    W = _rows(model)
+    n = model.hidden
+    assert np.max(np.sum(np.abs(W[:n]), axis=1)) <= 0.02 * (1 + 1e-9)
+    assert tight.nnz < loose.nnz and tight.state_residual > loose.state_residual

@@ -216,3 +216,21 @@ def test_bad_arguments():
     with pytest.raises(ConfigurationError, match="sigma_j"):
         penalized_rows(G, C, tt, lam=0.1, penalty="perspective", weight=1.0, kappa=0.5, constrained=cons,
                        sigma=np.full(F.shape[1], 5.0))
+
+
+def test_weight_zero_is_the_constrained_lasso():
+    """weight 0, lam 1/2, every non-free coordinate constrained: P(kappa) of thesis eq. 3.4."""
+    F, T, _, free = _problem(8, col_scales=True)
+    cons = ~free
+    res = penalized_rows(F.T @ F, T @ F, np.einsum("ij,ij->i", T, T), lam=0.5, penalty="l1", weight=0.0,
+                         kappa=0.4, constrained=cons, free=free, tol=1e-12, max_iter=300_000)
+    for i, t in enumerate(T):
+        w = cp.Variable(F.shape[1])
+        prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(F @ w - t)), [cp.norm1(w[cons]) <= 0.4])
+        prob.solve(solver="CLARABEL")
+        ours = 0.5 * np.sum((t - F @ res.W[i]) ** 2)
+        assert ours == pytest.approx(prob.value, rel=1e-6)
+        assert np.sum(np.abs(res.W[i, cons])) <= 0.4 * (1 + 1e-12)
+    with pytest.raises(ConfigurationError, match="weight = 0"):
+        penalized_rows(F.T @ F, T @ F, np.einsum("ij,ij->i", T, T), lam=0.5, penalty="l1", weight=0.0,
+                       kappa=None, constrained=None)

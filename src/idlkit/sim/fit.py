@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..errors import ConfigurationError, InfeasibleError, InputError, SolverError
 from ..model import ImplicitModel
 from .cvx import Factor, exact_row, factor, relaxed_row
-from .lasso_batch import constrained_lasso_batch
+from .lasso import constrained_lasso
 from .penalized import penalized_rows
 from .states import States, extract_states
 
@@ -159,6 +159,14 @@ def _resolve(x: Any) -> Any:
     return x
 
 
+def _least_squares_rows(G: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Minimum-norm least-squares rows ``G^+ c_i`` (eigen cut-off as numpy's pinv)."""
+    ev, V = np.linalg.eigh(G)
+    cut = max(float(ev[-1]), _TINY) * G.shape[0] * np.finfo(np.float64).eps
+    inv = np.where(ev > cut, 1.0 / np.where(ev > cut, ev, 1.0), 0.0)
+    return ((C @ V) * inv) @ V.T
+
+
 def _gram_factor(G: np.ndarray, C: np.ndarray, tt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A factor ``R`` with ``R^T R = G`` and the reduced targets ``y_i`` (``R^T y_i = c_i``) and
     residuals ``sqrt(tt_i - ||y_i||^2)``, from the Gram form alone (for fallback rows)."""
@@ -210,17 +218,28 @@ def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
         iters[:] = res.iterations
         solver = ["fista"] * r
         retry = [i for i in range(r) if res.status[i] != "optimal"]
-    elif job.kind == "lasso":
-        mask = job.constrained if job.kappa is not None else np.zeros_like(job.constrained)
-        kap = job.kappa if job.kappa is not None else 1.0
-        res_l = constrained_lasso_batch(G, job.C, kap, mask, tol=min(job.tol, 1e-8), max_iter=job.max_iter)
-        W[:] = res_l.W
-        iters[:] = res_l.iterations
-        for i, s in enumerate(res_l.status):
-            status[i] = "fallback" if s.startswith("fallback") else s
-            solver[i] = "lasso-exact" if s.startswith("fallback") else "lasso-fista"
-            if s not in ("optimal", "inactive", "fallback"):
-                status[i] = "inaccurate"
+    elif job.kind == "lasso":  # P(kappa) (thesis eq. 3.4): the l1 solver with weight 0, lam = 1/2
+        # assumption A1 of the thesis: rows whose least-squares solution already meets the
+        # budget are solved exactly by it ("inactive"); the others by the batched solver
+        W_ls = _least_squares_rows(G, job.C)
+        inactive = np.sum(np.abs(W_ls[:, job.constrained]), axis=1) <= float(job.kappa)  # type: ignore[arg-type]
+        W[inactive] = W_ls[inactive]
+        solver = ["lstsq" if a else "fista" for a in inactive]
+        status = ["inactive" if a else "optimal" for a in inactive]
+        todo = np.flatnonzero(~inactive)
+        res = penalized_rows(G, job.C[todo], job.tt[todo], lam=0.5, penalty="l1", weight=0.0,
+                             kappa=job.kappa, constrained=job.constrained, free=job.free,
+                             W0=None if job.W0 is None else job.W0[todo], tol=job.tol,
+                             max_iter=job.max_iter)
+        W[todo] = res.W
+        iters[todo] = res.iterations
+        for k, i in enumerate(todo):
+            if res.status[k] == "optimal":
+                continue
+            # the thesis's bisection on the LASSO path (Alg. 1), exact, as the fallback
+            ex = constrained_lasso(G, job.C[i], float(job.kappa), job.constrained, tol=1e-12)  # type: ignore[arg-type]
+            W[i], solver[i] = ex.w, "lasso-bisection"
+            status[i] = "fallback" if ex.status in ("optimal", "inactive") else "inaccurate"
     else:  # "exact" or "cvxpy": one row at a time
         retry = list(range(r))
     if retry:
@@ -275,8 +294,9 @@ class SIM:
         max_iter: FISTA iterations after coordinate descent (rows above it fall back to cvxpy).
         match_tol: ``"exact"``: relative residual of ``t`` outside the range of ``F`` above
             which exact matching is declared infeasible.
-        prune_tol: entries with ``|w_j| <= prune_tol * max_j |w_j|`` are set to zero (interior
-            point solutions are never exactly sparse); only shrinks ``||a||_1``.
+        prune_tol: entries whose contribution ``|w_j| ||F_j||`` is at most ``prune_tol`` times the
+            row's largest are set to zero (interior point solutions are never exactly sparse);
+            only shrinks ``||a||_1``.
         bias: fit the biases ``b, d`` (unpenalised). None: when the baseline has biases.
         sparse: store A, B, C, D as CSR (``True``, ``False``, or ``"auto"``: when at most half of
             the entries are nonzero); the fitted model then solves with the sparse A.
@@ -353,7 +373,10 @@ class SIM:
             ``(model, report)``: the fitted model (inputs flattened to ``(m, p)``) and a
             :class:`SIMReport`.
         """
-        states = extract_states(baseline, U, dtype=torch.float64, kappa=self.kappa, gamma=self.gamma)
+        # rescaling (§3) for the well-posedness bound; for "lasso" kappa is the whole-row budget
+        # (sparsity), and the states are rescaled as for the default bound 0.99
+        wp_kappa = 0.99 if self.objective == "lasso" else self.kappa
+        states = extract_states(baseline, U, dtype=torch.float64, kappa=wp_kappa, gamma=self.gamma)
         bias = self.bias if self.bias is not None else _has_bias(baseline)
         dtype = self.dtype or _param_dtype(baseline)
         return self.fit_states(states, bias=bias, dtype=dtype, init=init)
@@ -430,7 +453,7 @@ class SIM:
                 f"{'...' if len(infeasible) > 10 else ''} "
                 f"(||a||_1 <= kappa = {self.kappa} cannot hold with F w = t); use a relaxed objective "
                 f"(objective='l1', 'perspective' or 'lasso') or a larger kappa", status="infeasible")
-        W = _prune(W, self.prune_tol)
+        W = _prune(W, self.prune_tol, np.sqrt(np.maximum(np.diag(G), 0.0)))
         W[:n, :n] = _cap_rows(W[:n, :n], self.kappa if self.objective != "lasso" else None)
         T = np.hstack([Z, Yh])
         R = T - F @ W.T
@@ -549,12 +572,15 @@ def _dask_client(distributed: Any, n_jobs: int) -> tuple[Any, bool]:
         return distributed.Client(cluster), True
 
 
-def _prune(W: np.ndarray, tol: float) -> np.ndarray:
-    """Zero ``|w_j| <= tol * max |w|`` per row."""
+def _prune(W: np.ndarray, tol: float, colnorm: np.ndarray) -> np.ndarray:
+    """Zero the entries whose contribution ``|w_j| ||F_j||`` is at most ``tol`` times the row's
+    largest (the columns of ``F`` differ in scale by powers of the rescaling divisor, so raw
+    magnitudes would not compare)."""
     if tol <= 0:
         return W
-    big = np.max(np.abs(W), axis=1, keepdims=True)
-    return np.where(np.abs(W) <= tol * big, 0.0, W)
+    contrib = np.abs(W) * colnorm[None, :]
+    big = np.max(contrib, axis=1, keepdims=True)
+    return np.where(contrib <= tol * big, 0.0, W)
 
 
 def _cap_rows(A: np.ndarray, kappa: float | None) -> np.ndarray:

@@ -142,7 +142,9 @@ def penalized_rows(G: np.ndarray, C: np.ndarray, tt: np.ndarray, *, lam: float, 
         tt: ``(rows,)``, ``||t_i||^2``.
         lam: matching weight (``lambda_1`` or ``lambda_2``), > 0.
         penalty: ``"l1"`` (problem 11) or ``"perspective"`` (problem 10).
-        weight: ``beta`` (l1) or ``alpha`` (perspective), > 0.
+        weight: ``beta`` (l1) or ``alpha`` (perspective), > 0; 0 with every non-free coordinate
+            constrained gives the constrained LASSO P(kappa) of the thesis (eq. 3.4) with
+            ``lam = 1/2``.
         kappa: l1 budget on the ``constrained`` coordinates (None: no constraint).
         constrained: boolean ``(d,)`` mask ``S`` (the ``a`` part of state rows).
         free: boolean ``(d,)`` mask of unpenalised, unconstrained coordinates (the bias).
@@ -162,8 +164,9 @@ def penalized_rows(G: np.ndarray, C: np.ndarray, tt: np.ndarray, *, lam: float, 
     if penalty not in PENALTIES:
         raise ConfigurationError(f"penalty must be one of {PENALTIES}; got {penalty!r}")
     for name, v in (("lam", lam), ("weight", weight), ("tol", tol)):
-        if not np.isfinite(v) or v < 0 or (name != "tol" and v == 0):
-            raise ConfigurationError(f"{name} must be finite and > 0; got {v!r}")
+        if not np.isfinite(v) or v < 0 or (name == "lam" and v == 0):
+            raise ConfigurationError(f"{name} must be finite and {'> 0' if name == 'lam' else '>= 0'}; "
+                                     f"got {v!r}")
     G = np.asarray(G, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
     d = G.shape[0]
@@ -179,6 +182,9 @@ def penalized_rows(G: np.ndarray, C: np.ndarray, tt: np.ndarray, *, lam: float, 
     if penalty == "perspective" and kappa is not None and np.any(sig_all[cons] * kappa > 1.0):
         raise ConfigurationError("perspective with constrained coordinates of scale sigma_j > 1 / kappa: "
                                  "the fast solver needs sigma_j kappa <= 1; use solver='cvxpy'")
+    if weight == 0 and (penalty != "l1" or np.any(~cons & ~fr)):
+        raise ConfigurationError("weight = 0 (the constrained LASSO P(kappa)) needs penalty 'l1' and every "
+                                 "non-free coordinate constrained; otherwise give a weight > 0")
     r = C.shape[0]
     kap = np.full(r, float(kappa) if kappa is not None else np.inf)
     kap_c = np.where(np.isfinite(kap), kap, 1.0)
