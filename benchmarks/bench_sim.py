@@ -398,7 +398,8 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
     cv, lb = la["cvxpy_clarabel"], la["lasso_batch"]
     md += ["", f"## 3. lasso (kappa = {la['kappa']}) vs cvxpy + Clarabel, same rows", "",
            f"cvxpy: one parametrised problem (compiled once) solved for {la['ref_rows']} state rows "
-           f"where the budget binds, time extrapolated linearly to {la['rows']}; figures on those {la['ref_rows']} rows.", "",
+           f"where the budget binds, time extrapolated linearly to {la['rows']}; figures on those "
+           f"{la['ref_rows']} rows.", "",
            "| solver | time, 112 rows (s) | vs cvxpy | state resid. | ||A||_inf | max ||w||_1 - kappa "
            "| max rel. obj. gap vs cvxpy |",
            "|---|---:|---:|---:|---:|---:|---:|",
