@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -13,6 +14,15 @@ app = typer.Typer(help="idlkit: implicit deep learning.", no_args_is_help=True,
 @app.callback()
 def _main() -> None:
     """idlkit command line."""
+
+
+def _fail(msg: object) -> NoReturn:
+    """Print ``error: msg`` (one line) on stderr and exit with status 2."""
+    from rich.console import Console
+
+    text = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+    Console(stderr=True).print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -59,12 +69,7 @@ def train(
     from rich.table import Table
 
     console = Console()
-    err = Console(stderr=True)
-
-    def fail(msg: str) -> None:
-        msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
-        err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2)
+    fail = _fail
 
     if not 0 <= val_fraction < 1:
         fail(f"--val-fraction must lie in [0, 1), got {val_fraction}")
@@ -176,12 +181,7 @@ def sim(
     from rich.table import Table
 
     console = Console()
-    err = Console(stderr=True)
-
-    def fail(msg: str) -> None:
-        msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
-        err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2)
+    fail = _fail
 
     try:
         sizes = [int(h) for h in hidden.split(",") if h.strip()]
