@@ -564,6 +564,24 @@ def constrained_lasso(
     )
 
 
+def _check_rows(G: object, C: object, kappa: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(G, C, kappa per row)`` of a batch of rows ``C[i] = F^T z_i`` on one Gram ``G``."""
+    Ga = _check_gram(G)
+    n = Ga.shape[0]
+    Ca = _as_float_array(C, "C", 2)
+    if Ca.shape[1] != n:
+        raise ShapeError(f"C must have shape (rows, {n}) to match G {Ga.shape}; got {Ca.shape}")
+    r = Ca.shape[0]
+    if isinstance(kappa, str):
+        raise ConfigurationError(f"kappa must be a positive real number or array; got {kappa!r}")
+    kap = np.asarray(kappa, dtype=np.float64)
+    if kap.ndim == 0:
+        kap = np.full(r, float(kap))
+    if kap.shape != (r,):
+        raise ShapeError(f"kappa must be a scalar or have shape ({r},); got {kap.shape}")
+    return Ga, Ca, np.array([_check_kappa(v) for v in kap], dtype=np.float64)
+
+
 def _check_limits(max_iter: object, max_bisect: object) -> None:
     if int(max_iter) < 1:  # type: ignore[call-overload]
         raise ConfigurationError(f"max_iter must be >= 1; got {max_iter}")
@@ -607,18 +625,8 @@ def constrained_lasso_rows(
     Q(lam_{i-1})"). ``kappa`` is a scalar or one value per row; ``zz`` optional ``||z_i||^2`` per row.
     Serial; parallel execution over row blocks belongs to the caller (joblib backends).
     """
-    Ga = _check_gram(G)
-    n = Ga.shape[0]
-    Ca = _as_float_array(C, "C", 2)
-    if Ca.shape[1] != n:
-        raise ShapeError(f"C must have shape (rows, {n}) to match G {Ga.shape}; got {Ca.shape}")
-    r = Ca.shape[0]
-    kap = np.asarray(kappa, dtype=np.float64)
-    if kap.ndim == 0:
-        kap = np.full(r, float(kap))
-    if kap.shape != (r,):
-        raise ShapeError(f"kappa must be a scalar or have shape ({r},); got {kap.shape}")
-    kap = np.array([_check_kappa(v) for v in kap])
+    Ga, Ca, kap = _check_rows(G, C, kappa)
+    n, r = Ga.shape[0], Ca.shape[0]
     zza = None
     if zz is not None:
         zza = _as_float_array(zz, "zz", 1)

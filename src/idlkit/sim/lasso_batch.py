@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from idlkit.errors import ConfigurationError, ShapeError
-from idlkit.sim.lasso import _as_float_array, _check_gram, _check_kappa, _check_mask, constrained_lasso
+from idlkit.errors import ConfigurationError
+from idlkit.sim.lasso import _check_mask, _check_rows, constrained_lasso
 from idlkit.wellposed import _project_rows_l1
 
 __all__ = ["BatchLassoResult", "FreeElimination", "constrained_lasso_batch", "eliminate_free"]
@@ -184,20 +184,8 @@ def constrained_lasso_batch(
 
     See the module docstring for the method. Returns a :class:`BatchLassoResult`.
     """
-    Ga = _check_gram(G)
-    n = Ga.shape[0]
-    Ca = _as_float_array(C, "C", 2)
-    if Ca.shape[1] != n:
-        raise ShapeError(f"C must have shape (rows, {n}) to match G {Ga.shape}; got {Ca.shape}")
-    r = Ca.shape[0]
-    kap = np.asarray(kappa, dtype=np.float64) if not isinstance(kappa, str) else None
-    if kap is None:
-        raise ConfigurationError(f"kappa must be a positive real number or array; got {kappa!r}")
-    if kap.ndim == 0:
-        kap = np.full(r, float(kap))
-    if kap.shape != (r,):
-        raise ShapeError(f"kappa must be a scalar or have shape ({r},); got {kap.shape}")
-    kap = np.array([_check_kappa(v) for v in kap], dtype=np.float64)
+    Ga, Ca, kap = _check_rows(G, C, kappa)
+    n, r = Ga.shape[0], Ca.shape[0]
     pen = _check_mask(mask, n)
     tol_f = float(tol)
     if not np.isfinite(tol_f) or tol_f < 0.0:
