@@ -212,7 +212,8 @@ def markdown(res: dict) -> str:
               "read from the input by B, a model `y = C relu(B u) + D u`), so these are implicit models "
               "only in form. The lasso (thesis P(kappa), whole-row budget) "
               "binds for kappa < ~0.1 (every state row at the budget): it sparsifies, but shrinking "
-              "the large first-layer rows costs most of the state fit (state residual ~0.9-1.0) and much accuracy."]
+              "the large first-layer rows costs most of the state fit (state residual ~0.9-1.0) "
+              "and much accuracy."]
     lines += ["", "## 2. Paper 002 Tables 2-3: accuracy, sparsity and FGSM vs training samples", "",
               f"FGSM: u + eps sign(grad_u CE), on a random 50 % of each test image's pixels (seed "
               f"{res['seed']}, same mask for all models), clamped to [0, 1]; white-box (gradients through "
