@@ -14,6 +14,7 @@ from . import (
     function,
     lowrank,
     plot,
+    rnn,
     robust,
     sim,
     solve,
@@ -33,12 +34,14 @@ from .errors import (
 from .io import load, save
 from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
+from .rnn import ImplicitRNN
 from .solve import SolveInfo, fixed_point
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ImplicitModel",
+    "ImplicitRNN",
     "LowRankImplicitModel",
     "SolveInfo",
     "fixed_point",
@@ -51,6 +54,7 @@ __all__ = [
     "datasets",
     "lowrank",
     "plot",
+    "rnn",
     "robust",
     "sim",
     "errors",

@@ -548,6 +548,17 @@ class ImplicitModel(SolveReports, nn.Module):
         Y = output_map(self._state(U, x0).t(), U, self.C, self.D, self.d)
         return Y.squeeze(0) if squeeze else Y
 
+    def forward_with_state(self, u: Tensor, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(y, x)`` from one solve: the prediction and the equilibrium state it came from.
+
+        For a caller that warm-starts the next solve from this one's state (as
+        :class:`~idlkit.rnn.ImplicitRNN` does from one time step to the next).
+        """
+        U, squeeze = self._as_batch(u)
+        X = self._state(U, x0).t()
+        Y = output_map(X, U, self.C, self.D, self.d)
+        return (Y.squeeze(0), X.squeeze(0)) if squeeze else (Y, X)
+
     # ------------------------------------------------------------------ reports
 
     def config(self) -> dict:
