@@ -40,6 +40,17 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigurationError, IdlError
+from .synthetic import (
+    ArithmeticTask,
+    SpikySeries,
+    addition_task,
+    identity_task,
+    rolling_argmax_task,
+    rolling_average_task,
+    shifted_range,
+    spiky_series,
+    subtraction_task,
+)
 
 __all__ = [
     "Dataset",
@@ -50,6 +61,15 @@ __all__ = [
     "load",
     "search_dirs",
     "cache_dir",
+    "shifted_range",
+    "identity_task",
+    "ArithmeticTask",
+    "addition_task",
+    "subtraction_task",
+    "rolling_average_task",
+    "rolling_argmax_task",
+    "SpikySeries",
+    "spiky_series",
 ]
 
 Split = Literal["train", "test", "both"]
