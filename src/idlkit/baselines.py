@@ -1,0 +1,427 @@
+"""Explicit baselines of the extrapolation studies (thesis, paper 003, ch. 5, §5.2-5.3).
+
+The thesis compares implicit models with explicit networks "specifically designed to
+excel on each task" (§5.2): MLPs (identity, arithmetic; 15 activations, Table 5.1 and
+Table 5.2), LSTMs (sequential data), NALUs (Trask et al. 2018, out-of-distribution
+arithmetic) and Transformer encoders (with and without positional encodings, §5.3
+"Rolling Functions"). "The number of parameters in the implicit models is matched to
+their non-implicit counterparts" (§5.2): :func:`count_parameters` and
+:func:`matched_width` do that matching.
+
+All models are plain :class:`torch.nn.Module` s, batch-first, with no global state.
+Sequence models take ``(batch, T, F)``; a 2-D ``(batch, p)`` input is read as a sequence
+of ``p`` scalar steps ``(batch, p, 1)`` (then ``input_size`` must be 1). The flat models
+(:class:`MLP`, :class:`NALU`) take ``(batch, in_features)`` or ``(batch, T, F)`` with
+``T * F == in_features`` (flattened), so they run on the sequence tasks too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import all_finite
+from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
+
+__all__ = [
+    "ACTIVATIONS",
+    "MODES",
+    "MLP",
+    "LSTMModel",
+    "TransformerModel",
+    "NAC",
+    "NALU",
+    "count_parameters",
+    "matched_width",
+    "sinusoidal_encoding",
+]
+
+MODES = ("seq2one", "seq2seq")
+
+#: The 15 MLP activations of thesis §5.3 (Table 5.1), each a factory of the layer width.
+#: ``"prelu"`` has one shared slope (``nn.PReLU()``), ``"multiprelu"`` one slope per unit
+#: (``nn.PReLU(num_parameters=width)``); both start at slope 0.25 (torch default), so
+#: they compute the same function at initialisation. Other parameters are torch defaults
+#: (``leaky_relu`` slope 0.01, ``hardshrink``/``softshrink`` lambda 0.5, ...).
+ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
+    "hardtanh": lambda width: nn.Hardtanh(),
+    "sigmoid": lambda width: nn.Sigmoid(),
+    "relu6": lambda width: nn.ReLU6(),
+    "tanh": lambda width: nn.Tanh(),
+    "tanhshrink": lambda width: nn.Tanhshrink(),
+    "hardshrink": lambda width: nn.Hardshrink(),
+    "leaky_relu": lambda width: nn.LeakyReLU(),
+    "softshrink": lambda width: nn.Softshrink(),
+    "softsign": lambda width: nn.Softsign(),
+    "relu": lambda width: nn.ReLU(),
+    "prelu": lambda width: nn.PReLU(),
+    "multiprelu": lambda width: nn.PReLU(num_parameters=width),
+    "softplus": lambda width: nn.Softplus(),
+    "elu": lambda width: nn.ELU(),
+    "selu": lambda width: nn.SELU(),
+}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_size(name: str, value: object) -> int:
+    """``value`` as a positive int, else a ConfigurationError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be a positive int, got {value!r} "
+                                 f"({type(value).__name__}); pass e.g. {name}=8")
+    if value < 1:
+        raise ConfigurationError(f"{name} must be a positive int, got {value}; pass {name} >= 1")
+    return value
+
+
+def _check_mode(mode: object) -> str:
+    if mode not in MODES:
+        raise ConfigurationError(f"unknown mode {mode!r}; use one of {MODES}")
+    return str(mode)
+
+
+def _check_tensor(x: object) -> Tensor:
+    """``x`` as a floating, finite tensor, else InputError / NonFiniteError."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"input must be a floating tensor, got dtype {x.dtype}; convert with x.float()")
+    if not all_finite(x):
+        raise NonFiniteError("input contains NaN or Inf; clean or mask the data before the forward pass")
+    return x
+
+
+def _flat_input(x: object, in_features: int) -> Tensor:
+    """A flat model's input as ``(batch, in_features)``: ``(batch, T, F)`` with ``T F = in_features``
+    is flattened over its last two dims."""
+    x = _check_tensor(x)
+    if x.dim() == 2 and x.shape[1] == in_features:
+        return x
+    if x.dim() == 3 and x.shape[1] * x.shape[2] == in_features:
+        return x.reshape(x.shape[0], in_features)
+    raise ShapeError(f"expected input of shape (batch, {in_features}) or (batch, T, F) with "
+                     f"T * F = {in_features}; got {tuple(x.shape)}")
+
+
+def _seq_input(x: object, input_size: int) -> Tensor:
+    """A sequence model's input as ``(batch, T, input_size)``; 2-D ``(batch, p)`` becomes
+    ``(batch, p, 1)`` (p scalar steps), which needs ``input_size == 1``."""
+    x = _check_tensor(x)
+    if x.dim() == 2:
+        if input_size != 1:
+            raise ShapeError(f"a 2-D input {tuple(x.shape)} is read as a sequence of scalar steps "
+                             f"(batch, p, 1), which needs input_size=1, got input_size={input_size}; "
+                             f"pass a 3-D input (batch, T, {input_size})")
+        x = x.unsqueeze(-1)
+    if x.dim() != 3 or x.shape[2] != input_size:
+        raise ShapeError(f"expected input of shape (batch, T, {input_size}) or (batch, p) with "
+                         f"input_size=1; got {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ShapeError(f"the sequence is empty (T = 0) in input of shape {tuple(x.shape)}; pass T >= 1")
+    return x
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLP(nn.Module):
+    """Multilayer perceptron baseline (thesis §5.2-5.3, Tables 5.1-5.2).
+
+    ``Linear(in, h_1), act, Linear(h_1, h_2), act, ..., Linear(h_k, out)``: one activation
+    after every hidden layer, none after the output layer. ``hidden=()`` gives a linear
+    model. ``activation`` is one of the 15 names in :data:`ACTIVATIONS`; each hidden layer
+    gets its own activation module (so ``"prelu"``/``"multiprelu"`` slopes are per layer).
+
+    Input ``(batch, in_features)``, or ``(batch, T, F)`` with ``T * F == in_features``
+    (flattened); output ``(batch, out_features)``.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.in_features = _check_size("in_features", in_features)
+        self.out_features = _check_size("out_features", out_features)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
+                                     f"pass e.g. hidden=(32, 32) or hidden=()")
+        self.hidden = tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
+        if activation not in ACTIVATIONS:
+            raise ConfigurationError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        widths = (self.in_features, *self.hidden, self.out_features)
+        layers: list[nn.Module] = []
+        for i in range(len(widths) - 1):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                layers.append(ACTIVATIONS[activation](widths[i + 1]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``."""
+        return self.net(_flat_input(x, self.in_features))
+
+
+# ----------------------------------------------------------------------------- LSTM
+
+
+class LSTMModel(nn.Module):
+    """LSTM baseline for the sequential tasks (thesis §5.2 "LSTMs for tasks involving
+    sequential data", §5.3 rolling average / argmax, spiky series, AMC volatility).
+
+    A batch-first ``nn.LSTM(input_size, hidden_size, num_layers)`` and a linear head
+    ``Linear(hidden_size, output_size)``. ``mode="seq2one"`` applies the head to the last
+    step's hidden state, giving ``(batch, output_size)``; ``mode="seq2seq"`` applies it to
+    every step, giving ``(batch, T, output_size)`` (causal: step ``t`` sees steps ``<= t``).
+
+    Parameters (torch convention, two bias vectors per gate block): each layer ``l`` has
+    ``4 (h (i_l + h) + 2 h)`` with ``i_0 = input_size``, ``i_l = hidden_size``, plus
+    ``hidden_size * output_size + output_size`` for the head.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, *, num_layers: int = 1,
+                 mode: str = "seq2one") -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.output_size = _check_size("output_size", output_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        self.mode = _check_mode(mode)
+        self.lstm = nn.LSTM(self.input_size, self.hidden_size, num_layers=self.num_layers, batch_first=True)
+        self.head = nn.Linear(self.hidden_size, self.output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq) for ``x``
+        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``)."""
+        h, _ = self.lstm(_seq_input(x, self.input_size))
+        if self.mode == "seq2one":
+            return self.head(h[:, -1])
+        return self.head(h)
+
+
+# ----------------------------------------------------------------------------- Transformer
+
+
+def sinusoidal_encoding(length: int, d_model: int) -> Tensor:
+    """Sinusoidal positional encoding (Vaswani et al. 2017, §3.5), shape ``(length, d_model)``:
+    ``PE[t, 2k] = sin(t / 10000^(2k/d))``, ``PE[t, 2k+1] = cos(t / 10000^(2k/d))``."""
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(length, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)[:, : d_model // 2]
+    return pe.to(torch.get_default_dtype())
+
+
+class TransformerModel(nn.Module):
+    """Transformer-encoder baseline (thesis §5.2 "Transformer-based models", §5.3: compared
+    with and without positional encodings).
+
+    ``Linear(input_size, d_model)``, optional sinusoidal positional encoding (added),
+    ``nn.TransformerEncoder`` of ``num_layers`` layers (``batch_first=True``), head
+    ``Linear(d_model, output_size)``.
+
+    * ``mode="seq2one"``: full (bidirectional) attention, then the head on the **mean over
+      time** of the encoder output, giving ``(batch, output_size)``. Without positional
+      encoding this is invariant to permuting the time steps (the encoder is permutation
+      equivariant and the mean is symmetric) -- the thesis's "Transformer without
+      positional encodings, which lacks the ability to differentiate between sequence
+      positions".
+    * ``mode="seq2seq"``: a causal attention mask (step ``t`` attends to steps ``<= t``)
+      and the head at every step, giving ``(batch, T, output_size)``.
+
+    A 2-D input ``(batch, p)`` is read as ``p`` scalar tokens (needs ``input_size=1``).
+    Sequences longer than ``max_len`` are rejected when ``positional_encoding`` is on.
+    """
+
+    def __init__(self, input_size: int, output_size: int, *, d_model: int = 16, nhead: int = 2,
+                 num_layers: int = 1, dim_feedforward: int = 32, dropout: float = 0.0,
+                 mode: str = "seq2one", positional_encoding: bool = True, max_len: int = 4096) -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size)
+        self.output_size = _check_size("output_size", output_size)
+        self.d_model = _check_size("d_model", d_model)
+        self.nhead = _check_size("nhead", nhead)
+        self.num_layers = _check_size("num_layers", num_layers)
+        self.dim_feedforward = _check_size("dim_feedforward", dim_feedforward)
+        self.max_len = _check_size("max_len", max_len)
+        self.mode = _check_mode(mode)
+        if self.d_model % self.nhead != 0:
+            raise ConfigurationError(f"d_model={d_model} is not divisible by nhead={nhead}; pick d_model "
+                                     f"a multiple of nhead (e.g. d_model={nhead * max(1, d_model // nhead)})")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ConfigurationError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        if not isinstance(positional_encoding, bool):
+            raise ConfigurationError(f"positional_encoding must be True or False, "
+                                     f"got {positional_encoding!r}")
+        self.positional_encoding = positional_encoding
+        self.input_proj = nn.Linear(self.input_size, self.d_model)
+        layer = nn.TransformerEncoderLayer(self.d_model, self.nhead, dim_feedforward=self.dim_feedforward,
+                                           dropout=float(dropout), batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=self.num_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(self.d_model, self.output_size)
+        pe = sinusoidal_encoding(self.max_len, self.d_model) if positional_encoding else torch.zeros(0)
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq) for ``x``
+        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``)."""
+        x = _seq_input(x, self.input_size)
+        T = x.shape[1]
+        z = self.input_proj(x)
+        if self.positional_encoding:
+            if T > self.max_len:
+                raise ShapeError(f"sequence length T={T} exceeds max_len={self.max_len}; build the model "
+                                 f"with max_len >= {T}")
+            z = z + self.pe[:T].to(dtype=z.dtype)
+        if self.mode == "seq2seq":
+            mask = torch.triu(torch.full((T, T), float("-inf"), dtype=z.dtype, device=z.device), diagonal=1)
+            return self.head(self.encoder(z, mask=mask, is_causal=True))
+        return self.head(self.encoder(z).mean(dim=1))
+
+
+# ----------------------------------------------------------------------------- NAC / NALU
+
+
+class NAC(nn.Module):
+    """Neural accumulator (Trask et al. 2018, §2.1): ``a = W x`` with
+    ``W = tanh(W_hat) * sigmoid(M_hat)`` (elementwise), which biases ``W`` towards
+    ``{-1, 0, 1}`` so that the layer adds and subtracts inputs. No bias.
+
+    ``W_hat`` and ``M_hat`` (shape ``(out_features, in_features)``) are initialised
+    Xavier-uniform, as in Trask et al.'s reference implementations (e.g. the
+    TensorFlow ``glorot_uniform`` default); ``2 * in * out`` parameters.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = _check_size("in_features", in_features)
+        self.out_features = _check_size("out_features", out_features)
+        self.W_hat = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        self.M_hat = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform ``W_hat`` and ``M_hat``."""
+        nn.init.xavier_uniform_(self.W_hat)
+        nn.init.xavier_uniform_(self.M_hat)
+
+    @property
+    def weight(self) -> Tensor:
+        """``W = tanh(W_hat) * sigmoid(M_hat)`` (Trask et al. eq. 1)."""
+        return torch.tanh(self.W_hat) * torch.sigmoid(self.M_hat)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``a = W x`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)`` (flattened)."""
+        return _flat_input(x, self.in_features) @ self.weight.t()
+
+
+class _NALULayer(nn.Module):
+    """One NALU layer (Trask et al. 2018, §2.2, eqs. 2): ``a = W x`` (a :class:`NAC`),
+    ``m = exp(W log(|x| + eps))`` with the same ``W``, ``g = sigmoid(G x)``,
+    ``y = g * a + (1 - g) * m``; ``G`` Xavier-uniform, no bias; ``3 * in * out`` parameters."""
+
+    def __init__(self, in_features: int, out_features: int, eps: float) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.eps = eps
+        self.nac = NAC(in_features, out_features)
+        self.G = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.xavier_uniform_(self.G)
+
+    def forward(self, x: Tensor) -> Tensor:
+        W = self.nac.weight
+        a = x @ W.t()
+        m = torch.exp(torch.log(x.abs() + self.eps) @ W.t())
+        g = torch.sigmoid(x @ self.G.t())
+        return g * a + (1 - g) * m
+
+
+class NALU(nn.Module):
+    """Neural arithmetic logic unit stack (Trask et al. 2018, §2.2; thesis §5.2 "NALUs for
+    out-of-distribution (OOD) arithmetic tasks").
+
+    Layers of widths ``in_features -> hidden[0] -> ... -> out_features``, each
+
+        W = tanh(W_hat) * sigmoid(M_hat),   a = W x,   m = exp(W log(|x| + eps)),
+        g = sigmoid(G x),                   y = g * a + (1 - g) * m
+
+    (the additive and the multiplicative path share ``W``, as in the paper; no biases).
+    ``W_hat``, ``M_hat`` and ``G`` are Xavier-uniform (see :class:`NAC`). Each layer has
+    ``3 * in * out`` parameters. The layers are in ``self.layers``; layer ``k``'s NAC is
+    ``self.layers[k].nac`` and its gate matrix ``self.layers[k].G``.
+
+    Input ``(batch, in_features)`` or ``(batch, T, F)`` with ``T * F == in_features``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (),
+                 eps: float = 1e-7) -> None:
+        super().__init__()
+        self.in_features = _check_size("in_features", in_features)
+        self.out_features = _check_size("out_features", out_features)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
+                                     f"pass e.g. hidden=(8,) or hidden=()")
+        self.hidden = tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
+            raise ConfigurationError(f"eps must be a positive finite float, got {eps!r}; the default is 1e-7")
+        self.eps = float(eps)
+        widths = (self.in_features, *self.hidden, self.out_features)
+        self.layers = nn.ModuleList(_NALULayer(widths[i], widths[i + 1], self.eps)
+                                    for i in range(len(widths) - 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``."""
+        y = _flat_input(x, self.in_features)
+        for layer in self.layers:
+            y = layer(y)
+        return y
+
+
+# ----------------------------------------------------------------------------- parameter matching
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable scalars of ``module`` (``requires_grad`` parameters; buffers excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def matched_width(build: Callable[[int], nn.Module], target: int, *, low: int = 1, high: int = 4096) -> int:
+    """The width ``w`` in ``[low, high]`` whose ``count_parameters(build(w))`` is closest to
+    ``target`` (thesis §5.2: "the number of parameters in the implicit models is matched to
+    their non-implicit counterparts").
+
+    The count is assumed nondecreasing in ``w``: a binary search finds the smallest ``w``
+    with count ``>= target`` (or ``high``), then ``w`` and ``w - 1`` are compared; a tie
+    goes to the smaller width. ``O(log(high - low))`` calls of ``build``.
+    """
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise ConfigurationError(f"target must be a positive int (a parameter count), got {target!r}")
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    if low > high:
+        raise ConfigurationError(f"low={low} > high={high}; pass low <= high")
+
+    cache: dict[int, int] = {}
+
+    def count(w: int) -> int:
+        if w not in cache:
+            cache[w] = count_parameters(build(w))
+        return cache[w]
+
+    lo, hi = low, high
+    while lo < hi:  # smallest w in [low, high] with count(w) >= target, else high
+        mid = (lo + hi) // 2
+        if count(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = lo
+    if lo > low and abs(count(lo - 1) - target) <= abs(count(lo) - target):
+        best = lo - 1
+    return best
