@@ -276,3 +276,12 @@ def test_bad_configuration(kw: dict) -> None:
     args = dict(input_size=1, hidden=4, output_size=1) | kw
     with pytest.raises(ConfigurationError):
         idl.ImplicitRNN(**args)  # type: ignore[arg-type]
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    m = make("seq2seq", activation="leaky_relu", solver="picard")
+    path = idl.save(m, tmp_path / "rnn.safetensors")
+    back = idl.load(path)
+    assert isinstance(back, idl.ImplicitRNN) and back.config() == m.config()
+    s = torch.randn(2, 5, 2, dtype=D64)
+    torch.testing.assert_close(back(s), m(s), atol=1e-12, rtol=0)

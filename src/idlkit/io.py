@@ -28,10 +28,11 @@ import torch
 from .errors import IdlError
 from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel, _sorted_csr
+from .rnn import ImplicitRNN
 
 __all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError"]
 
-_FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1")
+_FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1", "idlkit.ImplicitRNN/1")
 _CSR_PARTS = ("crow_indices", "col_indices", "values")
 _INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 
@@ -88,8 +89,8 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (:class:`~idlkit.ImplicitModel` or :class:`~idlkit.LowRankImplicitModel`)
-    to ``path`` atomically.
+    """Write ``model`` (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.LowRankImplicitModel`
+    or :class:`~idlkit.ImplicitRNN`) to ``path`` atomically.
 
     The file is a safetensors file whose metadata holds the JSON config
     (activation, solver, well-posedness settings, library version). Sparse CSR matrices are
@@ -97,10 +98,11 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """
     from . import __version__
 
-    if not isinstance(model, ImplicitModel | LowRankImplicitModel):
-        raise CheckpointError(f"save() writes ImplicitModel and LowRankImplicitModel, got "
-                              f"{type(model).__name__}")
-    fmt = _FORMATS[1] if isinstance(model, LowRankImplicitModel) else _FORMATS[0]
+    if not isinstance(model, ImplicitModel | LowRankImplicitModel | ImplicitRNN):
+        raise CheckpointError(f"save() writes ImplicitModel, LowRankImplicitModel and "
+                              f"ImplicitRNN, got {type(model).__name__}")
+    fmt = (_FORMATS[1] if isinstance(model, LowRankImplicitModel)
+           else _FORMATS[2] if isinstance(model, ImplicitRNN) else _FORMATS[0])
     # an ImplicitModel made of sparse matrices without bias has no parameters at all
     dtype = model.A.dtype if isinstance(model, ImplicitModel) else next(model.parameters()).dtype
     cfg: dict = {"format": fmt, "version": __version__, "config": model.config(),
@@ -139,7 +141,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     if cfg.get("format") not in _FORMATS:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
         raise CheckpointError(f"{path} has format {fmt!r}, expected one of {list(_FORMATS)}")
-    cls = LowRankImplicitModel if cfg["format"] == _FORMATS[1] else ImplicitModel
+    cls = {_FORMATS[0]: ImplicitModel, _FORMATS[1]: LowRankImplicitModel,
+           _FORMATS[2]: ImplicitRNN}[cfg["format"]]
     dtype = getattr(torch, str(cfg.get("dtype", "float32")), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise CheckpointError(f"{path}: unknown dtype {cfg.get('dtype')!r} in the config")

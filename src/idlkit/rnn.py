@@ -260,6 +260,14 @@ class ImplicitRNN(nn.Module):
         """The prediction: ``(batch, output_size)`` (``seq2one``) or ``(batch, T, output_size)``."""
         return self.run(s, h0, lengths).output
 
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (used by :mod:`idlkit.io`)."""
+        cell = {k: v for k, v in self.cell.config().items()
+                if k not in ("in_features", "hidden", "out_features")}
+        return {"input_size": self.input_size, "hidden": self.hidden,
+                "output_size": self.output_size, "recurrent_size": self.recurrent_size,
+                "mode": self.mode, "warm_start": self.warm_start, **cell}
+
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, hidden={self.hidden}, "
                 f"recurrent_size={self.recurrent_size}, output_size={self.output_size}, "
