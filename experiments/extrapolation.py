@@ -189,6 +189,20 @@ class TorchIDL(nn.Module):
         return self.net(u.reshape(u.shape[0], -1))
 
 
+def selected(builders: dict[str, Callable[[], nn.Module]], args: argparse.Namespace
+             ) -> list[tuple[str, Callable[[], nn.Module]]]:
+    """The builders whose name contains one of ``--models`` (all without the flag)."""
+    return [(k, v) for k, v in builders.items()
+            if not args.models or any(m in k for m in args.models)]
+
+
+def merge(into: dict, new: dict) -> dict:
+    """Recursive dict update: rows of a partial run (``--models``) join the earlier rows."""
+    for k, v in new.items():
+        into[k] = merge(into[k], v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+    return into
+
+
 def matched(build: Callable[[int], nn.Module], target: int, high: int = 512) -> int:
     return bl.matched_width(lambda w: build(w), target, low=1, high=high)
 
@@ -218,6 +232,7 @@ def _arithmetic(args: argparse.Namespace, op: str, b: Budget, shifts: list[float
         "implicit": lambda: implicit(100, n, 1),
         "implicit (D = 0)": lambda: implicit(100, n, 1, direct=False),
         "implicit, no feedback": lambda: implicit(100, n, 1, feedback=False),
+        "affine D u + d (n = 0)": lambda: implicit(100, 0, 1),
     }
     for act in (MLP_ACTS if not args.quick else ("relu", "relu6")):
         w = matched(lambda w, a=act: bl.MLP(100, (w, w), 1, activation=a), target)
@@ -235,13 +250,14 @@ def _arithmetic(args: argparse.Namespace, op: str, b: Budget, shifts: list[float
     if args.torchidl:
         builders["torchidl ImplicitModel"] = lambda: TorchIDL(100, n, 1)
     rows = {}
-    for name, build in builders.items():
+    for name, build in selected(builders, args):
         print(f"  arithmetic {op}: {name}", flush=True)
         model, info = tune_and_fit(build, X, Y, "mse", b, args.seed)
         info["train_mse"] = evaluate(model, X, Y, "mse")
         info["test_mse"] = evaluate(model, Xt, Yt, "mse")
         info["curve"] = {str(k): evaluate(model, *curves[k], "mse") for k in shifts}
-        if isinstance(model, idl.ImplicitModel) and model.wellposedness != "triangular":
+        if (isinstance(model, idl.ImplicitModel) and model.wellposedness != "triangular"
+                and model.hidden > 0):
             info["depth"] = depth_curve(model, curves)
         rows[name] = info
         print(f"    lr {info['lr']:g}  train {info['train_mse']:.3g}  test "
@@ -281,9 +297,10 @@ def study_identity(args: argparse.Namespace, out: dict) -> dict:
               for k in shifts}
     n = 20
     target = bl.count_parameters(implicit(p, n, p))
-    builders: dict[str, Callable[[], nn.Module]] = {"implicit": lambda: implicit(p, n, p),
-                                                    "implicit (D = 0)":
-                                                    lambda: implicit(p, n, p, direct=False)}
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "implicit": lambda: implicit(p, n, p),
+        "implicit (D = 0)": lambda: implicit(p, n, p, direct=False),
+        "affine D u + d (n = 0)": lambda: implicit(p, 0, p)}
     for act in (("relu", "relu6", "tanh", "leaky_relu", "selu") if not args.quick
                 else ("relu",)):
         w = matched(lambda w, a=act: bl.MLP(p, (w, w), p, activation=a), target)
@@ -293,7 +310,7 @@ def study_identity(args: argparse.Namespace, out: dict) -> dict:
     builders["Transformer"] = lambda w=w: bl.TransformerModel(
         1, p, d_model=2 * w, nhead=2, dim_feedforward=4 * w).double()
     rows = {}
-    for name, build in builders.items():
+    for name, build in selected(builders, args):
         print(f"  identity: {name}", flush=True)
         model, info = tune_and_fit(build, X, Y, "mse", b, args.seed)
         info["curve"] = {str(k): evaluate(model, *curves[k], "mse") for k in shifts}
@@ -343,7 +360,7 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
                 1, q, d_model=2 * w, nhead=2, dim_feedforward=4 * w, mode=mode,
                 positional_encoding=pe).double())
     rows = {}
-    for name, build in builders.items():
+    for name, build in selected(builders, args):
         print(f"  rolling {task}: {name}", flush=True)
         model, info = tune_and_fit(build, X, Y if kind == "mse" else Y, kind, b, args.seed)
         info["curve"] = {str(k): evaluate(model, *curves[k], kind) for k in shifts}
@@ -397,7 +414,7 @@ def study_spiky(args: argparse.Namespace, out: dict) -> dict:
     if args.torchidl:
         builders["torchidl ImplicitRNN"] = lambda: _TorchIDLRNN(n, r)
     rows = {}
-    for name, build in builders.items():
+    for name, build in selected(builders, args):
         print(f"  spiky: {name}", flush=True)
         model, info = tune_and_fit(build, X, Y, "mse", b, args.seed)
         info["train_mse"] = evaluate(model, X, Y, "mse")
@@ -567,6 +584,9 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torchidl", action="store_true", help="also train torchidl's models")
+    ap.add_argument("--models", nargs="*", default=[],
+                    help="train only the models whose name contains one of these strings "
+                         "(with --merge: add their rows to an earlier run)")
     ap.add_argument("--seq-baselines", action="store_true",
                     help="also LSTM/Transformer on the 100-dim arithmetic inputs (slow)")
     ap.add_argument("--threads", type=int, default=1)
@@ -590,7 +610,7 @@ def main() -> None:
                      ("rolling", study_rolling), ("spiky", study_spiky)):
         if name in studies:
             print(f"== {name}", flush=True)
-            res[name] = fn(args, res)
+            res[name] = merge(res.get(name, {}), fn(args, res))
     derive(res)
     res["meta"] = {"argv": " ".join(sys.argv[1:]) or "defaults", "seconds":
                    time.perf_counter() - t0, "lrs": args.lrs, "torch": torch.__version__,
