@@ -103,10 +103,12 @@ def models(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Callable[[
 
 
 def epoch(model: nn.Module, opt: torch.optim.Optimizer, X: Tensor, Y: Tensor, batch: int,
-          perm: Tensor) -> tuple[float, float]:
+          perm: Tensor) -> tuple[float, float, float | None]:
+    """One epoch: ``(seconds, mean train MSE, forward + backward solver iterations per time
+    step)`` (the last from idlkit's SolveInfo; ``None`` for the other models)."""
     project = getattr(model, "project_", None)
     t0 = time.perf_counter()
-    total = 0.0
+    total, its, solves = 0.0, 0, 0
     for i in range(0, X.shape[0], batch):
         idx = perm[i:i + batch]
         loss = ((model(X[idx]).reshape(-1) - Y[idx].reshape(-1)) ** 2).mean()
@@ -116,7 +118,10 @@ def epoch(model: nn.Module, opt: torch.optim.Optimizer, X: Tensor, Y: Tensor, ba
         if project is not None:
             project()
         total += float(loss) * len(idx)
-    return time.perf_counter() - t0, total / X.shape[0]
+        if isinstance(model, idl.ImplicitRNN):
+            its += model.last_solve.iterations + model.last_backward_solve.iterations
+            solves += X.shape[1]
+    return (time.perf_counter() - t0, total / X.shape[0], its / solves if solves else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,19 +142,22 @@ def main(argv: list[str] | None = None) -> None:
         opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-3)
     times: dict[str, list[float]] = {k: [] for k in nets}
     losses: dict[str, list[float]] = {k: [] for k in nets}
+    iters: dict[str, list[float | None]] = {k: [] for k in nets}
     gen = torch.Generator().manual_seed(0)
     for rnd in range(args.rounds):
         perm = torch.randperm(X.shape[0], generator=gen)
         for name, net in nets.items():
-            sec, loss = epoch(net, opts[name], X, Y, args.batch, perm)
+            sec, loss, it = epoch(net, opts[name], X, Y, args.batch, perm)
             times[name].append(sec)
             losses[name].append(loss)
+            iters[name].append(it)
             print(f"round {rnd + 1}: {name}: {sec:.2f} s, train MSE {loss:.4g}", flush=True)
     lstm = next(k for k in nets if k.startswith("LSTM"))
     ref = statistics.median(times[lstm])
     rows = [{"model": k, "params": bl.count_parameters(v),
              "epoch_s_median": statistics.median(times[k]), "epoch_s": times[k],
-             "ratio_to_lstm": statistics.median(times[k]) / ref, "train_mse": losses[k]}
+             "ratio_to_lstm": statistics.median(times[k]) / ref, "train_mse": losses[k],
+             "iterations_per_step": iters[k]}
             for k, v in nets.items()]
     meta = {"argv": " ".join(sys.argv[1:]) or "defaults", "windows": int(X.shape[0]),
             "dtype": args.dtype, "threads": args.threads, "cpu": cpu_model(),
@@ -160,10 +168,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{meta['windows']} windows of {args.lookback} steps, batch {args.batch}, "
           f"{args.dtype}, {args.threads} thread(s), tol {args.tol:g}, Adam 1e-3; median of "
           f"{args.rounds} interleaved rounds; {meta['date']}, {meta['cpu']}.", "",
-          "| model | params | s / epoch | x LSTM | train MSE per round |",
-          "|---|---:|---:|---:|---|"]
-    md += [f"| {r['model']} | {r['params']} | {r['epoch_s_median']:.2f} | "
-           f"{r['ratio_to_lstm']:.1f} | {', '.join(f'{v:.4g}' for v in r['train_mse'])} |"
+          "| model | params | s / epoch (per round) | x LSTM | train MSE per round | "
+          "fwd + bwd iterations per step |",
+          "|---|---:|---:|---:|---|---|"]
+    md += [f"| {r['model']} | {r['params']} | {r['epoch_s_median']:.2f} "
+           f"({', '.join(f'{v:.2f}' for v in r['epoch_s'])}) | {r['ratio_to_lstm']:.1f} | "
+           f"{', '.join(f'{v:.4g}' for v in r['train_mse'])} | "
+           + (", ".join(f"{v:.1f}" for v in r["iterations_per_step"])
+              if r["iterations_per_step"][0] is not None else "n/a") + " |"
            for r in rows]
     out = Path(args.out)
     atomic_write(out / "bench_rnn.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
