@@ -171,6 +171,12 @@ def test_float32_baseline_gives_a_float32_wellposed_model():
         assert model(U).shape == (U.shape[0], 3)
 
 
+# Rows solved in other blocks (other workers, other block_rows) stop at other iterations of
+# the batched solver, so two runs agree to the solver's tolerance, not to rounding: two
+# *serial* runs with block_rows 4 and 7 differ by 5e-9 here (entries up to 1.9, tol 1e-8).
+BLOCK_ATOL = 1e-7
+
+
 def _wide_states():
     """Large enough that G (> 1 MB) is memory-mapped by loky."""
     torch.manual_seed(0)
@@ -185,7 +191,7 @@ def test_parallel_backends_match_serial(backend):
     kw = dict(objective="l1", beta=1e-2, tol=1e-8)
     ref, _ = SIM(backend="serial", **kw).fit_states(st)
     model, rep = SIM(backend=backend, n_jobs=2, **kw).fit_states(st)
-    np.testing.assert_allclose(_rows(model), _rows(ref), atol=1e-9)
+    np.testing.assert_allclose(_rows(model), _rows(ref), atol=BLOCK_ATOL)
     assert rep.n_jobs == 2
     if backend == "loky":
         assert rep.shared == "memmap"  # X, U reach the workers as one read-only map, not pickles
@@ -201,7 +207,7 @@ def test_ray_backend_on_a_local_cluster():
         model, rep = SIM(backend="ray", n_jobs=2, **kw).fit_states(st)
     finally:
         ray.shutdown()
-    np.testing.assert_allclose(_rows(model), _rows(ref), atol=1e-9)
+    np.testing.assert_allclose(_rows(model), _rows(ref), atol=BLOCK_ATOL)
     assert rep.shared == "object-store"
 
 
@@ -213,7 +219,7 @@ def test_dask_backend_on_a_local_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, distributed.Client(cluster):
         model, rep = SIM(backend="dask", n_jobs=2, **kw).fit_states(st)
-    np.testing.assert_allclose(_rows(model), _rows(ref), atol=1e-9)
+    np.testing.assert_allclose(_rows(model), _rows(ref), atol=BLOCK_ATOL)
 
 
 @pytest.mark.parametrize("backend,module", [("ray", "ray"), ("dask", "distributed")])
