@@ -191,9 +191,12 @@ class TorchIDL(nn.Module):
 
 def selected(builders: dict[str, Callable[[], nn.Module]], args: argparse.Namespace
              ) -> list[tuple[str, Callable[[], nn.Module]]]:
-    """The builders whose name contains one of ``--models`` (all without the flag)."""
-    return [(k, v) for k, v in builders.items()
-            if not args.models or any(m in k for m in args.models)]
+    """The builders whose name contains one of ``--models`` (``=name``: exactly that name;
+    all without the flag)."""
+    def wanted(k: str) -> bool:
+        return any(k == m[1:] if m.startswith("=") else m in k for m in args.models)
+
+    return [(k, v) for k, v in builders.items() if not args.models or wanted(k)]
 
 
 def merge(into: dict, new: dict) -> dict:
@@ -619,7 +622,7 @@ def main() -> None:
     ap.add_argument("--torchidl", action="store_true", help="also train torchidl's models")
     ap.add_argument("--models", nargs="*", default=[],
                     help="train only the models whose name contains one of these strings "
-                         "(with --merge: add their rows to an earlier run)")
+                         "('=name': exactly; with --merge: add their rows to an earlier run)")
     ap.add_argument("--seq-baselines", action="store_true",
                     help="also LSTM/Transformer on the 100-dim arithmetic inputs (slow)")
     ap.add_argument("--threads", type=int, default=1)
