@@ -206,6 +206,27 @@ def merge(into: dict, new: dict) -> dict:
     return into
 
 
+def transformer(q: int, w: int, mode: str = "seq2one", pe: bool = True) -> nn.Module:
+    """The Transformer encoder baseline of width ``w`` (d_model 2w, 2 heads, ff 4w)."""
+    return bl.TransformerModel(1, q, d_model=2 * w, nhead=2, dim_feedforward=4 * w, mode=mode,
+                               positional_encoding=pe).double()
+
+
+def sequence_baselines(target: int, q: int, mode: str = "seq2one", *, lstm: bool = True,
+                       no_pe: bool = False) -> dict[str, Callable[[], nn.Module]]:
+    """LSTM and Transformer (and, with ``no_pe``, a Transformer without positional
+    encoding) with parameter counts matched to ``target``, on scalar sequence steps."""
+    out: dict[str, Callable[[], nn.Module]] = {}
+    if lstm:
+        w = matched(lambda w: bl.LSTMModel(1, w, q, mode=mode), target)
+        out["LSTM"] = lambda: bl.LSTMModel(1, w, q, mode=mode).double()
+    for pe in (True, False) if no_pe else (True,):
+        wt = matched(lambda w, pe=pe: transformer(q, w, mode, pe), target, 64)
+        out["Transformer" + ("" if pe else " (no PE)")] = (
+            lambda wt=wt, pe=pe: transformer(q, wt, mode, pe))
+    return out
+
+
 def matched(build: Callable[[int], nn.Module], target: int, high: int = 512) -> int:
     return bl.matched_width(lambda w: build(w), target, low=1, high=high)
 
@@ -245,12 +266,7 @@ def _arithmetic(args: argparse.Namespace, op: str, b: Budget, shifts: list[float
     w = matched(lambda w: bl.NALU(100, 1, hidden=(w,)), target)
     builders["NALU"] = lambda w=w: bl.NALU(100, 1, hidden=(w,)).double()
     if args.seq_baselines:
-        w = matched(lambda w: bl.LSTMModel(1, w, 1), target)
-        builders["LSTM"] = lambda w=w: bl.LSTMModel(1, w, 1).double()
-        w = matched(lambda w: bl.TransformerModel(1, 1, d_model=2 * w, nhead=2,
-                                                  dim_feedforward=4 * w), target, 64)
-        builders["Transformer"] = lambda w=w: bl.TransformerModel(
-            1, 1, d_model=2 * w, nhead=2, dim_feedforward=4 * w).double()
+        builders.update(sequence_baselines(target, 1))
     if args.torchidl:
         builders["torchidl ImplicitModel"] = lambda: TorchIDL(100, n, 1)
     rows = {}
@@ -310,10 +326,7 @@ def study_identity(args: argparse.Namespace, out: dict) -> dict:
                 else ("relu",)):
         w = matched(lambda w, a=act: bl.MLP(p, (w, w), p, activation=a), target)
         builders[f"MLP {act}"] = lambda w=w, a=act: bl.MLP(p, (w, w), p, activation=a).double()
-    w = matched(lambda w: bl.TransformerModel(1, p, d_model=2 * w, nhead=2,
-                                              dim_feedforward=4 * w), target, 64)
-    builders["Transformer"] = lambda w=w: bl.TransformerModel(
-        1, p, d_model=2 * w, nhead=2, dim_feedforward=4 * w).double()
+    builders.update(sequence_baselines(target, p, lstm=False))
     rows = {}
     for name, build in selected(builders, args):
         print(f"  identity: {name}", flush=True)
@@ -354,16 +367,7 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
         "implicit": lambda: _Flat(implicit(L, nf, qf), task),
         "implicit, no feedback": lambda: _Flat(implicit(L, nf, qf, feedback=False), task),
     }
-    w = matched(lambda w: bl.LSTMModel(1, w, q, mode=mode), target)
-    builders["LSTM"] = lambda w=w: bl.LSTMModel(1, w, q, mode=mode).double()
-    for pe in (True, False):
-        w = matched(lambda w, pe=pe: bl.TransformerModel(
-            1, q, d_model=2 * w, nhead=2, dim_feedforward=4 * w, mode=mode,
-            positional_encoding=pe), target, 64)
-        builders[f"Transformer{'' if pe else ' (no PE)'}"] = (
-            lambda w=w, pe=pe: bl.TransformerModel(
-                1, q, d_model=2 * w, nhead=2, dim_feedforward=4 * w, mode=mode,
-                positional_encoding=pe).double())
+    builders.update(sequence_baselines(target, q, mode, no_pe=True))
     rows = {}
     for name, build in selected(builders, args):
         print(f"  rolling {task}: {name}", flush=True)
@@ -417,12 +421,7 @@ def study_spiky(args: argparse.Namespace, out: dict) -> dict:
         "ImplicitRNN (n = 20, r = 4)": lambda: idl.ImplicitRNN(
             1, 20, 1, recurrent_size=4, tol=1e-6, max_iter=1000, dtype=D64,
             on_nonconvergence="warn")}
-    w = matched(lambda w: bl.LSTMModel(1, w, 1), target)
-    builders["LSTM"] = lambda w=w: bl.LSTMModel(1, w, 1).double()
-    w = matched(lambda w: bl.TransformerModel(1, 1, d_model=2 * w, nhead=2,
-                                              dim_feedforward=4 * w), target, 64)
-    builders["Transformer"] = lambda w=w: bl.TransformerModel(
-        1, 1, d_model=2 * w, nhead=2, dim_feedforward=4 * w).double()
+    builders.update(sequence_baselines(target, 1))
     if args.torchidl:
         builders["torchidl ImplicitRNN"] = lambda: _TorchIDLRNN(n, r)
     rows = {}

@@ -68,6 +68,14 @@ ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
 # ----------------------------------------------------------------------------- validation
 
 
+def _check_widths(hidden: object, example: str) -> tuple[int, ...]:
+    """``hidden`` as a tuple of positive ints (layer widths), else a ConfigurationError."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
+                                 f"pass e.g. hidden={example} or hidden=()")
+    return tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
+
+
 def _check_size(name: str, value: object) -> int:
     """``value`` as a positive int, else a ConfigurationError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -145,10 +153,7 @@ class MLP(nn.Module):
         super().__init__()
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
-                                     f"pass e.g. hidden=(32, 32) or hidden=()")
-        self.hidden = tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
+        self.hidden = _check_widths(hidden, example="(32, 32)")
         if activation not in ACTIVATIONS:
             raise ConfigurationError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}")
         self.activation = activation
@@ -363,10 +368,7 @@ class NALU(nn.Module):
         super().__init__()
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
-                                     f"pass e.g. hidden=(8,) or hidden=()")
-        self.hidden = tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
+        self.hidden = _check_widths(hidden, example="(8,)")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
             raise ConfigurationError(f"eps must be a positive finite float, got {eps!r}; the default is 1e-7")
         self.eps = float(eps)
