@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -366,6 +367,9 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
         "ImplicitRNN": rnn_build,
         "implicit": lambda: _Flat(implicit(L, nf, qf), task),
         "implicit, no feedback": lambda: _Flat(implicit(L, nf, qf, feedback=False), task),
+        "ImplicitRNN, no feedback": lambda: _triangular(idl.ImplicitRNN(
+            1, n, q, recurrent_size=r, mode=mode, wellposedness="triangular",
+            solver="triangular", dtype=D64)),
     }
     builders.update(sequence_baselines(target, q, mode, no_pe=True))
     rows = {}
@@ -380,6 +384,11 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
                                                   for k, v in info["curve"].items()),
               flush=True)
     return {"rows": rows, "shifts": shifts, "metric": kind}
+
+
+def _triangular(m: idl.ImplicitRNN) -> idl.ImplicitRNN:
+    """The cell's A made strictly upper triangular (no closed-loop feedback, §5.4)."""
+    return m.project_()
 
 
 class _Flat(nn.Module):
@@ -463,6 +472,10 @@ def study_feedback(out: dict) -> dict:
             unit = "MSE" if task == "average" else "accuracy"
             rows[f"rolling {task} ({unit})"] = (r["implicit"]["curve"]["100.0"],
                                                 r["implicit, no feedback"]["curve"]["100.0"])
+            if "ImplicitRNN, no feedback" in r:
+                rows[f"rolling {task}, ImplicitRNN ({unit})"] = (
+                    r["ImplicitRNN"]["curve"]["100.0"],
+                    r["ImplicitRNN, no feedback"]["curve"]["100.0"])
     return rows
 
 
@@ -652,7 +665,7 @@ def main() -> None:
             res[name] = merge(res.get(name, {}), fn(args, res))
     derive(res)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    argv = " ".join(sys.argv[1:]) or "defaults"
+    argv = shlex.join(sys.argv[1:]) or "defaults"
     seconds = time.perf_counter() - t0
     res["meta"] = {"argv": argv, "seconds": seconds, "lrs": args.lrs,
                    "torch": torch.__version__, "python": platform.python_version(),
