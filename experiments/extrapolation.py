@@ -361,7 +361,7 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
     rnn_build = lambda: idl.ImplicitRNN(1, n, q, recurrent_size=r, mode=mode, tol=1e-6,  # noqa: E731
                                         max_iter=1000, dtype=D64, on_nonconvergence="warn")
     target = bl.count_parameters(rnn_build())
-    qf = L if task == "average" else L  # flat models: 10 averages or 10 logits
+    qf = L  # flat models output the 10 rolling averages or the 10 logits of the final argmax
     nf = matched(lambda w: implicit(L, w, qf), target, 256)
     builders: dict[str, Callable[[], nn.Module]] = {
         "ImplicitRNN": rnn_build,
@@ -375,7 +375,7 @@ def _rolling(args: argparse.Namespace, task: str, b: Budget, L: int, shifts: lis
     rows = {}
     for name, build in selected(builders, args):
         print(f"  rolling {task}: {name}", flush=True)
-        model, info = tune_and_fit(build, X, Y if kind == "mse" else Y, kind, b, args.seed)
+        model, info = tune_and_fit(build, X, Y, kind, b, args.seed)
         info["curve"] = {str(k): evaluate(model, *curves[k], kind) for k in shifts}
         if name == "ImplicitRNN" and task == "argmax":
             info["depth"] = depth_curve(model, curves)
