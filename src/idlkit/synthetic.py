@@ -498,6 +498,10 @@ def spiky_series(
     ``x``; ``step = 0.01`` (default) is this library's choice. Noise is drawn for every point
     (then overwritten in regions), so changing the regions does not change the noise.
 
+    The train/test shift of this task is the thesis's: temporal. The test part follows the
+    training part in ``x`` and holds spiky regions at new places, so there is no ``shift``
+    (kappa) argument here, unlike the other generators.
+
     Raises :class:`ConfigurationError` for non-integer or too small sizes, non-finite or
     non-positive ``amplitude``/``cap``/``step``, negative ``noise_std``, or regions that do not
     fit (the message names the numbers).
