@@ -461,21 +461,21 @@ def study_feedback(out: dict) -> dict:
     """Table 5.4 from the arithmetic and rolling runs (shift 100)."""
     rows = {}
     ar, ro = out.get("arithmetic", {}), out.get("rolling", {})
-    for op in ("add", "sub"):
-        if op in ar:
-            r = ar[op]["rows"]
-            rows[f"{op} (MSE)"] = (r["implicit"]["curve"]["100.0"],
-                                   r["implicit, no feedback"]["curve"]["100.0"])
-    for task in ("average", "argmax"):
-        if task in ro:
-            r = ro[task]["rows"]
-            unit = "MSE" if task == "average" else "accuracy"
-            rows[f"rolling {task} ({unit})"] = (r["implicit"]["curve"]["100.0"],
-                                                r["implicit, no feedback"]["curve"]["100.0"])
-            if "ImplicitRNN, no feedback" in r:
-                rows[f"rolling {task}, ImplicitRNN ({unit})"] = (
-                    r["ImplicitRNN"]["curve"]["100.0"],
-                    r["ImplicitRNN, no feedback"]["curve"]["100.0"])
+    def pair(r: dict, name: str) -> tuple[float, float] | None:
+        """(full A, no feedback) at shift 100, when a (partial) run has both rows."""
+        if name not in r or f"{name}, no feedback" not in r:
+            return None
+        return r[name]["curve"]["100.0"], r[f"{name}, no feedback"]["curve"]["100.0"]
+
+    for key, r in [(f"{op} (MSE)", ar[op]["rows"]) for op in ("add", "sub") if op in ar]:
+        if (v := pair(r, "implicit")) is not None:
+            rows[key] = v
+    for task in (t for t in ("average", "argmax") if t in ro):
+        r, unit = ro[task]["rows"], "MSE" if task == "average" else "accuracy"
+        for name, key in (("implicit", f"rolling {task} ({unit})"),
+                          ("ImplicitRNN", f"rolling {task}, ImplicitRNN ({unit})")):
+            if (v := pair(r, name)) is not None:
+                rows[key] = v
     return rows
 
 
