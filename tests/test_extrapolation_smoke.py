@@ -37,3 +37,17 @@ def test_bench_rnn_quick(tmp_path: Path) -> None:
     names = [r["model"] for r in res["rows"]]
     assert any(n.startswith("LSTM") for n in names) and any("ImplicitRNN" in n for n in names)
     assert all(r["epoch_s_median"] > 0 for r in res["rows"])
+
+
+def test_partial_run_merges_into_an_earlier_one(tmp_path: Path) -> None:
+    """A run of a few models (--models, --ops) writes its rows and joins an earlier file."""
+    _run(["experiments/extrapolation.py", "--quick", "--studies", "identity", "--models",
+          "=implicit", "--out", str(tmp_path), "--name", "first"])
+    _run(["experiments/extrapolation.py", "--quick", "--studies", "identity,arithmetic",
+          "--ops", "add", "--models", "=NALU", "affine", "--merge", str(tmp_path / "first.json"),
+          "--out", str(tmp_path), "--name", "merged"])
+    res = json.loads((tmp_path / "merged.json").read_text())
+    assert set(res["identity"]["rows"]) == {"implicit", "affine D u + d (n = 0)"}
+    assert set(res["arithmetic"]) == {"add"}
+    assert set(res["arithmetic"]["add"]["rows"]) == {"NALU", "affine D u + d (n = 0)"}
+    assert [r["argv"].split()[-1] for r in res["meta"]["runs"]] == ["first", "merged"]
