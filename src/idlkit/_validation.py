@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite"]
+from .errors import ConfigurationError
+
+__all__ = ["all_finite", "check_int"]
 
 
 def all_finite(t: Tensor) -> bool:
@@ -21,3 +24,16 @@ def all_finite(t: Tensor) -> bool:
     if bool(torch.isfinite(t.sum())):
         return True
     return bool(torch.isfinite(t).all())
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an ``int >= minimum`` (numpy integers accepted, bool rejected), else a
+    :class:`~idlkit.errors.ConfigurationError` naming the argument, the value and the fix."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigurationError(
+            f"{name} must be an integer >= {minimum}, got {value!r} of type "
+            f"{type(value).__name__}; pass a plain int such as {name}={max(minimum, 1)}")
+    if value < minimum:
+        raise ConfigurationError(
+            f"{name} must be an integer >= {minimum}, got {value}; pass {name}>={minimum}")
+    return int(value)

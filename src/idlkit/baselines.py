@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._validation import all_finite
+from ._validation import all_finite, check_int
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 
 __all__ = [
@@ -73,17 +73,7 @@ def _check_widths(hidden: object, example: str) -> tuple[int, ...]:
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise ConfigurationError(f"hidden must be a sequence of positive ints, got {hidden!r}; "
                                  f"pass e.g. hidden={example} or hidden=()")
-    return tuple(_check_size(f"hidden[{i}]", h) for i, h in enumerate(hidden))
-
-
-def _check_size(name: str, value: object) -> int:
-    """``value`` as a positive int, else a ConfigurationError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r} "
-                                 f"({type(value).__name__}); pass e.g. {name}=8")
-    if value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, got {value}; pass {name} >= 1")
-    return value
+    return tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden))
 
 
 def _check_mode(mode: object) -> str:
@@ -151,8 +141,8 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
                  activation: str = "relu") -> None:
         super().__init__()
-        self.in_features = _check_size("in_features", in_features)
-        self.out_features = _check_size("out_features", out_features)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self.hidden = _check_widths(hidden, example="(32, 32)")
         if activation not in ACTIVATIONS:
             raise ConfigurationError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}")
@@ -190,10 +180,10 @@ class LSTMModel(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *, num_layers: int = 1,
                  mode: str = "seq2one") -> None:
         super().__init__()
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.output_size = _check_size("output_size", output_size)
-        self.num_layers = _check_size("num_layers", num_layers)
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.output_size = check_int("output_size", output_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
         self.mode = _check_mode(mode)
         self.lstm = nn.LSTM(self.input_size, self.hidden_size, num_layers=self.num_layers, batch_first=True)
         self.head = nn.Linear(self.hidden_size, self.output_size)
@@ -246,13 +236,13 @@ class TransformerModel(nn.Module):
                  num_layers: int = 1, dim_feedforward: int = 32, dropout: float = 0.0,
                  mode: str = "seq2one", positional_encoding: bool = True, max_len: int = 4096) -> None:
         super().__init__()
-        self.input_size = _check_size("input_size", input_size)
-        self.output_size = _check_size("output_size", output_size)
-        self.d_model = _check_size("d_model", d_model)
-        self.nhead = _check_size("nhead", nhead)
-        self.num_layers = _check_size("num_layers", num_layers)
-        self.dim_feedforward = _check_size("dim_feedforward", dim_feedforward)
-        self.max_len = _check_size("max_len", max_len)
+        self.input_size = check_int("input_size", input_size, 1)
+        self.output_size = check_int("output_size", output_size, 1)
+        self.d_model = check_int("d_model", d_model, 1)
+        self.nhead = check_int("nhead", nhead, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.dim_feedforward = check_int("dim_feedforward", dim_feedforward, 1)
+        self.max_len = check_int("max_len", max_len, 1)
         self.mode = _check_mode(mode)
         if self.d_model % self.nhead != 0:
             raise ConfigurationError(f"d_model={d_model} is not divisible by nhead={nhead}; pick d_model "
@@ -303,8 +293,8 @@ class NAC(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.in_features = _check_size("in_features", in_features)
-        self.out_features = _check_size("out_features", out_features)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self.W_hat = nn.Parameter(torch.empty(self.out_features, self.in_features))
         self.M_hat = nn.Parameter(torch.empty(self.out_features, self.in_features))
         self.reset_parameters()
@@ -366,8 +356,8 @@ class NALU(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (),
                  eps: float = 1e-7) -> None:
         super().__init__()
-        self.in_features = _check_size("in_features", in_features)
-        self.out_features = _check_size("out_features", out_features)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self.hidden = _check_widths(hidden, example="(8,)")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
             raise ConfigurationError(f"eps must be a positive finite float, got {eps!r}; the default is 1e-7")

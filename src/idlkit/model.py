@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import _triangular as _tri
 from . import wellposed as wp
-from ._validation import all_finite
+from ._validation import all_finite, check_int
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, SolverSettings, equilibrium
@@ -205,10 +205,9 @@ class ImplicitModel(SolveReports, nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  _allocate: bool = True) -> None:
         super().__init__()
-        for name, v, low in (("in_features", in_features, 1), ("hidden", hidden, 0),
-                             ("out_features", out_features, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigurationError(f"{name} must be an integer >= {low}, got {v!r}")
+        in_features = check_int("in_features", in_features, 1)
+        hidden = check_int("hidden", hidden, 0)
+        out_features = check_int("out_features", out_features, 1)
         if wellposedness not in WELLPOSEDNESS:
             raise ConfigurationError(f"wellposedness must be one of {list(WELLPOSEDNESS)}, got "
                                      f"{wellposedness!r}")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import wellposed as wp
-from ._validation import all_finite
+from ._validation import all_finite, check_int
 from .activations import Activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from .function import SolveRecord
@@ -83,12 +83,6 @@ def aggregate_solves(infos: list[SolveInfo], valid: list[Tensor] | None = None) 
         fallbacks=sum(i.fallbacks for i in infos))
 
 
-def _check_size(name: str, v: object, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigurationError(f"{name} must be an integer >= {low}, got {v!r}")
-    return v
-
-
 class ImplicitRNN(nn.Module):
     """Recurrent network whose cell is an implicit model (thesis §5.2, Fig. 5.1).
 
@@ -126,13 +120,13 @@ class ImplicitRNN(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  **cell_kwargs: object) -> None:
         super().__init__()
-        _check_size("input_size", input_size)
-        _check_size("hidden", hidden)
+        input_size = check_int("input_size", input_size, 1)
+        hidden = check_int("hidden", hidden, 1)
         if output_size is not None:
-            _check_size("output_size", output_size)
+            output_size = check_int("output_size", output_size, 1)
         if recurrent_size is None:
             recurrent_size = output_size if output_size is not None else hidden
-        _check_size("recurrent_size", recurrent_size)
+        recurrent_size = check_int("recurrent_size", recurrent_size, 1)
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {list(MODES)}, got {mode!r}")
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validation import check_int
 from .errors import ConfigurationError, ShapeError
 
 __all__ = [
@@ -49,20 +50,6 @@ _OPS = ("add", "sub")
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an ``int >= minimum`` (bool rejected), else :class:`ConfigurationError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigurationError(
-            f"{name} must be an integer >= {minimum}, got {value!r} of type "
-            f"{type(value).__name__}; pass a plain int such as {name}={max(minimum, 1)}"
-        )
-    if value < minimum:
-        raise ConfigurationError(
-            f"{name} must be an integer >= {minimum}, got {value}; pass {name}>={minimum}"
-        )
-    return int(value)
 
 
 def _check_real(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
@@ -90,7 +77,7 @@ def _check_dtype(dtype: Any) -> torch.dtype:
 
 
 def _check_seed(name: str, seed: Any) -> int:
-    return _check_int(name, seed, 0)
+    return check_int(name, seed, 0)
 
 
 def _uniform(
@@ -145,8 +132,8 @@ def identity_task(
     and ``Y = U.clone()``. The thesis trains on ``U(-5, 5)^10`` (the defaults) and tests up to
     ``shift = 200``, i.e. ``U(-205, 205)^10``.
     """
-    n = _check_int("n", n, 1)
-    dim = _check_int("dim", dim, 1)
+    n = check_int("n", n, 1)
+    dim = check_int("dim", dim, 1)
     seed = _check_seed("seed", seed)
     dtype = _check_dtype(dtype)
     U = _uniform((n, dim), low, high, shift, seed, dtype)
@@ -162,8 +149,8 @@ def _check_index_range(name: str, r: Any, dim: int) -> tuple[int, int]:
             f"{name} must be a tuple (start, stop) of two ints (inclusive), got {r!r}; "
             f"pass e.g. {name}=(0, 1)"
         )
-    a = _check_int(f"{name}[0]", r[0], 0)
-    b = _check_int(f"{name}[1]", r[1], 0)
+    a = check_int(f"{name}[0]", r[0], 0)
+    b = check_int(f"{name}[1]", r[1], 0)
     if not a < b < dim:
         raise ConfigurationError(
             f"{name} must satisfy 0 <= {name}[0] < {name}[1] < dim={dim}, got {r!r}; "
@@ -197,7 +184,7 @@ class ArithmeticTask:
     def __post_init__(self) -> None:
         if not isinstance(self.op, str) or self.op not in _OPS:
             raise ConfigurationError(f"op must be one of {_OPS}, got {self.op!r}; pass op='add' or op='sub'")
-        dim = _check_int("dim", self.dim, 2)
+        dim = check_int("dim", self.dim, 2)
         object.__setattr__(self, "dim", dim)
         object.__setattr__(self, "first", _check_index_range("first", self.first, dim))
         object.__setattr__(self, "second", _check_index_range("second", self.second, dim))
@@ -212,7 +199,7 @@ class ArithmeticTask:
         """
         if not isinstance(op, str) or op not in _OPS:
             raise ConfigurationError(f"op must be one of {_OPS}, got {op!r}; pass op='add' or op='sub'")
-        dim = _check_int("dim", dim, 2)
+        dim = check_int("dim", dim, 2)
         seed = _check_seed("seed", seed)
         rng = np.random.default_rng(seed)
         i, j = sorted(int(v) for v in rng.choice(dim, size=2, replace=False))
@@ -244,7 +231,7 @@ class ArithmeticTask:
         Defaults: the thesis's training law ``U(1, 2)^dim`` (Table 5.2). Its test law
         ``U(2, 5)^dim`` is ``low=2.0, high=5.0``.
         """
-        n = _check_int("n", n, 1)
+        n = check_int("n", n, 1)
         seed = _check_seed("seed", seed)
         dtype = _check_dtype(dtype)
         U = _uniform((n, self.dim), low, high, shift, seed, dtype)
@@ -313,8 +300,8 @@ def subtraction_task(
 def _sequences(
     n: int, length: int, low: float, high: float, shift: float, seed: int, dtype: torch.dtype
 ) -> Tensor:
-    n = _check_int("n", n, 1)
-    length = _check_int("length", length, 1)
+    n = check_int("n", n, 1)
+    length = check_int("length", length, 1)
     seed = _check_seed("seed", seed)
     dtype = _check_dtype(dtype)
     return _uniform((n, length, 1), low, high, shift, seed, dtype)
@@ -402,7 +389,7 @@ class SpikySeries:
                 raise ShapeError(f"SpikySeries.{name} must be a 1-D tensor of length len(y), got {got}")
         if self.spike.dtype != torch.bool:
             raise ConfigurationError(f"SpikySeries.spike must be a bool mask, got dtype {self.spike.dtype}")
-        _check_int("n_train", self.n_train, 1)
+        check_int("n_train", self.n_train, 1)
         if self.n_train >= T:
             raise ConfigurationError(
                 f"n_train must be < len(y)={T} (a non-empty test part), got {self.n_train}"
@@ -430,8 +417,8 @@ class SpikySeries:
         Raises :class:`ConfigurationError` if ``lookback < 1``, ``horizon < 1`` or
         ``lookback + horizon > n_train`` (no training pair).
         """
-        lookback = _check_int("lookback", lookback, 1)
-        horizon = _check_int("horizon", horizon, 1)
+        lookback = check_int("lookback", lookback, 1)
+        horizon = check_int("horizon", horizon, 1)
         if lookback + horizon > self.n_train:
             raise ConfigurationError(
                 f"lookback + horizon must be <= n_train={self.n_train} for at least one training "
@@ -506,10 +493,10 @@ def spiky_series(
     non-positive ``amplitude``/``cap``/``step``, negative ``noise_std``, or regions that do not
     fit (the message names the numbers).
     """
-    n_train = _check_int("n_train", n_train, 1)
-    n_test = _check_int("n_test", n_test, 1)
-    n_regions = _check_int("n_regions", n_regions, 0)
-    region_length = _check_int("region_length", region_length, 1)
+    n_train = check_int("n_train", n_train, 1)
+    n_test = check_int("n_test", n_test, 1)
+    n_regions = check_int("n_regions", n_regions, 0)
+    region_length = check_int("region_length", region_length, 1)
     amplitude = _check_real("amplitude", amplitude, positive=True)
     cap = _check_real("cap", cap, positive=True)
     noise_std = _check_real("noise_std", noise_std, nonnegative=True)
