@@ -291,7 +291,8 @@ def test_picard_per_sample_iterations_match_independent_count():
     n, m, tol = 6, 5, 1e-8
     A = _with_inf_norm(_rand(0, n, n), 0.9)
     b = _rand(1, n, m) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
-    _, info = fixed_point(A, b, "tanh", method="picard", tol=tol, max_iter=1000)
+    _, info = fixed_point(A, b, "tanh", method="picard", tol=tol, max_iter=1000, per_sample=True)
+    assert info.per_sample
     X = torch.zeros_like(b)
     first = [-1] * m
     for it in range(1000):
@@ -338,13 +339,14 @@ def test_depth_adaptability_smaller_inputs_need_fewer_iterations(act):
     b0 = _rand(10, n, 1)
     scales = [0.0] + [2.0 ** k for k in range(-6, 7)]
     b = torch.cat([s * b0 for s in scales], dim=1)
-    _, info = fixed_point(A, b, act, method="picard", tol=1e-9, max_iter=5000)
+    _, info = fixed_point(A, b, act, method="picard", tol=1e-9, max_iter=5000, per_sample=True)
     it = info.per_sample_iterations.tolist()
     assert it[0] == 0  # the b = 0 column is solved by the initial x = 0
     assert all(x <= y for x, y in zip(it, it[1:], strict=False)), it
     assert it[-1] > it[1]
     for method in ("anderson", "averaged"):
-        _, info = fixed_point(A, b, act, method=method, tol=1e-9, max_iter=5000)
+        _, info = fixed_point(A, b, act, method=method, tol=1e-9, max_iter=5000,
+                              per_sample=True)
         assert int(info.per_sample_iterations[0]) == 0
 
 

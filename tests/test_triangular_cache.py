@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import idlkit as idl
-from idlkit import _triangular as tri
+from idlkit.solve import triangular as tri
 from idlkit import wellposed as wp
 from idlkit.activations import Blockwise, get_activation
 from idlkit.errors import ConfigurationError
-from idlkit.solve import _solve_with_z, adjoint_fixed_point, fixed_point, triangular_levels
+from idlkit.solve import PlanCache, SolveOptions, adjoint_fixed_point, fixed_point, triangular_levels
+from idlkit.solve.api import solve_forward
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning",
@@ -106,13 +107,13 @@ def test_cached_plan_equals_fresh_and_is_reused() -> None:
     u = torch.randn(7, 5, dtype=torch.float64)
     y1 = model(u)
     act = model.activation
-    plan = tri.plan_for(model.A, act)
+    plan = tri.plan_for(model.A, act, model._plans)
     fresh = tri.build_plan(model.A, act, ())
     assert [i.tolist() for i in plan.levels] == [i.tolist() for i in fresh.levels]
     assert [i.tolist() for i in plan.levels] == [i.tolist() for i in triangular_levels(model.A)]
     for a, b in zip(plan.rows, fresh.rows, strict=True):
         torch.testing.assert_close(a.to_dense(), b.to_dense())
-    assert tri.plan_for(model.A, act) is plan  # cached
+    assert tri.plan_for(model.A, act, model._plans) is plan  # cached
     torch.testing.assert_close(model(u), y1)
     # exact against a dense solve
     Ad = model.A.to_dense()
@@ -124,10 +125,10 @@ def test_sparse_plan_invalidated_by_value_edit() -> None:
     model = sparse_model(1)
     u = torch.randn(4, 5, dtype=torch.float64)
     model(u)
-    plan = tri.plan_for(model.A, model.activation)
+    plan = tri.plan_for(model.A, model.activation, model._plans)
     with torch.no_grad():
         model.A.values().mul_(0.5)  # in place: same storage, new version
-    assert tri.plan_for(model.A, model.activation) is not plan
+    assert tri.plan_for(model.A, model.activation, model._plans) is not plan
     X = model.equilibrium(u)
     Xd, _ = fixed_point(model.A.to_dense(), (model.B @ u.t()) + model.b[:, None], "tanh",
                         method="triangular")
@@ -139,7 +140,7 @@ def test_adjoint_uses_cached_transpose_and_matches_dense() -> None:
     u = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     model(u).square().sum().backward()
     g_sparse = u.grad.clone()
-    plan = tri.plan_for(model.A, model.activation)
+    plan = tri.plan_for(model.A, model.activation, model._plans)
     assert plan.rows_t is not None
     dense = idl.ImplicitModel.from_matrices(model.A.to_dense(), model.B.detach(), model.C.detach(),
                                             model.D.detach(), model.b.detach(), model.d.detach(),
@@ -164,7 +165,7 @@ def test_dense_projected_training_invalidates_cache() -> None:
     model.attach_projection(opt)
     u = torch.randn(9, 4, dtype=torch.float64)
     model(u)
-    levels0 = len(tri.plan_for(model.A, model.activation).levels)
+    levels0 = len(tri.plan_for(model.A, model.activation, model._plans).levels)
     for _ in range(2):
         opt.zero_grad()
         model(u).square().sum().backward()
@@ -178,12 +179,12 @@ def test_dense_projected_training_invalidates_cache() -> None:
             Xa, _ = fixed_point(model.A.detach(), model.B.detach() @ u.t() + model.b.detach()[:, None],
                                 method="anderson", tol=1e-13)
             torch.testing.assert_close(model.equilibrium(u).t(), Xa, rtol=0, atol=1e-10)
-    assert len(tri.plan_for(model.A, model.activation).levels) > levels0
+    assert len(tri.plan_for(model.A, model.activation, model._plans).levels) > levels0
     # edits through .data (no version bump) are caught by the pattern check
     with torch.no_grad():
         model.A.data.zero_()
         model.A.data[0, n - 1] = 0.5
-    plan = tri.plan_for(model.A, model.activation)
+    plan = tri.plan_for(model.A, model.activation, model._plans)
     assert len(plan.levels) >= 2
     X = model.equilibrium(u)
     Xd, _ = fixed_point(model.A.detach().clone(), model.B.detach() @ u.t() + model.b.detach()[:, None],
@@ -196,11 +197,12 @@ def test_dense_diagonal_relu_cache_rereads_diagonal() -> None:
     A.diagonal().copy_(torch.tensor([0.5, -0.3, 0.0, 0.2, 0.9, -2.0]))
     b = torch.randn(6, 3, dtype=torch.float64)
     act = get_activation("relu")
-    X1, _, _ = _solve_with_z(A, b, act, method="triangular", tol=1e-9, max_iter=1, x0=None,
-                             alpha=None, anderson_m=5, beta=None, on_nonconvergence="raise")
+    cache, opts = PlanCache(), SolveOptions(tol=1e-9, max_iter=1)
+    X1, _, _ = solve_forward(A, b, act, "triangular", opts, cache=cache)
+    plan = tri.plan_for(A, act, cache)
     A.diagonal().mul_(0.5)
-    X2, _, _ = _solve_with_z(A, b, act, method="triangular", tol=1e-9, max_iter=1, x0=None,
-                             alpha=None, anderson_m=5, beta=None, on_nonconvergence="raise")
+    X2, _, _ = solve_forward(A, b, act, "triangular", opts, cache=cache)
+    assert tri.plan_for(A, act, cache) is plan  # same pattern: the plan is reused
     torch.testing.assert_close(X2, torch.relu(A @ X2 + b), rtol=0, atol=1e-12)
     assert not torch.allclose(X1, X2)
 

@@ -56,7 +56,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from . import _triangular as _tri
+from .solve import triangular as _tri
 from . import wellposed as wp
 from .activations import (
     Activation,

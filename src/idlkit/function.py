@@ -9,73 +9,28 @@ with ``G = dL/dX``, the adjoint state ``V = dL/db`` solves
 and ``dL/dA = V X^T``, ``dL/db = V`` (eq. G.2 and the "summary" of App. G, with
 ``G = C^T dL/dy`` when the loss sees ``X`` only through ``y = C X + D u``). The
 gradients of ``B``, the bias and the input ``u`` then follow by the chain rule
-through ``b = B u + bias``, done by torch autograd. The adjoint solve stops when
-its l_inf residual is below ``backward_tol * ||G||_inf`` (relative to the incoming
-gradient, whose scale depends on the loss). Only ``A, X, Z`` are kept
-for backward: memory is O(n^2 + n m), independent of the number of iterations.
+through ``b = B u + bias``, done by torch autograd. The adjoint solve stops on the
+model's ``backward_stop`` rule (:mod:`idlkit.solve.settings`): by default when its
+l_inf residual is below ``backward_tol * ||G||_inf`` (relative to the incoming
+gradient, whose scale depends on the loss), or at ``backward_tol`` itself
+(``"absolute"``). Only ``A, X, Z`` are kept for backward: memory is
+O(n^2 + n m), independent of the number of iterations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import Activation
-from .solve import SolveInfo, _check_settings, _solve_with_z, adjoint_fixed_point
+from .solve import SolveInfo, SolverSettings
+from .solve.api import solve_adjoint, solve_forward
+from .solve.triangular import PlanCache
 
 __all__ = ["SolverSettings", "SolveRecord", "ImplicitFunction", "equilibrium"]
-
-
-@dataclass(frozen=True)
-class SolverSettings:
-    """Forward and backward solver settings (see :func:`idlkit.solve.fixed_point`)."""
-
-    method: str = "anderson"
-    tol: float = 1e-6
-    max_iter: int = 500
-    alpha: float | None = None
-    anderson_m: int = 5
-    beta: float | None = None
-    on_nonconvergence: str = "raise"
-    backward_method: str | None = None
-    backward_tol: float | None = None
-    backward_max_iter: int | None = None
-
-    @property
-    def adjoint_method(self) -> str:
-        if self.backward_method is not None:
-            return self.backward_method
-        return "triangular" if self.method == "triangular" else "anderson"
-
-    def validate(self) -> SolverSettings:
-        """Raise :class:`~idlkit.errors.ConfigurationError` for an invalid forward or
-        backward setting (unknown solver, tol <= 0, max_iter < 1, ...); returns ``self``."""
-        _check_settings(**{k: v for k, v in self.forward_kwargs().items() if k != "beta"})
-        _check_settings(**{k: v for k, v in self.backward_kwargs().items() if k != "beta"})
-        return self
-
-    def config(self) -> dict:
-        """The constructor's solver arguments, JSON-serialisable (for :mod:`idlkit.io`)."""
-        return {"solver": self.method, "tol": self.tol, "max_iter": self.max_iter,
-                "backward_solver": self.backward_method, "backward_tol": self.backward_tol,
-                "backward_max_iter": self.backward_max_iter, "alpha": self.alpha,
-                "anderson_m": self.anderson_m, "on_nonconvergence": self.on_nonconvergence}
-
-    def forward_kwargs(self) -> dict:
-        return dict(method=self.method, tol=self.tol, max_iter=self.max_iter, alpha=self.alpha,
-                    anderson_m=self.anderson_m, beta=self.beta,
-                    on_nonconvergence=self.on_nonconvergence)
-
-    def backward_kwargs(self) -> dict:
-        return dict(method=self.adjoint_method,
-                    tol=self.tol if self.backward_tol is None else self.backward_tol,
-                    max_iter=self.max_iter if self.backward_max_iter is None
-                    else self.backward_max_iter,
-                    alpha=self.alpha, anderson_m=self.anderson_m, beta=self.beta,
-                    on_nonconvergence=self.on_nonconvergence)
 
 
 @dataclass
@@ -91,10 +46,10 @@ class ImplicitFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A: Tensor, b: Tensor, act: Activation, settings: SolverSettings,  # type: ignore[override]
-                x0: Tensor | None, record: SolveRecord) -> Tensor:
-        X, Z, info = _solve_with_z(A, b, act, x0=x0, **settings.forward_kwargs())
+                x0: Tensor | None, record: SolveRecord, cache: PlanCache | None = None) -> Tensor:
+        X, Z, info = solve_forward(A, b, act, settings.method, settings.forward_options, x0, cache)
         record.forward = info
-        ctx.act, ctx.settings, ctx.record = act, settings, record
+        ctx.act, ctx.settings, ctx.record, ctx.cache = act, settings, record, cache
         ctx.save_for_backward(A, X, Z)
         return X
 
@@ -104,22 +59,26 @@ class ImplicitFunction(torch.autograd.Function):
         A, X, Z = ctx.saved_tensors
         # (no .contiguous(): the solvers work on gX.t(), which is contiguous when gX is
         # the column view of a batch-first gradient, as the model produces)
-        kwargs = ctx.settings.backward_kwargs()
-        # the adjoint tolerance is relative to the size of the incoming gradient, which
-        # scales with the loss (e.g. 1/batch for a mean): tol * ||dL/dX||_inf
-        scale = float(gX.abs().max()) if gX.numel() else 0.0
-        kwargs["tol"] = kwargs["tol"] * scale if scale > 0 else kwargs["tol"]
-        V, info = adjoint_fixed_point(A, Z, gX, ctx.act, **kwargs)
+        s: SolverSettings = ctx.settings
+        opts = s.backward_options
+        scale = float(gX.abs().max()) if (gX.numel() and s.backward_stop == "relative") else 0.0
+        tol = s.adjoint_tol(scale)
+        if tol != opts.tol:
+            opts = replace(opts, tol=tol)
+        V, info = solve_adjoint(A, Z, gX, ctx.act, s.adjoint_method, opts, None, ctx.cache)
         ctx.record.backward = info
         gA = V @ X.t() if ctx.needs_input_grad[0] else None
         gb = V if ctx.needs_input_grad[1] else None
-        return gA, gb, None, None, None, None
+        return gA, gb, None, None, None, None, None
 
 
 def equilibrium(A: Tensor, b: Tensor, activation: Activation,
-                settings: SolverSettings | None = None, x0: Tensor | None = None
-                ) -> tuple[Tensor, SolveRecord]:
-    """Differentiable ``X = phi(A X + b)`` (column convention); returns ``(X, record)``."""
+                settings: SolverSettings | None = None, x0: Tensor | None = None,
+                cache: PlanCache | None = None) -> tuple[Tensor, SolveRecord]:
+    """Differentiable ``X = phi(A X + b)`` (column convention); returns ``(X, record)``.
+
+    ``cache``: the caller's triangular :class:`~idlkit.solve.triangular.PlanCache` (a model
+    passes its own; without one the ``triangular`` solver plans afresh each call)."""
     record = SolveRecord()
-    X = ImplicitFunction.apply(A, b, activation, settings or SolverSettings(), x0, record)
+    X = ImplicitFunction.apply(A, b, activation, settings or SolverSettings(), x0, record, cache)
     return X, record

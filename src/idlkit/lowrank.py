@@ -65,20 +65,20 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import wellposed as wp
-from ._validation import all_finite
+from ._validation import all_finite, check_int
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
-from .function import SolveRecord, SolverSettings
-from .model import ImplicitModel, SolveReports, batch_input, copy_matrices_, output_map
-from .solve import SolveInfo, iterate_map
+from .function import SolveRecord
+from .model import ImplicitBase, ImplicitModel, batch_input, copy_matrices_, output_map
+from .solve import SolveInfo, SolveOptions, SolverSettings
+from .solve.registry import get_solver, iterative_names
 
 __all__ = ["LowRankImplicitModel", "LowRankCertificate", "LowRankApproximation",
            "LowRankFunction", "LOWRANK_SOLVERS"]
 
-LOWRANK_SOLVERS = ("picard", "averaged", "anderson")
+LOWRANK_SOLVERS = tuple(iterative_names())  # the registry's solvers of a general map
 LOWRANK_WELLPOSEDNESS = ("pf", None)
 _RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
-_DEFAULT_AVERAGED_ALPHA = 0.5
 
 
 # ----------------------------------------------------------------------------- latent solver
@@ -119,20 +119,17 @@ class _LatentAdjointMap:
         return FW, FW
 
 
-def _run(F: _LatentMap | _LatentAdjointMap, X0: Tensor, method: str, tol: float, max_iter: int,
-         alpha: float | None, anderson_m: int, beta: float | None,
-         on_nonconvergence: str) -> tuple[Tensor, SolveInfo]:
-    """Solve ``X = F(X)`` batch-first with the generic solvers; returns ``(X (m, k), info)``.
+def _run(F: _LatentMap | _LatentAdjointMap, X0: Tensor, method: str, opts: SolveOptions
+         ) -> tuple[Tensor, SolveInfo]:
+    """Solve ``X = F(X)`` batch-first with the registry's solver; returns ``(X (m, k), info)``.
 
     Step sizes: under the certificate the Picard map contracts (module doc), so the
-    fallback step of Anderson is the plain step (``alpha = 1``) unless given;
-    ``averaged`` uses ``alpha = 0.5`` unless given.
+    fallback step of Anderson is the plain step unless ``alpha`` is given: the solver's
+    ``map_step`` (1 for picard and anderson, 0.5 for averaged).
     """
-    if alpha is not None:
-        a = float(alpha)
-    else:
-        a = _DEFAULT_AVERAGED_ALPHA if method == "averaged" else 1.0
-    X, _, info = iterate_map(F, X0, method, a, tol, max_iter, anderson_m, beta, on_nonconvergence)
+    solver = get_solver(method, iterative=True)
+    step = float(opts.alpha) if opts.alpha is not None else solver.map_step
+    X, _, info = solver.iterate(F, X0, step, opts)
     return X.t(), info  # the solvers return column convention (k, m)
 
 
@@ -171,9 +168,8 @@ class LowRankFunction(torch.autograd.Function):
         with torch.no_grad():
             Ld, Rd, Cd = L.detach(), R.detach(), CT.detach().contiguous()
             X0 = Cd.new_zeros(Cd.shape[0], Ld.shape[1]) if z0 is None else z0.detach().clone()
-            Z, info = _run(_LatentMap(Ld, Rd, Cd, act), X0, settings.method, settings.tol,
-                           settings.max_iter, settings.alpha, settings.anderson_m, settings.beta,
-                           settings.on_nonconvergence)
+            Z, info = _run(_LatentMap(Ld, Rd, Cd, act), X0, settings.method,
+                           settings.forward_options)
         record.forward = info
         ctx.act, ctx.settings, ctx.record = act, settings, record
         ctx.save_for_backward(Ld, Rd, Cd, Z)
@@ -187,15 +183,12 @@ class LowRankFunction(torch.autograd.Function):
         gZ = gZ.contiguous()
         if not all_finite(gZ):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
-        method = s.backward_method or "anderson"
-        tol = s.tol if s.backward_tol is None else s.backward_tol
-        scale = float(gZ.abs().max()) if gZ.numel() else 0.0
-        tol = tol * scale if scale > 0 else tol
-        max_iter = s.max_iter if s.backward_max_iter is None else s.backward_max_iter
+        scale = float(gZ.abs().max()) if (gZ.numel() and s.backward_stop == "relative") else 0.0
+        opts = dataclasses.replace(s.backward_options, tol=s.adjoint_tol(scale))
         P = torch.addmm(CT, Z, L.t())
         Dp = _derivative(ctx.act, P)
-        W, info = _run(_LatentAdjointMap(L, R, Dp, gZ), torch.zeros_like(gZ), method, tol,
-                       max_iter, s.alpha, s.anderson_m, s.beta, s.on_nonconvergence)
+        W, info = _run(_LatentAdjointMap(L, R, Dp, gZ), torch.zeros_like(gZ), s.adjoint_method,
+                       opts)
         ctx.record.backward = info
         S = Dp * (W @ R.t())
         need = ctx.needs_input_grad
@@ -289,13 +282,7 @@ class LowRankApproximation:
 # ----------------------------------------------------------------------------- model
 
 
-def _check_int(name: str, v: object, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
-        raise ConfigurationError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
-
-
-class LowRankImplicitModel(SolveReports, nn.Module):
+class LowRankImplicitModel(ImplicitBase):
     """Implicit model ``y = C x + D u + d``, ``x = phi(L R^T x + B u + b)``, solved in rank ``k``.
 
     The state is obtained from the latent fixed point ``z = R^T phi(L z + B u + b)``
@@ -336,13 +323,15 @@ class LowRankImplicitModel(SolveReports, nn.Module):
                  backward_solver: str | None = None, backward_tol: float | None = None,
                  backward_max_iter: int | None = None, alpha: float | None = None,
                  anderson_m: int = 5, on_nonconvergence: str = "raise",
+                 backward_stop: str = "relative", per_sample: bool | None = None,
+                 check_every: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
-        in_features = _check_int("in_features", in_features, 1)
-        hidden = _check_int("hidden", hidden, 1)
-        out_features = _check_int("out_features", out_features, 1)
-        rank = _check_int("rank", rank, 1)
+        in_features = check_int("in_features", in_features, 1)
+        hidden = check_int("hidden", hidden, 1)
+        out_features = check_int("out_features", out_features, 1)
+        rank = check_int("rank", rank, 1)
         if rank > hidden:
             raise ConfigurationError(f"rank must satisfy 1 <= rank <= hidden = {hidden}, got "
                                      f"{rank}; use ImplicitModel for a full-rank A")
@@ -359,11 +348,11 @@ class LowRankImplicitModel(SolveReports, nn.Module):
         self.activation = act
         self.gamma = float(act.lipschitz)  # type: ignore[attr-defined]
         self.wellposedness = wellposedness
-        self.settings = SolverSettings(
-            method=solver, tol=tol, max_iter=max_iter, alpha=alpha, anderson_m=anderson_m,
-            on_nonconvergence=on_nonconvergence, backward_method=backward_solver,
-            backward_tol=backward_tol, backward_max_iter=backward_max_iter)
-        self._validate_settings()
+        self._init_solver(solver=solver, tol=tol, max_iter=max_iter, alpha=alpha,
+                          anderson_m=anderson_m, on_nonconvergence=on_nonconvergence,
+                          backward_solver=backward_solver, backward_tol=backward_tol,
+                          backward_max_iter=backward_max_iter, backward_stop=backward_stop,
+                          per_sample=per_sample, check_every=check_every)
         self.in_features, self.hidden, self.out_features, self.rank = (
             in_features, hidden, out_features, rank)
         def empty(*shape: int) -> nn.Parameter:
@@ -377,7 +366,6 @@ class LowRankImplicitModel(SolveReports, nn.Module):
         else:
             self.register_parameter("b", None)
             self.register_parameter("d", None)
-        self._record = SolveRecord()
         self._wp_cache: tuple[tuple, float] | None = None
         self.approximation: LowRankApproximation | None = None
         self.reset_parameters()
@@ -385,15 +373,12 @@ class LowRankImplicitModel(SolveReports, nn.Module):
     # ------------------------------------------------------------------ set-up
 
     def _validate_settings(self) -> None:
+        """Every setting as for :class:`~idlkit.ImplicitModel`, and both solvers must iterate
+        on a general map (the latent map ``R^T phi(L z + c)`` is not triangular)."""
         s = self.settings
-        for name, m in (("solver", s.method), ("backward_solver", s.backward_method)):
-            if m is not None and m not in LOWRANK_SOLVERS:
-                extra = (" ('triangular' does not apply: the latent map R^T phi(L z + c) is "
-                         "not triangular)" if m == "triangular" else "")
-                raise ConfigurationError(f"unknown {name} {m!r} for a low-rank model; choose one "
-                                         f"of {list(LOWRANK_SOLVERS)}{extra}")
-        # tolerances, iteration budgets, alpha, on_nonconvergence: as for every model
-        dataclasses.replace(s, method="picard", backward_method="picard").validate()
+        s.validate()
+        get_solver(s.method, role="solver for a low-rank model", iterative=True)
+        get_solver(s.adjoint_method, role="backward_solver for a low-rank model", iterative=True)
 
     def reset_parameters(self) -> None:
         """``B, C, D`` and biases as :class:`torch.nn.Linear`; ``L, R`` uniform in
@@ -483,7 +468,7 @@ class LowRankImplicitModel(SolveReports, nn.Module):
         if model.hidden == 0:
             raise ConfigurationError("from_dense needs a model with hidden >= 1 (hidden = 0 "
                                      "is a static affine map with no A to factorise)")
-        rank = _check_int("rank", rank, 1)
+        rank = check_int("rank", rank, 1)
         n = model.hidden
         if rank > n:
             raise ConfigurationError(f"rank must satisfy 1 <= rank <= hidden = {n}, got {rank}")
@@ -492,13 +477,12 @@ class LowRankImplicitModel(SolveReports, nn.Module):
                                      f", got {wellposedness!r}")
         kappa = model.kappa if kappa is None else wp.check_kappa(kappa)
         s = model.settings
-        kw: dict[str, object] = {
-            "solver": s.method if s.method in LOWRANK_SOLVERS else "anderson",
-            "tol": s.tol, "max_iter": s.max_iter, "anderson_m": s.anderson_m,
-            "on_nonconvergence": s.on_nonconvergence,
-            "backward_solver": s.backward_method if s.backward_method in LOWRANK_SOLVERS else None,
-            "backward_tol": s.backward_tol, "backward_max_iter": s.backward_max_iter,
-        }
+        kw: dict[str, object] = s.config()
+        kw.pop("alpha")  # a step chosen for A, not for the latent map
+        if not get_solver(s.method).iterative:
+            kw["solver"] = "anderson"
+        if s.backward_method is not None and not get_solver(s.backward_method).iterative:
+            kw["backward_solver"] = None
         kw.update(solver_kwargs)
         A = model.A.detach()
         U, S, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
@@ -569,13 +553,6 @@ class LowRankImplicitModel(SolveReports, nn.Module):
                 self.R.mul_(f)
         return self
 
-    def attach_projection(self, optimizer: torch.optim.Optimizer) -> object:
-        """Call :meth:`project_` after every ``optimizer.step()``; returns the hook handle."""
-        def hook(*_: object) -> None:
-            self.project_()
-
-        return optimizer.register_step_post_hook(hook)
-
     def _check_wellposed(self) -> None:
         if self.wellposedness is None:
             return
@@ -624,12 +601,7 @@ class LowRankImplicitModel(SolveReports, nn.Module):
         if wellposedness == "same":
             wellposedness = self.wellposedness
         s = self.settings
-        kw: dict[str, object] = {
-            "solver": s.method, "tol": s.tol, "max_iter": s.max_iter, "alpha": s.alpha,
-            "anderson_m": s.anderson_m, "on_nonconvergence": s.on_nonconvergence,
-            "backward_solver": s.backward_method, "backward_tol": s.backward_tol,
-            "backward_max_iter": s.backward_max_iter,
-        }
+        kw: dict[str, object] = s.config()
         kw.update(solver_kwargs)
         bias = self.b is not None
         return ImplicitModel.from_matrices(

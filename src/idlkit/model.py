@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _triangular as _tri
 from . import wellposed as wp
 from ._validation import all_finite, check_int
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
-from .function import SolveRecord, SolverSettings, equilibrium
-from .solve import SolveInfo
+from .function import SolveRecord, equilibrium
+from .solve import SolveInfo, SolverSettings
+from .solve import triangular as _tri
 
-__all__ = ["ImplicitModel", "WELLPOSEDNESS", "batch_input"]
+__all__ = ["ImplicitModel", "ImplicitBase", "WELLPOSEDNESS", "batch_input"]
 
 WELLPOSEDNESS = ("inf", "pf", "mu", "triangular", None)
 _RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
@@ -152,7 +152,73 @@ class SolveReports:
         return self._record.backward
 
 
-class ImplicitModel(SolveReports, nn.Module):
+class ImplicitBase(SolveReports, nn.Module):
+    """What every implicit model shares: frozen solver settings, solve reports, the
+    projected-gradient hook and the well-posedness protocol.
+
+    :class:`ImplicitModel`, :class:`~idlkit.lowrank.LowRankImplicitModel` and (through its
+    cell) :class:`~idlkit.rnn.ImplicitRNN` build their :class:`~idlkit.solve.SolverSettings`
+    here from the constructor's solver arguments, so that the arguments, their validation
+    (registered solver names, tolerances, budgets) and the adjoint's stopping rule are one
+    code path. Subclasses implement :meth:`project_`, :meth:`certificate` and
+    ``_check_wellposed``.
+    """
+
+    settings: SolverSettings
+    kappa: float
+
+    def _init_solver(self, *, solver: str = "anderson", tol: float = 1e-6, max_iter: int = 500,
+                     backward_solver: str | None = None, backward_tol: float | None = None,
+                     backward_max_iter: int | None = None, alpha: float | None = None,
+                     anderson_m: int = 5, on_nonconvergence: str = "raise",
+                     backward_stop: str = "relative", per_sample: bool | None = None,
+                     check_every: int | None = None) -> None:
+        """Build and validate ``self.settings``; reset the solve reports."""
+        self.settings = SolverSettings(
+            method=solver, tol=tol, max_iter=max_iter, alpha=alpha, anderson_m=anderson_m,
+            on_nonconvergence=on_nonconvergence, backward_method=backward_solver,
+            backward_tol=backward_tol, backward_max_iter=backward_max_iter,
+            backward_stop=backward_stop, per_sample=per_sample, check_every=check_every)
+        self._validate_settings()
+        self._record = SolveRecord()
+
+    def _validate_settings(self) -> None:
+        self.settings.validate()
+
+    def set_solver(self, **changes: object) -> ImplicitBase:
+        """Change solver settings in place, validated (names as in the constructor:
+        ``solver``, ``tol``, ``backward_stop``, ...); returns ``self``.
+
+        >>> model = ImplicitModel(4, 8, 2).set_solver(solver="picard", tol=1e-8)
+        """
+        names = {"solver": "method", "backward_solver": "backward_method"}
+        old = self.settings
+        self.settings = old.replace(**{names.get(k, k): v for k, v in changes.items()})
+        try:
+            self._validate_settings()
+        except Exception:
+            self.settings = old
+            raise
+        return self
+
+    def project_(self) -> ImplicitBase:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def certificate(self) -> object:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def attach_projection(self, optimizer: torch.optim.Optimizer) -> object:
+        """Call :meth:`project_` after every ``optimizer.step()`` (projected gradient, problem 6.4).
+
+        Returns the hook handle (``handle.remove()`` detaches it).
+        """
+        def hook(*_: object) -> None:
+            self.project_()
+
+        return optimizer.register_step_post_hook(hook)
+
+
+class ImplicitModel(ImplicitBase):
     """Implicit model with enforced well-posedness and implicit gradients.
 
     Args:
@@ -173,7 +239,15 @@ class ImplicitModel(SolveReports, nn.Module):
         tol, max_iter: stopping rule of the forward (and by default backward) solve.
         backward_solver, backward_tol, backward_max_iter: adjoint solve settings
             (default: ``anderson``, or ``triangular`` with a triangular forward solver);
-            ``backward_tol`` is relative to ``||dL/dx||_inf``.
+            ``backward_tol`` is relative to ``||dL/dx||_inf`` unless ``backward_stop="absolute"``.
+        backward_stop: the adjoint's stopping rule, ``"relative"`` (default: residual at most
+            ``backward_tol * ||dL/dx||_inf``) or ``"absolute"`` (at most ``backward_tol``, as
+            torchidl's ``grad_tol``); see :mod:`idlkit.solve.settings`.
+        per_sample: ``True``: record each sample's depth in ``last_solve`` and retire
+            converged samples; ``False``: lean whole-batch solves; ``None`` (default): lean
+            where retirement cannot pay (small ``batch x n``), see :mod:`idlkit.solve.lean`.
+        check_every: residual reads every this many iterations in lean solves (default 1
+            on the CPU, 8 on an accelerator, where each read synchronises the device).
         alpha: averaged step (default chosen from A, see :func:`idlkit.solve.default_alpha`).
         anderson_m: Anderson memory.
         on_nonconvergence: ``"raise"`` (default :class:`~idlkit.errors.ConvergenceError`),
@@ -188,9 +262,9 @@ class ImplicitModel(SolveReports, nn.Module):
             flow to the input and to dense parameters such as the biases). Forward,
             backward, the ``triangular`` solver and :meth:`certificate` (``triangular``)
             accept it without densifying. The ``triangular`` solver caches its level plan
-            (paper 000 Thm 2.8-2.9: levels and per-level row blocks of ``A`` and ``A^T``) on
-            the ``A`` tensor object (:func:`idlkit._triangular.plan_for`); it is rebuilt when
-            ``A`` is replaced or edited in place (a dense ``A`` is re-checked every call).
+            (paper 000 Thm 2.8-2.9: levels and per-level row blocks of ``A`` and ``A^T``) in
+            the model's own :class:`~idlkit.solve.PlanCache`; it is rebuilt when ``A`` is
+            replaced or edited in place (a dense ``A`` is re-checked every call).
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
     """
@@ -202,6 +276,8 @@ class ImplicitModel(SolveReports, nn.Module):
                  backward_solver: str | None = None, backward_tol: float | None = None,
                  backward_max_iter: int | None = None, alpha: float | None = None,
                  anderson_m: int = 5, on_nonconvergence: str = "raise",
+                 backward_stop: str = "relative", per_sample: bool | None = None,
+                 check_every: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  _allocate: bool = True) -> None:
         super().__init__()
@@ -215,17 +291,17 @@ class ImplicitModel(SolveReports, nn.Module):
         self.activation = get_activation(activation)
         self.activation.blocks(hidden)  # validates block partitions against n
         self.wellposedness = wellposedness
-        self.settings = SolverSettings(
-            method=solver, tol=tol, max_iter=max_iter, alpha=alpha, anderson_m=anderson_m,
-            on_nonconvergence=on_nonconvergence, backward_method=backward_solver,
-            backward_tol=backward_tol, backward_max_iter=backward_max_iter)
-        self._validate_settings()
+        self._init_solver(solver=solver, tol=tol, max_iter=max_iter, alpha=alpha,
+                          anderson_m=anderson_m, on_nonconvergence=on_nonconvergence,
+                          backward_solver=backward_solver, backward_tol=backward_tol,
+                          backward_max_iter=backward_max_iter, backward_stop=backward_stop,
+                          per_sample=per_sample, check_every=check_every)
+        self._plans = _tri.PlanCache()  # the triangular solver's plan of this model's A
         self.in_features, self.hidden, self.out_features = in_features, hidden, out_features
 
         def empty(*shape: int) -> Tensor:
             return torch.empty(*shape, device=device, dtype=dtype)
 
-        self._record = SolveRecord()
         self._wp_cache: tuple[tuple, str | None] | None = None
         self._lower_cache: tuple[tuple, tuple[int, int, float] | None] | None = None
         if not _allocate:  # from_matrices with sparse matrices fills them in
@@ -353,9 +429,15 @@ class ImplicitModel(SolveReports, nn.Module):
         with torch.no_grad():
             A, act, kind = self.A, self.activation, self.wellposedness
             if kind == "inf":
-                A.copy_(wp.project_inf_ball(A, self.kappa / act.lipschitz_inf))
+                radius = self.kappa / act.lipschitz_inf
+                # inside already (the usual case after a small optimizer step): one row-sum
+                # check, the criterion of the projection itself (float64 row sums)
+                if self.hidden and float(A.abs().sum(dim=1, dtype=torch.float64).max()) > radius:
+                    A.copy_(wp.project_inf_ball(A, radius))
             elif kind == "mu":
-                A.copy_(wp.project_mu_set(A, self.kappa / act.lipschitz))  # type: ignore[attr-defined]
+                gamma = self.kappa / act.lipschitz  # type: ignore[attr-defined]
+                if self.hidden and wp.mu_inf(A) > gamma:
+                    A.copy_(wp.project_mu_set(A, gamma))
             elif kind == "triangular":
                 A.copy_(wp.project_triangular(A, strict=True, sizes=act.blocks(self.hidden).sizes))
             elif kind == "pf":
@@ -366,16 +448,6 @@ class ImplicitModel(SolveReports, nn.Module):
 
     def _pf_value(self) -> float:
         return wp.check(self.A, self.activation).pf
-
-    def attach_projection(self, optimizer: torch.optim.Optimizer) -> object:
-        """Call :meth:`project_` after every ``optimizer.step()`` (projected gradient, problem 6.4).
-
-        Returns the hook handle (``handle.remove()`` detaches it).
-        """
-        def hook(*_: object) -> None:
-            self.project_()
-
-        return optimizer.register_step_post_hook(hook)
 
     def certificate(self) -> wp.WellPosedness:
         """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins.
@@ -528,7 +600,7 @@ class ImplicitModel(SolveReports, nn.Module):
                 raise ShapeError(f"warm start x0 must have shape ({U.shape[0]}, {self.hidden}), "
                                  f"got {tuple(x0.shape)}")
             x0c = x0.detach().t() - (0 if offset is None else offset)
-        X, record = equilibrium(self.A, Zc, act, self.settings, x0c)
+        X, record = equilibrium(self.A, Zc, act, self.settings, x0c, self._plans)
         self._record = record
         return X if offset is None else X + offset
 

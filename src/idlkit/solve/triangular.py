@@ -11,8 +11,8 @@ vectorised over a scipy CSR graph, with no per-row Python loop. :class:`Triangul
 holds the levels and, for a sparse ``A``, the per-level row blocks of ``A`` (and, built on
 the first adjoint solve, of ``A^T``) as int32 CSR tensors: contiguous levels (the usual
 case for converted networks, whose states are stacked layer by layer, paper 002 §3) are
-zero-copy views of ``A``. :func:`plan_for` caches one plan per ``A`` tensor object (the
-model's parameter or buffer), keyed on its storage, version and the activation blocks.
+zero-copy views of ``A``. A :class:`PlanCache`, owned by the model that owns ``A``, keeps
+the plan of its ``A`` tensor object, keyed on its storage, version and the activation blocks.
 A dense ``A`` (trainable, e.g. under projected-gradient training) is re-validated on every
 call in ``O(n^2)``: the plan is reused as long as the nonzero pattern of ``A`` is still
 compatible with the cached levels (``A_ij != 0`` only where ``level(i) > level(j)``), so an
@@ -21,7 +21,6 @@ optimizer step that changes the pattern triggers a recomputation.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +28,12 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .activations import Activation, ComponentwiseActivation
-from .errors import ConfigurationError
+from ..activations import Activation, ComponentwiseActivation
+from ..errors import ConfigurationError, WellPosednessError
+from .info import SolveInfo, finite_or_raise, row_inf_norm
 
-__all__ = ["block_levels", "pattern_graph", "TriangularPlan", "plan_for", "sparse_key",
+__all__ = ["block_levels", "pattern_graph", "TriangularPlan", "PlanCache", "plan_for", "sparse_key",
+           "triangular_levels", "solve_levels", "solve_levels_adjoint",
            "csr_int32", "levels_reference"]
 
 _INT32_MAX = 2**31 - 1
@@ -309,9 +310,6 @@ class TriangularPlan:
         return not bool((A.ne(0) & self.forbidden).any())
 
 
-_PLANS: dict[int, tuple[weakref.ref, TriangularPlan]] = {}
-
-
 def _is_homog(act: Activation) -> bool:
     base = getattr(act, "base", act)
     return bool(isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
@@ -354,43 +352,160 @@ def build_plan(A: Tensor, act: Activation, key: tuple) -> TriangularPlan:
     return plan
 
 
-def plan_for(A: Tensor, act: Activation) -> TriangularPlan:
-    """The cached :class:`TriangularPlan` of the tensor object ``A`` (built when missing or stale).
+class PlanCache:
+    """The cached :class:`TriangularPlan` of one ``A``, owned by the object that owns ``A``
+    (an :class:`~idlkit.ImplicitModel` keeps one; there is no module-level state).
 
-    Sparse ``A``: reused while its storages and versions are unchanged. Dense ``A``:
-    reused while its storage is the same and its pattern fits the levels (checked on every
-    call); the diagonal of a homogeneous map is re-read each call.
+    It keeps the last plan it built and its key (storage, shape, dtype, and for a sparse
+    ``A`` the versions of its index and value storages, which a detached view shares);
+    :meth:`get` rebuilds the plan when the key changes or a dense ``A``'s pattern no
+    longer fits the levels.
     """
-    homog = _is_homog(act)
-    sizes = act.blocks(A.shape[0]).sizes
-    if A.layout != torch.strided:
-        key: tuple | None = sparse_key(A) if A.layout == torch.sparse_csr else None
-    else:
-        key = (A.layout, A.dtype, A.device, tuple(A.shape), A.data_ptr())
-    # (a COO/CSC A has no stable storage identity here: no caching, converted each call)
-    if key is not None:
+
+    def __init__(self) -> None:
+        self._plan: TriangularPlan | None = None
+
+    def clear(self) -> None:
+        """Forget the plan."""
+        self._plan = None
+
+    def get(self, A: Tensor, act: Activation) -> TriangularPlan:
+        """The plan of ``A`` (built when missing or stale).
+
+        Sparse ``A``: reused while its storages and versions are unchanged. Dense ``A``:
+        reused while its storage is the same and its pattern fits the levels (checked on
+        every call, ``O(n^2)``); the diagonal of a homogeneous map is re-read each call.
+        """
+        homog = _is_homog(act)
+        sizes = act.blocks(A.shape[0]).sizes
+        key = _plan_key(A)
+        if key is None:  # not cacheable
+            return build_plan(A.detach(), act, ())
         key = key + (sizes, homog)
-    entry = _PLANS.get(id(A))
-    if key is not None and entry is not None and entry[0]() is A and entry[1].key == key:
-        plan = entry[1]
-        if not plan.sparse:
-            Ad = A.detach()
-            if not plan.compatible(Ad):
-                return _store(A, build_plan(Ad, act, key))
-            if homog:
-                plan.diag = torch.diagonal(Ad).clone()
+        plan = self._plan
+        if plan is not None and plan.key == key:
+            if not plan.sparse:
+                Ad = A.detach()
+                if not plan.compatible(Ad):
+                    plan = self._plan = build_plan(Ad, act, key)
+                elif homog:
+                    plan.diag = torch.diagonal(Ad).clone()
+            return plan
+        plan = self._plan = build_plan(A.detach(), act, key)
         return plan
-    plan = build_plan(A.detach(), act, key if key is not None else ())
-    return _store(A, plan) if key is not None else plan
 
 
-def _store(A: Tensor, plan: TriangularPlan) -> TriangularPlan:
-    i = id(A)
+def _plan_key(A: Tensor) -> tuple | None:
+    """What a plan is valid for (``None``: a COO/CSC ``A`` has no stable storage identity
+    here, so its plan is not cached)."""
+    if A.layout != torch.strided:
+        return sparse_key(A) if A.layout == torch.sparse_csr else None
+    return (A.layout, A.dtype, A.device, tuple(A.shape), A.data_ptr())
 
-    def drop(ref: weakref.ref, i: int = i) -> None:
-        e = _PLANS.get(i)
-        if e is not None and e[0] is ref:
-            del _PLANS[i]
 
-    _PLANS[i] = (weakref.ref(A, drop), plan)
-    return plan
+def plan_for(A: Tensor, act: Activation, cache: PlanCache | None = None) -> TriangularPlan:
+    """The :class:`TriangularPlan` of ``A``: from ``cache`` when given (built there when
+    missing or stale), else built afresh."""
+    if cache is None:
+        return build_plan(A.detach(), act, _plan_key(A) or ())
+    return cache.get(A, act)
+
+
+def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
+                      allow_diagonal: bool = False) -> list[Tensor]:
+    """Level sets of the dependency graph of an upper (block) triangular ``A`` (Thm 2.8/2.9).
+
+    Block ``I`` depends on block ``J`` when ``A_IJ != 0`` and ``J != I``; its level is
+    ``1 + max level(J)`` (0 without dependencies). Blocks of one level are
+    independent given the lower levels, so ``triangular`` solves them with one
+    matrix product. Computed by vectorised frontier propagation over the (sparse)
+    pattern, with no per-row Python loop (:func:`idlkit._triangular.block_levels`).
+    Raises :class:`ConfigurationError` when ``A`` has a nonzero entry below the (block)
+    diagonal, or a nonzero diagonal (block) when ``allow_diagonal`` is false.
+    """
+    n = A.shape[0]
+    if sizes is None:
+        sizes = (1,) * n
+    level = block_levels(A.detach(), tuple(sizes), allow_diagonal)
+    return level_sets(level, tuple(sizes), A.device)
+
+
+def _homog_diag_check(diag: Tensor, base: ComponentwiseActivation) -> None:
+    bad = diag * base.slope_max >= 1
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise WellPosednessError(
+            f"upper-triangular A with {base.name} is well-posed iff diag(A) < 1 (Remark 2.5, "
+            f"Thm 2.8); A[{i}, {i}] = {float(diag[i]):.6g}. Fix: project the diagonal below 1.")
+
+
+def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
+                 cache: PlanCache | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Back-substitution by levels (Thm 2.8/2.9): ``x_I = phi_I(b_I + A_I. x)``, one product
+    per level with the plan of ``A`` (from ``cache`` when given, see :class:`PlanCache`);
+    ``Z`` is assembled level by level (no extra product). Column convention ``(n, m)``."""
+    plan = plan_for(A, act, cache)
+    X = torch.zeros_like(b)
+    Z = torch.empty_like(b)
+    n = X.shape[0]
+    base = getattr(act, "base", act)
+    diag = plan.diag
+    if plan.homog:
+        assert diag is not None
+        _homog_diag_check(diag, base)
+    for k, idx in enumerate(plan.levels):
+        sl = plan.slices[k]
+        sel = sl if sl is not None else idx
+        C = plan.row_block(A, k) @ X
+        C += b[sel]
+        if plan.homog:
+            # closed form of Remark 2.5: x_i = phi(c_i) / (1 - A_ii phi'(c_i))
+            d = diag[sel][:, None]
+            Xk = act(C) / (1 - d * act.derivative(C))
+            X[sel] = Xk
+            Z[sel] = C + d * Xk
+        else:
+            X[sel] = _act_rows(act, C, idx, n)
+            Z[sel] = C
+    r = row_inf_norm(act(Z).t() - X.t())
+    finite_or_raise(r, "triangular", len(plan.levels))
+    iters = torch.full((X.shape[1],), len(plan.levels), dtype=torch.long, device=X.device)
+    resid = float(r.max()) if r.numel() else 0.0
+    # exact up to rounding: converged by construction
+    return X, Z, SolveInfo("triangular", len(plan.levels), resid, True, iters, r, tol)
+
+
+def _act_rows(act: Activation, C: Tensor, idx: Tensor, n: int) -> Tensor:
+    """Apply a (block) activation to the rows ``idx`` only (whole blocks by construction)."""
+    if act.componentwise:
+        return act(C)
+    full = C.new_zeros(n, C.shape[1])
+    full[idx] = C
+    return act(full)[idx]
+
+
+def solve_levels_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
+                         cache: PlanCache | None = None) -> Tensor:
+    """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order, with the
+    cached per-level row blocks of ``A^T`` (built on the first adjoint solve)."""
+    plan = plan_for(A, act, cache)
+    V = torch.zeros_like(G)
+    n = A.shape[0]
+    diag = plan.diag
+    for k in range(len(plan.levels) - 1, -1, -1):
+        idx, sl = plan.levels[k], plan.slices[k]
+        sel = sl if sl is not None else idx
+        C = plan.row_block_t(A, k) @ V
+        C += G[sel]
+        if plan.homog:
+            assert diag is not None
+            d = act.derivative(Z[sel])
+            V[sel] = d * C / (1 - diag[sel][:, None] * d)
+        elif act.componentwise:
+            V[sel] = act.vjp(Z[sel], C)
+        else:
+            full = C.new_zeros(n, C.shape[1])
+            full[idx] = C
+            V[sel] = act.vjp(Z, full)[idx]
+    return V
+

@@ -1,0 +1,94 @@
+"""Batch-first maps whose fixed points the iterative solvers find (paper 000 eq. 2.4, App. G).
+
+The iterative solvers work batch-first (one *row* per sample, ``(m, n)``): dropping
+converged samples is then a contiguous row selection, and ``X A^T`` is one GEMM with a
+transposed operand. Activations see the column-convention view ``Z.t()`` unless they act
+entrywise. A map returns ``(F(X), aux)``; ``restrict(rows)`` gives the same map on a
+subset of the samples, and ``at_zero()`` its value at ``X = 0`` without a product.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..activations import Activation, Centered, ComponentwiseActivation
+
+__all__ = ["FixedPointMap", "ForwardMap", "AdjointMap", "elementwise"]
+
+
+def elementwise(act: Activation) -> bool:
+    """``act`` applies one scalar function to every entry, so it may act on the batch-first
+    layout directly (no transposed views): componentwise maps and their centred shifts."""
+    base = act.base if isinstance(act, Centered) else act
+    return isinstance(base, ComponentwiseActivation)
+
+
+class FixedPointMap(Protocol):
+    """A batch-first map for the iterative solvers: ``F(X) -> (F(X), aux)`` with ``X`` and
+    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples."""
+
+    def restrict(self, rows: Tensor) -> FixedPointMap: ...
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class ForwardMap:
+    """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``."""
+
+    def __init__(self, A: Tensor, bT: Tensor, act: Activation) -> None:
+        self.A, self.bT, self.act = A, bT, act
+        self.elementwise = elementwise(act)
+        self.AT = A.t() if A.layout == torch.strided else None
+
+    def restrict(self, rows: Tensor) -> ForwardMap:
+        return ForwardMap(self.A, self.bT[rows], self.act)
+
+    def at_zero(self) -> tuple[Tensor, Tensor]:
+        """``(F(0), Z)`` with ``Z = b^T``: no matrix product."""
+        Z = self.bT.clone()
+        return (self.act(Z) if self.elementwise else self.act(Z.t()).t()), Z
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        if self.AT is not None:
+            Z = torch.addmm(self.bT, X, self.AT)
+        else:
+            Z = (self.A @ X.t()).t() + self.bT
+        return (self.act(Z) if self.elementwise else self.act(Z.t()).t()), Z
+
+
+class AdjointMap:
+    """``F(v) = J(z)^T (A^T v + g)`` on rows (eq. G.3): returns ``(F(V), V A + G^T)``.
+
+    For an entrywise map ``J(z)^T`` is the diagonal ``Psi = phi'(z)`` (eq. G.4), computed
+    once: an iteration is then one matrix product and one entrywise product.
+    """
+
+    def __init__(self, A: Tensor, ZT: Tensor, GT: Tensor, act: Activation,
+                 psi: Tensor | None = None) -> None:
+        self.A, self.ZT, self.GT, self.act = A, ZT, GT, act
+        if psi is None and elementwise(act):
+            psi = act.derivative(ZT)  # type: ignore[attr-defined]
+        self.psi = psi
+
+    def restrict(self, rows: Tensor) -> AdjointMap:
+        return AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act,
+                          None if self.psi is None else self.psi[rows])
+
+    def at_zero(self) -> tuple[Tensor, Tensor]:
+        """``(F(0), W)`` with ``W = G^T``: no matrix product."""
+        W = self.GT.clone()
+        if self.psi is not None:
+            return self.psi * W, W
+        return self.act.vjp(self.ZT.t(), W.t()).t(), W
+
+    def __call__(self, V: Tensor) -> tuple[Tensor, Tensor]:
+        if self.A.layout == torch.strided:
+            W = torch.addmm(self.GT, V, self.A)
+        else:
+            W = (self.A.t() @ V.t()).t() + self.GT
+        if self.psi is not None:
+            return self.psi * W, W
+        return self.act.vjp(self.ZT.t(), W.t()).t(), W

@@ -1,0 +1,248 @@
+"""The solver registry: one immutable mapping from a name to a :class:`Solver` object.
+
+A solver carries everything the rest of the library asks of it: its forward iteration
+(``forward``: ``X = phi(A X + b)``), its adjoint (``adjoint``: ``V = J(Z)^T (A^T V + G)``,
+paper 000 eq. G.3-G.4), the iteration on any batch-first map (``iterate``, used by the
+low-rank latent solves), its default step (``default_step``) and the solver its adjoint
+uses by default (``adjoint_default``). Nothing else in the library branches on a
+solver's name: adding a solver is a new :class:`Solver` subclass and one entry of
+:data:`SOLVERS`, in this file.
+
+Registered (paper 000 §2.2, App. G; paper 004):
+
+* ``picard``: ``x <- phi(A x + b)`` (eq. 2.4); a contraction in l_inf when
+  ``||A||_inf < 1`` (Thm 2.2, Remark 2.4).
+* ``averaged``: ``x <- (1 - alpha) x + alpha phi(A x + b)`` (paper 004). For a
+  monotone componentwise ``phi`` with ``0 <= phi' <= 1`` the Jacobian of the step is
+  ``(1 - alpha) I + alpha D A`` with ``D = diag(d)``, ``d in [0, 1]``; if
+  ``alpha <= 1 / (1 + max_i (-A_ii)_+)`` its diagonal is nonnegative and its l_inf norm
+  is ``max_i 1 - alpha (1 - d_i r_i) <= 1 - alpha (1 - mu_inf(A)_+)`` with ``r_i`` the
+  row measure. The default ``alpha = 1 / (1 + max_i (-A_ii)_+)`` is the largest such step
+  (derived here; the slides say "small enough alpha").
+* ``anderson``: type-II Anderson acceleration with memory ``m`` per sample and a
+  safeguard (:mod:`idlkit.solve.anderson`), entered from plain steps when they slow down.
+* ``triangular``: exact back-substitution by levels for (block) strictly upper
+  triangular ``A`` (Thm 2.8/2.9, :mod:`idlkit.solve.triangular`); for upper-triangular
+  ``A`` with ``diag(A) < 1`` and a piecewise-linear positively homogeneous map the closed
+  form of Remark 2.5.
+
+The iterative solvers choose between the *lean* loop (:mod:`idlkit.solve.lean`: the
+whole batch, one global residual) and the *tracked* one (:mod:`idlkit.solve.tracked`:
+per-sample depths, retirement of converged samples) by ``SolveOptions.per_sample``;
+``None`` picks the tracked loop only where retiring samples pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from ..activations import Activation
+from ..errors import ConfigurationError
+from .anderson import anderson
+from .info import SolveInfo
+from .lean import anderson_lean, iterate_lean
+from .maps import AdjointMap, FixedPointMap, ForwardMap
+from .tracked import iterate_tracked, retirement_pays
+from .triangular import PlanCache, solve_levels, solve_levels_adjoint
+
+__all__ = ["Solver", "SolveOptions", "SOLVERS", "get_solver", "default_alpha", "inf_norm_below_one"]
+
+# residual checks between host reads on an accelerator (each read synchronises the device)
+DEVICE_CHECK_EVERY = 8
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """The settings of one solve (forward or adjoint), as a solver receives them.
+
+    Attributes:
+        tol: absolute l_inf residual to stop at.
+        max_iter: iteration budget.
+        alpha: step of ``averaged`` and of Anderson's fallback (``None``: the solver's
+            :meth:`Solver.default_step`).
+        anderson_m: Anderson memory. beta: Anderson mixing (``None``: the step).
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        per_sample: track each sample's depth and retire converged samples (``True``),
+            iterate the batch as one block (``False``), or decide by the problem size
+            (``None``: tracked only where retirement pays, see
+            :func:`idlkit.solve.tracked.retirement_pays`).
+        check_every: iterations between host reads of the residual (``None``: 1 on the
+            CPU, :data:`DEVICE_CHECK_EVERY` on an accelerator). Lean loops only.
+    """
+
+    tol: float = 1e-6
+    max_iter: int = 500
+    alpha: float | None = None
+    anderson_m: int = 5
+    beta: float | None = None
+    on_nonconvergence: str = "raise"
+    per_sample: bool | None = None
+    check_every: int | None = None
+
+    def lean(self, batch: int, n: int) -> bool:
+        """Whether a solve of ``batch`` samples of size ``n`` takes the lean loop."""
+        return not self.per_sample if self.per_sample is not None else not retirement_pays(batch, n)
+
+    def checks(self, X: Tensor) -> int:
+        """Iterations between residual reads for iterates on ``X``'s device."""
+        if self.check_every is not None:
+            return self.check_every
+        return 1 if X.device.type == "cpu" else DEVICE_CHECK_EVERY
+
+
+def inf_norm_below_one(A: Tensor) -> bool:
+    """``||A||_inf < 1`` (dense or sparse ``A``)."""
+    if A.numel() == 0:
+        return True
+    dense = A.to_dense() if A.layout != torch.strided else A
+    return float(dense.abs().sum(dim=1).max()) < 1
+
+
+def default_alpha(A: Tensor) -> float:
+    """Largest averaged step with a certified contraction (module doc): 1 / (1 + max(-A_ii)_+)."""
+    d = torch.diagonal(A.to_dense() if A.layout != torch.strided else A).detach()
+    neg = float(torch.clamp(-d, min=0).max()) if d.numel() else 0.0
+    return 1.0 / (1.0 + neg)
+
+
+class Solver:
+    """A fixed-point solver of the registry (see the module doc).
+
+    Subclasses set :attr:`name`, :attr:`description`, :attr:`iterative`,
+    :attr:`adjoint_default` and :attr:`map_step`, and implement :meth:`iterate` (iterative solvers) or
+    :meth:`forward` and :meth:`adjoint` (direct ones).
+    """
+
+    name: str = ""
+    description: str = ""
+    iterative: bool = True
+    adjoint_default: str = "anderson"
+    map_step: float = 1.0  # default step on a map given without its matrix (low-rank latent map)
+
+    def __repr__(self) -> str:
+        return f"<solver {self.name!r}: {self.description}>"
+
+    def default_step(self, A: Tensor) -> float:
+        """The step (``alpha``) used when the caller gives none."""
+        return 1.0
+
+    def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
+                first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+        """Solve ``X = F(X)`` from the batch-first start ``X (m, d)``; ``first``: ``F(X)``
+        when known. Returns ``(X, aux, info)`` in column convention ``(d, m)``."""
+        raise ConfigurationError(
+            f"solver {self.name!r} solves structured systems only (it has no iteration on a "
+            f"general map); choose one of {iterative_names()}")
+
+    def forward(self, A: Tensor, b: Tensor, act: Activation, x0: Tensor | None,
+                opts: SolveOptions, cache: PlanCache | None = None
+                ) -> tuple[Tensor, Tensor, SolveInfo]:
+        """``X = phi(A X + b)`` for ``b (n, m)``; returns ``(X, Z = A X + b, info)``, column
+        convention, no autograd graph. ``x0 (n, m)``: warm start (default zeros)."""
+        X = b.new_zeros(b.shape[1], b.shape[0]) if x0 is None else x0.t().contiguous()
+        F = ForwardMap(A, b.t().contiguous(), act)
+        step = opts.alpha if opts.alpha is not None else self.default_step(A)
+        return self.iterate(F, X, step, opts, F.at_zero() if x0 is None else None)
+
+    def adjoint(self, A: Tensor, Z: Tensor, G: Tensor, act: Activation, x0: Tensor | None,
+                opts: SolveOptions, cache: PlanCache | None = None) -> tuple[Tensor, SolveInfo]:
+        """The adjoint equilibrium ``V = J(Z)^T (A^T V + G)`` (eq. G.3), column convention."""
+        X = G.new_zeros(G.shape[1], G.shape[0]) if x0 is None else x0.t().contiguous()
+        F = AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
+        step = opts.alpha if opts.alpha is not None else self.default_step(A)
+        V, _, info = self.iterate(F, X, step, opts, F.at_zero() if x0 is None else None)
+        return V, info
+
+
+class Picard(Solver):
+    name = "picard"
+    description = "x <- phi(A x + b) (paper 000 eq. 2.4)"
+
+    def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
+                first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+        return _simple(F, X, 1.0, self.name, opts, first)
+
+
+class Averaged(Solver):
+    name = "averaged"
+    description = "x <- (1 - alpha) x + alpha phi(A x + b) (paper 004)"
+    map_step = 0.5
+
+    def default_step(self, A: Tensor) -> float:
+        return default_alpha(A)
+
+    def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
+                first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+        return _simple(F, X, step, self.name, opts, first)
+
+
+class Anderson(Solver):
+    name = "anderson"
+    description = "type-II Anderson acceleration with safeguards, from plain steps"
+
+    def default_step(self, A: Tensor) -> float:
+        return 1.0 if inf_norm_below_one(A) else default_alpha(A)
+
+    def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
+                first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
+        beta = step if opts.beta is None else opts.beta
+        if opts.lean(X.shape[0], X.shape[1]):
+            return anderson_lean(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
+                                 opts.on_nonconvergence, first, opts.checks(X))
+        return anderson(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
+                        opts.on_nonconvergence, first)
+
+
+class Triangular(Solver):
+    name = "triangular"
+    description = "exact back-substitution by levels, (block) triangular A (Thm 2.8/2.9)"
+    iterative = False
+    adjoint_default = "triangular"
+
+    def forward(self, A: Tensor, b: Tensor, act: Activation, x0: Tensor | None,
+                opts: SolveOptions, cache: PlanCache | None = None
+                ) -> tuple[Tensor, Tensor, SolveInfo]:
+        return solve_levels(A, b, act, opts.tol, cache)
+
+    def adjoint(self, A: Tensor, Z: Tensor, G: Tensor, act: Activation, x0: Tensor | None,
+                opts: SolveOptions, cache: PlanCache | None = None) -> tuple[Tensor, SolveInfo]:
+        V = solve_levels_adjoint(A, Z, G, act, cache)
+        m = V.shape[1]
+        info = SolveInfo(self.name, 0, 0.0, True, torch.zeros(m, dtype=torch.long, device=V.device),
+                         V.new_zeros(m), opts.tol)
+        return V, info
+
+
+def _simple(F: FixedPointMap, X: Tensor, alpha: float, method: str, opts: SolveOptions,
+            first: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, SolveInfo]:
+    if opts.lean(X.shape[0], X.shape[1]):
+        return iterate_lean(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
+                            first, opts.checks(X))
+    return iterate_tracked(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
+                           first)
+
+
+SOLVERS: Mapping[str, Solver] = MappingProxyType(
+    {s.name: s for s in (Picard(), Averaged(), Anderson(), Triangular())})
+
+
+def iterative_names() -> list[str]:
+    """Names of the registered solvers that iterate on a general map."""
+    return [k for k, s in SOLVERS.items() if s.iterative]
+
+
+def get_solver(name: object, *, role: str = "solver", iterative: bool = False) -> Solver:
+    """The registered solver ``name``; :class:`ConfigurationError` naming the registered
+    choices otherwise (``iterative``: only solvers that iterate on a general map)."""
+    choices = iterative_names() if iterative else list(SOLVERS)
+    solver = SOLVERS.get(name) if isinstance(name, str) else None
+    if solver is None or (iterative and not solver.iterative):
+        hint = (f" ({name!r} solves structured systems only, not this map)"
+                if isinstance(name, str) and name in SOLVERS else "")
+        raise ConfigurationError(f"unknown {role} {name!r}{hint}; registered choices: {choices}")
+    return solver

@@ -1,0 +1,166 @@
+"""Frozen per-model solver settings and their validation (the edge of :mod:`idlkit.solve`).
+
+A model keeps one :class:`SolverSettings`; it hands :class:`~idlkit.solve.registry.SolveOptions`
+to the registry's solvers. The adjoint's stopping rule is part of it:
+
+* ``backward_stop="relative"`` (default): the adjoint solve stops when its l_inf residual is
+  at most ``backward_tol * ||dL/dx||_inf``, relative to the incoming gradient, whose scale
+  depends on the loss (``1 / batch`` for a mean) — the same relative accuracy whatever the
+  loss's scale;
+* ``backward_stop="absolute"``: at ``backward_tol`` itself, as torchidl's ``grad_tol`` (for
+  comparisons at equal tolerance; with a batch-mean loss this is a much looser rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from .info import ON_NONCONVERGENCE
+from .registry import SolveOptions, get_solver
+
+__all__ = ["SolverSettings", "BACKWARD_STOP", "check_solve_args"]
+
+BACKWARD_STOP = ("relative", "absolute")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r} of type "
+                                 f"{type(value).__name__}; pass e.g. {name}=5")
+
+
+def _positive_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float | np.floating)
+                                       and math.isfinite(value) and value > 0):
+        raise ConfigurationError(f"{name} must be a positive finite number, got {value!r}; pass "
+                                 f"e.g. {name}=1e-6")
+
+
+def check_solve_args(method: object, tol: object, max_iter: object, on_nonconvergence: object,
+                     alpha: object = None, anderson_m: object = 5, beta: object = None,
+                     *, role: str = "solver", prefix: str = "") -> None:
+    """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
+    the registered choices or the valid range (``prefix``: ``"backward_"`` in messages)."""
+    get_solver(method, role=role)
+    _positive_float(prefix + "tol", tol)
+    _positive_int(prefix + "max_iter", max_iter)
+    if on_nonconvergence not in ON_NONCONVERGENCE:
+        raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}, "
+                                 f"got {on_nonconvergence!r}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating)
+                              or not 0 < float(alpha) <= 1):
+        raise ConfigurationError(f"alpha (averaging step) must lie in (0, 1], got {alpha!r}")
+    _positive_int("anderson_m", anderson_m)
+    if beta is not None:
+        _positive_float("beta", beta)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Forward and backward solver settings of a model (see :func:`idlkit.solve.fixed_point`).
+
+    Attributes:
+        method: forward solver, a name of :data:`idlkit.solve.SOLVERS`.
+        tol, max_iter: forward stopping rule (absolute l_inf residual) and budget.
+        alpha, anderson_m, beta: step, Anderson memory and mixing.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        backward_method: adjoint solver (``None``: the forward solver's ``adjoint_default``).
+        backward_tol, backward_max_iter: adjoint stopping rule and budget (default: forward's).
+        backward_stop: ``"relative"`` or ``"absolute"`` (module doc).
+        per_sample: per-sample depths and retirement (``True``), lean whole-batch solves
+            (``False``), or by problem size (``None``, default).
+        check_every: iterations between residual reads of lean solves (``None``: 1 on the
+            CPU, a few on an accelerator).
+    """
+
+    method: str = "anderson"
+    tol: float = 1e-6
+    max_iter: int = 500
+    alpha: float | None = None
+    anderson_m: int = 5
+    beta: float | None = None
+    on_nonconvergence: str = "raise"
+    backward_method: str | None = None
+    backward_tol: float | None = None
+    backward_max_iter: int | None = None
+    backward_stop: str = "relative"
+    per_sample: bool | None = None
+    check_every: int | None = None
+
+    @property
+    def adjoint_method(self) -> str:
+        """The adjoint solver's name."""
+        if self.backward_method is not None:
+            return self.backward_method
+        return get_solver(self.method).adjoint_default
+
+    def validate(self) -> SolverSettings:
+        """Raise :class:`~idlkit.errors.ConfigurationError` for an invalid forward or backward
+        setting (unregistered solver, tol <= 0, max_iter < 1, ...); returns ``self``."""
+        check_solve_args(self.method, self.tol, self.max_iter, self.on_nonconvergence,
+                         self.alpha, self.anderson_m, self.beta)
+        b = self.backward_options
+        check_solve_args(self.adjoint_method, b.tol, b.max_iter, self.on_nonconvergence,
+                         role="backward_solver", prefix="backward_")
+        if self.backward_stop not in BACKWARD_STOP:
+            raise ConfigurationError(f"backward_stop must be one of {list(BACKWARD_STOP)}, got "
+                                     f"{self.backward_stop!r}")
+        if self.per_sample is not None and not isinstance(self.per_sample, bool):
+            raise ConfigurationError(f"per_sample must be True, False or None, got "
+                                     f"{self.per_sample!r}")
+        if self.check_every is not None:
+            _positive_int("check_every", self.check_every)
+        return self
+
+    def replace(self, **changes: object) -> SolverSettings:
+        """A validated copy with ``changes``."""
+        return replace(self, **changes).validate()  # type: ignore[arg-type]
+
+    def config(self) -> dict:
+        """The constructor's solver arguments, JSON-serialisable (for :mod:`idlkit.io`)."""
+        return {"solver": self.method, "tol": self.tol, "max_iter": self.max_iter,
+                "backward_solver": self.backward_method, "backward_tol": self.backward_tol,
+                "backward_max_iter": self.backward_max_iter, "alpha": self.alpha,
+                "anderson_m": self.anderson_m, "on_nonconvergence": self.on_nonconvergence,
+                "backward_stop": self.backward_stop, "per_sample": self.per_sample,
+                "check_every": self.check_every}
+
+    @cached_property
+    def forward_options(self) -> SolveOptions:
+        """:class:`SolveOptions` of the forward solve."""
+        return SolveOptions(self.tol, self.max_iter, self.alpha, self.anderson_m, self.beta,
+                            self.on_nonconvergence, self.per_sample, self.check_every)
+
+    @cached_property
+    def backward_options(self) -> SolveOptions:
+        """:class:`SolveOptions` of the adjoint solve (``tol`` before the stopping rule)."""
+        return SolveOptions(self.tol if self.backward_tol is None else self.backward_tol,
+                            self.max_iter if self.backward_max_iter is None
+                            else self.backward_max_iter,
+                            self.alpha, self.anderson_m, self.beta, self.on_nonconvergence,
+                            self.per_sample, self.check_every)
+
+    def adjoint_tol(self, grad_scale: float) -> float:
+        """The absolute adjoint tolerance for an incoming gradient of l_inf norm
+        ``grad_scale`` under :attr:`backward_stop` (module doc)."""
+        tol = self.backward_options.tol
+        if self.backward_stop == "relative" and grad_scale > 0:
+            return tol * grad_scale
+        return tol
+
+    # compatibility with the keyword form used before the registry
+    def forward_kwargs(self) -> dict:
+        return dict(method=self.method, tol=self.tol, max_iter=self.max_iter, alpha=self.alpha,
+                    anderson_m=self.anderson_m, beta=self.beta,
+                    on_nonconvergence=self.on_nonconvergence)
+
+    def backward_kwargs(self) -> dict:
+        b = self.backward_options
+        return dict(method=self.adjoint_method, tol=b.tol, max_iter=b.max_iter, alpha=self.alpha,
+                    anderson_m=self.anderson_m, beta=self.beta,
+                    on_nonconvergence=self.on_nonconvergence)
