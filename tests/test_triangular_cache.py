@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import idlkit as idl
 from idlkit.solve import triangular as tri
 from idlkit import wellposed as wp
+from idlkit._matrix import as_matrix
 from idlkit.activations import Blockwise, get_activation
 from idlkit.errors import ConfigurationError
 from idlkit.solve import PlanCache, SolveOptions, adjoint_fixed_point, fixed_point, triangular_levels
@@ -254,7 +255,7 @@ def test_sparse_analyses_never_densify(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wp.inf_norm(A) > 0 and np.isfinite(wp.mu_inf(A))
     assert wp.check(A, "relu").holds["triangular"]
     assert wp.triangular_criterion(A, "relu").wellposed
-    assert wp.pf_eigenvalue(abs(wp._as_matrix(A))) >= 0
+    assert wp.pf_eigenvalue(abs(as_matrix(A))) >= 0
     assert wp.blip_condition(A, "relu") == pytest.approx(0.0, abs=1e-9)
     S = wp.blip_norm_matrix(A, (1,) * 50, (np.inf,) * 50)
     assert S.nnz == A._nnz()

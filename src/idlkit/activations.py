@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._validation import check_int
 from .errors import ConfigurationError, IdlError, ShapeError
 
 __all__ = [
@@ -338,9 +339,7 @@ class _BlockMap(Activation):
     gamma: float = 1.0
 
     def __init__(self, block_size: int | None = None) -> None:
-        if block_size is not None and (int(block_size) != block_size or block_size < 1):
-            raise ConfigurationError(f"block_size must be a positive integer, got {block_size!r}")
-        self.block_size = None if block_size is None else int(block_size)
+        self.block_size = check_int("block_size", block_size, 1, allow_none=True)
 
     def _size(self, n: int) -> int:
         bs = n if self.block_size is None else self.block_size
@@ -439,8 +438,7 @@ class Blockwise(Activation):
                 raise ConfigurationError(f"Blockwise segments are (size, activation) pairs, "
                                          f"got {item!r}")
             size, act = item
-            if int(size) != size or size < 1:
-                raise ConfigurationError(f"segment size must be a positive integer, got {size!r}")
+            size = check_int("segment size", size, 1)
             act = get_activation(act)
             if isinstance(act, Blockwise):
                 raise ConfigurationError("nested Blockwise: flatten the segments instead")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._validation import all_finite, check_int
+from ._validation import all_finite, check_int, check_positive, check_probability
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 
 __all__ = [
@@ -247,8 +247,7 @@ class TransformerModel(nn.Module):
         if self.d_model % self.nhead != 0:
             raise ConfigurationError(f"d_model={d_model} is not divisible by nhead={nhead}; pick d_model "
                                      f"a multiple of nhead (e.g. d_model={nhead * max(1, d_model // nhead)})")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigurationError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        dropout = check_probability("dropout", dropout, high_inclusive=False, example=0.1)
         if not isinstance(positional_encoding, bool):
             raise ConfigurationError(f"positional_encoding must be True or False, "
                                      f"got {positional_encoding!r}")
@@ -359,9 +358,7 @@ class NALU(nn.Module):
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
         self.hidden = _check_widths(hidden, example="(8,)")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
-            raise ConfigurationError(f"eps must be a positive finite float, got {eps!r}; the default is 1e-7")
-        self.eps = float(eps)
+        self.eps = check_positive("eps", eps, example=1e-7, why="the default is 1e-7")
         widths = (self.in_features, *self.hidden, self.out_features)
         self.layers = nn.ModuleList(_NALULayer(widths[i], widths[i + 1], self.eps)
                                     for i in range(len(widths) - 1))
@@ -391,11 +388,9 @@ def matched_width(build: Callable[[int], nn.Module], target: int, *, low: int = 
     with count ``>= target`` (or ``high``), then ``w`` and ``w - 1`` are compared; a tie
     goes to the smaller width. ``O(log(high - low))`` calls of ``build``.
     """
-    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
-        raise ConfigurationError(f"target must be a positive int (a parameter count), got {target!r}")
+    check_int("target (a parameter count)", target, 1)
     for name, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, 1)
     if low > high:
         raise ConfigurationError(f"low={low} > high={high}; pass low <= high")
 

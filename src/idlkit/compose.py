@@ -47,7 +47,6 @@ checks it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,8 +55,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .solve import triangular as _tri
 from . import wellposed as wp
+from ._matrix import as_matrix, diagonal, from_scipy_csr, is_sparse, to_dense
+from ._validation import check_positive, check_scalar
 from .activations import (
     Activation,
     Blockwise,
@@ -105,55 +105,43 @@ class _Parts:
 # block with a sparse part is assembled as a sparse (CSR) matrix, zero blocks are empty.
 
 
-def _issp(M: Tensor) -> bool:
-    return M.layout != torch.strided
-
-
 def _to_sp(M: Tensor) -> sp.csr_array:
-    if _issp(M):
-        coo = M.detach().cpu().to_sparse_coo().coalesce()
-        i, j = coo.indices().numpy()
-        return sp.csr_array((coo.values().numpy(), (i, j)), shape=tuple(M.shape))
-    return sp.csr_array(M.detach().cpu().numpy())
+    """``M`` as a scipy CSR array in its own dtype (sparse stays sparse)."""
+    return sp.csr_array(as_matrix(M, dtype=None))
 
 
 def _from_sp(S: sp.sparray, like: Tensor) -> Tensor:
-    S = sp.csr_array(S)
-    S.sum_duplicates()
-    return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(np.int64)),
-                                   torch.from_numpy(S.indices.astype(np.int64)),
-                                   torch.from_numpy(S.data).to(like.dtype), S.shape,
-                                   check_invariants=False).to(like.device)
+    return from_scipy_csr(S, like.dtype, like.device)
 
 
 def _mm(X: Tensor, Y: Tensor) -> Tensor:
     """``X @ Y`` for dense or sparse matrices (sparse when either is); ``Y`` may be a vector."""
-    if not (_issp(X) or _issp(Y)):
+    if not (is_sparse(X) or is_sparse(Y)):
         return X @ Y
     if Y.dim() == 1:
         return _mv(X, Y)
-    return _from_sp(_to_sp(X) @ _to_sp(Y), X if _issp(X) else Y)
+    return _from_sp(_to_sp(X) @ _to_sp(Y), X if is_sparse(X) else Y)
 
 
 def _mv(X: Tensor, v: Tensor) -> Tensor:
-    if _issp(X):
+    if is_sparse(X):
         return (X @ v[:, None]).squeeze(1)
     return X @ v
 
 
 def _cat(parts: list[Tensor], dim: int) -> Tensor:
     """``torch.cat`` of 2-D blocks; sparse (CSR) when a block is."""
-    if not any(_issp(M) for M in parts):
+    if not any(is_sparse(M) for M in parts):
         return torch.cat(parts, dim=dim)
-    like = next(M for M in parts if _issp(M))
+    like = next(M for M in parts if is_sparse(M))
     mats = [_to_sp(M) for M in parts]
     return _from_sp(sp.hstack(mats) if dim == 1 else sp.vstack(mats), like)
 
 
 def _block_diag(*parts: Tensor) -> Tensor:
-    if not any(_issp(M) for M in parts):
+    if not any(is_sparse(M) for M in parts):
         return torch.block_diag(*parts)
-    like = next(M for M in parts if _issp(M))
+    like = next(M for M in parts if is_sparse(M))
     return _from_sp(sp.block_diag([_to_sp(M) for M in parts], format="csr"), like)
 
 
@@ -161,17 +149,11 @@ def _zeros(like: Tensor, rows: int, cols: int, sparse: bool) -> Tensor:
     """A zero block: dense, or an empty CSR matrix when ``sparse``."""
     if not sparse:
         return like.new_zeros(rows, cols)
-    return torch.sparse_csr_tensor(torch.zeros(rows + 1, dtype=torch.int64),
-                                   torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=like.dtype),
-                                   (rows, cols)).to(like.device)
-
-
-def _dense(M: Tensor) -> Tensor:
-    return M.to_dense() if _issp(M) else M
+    return from_scipy_csr(sp.csr_array((rows, cols), dtype=np.float64), like.dtype, like.device)
 
 
 def _any_sparse(*parts: object) -> bool:
-    return any(_issp(getattr(P, k)) for P in parts for k in "ABCD")
+    return any(is_sparse(getattr(P, k)) for P in parts for k in "ABCD")
 
 
 def _parts(m: ImplicitModel) -> _Parts:
@@ -218,7 +200,7 @@ def _triangular_solvable(A: Tensor, activation: Activation) -> bool:
     if (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
             and base.slope_min >= 0):
         return (wp.is_upper_triangular(A, strict=False)
-                and bool((_tri._diagonal(A.detach()) * base.slope_max < 1).all()))
+                and bool((diagonal(A.detach()) * base.slope_max < 1).all()))
     return wp.is_upper_triangular(A, strict=True, sizes=activation.blocks(n).sizes)
 
 
@@ -298,16 +280,6 @@ def cascade(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
     return _build([m1, m2], A, B, C, D, b, d, act)
 
 
-def _check_weight(w: object, name: str) -> float:
-    try:
-        v = float(w)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{name} must be a finite number, got {w!r}") from exc
-    if not math.isfinite(v):
-        raise ConfigurationError(f"{name} must be a finite number, got {w!r}")
-    return v
-
-
 def parallel(m1: ImplicitModel, m2: ImplicitModel,
              weights: tuple[float, float] = (1.0, 1.0)) -> ImplicitModel:
     """Weighted parallel connection ``u -> w_1 m1(u) + w_2 m2(u)`` (paper 000 §2.4).
@@ -327,7 +299,7 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
     _check_models(m1, m2)
     if not (isinstance(weights, Sequence) and len(weights) == 2):
         raise ConfigurationError(f"weights must be a pair (w1, w2), got {weights!r}")
-    w1, w2 = (_check_weight(w, f"weights[{i}]") for i, w in enumerate(weights))
+    w1, w2 = (check_scalar(f"weights[{i}]", w, example=1.0) for i, w in enumerate(weights))
     if m1.in_features != m2.in_features:
         raise ShapeError(f"parallel needs equal input sizes; got m1.in_features={m1.in_features}, "
                          f"m2.in_features={m2.in_features}")
@@ -339,8 +311,8 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
         A = _block_diag(P1.A, P2.A)
         B = _cat([P1.B, P2.B], dim=0)
         C = _cat([w1 * P1.C, w2 * P2.C], dim=1)
-        D = (_from_sp(w1 * _to_sp(P1.D) + w2 * _to_sp(P2.D), P1.D) if _issp(P1.D) and _issp(P2.D)
-             else w1 * _dense(P1.D) + w2 * _dense(P2.D))
+        D = (_from_sp(w1 * _to_sp(P1.D) + w2 * _to_sp(P2.D), P1.D) if is_sparse(P1.D) and is_sparse(P2.D)
+             else w1 * to_dense(P1.D) + w2 * to_dense(P2.D))
         has = P1.has_bias or P2.has_bias
         b = _bias(has, P1.b, P2.b)
         d = w1 * P1.d + w2 * P2.d if has else None
@@ -423,7 +395,7 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
             f"and m2.out_features must be {m1.in_features})")
     P1, P2 = _parts(m1), _parts(m2)
     # the loop couplings B_i (...) C_j are dense in general: sparse parts are densified here
-    P1, P2 = (dataclasses.replace(P, **{k: _dense(getattr(P, k)) for k in "ABCD"}) for P in (P1, P2))
+    P1, P2 = (dataclasses.replace(P, **{k: to_dense(getattr(P, k)) for k in "ABCD"}) for P in (P1, P2))
     q, p = P1.q, P1.p
     with torch.no_grad():
         loop = torch.eye(q, dtype=P1.A.dtype, device=P1.A.device) - P1.D @ P2.D
@@ -551,8 +523,7 @@ def batch_norm(running_mean: Tensor, running_var: Tensor, weight: Tensor | None 
     p = running_mean.shape[0]
     if running_var.shape != (p,):
         raise ShapeError(f"running_var has shape {tuple(running_var.shape)}, running_mean ({p},)")
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
-        raise ConfigurationError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_positive("eps", eps, allow_zero=True, example=1e-5)
     sigma = torch.sqrt(running_var.detach() + eps)
     if not bool((sigma > 0).all()):
         raise InputError("batch_norm needs running_var + eps > 0")

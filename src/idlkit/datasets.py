@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._validation import check_choice
 from .errors import ConfigurationError, IdlError
 from .synthetic import (
     ArithmeticTask,
@@ -175,8 +176,7 @@ class Dataset:
         import torch
         from torch.utils.data import TensorDataset
 
-        if split not in ("train", "test"):
-            raise ConfigurationError(f"split must be 'train' or 'test', got {split!r}")
+        check_choice("split", split, ("train", "test"))
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
         if x is None:
             raise ConfigurationError(f"the {split} split of {self.name!r} was not loaded; "
@@ -501,8 +501,7 @@ def load(
     """
     if name not in DATASETS:
         raise ConfigurationError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    if split not in ("train", "test", "both"):
-        raise ConfigurationError(f"split must be 'train', 'test' or 'both', got {split!r}")
+    check_choice("split", split, ("train", "test", "both"))
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise ConfigurationError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
     if sparse and as_torch:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._matrix import nonzero_indices
+
 __all__ = ["spy", "sensitivity_heatmaps", "attack_images"]
 
 
@@ -26,12 +28,7 @@ def _pyplot() -> Any:
 
 def _pattern(A: Tensor) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Row and column indices of the nonzeros of a dense or sparse matrix (never densified)."""
-    if A.layout != torch.strided:
-        coo = A.detach().to_sparse_coo().coalesce()
-        keep = coo.values() != 0
-        r, c = coo.indices()[:, keep].cpu().numpy()
-    else:
-        r, c = np.nonzero(A.detach().cpu().numpy())
+    r, c = nonzero_indices(A)
     return r, c, (int(A.shape[0]), int(A.shape[1]))
 
 

@@ -22,16 +22,14 @@ value given and the fix.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_int
+from ._validation import check_choice, check_int, check_positive, check_scalar
 from .errors import ConfigurationError, ShapeError
 
 __all__ = [
@@ -50,22 +48,6 @@ _OPS = ("add", "sub")
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_real(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
-    """``value`` as a finite float (optionally > 0 or >= 0), else :class:`ConfigurationError`."""
-    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
-        raise ConfigurationError(
-            f"{name} must be a finite real number, got {value!r} of type {type(value).__name__}; pass a float"
-        )
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigurationError(f"{name} must be finite, got {value!r}; pass a finite float")
-    if positive and v <= 0:
-        raise ConfigurationError(f"{name} must be > 0, got {value!r}; pass a positive float")
-    if nonnegative and v < 0:
-        raise ConfigurationError(f"{name} must be >= 0, got {value!r}; pass a non-negative float")
-    return v
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
@@ -105,11 +87,11 @@ def shifted_range(low: float, high: float, shift: float) -> tuple[float, float]:
     Raises :class:`ConfigurationError` if ``low >= high``, a bound is not finite, or ``shift``
     is negative or not finite.
     """
-    lo = _check_real("low", low)
-    hi = _check_real("high", high)
+    lo = check_scalar("low", low)
+    hi = check_scalar("high", high)
     if lo >= hi:
         raise ConfigurationError(f"low must be < high, got low={low!r}, high={high!r}; pass low < high")
-    s = _check_real("shift", shift, nonnegative=True)
+    s = check_positive("shift", shift, allow_zero=True)
     return lo - s, hi + s
 
 
@@ -182,8 +164,7 @@ class ArithmeticTask:
     second: tuple[int, int]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.op, str) or self.op not in _OPS:
-            raise ConfigurationError(f"op must be one of {_OPS}, got {self.op!r}; pass op='add' or op='sub'")
+        check_choice("op", self.op, _OPS)
         dim = check_int("dim", self.dim, 2)
         object.__setattr__(self, "dim", dim)
         object.__setattr__(self, "first", _check_index_range("first", self.first, dim))
@@ -197,8 +178,7 @@ class ArithmeticTask:
         sorted (so every pair ``i < j`` has probability ``1 / C(dim, 2)``); the two pairs are
         independent. Deterministic in ``seed`` (thesis §5.2, after Trask et al. 2018).
         """
-        if not isinstance(op, str) or op not in _OPS:
-            raise ConfigurationError(f"op must be one of {_OPS}, got {op!r}; pass op='add' or op='sub'")
+        check_choice("op", op, _OPS)
         dim = check_int("dim", dim, 2)
         seed = _check_seed("seed", seed)
         rng = np.random.default_rng(seed)
@@ -497,10 +477,10 @@ def spiky_series(
     n_test = check_int("n_test", n_test, 1)
     n_regions = check_int("n_regions", n_regions, 0)
     region_length = check_int("region_length", region_length, 1)
-    amplitude = _check_real("amplitude", amplitude, positive=True)
-    cap = _check_real("cap", cap, positive=True)
-    noise_std = _check_real("noise_std", noise_std, nonnegative=True)
-    step = _check_real("step", step, positive=True)
+    amplitude = check_positive("amplitude", amplitude)
+    cap = check_positive("cap", cap)
+    noise_std = check_positive("noise_std", noise_std, allow_zero=True)
+    step = check_positive("step", step)
     seed = _check_seed("seed", seed)
     dtype = _check_dtype(dtype)
 

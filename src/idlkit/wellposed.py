@@ -26,6 +26,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from ._matrix import as_dense_array, as_matrix, block_pattern_graph, is_sparse, row_min_col
+from ._validation import check_choice, check_scalar
+from ._validation import check_kappa as _check_kappa
 from .activations import (
     Activation,
     ComponentwiseActivation,
@@ -60,43 +63,6 @@ __all__ = [
 _EXACT_EIG_MAX_N = 1024
 
 
-def _as_np(A: Tensor | np.ndarray) -> np.ndarray:
-    """Dense float64 numpy copy of a (possibly sparse) matrix."""
-    if isinstance(A, Tensor):
-        if A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc):
-            A = A.to_dense()
-        return A.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(A, dtype=np.float64)
-
-
-def _is_sparse(A: object) -> bool:
-    return (isinstance(A, Tensor) and A.layout != torch.strided) or sp.issparse(A)
-
-
-def _as_matrix(A: object) -> np.ndarray | sp.csr_array:
-    """float64 matrix on the CPU: a scipy CSR array for sparse input (torch sparse or
-    scipy sparse), else a dense numpy array. Large sparse models are never densified.
-
-    A torch CSR tensor is read directly (index arrays shared, values cast to float64),
-    without a COO round trip."""
-    if isinstance(A, Tensor) and A.layout == torch.sparse_csr:
-        T = A.detach().cpu()
-        crow, col = T.crow_indices().numpy(), T.col_indices().numpy()
-        data = T.values().numpy().astype(np.float64)
-        M = sp.csr_array((data, col, crow), shape=tuple(A.shape))
-        if not M.has_canonical_format:  # unsorted or duplicates: fix on private copies
-            M = sp.csr_array((data, col.copy(), crow.copy()), shape=tuple(A.shape))
-            M.sum_duplicates()
-        return M
-    if isinstance(A, Tensor) and (A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc)):
-        coo = A.detach().to_sparse_coo().coalesce().to("cpu", torch.float64)
-        i, j = coo.indices().numpy()
-        return sp.csr_array((coo.values().numpy(), (i, j)), shape=tuple(A.shape))
-    if sp.issparse(A):
-        return sp.csr_array(A, dtype=np.float64)
-    return _as_np(A)  # type: ignore[arg-type]
-
-
 def _square(A: np.ndarray, name: str = "A") -> np.ndarray:
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"{name} must be a square (n, n) matrix, got shape {A.shape}")
@@ -104,15 +70,13 @@ def _square(A: np.ndarray, name: str = "A") -> np.ndarray:
 
 
 def check_kappa(kappa: float, name: str = "kappa") -> float:
-    """Validate a contraction margin: a finite number in (0, 1)."""
-    try:
-        k = float(kappa)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{name} must be a number in (0, 1), got {kappa!r}") from exc
-    if not (0.0 < k < 1.0):
-        raise ConfigurationError(f"{name} must lie in the open interval (0, 1), got {kappa!r}; "
-                                 f"well-posedness needs a contraction factor strictly below 1")
-    return k
+    """Validate a contraction margin: a finite number in the open interval (0, 1).
+
+    The model-level form of :func:`idlkit._validation.check_kappa`; raises
+    :class:`ConfigurationError` naming the value and the fix.
+    """
+    return _check_kappa(kappa, name, high=1.0, high_inclusive=False,
+                        why="well-posedness needs a contraction factor strictly below 1")
 
 
 def inf_norm(A: Tensor | np.ndarray) -> float:
@@ -120,7 +84,7 @@ def inf_norm(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse (torch sparse, scipy sparse) input; sparse stays sparse.
     """
-    M = _as_matrix(A)
+    M = as_matrix(A)
     if M.shape[0] == 0 or M.shape[1] == 0:
         return 0.0
     return float(_row_abs_sums(M).max())
@@ -143,7 +107,7 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse input.
     """
-    M = _as_matrix(A)
+    M = as_matrix(A)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
     if M.shape[0] == 0:
@@ -164,7 +128,7 @@ def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10
     bound, never an underestimate. It stops when the lower and upper bounds meet
     or the upper bound stalls (reducible ``M``).
     """
-    A = _as_matrix(M)
+    A = as_matrix(M)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"M must be a square (n, n) matrix, got shape {A.shape}")
     vals = A.data if sp.issparse(A) else A
@@ -233,15 +197,14 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     absolute entries of ``A_ij`` (``||B x||_q <= ||B x||_1 <= sum |B_kl| ||x||_inf``), an
     upper bound for every pair of norms, so the certificate stays sufficient.
     """
-    if _is_sparse(A):
-        return _sparse_blip_norm_matrix(_as_matrix(A), sizes, norms, gammas)
-    M = _square(_as_np(A))
+    if is_sparse(A):
+        return _sparse_blip_norm_matrix(as_matrix(A), sizes, norms, gammas)
+    M = _square(as_dense_array(A))
     n = M.shape[0]
     if sum(sizes) != n or len(sizes) != len(norms):
         raise ShapeError(f"partition {sizes} (with norms {norms}) does not cover a state of size {n}")
     for p in norms:
-        if p not in (1, 2, math.inf):
-            raise ConfigurationError(f"block norms must be 1, 2 or inf, got {p!r}")
+        check_choice("block norm", p, (1, 2, math.inf))
     if gammas is not None and len(gammas) != len(sizes):
         raise ShapeError(f"{len(gammas)} Lipschitz constants for {len(sizes)} blocks")
     scale = np.ones(len(sizes)) if gammas is None else np.asarray(gammas, dtype=np.float64)
@@ -303,7 +266,7 @@ def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> floa
     ``lambda_pf(gamma |A|)`` (Thm 2.2).
     """
     act = get_activation(activation)
-    M = _as_matrix(A) if _is_sparse(A) else _square(_as_np(A))
+    M = as_matrix(A) if is_sparse(A) else _square(as_dense_array(A))
     bs = act.blocks(M.shape[0])
     return pf_eigenvalue(blip_norm_matrix(M, bs.sizes, bs.norms, bs.gammas))
 
@@ -313,12 +276,12 @@ def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
     """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks).
 
     A sparse ``A`` is decided on its pattern, in ``O(nnz)`` (never densified)."""
-    if _is_sparse(A):
-        G = _sparse_block_graph(A, sizes)
-        first = _row_min_col(G)
+    if is_sparse(A):
+        G = block_pattern_graph(A, sizes)
+        first = row_min_col(G)
         ar = np.arange(G.shape[0])
         return not bool(np.any(first <= ar if strict else first < ar))
-    M = _square(_as_np(A))
+    M = _square(as_dense_array(A))
     n = M.shape[0]
     if sizes is None or all(s == 1 for s in sizes):
         mask = np.tril(np.ones((n, n), dtype=bool), k=-1 if not strict else 0)
@@ -326,36 +289,6 @@ def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
     blk = np.repeat(np.arange(len(sizes)), sizes)
     lower = blk[:, None] > blk[None, :] if not strict else blk[:, None] >= blk[None, :]
     return not bool(np.any(M[lower] != 0))
-
-
-def _sparse_block_graph(A: object, sizes: tuple[int, ...] | None) -> sp.csr_array:
-    """Block dependency pattern of a sparse ``A`` (``L x L`` CSR, explicit zeros dropped)."""
-    M = _as_matrix(A)
-    if M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
-    n = M.shape[0]
-    sizes = tuple(sizes) if sizes is not None else (1,) * n
-    if sum(sizes) != n:
-        raise ShapeError(f"partition {sizes} does not cover a state of size {n}")
-    M = sp.csr_array(M)
-    keep = M.data != 0
-    rows = np.repeat(np.arange(n), np.diff(M.indptr))[keep]
-    cols = M.indices[keep]
-    if len(sizes) != n:
-        blk = np.repeat(np.arange(len(sizes)), sizes)
-        rows, cols = blk[rows], blk[cols]
-    L = len(sizes)
-    return sp.csr_array(sp.coo_array((np.ones(rows.size, np.int8), (rows, cols)), shape=(L, L)))
-
-
-def _row_min_col(G: sp.csr_array) -> np.ndarray:
-    """Smallest column of each row of a CSR pattern (``L`` for an empty row)."""
-    L = G.shape[0]
-    out = np.full(L, L, dtype=np.int64)
-    nz = np.flatnonzero(np.diff(G.indptr))
-    if nz.size:
-        out[nz] = np.minimum.reduceat(G.indices, G.indptr[nz])
-    return out
 
 
 # ----------------------------------------------------------------------------- projections
@@ -499,9 +432,8 @@ def project_inf_ball(A: Tensor, kappa: float) -> Tensor:
     """
     if not isinstance(A, Tensor) or A.dim() != 2:
         raise ShapeError(f"project_inf_ball expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
-    if not (float(kappa) > 0 and math.isfinite(float(kappa))):
-        raise ConfigurationError(f"kappa must be a positive finite number, got {kappa!r}")
-    return _project_rows_l1(A, float(kappa))
+    kappa = _check_kappa(kappa, high=None, why="it is the radius of the l_inf ball")
+    return _project_rows_l1(A, kappa)
 
 
 def project_mu_set(A: Tensor, gamma: float) -> Tensor:
@@ -524,9 +456,7 @@ def project_mu_set(A: Tensor, gamma: float) -> Tensor:
     if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"project_mu_set expects a square 2-D tensor, got "
                          f"{getattr(A, 'shape', A)!r}")
-    g = float(gamma)
-    if not math.isfinite(g):
-        raise ConfigurationError(f"gamma must be finite, got {gamma!r}")
+    g = check_scalar("gamma", gamma)
     n = A.shape[0]
     if n == 0:
         return A.clone()
@@ -612,9 +542,7 @@ def mu_parametrization(T: Tensor, gamma: float) -> Tensor:
     """
     if not isinstance(T, Tensor) or T.dim() != 2 or T.shape[0] != T.shape[1]:
         raise ShapeError(f"T must be a square 2-D tensor, got {getattr(T, 'shape', T)!r}")
-    g = float(gamma)
-    if not math.isfinite(g):
-        raise ConfigurationError(f"gamma must be finite, got {gamma!r}")
+    g = check_scalar("gamma", gamma)
     return T - torch.diag_embed(T.abs().sum(dim=1)) + g * torch.eye(
         T.shape[0], dtype=T.dtype, device=T.device)
 
@@ -672,15 +600,14 @@ def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
         WellPosednessError: ``lambda_pf(|A|) >= 1`` (no diagonal scaling can help).
         ConfigurationError: the activation is not positively homogeneous and CONE.
     """
-    if method not in ("auto", "pf", "neumann"):
-        raise ConfigurationError(f"method must be 'auto', 'pf' or 'neumann', got {method!r}")
+    check_choice("method", method, ("auto", "pf", "neumann"))
     act = model.activation
     base = getattr(act, "base", act)
     if not (isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
             and base.is_cone and base.monotone):
         raise ConfigurationError(f"rescale needs a positively homogeneous CONE activation "
                                  f"(ReLU, LeakyReLU, identity), got {act!r}")
-    M = _as_np(model.A)
+    M = as_dense_array(model.A)
     n = M.shape[0]
     absA = np.abs(M)
     lam = pf_eigenvalue(absA)
@@ -847,17 +774,16 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
     from scipy.sparse.csgraph import connected_components
 
     act = get_activation(activation)
-    if _is_sparse(A):
-        return _sparse_triangular_criterion(_as_matrix(A), act)[0]
-    M = _square(_as_np(A))
+    if is_sparse(A):
+        return _sparse_triangular_criterion(as_matrix(A), act)[0]
+    M = _square(as_dense_array(A))
     n = M.shape[0]
     if n == 0:
         return TriangularReport(True, True, True, (), ())
     blocks = block_activations(act, n)
     sizes = [size for size, _ in blocks]
     offs = np.concatenate(([0], np.cumsum(sizes)))
-    P = _segment_matrix(tuple(sizes))
-    G = sp.csr_array((P.T @ (M != 0).astype(np.float64) @ P) > 0)
+    G = block_pattern_graph(M, tuple(sizes))
     ncomp, labels = connected_components(G, directed=True, connection="strong")
     comps, failing, exact = [], [], True
     for lab in sorted(range(ncomp), key=lambda c: int(np.argmax(labels == c))):
@@ -900,7 +826,7 @@ def _sparse_triangular_criterion(M: sp.csr_array, act: Activation) -> tuple[Tria
     sizes = tuple(size for size, _ in blocks)
     L = len(sizes)
     offs = np.concatenate(([0], np.cumsum(sizes)))
-    G = _sparse_block_graph(M, sizes)
+    G = block_pattern_graph(M, sizes)
     ncomp, labels = connected_components(G, directed=True, connection="strong")
     first = np.full(ncomp, L, dtype=np.int64)
     np.minimum.at(first, labels, np.arange(L))
@@ -1006,12 +932,12 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             (which lands on its boundary) is reported inside it.
     """
     act = get_activation(activation)
-    if _is_sparse(A):
-        M = _as_matrix(A)
+    if is_sparse(A):
+        M = as_matrix(A)
         n = M.shape[0]
         nrm, gamma_inf, pf, mu, holds, margins, tri_rep = _sparse_certificates(M, act)
     else:
-        M = _square(_as_np(A))
+        M = _square(as_dense_array(A))
         n = M.shape[0]
         nrm, gamma_inf, pf, mu, holds, margins = _norm_certificates(M, act)
         tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())

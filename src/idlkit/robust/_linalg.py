@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import ConfigurationError, ConvergenceError, WellPosednessError
+from .._validation import check_choice
+from ..errors import ConvergenceError, WellPosednessError
 
 __all__ = ["SolveCertificate", "solve_nonneg", "METHODS"]
 
@@ -141,8 +142,7 @@ def solve_nonneg(M: np.ndarray | sp.csr_array, R: np.ndarray, *, transpose: bool
             ``lambda_pf(M)``).
         ConvergenceError: ``method="iterate"`` did not converge within ``max_iter``.
     """
-    if method not in METHODS:
-        raise ConfigurationError(f"method must be one of {list(METHODS)}, got {method!r}")
+    check_choice("method", method, METHODS)
     L, r = R.shape
     if transpose:
         M = M.T.tocsr() if sp.issparse(M) else np.ascontiguousarray(M.T)

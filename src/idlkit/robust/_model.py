@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from .. import wellposed as wp
+from .._matrix import as_matrix
+from .._validation import check_scalar
 from ..activations import Activation, BlockStructure, Centered, ComponentwiseActivation
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 
@@ -67,7 +69,7 @@ def base_activation(act: Activation) -> Activation:
 
 def model_data(model: object) -> ModelData:
     """The model's ``A, B, C, D`` in float64 (sparse stays sparse) and its BLIP structure."""
-    A, B, C, D = (wp._as_matrix(_get(model, k)) for k in "ABCD")
+    A, B, C, D = (as_matrix(_get(model, k)) for k in "ABCD")
     act = model.activation  # type: ignore[attr-defined]
     blocks = act.blocks(A.shape[0])
     comp = isinstance(base_activation(act), ComponentwiseActivation)
@@ -151,10 +153,8 @@ def check_k(k: int | None, p: int) -> int | None:
     """Cardinality ``k`` of eq. 4.2: ``None`` (box set) or an integer in ``[1, p]``."""
     if k is None:
         return None
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not (1 <= int(k) <= p):
-        raise ConfigurationError(f"k (number of perturbed inputs, eq. 4.2) must be an integer in "
-                                 f"[1, p={p}] or None for the box set, got {k!r}")
-    return int(k)
+    return check_scalar("k", k, kind=int, low=1, high=p,  # type: ignore[return-value]
+                        why="the number of perturbed inputs of eq. 4.2; None for the box set")
 
 
 def as_batch64(u: object, p: int, name: str = "u") -> np.ndarray:

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validation import check_choice, check_int, check_positive, check_probability
 from ..errors import ConfigurationError, InputError, ShapeError
 from ..model import batch_input
 from .lp import _dense, _to_np, lp_attack, state_sigma
@@ -70,12 +71,11 @@ class Budget:
         if k is not None:
             if isinstance(k, bool) or not isinstance(k, (int, float)):
                 raise ConfigurationError(f"Budget.k must be an int (count) or float (fraction), got {k!r}")
-            if isinstance(k, int) and k < 0:
-                raise ConfigurationError(f"Budget.k must be >= 0, got {k}")
-            if isinstance(k, float) and not 0 < k <= 1:
-                raise ConfigurationError(f"Budget.k as a fraction must lie in (0, 1], got {k}")
-        if eps is not None and (not math.isfinite(eps) or eps < 0):
-            raise ConfigurationError(f"Budget.epsilon must be finite and >= 0, got {eps!r}")
+            if isinstance(k, int):
+                check_int("Budget.k", k, 0)
+            else:
+                check_probability("Budget.k (a fraction of the inputs)", k, low_inclusive=False)
+        check_positive("Budget.epsilon", eps, allow_zero=True, allow_none=True, example=0.1)
         if clip is not None:
             if len(clip) != 2 or not all(math.isfinite(float(c)) for c in clip) or not clip[0] <= clip[1]:
                 raise ConfigurationError(f"Budget.clip must be (lo, hi) with lo <= hi, got {clip!r}")
@@ -212,8 +212,7 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
     """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
-    if mode not in ("sign", "random"):
-        raise ConfigurationError(f"mode must be 'sign' or 'random', got {mode!r}")
+    check_choice("mode", mode, ("sign", "random"))
     S = model_sensitivity(model) if S is None else torch.as_tensor(S, dtype=torch.float64)
     if tuple(S.shape) != (model.out_features, model.in_features):
         raise ShapeError(f"S must have shape ({model.out_features}, {model.in_features}), got "
@@ -229,8 +228,7 @@ def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: 
     """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``."""
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
-    if mode not in ("sign", "random"):
-        raise ConfigurationError(f"mode must be 'sign' or 'random', got {mode!r}")
+    check_choice("mode", mode, ("sign", "random"))
     g = _loss_grad(model, U, Y)
     mask = _top_mask(g.abs(), b.count(model.in_features))
     return _finish(model, U, Y, _perturb(U, mask, g if mode == "sign" else None, b, generator), squeeze,
@@ -263,8 +261,7 @@ def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
     b = as_budget(budget)
     if b.epsilon is None:
         raise ConfigurationError("lp_margin_attack needs Budget.epsilon (the box radius of eq. 4.1)")
-    if objective not in ("margin", "l2"):
-        raise ConfigurationError(f"objective must be 'margin' or 'l2', got {objective!r}")
+    check_choice("objective", objective, ("margin", "l2"))
     U, Y, squeeze = _inputs(model, u, y)
     n, p, q = model.hidden, model.in_features, model.out_features
     k = None if b.k is None else b.count(p)
@@ -346,8 +343,7 @@ def success_rate(model: torch.nn.Module, method: str | Callable[..., AttackResul
     fn = ATTACKS.get(method) if isinstance(method, str) else method
     if fn is None:
         raise ConfigurationError(f"unknown attack {method!r}; choose from {sorted(ATTACKS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     Ub, Yb, _ = _inputs(model, U, Y)
     n_total, n_correct, n_att, n_succ, changed = Ub.shape[0], 0, 0, 0, 0
     for s in range(0, n_total, batch_size):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import wellposed as wp
+from .._validation import check_choice
 from ..activations import ComponentwiseActivation
 from ..errors import ConfigurationError, WellPosednessError
 from ._model import base_activation, model_data
@@ -70,8 +71,7 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
         WellPosednessError: the measure's contraction hypothesis fails (the value is named).
         ConfigurationError: ``"mu"`` with a non-monotone or non-componentwise activation.
     """
-    if measure not in MEASURES:
-        raise ConfigurationError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
+    check_choice("measure", measure, MEASURES)
     if measure == "best":
         return lipschitz_bounds(model).best
     nB, nC, nD, d = _parts(model)

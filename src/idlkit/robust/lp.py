@@ -52,7 +52,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .. import wellposed as wp
+from .._matrix import as_matrix
+from .._validation import check_choice, check_int, check_scalar
 from ..errors import (
     ConfigurationError,
     InputError,
@@ -74,9 +75,7 @@ def _to_np(M: Tensor | None, shape: tuple[int, ...]) -> np.ndarray | sp.csr_arra
     """float64 numpy (dense) or scipy CSR (sparse) copy of a model matrix; zeros for None."""
     if M is None:
         return np.zeros(shape)
-    if M.layout != torch.strided:
-        return wp._as_matrix(M)
-    return M.detach().to("cpu", torch.float64).numpy()
+    return as_matrix(M)
 
 
 def _dense(M: np.ndarray | sp.csr_array) -> np.ndarray:
@@ -127,10 +126,8 @@ def check_u0(model: torch.nn.Module, u0: Tensor | np.ndarray) -> np.ndarray:
 def check_k(k: int | None, p: int) -> int | None:
     if k is None:
         return None
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= p:
-        raise ConfigurationError(f"k (number of perturbed inputs, eq. 4.2) must be an integer in "
-                                 f"[0, {p}], got {k!r}")
-    return int(k)
+    return check_scalar("k", k, kind=int, low=0, high=p,  # type: ignore[return-value]
+                        why="the number of perturbed inputs of eq. 4.2; None for the box set")
 
 
 def input_box(u0: np.ndarray, sigma: np.ndarray, clip: tuple[float, float] | None
@@ -373,10 +370,8 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
         failed; WellPosednessError: Thm 4.1 cannot be certified.
     """
     require_relu(model, "the LP relaxation (Thm 4.5)")
-    if card_method not in ("hull", "milp"):
-        raise ConfigurationError(f"card_method must be 'hull' or 'milp', got {card_method!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigurationError(f"rounds must be an integer >= 1, got {rounds!r}")
+    check_choice("card_method", card_method, ("hull", "milp"))
+    check_int("rounds", rounds, 1)
     n, p = model.hidden, model.in_features
     u0n = check_u0(model, u0)
     sig = check_sigma(sigma_u, p)
@@ -449,16 +444,13 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
         own objective at its solution) and ``n_lp`` (LPs solved).
     """
     require_relu(model, "the LP relaxation (Thm 4.5)")
-    if objective not in ("l2", "linear"):
-        raise ConfigurationError(f"objective must be 'l2' or 'linear', got {objective!r}")
-    if card_method not in ("hull", "milp"):
-        raise ConfigurationError(f"card_method must be 'hull' or 'milp', got {card_method!r}")
+    check_choice("objective", objective, ("l2", "linear"))
+    check_choice("card_method", card_method, ("hull", "milp"))
     n, p = model.hidden, model.in_features
     u0n = check_u0(model, u0)
     sig = check_sigma(sigma_u, p)
     k = check_k(k, p)
-    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-        raise ConfigurationError(f"refine must be an integer >= 0, got {refine!r}")
+    check_int("refine", refine, 0)
     e_np = np.zeros(p) if e is None else np.asarray(e.detach().cpu() if isinstance(e, Tensor) else e,
                                                     dtype=np.float64)
     if e_np.shape != (p,):

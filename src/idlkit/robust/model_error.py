@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .. import wellposed as wp
+from .._matrix import as_dense_array, as_matrix
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from ._linalg import solve_nonneg
 from ._model import as_batch64, model_data
@@ -28,8 +28,8 @@ __all__ = ["model_error_bound", "perturbation_bound"]
 
 def perturbation_bound(model: object, A: Tensor) -> Tensor:
     """``E = |A - A0|`` for a perturbed matrix ``A`` of the model's ``A0``, dense float64."""
-    A0 = wp._as_np(model.A)  # type: ignore[attr-defined]
-    A1 = wp._as_np(A)
+    A0 = as_dense_array(model.A)  # type: ignore[attr-defined]
+    A1 = as_dense_array(A)
     if A1.shape != A0.shape:
         raise ShapeError(f"perturbed A has shape {A1.shape}, the model's is {A0.shape}")
     return torch.from_numpy(np.abs(A1 - A0))
@@ -57,7 +57,7 @@ def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str =
             raise InputError(f"E must be a finite number >= 0, got {E!r}")
         Em = np.full((n, n), float(E))
     else:
-        Em = wp._as_matrix(E)
+        Em = as_matrix(E)
         if Em.shape != (n, n):
             raise ShapeError(f"E must have shape ({n}, {n}), got {Em.shape}")
         vals = Em.data if sp.issparse(Em) else Em

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import check_choice
 from ..errors import ConfigurationError
 from ._linalg import SolveCertificate, solve_nonneg
 from ._model import as_sigma, check_k, dense, model_data, norm_matrices, top_k_sum
@@ -56,8 +57,7 @@ def sensitivity(model: object, form: str = "auto", method: str = "auto") -> Sens
         ConfigurationError: ``form="cone"`` with a non-componentwise activation.
         WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
     """
-    if form not in FORMS:
-        raise ConfigurationError(f"form must be one of {list(FORMS)}, got {form!r}")
+    check_choice("form", form, FORMS)
     d = model_data(model)
     if form == "cone" and not d.componentwise:
         raise ConfigurationError(

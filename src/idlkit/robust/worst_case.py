@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, InputError, ShapeError
+from .._validation import check_choice
+from ..errors import InputError, ShapeError
 from ._model import as_batch64
 
 __all__ = ["WorstCaseLoss", "worst_case_loss", "LOSSES"]
@@ -74,8 +75,7 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
         sigma_u: input radius (eq. 4.1); ``k``: cardinality (eq. 4.2).
         loss: ``"squared_error"`` or ``"cross_entropy"``.
     """
-    if loss not in LOSSES:
-        raise ConfigurationError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+    check_choice("loss", loss, LOSSES)
     from .bounds import box_bounds
 
     p, q = model.in_features, model.out_features  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.optimize as so
 
-from ..errors import ConfigurationError
+from .._validation import check_choice
 
 __all__ = ["Factor", "RowSolution", "exact_row", "factor", "relaxed_row"]
 
@@ -118,8 +118,7 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     """
     import cvxpy as cp
 
-    if objective not in ("l1", "perspective"):
-        raise ConfigurationError(f"relaxed_row: objective must be 'l1' or 'perspective'; got {objective!r}")
+    check_choice("relaxed_row: objective", objective, ("l1", "perspective"))
     d = R.shape[1]
     w = cp.Variable(d)
     fit = lam * (cp.sum_squares(R @ w - y) + resid**2)

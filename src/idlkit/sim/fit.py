@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._matrix import as_dense_array
+from .._validation import check_choice, check_int, check_kappa, check_positive, check_probability
 from ..errors import ConfigurationError, InfeasibleError, InputError, SolverError
 from ..model import ImplicitModel
 from .cvx import Factor, exact_row, factor, relaxed_row
@@ -262,12 +264,6 @@ def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
     return _BlockOut(job.rows, W, tuple(status), tuple(solver), secs, iters, shared)
 
 
-def _check_positive(name: str, v: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ConfigurationError(f"{name} must be a finite number > 0; got {v!r}")
-    return float(v)
-
-
 @dataclass(frozen=True)
 class SIM:
     """State-driven implicit modeling (paper 002 Alg. 1; thesis ch. 3 for ``"lasso"``).
@@ -328,33 +324,23 @@ class SIM:
     dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigurationError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigurationError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
-        if self.solver not in ("auto", "cvxpy"):
-            raise ConfigurationError(f"solver must be 'auto' or 'cvxpy'; got {self.solver!r}")
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("solver", self.solver, ("auto", "cvxpy"))
         if self.solver == "cvxpy" and self.objective not in ("l1", "perspective"):
             raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1' or 'perspective'; "
                                      f"{self.objective!r} has its own solver (use solver='auto')")
-        k = self.kappa
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k <= 1):
-            raise ConfigurationError(f"kappa must be in (0, 1] (well-posedness ||A||_inf <= kappa < 1 "
-                                     f"certifies a unique state); got {self.kappa!r}")
+        check_kappa(self.kappa, high_inclusive=True, example=0.99,
+                    why="well-posedness ||A||_inf <= kappa certifies a unique state")
         for name in ("lambda_state", "lambda_output", "beta", "alpha", "tol", "match_tol"):
-            _check_positive(name, getattr(self, name))
-        if self.kappa_output is not None:
-            _check_positive("kappa_output", self.kappa_output)
-        if not (isinstance(self.prune_tol, (int, float)) and 0 <= self.prune_tol < 1):
-            raise ConfigurationError(f"prune_tol must be in [0, 1); got {self.prune_tol!r}")
-        for name in ("max_iter", "n_jobs", "block_rows"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigurationError(f"{name} must be a positive integer or None; got {v!r}")
-        if self.sparse not in (True, False, "auto"):
-            raise ConfigurationError(f"sparse must be True, False or 'auto'; got {self.sparse!r}")
-        if self.dtype not in (None, torch.float32, torch.float64):
-            raise ConfigurationError(f"dtype must be None, torch.float32 or torch.float64; got {self.dtype}")
+            check_positive(name, getattr(self, name))
+        check_positive("kappa_output", self.kappa_output, allow_none=True)
+        check_probability("prune_tol", self.prune_tol, high_inclusive=False, example=1e-8)
+        check_int("max_iter", self.max_iter, 1)
+        for name in ("n_jobs", "block_rows"):
+            check_int(name, getattr(self, name), 1, allow_none=True)
+        check_choice("sparse", self.sparse, (True, False, "auto"))
+        check_choice("dtype", self.dtype, (None, torch.float32, torch.float64))
 
     # ----------------------------------------------------------------------------- public API
 
@@ -647,7 +633,7 @@ def _init_rows(init: ImplicitModel, n: int, p: int, q: int, bias: bool,
                          f"the states need {(n, p, q)}")
 
     def dense(M: Tensor) -> np.ndarray:
-        return (M.to_dense() if M.layout != torch.strided else M).detach().cpu().double().numpy()
+        return as_dense_array(M)
 
     top = [dense(init.A), dense(init.B)]
     bot = [dense(init.C), dense(init.D)]

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from idlkit._validation import check_int, check_kappa, check_positive
 from idlkit.errors import ConfigurationError, NonFiniteError, ShapeError
 
 __all__ = [
@@ -113,15 +114,7 @@ def _check_mask(mask: object, n: int) -> np.ndarray:
 
 
 def _check_kappa(kappa: float) -> float:
-    try:
-        k = float(kappa)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"kappa must be a positive real number; got {kappa!r}") from exc
-    if not np.isfinite(k) or k <= 0.0:
-        raise ConfigurationError(
-            f"kappa must be finite and > 0 (the l1 budget ||w_S||_1 <= kappa); got {kappa!r}"
-        )
-    return k
+    return check_kappa(kappa, high=None, why="the l1 budget ||w_S||_1 <= kappa")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,9 +219,7 @@ def lasso_cd(
     ca = _as_float_array(c, "c", 1)
     if ca.shape != (n,):
         raise ShapeError(f"c must have shape ({n},) to match G {Ga.shape}; got {ca.shape}")
-    lam_f = float(lam)
-    if not np.isfinite(lam_f) or lam_f < 0.0:
-        raise ConfigurationError(f"lam must be finite and >= 0; got {lam!r}")
+    lam_f = check_positive("lam", lam, allow_zero=True, example=0.1)
     pen = _check_mask(mask, n)
     if w0 is None:
         w = np.zeros(n)
@@ -236,8 +227,7 @@ def lasso_cd(
         w = _as_float_array(w0, "w0", 1)
         if w.shape != (n,):
             raise ShapeError(f"w0 must have shape ({n},); got {w.shape}")
-    if int(max_iter) < 1:
-        raise ConfigurationError(f"max_iter must be >= 1; got {max_iter}")
+    check_int("max_iter", max_iter, 1)
     lam_vec = np.where(pen, lam_f, 0.0)
     w, it, ok = _cd(Ga, ca, lam_vec, w, float(tol), int(max_iter))
     return LassoCDResult(w=w, iterations=it, converged=ok)
@@ -583,10 +573,8 @@ def _check_rows(G: object, C: object, kappa: object) -> tuple[np.ndarray, np.nda
 
 
 def _check_limits(max_iter: object, max_bisect: object) -> None:
-    if int(max_iter) < 1:  # type: ignore[call-overload]
-        raise ConfigurationError(f"max_iter must be >= 1; got {max_iter}")
-    if int(max_bisect) < 1:  # type: ignore[call-overload]
-        raise ConfigurationError(f"max_bisect must be >= 1; got {max_bisect}")
+    check_int("max_iter", max_iter, 1)
+    check_int("max_bisect", max_bisect, 1)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from idlkit.errors import ConfigurationError
+from idlkit._validation import check_int, check_tol
 from idlkit.sim.lasso import _check_mask, _check_rows, constrained_lasso
 from idlkit.wellposed import _project_rows_l1
 
@@ -187,13 +187,9 @@ def constrained_lasso_batch(
     Ga, Ca, kap = _check_rows(G, C, kappa)
     n, r = Ga.shape[0], Ca.shape[0]
     pen = _check_mask(mask, n)
-    tol_f = float(tol)
-    if not np.isfinite(tol_f) or tol_f < 0.0:
-        raise ConfigurationError(f"tol must be finite and >= 0; got {tol!r}")
-    if int(max_iter) < 1:
-        raise ConfigurationError(f"max_iter must be >= 1; got {max_iter}")
-    if int(check_every) < 1:
-        raise ConfigurationError(f"check_every must be >= 1; got {check_every}")
+    tol_f = check_tol(tol)
+    check_int("max_iter", max_iter, 1)
+    check_int("check_every", check_every, 1)
     max_it, every = int(max_iter), int(check_every)
 
     S, U = np.flatnonzero(pen), np.flatnonzero(~pen)

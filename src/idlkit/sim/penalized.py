@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import check_choice, check_positive, check_tol
 from ..errors import ConfigurationError, ShapeError
 from .lasso_batch import eliminate_free
 
@@ -161,12 +162,10 @@ def penalized_rows(G: np.ndarray, C: np.ndarray, tt: np.ndarray, *, lam: float, 
     Returns:
         :class:`PenalizedResult`. See the module docstring for the method.
     """
-    if penalty not in PENALTIES:
-        raise ConfigurationError(f"penalty must be one of {PENALTIES}; got {penalty!r}")
-    for name, v in (("lam", lam), ("weight", weight), ("tol", tol)):
-        if not np.isfinite(v) or v < 0 or (name == "lam" and v == 0):
-            raise ConfigurationError(f"{name} must be finite and {'> 0' if name == 'lam' else '>= 0'}; "
-                                     f"got {v!r}")
+    check_choice("penalty", penalty, PENALTIES)
+    check_positive("lam", lam)
+    check_positive("weight", weight, allow_zero=True)
+    check_tol(tol)
     G = np.asarray(G, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
     d = G.shape[0]

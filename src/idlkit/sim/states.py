@@ -56,9 +56,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from .._validation import all_finite
+from .._matrix import as_matrix, to_dense
+from .._validation import all_finite, check_choice, check_kappa, check_scalar
 from ..activations import Activation, BlockMax, block_activations
-from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
+from ..errors import InputError, NonFiniteError, ShapeError, WellPosednessError
 from ..model import ImplicitModel
 
 __all__ = ["States", "extract_states"]
@@ -127,24 +128,15 @@ def _net_device(net: nn.Module) -> torch.device:
 def _inf_norm(M: Tensor) -> float:
     if M.numel() == 0:
         return 0.0
-    M = M.detach()
-    if M.layout != torch.strided:
-        M = M.to_dense()
+    M = to_dense(M.detach())
     return float(M.abs().sum(dim=1).max()) if M.shape[1] else 0.0
-
-
-def _csr(A: Tensor) -> sp.csr_array:
-    if A.layout == torch.sparse_csr:
-        return sp.csr_array((A.values().cpu().numpy(), A.col_indices().cpu().numpy(),
-                             A.crow_indices().cpu().numpy()), shape=tuple(A.shape))
-    return sp.csr_array(A.detach().to_dense().cpu().numpy())
 
 
 def _depths(A: Tensor, blocks: list[tuple[int, Activation]]) -> np.ndarray:
     """Longest-path depth of each state in the graph of the strictly upper triangular ``A``
     (state ``i`` depends on ``j > i``), constant on each BLIP block."""
     n = A.shape[0]
-    M = _csr(A)
+    M = sp.csr_array(as_matrix(A, dtype=None), copy=True)  # a private copy: pruned in place
     M.eliminate_zeros()
     depth = np.zeros(n, dtype=np.int64)
     ends = np.cumsum([s for s, _ in blocks])
@@ -160,21 +152,17 @@ def _depths(A: Tensor, blocks: list[tuple[int, Activation]]) -> np.ndarray:
 
 
 def _check_kappa_gamma(kappa: float, gamma: float | None) -> float:
-    if not (isinstance(kappa, int | float) and not isinstance(kappa, bool) and 0 < kappa <= 1):
-        raise ConfigurationError(f"kappa must lie in (0, 1], got {kappa!r}; paper 002 uses 0.99")
+    kappa = check_kappa(kappa, high_inclusive=True, example=0.99, why="paper 002 uses 0.99")
     if gamma is None:
         return 1.01 / kappa
-    if not (isinstance(gamma, int | float) and not isinstance(gamma, bool) and math.isfinite(gamma)
-            and gamma * kappa > 1):
-        raise ConfigurationError(f"gamma must be finite with gamma * kappa > 1 (so that ||A'||_inf <= "
-                                 f"1/gamma < kappa), got gamma={gamma!r}, kappa={kappa!r}; "
-                                 f"leave gamma=None for 1.01 / kappa")
-    return float(gamma)
+    # gamma * kappa > 1, so that ||A'||_inf <= 1/gamma < kappa
+    return check_scalar("gamma", gamma, low=1.0 / kappa, low_inclusive=False, example=1.01 / kappa,
+                        why=f"gamma * kappa > 1 with kappa={kappa:g} makes ||A'||_inf <= 1/gamma < "
+                            f"kappa; leave gamma=None for 1.01 / kappa")
 
 
 def _check_dtype(dtype: torch.dtype | None) -> None:
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    check_choice("dtype", dtype, (None, torch.float32, torch.float64))
 
 
 def _nnz(tensors: list[Tensor | None]) -> int:
@@ -313,8 +301,7 @@ def _implicit(model: ImplicitModel, U: Tensor, rescale: bool, kappa: float, gamm
         raise InputError("the ImplicitModel has hidden = 0: no state to match; fit its linear map directly")
     with torch.no_grad():
         X = model.equilibrium(U).detach()
-        A = model.A.to_dense() if model.A.layout != torch.strided else model.A
-        B = model.B.to_dense() if model.B.layout != torch.strided else model.B
+        A, B = to_dense(model.A), to_dense(model.B)
         Z = X @ A.t() + U @ B.t()
         if model.b is not None:
             Z = Z + model.b

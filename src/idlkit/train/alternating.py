@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigurationError, ShapeError
+from .._validation import check_positive
+from ..errors import ShapeError
 from .trainer import Trainer, TrainResult, _as_tensors
 
 __all__ = ["fit_output_layer", "alternating_fit", "AlternatingResult"]
@@ -49,8 +50,7 @@ def fit_output_layer(model: nn.Module, U: Tensor, Y: Tensor, ridge: float = 0.0)
     ``min ||Y - X C^T - U D^T - 1 d^T||_F^2 + ridge ||(C, D)||_F^2``, solved in float64
     (the states are computed by the model's solver; ``d`` is fitted only with a bias).
     """
-    if ridge < 0:
-        raise ConfigurationError(f"ridge must be >= 0, got {ridge!r}")
+    ridge = check_positive("ridge", ridge, allow_zero=True, example=0.0)
     Y = Y.reshape(-1, 1) if Y.dim() == 1 else Y
     if Y.shape != (U.shape[0], model.out_features):
         raise ShapeError(f"targets must have shape ({U.shape[0]}, {model.out_features}), got "

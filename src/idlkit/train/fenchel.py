@@ -83,6 +83,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import wellposed as wp
+from .._validation import check_choice, check_int, check_kappa, check_positive
 from ..activations import ReLU, Tanh
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from .trainer import _as_tensors
@@ -173,8 +174,7 @@ def fenchel_divergence(X: Tensor, Z: Tensor, activation: object = "relu",
         raise InputError("fenchel_divergence expects two tensors")
     if X.shape != Z.shape:
         raise ShapeError(f"X and Z must have the same shape, got {tuple(X.shape)} and {tuple(Z.shape)}")
-    if reduction not in ("none", "sum"):
-        raise ConfigurationError(f"reduction must be 'none' or 'sum', got {reduction!r}")
+    check_choice("reduction", reduction, ("none", "sum"))
     F = _g(X, act) + _conj(Z, act) - X * Z
     return F.sum() if reduction == "sum" else F
 
@@ -671,23 +671,9 @@ class FenchelBCDResult:
 # ----------------------------------------------------------------------------- validation
 
 
-def _positive(value: object, name: str, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value <= 0:
-        raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}; {fix}")
-    return float(value)
-
-
-def _nonneg(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _lam_vector(lam: object, n: int) -> Tensor:
     if isinstance(lam, int | float) and not isinstance(lam, bool):
-        _positive(lam, "lam", "pass a positive relaxation weight, e.g. lam=1.0")
+        check_positive("lam", lam, example=1.0, why="the relaxation weight of Theorem 2")
         return torch.full((n, 1), float(lam), dtype=_F64)
     try:
         v = torch.as_tensor(lam, dtype=_F64).reshape(-1)
@@ -777,11 +763,12 @@ def _problem(model: nn.Module, U: Tensor, Y: Tensor, lam: object, mu: object, lo
     shapes = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
     return _Problem(
         U=U.to(_F64).t(), Y=_targets(Y, m, q, loss), act=act, loss=loss, lam=_lam_vector(lam, n),
-        mu=_positive(mu, "mu", "pass mu > 0, e.g. mu=1.0 (the coupling of X and P, eq. 10)"),
+        mu=check_positive("mu", mu, example=1.0, why="the coupling of X and P, eq. 10"),
         radius=radius, masks=_masks(masks, shapes, bool(triangular)), bias=model.b is not None,
-        l1=_nonneg(l1, "l1"), group=_nonneg(group, "group"), ridge=_nonneg(ridge, "ridge"),
-        ball_B=None if ball_B is None else _positive(ball_B, "ball_B", "or None for no l1 ball"),
-        ball_CD=None if ball_CD is None else _positive(ball_CD, "ball_CD", "or None for no l1 ball"))
+        l1=check_positive("l1", l1, allow_zero=True), group=check_positive("group", group, allow_zero=True),
+        ridge=check_positive("ridge", ridge, allow_zero=True),
+        ball_B=None if ball_B is None else check_positive("ball_B", ball_B, why="or None for no l1 ball"),
+        ball_CD=None if ball_CD is None else check_positive("ball_CD", ball_CD, why="or None for no l1 ball"))
 
 
 def _wellposed_set(model: nn.Module, kappa: float | None, triangular: bool | None
@@ -796,10 +783,8 @@ def _wellposed_set(model: nn.Module, kappa: float | None, triangular: bool | Non
         if tri:
             return None, True
         kappa = float(model.kappa)
-    if isinstance(kappa, bool) or not isinstance(kappa, int | float) or not (0 < kappa < 1):
-        raise ConfigurationError(f"kappa must lie in (0, 1) so that ||A||_inf <= kappa makes A "
-                                 f"well-posed (Theorem 2 needs a well-posed A), got {kappa!r}; "
-                                 f"e.g. kappa=0.5")
+    kappa = check_kappa(kappa, example=0.5, why="||A||_inf <= kappa < 1 makes A well-posed, "
+                        "and Theorem 2 needs a well-posed A")
     if declared == "inf" and kappa > model.kappa:
         raise ConfigurationError(f"kappa = {kappa} exceeds the model's declared kappa = {model.kappa}: "
                                  f"the learned A would violate it; pass kappa <= {model.kappa}")
@@ -846,17 +831,15 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         callback: called with each :class:`FenchelSweep`.
     """
     t0 = time.perf_counter()
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ConfigurationError(f"iterations must be an integer >= 0, got {iterations!r}")
-    if x_solver not in ("newton", "fixed_point"):
-        raise ConfigurationError(f"x_solver must be 'newton' or 'fixed_point', got {x_solver!r}")
+    check_int("iterations", iterations, 0)
+    check_choice("x_solver", x_solver, ("newton", "fixed_point"))
     if sorted(order) != sorted(_BLOCKS):
         raise ConfigurationError(f"order must be a permutation of {list(_BLOCKS)}, got {list(order)!r}")
     if group and (l1 or ball_B is not None or ball_CD is not None):
         raise ConfigurationError("group (feature selection) cannot be combined with l1, ball_B or "
                                  "ball_CD: their joint proximal map is not implemented; use one")
     radius, tri = _wellposed_set(model, kappa, triangular)
-    _positive(mu, "mu", "pass mu > 0, e.g. mu=1.0 (the coupling of X and P, eq. 10)")
+    check_positive("mu", mu, example=1.0, why="the coupling of X and P, eq. 10")
     _lam_vector(lam, model.hidden)
     U, Y = _as_tensors(train_data, "train_data")
     if not U.is_floating_point():
@@ -961,9 +944,9 @@ def _layer_lams(lam: object, eps: object, L: int) -> list[float]:
         if len(vals) != L:
             raise ShapeError(f"lam has {len(vals)} entries, the network has L = {L} hidden layers")
         for v in vals:
-            _positive(v, "every lam_l", "the relaxation weights must be positive (Theorem 2)")
+            check_positive("every lam_l", v, why="the relaxation weights must be positive, Theorem 2")
         return vals
-    e = _positive(eps, "eps", "pass eps > 0, e.g. eps=1e-3 (paper 001 §7.1)")
+    e = check_positive("eps", eps, example=1e-3, why="paper 001 §7.1")
     return [e ** (L + 1 - l) for l in range(1, L + 1)]
 
 
@@ -1083,8 +1066,7 @@ def layered_bcd(weights: Sequence[Tensor], train_data: object, *, eps: float | N
     if act != "tanh":
         raise ConfigurationError("layered_bcd supports activation='tanh' only (its X-steps are "
                                  "unconstrained Newton solves); for ReLU use fenchel_bcd")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ConfigurationError(f"iterations must be an integer >= 0, got {iterations!r}")
+    check_int("iterations", iterations, 0)
     Ws = [torch.as_tensor(W).detach().to(_F64).clone() for W in weights]
     if len(Ws) < 2 or any(W.dim() != 2 for W in Ws):
         raise ShapeError("weights must be at least two matrices W_1, ..., W_{L+1}")

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import wellposed as wp
+from .._validation import check_choice, check_int, check_positive
 from ..errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .trainer import LOSSES, _as_tensors
 
@@ -62,10 +63,7 @@ _ON_INFEASIBLE = ("project", "raise")
 
 
 def _check_radius(radius: float, name: str = "radius") -> float:
-    if isinstance(radius, bool) or not isinstance(radius, int | float) or not math.isfinite(radius) \
-            or radius < 0:
-        raise ConfigurationError(f"{name} must be a finite number >= 0, got {radius!r}")
-    return float(radius)
+    return check_positive(name, radius, allow_zero=True)
 
 
 def _check_matrix(G: Tensor, name: str) -> None:
@@ -242,18 +240,11 @@ def frank_wolfe(model: nn.Module, train_data: object, *,
         raise ConfigurationError(f"unknown loss {loss!r}; choose one of {list(LOSSES)} or pass a "
                                  f"callable")
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigurationError(f"steps must be an integer >= 0, got {steps!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ConfigurationError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    if step_size not in _STEP_SIZES:
-        raise ConfigurationError(f"step_size must be one of {list(_STEP_SIZES)}, got {step_size!r}")
-    if on_infeasible not in _ON_INFEASIBLE:
-        raise ConfigurationError(f"on_infeasible must be one of {list(_ON_INFEASIBLE)}, got "
-                                 f"{on_infeasible!r}")
-    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
-        raise ConfigurationError(f"t0 must be an integer >= 0, got {t0!r}")
+    check_int("steps", steps, 0)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    check_choice("step_size", step_size, _STEP_SIZES)
+    check_choice("on_infeasible", on_infeasible, _ON_INFEASIBLE)
+    check_int("t0", t0, 0)
     for k in ("A", "B", "C", "D"):
         if not isinstance(getattr(model, k, None), Tensor):
             raise ConfigurationError(f"frank_wolfe needs a model with parameters A, B, C, D; "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, InputError, ShapeError
+from .._validation import check_choice
+from ..errors import InputError, ShapeError
 
 __all__ = ["squared_error", "cross_entropy"]
 
@@ -26,8 +27,7 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
 
 
 def _check(Y_hat: Tensor, reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ConfigurationError(f"reduction must be one of {list(_REDUCTIONS)}, got {reduction!r}")
+    check_choice("reduction", reduction, _REDUCTIONS)
     if not isinstance(Y_hat, Tensor) or Y_hat.dim() != 2:
         raise ShapeError(f"predictions must be a (batch, q) tensor, got "
                          f"{tuple(getattr(Y_hat, 'shape', ())) or type(Y_hat).__name__}")

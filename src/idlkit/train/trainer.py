@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import all_finite
+from .._validation import all_finite, check_choice, check_int, check_positive
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from ..io import CheckpointError, read_tensors, write_tensors
 from .losses import cross_entropy, squared_error
@@ -150,20 +150,15 @@ class Trainer:
         if schedule not in _SCHEDULES:
             raise ConfigurationError(f"unknown schedule {schedule!r}; choose one of {list(_SCHEDULES)}")
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {v!r}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
-            raise ConfigurationError(f"patience must be a positive integer or None, got {patience!r}")
+            check_int(name, v, 1)
+        lr = check_positive("lr", lr, example=1e-3)
+        check_int("patience", patience, 1, allow_none=True)
         for pen, w in penalties:
             if isinstance(pen, str) and pen not in PENALTIES:
                 raise ConfigurationError(f"unknown penalty {pen!r}; choose one of {list(PENALTIES)} "
                                          f"or pass a callable model -> scalar")
-            if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
-                raise ConfigurationError(f"penalty weight must be a finite number >= 0, got {w!r}")
-        if dtype is not None and dtype not in (torch.float32, torch.float64):
-            raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+            check_positive(f"the weight of penalty {pen!r}", w, allow_zero=True, example=1e-4)
+        check_choice("dtype", dtype, (None, torch.float32, torch.float64))
         self.loss, self.optimizer, self.lr = loss, optimizer, float(lr)
         self.weight_decay, self.momentum = float(weight_decay), float(momentum)
         self.epochs, self.batch_size, self.schedule = epochs, batch_size, schedule
