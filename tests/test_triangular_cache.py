@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import idlkit as idl
-from idlkit.solve import triangular as tri
 from idlkit import wellposed as wp
 from idlkit._matrix import as_matrix
 from idlkit.activations import Blockwise, get_activation
 from idlkit.errors import ConfigurationError
 from idlkit.solve import PlanCache, SolveOptions, adjoint_fixed_point, fixed_point, triangular_levels
+from idlkit.solve import triangular as tri
 from idlkit.solve.api import solve_forward
 
 torch.set_num_threads(1)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from ._matrix import sorted_csr
 from .errors import IdlError
 from .lowrank import LowRankImplicitModel
-from .model import ImplicitModel, _sorted_csr
+from .model import ImplicitModel
 from .rnn import ImplicitRNN
 
 __all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError"]
@@ -249,7 +250,7 @@ def _csr_from_parts(path: Path, name: str, spec: object, tensors: dict[str, torc
         raise bad("crow_indices is not monotone (non-decreasing)")
     if nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
         raise bad(f"col_indices out of range [0, {cols}): {int(col.min())} .. {int(col.max())}")
-    if not _sorted_csr(crow.numpy(), col.numpy()):
+    if not sorted_csr(crow.numpy(), col.numpy()):
         raise bad("col_indices are not strictly increasing within each row (unsorted or "
                   "duplicate entries)")
     try:

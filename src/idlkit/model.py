@@ -15,6 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from . import wellposed as wp
+from ._matrix import (
+    block_pattern_graph,
+    csr_int32,
+    entry_in,
+    is_sparse,
+    row_min_col,
+    sparse_key,
+    store_sparse,
+)
 from ._validation import all_finite, check_int
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
@@ -55,11 +64,6 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor
                      f"prod(dims) = {p}; got {tuple(u.shape)}")
 
 
-def is_sparse(M: Tensor | None) -> bool:
-    """Whether ``M`` is a torch sparse tensor (COO, CSR, CSC, ...)."""
-    return M is not None and M.layout != torch.strided
-
-
 def _apply(M: Tensor, X: Tensor) -> Tensor:
     """``X M^T`` for batch-first ``X``; a sparse ``M`` is applied as ``(M X^T)^T``."""
     return (M @ X.t()).t() if is_sparse(M) else X @ M.t()
@@ -80,48 +84,19 @@ def _sparse_lower_entry(A: Tensor, sizes: tuple[int, ...]) -> tuple[int, int, fl
     Decided on the pattern (Thm 2.8/2.9: strictly block upper triangular), vectorised: the
     smallest column block of each row block is compared with the row block, in ``O(nnz)``.
     """
-    G = _tri.pattern_graph(A.detach(), tuple(sizes))
-    first = _tri._row_min_col(G)
+    G = block_pattern_graph(A.detach(), tuple(sizes))
+    first = row_min_col(G)
     bad = np.flatnonzero(first <= np.arange(len(sizes)))
     if not bad.size:
         return None
     I = int(bad[0])
-    i, j = _tri._entry_in(A.detach(), tuple(sizes), I, int(first[I]))
-    S = _tri.csr_int32(A.detach())
+    i, j = entry_in(A.detach(), tuple(sizes), I, int(first[I]))
+    S = csr_int32(A.detach())
     crow = S.crow_indices()
     s, e = int(crow[i]), int(crow[i + 1])
     hit = (S.col_indices()[s:e] == j).nonzero()
     v = float(S.values()[s + int(hit[0])]) if hit.numel() else 0.0
     return i, j, v
-
-
-def _sorted_csr(crow: np.ndarray, col: np.ndarray, chunk: int = 1 << 22) -> bool:
-    """Column indices strictly increasing within every row (sorted, no duplicates); checked
-    in chunks of the nonzeros (bounded temporaries)."""
-    nnz = col.size
-    rows = np.searchsorted(crow, np.arange(0, nnz, chunk), side="right") - 1 if nnz else []
-    for s0, r in zip(range(0, nnz, chunk), rows, strict=True):
-        e0 = min(s0 + chunk + 1, nnz)
-        c = col[s0:e0]
-        ok = np.diff(c) > 0
-        # positions where a new row starts inside this chunk are exempt
-        lo, hi = int(r), int(np.searchsorted(crow, e0, side="left"))
-        starts = crow[lo + 1:hi + 1]
-        starts = starts[(starts > s0) & (starts < e0)] - s0 - 1
-        ok[starts] = True
-        if not bool(ok.all()):
-            return False
-    return True
-
-
-def _store_sparse(M: Tensor) -> Tensor:
-    """A torch sparse matrix as a coalesced CSR tensor with int32 indices when they fit (torch's
-    CPU sparse-dense product is ~3x faster with them). A CSR input with sorted, duplicate-free
-    column indices is taken as is (no COO round trip: memory stays ~8 bytes per nonzero)."""
-    if M.layout == torch.sparse_csr and _sorted_csr(M.crow_indices().cpu().numpy(),
-                                                    M.col_indices().cpu().numpy()):
-        return _tri.csr_int32(M)
-    return _tri.csr_int32(M.to_sparse_coo().coalesce().to_sparse_csr())
 
 
 def copy_matrices_(model: nn.Module, mats: dict[str, Tensor], b: Tensor | None,
@@ -394,7 +369,7 @@ class ImplicitModel(ImplicitBase):
         for k, M in mats.items():
             M = M.detach().to(A.dtype)
             if is_sparse(M):
-                model.register_buffer(k, _store_sparse(M))
+                model.register_buffer(k, store_sparse(M))
             else:
                 setattr(model, k, nn.Parameter(M.clone()))
         if bias:
@@ -490,7 +465,7 @@ class ImplicitModel(ImplicitBase):
         """:func:`_sparse_lower_entry` of the frozen sparse ``A``, cached under its storages,
         versions and the activation blocks (it is evaluated on every forward)."""
         sizes = self.activation.blocks(self.hidden).sizes
-        key = (_tri.sparse_key(self.A), sizes) if self.A.layout == torch.sparse_csr else None
+        key = (sparse_key(self.A), sizes) if self.A.layout == torch.sparse_csr else None
         cache = getattr(self, "_lower_cache", None)
         if key is not None and cache is not None and cache[0] == key:
             return cache[1]

@@ -25,7 +25,7 @@ The package:
 from .api import adjoint_fixed_point, fixed_point, iterate_map
 from .info import ConvergenceWarning, SolveInfo
 from .maps import FixedPointMap
-from .registry import SOLVERS, Solver, SolveOptions, default_alpha, get_solver
+from .registry import SOLVERS, SolveOptions, Solver, default_alpha, get_solver
 from .settings import BACKWARD_STOP, SolverSettings
 from .triangular import PlanCache, triangular_levels
 

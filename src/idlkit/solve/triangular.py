@@ -28,81 +28,23 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .._matrix import (
+    block_pattern_graph,
+    csr_int32,
+    diagonal,
+    entry_in,
+    row_min_col,
+    sparse_key,
+    to_dense,
+    transpose_csr,
+)
 from ..activations import Activation, ComponentwiseActivation
 from ..errors import ConfigurationError, WellPosednessError
 from .info import SolveInfo, finite_or_raise, row_inf_norm
 
-__all__ = ["block_levels", "pattern_graph", "TriangularPlan", "PlanCache", "plan_for", "sparse_key",
+__all__ = ["block_levels", "TriangularPlan", "PlanCache", "plan_for",
            "triangular_levels", "solve_levels", "solve_levels_adjoint",
-           "csr_int32", "levels_reference"]
-
-_INT32_MAX = 2**31 - 1
-
-
-def sparse_key(A: Tensor) -> tuple:
-    """Identity of a torch sparse CSR tensor's contents: storages, sizes and versions.
-
-    Equal keys mean the same index and value storages, unmodified in place since.
-    """
-    crow, col, val = A.crow_indices(), A.col_indices(), A.values()
-    return (A.layout, A.dtype, A.device, tuple(A.shape), int(val.numel()),
-            crow.data_ptr(), col.data_ptr(), val.data_ptr(),
-            crow._version, col._version, val._version)
-
-
-def csr_int32(A: Tensor) -> Tensor:
-    """``A`` as a torch CSR tensor with int32 indices when they fit (torch's CPU sparse-dense
-    product is ~3x faster with int32 indices); coalesced and sorted."""
-    if A.layout != torch.sparse_csr:
-        A = A.to_sparse_coo().coalesce().to_sparse_csr()
-    if A.crow_indices().dtype == torch.int32 or max(A.shape + (A._nnz(),)) > _INT32_MAX:
-        return A
-    return torch.sparse_csr_tensor(A.crow_indices().to(torch.int32), A.col_indices().to(torch.int32),
-                                   A.values(), tuple(A.shape), check_invariants=False)
-
-
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def pattern_graph(A: Tensor, sizes: tuple[int, ...]) -> sp.csr_array:
-    """Block dependency graph ``G`` (``L x L`` CSR, int8 ones, duplicates kept): ``G_IJ != 0``
-    when block ``I`` of ``A`` has a nonzero entry in block column ``J`` (explicit zeros of a
-    sparse ``A`` are dropped)."""
-    n, L = A.shape[0], len(sizes)
-    if A.layout == torch.strided:
-        rows, cols = np.nonzero(_np(A))
-        indptr = None
-    else:
-        S = csr_int32(A.detach())
-        indptr, cols = _np(S.crow_indices()), _np(S.col_indices())
-        vals = _np(S.values())
-        rows = None
-        if vals.size and not vals.all():
-            keep = vals != 0
-            rows = np.repeat(np.arange(n, dtype=cols.dtype), np.diff(indptr))[keep]
-            cols, indptr = cols[keep], None
-    scalar = L == n
-    if scalar and indptr is not None:
-        return sp.csr_array((np.ones(cols.size, np.int8), cols, indptr), shape=(n, n))
-    if rows is None:
-        rows = np.repeat(np.arange(n, dtype=cols.dtype), np.diff(indptr))
-    if not scalar:
-        blk = np.repeat(np.arange(L, dtype=np.int64), sizes)
-        rows, cols = blk[rows], blk[cols]
-    return sp.csr_array(sp.coo_array((np.ones(rows.size, np.int8), (rows, cols)), shape=(L, L)))
-
-
-def _row_min_col(G: sp.csr_array) -> np.ndarray:
-    """Smallest column of each row of ``G`` (``L`` for an empty row)."""
-    L = G.shape[0]
-    out = np.full(L, L, dtype=np.int64)
-    counts = np.diff(G.indptr)
-    nz = np.flatnonzero(counts)
-    if nz.size:
-        out[nz] = np.minimum.reduceat(G.indices, G.indptr[nz]) if G.indices.size else L
-    return out
-
+           "levels_reference"]
 
 def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
                  G: sp.csr_array | None = None) -> np.ndarray:
@@ -113,13 +55,13 @@ def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
     """
     L = len(sizes)
     if G is None:
-        G = pattern_graph(A, sizes)
-    first = _row_min_col(G)
+        G = block_pattern_graph(A, sizes)
+    first = row_min_col(G)
     ar = np.arange(L)
     bad = np.flatnonzero(first < ar)
     if bad.size:
         I = int(bad[0])
-        i, j = _entry_in(A, sizes, I, int(first[I]))
+        i, j = entry_in(A, sizes, I, int(first[I]))
         raise ConfigurationError(
             f"the triangular solver needs (block) upper-triangular A; A[{i}, {j}] "
             f"below the diagonal is nonzero. Use solver='anderson', or project A with "
@@ -130,33 +72,13 @@ def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
         # block G_II != 0 may hide an off-diagonal entry of A_II
         if not (allow_diagonal and L == A.shape[0]):
             I = int(on_diag[0])
-            i, j = _entry_in(A, sizes, I, I)
+            i, j = entry_in(A, sizes, I, I)
             raise ConfigurationError(
                 f"the triangular solver needs a zero diagonal (block) for this activation; "
                 f"A[{i}, {j}] is nonzero. Only ReLU/LeakyReLU/identity admit a "
                 f"nonzero diagonal (Remark 2.5).")
         G = sp.triu(G, k=1, format="csr")
     return _kahn_levels(G)
-
-
-def _entry_in(A: Tensor, sizes: tuple[int, ...], I: int, J: int) -> tuple[int, int]:
-    """A nonzero ``(i, j)`` of ``A`` in block ``(I, J)`` (for error messages)."""
-    offs = np.concatenate(([0], np.cumsum(sizes)))
-    r0, r1, c0, c1 = int(offs[I]), int(offs[I + 1]), int(offs[J]), int(offs[J + 1])
-    if A.layout == torch.strided:
-        sub = _np(A[r0:r1, c0:c1])
-    else:
-        S = csr_int32(A.detach())
-        crow = _np(S.crow_indices())
-        s, e = int(crow[r0]), int(crow[r1])
-        cols, vals = _np(S.col_indices())[s:e], _np(S.values())[s:e]
-        rows = np.repeat(np.arange(r0, r1), np.diff(crow[r0:r1 + 1]))
-        hit = np.flatnonzero((cols >= c0) & (cols < c1) & (vals != 0))
-        if hit.size:
-            return int(rows[hit[0]]), int(cols[hit[0]])
-        return r0, c0
-    nz = np.argwhere(sub != 0)
-    return (r0 + int(nz[0][0]), c0 + int(nz[0][1])) if len(nz) else (r0, c0)
 
 
 def _kahn_levels(G: sp.csr_array) -> np.ndarray:
@@ -197,7 +119,7 @@ def _kahn_levels(G: sp.csr_array) -> np.ndarray:
 
 def levels_reference(A: Tensor, sizes: tuple[int, ...]) -> np.ndarray:
     """Block levels by the plain per-block recursion (reference for tests; dense ``A``)."""
-    M = _np(A.to_dense() if A.layout != torch.strided else A)
+    M = to_dense(A).detach().cpu().numpy()
     offs = np.concatenate(([0], np.cumsum(sizes)))
     L = len(sizes)
     level = np.zeros(L, dtype=np.int64)
@@ -247,18 +169,6 @@ def _csr_rows(S: Tensor, idx: Tensor, sl: slice | None) -> Tensor:
                                    (idx.numel(), S.shape[1]), check_invariants=False)
 
 
-def _transpose_csr(S: Tensor) -> Tensor:
-    """``S^T`` as an int32 CSR tensor (through scipy on the CPU: a linear counting sort)."""
-    if S.device.type != "cpu":
-        return csr_int32(S.t().to_sparse_coo().coalesce().to_sparse_csr())
-    M = sp.csr_array((_np(S.values()), _np(S.col_indices()), _np(S.crow_indices())), shape=tuple(S.shape))
-    T = M.T.tocsr()  # csc -> csr: counting sort, indices sorted
-    idx_dtype = torch.int32 if max(S.shape + (S._nnz(),)) <= _INT32_MAX else torch.int64
-    return torch.sparse_csr_tensor(torch.from_numpy(T.indptr).to(idx_dtype),
-                                   torch.from_numpy(T.indices).to(idx_dtype),
-                                   torch.from_numpy(T.data), T.shape, check_invariants=False)
-
-
 @dataclass(eq=False)
 class TriangularPlan:
     """Cached solve plan of one triangular ``A`` (paper 000 Thm 2.8-2.9).
@@ -297,7 +207,7 @@ class TriangularPlan:
         """Rows of level ``k`` of ``A^T``."""
         if self.sparse:
             if self.rows_t is None:
-                At = _transpose_csr(csr_int32(A))
+                At = transpose_csr(csr_int32(A))
                 self.rows_t = [_csr_rows(At, idx, sl)
                                for idx, sl in zip(self.levels, self.slices, strict=True)]
             return self.rows_t[k]
@@ -314,19 +224,6 @@ def _is_homog(act: Activation) -> bool:
     base = getattr(act, "base", act)
     return bool(isinstance(base, ComponentwiseActivation) and base.positively_homogeneous
                 and base.slope_min >= 0)
-
-
-def _diagonal(A: Tensor) -> Tensor:
-    """``diag(A)`` of a dense or CSR matrix, without densifying."""
-    if A.layout == torch.strided:
-        return torch.diagonal(A)
-    S = csr_int32(A)
-    n = A.shape[0]
-    crow, col, val = S.crow_indices().long(), S.col_indices().long(), S.values()
-    rows = torch.repeat_interleave(torch.arange(n, device=A.device), crow[1:] - crow[:-1])
-    on = rows == col
-    d = torch.zeros(n, dtype=A.dtype, device=A.device)
-    return d.index_put_((rows[on],), val[on], accumulate=True)
 
 
 def build_plan(A: Tensor, act: Activation, key: tuple) -> TriangularPlan:
@@ -348,7 +245,7 @@ def build_plan(A: Tensor, act: Activation, key: tuple) -> TriangularPlan:
             forbidden.fill_diagonal_(False)
         plan.forbidden = forbidden
     if homog:
-        plan.diag = _diagonal(A).clone()
+        plan.diag = diagonal(A).clone()
     return plan
 
 
