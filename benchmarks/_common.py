@@ -53,6 +53,35 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def ensure_idlkit_data() -> str | None:
+    """Point ``$IDLKIT_DATA`` at the project's shared datasets when it is unset and such a
+    folder exists next to the checkout (never a hard-coded machine path); returns it."""
+    if "IDLKIT_DATA" not in os.environ:
+        for cand in (HERE.parent / "shared" / "datasets", HERE.parent.parent / "shared" / "datasets"):
+            if cand.is_dir():
+                os.environ["IDLKIT_DATA"] = str(cand)
+                break
+    return os.environ.get("IDLKIT_DATA")
+
+
+def loadavg_1min() -> float | None:
+    """The 1-minute load average (``None`` where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def has_backward_stop() -> bool:
+    """Whether this idlkit's ``ImplicitModel`` takes ``backward_stop`` (absolute adjoint
+    tolerance, issue 14); older versions only have the relative rule."""
+    import inspect
+
+    import idlkit as idl
+
+    return "backward_stop" in inspect.signature(idl.ImplicitModel).parameters
+
+
 def load_torchidl() -> tuple[types.ModuleType | None, types.ModuleType | None, str]:
     """``(implicit_base_model, implicit_function, note)``; modules are ``None`` when missing.
 

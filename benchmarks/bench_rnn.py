@@ -38,13 +38,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _common import atomic_write, cpu_model, git_commit, load_torchidl
+from _common import atomic_write, cpu_model, git_commit, has_backward_stop, load_torchidl, loadavg_1min
 from torch import Tensor, nn
 
 import idlkit as idl
 from idlkit import baselines as bl
 
 HERE = Path(__file__).resolve().parent
+HAS_STOP = has_backward_stop()
+TORCHIDL = "torchidl ImplicitRNN"
+EQUAL = "idlkit ImplicitRNN (warm start)"  # the equal-tolerance row that torchidl copies
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--recurrent", type=int, default=8, help="recurrent size r")
     ap.add_argument("--lookback", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--tol", type=float, default=1e-5,
+                    help="forward tolerance of both libraries and the absolute adjoint tolerance "
+                         "(torchidl grad_tol, idlkit backward_tol with backward_stop='absolute')")
+    ap.add_argument("--kappa", type=float, default=0.95,
+                    help="well-posedness bound ||A||_inf <= kappa, both libraries (default 0.95)")
     ap.add_argument("--limit", type=int, default=None, help="use the first N windows")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--threads", type=int, default=1)
@@ -68,10 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class _TorchIDL(nn.Module):
-    def __init__(self, n: int, r: int, tol: float) -> None:
+    def __init__(self, n: int, r: int, tol: float, kappa: float) -> None:
         super().__init__()
-        self.net = _torchidl_rnn_class()(input_dim=1, output_dim=1, implicit_hidden_dim=n, hidden_dim=r,
-                               tol=tol, grad_tol=tol)
+        self.net = _torchidl_rnn_class()(input_dim=1, output_dim=1, implicit_hidden_dim=n,
+                                         hidden_dim=r, tol=tol, grad_tol=tol, kappa=kappa)
+
+    def copy_from(self, rnn: idl.ImplicitRNN) -> None:
+        """Take idlkit's initial matrices (cell without bias: torchidl's cell has none;
+        both cells read ``cat(x_t, h)``; the heads are both ``nn.Linear(r, 1)``)."""
+        layer = self.net.recurrent.layer
+        with torch.no_grad():
+            for k in ("A", "B", "C", "D"):
+                getattr(layer, k).copy_(getattr(rnn.cell, k))
+            self.net.linear.weight.copy_(rnn.head.weight)
+            self.net.linear.bias.copy_(rnn.head.bias)
 
     def forward(self, s: Tensor) -> Tensor:
         return self.net(s)
@@ -87,25 +104,61 @@ def _torchidl_rnn_class() -> type:
 
 
 def models(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Callable[[], nn.Module]]:
+    """{label: builder}. Rows without ``[rel bwd]`` stop the adjoint at the absolute ``tol``
+    (``backward_stop="absolute"``, torchidl's ``grad_tol`` rule) and have no cell bias, as
+    torchidl's cell; ``[rel bwd]`` rows use idlkit's relative rule (and its default bias)."""
     n, r, tol = args.hidden, args.recurrent, args.tol
 
-    def rnn(warm: bool, backward_tol: float | None = None) -> Callable[[], nn.Module]:
+    def rnn(warm: bool, stop: str, backward_tol: float | None = None,
+            bias: bool = True) -> Callable[[], nn.Module]:
+        kw: dict = {}
+        if HAS_STOP:
+            kw = ({"backward_stop": "absolute", "backward_tol": tol} if stop == "absolute"
+                  else {"backward_stop": "relative", "backward_tol": backward_tol})
+        elif backward_tol is not None:
+            kw = {"backward_tol": backward_tol}
         return lambda: idl.ImplicitRNN(1, n, 1, recurrent_size=r, tol=tol, warm_start=warm,
-                                       max_iter=2000, dtype=dtype, backward_tol=backward_tol)
+                                       max_iter=2000, dtype=dtype, bias=bias,
+                                       kappa=args.kappa, **kw)
 
-    target = bl.count_parameters(rnn(True)())
+    target = bl.count_parameters(rnn(True, "absolute", bias=False)())
     w = bl.matched_width(lambda w: bl.LSTMModel(1, w, 1), target, high=512)
-    out = {"idlkit ImplicitRNN (warm start)": rnn(True),
-           "idlkit ImplicitRNN (cold start)": rnn(False),
-           "idlkit ImplicitRNN (warm, backward_tol 0.1)": rnn(True, 0.1),
-           f"LSTM (hidden {w})": lambda: bl.LSTMModel(1, w, 1).to(dtype)}
+    out = {EQUAL: rnn(True, "absolute", bias=False),
+           "idlkit ImplicitRNN (cold start)": rnn(False, "absolute", bias=False)}
+    if HAS_STOP:  # without backward_stop the rows above already run the relative rule
+        out["idlkit ImplicitRNN (warm start) [rel bwd]"] = rnn(True, "relative")
+    out["idlkit ImplicitRNN (warm, backward_tol 0.1) [rel bwd]"] = rnn(True, "relative", 0.1)
+    out[f"LSTM (hidden {w})"] = lambda: bl.LSTMModel(1, w, 1).to(dtype)
     if not args.skip_torchidl:
         try:
             _torchidl_rnn_class()
-            out["torchidl ImplicitRNN"] = lambda: _TorchIDL(n, r, tol).to(dtype)
+            out[TORCHIDL] = lambda: _TorchIDL(n, r, tol, args.kappa).to(dtype)
         except ImportError as exc:
             print(f"torchidl row skipped: {exc}", file=sys.stderr)
     return out
+
+
+def tolerance_note(name: str, tol: float) -> str:
+    if name == TORCHIDL:
+        return f"absolute grad_tol {tol:g} (Picard)"
+    if not name.startswith("idlkit"):
+        return "-"
+    if "[rel bwd]" in name:
+        bt = 0.1 if "0.1" in name else tol
+        return f"relative {bt:g} * ||dL/dx||_inf"
+    return (f"absolute {tol:g} (equal tolerance)" if HAS_STOP else
+            f"relative {tol:g} * ||dL/dx||_inf: this idlkit has no backward_stop, NOT equal "
+            f"tolerance")
+
+
+def final_mse(model: nn.Module, X: Tensor, Y: Tensor, batch: int) -> float:
+    """Mean squared error over all windows after training (untimed, no gradients)."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, X.shape[0], 1024):
+            total += float(((model(X[i:i + 1024]).reshape(-1) - Y[i:i + 1024].reshape(-1)) ** 2
+                            ).sum())
+    return total / X.shape[0]
 
 
 def epoch(model: nn.Module, opt: torch.optim.Optimizer, X: Tensor, Y: Tensor, batch: int,
@@ -142,9 +195,12 @@ def main(argv: list[str] | None = None) -> None:
         X, Y = X[:args.limit], Y[:args.limit]
     builders = models(args, dtype)
     nets, opts = {}, {}
+    load_start = loadavg_1min()
     for name, build in builders.items():
         torch.manual_seed(0)
         nets[name] = build()
+        if name == TORCHIDL and EQUAL in nets:
+            nets[name].copy_from(nets[EQUAL])
         opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-3)
     times: dict[str, list[float]] = {k: [] for k in nets}
     losses: dict[str, list[float]] = {k: [] for k in nets}
@@ -158,31 +214,60 @@ def main(argv: list[str] | None = None) -> None:
             losses[name].append(loss)
             iters[name].append(it)
             print(f"round {rnd + 1}: {name}: {sec:.2f} s, train MSE {loss:.4g}", flush=True)
+    load_end = loadavg_1min()
     lstm = next(k for k in nets if k.startswith("LSTM"))
     ref = statistics.median(times[lstm])
+    tref = statistics.median(times[TORCHIDL]) if TORCHIDL in times else None
     rows = [{"model": k, "params": bl.count_parameters(v),
              "epoch_s_median": statistics.median(times[k]), "epoch_s": times[k],
-             "ratio_to_lstm": statistics.median(times[k]) / ref, "train_mse": losses[k],
-             "iterations_per_step": iters[k]}
+             "ratio_to_lstm": statistics.median(times[k]) / ref,
+             "torchidl_over_this": tref / statistics.median(times[k]) if tref else None,
+             "train_mse": losses[k], "final_mse": final_mse(v, X, Y, args.batch),
+             "iterations_per_step": iters[k], "adjoint_tolerance": tolerance_note(k, args.tol),
+             "same_init_as_torchidl": k in (EQUAL, TORCHIDL) and TORCHIDL in nets}
             for k, v in nets.items()]
     meta = {"argv": " ".join(sys.argv[1:]) or "defaults", "windows": int(X.shape[0]),
             "dtype": args.dtype, "threads": args.threads, "cpu": cpu_model(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "commit": git_commit(), "tol": args.tol, "batch": args.batch,
+            "commit": git_commit(), "tol": args.tol, "batch": args.batch, "kappa": args.kappa,
+            "forward_tolerance": f"absolute {args.tol:g}, both libraries",
+            "idlkit_has_backward_stop": HAS_STOP, "loadavg_1min_start": load_start,
+            "loadavg_1min_end": load_end,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    md = ["# ImplicitRNN vs LSTM: time per training epoch (spiky series)", "",
+    lb = "-" if load_start is None else f"{load_start:.2f}"
+    le = "-" if load_end is None else f"{load_end:.2f}"
+    md = ["# ImplicitRNN vs LSTM and torchidl: time per training epoch (spiky series)", "",
           f"{meta['windows']} windows of {args.lookback} steps, batch {args.batch}, "
-          f"{args.dtype}, {args.threads} thread(s), tol {args.tol:g}, Adam 1e-3; median of "
-          f"{args.rounds} interleaved rounds; {meta['date']}, {meta['cpu']}.", "",
-          "| model | params | s / epoch (per round) | x LSTM | train MSE per round | "
-          "fwd + bwd iterations per step |",
-          "|---|---:|---:|---:|---|---|"]
+          f"{args.dtype}, {args.threads} thread(s), kappa {args.kappa:g}, Adam 1e-3; median of "
+          f"{args.rounds} interleaved rounds; {meta['date']}, {meta['cpu']}. Load average "
+          f"(1 min) at start / end: {lb} / {le}.", "",
+          f"Tolerances. Forward, both libraries: absolute {args.tol:g}. Adjoint: torchidl "
+          f"absolute `grad_tol = {args.tol:g}`; idlkit rows without `[rel bwd]`: absolute "
+          f"`backward_tol = {args.tol:g}` (" + ("`backward_stop='absolute'`, equal tolerance"
+          if HAS_STOP else "NOT available in this idlkit: these rows run the relative rule")
+          + "), no cell bias (as torchidl's cell); `[rel bwd]` rows: idlkit's relative rule "
+          "(`backward_tol` times `||dL/dx||_inf`) with the cell bias. `torchidl / this` > 1: "
+          "faster than torchidl. `final MSE`: over all training windows after the last "
+          "round (untimed); the goal is speed at equal final loss.", "",
+          "| model | params | s / epoch (per round) | x LSTM | torchidl / this | train MSE per round "
+          "| final MSE | fwd + bwd iterations per step | adjoint tolerance |",
+          "|---|---:|---:|---:|---:|---|---:|---|---|"]
     md += [f"| {r['model']} | {r['params']} | {r['epoch_s_median']:.2f} "
            f"({', '.join(f'{v:.2f}' for v in r['epoch_s'])}) | {r['ratio_to_lstm']:.1f} | "
-           f"{', '.join(f'{v:.4g}' for v in r['train_mse'])} | "
+           + ("-" if r["torchidl_over_this"] is None or r["model"] == TORCHIDL
+              else f"{r['torchidl_over_this']:.2f}")
+           + f" | {', '.join(f'{v:.4g}' for v in r['train_mse'])} | {r['final_mse']:.4g} | "
            + (", ".join(f"{v:.1f}" for v in r["iterations_per_step"])
-              if r["iterations_per_step"][0] is not None else "n/a") + " |"
+              if r["iterations_per_step"][0] is not None else "n/a")
+           + f" | {r['adjoint_tolerance']} |"
            for r in rows]
+    if TORCHIDL in nets:
+        md += ["", f"Same initial matrices: `{EQUAL}` and `{TORCHIDL}` start from the same A, B, "
+               "C, D and head (copied; both cells map `cat(x_t, h)`, no bias). They still train "
+               "differently: idlkit projects A onto the kappa ball after each step, torchidl "
+               "rescales A inside every forward. The other idlkit rows and the LSTM start from "
+               "their own initialisations (seed 0); the `[rel bwd]` rows have a cell bias, "
+               "which torchidl's cell lacks."]
     out = Path(args.out)
     atomic_write(out / "bench_rnn.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     atomic_write(out / "bench_rnn.md", "\n".join(md) + "\n")

@@ -41,7 +41,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import atomic_write, git_commit, load_torchidl
+from _common import atomic_write, git_commit, has_backward_stop, load_torchidl
 
 HERE = Path(__file__).resolve().parent
 _SHARED = HERE.parent.parent / "shared" / "datasets"
@@ -51,8 +51,19 @@ if "IDLKIT_DATA" not in os.environ:
             os.environ["IDLKIT_DATA"] = str(_cand)
             break
 
-LIBS = ("idlkit", "torchidl")
+LIBS = ("idlkit", "idlkit-rel", "torchidl")
 HIDDEN, BATCH, LR, KAPPA, TOL = 100, 100, 1e-3, 0.95, 1e-6
+GRAD_TOL = TOL  # torchidl's absolute adjoint tolerance = idlkit's absolute backward_tol
+
+
+def tolerance_notes(has_stop: bool) -> dict[str, str]:
+    """The adjoint stopping rule of each library's run (the forward is absolute TOL for all)."""
+    eq = (f"absolute adjoint tol {GRAD_TOL:g} (backward_stop='absolute', equal tolerance)"
+          if has_stop else f"relative adjoint tol {TOL:g} * ||dL/dx||_inf: this idlkit has no "
+          f"backward_stop, so NOT equal tolerance")
+    return {"idlkit": eq,
+            "idlkit-rel": f"relative adjoint tol {TOL:g} * ||dL/dx||_inf (idlkit's default rule)",
+            "torchidl": f"absolute grad_tol {GRAD_TOL:g} (Picard)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,10 +78,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "round (default 1)")
     ap.add_argument("--out", type=Path, default=HERE / "results",
                     help="output directory (default benchmarks/results)")
-    ap.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS), help="default: both")
+    ap.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS),
+                    help="default: all; 'idlkit' = absolute adjoint tolerance equal to torchidl's "
+                         "grad_tol, 'idlkit-rel' = idlkit's relative rule (skipped on a library "
+                         "without backward_stop, where it is the same run as 'idlkit')")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 epoch on the first 1000 samples, results "
+                         "bench_train_quick.*")
     ap.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.limit = 1, min(args.limit, 1000)
     if args.epochs < 1 or args.limit < 1 or args.threads < 1 or args.rounds < 1:
         ap.error("--epochs, --limit, --threads and --rounds must be positive")
     return args
@@ -144,10 +163,19 @@ def worker(args: argparse.Namespace) -> dict:
                 correct += int((model(Xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum())
         return correct / Xt.shape[0]
 
+    has_stop = has_backward_stop()
     torch.manual_seed(args.seed)
-    if args.worker == "idlkit":
+    # the initial matrices of every run: idlkit's initialisation from --seed
+    init = idl.ImplicitModel(X.shape[1], HIDDEN, 10, activation="relu", kappa=KAPPA,
+                             solver="anderson", tol=TOL)
+    if args.worker in ("idlkit", "idlkit-rel"):
+        stop = {}
+        if has_stop:
+            stop = ({"backward_stop": "absolute", "backward_tol": GRAD_TOL}
+                    if args.worker == "idlkit" else {"backward_stop": "relative"})
         model = idl.ImplicitModel(X.shape[1], HIDDEN, 10, activation="relu", kappa=KAPPA,
-                                  solver="anderson", tol=TOL)
+                                  solver="anderson", tol=TOL, **stop)
+        model.load_state_dict(init.state_dict())
 
         def log(rec: object) -> None:
             model.eval()
@@ -156,20 +184,29 @@ def worker(args: argparse.Namespace) -> dict:
             epochs.append({"epoch": rec.epoch, "seconds": rec.seconds, "train_loss": rec.train_loss,
                            "test_accuracy": acc, "forward_iterations": rec.forward_iterations,
                            "backward_iterations": rec.backward_iterations})
-            print(f"  idlkit epoch {rec.epoch}: {rec.seconds:.1f} s, loss {rec.train_loss:.4f}, "
+            print(f"  {args.worker} epoch {rec.epoch}: {rec.seconds:.1f} s, loss {rec.train_loss:.4f}, "
                   f"test acc {acc:.4f}", file=sys.stderr, flush=True)
 
         trainer = idl.train.Trainer(optimizer="adam", lr=LR, epochs=args.epochs, batch_size=BATCH,
                                     seed=args.seed, log=log)
         with RssSampler() as sampler:
             trainer.fit(model, (X, y))
-        note = "ImplicitModel(solver='anderson', tol=1e-6) + Trainer (projection after every step)"
+        note = (f"ImplicitModel(solver='anderson', tol={TOL:g}) + Trainer (projection after "
+                f"every step); {tolerance_notes(has_stop)[args.worker]}")
     else:
         tb, _, note = load_torchidl()
         if tb is None:
             return {"error": note}
         model = tb.ImplicitModel(X.shape[1], 10, HIDDEN, bias=True, kappa=KAPPA, tol=TOL,
-                                 grad_tol=TOL, mitr=300, grad_mitr=300)
+                                 grad_tol=GRAD_TOL, mitr=300, grad_mitr=300)
+        # same initial matrices as idlkit: torchidl appends a row of ones to U, so its B is
+        # [B b] and its D is [D d]; idlkit's initial A lies in the kappa ball, so torchidl's
+        # in-forward rescaling leaves it unchanged
+        with torch.no_grad():
+            model.A.copy_(init.A)
+            model.B.copy_(torch.cat([init.B, init.b[:, None]], dim=1))
+            model.C.copy_(init.C)
+            model.D.copy_(torch.cat([init.D, init.d[:, None]], dim=1))
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         gen = torch.Generator().manual_seed(args.seed)  # the Trainer's batch order
         n_warn = 0
@@ -197,8 +234,9 @@ def worker(args: argparse.Namespace) -> dict:
             print(f"  torchidl epoch {epoch}: {seconds:.1f} s, loss {total / X.shape[0]:.4f}, "
                   f"test acc {acc:.4f}", file=sys.stderr, flush=True)
         sampler.__exit__()
-        note += f"; {n_warn} non-convergence warnings"
-    return {"epochs": epochs, "rss_before_training_mib": rss_data,
+        note += (f"; {tolerance_notes(has_stop)['torchidl']}; idlkit's initial matrices; "
+                 f"{n_warn} non-convergence warnings")
+    return {"epochs": epochs, "rss_before_training_mib": rss_data, "has_backward_stop": has_stop,
             "peak_rss_training_mib": sampler.peak, "peak_rss_mib": maxrss_mib(),
             "note": note, "torch_threads": torch.get_num_threads()}
 
@@ -231,54 +269,78 @@ def fmt(v: float | None, spec: str) -> str:
 
 
 def markdown(res: dict) -> str:
-    a, b = res["results"].get("idlkit", {}), res["results"].get("torchidl", {})
     cfg = res["config"]
+    R = res["results"]
+    libs = [lib for lib in LIBS if lib in R]
+    t = R.get("torchidl", {})
+    tn = tolerance_notes(res["machine"]["idlkit_has_backward_stop"])
     lines = [
         "# bench_train: idlkit vs torchidl, training on MNIST",
         "",
         f"{res['timestamp']}; {res['machine']['cpu']}, {cfg['threads']} torch threads, "
         f"torch {res['machine']['torch']}, torchidl {res['machine']['torchidl']}. "
-        f"n = {HIDDEN}, batch {BATCH}, Adam lr {LR:g}, relu, kappa {KAPPA}, tol {TOL:g}, float32, "
-        f"{cfg['train_samples']} training samples, same batch order; test set 10000. "
+        f"n = {HIDDEN}, batch {BATCH}, Adam lr {LR:g}, relu, kappa {KAPPA}, float32, "
+        f"{cfg['train_samples']} training samples, same batch order, same initial matrices "
+        f"(idlkit's initialisation from --seed, copied into torchidl as `B = [B b]`, "
+        f"`D = [D d]`); test set 10000. "
         f"Load average (1 min) at start / end: {res['machine']['loadavg_start'][0]:.2f} / "
         f"{res['machine'].get('loadavg_end', [math.nan])[0]:.2f} on "
         f"{res['machine']['usable_cpus']} CPUs (other busy processes inflate every timing).",
         "",
-        "| epoch | idlkit s | torchidl s | torchidl / idlkit | idlkit test acc | torchidl test acc "
-        "| idlkit fwd/bwd it |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"Tolerances. Forward, every run: absolute `||x - relu(A x + B u + b)||_inf <= {TOL:g}` "
+        f"(torchidl `<`). Adjoint: " + "; ".join(f"`{lib}`: {tn[lib]}" for lib in libs) + ". "
+        "`torchidl / X`: torchidl's epoch time over X's (> 1: idlkit faster).",
+        "",
+        "| epoch | " + " | ".join(f"{lib} s" for lib in libs) + " | "
+        + " | ".join(f"torchidl / {lib}" for lib in libs if lib != "torchidl")
+        + " | " + " | ".join(f"{lib} test acc" for lib in libs) + " | "
+        + " | ".join(f"{lib} train loss" for lib in libs) + " | "
+        + " | ".join(f"{lib} fwd/bwd it" for lib in libs if lib != "torchidl") + " |",
     ]
-    ea, eb = a.get("epochs", []), b.get("epochs", [])
-    for k in range(max(len(ea), len(eb))):
-        ra = ea[k] if k < len(ea) else {}
-        rb = eb[k] if k < len(eb) else {}
-        ratio = rb["seconds"] / ra["seconds"] if ra and rb else None
-        it = (f"{ra['forward_iterations']:.1f} / {ra['backward_iterations']:.1f}" if ra else "-")
-        lines.append(f"| {k + 1} | {fmt(ra.get('seconds'), '.1f')} | {fmt(rb.get('seconds'), '.1f')} | "
-                     f"{fmt(ratio, '.2f')} | {fmt(ra.get('test_accuracy'), '.4f')} | "
-                     f"{fmt(rb.get('test_accuracy'), '.4f')} | {it} |")
-    ma = sum(r["seconds"] for r in ea) / len(ea) if ea else None
-    mb = sum(r["seconds"] for r in eb) / len(eb) if eb else None
+    others = [lib for lib in libs if lib != "torchidl"]
+    ncol = 1 + 3 * len(libs) + 2 * len(others) - (0 if "torchidl" in libs else len(others))
+    lines.append("|" + "---:|" * ncol)
+    eps = {lib: R[lib].get("epochs", []) for lib in libs}
+    te = t.get("epochs", [])
+    for k in range(max((len(v) for v in eps.values()), default=0)):
+        row = {lib: (eps[lib][k] if k < len(eps[lib]) else {}) for lib in libs}
+        rb = te[k] if k < len(te) else {}
+        cells = [fmt(row[lib].get("seconds"), ".1f") for lib in libs]
+        if "torchidl" in libs:
+            cells += [fmt(rb["seconds"] / row[lib]["seconds"] if rb and row[lib] else None, ".2f")
+                      for lib in others]
+        cells += [fmt(row[lib].get("test_accuracy"), ".4f") for lib in libs]
+        cells += [fmt(row[lib].get("train_loss"), ".4f") for lib in libs]
+        cells += [f"{row[lib]['forward_iterations']:.1f} / {row[lib]['backward_iterations']:.1f}"
+                  if row[lib] else "-" for lib in others]
+        lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
+
+    def mean(lib: str) -> float | None:
+        ep = eps.get(lib) or []
+        return sum(r["seconds"] for r in ep) / len(ep) if ep else None
+
+    mt = mean("torchidl")
+    cells = [fmt(mean(lib), ".1f") for lib in libs]
+    if "torchidl" in libs:
+        cells += [fmt(mt / mean(lib) if mt and mean(lib) else None, ".2f") for lib in others]
+    lines.append("| mean | " + " | ".join(cells) + " |" + " |" * (ncol - 1 - len(cells)))
     lines += [
-        f"| mean | {fmt(ma, '.1f')} | {fmt(mb, '.1f')} | "
-        f"{fmt(mb / ma if ma and mb else None, '.2f')} | | | |",
         "",
-        "| | idlkit | torchidl |",
-        "|---|---:|---:|",
-        f"| peak RSS of the process (MiB, ru_maxrss, incl. data loading) | "
-        f"{fmt(a.get('peak_rss_mib'), '.0f')} | "
-        f"{fmt(b.get('peak_rss_mib'), '.0f')} |",
-        f"| RSS before training (MiB, data loaded) | {fmt(a.get('rss_before_training_mib'), '.0f')} | "
-        f"{fmt(b.get('rss_before_training_mib'), '.0f')} |",
-        f"| peak RSS during training (MiB, sampled every 20 ms) | "
-        f"{fmt(a.get('peak_rss_training_mib'), '.0f')} | {fmt(b.get('peak_rss_training_mib'), '.0f')} |",
+        "| | " + " | ".join(libs) + " |",
+        "|---|" + "---:|" * len(libs),
+        "| peak RSS of the process (MiB, ru_maxrss, incl. data loading) | "
+        + " | ".join(fmt(R[lib].get("peak_rss_mib"), ".0f") for lib in libs) + " |",
+        "| RSS before training (MiB, data loaded) | "
+        + " | ".join(fmt(R[lib].get("rss_before_training_mib"), ".0f") for lib in libs) + " |",
+        "| peak RSS during training (MiB, sampled every 20 ms) | "
+        + " | ".join(fmt(R[lib].get("peak_rss_training_mib"), ".0f") for lib in libs) + " |",
         "",
-        f"idlkit: {a.get('note', a.get('error', '-'))}.  ",
-        f"torchidl: {b.get('note', b.get('error', '-'))}.  ",
-        "Epoch time is training only (test accuracy is measured after it, untimed). Each library "
-        "runs in its own process (peak RSS includes the interpreter, torch and the data). The "
-        "initialisations differ (each library's own); the batch order is the same.",
     ]
+    lines += [f"{lib}: {R[lib].get('note', R[lib].get('error', '-'))}.  " for lib in libs]
+    lines.append("Epoch time is training only (test accuracy is measured after it, untimed). Each "
+                 "library runs in its own process (peak RSS includes the interpreter, torch and "
+                 "the data). The training differs in how A is kept well-posed: idlkit projects A "
+                 "onto the ball after each step, torchidl rescales it inside every forward.")
     rounds = res.get("rounds", {})
     if any(len(v) > 1 for v in rounds.values()):
         lines.append("Rounds (libraries alternated; the table shows each one's fastest): mean s/epoch "
@@ -322,18 +384,27 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "config": {"epochs": args.epochs, "limit": args.limit, "train_samples": n_train,
                    "threads": args.threads, "seed": args.seed, "hidden": HIDDEN, "batch": BATCH,
-                   "lr": LR, "kappa": KAPPA, "tol": TOL, "dtype": "float32"},
+                   "lr": LR, "kappa": KAPPA, "tol": TOL, "dtype": "float32",
+                   "forward_tolerance": f"absolute {TOL:g}, every run",
+                   "adjoint_tolerance": tolerance_notes(has_backward_stop()),
+                   "quick": args.quick},
         "machine": {"torch": torch.__version__, "idlkit": getattr(idl, "__version__", None),
                     "torchidl": version("torchidl"), "python": platform.python_version(),
                     "cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)),
-                    "loadavg_start": list(os.getloadavg())},
+                    "loadavg_start": list(os.getloadavg()),
+                    "idlkit_has_backward_stop": has_backward_stop()},
         "results": {},
     }
     # rounds alternate the libraries, so that a change of load hits both; each library's
     # reported run is its fastest round (the least disturbed), all rounds are listed
-    runs: dict[str, list[dict]] = {lib: [] for lib in args.libs}
+    libs = [lib for lib in LIBS if lib in args.libs]
+    if "idlkit-rel" in libs and not has_backward_stop():
+        libs.remove("idlkit-rel")  # the same run as 'idlkit' on this library
+        print("idlkit-rel skipped: this idlkit has no backward_stop, so 'idlkit' already runs "
+              "the relative rule", file=sys.stderr)
+    runs: dict[str, list[dict]] = {lib: [] for lib in libs}
     for _ in range(args.rounds):
-        for lib in args.libs:
+        for lib in libs:
             runs[lib].append(run_worker(lib, args))
 
     def mean_epoch(r: dict) -> float:
@@ -345,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     res["rounds"] = {lib: [mean_epoch(r) for r in rs] for lib, rs in runs.items()}
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     md = markdown(res)
-    atomic_write(args.out / "bench_train.json", json.dumps(res, indent=2) + "\n")
-    atomic_write(args.out / "bench_train.md", md)
+    stem = "bench_train_quick" if args.quick else "bench_train"
+    atomic_write(args.out / f"{stem}.json", json.dumps(res, indent=2) + "\n")
+    atomic_write(args.out / f"{stem}.md", md)
     print(md)
     return 0
 

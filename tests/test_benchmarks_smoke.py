@@ -1,0 +1,79 @@
+"""Smoke tests of the speed benchmarks (bench_core, bench_train, bench_rnn) at tiny budgets,
+so that CI catches a broken benchmark script; the timings themselves are not checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return proc
+
+
+def _mnist_available() -> bool:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _common import ensure_idlkit_data
+
+        ensure_idlkit_data()
+        import idlkit as idl
+
+        idl.datasets.load("mnist", split="train")
+        return True
+    except Exception:
+        return False
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_bench_core_quick(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_core.py", "--quick", "--threads", "1", "--target-threads", "1",
+          "--sizes", "20", "--repeats", "1", "--scaling-sizes", "20", "--scaling-batches", "8",
+          "16", "--tiny-steps", "40", "--mnist-steps", "2", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_core_quick.json").read_text())
+    secs = res["sections"]
+    assert set(secs) == {"compare", "scaling", "targets"}
+    cfg = res["config"]
+    assert cfg["dtypes"] == ["float32", "float64"] and cfg["grad_tol"] == cfg["tol"]
+    for tab in secs["compare"]["tables"]:
+        labels = [r["label"] for c in tab["cells"] for r in c["methods"]]
+        assert "idlkit-anderson" in labels and "idlkit-anderson [rel bwd]" in labels
+        assert not [r for c in tab["cells"] for r in c["methods"] if "error" in r]
+    rows = [r for c in secs["scaling"]["cells"] for r in c["rows"] if "memory" in r]
+    assert rows and all(r["memory"]["kept_bytes"] > 0 for r in rows)
+    goals = secs["targets"]["goals"]
+    assert {g["row"][:3] for g in goals} >= {"(a)", "(b)", "(c)"}
+    assert all(g["verdict"] in ("PASS", "MISS", "-") for g in goals)
+    md = (tmp_path / "bench_core_quick.md").read_text()
+    assert "## scaling" in md and "## targets" in md and "grad_tol" in md
+
+
+@pytest.mark.skipif(not _mnist_available(), reason="MNIST not available ($IDLKIT_DATA)")
+def test_bench_train_quick(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_train.py", "--quick", "--limit", "300", "--threads", "1",
+          "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_train_quick.json").read_text())
+    assert res["results"]["idlkit"]["epochs"]
+    assert "adjoint_tolerance" in res["config"]
+    assert "Tolerances" in (tmp_path / "bench_train_quick.md").read_text()
+
+
+def test_bench_rnn_quick_with_torchidl(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_rnn.py", "--quick", "--limit", "128", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_rnn.json").read_text())
+    names = [r["model"] for r in res["rows"]]
+    assert "idlkit ImplicitRNN (warm start)" in names
+    assert all(r["final_mse"] >= 0 for r in res["rows"])
