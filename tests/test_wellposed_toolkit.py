@@ -344,11 +344,15 @@ def test_project_mu_set_michelot_and_sort_paths_agree(gamma, monkeypatch):
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 40), n=st.integers(1, 40),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_small_l1_threshold_numpy_path_matches_torch_sort(seed, m, n, dtype):
-    """The numpy threshold used for small CPU inputs equals the torch sort-based formula."""
+    """The threshold of small CPU inputs (numpy sort, float64 sums) equals the torch sort-based
+    formula and solves sum_j (W_ij - lam_i)_+ = radius (the KKT equation of App. H)."""
     g = torch.Generator().manual_seed(seed)
     W = torch.rand(m, n, generator=g, dtype=torch.float64).pow(3).mul(3).to(dtype)
     radius = 0.5 * float(W.sum(dim=1).min()) + 1e-3  # every row outside
     ref = wp._threshold_sorted(torch.sort(W, dim=1, descending=True).values, radius)[0]
-    got = torch.from_numpy(wp._threshold_sorted_np(W.numpy(), radius)).to(dtype)
+    got = wp._l1_threshold(W, radius)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    kkt = (W.double() - got.double()[:, None]).clamp(min=0).sum(dim=1)
+    scale = float(W.double().sum(dim=1).max())  # lam is rounded to the dtype: error ~ n ulp
+    torch.testing.assert_close(kkt, torch.full_like(kkt, radius), rtol=tol, atol=tol * scale)

@@ -311,16 +311,6 @@ def _threshold_sorted(c: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     return (cs.gather(1, rho.long() - 1) / rho).squeeze(1), ~cond[:, -1]
 
 
-def _threshold_sorted_np(W: np.ndarray, radius: float) -> np.ndarray:
-    """:func:`_threshold_sorted` of the rows of ``W`` sorted in full (numpy, float64 sums)."""
-    c = -np.sort(-W, axis=1)
-    cs = np.cumsum(c, axis=1, dtype=np.float64) - radius
-    j = np.arange(1, c.shape[1] + 1)
-    rho = ((c * j) > cs).argmin(axis=1)  # first j where the condition fails (it holds up to rho)
-    rho = np.where(((c * j) > cs).all(axis=1), c.shape[1], rho)
-    return cs[np.arange(c.shape[0]), rho - 1] / rho
-
-
 def _michelot(W: Tensor, radius: float, lam: Tensor, max_iter: int = 30, chunk: int = 128,
               offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Michelot's iteration ``lam <- (t + sum_{W > lam} W - r) / (#{W > lam} + e)``, i.e.
@@ -366,9 +356,13 @@ def _l1_threshold(W: Tensor, radius: float) -> Tensor:
     """
     m, n = W.shape
     if m * n <= _SORT_DIRECTLY:  # small: one sort costs less than the shortcuts' bookkeeping
-        if W.device.type == "cpu":  # numpy's small-array overhead is a third of torch's
-            return torch.from_numpy(_threshold_sorted_np(W.detach().numpy(), radius)).to(W.dtype)
-        return _threshold_sorted(torch.sort(W, dim=1, descending=True).values, radius)[0]
+        if W.device.type == "cpu":  # numpy sorts small rows ~4x faster than torch
+            c = torch.from_numpy(-np.sort(-W.detach().numpy(), axis=1))
+        else:
+            c = torch.sort(W, dim=1, descending=True).values
+        # float64 partial sums (as the row sums of the certificates); torch's cumsum along
+        # rows is ~4x faster than numpy's here
+        return _threshold_sorted(c.to(torch.float64), radius)[0].to(W.dtype)
     lam = (W.sum(dim=1) - radius) / n
     rows = (W.amin(dim=1) <= lam).nonzero().squeeze(1)
     if rows.numel() and n > 16:
@@ -409,7 +403,7 @@ def _project_rows_l1(V: Tensor, radius: float) -> Tensor:
     # the projected rows lie on the sphere in exact arithmetic; after rounding they may sit a
     # few ulps outside, so pull them strictly inside by the rounding allowance
     target = radius * (1 - _boundary_margin(V.shape[1], V.dtype))
-    psum = torch.linalg.vector_norm(P, 1, dim=1, keepdim=True, dtype=torch.float64)
+    psum = P.abs().sum(dim=1, keepdim=True, dtype=torch.float64)
     over = psum > target
     if bool(over.any()):
         P = P * torch.where(over, target / psum, torch.ones_like(psum)).to(V.dtype)

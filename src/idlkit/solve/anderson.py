@@ -103,15 +103,16 @@ class History:
         return torch.mul(self.Yh, a, out=self.buf).sum(dim=0)
 
 
-def plain_rate(batch: int, n: int, m: int) -> float:
-    """Contraction per plain step below which plain steps beat Anderson (see :func:`_anderson`).
+def plain_rate(batch: int, n: int, m: int, lean: bool = False) -> float:
+    """Contraction per plain step below which plain steps beat Anderson (see :func:`anderson`).
 
     Cost model in flops: a plain step is one GEMM ``2 B n^2`` plus ~8 small operations of
-    fixed cost ``_OP_WORK`` and ``4 B n`` of entrywise work; an Anderson step adds ~22
+    fixed cost ``_OP_WORK`` (~2 in the lean loop, which reads the residual rarely, see
+    :mod:`idlkit.solve.lean`) and ``4 B n`` of entrywise work; an Anderson step adds ~22
     small operations and ``16 m B n`` of history work (Gram row, mixing, stores).
     """
     gemm = 2.0 * batch * n * n
-    plain = gemm + 8 * _OP_WORK + 4.0 * batch * n
+    plain = gemm + (2 if lean else 8) * _OP_WORK + 4.0 * batch * n
     anderson = gemm + 30 * _OP_WORK + 16.0 * m * batch * n
     return _ANDERSON_RATE ** (plain / anderson)
 

@@ -71,8 +71,9 @@ class SolveOptions:
             iterate the batch as one block (``False``), or decide by the problem size
             (``None``: tracked only where retirement pays, see
             :func:`idlkit.solve.tracked.retirement_pays`).
-        check_every: iterations between host reads of the residual (``None``: 1 on the
-            CPU, :data:`DEVICE_CHECK_EVERY` on an accelerator). Lean loops only.
+        check_every: iterations between host reads of the residual in lean loops
+            (``None``: predicted from the contraction rate, at least 1 on the CPU and
+            :data:`DEVICE_CHECK_EVERY` on an accelerator, see :mod:`idlkit.solve.lean`).
     """
 
     tol: float = 1e-6
@@ -88,10 +89,9 @@ class SolveOptions:
         """Whether a solve of ``batch`` samples of size ``n`` takes the lean loop."""
         return not self.per_sample if self.per_sample is not None else not retirement_pays(batch, n)
 
-    def checks(self, X: Tensor) -> int:
-        """Iterations between residual reads for iterates on ``X``'s device."""
-        if self.check_every is not None:
-            return self.check_every
+    def min_gap(self, X: Tensor) -> int:
+        """Fewest iterations between residual reads of a lean solve on ``X``'s device (a read
+        synchronises an accelerator; on the CPU it costs nothing)."""
         return 1 if X.device.type == "cpu" else DEVICE_CHECK_EVERY
 
 
@@ -193,7 +193,7 @@ class Anderson(Solver):
         beta = step if opts.beta is None else opts.beta
         if opts.lean(X.shape[0], X.shape[1]):
             return anderson_lean(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
-                                 opts.on_nonconvergence, first, opts.checks(X))
+                                 opts.on_nonconvergence, first, opts.check_every, opts.min_gap(X))
         return anderson(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
                         opts.on_nonconvergence, first)
 
@@ -222,7 +222,7 @@ def _simple(F: FixedPointMap, X: Tensor, alpha: float, method: str, opts: SolveO
             first: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, SolveInfo]:
     if opts.lean(X.shape[0], X.shape[1]):
         return iterate_lean(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
-                            first, opts.checks(X))
+                            first, opts.check_every, opts.min_gap(X))
     return iterate_tracked(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
                            first)
 
