@@ -29,8 +29,13 @@ _FLOOR_ULPS = 1024
 
 class History:
     """Anderson's memory for a batch ``(m_batch, n)``: iterates ``x_i + beta G_i`` and
-    residuals ``G_i`` slot-first ``(memory, m_batch, n)``, their Gram matrices, and the
+    residuals ``G_i`` batch-first ``(m_batch, memory, n)``, their Gram matrices, and the
     bordered system ``[[0, 1^T], [1, H]]``.
+
+    Batch-first, the mixing ``sum_i a_i y_i`` is one batched product (``bmm`` of
+    ``(B, 1, m)`` by ``(B, m, n)``, ~2x faster than the elementwise product and reduction it
+    replaced at n = 300, batch 256); the Gram row stays an elementwise product and a sum
+    (the batched matrix-vector product is 4x slower there).
 
     The system always has the full memory size: a slot not yet filled has a zero border
     entry and a zero Gram row and column, so its equation reads ``1e-10 a_j = 0`` and its
@@ -43,8 +48,8 @@ class History:
         B, n = X.shape
         f64 = dict(dtype=torch.float64, device=X.device)
         self.m = m
-        self.Yh = X.new_zeros(m, B, n)
-        self.Gh = X.new_zeros(m, B, n)
+        self.Yh = X.new_zeros(B, m, n)
+        self.Gh = X.new_zeros(B, m, n)
         self.H = torch.zeros(B, m, m, **f64)
         self.system = torch.zeros(B, m + 1, m + 1, **f64)
         self.rhs = torch.zeros(B, m + 1, 1, **f64)
@@ -53,8 +58,8 @@ class History:
 
     def _views(self) -> None:
         H, system = self.H, self.system
-        self.buf = torch.empty_like(self.Gh)  # workspace of the Gram update and the mixing
-        self.G_slot, self.Y_slot = list(self.Gh.unbind(0)), list(self.Yh.unbind(0))
+        self.buf = torch.empty_like(self.Gh)  # workspace of the Gram update
+        self.G_slot, self.Y_slot = list(self.Gh.unbind(1)), list(self.Yh.unbind(1))
         self.H_row, self.H_col = list(H.unbind(1)), list(H.unbind(2))
         self.border_row = list(system[:, 0, 1:].unbind(1))
         self.border_col = list(system[:, 1:, 0].unbind(1))
@@ -64,7 +69,7 @@ class History:
 
     def select(self, sel: Tensor) -> History:
         """The same memory for the samples ``sel`` only (in place of a new allocation)."""
-        self.Yh, self.Gh, self.H = self.Yh[:, sel], self.Gh[:, sel], self.H[sel]
+        self.Yh, self.Gh, self.H = self.Yh[sel], self.Gh[sel], self.H[sel]
         self.system, self.rhs = self.system[sel], self.rhs[sel]
         self._views()
         return self
@@ -74,7 +79,8 @@ class History:
         was empty, so its border entries are switched on)."""
         torch.add(X, G, alpha=beta, out=self.Y_slot[slot])
         self.G_slot[slot].copy_(G)
-        row = torch.mul(self.Gh, G, out=self.buf).sum(dim=2).t()  # (B, m), to float64 by copy_
+        # (an elementwise product and a sum: a batched matrix-vector bmm is 4x slower here)
+        row = torch.mul(self.Gh, G.unsqueeze(1), out=self.buf).sum(dim=2)  # (B, m)
         self.H_row[slot].copy_(row)
         self.H_col[slot].copy_(row)
         if new:
@@ -83,8 +89,8 @@ class History:
 
     def restart(self, idx: Tensor, X: Tensor, G: Tensor, beta: float) -> None:
         """Samples ``idx`` forget their history: every slot holds ``(x + beta G, G)``."""
-        self.Yh[:, idx] = X + beta * G
-        self.Gh[:, idx] = G
+        self.Yh[idx] = (X + beta * G).unsqueeze(1)
+        self.Gh[idx] = G.unsqueeze(1)
         g2 = (G.to(torch.float64) ** 2).sum(dim=1)
         self.H[idx] = g2[:, None, None].expand(-1, self.m, self.m)
         self.system[idx, 0, 1:] = 1.0
@@ -99,8 +105,8 @@ class History:
         torch.div(self.H, scale.view(-1, 1, 1), out=self.inner)
         self.inner_diag.add_(1e-10)
         sol = torch.linalg.solve_ex(self.system, self.rhs)[0]
-        a = sol.narrow(1, 1, self.m).transpose(0, 1).to(self.Yh.dtype)  # (m, B, 1)
-        return torch.mul(self.Yh, a, out=self.buf).sum(dim=0)
+        a = sol.narrow(1, 1, self.m).transpose(1, 2).to(self.Yh.dtype)  # (B, 1, m)
+        return torch.bmm(a, self.Yh).squeeze(1)
 
 
 def plain_rate(batch: int, n: int, m: int, lean: bool = False) -> float:
