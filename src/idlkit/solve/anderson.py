@@ -96,6 +96,18 @@ class History:
         self.system[idx, 0, 1:] = 1.0
         self.system[idx, 1:, 0] = 1.0
 
+    def restart_where(self, mask: Tensor, X: Tensor, G: Tensor, beta: float) -> None:
+        """:meth:`restart` for the samples where ``mask`` holds, by masks only (no host read:
+        the sync-free solver of :mod:`idlkit.solve.lean` uses it on accelerators)."""
+        mk = mask[:, None, None]
+        self.Yh.copy_(torch.where(mk, (X + beta * G).unsqueeze(1), self.Yh))
+        self.Gh.copy_(torch.where(mk, G.unsqueeze(1), self.Gh))
+        g2 = (G.to(torch.float64) ** 2).sum(dim=1)[:, None, None].expand(-1, self.m, self.m)
+        self.H.copy_(torch.where(mk, g2, self.H))
+        on = mask[:, None].to(self.system.dtype)
+        self.system[:, 0, 1:].copy_(torch.maximum(self.system[:, 0, 1:], on))
+        self.system[:, 1:, 0].copy_(torch.maximum(self.system[:, 1:, 0], on))
+
     def step(self) -> Tensor:
         """``sum_i a_i (x_i + beta G_i)`` with ``a`` solving the bordered normal equations of
         ``min ||sum_i a_i G_i|| : sum_i a_i = 1`` over the filled slots, in float64, scaled by

@@ -27,11 +27,11 @@ import math
 import torch
 from torch import Tensor
 
-from .anderson import anderson, plain_rate
-from .info import SolveInfo, finish, finite_or_raise
+from .anderson import _REJECT_FACTOR, History, anderson, plain_rate
+from .info import SolveInfo, finish, finite_or_raise, row_inf_norm
 from .maps import FixedPointMap
 
-__all__ = ["iterate_lean", "anderson_lean"]
+__all__ = ["iterate_lean", "anderson_lean", "anderson_sync_free"]
 
 _MAX_GAP = 64  # most iterations between two residual reads (bounds the delay of a NaN report)
 # read again after this fraction of the predicted steps: the rate of a ReLU solve improves as
@@ -135,6 +135,59 @@ def anderson_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_ite
         info = finish("anderson", D.amax(dim=1), it, iters, tol, on_nonconvergence,
                       per_sample=False)
         return X.t(), Z.t(), info
+    if X.device.type != "cpu":  # no host read per step on an accelerator
+        return anderson_sync_free(F, X, alpha, tol, max_iter, m, beta, on_nonconvergence,
+                                  (FX, Z), check_every, min_gap, start=it)
     return anderson(F, X, alpha, tol, max_iter, m, beta, on_nonconvergence, (FX, Z),
                     start=it, plain_phase=False, per_sample=False)
+
+
+def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: int,
+                       m: int, beta: float, on_nonconvergence: str,
+                       first: tuple[Tensor, Tensor] | None = None, check_every: int | None = None,
+                       min_gap: int = 1, start: int = 0) -> tuple[Tensor, Tensor, SolveInfo]:
+    """Anderson acceleration of the whole batch with no host read between residual reads.
+
+    The same step and safeguard as :func:`~idlkit.solve.anderson.anderson`, decided on the
+    device by masks instead of by host-side branches: a sample whose Anderson step raises
+    its residual by more than ``_REJECT_FACTOR`` (or to NaN) keeps its previous iterate,
+    restarts its history there and takes the plain step ``x + alpha G`` next (one wasted
+    evaluation instead of an immediate re-evaluation, which would need a host read). The
+    residual is read on the schedule of the lean loop (:func:`_next_gap`, at least
+    ``min_gap`` steps apart: :data:`~idlkit.solve.registry.DEVICE_CHECK_EVERY` on an
+    accelerator). Samples are not retired; ``per_sample_iterations`` is the solve's count.
+    """
+    B, n = X.shape
+    FX, Z = F(X) if first is None else first
+    G = FX - X
+    r = row_inf_norm(G)
+    hist = History(X, m)
+    plain = torch.zeros(B, dtype=torch.bool, device=X.device)  # rows to step plainly next
+    it, count, r_prev, gap, next_read = start, 0, math.inf, 1, start
+    while True:
+        if it >= next_read or it >= max_iter:
+            rmax = float(r.max())
+            if not math.isfinite(rmax):
+                finite_or_raise(r, "anderson", it)
+            if rmax <= tol or it >= max_iter:
+                break
+            gap = (check_every if check_every is not None
+                   else _next_gap(rmax, r_prev, gap, tol, min_gap, _MAX_GAP))
+            r_prev, next_read = rmax, it + gap
+        hist.store(X, G, beta, count % m, count < m)
+        count += 1
+        it += 1
+        Xn = torch.where(plain[:, None], X + alpha * G, hist.step())
+        FXn, Zn = F(Xn)
+        Gn = FXn - Xn
+        rn = row_inf_norm(Gn)
+        bad = ~(rn <= _REJECT_FACTOR * r)  # a blow-up or NaN: keep the previous iterate
+        keep = bad[:, None]
+        X, Z, G = torch.where(keep, X, Xn), torch.where(keep, Z, Zn), torch.where(keep, G, Gn)
+        r = torch.where(bad, r, rn)
+        hist.restart_where(bad, X, G, beta)
+        plain = bad
+    iters = torch.full((B,), it, dtype=torch.long, device=X.device)
+    info = finish("anderson", r, it, iters, tol, on_nonconvergence, per_sample=False)
+    return X.t(), Z.t(), info
 

@@ -85,9 +85,14 @@ class SolveOptions:
     per_sample: bool | None = None
     check_every: int | None = None
 
-    def lean(self, batch: int, n: int) -> bool:
-        """Whether a solve of ``batch`` samples of size ``n`` takes the lean loop."""
-        return not self.per_sample if self.per_sample is not None else not retirement_pays(batch, n)
+    def lean(self, batch: int, n: int, device: str = "cpu") -> bool:
+        """Whether a solve of ``batch`` samples of size ``n`` on ``device`` (a type: ``"cpu"``,
+        ``"cuda"``, ...) takes the lean loop: as ``per_sample`` says, else where retiring
+        samples cannot pay, and always on an accelerator (where the tracked loop would read
+        the residual on the host every step)."""
+        if self.per_sample is not None:
+            return not self.per_sample
+        return device != "cpu" or not retirement_pays(batch, n)
 
     def min_gap(self, X: Tensor) -> int:
         """Fewest iterations between residual reads of a lean solve on ``X``'s device (a read
@@ -191,7 +196,7 @@ class Anderson(Solver):
     def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
                 first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
         beta = step if opts.beta is None else opts.beta
-        if opts.lean(X.shape[0], X.shape[1]):
+        if opts.lean(X.shape[0], X.shape[1], X.device.type):
             return anderson_lean(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
                                  opts.on_nonconvergence, first, opts.check_every, opts.min_gap(X))
         return anderson(F, X, step, opts.tol, opts.max_iter, opts.anderson_m, beta,
@@ -220,7 +225,7 @@ class Triangular(Solver):
 
 def _simple(F: FixedPointMap, X: Tensor, alpha: float, method: str, opts: SolveOptions,
             first: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, SolveInfo]:
-    if opts.lean(X.shape[0], X.shape[1]):
+    if opts.lean(X.shape[0], X.shape[1], X.device.type):
         return iterate_lean(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
                             first, opts.check_every, opts.min_gap(X))
     return iterate_tracked(F, X, alpha, opts.tol, opts.max_iter, method, opts.on_nonconvergence,
