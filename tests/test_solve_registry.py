@@ -18,8 +18,8 @@ from idlkit.errors import ConfigurationError, NonFiniteError
 from idlkit.solve import (
     SOLVERS,
     PlanCache,
-    Solver,
     SolveOptions,
+    Solver,
     SolverSettings,
     adjoint_fixed_point,
     fixed_point,
@@ -87,7 +87,8 @@ def test_unregistered_solver_names_the_choices(bad):
 
 
 def test_structured_solver_refused_on_a_general_map():
-    with pytest.raises(ConfigurationError, match=r"structured systems only.*\['picard', 'averaged', 'anderson'\]"):
+    choices = r"structured systems only.*\['picard', 'averaged', 'anderson'\]"
+    with pytest.raises(ConfigurationError, match=choices):
         get_solver("triangular", iterative=True)
     with pytest.raises(ConfigurationError, match="registered choices"):
         idl.LowRankImplicitModel(3, 6, 2, rank=2, solver="triangular")

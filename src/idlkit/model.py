@@ -560,6 +560,17 @@ class ImplicitModel(ImplicitBase):
         self._check_wellposed()
         if not all_finite(U):
             raise NonFiniteError("input u contains NaN or Inf")
+        return self._solve(U, x0)
+
+    def _step(self, U: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(y, x)`` batch-first for an input ``U (batch, p)`` the caller has validated, with
+        well-posedness checked by the caller for the current ``A`` (the per-step path of
+        :class:`~idlkit.rnn.ImplicitRNN`, which checks once per sequence)."""
+        X = self._solve(U, x0).t()
+        return output_map(X, U, self.C, self.D, self.d), X
+
+    def _solve(self, U: Tensor, x0: Tensor | None) -> Tensor:
+        """:meth:`_state` without the checks of ``A`` and ``U``."""
         if self.hidden == 0:  # static affine map: nothing to solve
             m = U.shape[0]
             self._record = SolveRecord(SolveInfo(

@@ -219,10 +219,13 @@ class ImplicitRNN(nn.Module):
         h = s.new_zeros(batch, self.recurrent_size) if h0 is None else h0
         x: Tensor | None = None  # the last state, with autograd
         hs, records, valid = [], [], []
+        # A is the same at every step and s was checked above: check A once, then take the
+        # cell's unchecked step (a NaN in h or in the parameters still stops the solver)
+        self.cell._check_wellposed()
         for i in range(T):
-            y, x_new = self.cell.forward_with_state(
+            y, x_new = self.cell._step(
                 torch.cat((s[:, i], h), dim=1),
-                x0=x.detach() if (self.warm_start and x is not None) else None)
+                x.detach() if (self.warm_start and x is not None) else None)
             records.append(self.cell._record)
             if lengths is not None:
                 live = (lengths > i)
