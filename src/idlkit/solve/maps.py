@@ -47,8 +47,9 @@ class ForwardMap:
         return ForwardMap(self.A, self.bT[rows], self.act)
 
     def at_zero(self) -> tuple[Tensor, Tensor]:
-        """``(F(0), Z)`` with ``Z = b^T``: no matrix product."""
-        Z = self.bT.clone()
+        """``(F(0), Z)`` with ``Z = b^T``: no matrix product (``Z`` is ``b^T`` itself, which
+        the solvers never write to)."""
+        Z = self.bT
         return (self.act(Z) if self.elementwise else self.act(Z.t()).t()), Z
 
     def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
