@@ -202,6 +202,21 @@ def test_lean_reads_predict_without_missing_convergence(kappa):
     assert len(reads) < max(need, 4)  # fewer reads than steps
 
 
+def test_iterate_map_on_a_user_map_equals_fixed_point():
+    from idlkit.solve import iterate_map
+
+    A, b = _problem(4, 9, 5, 0.9)
+    F_ = ForwardMap(A, b.t().contiguous(), idl.activations.get_activation("tanh"))
+    for method in ("picard", "averaged", "anderson"):
+        X, Z, info = iterate_map(F_, torch.zeros(5, 9, dtype=torch.float64), method, 1.0, 1e-12,
+                                 5000, zero_start=True)
+        Xr, _ = fixed_point(A, b, "tanh", method="picard", tol=1e-13, max_iter=5000)
+        torch.testing.assert_close(X, Xr, rtol=0, atol=1e-10)
+        torch.testing.assert_close(Z, A @ X + b, rtol=0, atol=1e-12)
+    with pytest.raises(ConfigurationError, match="structured systems only"):
+        iterate_map(F_, torch.zeros(5, 9, dtype=torch.float64), "triangular", 1.0, 1e-9, 10)
+
+
 def test_next_gap_bounds():
     assert _next_gap(1e-3, math.inf, 1, 1e-6, 1, 64) == 1  # no rate yet
     assert _next_gap(1e-3, 1e-3, 1, 1e-6, 1, 64) == 1  # no progress: read every step

@@ -19,10 +19,12 @@ differentiation through time, with O(n^2 + T n m) memory: no solver iterate is k
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import wellposed as wp
 from ._validation import all_finite, check_int
@@ -30,7 +32,8 @@ from .activations import Activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from .function import SolveRecord
 from .model import ImplicitModel
-from .solve import SolveInfo
+from .solve import PlanCache, SolveInfo, SolverSettings
+from .solve.api import solve_adjoint, solve_forward
 
 __all__ = ["ImplicitRNN", "RNNOutput", "MODES", "aggregate_solves"]
 
@@ -81,6 +84,122 @@ def aggregate_solves(infos: list[SolveInfo], valid: list[Tensor] | None = None) 
         converged=all(i.converged for i in infos),
         per_sample_iterations=per_it, per_sample_residual=per_res, tol=infos[0].tol,
         fallbacks=sum(i.fallbacks for i in infos))
+
+
+@dataclass
+class _RecurrenceSpec:
+    """The non-tensor arguments of :class:`_Recurrence`: the cell's (centred) activation,
+    the settings its solver sees, its triangular plan cache, the warm start, the lengths
+    and one :class:`SolveRecord` per step (filled by forward and backward)."""
+
+    act: Activation
+    settings: SolverSettings
+    plans: PlanCache
+    warm_start: bool
+    lengths: Tensor | None
+    records: list[SolveRecord]
+
+
+class _Recurrence(torch.autograd.Function):
+    """The ImplicitRNN recurrence over a whole sequence as one autograd node.
+
+    Forward, for ``i = 1..T`` (no autograd graph): ``u_i = (s_i, h_{i-1})``, the
+    equilibrium ``x_i = phi(A x_i + B u_i + b)`` by the cell's solver (warm-started from
+    ``x_{i-1}``), ``y_i = C x_i + D u_i + d`` and ``h_i = y_i`` (kept at its last value past a
+    sequence's length). Saved: ``u_i``, ``x_i`` and ``z_i = A x_i + B u_i + b`` per step,
+    ``O(T m (n + p + r))``, no solver iterate.
+
+    Backward, for ``i = T..1``, with ``g_i`` the gradient reaching ``h_i`` (from the output
+    and from step ``i + 1``): ``dL/dy_i = g_i`` (where the sequence is live), the state
+    gradient ``G_i = C^T dL/dy_i`` (plus the gradient of the returned final state), the
+    adjoint equilibrium ``V_i = J(z_i)^T (A^T V_i + G_i)`` (paper 000 eq. G.3-G.4) by the
+    cell's adjoint solver and stopping rule, then ``dL/dA += V_i x_i^T``, ``dL/dB += V_i
+    u_i^T``, ``dL/db += V_i 1``, ``dL/dC += dL/dy_i x_i^T``, ``dL/dD += dL/dy_i u_i^T``,
+    ``dL/du_i = D^T dL/dy_i + B^T V_i``, whose last ``r`` entries flow to ``h_{i-1}``. This is
+    the chain rule of the step-by-step graph, written out: the per-step autograd nodes
+    (concatenation, masks, output map, one implicit function per step) cost more than the
+    solves on small cells.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, h0: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,  # type: ignore[override]
+                b: Tensor, d: Tensor, spec: _RecurrenceSpec) -> tuple[Tensor, Tensor]:
+        batch, T, _ = s.shape
+        method, opts = spec.settings.method, spec.settings.forward_options
+        h, x_keep, x_prev = h0, None, None
+        Us, Xs, Zs, hs = [], [], [], []
+        for i in range(T):
+            U = torch.cat((s[:, i], h), dim=1)
+            Zb = torch.addmm(b, U, B.t()) if b.numel() else U @ B.t()
+            x0 = x_prev.t() if (spec.warm_start and x_prev is not None) else None
+            X, Z, info = solve_forward(A, Zb.t(), spec.act, method, opts, x0, spec.plans)
+            spec.records[i].forward = info
+            Xb = X.t()
+            y = Xb @ C.t() + U @ D.t()
+            if d.numel():
+                y = y + d
+            if spec.lengths is not None:
+                live = (spec.lengths > i)[:, None]
+                h = torch.where(live, y, h)
+                x_keep = Xb if x_keep is None else torch.where(live, Xb, x_keep)
+            else:
+                h, x_keep = y, Xb
+            x_prev = Xb
+            Us.append(U)
+            Xs.append(X)
+            Zs.append(Z)
+            hs.append(h)
+        ctx.spec = spec
+        ctx.save_for_backward(A, B, C, D, torch.stack(Us), torch.stack(Xs), torch.stack(Zs))
+        ctx.sizes = (s.shape[2], b.numel() > 0, d.numel() > 0)
+        assert x_keep is not None
+        return torch.stack(hs, dim=1), x_keep
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_hidden: Tensor, g_x: Tensor):  # type: ignore[override]
+        A, B, C, D, Us, Xs, Zs = ctx.saved_tensors
+        spec: _RecurrenceSpec = ctx.spec
+        p, has_b, has_d = ctx.sizes
+        s_ = spec.settings
+        method, base = s_.adjoint_method, s_.backward_options
+        T = Us.shape[0]
+        gA, gB, gC, gD = (torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C),
+                          torch.zeros_like(D))
+        gb = B.new_zeros(B.shape[0]) if has_b else None
+        gd = C.new_zeros(C.shape[0]) if has_d else None
+        g_s = g_hidden.new_zeros(g_hidden.shape[0], T, p)
+        gh = torch.zeros_like(g_hidden[:, 0])
+        gx = g_x
+        for i in range(T - 1, -1, -1):
+            g_ht = g_hidden[:, i] + gh
+            if spec.lengths is not None:
+                live = (spec.lengths > i)[:, None]
+                g_y, gh = torch.where(live, g_ht, 0.0), torch.where(live, 0.0, g_ht)
+                g_xi, gx = torch.where(live, gx, 0.0), torch.where(live, 0.0, gx)
+            else:
+                g_y, gh, g_xi, gx = g_ht, torch.zeros_like(g_ht), gx, torch.zeros_like(gx)
+            U, X, Z = Us[i], Xs[i], Zs[i]  # (m, p + r), (n, m), (n, m)
+            gC.addmm_(g_y.t(), X.t())
+            gD.addmm_(g_y.t(), U)
+            if gd is not None:
+                gd += g_y.sum(dim=0)
+            G = torch.addmm(g_xi, g_y, C)  # dL/dx_i, batch-first (m, n)
+            scale = float(G.abs().max()) if (G.numel() and s_.backward_stop == "relative") else 0.0
+            tol = s_.adjoint_tol(scale)
+            opts = base if tol == base.tol else dataclasses.replace(base, tol=tol)
+            V, info = solve_adjoint(A, Z, G.t(), spec.act, method, opts, None, spec.plans)
+            spec.records[i].backward = info
+            gA.addmm_(V, X.t())
+            gB.addmm_(V, U)
+            if gb is not None:
+                gb += V.sum(dim=1)
+            gU = torch.addmm(g_y @ D, V.t(), B)  # dL/du_i (m, p + r)
+            g_s[:, i] = gU[:, :p]
+            gh = gh + gU[:, p:]
+        zero = g_hidden.new_zeros(0)
+        return (g_s, gh, gA, gB, gC, gD, gb if gb is not None else zero,
+                gd if gd is not None else zero, None)
 
 
 class ImplicitRNN(nn.Module):
@@ -211,17 +330,13 @@ class ImplicitRNN(nn.Module):
                                  f"sequence has no prediction: drop it)")
         return s, h0, lengths, unbatched
 
-    def run(self, s: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None
-            ) -> RNNOutput:
-        """Run the recurrence over ``s`` (see the class docstring); returns :class:`RNNOutput`."""
-        s, h0, lengths, unbatched = self._check_input(s, h0, lengths)
-        batch, T, _ = s.shape
-        h = s.new_zeros(batch, self.recurrent_size) if h0 is None else h0
+    def _stepwise(self, s: Tensor, h: Tensor, lengths: Tensor | None
+                  ) -> tuple[Tensor, Tensor, Tensor, list[SolveRecord], list[Tensor]]:
+        """The recurrence one cell call per step, chained by autograd (any activation,
+        including maps with ``phi(0) != 0``, whose shifted solve the cell handles)."""
+        T = s.shape[1]
         x: Tensor | None = None  # the last state, with autograd
         hs, records, valid = [], [], []
-        # A is the same at every step and s was checked above: check A once, then take the
-        # cell's unchecked step (a NaN in h or in the parameters still stops the solver)
-        self.cell._check_wellposed()
         for i in range(T):
             y, x_new = self.cell._step(
                 torch.cat((s[:, i], h), dim=1),
@@ -237,8 +352,40 @@ class ImplicitRNN(nn.Module):
                 h = y
             x = x_new
             hs.append(h)
+        assert x is not None
+        return torch.stack(hs, dim=1), h, x, records, valid
+
+    def _fused(self, s: Tensor, h0: Tensor, lengths: Tensor | None, act: Activation
+               ) -> tuple[Tensor, Tensor, list[SolveRecord], list[Tensor]]:
+        """The whole recurrence as one autograd node (:class:`_Recurrence`)."""
+        cell = self.cell
+        T = s.shape[1]
+        records = [SolveRecord() for _ in range(T)]
+        valid = [lengths > i for i in range(T)] if lengths is not None else []
+        zero = s.new_zeros(0)
+        hidden, x = _Recurrence.apply(
+            s, h0, cell.A, cell.B, cell.C, cell.D,
+            cell.b if cell.b is not None else zero, cell.d if cell.d is not None else zero,
+            _RecurrenceSpec(act, cell._solve_setup()[1], cell._plans, self.warm_start,
+                            lengths, records))
+        return hidden, x, records, valid
+
+
+    def run(self, s: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None
+            ) -> RNNOutput:
+        """Run the recurrence over ``s`` (see the class docstring); returns :class:`RNNOutput`."""
+        s, h0, lengths, unbatched = self._check_input(s, h0, lengths)
+        batch, T, _ = s.shape
+        h = s.new_zeros(batch, self.recurrent_size) if h0 is None else h0
+        # A is the same at every step and s was checked above: check A once
+        self.cell._check_wellposed()
+        act, offset = self.cell._solve_activation()
+        if offset is None:  # phi(0) = 0: the fused recurrence (one autograd node)
+            hidden, x, records, valid = self._fused(s, h, lengths, act)
+            h = hidden[:, -1]
+        else:
+            hidden, h, x, records, valid = self._stepwise(s, h, lengths)
         self._records, self._valid = records, (valid if lengths is not None else None)
-        hidden = torch.stack(hs, dim=1)
         if self.mode == "seq2one":
             out = h if self.head is None else self.head(h)
         else:

@@ -135,8 +135,8 @@ def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: flo
                 on_nonconvergence: str = "raise", zero_start: bool = False,
                 per_sample: bool | None = None, check_every: int | None = None
                 ) -> tuple[Tensor, Tensor, SolveInfo]:
-    """Solve ``X = F(X)`` for any batch-first map with an iterative solver of the registry
-    (used by :mod:`idlkit.lowrank`'s latent solves).
+    """Solve ``X = F(X)`` for any batch-first map (a :class:`FixedPointMap`: ``F(X) -> (F(X),
+    aux)`` and ``F.restrict(rows)``) with an iterative solver of the registry.
 
     ``X``: ``(m, d)`` start; ``alpha``: the step. Returns ``(X, aux, info)`` in column
     convention ``(d, m)``. ``zero_start``: ``X`` is zero and ``F`` has ``at_zero()``, its

@@ -13,12 +13,10 @@ to the registry's solvers. The adjoint's stopping rule is part of it:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-import numpy as np
-
+from .._validation import check_choice, check_int, check_positive, check_scalar, check_tol
 from ..errors import ConfigurationError
 from .info import ON_NONCONVERGENCE
 from .registry import SolveOptions, get_solver
@@ -28,36 +26,19 @@ __all__ = ["SolverSettings", "BACKWARD_STOP", "check_solve_args"]
 BACKWARD_STOP = ("relative", "absolute")
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r} of type "
-                                 f"{type(value).__name__}; pass e.g. {name}=5")
-
-
-def _positive_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not (isinstance(value, int | float | np.floating)
-                                       and math.isfinite(value) and value > 0):
-        raise ConfigurationError(f"{name} must be a positive finite number, got {value!r}; pass "
-                                 f"e.g. {name}=1e-6")
-
-
 def check_solve_args(method: object, tol: object, max_iter: object, on_nonconvergence: object,
                      alpha: object = None, anderson_m: object = 5, beta: object = None,
                      *, role: str = "solver", prefix: str = "") -> None:
     """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
     the registered choices or the valid range (``prefix``: ``"backward_"`` in messages)."""
     get_solver(method, role=role)
-    _positive_float(prefix + "tol", tol)
-    _positive_int(prefix + "max_iter", max_iter)
-    if on_nonconvergence not in ON_NONCONVERGENCE:
-        raise ConfigurationError(f"on_nonconvergence must be one of {list(ON_NONCONVERGENCE)}, "
-                                 f"got {on_nonconvergence!r}")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating)
-                              or not 0 < float(alpha) <= 1):
-        raise ConfigurationError(f"alpha (averaging step) must lie in (0, 1], got {alpha!r}")
-    _positive_int("anderson_m", anderson_m)
-    if beta is not None:
-        _positive_float("beta", beta)
+    check_tol(tol, prefix + "tol", allow_zero=False)
+    check_int(prefix + "max_iter", max_iter, 1)
+    check_choice("on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
+    check_scalar("alpha", alpha, low=0.0, low_inclusive=False, high=1.0, allow_none=True,
+                 why="the averaging step")
+    check_int("anderson_m", anderson_m, 1)
+    check_positive("beta", beta, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -107,14 +88,11 @@ class SolverSettings:
         b = self.backward_options
         check_solve_args(self.adjoint_method, b.tol, b.max_iter, self.on_nonconvergence,
                          role="backward_solver", prefix="backward_")
-        if self.backward_stop not in BACKWARD_STOP:
-            raise ConfigurationError(f"backward_stop must be one of {list(BACKWARD_STOP)}, got "
-                                     f"{self.backward_stop!r}")
+        check_choice("backward_stop", self.backward_stop, BACKWARD_STOP)
         if self.per_sample is not None and not isinstance(self.per_sample, bool):
             raise ConfigurationError(f"per_sample must be True, False or None, got "
-                                     f"{self.per_sample!r}")
-        if self.check_every is not None:
-            _positive_int("check_every", self.check_every)
+                                     f"{self.per_sample!r}; pass per_sample=None (by problem size)")
+        check_int("check_every", self.check_every, 1, allow_none=True)
         return self
 
     def replace(self, **changes: object) -> SolverSettings:
@@ -152,15 +130,3 @@ class SolverSettings:
         if self.backward_stop == "relative" and grad_scale > 0:
             return tol * grad_scale
         return tol
-
-    # compatibility with the keyword form used before the registry
-    def forward_kwargs(self) -> dict:
-        return dict(method=self.method, tol=self.tol, max_iter=self.max_iter, alpha=self.alpha,
-                    anderson_m=self.anderson_m, beta=self.beta,
-                    on_nonconvergence=self.on_nonconvergence)
-
-    def backward_kwargs(self) -> dict:
-        b = self.backward_options
-        return dict(method=self.adjoint_method, tol=b.tol, max_iter=b.max_iter, alpha=self.alpha,
-                    anderson_m=self.anderson_m, beta=self.beta,
-                    on_nonconvergence=self.on_nonconvergence)
