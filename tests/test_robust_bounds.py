@@ -212,11 +212,15 @@ def test_identity_nonneg_sensitivity_is_the_jacobian():
     """A linear model with A, B, C, D >= 0: y(u) - y(u0) = S (u - u0) exactly (the bound is tight)."""
     model = make_model(5, "identity", nonneg=True)
     u0 = torch.randn(7, dtype=torch.float64)
-    # finite differences (exact up to rounding for a linear model); autograd's adjoint solve
-    # crashes here (idlkit.solve._Output._first_hits on an empty history; reported)
+    # finite differences (exact up to rounding for a linear model) and the implicit gradient
     _, y0 = eq(model, u0[None])
     _, Yh = eq(model, u0[None] + torch.eye(7, dtype=torch.float64))
-    assert torch.allclose((Yh - y0).T, R.sensitivity_matrix(model), rtol=1e-8, atol=1e-10)
+    S = R.sensitivity_matrix(model)
+    assert torch.allclose((Yh - y0).T, S, rtol=1e-8, atol=1e-10)
+    for per_sample in (False, True):  # the lean and the tracked adjoint solves
+        model.set_solver(per_sample=per_sample, backward_tol=1e-12)
+        J = torch.autograd.functional.jacobian(lambda u: model(u[None])[0], u0)
+        assert torch.allclose(J, S, rtol=1e-8, atol=1e-10)
     s = np.full(7, 0.1)
     x0, _ = eq(model, u0[None])
     x1, _ = eq(model, u0[None] + 0.1)
