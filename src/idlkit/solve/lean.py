@@ -38,6 +38,8 @@ _MAX_GAP = 64  # most iterations between two residual reads (bounds the delay of
 # its active set settles (whole predictions overshot the adjoint solves of MNIST training by
 # 8 of 11 steps); halving the distance each time costs log2 reads and overshoots by ~1 step
 _READ_AHEAD = 0.5
+# a read counts as progress when the residual fell below this fraction of the best so far
+_PROGRESS = 0.7
 
 
 def _empty(X: Tensor, method: str, tol: float) -> tuple[Tensor, Tensor, SolveInfo]:
@@ -155,7 +157,10 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
     evaluation instead of an immediate re-evaluation, which would need a host read). The
     residual is read on the schedule of the lean loop (:func:`_next_gap`, at least
     ``min_gap`` steps apart: :data:`~idlkit.solve.registry.DEVICE_CHECK_EVERY` on an
-    accelerator). Samples are not retired; ``per_sample_iterations`` is the solve's count.
+    accelerator). Two reads without progress (rounding noise: float32 with ``tol`` near an
+    ulp of the state) switch the whole batch to plain steps, which contract to the
+    floating-point fixed point. Samples are not retired; ``per_sample_iterations`` is the
+    solve's count.
     """
     B, n = X.shape
     FX, Z = F(X) if first is None else first
@@ -164,6 +169,7 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
     hist = History(X, m)
     plain = torch.zeros(B, dtype=torch.bool, device=X.device)  # rows to step plainly next
     it, count, r_prev, gap, next_read = start, 0, math.inf, 1, start
+    best, stalls, all_plain = math.inf, 0, False
     while True:
         if it >= next_read or it >= max_iter:
             rmax = float(r.max())
@@ -171,9 +177,20 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
                 finite_or_raise(r, "anderson", it)
             if rmax <= tol or it >= max_iter:
                 break
+            # no real progress over two reads: extrapolation is lost in rounding noise (float32
+            # with tol near an ulp of the state); plain steps contract to the fixed point
+            best, stalls = (rmax, 0) if rmax < _PROGRESS * best else (min(best, rmax), stalls + 1)
+            all_plain = all_plain or stalls >= 2
             gap = (check_every if check_every is not None
                    else _next_gap(rmax, r_prev, gap, tol, min_gap, _MAX_GAP))
             r_prev, next_read = rmax, it + gap
+        if all_plain:
+            X = X + alpha * G
+            FX, Z = F(X)
+            G = FX - X
+            r = row_inf_norm(G)
+            it += 1
+            continue
         hist.store(X, G, beta, count % m, count < m)
         count += 1
         it += 1
