@@ -410,3 +410,17 @@ def test_device_reads_are_spaced():
     assert info.iterations % DEVICE_CHECK_EVERY == 0  # stopped at a read
     assert _residual("relu", A, X, b) <= 1e-10
     assert np.isfinite(info.residual)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_rounding_floor_is_named_in_the_convergence_error(per_sample):
+    """float32, kappa 0.99, states ~57: an ulp of the state (3.8e-6) exceeds tol = 1e-7, so no
+    solver can reach tol; the error says so and suggests a tolerance or float64."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(100, 100, generator=g)
+    A = A / A.sum(1, keepdim=True) * 0.99
+    b = torch.randn(100, 32, generator=g) * 3
+    with pytest.raises(idl.errors.ConvergenceError, match="rounding floor of torch.float32"):
+        fixed_point(A, b, method="anderson", tol=1e-7, max_iter=400, per_sample=per_sample)
+    X, info = fixed_point(A.double(), b.double(), method="anderson", tol=1e-7, max_iter=400)
+    assert info.converged and float(X.abs().max()) > 10  # float64 reaches it

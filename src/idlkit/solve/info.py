@@ -11,6 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..errors import ConvergenceError, NonFiniteError
@@ -82,9 +83,12 @@ def finite_or_raise(r: Tensor, method: str, it: int) -> None:
 
 
 def finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float, on_nonconvergence: str,
-           fallbacks: int = 0, per_sample: bool = True) -> SolveInfo:
+           fallbacks: int = 0, per_sample: bool = True, X: Tensor | None = None) -> SolveInfo:
     """The :class:`SolveInfo` of a solve that stopped after ``it`` updates with per-sample
-    residuals ``r``; raises :class:`ConvergenceError` (or warns) when ``max r > tol``."""
+    residuals ``r``; raises :class:`ConvergenceError` (or warns) when ``max r > tol``.
+
+    ``X``: the returned iterate; when the solve failed with a residual within a few ulps of
+    its largest entry, the message says that ``tol`` is below the rounding floor."""
     resid = float(r.max()) if r.numel() else 0.0
     converged = resid <= tol
     info = SolveInfo(method, it, resid, converged, iters, r.detach(), tol, fallbacks, per_sample)
@@ -95,6 +99,12 @@ def finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float, on_noncon
         msg = (f"{method} solver did not converge in {it} iterations: l_inf residual {resid:.3g} "
                f"> tol {tol:g} (worst sample {worst}). Fix: raise max_iter, loosen tol, use "
                f"solver='anderson', or restore well-posedness (model.certificate(), project_()).")
+        if X is not None and X.numel() and X.is_floating_point():
+            ulp = torch.finfo(X.dtype).eps * float(X.abs().max())
+            if resid <= 16 * ulp:
+                msg += (f" The residual is at the rounding floor of {X.dtype} (an ulp of the "
+                        f"largest state entry is {ulp:.2g} > tol): loosen tol to ~{16 * ulp:.1g} "
+                        f"or solve in float64.")
         if on_nonconvergence == "raise":
             raise ConvergenceError(msg, info)
         warnings.warn(msg, ConvergenceWarning, stacklevel=4)

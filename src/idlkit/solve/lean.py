@@ -112,7 +112,7 @@ def iterate_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter
     X, _, Z, D, it, _ = _plain_steps(F, X, alpha, tol, max_iter, method, first, check_every,
                                      min_gap, None)
     iters = torch.full((X.shape[0],), it, dtype=torch.long, device=X.device)
-    info = finish(method, D.amax(dim=1), it, iters, tol, on_nonconvergence, per_sample=False)
+    info = finish(method, D.amax(dim=1), it, iters, tol, on_nonconvergence, per_sample=False, X=X)
     return X.t(), Z.t(), info
 
 
@@ -135,7 +135,7 @@ def anderson_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_ite
     if not slowed:
         iters = torch.full((B,), it, dtype=torch.long, device=X.device)
         info = finish("anderson", D.amax(dim=1), it, iters, tol, on_nonconvergence,
-                      per_sample=False)
+                      per_sample=False, X=X)
         return X.t(), Z.t(), info
     if X.device.type != "cpu":  # no host read per step on an accelerator
         return anderson_sync_free(F, X, alpha, tol, max_iter, m, beta, on_nonconvergence,
@@ -205,6 +205,6 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
         hist.restart_where(bad, X, G, beta)
         plain = bad
     iters = torch.full((B,), it, dtype=torch.long, device=X.device)
-    info = finish("anderson", r, it, iters, tol, on_nonconvergence, per_sample=False)
+    info = finish("anderson", r, it, iters, tol, on_nonconvergence, per_sample=False, X=X)
     return X.t(), Z.t(), info
 

@@ -146,7 +146,8 @@ class Output:
                fallbacks: int = 0, per_sample: bool = True) -> tuple[Tensor, Tensor, SolveInfo]:
         """``(X, Z, info)`` back in column convention ``(n, m)``."""
         iters = torch.where(self.r <= tol, self.iters, it)  # the budget for the unconverged
-        info = finish(method, self.r, it, iters, tol, on_nonconvergence, fallbacks, per_sample)
+        info = finish(method, self.r, it, iters, tol, on_nonconvergence, fallbacks, per_sample,
+                      self.X)
         return self.X.t(), self.Z.t(), info
 
 
