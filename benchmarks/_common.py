@@ -37,6 +37,20 @@ def git_commit() -> str | None:
         return None
 
 
+def config_of(args: object) -> dict:
+    """The parsed arguments for a results file; a path becomes repository-relative (or its
+    bare name outside the repository), so no machine path is recorded."""
+    root = HERE.parent
+
+    def rel(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(root))
+        except ValueError:
+            return path.name
+
+    return {k: (rel(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,4 +132,4 @@ def load_torchidl() -> tuple[types.ModuleType | None, types.ModuleType | None, s
         return None, None, f"torchidl core modules could not be loaded ({exc!r})"
     return tb, tf, (f"`import torchidl` fails (its SIM sub-package needs missing module "
                     f"{missing!r}); loaded implicit_base_model.py and implicit_function.py "
-                    f"directly from {pkg.__path__[0]}")
+                    f"directly from the installed package (site-packages/torchidl)")

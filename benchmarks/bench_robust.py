@@ -121,7 +121,8 @@ def mnist_ffn(epochs: int = 2, seed: int = 0) -> tuple[torch.nn.Module, float, d
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
     path = CACHE / f"mnist_ffn_{'-'.join(map(str, MNIST_WIDTHS))}_e{epochs}_s{seed}.pt"
-    info = {"weights": str(path), "epochs": epochs, "cached": path.exists()}
+    info = {"weights": f"~/.cache/idlkit/bench/{path.name}", "epochs": epochs,
+            "cached": path.exists()}
     if path.exists():
         net.load_state_dict(torch.load(path))
     else:

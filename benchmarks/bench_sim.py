@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import atomic_write, cpu_model, git_commit
+from _common import atomic_write, config_of, cpu_model, git_commit
 
 from idlkit.sim import SIM, States, penalized_rows
 
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
         "python": sys.version.split()[0], "platform": platform.platform(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "config": config_of(a),
         "states": {"m": int(S["X"].shape[0]), "n": int(S["X"].shape[1]), "p": int(S["U"].shape[1]),
                    "q": int(S["Y_hat"].shape[1]), "baseline_nnz": int(st.baseline_nnz)},
     }

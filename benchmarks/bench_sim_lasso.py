@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from _common import atomic_write, cpu_model, git_commit
+from _common import atomic_write, config_of, cpu_model, git_commit
 
 from idlkit.sim.lasso import constrained_lasso_rows
 from idlkit.sim.lasso_batch import constrained_lasso_batch
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "config": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(a).items()},
+        "config": config_of(a),
         "batch": {
             "time_s": t_batch,
             "times_s": times,

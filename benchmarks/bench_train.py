@@ -46,7 +46,7 @@ from _common import atomic_write, git_commit, has_backward_stop, load_torchidl
 HERE = Path(__file__).resolve().parent
 _SHARED = HERE.parent.parent / "shared" / "datasets"
 if "IDLKIT_DATA" not in os.environ:
-    for _cand in (HERE.parent / "shared" / "datasets", _SHARED, Path("/work/shared/datasets")):
+    for _cand in (HERE.parent / "shared" / "datasets", _SHARED):
         if _cand.is_dir():
             os.environ["IDLKIT_DATA"] = str(_cand)
             break

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import atomic_write, cpu_model, git_commit
+from _common import atomic_write, config_of, cpu_model, git_commit
 
 import idlkit as idl
 from idlkit import wellposed as wp
@@ -456,8 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
     res: dict = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "machine": {**machine_info(), "contention_probe_start": probe},
-                 "config": {k: (str(v) if isinstance(v, Path) else v)
-                            for k, v in vars(args).items()}}
+                 "config": config_of(args)}
     if "proj" in args.sections:
         print("(a) projections", flush=True)
         res["proj"] = bench_projections(args)

@@ -468,7 +468,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     res = {"args": vars(args), "machine": machine(), "datasets": {},
-           "command": " ".join(["cd /work/main && .venv/bin/python experiments/sim_tradeoff.py"]
+           "command": " ".join([".venv/bin/python experiments/sim_tradeoff.py"]
                                 + (["--quick"] if args.quick else []))}
     for key in args.datasets.split(","):
         res["datasets"][key] = run_dataset(key, args)

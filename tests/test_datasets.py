@@ -16,7 +16,7 @@ from idlkit import datasets
 from idlkit.datasets import Dataset, DatasetError, load
 from idlkit.errors import ConfigurationError, IdlError
 
-SHARED = Path("/work/shared/datasets")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout
 HAS_PIL = importlib.util.find_spec("PIL") is not None
 
 

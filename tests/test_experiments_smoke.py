@@ -22,7 +22,7 @@ EXP = ROOT / "experiments"
 
 def _data_dir(file: str) -> Path | None:
     dirs = [*idlkit.datasets.search_dirs(), ROOT / "shared" / "datasets",
-            ROOT.parent / "shared" / "datasets", Path("/work/shared/datasets")]
+            ROOT.parent / "shared" / "datasets"]
     return next((d for d in dirs if (d / file).is_file()), None)
 
 
