@@ -19,7 +19,7 @@ O(n^2 + n m), independent of the number of iterations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -60,12 +60,8 @@ class ImplicitFunction(torch.autograd.Function):
         # (no .contiguous(): the solvers work on gX.t(), which is contiguous when gX is
         # the column view of a batch-first gradient, as the model produces)
         s: SolverSettings = ctx.settings
-        opts = s.backward_options
-        scale = float(gX.abs().max()) if (gX.numel() and s.backward_stop == "relative") else 0.0
-        tol = s.adjoint_tol(scale)
-        if tol != opts.tol:
-            opts = replace(opts, tol=tol)
-        V, info = solve_adjoint(A, Z, gX, ctx.act, s.adjoint_method, opts, None, ctx.cache)
+        V, info = solve_adjoint(A, Z, gX, ctx.act, s.adjoint_method, s.adjoint_options(gX), None,
+                                ctx.cache)
         ctx.record.backward = info
         gA = V @ X.t() if ctx.needs_input_grad[0] else None
         gb = V if ctx.needs_input_grad[1] else None

@@ -55,7 +55,6 @@ conservative (``n = k = 2``, ``L = [[1, 1], [0, 0]]``, ``R = [[1, -1], [0, 0]]``
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -183,8 +182,7 @@ class LowRankFunction(torch.autograd.Function):
         gZ = gZ.contiguous()
         if not all_finite(gZ):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
-        scale = float(gZ.abs().max()) if (gZ.numel() and s.backward_stop == "relative") else 0.0
-        opts = dataclasses.replace(s.backward_options, tol=s.adjoint_tol(scale))
+        opts = s.adjoint_options(gZ)
         P = torch.addmm(CT, Z, L.t())
         Dp = _derivative(ctx.act, P)
         W, info = _run(_LatentAdjointMap(L, R, Dp, gZ), torch.zeros_like(gZ), s.adjoint_method,

@@ -279,6 +279,7 @@ class ImplicitModel(ImplicitBase):
             return torch.empty(*shape, device=device, dtype=dtype)
 
         self._wp_cache: tuple[tuple, str | None] | None = None
+        self._setup_cache: tuple | None = None  # see _solve_setup
         self._lower_cache: tuple[tuple, tuple[int, int, float] | None] | None = None
         if not _allocate:  # from_matrices with sparse matrices fills them in
             return
@@ -557,7 +558,7 @@ class ImplicitModel(ImplicitBase):
         fixed here instead of re-measuring ``||A||_inf`` on every solve.
         """
         key = (self.activation, self.settings, self.hidden)
-        cache = getattr(self, "_setup_cache", None)
+        cache = self._setup_cache
         if (cache is not None and cache[0][0] is key[0] and cache[0][1] is key[1]
                 and cache[0][2] == key[2]):
             return cache[1], cache[2]

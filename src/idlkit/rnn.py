@@ -19,7 +19,6 @@ differentiation through time, with O(n^2 + T n m) memory: no solver iterate is k
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ from ._validation import all_finite, check_int
 from .activations import Activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from .function import SolveRecord
-from .model import ImplicitModel
+from .model import ImplicitModel, output_map
 from .solve import PlanCache, SolveInfo, SolverSettings
 from .solve.api import solve_adjoint, solve_forward
 
@@ -135,9 +134,7 @@ class _Recurrence(torch.autograd.Function):
             X, Z, info = solve_forward(A, Zb.t(), spec.act, method, opts, x0, spec.plans)
             spec.records[i].forward = info
             Xb = X.t()
-            y = Xb @ C.t() + U @ D.t()
-            if d.numel():
-                y = y + d
+            y = output_map(Xb, U, C, D, d if d.numel() else None)
             if spec.lengths is not None:
                 live = (spec.lengths > i)[:, None]
                 h = torch.where(live, y, h)
@@ -162,7 +159,7 @@ class _Recurrence(torch.autograd.Function):
         spec: _RecurrenceSpec = ctx.spec
         p, has_b, has_d = ctx.sizes
         s_ = spec.settings
-        method, base = s_.adjoint_method, s_.backward_options
+        method = s_.adjoint_method
         T = Us.shape[0]
         gA, gB, gC, gD = (torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C),
                           torch.zeros_like(D))
@@ -185,10 +182,8 @@ class _Recurrence(torch.autograd.Function):
             if gd is not None:
                 gd += g_y.sum(dim=0)
             G = torch.addmm(g_xi, g_y, C)  # dL/dx_i, batch-first (m, n)
-            scale = float(G.abs().max()) if (G.numel() and s_.backward_stop == "relative") else 0.0
-            tol = s_.adjoint_tol(scale)
-            opts = base if tol == base.tol else dataclasses.replace(base, tol=tol)
-            V, info = solve_adjoint(A, Z, G.t(), spec.act, method, opts, None, spec.plans)
+            V, info = solve_adjoint(A, Z, G.t(), spec.act, method, s_.adjoint_options(G), None,
+                                    spec.plans)
             spec.records[i].backward = info
             gA.addmm_(V, X.t())
             gB.addmm_(V, U)

@@ -12,7 +12,7 @@ from ..errors import NonFiniteError, ShapeError
 from .info import SolveInfo
 from .maps import FixedPointMap
 from .registry import SolveOptions, get_solver
-from .settings import SolverSettings, check_solve_args
+from .settings import check_solve_args
 from .triangular import PlanCache
 
 __all__ = ["fixed_point", "adjoint_fixed_point", "iterate_map", "solve_forward", "solve_adjoint"]
@@ -152,8 +152,7 @@ def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: flo
 def _options(method: str, tol: float, max_iter: int, on_nonconvergence: str,
              alpha: float | None, anderson_m: int, beta: float | None,
              per_sample: bool | None, check_every: int | None) -> SolveOptions:
-    check_solve_args(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta)
-    opts = SolveOptions(float(tol), int(max_iter), None if alpha is None else float(alpha),
+    check_solve_args(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta,
+                      per_sample, check_every)
+    return SolveOptions(float(tol), int(max_iter), None if alpha is None else float(alpha),
                         int(anderson_m), beta, on_nonconvergence, per_sample, check_every)
-    SolverSettings(per_sample=per_sample, check_every=check_every).validate()
-    return opts

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..errors import ConfigurationError
+from ..wellposed import inf_norm
 from .anderson import anderson
 from .info import SolveInfo
 from .lean import anderson_lean, iterate_lean
@@ -50,7 +51,7 @@ from .maps import AdjointMap, FixedPointMap, ForwardMap
 from .tracked import iterate_tracked, retirement_pays
 from .triangular import PlanCache, solve_levels, solve_levels_adjoint
 
-__all__ = ["Solver", "SolveOptions", "SOLVERS", "get_solver", "default_alpha", "inf_norm_below_one"]
+__all__ = ["Solver", "SolveOptions", "SOLVERS", "get_solver", "default_alpha"]
 
 # residual checks between host reads on an accelerator (each read synchronises the device)
 DEVICE_CHECK_EVERY = 8
@@ -98,14 +99,6 @@ class SolveOptions:
         """Fewest iterations between residual reads of a lean solve on ``X``'s device (a read
         synchronises an accelerator; on the CPU it costs nothing)."""
         return 1 if X.device.type == "cpu" else DEVICE_CHECK_EVERY
-
-
-def inf_norm_below_one(A: Tensor) -> bool:
-    """``||A||_inf < 1`` (dense or sparse ``A``)."""
-    if A.numel() == 0:
-        return True
-    dense = A.to_dense() if A.layout != torch.strided else A
-    return float(dense.abs().sum(dim=1).max()) < 1
 
 
 def default_alpha(A: Tensor) -> float:
@@ -191,7 +184,7 @@ class Anderson(Solver):
     description = "type-II Anderson acceleration with safeguards, from plain steps"
 
     def default_step(self, A: Tensor) -> float:
-        return 1.0 if inf_norm_below_one(A) else default_alpha(A)
+        return 1.0 if inf_norm(A) < 1 else default_alpha(A)
 
     def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
                 first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+from torch import Tensor
+
 from .._validation import check_choice, check_int, check_positive, check_scalar, check_tol
 from ..errors import ConfigurationError
 from .info import ON_NONCONVERGENCE
@@ -28,6 +30,7 @@ BACKWARD_STOP = ("relative", "absolute")
 
 def check_solve_args(method: object, tol: object, max_iter: object, on_nonconvergence: object,
                      alpha: object = None, anderson_m: object = 5, beta: object = None,
+                     per_sample: object = None, check_every: object = None,
                      *, role: str = "solver", prefix: str = "") -> None:
     """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
     the registered choices or the valid range (``prefix``: ``"backward_"`` in messages)."""
@@ -39,6 +42,10 @@ def check_solve_args(method: object, tol: object, max_iter: object, on_nonconver
                  why="the averaging step")
     check_int("anderson_m", anderson_m, 1)
     check_positive("beta", beta, allow_none=True)
+    if per_sample is not None and not isinstance(per_sample, bool):
+        raise ConfigurationError(f"per_sample must be True, False or None, got {per_sample!r}; "
+                                 f"pass per_sample=None (by problem size)")
+    check_int("check_every", check_every, 1, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,8 @@ class SolverSettings:
         backward_stop: ``"relative"`` or ``"absolute"`` (module doc).
         per_sample: per-sample depths and retirement (``True``), lean whole-batch solves
             (``False``), or by problem size (``None``, default).
-        check_every: iterations between residual reads of lean solves (``None``: 1 on the
-            CPU, a few on an accelerator).
+        check_every: iterations between residual reads of lean solves (``None``: predicted
+            from the contraction rate, see :mod:`idlkit.solve.lean`).
     """
 
     method: str = "anderson"
@@ -84,15 +91,11 @@ class SolverSettings:
         """Raise :class:`~idlkit.errors.ConfigurationError` for an invalid forward or backward
         setting (unregistered solver, tol <= 0, max_iter < 1, ...); returns ``self``."""
         check_solve_args(self.method, self.tol, self.max_iter, self.on_nonconvergence,
-                         self.alpha, self.anderson_m, self.beta)
+                         self.alpha, self.anderson_m, self.beta, self.per_sample, self.check_every)
         b = self.backward_options
         check_solve_args(self.adjoint_method, b.tol, b.max_iter, self.on_nonconvergence,
                          role="backward_solver", prefix="backward_")
         check_choice("backward_stop", self.backward_stop, BACKWARD_STOP)
-        if self.per_sample is not None and not isinstance(self.per_sample, bool):
-            raise ConfigurationError(f"per_sample must be True, False or None, got "
-                                     f"{self.per_sample!r}; pass per_sample=None (by problem size)")
-        check_int("check_every", self.check_every, 1, allow_none=True)
         return self
 
     def replace(self, **changes: object) -> SolverSettings:
@@ -123,10 +126,13 @@ class SolverSettings:
                             self.alpha, self.anderson_m, self.beta, self.on_nonconvergence,
                             self.per_sample, self.check_every)
 
-    def adjoint_tol(self, grad_scale: float) -> float:
-        """The absolute adjoint tolerance for an incoming gradient of l_inf norm
-        ``grad_scale`` under :attr:`backward_stop` (module doc)."""
-        tol = self.backward_options.tol
-        if self.backward_stop == "relative" and grad_scale > 0:
-            return tol * grad_scale
-        return tol
+    def adjoint_options(self, G: Tensor) -> SolveOptions:
+        """:attr:`backward_options` with the absolute tolerance of an adjoint solve whose
+        incoming gradient is ``G`` (the loss's gradient with respect to the state), under
+        :attr:`backward_stop` (module doc): ``backward_tol * ||G||_inf`` for ``"relative"``
+        (``backward_tol`` itself when ``G = 0``), ``backward_tol`` for ``"absolute"``."""
+        opts = self.backward_options
+        if self.backward_stop != "relative" or G.numel() == 0:
+            return opts
+        scale = float(G.abs().max())
+        return replace(opts, tol=opts.tol * scale) if scale > 0 else opts
