@@ -306,7 +306,7 @@ def test_centered_method():
 # ----------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["relu6", "gelu", "", "softmaxx"])
+@pytest.mark.parametrize("name", ["relu7", "gelux", "", "softmaxx"])
 def test_get_activation_unknown_name(name):
     with pytest.raises(ConfigurationError) as exc:
         get_activation(name)

@@ -415,7 +415,7 @@ def test_bad_settings_raise_configuration_error():
         with pytest.raises(ConfigurationError):
             fixed_point(A, b, "relu", **kw)
     with pytest.raises(ConfigurationError):
-        fixed_point(A, b, "swish")
+        fixed_point(A, b, "swishy")
 
 
 def test_bad_shapes_raise_shape_error():

@@ -33,10 +33,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_int
+from ._validation import check_int, check_positive, check_scalar
 from .errors import ConfigurationError, IdlError, ShapeError
 
 __all__ = [
@@ -52,6 +53,22 @@ __all__ = [
     "BlockMax",
     "Blockwise",
     "BlockStructure",
+    "Product",
+    "GELU",
+    "SiLU",
+    "Mish",
+    "Hardswish",
+    "ELU",
+    "CELU",
+    "SELU",
+    "Softplus",
+    "Softsign",
+    "Hardtanh",
+    "ReLU6",
+    "Hardsigmoid",
+    "LogSigmoid",
+    "Tanhshrink",
+    "Softshrink",
     "get_activation",
     "stack_activations",
     "block_activations",
@@ -98,6 +115,7 @@ class Activation:
     name: str = "activation"
     componentwise: bool = False
     lipschitz_inf: float = 1.0
+    value_range: tuple[float, float] = (-math.inf, math.inf)
 
     def __call__(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -123,6 +141,25 @@ class Activation:
     def blocks(self, n: int) -> BlockStructure:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def bound(self) -> float:
+        """``sup |phi(z)|`` over all ``z`` (``inf`` for an unbounded map); the ``c_i`` of §2.4."""
+        lo, hi = self.value_range
+        return max(abs(lo), abs(hi))
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds on ``phi(z)`` over the box ``lo <= z <= hi`` (``(n, m)``): the interval image
+        used by interval bound propagation. Sound (contains the image); exact for the maps here
+        except where a subclass says otherwise."""
+        raise ConfigurationError(f"{self!r} has no interval image; interval bound propagation "
+                                 f"supports the componentwise maps, SoftMax, BlockMax and Product")
+
+    def restrict(self, rows: Tensor) -> Activation:
+        """The map acting on the states ``rows`` only (sorted indices covering whole blocks):
+        ``phi(z)[rows] = phi.restrict(rows)(z[rows])``. Used by the triangular solver to apply
+        one level's part of a block map without touching the other states."""
+        return self  # maps acting on equal blocks (componentwise, fixed block size)
+
     def centered(self, n: int) -> Activation:
         """``phi~ = phi - phi(0)`` on an ``n``-state (§3.1); ``self`` when ``phi(0) = 0``."""
         zero = self(torch.zeros(n, 1, dtype=torch.float64))
@@ -142,9 +179,28 @@ class ComponentwiseActivation(Activation):
     componentwise = True
     slope_min: float = 0.0
     slope_max: float = 1.0
+    valley: tuple[float, float] | None = None
 
     def derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Monotone maps: ``[phi(lo), phi(hi)]``. A *valley* map (decreasing up to ``z*``, then
+        increasing: GELU, SiLU, Mish, Hardswish, ELU with a negative ``alpha``): the upper end is
+        ``max(phi(lo), phi(hi))``, the lower end ``phi(z*)`` (rounded down) when ``z*`` is in the box."""
+        if self.monotone:
+            return self(lo), self(hi)
+        if self.valley is None:  # pragma: no cover - every non-monotone map here has a valley
+            return super().interval(lo, hi)
+        z_star, v_min = self.valley
+        f_lo, f_hi = self(lo), self(hi)
+        low = torch.minimum(f_lo, f_hi)
+        inside = (lo <= z_star) & (hi >= z_star)
+        low = torch.where(inside, torch.full_like(low, v_min), low)
+        return low, torch.maximum(f_lo, f_hi)
+
+    def restrict(self, rows: Tensor) -> Activation:
+        return self
 
     @property
     def lipschitz(self) -> float:
@@ -178,6 +234,7 @@ class ReLU(ComponentwiseActivation):
     """``max(0, z)``; derivative taken as 0 at 0 (as torch does)."""
 
     name = "relu"
+    value_range = (0.0, math.inf)
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.relu(z)
@@ -202,6 +259,7 @@ class LeakyReLU(ComponentwiseActivation):
                 f"LeakyReLU negative_slope must be a finite number >= 0, got {negative_slope!r}"
             )
         self.negative_slope = slope
+        self.value_range = (0.0 if slope == 0 else -math.inf, math.inf)
         self.slope_min = min(slope, 1.0)
         self.slope_max = max(slope, 1.0)
 
@@ -225,6 +283,7 @@ class LeakyReLU(ComponentwiseActivation):
 
 class Tanh(ComponentwiseActivation):
     name = "tanh"
+    value_range = (-1.0, 1.0)
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.tanh(z)
@@ -239,6 +298,7 @@ class Sigmoid(ComponentwiseActivation):
 
     name = "sigmoid"
     slope_max = 0.25
+    value_range = (0.0, 1.0)
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.sigmoid(z)
@@ -271,6 +331,350 @@ class Identity(ComponentwiseActivation):
         return True
 
 
+# ---------------------------------------------------------------------------------------------
+# Smooth and piecewise maps of common networks. For each: the slope range [slope_min, slope_max]
+# (its l_inf Lipschitz constant is max(|slope_min|, |slope_max|), CONE when that is <= 1,
+# monotone when slope_min >= 0), the closure of its image (value_range) and, for non-monotone
+# maps, its valley (z*, phi(z*)). Constants found by a 1-d optimisation are rounded outward by
+# _OUT (they are measured optima of smooth functions, exact to ~1e-16); tests re-measure them.
+
+_OUT = 1e-12
+
+
+def _phi_normal(z: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _gelu_peak() -> float:
+    """``max GELU' = Phi(sqrt 2) + sqrt 2 phi(sqrt 2)``: ``GELU'' = phi(z)(2 - z^2)`` vanishes at
+    ``z = +-sqrt 2``."""
+    r2 = math.sqrt(2.0)
+    return 0.5 * (1 + math.erf(1.0)) + r2 * math.exp(-1.0) / math.sqrt(2 * math.pi)
+
+
+class GELU(ComponentwiseActivation):
+    """``z Phi(z)`` (``approximate="none"``) or ``z (1 + tanh(sqrt(2/pi)(z + 0.044715 z^3))) / 2``
+    (``"tanh"``), as ``torch.nn.GELU``. Not monotone: slopes in ``[1 - s, s]`` with
+    ``s = 1.12890`` (``GELU(z) - GELU(-z) = z``, so ``phi'(z) + phi'(-z) = 1``); not CONE
+    (``gamma = s > 1``). ``phi(0) = 0``; valley at ``z* = -0.75179``, ``phi(z*) = -0.16997``."""
+
+    name = "gelu"
+
+    def __init__(self, approximate: str = "none") -> None:
+        if approximate not in ("none", "tanh"):
+            raise ConfigurationError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        peak = _gelu_peak() if approximate == "none" else 1.1289930686587717
+        self.slope_max = peak + _OUT
+        self.slope_min = 1.0 - peak - _OUT
+        vmin = -0.16997120747990363 if approximate == "none" else -0.17004075057125406
+        z_star = -0.751791518475 if approximate == "none" else -0.752461426856
+        self.valley = (z_star, vmin - _OUT)
+        self.value_range = (vmin - _OUT, math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.gelu(z, approximate=self.approximate)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        if self.approximate == "none":
+            return 0.5 * (1 + torch.erf(z / math.sqrt(2.0))) + z * _phi_normal(z)
+        k = math.sqrt(2 / math.pi)
+        inner = k * (z + 0.044715 * z ** 3)
+        t = torch.tanh(inner)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * k * (1 + 3 * 0.044715 * z * z)
+
+    def __repr__(self) -> str:
+        return f"GELU(approximate={self.approximate!r})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "approximate": self.approximate}
+
+
+class SiLU(ComponentwiseActivation):
+    """``z sigmoid(z)`` (swish). Slopes in ``[1 - s, s]``, ``s = 1.09984`` (at ``z = +-2.39936``);
+    not monotone, not CONE; valley at ``z* = -1.27846``, ``phi(z*) = -0.27846``."""
+
+    name = "silu"
+    slope_max = 1.0998393201288668 + _OUT
+    slope_min = 1.0 - 1.0998393201288668 - _OUT
+    valley = (-1.2784645427610738, -0.2784645427610738 - _OUT)
+    value_range = (-0.2784645427610738 - _OUT, math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.silu(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+
+
+class Mish(ComponentwiseActivation):
+    """``z tanh(softplus(z))``. Slopes in ``[-0.11253, 1.08850]``; not monotone, not CONE;
+    valley at ``z* = -1.19243``, ``phi(z*) = -0.30884``."""
+
+    name = "mish"
+    slope_max = 1.0884981612517277 + _OUT
+    slope_min = -0.11252612238946255 - _OUT
+    valley = (-1.19243121375, -0.30884341301725043 - _OUT)
+    value_range = (-0.30884341301725043 - _OUT, math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.mish(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        sp_ = torch.nn.functional.softplus(z)
+        t = torch.tanh(sp_)
+        return t + z * (1 - t * t) * torch.sigmoid(z)
+
+
+class Hardswish(ComponentwiseActivation):
+    """``z relu6(z + 3) / 6``: 0 below -3, ``z`` above 3, ``z (z + 3) / 6`` between. Slopes in
+    ``[-1/2, 3/2]``; not monotone, not CONE; valley at ``z* = -3/2``, ``phi(z*) = -3/8``."""
+
+    name = "hardswish"
+    slope_min = -0.5
+    slope_max = 1.5
+    valley = (-1.5, -0.375)
+    value_range = (-0.375, math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.hardswish(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        mid = (2 * z + 3) / 6
+        return torch.where(z < -3, torch.zeros_like(z), torch.where(z > 3, torch.ones_like(z), mid))
+
+
+class ELU(ComponentwiseActivation):
+    """``z`` for ``z > 0``, ``alpha (e^z - 1)`` otherwise (``torch.nn.ELU``). Slopes in
+    ``[min(0, alpha), max(1, alpha)]``: monotone for ``alpha >= 0``, CONE for ``0 <= alpha <= 1``;
+    a negative ``alpha`` makes a valley at 0."""
+
+    name = "elu"
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = float(check_scalar("ELU alpha", alpha))  # type: ignore[arg-type]
+        self.slope_min = min(0.0, self.alpha)
+        self.slope_max = max(1.0, self.alpha)
+        self.value_range = (-self.alpha, math.inf) if self.alpha >= 0 else (0.0, math.inf)
+        self.valley = None if self.alpha >= 0 else (0.0, 0.0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.elu(z, self.alpha)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(torch.clamp_max(z, 0)))
+
+    def __repr__(self) -> str:
+        return f"ELU(alpha={self.alpha})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "alpha": self.alpha}
+
+
+class CELU(ComponentwiseActivation):
+    """``max(0, z) + min(0, alpha (e^{z/alpha} - 1))``, ``alpha > 0``: slopes in ``(0, 1]``,
+    monotone and CONE."""
+
+    name = "celu"
+    value_range = (0.0, math.inf)
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = float(check_positive("CELU alpha", alpha))  # type: ignore[arg-type]
+        self.value_range = (-self.alpha, math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.celu(z, self.alpha)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.where(z > 0, torch.ones_like(z), torch.exp(torch.clamp_max(z, 0) / self.alpha))
+
+    def __repr__(self) -> str:
+        return f"CELU(alpha={self.alpha})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "alpha": self.alpha}
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class SELU(ComponentwiseActivation):
+    """``scale (max(0, z) + min(0, alpha (e^z - 1)))`` with torch's constants: slopes in
+    ``(0, scale alpha] = (0, 1.75810]``; monotone, not CONE."""
+
+    name = "selu"
+    slope_min = 0.0
+    slope_max = _SELU_SCALE * _SELU_ALPHA * (1 + _OUT)
+    value_range = (-_SELU_SCALE * _SELU_ALPHA * (1 + _OUT), math.inf)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.selu(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        neg = _SELU_SCALE * _SELU_ALPHA * torch.exp(torch.clamp_max(z, 0))
+        return torch.where(z > 0, torch.full_like(z, _SELU_SCALE), neg)
+
+
+class Softplus(ComponentwiseActivation):
+    """``log(1 + e^{beta z}) / beta``, linear (``z``) where ``beta z > threshold``, as
+    ``torch.nn.Softplus``: slopes ``sigmoid(beta z)`` in ``(0, 1]``, monotone and CONE;
+    ``phi(0) = log(2) / beta`` (handled by the shift of §3.1)."""
+
+    name = "softplus"
+    value_range = (0.0, math.inf)
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        self.beta = float(check_positive("Softplus beta", beta))  # type: ignore[arg-type]
+        self.threshold = float(check_scalar("Softplus threshold", threshold))  # type: ignore[arg-type]
+        # the linear piece starts at z = threshold / beta, where the log piece may sit below z
+        # (by log(1 + e^-t) / beta): a threshold < 0 would make the map jump, so refuse it
+        if self.threshold < 0:
+            raise ConfigurationError(f"Softplus threshold must be >= 0 (the map is discontinuous "
+                                     f"otherwise), got {threshold!r}")
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.softplus(z, self.beta, self.threshold)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        bz = self.beta * z
+        return torch.where(bz > self.threshold, torch.ones_like(z), torch.sigmoid(bz))
+
+    def __repr__(self) -> str:
+        return f"Softplus(beta={self.beta}, threshold={self.threshold})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "beta": self.beta, "threshold": self.threshold}
+
+
+class Softsign(ComponentwiseActivation):
+    """``z / (1 + |z|)``: slopes ``1 / (1 + |z|)^2`` in ``(0, 1]``, bounded by 1; CONE."""
+
+    name = "softsign"
+    value_range = (-1.0, 1.0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.softsign(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        d = 1 + z.abs()
+        return 1 / (d * d)
+
+
+class Hardtanh(ComponentwiseActivation):
+    """``clamp(z, min_val, max_val)`` (``torch.nn.Hardtanh``): slopes in ``{0, 1}``, CONE, bounded.
+    ``phi(0) = clamp(0, min_val, max_val)`` (nonzero when the interval excludes 0: the shift of
+    §3.1 applies). Also the exact stand-in for the identity on a factor known to stay in
+    ``[min_val, max_val]`` (the converter's multiplicative units, §3.6)."""
+
+    name = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
+        lo = float(check_scalar("Hardtanh min_val", min_val))  # type: ignore[arg-type]
+        hi = float(check_scalar("Hardtanh max_val", max_val))  # type: ignore[arg-type]
+        if not lo < hi:
+            raise ConfigurationError(f"Hardtanh needs min_val < max_val, got min_val={min_val!r}, "
+                                     f"max_val={max_val!r}")
+        self.min_val, self.max_val = lo, hi
+        self.value_range = (lo, hi)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.clamp(z, self.min_val, self.max_val)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return ((z > self.min_val) & (z < self.max_val)).to(z.dtype)
+
+    @property
+    def positively_homogeneous(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Hardtanh(min_val={self.min_val}, max_val={self.max_val})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "min_val": self.min_val, "max_val": self.max_val}
+
+
+class ReLU6(Hardtanh):
+    """``min(max(0, z), 6)``: Hardtanh on ``[0, 6]``."""
+
+    name = "relu6"
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 6.0)
+
+    def __repr__(self) -> str:
+        return "ReLU6()"
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class Hardsigmoid(ComponentwiseActivation):
+    """``relu6(z + 3) / 6``: slopes in ``{0, 1/6}``, values in ``[0, 1]``; monotone, CONE,
+    ``phi(0) = 1/2`` (the shift of §3.1)."""
+
+    name = "hardsigmoid"
+    slope_max = 1.0 / 6.0
+    value_range = (0.0, 1.0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.hardsigmoid(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return ((z > -3) & (z < 3)).to(z.dtype) / 6
+
+
+class LogSigmoid(ComponentwiseActivation):
+    """``log sigmoid(z) = -softplus(-z)``: slopes ``sigmoid(-z)`` in ``(0, 1)``, values below 0;
+    monotone, CONE, ``phi(0) = -log 2`` (the shift of §3.1)."""
+
+    name = "logsigmoid"
+    value_range = (-math.inf, 0.0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.logsigmoid(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(-z)
+
+
+class Tanhshrink(ComponentwiseActivation):
+    """``z - tanh(z)``: slopes ``tanh(z)^2`` in ``[0, 1)``; monotone, CONE."""
+
+    name = "tanhshrink"
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.tanhshrink(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        t = torch.tanh(z)
+        return t * t
+
+
+class Softshrink(ComponentwiseActivation):
+    """``z - lambd`` above ``lambd``, ``z + lambd`` below ``-lambd``, 0 between (``lambd >= 0``):
+    slopes in ``{0, 1}``; monotone, CONE."""
+
+    name = "softshrink"
+
+    def __init__(self, lambd: float = 0.5) -> None:
+        self.lambd = float(check_positive("Softshrink lambd", lambd, allow_zero=True))  # type: ignore[arg-type]
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.nn.functional.softshrink(z, self.lambd)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return (z.abs() > self.lambd).to(z.dtype)
+
+    def __repr__(self) -> str:
+        return f"Softshrink(lambd={self.lambd})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "lambd": self.lambd}
+
+
 class Centered(Activation):
     """``phi~(z) = phi(z) - phi(0)`` (paper 000 §3.1), for any map ``phi``.
 
@@ -288,6 +692,9 @@ class Centered(Activation):
         if isinstance(base, ComponentwiseActivation):
             self.slope_min, self.slope_max = base.slope_min, base.slope_max
             self.lipschitz = base.lipschitz
+            shift = float(base(torch.zeros(1, 1, dtype=torch.float64)))
+            lo, hi = base.value_range
+            self.value_range = (lo - shift, hi - shift)
 
     def offset(self, n: int, like: Tensor) -> Tensor:
         """``phi(0)`` as an ``(n, 1)`` column."""
@@ -304,6 +711,15 @@ class Centered(Activation):
 
     def derivative(self, z: Tensor) -> Tensor:
         return self.base.derivative(z)  # type: ignore[attr-defined]
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self.base.interval(lo, hi)
+        off = self.offset(lo.shape[0], lo).reshape(-1, *([1] * (lo.dim() - 1)))
+        return a - off, b - off
+
+    def restrict(self, rows: Tensor) -> Activation:
+        base = self.base.restrict(rows)
+        return self if base is self.base else Centered(base)
 
     @property
     def is_cone(self) -> bool:
@@ -374,6 +790,19 @@ class SoftMax(_BlockMap):
     norm = 1.0
     gamma = 1.0
     lipschitz_inf = 0.5
+    value_range = (0.0, 1.0)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """``s_i`` increases with ``z_i`` and decreases with every other ``z_j``: its extremes on a
+        box are ``e^{lo_i} / (e^{lo_i} + sum_{j != i} e^{hi_j})`` and the same with ``lo, hi``
+        swapped (exact per entry), computed with a common shift for stability."""
+        L, H = self._view(lo), self._view(hi)
+        shift = H.amax(dim=1, keepdim=True)
+        el, eh = torch.exp(L - shift), torch.exp(H - shift)
+        sl, sh = el.sum(dim=1, keepdim=True), eh.sum(dim=1, keepdim=True)
+        low = el / (el + (sh - eh).clamp_min(0))
+        high = eh / (eh + (sl - el).clamp_min(0))
+        return low.reshape(lo.shape), high.reshape(hi.shape)
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.softmax(self._view(z), dim=1).reshape(z.shape)
@@ -397,6 +826,9 @@ class BlockMax(_BlockMap):
     gamma = 1.0
     lipschitz_inf = 1.0
 
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        return self(lo), self(hi)  # max is monotone in every argument
+
     def __call__(self, z: Tensor) -> Tensor:
         zb = self._view(z)
         out = torch.zeros_like(zb)
@@ -416,6 +848,99 @@ class BlockMax(_BlockMap):
         out = torch.zeros_like(vb)
         out[:, :1] = vb.gather(1, idx)
         return out.reshape(z.shape)
+
+
+class Product(_BlockMap):
+    """The multiplicative map of paper 000 §2.4 / §3.6 on pairs of states.
+
+    The state is a sequence of pairs ``(z_1, z_2)`` (consecutive rows ``2k, 2k + 1``); each pair
+    maps to ``(phi_1(z_1) phi_2(z_2), 0)``: the product in the pair's first slot, zero in the
+    second (as :class:`BlockMax` writes its max in the first slot), so ``x = phi(z)`` keeps the
+    size of ``z`` and the model's ``A`` reads the product from the first slot.
+
+    With ``phi_i`` ``gamma_i``-Lipschitz and bounded, ``|phi_i| <= c_i`` (:attr:`Activation.bound`),
+    ``|phi_1(a) phi_2(b) - phi_1(a') phi_2(b')| <= c_2 gamma_1 |a - a'| + c_1 gamma_2 |b - b'|``,
+    so each pair is a BLIP block (Thm 2.7) in the ``l_1`` norm with
+    ``gamma = max(c_2 gamma_1, c_1 gamma_2)`` (§2.4), and ``lipschitz_inf = c_2 gamma_1 +
+    c_1 gamma_2`` on the whole vector. Both maps must be bounded (§2.4: "multiplicative
+    connections are in general not Lipschitz-continuous, unless the inputs are bounded"): a
+    factor known to stay in ``[lo, hi]`` (an LSTM's cell state, a softmax weight) enters as
+    ``Hardtanh(lo, hi)``, which equals the identity there.
+
+    The Jacobian of a pair is ``[[phi_1'(a) phi_2(b), phi_1(a) phi_2'(b)], [0, 0]]``.
+
+    >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
+    >>> act(torch.tensor([[0.0], [1.0]]))           # (sigmoid(0) tanh(1), 0)
+    tensor([[0.3808],
+            [0.0000]])
+    """
+
+    name = "product"
+    norm = 1.0
+
+    def __init__(self, first: str | dict | Activation = "sigmoid",
+                 second: str | dict | Activation = "tanh") -> None:
+        super().__init__(2)
+        f1, f2 = get_activation(first), get_activation(second)
+        for which, f in (("first", f1), ("second", f2)):
+            if not isinstance(f, ComponentwiseActivation):
+                raise ConfigurationError(f"Product's {which} map must be componentwise, got {f!r}")
+            if not math.isfinite(f.bound):
+                raise ConfigurationError(
+                    f"Product's {which} map {f!r} is unbounded: the product of unbounded maps is not "
+                    f"Lipschitz (paper 000 §2.4). Use a bounded map, or Hardtanh(lo, hi) for a "
+                    f"factor known to stay in [lo, hi]")
+        self.first, self.second = f1, f2
+        c1, c2 = f1.bound, f2.bound
+        g1, g2 = f1.lipschitz, f2.lipschitz
+        self.gamma = max(c2 * g1, c1 * g2)
+        self.lipschitz_inf = c2 * g1 + c1 * g2
+        lo1, hi1 = f1.value_range
+        lo2, hi2 = f2.value_range
+        corners = (lo1 * lo2, lo1 * hi2, hi1 * lo2, hi1 * hi2)
+        self.value_range = (min(min(corners), 0.0), max(max(corners), 0.0))
+
+    def _pairs(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        v = self._view(z)
+        return v[:, 0], v[:, 1]
+
+    def _out(self, first: Tensor, like: Tensor) -> Tensor:
+        out = torch.zeros_like(self._view(like))
+        out[:, 0] = first
+        return out.reshape(like.shape)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        a, b = self._pairs(z)
+        return self._out(self.first(a) * self.second(b), z)
+
+    def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        a, b = self._pairs(z)
+        w = self._view(v)[:, 0]
+        out = torch.empty_like(self._view(z))
+        out[:, 0] = w * self.first.derivative(a) * self.second(b)
+        out[:, 1] = w * self.first(a) * self.second.derivative(b)
+        return out.reshape(z.shape)
+
+    def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        a, b = self._pairs(z)
+        va, vb = self._pairs(v)
+        d = self.first.derivative(a) * self.second(b) * va + self.first(a) * self.second.derivative(b) * vb
+        return self._out(d, z)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Interval product of the factors' interval images (the min and max of the 4 corners)."""
+        la, lb = self._pairs(lo)
+        ha, hb = self._pairs(hi)
+        a_lo, a_hi = self.first.interval(la, ha)
+        b_lo, b_hi = self.second.interval(lb, hb)
+        c = torch.stack((a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi))
+        return self._out(c.amin(dim=0), lo), self._out(c.amax(dim=0), hi)
+
+    def __repr__(self) -> str:
+        return f"Product({self.first!r}, {self.second!r})"
+
+    def config(self) -> dict:
+        return {"name": self.name, "first": self.first.config(), "second": self.second.config()}
 
 
 class Blockwise(Activation):
@@ -465,6 +990,34 @@ class Blockwise(Activation):
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
         return self._apply("jvp", z, v)
+
+    @property
+    def value_range(self) -> tuple[float, float]:  # type: ignore[override]
+        return (min(a.value_range[0] for _, a in self.segments),
+                max(a.value_range[1] for _, a in self.segments))
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        _check_rows(lo, self.size, "Blockwise activation")
+        lows, highs, start = [], [], 0
+        for size, act in self.segments:
+            a, b = act.interval(lo[start:start + size], hi[start:start + size])
+            lows.append(a)
+            highs.append(b)
+            start += size
+        return torch.cat(lows, dim=0), torch.cat(highs, dim=0)
+
+    def restrict(self, rows: Tensor) -> Activation:
+        """The segments met by ``rows`` (whole blocks), each restricted to its rows there."""
+        r = rows.detach().cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
+        if r.size == self.size:
+            return self
+        parts, start = [], 0
+        for size, act in self.segments:
+            lo, hi = np.searchsorted(r, [start, start + size])
+            if hi > lo:
+                parts.append((int(hi - lo), act.restrict(torch.as_tensor(r[lo:hi] - start))))
+            start += size
+        return stack_activations(parts)
 
     def blocks(self, n: int) -> BlockStructure:
         if n != self.size:
@@ -548,6 +1101,9 @@ def block_activations(act: Activation, n: int) -> list[tuple[int, Activation]]:
     return [(s, act) for s in act.blocks(n).sizes]
 
 
+_ALIASES = {"leakyrelu": "leaky_relu", "swish": "silu", "gelu_tanh": "gelu", "log_sigmoid": "logsigmoid",
+            "hard_sigmoid": "hardsigmoid", "hard_swish": "hardswish", "hard_tanh": "hardtanh"}
+
 ACTIVATIONS: dict[str, type[Activation]] = {
     "relu": ReLU,
     "leaky_relu": LeakyReLU,
@@ -556,6 +1112,22 @@ ACTIVATIONS: dict[str, type[Activation]] = {
     "identity": Identity,
     "softmax": SoftMax,
     "blockmax": BlockMax,
+    "product": Product,
+    "gelu": GELU,
+    "silu": SiLU,
+    "mish": Mish,
+    "hardswish": Hardswish,
+    "elu": ELU,
+    "celu": CELU,
+    "selu": SELU,
+    "softplus": Softplus,
+    "softsign": Softsign,
+    "hardtanh": Hardtanh,
+    "relu6": ReLU6,
+    "hardsigmoid": Hardsigmoid,
+    "logsigmoid": LogSigmoid,
+    "tanhshrink": Tanhshrink,
+    "softshrink": Softshrink,
 }
 
 
@@ -572,18 +1144,21 @@ def get_activation(spec: str | dict | Activation, **kwargs: object) -> Activatio
             return Centered(get_activation(cfg["base"]))
         if name == "blockwise":
             return Blockwise([(int(s), get_activation(a)) for s, a in cfg["segments"]])
+        if name == "product":
+            return Product(get_activation(cfg.get("first", "sigmoid")), get_activation(cfg.get("second", "tanh")))
         return get_activation(str(name), **cfg)
     if not isinstance(spec, str):
         raise ConfigurationError(f"activation must be a name, a config dict or an Activation, "
                                  f"got {type(spec).__name__}")
     key = spec.lower().replace("-", "_")
-    if key == "leakyrelu":
-        key = "leaky_relu"
+    key = _ALIASES.get(key, key)
     if key not in ACTIVATIONS:
         raise ConfigurationError(
             f"unknown activation {spec!r}; choose one of {sorted(ACTIVATIONS)} or pass an "
             f"Activation instance (e.g. idlkit.activations.Blockwise)"
         )
+    if spec.lower().replace("-", "_") == "gelu_tanh":
+        kwargs = {"approximate": "tanh", **kwargs}
     try:
         return ACTIVATIONS[key](**kwargs)  # type: ignore[arg-type]
     except TypeError as exc:

@@ -732,7 +732,9 @@ def _scalar_wellposed(a: float, act: Activation) -> bool | None:
     (Remark 2.5: at ``a = 1`` ReLU has none or infinitely many solutions); the identity
     needs ``a != 1``; tanh and sigmoid need ``a sup phi' <= 1`` (``g' >= 0``, vanishing
     at one point only; beyond it ``g`` is non-monotone and three roots appear for
-    some ``c``). ``None`` when no exact rule is known.
+    some ``c``). In general: ``|a| gamma < 1`` (a contraction) or, for a monotone map,
+    ``a slope_max < 1`` gives one root; ``a slope_max > 1`` makes ``g`` non-monotone on an
+    interval, so some ``c`` gives two roots. ``None`` when no exact rule is known.
     """
     base = getattr(act, "base", act)
     if not isinstance(base, ComponentwiseActivation):
@@ -741,14 +743,23 @@ def _scalar_wellposed(a: float, act: Activation) -> bool | None:
         return True
     if base.name == "identity":
         return a != 1.0
+    if abs(a) * base.lipschitz < 1.0:  # a contraction (any map)
+        return True
     if not base.monotone:
         return None
     if a < 0:
         return True
+    if a * base.slope_max < 1.0:
+        return True
+    if a * base.slope_max > 1.0:
+        # phi' > 1/a on an open interval (slope_max is a sup of a piecewise-continuous phi'),
+        # so h(w) = w / a - phi(w) is continuous and not monotone: some level c / a of h has two
+        # preimages, i.e. two solutions
+        return False
     if base.positively_homogeneous:
-        return a * base.slope_max < 1.0
+        return False  # a slope_max = 1 on a half-line: none or infinitely many (Remark 2.5)
     if base.name in ("tanh", "sigmoid"):
-        return a * base.slope_max <= 1.0
+        return True  # phi' = 1/a at one point only, and h is onto
     return None
 
 

@@ -195,6 +195,16 @@ class TriangularPlan:
     rows_t: list[Tensor] | None = None
     forbidden: Tensor | None = None
     _At: Tensor | None = field(default=None, repr=False)
+    _acts: tuple | None = field(default=None, repr=False)
+
+    def level_activations(self, act: Activation) -> list[Activation]:
+        """``act`` restricted to each level's states (:meth:`Activation.restrict`), cached for the
+        last activation object seen: a block map (a converted LSTM's products, pooling) is then
+        applied to one level's rows only, never to the whole state."""
+        cached = self._acts
+        if cached is None or cached[0] is not act:
+            cached = self._acts = (act, [act.restrict(idx) for idx in self.levels])
+        return cached[1]
 
     def row_block(self, A: Tensor, k: int) -> Tensor:
         """Rows of level ``k`` of ``A``."""
@@ -344,8 +354,8 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
     plan = plan_for(A, act, cache)
     X = torch.zeros_like(b)
     Z = torch.empty_like(b)
-    n = X.shape[0]
     base = getattr(act, "base", act)
+    acts = None if act.componentwise else plan.level_activations(act)
     diag = plan.diag
     if plan.homog:
         assert diag is not None
@@ -362,7 +372,7 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
             X[sel] = Xk
             Z[sel] = C + d * Xk
         else:
-            X[sel] = _act_rows(act, C, idx, n)
+            X[sel] = act(C) if acts is None else acts[k](C)
             Z[sel] = C
     r = row_inf_norm(act(Z).t() - X.t())
     finite_or_raise(r, "triangular", len(plan.levels))
@@ -372,23 +382,14 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
     return X, Z, SolveInfo("triangular", len(plan.levels), resid, True, iters, r, tol)
 
 
-def _act_rows(act: Activation, C: Tensor, idx: Tensor, n: int) -> Tensor:
-    """Apply a (block) activation to the rows ``idx`` only (whole blocks by construction)."""
-    if act.componentwise:
-        return act(C)
-    full = C.new_zeros(n, C.shape[1])
-    full[idx] = C
-    return act(full)[idx]
-
-
 def solve_levels_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
                          cache: PlanCache | None = None) -> Tensor:
     """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order, with the
     cached per-level row blocks of ``A^T`` (built on the first adjoint solve)."""
     plan = plan_for(A, act, cache)
     V = torch.zeros_like(G)
-    n = A.shape[0]
     diag = plan.diag
+    acts = None if act.componentwise else plan.level_activations(act)
     for k in range(len(plan.levels) - 1, -1, -1):
         idx, sl = plan.levels[k], plan.slices[k]
         sel = sl if sl is not None else idx
@@ -398,11 +399,7 @@ def solve_levels_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
             assert diag is not None
             d = act.derivative(Z[sel])
             V[sel] = d * C / (1 - diag[sel][:, None] * d)
-        elif act.componentwise:
-            V[sel] = act.vjp(Z[sel], C)
         else:
-            full = C.new_zeros(n, C.shape[1])
-            full[idx] = C
-            V[sel] = act.vjp(Z, full)[idx]
+            V[sel] = (act if acts is None else acts[k]).vjp(Z[sel], C)
     return V
 
