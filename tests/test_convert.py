@@ -346,7 +346,7 @@ def test_shape_mismatch_and_bad_inputs() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.relu(x) * x
 
-    with pytest.raises(ConversionError, match="not affine"):
+    with pytest.raises(ConversionError, match="both factors bounded"):
         from_torch(Prod(), torch.randn(2, 3))
 
     class Soft(nn.Module):

@@ -21,7 +21,7 @@ from ..activations import stack_activations
 from ..errors import ConversionError
 from ..model import ImplicitModel
 from .expr import INPUT, Affine
-from .trace import StateBlock, Tracer
+from .trace import NeedsBuild, StateBlock, Tracer
 
 __all__ = ["from_torch", "states", "SPARSE_AUTO_THRESHOLD"]
 
@@ -199,7 +199,10 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
     """
     _net_dtype(net, u)
     with torch.no_grad():
-        tr = Tracer(net, u, build=False).run()
+        try:
+            tr = Tracer(net, u, build=False).run()
+        except NeedsBuild:  # products: the factors' maps are chosen from the expressions
+            tr = Tracer(net, u, build=True).run()
     blocks = tr.blocks[::-1]
     if not blocks:
         empty = u.new_zeros(u.shape[0], 0)

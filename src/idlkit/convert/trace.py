@@ -24,12 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..activations import Activation, BlockMax, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
+from ..activations import (
+    Activation,
+    BlockMax,
+    ComponentwiseActivation,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    SoftMax,
+    Tanh,
+)
 from ..errors import ConversionError
 from . import linear_maps as lm
 from .expr import INPUT, Affine
+from .products import Factor, block_ranges, expr_range, pair_up, product_factor, selection_source
 
-__all__ = ["StateBlock", "Tracer", "trace_graph"]
+__all__ = ["StateBlock", "Tracer", "trace_graph", "NeedsBuild"]
 
 
 def _user_frame(stack_trace: str | None) -> str | None:
@@ -62,6 +73,9 @@ class StateBlock:
         act: its activation map (componentwise, ``BlockMax(K)`` or ``SoftMax(k)``).
         pre: its pre-activation as an :class:`Affine` of the input and earlier blocks.
         z, x: the pre- and post-activation values on the traced input, ``(batch, size)``.
+        lo, hi: ``(size,)`` interval holding each state for every input (``+-inf`` when
+            unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
+            factors of products.
     """
 
     name: str
@@ -70,6 +84,13 @@ class StateBlock:
     pre: Affine | None
     z: Tensor
     x: Tensor
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+
+
+class NeedsBuild(Exception):
+    """Raised by a value-only trace (``build=False``) that meets a product: the choice of each
+    factor's map needs the expressions, so :func:`~idlkit.convert.states` traces again with them."""
 
 
 @dataclass
@@ -331,7 +352,8 @@ class Tracer:
             sign = -1.0 if f in (operator.sub, operator.isub, torch.sub) else 1.0
             return self._sum(node, env, args, value, sign * alpha)
         if f in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div):
-            return self._scalar_mul(node, env, args, f in (operator.truediv, operator.itruediv, torch.div))
+            return self._scalar_mul(node, env, args, value,
+                                    f in (operator.truediv, operator.itruediv, torch.div))
         if f in (operator.neg, torch.neg):
             return self._in(node, env).scale(-1.0)
         if f is operator.getitem and isinstance(env.expr.get(node.args[0]), tuple):
@@ -362,7 +384,7 @@ class Tracer:
             sign = -1.0 if m.startswith("sub") else 1.0
             return self._sum(node, env, args, value, sign * kwargs.get("alpha", 1))
         if m in ("mul", "mul_", "div", "div_"):
-            return self._scalar_mul(node, env, args, m.startswith("div"))
+            return self._scalar_mul(node, env, args, value, m.startswith("div"))
         if m in _REARRANGE_METHODS:
             return self._rearrange(node, env, None, value)
         if m in ("mean", "sum"):
@@ -374,8 +396,71 @@ class Tracer:
 
     def _new_block(self, node: fx.Node, name: str, act: Activation, pre: Affine | None,
                    z: Tensor, x: Tensor) -> int:
-        self.blocks.append(StateBlock(name, z.shape[1], act, pre, z.detach(), x.detach()))
+        size = z.shape[1]
+        if pre is not None:
+            plo, phi = expr_range(pre, [(b.lo, b.hi) for b in self.blocks])  # type: ignore[misc]
+        else:
+            plo, phi = np.full(size, -np.inf), np.full(size, np.inf)
+        lo, hi = block_ranges(act, plo, phi)
+        self.blocks.append(StateBlock(name, size, act, pre, z.detach(), x.detach(), lo, hi))
         return len(self.blocks) - 1
+
+    # ------------------------------------------------------------------ products (§2.4, §3.6)
+
+    def _factor(self, node: fx.Node, e: Affine, value: Tensor, which: str) -> Factor:
+        """A product's factor: the output of a bounded componentwise block (its map and
+        pre-activation), or an expression bounded for every input (the identity on its interval)."""
+        if not self.build:
+            raise NeedsBuild
+        z = value.reshape(self.batch, -1)
+        src = selection_source(e)
+        if src is not None:
+            k, cols = src
+            blk = self.blocks[k]
+            if isinstance(blk.act, ComponentwiseActivation) and math.isfinite(blk.act.bound):
+                assert blk.pre is not None
+                return Factor(blk.act, blk.pre.gather(cols, (cols.size,)), blk.z[:, cols])
+        lo, hi = expr_range(e, [(b.lo, b.hi) for b in self.blocks])  # type: ignore[misc]
+        f = product_factor(Identity(), e, z, lo, hi)
+        if isinstance(f, str):
+            raise self._fail(node, f"the product of two input-dependent tensors needs both factors "
+                                   f"bounded (paper 000 §2.4: a product of unbounded maps is not "
+                                   f"Lipschitz, so no certificate or bound would hold), but the "
+                                   f"{which} factor {f}. Pass it through a bounded map first (tanh, "
+                                   f"sigmoid, softsign, hardtanh), as LSTM/GRU gates and the "
+                                   f"tanh-bounded attention of §3.6 do")
+        return f
+
+    def _product(self, node: fx.Node, name: str, a: Factor, b: Factor, shape: tuple[int, ...]
+                 ) -> Affine:
+        """New :class:`Product` block of ``a * b`` (entrywise); its expression of shape ``shape``."""
+        act, pre, z = pair_up(a, b, self.build)
+        x = act(z.t()).t()
+        k = self._new_block(None, name, act, pre, z, x)  # type: ignore[arg-type]
+        return Affine.source(k, (z.shape[1],)).gather(np.arange(z.shape[1] // 2) * 2, shape)
+
+    def _multiply(self, node: fx.Node, env: _Env, value: Tensor) -> Affine | None:
+        """``a * b`` of two input-dependent tensors (broadcasting as torch does)."""
+        a, b = node.args[0], node.args[1]
+        ea, eb = env.expr[a], env.expr[b]
+        for e in (ea, eb):
+            if e.batch_dim != 0:
+                raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
+        if not self.build:
+            raise NeedsBuild
+        shape = tuple(value.shape[1:])
+        parts = []
+        for e, v in ((ea, env.val[a]), (eb, env.val[b])):
+            idx = torch.arange(e.size).reshape(e.shape) if e.shape else torch.zeros((), dtype=torch.long)
+            try:
+                idx = torch.broadcast_to(idx, shape).reshape(-1).numpy()
+            except RuntimeError as exc:
+                raise self._fail(node, f"cannot broadcast {e.shape} to {shape}") from exc
+            vv = v.reshape(self.batch, -1)[:, torch.as_tensor(idx)]
+            parts.append((e.gather(idx, (idx.size,)), vv))
+        fa = self._factor(node, parts[0][0], parts[0][1], "first")
+        fb = self._factor(node, parts[1][0], parts[1][1], "second")
+        return self._product(node, node.name, fa, fb, shape)
 
     def _activation(self, node: fx.Node, env: _Env, act: Activation, inp: Tensor, value: object
                     ) -> Affine | None:
@@ -568,13 +653,15 @@ class Tracer:
                                        f"{shape}") from exc
         raise self._fail(node, f"unsupported operand {type(c).__name__}")
 
-    def _scalar_mul(self, node: fx.Node, env: _Env, args: tuple, divide: bool) -> Affine | None:
+    def _scalar_mul(self, node: fx.Node, env: _Env, args: tuple, value: object, divide: bool
+                    ) -> Affine | None:
         a, b = node.args[0], node.args[1]
         ea = env.expr.get(a) if isinstance(a, fx.Node) else None
         eb = env.expr.get(b) if isinstance(b, fx.Node) else None
         if isinstance(ea, Affine) and isinstance(eb, Affine):
-            raise self._fail(node, "the product of two input-dependent tensors is not affine "
-                                   "(multiplicative units, §3.6, are not supported)")
+            if divide:
+                raise self._fail(node, "division by an input-dependent tensor is not supported")
+            return self._multiply(node, env, value)  # type: ignore[arg-type]
         if divide and not isinstance(ea, Affine):
             raise self._fail(node, "division by an input-dependent tensor is not supported")
         e = ea if isinstance(ea, Affine) else eb

@@ -1,0 +1,154 @@
+"""Multiplicative units in exact implicit form (paper 000 §2.4, §3.6).
+
+A product of two input-dependent tensors is not affine, so it becomes a state block of the
+:class:`~idlkit.activations.Product` map: each entry ``phi_1(a) phi_2(b)`` is one pair of states
+whose pre-activations are ``(a, b)``. §2.4 asks both factors to be bounded; each factor is:
+
+* the output of a bounded componentwise activation block (an LSTM gate ``sigmoid(z)``, a
+  ``tanh``-bounded query): the pair uses that map and its pre-activation ``z`` directly, so the
+  gate needs no state of its own; or
+* any other affine expression of the states whose values are provably confined to an interval
+  ``[lo, hi]`` for *every* input (an LSTM cell state, a softmax weight, a sum of products): the
+  pair uses ``Hardtanh(lo', hi')`` with ``[lo', hi']`` slightly wider than ``[lo, hi]``, which is
+  the identity on every value the factor can take, so the model stays exact.
+
+The intervals come from :func:`block_ranges` (the interval image of each block's
+pre-activation bounds, at least the map's own ``value_range``) and :func:`expr_range`
+(interval arithmetic on an :class:`~idlkit.convert.expr.Affine` expression). A factor that
+depends on the raw input, or on an unbounded state, has no such interval: the product is
+refused with a :class:`~idlkit.errors.ConversionError` that says why (§2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from ..activations import Activation, ComponentwiseActivation, Hardtanh, Product
+from .expr import INPUT, Affine
+
+__all__ = ["Factor", "block_ranges", "expr_range", "selection_source", "product_factor",
+           "MARGIN_REL", "MARGIN_ABS"]
+
+MARGIN_REL = 1e-6   # a Hardtanh stand-in for the identity is widened by this (relative) ...
+MARGIN_ABS = 1e-9   # ... and absolute margin, so float rounding never makes it clip
+
+
+@dataclass
+class Factor:
+    """One factor of a product: ``act(pre)``, with the pre-activation's value on the example.
+
+    Attributes:
+        act: a bounded componentwise map.
+        pre: the pre-activation expression, per-sample shape ``(k,)`` (``None`` when not building).
+        z: the pre-activation on the traced input, ``(batch, k)``.
+    """
+
+    act: ComponentwiseActivation
+    pre: Affine | None
+    z: Tensor
+
+
+def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Interval ``[lo, hi]`` of each state ``x = act(z)`` of a block, given ``pre_lo <= z <=
+    pre_hi`` (``+-inf`` allowed): the map's interval image where the box is finite, never wider
+    than the map's ``value_range``."""
+    n = pre_lo.size
+    vlo, vhi = act.value_range
+    lo, hi = np.full(n, vlo, dtype=np.float64), np.full(n, vhi, dtype=np.float64)
+    if n and np.isfinite(pre_lo).all() and np.isfinite(pre_hi).all():
+        a, b = act.interval(torch.from_numpy(pre_lo[:, None]), torch.from_numpy(pre_hi[:, None]))
+        a, b = a.numpy()[:, 0], b.numpy()[:, 0]
+        a = np.where(np.isnan(a), vlo, a)
+        b = np.where(np.isnan(b), vhi, b)
+        lo, hi = np.maximum(lo, a), np.minimum(hi, b)
+    return lo, hi
+
+
+def expr_range(expr: Affine, ranges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of every entry of ``expr`` when each state block ``j`` lies in ``ranges[j]``
+    and the input is unrestricted (center/radius interval arithmetic; ``+-inf`` where an input
+    term or an unbounded state enters)."""
+    lo = expr.const.astype(np.float64).copy()
+    hi = lo.copy()
+    for key, M in expr.terms.items():
+        M = sp.csr_array(M)
+        if M.nnz == 0:
+            continue
+        if key == INPUT:
+            rows = np.diff(M.indptr) > 0
+            lo[rows], hi[rows] = -np.inf, np.inf
+            continue
+        slo, shi = ranges[key]
+        pos, neg = M.maximum(0), M.minimum(0)
+        with np.errstate(invalid="ignore"):
+            add_lo = _mul(pos, slo) + _mul(neg, shi)
+            add_hi = _mul(pos, shi) + _mul(neg, slo)
+        lo, hi = lo + add_lo, hi + add_hi
+    return np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
+
+
+def _mul(M: sp.csr_array, v: np.ndarray) -> np.ndarray:
+    """``M @ v`` for a nonnegative or nonpositive sparse ``M`` and ``v`` with infinities
+    (``0 * inf`` counts as 0: a zero coefficient does not read the entry)."""
+    out = np.zeros(M.shape[0])
+    coo = sp.coo_array(M)
+    if coo.nnz:
+        np.add.at(out, coo.row, coo.data * v[coo.col])
+    return out
+
+
+def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
+    """``(block, columns)`` when ``expr`` just picks entries of one state block (coefficient 1,
+    one entry per row, no constant), else ``None``."""
+    if len(expr.terms) != 1 or expr.const.any():
+        return None
+    (key, M), = expr.terms.items()
+    if key == INPUT:
+        return None
+    M = sp.csr_array(M)
+    if M.nnz != M.shape[0] or not (np.diff(M.indptr) == 1).all() or not (M.data == 1).all():
+        return None
+    return key, M.indices.astype(np.int64)
+
+
+def identity_on(lo: float, hi: float) -> Hardtanh:
+    """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips."""
+    width = max(abs(lo), abs(hi))
+    pad = MARGIN_REL * width + MARGIN_ABS
+    return Hardtanh(lo - pad, hi + pad)
+
+
+def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarray | None,
+                   hi: np.ndarray | None) -> Factor | str:
+    """A factor from a bounded componentwise ``act`` with pre-activation ``pre`` (value ``z``), or,
+    with ``act`` the identity and an interval ``[lo, hi]``, the identity on it. Returns a reason
+    (a string) when the factor is unbounded."""
+    if isinstance(act, ComponentwiseActivation) and np.isfinite(act.bound):
+        return Factor(act, pre, z)
+    if lo is None or hi is None:
+        return "is not known to be bounded"
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return ("depends on the input (or on an unbounded state) without a bounded map in "
+                "between, so its values are not bounded")
+    return Factor(identity_on(float(lo.min()), float(hi.max())), pre, z)
+
+
+def pair_up(a: Factor, b: Factor, build: bool) -> tuple[Product, Affine | None, Tensor]:
+    """The :class:`Product` block of ``a * b``: its map, its pre-activation (the pre-activations
+    of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``."""
+    k = a.z.shape[1]
+    z = torch.stack((a.z, b.z), dim=2).reshape(a.z.shape[0], 2 * k)
+    pre = None
+    if build:
+        assert a.pre is not None and b.pre is not None
+        even = np.arange(k) * 2
+        Pa = sp.csr_array((np.ones(k), (even, np.arange(k))), shape=(2 * k, k))
+        Pb = sp.csr_array((np.ones(k), (even + 1, np.arange(k))), shape=(2 * k, k))
+        pre = a.pre.linear(Pa, (2 * k,)) + b.pre.linear(Pb, (2 * k,))
+    return Product(a.act, b.act), pre, z
