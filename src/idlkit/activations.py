@@ -1145,7 +1145,8 @@ def get_activation(spec: str | dict | Activation, **kwargs: object) -> Activatio
         if name == "blockwise":
             return Blockwise([(int(s), get_activation(a)) for s, a in cfg["segments"]])
         if name == "product":
-            return Product(get_activation(cfg.get("first", "sigmoid")), get_activation(cfg.get("second", "tanh")))
+            return Product(get_activation(cfg.get("first", "sigmoid")),
+                           get_activation(cfg.get("second", "tanh")))
         return get_activation(str(name), **cfg)
     if not isinstance(spec, str):
         raise ConfigurationError(f"activation must be a name, a config dict or an Activation, "
