@@ -137,11 +137,11 @@ def test_interval_image_contains_samples_and_is_attained(case):
     z = lo + (hi - lo) * t
     a, b = act.interval(lo, hi)
     v = act(z)
-    jump = 1e-8 if isinstance(act, acts.Softplus) else 0.0
-    assert bool((v >= a - 1e-14 - jump).all()) and bool((v <= b + 1e-14 + jump).all())
+    jump = act.jump if isinstance(act, acts.Softplus) else 0.0  # widened by torch's drop
+    assert bool((v >= a - 1e-14).all()) and bool((v <= b + 1e-14).all())
     step = act.lipschitz * (hi - lo) / 2000  # sampling resolution of the image
-    assert bool((v.min(dim=1, keepdim=True).values - a <= step + 1e-12).all())
-    assert bool((b - v.max(dim=1, keepdim=True).values <= step + 1e-12).all())
+    assert bool((v.min(dim=1, keepdim=True).values - a <= step + jump + 1e-12).all())
+    assert bool((b - v.max(dim=1, keepdim=True).values <= step + jump + 1e-12).all())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -192,6 +192,17 @@ def test_names_and_aliases():
         acts.Softplus(beta=-1.0)
     with pytest.raises(ConfigurationError):
         acts.GELU("erf")
+
+
+def test_models_with_new_maps_save_and_load(tmp_path):
+    act = acts.Blockwise([(4, acts.Product(acts.Sigmoid(), acts.Hardtanh(-2, 2))), (3, acts.GELU("tanh")),
+                          (2, acts.Softplus(2.0, 5.0))])
+    model = idl.ImplicitModel(3, 9, 2, activation=act, wellposedness="pf", kappa=0.9, dtype=F64)
+    idl.save(model, tmp_path / "m.safetensors")
+    again = idl.load(tmp_path / "m.safetensors")
+    u = torch.randn(4, 3, dtype=F64)
+    torch.testing.assert_close(again(u), model(u), rtol=0, atol=0)
+    assert again.activation.config() == act.config()
 
 
 def test_gelu_peak_has_its_closed_form():

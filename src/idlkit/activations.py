@@ -520,7 +520,20 @@ class SELU(ComponentwiseActivation):
 class Softplus(ComponentwiseActivation):
     """``log(1 + e^{beta z}) / beta``, linear (``z``) where ``beta z > threshold``, as
     ``torch.nn.Softplus``: slopes ``sigmoid(beta z)`` in ``(0, 1]``, monotone and CONE;
-    ``phi(0) = log(2) / beta`` (handled by the shift of §3.1)."""
+    ``phi(0) = log(2) / beta`` (handled by the shift of §3.1).
+
+    torch's switch to the linear piece drops the value by ``log(1 + e^-threshold) / beta`` at
+    ``z = threshold / beta`` (2.1e-9 for the defaults): the map is 1-Lipschitz and monotone up to
+    that jump, which :meth:`interval` adds to both ends so interval bounds stay sound; the
+    Lipschitz-based bounds treat it as rounding (each use can be off by at most the jump)."""
+
+    @property
+    def jump(self) -> float:
+        """Size of the drop at the threshold: ``log(1 + e^-threshold) / beta``."""
+        return math.log1p(math.exp(-self.threshold)) / self.beta
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        return self(lo) - self.jump, self(hi) + self.jump
 
     name = "softplus"
     value_range = (0.0, math.inf)
