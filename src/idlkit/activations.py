@@ -796,6 +796,14 @@ class _BlockMap(Activation):
         return {"name": self.name, "block_size": self.block_size}
 
 
+def _lse_others(Z: Tensor) -> Tensor:
+    """``log sum_{j != i} exp(Z_j)`` along dim 1 (``-inf`` for a block of size 1)."""
+    ninf = torch.full_like(Z[:, :1], -math.inf)
+    pre = torch.cat((ninf, torch.logcumsumexp(Z, dim=1)[:, :-1]), dim=1)
+    suf = torch.cat((torch.logcumsumexp(Z.flip(1), dim=1).flip(1)[:, 1:], ninf), dim=1)
+    return torch.logaddexp(pre, suf)
+
+
 class SoftMax(_BlockMap):
     """SoftMax over each block of rows (eq. 2.2); 1-Lipschitz in l_1, 1/2 in l_inf."""
 
@@ -807,15 +815,13 @@ class SoftMax(_BlockMap):
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """``s_i`` increases with ``z_i`` and decreases with every other ``z_j``: its extremes on a
-        box are ``e^{lo_i} / (e^{lo_i} + sum_{j != i} e^{hi_j})`` and the same with ``lo, hi``
-        swapped (exact per entry), computed with a common shift for stability."""
+        box are ``sigmoid(lo_i - LSE_{j != i} hi_j)`` and ``sigmoid(hi_i - LSE_{j != i} lo_j)``
+        (exact per entry; ``LSE`` is log-sum-exp). ``LSE_{j != i}`` joins prefix and suffix
+        log-cumsum-exps: no cancellation (``sum_j e^{z_j} - e^{z_i}`` loses every digit when
+        ``e^{z_i}`` dominates) and no underflow of ``e^{z_i}`` far below the block's max."""
         L, H = self._view(lo), self._view(hi)
-        shift = H.amax(dim=1, keepdim=True)
-        el, eh = torch.exp(L - shift), torch.exp(H - shift)
-        sl, sh = el.sum(dim=1, keepdim=True), eh.sum(dim=1, keepdim=True)
-        low = el / (el + (sh - eh).clamp_min(0))
-        high = eh / (eh + (sl - el).clamp_min(0))
-        return low.reshape(lo.shape), high.reshape(hi.shape)
+        return (torch.sigmoid(L - _lse_others(H)).reshape(lo.shape),
+                torch.sigmoid(H - _lse_others(L)).reshape(hi.shape))
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.softmax(self._view(z), dim=1).reshape(z.shape)
