@@ -1,15 +1,28 @@
 """Interval bound propagation (IBP) through a triangular implicit model (paper 003 ch. 4, Fig. 4.3).
 
 A converted feed-forward network (:func:`idlkit.convert.from_torch`) has a strictly (block)
-upper-triangular ``A``: its states form levels, each depending on earlier levels only
-(paper 000 Thm 2.8-2.9). IBP propagates the input box ``[u0 - sigma_u, u0 + sigma_u]`` level by
-level: ``z = A x + B u + b`` in center/radius form (``z_c = A x_c + B u_c + b``,
-``z_r = |A| x_r + |B| u_r``), then ``x = phi(z)`` through the monotone activation
-(``[phi(z_lo), phi(z_hi)]``; a block max takes the max of the bounds). A level-by-level sweep
-equals the Jacobi iteration of this interval map started anywhere, stopped when it no longer
-changes (at most ``depth + 1`` sweeps; the exact layer-by-layer IBP of the network).
+triangular ``A`` up to a permutation: its activation blocks form levels, each depending on
+earlier levels only (paper 000 Thm 2.8-2.9). IBP propagates the input box
+``[u0 - sigma_u, u0 + sigma_u]`` through the levels: ``z = A x + B u + b`` in center/radius form
+(``z_c = A x_c + B u_c + b``, ``z_r = |A| x_r + |B| u_r``), then ``x = phi(z)`` through the
+activation's interval image :meth:`~idlkit.activations.Activation.interval`. Every map of
+:mod:`idlkit.activations` has one, so IBP needs no monotonicity: monotone maps give
+``[phi(z_lo), phi(z_hi)]``; the valley maps (GELU, SiLU, Mish, Hardswish, ELU with
+``alpha < 0``) take their minimum ``phi(z*)`` when ``z*`` is in the box; SoftMax the exact
+per-entry extremes; BlockMax the max of the bounds; :class:`~idlkit.activations.Product` (an
+LSTM/GRU gate pair, §2.4) the interval product of its factors' images; ``Centered`` and
+``Blockwise`` maps compose these. A sweep over all states is one Jacobi step of the interval map;
+``depth`` sweeps (the number of levels) give the exact layer-by-layer IBP of the network.
 
-This is the baseline that the implicit box bound (Thm 4.1) is compared with in the thesis
+**Rounding.** The intervals must contain the states the model computes in float64, whatever the
+order of its sums. Every sweep therefore widens ``z`` outward by ``2 (n + p + 4) eps`` times
+``|A| |x|_max + |B| |u|_max + |b|`` (the rounding of both our products and the model's, which
+also covers the center/radius split and the ``phi(0)`` shift of §3.1), and the image of the
+activation by ``16 eps`` times the size of its values and arguments (the evaluation error of the
+maps here, a few ulps in their inputs; block sizes and product factor bounds enter as factors).
+The widening is ~1e-15 relative: negligible next to any input box.
+
+This is the baseline that the implicit box bound (Thm 4.1/4.2) is compared with in the thesis
 (Fig. 4.3): see :func:`compare_bounds`. Float64 throughout.
 """
 
@@ -22,12 +35,14 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .. import wellposed as wp
-from ..activations import BlockMax, Blockwise, ComponentwiseActivation
-from ..errors import ConfigurationError
-from ._model import as_batch64, as_sigma, base_activation, model_data
+from .._matrix import block_pattern_graph
+from ..activations import Activation, Blockwise, Centered, Product
+from ..errors import ConfigurationError, NonFiniteError
+from ._model import as_batch64, as_sigma, model_data
 
 __all__ = ["IntervalBounds", "interval_bounds", "BoundComparison", "compare_bounds"]
+
+_EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -35,7 +50,7 @@ class IntervalBounds:
     """IBP intervals, batch-first float64: ``x_lower <= x <= x_upper``, ``y_lower <= y <= y_upper``.
 
     Attributes:
-        sweeps: number of level sweeps until the intervals were stable.
+        sweeps: number of level sweeps (the depth of the level structure of ``A``).
     """
 
     x_lower: Tensor
@@ -45,91 +60,130 @@ class IntervalBounds:
     sweeps: int
 
 
-def _segments(act: object, n: int) -> list[tuple[int, int, object]]:
-    act = base_activation(act)  # type: ignore[arg-type]
-    segs = act.segments if isinstance(act, Blockwise) else ((n, act),)
-    out, s = [], 0
-    for size, a in segs:
-        a = base_activation(a)
-        if isinstance(a, ComponentwiseActivation):
-            if not a.monotone:
-                raise ConfigurationError(f"IBP needs monotone activations, got {a!r}")
-        elif not isinstance(a, BlockMax):
-            raise ConfigurationError(f"IBP supports monotone componentwise maps and BlockMax, got "
-                                     f"{a!r}")
-        out.append((s, s + size, a))
-        s += size
-    return out
+def _depth(A: object, sizes: tuple[int, ...]) -> int:
+    """Number of levels of the block dependency graph of ``A`` (longest chain + 1, Thm 2.8-2.9).
+
+    Raises :class:`ConfigurationError` when the graph has a cycle (``A`` is not strictly block
+    triangular under any permutation of whole blocks)."""
+    G = block_pattern_graph(A, sizes)
+    L = G.shape[0]
+    if L == 0:
+        return 0
+    if G.diagonal().any():
+        I = int(np.flatnonzero(G.diagonal())[0])
+        raise ConfigurationError(
+            f"IBP needs a strictly (block) triangular A (a converted feed-forward network, paper 000 "
+            f"Thm 2.8-2.9); the diagonal block {I} of A is nonzero, so the states have no finite sweep "
+            f"order. Use state_box_bound / output_box_bound (Thm 4.1-4.4), which hold for any "
+            f"well-posed model")
+    nz = np.flatnonzero(np.diff(G.indptr))
+    level = np.zeros(L, dtype=np.int64)
+    for _ in range(L + 1):  # longest-path levels by relaxation: stable after depth rounds on a DAG
+        new = np.zeros(L, dtype=np.int64)
+        if nz.size:
+            new[nz] = np.maximum.reduceat(level[G.indices], G.indptr[nz]) + 1
+        if np.array_equal(new, level):
+            return int(level.max()) + 1
+        level = new
+    raise ConfigurationError(
+        "IBP needs a strictly (block) triangular A (a converted feed-forward network, paper 000 "
+        "Thm 2.8-2.9); the dependency graph of A has a cycle, so the states have no finite sweep "
+        "order. Use state_box_bound / output_box_bound (Thm 4.1-4.4), which hold for any "
+        "well-posed model")
 
 
-def _apply(segs: list, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Monotone image of the box ``[lo, hi]`` (rows: states, columns: samples)."""
-    xl, xu = np.empty_like(lo), np.empty_like(hi)
-    for s, e, a in segs:
-        if isinstance(a, BlockMax):
-            n_ = e - s
-            bs = a._size(n_)
-            for src, dst in ((lo, xl), (hi, xu)):
-                blk = src[s:e].reshape(n_ // bs, bs, -1)
-                out = np.zeros_like(blk)
-                out[:, 0] = blk.max(axis=1)
-                dst[s:e] = out.reshape(n_, -1)
-        else:
-            xl[s:e] = a(torch.from_numpy(lo[s:e])).numpy()
-            xu[s:e] = a(torch.from_numpy(hi[s:e])).numpy()
-    return xl, xu
+def _factor_scale(act: Activation) -> float:
+    """``max(1, c_1, c_2)`` over the :class:`Product` blocks of ``act`` (their factors' bounds):
+    the rounding of a factor is multiplied by the other factor."""
+    base = act.base if isinstance(act, Centered) else act
+    segs = [a for _, a in base.segments] if isinstance(base, Blockwise) else [base]
+    scale = 1.0
+    for a in segs:
+        a = a.base if isinstance(a, Centered) else a
+        if isinstance(a, Product):
+            scale = max(scale, a.first.bound, a.second.bound)
+    return scale
+
+
+def _abs(M: np.ndarray | sp.csr_array) -> np.ndarray | sp.csr_array:
+    return abs(M) if sp.issparse(M) else np.abs(M)
 
 
 def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBounds:
     """IBP intervals of the states and outputs for inputs in ``[u0 - sigma_u, u0 + sigma_u]``.
 
+    Works for every activation of :mod:`idlkit.activations` (each has an interval image), monotone
+    or not, componentwise or blockwise, centred (``phi(0) != 0``) or not, and for the
+    :class:`~idlkit.activations.Product` blocks of converted LSTM/GRU cells.
+
     Args:
-        model: an :class:`~idlkit.ImplicitModel` with strictly (block) upper-triangular ``A`` up to
-            the level order (e.g. from :func:`idlkit.convert.from_torch`), dense or sparse.
+        model: an :class:`~idlkit.ImplicitModel` whose ``A`` is strictly (block) triangular up to a
+            permutation of whole activation blocks (e.g. from :func:`idlkit.convert.from_torch`),
+            dense or sparse.
         u0: ``(batch, p)`` nominal inputs; ``sigma_u``: scalar or ``(p,)`` radius.
 
+    Returns:
+        :class:`IntervalBounds` with ``(batch, n)`` state and ``(batch, q)`` output bounds that
+        contain the model's float64 states and outputs for every input of the box.
+
     Raises:
-        ConfigurationError: ``A`` is not triangular (IBP has no finite sweep order), or an
-            activation that is not monotone.
+        ConfigurationError: ``A`` has a cycle (IBP has no finite sweep order; use
+            :func:`~idlkit.robust.state_box_bound`).
+        NonFiniteError: the intervals overflowed (inputs or weights too large).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
+    >>> ib = interval_bounds(model, torch.zeros(3, 4, dtype=torch.float64), 0.1)
+    >>> ib.y_lower.shape, ib.sweeps
+    (torch.Size([3, 2]), 1)
     """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
     U = as_batch64(u0, d.p, "u0").T  # (p, m)
-    segs = _segments(d.activation, d.n)
-    if d.n and not wp.check(model.A, d.activation).triangular:  # type: ignore[attr-defined]
-        raise ConfigurationError("IBP needs a triangular model (a converted feed-forward network); "
-                                 "A is not strictly (block) triangular: use state_box_bound")
+    m = U.shape[1]
+    act = d.activation
+    depth = _depth(model.A, d.blocks.sizes) if d.n else 0  # type: ignore[attr-defined]
     b = getattr(model, "b", None)
     bias = np.zeros((d.n, 1)) if b is None else b.detach().to("cpu", torch.float64).numpy()[:, None]
-    absA = abs(d.A) if sp.issparse(d.A) else np.abs(d.A)
-    absB = abs(d.B) if sp.issparse(d.B) else np.abs(d.B)
+    absA, absB = _abs(d.A), _abs(d.B)
+    uabs = np.abs(U) + s[:, None]
     zc0 = np.asarray(d.B @ U) + bias
-    zr0 = np.asarray(absB @ s)[:, None] * np.ones((1, U.shape[1]))
-    xl, xu = _apply(segs, zc0 - zr0, zc0 + zr0) if d.n else (np.zeros((0, U.shape[1])),) * 2
-    sweeps = 1
-    for it in range(1, d.n + 2):
-        sweeps = it
+    zr0 = np.asarray(absB @ s)[:, None]
+    mag0 = np.asarray(absB @ uabs) + np.abs(bias)
+    # rounding: z of (n + p + 1)-term sums, ours and the model's; the phi(0) shift adds |A phi(0)|
+    rho_z = 2 * (d.n + d.p + 4) * _EPS
+    phi0 = np.abs(act(torch.zeros(d.n, 1, dtype=torch.float64)).numpy()) if d.n else np.zeros((0, 1))
+    width = max(d.blocks.sizes, default=1) * _factor_scale(act)
+    xl, xu = np.zeros((d.n, m)), np.zeros((d.n, m))
+    for _ in range(depth):
         xc, xr = (xl + xu) / 2, (xu - xl) / 2
+        xabs = np.maximum(np.abs(xl), np.abs(xu))
         zc = np.asarray(d.A @ xc) + zc0
         zr = np.asarray(absA @ xr) + zr0
-        nl, nu = _apply(segs, zc - zr, zc + zr)
-        if np.array_equal(nl, xl) and np.array_equal(nu, xu):
-            break
-        xl, xu = nl, nu
-    # the center/radius form loses a few ulps: widen outward by the rounding of the products
-    eps = (d.n + d.p + 4) * np.finfo(np.float64).eps
-    pad = eps * (np.abs(xl) + np.abs(xu) + 1e-300)
-    xl, xu = xl - pad, xu + pad
+        pad = rho_z * (np.asarray(absA @ (xabs + 2 * phi0)) + mag0)
+        zl, zu = zc - zr - pad, zc + zr + pad
+        lo, hi = act.interval(torch.from_numpy(zl), torch.from_numpy(zu))
+        xl, xu = lo.numpy(), hi.numpy()
+        if np.isnan(xl).any() or np.isnan(xu).any():
+            raise NonFiniteError("IBP intervals became NaN (an overflow of z = A x + B u + b); scale the "
+                                 "inputs or weights down")
+        # evaluation error of the maps: a few ulps of their values and arguments
+        scale = width * (1 + np.maximum(np.abs(zl), np.abs(zu)).max(axis=0, keepdims=True)) + phi0.max()
+        xpad = 16 * _EPS * (np.maximum(np.abs(xl), np.abs(xu)) + scale)
+        xl, xu = xl - xpad, xu + xpad
     xc, xr = (xl + xu) / 2, (xu - xl) / 2
+    xabs = np.maximum(np.abs(xl), np.abs(xu))
     dvec = getattr(model, "d", None)
     dd = np.zeros((d.q, 1)) if dvec is None else dvec.detach().to("cpu", torch.float64).numpy()[:, None]
-    absC = abs(d.C) if sp.issparse(d.C) else np.abs(d.C)
-    absD = abs(d.D) if sp.issparse(d.D) else np.abs(d.D)
+    absC, absD = _abs(d.C), _abs(d.D)
     yc = np.asarray(d.C @ xc) + np.asarray(d.D @ U) + dd
     yr = np.asarray(absC @ xr) + np.asarray(absD @ s)[:, None]
-    yr = yr + eps * (np.abs(yc) + yr)
+    yr = yr + rho_z * (np.asarray(absC @ xabs) + np.asarray(absD @ uabs) + np.abs(dd))
+    if np.isnan(yc).any() or np.isnan(yr).any():
+        raise NonFiniteError("IBP output intervals are NaN (an overflow of the state intervals); scale "
+                             "the inputs or weights down")
     t = lambda M: torch.from_numpy(np.ascontiguousarray(M.T))  # noqa: E731
-    return IntervalBounds(t(xl), t(xu), t(yc - yr), t(yc + yr), sweeps)
+    return IntervalBounds(t(xl), t(xu), t(yc - yr), t(yc + yr), depth)
 
 
 @dataclass(frozen=True)
@@ -153,7 +207,10 @@ class BoundComparison:
 
 
 def compare_bounds(model: object, u0: Tensor, sigma_u: object) -> BoundComparison:
-    """IBP vs the implicit box bound on the same input box (paper 003 Fig. 4.3)."""
+    """IBP vs the implicit box bound on the same input box (paper 003 Fig. 4.3).
+
+    Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
+    """
     from .bounds import state_box_bound
     from .sensitivity import output_box_bound
 
