@@ -6,6 +6,14 @@ and ``N(C)`` (Thm 4.4: ``N(C)_il = ||C_il||_{p_l^*}``, the dual norm). For a com
 they are ``gamma |A|``, ``gamma |B|`` and ``|C|`` (Thm 4.1, 4.3, with ``gamma = 1`` for a CONE
 map; a ``gamma``-Lipschitz map gives the same bounds with ``gamma`` in front, which is Thm 4.2
 with blocks of size 1).
+
+The ``gamma_l`` are those of the activation's :class:`~idlkit.activations.BlockStructure`:
+``max |phi'|`` for a componentwise map (greater than 1 for GELU 1.129, SiLU 1.100, Mish 1.088,
+Hardswish 1.5, SELU 1.758, ELU with ``alpha > 1``: those maps are not CONE and the formulas carry
+``gamma`` in front), ``max(c_2 gamma_1, c_1 gamma_2)`` in ``l_1`` for a
+:class:`~idlkit.activations.Product` pair (§2.4). Only Lipschitz continuity enters Thm 4.1-4.4:
+non-monotone maps (the valley maps) and shifted ones (``phi(0) != 0``, §3.1: softplus,
+hardsigmoid, logsigmoid, sigmoid products; differences ``x - x0`` do not see the shift) are covered.
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ from torch import Tensor
 from .. import wellposed as wp
 from .._matrix import as_matrix
 from .._validation import check_scalar
-from ..activations import Activation, BlockStructure, Centered, ComponentwiseActivation
+from ..activations import Activation, BlockStructure, Blockwise, Centered, ComponentwiseActivation
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 
-__all__ = ["ModelData", "model_data", "as_sigma", "check_k", "as_batch64", "top_k_sum"]
+__all__ = ["ModelData", "model_data", "componentwise_maps", "float64_copy", "as_sigma", "check_k",
+           "as_batch64", "top_k_sum"]
 
 Mat = np.ndarray | sp.csr_array
 _DENSE_BLIP_MAX_N = 4096
@@ -41,6 +50,8 @@ class ModelData:
     activation: Activation
     blocks: BlockStructure
     componentwise: bool
+    """Every segment of the activation is componentwise (a ``Blockwise`` of componentwise maps
+    counts, with a ``gamma`` per state); see :func:`componentwise_maps`."""
 
     @property
     def n(self) -> int:
@@ -67,13 +78,62 @@ def base_activation(act: Activation) -> Activation:
     return act.base if isinstance(act, Centered) else act
 
 
+def componentwise_maps(act: Activation) -> list[ComponentwiseActivation] | None:
+    """The componentwise maps the activation is made of (``Centered`` unwrapped: a shift changes
+    no slope), one per ``Blockwise`` segment; ``None`` when a segment is a block map (SoftMax,
+    BlockMax, Product), i.e. the theorems for componentwise maps do not apply."""
+    base = base_activation(act)
+    segs = [a for _, a in base.segments] if isinstance(base, Blockwise) else [base]
+    out = []
+    for a in segs:
+        a = base_activation(a)
+        if not isinstance(a, ComponentwiseActivation):
+            return None
+        out.append(a)
+    return out
+
+
 def model_data(model: object) -> ModelData:
     """The model's ``A, B, C, D`` in float64 (sparse stays sparse) and its BLIP structure."""
     A, B, C, D = (as_matrix(_get(model, k)) for k in "ABCD")
     act = model.activation  # type: ignore[attr-defined]
     blocks = act.blocks(A.shape[0])
-    comp = isinstance(base_activation(act), ComponentwiseActivation)
+    comp = componentwise_maps(act) is not None
     return ModelData(A, B, C, D, act, blocks, comp)
+
+
+def _sparse_memo(obj: object, seen: set[int], memo: dict[int, object]) -> None:
+    """Clones of the non-strided (sparse) tensors reachable from ``obj`` through containers and
+    instance dicts, keyed by ``id`` as :func:`copy.deepcopy`'s memo: torch cannot deep-copy a
+    sparse CSR tensor (it has no storage), but :meth:`Tensor.clone` copies it."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        if obj.layout != torch.strided:
+            memo[id(obj)] = obj.detach().clone()
+        return
+    if isinstance(obj, dict):
+        items: object = obj.values()
+    elif isinstance(obj, list | tuple | set | frozenset):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = vars(obj).values()
+    else:
+        return
+    for v in items:  # type: ignore[attr-defined]
+        _sparse_memo(v, seen, memo)
+
+
+def float64_copy(model: object) -> object:
+    """A float64 deep copy of a model (the model itself is not touched, not even its
+    ``last_solve``), sparse matrices and solver caches included."""
+    import copy
+
+    memo: dict[int, object] = {}
+    _sparse_memo(model, set(), memo)
+    memo[id(memo)] = [model]  # deepcopy's keep-alive convention
+    return copy.deepcopy(model, memo).to(torch.float64)  # type: ignore[attr-defined]
 
 
 def _abs(M: Mat) -> Mat:

@@ -38,7 +38,16 @@ from torch import Tensor
 from .. import wellposed as wp
 from ..errors import WellPosednessError
 from ._linalg import SolveCertificate, solve_nonneg
-from ._model import as_batch64, as_sigma, check_k, dense, model_data, norm_matrices, top_k_sum
+from ._model import (
+    as_batch64,
+    as_sigma,
+    check_k,
+    dense,
+    float64_copy,
+    model_data,
+    norm_matrices,
+    top_k_sum,
+)
 
 __all__ = [
     "state_linf_bound",
@@ -196,15 +205,9 @@ def box_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None,
     U = torch.from_numpy(as_batch64(u0, p, "u0"))
     sig_x = state_box_bound(model, sigma_u, k, method)
     sig_y = output_box_bound(model, sigma_u, k, method)
-    m64 = _float64_copy(model)
+    m64 = float64_copy(model)
     with torch.no_grad():
         x0 = m64.equilibrium(U)
         y0 = m64(U)
     return BoxBounds(x0, y0, sig_x, sig_y, k)
 
-
-def _float64_copy(model: object) -> object:
-    import copy
-
-    m = copy.deepcopy(model)
-    return m.to(torch.float64)  # type: ignore[attr-defined]

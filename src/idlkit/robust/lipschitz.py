@@ -1,14 +1,18 @@
 """l_inf -> l_inf Lipschitz bounds of the prediction rule (paper 000 eq. 4.8; paper 004).
 
 * ``"inf"``: ``kappa = gamma ||B|| ||C|| / (1 - gamma ||A||) + ||D||`` (eq. 4.8, ``gamma = 1`` for
-  CONE maps; ``gamma`` is the activation's l_inf Lipschitz constant, so BLIP maps are covered).
+  CONE maps; ``gamma`` is the activation's l_inf Lipschitz constant, so BLIP maps, non-monotone
+  maps and Product gates, ``c_2 gamma_1 + c_1 gamma_2``, are covered).
   Needs ``gamma ||A||_inf < 1``.
 * ``"mu"``: ``gamma ||B|| ||C|| / (1 - gamma mu_inf(A)_+) + ||D||`` (paper 004, "input-to-output
   Lipschitz", there with ``gamma = 1`` and no ``D``). Derivation with ``gamma``: the mean-value form
   ``dx = Lam (A dx + B du)``, ``Lam = diag(lam_i)``, ``0 <= lam_i <= gamma`` (monotone map); at the
   row ``i`` where ``|dx_i| = ||dx||_inf``: ``||dx|| (1 - lam_i mu_inf(A)_+) <= lam_i ||B|| ||du||``, and
-  ``lam / (1 - lam mu_+)`` increases with ``lam``. Needs a monotone componentwise map and
-  ``gamma mu_inf(A) < 1``.
+  ``lam / (1 - lam mu_+)`` increases with ``lam``. Needs a monotone componentwise map (a
+  ``Blockwise`` of them too, with ``gamma`` the largest slope) and ``gamma mu_inf(A) < 1``; the
+  valley maps (GELU, SiLU, Mish, Hardswish, ELU with ``alpha < 0``: their difference quotients
+  ``lam_i`` can be negative, which the derivation excludes) and block maps (SoftMax, BlockMax,
+  Product: no diagonal ``Lam``) are refused.
 * ``"sensitivity"``: ``||S||_inf`` of the sensitivity matrix (Thm 4.3/4.4), never larger than
   eq. 4.8 and valid whenever ``lambda_pf(Gamma N(A)) < 1``.
 
@@ -26,9 +30,8 @@ import numpy as np
 
 from .. import wellposed as wp
 from .._validation import check_choice
-from ..activations import ComponentwiseActivation
 from ..errors import ConfigurationError, WellPosednessError
-from ._model import base_activation, model_data
+from ._model import componentwise_maps, model_data
 
 __all__ = ["LipschitzBounds", "lipschitz_bounds", "lipschitz_bound", "MEASURES"]
 
@@ -89,11 +92,16 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
                                      f"{gamma:g}); rescale the model (idlkit.wellposed.rescale) or "
                                      f"use measure='sensitivity'")
         return (gamma * nB * nC / (1 - a) + nD) * _SLACK
-    base = base_activation(d.activation)
-    if not (isinstance(base, ComponentwiseActivation) and base.monotone):
-        raise ConfigurationError(f"the mu_inf bound (paper 004) needs a monotone componentwise "
-                                 f"activation, got {d.activation!r}; use measure='inf'")
-    gamma = float(base.lipschitz)
+    maps = componentwise_maps(d.activation)
+    if maps is None or not all(a.monotone for a in maps):
+        bad = d.activation if maps is None else next(a for a in maps if not a.monotone)
+        why = ("is not componentwise" if maps is None else
+               f"is not monotone (slopes down to {bad.slope_min:.6g})")
+        raise ConfigurationError(
+            f"the mu_inf Lipschitz bound (paper 004) needs a monotone componentwise activation "
+            f"(0 <= phi' <= gamma); {bad!r} {why}. Use measure='inf' (eq. 4.8) or "
+            f"measure='sensitivity' (Thm 4.3/4.4), which need only Lipschitz continuity")
+    gamma = max(float(a.lipschitz) for a in maps)
     mu = gamma * wp.mu_inf(d.A)
     if not mu < 1:
         raise WellPosednessError(f"the mu_inf Lipschitz bound needs gamma mu_inf(A) < 1, got "

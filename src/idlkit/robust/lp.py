@@ -91,7 +91,8 @@ def require_relu(model: torch.nn.Module, what: str) -> None:
             f"representation x = z_+), got activation "
             f"{getattr(act, 'name', type(act).__name__)!r} ({act!r}). Fix: use a ReLU model (e.g. "
             f"ImplicitModel(..., activation='relu') or a converted ReLU network), or use the "
-            f"activation-agnostic box bounds (idlkit.robust.state_box_bound, sensitivity_matrix)")
+            f"activation-agnostic bounds: state_box_bound / output_box_bound / sensitivity_matrix "
+            f"(Thm 4.1-4.4, any Lipschitz map) or interval_bounds (IBP, triangular models)")
 
 
 def check_sigma(sigma_u: Tensor | np.ndarray | float, p: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """State error of a perturbed model matrix (paper 000 §5.4, Thm 5.1, App. F).
 
 For ``|A - A0| <= E`` (``E >= 0``), with ``x0`` and ``x`` the equilibria of ``A0`` and ``A`` for the
-same input and a componentwise ``gamma``-Lipschitz map (CONE: ``gamma = 1``):
+same input and a componentwise ``gamma``-Lipschitz map (CONE: ``gamma = 1``; monotone or not, e.g.
+GELU with ``gamma = 1.129``; a ``Blockwise`` of such maps has one ``gamma_i`` per state, ``Gamma``):
 
-    |x - x0| <= (I - gamma (|A0| + E))^-1 gamma E |x0|,   if lambda_pf(gamma (|A0| + E)) < 1.
+    |x - x0| <= (I - Gamma (|A0| + E))^-1 Gamma E |x0|,   if lambda_pf(Gamma (|A0| + E)) < 1.
 
 Rederived (the printed statement and App. F are garbled): ``|x - x0| <= gamma |A (x - x0) +
 (A - A0) x0| <= gamma (|A0| + E) |x - x0| + gamma E |x0|``, and ``(I - M)^-1 >= 0``. The paper
@@ -21,7 +22,7 @@ from torch import Tensor
 from .._matrix import as_dense_array, as_matrix
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from ._linalg import solve_nonneg
-from ._model import as_batch64, model_data
+from ._model import as_batch64, float64_copy, model_data
 
 __all__ = ["model_error_bound", "perturbation_bound"]
 
@@ -49,8 +50,11 @@ def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str =
     """
     d = model_data(model)
     if not d.componentwise:
-        raise ConfigurationError(f"Thm 5.1 needs a componentwise (CONE) activation, got "
-                                 f"{d.activation!r}")
+        raise ConfigurationError(
+            f"Thm 5.1 needs a componentwise activation (|phi(z) - phi(z')| <= gamma |z - z'| entry by "
+            f"entry), got {d.activation!r}, whose blocks (SoftMax, BlockMax, Product) mix entries. "
+            f"Alternatives: bound each perturbed model with state_box_bound (Thm 4.2), or use a "
+            f"componentwise map")
     n = d.n
     if isinstance(E, int | float):
         if not np.isfinite(E) or E < 0:
@@ -65,18 +69,16 @@ def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str =
             raise NonFiniteError("E contains NaN or Inf")
         if vals.size and vals.min() < 0:
             raise InputError(f"E must be >= 0 (an entrywise error bound), min entry {vals.min():.6g}")
-    gamma = float(d.blocks.gammas[0]) if n else 1.0
+    gamma = np.asarray(d.blocks.gammas, dtype=np.float64)  # one per state (componentwise)
     absA = abs(d.A) if sp.issparse(d.A) else np.abs(d.A)
     if sp.issparse(absA) or sp.issparse(Em):
-        M = sp.csr_array(gamma * (sp.csr_array(absA) + sp.csr_array(Em)))
+        M = sp.csr_array(sp.diags_array(gamma) @ (sp.csr_array(absA) + sp.csr_array(Em)))
     else:
-        M = gamma * (absA + Em)
+        M = gamma[:, None] * (absA + Em)
     U = torch.from_numpy(as_batch64(u, d.p))
-    import copy
-
-    m64 = copy.deepcopy(model).to(torch.float64)  # type: ignore[attr-defined]
+    m64 = float64_copy(model)
     with torch.no_grad():
         X0 = m64.equilibrium(U).numpy()
-    R = gamma * np.asarray(Em @ np.abs(X0).T)
+    R = gamma[:, None] * np.asarray(Em @ np.abs(X0).T)
     X, _ = solve_nonneg(M, R, method=method, what="the model-error bound (Thm 5.1)")
     return torch.from_numpy(np.ascontiguousarray(X.T))
