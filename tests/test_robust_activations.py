@@ -33,6 +33,7 @@ from idlkit.activations import (
     ELU,
     GELU,
     SELU,
+    BlockMax,
     Blockwise,
     Centered,
     Hardsigmoid,
@@ -43,6 +44,7 @@ from idlkit.activations import (
     Product,
     ReLU6,
     SiLU,
+    SoftMax,
     Softplus,
     Softshrink,
     Softsign,
@@ -278,6 +280,9 @@ TRIANGULAR = {**{k: (lambda f=f: layered_model(11, f())) for k, f in ACTS.items(
               "mixed_valley": lambda: layered_model(11, Blockwise([(4, GELU()), (5, Hardswish()),
                                                                    (5, ELU(-0.5))])),
               "centered_softplus": lambda: layered_model(11, Centered(Softplus())),  # a user's phi - phi(0)
+              "softmax_blockmax": lambda: _triangular(14, Blockwise([(4, SoftMax(4)), (6, BlockMax(3)),
+                                                                       (5, Tanh())]),
+                                                      [(4, [1, 2]), (6, [2]), (5, [])]),
               "lstm_like": lambda: lstm_like_model(12),
               "lstm_like_sparse": lambda: lstm_like_model(13, sparse=True)}
 
@@ -286,9 +291,10 @@ TRIANGULAR = {**{k: (lambda f=f: layered_model(11, f())) for k, f in ACTS.items(
 def test_ibp_and_box_bounds_on_triangular_models(name):
     """IBP (every map through its interval image) contains every sampled and PGD state and output,
     with no tolerance; so do the Thm 4.1-4.4 box and the sensitivity matrix (tolerance 1e-9). IBP
-    intervals are never wider than the Thm 4.1 box (``2 sigma_x``, ``2 S sigma_u``): a level's
-    interval image is at most ``gamma`` times the pre-activation's width (componentwise), at most
-    ``c_2 gamma_1 w_a + c_1 gamma_2 w_b`` for a Product pair, which the l1 block bound dominates."""
+    intervals are never wider than the Thm 4.1 box (``2 sigma_x``, ``2 S sigma_u``): for
+    componentwise maps by induction over the levels (an interval image is at most ``gamma`` times
+    the pre-activation's width, the recursion of Thm 4.1); for the Product, SoftMax and BlockMax
+    blocks (Thm 4.2's l1/l_inf block norms) measured on these models, not proved."""
     model = TRIANGULAR[name]()
     U0 = torch.randn(4, P, generator=torch.Generator().manual_seed(6), dtype=F64)
     rng = np.random.default_rng(7)
@@ -311,6 +317,19 @@ def test_ibp_and_box_bounds_on_triangular_models(name):
     c = R.compare_bounds(model, U0, SIGMA)
     assert torch.all(c.ibp_output_width <= c.box_output_width * (1 + 1e-9))
     assert c.box_tighter_fraction == 0.0
+
+
+def test_softmax_interval_is_exact_where_sums_cancel():
+    """Regression: the extremes of a softmax entry whose own exponential dominates the block (the
+    old ``sum(e) - e_i`` lost every digit of the other terms, an error of ~1e-7) or underflows."""
+    lo = torch.tensor([[-20.0], [-30.0], [-30.0]], dtype=F64)
+    hi = torch.tensor([[0.0], [-30.0], [-30.0]], dtype=F64)
+    a, b = SoftMax(3).interval(lo, hi)
+    torch.testing.assert_close(a[0, 0], 1 / (1 + 2 * torch.exp(torch.tensor(-10.0, dtype=F64))),
+                               rtol=1e-15, atol=0)
+    lo2, hi2 = torch.tensor([[-750.0], [-740.0]], dtype=F64), torch.tensor([[-750.0], [0.0]], dtype=F64)
+    a2, b2 = SoftMax(2).interval(lo2, hi2)  # e^-750 underflows; the upper end of entry 0 is e^-10
+    torch.testing.assert_close(b2[0, 0], torch.sigmoid(torch.tensor(-10.0, dtype=F64)), rtol=1e-14, atol=0)
 
 
 def test_ibp_needs_no_upper_triangular_order():
