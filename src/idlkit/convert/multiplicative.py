@@ -78,11 +78,14 @@ class MultiplicativeOps:
     def _ranges(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(b.lo, b.hi) for b in self.blocks]  # type: ignore[misc]
 
-    def _factor(self, node: fx.Node, e: Affine, value: Tensor, which: str, what: str) -> Factor:
+    def _factor(self, node: fx.Node, e: Affine, value: Tensor, which: str,
+                what: str = "the product of two input-dependent tensors") -> Factor:
         """A product's factor: the output of a bounded componentwise block (its map and
         pre-activation, so that block needs no state of its own), or an expression bounded for
         every input (the identity on its interval). ``what`` names the operation and ``which``
-        the factor in the refusal message."""
+        the factor in the refusal message (``"first"``/``"second"`` read as "the first factor")."""
+        if which in ("first", "second"):
+            which = f"the {which} factor"
         if not self.build:
             raise NeedsBuild
         z = value.reshape(value.shape[0], -1)
@@ -101,12 +104,18 @@ class MultiplicativeOps:
                                    f"certificate or bound would hold), but {which} {f}. {_ADVICE}")
         return f
 
-    def _product(self, name: str, a: Factor, b: Factor) -> int:
+    def _product_block(self, name: str, a: Factor, b: Factor) -> int:
         """New :class:`~idlkit.activations.Product` block of the pairs ``(a_i, b_i)``; its index.
         Pair ``i`` is read from state ``2 i`` of the block."""
         act, pre, z = pair_up(a, b, self.build)
         x = act(z.t()).t()
         return self._new_block(None, name, act, pre, z, x)
+
+    def _product(self, node: fx.Node, name: str, a: Factor, b: Factor, shape: tuple[int, ...]) -> Affine:
+        """New Product block of ``a * b`` (entrywise); its expression of shape ``shape``."""
+        k = self._product_block(name, a, b)
+        n = a.z.shape[1]
+        return Affine.source(k, (2 * n,)).gather(2 * np.arange(n), shape)
 
     def _contract(self, node: fx.Node, name: str, a: Operand, b: Operand, ia: np.ndarray,
                   ib: np.ndarray, rows: np.ndarray, out_shape: tuple[int, ...], what: str,
@@ -131,7 +140,7 @@ class MultiplicativeOps:
             raise NeedsBuild
         fa = self._factor(node, a.expr.gather(ia, (ia.size,)), a.flat[:, ia], names[0], what)
         fb = self._factor(node, b.expr.gather(ib, (ib.size,)), b.flat[:, ib], names[1], what)
-        k = self._product(name, fa, fb)
+        k = self._product_block(name, fa, fb)
         P = ia.size
         S = sp.csr_array((np.ones(P), (rows, 2 * np.arange(P))), shape=(n_out, 2 * P))
         return Affine.source(k, (2 * P,)).linear(S, out_shape)
@@ -255,8 +264,7 @@ class MultiplicativeOps:
         fa = self._factor(node, e.gather(ia, (ia.size,)), flat[:, ia], "its first half a",
                           "GLU, a * sigmoid(b),")
         fb = Factor(Sigmoid(), e.gather(ib, (ib.size,)), flat[:, ib])
-        k = self._product(node.name, fa, fb)
-        return Affine.source(k, (2 * ia.size,)).gather(2 * np.arange(ia.size), tuple(value.shape[1:]))
+        return self._product(node, node.name, fa, fb, tuple(value.shape[1:]))
 
     # ------------------------------------------------------------------ attention
 
