@@ -32,6 +32,7 @@ __all__ = [
     "MLP",
     "LSTMModel",
     "TransformerModel",
+    "BoundedAttention",
     "NAC",
     "NALU",
     "count_parameters",
@@ -275,6 +276,70 @@ class TransformerModel(nn.Module):
             mask = torch.triu(torch.full((T, T), float("-inf"), dtype=z.dtype, device=z.device), diagonal=1)
             return self.head(self.encoder(z, mask=mask, is_causal=True))
         return self.head(self.encoder(z).mean(dim=1))
+
+
+# ----------------------------------------------------------------------------- bounded attention
+
+
+class BoundedAttention(nn.Module):
+    """Self-attention with tanh-bounded queries, keys and values: the attention unit that has an
+    exact, well-posed implicit form (paper 000 §2.4, §3.6).
+
+    For ``x`` of shape ``(batch, T, dim)`` and each of ``heads`` heads (``dim / heads`` features)::
+
+        q, k, v = tanh(W_q x + b_q), tanh(W_k x + b_k), tanh(W_v x + b_v)
+        a = softmax(q k^T / sqrt(dim / heads))          (over the keys)
+        y = W_o (a v) + b_o
+
+    Why bounded: the scores ``q k^T`` multiply two functions of the input, and a product is
+    Lipschitz only when both factors are bounded (§2.4: ``|phi_1| <= c_1``, ``|phi_2| <= c_2`` give
+    the constant ``max(c_2 gamma_1, c_1 gamma_2)``). Standard attention (``nn.MultiheadAttention``,
+    q, k, v plain linear maps) is a product of unbounded maps and has no such form; here
+    ``|q|, |k|, |v| <= 1``, the softmax weights lie in ``[0, 1]``, and every product of the
+    unit is one of §3.6's multiplicative units, so ``idlkit.convert.from_torch`` converts it
+    exactly (each product a :class:`~idlkit.activations.Product` state pair).
+
+    >>> att = BoundedAttention(8, heads=2)
+    >>> att(torch.randn(3, 5, 8)).shape
+    torch.Size([3, 5, 8])
+    """
+
+    def __init__(self, dim: int, heads: int = 1, *, bias: bool = True) -> None:
+        super().__init__()
+        self.dim = check_int("dim", dim, 1)
+        self.heads = check_int("heads", heads, 1)
+        if self.dim % self.heads:
+            raise ConfigurationError(f"dim={dim} is not divisible by heads={heads}; pick dim a multiple "
+                                     f"of heads (e.g. dim={self.heads * max(1, self.dim // self.heads)})")
+        self.head_dim = self.dim // self.heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.query = nn.Linear(self.dim, self.dim, bias=bias)
+        self.key = nn.Linear(self.dim, self.dim, bias=bias)
+        self.value = nn.Linear(self.dim, self.dim, bias=bias)
+        self.out = nn.Linear(self.dim, self.dim, bias=bias)
+
+    def _split(self, y: Tensor, b: object, t: object) -> Tensor:
+        """``(batch, T, dim) -> (batch, heads, T, head_dim)``."""
+        if self.heads == 1:
+            return y
+        return y.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, T, dim) -> (batch, T, dim)``."""
+        if not isinstance(x, torch.fx.Proxy):  # (a torch.fx trace cannot branch on shapes)
+            if not isinstance(x, Tensor):
+                raise InputError(f"input must be a torch.Tensor, got {type(x).__name__}")
+            if x.dim() != 3 or x.shape[-1] != self.dim:
+                raise ShapeError(f"BoundedAttention expects (batch, T, {self.dim}), got {tuple(x.shape)}")
+        b, t = x.size(0), x.size(1)
+        q = self._split(torch.tanh(self.query(x)), b, t)
+        k = self._split(torch.tanh(self.key(x)), b, t)
+        v = self._split(torch.tanh(self.value(x)), b, t)
+        a = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        y = a @ v
+        if self.heads > 1:
+            y = y.transpose(1, 2).reshape(b, t, self.dim)
+        return self.out(y)
 
 
 # ----------------------------------------------------------------------------- NAC / NALU

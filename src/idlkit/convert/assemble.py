@@ -8,6 +8,10 @@ Since a block depends only on earlier blocks, which sit *below* it, ``A`` is str
 block upper triangular: the model is well-posed for any weights (Thm 2.8/2.9) and the
 ``triangular`` solver computes the state in one backward block substitution, level by
 level, which is the network's forward pass (§3.2).
+
+Blocks that nothing reads (neither the output nor a later block's pre-activation: a gate
+absorbed into a product, which re-computes it from its pre-activation, or an unused
+branch) are left out, by :func:`from_torch` and :func:`states` alike (:meth:`Tracer.live`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ SPARSE_AUTO_THRESHOLD = 1024  # sparse="auto": sparse matrices from this state s
 # certificate of a larger A costs an iterative PF eigenvalue)
 
 
-def _offsets(blocks: list[StateBlock]) -> list[int]:
-    """Row offset of each block (creation order) in the stacked state ``(x_L; ...; x_1)``."""
-    offs, pos = [0] * len(blocks), 0
-    for k in range(len(blocks) - 1, -1, -1):
+def _offsets(blocks: list[StateBlock], live: list[int]) -> dict[int, int]:
+    """Row offset of each live block (creation order) in the stacked state ``(x_L; ...; x_1)``."""
+    offs, pos = {}, 0
+    for k in reversed(live):
         offs[k] = pos
         pos += blocks[k].size
     return offs
@@ -93,7 +97,7 @@ class _CSRBuilder:
                                        torch.from_numpy(data), self.shape, check_invariants=False)
 
 
-def _terms(expr: Affine, offs: list[int]) -> tuple[list, list]:
+def _terms(expr: Affine, offs: dict[int, int]) -> tuple[list, list]:
     """``(column offset, CSR)`` pieces of an expression's state terms, and its input terms."""
     state = [(offs[k], M) for k, M in expr.terms.items() if k != INPUT]
     inp = [(0, M) for k, M in expr.terms.items() if k == INPUT]
@@ -114,15 +118,33 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
 
     Args:
         net: a ``torch.nn.Module`` traceable by ``torch.fx`` (no data-dependent control
-            flow), in eval mode where it has batch norm or dropout. Supported: ``Linear``,
-            ``Conv1d``/``Conv2d`` (any stride, padding, dilation, groups, bias; zero
-            padding mode), ``AvgPool2d``, ``MaxPool2d`` (BLIP max-over-blocks, §3.3),
-            ``AdaptiveAvgPool2d``, ``Flatten`` and reshapes/slicing/zero padding/cat,
-            ``BatchNorm1d/2d`` (eval, §3.1), ``Dropout`` (eval), ReLU, LeakyReLU, Tanh,
-            Sigmoid (modules, ``F.*``, ``torch.*`` and tensor methods), softmax over the
-            last dimension, sums of branches (residual blocks, §3.4), scalar scaling, and
-            ``nn.RNN`` (tanh/relu, ``batch_first=True``, no h0) unrolled over the example's
-            sequence length (§3.5). Nested ``nn.Sequential`` and custom modules are traced through.
+            flow), in eval mode where it has batch norm or dropout. Supported:
+
+            * affine layers: ``Linear``, ``Conv1d``/``Conv2d`` (any stride, padding, dilation,
+              groups, bias; zero padding mode), ``AvgPool2d``, ``AdaptiveAvgPool2d``,
+              ``BatchNorm1d/2d`` (eval, §3.1), ``Dropout`` (eval), ``Flatten`` and
+              reshapes/transposes/slicing/zero padding/cat, means and sums over per-sample
+              dims, sums of branches (residual blocks, §3.4), products with constants;
+            * ``MaxPool2d`` (BLIP max over blocks, §3.3) and ``nn.RNN`` (tanh/relu,
+              ``batch_first=True``, no h0) unrolled over the example's sequence length (§3.5);
+            * activations, as modules (in-place variants too), ``F.*``, ``torch.*`` and tensor
+              methods: ReLU, LeakyReLU, Tanh, Sigmoid, GELU (``approximate`` 'none'/'tanh'),
+              SiLU, Mish, Hardswish, ELU, CELU, SELU, Softplus, Softsign, Hardtanh, ReLU6,
+              Hardsigmoid, LogSigmoid, Tanhshrink, Softshrink, RReLU (eval: LeakyReLU of the
+              mean slope), PReLU (one slope >= 0), ``clamp``/``Threshold(t, t)`` (shifted
+              ReLU), Softmax and Softmin over any per-sample dim (see
+              :mod:`idlkit.convert.nonlinear`);
+            * products of two input-dependent tensors whose factors are both bounded
+              (§2.4, §3.6): elementwise (broadcast), ``@``/``matmul``/``bmm``, ``F.glu``,
+              and attention with bounded queries, keys and values
+              (:class:`idlkit.baselines.BoundedAttention`,
+              ``F.scaled_dot_product_attention`` with ``is_causal`` or a constant mask).
+
+            Refused, with the reason: discontinuous maps (``Hardshrink``, ``Threshold(t, v)``
+            with ``v != t``), ``LogSoftmax``, products with an unbounded factor (standard
+            dot-product attention, ``nn.MultiheadAttention``, transformer layers: not
+            Lipschitz, §2.4), and anything that mixes the samples of a batch. Nested
+            ``nn.Sequential`` and custom modules are traced through.
         example_input: a batch-first input ``(batch, *dims)``; fixes every shape (and the
             RNN's sequence length). Its dtype is the model's (float32 or float64).
         sparse: ``True`` stores ``A, B, C, D`` as torch CSR tensors (frozen buffers, see
@@ -135,7 +157,14 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
         strictly block upper triangular with the state stacked last layer on top,
         ``x = (x_L; ...; x_1)`` (paper 002 §3), so ``model(u)`` is one backward block
         substitution. Its input is the flattened ``example_input[0]`` (``model`` accepts
-        ``(batch, *dims)`` too); its output the flattened network output.
+        ``(batch, *dims)`` too); its output the flattened network output. A product is a
+        :class:`~idlkit.activations.Product` pair of states; blocks nothing reads (a gate
+        whose pre-activation the product reads directly) are not states.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
+    >>> model = from_torch(net.double(), torch.randn(5, 3, dtype=torch.float64))
+    >>> model.hidden, model.activation
+    (4, GELU(approximate='none'))
 
     Raises:
         ConversionError: an unsupported layer or function, a training-mode batch norm or
@@ -149,14 +178,15 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
         tr = Tracer(net, example_input, build=True).run()
     blocks, out = tr.blocks, tr.output
     assert out is not None
-    n = sum(b.size for b in blocks)
+    live = tr.live()
+    n = sum(blocks[k].size for k in live)
     p = int(np.prod(example_input.shape[1:]))
     q = out.size
-    offs = _offsets(blocks)
+    offs = _offsets(blocks, live)
     use_sparse = (n >= SPARSE_AUTO_THRESHOLD) if sparse == "auto" else bool(sparse)
     # assemble [A B b] row block by row block, top (last layer) first, straight into CSR
     # arrays of the target dtype, freeing each block's expression once it is copied
-    order = range(len(blocks) - 1, -1, -1)
+    order = live[::-1]
     nnz_a = sum(M.nnz for k in order for key, M in blocks[k].pre.terms.items() if key != INPUT)
     nnz_b = sum(M.nnz for k in order for key, M in blocks[k].pre.terms.items() if key == INPUT)
     Ab, Bb = _CSRBuilder(n, n, nnz_a, dtype), _CSRBuilder(n, p, nnz_b, dtype)
@@ -178,7 +208,7 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
     Cb.append(state, q)
     Db.append(inp, q)
     C, D = Cb.tensor(use_sparse), Db.tensor(use_sparse)
-    act = stack_activations([(blocks[k].size, blocks[k].act) for k in range(len(blocks) - 1, -1, -1)])
+    act = stack_activations([(blocks[k].size, blocks[k].act) for k in order])
     kwargs = {"solver": "triangular", **solver_kwargs}
     bt = torch.from_numpy(b).to(dtype)
     dt = torch.from_numpy(np.asarray(out.const, dtype=np.float64)).to(dtype)
@@ -195,7 +225,9 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
     ``X`` equals ``m.equilibrium(u)`` and ``Z = X A^T + U B^T + b`` (up to rounding), so
     SIM and the converter agree on what the state is. The values are computed from the
     network's own intermediate tensors (max pooling: the window copies of its input;
-    ``nn.RNN``: each layer's hidden states).
+    ``nn.RNN``: each layer's hidden states; a product: the pairs of factor pre-activations
+    and the products, see :class:`~idlkit.activations.Product`). Blocks nothing reads are
+    left out here as in :func:`from_torch`.
     """
     _net_dtype(net, u)
     with torch.no_grad():
@@ -203,7 +235,7 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
             tr = Tracer(net, u, build=False).run()
         except NeedsBuild:  # products: the factors' maps are chosen from the expressions
             tr = Tracer(net, u, build=True).run()
-    blocks = tr.blocks[::-1]
+    blocks = [tr.blocks[k] for k in tr.live()[::-1]]
     if not blocks:
         empty = u.new_zeros(u.shape[0], 0)
         return empty, empty

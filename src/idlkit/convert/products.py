@@ -21,6 +21,7 @@ refused with a :class:`~idlkit.errors.ConversionError` that says why (§2.4).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,16 @@ from torch import Tensor
 from ..activations import Activation, ComponentwiseActivation, Hardtanh, Product
 from .expr import INPUT, Affine
 
-__all__ = ["Factor", "block_ranges", "expr_range", "selection_source", "product_factor",
-           "MARGIN_REL", "MARGIN_ABS"]
+__all__ = ["Factor", "NeedsBuild", "block_ranges", "expr_range", "selection_source", "product_factor",
+           "identity_on", "pair_up", "matmul_pairs", "MARGIN_REL", "MARGIN_ABS"]
 
 MARGIN_REL = 1e-6   # a Hardtanh stand-in for the identity is widened by this (relative) ...
 MARGIN_ABS = 1e-9   # ... and absolute margin, so float rounding never makes it clip
+
+
+class NeedsBuild(Exception):
+    """Raised by a value-only trace (``build=False``) that meets a product: the choice of each
+    factor's map needs the expressions, so :func:`~idlkit.convert.states` traces again with them."""
 
 
 @dataclass
@@ -152,3 +158,35 @@ def pair_up(a: Factor, b: Factor, build: bool) -> tuple[Product, Affine | None, 
         Pb = sp.csr_array((np.ones(k), (even + 1, np.arange(k))), shape=(2 * k, k))
         pre = a.pre.linear(Pa, (2 * k,)) + b.pre.linear(Pb, (2 * k,))
     return Product(a.act, b.act), pre, z
+
+
+def matmul_pairs(sa: tuple[int, ...], sb: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The pairs of ``torch.matmul(a, b)`` on per-sample shapes ``sa``, ``sb``: ``(IA, IB,
+    out_shape)`` with ``IA, IB`` of shape ``(out_size, K)`` such that output entry ``r`` (C order of
+    ``out_shape``) is ``sum_k a.flat[IA[r, k]] * b.flat[IB[r, k]]``. Follows torch: a 1-d ``a`` is a
+    row (``b``: a column) and that dimension is dropped from the result; the leading dimensions
+    broadcast. Built by broadcasting index tensors (no loop over entries).
+
+    >>> IA, IB, shape = matmul_pairs((2, 3), (3,))
+    >>> shape, IA[1].tolist(), IB[1].tolist()
+    ((2,), [3, 4, 5], [0, 1, 2])
+    """
+    a = torch.arange(math.prod(sa)).reshape(sa)
+    b = torch.arange(math.prod(sb)).reshape(sb)
+    if a.dim() == 0 or b.dim() == 0:
+        raise ValueError(f"matmul of shapes {sa} and {sb}: both need at least one dimension")
+    row, col = a.dim() == 1, b.dim() == 1
+    a = a[None] if row else a
+    b = b[:, None] if col else b
+    (n, k), (k2, m) = a.shape[-2:], b.shape[-2:]
+    if k != k2:
+        raise ValueError(f"matmul of shapes {sa} and {sb}: inner dimensions {k} and {k2} differ")
+    try:
+        lead = tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    except RuntimeError as exc:
+        raise ValueError(f"matmul of shapes {sa} and {sb}: leading dimensions do not broadcast") from exc
+    IA = a.expand(*lead, n, k).unsqueeze(-2).expand(*lead, n, m, k)
+    IB = b.expand(*lead, k, m).transpose(-1, -2).unsqueeze(-3).expand(*lead, n, m, k)
+    shape = lead + (() if row else (n,)) + (() if col else (m,))
+    return IA.reshape(-1, k).numpy(), IB.reshape(-1, k).numpy(), shape

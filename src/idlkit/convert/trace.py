@@ -3,12 +3,14 @@
 :class:`Tracer` runs the traced graph node by node on the example input, computing
 for every node both its value (used for shapes, and by :func:`idlkit.convert.states`)
 and, when building, its :class:`~idlkit.convert.expr.Affine` expression. An
-activation (ReLU, LeakyReLU, Tanh, Sigmoid, SoftMax over the last dimension) makes a
-new *state block* whose pre-activation is the expression of its input; max pooling
-makes a BlockMax block holding a copy of each window (§3.3); ``nn.RNN`` makes one
-block per layer and time step (§3.5). Everything else supported is affine and folds
-into the expressions. Anything else raises :class:`~idlkit.errors.ConversionError`
-naming the node, the module and the reason; nothing is half converted.
+activation (any map of :mod:`idlkit.convert.nonlinear`: ReLU ... GELU, SoftMax over one
+dimension) makes a new *state block* whose pre-activation is the expression of its input;
+max pooling makes a BlockMax block holding a copy of each window (§3.3); ``nn.RNN`` makes
+one block per layer and time step (§3.5); products of two input-dependent tensors
+(elementwise, matrix products, GLU, attention) make Product blocks (§2.4, §3.6, see
+:mod:`idlkit.convert.multiplicative`). Everything else supported is affine and folds into
+the expressions. Anything else raises :class:`~idlkit.errors.ConversionError` naming the
+node, the module and the reason; nothing is half converted.
 """
 
 from __future__ import annotations
@@ -24,21 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..activations import (
-    Activation,
-    BlockMax,
-    ComponentwiseActivation,
-    Identity,
-    LeakyReLU,
-    ReLU,
-    Sigmoid,
-    SoftMax,
-    Tanh,
-)
-from ..errors import ConversionError
+from ..activations import Activation, BlockMax, ReLU, SoftMax, Tanh
+from ..errors import ConversionError, IdlError
 from . import linear_maps as lm
+from . import nonlinear as nl
 from .expr import INPUT, Affine
-from .products import Factor, block_ranges, expr_range, pair_up, product_factor, selection_source
+from .multiplicative import MultiplicativeOps
+from .products import NeedsBuild, block_ranges, expr_range
 
 __all__ = ["StateBlock", "Tracer", "trace_graph", "NeedsBuild"]
 
@@ -76,6 +70,8 @@ class StateBlock:
         lo, hi: ``(size,)`` interval holding each state for every input (``+-inf`` when
             unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
             factors of products.
+        deps: the earlier blocks its pre-activation reads (the keys of ``pre``), by which
+            :meth:`Tracer.live` finds the blocks nobody reads.
     """
 
     name: str
@@ -86,17 +82,14 @@ class StateBlock:
     x: Tensor
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
-
-
-class NeedsBuild(Exception):
-    """Raised by a value-only trace (``build=False``) that meets a product: the choice of each
-    factor's map needs the expressions, so :func:`~idlkit.convert.states` traces again with them."""
+    deps: frozenset[int] = frozenset()
 
 
 @dataclass
 class _Env:
     val: dict = field(default_factory=dict)
     expr: dict = field(default_factory=dict)
+    deps: dict = field(default_factory=dict)  # value-only trace: node -> blocks its value reads
 
 
 def _tracer_with_traces() -> fx.Tracer:
@@ -109,6 +102,11 @@ def trace_graph(net: nn.Module) -> fx.GraphModule:
     """``torch.fx`` trace of ``net``; dynamic control flow raises :class:`ConversionError`."""
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
+    if type(net) in nl.MODULES:  # a table module as the root: refuse it as the tracer would inside
+        try:
+            nl.MODULES[type(net)](net)
+        except nl.Refused as exc:
+            raise ConversionError(f"cannot convert {type(net).__name__}: {exc}") from exc
     tracer = _tracer_with_traces()
     try:
         graph = tracer.trace(net)
@@ -120,25 +118,13 @@ def trace_graph(net: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph)
 
 
-_ACT_MODULES: dict[type, Callable[[nn.Module], Activation]] = {
-    nn.ReLU: lambda m: ReLU(),
-    nn.LeakyReLU: lambda m: LeakyReLU(m.negative_slope),
-    nn.Tanh: lambda m: Tanh(),
-    nn.Sigmoid: lambda m: Sigmoid(),
-}
-_ACT_FUNCS: dict[object, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu",
-    F.leaky_relu: "leaky_relu", F.tanh: "tanh", torch.tanh: "tanh",
-    F.sigmoid: "sigmoid", torch.sigmoid: "sigmoid",
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
-_SOFTMAX = (F.softmax, torch.softmax)
 # ops that only move entries around (or pad with zeros): converted by the index trick
 _REARRANGE_FUNCS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
                     torch.unsqueeze, torch.cat, torch.concat, torch.stack, F.pad, operator.getitem,
-                    torch.swapaxes, torch.narrow}
+                    torch.swapaxes, torch.narrow, torch.movedim, torch.t, torch.unflatten}
 _REARRANGE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
-                      "unsqueeze", "narrow", "swapaxes", "clone", "detach"}
+                      "unsqueeze", "narrow", "swapaxes", "clone", "detach", "t", "movedim", "expand",
+                      "repeat", "unflatten"}
 _PASSTHROUGH_MODULES = (nn.Identity,)
 
 
@@ -146,10 +132,11 @@ def _pair(v: object) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))  # type: ignore[index]
 
 
-class Tracer:
+class Tracer(MultiplicativeOps):
     """Interpret a traced network on ``example`` (batch-first), recording state blocks.
 
-    ``build=False`` computes only values and blocks' ``z, x`` (for :func:`states`).
+    ``build=False`` computes only values and blocks' ``z, x`` (for :func:`states`); it raises
+    :class:`~idlkit.convert.products.NeedsBuild` where a product needs the expressions.
     """
 
     def __init__(self, net: nn.Module, example: Tensor, build: bool = True) -> None:
@@ -163,6 +150,7 @@ class Tracer:
         self.batch = example.shape[0]
         self.output: Affine | None = None
         self.output_value: Tensor | None = None
+        self.output_deps: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------------ errors
 
@@ -191,6 +179,7 @@ class Tracer:
                 if a not in seen:
                     seen.add(a)
                     last_uses.setdefault(node, []).append(a)
+        self._position = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 if any(n.op == "placeholder" for n in env.val):
@@ -203,20 +192,78 @@ class Tracer:
                 continue
             args = fx.node.map_arg(node.args, lambda n: env.val[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env.val[n])
+            run_args = self._before_inplace(node, env, args) if self._mutates(node, args, kwargs) else args
             try:
-                value = self._evaluate(node, args, kwargs)
+                value = self._evaluate(node, run_args, kwargs)
             except ConversionError:
                 raise
             except Exception as exc:
                 raise self._fail(node, f"running it on the example input failed (shape mismatch?): "
                                        f"{type(exc).__name__}: {exc}") from exc
             env.val[node] = value
+            n_before = len(self.blocks)
             env.expr[node] = self._convert(node, args, kwargs, value, env)
-            del args, kwargs, value
+            if not self.build and env.expr[node] is not None:
+                self._track_deps(node, env, n_before)
+            del args, run_args, kwargs, value
             for a in last_uses.get(node, ()):
                 env.val.pop(a, None)
                 env.expr.pop(a, None)
+                env.deps.pop(a, None)
         return self
+
+    def live(self) -> list[int]:
+        """Indices of the blocks the output reads, directly or through later blocks' pre-activations
+        (a block nobody reads, e.g. a sigmoid gate absorbed as a product factor, which reads its
+        pre-activation instead, is left out of the model and of :func:`states` alike)."""
+        live = set(self.output_deps)
+        for k in range(len(self.blocks) - 1, -1, -1):
+            if k in live:
+                live |= self.blocks[k].deps
+        return sorted(live)
+
+    def _track_deps(self, node: fx.Node, env: _Env, n_before: int) -> None:
+        """Value-only trace: the blocks ``node``'s value reads, mirroring the keys its expression
+        would have (a block-making node reads its new blocks, which read what its inputs read;
+        any other node reads what its inputs read). Products never get here (they need the
+        expressions), so this agrees with the keys of a building trace."""
+        reads = frozenset().union(*(env.deps.get(a, frozenset()) for a in node.all_input_nodes))
+        new = range(n_before, len(self.blocks))
+        for k in new:
+            self.blocks[k].deps = reads | frozenset(range(n_before, k))
+        env.deps[node] = frozenset(new) if len(new) else reads
+
+    def _mutates(self, node: fx.Node, args: tuple, kwargs: dict) -> bool:
+        """Whether ``node`` writes into its first argument (``relu_``, ``inplace=True``, ``+=``)."""
+        if node.op == "call_module":
+            return bool(getattr(self.modules[node.target], "inplace", False))
+        if node.op == "call_method":
+            name, fn = str(node.target), nl.METHODS.get(str(node.target))
+        elif node.op == "call_function":
+            name = getattr(node.target, "__name__", "")
+            fn = nl.FUNCTIONS.get(node.target) if _hashable(node.target) else None
+        else:
+            return False
+        inplace = kwargs.get("inplace", False)
+        if fn is not None and "inplace" in fn.params:
+            inplace = _getter(args, kwargs, ["input", *fn.params])("inplace", False)
+        return nl.mutates(name, inplace)
+
+    def _before_inplace(self, node: fx.Node, env: _Env, args: tuple) -> tuple:
+        """The arguments to run an in-place op on: a copy of its input, so the input's value stays
+        the pre-activation; refuses if the network reads the overwritten tensor (or a view of
+        it) later, since its expression would not follow the write."""
+        target = args[0] if args else None
+        if not isinstance(target, Tensor):
+            return args
+        here = self._position[node]
+        ptr = _storage(target)
+        for other, val in env.val.items():
+            if isinstance(val, Tensor) and ptr is not None and _storage(val) == ptr and \
+                    any(self._position[u] > here for u in other.users):
+                raise self._fail(node, f"this in-place operation overwrites {other.name!r}, which is "
+                                       f"read again later; use the out-of-place form (inplace=False)")
+        return (target.clone(), *args[1:])
 
     def _evaluate(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
         if node.op == "get_attr":
@@ -243,6 +290,8 @@ class Tracer:
         if expr.batch_dim != 0 or value.shape[0] != self.batch:
             raise self._fail(node, f"the output of shape {tuple(value.shape)} is not batch-first")
         self.output, self.output_value = expr, value
+        self.output_deps = (frozenset(k for k in expr.terms if k != INPUT) if self.build
+                            else env.deps.get(arg, frozenset()))
 
     # ------------------------------------------------------------------ node conversion
 
@@ -282,10 +331,8 @@ class Tracer:
             if mod.training and mod.p > 0:
                 raise self._fail(node, f"dropout {name!r} is in training mode (random); call net.eval()")
             return self._in(node, env)
-        if type(mod) in _ACT_MODULES:
-            return self._activation(node, env, _ACT_MODULES[type(mod)](mod), args[0], value)
-        if isinstance(mod, nn.Softmax):
-            return self._softmax(node, env, mod.dim, args[0], value)
+        if type(mod) in nl.MODULES:
+            return self._nonlinear(node, env, lambda: nl.MODULES[type(mod)](mod), args, value)
         if isinstance(mod, nn.Linear):
             return self._linear(node, env, mod.weight, mod.bias)
         if isinstance(mod, nn.Conv1d | nn.Conv2d):
@@ -308,22 +355,27 @@ class Tracer:
             return self._rnn(node, env, mod, args, value)
         raise self._fail(node, f"unsupported module {type(mod).__name__} (supported: Linear, Conv1d/2d, "
                                f"BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, "
-                               f"Flatten, Dropout (eval), ReLU, LeakyReLU, Tanh, Sigmoid, Softmax, "
-                               f"Identity, RNN)")
+                               f"Flatten, Unflatten, Dropout (eval), Identity, RNN, and the "
+                               f"nonlinearities {nl.SUPPORTED_MODULES})")
 
     def _function(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
         f = node.target
-        if f in _ACT_FUNCS:
-            kind = _ACT_FUNCS[f]
-            if kind == "leaky_relu":
-                slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-                act: Activation = LeakyReLU(float(slope))
-            else:
-                act = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[kind]()
-            return self._activation(node, env, act, args[0], value)
-        if f in _SOFTMAX:
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            return self._softmax(node, env, dim, args[0], value)
+        fn = nl.FUNCTIONS.get(f) if _hashable(f) else None
+        if fn is not None:
+            get = _getter(args, kwargs, ["input", *fn.params])
+            return self._nonlinear(node, env, lambda: fn.make(get), args, value)
+        if f in (torch.matmul, operator.matmul, torch.bmm, torch.mm):
+            return self._matmul(node, env, args, value)
+        if f is F.scaled_dot_product_attention:
+            get = _getter(args, kwargs, ["query", "key", "value", "attn_mask", "dropout_p", "is_causal",
+                                         "scale", "enable_gqa"])
+            return self._sdpa(node, env, get, value)
+        if f is getattr:
+            if args[1] in ("T", "mT"):
+                return self._rearrange(node, env, None, value)
+            if args[1] in ("shape", "dtype", "device", "ndim", "layout", "is_cuda"):
+                return None  # metadata: a constant
+            raise self._fail(node, f"unsupported tensor attribute .{args[1]}")
         if f in (F.dropout, torch.dropout):
             training = kwargs.get("training", args[2] if len(args) > 2 else f is F.dropout)
             p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
@@ -371,13 +423,13 @@ class Tracer:
         raise self._fail(node, f"unsupported function {getattr(f, '__name__', f)!r}")
 
     def _method(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
-        m = node.target
-        if m in _ACT_METHODS:
-            act = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[_ACT_METHODS[m]]()
-            return self._activation(node, env, act, args[0], value)
-        if m == "softmax":
-            return self._softmax(node, env, kwargs.get("dim", args[1] if len(args) > 1 else None),
-                                 args[0], value)
+        m = str(node.target)
+        if m in nl.METHODS:
+            fn = nl.METHODS[m]
+            get = _getter(args, kwargs, ["input", *fn.params])
+            return self._nonlinear(node, env, lambda: fn.make(get), args, value)
+        if m in ("matmul", "bmm", "mm", "__matmul__"):
+            return self._matmul(node, env, args, value)
         if m in ("size", "dim"):
             return None
         if m in ("add", "add_", "sub", "sub_"):
@@ -394,93 +446,91 @@ class Tracer:
 
     # ------------------------------------------------------------------ states
 
-    def _new_block(self, node: fx.Node, name: str, act: Activation, pre: Affine | None,
+    def _new_block(self, node: fx.Node | None, name: str, act: Activation, pre: Affine | None,
                    z: Tensor, x: Tensor) -> int:
         size = z.shape[1]
         if pre is not None:
             plo, phi = expr_range(pre, [(b.lo, b.hi) for b in self.blocks])  # type: ignore[misc]
+            deps = frozenset(k for k in pre.terms if k != INPUT)
         else:
             plo, phi = np.full(size, -np.inf), np.full(size, np.inf)
+            deps = frozenset()  # value-only trace: set by _track_deps
         lo, hi = block_ranges(act, plo, phi)
-        self.blocks.append(StateBlock(name, size, act, pre, z.detach(), x.detach(), lo, hi))
+        self.blocks.append(StateBlock(name, size, act, pre, z.detach(), x.detach(), lo, hi, deps))
         return len(self.blocks) - 1
 
-    # ------------------------------------------------------------------ products (§2.4, §3.6)
+    # ------------------------------------------------------------------ nonlinearities
 
-    def _factor(self, node: fx.Node, e: Affine, value: Tensor, which: str) -> Factor:
-        """A product's factor: the output of a bounded componentwise block (its map and
-        pre-activation), or an expression bounded for every input (the identity on its interval)."""
-        if not self.build:
-            raise NeedsBuild
-        z = value.reshape(self.batch, -1)
-        src = selection_source(e)
-        if src is not None:
-            k, cols = src
-            blk = self.blocks[k]
-            if isinstance(blk.act, ComponentwiseActivation) and math.isfinite(blk.act.bound):
-                assert blk.pre is not None
-                return Factor(blk.act, blk.pre.gather(cols, (cols.size,)), blk.z[:, cols])
-        lo, hi = expr_range(e, [(b.lo, b.hi) for b in self.blocks])  # type: ignore[misc]
-        f = product_factor(Identity(), e, z, lo, hi)
-        if isinstance(f, str):
-            raise self._fail(node, f"the product of two input-dependent tensors needs both factors "
-                                   f"bounded (paper 000 §2.4: a product of unbounded maps is not "
-                                   f"Lipschitz, so no certificate or bound would hold), but the "
-                                   f"{which} factor {f}. Pass it through a bounded map first (tanh, "
-                                   f"sigmoid, softsign, hardtanh), as LSTM/GRU gates and the "
-                                   f"tanh-bounded attention of §3.6 do")
-        return f
+    def _nonlinear(self, node: fx.Node, env: _Env, make: Callable[[], nl.Spec], args: tuple,
+                   value: object) -> Affine | None:
+        """A nonlinearity of :mod:`idlkit.convert.nonlinear` applied to the node's first argument."""
+        for a in node.all_input_nodes:
+            if a is not node.args[0] and env.expr.get(a) is not None:
+                raise self._fail(node, f"its parameter {a.name!r} is computed from the input; only the "
+                                       f"first argument may be")
+        try:
+            spec = make()
+        except nl.Refused as exc:
+            raise self._fail(node, str(exc)) from exc
+        except IdlError as exc:  # a parameter the activation refuses (e.g. Hardtanh(1, -1))
+            raise self._fail(node, str(exc)) from exc
+        inp = args[0]
+        if not isinstance(value, Tensor) or not isinstance(inp, Tensor):
+            raise self._fail(node, "expected a tensor input and result")
+        if isinstance(spec, nl.Glu):
+            return self._glu(node, env, spec.dim, inp, value)
+        if value.shape != inp.shape:
+            raise self._fail(node, "expected a result of the shape of its input")
+        if isinstance(spec, nl.Pointwise):
+            return self._pointwise(node, env, spec, inp, value)
+        return self._softmax(node, env, spec, inp, value)
 
-    def _product(self, node: fx.Node, name: str, a: Factor, b: Factor, shape: tuple[int, ...]
-                 ) -> Affine:
-        """New :class:`Product` block of ``a * b`` (entrywise); its expression of shape ``shape``."""
-        act, pre, z = pair_up(a, b, self.build)
-        x = act(z.t()).t()
-        k = self._new_block(None, name, act, pre, z, x)  # type: ignore[arg-type]
-        return Affine.source(k, (z.shape[1],)).gather(np.arange(z.shape[1] // 2) * 2, shape)
-
-    def _multiply(self, node: fx.Node, env: _Env, value: Tensor) -> Affine | None:
-        """``a * b`` of two input-dependent tensors (broadcasting as torch does)."""
-        a, b = node.args[0], node.args[1]
-        ea, eb = env.expr[a], env.expr[b]
-        for e in (ea, eb):
-            if e.batch_dim != 0:
-                raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
-        if not self.build:
-            raise NeedsBuild
-        shape = tuple(value.shape[1:])
-        parts = []
-        for e, v in ((ea, env.val[a]), (eb, env.val[b])):
-            idx = torch.arange(e.size).reshape(e.shape) if e.shape else torch.zeros((), dtype=torch.long)
-            try:
-                idx = torch.broadcast_to(idx, shape).reshape(-1).numpy()
-            except RuntimeError as exc:
-                raise self._fail(node, f"cannot broadcast {e.shape} to {shape}") from exc
-            vv = v.reshape(self.batch, -1)[:, torch.as_tensor(idx)]
-            parts.append((e.gather(idx, (idx.size,)), vv))
-        fa = self._factor(node, parts[0][0], parts[0][1], "first")
-        fb = self._factor(node, parts[1][0], parts[1][1], "second")
-        return self._product(node, node.name, fa, fb, shape)
-
-    def _activation(self, node: fx.Node, env: _Env, act: Activation, inp: Tensor, value: object
-                    ) -> Affine | None:
+    def _pointwise(self, node: fx.Node, env: _Env, spec: nl.Pointwise, inp: Tensor, value: Tensor
+                   ) -> Affine | None:
+        """A componentwise block ``x = act(in_scale * v + in_shift)`` for the input ``v``; the
+        node's value is ``out_scale * x + out_shift``."""
         e = self._in(node, env)
-        if not isinstance(value, Tensor) or value.shape != inp.shape:
-            raise self._fail(node, "activation changed the shape")
         z = inp.reshape(self.batch, -1)
-        k = self._new_block(node, node.name, act, e if self.build else None, z, value.reshape(self.batch, -1))
-        return Affine.source(k, e.shape) if self.build else e
+        pre = e
+        if not spec.plain:
+            z = z * spec.in_scale + spec.in_shift
+            if self.build:
+                pre = e.scale(spec.in_scale).shift(np.full(e.size, spec.in_shift))
+        x = value.reshape(self.batch, -1) if spec.plain else spec.act(z.t()).t()
+        k = self._new_block(node, node.name, spec.act, pre if self.build else None, z, x)
+        if not self.build:
+            return e
+        out = Affine.source(k, e.shape)
+        if not spec.plain:
+            out = out.scale(spec.out_scale).shift(np.full(e.size, spec.out_shift))
+        return out
 
-    def _softmax(self, node: fx.Node, env: _Env, dim: object, inp: Tensor, value: object) -> Affine | None:
+    def _softmax(self, node: fx.Node, env: _Env, spec: nl.Softmax, inp: Tensor, value: Tensor
+                 ) -> Affine | None:
+        """SoftMax over one per-sample dimension (eq. 2.2): a ``SoftMax(size of dim)`` block over
+        the input with that dimension moved last (an index permutation), of ``-x`` for softmin."""
         e = self._in(node, env)
         nd = inp.dim()
-        if dim is None or int(dim) not in (-1, nd - 1) or nd < 2:
-            raise self._fail(node, f"softmax over dim={dim!r} of a {nd}-d tensor: only the last "
-                                   f"dimension (not the batch) is supported")
-        act = SoftMax(int(inp.shape[-1]))
-        z = inp.reshape(self.batch, -1)
-        k = self._new_block(node, node.name, act, e if self.build else None, z, value.reshape(self.batch, -1))
-        return Affine.source(k, e.shape) if self.build else e
+        dim = spec.dim
+        if dim is None or nd < 2 or not -nd <= int(dim) < nd or int(dim) % nd == 0:  # type: ignore[call-overload]
+            raise self._fail(node, f"softmax over dim={dim!r} of a {nd}-d tensor: give the dim, and "
+                                   f"not the batch (dim 0)")
+        d = int(dim) % nd  # type: ignore[call-overload]
+        sign = -1.0 if spec.negate else 1.0
+        act = SoftMax(int(inp.shape[d]))
+        perm = None if d == nd - 1 else torch.arange(e.size).reshape(e.shape).movedim(d - 1, -1).reshape(-1)
+        z = (inp if perm is None else inp.movedim(d, -1)).reshape(self.batch, -1) * sign
+        x = (value if perm is None else value.movedim(d, -1)).reshape(self.batch, -1)
+        pre = None
+        if self.build:
+            pre = e if perm is None else e.gather(perm.numpy(), (e.size,))
+            pre = pre.scale(sign) if spec.negate else pre
+        k = self._new_block(node, node.name, act, pre, z, x)
+        if not self.build:
+            return e
+        if perm is None:
+            return Affine.source(k, e.shape)
+        return Affine.source(k, (e.size,)).gather(torch.argsort(perm).numpy(), e.shape)
 
     def _maxpool(self, node: fx.Node, env: _Env, inp: Tensor, value: Tensor, kernel: object,
                  stride: object, padding: object, dilation: object) -> Affine | None:
@@ -658,18 +708,19 @@ class Tracer:
         a, b = node.args[0], node.args[1]
         ea = env.expr.get(a) if isinstance(a, fx.Node) else None
         eb = env.expr.get(b) if isinstance(b, fx.Node) else None
+        if divide and not (isinstance(ea, Affine) and eb is None):
+            raise self._fail(node, "division by an input-dependent tensor is not supported (1/x is "
+                                   "not Lipschitz)")
         if isinstance(ea, Affine) and isinstance(eb, Affine):
-            if divide:
-                raise self._fail(node, "division by an input-dependent tensor is not supported")
-            return self._multiply(node, env, value)  # type: ignore[arg-type]
-        if divide and not isinstance(ea, Affine):
-            raise self._fail(node, "division by an input-dependent tensor is not supported")
+            return self._multiply(node, env, args, value)  # type: ignore[arg-type]
         e = ea if isinstance(ea, Affine) else eb
         s = args[1] if isinstance(ea, Affine) else args[0]
-        if isinstance(s, Tensor) and s.numel() == 1:
+        if isinstance(s, Tensor) and s.numel() == 1 and s.dim() <= len(e.shape) + 1:  # type: ignore[union-attr]
             s = float(s)
+        if isinstance(s, Tensor):  # a constant tensor, broadcast as torch does: a diagonal map
+            return self._multiply(node, env, args, value, divide)  # type: ignore[arg-type]
         if not isinstance(s, int | float):
-            raise self._fail(node, "only multiplication by a scalar constant is supported")
+            raise self._fail(node, "only multiplication by a constant is supported")
         if e.batch_dim != 0:  # type: ignore[union-attr]
             raise self._fail(node, "only h_n[layer] of an nn.RNN may be used")
         if not self.build:
@@ -817,6 +868,21 @@ def _stack(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
         off += p.size
     assert result is not None
     return result
+
+
+def _storage(t: Tensor) -> int | None:
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _hashable(f: object) -> bool:
+    try:
+        hash(f)
+    except TypeError:
+        return False
+    return True
 
 
 def _getter(args: tuple, kwargs: dict, names: list[str]) -> Callable[..., object]:
