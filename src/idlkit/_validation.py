@@ -42,6 +42,7 @@ def all_finite(t: Tensor) -> bool:
     """
     if t.numel() == 0 or not t.is_floating_point():
         return True
+    t = t.detach()
     if math.isfinite(float(t.sum())):  # one reduction and one read (no boolean tensor)
         return True
     return bool(torch.isfinite(t).all())
