@@ -120,9 +120,13 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
             ``AdaptiveAvgPool2d``, ``Flatten`` and reshapes/slicing/zero padding/cat,
             ``BatchNorm1d/2d`` (eval, §3.1), ``Dropout`` (eval), ReLU, LeakyReLU, Tanh,
             Sigmoid (modules, ``F.*``, ``torch.*`` and tensor methods), softmax over the
-            last dimension, sums of branches (residual blocks, §3.4), scalar scaling, and
-            ``nn.RNN`` (tanh/relu, ``batch_first=True``, no h0) unrolled over the example's
-            sequence length (§3.5). Nested ``nn.Sequential`` and custom modules are traced through.
+            last dimension, sums of branches (residual blocks, §3.4), scalar scaling, products
+            of bounded factors (§2.4), and ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (any ``batch_first``,
+            layers, bias, bidirectional, LSTM projection, h0/c0 omitted, constant or computed
+            from the input) and their cells, unrolled over the example's sequence length with
+            the gates as Product blocks (§3.5-3.6, :mod:`idlkit.convert.recurrent`). Nested
+            ``nn.Sequential`` and custom modules are traced through, specialised to the
+            example's shapes, so Python loops such as ``for t in range(x.size(1))`` unroll.
         example_input: a batch-first input ``(batch, *dims)``; fixes every shape (and the
             RNN's sequence length). Its dtype is the model's (float32 or float64).
         sparse: ``True`` stores ``A, B, C, D`` as torch CSR tensors (frozen buffers, see
@@ -139,7 +143,8 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
 
     Raises:
         ConversionError: an unsupported layer or function, a training-mode batch norm or
-            dropout, dynamic control flow, or a shape mismatch; the message names the
+            dropout, dynamic control flow (on tensor values), a ``PackedSequence``, an
+            unbounded factor of a product, or a shape mismatch; the message names the
             node, the module and the reason. Nothing is returned half-converted.
     """
     if not isinstance(net, nn.Module):
