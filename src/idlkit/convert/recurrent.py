@@ -25,9 +25,10 @@ pre-activations enter the pairs directly), ``c_t`` is an expression, not a state
     n = tanh(W_in x + b_in + sigmoid(r) * (W_hn h + b_hn)),   h' = sigmoid(-z) * n + sigmoid(z) * h
 
 (``1 - sigmoid(z) = sigmoid(-z)``): Product blocks ``(sigmoid, identity)`` on ``(r, W_hn h + b_hn)``,
-``(sigmoid, tanh)`` on ``(-z, n)`` and ``(sigmoid, identity)`` on ``(z, h)``. ``h'`` is a convex
-combination of ``n in (-1, 1)`` and ``h``, so ``|h_t| <= max(1, |h_0|)`` certifies the identity's
-interval for ``nn.GRU`` (cells in a Python loop use the looser interval arithmetic bound).
+``(sigmoid, tanh)`` on ``(-z, n)`` and ``(sigmoid, identity)`` on ``(z, h)``, and ``h'`` (their sum)
+as an identity state block, so that the next step's four pre-activations read one ``H x H``
+block of ``A`` each, not two. ``h'`` is a convex combination of ``n in (-1, 1)`` and ``h``, so
+``|h_t| <= max(1, |h_0|)`` certifies the identity's interval (and the block's range).
 
 **RNN**: one ``tanh``/``relu`` block per step (eq. 3.4).
 
@@ -53,7 +54,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..activations import ReLU, Sigmoid, Tanh
+from ..activations import Identity, ReLU, Sigmoid, Tanh
 from .expr import Affine
 from .products import Factor, expr_range, identity_on
 
@@ -415,7 +416,16 @@ class _Unroll:
                                          f"{name}.b")
             # a convex combination of tanh(.) in (-1, 1) and h (sigmoid(-z) + sigmoid(z) = 1)
             lo, hi = (-1.0, 1.0) if h is None or h.zero else self.interval(h, "the hidden state h")
-            out.bound = (min(-1.0, lo), max(1.0, hi))
+            bound = (min(-1.0, lo), max(1.0, hi))
+            if h is not None and not h.zero:
+                # h' (a sum of two products) as a state of its own: the next step's four products
+                # read it through one H x H block each instead of two (half the nonzeros of A)
+                k = self.tr._new_block(self.node, f"{self.node.name}@{name}.h", Identity(), out.expr,
+                                       out.val, out.val)
+                blk = self.tr.blocks[k]
+                blk.lo, blk.hi = np.maximum(blk.lo, bound[0]), np.minimum(blk.hi, bound[1])
+                out = Term(Affine.source(k, (out.val.shape[1],)), out.val)
+            out.bound = bound
             return out, None
         # Elman RNN (eq. 3.4): one block per step
         act = Tanh() if self.mode == "RNN_TANH" else ReLU()
