@@ -230,7 +230,7 @@ def _markdown_recurrent(result: dict) -> list[str]:
              "from one example sequence: unrolled over its steps, every gate product a Product state "
              "pair (LSTM: (sigmoid, tanh) on (i, g), (sigmoid, identity on [-B, B]) on (f, c), (sigmoid, "
              "tanh) on (o, c); GRU: (sigmoid, identity) on (r, W_hn h + b_hn), (sigmoid, tanh) on "
-             "(-z, n), (sigmoid, identity) on (z, h)). Goals: convert < "
+             "(-z, n), (sigmoid, identity) on (z, h), and h as an identity state). Goals: convert < "
              f"{GOAL_CONVERT_S:g} s, model forward within {GOAL_RATIO:g}x of the network's.", "",
              "| network | dtype | steps | batch | state n | nnz(A,B,C,D) | levels | convert (s) | "
              "convert again (s) | max abs err | net fwd (ms) | model 1st fwd (ms) | model fwd (ms) | "
@@ -256,11 +256,12 @@ def _markdown_recurrent(result: dict) -> list[str]:
                         for o in r["profile_top_ops"])
         lines.append(f"- {r['network']} {r['dtype']}: {ops}")
     lines += ["", "`aten::addmm` is the per-level sparse CSR x dense product of the `triangular` solve "
-              "(one per level: two levels per step) plus `B u`; `ImplicitFunction` is the solver's Python "
-              "loop over the levels; `aten::tanh`/`aten::sigmoid`/`aten::mul`/`aten::cat` apply each "
-              "level's Product pairs; `aten::sub`/`aten::abs` are the solve's final residual check "
-              "`||phi(z) - x||_inf` over the whole state. torch's own LSTM/GRU runs one fused dense "
-              "GEMM per step.", ""]
+              "(one per level: two levels per step for the LSTM, three for the GRU) plus `B u`; "
+              "`ImplicitFunction` is the solver's Python loop over the levels; `aten::tanh`/"
+              "`aten::sigmoid`/`aten::mul`/`aten::cat`/`aten::copy_`/`aten::fill_` apply each level's "
+              "Product pairs and store its states; `aten::sub`/`aten::abs` are the solve's final residual "
+              "check `||phi(z) - x||_inf` over the whole state. torch's own LSTM/GRU runs one fused "
+              "dense GEMM per step.", ""]
     return lines
 
 
