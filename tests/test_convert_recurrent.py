@@ -228,6 +228,36 @@ def test_lstm_cell_state_given_by_the_input_bounded() -> None:
     check_exact(Net().double(), torch.randn(2, 4, 3, dtype=F64))
 
 
+def test_shape_queries_are_python_numbers() -> None:
+    """Shape-based control flow is specialised to the example; constants of the batch's size
+    are accepted when equal across the batch."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.dim() == 2:  # a single step given as (batch, features)
+                x = x.unsqueeze(1)
+            assert x.ndim == 3 and x.numel() == len(x) * x.shape[1] * x.size(-1)
+            h = torch.ones(x.size(0), 4, dtype=x.dtype) * 0.5
+            for t in range(x.size(1)):
+                h = self.cell(x[:, t], h)
+            return h + torch.full((x.shape[0], 4), 2.0, dtype=x.dtype) - torch.ones_like(h)
+
+    net = Net().double()
+    check_exact(net, torch.randn(3, 4, 3, dtype=F64))
+    check_exact(net, torch.randn(3, 3, dtype=F64))
+
+    class Noisy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(x) + torch.randn(x.size(0), x.size(1), dtype=x.dtype)
+
+    with pytest.raises(ConversionError, match="varies over the batch"):
+        from_torch(Noisy(), torch.randn(3, 4, dtype=F64))
+
+
 def test_constants_in_rearrangements_are_exact() -> None:
     """``cat`` with a constant (a learned token, a filled tensor) keeps its values: constant
     entries come from a run with zero inputs, moved entries from the coded index runs."""
