@@ -110,22 +110,25 @@ def _const_term(c: Tensor, batch: int) -> Term:
 
 
 def concat(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
-    """Concatenate per-sample expressions (flattened, in order) into one of shape ``shape``.
-
-    One vertical stack per source (blocks and input), with zero rows where a part lacks that
-    source: linear in the total size (no pairwise sums)."""
-    sizes = [p.size for p in parts]
-    total = sum(sizes)
-    keys: dict[int, int] = {}
+    """Concatenate per-sample expressions (flattened, in order) into one of shape ``shape``:
+    each source's term assembled once from the parts' entries shifted by their row offsets
+    (linear in the total size, no pairwise sums)."""
+    total = sum(p.size for p in parts)
+    assert total == math.prod(shape)
+    entries: dict[int, list] = {}
+    widths: dict[int, int] = {}
+    off = 0
     for p in parts:
         for k, M in p.terms.items():
-            keys.setdefault(k, M.shape[1])
+            coo = sp.coo_array(M)
+            entries.setdefault(k, []).append((coo.row + off, coo.col, coo.data))
+            widths[k] = M.shape[1]
+        off += p.size
     terms = {}
-    for k, cols in keys.items():
-        pieces = [sp.csr_array(p.terms[k]) if k in p.terms else sp.csr_array((p.size, cols)) for p in parts]
-        terms[k] = sp.csr_array(sp.vstack(pieces, format="csr"))
+    for k, es in entries.items():
+        rows, cols, vals = (np.concatenate([e[i] for e in es]) for i in range(3))
+        terms[k] = sp.csr_array((vals, (rows, cols)), shape=(total, widths[k]))
     const = np.concatenate([p.const for p in parts]) if parts else np.zeros(0)
-    assert const.size == total == math.prod(shape)
     return Affine(tuple(shape), terms, const)
 
 
@@ -384,56 +387,59 @@ class _Unroll:
 
     def step(self, w: _Dir, x: Term, h: Term | None, c: Term | None, name: str
              ) -> tuple[Term, Term | None]:
-        """One step of the recursion: ``(h_t, c_t)`` (``c_t`` for the LSTM only)."""
-        S, T_ = Sigmoid(), Tanh()
+        """One step of the recursion: ``(h_t, c_t)`` (``c_t`` for the LSTM only; ``None`` for a
+        zero state)."""
+        has_h = h is not None and not h.zero
         if self.mode == "LSTM":
-            zi, zf, zg, zo = (self.pre(w, g, x, h) for g in range(4))
-            cell = self.product(Factor(S, zi.expr, zi.val), Factor(T_, zg.expr, zg.val), f"{name}.ig")
-            if c is not None and not c.zero:
-                fc = self.product(Factor(S, zf.expr, zf.val), self.bounded(c, "the cell state c"),
-                                  f"{name}.fc")
-                cell = cell + fc
-            hh = self.product(Factor(S, zo.expr, zo.val), Factor(T_, cell.expr, cell.val), f"{name}.h")
-            if w.W_r is not None:
-                hh = _lin(hh, w.W_r, w.S_r, None)  # type: ignore[arg-type]
-            return hh, cell
+            return self._lstm(w, x, h if has_h else None, c if c is not None and not c.zero else None, name)
         if self.mode == "GRU":
-            zr, zz = self.pre(w, 0, x, h), self.pre(w, 1, x, h)
-            n = _lin(x, w.W_i[2], w.S_i[2], w.b_i[2])
-            if h is not None and not h.zero:
-                hn = _lin(h, w.W_h[2], w.S_h[2], w.b_h[2])
-            elif w.b_h[2] is not None:
-                hn = _const_term(w.b_h[2], self.tr.batch)
-            else:
-                hn = None
-            if hn is not None and not hn.zero:
-                n = n + self.product(Factor(S, zr.expr, zr.val), self.bounded(hn, "W_hn h + b_hn"),
-                                     f"{name}.r")
-            zneg = zz.neg()
-            out = self.product(Factor(S, zneg.expr, zneg.val), Factor(T_, n.expr, n.val), f"{name}.a")
-            if h is not None and not h.zero:
-                out = out + self.product(Factor(S, zz.expr, zz.val), self.bounded(h, "the hidden state h"),
-                                         f"{name}.b")
-            # a convex combination of tanh(.) in (-1, 1) and h (sigmoid(-z) + sigmoid(z) = 1)
-            lo, hi = (-1.0, 1.0) if h is None or h.zero else self.interval(h, "the hidden state h")
-            bound = (min(-1.0, lo), max(1.0, hi))
-            if h is not None and not h.zero:
-                # h' (a sum of two products) as a state of its own: the next step's four products
-                # read it through one H x H block each instead of two (half the nonzeros of A)
-                k = self.tr._new_block(self.node, f"{self.node.name}@{name}.h", Identity(), out.expr,
-                                       out.val, out.val)
-                blk = self.tr.blocks[k]
-                blk.lo, blk.hi = np.maximum(blk.lo, bound[0]), np.minimum(blk.hi, bound[1])
-                out = Term(Affine.source(k, (out.val.shape[1],)), out.val)
-            out.bound = bound
-            return out, None
+            return self._gru(w, x, h if has_h else None, name), None
         # Elman RNN (eq. 3.4): one block per step
         act = Tanh() if self.mode == "RNN_TANH" else ReLU()
         z = self.pre(w, 0, x, h)
-        zt = z.val
-        xv = act(zt.t()).t()
-        k = self.tr._new_block(self.node, f"{self.node.name}@{name}", act, z.expr, zt, xv)
-        return Term(Affine.source(k, (zt.shape[1],)), xv), None
+        xv = act(z.val.t()).t()
+        k = self.tr._new_block(self.node, f"{self.node.name}@{name}", act, z.expr, z.val, xv)
+        return Term(Affine.source(k, (xv.shape[1],)), xv), None
+
+    def _lstm(self, w: _Dir, x: Term, h: Term | None, c: Term | None, name: str) -> tuple[Term, Term]:
+        """``c' = sigmoid(f) c + sigmoid(i) tanh(g)`` and ``h' = sigmoid(o) tanh(c')`` (§3.6)."""
+        S, T = Sigmoid(), Tanh()
+        zi, zf, zg, zo = (self.pre(w, g, x, h) for g in range(4))
+        cell = self.product(Factor(S, zi.expr, zi.val), Factor(T, zg.expr, zg.val), f"{name}.ig")
+        if c is not None:
+            cell = cell + self.product(Factor(S, zf.expr, zf.val), self.bounded(c, "the cell state c"),
+                                       f"{name}.fc")
+        hh = self.product(Factor(S, zo.expr, zo.val), Factor(T, cell.expr, cell.val), f"{name}.h")
+        if w.W_r is not None:  # proj_size > 0: h' = W_hr (o * tanh(c'))
+            hh = _lin(hh, w.W_r, w.S_r, None)  # type: ignore[arg-type]
+        return hh, cell
+
+    def _gru(self, w: _Dir, x: Term, h: Term | None, name: str) -> Term:
+        """``h' = sigmoid(-z) tanh(W_in x + b_in + sigmoid(r) (W_hn h + b_hn)) + sigmoid(z) h``."""
+        S, T = Sigmoid(), Tanh()
+        zr, zz = self.pre(w, 0, x, h), self.pre(w, 1, x, h)
+        n = _lin(x, w.W_i[2], w.S_i[2], w.b_i[2])
+        hn = _lin(h, w.W_h[2], w.S_h[2], w.b_h[2]) if h is not None else \
+            _const_term(w.b_h[2], self.tr.batch) if w.b_h[2] is not None else None
+        if hn is not None and not hn.zero:
+            n = n + self.product(Factor(S, zr.expr, zr.val), self.bounded(hn, "W_hn h + b_hn"), f"{name}.r")
+        zneg = zz.neg()
+        out = self.product(Factor(S, zneg.expr, zneg.val), Factor(T, n.expr, n.val), f"{name}.a")
+        if h is None:
+            out.bound = (-1.0, 1.0)
+            return out
+        out = out + self.product(Factor(S, zz.expr, zz.val), self.bounded(h, "the hidden state h"),
+                                 f"{name}.b")
+        # a convex combination of tanh(.) in (-1, 1) and h (sigmoid(-z) + sigmoid(z) = 1)
+        lo, hi = self.interval(h, "the hidden state h")
+        bound = (min(-1.0, lo), max(1.0, hi))
+        # h' (a sum of two products) as a state of its own: the next step's four products read it
+        # through one H x H block of A each instead of two (half the nonzeros)
+        k = self.tr._new_block(self.node, f"{self.node.name}@{name}.h", Identity(), out.expr, out.val,
+                               out.val)
+        blk = self.tr.blocks[k]
+        blk.lo, blk.hi = np.maximum(blk.lo, bound[0]), np.minimum(blk.hi, bound[1])
+        return Term(Affine.source(k, (out.val.shape[1],)), out.val, bound)
 
 
 def _arg(node: fx.Node, args: tuple, kwargs: dict, i: int, name: str) -> tuple[object, object]:
