@@ -338,6 +338,26 @@ def test_refusals_name_the_option_and_the_fix() -> None:
         from_torch(RandomH0(), x)
 
 
+def test_forward_arguments_after_the_input_take_their_defaults() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+            out, _ = self.rnn(x, state)
+            return out[:, -1] if state is None else out[:, 0]
+
+    check_exact(Net().double(), torch.randn(2, 5, 3, dtype=F64))
+
+    class TwoInputs(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x + y
+
+    with pytest.raises(ConversionError, match="'y' has no default.*more than one input"):
+        from_torch(TwoInputs(), torch.randn(2, 3))
+
+
 def test_data_dependent_loops_are_refused() -> None:
     class EarlyStop(nn.Module):
         def __init__(self) -> None:

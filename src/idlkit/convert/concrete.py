@@ -59,7 +59,8 @@ class DataDependentError(TraceError):
 
 
 class ExampleError(TraceError):
-    """The traced code needed the value of an op that failed on the example input."""
+    """The forward cannot run on the example: the traced code needed the value of an op that
+    failed on it, or the forward takes a second input without a default."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class ShapeProxy(fx.Proxy):
     def _known(self) -> object:
         v = self.node.meta.get(_VALUE)
         if isinstance(v, _Failed):
-            raise ExampleError(f"running {self.node.name!r} on the example input failed: "
-                               f"{type(v.exc).__name__}: {v.exc}")
+            raise ExampleError(f"running {self.node.name!r} on the example input failed (shape "
+                               f"mismatch?): {type(v.exc).__name__}: {v.exc}")
         return v
 
     def __getattr__(self, k: str) -> Any:
@@ -188,8 +189,8 @@ class ShapeTracer(fx.Tracer):
             self._placeholders += 1
             if self._placeholders > 1:  # later forward arguments: specialised to their default
                 if not args:
-                    raise TraceError(f"the forward's argument {target!r} has no default; networks with "
-                                     f"more than one input are not supported")
+                    raise ExampleError(f"the forward's argument {target!r} has no default; networks with "
+                                       f"more than one input are not supported")
                 return args[0]
             value = self.example
         else:
@@ -203,10 +204,8 @@ class ShapeTracer(fx.Tracer):
                         value = self._run(kind, target, a, k)  # type: ignore[arg-type]
                 except Exception as exc:  # reported by the converter at this node
                     value = _Failed(exc)
-            if isinstance(value, _Failed):
-                pass
-            elif kind == "call_function" and target in _LIKE_FUNCS or \
-                    kind == "call_method" and target in _NEW_METHODS:
+            if not isinstance(value, _Failed) and (kind == "call_function" and target in _LIKE_FUNCS
+                                                   or kind == "call_method" and target in _NEW_METHODS):
                 return value  # a constant: depends on the shape only
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         proxy.node.meta[_VALUE] = value

@@ -121,8 +121,7 @@ def trace_graph(net: nn.Module, example: Tensor | None = None) -> fx.GraphModule
         tracer = _tracer_with_traces()
         graph = tracer.trace(net)
     except ExampleError as exc:
-        raise ConversionError(f"cannot trace {type(net).__name__} on the example input: {exc} (shape "
-                              f"mismatch?)") from exc
+        raise ConversionError(f"cannot trace {type(net).__name__} on the example input: {exc}") from exc
     except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent code
         raise ConversionError(
             f"torch.fx could not trace {type(net).__name__}: {type(exc).__name__}: {exc}. Dynamic "
