@@ -1,5 +1,5 @@
-"""Smoke tests of the speed benchmarks (bench_core, bench_train, bench_rnn) at tiny budgets,
-so that CI catches a broken benchmark script; the timings themselves are not checked."""
+"""Smoke tests of the speed benchmarks (bench_core, bench_train, bench_rnn, bench_convert) at tiny
+budgets, so that CI catches a broken benchmark script; the timings themselves are not checked."""
 
 from __future__ import annotations
 
@@ -77,3 +77,15 @@ def test_bench_rnn_quick_with_torchidl(tmp_path: Path) -> None:
     names = [r["model"] for r in res["rows"]]
     assert "idlkit ImplicitRNN (warm start)" in names
     assert all(r["final_mse"] >= 0 for r in res["rows"])
+
+
+def test_bench_convert_quick_recurrent(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_convert.py", "--quick", "--only", "recurrent", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_convert_recurrent_quick.json").read_text())
+    rows = res["recurrent_rows"]
+    assert {(r["kind"], r["dtype"]) for r in rows} == {(k, d) for k in ("LSTM", "GRU")
+                                                       for d in ("float32", "float64")}
+    assert all(r["triangular_certificate"] and r["profile_top_ops"] for r in rows)
+    assert all(r["max_abs_error"] <= (1e-5 if r["dtype"] == "float32" else 1e-12) for r in rows)
+    assert res["config"]["out"] == tmp_path.name  # no machine path recorded
+    assert "## recurrent layers" in (tmp_path / "bench_convert_recurrent_quick.md").read_text()

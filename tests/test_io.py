@@ -219,7 +219,7 @@ def test_tampered_config_raises_checkpoint_error(tmp_path, tamper):
     elif tamper == "config_not_dict":
         meta["config"] = ["relu"]
     elif tamper == "bad_activation":
-        meta["config"]["activation"] = {"name": "swish"}
+        meta["config"]["activation"] = {"name": "swishy"}
     elif tamper == "bad_kappa":
         meta["config"]["kappa"] = 3.0
     else:

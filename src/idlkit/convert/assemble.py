@@ -125,8 +125,11 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
               ``BatchNorm1d/2d`` (eval, §3.1), ``Dropout`` (eval), ``Flatten`` and
               reshapes/transposes/slicing/zero padding/cat, means and sums over per-sample
               dims, sums of branches (residual blocks, §3.4), products with constants;
-            * ``MaxPool2d`` (BLIP max over blocks, §3.3) and ``nn.RNN`` (tanh/relu,
-              ``batch_first=True``, no h0) unrolled over the example's sequence length (§3.5);
+            * ``MaxPool2d`` (BLIP max over blocks, §3.3);
+            * ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (any ``batch_first``, layers, bias,
+              bidirectional, LSTM projection, h0/c0 omitted, constant or computed from the
+              input) and their cells, unrolled over the example's sequence length with the
+              gates as Product blocks (§3.5-3.6, :mod:`idlkit.convert.recurrent`);
             * activations, as modules (in-place variants too), ``F.*``, ``torch.*`` and tensor
               methods: ReLU, LeakyReLU, Tanh, Sigmoid, GELU (``approximate`` 'none'/'tanh'),
               SiLU, Mish, Hardswish, ELU, CELU, SELU, Softplus, Softsign, Hardtanh, ReLU6,
@@ -144,7 +147,8 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
             with ``v != t``), ``LogSoftmax``, products with an unbounded factor (standard
             dot-product attention, ``nn.MultiheadAttention``, transformer layers: not
             Lipschitz, §2.4), and anything that mixes the samples of a batch. Nested
-            ``nn.Sequential`` and custom modules are traced through.
+            ``nn.Sequential`` and custom modules are traced through, specialised to the
+            example's shapes, so Python loops such as ``for t in range(x.size(1))`` unroll.
         example_input: a batch-first input ``(batch, *dims)``; fixes every shape (and the
             RNN's sequence length). Its dtype is the model's (float32 or float64).
         sparse: ``True`` stores ``A, B, C, D`` as torch CSR tensors (frozen buffers, see
@@ -168,7 +172,8 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
 
     Raises:
         ConversionError: an unsupported layer or function, a training-mode batch norm or
-            dropout, dynamic control flow, or a shape mismatch; the message names the
+            dropout, dynamic control flow (on tensor values), a ``PackedSequence``, an
+            unbounded factor of a product, or a shape mismatch; the message names the
             node, the module and the reason. Nothing is returned half-converted.
     """
     if not isinstance(net, nn.Module):

@@ -5,12 +5,15 @@ for every node both its value (used for shapes, and by :func:`idlkit.convert.sta
 and, when building, its :class:`~idlkit.convert.expr.Affine` expression. An
 activation (any map of :mod:`idlkit.convert.nonlinear`: ReLU ... GELU, SoftMax over one
 dimension) makes a new *state block* whose pre-activation is the expression of its input;
-max pooling makes a BlockMax block holding a copy of each window (§3.3); ``nn.RNN`` makes
-one block per layer and time step (§3.5); products of two input-dependent tensors
+max pooling makes a BlockMax block holding a copy of each window (§3.3); recurrent layers and
+cells (``nn.RNN``/``LSTM``/``GRU``, unrolled over the example's length, §3.5-3.6) are converted
+by :mod:`idlkit.convert.recurrent`; products of two input-dependent tensors
 (elementwise, matrix products, GLU, attention) make Product blocks (§2.4, §3.6, see
 :mod:`idlkit.convert.multiplicative`). Everything else supported is affine and folds into
-the expressions. Anything else raises :class:`~idlkit.errors.ConversionError` naming the
-node, the module and the reason; nothing is half converted.
+the expressions. The graph comes from :mod:`idlkit.convert.concrete`'s shape-specialising
+tracer, so Python loops over the example's shapes unroll. Anything else raises
+:class:`~idlkit.errors.ConversionError` naming the node, the module and the reason; nothing is
+half converted.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..activations import Activation, BlockMax, ReLU, SoftMax, Tanh
+from ..activations import Activation, BlockMax, SoftMax
 from ..errors import ConversionError, IdlError
 from . import linear_maps as lm
 from . import nonlinear as nl
+from .concrete import ExampleError, concrete_graph
 from .expr import INPUT, Affine
 from .multiplicative import MultiplicativeOps
 from .products import NeedsBuild, block_ranges, expr_range
+from .recurrent import convert_recurrent, packed_refusal, track_entries
 
 __all__ = ["StateBlock", "Tracer", "trace_graph", "NeedsBuild"]
 
@@ -98,8 +103,9 @@ def _tracer_with_traces() -> fx.Tracer:
     return t
 
 
-def trace_graph(net: nn.Module) -> fx.GraphModule:
-    """``torch.fx`` trace of ``net``; dynamic control flow raises :class:`ConversionError`."""
+def trace_graph(net: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
+    """``torch.fx`` trace of ``net`` (specialised to ``example``'s shapes when given, see
+    :mod:`idlkit.convert.concrete`); dynamic control flow raises :class:`ConversionError`."""
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
     if type(net) in nl.MODULES:  # a table module as the root: refuse it as the tracer would inside
@@ -107,9 +113,13 @@ def trace_graph(net: nn.Module) -> fx.GraphModule:
             nl.MODULES[type(net)](net)
         except nl.Refused as exc:
             raise ConversionError(f"cannot convert {type(net).__name__}: {exc}") from exc
-    tracer = _tracer_with_traces()
     try:
+        if example is not None:
+            return concrete_graph(net, example)
+        tracer = _tracer_with_traces()
         graph = tracer.trace(net)
+    except ExampleError as exc:
+        raise ConversionError(f"cannot trace {type(net).__name__} on the example input: {exc}") from exc
     except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent code
         raise ConversionError(
             f"torch.fx could not trace {type(net).__name__}: {type(exc).__name__}: {exc}. Dynamic "
@@ -124,7 +134,7 @@ _REARRANGE_FUNCS = {torch.flatten, torch.reshape, torch.permute, torch.transpose
                     torch.swapaxes, torch.narrow, torch.movedim, torch.t, torch.unflatten}
 _REARRANGE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
                       "unsqueeze", "narrow", "swapaxes", "clone", "detach", "t", "movedim", "expand",
-                      "repeat", "unflatten"}
+                      "expand_as", "repeat", "unflatten"}
 _PASSTHROUGH_MODULES = (nn.Identity,)
 
 
@@ -144,7 +154,7 @@ class Tracer(MultiplicativeOps):
             raise ConversionError(f"example_input must be a floating tensor (batch, *dims), got "
                                   f"{getattr(example, 'shape', type(example).__name__)}")
         self.net, self.example, self.build = net, example, build
-        self.gm = trace_graph(net)
+        self.gm = trace_graph(net, example)
         self.modules = dict(self.gm.named_modules())
         self.blocks: list[StateBlock] = []
         self.batch = example.shape[0]
@@ -282,7 +292,8 @@ class Tracer(MultiplicativeOps):
     def _output(self, node: fx.Node, env: _Env) -> None:
         arg = node.args[0]
         if not isinstance(arg, fx.Node) or not isinstance(env.val.get(arg), Tensor):
-            raise self._fail(node, "the network must return one tensor")
+            raise self._fail(node, "the network must return one tensor (nn.RNN/LSTM/GRU return (out, h_n): "
+                                   "return one of them, e.g. out[:, -1])")
         value = env.val[arg]
         expr = env.expr.get(arg)
         if not isinstance(expr, Affine):
@@ -307,7 +318,8 @@ class Tracer(MultiplicativeOps):
             res = self._method(node, args, kwargs, value, env)
         else:
             raise self._fail(node, "unsupported node")
-        if self.build or res is None or isinstance(res, tuple):
+        if self.build or res is None or isinstance(res, tuple) or \
+                isinstance(res, Affine) and res.batch_dim != 0:
             return res
         if not isinstance(value, Tensor):
             raise self._fail(node, "expected a tensor result")
@@ -319,7 +331,9 @@ class Tracer(MultiplicativeOps):
         if not isinstance(e, Affine):
             raise self._fail(node, f"argument {i} is not a tensor computed from the input")
         if e.batch_dim != 0:
-            raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
+            raise self._fail(node, f"this tensor keeps the batch in dim {e.batch_dim} (a sequence-first "
+                                   f"output or h_n of a recurrent layer): index it (h_n[-1], out[-1]) or "
+                                   f"make it batch-first (out.transpose(0, 1)) first")
         return e
 
     def _module(self, node: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: object,
@@ -351,12 +365,12 @@ class Tracer(MultiplicativeOps):
                                  mod.dilation)
         if isinstance(mod, nn.Flatten | nn.Unflatten):
             return self._rearrange(node, env, lambda x: mod(x), value)
-        if isinstance(mod, nn.RNN):
-            return self._rnn(node, env, mod, args, value)
+        if isinstance(mod, nn.RNNBase | nn.RNNCellBase):
+            return convert_recurrent(self, node, env, mod, args, kwargs, value)
         raise self._fail(node, f"unsupported module {type(mod).__name__} (supported: Linear, Conv1d/2d, "
                                f"BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, "
-                               f"Flatten, Unflatten, Dropout (eval), Identity, RNN, and the "
-                               f"nonlinearities {nl.SUPPORTED_MODULES})")
+                               f"Flatten, Unflatten, Dropout (eval), Identity, RNN/LSTM/GRU and "
+                               f"their cells, and the nonlinearities {nl.SUPPORTED_MODULES})")
 
     def _function(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
         f = node.target
@@ -410,9 +424,8 @@ class Tracer(MultiplicativeOps):
             return self._in(node, env).scale(-1.0)
         if f is operator.getitem and isinstance(env.expr.get(node.args[0]), tuple):
             return env.expr[node.args[0]][args[1]]
-        if f is operator.getitem and isinstance(env.expr.get(node.args[0]), Affine) \
-                and env.expr[node.args[0]].batch_dim == 1:
-            return self._rnn_hn_select(node, env, args[1])
+        if f in (torch.unbind, torch.split, torch.chunk):
+            return track_entries(self, node, env)
         if f in _REARRANGE_FUNCS:
             return self._rearrange(node, env, None, value)
         if f is F.linear:
@@ -420,7 +433,7 @@ class Tracer(MultiplicativeOps):
         if f in (torch.mean, torch.sum):
             get = _getter(args, kwargs, ["input", "dim", "keepdim"])
             return self._reduce(node, env, args[0], value, get("dim"), f is torch.mean)
-        raise self._fail(node, f"unsupported function {getattr(f, '__name__', f)!r}")
+        raise self._fail(node, packed_refusal(f) or f"unsupported function {getattr(f, '__name__', f)!r}")
 
     def _method(self, node: fx.Node, args: tuple, kwargs: dict, value: object, env: _Env) -> object:
         m = str(node.target)
@@ -439,6 +452,8 @@ class Tracer(MultiplicativeOps):
             return self._scalar_mul(node, env, args, value, m.startswith("div"))
         if m in _REARRANGE_METHODS:
             return self._rearrange(node, env, None, value)
+        if m in ("unbind", "split", "chunk"):
+            return track_entries(self, node, env)
         if m in ("mean", "sum"):
             get = _getter(args, kwargs, ["input", "dim", "keepdim"])
             return self._reduce(node, env, args[0], value, get("dim"), m == "mean")
@@ -692,8 +707,9 @@ class Tracer(MultiplicativeOps):
             return np.full(math.prod(shape), float(c))
         if isinstance(c, Tensor):
             t = c.detach().double().cpu()
-            if t.dim() > len(shape):
-                if t.dim() != len(shape) + 1 or t.shape[0] != 1:
+            if t.dim() > len(shape):  # a batch dimension: size 1, or the batch's (equal rows)
+                if t.dim() != len(shape) + 1 or t.shape[0] not in (1, self.batch) or \
+                        not bool((t == t[:1]).all()):
                     raise self._fail(node, f"a constant of shape {tuple(t.shape)} varies over the batch")
                 t = t[0]
             try:
@@ -733,9 +749,12 @@ class Tracer(MultiplicativeOps):
         if not isinstance(value, Tensor):
             raise self._fail(node, "expected a tensor result")
         tensor_args = [a for a in node.all_input_nodes if isinstance(env.expr.get(a), Affine)]
-        for a in tensor_args:
-            if env.expr[a].batch_dim != 0:
-                raise self._fail(node, "only h_n[layer] of an nn.RNN may be used (its batch is dim 1)")
+        constants = [a for a in node.all_input_nodes if a not in tensor_args
+                     and isinstance(env.val.get(a), Tensor) and env.val[a].is_floating_point()]
+        if constants or self.batch == 1 or any(env.expr[a].batch_dim != 0 for a in tensor_args):
+            # constant entries, a batch not in dim 0, or a batch of 1 (which cannot show where
+            # the batch goes, e.g. transpose(0, 1) of (1, 1, p))
+            return track_entries(self, node, env, fn)
         offsets, total = {}, 0
         for a in tensor_args:
             offsets[a], total = total, total + env.expr[a].size
@@ -765,7 +784,7 @@ class Tracer(MultiplicativeOps):
         if not isinstance(out, Tensor) or out.shape != value.shape:
             raise self._fail(node, "entry tracking changed the shape")
         if out.dim() == 0 or out.shape[0] != self.batch or not bool((out == out[:1]).all()):
-            raise self._fail(node, "the operation mixes samples of the batch (batch must stay dim 0)")
+            return track_entries(self, node, env, fn)  # the batch moves (transpose(0, 1), ...) or mixes
         if fn is None and node.op == "call_function" and node.target is F.pad:
             mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
             fill = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
@@ -782,92 +801,6 @@ class Tracer(MultiplicativeOps):
             part = env.expr[a].gather(local, shape)
             result = part if result is None else result + part
         return result
-
-    # ------------------------------------------------------------------ RNN (§3.5)
-
-    def _rnn(self, node: fx.Node, env: _Env, mod: nn.RNN, args: tuple, value: object) -> tuple:
-        e = self._in(node, env)
-        if not mod.batch_first:
-            raise self._fail(node, "nn.RNN must use batch_first=True (inputs are batch-first)")
-        if mod.bidirectional:
-            raise self._fail(node, "bidirectional nn.RNN is not supported")
-        if len(args) > 1 and args[1] is not None:
-            raise self._fail(node, "an initial hidden state h0 is not supported (zeros are assumed)")
-        if mod.training and mod.dropout > 0 and mod.num_layers > 1:
-            raise self._fail(node, "nn.RNN with dropout in training mode; call net.eval()")
-        if mod.proj_size if hasattr(mod, "proj_size") else 0:
-            raise self._fail(node, "nn.RNN with proj_size is not supported")
-        inp = args[0]
-        if inp.dim() != 3:
-            raise self._fail(node, f"nn.RNN expects (batch, time, features), got {tuple(inp.shape)}")
-        T, H = inp.shape[1], mod.hidden_size
-        act_cls = Tanh if mod.nonlinearity == "tanh" else ReLU
-        x_val = inp.detach()
-        x_exprs = [e.gather(np.arange(t * inp.shape[2], (t + 1) * inp.shape[2]), (inp.shape[2],))
-                   for t in range(T)] if self.build else [None] * T
-        h_last: list = []
-        for layer in range(mod.num_layers):
-            W_ih = getattr(mod, f"weight_ih_l{layer}").detach()
-            W_hh = getattr(mod, f"weight_hh_l{layer}").detach()
-            bias = torch.zeros(H, dtype=W_ih.dtype)
-            if mod.bias:
-                bias = getattr(mod, f"bias_ih_l{layer}").detach() + getattr(mod, f"bias_hh_l{layer}").detach()
-            Wi = sp.csr_array(W_ih.double().numpy()) if self.build else None
-            Wh = sp.csr_array(W_hh.double().numpy()) if self.build else None
-            bi = (getattr(mod, f"bias_ih_l{layer}").detach().double().numpy()
-                  + getattr(mod, f"bias_hh_l{layer}").detach().double().numpy()) if mod.bias else None
-            h = torch.zeros(self.batch, H, dtype=x_val.dtype)
-            h_expr: Affine | None = None
-            outs, out_exprs = [], []
-            for t in range(T):
-                z = x_val[:, t] @ W_ih.t() + bias + h @ W_hh.t()
-                h = act_cls()(z.t()).t()
-                pre = None
-                if self.build:
-                    pre = x_exprs[t].linear(Wi, (H,), bi)
-                    if h_expr is not None:
-                        pre = pre + h_expr.linear(Wh, (H,))
-                k = self._new_block(node, f"{node.name}@l{layer}.t{t}", act_cls(), pre, z, h)
-                h_expr = Affine.source(k, (H,)) if self.build else None
-                outs.append(h)
-                out_exprs.append(h_expr)
-            x_val = torch.stack(outs, dim=1)
-            x_exprs = out_exprs
-            h_last.append(h_expr)
-        if not self.build:  # markers with the right shapes
-            return (Affine((T, H)), Affine((mod.num_layers, H), batch_dim=1))
-        out = _stack(x_exprs, (T, H))
-        hn = _stack(h_last, (mod.num_layers, H))
-        hn.batch_dim = 1
-        return (out, hn)
-
-    def _rnn_hn_select(self, node: fx.Node, env: _Env, index: object) -> Affine | None:
-        e = env.expr[node.args[0]]
-        L, H = e.shape
-        if not self.build:
-            return Affine((H,))
-        if not isinstance(index, int):
-            raise self._fail(node, "index h_n with one integer (the layer), e.g. h_n[-1]")
-        layer = index % L
-        out = e.gather(np.arange(layer * H, (layer + 1) * H), (H,))
-        out.batch_dim = 0
-        return out
-
-
-def _stack(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
-    """Concatenate per-sample expressions (each ``(H,)``) into one of shape ``shape``."""
-    sizes = [p.size for p in parts]
-    total = sum(sizes)
-    result: Affine | None = None
-    off = 0
-    for p in parts:
-        P = sp.csr_array((np.ones(p.size), (np.arange(off, off + p.size), np.arange(p.size))),
-                         shape=(total, p.size))
-        q = p.linear(P, shape)
-        result = q if result is None else result + q
-        off += p.size
-    assert result is not None
-    return result
 
 
 def _storage(t: Tensor) -> int | None:
