@@ -463,7 +463,7 @@ def test_kappa_outside_open_unit_interval(kappa):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(activation="swish"), dict(activation="relu6"), dict(solver="newton"),
+    dict(activation="swishy"), dict(activation="relu7"), dict(solver="newton"),
     dict(solver="Picard!"), dict(wellposedness="spectral"), dict(tol=0.0), dict(tol=-1e-3),
     dict(max_iter=0), dict(on_nonconvergence="shout"), dict(alpha=2.0),
     dict(backward_solver="gmres"), dict(activation="softmax", wellposedness="mu"),
