@@ -52,3 +52,19 @@ def test_image_smoke(script: str, file: str, tmp_path: Path) -> None:
         pytest.skip(f"{file} not found in $IDLKIT_DATA, the idlkit cache or shared/datasets")
     _run(script, ["--limit", "300", "--epochs", "1", "--test-limit", "500", "--hidden", "20",
                   "--nn-lrs", "1e-3", "--quiet"], tmp_path, data)
+
+
+def test_lstm_robustness_smoke(tmp_path: Path) -> None:
+    """experiments/lstm_robustness.py with one epoch, one eps and five digits (bundled digits)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(EXP / "lstm_robustness.py"), "--epochs", "1", "--eps", "1e-3",
+                           "--images", "5", "--samples", "40", "--pgd-steps", "2", "--hidden", "4",
+                           "--l1", "0", "1e-3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "lstm_robustness.json").read_text())
+    assert [r["l1"] for r in res["runs"]] == [0.0, 1e-3]
+    for run in res["runs"]:
+        assert run["max_abs_model_minus_net"] < 1e-12 and run["triangular"]
+        assert all(r["violations"] == 0 for r in run["rows"])
+    assert (tmp_path / "lstm_robustness.md").read_text().startswith("# LSTM robustness")
