@@ -119,7 +119,7 @@ def test_fast_solver_agrees_with_cvxpy(objective):
     pytest.importorskip("cvxpy")
     net, U = _net(), _U(m=80)
     st = extract_states(net, U, dtype=torch.float64)
-    kw = dict(objective=objective, backend="serial", beta=0.02, alpha=0.01, kappa=0.3)
+    kw = dict(objective=objective, backend="serial", beta=0.02, alpha=0.01, kappa=0.3, refit=False)
     fast, rf = SIM(tol=1e-10, **kw).fit_states(st)
     ref, rr = SIM(solver="cvxpy", prune_tol=0.0, **kw).fit_states(st)
     assert set(rr.solver) == {"clarabel"}
@@ -131,8 +131,8 @@ def test_fallback_rows_are_retried_and_reported():
     pytest.importorskip("cvxpy")
     net, U = _net(), _U(m=80)
     st = extract_states(net, U, dtype=torch.float64)
-    full, _ = SIM(objective="l1", backend="serial", beta=0.02, tol=1e-10).fit_states(st)
-    model, rep = SIM(objective="l1", backend="serial", beta=0.02, max_iter=1).fit_states(st)
+    full, _ = SIM(objective="l1", backend="serial", beta=0.02, tol=1e-10, refit=False).fit_states(st)
+    model, rep = SIM(objective="l1", backend="serial", beta=0.02, max_iter=1, refit=False).fit_states(st)
     assert rep.fallback_rows and set(rep.solver[i] for i in rep.fallback_rows) == {"clarabel"}
     assert all(rep.status[i] == "fallback" for i in rep.fallback_rows)
     np.testing.assert_allclose(_rows(model), _rows(full), atol=2e-4)

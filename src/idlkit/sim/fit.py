@@ -34,7 +34,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,9 +50,10 @@ from .lasso import constrained_lasso
 from .penalized import penalized_rows
 from .states import States, extract_states
 
-__all__ = ["BACKENDS", "OBJECTIVES", "SIM", "SIMReport"]
+__all__ = ["BACKENDS", "OBJECTIVES", "PENALTY_UNITS", "SIM", "SIMReport"]
 
 OBJECTIVES = ("exact", "l1", "perspective", "lasso")
+PENALTY_UNITS = ("teacher", "rescaled", "standardized")
 BACKENDS = ("loky", "threading", "ray", "dask", "serial")
 _TINY = 1e-300
 
@@ -82,6 +83,8 @@ class SIMReport:
             read-only memory map, written once), ``"object-store"`` (ray.put once),
             ``"in-process"`` (serial, threading; dask scatters it once to each worker).
         fallback_rows: rows that needed a fallback solver.
+        validation: with ``fit(..., val=...)``, one entry per penalty weight tried (weight,
+            held-out agreement with the baseline, nnz, sparsity); ``chosen_weight`` the one kept.
     """
 
     objective: str
@@ -102,6 +105,8 @@ class SIMReport:
     iterations: np.ndarray
     shared: str
     fallback_rows: tuple[int, ...] = field(default=())
+    validation: tuple[dict, ...] | None = None
+    chosen_weight: float | None = None
 
     def summary(self) -> str:
         """A markdown table of the headline figures."""
@@ -139,6 +144,7 @@ class _Job:
     tol: float
     max_iter: int
     cvx_solvers: tuple[str, ...]
+    keep: np.ndarray | None = None  # columns of F the rows may read (None: all)
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,20 @@ def _cvx_rows(job: _Job, G: np.ndarray, R: np.ndarray | None, idx: Sequence[int]
 
 def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
     """Solve one block of rows (runs on a worker)."""
+    if job.keep is not None:  # a structured block: the same problem on the columns it may read
+        keep = job.keep
+        shared = "object-store" if type(G).__name__ == "ObjectRef" else (
+            "memmap" if isinstance(G, np.memmap) else "in-process")
+        sub = replace(job, keep=None, C=job.C[:, keep], constrained=job.constrained[keep],
+                      free=job.free[keep], sigma=job.sigma[keep],
+                      W0=None if job.W0 is None else job.W0[:, keep])
+        # F_keep = Q R[:, keep]: the reduced targets Y and residuals of the full factor still hold
+        R = _resolve(R)
+        out = _solve_block(sub, np.ascontiguousarray(_resolve(G)[np.ix_(keep, keep)]),
+                           None if R is None else np.ascontiguousarray(R[:, keep]))
+        W = np.zeros((job.rows.size, job.C.shape[1]))
+        W[:, keep] = out.W
+        return replace(out, W=W, shared=shared)
     shared = "object-store" if type(G).__name__ == "ObjectRef" else (
         "memmap" if isinstance(G, np.memmap) else "in-process")
     G, R = _resolve(G), _resolve(R)
@@ -273,18 +293,43 @@ class SIM:
         kappa: well-posedness bound ``||A||_inf <= kappa`` in (0, 1] (2d); for ``"lasso"`` the
             l1 budget of each whole row ``(a, b)``.
         lambda_state, lambda_output: ``lambda_1``, ``lambda_2`` of problems 10-11.
-        beta: l1 weight (problem 11). alpha: perspective weight (problem 10).
+        beta: l1 weight (problem 11). alpha: perspective weight (problem 10). Both count in the
+            units of ``penalty_units``; the defaults (1 and 1/2, the same weight on small
+            coefficients) are the measured choice for teachers' units on digits and
+            Fashion-MNIST (``experiments/sim_implicit.py``); ``fit(..., val=...)`` picks one.
         kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
         backend: ``"loky"``, ``"threading"``, ``"ray"``, ``"dask"`` or ``"serial"``.
         n_jobs: workers (None: all cores; ignored by ``"serial"``).
         solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``/``"perspective"``).
         cvx_solvers: cvxpy solvers tried in order (fallbacks and ``solver="cvxpy"``).
-        standardize: penalties act on ``sigma_j w_j`` with ``sigma_j`` the RMS of column ``j`` of
-            ``F = (X, U)`` (glmnet's standardisation, scale-free). Deviation from App. C, which
-            penalises ``sum |M_ij|``: on rescaled states (§3) the deep states are smaller by
-            powers of ``gamma max ||W_l||``, so the unweighted penalty prices their coefficients
-            far above those of the inputs and fits deep states linearly from ``U`` (``A = 0``).
-            ``False`` gives the paper's unweighted form.
+        penalty_units: in which units the penalty ``sum |M_ij|`` of App. C is counted.
+            ``"teacher"`` (default): in the baseline's own units, before the rescaling of §3.
+            The rows are still solved on the rescaled states (so ``||a||_1 <= kappa`` certifies
+            well-posedness), with the penalty rewritten exactly: state ``i`` was multiplied by
+            ``c_i`` (:attr:`States.scale`), so with ``w = c_i diag(c_F)^-1 w_o`` (``c_F`` the
+            column scales of ``F``, 1 for inputs) the row objective ``lam ||z_i - F_o w_o||^2 +
+            beta ||w_o||_1`` equals ``c_i^-2 (lam ||t_i - F w||^2 + beta c_i sum_j c_F,j |w_j|)``:
+            per-row weight ``beta c_i``, column weights ``c_F``. Matching a deep state through
+            the previous layer then costs what the teacher's weights cost, and its residual
+            counts as much as a first-layer state's. ``"rescaled"``: the paper's literal form on
+            the rescaled states; the deep states are smaller by powers of the divisor, so their
+            residuals count for little and fitting them from ``U`` (``A = 0``) is cheap: the
+            models are implicit in form only. ``"standardized"``: column weights the RMS of the
+            columns of ``F`` (glmnet's standardisation; overfits the states on small samples).
+        standardize: ``True`` is ``penalty_units="standardized"`` (kept for old code).
+        structure: ``"auto"`` (default): ``"layered"`` when the baseline's states have depths
+            (a network the converter traces), else ``"free"``. ``"free"``: any state may read
+            any state (the paper's full ``A``);
+            ``"layered"``: a state reads only states of smaller depth (the teacher's layer order,
+            :attr:`States.depth`), so ``A`` is strictly block triangular: well-posed for any
+            weights (paper 000 Thm 2.8), solved in one sweep, and free of the feedback loops
+            through which a full ``A`` near ``||A||_inf = kappa`` amplifies state errors by up to
+            ``1 / (1 - kappa)``.
+        refit: ``"l1"``/``"perspective"``: re-solve each row by least squares on the support the
+            penalised fit selected (the relaxed lasso of Meinshausen 2007: the l1 penalty picks
+            the nonzeros, then stops shrinking them), keeping the penalised row where the
+            refitted ``a`` would leave ``||a||_1 <= kappa`` or is not better. A deviation from
+            paper 002, which keeps the shrunk coefficients.
         tol: a row stops when its duality gap is at most ``tol * P(0)`` (``P(0)`` the objective
             at zero; scikit-learn's Lasso convention).
         max_iter: FISTA iterations after coordinate descent (rows above it fall back to cvxpy).
@@ -305,13 +350,16 @@ class SIM:
     kappa: float = 0.99
     lambda_state: float = 0.1
     lambda_output: float = 0.1
-    beta: float = 1e-3
-    alpha: float = 1e-3
+    beta: float = 1.0
+    alpha: float = 0.5
     kappa_output: float | None = None
     backend: str = "loky"
     n_jobs: int | None = None
     solver: str = "auto"
     cvx_solvers: tuple[str, ...] = ("CLARABEL", "SCS")
+    penalty_units: str = "teacher"
+    structure: str = "auto"
+    refit: bool = True
     standardize: bool = False
     tol: float = 1e-4
     max_iter: int = 20_000
@@ -340,12 +388,15 @@ class SIM:
         for name in ("n_jobs", "block_rows"):
             check_int(name, getattr(self, name), 1, allow_none=True)
         check_choice("sparse", self.sparse, (True, False, "auto"))
+        check_choice("penalty_units", self.penalty_units, PENALTY_UNITS)
+        check_choice("structure", self.structure, ("auto", "free", "layered"))
         check_choice("dtype", self.dtype, (None, torch.float32, torch.float64))
 
     # ----------------------------------------------------------------------------- public API
 
-    def fit(self, baseline: nn.Module, U: Tensor, *,
-            init: ImplicitModel | None = None) -> tuple[ImplicitModel, SIMReport]:
+    def fit(self, baseline: nn.Module, U: Tensor, *, init: ImplicitModel | None = None,
+            val: Tensor | None = None, weights: Sequence[float] | None = None,
+            val_tolerance: float = 0.01) -> tuple[ImplicitModel, SIMReport]:
         """Fit an implicit model to ``baseline``'s states on inputs ``U`` (Alg. 1).
 
         Args:
@@ -354,6 +405,14 @@ class SIM:
             U: inputs, batch-first ``(m, *input_dims)``.
             init: warm start: a model fitted before on the same baseline (e.g. at a nearby
                 ``beta``/``kappa``); its rows start the fast solvers.
+            val: held-out inputs: the penalty weight (``beta`` for ``"l1"``, ``alpha`` for
+                ``"perspective"``) is chosen on them from ``weights`` (default: the objective's
+                weight times 0.1, 0.3, 1, 3, 10), each fit warm-started from the previous one.
+                The rule: the sparsest model whose held-out agreement with the baseline (the
+                fraction of equal argmax for several outputs, ``1 -`` the relative output
+                error for one) is within ``val_tolerance`` of the best. The report's
+                :attr:`SIMReport.validation` lists every candidate.
+            weights, val_tolerance: the grid and the tolerance of that rule.
 
         Returns:
             ``(model, report)``: the fitted model (inputs flattened to ``(m, p)``) and a
@@ -365,7 +424,46 @@ class SIM:
         states = extract_states(baseline, U, dtype=torch.float64, kappa=wp_kappa, gamma=self.gamma)
         bias = self.bias if self.bias is not None else _has_bias(baseline)
         dtype = self.dtype or _param_dtype(baseline)
-        return self.fit_states(states, bias=bias, dtype=dtype, init=init)
+        if val is None:
+            return self.fit_states(states, bias=bias, dtype=dtype, init=init)
+        return self._fit_validated(baseline, states, val, weights, val_tolerance, bias, dtype, init)
+
+    def _fit_validated(self, baseline: nn.Module, states: States, val: Tensor,
+                       weights: Sequence[float] | None, val_tolerance: float, bias: bool,
+                       dtype: torch.dtype, init: ImplicitModel | None) -> tuple[ImplicitModel, SIMReport]:
+        """The penalty weight chosen on held-out inputs (see :meth:`fit`)."""
+        if self.objective not in ("l1", "perspective"):
+            raise ConfigurationError(f"val= chooses the penalty weight of objective 'l1' or "
+                                     f"'perspective'; {self.objective!r} has none")
+        check_probability("val_tolerance", val_tolerance, example=0.01)
+        if not isinstance(val, Tensor) or val.shape[0] == 0:
+            raise InputError(f"val must be a non-empty batch of inputs like U, got "
+                             f"{getattr(val, 'shape', type(val).__name__)}")
+        field_name = "beta" if self.objective == "l1" else "alpha"
+        base = getattr(self, field_name)
+        grid = sorted(float(check_positive("weights", w)) for w in (weights or [base * f for f in
+                                                                                (0.1, 0.3, 1, 3, 10)]))
+        with torch.no_grad():
+            y_ref = baseline(val.to(states.X.dtype)).reshape(val.shape[0], -1).double()
+        candidates, rows = [], []
+        prev = init
+        for w in grid:
+            model, report = replace(self, **{field_name: w}).fit_states(states, bias=bias, dtype=dtype,
+                                                                          init=prev)
+            with torch.no_grad():
+                y = model(val.reshape(val.shape[0], -1).to(model.A.dtype)).double()
+            if y_ref.shape[1] > 1:
+                score = float((y.argmax(1) == y_ref.argmax(1)).double().mean())
+            else:
+                score = 1.0 - float((y - y_ref).norm() / max(float(y_ref.norm()), _TINY))
+            candidates.append((model, report))
+            rows.append({field_name: w, "agreement": score, "nnz": report.nnz, "sparsity": report.sparsity})
+            prev = model
+        best = max(r["agreement"] for r in rows)
+        ok = [i for i, r in enumerate(rows) if r["agreement"] >= best - val_tolerance]
+        pick = min(ok, key=lambda i: rows[i]["nnz"])
+        model, report = candidates[pick]
+        return model, replace(report, validation=tuple(rows), chosen_weight=grid[pick])
 
     def fit_states(self, states: States, *, bias: bool | None = None, dtype: torch.dtype | None = None,
                    init: ImplicitModel | None = None) -> tuple[ImplicitModel, SIMReport]:
@@ -395,14 +493,16 @@ class SIM:
         free = np.zeros(d, bool)
         if fit_bias:
             free[-1] = True
-        # penalty scales: the column RMS of F (scale-free penalties) or ones (the paper's sum |M_ij|)
-        sigma = np.sqrt(np.diag(G) / m) if self.standardize else np.ones(d)
+        sigma, row_scale = self._penalty_scales(states, G, m, d, n, q)
         cons_state = np.zeros(d, bool)
         cons_state[: n if self.objective != "lasso" else n + p] = True
         W0 = _init_rows(init, n, p, q, fit_bias, states) if init is not None else None
 
-        jobs = self._jobs(Z, fac, F, cons_state, free, sigma, lam=self.lambda_state,
-                          kappa=self.kappa, rows=np.arange(n), W0=None if W0 is None else W0[0])
+        jobs = []
+        for rows_g, keep in self._state_groups(states, n, d):
+            jobs += self._jobs(Z[:, rows_g], fac, F, cons_state, free, sigma, lam=self.lambda_state,
+                               kappa=self.kappa, rows=rows_g, W0=None if W0 is None else W0[0][rows_g],
+                               row_scale=row_scale[rows_g], keep=keep)
         out_kappa = self.kappa_output if self.objective == "lasso" else None
         cons_out = np.zeros(d, bool)
         if self.objective == "lasso" and out_kappa is not None:
@@ -410,7 +510,8 @@ class SIM:
         lstsq_out = self.objective == "lasso" and out_kappa is None
         if not lstsq_out:
             jobs += self._jobs(Yh, fac, F, cons_out, free, sigma, lam=self.lambda_output, kappa=out_kappa,
-                               rows=np.arange(n, n + q), W0=None if W0 is None else W0[1])
+                               rows=np.arange(n, n + q), W0=None if W0 is None else W0[1],
+                               row_scale=row_scale[n:])
         n_jobs = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
         outs = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
         shared = ",".join(sorted({o.shared for o in outs})) or "in-process"
@@ -440,8 +541,10 @@ class SIM:
                 f"(||a||_1 <= kappa = {self.kappa} cannot hold with F w = t); use a relaxed objective "
                 f"(objective='l1', 'perspective' or 'lasso') or a larger kappa", status="infeasible")
         W = _prune(W, self.prune_tol, np.sqrt(np.maximum(np.diag(G), 0.0)))
-        W[:n, :n] = _cap_rows(W[:n, :n], self.kappa if self.objective != "lasso" else None)
         T = np.hstack([Z, Yh])
+        if self.refit and self.objective in ("l1", "perspective"):
+            W = _refit_support(W, G, T.T @ F, n, free, self.kappa)
+        W[:n, :n] = _cap_rows(W[:n, :n], self.kappa if self.objective != "lasso" else None)
         R = T - F @ W.T
         tn = np.sqrt(np.einsum("ij,ij->j", T, T))
         rn = np.sqrt(np.einsum("ij,ij->j", R, R))
@@ -463,13 +566,66 @@ class SIM:
 
     # ------------------------------------------------------------------------------- helpers
 
+    def _state_groups(self, states: States, n: int, d: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """State rows and the columns of ``F`` they may read: all (``structure="free"``), or one
+        group per depth (``"layered"``) whose rows read no state of their own depth or deeper
+        (inputs and the bias always). ``"auto"``: layered for the relaxed objectives of a
+        baseline with depths; the exact and lasso objectives keep the paper's full ``A``."""
+        layered = self.structure == "layered" or (
+            self.structure == "auto" and states.depth is not None and self.objective in ("l1", "perspective"))
+        if not layered or n == 0:
+            return [(np.arange(n), None)]
+        if states.depth is None:
+            raise ConfigurationError("structure='layered' needs a layered baseline (a network the "
+                                     "converter traces, whose states have depths); use "
+                                     "structure='free'")
+        if self.objective not in ("l1", "perspective"):
+            raise ConfigurationError(f"structure='layered' applies to the relaxed objectives 'l1' and "
+                                     f"'perspective'; {self.objective!r} fits the full A (structure='free')")
+        depth = states.depth.detach().cpu().numpy()
+        groups = []
+        for dep in np.unique(depth):
+            keep = np.ones(d, bool)
+            keep[:n][depth >= dep] = False
+            groups.append((np.flatnonzero(depth == dep), np.flatnonzero(keep)))
+        return groups
+
+    def _penalty_scales(self, states: States, G: np.ndarray, m: int, d: int, n: int, q: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Column weights ``sigma`` of the penalty and per-row factors of its weight (see
+        ``penalty_units``): teacher units ``(c_F, c_rows)``, the column RMS, or ones."""
+        units = "standardized" if self.standardize else self.penalty_units
+        rows = np.ones(n + q)
+        if self.objective not in ("l1", "perspective") and not self.standardize:
+            units = "rescaled"  # basis pursuit / lasso: the paper's weights (no penalty weight to scale)
+        if units == "standardized":
+            return np.sqrt(np.diag(G) / m), rows
+        if units == "rescaled":
+            return np.ones(d), rows
+        c = states.scale.detach().cpu().double().numpy()
+        sigma = np.ones(d)
+        sigma[:n] = c
+        rows[:n] = c
+        return sigma, rows
+
     def _jobs(self, T: np.ndarray, fac: Factor | None, F: np.ndarray, constrained: np.ndarray,
               free: np.ndarray, sigma: np.ndarray, *, lam: float, kappa: float | None, rows: np.ndarray,
-              W0: np.ndarray | None) -> list[_Job]:
-        """Split the target rows ``T`` (``m x r``, one column per row) into worker blocks."""
+              W0: np.ndarray | None, row_scale: np.ndarray | None = None,
+              keep: np.ndarray | None = None) -> list[_Job]:
+        """Split the target rows ``T`` (``m x r``, one column per row) into worker blocks, rows
+        of one penalty weight (``row_scale`` times the objective's weight) per block."""
         r = T.shape[1]
         if r == 0:
             return []
+        if row_scale is not None and np.unique(row_scale).size > 1:
+            jobs = []
+            for val in np.unique(row_scale):
+                sel = np.flatnonzero(row_scale == val)
+                jobs += self._jobs(T[:, sel], fac, F, constrained, free, sigma, lam=lam, kappa=kappa,
+                                   rows=rows[sel], W0=None if W0 is None else W0[sel],
+                                   row_scale=row_scale[sel], keep=keep)
+            return jobs
+        factor_w = 1.0 if row_scale is None else float(row_scale[0])
         Tt = np.ascontiguousarray(T.T)
         C = Tt @ F
         tt = np.einsum("ij,ij->i", Tt, Tt)
@@ -493,11 +649,11 @@ class SIM:
             sl = slice(start, min(r, start + size))
             jobs.append(_Job(
                 kind=kind, rows=rows[sl], C=C[sl], tt=tt[sl], Y=Y[sl], resid=resid[sl], lam=lam,
-                weight=self.beta if self.objective == "l1" else self.alpha,
+                weight=(self.beta if self.objective == "l1" else self.alpha) * factor_w,
                 penalty="l1" if self.objective in ("l1", "exact", "lasso") else "perspective",
                 kappa=kappa, constrained=constrained, free=free,
                 W0=None if W0 is None else W0[sl], sigma=sigma, tol=self.tol, max_iter=self.max_iter,
-                cvx_solvers=tuple(self.cvx_solvers)))
+                cvx_solvers=tuple(self.cvx_solvers), keep=keep))
         return jobs
 
 
@@ -556,6 +712,30 @@ def _dask_client(distributed: Any, n_jobs: int) -> tuple[Any, bool]:
         cluster = distributed.LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         return distributed.Client(cluster), True
+
+
+def _refit_support(W: np.ndarray, G: np.ndarray, CT: np.ndarray, n: int, free: np.ndarray,
+                   kappa: float) -> np.ndarray:
+    """Least squares of each row on its support (and the free coordinates): ``G_SS w_S = c_S``,
+    kept when the state rows still satisfy ``||a||_1 <= kappa`` and the residual
+    ``w^T G w - 2 c^T w`` (``||t - F w||^2`` up to ``||t||^2``) does not grow."""
+    out = W.copy()
+    for i in range(W.shape[0]):
+        S = np.flatnonzero((W[i] != 0) | free)
+        if S.size == 0:
+            continue
+        GS, cS = G[np.ix_(S, S)], CT[i, S]
+        try:
+            w = np.linalg.lstsq(GS, cS, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            continue
+        if i < n and float(np.abs(w[S < n]).sum()) > kappa:
+            continue
+        old = W[i, S]
+        if w @ GS @ w - 2 * cS @ w <= old @ GS @ old - 2 * cS @ old:
+            out[i] = 0.0
+            out[i, S] = w
+    return out
 
 
 def _prune(W: np.ndarray, tol: float, colnorm: np.ndarray) -> np.ndarray:
