@@ -165,7 +165,8 @@ def bench_idlkit(st: States, S: dict[str, np.ndarray], a: argparse.Namespace) ->
         for r in range(a.rounds):
             order = ("serial", "loky") if r % 2 == 0 else ("loky", "serial")
             for be in order:
-                sim = SIM(objective=obj, backend=be, n_jobs=None if be == "serial" else a.n_jobs, **kw)
+                sim = SIM(objective=obj, backend=be, n_jobs=None if be == "serial" else a.n_jobs,
+                          penalty_units="rescaled", structure="free", refit=False, **kw)  # as recorded
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model, rep = sim.fit_states(st)

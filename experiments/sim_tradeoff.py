@@ -194,8 +194,8 @@ class Runner:
             self.teacher_pred = teacher(data["Xt"].double()).argmax(1)
 
     def fit(self, U: torch.Tensor, init=None, backend: str | None = None, **hp) -> tuple[dict, object]:
-        sim = SIM(backend=backend or self.backend, n_jobs=self.n_jobs, standardize=False, tol=self.tol,
-                  **hp)
+        sim = SIM(backend=backend or self.backend, n_jobs=self.n_jobs, tol=self.tol, penalty_units="rescaled",
+                  structure="free", refit=False, **hp)  # the paper-literal form of these tables
         if hp["objective"] == "lasso":
             # P(kappa) on the states rescaled for kappa = 0.99 (gamma = 1.01 / 0.99), the same states
             # as l1 / perspective: with SIM.fit's default gamma = 1.01 / kappa the rescaled teacher

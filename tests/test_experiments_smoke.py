@@ -68,3 +68,17 @@ def test_lstm_robustness_smoke(tmp_path: Path) -> None:
         assert run["max_abs_model_minus_net"] < 1e-12 and run["triangular"]
         assert all(r["violations"] == 0 for r in run["rows"])
     assert (tmp_path / "lstm_robustness.md").read_text().startswith("# LSTM robustness")
+
+
+def test_sim_implicit_smoke(tmp_path: Path) -> None:
+    """experiments/sim_implicit.py --quick: digits, the default SIM(), 200 test images."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(EXP / "sim_implicit.py"), "--quick", "--test", "200",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "sim_implicit.json").read_text())
+    rows = res["datasets"][0]["rows"]
+    assert rows[0]["state_error"] < 1e-9  # the teacher's own states
+    assert rows[1]["nnz_A"] > 0 and rows[1]["a_inf"] <= 0.99
+    assert (tmp_path / "sim_implicit.md").read_text().startswith("# SIM that stays implicit")
