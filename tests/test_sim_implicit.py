@@ -151,3 +151,31 @@ def test_default_sim_is_implicit_sparse_and_accurate_on_digits():
     assert int((_dense(model.A) != 0).sum()) > 0 and 0 < rep.a_inf_norm <= 0.99
     assert rep.nnz <= 0.7 * (teacher_weights + 58)  # >= 30 % sparser than weights + biases
     assert acc >= acc_t - 0.015
+
+
+def test_low_rank_option_is_exact_at_full_rank_and_refits_below_it():
+    from idlkit import LowRankImplicitModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    U = torch.randn(300, 8, dtype=F64)
+    kw = dict(backend="serial", beta=1e-3)
+    dense, _ = SIM(**kw).fit(net, U)
+    full, rep = SIM(rank=8, **kw).fit(net, U)  # rank(A) <= 6 (the 6 x 10 middle layer)
+    assert isinstance(full, LowRankImplicitModel) and full.rank == 8
+    with torch.no_grad():
+        torch.testing.assert_close(full(U), dense(U), rtol=0, atol=1e-8)
+        assert full._pf_value() <= 0.99 * (1 + 1e-9)
+    low, rep_low = SIM(rank=2, **kw).fit(net, U)
+    assert rep_low.nnz < rep.nnz
+    # the refit of (B, C, D) beats plain truncation of the dense fit
+    plain = LowRankImplicitModel.from_dense(dense, 2, project=True, kappa=0.99)
+    with torch.no_grad():
+        y = net(U)
+        err_refit = float((low(U) - y).norm() / y.norm())
+        err_plain = float((plain(U) - y).norm() / y.norm())
+    assert err_refit < err_plain
+    with pytest.raises(ConfigurationError, match="rank"):
+        SIM(rank=50, **kw).fit(net, U)
+    with pytest.raises(ConfigurationError):
+        SIM(rank=0)

@@ -325,6 +325,12 @@ class SIM:
             weights (paper 000 Thm 2.8), solved in one sweep, and free of the feedback loops
             through which a full ``A`` near ``||A||_inf = kappa`` amplifies state errors by up to
             ``1 / (1 - kappa)``.
+        rank: return a :class:`~idlkit.LowRankImplicitModel` with ``A = L R^T`` of this rank
+            (paper 000 §5.3): the fitted ``A`` truncated by SVD (balanced factors, rescaled onto
+            ``lambda_pf(gamma |R|^T |L|) <= kappa`` when needed), then ``(B, b)`` re-fitted on
+            their supports to the states with that ``A`` fixed, and ``(C, D, d)`` on the
+            low-rank model's own equilibrium states (so the outputs follow the teacher's).
+            ``nnz`` counts ``L`` and ``R`` in full. torchidl parity.
         refit: ``"l1"``/``"perspective"``: re-solve each row by least squares on the support the
             penalised fit selected (the relaxed lasso of Meinshausen 2007: the l1 penalty picks
             the nonzeros, then stops shrinking them), keeping the penalised row where the
@@ -359,6 +365,7 @@ class SIM:
     cvx_solvers: tuple[str, ...] = ("CLARABEL", "SCS")
     penalty_units: str = "teacher"
     structure: str = "auto"
+    rank: int | None = None
     refit: bool = True
     standardize: bool = False
     tol: float = 1e-4
@@ -390,6 +397,7 @@ class SIM:
         check_choice("sparse", self.sparse, (True, False, "auto"))
         check_choice("penalty_units", self.penalty_units, PENALTY_UNITS)
         check_choice("structure", self.structure, ("auto", "free", "layered"))
+        check_int("rank", self.rank, 1, allow_none=True)
         check_choice("dtype", self.dtype, (None, torch.float32, torch.float64))
 
     # ----------------------------------------------------------------------------- public API
@@ -499,7 +507,9 @@ class SIM:
         W0 = _init_rows(init, n, p, q, fit_bias, states) if init is not None else None
 
         jobs = []
-        for rows_g, keep in self._state_groups(states, n, d):
+        groups = self._state_groups(states, n, d)
+        layered = any(keep is not None for _, keep in groups)
+        for rows_g, keep in groups:
             jobs += self._jobs(Z[:, rows_g], fac, F, cons_state, free, sigma, lam=self.lambda_state,
                                kappa=self.kappa, rows=rows_g, W0=None if W0 is None else W0[0][rows_g],
                                row_scale=row_scale[rows_g], keep=keep)
@@ -550,8 +560,12 @@ class SIM:
         rn = np.sqrt(np.einsum("ij,ij->j", R, R))
         residual = rn / np.maximum(tn, _TINY)
         model = _assemble(W, n, p, q, fit_bias, states, self.kappa, self.sparse, dtype or states.X.dtype)
+        if layered:  # strictly upper triangular (deeper states on top read shallower ones below)
+            model.set_solver(solver="triangular")  # one sweep by levels, exact
         nnz = int(np.count_nonzero(W))
         a_inf = float(np.max(np.sum(np.abs(W[:n, :n]), axis=1), initial=0.0))
+        if self.rank is not None:
+            model, nnz, a_inf = _low_rank(model, W, F, T, n, p, q, fit_bias, self.rank, self.kappa)
         report = SIMReport(
             objective=self.objective, backend=self.backend, n_jobs=n_jobs, kappa=self.kappa,
             status=tuple(status), solver=tuple(solver), residual=residual,
@@ -712,6 +726,51 @@ def _dask_client(distributed: Any, n_jobs: int) -> tuple[Any, bool]:
         cluster = distributed.LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         return distributed.Client(cluster), True
+
+
+def _lstsq_support(F: np.ndarray, T: np.ndarray, W: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Each row ``i`` of ``W`` re-solved by least squares ``F_S w_S = T[:, i]`` on its support ``S``
+    (the nonzeros of ``W[i]``, plus the columns ``extra``)."""
+    out = np.zeros_like(W)
+    for i in range(W.shape[0]):
+        S = np.flatnonzero((W[i] != 0) | extra)
+        if S.size:
+            out[i, S] = np.linalg.lstsq(F[:, S], T[:, i], rcond=None)[0]
+    return out
+
+
+def _low_rank(model: ImplicitModel, W: np.ndarray, F: np.ndarray, T: np.ndarray, n: int, p: int, q: int,
+              bias: bool, rank: int, kappa: float) -> tuple[nn.Module, int, float]:
+    """``SIM(rank=k)``: the fitted model with ``A`` of rank ``k`` (see :class:`SIM`); returns the
+    low-rank model, its nonzero count and ``||L R^T||_inf``."""
+    from ..lowrank import LowRankImplicitModel
+
+    if rank > n:
+        raise ConfigurationError(f"rank must be in [1, n] with n = {n} fitted states, got {rank}")
+    dense = model.A.to_dense() if model.A.layout != torch.strided else model.A
+    model = ImplicitModel.from_matrices(dense, *(M.to_dense() if M.layout != torch.strided else M
+                                                  for M in (model.B, model.C, model.D)),
+                                        model.b, model.d, activation=model.activation, wellposedness=None)
+    low = LowRankImplicitModel.from_dense(model, rank, wellposedness="pf", kappa=kappa, project=True)
+    L, R = low.L.detach().double().numpy(), low.R.detach().double().numpy()
+    Ak = L @ R.T
+    X, Uf = F[:, :n], F[:, n:n + p]
+    rest = F[:, n:]  # inputs (and the bias column)
+    free = np.zeros(rest.shape[1], bool)
+    free[p:] = True
+    WB = _lstsq_support(rest, T[:, :n] - X @ Ak.T, W[:n, n:], free)
+    with torch.no_grad():
+        Xl = low.equilibrium(torch.from_numpy(Uf).to(low.L.dtype)).double().numpy()
+    Fl = np.hstack([Xl, rest])
+    WC = _lstsq_support(Fl, T[:, n:], W[n:], np.r_[np.zeros(n, bool), free])
+    dt = low.L.dtype
+    t = lambda M: torch.from_numpy(np.ascontiguousarray(M)).to(dt)  # noqa: E731
+    out = LowRankImplicitModel.from_factors(
+        t(L), t(R), t(WB[:, :p]), t(WC[:, :n]), t(WC[:, n:n + p]),
+        t(WB[:, p]) if bias else None, t(WC[:, n + p]) if bias else None,
+        activation=model.activation, wellposedness="pf", kappa=max(kappa, low._pf_value()))
+    nnz = 2 * n * rank + int(np.count_nonzero(WB)) + int(np.count_nonzero(WC))
+    return out, nnz, float(np.abs(Ak).sum(axis=1).max(initial=0.0))
 
 
 def _refit_support(W: np.ndarray, G: np.ndarray, CT: np.ndarray, n: int, free: np.ndarray,
