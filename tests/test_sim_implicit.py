@@ -51,7 +51,7 @@ def test_teacher_units_equal_the_unscaled_problem_mapped_by_the_rescaling():
     plain = extract_states(net, U, dtype=F64, rescale=False)
     c = scaled.scale.numpy()
     assert not np.allclose(c, 1.0)  # the rescaling is active
-    kw = dict(objective="l1", backend="serial", beta=0.05, tol=1e-12, structure="free", refit=False,
+    kw = dict(objective="l1", backend="serial", beta=2.5e-4, tol=1e-12, structure="free", refit=False,
               prune_tol=0.0, kappa=0.99)
     m_s, r_s = SIM(penalty_units="teacher", **kw).fit_states(scaled)
     m_p, r_p = SIM(penalty_units="rescaled", **kw).fit_states(plain)
@@ -75,7 +75,7 @@ def test_layered_structure_is_strictly_block_triangular_in_depth_order():
     assert rows.size > 0 and np.all(depth[cols] < depth[rows])
     assert model.certificate().triangular
     # and "free" may read states of the same depth
-    free, _ = SIM(backend="serial", structure="free", beta=0.01).fit_states(st)
+    free, _ = SIM(backend="serial", structure="free", beta=5e-5).fit_states(st)
     rows, cols = np.nonzero(_dense(free.A))
     assert np.any(depth[cols] >= depth[rows])
 
@@ -93,7 +93,7 @@ def test_layered_needs_depths_and_a_relaxed_objective():
 def test_refit_keeps_the_budget_and_never_worsens_the_fit(objective):
     net, U = _net(), _U()
     st = extract_states(net, U, dtype=F64)
-    kw = dict(objective=objective, backend="serial", beta=0.5, alpha=0.25, structure="free")
+    kw = dict(objective=objective, backend="serial", beta=2e-3, alpha=1e-3, structure="free")
     m0, r0 = SIM(refit=False, **kw).fit_states(st)
     m1, r1 = SIM(refit=True, **kw).fit_states(st)
     assert r1.a_inf_norm <= 0.99 + 1e-12
@@ -107,9 +107,9 @@ def test_refit_keeps_the_budget_and_never_worsens_the_fit(objective):
 def test_validation_picks_the_sparsest_model_within_the_tolerance():
     net, U = _net(), _U()
     V = _U(100, seed=7)
-    model, rep = SIM(backend="serial").fit(net, U, val=V, weights=[0.03, 0.3, 3.0, 30.0], val_tolerance=0.05)
+    model, rep = SIM(backend="serial").fit(net, U, val=V, weights=[1e-4, 1e-3, 1e-2, 1e-1], val_tolerance=0.05)
     rows = rep.validation
-    assert [r["beta"] for r in rows] == [0.03, 0.3, 3.0, 30.0]
+    assert [r["beta"] for r in rows] == [1e-4, 1e-3, 1e-2, 1e-1]
     best = max(r["agreement"] for r in rows)
     ok = [r for r in rows if r["agreement"] >= best - 0.05]
     assert rep.chosen_weight == min(ok, key=lambda r: r["nnz"])["beta"]
@@ -159,7 +159,7 @@ def test_low_rank_option_is_exact_at_full_rank_and_refits_below_it():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3)).double()
     U = torch.randn(300, 8, dtype=F64)
-    kw = dict(backend="serial", beta=1e-3)
+    kw = dict(backend="serial", beta=5e-6)
     dense, _ = SIM(**kw).fit(net, U)
     full, rep = SIM(rank=8, **kw).fit(net, U)  # rank(A) <= 6 (the 6 x 10 middle layer)
     assert isinstance(full, LowRankImplicitModel) and full.rank == 8

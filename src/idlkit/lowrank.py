@@ -482,7 +482,8 @@ class LowRankImplicitModel(ImplicitBase):
         if s.backward_method is not None and not get_solver(s.backward_method).iterative:
             kw["backward_solver"] = None
         kw.update(solver_kwargs)
-        A = model.A.detach()
+        dense = lambda M: M.detach().to_dense() if M.layout != torch.strided else M.detach()  # noqa: E731
+        A = dense(model.A)  # a sparse (CSR) model is factorised densely: L, R are dense anyway
         U, S, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
         sq = S[:rank].sqrt()
         L64, R64 = U[:, :rank] * sq, Vh[:rank].t() * sq
@@ -495,8 +496,8 @@ class LowRankImplicitModel(ImplicitBase):
         bias = model.b is not None
         # build unchecked, then check (and maybe rescale) with the numbers at hand
         out = cls.from_factors(
-            L64.to(A.dtype), R64.to(A.dtype), model.B.detach(), model.C.detach(),
-            model.D.detach(), model.b.detach() if bias else None,
+            L64.to(A.dtype), R64.to(A.dtype), dense(model.B), dense(model.C),
+            dense(model.D), model.b.detach() if bias else None,
             model.d.detach() if bias else None, activation=model.activation,
             wellposedness=None, kappa=kappa, **kw)
         scale = 1.0
