@@ -18,6 +18,7 @@ from .hooks import HookedStates, StateLayer, hook_states
 from .lasso import constrained_lasso, constrained_lasso_rows, gram, lasso_cd
 from .lasso_batch import BatchLassoResult, constrained_lasso_batch
 from .penalized import PenalizedResult, penalized_rows
+from .refit import Evaluation, RegenReport, evaluate, regen_states
 from .states import States, extract_states
 
 __all__ = [
@@ -25,17 +26,21 @@ __all__ = [
     "OBJECTIVES",
     "SIM",
     "BatchLassoResult",
+    "Evaluation",
     "HookedStates",
     "PenalizedResult",
+    "RegenReport",
     "SIMReport",
     "StateLayer",
     "States",
     "constrained_lasso",
     "constrained_lasso_batch",
     "constrained_lasso_rows",
+    "evaluate",
     "extract_states",
     "gram",
     "hook_states",
     "lasso_cd",
     "penalized_rows",
+    "regen_states",
 ]
