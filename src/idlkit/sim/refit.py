@@ -49,8 +49,10 @@ class RegenReport:
         output_error_before, output_error_after: ``||Y_model - Y_hat||_F / ||Y_hat||_F`` with the
             old and the refitted ``(C, D, d)`` (on the same samples).
         mse_before, mse_after: the mean squared output errors, ``||.||_F^2 / (m q)``.
-        rank: numerical rank of ``F = (X', U[, 1])`` (a rank below its column count means
-            the minimum-norm solution was taken).
+        rank: numerical rank of ``F = (X', U[, 1])``.
+        columns: columns of ``F`` (``n + p [+ 1]``). ``rank < columns`` (e.g. fewer samples than
+            unknowns) means the unregularised fit interpolates the samples (minimum-norm
+            solution) and may generalise poorly: use ``ridge > 0`` or ``support="keep"``.
         ridge: the ridge weight used.
         support: ``"dense"`` or ``"keep"`` (see :func:`regen_states`).
         bias: whether ``d`` was fitted.
@@ -63,6 +65,7 @@ class RegenReport:
     mse_before: float
     mse_after: float
     rank: int
+    columns: int
     ridge: float
     bias: bool
     support: str
@@ -243,8 +246,8 @@ def regen_states(model: ImplicitModel, U: Tensor, Y_hat: Tensor, *, ridge: float
     report = RegenReport(
         m=m, output_error_before=_rel(Y_old - Yh, Yh), output_error_after=_rel(Y_new - Yd, Yd),
         mse_before=float(((Y_old.double() - Yd) ** 2).sum()) / denom,
-        mse_after=float(((Y_new - Yd) ** 2).sum()) / denom, rank=rank, ridge=ridge, bias=fit_bias,
-        support=support, seconds=time.perf_counter() - t0)
+        mse_after=float(((Y_new - Yd) ** 2).sum()) / denom, rank=rank, columns=int(F.shape[1]),
+        ridge=ridge, bias=fit_bias, support=support, seconds=time.perf_counter() - t0)
     return new, report
 
 
