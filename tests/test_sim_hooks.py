@@ -169,6 +169,8 @@ def test_skip_layers_and_names():
     torch.manual_seed(4)
     net = TinyTransformer().double().eval()
     U = torch.randn(5, 10, dtype=D64)
+    assert idl.sim.hooks.hookable_modules(net) == ["attn.softmax", "ff.1", "ff.3"]
+    assert idl.sim.hooks.hookable_modules(net, skip_layers=["ff"]) == ["attn.softmax"]
     st = extract_states(net, U, rescale=False, skip_layers=["attn"])
     assert [lay.label for lay in st.layers] == ["ff.3", "ff.1"]
     full = hook_states(net, U)

@@ -106,10 +106,11 @@ class HookedStates:
         U: the input, flattened to ``(m, p)``.
         layers: the blocks in stacked order (top, i.e. last call, first).
         activation: ``phi`` on the whole stacked state (blockwise).
-        weight_norm: ``max ||W||_inf`` over the ``nn.Linear``/``nn.Conv*`` modules that ran
-            (a convolution's matrix row sum is at most the sum of ``|kernel|`` of its output
-            channel, attained at interior pixels) and 1 per max-pooling block (a gather),
-            the ``max_l ||W_l||_inf`` of paper 002 §3 read off the modules.
+        weight_norm: ``max ||W||_inf`` over the ``nn.Linear``/``nn.Conv*`` modules that ran,
+            outside ``skip_layers`` (a convolution's matrix row sum is at most the sum of
+            ``|kernel|`` of its output channel, attained at interior pixels) and 1 per
+            max-pooling block (a gather): the ``max_l ||W_l||_inf`` of paper 002 §3 read off
+            the modules.
         baseline_nnz: nonzero parameters of the network.
     """
 
