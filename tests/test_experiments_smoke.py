@@ -82,3 +82,27 @@ def test_sim_implicit_smoke(tmp_path: Path) -> None:
     assert rows[0]["state_error"] < 1e-9  # the teacher's own states
     assert rows[1]["nnz_A"] > 0 and rows[1]["a_inf"] <= 0.99
     assert (tmp_path / "sim_implicit.md").read_text().startswith("# SIM that stays implicit")
+
+
+def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
+    """experiments/sim_newsgroups.py --quick: hooked states of GELU/SiLU MLPs on digits (equal to the
+    converter's) fitted by SIM; the 20 Newsgroups Transformer part when its archive is found."""
+    data = _data_dir("20news-bydate.tar.gz")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if data is not None:
+        env["IDLKIT_DATA"] = str(data)
+    args = ["--quick", "--out", str(tmp_path)] + ([] if data is not None else ["--skip-newsgroups"])
+    proc = subprocess.run([sys.executable, str(EXP / "sim_newsgroups.py"), *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "sim_newsgroups_quick.json").read_text())
+    for row in res["digits"]:
+        assert row["max_abs_hooked_minus_converter"] == 0.0 and row["phi_residual"] < 1e-12
+        assert row["gamma_a_inf"] <= 0.99 + 1e-9 and row["sim_test_accuracy"] > 0.5
+    runs = res["newsgroups"]["runs"] if data is not None else []
+    if data is not None:
+        assert [r["fit"].split(",")[0] for r in runs] == ["newsgroups FFN GELU + pooled"] * 3 + [
+            "newsgroups pooled only"]
+    for row in runs:
+        assert row["n"] > 0 and row["gamma_a_inf"] <= 0.99 + 1e-9 and 0 <= row["sim_test_accuracy"] <= 1
+    assert (tmp_path / "sim_newsgroups_quick.md").read_text().startswith("# SIM on hooked states")

@@ -1,5 +1,13 @@
 """State extraction for SIM: ``(Z, X, Y_hat)`` of a baseline, rescaled (paper 002 §3).
 
+Three sources of states (``extract_states(method=...)``): the converter's exact implicit form
+(``"convert"``, :func:`idlkit.convert.states`), forward hooks on the activation modules of any
+network (``"hooks"``, :mod:`idlkit.sim.hooks`), or the fixed point of an ImplicitModel.
+``method="auto"`` (the default) uses the converter and falls back to hooks when the network
+cannot be traced or converted (a :class:`~idlkit.errors.ConversionError`: layer norm, standard
+attention, data-dependent control flow, ...); with ``skip_layers`` or ``identity_layers`` given
+it uses hooks directly. :attr:`States.method` says which one ran.
+
 Convention: **batch-first**, as :func:`idlkit.convert.states`: ``Z, X`` are ``(m, n)``,
 ``U`` is ``(m, p)`` (flattened), ``Y_hat`` is ``(m, q)``. Paper 002 writes the transposes
 (one column per data point, ``Z = A X + B U`` in eq. 2b); here the same equations read
@@ -38,6 +46,24 @@ raises :class:`~idlkit.errors.InputError`. With ``rescale=False`` the states are
 the converter's matrices still match them exactly (A strictly block upper triangular, so the
 matched model is well-posed, paper 000 Thm 2.8), but ``||A||_inf <= kappa`` may fail.
 
+**Hooked states** (``method="hooks"``). There is no implicit form to read the weights from.
+The same formula is applied with ``max_l ||W_l||_inf`` read off the modules that ran (the
+``nn.Linear``/``nn.Conv*`` weights as they are, 1 per max-pooling gather; see
+:attr:`~idlkit.sim.hooks.HookedStates.weight_norm`) and ``d_i`` the *forward position* of
+the call that recorded state ``i`` (1 for the first block). The feasibility proof above only
+needs ``d_i - d_j >= 1`` whenever state ``i`` reads state ``j``, which forward positions
+satisfy (a block only reads blocks computed before it), so for a network that *has* an
+exact implicit form made of those weights (a chain of Linear/Conv layers and positively
+homogeneous activation modules: ReLU MLPs, CNNs) the hooked rescaling is exact and
+``||A'||_inf < kappa`` holds, and it equals the converter's when the longest-path depths are
+the forward positions (chains). Normalisation or attention layers between them are not
+folded in: for such networks the scale is a documented normaliser of the states' magnitudes
+by depth, with no feasibility guarantee (the states stay exact, ``X = phi(Z)``, whenever
+phi is positively homogeneous). A non-homogeneous phi (GELU, SiLU, softmax, ...) cannot be
+rescaled at all: ``rescale=True`` raises :class:`~idlkit.errors.InputError`; use
+``rescale=False`` (exact states; SIM's constraint ``||A||_inf <= kappa`` then acts on the
+unscaled states).
+
 **ImplicitModel baselines.** ``X`` is the fixed point, ``Z = X A^T + U B^T + b``. With
 ``rescale=True`` and ``||A||_inf >= kappa``, the states are scaled by ``c = 1 / v`` with
 ``v > 0`` a Perron vector of ``|A| + eps 11^T`` (Thm 2.4's proof): then
@@ -49,7 +75,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,11 +87,16 @@ from torch import Tensor, nn
 
 from .._matrix import as_matrix, to_dense
 from .._validation import all_finite, check_choice, check_kappa, check_scalar
-from ..activations import Activation, BlockMax, block_activations
-from ..errors import InputError, NonFiniteError, ShapeError, WellPosednessError
+from ..activations import Activation, BlockMax, block_activations, get_activation
+from ..errors import ConversionError, IdlError, InputError, NonFiniteError, ShapeError, WellPosednessError
+from ..io import CheckpointError, read_tensors, write_tensors
 from ..model import ImplicitModel
+from .hooks import StateLayer, _check_finite_rows, hook_states
 
-__all__ = ["States", "extract_states"]
+__all__ = ["States", "extract_states", "METHODS"]
+
+METHODS = ("auto", "convert", "hooks")
+_FORMAT = "idlkit.sim.States/1"
 
 
 @dataclass(frozen=True)
@@ -83,7 +117,17 @@ class States:
         activation: ``phi`` on the stacked state (blockwise), so that ``X = phi(Z)``.
         baseline_nnz: nonzero parameters of the baseline, ``||N||_0`` in paper 002's
             sparsity ``(1 - ||M||_0 / ||N||_0) * 100`` (§4.1).
-        depth: per-state longest-path depth ``d_i`` (layered baselines; None otherwise).
+        depth: per-state depth ``d_i`` of the rescaling: the longest-path depth (converter),
+            the forward position of the recording call (hooks); None for ImplicitModel
+            baselines and without rescaling of hooked states.
+        method: where the states come from: ``"convert"`` (exact implicit form), ``"hooks"``
+            (forward hooks, :mod:`idlkit.sim.hooks`) or ``"implicit"`` (an ImplicitModel).
+        layers: the hooked blocks in stacked order (module name, call, size, offset, map);
+            empty for the other methods.
+
+    Shapes are checked on construction (:class:`~idlkit.errors.ShapeError`); finiteness by
+    :meth:`check_finite` (not on construction, so that a caller can build States to test).
+    ``save(path)`` / ``States.load(path)`` store them in one safetensors file.
     """
 
     Z: Tensor
@@ -97,6 +141,27 @@ class States:
     activation: Activation
     baseline_nnz: int
     depth: Tensor | None = None
+    method: str = "convert"
+    layers: tuple[StateLayer, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("Z", "X", "Y_hat", "U"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                raise ShapeError(f"States.{name} must be a 2-D tensor (m, .), got "
+                                 f"{getattr(t, 'shape', type(t).__name__)}")
+        m, n = self.X.shape
+        if tuple(self.Z.shape) != (m, n):
+            raise ShapeError(f"States.Z has shape {tuple(self.Z.shape)}, X has {(m, n)}; they must match")
+        for name in ("Y_hat", "U"):
+            if getattr(self, name).shape[0] != m:
+                raise ShapeError(f"States.{name} has {getattr(self, name).shape[0]} rows, X has m = {m}")
+        for name in ("scale", "depth"):
+            t = getattr(self, name)
+            if t is not None and tuple(t.shape) != (n,):
+                raise ShapeError(f"States.{name} has shape {tuple(t.shape)}, expected ({n},)")
+        if self.layers and sum(lay.size for lay in self.layers) != n:
+            raise ShapeError(f"States.layers cover {sum(lay.size for lay in self.layers)} states, X has {n}")
 
     @property
     def n(self) -> int:
@@ -105,6 +170,84 @@ class States:
     @property
     def m(self) -> int:
         return self.X.shape[0]
+
+    def check_finite(self) -> States:
+        """``self`` if every array is finite, else :class:`~idlkit.errors.NonFiniteError` naming
+        the rows (samples) and, for hooked states, the blocks that hold NaN/Inf."""
+        for name in ("Z", "X", "Y_hat", "U"):
+            _check_finite_rows(f"States.{name}", getattr(self, name),
+                               self.layers if name in ("Z", "X") else ())
+        return self
+
+    # ------------------------------------------------------------------ save / load
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the states to ``path`` (one safetensors file, JSON metadata in its header,
+        written atomically through a temporary file and ``os.replace``; no pickle).
+
+        >>> st = extract_states(net, U)           # doctest: +SKIP
+        >>> st.save("states.safetensors"); States.load("states.safetensors")   # doctest: +SKIP
+        """
+        tensors = {"Z": self.Z, "X": self.X, "Y_hat": self.Y_hat, "U": self.U, "scale": self.scale}
+        if self.depth is not None:
+            tensors["depth"] = self.depth
+        meta = {"format": _FORMAT, "m": self.m, "n": self.n, "p": int(self.U.shape[1]),
+                "q": int(self.Y_hat.shape[1]), "dtype": str(self.X.dtype).removeprefix("torch."),
+                "divisor": self.divisor, "gamma": self.gamma, "kappa": self.kappa,
+                "activation": self.activation.config(), "baseline_nnz": int(self.baseline_nnz),
+                "method": self.method,
+                "layers": [{"name": lay.name, "call": lay.call, "kind": lay.kind, "size": lay.size,
+                            "offset": lay.offset, "position": lay.position,
+                            "activation": lay.activation.config()} for lay in self.layers]}
+        return write_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> States:
+        """Read states written by :meth:`save`; bit-exact round trip.
+
+        Raises:
+            CheckpointError (``idlkit.io``): a missing, truncated or tampered file, another
+                format, or arrays whose dtype or shape disagree with the header (``Z``, ``X``
+                ``(m, n)``; ``Y_hat`` ``(m, q)``; ``U`` ``(m, p)``, one float dtype;
+                ``scale`` ``(n,)`` float64; ``depth`` ``(n,)`` int64).
+            NonFiniteError: NaN/Inf in the stored arrays (naming the rows).
+        """
+        tensors, meta = read_tensors(path)
+        if meta.get("format") != _FORMAT:
+            raise CheckpointError(f"{path}: not an idlkit States file (format {meta.get('format')!r}, "
+                                  f"expected {_FORMAT!r})")
+        try:
+            m, n, p, q = (int(meta[k]) for k in ("m", "n", "p", "q"))
+            dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+            expect = {"Z": ((m, n), dtype), "X": ((m, n), dtype), "Y_hat": ((m, q), dtype),
+                      "U": ((m, p), dtype), "scale": ((n,), torch.float64)}
+            if "depth" in tensors:
+                expect["depth"] = ((n,), torch.int64)
+            for name, (shape, dt) in expect.items():
+                t = tensors.get(name)
+                if t is None:
+                    raise CheckpointError(f"{path}: array {name!r} is missing")
+                if tuple(t.shape) != shape or t.dtype != dt:
+                    raise CheckpointError(f"{path}: array {name!r} is {str(t.dtype)} {tuple(t.shape)}, "
+                                          f"the header says {str(dt)} {shape}")
+            extra = set(tensors) - set(expect)
+            if extra:
+                raise CheckpointError(f"{path}: unexpected arrays {sorted(extra)}")
+            activation = get_activation(meta["activation"])
+            activation.blocks(n)
+            layers = tuple(StateLayer(str(d["name"]), int(d["call"]), str(d["kind"]), int(d["size"]),
+                                      int(d["offset"]), int(d["position"]), get_activation(d["activation"]))
+                           for d in meta["layers"])
+            gamma = None if meta["gamma"] is None else float(meta["gamma"])
+            st = cls(tensors["Z"], tensors["X"], tensors["Y_hat"], tensors["U"], tensors["scale"],
+                     float(meta["divisor"]), gamma, float(meta["kappa"]), activation,
+                     int(meta["baseline_nnz"]), tensors.get("depth"), str(meta["method"]), layers)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IdlError) as exc:
+            raise CheckpointError(f"{path}: the States header is damaged "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        return st.check_finite()
 
 
 def _homogeneous(act: Activation, n: int) -> tuple[bool, list[tuple[int, Activation]]]:
@@ -185,35 +328,53 @@ def _check_finite(**arrays: Tensor) -> None:
 
 
 def extract_states(baseline: nn.Module, U: Tensor, *, dtype: torch.dtype | None = None,
-                   rescale: bool = True, kappa: float = 0.99, gamma: float | None = None) -> States:
-    """``(Z, X, Y_hat)`` of a layered network or an :class:`~idlkit.ImplicitModel` (paper 002 §3).
+                   rescale: bool = True, kappa: float = 0.99, gamma: float | None = None,
+                   method: str = "auto", skip_layers: Sequence[str] = (),
+                   identity_layers: Sequence[str] = ()) -> States:
+    """``(Z, X, Y_hat)`` of a network or an :class:`~idlkit.ImplicitModel` (paper 002 §3).
 
     Args:
-        baseline: a torch network traceable by :func:`idlkit.convert.from_torch` (biases,
-            module or functional activations ``F.relu``/``torch.relu`` inside ``forward``,
-            convolutions, pooling, ...; eval mode for batch norm/dropout), or an ImplicitModel
-            (its states are the fixed point). It is never modified: states are computed under
+        baseline: a torch network, or an ImplicitModel (its states are the fixed point). With
+            ``method="convert"`` it must be traceable by :func:`idlkit.convert.from_torch`
+            (biases, module or functional activations ``F.relu``/``torch.relu`` inside
+            ``forward``, convolutions, pooling, ...; eval mode for batch norm/dropout); with
+            ``method="hooks"`` any network whose activations are modules
+            (:mod:`idlkit.sim.hooks`). It is never modified: states are computed under
             ``torch.no_grad()``, and a dtype change works on a deep copy.
         U: inputs, batch-first ``(m, *input_dims)`` (``(m, p)`` for an ImplicitModel).
         dtype: float32 or float64; default the baseline's parameter dtype.
         rescale: apply paper 002 §3's rescaling (see the module docstring for the proof of
-            exact feasibility with ``||A'||_inf <= 1/gamma < kappa``).
+            exact feasibility with ``||A'||_inf <= 1/gamma < kappa``, and what it means for
+            hooked states).
         kappa: well-posedness bound of the later matching problem, in (0, 1].
         gamma: the paper's ``gamma``; must satisfy ``gamma * kappa > 1``; default ``1.01 / kappa``.
+        method: ``"auto"`` (converter, falling back to hooks on a
+            :class:`~idlkit.errors.ConversionError`; hooks directly when ``skip_layers`` or
+            ``identity_layers`` is given), ``"convert"`` or ``"hooks"``. Ignored for an
+            ImplicitModel.
+        skip_layers, identity_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
 
     Returns:
-        :class:`States` (batch-first, state order of :func:`idlkit.convert.states`).
+        :class:`States` (batch-first, last layer on top; with the converter in the state order
+        of :func:`idlkit.convert.states`).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LayerNorm(6), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(6, 2))           # LayerNorm: not convertible
+    >>> st = extract_states(net, torch.randn(20, 4))                 # falls back to hooks
+    >>> st.method, st.X.shape, [lay.label for lay in st.layers]
+    ('hooks', torch.Size([20, 6]), ['2'])
 
     Raises:
-        ConfigurationError: kappa outside (0, 1], bad gamma or dtype.
+        ConfigurationError: kappa outside (0, 1], bad gamma, dtype, method or layer names.
         ShapeError: ``U`` of the wrong shape for the baseline.
-        InputError: no activation (no state to match), or ``rescale=True`` with a
-            non-positively-homogeneous activation.
-        NonFiniteError: NaN/Inf in ``U`` or in the states or outputs.
+        InputError: no activation (no state to match; for hooks the message says how to expose
+            the activations), or ``rescale=True`` with a non-positively-homogeneous activation.
+        NonFiniteError: NaN/Inf in ``U`` or in the states or outputs (naming the rows).
         WellPosednessError: an ImplicitModel with ``lambda_pf(|A|) >= kappa`` and ``rescale=True``.
-        ConversionError: a network the converter cannot trace.
+        ConversionError: ``method="convert"`` and a network the converter cannot trace.
     """
     _check_dtype(dtype)
+    check_choice("method", method, METHODS)
     g = _check_kappa_gamma(kappa, gamma)
     if not isinstance(baseline, nn.Module):
         raise InputError(f"baseline must be a torch.nn.Module or an ImplicitModel, got "
@@ -233,7 +394,51 @@ def extract_states(baseline: nn.Module, U: Tensor, *, dtype: torch.dtype | None 
     U = U.detach().to(device=_net_device(net), dtype=dt)
     if isinstance(baseline, ImplicitModel):
         return _implicit(net, U, rescale, kappa, g)  # type: ignore[arg-type]
-    return _layered(net, U, rescale, kappa, g)
+    hooked = method == "hooks" or (method == "auto" and bool(skip_layers or identity_layers))
+    if hooked:
+        return _hooked(net, U, rescale, kappa, g, skip_layers, identity_layers)
+    try:
+        return _layered(net, U, rescale, kappa, g)
+    except ConversionError as conv:
+        if method == "convert":
+            raise
+        refusal = conv
+    try:
+        return _hooked(net, U, rescale, kappa, g, skip_layers, identity_layers)
+    except InputError as exc:
+        if type(exc) is not InputError:
+            raise
+        raise InputError(f"{exc}. (method='auto' tried the converter first, which refused the network: "
+                         f"{refusal})") from exc
+
+
+def _hooked(net: nn.Module, U: Tensor, rescale: bool, kappa: float, gamma: float,
+            skip_layers: Sequence[str], identity_layers: Sequence[str]) -> States:
+    """States from forward hooks (:mod:`idlkit.sim.hooks`), rescaled as the module docstring says."""
+    hs = hook_states(net, U, skip_layers=skip_layers, identity_layers=identity_layers)
+    n = hs.Z.shape[1]
+    ones = torch.ones(n, dtype=torch.float64)
+    if not rescale:
+        return States(hs.Z, hs.X, hs.Y_hat, hs.U, ones, 1.0, None, float(kappa), hs.activation,
+                      hs.baseline_nnz, None, "hooks", hs.layers)
+    homog, _ = _homogeneous(hs.activation, n)
+    if not homog:
+        bad = sorted({f"{lay.label}: {lay.activation!r}" for lay in hs.layers
+                      if not _homogeneous(lay.activation, lay.size)[0]})
+        raise InputError(f"rescale=True needs positively homogeneous activations (ReLU, LeakyReLU, max "
+                         f"pooling, identity); the hooked blocks {bad[:4]} are not, and no linear rescaling "
+                         f"keeps X = phi(Z) for them (paper 002 Thm 2.4); pass rescale=False for the exact, "
+                         f"unscaled states")
+    s = max(1.0, gamma * hs.weight_norm)
+    depth = np.zeros(n, dtype=np.int64)
+    for lay in hs.layers:
+        depth[lay.offset:lay.offset + lay.size] = lay.position
+    scale = torch.from_numpy(np.exp(-depth * math.log(s)))
+    c = scale.to(dtype=hs.Z.dtype, device=hs.Z.device)
+    Zs, Xs = hs.Z * c, hs.X * c
+    _check_finite(Z=Zs, X=Xs)
+    return States(Zs, Xs, hs.Y_hat, hs.U, scale, s, gamma, float(kappa), hs.activation, hs.baseline_nnz,
+                  torch.from_numpy(depth), "hooks", hs.layers)
 
 
 def _layered(net: nn.Module, U: Tensor, rescale: bool, kappa: float, gamma: float) -> States:
@@ -312,7 +517,8 @@ def _implicit(model: ImplicitModel, U: Tensor, rescale: bool, kappa: float, gamm
     ones = torch.ones(n, dtype=torch.float64)
     norm = _inf_norm(A)
     if not rescale or norm < kappa:
-        return States(Z, X, Y, U, ones, 1.0, gamma if rescale else None, float(kappa), act, nnz)
+        return States(Z, X, Y, U, ones, 1.0, gamma if rescale else None, float(kappa), act, nnz,
+                      method="implicit")
     homog, _ = _homogeneous(act, n)
     if not homog:
         raise InputError(f"||A||_inf = {norm:.4g} >= kappa = {kappa} and phi = {act!r} is not positively "
@@ -329,4 +535,4 @@ def _implicit(model: ImplicitModel, U: Tensor, rescale: bool, kappa: float, gamm
     if not all(scale.isfinite()):
         raise NonFiniteError("the Perron rescaling overflowed (|A| nearly reducible); pass rescale=False")
     c = scale.to(dtype=Z.dtype, device=Z.device)
-    return States(Z * c, X * c, Y, U, scale, 1.0, gamma, float(kappa), act, nnz)
+    return States(Z * c, X * c, Y, U, scale, 1.0, gamma, float(kappa), act, nnz, method="implicit")
