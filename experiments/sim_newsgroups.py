@@ -29,12 +29,13 @@ SIM settings: objective ``l1`` (problem 11), ``lambda_1 = lambda_2 = 0.1``, two 
 (``rescale=False``: GELU and SiLU are not positively homogeneous, so no linear rescaling keeps
 ``X = phi(Z)``, paper 002 Thm 2.4), and the well-posedness constraint scaled by the activation's
 l_inf Lipschitz constant ``gamma`` (GELU 1.129, SiLU 1.100): ``||A||_inf <= 0.99 / gamma``, so
-that ``gamma ||A||_inf <= 0.99 < 1`` certifies a unique state (paper 000 Thm 2.2). (Today
-``SIM.fit_states`` declares the certificate with ``||A||_inf`` alone and raises for a binding
-constraint with ``gamma > 1``; this script therefore fits with the identity map in place of phi,
-which the row solvers never read, and attaches phi afterwards through
-``ImplicitModel.from_matrices(..., wellposedness="inf", kappa=0.99)``, which checks
-``gamma ||A||_inf <= 0.99``.) After each fit, ``regen_states(support="keep")`` refits ``(C, D, d)``
+that ``gamma ||A||_inf <= 0.99 < 1`` certifies a unique state (paper 000 Thm 2.2). (The script
+fits with the identity map in place of phi, which the row solvers never read, and attaches phi
+afterwards through ``ImplicitModel.from_matrices(..., wellposedness="inf", kappa=0.99)``, which
+checks ``gamma ||A||_inf <= 0.99``; ``SIM.fit_states`` now declares ``gamma ||A||_inf`` itself.)
+The fits use the paper-literal form (``per_sample=False``, ``penalty_units="rescaled"``,
+``structure="free"``, ``refit=False``: the settings these results were recorded with).
+After each fit, ``regen_states(support="keep")`` refits ``(C, D, d)``
 on the model's own equilibrium states within the fitted support.
 
 Reported per fit: teacher and SIM test accuracy, agreement with the teacher, nnz, nnz(A),
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     torch.set_num_threads(1)
     sim_kw = {"lambda_state": 0.1, "lambda_output": 0.1, "tol": 1e-4, "backend": "loky",
-              "n_jobs": 2, "dtype": torch.float64}
+              "n_jobs": 2, "dtype": torch.float64, "per_sample": False, "penalty_units": "rescaled",
+              "structure": "free", "refit": False}
     cmd = "python experiments/sim_newsgroups.py" + (" --quick" if q else "")
     res: dict = {"command": cmd, "quick": q, "seed": args.seed,
                  "sim": {k: v for k, v in sim_kw.items() if k != "dtype"}, "wp_bound": WP_BOUND,

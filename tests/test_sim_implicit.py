@@ -107,7 +107,8 @@ def test_refit_keeps_the_budget_and_never_worsens_the_fit(objective):
 def test_validation_picks_the_sparsest_model_within_the_tolerance():
     net, U = _net(), _U()
     V = _U(100, seed=7)
-    model, rep = SIM(backend="serial").fit(net, U, val=V, weights=[1e-4, 1e-3, 1e-2, 1e-1], val_tolerance=0.05)
+    model, rep = SIM(backend="serial").fit(net, U, val=V, weights=[1e-4, 1e-3, 1e-2, 1e-1],
+                                           val_tolerance=0.05)
     rows = rep.validation
     assert [r["beta"] for r in rows] == [1e-4, 1e-3, 1e-2, 1e-1]
     best = max(r["agreement"] for r in rows)
