@@ -36,7 +36,7 @@ from torch import Tensor
 
 __all__ = ["FistaRows", "fista_rows"]
 
-Rows = Tensor  # an index tensor of the rows still iterating
+Data = tuple[Tensor, ...]  # per-row tensors of the active rows
 
 
 @dataclass(frozen=True)
@@ -64,27 +64,32 @@ def _next_t(t: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
 
 
-def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Rows], Tensor],
-               grad: Callable[[Tensor, Tensor | None, Rows], Tensor],
-               prox: Callable[[Tensor, Rows], Tensor], step: float | Tensor, max_iter: int,
-               linear: Callable[[Tensor], Tensor] | None = None,
-               check: Callable[[Tensor, Tensor | None, Tensor, Rows], Tensor] | None = None,
+def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Data], Tensor],
+               grad: Callable[[Tensor, Tensor | None, Data], Tensor],
+               prox: Callable[[Tensor, Data], Tensor], step: float | Tensor, max_iter: int,
+               data: Data = (), linear: Callable[[Tensor], Tensor] | None = None,
+               check: Callable[[Tensor, Tensor | None, Tensor, Data, Tensor], Tensor] | None = None,
                check_every: int = 10, xtol: float | None = None,
                restart: str = "keep") -> FistaRows:
     """FISTA with per-row momentum restart on a batch of problems (module docstring).
 
+    The rows still iterating are kept compacted (their iterates and their ``data`` are gathered
+    once when the active set shrinks, not at every pass), so an iteration costs the callbacks
+    and a few elementwise operations on the active rows.
+
     Args:
         x0: ``(rows, d)`` feasible starting points (``prox`` images).
-        objective: ``(x, linear(x), rows) -> F(x)`` per row, shape ``(k,)`` for the ``k``
-            rows ``rows`` (an index tensor into the batch; slice row data with it).
-        grad: ``(y, linear(y), rows) -> grad f(y)``, ``(k, d)``.
-        prox: ``(v, rows) -> prox_{step h}(v)``, ``(k, d)`` (the callback knows its step).
-        step: the gradient step ``1 / L``: a float, or a tensor broadcastable against
-            ``(k, d)``; a tensor whose first dimension is ``rows`` is sliced per row.
+        objective: ``(x, linear(x), data) -> F(x)`` per row, shape ``(k,)`` for the ``k`` active
+            rows; ``data`` are the active rows of the ``data`` tensors.
+        grad: ``(y, linear(y), data) -> grad f(y)``, ``(k, d)``.
+        prox: ``(v, data) -> prox_{step h}(v)``, ``(k, d)`` (the callback knows its step).
+        step: the gradient step ``1 / L``: a float or a tensor broadcastable against ``(k, d)``.
         max_iter: pass limit per row.
+        data: per-row tensors (first dimension ``rows``) the callbacks need, e.g. the targets.
         linear: optional linear map whose image is carried along (module docstring).
-        check: optional ``(x, linear(x), F(x), rows) -> stop`` (bool ``(k,)``), evaluated at
-            the start, every ``check_every`` passes and at ``max_iter`` (e.g. a duality gap).
+        check: optional ``(x, linear(x), F(x), data, rows) -> stop`` (bool ``(k,)``, ``rows`` the
+            batch indices of the active rows), evaluated at the start, every ``check_every``
+            passes and at ``max_iter`` (e.g. a duality gap).
         xtol: stop a row when ``||x_{k+1} - x_k|| <= xtol (1 + ||x_{k+1}||)``.
         restart: ``"keep"`` or ``"undo"`` (module docstring).
 
@@ -95,74 +100,81 @@ def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Rows],
         raise ValueError(f"restart must be 'keep' or 'undo'; got {restart!r}")
     r = x0.shape[0]
     dev = x0.device
-    x = x0.clone()
-    lx = linear(x) if linear is not None else None
-    every = torch.arange(r, device=dev)
-    f = objective(x, lx, every)
-    xp, lxp = x.clone(), (None if lx is None else lx.clone())
-    t = torch.ones(r, dtype=x.dtype, device=dev)
+    X = x0.clone()  # the batch's final iterates, written when a row retires
+    LX = linear(X) if linear is not None else None
+    F = objective(X, LX, data)
     iters = torch.zeros(r, dtype=torch.int64, device=dev)
     stopped = torch.zeros(r, dtype=torch.bool, device=dev)
-    per_row_step = isinstance(step, Tensor) and step.dim() > 0 and step.shape[0] == r and r > 1
-    act = every
+    act = torch.arange(r, device=dev)
     if check is not None:
-        done = check(x, lx, f, every)
+        done = check(X, LX, F, data, act)
         stopped |= done
-        act = every[~done]
+        act = act[~done]
+    # compacted state of the active rows
+    x, lx, f, dat = X[act], (None if LX is None else LX[act]), F[act], tuple(v[act] for v in data)
+    xp, lxp = x.clone(), (None if lx is None else lx.clone())
+    t = torch.ones(act.numel(), dtype=x.dtype, device=dev)
+
+    def retire(keep: Tensor) -> None:
+        nonlocal act, x, lx, f, dat, xp, lxp, t
+        gone = act[~keep]
+        X[gone] = x[~keep]
+        F[gone] = f[~keep]
+        if LX is not None and lx is not None:
+            LX[gone] = lx[~keep]
+        act, x, f, xp, t = act[keep], x[keep], f[keep], xp[keep], t[keep]
+        dat = tuple(v[keep] for v in dat)
+        if lx is not None and lxp is not None:
+            lx, lxp = lx[keep], lxp[keep]
+
     k = 0
     while act.numel() and k < max_iter:
         k += 1
-        ta = t[act]
-        tn = _next_t(ta)
-        mom = ((ta - 1.0) / tn)[:, None]
-        xa = x[act]
-        y = xa + mom * (xa - xp[act])
-        ly = None
-        if lx is not None and lxp is not None:
-            lxa = lx[act]
-            ly = lxa + mom * (lxa - lxp[act])
-        s = step[act] if per_row_step else step  # type: ignore[index]
-        xn = prox(y - s * grad(y, ly, act), act)
+        tn = _next_t(t)
+        mom = ((t - 1.0) / tn)[:, None]
+        y = x + mom * (x - xp)
+        ly = None if lx is None or lxp is None else lx + mom * (lx - lxp)
+        xn = prox(y - step * grad(y, ly, dat), dat)
         lxn = linear(xn) if linear is not None else None
-        fn = objective(xn, lxn, act)
-        worse = ~(fn <= f[act])  # NaN counts as worse
+        fn = objective(xn, lxn, dat)
+        worse = ~(fn <= f)  # NaN counts as worse
         iters[act] = k
-        if restart == "keep":
-            accept = torch.ones_like(worse)
-            tn = torch.where(worse, torch.ones_like(tn), tn)
-        else:
-            plain = ta == 1.0
-            accept = ~worse
-            stopped[act[worse & plain]] = True
-            tn = torch.where(worse, torch.ones_like(tn), tn)
-        acc = act[accept]
-        if acc.numel():
-            xa_acc = xa[accept]
-            xp[acc] = xa_acc
-            x[acc] = xn[accept]
-            if lx is not None and lxp is not None and lxn is not None:
-                lxp[acc] = lx[acc]
-                lx[acc] = lxn[accept]
-            f[acc] = fn[accept]
-        rej = act[~accept]
-        if rej.numel():  # undo: stay at x_k, next step without momentum
-            xp[rej] = x[rej]
-            if lx is not None and lxp is not None:
-                lxp[rej] = lx[rej]
-        t[act] = tn
-        keep = ~stopped[act]
-        if xtol is not None and acc.numel():
-            diff = torch.linalg.vector_norm(xn[accept] - xa_acc, dim=1)
-            size = torch.linalg.vector_norm(xn[accept], dim=1)
-            small = diff <= xtol * (1.0 + size)
-            stopped[acc[small]] = True
-            keep = ~stopped[act]
-        act = act[keep]
+        t = torch.where(worse, torch.ones_like(tn), tn)
+        if restart == "keep" or not bool(worse.any()):
+            small = None
+            if xtol is not None:
+                small = (torch.linalg.vector_norm(xn - x, dim=1)
+                         <= xtol * (1.0 + torch.linalg.vector_norm(xn, dim=1)))
+            xp, x, f = x, xn, fn
+            if lxn is not None:
+                lxp, lx = lx, lxn
+            if small is not None and bool(small.any()):
+                stopped[act[small]] = True
+                retire(~small)
+        else:  # undo: rows that got worse stay at x_k and retry without momentum
+            ok = ~worse[:, None]
+            small = torch.zeros_like(worse)
+            if xtol is not None:
+                small = ~worse & (torch.linalg.vector_norm(xn - x, dim=1)
+                                  <= xtol * (1.0 + torch.linalg.vector_norm(xn, dim=1)))
+            xp = x
+            x = torch.where(ok, xn, x)
+            f = torch.where(worse, f, fn)
+            if lx is not None and lxn is not None:
+                lxp = lx
+                lx = torch.where(ok, lxn, lx)
+            end = (worse & (mom[:, 0] == 0)) | small  # a plain step that failed, or converged
+            if bool(end.any()):
+                stopped[act[end]] = True
+                retire(~end)
         if check is not None and act.numel() and (k % check_every == 0 or k == max_iter):
-            done = check(x[act], None if lx is None else lx[act], f[act], act)
-            stopped[act[done]] = True
-            act = act[~done]
-    return FistaRows(x=x, lin=lx, f=f, iterations=iters, stopped=stopped)
+            done = check(x, lx, f, dat, act)
+            if bool(done.any()):
+                stopped[act[done]] = True
+                retire(~done)
+    if act.numel():
+        retire(torch.zeros_like(act, dtype=torch.bool))
+    return FistaRows(x=X, lin=LX, f=F, iterations=iters, stopped=stopped)
 
 
 def scalar_fista(x0: list[Tensor], obj: Callable[[list[Tensor]], float],
@@ -190,8 +202,8 @@ def scalar_fista(x0: list[Tensor], obj: Callable[[list[Tensor]], float],
     ref = x0[0]
     out = fista_rows(
         pack(x0),
-        objective=lambda v, _l, _i: torch.tensor([obj(unpack(v))], dtype=ref.dtype, device=ref.device),
-        grad=lambda v, _l, _i: pack(grad(unpack(v))),
-        prox=lambda v, _i: pack(prox(unpack(v), steps)),
+        objective=lambda v, _l, _d: torch.tensor([obj(unpack(v))], dtype=ref.dtype, device=ref.device),
+        grad=lambda v, _l, _d: pack(grad(unpack(v))),
+        prox=lambda v, _d: pack(prox(unpack(v), steps)),
         step=flat_step, max_iter=max_iter, xtol=tol, restart="undo")
     return unpack(out.x)

@@ -23,7 +23,7 @@ import scipy.optimize as so
 
 from .._validation import check_choice
 
-__all__ = ["Factor", "RowSolution", "exact_row", "factor", "relaxed_row"]
+__all__ = ["Factor", "RowSolution", "bpdn_row", "exact_row", "factor", "relaxed_row"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,37 @@ def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained:
     if res.status == 2:
         return RowSolution(None, "highs", "infeasible")
     return RowSolution(None, "highs", "failed")
+
+
+def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None, constrained: np.ndarray,
+             penalized: np.ndarray, sigma: np.ndarray | None = None,
+             solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
+    """Basis-pursuit denoising, exact matching relaxed to a tolerance: ``min sum_j sigma_j |w_j|``
+    (penalised ``j``) s.t. ``||R w - y|| <= delta``, ``||w_S||_1 <= kappa``; an SOCP for cvxpy
+    (the reference and fallback of :func:`idlkit.sim.basis_pursuit.basis_pursuit_rows` with
+    ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``)."""
+    import cvxpy as cp
+
+    d = R.shape[1]
+    w = cp.Variable(d)
+    sg = np.ones(d) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    P = np.flatnonzero(penalized)
+    obj = cp.sum(cp.multiply(sg[P], cp.abs(w[P]))) if P.size else cp.Constant(0.0)
+    cons = [cp.norm(R @ w - y, 2) <= delta]
+    S = np.flatnonzero(constrained)
+    if kappa is not None and S.size:
+        cons.append(cp.norm1(w[S]) <= kappa)
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    status = "failed"
+    for name in solvers:
+        if name not in cp.installed_solvers():
+            continue
+        status = _cvx_solve(prob, name)
+        if status in ("optimal", "optimal_inaccurate") and w.value is not None:
+            return RowSolution(np.asarray(w.value, dtype=np.float64), name.lower(), status)
+        if status in ("infeasible", "infeasible_inaccurate"):
+            return RowSolution(None, name.lower(), "infeasible")
+    return RowSolution(None, ",".join(s.lower() for s in solvers), status)
 
 
 def _cvx_solve(problem: object, solver: str) -> str:
