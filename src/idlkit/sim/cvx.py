@@ -1,11 +1,12 @@
 """SIM row problems as conic programs (paper 002 eqs. 8-11), one row at a time.
 
 These are the formulations of the paper written for a convex solver: basis pursuit with exact
-matching (eqs. 8-9) as a linear program solved by HiGHS, and the relaxed l1 (problem 11) and
-perspective (problem 10, the rotated cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs
-for cvxpy with Clarabel (MOSEK when the user has it and asks for it, SCS as the fallback).
-:mod:`idlkit.sim.penalized` solves the relaxed ones much faster; this module is its reference
-and its fallback for rows it does not converge on.
+matching (eqs. 8-9) as a linear program solved by HiGHS (and, relaxed to a tolerance, as an
+SOCP), and the relaxed l1 (problem 11), elastic-net and perspective (problem 10, the rotated
+cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs for cvxpy with Clarabel (MOSEK when the
+user has it and asks for it, SCS as the fallback). :mod:`idlkit.sim.penalized` and
+:mod:`idlkit.sim.basis_pursuit` solve them much faster, all rows at once; this module is their
+reference and their fallback for rows they do not certify.
 
 Each row sees the data through a *reduced factor* of ``F = (X, U[, 1])``: with the thin SVD
 ``F = Q diag(sv) V^T`` of rank ``r``, ``||t - F w||^2 = ||Q^T t - R w||^2 + ||t - Q Q^T t||^2``
@@ -137,10 +138,12 @@ def _cvx_solve(problem: object, solver: str) -> str:
 def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, lam: float,
                 weight: float, kappa: float | None, constrained: np.ndarray,
                 penalized: np.ndarray, sigma: np.ndarray | None = None,
-                solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
+                solvers: tuple[str, ...] = ("CLARABEL", "SCS"), l1_ratio: float = 0.5) -> RowSolution:
     """The relaxed row problem of paper 002 App. C with cvxpy, trying ``solvers`` in order.
 
     ``objective="l1"`` (problem 11): ``min weight ||w_P||_1 + lam ||t - F w||^2``;
+    ``objective="elastic_net"``: ``min weight (l1_ratio ||w_P||_1 + (1 - l1_ratio)/2 ||w_P||^2) +
+    lam ||t - F w||^2``;
     ``objective="perspective"`` (problem 10): ``min weight sum_j (s_j + t_j) + lam ||t - F w||^2``
     with the rotated cones ``w_j^2 <= s_j t_j`` (eq. 5), ``t_j in [0, 1]``, ``s_j >= 0`` on the
     penalised coordinates; both subject to ``||w_S||_1 <= kappa`` (2d). ``||t - F w||^2`` is
@@ -149,7 +152,7 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     """
     import cvxpy as cp
 
-    check_choice("relaxed_row: objective", objective, ("l1", "perspective"))
+    check_choice("relaxed_row: objective", objective, ("l1", "perspective", "elastic_net"))
     d = R.shape[1]
     w = cp.Variable(d)
     fit = lam * (cp.sum_squares(R @ w - y) + resid**2)
@@ -159,6 +162,9 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     v = cp.multiply(sg[P], w[P]) if P.size else None
     if objective == "l1":
         pen = weight * cp.norm1(v) if P.size else 0.0
+    elif objective == "elastic_net":
+        pen = (weight * (l1_ratio * cp.norm1(v) + 0.5 * (1.0 - l1_ratio) * cp.sum_squares(v))
+               if P.size else 0.0)
     else:
         s = cp.Variable(P.size, nonneg=True)
         t = cp.Variable(P.size)
