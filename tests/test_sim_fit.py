@@ -42,7 +42,7 @@ def test_exact_matching_recovers_the_network(bias):
     model, rep = SIM(objective="exact", backend="serial").fit(net, U)
     with torch.no_grad():
         np.testing.assert_allclose(model(U).numpy(), net(U).numpy(), atol=1e-8)
-    assert set(rep.status) == {"optimal"} and set(rep.solver) == {"highs"}
+    assert set(rep.status) == {"optimal"} and set(rep.solver) <= {"admm", "admm-polish", "unique"}
     assert rep.a_inf_norm <= 0.99
     assert rep.state_residual < 1e-9 and rep.output_residual < 1e-9
     # the basis-pursuit solution is no denser than the network's own exact implicit form
@@ -143,7 +143,7 @@ def test_fallback_rows_are_retried_and_reported():
 def test_warm_start_reuses_a_previous_fit():
     net, U = _net(), _U()
     st = extract_states(net, U, dtype=torch.float64)
-    sim = SIM(objective="l1", backend="serial", beta=1e-3, tol=1e-9)
+    sim = SIM(objective="l1", backend="serial", beta=1e-3, tol=1e-9, refit=False)  # the solver's optimum
     first, r1 = sim.fit_states(st)
     again, r2 = sim.fit_states(st, init=first)
     assert r2.iterations.sum() < r1.iterations.sum()
@@ -172,9 +172,11 @@ def test_float32_baseline_gives_a_float32_wellposed_model():
 
 
 # Rows solved in other blocks (other workers, other block_rows) stop at other iterations of
-# the batched solver, so two runs agree to the solver's tolerance, not to rounding: two
-# *serial* runs with block_rows 4 and 7 differ by 5e-9 here (entries up to 1.9, tol 1e-8).
-BLOCK_ATOL = 1e-7
+# the batched solver, so two runs agree to the solver's tolerance, not to rounding: the engine's
+# torch (MKL) products round differently for different numbers of rows, momentum restarts then
+# fire at other iterations, and two *serial* runs with blocks of 2 and 4 output rows differ by
+# 1.4e-7 here (entries up to 1.9; tol 1e-8 bounds the objective gap, not the coefficients).
+BLOCK_ATOL = 2e-6
 
 
 def _wide_states():

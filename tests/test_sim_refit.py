@@ -189,7 +189,8 @@ def test_regen_keeps_the_sparsity_pattern_on_request():
         w = np.linalg.lstsq(F[:, cols], st.Y_hat[:, i].numpy(), rcond=None)[0]
         np.testing.assert_allclose(np.append(got[i], idl._matrix.as_dense_array(new.d)[i])[cols], w,
                                    rtol=1e-8, atol=1e-10)
-    assert rep.output_error_after <= rep.output_error_before and rep.support == "keep"
+    # (SIM's own relaxed-lasso refit may already be this optimum: equal up to rounding)
+    assert rep.output_error_after <= rep.output_error_before * (1 + 1e-12) and rep.support == "keep"
 
 
 def test_regen_bad_inputs():

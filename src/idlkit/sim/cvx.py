@@ -1,11 +1,12 @@
 """SIM row problems as conic programs (paper 002 eqs. 8-11), one row at a time.
 
 These are the formulations of the paper written for a convex solver: basis pursuit with exact
-matching (eqs. 8-9) as a linear program solved by HiGHS, and the relaxed l1 (problem 11) and
-perspective (problem 10, the rotated cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs
-for cvxpy with Clarabel (MOSEK when the user has it and asks for it, SCS as the fallback).
-:mod:`idlkit.sim.penalized` solves the relaxed ones much faster; this module is its reference
-and its fallback for rows it does not converge on.
+matching (eqs. 8-9) as a linear program solved by HiGHS (and, relaxed to a tolerance, as an
+SOCP), and the relaxed l1 (problem 11), elastic-net and perspective (problem 10, the rotated
+cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs for cvxpy with Clarabel (MOSEK when the
+user has it and asks for it, SCS as the fallback). :mod:`idlkit.sim.penalized` and
+:mod:`idlkit.sim.basis_pursuit` solve them much faster, all rows at once; this module is their
+reference and their fallback for rows they do not certify.
 
 Each row sees the data through a *reduced factor* of ``F = (X, U[, 1])``: with the thin SVD
 ``F = Q diag(sv) V^T`` of rank ``r``, ``||t - F w||^2 = ||Q^T t - R w||^2 + ||t - Q Q^T t||^2``
@@ -23,7 +24,7 @@ import scipy.optimize as so
 
 from .._validation import check_choice
 
-__all__ = ["Factor", "RowSolution", "exact_row", "factor", "relaxed_row"]
+__all__ = ["Factor", "RowSolution", "bpdn_row", "exact_row", "factor", "relaxed_row"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,37 @@ def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained:
     return RowSolution(None, "highs", "failed")
 
 
+def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None, constrained: np.ndarray,
+             penalized: np.ndarray, sigma: np.ndarray | None = None,
+             solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
+    """Basis-pursuit denoising, exact matching relaxed to a tolerance: ``min sum_j sigma_j |w_j|``
+    (penalised ``j``) s.t. ``||R w - y|| <= delta``, ``||w_S||_1 <= kappa``; an SOCP for cvxpy
+    (the reference and fallback of :func:`idlkit.sim.basis_pursuit.basis_pursuit_rows` with
+    ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``)."""
+    import cvxpy as cp
+
+    d = R.shape[1]
+    w = cp.Variable(d)
+    sg = np.ones(d) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    P = np.flatnonzero(penalized)
+    obj = cp.sum(cp.multiply(sg[P], cp.abs(w[P]))) if P.size else cp.Constant(0.0)
+    cons = [cp.norm(R @ w - y, 2) <= delta]
+    S = np.flatnonzero(constrained)
+    if kappa is not None and S.size:
+        cons.append(cp.norm1(w[S]) <= kappa)
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    status = "failed"
+    for name in solvers:
+        if name not in cp.installed_solvers():
+            continue
+        status = _cvx_solve(prob, name)
+        if status in ("optimal", "optimal_inaccurate") and w.value is not None:
+            return RowSolution(np.asarray(w.value, dtype=np.float64), name.lower(), status)
+        if status in ("infeasible", "infeasible_inaccurate"):
+            return RowSolution(None, name.lower(), "infeasible")
+    return RowSolution(None, ",".join(s.lower() for s in solvers), status)
+
+
 def _cvx_solve(problem: object, solver: str) -> str:
     """Solve a cvxpy problem, mapping solver errors to the status ``"failed"``."""
     import cvxpy as cp
@@ -106,10 +138,12 @@ def _cvx_solve(problem: object, solver: str) -> str:
 def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, lam: float,
                 weight: float, kappa: float | None, constrained: np.ndarray,
                 penalized: np.ndarray, sigma: np.ndarray | None = None,
-                solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
+                solvers: tuple[str, ...] = ("CLARABEL", "SCS"), l1_ratio: float = 0.5) -> RowSolution:
     """The relaxed row problem of paper 002 App. C with cvxpy, trying ``solvers`` in order.
 
     ``objective="l1"`` (problem 11): ``min weight ||w_P||_1 + lam ||t - F w||^2``;
+    ``objective="elastic_net"``: ``min weight (l1_ratio ||w_P||_1 + (1 - l1_ratio)/2 ||w_P||^2) +
+    lam ||t - F w||^2``;
     ``objective="perspective"`` (problem 10): ``min weight sum_j (s_j + t_j) + lam ||t - F w||^2``
     with the rotated cones ``w_j^2 <= s_j t_j`` (eq. 5), ``t_j in [0, 1]``, ``s_j >= 0`` on the
     penalised coordinates; both subject to ``||w_S||_1 <= kappa`` (2d). ``||t - F w||^2`` is
@@ -118,7 +152,7 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     """
     import cvxpy as cp
 
-    check_choice("relaxed_row: objective", objective, ("l1", "perspective"))
+    check_choice("relaxed_row: objective", objective, ("l1", "perspective", "elastic_net"))
     d = R.shape[1]
     w = cp.Variable(d)
     fit = lam * (cp.sum_squares(R @ w - y) + resid**2)
@@ -128,6 +162,9 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     v = cp.multiply(sg[P], w[P]) if P.size else None
     if objective == "l1":
         pen = weight * cp.norm1(v) if P.size else 0.0
+    elif objective == "elastic_net":
+        pen = (weight * (l1_ratio * cp.norm1(v) + 0.5 * (1.0 - l1_ratio) * cp.sum_squares(v))
+               if P.size else 0.0)
     else:
         s = cp.Variable(P.size, nonneg=True)
         t = cp.Variable(P.size)

@@ -11,20 +11,33 @@ memory-mapped read-only into every worker, written once, never pickled per task)
 
 Objectives (the ``objective`` argument):
 
-* ``"exact"``: basis pursuit with exact matching, ``min ||w||_1`` s.t. ``F w = t``,
-  ``||a||_1 <= kappa`` (eqs. 6, 8-9): one LP per row (:func:`idlkit.sim.cvx.exact_row`).
+* ``"exact"``: basis pursuit with exact matching, ``min sum_j sigma_j |w_j|`` s.t. ``F w = t``,
+  ``||a||_1 <= kappa`` (eqs. 6, 8-9), all rows of a block at once by
+  :func:`idlkit.sim.basis_pursuit.basis_pursuit_rows` (ADMM on the range / null-space form of
+  ``F``, active-set polish, duality-gap certificates; HiGHS solves the rows it does not
+  certify). With ``m > d`` samples ``F w = t`` is solvable only for ``t`` in ``range(F)``: rows
+  whose relative residual outside it exceeds ``match_tol`` are infeasible, and so are rows
+  whose solutions all break the budget; both raise :class:`~idlkit.errors.InfeasibleError`
+  naming the rows. ``match_eps > 0`` relaxes the matching ("exact matching plus l1",
+  basis-pursuit denoising): ``min sum_j sigma_j |w_j|`` s.t. ``||F w - t|| <= match_eps ||t||``,
+  ``||a||_1 <= kappa`` (Clarabel solves the rows ADMM does not certify).
 * ``"l1"``: ``beta ||w||_1 + lambda ||t - F w||^2`` (App. C, problem 11).
 * ``"perspective"``: the perspective relaxation of ``||M||_0`` (eqs. 4-5, 10), see
   :mod:`idlkit.sim.penalized` for its closed form.
+* ``"elastic_net"``: ``beta (l1_ratio ||w||_1 + (1 - l1_ratio)/2 ||w||^2) + lambda ||t - F w||^2``
+  (torchidl's ``CVXSolver(elastic_net=True)`` penalty, scikit-learn's parametrisation).
 * ``"lasso"``: the constrained LASSO P(kappa) of the thesis (ch. 3, eq. 3.4): ``min 1/2 ||t -
   F w||^2`` s.t. ``||(a, b)||_1 <= kappa`` (the whole row, which both sparsifies and certifies
   well-posedness); output rows by least squares, or under ``||(c, d)||_1 <= kappa_output``.
 
-``solver="auto"`` uses the fast batched solvers (:mod:`~idlkit.sim.penalized`,
-:mod:`~idlkit.sim.lasso_batch`, HiGHS for ``"exact"``); ``solver="cvxpy"`` solves the relaxed
-objectives row by row with cvxpy (Clarabel, MOSEK with ``cvx_solvers=("MOSEK",)``). A row a
-solver does not finish is retried with the next solver (FISTA -> Clarabel -> SCS) and reported
-as such in :class:`SIMReport`; a row no solver solves raises :class:`~idlkit.errors.SolverError`.
+``solver="auto"`` uses the batched first-order engine: :func:`~idlkit.sim.penalized_rows`
+(l1, perspective, elastic net), :func:`~idlkit.sim.constrained_lasso_batch` (its ``weight =
+0`` case plus the inactive-row check and the exact bisection polish) and
+:func:`~idlkit.sim.basis_pursuit.basis_pursuit_rows` (exact). ``solver="cvxpy"`` solves the
+relaxed objectives row by row with cvxpy (Clarabel, MOSEK with ``cvx_solvers=("MOSEK",)``). A
+row the fast solver does not finish is retried with the next solver (FISTA -> Clarabel -> SCS;
+ADMM -> HiGHS / Clarabel; batched P(kappa) -> bisection) and reported as such in
+:class:`SIMReport`; a row no solver solves raises :class:`~idlkit.errors.SolverError`.
 """
 
 from __future__ import annotations
@@ -45,14 +58,16 @@ from .._matrix import as_dense_array
 from .._validation import check_choice, check_int, check_kappa, check_positive, check_probability
 from ..errors import ConfigurationError, InfeasibleError, InputError, SolverError
 from ..model import ImplicitModel
-from .cvx import Factor, exact_row, factor, relaxed_row
-from .lasso import constrained_lasso
+from ._gram import gram_factor
+from .basis_pursuit import basis_pursuit_rows
+from .cvx import Factor, factor, relaxed_row
+from .lasso_batch import constrained_lasso_batch
 from .penalized import penalized_rows
 from .states import States, extract_states
 
 __all__ = ["BACKENDS", "OBJECTIVES", "PENALTY_UNITS", "SIM", "SIMReport"]
 
-OBJECTIVES = ("exact", "l1", "perspective", "lasso")
+OBJECTIVES = ("exact", "l1", "perspective", "elastic_net", "lasso")
 PENALTY_UNITS = ("teacher", "rescaled", "standardized")
 BACKENDS = ("loky", "threading", "ray", "dask", "serial")
 _TINY = 1e-300
@@ -64,11 +79,15 @@ class SIMReport:
 
     Attributes:
         objective, backend, n_jobs, kappa: the settings used.
-        status: per row, ``"optimal"``, ``"inactive"`` (constraint not binding), ``"fallback"``
-            (the fast solver did not finish; solved by the next one), ``"inaccurate"`` (the last
-            solver's solution is marked inaccurate).
-        solver: per row, the solver whose solution was kept (``"fista"``, ``"lasso-fista"``,
-            ``"lasso-exact"``, ``"highs"``, ``"clarabel"``, ``"scs"``, ``"mosek"``).
+        status: per row, ``"optimal"`` (certified by its solver), ``"inactive"`` (``"lasso"``: the
+            budget does not bind, least squares), ``"fallback"`` (the fast solver did not
+            certify it; solved by the next one), ``"inaccurate"`` (the last solver's solution is
+            marked inaccurate).
+        solver: per row, the solver whose solution was kept: ``"fista"`` (batched l1 /
+            perspective / elastic net / P(kappa)), ``"lstsq"`` (least squares), ``"lasso-bisection"``
+            (thesis Alg. 1, the P(kappa) polish), ``"admm"`` / ``"admm-polish"`` / ``"unique"``
+            (batched basis pursuit: its ADMM point, its polished vertex, or the single solution
+            of ``F w = t``), ``"highs"``, ``"clarabel"``, ``"scs"``, ``"mosek"``.
         residual: per row, ``||t - F w|| / max(||t||, tiny)`` (after pruning).
         state_residual, output_residual: ``||Z - X A^T - U B^T - b||_F / ||Z||_F`` and the same
             for ``Y_hat``.
@@ -144,6 +163,9 @@ class _Job:
     tol: float
     max_iter: int
     cvx_solvers: tuple[str, ...]
+    l1_ratio: float = 0.5  # "elastic_net"
+    match_tol: float = 1e-6  # "exact": range-residual tolerance
+    match_eps: float = 0.0  # "exact": relative matching tolerance (0: exact matching)
     keep: np.ndarray | None = None  # columns of F the rows may read (None: all)
 
 
@@ -167,47 +189,26 @@ def _resolve(x: Any) -> Any:
     return x
 
 
-def _least_squares_rows(G: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Minimum-norm least-squares rows ``G^+ c_i`` (eigen cut-off as numpy's pinv)."""
-    ev, V = np.linalg.eigh(G)
-    cut = max(float(ev[-1]), _TINY) * G.shape[0] * np.finfo(np.float64).eps
-    inv = np.where(ev > cut, 1.0 / np.where(ev > cut, ev, 1.0), 0.0)
-    return ((C @ V) * inv) @ V.T
-
-
-def _gram_factor(G: np.ndarray, C: np.ndarray, tt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A factor ``R`` with ``R^T R = G`` and the reduced targets ``y_i`` (``R^T y_i = c_i``) and
-    residuals ``sqrt(tt_i - ||y_i||^2)``, from the Gram form alone (for fallback rows)."""
-    ev, V = np.linalg.eigh(G)
-    keep = ev > max(float(ev[-1]), _TINY) * G.shape[0] * np.finfo(np.float64).eps
-    sq = np.sqrt(ev[keep])
-    R = sq[:, None] * V[:, keep].T
-    Y = (C @ V[:, keep]) / sq
-    return R, Y, np.sqrt(np.maximum(tt - np.einsum("ij,ij->i", Y, Y), 0.0))
-
-
 def _cvx_rows(job: _Job, G: np.ndarray, R: np.ndarray | None, idx: Sequence[int],
               objective: str) -> list[tuple[np.ndarray | None, str, str]]:
-    """Rows ``idx`` of the block by cvxpy (relaxed) or HiGHS (exact)."""
+    """Rows ``idx`` of the block by cvxpy, one at a time (the relaxed objectives: ``solver="cvxpy"``
+    and the rows FISTA did not certify). Without the accurate factor of ``F`` (the fast path
+    never builds it) one is formed from ``G`` (:func:`idlkit.sim._gram.gram_factor`)."""
     out = []
     pen = ~job.free
     Y, resid = job.Y, job.resid
     if R is None:
-        R, Y, resid = _gram_factor(G, job.C, job.tt)
+        R, Y, resid = gram_factor(G, job.C, job.tt)
     for i in idx:
-        if objective == "exact":
-            sol = exact_row(R, Y[i], kappa=job.kappa, constrained=job.constrained, penalized=pen,
-                            sigma=job.sigma)
-        else:
-            sol = relaxed_row(R, Y[i], float(resid[i]), objective=objective, lam=job.lam,
-                              weight=job.weight, kappa=job.kappa, constrained=job.constrained,
-                              penalized=pen, sigma=job.sigma, solvers=job.cvx_solvers)
+        sol = relaxed_row(R, Y[i], float(resid[i]), objective=objective, lam=job.lam, weight=job.weight,
+                          kappa=job.kappa, constrained=job.constrained, penalized=pen, sigma=job.sigma,
+                          solvers=job.cvx_solvers, l1_ratio=job.l1_ratio)
         out.append((sol.w, sol.solver, sol.status))
     return out
 
 
 def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
-    """Solve one block of rows (runs on a worker)."""
+    """Solve one block of rows (runs on a worker) with the batched engine, then the fallbacks."""
     if job.keep is not None:  # a structured block: the same problem on the columns it may read
         keep = job.keep
         shared = "object-store" if type(G).__name__ == "ObjectRef" else (
@@ -232,45 +233,43 @@ def _solve_block(job: _Job, G: Any, R: Any) -> _BlockOut:
     status = ["optimal"] * r
     solver = [""] * r
     retry: list[int] = []
-    if job.kind == "penalized":
+    if job.kind == "penalized":  # problems 10-11 and the elastic net
         res = penalized_rows(G, job.C, job.tt, lam=job.lam, penalty=job.penalty, weight=job.weight,
                              kappa=job.kappa, constrained=job.constrained, free=job.free,
-                             sigma=job.sigma, W0=job.W0, tol=job.tol, max_iter=job.max_iter)
+                             sigma=job.sigma, W0=job.W0, tol=job.tol, max_iter=job.max_iter,
+                             l1_ratio=job.l1_ratio)
         W[:] = res.W
         iters[:] = res.iterations
         solver = ["fista"] * r
         retry = [i for i in range(r) if res.status[i] != "optimal"]
-    elif job.kind == "lasso":  # P(kappa) (thesis eq. 3.4): the l1 solver with weight 0, lam = 1/2
-        # assumption A1 of the thesis: rows whose least-squares solution already meets the
-        # budget are solved exactly by it ("inactive"); the others by the batched solver
-        W_ls = _least_squares_rows(G, job.C)
-        inactive = np.sum(np.abs(W_ls[:, job.constrained]), axis=1) <= float(job.kappa)  # type: ignore[arg-type]
-        W[inactive] = W_ls[inactive]
-        solver = ["lstsq" if a else "fista" for a in inactive]
-        status = ["inactive" if a else "optimal" for a in inactive]
-        todo = np.flatnonzero(~inactive)
-        res = penalized_rows(G, job.C[todo], job.tt[todo], lam=0.5, penalty="l1", weight=0.0,
-                             kappa=job.kappa, constrained=job.constrained, free=job.free,
-                             W0=None if job.W0 is None else job.W0[todo], tol=job.tol,
-                             max_iter=job.max_iter)
-        W[todo] = res.W
-        iters[todo] = res.iterations
-        for k, i in enumerate(todo):
-            if res.status[k] == "optimal":
-                continue
-            # the thesis's bisection on the LASSO path (Alg. 1), exact, as the fallback
-            ex = constrained_lasso(G, job.C[i], float(job.kappa), job.constrained, tol=1e-12)  # type: ignore[arg-type]
-            W[i], solver[i] = ex.w, "lasso-bisection"
-            status[i] = "fallback" if ex.status in ("optimal", "inactive") else "inaccurate"
-    else:  # "exact" or "cvxpy": one row at a time
+    elif job.kind == "lasso":  # P(kappa) (thesis eq. 3.4): inactive check, FISTA, bisection polish
+        lr = constrained_lasso_batch(G, job.C, float(job.kappa), job.constrained,  # type: ignore[arg-type]
+                                     tol=job.tol, max_iter=job.max_iter, W0=job.W0, zz=job.tt)
+        W[:] = lr.W
+        iters[:] = lr.iterations
+        names = {"inactive": ("inactive", "lstsq"), "optimal": ("optimal", "fista"),
+                 "fallback": ("fallback", "lasso-bisection")}
+        for i, st in enumerate(lr.status):
+            status[i], solver[i] = names.get(st, ("inaccurate", "lasso-bisection"))
+    elif job.kind == "exact":  # eqs. 8-9: batched basis pursuit, HiGHS / Clarabel for the rest
+        bp = basis_pursuit_rows(R, job.Y, job.resid, np.sqrt(job.tt), kappa=job.kappa,
+                                constrained=job.constrained, free=job.free, sigma=job.sigma,
+                                eps=job.match_eps, match_tol=job.match_tol, tol=job.tol,
+                                max_iter=job.max_iter, fallback=True)
+        W[:] = bp.W
+        iters[:] = bp.iterations
+        solver = list(bp.solver)
+        for i, st in enumerate(bp.status):
+            if st == "max_iter":
+                raise SolverError(f"SIM row {int(job.rows[i])}: neither the batched basis-pursuit solver "
+                                  f"nor its fallback ({bp.solver[i]}) returned a solution; check the "
+                                  f"states' scale or use a relaxed objective (objective='l1')", status=st)
+            status[i] = st
+    else:  # "cvxpy": one row at a time
         retry = list(range(r))
     if retry:
-        objective = "exact" if job.kind == "exact" else job.penalty
-        for i, (w, name, st) in zip(retry, _cvx_rows(job, G, R, retry, objective), strict=True):
+        for i, (w, name, st) in zip(retry, _cvx_rows(job, G, R, retry, job.penalty), strict=True):
             if w is None:
-                if st == "infeasible":
-                    status[i], solver[i] = "infeasible", name
-                    continue
                 raise SolverError(f"SIM row {int(job.rows[i])}: no solver returned a solution "
                                   f"(tried {name}: {st}); check the states' scale or try "
                                   f"another objective", status=st)
@@ -289,7 +288,8 @@ class SIM:
     """State-driven implicit modeling (paper 002 Alg. 1; thesis ch. 3 for ``"lasso"``).
 
     Args:
-        objective: ``"exact"``, ``"l1"``, ``"perspective"`` or ``"lasso"`` (module docstring).
+        objective: ``"exact"``, ``"l1"``, ``"perspective"``, ``"elastic_net"`` or ``"lasso"``
+            (module docstring).
         kappa: well-posedness bound ``||A||_inf <= kappa`` in (0, 1] (2d); for ``"lasso"`` the
             l1 budget of each whole row ``(a, b)``.
         lambda_state, lambda_output: ``lambda_1``, ``lambda_2`` of problems 10-11.
@@ -298,6 +298,9 @@ class SIM:
             defaults (5e-4 and 2.5e-4, the same weight on small coefficients) are the measured
             choice on digits and Fashion-MNIST (``experiments/sim_implicit.py``);
             ``fit(..., val=...)`` picks one.
+        alpha: perspective weight (problem 10).
+        l1_ratio: ``"elastic_net"`` only: the l1 share ``r`` of ``beta (r |w| + (1 - r)/2 w^2)``
+            in [0, 1] (torchidl's ``l1_ratio``).
         kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
         backend: ``"loky"``, ``"threading"``, ``"ray"``, ``"dask"`` or ``"serial"``.
         n_jobs: workers (None: all cores; ignored by ``"serial"``).
@@ -344,9 +347,13 @@ class SIM:
             paper 002, which keeps the shrunk coefficients.
         tol: a row stops when its duality gap is at most ``tol * P(0)`` (``P(0)`` the objective
             at zero; scikit-learn's Lasso convention).
-        max_iter: FISTA iterations after coordinate descent (rows above it fall back to cvxpy).
+        max_iter: iterations of the batched solver (FISTA, ADMM) per row; rows it does not
+            certify fall back to cvxpy / HiGHS / bisection.
         match_tol: ``"exact"``: relative residual of ``t`` outside the range of ``F`` above
-            which exact matching is declared infeasible.
+            which exact matching is declared infeasible (``InfeasibleError`` naming the rows),
+            and the allowance on a certified row's matching residual.
+        match_eps: ``"exact"`` only: 0 (default) for exact matching; ``> 0`` relaxes it to
+            ``||F w - t|| <= match_eps ||t||`` (basis-pursuit denoising, module docstring).
         prune_tol: entries whose contribution ``|w_j| ||F_j||`` is at most ``prune_tol`` times the
             row's largest are set to zero (interior point solutions are never exactly sparse);
             only shrinks ``||a||_1``.
@@ -365,6 +372,8 @@ class SIM:
     beta: float = 5e-4
     alpha: float = 2.5e-4
     kappa_output: float | None = None
+    l1_ratio: float = 0.5
+    match_eps: float = 0.0
     backend: str = "loky"
     n_jobs: int | None = None
     solver: str = "auto"
@@ -397,6 +406,8 @@ class SIM:
         for name in ("lambda_state", "lambda_output", "beta", "alpha", "tol", "match_tol"):
             check_positive(name, getattr(self, name))
         check_positive("kappa_output", self.kappa_output, allow_none=True)
+        check_probability("l1_ratio", self.l1_ratio, example=0.5)
+        check_positive("match_eps", self.match_eps, allow_zero=True)
         check_probability("prune_tol", self.prune_tol, high_inclusive=False, example=1e-8)
         check_int("max_iter", self.max_iter, 1)
         for name in ("n_jobs", "block_rows"):
@@ -447,14 +458,14 @@ class SIM:
                        weights: Sequence[float] | None, val_tolerance: float, bias: bool,
                        dtype: torch.dtype, init: ImplicitModel | None) -> tuple[ImplicitModel, SIMReport]:
         """The penalty weight chosen on held-out inputs (see :meth:`fit`)."""
-        if self.objective not in ("l1", "perspective"):
-            raise ConfigurationError(f"val= chooses the penalty weight of objective 'l1' or "
-                                     f"'perspective'; {self.objective!r} has none")
+        if self.objective not in ("l1", "perspective", "elastic_net"):
+            raise ConfigurationError(f"val= chooses the penalty weight of objective 'l1', "
+                                     f"'perspective' or 'elastic_net'; {self.objective!r} has none")
         check_probability("val_tolerance", val_tolerance, example=0.01)
         if not isinstance(val, Tensor) or val.shape[0] == 0:
             raise InputError(f"val must be a non-empty batch of inputs like U, got "
                              f"{getattr(val, 'shape', type(val).__name__)}")
-        field_name = "beta" if self.objective == "l1" else "alpha"
+        field_name = "alpha" if self.objective == "perspective" else "beta"
         base = getattr(self, field_name)
         grid = sorted(float(check_positive("weights", w)) for w in (weights or [base * f for f in
                                                                                 (0.1, 0.3, 1, 3, 10)]))
@@ -560,7 +571,7 @@ class SIM:
                 f"(objective='l1', 'perspective' or 'lasso') or a larger kappa", status="infeasible")
         W = _prune(W, self.prune_tol, np.sqrt(np.maximum(np.diag(G), 0.0)))
         T = np.hstack([Z, Yh])
-        if self.refit and self.objective in ("l1", "perspective"):
+        if self.refit and self.objective in ("l1", "perspective", "elastic_net"):
             W = _refit_support(W, G, T.T @ F, n, free, self.kappa)
         W[:n, :n] = _cap_rows(W[:n, :n], self.kappa if self.objective != "lasso" else None)
         R = T - F @ W.T
@@ -595,16 +606,18 @@ class SIM:
         (inputs and the bias always). ``"auto"``: layered for the relaxed objectives of a
         baseline with depths; the exact and lasso objectives keep the paper's full ``A``."""
         layered = self.structure == "layered" or (
-            self.structure == "auto" and states.depth is not None and self.objective in ("l1", "perspective"))
+            self.structure == "auto" and states.depth is not None
+            and self.objective in ("l1", "perspective", "elastic_net"))
         if not layered or n == 0:
             return [(np.arange(n), None)]
         if states.depth is None:
             raise ConfigurationError("structure='layered' needs a layered baseline (a network the "
                                      "converter traces, whose states have depths); use "
                                      "structure='free'")
-        if self.objective not in ("l1", "perspective"):
-            raise ConfigurationError(f"structure='layered' applies to the relaxed objectives 'l1' and "
-                                     f"'perspective'; {self.objective!r} fits the full A (structure='free')")
+        if self.objective not in ("l1", "perspective", "elastic_net"):
+            raise ConfigurationError(f"structure='layered' applies to the relaxed objectives 'l1', "
+                                     f"'perspective' and 'elastic_net'; {self.objective!r} fits the full "
+                                     f"A (structure='free')")
         depth = states.depth.detach().cpu().numpy()
         groups = []
         for dep in np.unique(depth):
@@ -619,7 +632,7 @@ class SIM:
         ``penalty_units``): teacher units ``(c_F, c_rows)``, the column RMS, or ones."""
         units = "standardized" if self.standardize else self.penalty_units
         rows = np.ones(n + q)
-        if self.objective not in ("l1", "perspective") and not self.standardize:
+        if self.objective not in ("l1", "perspective", "elastic_net") and not self.standardize:
             units = "rescaled"  # basis pursuit / lasso: the paper's weights (no penalty weight to scale)
         if units == "standardized":
             return np.sqrt(np.diag(G) / m), rows
@@ -654,15 +667,19 @@ class SIM:
         tt = np.einsum("ij,ij->i", Tt, Tt)
         Y, resid = fac.project(Tt) if fac is not None else (np.zeros((r, 0)), np.zeros(r))
         if self.objective == "exact" and fac is not None:
-            bad = resid > self.match_tol * np.maximum(np.sqrt(tt), _TINY)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
+            # range test of eqs. 8-9 before any solve (the engine repeats it per row)
+            limit = self.match_eps if self.match_eps > 0 else self.match_tol
+            rel = resid / np.maximum(np.sqrt(tt), _TINY)
+            bad = np.flatnonzero((rel > limit) & (tt > 0))
+            if bad.size:
+                names = [int(rows[i]) for i in bad]
                 raise InfeasibleError(
-                    f"exact matching F w = t is infeasible for {int(bad.sum())} of {r} rows (row "
-                    f"{int(rows[i])}: relative residual {resid[i] / max(np.sqrt(tt[i]), _TINY):.2e} > "
-                    f"match_tol {self.match_tol:g}; F has rank {fac.R.shape[0]} for {T.shape[0]} samples "
-                    f"and {F.shape[1]} unknowns). Use a relaxed objective (objective='l1', "
-                    f"'perspective' or 'lasso'), fewer samples, or float64 states", status="infeasible")
+                    f"exact matching F w = t is infeasible for {bad.size} of {r} rows {names[:10]}"
+                    f"{'...' if bad.size > 10 else ''}: their targets lie outside range(F) (largest "
+                    f"relative residual {float(rel[bad].max()):.2e} > {limit:g}; F has rank "
+                    f"{fac.R.shape[0]} for {T.shape[0]} samples and {F.shape[1]} unknowns). Use a "
+                    f"relaxed objective (objective='l1', 'perspective' or 'lasso'), match_eps >= "
+                    f"{float(rel[bad].max()):.1e}, fewer samples, or float64 states", status="infeasible")
         kind = {"exact": "exact", "lasso": "lasso"}.get(self.objective,
                                                           "cvxpy" if self.solver == "cvxpy" else "penalized")
         n_workers = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
@@ -672,11 +689,12 @@ class SIM:
             sl = slice(start, min(r, start + size))
             jobs.append(_Job(
                 kind=kind, rows=rows[sl], C=C[sl], tt=tt[sl], Y=Y[sl], resid=resid[sl], lam=lam,
-                weight=(self.beta if self.objective == "l1" else self.alpha) * factor_w,
-                penalty="l1" if self.objective in ("l1", "exact", "lasso") else "perspective",
+                weight=(self.alpha if self.objective == "perspective" else self.beta) * factor_w,
+                penalty=self.objective if self.objective in ("perspective", "elastic_net") else "l1",
                 kappa=kappa, constrained=constrained, free=free,
                 W0=None if W0 is None else W0[sl], sigma=sigma, tol=self.tol, max_iter=self.max_iter,
-                cvx_solvers=tuple(self.cvx_solvers), keep=keep))
+                cvx_solvers=tuple(self.cvx_solvers), l1_ratio=self.l1_ratio, match_tol=self.match_tol,
+                match_eps=self.match_eps, keep=keep))
         return jobs
 
 

@@ -58,6 +58,7 @@ import numpy as np
 
 from idlkit._validation import check_int, check_kappa, check_positive
 from idlkit.errors import ConfigurationError, NonFiniteError, ShapeError
+from idlkit.sim._gram import pinv_psd
 
 __all__ = [
     "gram",
@@ -468,10 +469,11 @@ def _lam_max(
 
 
 def _free_pinv(G: np.ndarray, pen: np.ndarray) -> np.ndarray | None:
+    """``G_UU^+`` of the free block (numpy's ``pinv`` cut-off ``1e-15 max |eig|``), or None."""
     free = ~pen
     if not np.any(free):
         return None
-    return np.linalg.pinv(G[np.ix_(free, free)], hermitian=True)
+    return pinv_psd(G[np.ix_(free, free)], rtol=1e-15)
 
 
 def constrained_lasso(
@@ -521,7 +523,7 @@ def constrained_lasso(
         if w0a.shape != (n,):
             raise ShapeError(f"w0 must have shape ({n},); got {w0a.shape}")
     _check_limits(max_iter, max_bisect)
-    w_ls = np.linalg.pinv(Ga, hermitian=True) @ ca
+    w_ls = pinv_psd(Ga, rtol=1e-15) @ ca
     if not np.any(pen):
         return ConstrainedLassoResult(
             w=w_ls,
@@ -622,7 +624,7 @@ def constrained_lasso_rows(
             raise ShapeError(f"zz must have shape ({r},); got {zza.shape}")
     pen = _check_mask(mask, n)
     _check_limits(max_iter, max_bisect)
-    P = np.linalg.pinv(Ga, hermitian=True)
+    P = pinv_psd(Ga, rtol=1e-15)
     W_ls = Ca @ P  # P symmetric: row i is G^+ c_i
     Pf = _free_pinv(Ga, pen)
     results: list[ConstrainedLassoResult] = []

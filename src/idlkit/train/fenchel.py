@@ -83,6 +83,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import wellposed as wp
+from .._fista import scalar_fista as _fista_blocks
 from .._validation import check_choice, check_int, check_kappa, check_positive
 from ..activations import ReLU, Tanh
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
@@ -295,39 +296,6 @@ def _objective(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor) -> 
 # ----------------------------------------------------------------------------- generic solvers
 
 
-def _fista(x0: list[Tensor], obj: Callable[[list[Tensor]], float],
-           grad: Callable[[list[Tensor]], list[Tensor]],
-           prox: Callable[[list[Tensor], list[Tensor | float]], list[Tensor]],
-           steps: list[Tensor | float], max_iter: int, tol: float) -> list[Tensor]:
-    """Accelerated proximal gradient with adaptive restart; never returns a worse point.
-
-    ``steps`` are ``1/L`` with ``L`` a valid Lipschitz constant of ``grad`` (per tensor, or
-    per row in a diagonal metric the prox is separable in), so a plain step from the current
-    iterate cannot increase ``obj`` (up to rounding): a momentum step that does is undone
-    and the momentum restarted; a plain step that does ends the loop.
-    """
-    x, y, t = x0, x0, 1.0
-    fx = obj(x)
-    for _ in range(max_iter):
-        g = grad(y)
-        x_new = prox([yi - s * gi for yi, s, gi in zip(y, steps, g, strict=True)], steps)
-        f_new = obj(x_new)
-        if not f_new <= fx:
-            if y is x:
-                break
-            y, t = x, 1.0
-            continue
-        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
-        beta = (t - 1) / t_new
-        diff = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(x_new, x, strict=True)))
-        size = math.sqrt(sum(float((a * a).sum()) for a in x_new))
-        y = [a + beta * (a - b) for a, b in zip(x_new, x, strict=True)]
-        x, fx, t = x_new, f_new, t_new
-        if diff <= tol * (1 + size):
-            break
-    return x
-
-
 def _newton_columns(V0: Tensor, fun: Callable[[Tensor], Tensor], grad: Callable[[Tensor], Tensor],
                     hess: Callable[[Tensor], Tensor], max_iter: int, tol: float) -> Tensor:
     """Damped Newton on a sum of independent strictly convex column problems.
@@ -437,7 +405,7 @@ def _step_AB(pb: _Problem, TAB: Tensor, X: Tensor, P: Tensor, it: int, tol: floa
     def obj(v: list[Tensor]) -> float:
         return float(_divergence_cols(pb, P, v[0] @ W).sum()) + _penalty(pb, v[0], _zero_cd(pb))
 
-    out = _fista([TAB], obj, lambda v: [_grad_AB(pb, v[0], W, P)],
+    out = _fista_blocks([TAB], obj, lambda v: [_grad_AB(pb, v[0], W, P)],
                  lambda v, s: [_prox_AB(pb, v[0], s[0])], [steps], it, tol)
     return out[0]
 
@@ -486,7 +454,7 @@ def _step_CD(pb: _Problem, TCD: Tensor, P: Tensor, it: int, tol: float) -> Tenso
     def obj(v: list[Tensor]) -> float:
         return float(_loss(pb, v[0] @ V).sum()) + _penalty(pb, _zero_ab(pb), v[0])
 
-    return _fista([TCD], obj, lambda v: [_grad_CD(pb, v[0], V)],
+    return _fista_blocks([TCD], obj, lambda v: [_grad_CD(pb, v[0], V)],
                   lambda v, s: [_prox_CD(pb, v[0], s[0])], [1 / max(L, 1e-300)], it, tol)[0]
 
 
@@ -503,7 +471,7 @@ def _step_joint(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor, it
     def prox(v: list[Tensor], s: list[Tensor | float]) -> list[Tensor]:
         return list(_prox_joint(pb, v[0], v[1], float(s[0])))
 
-    out = _fista([TAB, TCD], obj, lambda v: [_grad_AB(pb, v[0], W, P), _grad_CD(pb, v[1], V)],
+    out = _fista_blocks([TAB, TCD], obj, lambda v: [_grad_AB(pb, v[0], W, P), _grad_CD(pb, v[1], V)],
                  prox, [1 / L, 1 / L], it, tol)
     return out[0], out[1]
 
@@ -576,7 +544,7 @@ def _step_P(pb: _Problem, TAB: Tensor, TCD: Tensor, X: Tensor, P: Tensor, it: in
             V0 = torch.relu(torch.linalg.solve(H, C.t() @ (pb.Y - S) + Lam[:, None] * P0))
             V0 = torch.where(fun(V0) <= fun(P), V0, P)
         L = _loss_curvature(pb) * _sigma2(C) + float(lam.max()) + mu
-        out = _fista([V0], lambda v: float(fun(v[0]).sum()), lambda v: [grad(v[0])],
+        out = _fista_blocks([V0], lambda v: float(fun(v[0]).sum()), lambda v: [grad(v[0])],
                      lambda v, s: [torch.relu(v[0])], [1 / L], it, tol)[0]
         return torch.where(fun(out) <= fun(P), out, P)
 
