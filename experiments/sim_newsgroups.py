@@ -244,7 +244,7 @@ def newsgroups_part(args: argparse.Namespace, sim_kw: dict) -> dict:
             row = one_fit(f"newsgroups {label}, beta {beta:g}", st, st_test, yt, {**sim_kw, "beta": beta})
             row["phi_residual"] = float((st.activation(st.Z.t()).t() - st.X).abs().max())
             runs.append(row)
-    return {"teacher": teacher, "runs": runs, "data": ds.source, "train": int(X.shape[0]),
+    return {"teacher": teacher, "runs": runs, "data": Path(str(ds.source)).name, "train": int(X.shape[0]),
             "test": int(Xt.shape[0])}
 
 
