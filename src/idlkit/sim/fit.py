@@ -280,7 +280,8 @@ class SIM:
         kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
         backend: ``"loky"``, ``"threading"``, ``"ray"``, ``"dask"`` or ``"serial"``.
         n_jobs: workers (None: all cores; ignored by ``"serial"``).
-        solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``/``"perspective"``).
+        solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``, ``"perspective"``,
+            ``"elastic_net"``).
         cvx_solvers: cvxpy solvers tried in order (fallbacks and ``solver="cvxpy"``).
         standardize: penalties act on ``sigma_j w_j`` with ``sigma_j`` the RMS of column ``j`` of
             ``F = (X, U)`` (glmnet's standardisation, scale-free). Deviation from App. C, which
@@ -336,8 +337,9 @@ class SIM:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("solver", self.solver, ("auto", "cvxpy"))
-        if self.solver == "cvxpy" and self.objective not in ("l1", "perspective"):
-            raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1' or 'perspective'; "
+        if self.solver == "cvxpy" and self.objective not in ("l1", "perspective", "elastic_net"):
+            raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1', 'perspective' or "
+                                     f"'elastic_net'; "
                                      f"{self.objective!r} has its own solver (use solver='auto')")
         check_kappa(self.kappa, high_inclusive=True, example=0.99,
                     why="well-posedness ||A||_inf <= kappa certifies a unique state")
