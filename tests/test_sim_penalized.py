@@ -234,3 +234,113 @@ def test_weight_zero_is_the_constrained_lasso():
     with pytest.raises(ConfigurationError, match="weight = 0"):
         penalized_rows(F.T @ F, T @ F, np.einsum("ij,ij->i", T, T), lam=0.5, penalty="l1", weight=0.0,
                        kappa=None, constrained=None)
+
+
+# ------------------------------------------------------------------ elastic net, torch, bad rows
+
+
+def _enet_reference(F, t, lam, weight, ratio, kappa, cons, free, sigma=None):
+    d = F.shape[1]
+    w = cp.Variable(d)
+    P = np.flatnonzero(~free)
+    sg = np.ones(d) if sigma is None else sigma
+    v = cp.multiply(sg[P], w[P])
+    pen = weight * (ratio * cp.norm1(v) + 0.5 * (1 - ratio) * cp.sum_squares(v))
+    cons_list = [] if kappa is None else [cp.norm1(w[np.flatnonzero(cons)]) <= kappa]
+    prob = cp.Problem(cp.Minimize(pen + lam * cp.sum_squares(F @ w - t)), cons_list)
+    prob.solve(solver="CLARABEL")
+    assert prob.status == "optimal"
+    return prob.value
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.9])
+@pytest.mark.parametrize("kappa", [0.2, None])
+@pytest.mark.parametrize("standardise", [False, True])
+def test_elastic_net_matches_clarabel(ratio, kappa, standardise):
+    F, T, cons, free = _problem(11, col_scales=standardise)
+    sigma = np.sqrt(np.mean(F * F, axis=0)) if standardise else None
+    res = penalized_rows(F.T @ F, T @ F, np.einsum("ij,ij->i", T, T), lam=0.1, penalty="elastic_net",
+                         weight=0.4, l1_ratio=ratio, kappa=kappa, constrained=cons, free=free, sigma=sigma,
+                         tol=1e-12, max_iter=200_000)
+    assert set(res.status) == {"optimal"}
+    for i, t in enumerate(T):
+        ref = _enet_reference(F, t, 0.1, 0.4, ratio, kappa, cons, free, sigma)
+        sg = None if sigma is None else sigma[~free]
+        pen = penalty_value(res.W[i:i + 1, ~free], "elastic_net", 0.4, sg, l1_ratio=ratio)[0]
+        ours = 0.1 * float(np.sum((t - F @ res.W[i]) ** 2)) + pen
+        assert ours == pytest.approx(res.objective[i], rel=1e-9, abs=1e-9)
+        assert ours == pytest.approx(ref, rel=1e-6, abs=1e-9)
+        if kappa is not None:
+            assert np.sum(np.abs(res.W[i, cons])) <= kappa * (1 + 1e-12)
+
+
+def test_elastic_net_gap_bounds_suboptimality_when_stopped_early():
+    F, T, cons, free = _problem(12, rows=4, col_scales=True)
+    G, C, tt = F.T @ F, T @ F, np.einsum("ij,ij->i", T, T)
+    kw = dict(lam=0.1, penalty="elastic_net", weight=0.3, l1_ratio=0.5, kappa=0.25, constrained=cons,
+              free=free)
+    exact = penalized_rows(G, C, tt, tol=1e-13, max_iter=300_000, **kw)
+    for it in (1, 3, 10, 30, 100):
+        early = penalized_rows(G, C, tt, tol=0.0, max_iter=it, **kw)
+        assert np.all(early.objective - exact.objective <= early.gap + 1e-9)
+
+
+def test_sim_elastic_net_fast_agrees_with_cvxpy():
+    import torch
+
+    from idlkit.sim import SIM, extract_states
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+    st = extract_states(net, torch.randn(60, 5, dtype=torch.float64), dtype=torch.float64)
+    kw = dict(objective="elastic_net", backend="serial", beta=0.02, l1_ratio=0.6, kappa=0.3)
+    fast, rf = SIM(tol=1e-10, **kw).fit_states(st)
+    ref, rr = SIM(solver="cvxpy", prune_tol=0.0, **kw).fit_states(st)
+    assert set(rr.solver) == {"clarabel"} and set(rf.solver) == {"fista"}
+    np.testing.assert_allclose(fast.A.detach().numpy(), ref.A.detach().numpy(), atol=2e-4)
+    np.testing.assert_allclose(fast.C.detach().numpy(), ref.C.detach().numpy(), atol=2e-4)
+
+
+def test_torch_inputs_give_torch_outputs_equal_to_numpy():
+    import torch
+
+    F, T, cons, free = _problem(13, col_scales=True)
+    G, C, tt = F.T @ F, T @ F, np.einsum("ij,ij->i", T, T)
+    kw = dict(lam=0.1, penalty="l1", weight=0.2, kappa=0.3, constrained=cons, free=free, tol=1e-10,
+              max_iter=100_000)
+    a = penalized_rows(G, C, tt, **kw)
+    b = penalized_rows(torch.from_numpy(G), torch.from_numpy(C), torch.from_numpy(tt), **kw)
+    c = penalized_rows(G, C, tt, device="cpu", **kw)
+    assert isinstance(b.W, torch.Tensor) and isinstance(c.W, np.ndarray)
+    np.testing.assert_allclose(b.W.numpy(), a.W, atol=1e-12)
+    np.testing.assert_allclose(c.W, a.W, atol=1e-12)
+
+
+def test_cuda_matches_cpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    F, T, cons, free = _problem(14, rows=6)
+    G, C, tt = F.T @ F, T @ F, np.einsum("ij,ij->i", T, T)
+    kw = dict(lam=0.1, penalty="elastic_net", weight=0.2, kappa=0.3, constrained=cons, free=free, tol=1e-12,
+              max_iter=100_000)
+    cpu = penalized_rows(G, C, tt, **kw)
+    gpu = penalized_rows(G, C, tt, device="cuda", **kw)  # numpy in, numpy out, iterations on the GPU
+    assert isinstance(gpu.W, np.ndarray)
+    np.testing.assert_allclose(gpu.objective, cpu.objective, rtol=1e-9)
+
+
+def test_non_finite_rows_are_named():
+    from idlkit.errors import NonFiniteError
+
+    F, T, cons, free = _problem(15, rows=5)
+    G, C, tt = F.T @ F, T @ F, np.einsum("ij,ij->i", T, T)
+    C[3, 2] = np.inf
+    with pytest.raises(NonFiniteError, match=r"rows \[3\]"):
+        penalized_rows(G, C, tt, lam=0.1, penalty="l1", weight=0.1, kappa=None, constrained=None)
+    with pytest.raises(ConfigurationError, match="l1_ratio"):
+        penalized_rows(G, C[:3], tt[:3], lam=0.1, penalty="elastic_net", weight=0.1, l1_ratio=1.5, kappa=None,
+                       constrained=None)
+    with pytest.raises(ConfigurationError, match="kappa"):
+        penalized_rows(G, C[:3], tt[:3], lam=0.1, penalty="l1", weight=0.1, kappa=-1.0, constrained=cons)

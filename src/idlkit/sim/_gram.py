@@ -59,7 +59,10 @@ def to_engine(x: Any, device: torch.device) -> Tensor:
     (zero-copy for a float64 CPU array)."""
     if isinstance(x, Tensor):
         return x.detach().to(device=device, dtype=_F64)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
+    a = np.asarray(x, dtype=np.float64)
+    if not a.flags.writeable:  # e.g. a read-only memory map shared by loky: copy (torch warns)
+        a = a.copy()
+    return torch.as_tensor(a, device=device)
 
 
 def wants_numpy(*arrays: Any) -> bool:

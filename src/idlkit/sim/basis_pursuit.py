@@ -62,7 +62,7 @@ the ball adds ``delta ||nu||``). ADMM's ``rho u`` is a subgradient of ``h`` at `
 onto ``range(V_r)`` it is ``g = R''^T nu`` with ``nu^T Pi y = g^T x0`` and ``||nu|| = ||diag(1/s)
 V_r^T g||``, and scaled by ``s = min(1, min_{j not in S} 1/|g_j|)`` into the domain of ``h*``
 (the scaled point is still of the form ``R''^T nu``). ``gap = h(w) - D`` bounds ``h(w) - p*``
-whenever ``w`` is feasible. A row is ``"optimal"`` when ``gap <= tol * max(h(w), tiny)`` and
+whenever ``w`` is feasible. A row is ``"optimal"`` when ``|gap| <= tol * max(h(w), tiny)`` and
 the matching residual is within ``match_tol`` (BP) or ``eps + match_tol`` (BPDN); rows left
 after ``max_iter`` are ``"max_iter"`` and, with ``fallback=True``, solved by HiGHS (BP, the LP of
 :func:`idlkit.sim.cvx.exact_row`) or Clarabel (BPDN): ``"fallback"``, or ``"infeasible"`` when
@@ -479,7 +479,10 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
                     cand[xin] = Xa[xin]
                     cobj = torch.where(xin, Xa.abs().sum(dim=1), cobj)
                     cfe = torch.where(xin, matching(Xa), cfe)
-            ok = (cobj - Dv <= tol * torch.clamp(cobj, min=_TINY)) & (cfe <= feas_allow)
+            # the certificate trusts no step of the iteration: budget, matching and gap are measured
+            # (|gap|: a point infeasible enough to undercut the dual bound is not certified either)
+            ok = (((cobj - Dv).abs() <= tol * torch.clamp(cobj, min=_TINY)) & (cfe <= feas_allow)
+                  & ball_ok(cand, S["kx"]))
             act = S["act"]
             Xbest[act], best_dual[act], polished[act], rho_out[act] = cand, Dv, pol, rho
             done[act[ok]] = True

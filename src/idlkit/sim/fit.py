@@ -304,7 +304,8 @@ class SIM:
         kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
         backend: ``"loky"``, ``"threading"``, ``"ray"``, ``"dask"`` or ``"serial"``.
         n_jobs: workers (None: all cores; ignored by ``"serial"``).
-        solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``/``"perspective"``).
+        solver: ``"auto"`` (fast batched solvers) or ``"cvxpy"`` (``"l1"``, ``"perspective"``,
+            ``"elastic_net"``).
         cvx_solvers: cvxpy solvers tried in order (fallbacks and ``solver="cvxpy"``).
         penalty_units: in which units the penalty ``sum |M_ij|`` of App. C is counted.
             ``"teacher"`` (default): in the baseline's own units, before the rescaling of §3.
@@ -398,8 +399,9 @@ class SIM:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("solver", self.solver, ("auto", "cvxpy"))
-        if self.solver == "cvxpy" and self.objective not in ("l1", "perspective"):
-            raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1' or 'perspective'; "
+        if self.solver == "cvxpy" and self.objective not in ("l1", "perspective", "elastic_net"):
+            raise ConfigurationError(f"solver='cvxpy' applies to objective 'l1', 'perspective' or "
+                                     f"'elastic_net'; "
                                      f"{self.objective!r} has its own solver (use solver='auto')")
         check_kappa(self.kappa, high_inclusive=True, example=0.99,
                     why="well-posedness ||A||_inf <= kappa certifies a unique state")
