@@ -293,7 +293,8 @@ def test_sim_elastic_net_fast_agrees_with_cvxpy():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
     st = extract_states(net, torch.randn(60, 5, dtype=torch.float64), dtype=torch.float64)
-    kw = dict(objective="elastic_net", backend="serial", beta=0.02, l1_ratio=0.6, kappa=0.3)
+    kw = dict(objective="elastic_net", backend="serial", beta=0.02, l1_ratio=0.6, kappa=0.3, refit=False,
+              sparse=False)
     fast, rf = SIM(tol=1e-10, **kw).fit_states(st)
     ref, rr = SIM(solver="cvxpy", prune_tol=0.0, **kw).fit_states(st)
     assert set(rr.solver) == {"clarabel"} and set(rf.solver) == {"fista"}
