@@ -24,10 +24,18 @@ of the cached Fashion-MNIST states ``experiments/results/cache/fashion_states_20
    112 rows), and SIM's batched P(kappa) path (least squares + ``penalized_rows`` with weight 0)
    on all 112 rows directly.
 
+4. ``--only exact``: exact matching at scale, ``SIM(objective="exact")`` (batched basis pursuit,
+   paper 002 eqs. 6, 8-9) on the first ``--exact-samples`` (default 2000) cached states, serial
+   and loky (``--exact-backends``, ``--n-jobs``), with the feasible / infeasible row counts, nnz
+   and certificates, and HiGHS (``idlkit.sim.cvx.exact_row``, the LP the fit used to solve per
+   row) timed on ``--exact-highs-rows`` state rows and extrapolated to all 122 rows; ``--exact-eps`` adds the
+   relaxed matching ``match_eps`` runs (loky). Writes ``bench_sim_exact.json`` / ``.md``.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_sim.py            # full (about 20 min on 2 shared cores)
     .venv/bin/python benchmarks/bench_sim.py --quick    # smoke run, < 1 min
+    .venv/bin/python benchmarks/bench_sim.py --only exact   # part 4 (about 1 min + HiGHS rows)
 
 Writes ``bench_sim.json`` / ``.md`` (``_quick`` with ``--quick``) to ``--out``.
 """
@@ -74,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--admm-epochs", type=int, default=100, help="torchidl ADMM A/B epochs (0: skip)")
     ap.add_argument("--lasso-ref-rows", type=int, default=8, help="cvxpy lasso rows timed")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=("all", "exact"), default="all", help="'exact': part 4 only")
+    ap.add_argument("--exact-samples", type=int, default=2000, help="part 4: samples")
+    ap.add_argument("--exact-highs-rows", type=int, default=2, help="part 4: state rows timed with HiGHS")
+    ap.add_argument("--exact-eps", default="", help="part 4: comma-separated match_eps values (loky)")
+    ap.add_argument("--exact-backends", default="serial,loky", help="part 4: backends of the exact fit")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-torchidl", action="store_true", help="part 2 off")
     ap.add_argument("--from-json", type=Path, default=None, help="only rewrite the markdown of a saved run")
@@ -83,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.samples, a.rounds, a.cvx_rows, a.cvx_out_rows = 150, 1, 1, 0
         a.pgd_epochs, a.admm_epochs, a.lasso_ref_rows = 0, 0, 1
         a.objectives, a.lasso_kappa = "l1,lasso", 1e-2
+        a.exact_samples, a.exact_highs_rows, a.exact_eps, a.exact_backends = 1200, 1, "", "serial"
     return a
 
 
@@ -346,6 +360,105 @@ def bench_lasso(S: dict[str, np.ndarray], a: argparse.Namespace,
     return out
 
 
+# ---------------------------------------------------------------------- 4. exact at scale
+
+
+def _counts(labels: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in labels:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def bench_exact(a: argparse.Namespace) -> dict[str, Any]:
+    """``SIM(objective="exact")`` on ``--exact-samples`` states (serial, loky), HiGHS per row."""
+    from idlkit.errors import InfeasibleError
+    from idlkit.sim.cvx import exact_row, factor
+
+    st = load_states(a.states, a.exact_samples)
+    S = arrays(st)
+    n = S["Z"].shape[1]
+    F = np.hstack([S["X"], S["U"]])
+    out: dict[str, Any] = {"m": int(F.shape[0]), "d": int(F.shape[1]), "rows": n + S["Y_hat"].shape[1],
+                           "baseline_nnz": int(st.baseline_nnz), "fits": {}}
+    runs = [(be, 0.0) for be in a.exact_backends.split(",") if be]
+    runs += [("loky", float(e)) for e in a.exact_eps.split(",") if e]
+    ours: dict[str, Any] = {}
+    for be, eps in runs:
+        sim = SIM(objective="exact", backend=be, n_jobs=None if be == "serial" else a.n_jobs, match_eps=eps)
+        key = f"{be}" + (f" match_eps={eps:g}" if eps else "")
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, rep = sim.fit_states(st)
+        except InfeasibleError as exc:  # reported, never a crash
+            out["fits"][key] = {"seconds": time.perf_counter() - t0, "infeasible": str(exc)}
+            continue
+        status = _counts(rep.status)
+        feasible = sum(v for k, v in status.items() if k != "infeasible")
+        out["fits"][key] = {
+            "seconds": rep.seconds, "status": status, "solvers": _counts(rep.solver),
+            "feasible_rows": feasible, "infeasible_rows": status.get("infeasible", 0),
+            "nnz": rep.nnz, "sparsity_pct": rep.sparsity, "a_inf_norm": rep.a_inf_norm,
+            "state_residual": rep.state_residual, "output_residual": rep.output_residual,
+            "max_row_residual": float(np.max(rep.residual)),
+            "max_iterations": int(rep.iterations.max(initial=0))}
+        print(f"  exact {key:22s} {rep.seconds:8.2f} s  {status}  nnz {rep.nnz}", flush=True)
+        if eps == 0.0 and not ours:
+            ours = {"A": dense(model.A), "B": dense(model.B)}
+    # HiGHS, the per-row LP of eqs. 8-9 on the reduced factor (the fit's solver before the engine)
+    k = min(a.exact_highs_rows, n)
+    fac = factor(F)
+    Y, _ = fac.project(S["Z"][:, :k].T)
+    cons = np.zeros(F.shape[1], bool)
+    cons[:n] = True
+    objs, t0 = [], time.perf_counter()
+    for i in range(k):
+        sol = exact_row(fac.R, Y[i], kappa=float(st.kappa), constrained=cons,
+                        penalized=np.ones(F.shape[1], bool))
+        objs.append(None if sol.w is None else float(np.abs(sol.w).sum()))
+    t_h = time.perf_counter() - t0
+    rel = None
+    if ours and all(o is not None for o in objs):
+        W = np.hstack([ours["A"], ours["B"]])[:k]
+        rel = float(np.max((np.abs(W).sum(axis=1) - np.array(objs)) / np.array(objs)))
+    out["highs"] = {"rows_timed": k, "time_s_timed": t_h,
+                    "time_s_extrapolated": t_h * out["rows"] / max(k, 1),
+                    "max_rel_objective_ours_minus_highs": rel}
+    return out
+
+
+def markdown_exact(out: dict[str, Any], a: argparse.Namespace) -> str:
+    ex = out["exact"]
+    md = [f"# bench_sim exact at scale ({'quick' if a.quick else 'full'})", "",
+          f"SIM(objective='exact') (batched basis pursuit, paper 002 eqs. 6, 8-9) on the first {ex['m']} "
+          f"cached Fashion-MNIST states: F is {ex['m']} x {ex['d']}, {ex['rows']} rows (112 state, 10 "
+          f"output), kappa 0.99; {out['cpu']}, {os.cpu_count()} cores shared with other jobs (noisy; load "
+          f"{out['loadavg_start'][0]:.1f} at start, {out['loadavg_end'][0]:.1f} at end); commit "
+          f"{out['commit']}.", "",
+          "| fit | time (s) | feasible / infeasible rows | status | solvers | nnz (baseline) | "
+          "||A||_inf | state / output resid. | max row resid. | max iters |",
+          "|---|---:|---|---|---|---:|---:|---|---:|---:|"]
+    for key, r in ex["fits"].items():
+        if "infeasible" in r and isinstance(r["infeasible"], str):
+            md.append(f"| {key} | {r['seconds']:.2f} | InfeasibleError: {r['infeasible'][:120]} "
+                      f"| | | | | | | |")
+            continue
+        md.append(f"| {key} | {r['seconds']:.2f} | {r['feasible_rows']} / {r['infeasible_rows']} | "
+                  f"{r['status']} | {r['solvers']} | {r['nnz']} ({ex['baseline_nnz']}) | "
+                  f"{r['a_inf_norm']:.4f} | "
+                  f"{r['state_residual']:.2e} / {r['output_residual']:.2e} | {r['max_row_residual']:.2e} | "
+                  f"{r['max_iterations']} |")
+    h = ex["highs"]
+    md += ["", f"HiGHS (one LP per row, `idlkit.sim.cvx.exact_row`): {h['time_s_timed']:.1f} s for "
+               f"{h['rows_timed']} state row(s), {h['time_s_extrapolated']:.0f} s extrapolated to "
+               f"{ex['rows']} rows; our objective minus HiGHS's, relative, on those rows: "
+               f"{_f(h['max_rel_objective_ours_minus_highs'], '.1e')} (negative: ours is lower; HiGHS "
+               f"stops at its own feasibility tolerance on this badly scaled LP).", ""]
+    return "\n".join(md)
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -433,8 +546,6 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     torch.manual_seed(a.seed)
-    st = load_states(a.states, a.samples)
-    S = arrays(st)
     out: dict[str, Any] = {
         "benchmark": "bench_sim",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -442,11 +553,23 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "config": config_of(a),
-        "states": {"m": int(S["X"].shape[0]), "n": int(S["X"].shape[1]), "p": int(S["U"].shape[1]),
-                   "q": int(S["Y_hat"].shape[1]), "baseline_nnz": int(st.baseline_nnz)},
     }
-    stem = "bench_sim_quick" if a.quick else "bench_sim"
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.only == "exact":
+        stem = "bench_sim_exact_quick" if a.quick else "bench_sim_exact"
+        print("4. exact at scale", flush=True)
+        out["exact"] = bench_exact(a)
+        out["loadavg_end"] = os.getloadavg()
+        atomic_write(a.out / f"{stem}.json", json.dumps(out, indent=2, default=str) + "\n")
+        md = markdown_exact(out, a)
+        atomic_write(a.out / f"{stem}.md", md)
+        print(md)
+        return 0
+    st = load_states(a.states, a.samples)
+    S = arrays(st)
+    out["states"] = {"m": int(S["X"].shape[0]), "n": int(S["X"].shape[1]), "p": int(S["U"].shape[1]),
+                     "q": int(S["Y_hat"].shape[1]), "baseline_nnz": int(st.baseline_nnz)}
+    stem = "bench_sim_quick" if a.quick else "bench_sim"
 
     def save() -> None:  # after every part, so an interrupted run keeps what it measured
         atomic_write(a.out / f"{stem}.json", json.dumps(out, indent=2, default=str) + "\n")

@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmarks (bench_core, bench_train, bench_rnn, bench_convert) at tiny
+"""Smoke tests of the speed benchmarks (bench_core, bench_train, bench_rnn, bench_convert, bench_sim) at tiny
 budgets, so that CI catches a broken benchmark script; the timings themselves are not checked."""
 
 from __future__ import annotations
@@ -89,3 +89,15 @@ def test_bench_convert_quick_recurrent(tmp_path: Path) -> None:
     assert all(r["max_abs_error"] <= (1e-5 if r["dtype"] == "float32" else 1e-12) for r in rows)
     assert res["config"]["out"] == tmp_path.name  # no machine path recorded
     assert "## recurrent layers" in (tmp_path / "bench_convert_recurrent_quick.md").read_text()
+
+
+def test_bench_sim_exact_quick(tmp_path: Path) -> None:
+    if not (ROOT / "experiments" / "results" / "cache" / "fashion_states_2000.npz").exists():
+        pytest.skip("cached Fashion-MNIST states not present")
+    _run(["benchmarks/bench_sim.py", "--quick", "--only", "exact", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_sim_exact_quick.json").read_text())
+    fit = res["exact"]["fits"]["serial"]
+    assert fit["feasible_rows"] + fit["infeasible_rows"] == res["exact"]["rows"]
+    assert fit["nnz"] > 0 and fit["a_inf_norm"] <= 0.99 and fit["max_row_residual"] <= 1e-5
+    assert res["exact"]["highs"]["rows_timed"] == 1
+    assert "HiGHS" in (tmp_path / "bench_sim_exact_quick.md").read_text()

@@ -166,12 +166,12 @@ def test_broken_steps_are_caught_by_the_certificate(monkeypatch):
     monkeypatch.undo()
     real = bpm._polish
 
-    def worse(N, x0, z, consL, cw, kap):
-        out = real(N, x0, z, consL, cw, kap)
+    def worse(red, x0, b, z, consL, cw, kap):
+        out = real(red, x0, b, z, consL, cw, kap)
         if out is None:
             return None
         x, g = out
-        return x + 0.05 * N[:, 0] * float(x.abs().max()), g  # still on the affine set, not optimal
+        return x + 0.05 * red.N[:, 0] * float(x.abs().max()), g  # still on the affine set, not optimal
 
     monkeypatch.setattr(bpm, "_polish", worse)
     res = basis_pursuit(F, T, kappa=None, constrained=None, max_iter=400, fallback=False)

@@ -456,7 +456,7 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
                 # rows ADMM already certifies are polished too (an exact vertex is exactly sparse)
                 near = steady | ((cobj - Dv <= tol * torch.clamp(cobj, min=_TINY)) & (cfe <= feas_allow))
                 for j in torch.nonzero(near).flatten().tolist():
-                    found = _polish(red.N, S["X0"][j], Z[j], consL, cw, float(S["kx"][j]))
+                    found = _polish(red, S["X0"][j], S["b"][j], Z[j], consL, cw, float(S["kx"][j]))
                     if found is None:
                         continue
                     xp, gpol = found
@@ -549,53 +549,85 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
         status=tuple(status), solver=tuple(solver))
 
 
-def _polish(N: Tensor, x0: Tensor, z: Tensor, consL: Tensor, cw: Tensor,
+def _lstsq(A: Tensor, rhs: Tensor) -> Tensor:
+    """Least squares ``min ||A c - rhs||`` (QR with column pivoting on the CPU)."""
+    driver = "gelsy" if A.device.type == "cpu" else None
+    return torch.linalg.lstsq(A, rhs[:, None], driver=driver).solution[:, 0]
+
+
+def _polish(red: _Reduced, x0: Tensor, b: Tensor, z: Tensor, consL: Tensor, cw: Tensor,
             kap: float) -> tuple[Tensor, Tensor | None] | None:
     """Active-set polish of an ADMM point ``z`` of BP (module docstring): the vertex of the LP
     with ``z``'s support ``E`` and signs, and the dual that certifies it.
 
-    Primal: ``x = x0 + N c`` with ``x_j = 0`` off ``E`` and, when ``z`` is on the boundary of the
-    ball, ``sum_{j in S} c_j sign(z_j) x_j = kappa`` -- a least-squares solve of ``(|~E| [+ 1])
-    x k`` equations (whose residual the caller's matching test judges). Dual: the
+    Primal: the point of the affine set ``R'' x = b`` with ``x_j = 0`` off ``E`` and, when ``z`` is
+    on the boundary of the ball, ``sum_{j in S} c_j sign(z_j) x_j = kappa``. In the null-space
+    form ``x = x0 + N c`` these are ``(|~E| [+ 1]) x k`` equations in ``c``; in the range form
+    ``L Q1_E^T x_E = b`` they are ``(r [+ 1]) x |E|`` equations in ``x_E``: the smaller system is
+    solved by least squares (its residual is judged by the caller's matching test). Dual: the
     optimality conditions of the LP at that vertex, ``g_E = sign(x_E) (1 + mu c_E [E in S])``
-    with ``g perp N``, leave ``N_{~E}^T g_{~E} + mu N_E^T (sign(x) c)_{E cap S} = -N_E^T
-    sign(x_E)``, a ``k x (|~E| [+ 1])`` system; its (min-norm) solution is returned for the
-    caller to certify (it is a valid dual point only after the caller's scaling). Returns None
-    when the primal system is far from consistent (the support is not yet that of a vertex)."""
+    with ``g perp N``: with ``g = Q1 a`` (range form) ``Q1_E a - mu (sign(x) c)_{E cap S} =
+    sign(x_E)``, ``|E| x (r [+ 1])``; with ``g`` free off ``E`` (null form) ``N_{~E}^T g_{~E} +
+    mu N_E^T (sign(x) c)_{E cap S} = -N_E^T sign(x_E)``, ``k x (|~E| [+ 1])``. Its solution is
+    returned for the caller to certify (a valid dual point only after the caller's scaling).
+    Returns None when the primal system is far from consistent (the support is not yet that
+    of a vertex)."""
+    N, Q1, L = red.N, red.Q1, red.L
     E = z != 0
     off = ~E
+    nE, noff = int(E.sum()), int(off.sum())
+    if nE == 0:
+        return None
     sg = torch.sign(z)
-    k = N.shape[1]
+    k, r = N.shape[1], Q1.shape[1]
     ballv = torch.zeros_like(z)
     ballv[consL] = cw
     bw = ballv * sg  # the ball's linear form on the orthant of z
     active = bool(consL.any()) and float((z.abs() * ballv).sum()) >= kap * (1.0 - 1e-9)
-    rows_A, rows_b = [N[off]], [-x0[off]]
-    if active:
-        rows_A.append((bw @ N)[None])
-        rows_b.append(torch.tensor([kap], dtype=z.dtype, device=z.device) - (bw @ x0)[None])
-    A = torch.cat(rows_A)
-    rhs = torch.cat(rows_b)
-    if A.shape[0] == 0:
-        return None
-    c = torch.linalg.lstsq(A, rhs[:, None], driver="gelsd" if A.device.type == "cpu" else None).solution[:, 0]
-    x = x0 + N @ c
-    scale = max(float(x0.abs().max()), float(x.abs().max()), _TINY)
-    if float((A @ c - rhs).abs().max()) > 1e-6 * scale:
-        return None  # far from consistent; small residuals are judged by the caller's matching test
-    x = torch.where(off, torch.zeros_like(x), x)
+    kap_t = torch.tensor([kap], dtype=z.dtype, device=z.device)
+    range_form = r * nE < noff * k
+    if range_form:  # unknowns x_E
+        A = (Q1[E] @ L.T).T
+        rhs = b
+        if active:
+            A, rhs = torch.cat([A, bw[E][None]]), torch.cat([rhs, kap_t])
+        xE = _lstsq(A, rhs)
+        res = A @ xE - rhs
+        x = torch.zeros_like(z)
+        x[E] = xE
+        if float(res.abs().max()) > 1e-6 * max(float(rhs.abs().max()), _TINY):
+            return None
+    else:  # unknowns c
+        A, rhs = N[off], -x0[off]
+        if active:
+            A, rhs = torch.cat([A, (bw @ N)[None]]), torch.cat([rhs, kap_t - (bw @ x0)[None]])
+        if A.shape[0] == 0:
+            return None
+        c = _lstsq(A, rhs)
+        x = x0 + N @ c
+        scale = max(float(x0.abs().max()), float(x.abs().max()), _TINY)
+        if float((A @ c - rhs).abs().max()) > 1e-6 * scale:
+            return None  # far from consistent; small residuals are judged by the caller's matching test
+        x = torch.where(off, torch.zeros_like(x), x)
     # dual at the vertex
     g = None
-    NE, NoffT = N[E], N[off].T
-    cols = [NoffT]
-    if active:
-        cols.append((NE.T @ (sg[E] * ballv[E]))[:, None])
-    M = torch.cat(cols, dim=1)
-    if M.shape[1] and k:
-        sol = torch.linalg.lstsq(M, -(NE.T @ sg[E])[:, None],
-                                 driver="gelsd" if M.device.type == "cpu" else None).solution[:, 0]
-        g = sg.clone()
-        g[off] = sol[:int(off.sum())]
+    ball_col = sg[E] * ballv[E]
+    if range_form or k == 0:
+        M = Q1[E]
         if active:
-            g[E] = sg[E] * (1.0 + sol[-1] * ballv[E])
+            M = torch.cat([M, -ball_col[:, None]], dim=1)
+        if M.shape[1]:
+            sol = _lstsq(M, sg[E])
+            g = Q1 @ sol[:r]
+    else:
+        NE = N[E]
+        M = N[off].T
+        if active:
+            M = torch.cat([M, (NE.T @ ball_col)[:, None]], dim=1)
+        if M.shape[1]:
+            sol = _lstsq(M, -(NE.T @ sg[E]))
+            g = sg.clone()
+            g[off] = sol[:noff]
+            if active:
+                g[E] = sg[E] * (1.0 + sol[-1] * ballv[E])
     return x, g
