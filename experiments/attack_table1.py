@@ -149,7 +149,7 @@ def load_or_train(name: str, args: argparse.Namespace, X: torch.Tensor, y: torch
         blob = torch.load(path, weights_only=False)
         net.load_state_dict(blob["state_dict"])
         log(f"{name}: loaded cached weights {path}")
-        return net.eval(), {**blob["train"], "cache": str(path), "from_cache": True}
+        return net.eval(), {**blob["train"], "cache": path.name, "from_cache": True}
     log(f"{name}: training ({epochs} epochs)")
     info = train(name, net, X, y, Xt, yt, epochs=epochs, lr=lr, batch=batch, seed=args.seed,
                  max_minutes=cap, augment=aug)
@@ -157,7 +157,7 @@ def load_or_train(name: str, args: argparse.Namespace, X: torch.Tensor, y: torch
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": net.state_dict(), "train": info}, tmp)
     os.replace(tmp, path)
-    return net.eval(), {**info, "cache": str(path), "from_cache": False}
+    return net.eval(), {**info, "cache": path.name, "from_cache": False}
 
 
 # ----------------------------------------------------------------------------- attacks
