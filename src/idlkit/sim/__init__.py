@@ -4,10 +4,13 @@
 outputs (paper 002 §3), rescaled by default so that exact matching with ``||A||_inf <= kappa``
 is strictly feasible (paper 002 §3, Thm 2.4). ``SIM(objective=...).fit(baseline, U)`` fits an
 implicit model to them row by row, in parallel (Alg. 1), and returns ``(model, SIMReport)``.
-The row solvers are public too: :func:`penalized_rows` (l1 / perspective, problems 10-11),
-:func:`constrained_lasso_batch` and :func:`constrained_lasso` (P(kappa), thesis Alg. 1-2).
+The row solvers are public too: :func:`penalized_rows` (l1 / perspective / elastic net,
+problems 10-11; the batched engine, on any torch device), :func:`constrained_lasso_batch` and
+:func:`constrained_lasso` (P(kappa), thesis Alg. 1-2), :func:`basis_pursuit_rows` and
+:func:`basis_pursuit` (exact matching, eqs. 6, 8-9, with certificates).
 """
 
+from .exact import BasisPursuitResult, basis_pursuit, basis_pursuit_rows
 from .fit import BACKENDS, OBJECTIVES, SIM, SIMReport
 from .lasso import constrained_lasso, constrained_lasso_rows, gram, lasso_cd
 from .lasso_batch import BatchLassoResult, constrained_lasso_batch
@@ -18,10 +21,13 @@ __all__ = [
     "BACKENDS",
     "OBJECTIVES",
     "SIM",
+    "BasisPursuitResult",
     "BatchLassoResult",
     "PenalizedResult",
     "SIMReport",
     "States",
+    "basis_pursuit",
+    "basis_pursuit_rows",
     "constrained_lasso",
     "constrained_lasso_batch",
     "constrained_lasso_rows",
