@@ -405,9 +405,15 @@ def penalized_rows(G: Any, C: Any, tt: Any, *, lam: float, penalty: str, weight:
         if any_hub:
             out[:, hub] = _prox_huber(V[:, hub], weight, sig[hub], step)
         if any_cons:  # exact prox of the penalty plus the ball (module docstring)
-            VS = V[:, colS]
-            mag = torch.clamp(VS.abs() - stepS, min=0.0)
-            out[:, colS] = torch.sign(VS) * _project_ball(mag, cw, dat[2], eS)
+            # theta = 0 (the soft threshold alone) unless a row leaves the ball
+            outside = out[:, colS].abs() @ cw > dat[2]
+            if bool(outside.any()):
+                rows = torch.nonzero(outside).flatten()
+                VS = V[rows][:, colS]
+                mag = torch.clamp(VS.abs() - stepS, min=0.0)
+                sub = out[rows]
+                sub[:, colS] = torch.sign(VS) * _project_ball(mag, cw, dat[2][rows], eS)
+                out[rows] = sub
         return out
 
     X0 = _start(W0, P, consP, cw, kap, B.shape, pc[P], dev)
