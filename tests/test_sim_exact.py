@@ -1,4 +1,4 @@
-"""Batched basis pursuit for SIM's exact matching (paper 002 eqs. 6, 8-9): idlkit.sim.basis_pursuit.
+"""Batched basis pursuit for SIM's exact matching (paper 002 eqs. 6, 8-9): idlkit.sim.exact.
 
 The reference is an independent LP written here on ``F`` itself (``w = w+ - w-``) and solved by
 HiGHS through ``scipy.optimize.linprog``; basis-pursuit denoising is checked against cvxpy +
@@ -15,11 +15,11 @@ import pytest
 import scipy.optimize as so
 import torch
 
-import idlkit.sim.basis_pursuit as bpm
+import idlkit.sim.exact as bpm
 from idlkit.errors import ConfigurationError, InfeasibleError, NonFiniteError, ShapeError
 from idlkit.sim import SIM, extract_states
-from idlkit.sim.basis_pursuit import BasisPursuitResult, basis_pursuit, basis_pursuit_rows
 from idlkit.sim.cvx import factor
+from idlkit.sim.exact import BasisPursuitResult, basis_pursuit, basis_pursuit_rows
 
 
 def _lp(F, t, kappa, cons, free, sigma=None):

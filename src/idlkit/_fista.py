@@ -115,9 +115,12 @@ def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Data],
     xp, lxp = x.clone(), (None if lx is None else lx.clone())
     t = torch.ones(act.numel(), dtype=x.dtype, device=dev)
 
+    k = 0
+
     def retire(keep: Tensor) -> None:
         nonlocal act, x, lx, f, dat, xp, lxp, t
         gone = act[~keep]
+        iters[gone] = k
         X[gone] = x[~keep]
         F[gone] = f[~keep]
         if LX is not None and lx is not None:
@@ -127,7 +130,6 @@ def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Data],
         if lx is not None and lxp is not None:
             lx, lxp = lx[keep], lxp[keep]
 
-    k = 0
     while act.numel() and k < max_iter:
         k += 1
         tn = _next_t(t)
@@ -138,7 +140,6 @@ def fista_rows(x0: Tensor, *, objective: Callable[[Tensor, Tensor | None, Data],
         lxn = linear(xn) if linear is not None else None
         fn = objective(xn, lxn, dat)
         worse = ~(fn <= f)  # NaN counts as worse
-        iters[act] = k
         t = torch.where(worse, torch.ones_like(tn), tn)
         if restart == "keep" or not bool(worse.any()):
             small = None

@@ -9,10 +9,13 @@ activation modules of any network (:mod:`idlkit.sim.hooks`, ``extract_states(met
 the automatic fallback); they are saved and reloaded with ``States.save`` / ``States.load``.
 After a fit, :func:`regen_states` refits ``(C, D)`` on the model's own equilibrium states and
 :func:`evaluate` measures the model against labels and the teacher (:mod:`idlkit.sim.refit`).
-The row solvers are public too: :func:`penalized_rows` (l1 / perspective, problems 10-11),
-:func:`constrained_lasso_batch` and :func:`constrained_lasso` (P(kappa), thesis Alg. 1-2).
+The row solvers are public too: :func:`penalized_rows` (l1 / perspective / elastic net,
+problems 10-11; the batched engine, on any torch device), :func:`constrained_lasso_batch` and
+:func:`constrained_lasso` (P(kappa), thesis Alg. 1-2), :func:`basis_pursuit_rows` and
+:func:`basis_pursuit` (exact matching, eqs. 6, 8-9, with certificates).
 """
 
+from .exact import BasisPursuitResult, basis_pursuit, basis_pursuit_rows
 from .fit import BACKENDS, OBJECTIVES, SIM, SIMReport
 from .hooks import HookedStates, StateLayer, hook_states
 from .lasso import constrained_lasso, constrained_lasso_rows, gram, lasso_cd
@@ -25,6 +28,7 @@ __all__ = [
     "BACKENDS",
     "OBJECTIVES",
     "SIM",
+    "BasisPursuitResult",
     "BatchLassoResult",
     "Evaluation",
     "HookedStates",
@@ -33,6 +37,8 @@ __all__ = [
     "SIMReport",
     "StateLayer",
     "States",
+    "basis_pursuit",
+    "basis_pursuit_rows",
     "constrained_lasso",
     "constrained_lasso_batch",
     "constrained_lasso_rows",

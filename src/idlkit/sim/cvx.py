@@ -5,7 +5,7 @@ matching (eqs. 8-9) as a linear program solved by HiGHS (and, relaxed to a toler
 SOCP), and the relaxed l1 (problem 11), elastic-net and perspective (problem 10, the rotated
 cones ``w_j^2 <= s_j t_j`` of eq. 5) objectives as SOCPs for cvxpy with Clarabel (MOSEK when the
 user has it and asks for it, SCS as the fallback). :mod:`idlkit.sim.penalized` and
-:mod:`idlkit.sim.basis_pursuit` solve them much faster, all rows at once; this module is their
+:mod:`idlkit.sim.exact` solve them much faster, all rows at once; this module is their
 reference and their fallback for rows they do not certify.
 
 Each row sees the data through a *reduced factor* of ``F = (X, U[, 1])``: with the thin SVD
@@ -98,7 +98,7 @@ def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None,
              solvers: tuple[str, ...] = ("CLARABEL", "SCS")) -> RowSolution:
     """Basis-pursuit denoising, exact matching relaxed to a tolerance: ``min sum_j sigma_j |w_j|``
     (penalised ``j``) s.t. ``||R w - y|| <= delta``, ``||w_S||_1 <= kappa``; an SOCP for cvxpy
-    (the reference and fallback of :func:`idlkit.sim.basis_pursuit.basis_pursuit_rows` with
+    (the reference and fallback of :func:`idlkit.sim.exact.basis_pursuit_rows` with
     ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``)."""
     import cvxpy as cp
 

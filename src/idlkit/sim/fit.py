@@ -13,7 +13,7 @@ Objectives (the ``objective`` argument):
 
 * ``"exact"``: basis pursuit with exact matching, ``min sum_j sigma_j |w_j|`` s.t. ``F w = t``,
   ``||a||_1 <= kappa`` (eqs. 6, 8-9), all rows of a block at once by
-  :func:`idlkit.sim.basis_pursuit.basis_pursuit_rows` (ADMM on the range / null-space form of
+  :func:`idlkit.sim.exact.basis_pursuit_rows` (ADMM on the range / null-space form of
   ``F``, active-set polish, duality-gap certificates; HiGHS solves the rows it does not
   certify). With ``m > d`` samples ``F w = t`` is solvable only for ``t`` in ``range(F)``: rows
   whose relative residual outside it exceeds ``match_tol`` are infeasible, and so are rows
@@ -33,7 +33,7 @@ Objectives (the ``objective`` argument):
 ``solver="auto"`` uses the batched first-order engine: :func:`~idlkit.sim.penalized_rows`
 (l1, perspective, elastic net), :func:`~idlkit.sim.constrained_lasso_batch` (its ``weight =
 0`` case plus the inactive-row check and the exact bisection polish) and
-:func:`~idlkit.sim.basis_pursuit.basis_pursuit_rows` (exact). ``solver="cvxpy"`` solves the
+:func:`~idlkit.sim.exact.basis_pursuit_rows` (exact). ``solver="cvxpy"`` solves the
 relaxed objectives row by row with cvxpy (Clarabel, MOSEK with ``cvx_solvers=("MOSEK",)``). A
 row the fast solver does not finish is retried with the next solver (FISTA -> Clarabel -> SCS;
 ADMM -> HiGHS / Clarabel; batched P(kappa) -> bisection) and reported as such in
@@ -59,8 +59,8 @@ from .._validation import check_choice, check_int, check_kappa, check_positive, 
 from ..errors import ConfigurationError, InfeasibleError, InputError, SolverError
 from ..model import ImplicitModel
 from ._gram import gram_factor
-from .basis_pursuit import basis_pursuit_rows
 from .cvx import Factor, factor, relaxed_row
+from .exact import basis_pursuit_rows
 from .lasso_batch import constrained_lasso_batch
 from .penalized import penalized_rows
 from .states import States, extract_states

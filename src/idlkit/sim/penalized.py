@@ -134,7 +134,8 @@ def penalty_value(W: Any, penalty: str, weight: float, sigma: Any = None, l1_rat
 
 
 def _soft(V: Tensor, tau: Tensor | float) -> Tensor:
-    return torch.sign(V) * torch.clamp(V.abs() - tau, min=0.0)
+    """``sign(v) (|v| - tau)_+`` as ``v - clamp(v, -tau, tau)`` (two operations, exact zeros)."""
+    return V - torch.clamp(V, -tau, tau)
 
 
 def _prox_huber(V: Any, weight: float, sig: Any, step: float | Any) -> Any:
@@ -160,7 +161,9 @@ def _ball_threshold(A: Tensor, c: Tensor, e: Tensor | None, kap: Tensor) -> Tens
     if A.shape[1] == 0:
         return A.new_zeros(A.shape[0])
     ce = c if e is None else c / e
-    inside = (A * ce).sum(dim=1) <= kap
+    inside = A @ ce <= kap if ce.dim() == 1 else (A * ce).sum(dim=1) <= kap
+    if bool(inside.all()):  # the common case inside an iteration: no sort
+        return A.new_zeros(A.shape[0])
     order = torch.argsort(A / c, dim=1, descending=True)
     Ao = torch.gather(A, 1, order)
     co = c[order]
@@ -321,6 +324,10 @@ def penalized_rows(G: Any, C: Any, tt: Any, *, lam: float, penalty: str, weight:
     box = ~consP & plain & (rho <= 0)  # l1 off S: the dual point must satisfy |y_j| <= tau_j
     quad = ~consP & plain & (rho > 0)
     rhoS = rho[consP]
+    idxS = torch.nonzero(consP).flatten()
+    # the constrained coordinates of SIM rows are a leading block (a): index them by a slice (a view)
+    colS: slice | Tensor = (slice(0, idxS.numel()) if idxS.numel() and int(idxS[-1]) == idxS.numel() - 1
+                            else consP)
     any_hub, any_cons = bool(hub.any()), bool(consP.any())
     any_box, any_quad = bool(box.any()), bool(quad.any())
 
@@ -388,16 +395,25 @@ def penalized_rows(G: Any, C: Any, tt: Any, *, lam: float, penalty: str, weight:
     lmax = float(torch.linalg.eigvalsh(H)[-1]) if H.numel() else 0.0
     step = 1.0 / (2.0 * lam * max(lmax, _TINY))
 
+    stepS, eS = step * tau[consP], (1.0 + step * rhoS) if any_rho else None
+    thr = step * tau
+
     def prox(V: Tensor, dat: tuple[Tensor, ...]) -> Tensor:
-        out = _soft(V, step * tau)
+        out = _soft(V, thr)
         if any_rho:
             out = out / (1.0 + step * rho)
         if any_hub:
             out[:, hub] = _prox_huber(V[:, hub], weight, sig[hub], step)
         if any_cons:  # exact prox of the penalty plus the ball (module docstring)
-            VS = V[:, consP]
-            mag = torch.clamp(VS.abs() - step * tau[consP], min=0.0)
-            out[:, consP] = torch.sign(VS) * _project_ball(mag, cw, dat[2], 1.0 + step * rhoS)
+            # theta = 0 (the soft threshold alone) unless a row leaves the ball
+            outside = out[:, colS].abs() @ cw > dat[2]
+            if bool(outside.any()):
+                rows = torch.nonzero(outside).flatten()
+                VS = V[rows][:, colS]
+                mag = torch.clamp(VS.abs() - stepS, min=0.0)
+                sub = out[rows]
+                sub[:, colS] = torch.sign(VS) * _project_ball(mag, cw, dat[2][rows], eS)
+                out[rows] = sub
         return out
 
     X0 = _start(W0, P, consP, cw, kap, B.shape, pc[P], dev)

@@ -23,47 +23,60 @@ noisy or foreign targets are not. A row is declared **infeasible** when ``rho_t 
 ``||F w - t|| <= eps ||t||`` meets ``range(F)``); BP then solves ``R w = y``, i.e. it matches the
 projection ``Q Q^T t`` exactly and ``t`` to ``rho_t``.
 
-Reduced (range / null-space) form. Free coordinates ``U`` are eliminated exactly: with ``Pi`` the
-projector onto ``range(R_U)^perp``, ``R w = y`` for some ``w_U`` iff ``Pi R_{~U} v = Pi y``
-(``v = w_{~U}``), and then ``w_U = R_U^+ (y - R_{~U} v)``. Columns of ``F`` that are zero (dead
-units, constant-zero pixels) get coefficient 0. In the scaled coordinates ``x_j = sigma_j v_j``
-the objective is ``||x||_1`` and the budget the weighted ball ``sum_{j in S} |x_j| / sigma_j <=
-kappa``; with the SVD ``Pi R_{~U} D^{-1} = U_r diag(s) V_r^T`` (rank ``r``, ``D = diag(sigma)``)
-and ``N`` an orthonormal basis of its null space (``k = d' - r`` columns), the feasible set of BP
-is the affine set ``x0 + range(N)`` with ``x0 = V_r diag(1/s) U_r^T Pi y`` (``x0 perp N``), whose
-projection ``x -> x0 + N N^T x`` costs two thin products. On Fashion-MNIST's 2,000-sample states
-``k = 15``: the LP of eq. 8 is a 15-dimensional problem in disguise.
+Reduced (range / null-space) form. Free coordinates ``U`` are eliminated exactly: with ``Qc`` an
+orthonormal basis of ``range(R_U)^perp``, ``R w = y`` for some ``w_U`` iff ``Qc^T R_{~U} v = Qc^T
+y`` (``v = w_{~U}``; full row rank), and then ``w_U = R_U^+ (y - R_{~U} v)``. Columns of ``F``
+that are zero (dead units, constant-zero pixels) get coefficient 0. In the scaled coordinates
+``x_j = sigma_j v_j`` the objective is ``||x||_1`` and the budget the weighted ball ``sum_{j in
+S} |x_j| / sigma_j <= kappa``; write ``R'' = Qc^T R_{~U} D^{-1} = L Q1^T`` (``D = diag(sigma)``)
+with ``Q1`` (``d' x r``) and ``N`` (``d' x k``) orthonormal bases of its row and null spaces, from
+one complete QR of ``R''^T`` (BP; ``L`` lower triangular) or its SVD (BPDN, or a numerically
+rank-deficient ``R''``; ``L = diag(s)`` with numpy's rank cut-off). The feasible set of BP is
+the affine set ``x0 + range(N)``, ``x0 = Q1 L^{-1} b`` the minimum-norm solution, whose
+projection ``x -> x0 + N N^T x`` (or ``x - Q1 Q1^T x + x0`` when ``k > d'/2``) costs two thin
+products. On Fashion-MNIST's 2,000-sample states ``r = 881`` and ``k = 2`` once the 13 zero
+columns are dropped: the LP of eq. 8 is a 2-dimensional problem in disguise. With ``k = 0``
+the solution is unique: optimal, or infeasible when it breaks the budget (solver
+``"unique"``).
 
-Method: ADMM (Douglas-Rachford splitting) on ``min h(x) + indicator_A(x)``, ``h(x) = ||x||_1 +
-indicator(weighted ball)``, for all rows together with per-row penalty ``rho``:
+Method: ADMM (Douglas-Rachford splitting, over-relaxation 1.6) on ``min h(x) + indicator_A(x)``,
+``h(x) = ||x||_1 + indicator(weighted ball)``, for all rows together with per-row penalty
+``rho``:
 
     x <- P_A(z - u),    z <- prox_{h / rho}(x + u),    u <- u + x - z,
 
-``P_A`` the projection on the affine set (BP) or on the cylinder ``{x : ||s o V_r^T x - U_r^T Pi
-y|| <= delta}`` (BPDN; the component along ``V_r`` solves a one-dimensional secular equation
-by safeguarded Newton, the null-space component passes through), ``prox`` the soft threshold
-followed by the exact weighted-ball projection (the same sort as
+``P_A`` the projection on the affine set (BP) or on the cylinder ``{x : ||L Q1^T x - b|| <=
+delta}`` (BPDN; along ``Q1`` a one-dimensional secular equation, solved by Newton warm-started
+from the previous iteration, the null-space component passes through), ``prox`` the soft
+threshold followed by the exact weighted-ball projection (the sort of
 :func:`idlkit.sim.penalized._ball_threshold`). ``rho`` is rebalanced per row from the
-normalised primal and dual residuals (``u`` rescaled with it). For BP the support of ``z`` is
-polished: with ``x_j = 0`` off the support ``E``, ``N_{~E} c = -x0_{~E}`` is solved by least
-squares and ``x0 + N c`` (exactly feasible, exactly sparse) replaces ``z`` when it is a better
-certified point (a vertex of the LP is identified exactly once ADMM has found its support).
+normalised primal and dual residuals (``u`` rescaled with it). For BP the support ``E`` and
+signs of ``z`` are polished (:func:`_polish`): the point of the affine set with ``x_j = 0`` off
+``E`` (and the budget tight when ``z`` is on the ball's boundary) by least squares, in the
+cheaper of the range and null-space forms, and the LP dual at that vertex; the polished point
+(feasible to round-off, exactly sparse) replaces ``z`` when it is certified -- a vertex of the
+LP is identified exactly once ADMM has found its support. For BPDN the sparse ``z`` reaches the
+cylinder slowly; at ``max_iter`` the (dense) ``x = P_C(z - u)`` is the fallback candidate.
+ADMM needs more iterations when ``k`` is large (fewer samples than unknowns); with ``m > d`` and
+a small null space (the SIM setting: Fashion-MNIST in < 10 s on 2 cores) it is fast.
 
 Certificates (per row). Primal: the returned ``w`` with its objective ``h``, its matching residual
 ``||F w - t|| / ||t||`` (``feasibility``) and ``||w_S||_1 <= kappa`` (kept exactly: ``z`` lies in
 the ball by construction, a polished point is accepted only inside it). Dual: weak duality of
-``min h(x) + indicator_C(x)`` gives, for any ``g = R''^T nu`` (``R'' = Pi R_{~U} D^{-1}``),
+``min h(x) + indicator_C(x)`` gives, for any ``g = R''^T nu``,
 
-    p* >= nu^T Pi y - delta ||nu|| - h*(g),    h*(g) = indicator(|g_j| <= 1, j not in S)
+    p* >= nu^T b - delta ||nu|| - h*(g),    h*(g) = indicator(|g_j| <= 1, j not in S)
                                                         + kappa max_{j in S} (|g_j| - 1)_+ sigma_j,
 
-(``delta = 0`` for BP: ``sup_{R'' x = Pi y} -g^T x = -nu^T Pi y``; for BPDN the support function of
+(``delta = 0`` for BP: ``sup_{R'' x = b} -g^T x = -nu^T b``; for BPDN the support function of
 the ball adds ``delta ||nu||``). ADMM's ``rho u`` is a subgradient of ``h`` at ``z``; projected
-onto ``range(V_r)`` it is ``g = R''^T nu`` with ``nu^T Pi y = g^T x0`` and ``||nu|| = ||diag(1/s)
-V_r^T g||``, and scaled by ``s = min(1, min_{j not in S} 1/|g_j|)`` into the domain of ``h*``
+onto ``range(Q1)`` it is ``g = R''^T nu`` with ``nu^T b = g^T x0`` and ``||nu|| = ||L^{-T} Q1^T
+g||``, and scaled by ``s = min(1, min_{j not in S} 1/|g_j|)`` into the domain of ``h*``
 (the scaled point is still of the form ``R''^T nu``). ``gap = h(w) - D`` bounds ``h(w) - p*``
-whenever ``w`` is feasible. A row is ``"optimal"`` when ``|gap| <= tol * max(h(w), tiny)`` and
-the matching residual is within ``match_tol`` (BP) or ``eps + match_tol`` (BPDN); rows left
+whenever ``w`` is feasible; the polished vertex's dual is certified the same way (the larger
+lower bound is kept). A row is ``"optimal"`` when ``|gap| <= tol * max(h(w), tiny)`` (a point
+infeasible enough to undercut the bound is not certified either), the matching residual is
+within ``match_tol`` (BP) or ``eps + match_tol`` (BPDN) and the budget holds; rows left
 after ``max_iter`` are ``"max_iter"`` and, with ``fallback=True``, solved by HiGHS (BP, the LP of
 :func:`idlkit.sim.cvx.exact_row`) or Clarabel (BPDN): ``"fallback"``, or ``"infeasible"`` when
 that solver proves the budget ``||w_S||_1 <= kappa`` unreachable. An infeasible row's ``w`` is
@@ -340,7 +353,7 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
     has_ball = bool(consL.any())
     use_null = k <= dl - k  # project with the thinner basis
     out2 = red.out2
-    # BPDN radius in the reduced coordinates: ||R'' x - Pi y||^2 + out2 + resid^2 <= eps^2 ||t||^2
+    # BPDN radius in the reduced coordinates: ||L Q1^T x - b||^2 + out2 + resid^2 <= eps^2 ||t||^2
     delta = torch.sqrt(torch.clamp((eps * tn) ** 2 - rt * rt - out2, min=0.0)) if eps > 0 else None
 
     def project(V: Tensor, X0: Tensor, b: Tensor, dl_: Tensor | None, mu0: Tensor) -> tuple[Tensor, Tensor]:
@@ -364,7 +377,7 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
         return out
 
     def match2(Xv: Tensor, b: Tensor) -> Tensor:
-        """||R'' x - Pi y||^2 (range part, plus what the rank cut left outside)."""
+        """``||L Q1^T x - b||^2`` (the in-range part; ``out2`` is what the rank cut left outside)."""
         E = (Xv @ red.Q1) @ red.L.T - b
         return (E * E).sum(dim=1)
 
