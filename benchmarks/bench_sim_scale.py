@@ -64,7 +64,7 @@ def accuracy(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(X).argmax(1) == y).double().mean())
 
 
-def by_samples(net: torch.nn.Module, ds: object, sizes: list[int], n_test: int) -> list[dict]:
+def by_samples(net: torch.nn.Module, ds: object, sizes: list[int], n_test: int, tol: float) -> list[dict]:
     Xt, yt = ds.x_test[:n_test].double(), ds.y_test[:n_test]
     rows = []
     for m in sizes:
@@ -79,7 +79,7 @@ def by_samples(net: torch.nn.Module, ds: object, sizes: list[int], n_test: int) 
         del F
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, rep = SIM(backend="loky", n_jobs=2).fit_states(st, bias=False)
+            model, rep = SIM(backend="loky", n_jobs=2, tol=tol).fit_states(st, bias=False)
         A = model.A.to_dense() if model.A.layout != torch.strided else model.A
         row = {"samples": m, "states_s": t_states, "gram_s": t_gram, "fit_s": rep.seconds,
                "solve_s_rows": float(rep.solve_seconds.sum()), "accuracy": accuracy(model, Xt, yt),
@@ -91,7 +91,8 @@ def by_samples(net: torch.nn.Module, ds: object, sizes: list[int], n_test: int) 
     return rows
 
 
-def by_backend(net: torch.nn.Module, ds: object, m: int, rounds: int, backends: list[str]) -> list[dict]:
+def by_backend(net: torch.nn.Module, ds: object, m: int, rounds: int, backends: list[str],
+               tol: float) -> list[dict]:
     st = extract_states(net, ds.x_train[:m].double(), dtype=torch.float64)
     rows = []
     for be in backends:
@@ -107,7 +108,8 @@ def by_backend(net: torch.nn.Module, ds: object, m: int, rounds: int, backends: 
             for _ in range(rounds):
                 with threadpool_limits(1), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    _, rep = SIM(backend=be, n_jobs=None if be == "serial" else 2).fit_states(st, bias=False)
+                    _, rep = SIM(backend=be, n_jobs=None if be == "serial" else 2, tol=tol).fit_states(
+                        st, bias=False)
                 times.append(rep.seconds)
         except ImportError as exc:
             note = f"skipped: {exc.name or exc} not installed"
@@ -128,8 +130,8 @@ def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"# bench_sim_scale ({res['date']})", "",
              f"CPU: {res['cpu']} (2 usable cores, shared), torch {res['torch']}, commit {res['commit']}. "
-             f"Default `SIM()` (l1, beta 1 in teacher units, layered A, refit), Fashion-MNIST teacher "
-             f"784-64-32-16-10 (86.4 %), test accuracy on {c['test']} test images.", "",
+             f"Default `SIM()` (l1, beta 1 in teacher units, layered A, refit; tol {c.get('tol', 1e-4):g}), "
+             f"Fashion-MNIST teacher 784-64-32-16-10 (86.4 %), test accuracy on {c['test']} test images.", "",
              "## Fit time vs samples", "",
              "`fit` = `SIMReport.seconds` (the whole `fit_states`: F, G = F^T F, the row solves on G, "
              "the refit on G, assembly, residuals on F); `Gram` = `F^T F` alone; `states` = the teacher's "
@@ -160,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", nargs="+", default=["serial", "loky", "ray", "dask"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--test", type=int, default=10000)
+    ap.add_argument("--tol", type=float, default=SIM().tol, help="SIM's certificate tolerance")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.sizes, args.backend_samples, args.backends, args.rounds, args.test = [300, 600], 300, \
-            ["serial", "loky"], 1, 500
+    if args.quick:  # a smoke run of every step: small sizes, a loose tolerance
+        args.sizes, args.backend_samples, args.backends, args.rounds, args.test, args.tol = [200, 400], 200, \
+            ["serial", "loky"], 1, 200, 1e-2
     ensure_idlkit_data()
     torch.set_num_threads(1)
     load_start = loadavg_1min()
@@ -173,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
            "torch": torch.__version__, "commit": git_commit(), "config": config_of(args),
            "load_start": load_start}
-    res["samples"] = by_samples(net, ds, args.sizes, args.test)
-    res["backends"] = by_backend(net, ds, args.backend_samples, args.rounds, args.backends)
+    res["samples"] = by_samples(net, ds, args.sizes, args.test, args.tol)
+    res["backends"] = by_backend(net, ds, args.backend_samples, args.rounds, args.backends, args.tol)
     res["load_end"] = loadavg_1min()
     name = "bench_sim_scale" + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)

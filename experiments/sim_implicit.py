@@ -44,6 +44,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 import idlkit.robust as R
+from idlkit.baselines import fit_classifier
 from idlkit.convert import from_torch
 from idlkit.datasets import load
 from idlkit.sim import SIM, extract_states
@@ -60,17 +61,7 @@ def digits_teacher(seed: int = 0) -> nn.Sequential:
     ds = load("digits", as_torch=True)
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    X, Y = ds.x_train.float(), ds.y_train
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(40):
-        perm = torch.randperm(X.shape[0], generator=g)
-        for i in range(0, X.shape[0], 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(X[idx]), Y[idx]).backward()
-            opt.step()
-    return net.double().eval()
+    return fit_classifier(net, ds.x_train.float(), ds.y_train, epochs=40, seed=seed).double()
 
 
 def fashion_teacher() -> nn.Sequential:

@@ -12,6 +12,32 @@ F64 = torch.float64
 TOL = 1e-12
 
 
+def check_outputs(net: nn.Module, x: torch.Tensor, tol: dict[torch.dtype, float],
+                  **kw: object) -> idl.ImplicitModel:
+    """The converted model's outputs equal ``net``'s to ``tol[x.dtype]`` (relative to the output
+    scale) and the model is triangular (:func:`assert_triangular`)."""
+    net.eval()
+    model = from_torch(net, x, **kw)
+    with torch.no_grad():
+        y_net = net(x).reshape(x.shape[0], -1)
+        y = model(x)
+    scale = max(1.0, float(y_net.abs().max()))
+    err = float((y - y_net).abs().max())
+    assert err <= tol[x.dtype] * scale, f"max abs error {err:.3g} (output scale {scale:.3g})"
+    assert_triangular(model)
+    return model
+
+
+def assert_triangular(model: idl.ImplicitModel) -> None:
+    """A strictly upper triangular, certified, and solved in one sweep."""
+    A = model.A.to_dense() if model.sparse else model.A
+    assert not bool(torch.tril(A).ne(0).any()), "A is not strictly upper triangular"
+    assert model.settings.method == "triangular" and model.wellposedness == "triangular"
+    assert model.last_solve is not None and model.last_solve.method == "triangular"
+    rep = model.certificate()
+    assert rep.triangular and rep.holds["triangular"]
+
+
 def check_exact(net: nn.Module, u: torch.Tensor, grad_tol: float = 1e-10) -> idl.ImplicitModel:
     """The converted model equals ``net`` (values, states, input gradients) to float64 round-off."""
     net = net.eval()

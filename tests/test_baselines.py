@@ -330,3 +330,55 @@ def test_learns_addition_in_distribution(kind):
     x_test = torch.rand(256, 2) + 1
     mse = nn.functional.mse_loss(model(x_test), x_test.sum(dim=1, keepdim=True)).item()
     assert mse < 1e-2, mse
+
+
+def test_fit_classifier_is_the_plain_adam_loop_and_deterministic():
+    """fit_classifier equals a hand-written Adam / shuffled-minibatch loop, weight for weight."""
+    from idlkit.baselines import fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 4, generator=g)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    ours = fit_classifier(net(), X, y, epochs=3, lr=1e-2, batch_size=16, seed=5)
+    ref = net()
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        perm = torch.randperm(50, generator=gen)
+        for i in range(0, 50, 16):
+            idx = perm[i:i + 16]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(X[idx]), y[idx]).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not ours.training
+    again = fit_classifier(net(), X, y, epochs=3, lr=1e-2, batch_size=16, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), again.parameters(), strict=True))
+    acc = float((fit_classifier(net(), X, y, epochs=60).double()(X.double()).argmax(1) == y).float().mean())
+    assert acc >= 0.95
+
+
+def test_fit_classifier_bad_input_is_typed():
+    from idlkit.baselines import fit_classifier
+    from idlkit.errors import ConfigurationError, IdlError, NonFiniteError, ShapeError
+
+    net = torch.nn.Linear(3, 2)
+    X, y = torch.randn(6, 3), torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ConfigurationError, match="epochs"):
+        fit_classifier(net, X, y, epochs=0)
+    with pytest.raises(ConfigurationError, match="lr"):
+        fit_classifier(net, X, y, epochs=1, lr=-1.0)
+    with pytest.raises(ShapeError, match="integer class labels"):
+        fit_classifier(net, X, y.float(), epochs=1)
+    with pytest.raises(ShapeError, match="integer class labels"):
+        fit_classifier(net, X, y[:5], epochs=1)
+    with pytest.raises(NonFiniteError):
+        fit_classifier(net, X.clone().fill_(float("nan")), y, epochs=1)
+    with pytest.raises(IdlError, match="Module"):
+        fit_classifier("net", X, y, epochs=1)  # type: ignore[arg-type]

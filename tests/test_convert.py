@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _convert_check import check_outputs
 from torch import nn
 
 import idlkit as idl
@@ -38,25 +39,7 @@ def randomize_bn(net: nn.Module, g: torch.Generator) -> None:
 
 
 def check_exact(net: nn.Module, x: torch.Tensor, **kw: object) -> idl.ImplicitModel:
-    net.eval()
-    model = from_torch(net, x, **kw)
-    with torch.no_grad():
-        y_net = net(x).reshape(x.shape[0], -1)
-        y = model(x)
-    scale = max(1.0, float(y_net.abs().max()))
-    err = float((y - y_net).abs().max())
-    assert err <= TOL[x.dtype] * scale, f"max abs error {err:.3g} (output scale {scale:.3g})"
-    assert_triangular(model)
-    return model
-
-
-def assert_triangular(model: idl.ImplicitModel) -> None:
-    A = model.A.to_dense() if model.sparse else model.A
-    assert not bool(torch.tril(A).ne(0).any()), "A is not strictly upper triangular"
-    assert model.settings.method == "triangular" and model.wellposedness == "triangular"
-    assert model.last_solve is not None and model.last_solve.method == "triangular"
-    rep = model.certificate()
-    assert rep.triangular and rep.holds["triangular"]
+    return check_outputs(net, x, TOL, **kw)
 
 
 class FunctionalMLP(nn.Module):

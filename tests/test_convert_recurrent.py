@@ -15,6 +15,7 @@ import random
 
 import pytest
 import torch
+from _convert_check import check_outputs
 from torch import nn
 
 import idlkit as idl
@@ -29,20 +30,7 @@ TOL = {F64: 1e-12, F32: 1e-5}
 
 
 def check_exact(net: nn.Module, x: torch.Tensor, **kw: object) -> idl.ImplicitModel:
-    net.eval()
-    model = from_torch(net, x, **kw)
-    with torch.no_grad():
-        y_net = net(x).reshape(x.shape[0], -1)
-        y = model(x)
-    scale = max(1.0, float(y_net.abs().max()))
-    err = float((y - y_net).abs().max())
-    assert err <= TOL[x.dtype] * scale, f"max abs error {err:.3g} (output scale {scale:.3g})"
-    A = model.A.to_dense() if model.sparse else model.A
-    assert not bool(torch.tril(A).ne(0).any()), "A is not strictly upper triangular"
-    assert model.last_solve.method == "triangular"
-    rep = model.certificate()
-    assert rep.triangular and rep.holds["triangular"]
-    return model
+    return check_outputs(net, x, TOL, **kw)
 
 
 class Layer(nn.Module):

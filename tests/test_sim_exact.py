@@ -211,6 +211,45 @@ def test_bpdn_matches_clarabel(kappa):
             assert res.dual[i] <= prob.value * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("kappa", [None, 4.0])
+def test_bpdn_polish_is_exactly_sparse_and_optimal(kappa):
+    """m > d with correlated columns (the SIM setting): the support polish of BPDN returns points
+    on the matching boundary with exactly the reference's support, certified by the dual bound;
+    with kappa = 4 the budget binds on some rows and makes one infeasible (reported, never zero)."""
+    cp = pytest.importorskip("cvxpy")
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(120, 12))
+    F = np.hstack([base, base @ rng.normal(size=(12, 18)) * 0.3 + 0.05 * rng.normal(size=(120, 18))])
+    Wt = rng.normal(size=(5, 30)) * (rng.random((5, 30)) < 0.3)
+    T = Wt @ F.T + 0.01 * rng.normal(size=(5, 120))
+    cons = np.zeros(30, bool)
+    cons[12:] = True
+    eps = 0.02
+    res = basis_pursuit(F, T, kappa=kappa, constrained=cons, eps=eps, tol=1e-8, max_iter=2_000)
+    binding = 0
+    for i, t in enumerate(T):
+        w = cp.Variable(30)
+        cl = [cp.norm(F @ w - t) <= eps * np.linalg.norm(t)]
+        if kappa is not None:
+            cl.append(cp.norm1(w[cons]) <= kappa)
+        prob = cp.Problem(cp.Minimize(cp.norm1(w)), cl)
+        prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        if prob.status == "infeasible":
+            assert res.status[i] == "infeasible" and np.all(np.isnan(res.W[i]))
+            continue
+        assert res.status[i] == "optimal" and res.solver[i] == "admm-polish"
+        assert res.objective[i] == pytest.approx(prob.value, rel=1e-6)
+        assert res.dual[i] <= prob.value * (1 + 1e-7)
+        assert res.feasibility[i] == pytest.approx(eps, rel=1e-6)  # the matching constraint is tight
+        ref = np.abs(w.value) > 1e-6 * np.abs(w.value).max()
+        np.testing.assert_array_equal(res.W[i] != 0, ref)
+        if kappa is not None:
+            assert res.l1[i] <= kappa * (1 + 1e-12)
+            binding += res.l1[i] >= kappa * (1 - 1e-9)
+    if kappa is not None:
+        assert binding >= 1 and "infeasible" in res.status
+
+
 def test_torch_tensors_in_torch_out_and_equal_to_numpy():
     F, T, cons, free = _problem(11, 20, 40, 4)
     fac = factor(F)

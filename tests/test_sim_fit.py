@@ -224,6 +224,52 @@ def test_dask_backend_on_a_local_cluster():
     np.testing.assert_allclose(_rows(model), _rows(ref), atol=BLOCK_ATOL)
 
 
+def _dying_solver(monkeypatch, tmp_path, always: bool):
+    """Replace the block solver by one whose worker process dies (os._exit) on its first block
+    (``always``: on every block solved outside this process). A local function: loky pickles it
+    by value, so the workers run it too."""
+    import os
+
+    import idlkit.sim.fit as fit_mod
+
+    original, parent, marker = fit_mod._solve_block, os.getpid(), tmp_path / "died"
+
+    def dying(job, G, R):
+        if os.getpid() != parent and (always or not marker.exists()):
+            marker.touch()
+            os._exit(1)
+        return original(job, G, R)
+
+    monkeypatch.setattr(fit_mod, "_solve_block", dying)
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_dead_worker_is_reported_and_its_rows_retried(monkeypatch, tmp_path, always):
+    st = _wide_states()
+    kw = dict(objective="l1", beta=1e-2, tol=1e-8)
+    ref, _ = SIM(backend="serial", **kw).fit_states(st)
+    _dying_solver(monkeypatch, tmp_path, always)
+    with pytest.warns(RuntimeWarning, match="worker died") as rec:
+        model, rep = SIM(backend="loky", n_jobs=2, block_rows=8, **kw).fit_states(st)
+    np.testing.assert_allclose(_rows(model), _rows(ref), atol=BLOCK_ATOL)  # never a silent zero
+    assert rep.retried_rows and set(rep.retried_rows) <= set(range(len(rep.status)))
+    assert all(s == "optimal" for s in rep.status)
+    deaths = [w for w in rec if "worker died" in str(w.message)]
+    assert len(deaths) == (2 if always else 1)
+    assert "this process" in str(deaths[-1].message) if always else "fresh pool" in str(deaths[0].message)
+
+
+def test_an_error_inside_a_worker_is_not_retried(monkeypatch):
+    import idlkit.sim.fit as fit_mod
+
+    def broken(job, G, R):
+        raise SolverError("row solver exploded", status="failed")
+
+    monkeypatch.setattr(fit_mod, "_solve_block", broken)
+    with pytest.raises(SolverError, match="exploded"):
+        SIM(objective="l1", backend="loky", n_jobs=2, block_rows=8).fit_states(_wide_states())
+
+
 @pytest.mark.parametrize("backend,module", [("ray", "ray"), ("dask", "distributed")])
 def test_missing_backend_says_what_to_install(monkeypatch, backend, module):
     st = _wide_states()

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from idlkit.baselines import fit_classifier
 from idlkit.errors import ConfigurationError, InputError
 from idlkit.sim import SIM, extract_states
 
@@ -131,17 +132,7 @@ def test_default_sim_is_implicit_sparse_and_accurate_on_digits():
     ds = load("digits", as_torch=True)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    X, Y = ds.x_train.float(), ds.y_train
-    g = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        perm = torch.randperm(X.shape[0], generator=g)
-        for i in range(0, X.shape[0], 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(X[idx]), Y[idx]).backward()
-            opt.step()
-    net = net.double().eval()
+    net = fit_classifier(net, ds.x_train.float(), ds.y_train, epochs=40).double()
     Xt = ds.x_test.double()
     with torch.no_grad():
         acc_t = float((net(Xt).argmax(1) == ds.y_test).double().mean())

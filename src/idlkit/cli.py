@@ -197,6 +197,7 @@ def sim(
     from torch import nn
 
     from . import datasets, io
+    from .baselines import fit_classifier
     from .errors import IdlError
     from .sim import SIM
 
@@ -215,14 +216,7 @@ def sim(
             layers += [nn.Linear(width, h, bias=bias), nn.ReLU()]
             width = h
         teacher = nn.Sequential(*layers, nn.Linear(width, ds.num_classes, bias=bias))
-        opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for idx in torch.randperm(x.shape[0], generator=gen).split(64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(teacher(x[idx]), y[idx]).backward()
-                opt.step()
-        teacher.eval()
+        fit_classifier(teacher, x, y, epochs=epochs, lr=1e-3, seed=seed)
         model, report = fitter.fit(teacher, x[:samples])
         with torch.no_grad():
             acc_t = float((teacher(xt).argmax(1) == yt).float().mean())

@@ -18,6 +18,7 @@ Q^T t`` (``R`` has full row rank, so these equations are always consistent).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.optimize as so
@@ -111,12 +112,19 @@ def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None,
     S = np.flatnonzero(constrained)
     if kappa is not None and S.size:
         cons.append(cp.norm1(w[S]) <= kappa)
-    prob = cp.Problem(cp.Minimize(obj), cons)
+    return _first_solution(cp.Problem(cp.Minimize(obj), cons), w, solvers)
+
+
+def _first_solution(problem: Any, w: Any, solvers: tuple[str, ...]) -> RowSolution:
+    """Solve ``problem`` with the first installed solver of ``solvers`` that returns a solution
+    for the variable ``w``; a solver that proves infeasibility ends the search."""
+    import cvxpy as cp
+
     status = "failed"
     for name in solvers:
         if name not in cp.installed_solvers():
             continue
-        status = _cvx_solve(prob, name)
+        status = _cvx_solve(problem, name)
         if status in ("optimal", "optimal_inaccurate") and w.value is not None:
             return RowSolution(np.asarray(w.value, dtype=np.float64), name.lower(), status)
         if status in ("infeasible", "infeasible_inaccurate"):
@@ -174,12 +182,4 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     S = np.flatnonzero(constrained)
     if kappa is not None and S.size:
         cons.append(cp.norm1(w[S]) <= kappa)
-    prob = cp.Problem(cp.Minimize(pen + fit), cons)
-    status = "failed"
-    for name in solvers:
-        if name not in cp.installed_solvers():
-            continue
-        status = _cvx_solve(prob, name)
-        if status in ("optimal", "optimal_inaccurate") and w.value is not None:
-            return RowSolution(np.asarray(w.value, dtype=np.float64), name.lower(), status)
-    return RowSolution(None, ",".join(s.lower() for s in solvers), status)
+    return _first_solution(cp.Problem(cp.Minimize(pen + fit), cons), w, solvers)

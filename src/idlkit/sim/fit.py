@@ -46,7 +46,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,6 +102,8 @@ class SIMReport:
             read-only memory map, written once), ``"object-store"`` (ray.put once),
             ``"in-process"`` (serial, threading; dask scatters it once to each worker).
         fallback_rows: rows that needed a fallback solver.
+        retried_rows: rows solved again because a parallel worker died before returning them
+            (a ``RuntimeWarning`` names them too).
         validation: with ``fit(..., val=...)``, one entry per penalty weight tried (weight,
             held-out agreement with the baseline, nnz, sparsity); ``chosen_weight`` the one kept.
     """
@@ -124,6 +126,7 @@ class SIMReport:
     iterations: np.ndarray
     shared: str
     fallback_rows: tuple[int, ...] = field(default=())
+    retried_rows: tuple[int, ...] = field(default=())
     validation: tuple[dict, ...] | None = None
     chosen_weight: float | None = None
 
@@ -544,7 +547,7 @@ class SIM:
                                kappa=out_kappa, rows=np.arange(n, n + q), W0=None if W0 is None else W0[1],
                                row_scale=row_scale[n:])
         n_jobs = 1 if self.backend == "serial" else (self.n_jobs or os.cpu_count() or 1)
-        outs = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
+        outs, retried = _run(jobs, G, None if fac is None else fac.R, self.backend, n_jobs)
         shared = ",".join(sorted({o.shared for o in outs})) or "in-process"
         if lstsq_out:  # thesis eq. 3.5 with l = 0: least squares on F itself (not its Gram matrix)
             t0 = time.perf_counter()
@@ -597,7 +600,8 @@ class SIM:
             sparsity=(1.0 - nnz / max(states.baseline_nnz, 1)) * 100.0,
             seconds=time.perf_counter() - t_start, solve_seconds=secs, iterations=iters,
             shared=shared,
-            fallback_rows=tuple(i for i in range(n + q) if status[i] == "fallback"))
+            fallback_rows=tuple(i for i in range(n + q) if status[i] == "fallback"),
+            retried_rows=retried)
         return model, report
 
     # ------------------------------------------------------------------------------- helpers
@@ -700,16 +704,64 @@ class SIM:
         return jobs
 
 
-def _run(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: int) -> list[_BlockOut]:
-    """Solve the blocks on ``backend`` (see the module docstring for how data is shared)."""
+#: Exceptions by which the parallel backends report a worker process that died (killed, out of
+#: memory, crashed in native code): loky / concurrent.futures, Ray, dask.distributed.
+_WORKER_DEATH = frozenset({"TerminatedWorkerError", "BrokenProcessPool", "WorkerCrashedError",
+                           "RayActorError", "NodeDiedError", "KilledWorker"})
+
+
+def _is_worker_death(exc: BaseException) -> bool:
+    return any(c.__name__ in _WORKER_DEATH for c in type(exc).__mro__)
+
+
+def _run(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: int,
+         solve: Callable[[_Job, Any, Any], _BlockOut] | None = None
+         ) -> tuple[list[_BlockOut], tuple[int, ...]]:
+    """Solve the blocks on ``backend`` (see the module docstring for how data is shared); returns
+    the blocks' results in order and the rows that were retried.
+
+    A worker that dies (``_WORKER_DEATH``) never loses rows silently: the blocks without a result
+    are solved again on a fresh pool, and, if a worker dies again, in this process; a
+    ``RuntimeWarning`` names the rows each time. Any other exception propagates."""
+    solve = solve or _solve_block
     if backend == "serial" or len(jobs) <= 1 and backend in ("loky", "threading"):
-        return [_solve_block(j, G, R) for j in jobs]
+        return [solve(j, G, R) for j in jobs], ()
+    results: dict[int, _BlockOut] = {}
+    pending = list(range(len(jobs)))
+    retried: list[int] = []
+    for attempt in ("a fresh pool", "this process"):
+        try:
+            for k, out in zip(pending, _dispatch([jobs[k] for k in pending], G, R, backend, n_jobs, solve),
+                              strict=False):
+                results[k] = out
+            break
+        except Exception as exc:  # noqa: BLE001 -- re-raised unless a worker died
+            if not _is_worker_death(exc):
+                raise
+            pending = [k for k in pending if k not in results]
+            rows = [int(i) for k in pending for i in jobs[k].rows]
+            retried += rows
+            warnings.warn(f"SIM: a {backend} worker died ({type(exc).__name__}: {str(exc)[:200]}) before "
+                          f"rows {rows[:10]}{'...' if len(rows) > 10 else ''} ({len(rows)} rows) were "
+                          f"solved; solving them again in {attempt}", RuntimeWarning, stacklevel=3)
+            if attempt == "this process":
+                break
+    for k in pending:
+        if k not in results:
+            results[k] = solve(jobs[k], G, R)
+    return [results[k] for k in range(len(jobs))], tuple(sorted(set(retried)))
+
+
+def _dispatch(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: int,
+              solve: Callable[[_Job, Any, Any], _BlockOut]) -> Iterator[_BlockOut]:
+    """The blocks' results, in order, from a pool of ``backend`` (set up and torn down here)."""
     from joblib import Parallel, delayed, parallel_config
 
     if backend in ("loky", "threading"):
         # loky memory-maps arrays above 1 MB (G, R) once per call; workers read them in place
-        return Parallel(n_jobs=n_jobs, backend=backend, mmap_mode="r")(
-            delayed(_solve_block)(j, G, R) for j in jobs)
+        yield from Parallel(n_jobs=n_jobs, backend=backend, mmap_mode="r", return_as="generator")(
+            delayed(solve)(j, G, R) for j in jobs)
+        return
     if backend == "ray":
         try:
             import ray
@@ -724,10 +776,12 @@ def _run(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: i
             register_ray()
             Gr, Rr = ray.put(G), ray.put(R)  # once into the object store (paper 002 App. B)
             with parallel_config(backend="ray", n_jobs=n_jobs):
-                return Parallel()(delayed(_solve_block)(j, Gr, Rr) for j in jobs)
+                # (Ray's joblib backend returns lists only: a worker death loses the whole call)
+                yield from Parallel()(delayed(solve)(j, Gr, Rr) for j in jobs)
         finally:
             if started:
                 ray.shutdown()
+        return
     # dask
     try:
         import distributed
@@ -738,7 +792,7 @@ def _run(jobs: list[_Job], G: np.ndarray, R: np.ndarray, backend: str, n_jobs: i
     try:
         with parallel_config(backend="dask", client=client):
             # G and R are scattered once to the workers (joblib's dask backend scatters large args)
-            return Parallel()(delayed(_solve_block)(j, G, R) for j in jobs)
+            yield from Parallel()(delayed(solve)(j, G, R) for j in jobs)
     finally:
         if own:
             cluster = client.cluster
