@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    res: dict = {"config": {k: T.portable(v) for k, v in vars(args).items()},
                  "machine": machine(), "files": []}
 
     net = cached_net("mnist", args)

@@ -62,6 +62,20 @@ PAPER = {
 }
 PAPER_MODELS = {"mnist": "feed-forward network, 98 % clean", "cifar10": "ResNet-20, 92 % clean"}
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "idlkit" / "experiments"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable(value: object) -> object:
+    """A path option as the results record it: repository-relative, or under ``~``; never a
+    machine path (other values unchanged)."""
+    if not isinstance(value, (str, Path)) or not str(value).startswith(("/", "~")):
+        return value
+    path = Path(value).expanduser().resolve()
+    for base, shown in ((ROOT, None), (Path.home().resolve(), "~")):
+        if path.is_relative_to(base):
+            rel = path.relative_to(base).as_posix()
+            return rel if shown is None else f"{shown}/{rel}"
+    return path.name
 
 
 # ----------------------------------------------------------------------------- models
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cli = sys.argv[1:] if argv is None else argv
-    res: dict = {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    res: dict = {"config": {**{k: portable(v) for k, v in vars(args).items()},
                             "command": "python experiments/attack_table1.py " + " ".join(cli),
                             "percents": PERCENTS},
                  "machine": machine(), "paper": PAPER, "notes": NOTES, "datasets": {}}

@@ -33,8 +33,10 @@ that ``gamma ||A||_inf <= 0.99 < 1`` certifies a unique state (paper 000 Thm 2.2
 fits with the identity map in place of phi, which the row solvers never read, and attaches phi
 afterwards through ``ImplicitModel.from_matrices(..., wellposedness="inf", kappa=0.99)``, which
 checks ``gamma ||A||_inf <= 0.99``; ``SIM.fit_states`` now declares ``gamma ||A||_inf`` itself.)
-The fits use the paper-literal form (``per_sample=False``, ``penalty_units="rescaled"``,
-``structure="free"``, ``refit=False``: the settings these results were recorded with).
+The beta fits use the paper-literal form (``per_sample=False``, ``penalty_units="rescaled"``,
+``structure="free"``, ``refit=False``); each network also gets a ``default SIM()`` fit (the
+library's defaults: penalties in the teacher's units against per-sample matching, structure
+``"auto"``, relaxed-lasso refit).
 After each fit, ``regen_states(support="keep")`` refits ``(C, D, d)``
 on the model's own equilibrium states within the fitted support.
 
@@ -148,6 +150,12 @@ def fit_certified(st: States, **sim_kw: object) -> tuple[idlkit.ImplicitModel, o
     return model, rep, time.perf_counter() - t0
 
 
+def default_kw(sim_kw: dict) -> dict:
+    """The library's defaults (teacher units, per-sample matching, structure "auto", relaxed-lasso
+    refit, beta / lambdas as shipped) with this run's engine settings."""
+    return {k: sim_kw[k] for k in ("tol", "backend", "n_jobs", "dtype")}
+
+
 def one_fit(label: str, st: States, st_test: States, y_test: torch.Tensor, sim_kw: dict) -> dict:
     """Fit, evaluate on the fit samples and the test set, regen (keep support), evaluate again."""
     model, rep, secs = fit_certified(st, **sim_kw)
@@ -198,9 +206,9 @@ def digits_part(quick: bool, seed: int, sim_kw: dict) -> list[dict]:
         exact = max(float((st.Z - ref.Z).abs().max()), float((st.X - ref.X).abs().max()))
         log(f"digits {act.__name__}: teacher trained {info['epochs']} epochs in "
             f"{info['train_seconds']:.1f} s; max |hooked - converter| states {exact:.1e}")
-        for beta in DIGITS_BETAS:
-            label = f"digits {act.__name__} MLP, beta {beta:g}"
-            row = one_fit(label, st, st_test, yt, {**sim_kw, "beta": beta})
+        for beta in (*DIGITS_BETAS, None):
+            label = f"digits {act.__name__} MLP, " + (f"beta {beta:g}" if beta else "default SIM()")
+            row = one_fit(label, st, st_test, yt, {**sim_kw, "beta": beta} if beta else default_kw(sim_kw))
             row.update({"teacher": info, "max_abs_hooked_minus_converter": exact,
                         "phi_residual": float((st.activation(st.Z.t()).t() - st.X).abs().max())})
             rows.append(row)
@@ -240,8 +248,9 @@ def newsgroups_part(args: argparse.Namespace, sim_kw: dict) -> dict:
                       ("pooled only", {"identity_layers": ["pool"], "skip_layers": ["encoder"]})):
         st = extract_states(net, U, dtype=torch.float64, method="hooks", rescale=False, **hk)
         st_test = extract_states(net, Ut, dtype=torch.float64, method="hooks", rescale=False, **hk)
-        for beta in NEWS_BETAS if label.startswith("FFN") else NEWS_BETAS[:1]:
-            row = one_fit(f"newsgroups {label}, beta {beta:g}", st, st_test, yt, {**sim_kw, "beta": beta})
+        for beta in (*NEWS_BETAS, None) if label.startswith("FFN") else NEWS_BETAS[:1]:
+            name = f"newsgroups {label}, " + (f"beta {beta:g}" if beta else "default SIM()")
+            row = one_fit(name, st, st_test, yt, {**sim_kw, "beta": beta} if beta else default_kw(sim_kw))
             row["phi_residual"] = float((st.activation(st.Z.t()).t() - st.X).abs().max())
             runs.append(row)
     return {"teacher": teacher, "runs": runs, "data": Path(str(ds.source)).name, "train": int(X.shape[0]),
