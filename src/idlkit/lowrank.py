@@ -611,7 +611,7 @@ class LowRankImplicitModel(ImplicitBase):
     # ------------------------------------------------------------------ forward
 
     def _as_batch(self, u: Tensor) -> tuple[Tensor, bool]:
-        return batch_input(u, self.in_features, self.L.dtype)
+        return batch_input(u, self.in_features, self.L.dtype, self.L.device)
 
     def _pre(self, U: Tensor) -> Tensor:
         """``c = B u + b`` batch-first ``(m, n)``."""

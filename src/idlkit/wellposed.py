@@ -36,7 +36,7 @@ from .activations import (
     get_activation,
     stack_activations,
 )
-from .errors import ConfigurationError, ShapeError, WellPosednessError
+from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 
 __all__ = [
     "inf_norm",
@@ -132,6 +132,10 @@ def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"M must be a square (n, n) matrix, got shape {A.shape}")
     vals = A.data if sp.issparse(A) else A
+    if vals.size and not np.all(np.isfinite(vals)):
+        raise NonFiniteError("the matrix has NaN/Inf entries (a model's A or low-rank factors after a "
+                             "diverged step?): no Perron-Frobenius certificate exists; repair the "
+                             "weights or load an earlier checkpoint")
     if vals.size and vals.min() < 0:
         raise ConfigurationError(f"pf_eigenvalue needs a nonnegative matrix; min entry is "
                                  f"{vals.min():.3g} (pass abs(A) for the CONE certificate)")

@@ -201,6 +201,8 @@ class Trainer:
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
             check_int(name, v, 1)
         lr = check_positive("lr", lr, example=1e-3)
+        weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True, example=1e-4)
+        momentum = check_positive("momentum", momentum, allow_zero=True, example=0.9)
         check_int("patience", patience, 1, allow_none=True)
         for pen, w in penalties:
             if isinstance(pen, str) and pen not in PENALTIES:
