@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import wellposed as wp
-from ._validation import all_finite, check_int
+from ._validation import all_finite, check_bool, check_float_dtype, check_int
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord
@@ -330,6 +330,8 @@ class LowRankImplicitModel(ImplicitBase):
         hidden = check_int("hidden", hidden, 1)
         out_features = check_int("out_features", out_features, 1)
         rank = check_int("rank", rank, 1)
+        bias = check_bool("bias", bias)
+        dtype = check_float_dtype("dtype", dtype)
         if rank > hidden:
             raise ConfigurationError(f"rank must satisfy 1 <= rank <= hidden = {hidden}, got "
                                      f"{rank}; use ImplicitModel for a full-rank A")
