@@ -340,6 +340,53 @@ CASES += [
 ]
 
 
+# --- well-posedness toolkit, activations, reference networks
+_NAN_M = torch.full((3, 3), NAN)
+
+
+def _project_nan() -> None:
+    m = _model()
+    with torch.no_grad():
+        m.A[1, 2] = NAN
+    m.project_()
+
+
+def _from_dense_nan() -> None:
+    m = _model()
+    with torch.no_grad():
+        m.A[1, 2] = NAN
+    LowRankImplicitModel.from_dense(m, rank=2)
+
+
+CASES += [
+    ("inf_norm NaN", lambda: idl.wellposed.inf_norm(_NAN_M), ("NaN",)),
+    ("inf_norm of a string", lambda: idl.wellposed.inf_norm("x"), ("str",)),
+    ("mu_inf NaN", lambda: idl.wellposed.mu_inf(_NAN_M), ("NaN",)),
+    ("mu_inf not square", lambda: idl.wellposed.mu_inf(torch.ones(3, 2)), ("(3, 2)",)),
+    ("project_inf_ball NaN", lambda: idl.wellposed.project_inf_ball(_NAN_M, 0.5), ("NaN",)),
+    ("project_inf_ball kappa", lambda: idl.wellposed.project_inf_ball(torch.ones(3, 3), -1.0), ("-1.0",)),
+    ("project_mu_set NaN", lambda: idl.wellposed.project_mu_set(_NAN_M, 0.5), ("NaN",)),
+    ("wellposed.check NaN", lambda: idl.wellposed.check(_NAN_M), ("NaN",)),
+    ("wellposed.check of a string", lambda: idl.wellposed.check("model"), ("str",)),
+    ("rescale a tanh model", lambda: idl.wellposed.rescale(_model(activation="tanh")), ("tanh", "Tanh")),
+    ("project_ with NaN A", _project_nan, ("NaN",)),
+    ("LowRank.from_dense NaN A", _from_dense_nan, ("NaN",)),
+    (
+        "get_activation blockwise without segments",
+        lambda: idl.get_activation({"name": "blockwise"}),
+        ("segments",),
+    ),
+    ("get_activation centered without base", lambda: idl.get_activation({"name": "centered"}), ("base",)),
+    ("get_activation dict without name", lambda: idl.get_activation({"slope": 0.1}), ("name",)),
+    ("get_activation 3", lambda: idl.get_activation(3), ("int",)),
+    ("get_activation bad kwargs", lambda: idl.get_activation("leaky_relu", slope="x"), ("slope", "'x'")),
+    ("datasets.load seed -1", lambda: datasets.load("digits", seed=-1), ("seed", "-1")),
+    ("datasets.load seed str", lambda: datasets.load("digits", seed="x"), ("seed", "'x'")),
+    ("resnet20 num_classes", lambda: idl.convert.resnet20(num_classes=-1), ("num_classes", "-1")),
+    ("resnet20 width", lambda: idl.convert.resnet20(width=0), ("width", "0")),
+]
+
+
 @pytest.mark.parametrize("call,names", [(c, n) for _, c, n in CASES], ids=[i for i, _, _ in CASES])
 def test_bad_input_is_a_typed_error_naming_the_value(
     call: Callable[[], object], names: tuple[str, ...]

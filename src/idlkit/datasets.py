@@ -510,6 +510,7 @@ def load(
         raise ConfigurationError(f"dtype must be a floating numpy dtype such as np.float32 or "
                                  f"np.float64, got {dtype!r}")
     check_scalar("test_size", test_size, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    check_scalar("seed", seed, kind=int, low=0, high=2**32 - 1)
     if sparse and as_torch:
         raise ConfigurationError("sparse=True cannot be combined with as_torch=True")
 

@@ -486,6 +486,9 @@ class LowRankImplicitModel(ImplicitBase):
         kw.update(solver_kwargs)
         dense = lambda M: M.detach().to_dense() if M.layout != torch.strided else M.detach()  # noqa: E731
         A = dense(model.A)  # a sparse (CSR) model is factorised densely: L, R are dense anyway
+        if not all_finite(A):
+            raise NonFiniteError("the model's A has NaN/Inf entries: it has no SVD; repair A or load an "
+                                 "earlier checkpoint")
         U, S, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
         sq = S[:rank].sqrt()
         L64, R64 = U[:, :rank] * sq, Vh[:rank].t() * sq

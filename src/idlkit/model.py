@@ -423,6 +423,9 @@ class ImplicitModel(ImplicitBase):
         if self.sparse:
             self._check_wellposed()
             return self
+        if not all_finite(self.A):
+            raise NonFiniteError("A has NaN/Inf entries (the last optimizer step diverged): there is "
+                                 "nothing to project; lower the learning rate or restore a checkpoint")
         with torch.no_grad():
             A, act, kind = self.A, self.activation, self.wellposedness
             if kind == "inf":
