@@ -384,6 +384,11 @@ CASES += [
     ("datasets.load seed str", lambda: datasets.load("digits", seed="x"), ("seed", "'x'")),
     ("resnet20 num_classes", lambda: idl.convert.resnet20(num_classes=-1), ("num_classes", "-1")),
     ("resnet20 width", lambda: idl.convert.resnet20(width=0), ("width", "0")),
+    (
+        "from_torch int64 example",
+        lambda: from_torch(relu_net, torch.ones(1, 3, dtype=torch.int64)),
+        ("int64", "example_input.float()"),
+    ),
 ]
 
 

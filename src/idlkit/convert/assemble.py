@@ -106,6 +106,9 @@ def _terms(expr: Affine, offs: dict[int, int]) -> tuple[list, list]:
 
 
 def _net_dtype(net: nn.Module, example: Tensor) -> torch.dtype:
+    if not example.is_floating_point():
+        raise ConversionError(f"example_input must be a floating tensor (the model's dtype), got "
+                              f"{example.dtype}; convert it with example_input.float() or .double()")
     for t in list(net.parameters()) + list(net.buffers()):
         if t.is_floating_point() and t.dtype != example.dtype:
             raise ConversionError(f"example_input has dtype {example.dtype} but the network holds "
