@@ -384,6 +384,12 @@ CASES += [
     ("datasets.load seed str", lambda: datasets.load("digits", seed="x"), ("seed", "'x'")),
     ("resnet20 num_classes", lambda: idl.convert.resnet20(num_classes=-1), ("num_classes", "-1")),
     ("resnet20 width", lambda: idl.convert.resnet20(width=0), ("width", "0")),
+    ("penalty l1 of a string", lambda: idl.train.l1("x"), ("str",)),
+    (
+        "penalty lipschitz int",
+        lambda: idl.train.lipschitz_penalty(torch.zeros(4, 4, dtype=torch.int64), *MATS[1:]),
+        ("int64",),
+    ),
     (
         "from_torch int64 example",
         lambda: from_torch(relu_net, torch.ones(1, 3, dtype=torch.int64)),

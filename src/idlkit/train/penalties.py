@@ -30,7 +30,8 @@ def _matrices(fn: _F) -> _F:
     def checked(*args: object, **kwargs: object) -> Tensor:
         for name, value in zip(names, args, strict=False):
             if not isinstance(value, Tensor) or not value.is_floating_point():
-                got = f"a tensor of dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+                got = (f"a tensor of dtype {value.dtype}" if isinstance(value, Tensor)
+                       else type(value).__name__)
                 raise InputError(f"{fn.__name__}: {name} must be a floating torch.Tensor (a model matrix "
                                  f"such as model.A), got {got}")
         return fn(*args, **kwargs)
