@@ -613,3 +613,30 @@ def test_cli_exits_nonzero_with_one_line_and_no_traceback(
     err = proc.stderr.strip()
     assert "Traceback" not in err + proc.stdout
     assert err.startswith("error:") and len(err.splitlines()) == 1 and names in err, err
+
+
+@pytest.mark.parametrize(
+    "field,edit",
+    [
+        ("epoch", lambda t, m: m.pop("epoch")),
+        ("epoch", lambda t, m: m.update(epoch=-5)),
+        ("epoch", lambda t, m: m.update(epoch="1")),
+        ("history", lambda t, m: m.update(history=[])),
+        ("stopped", lambda t, m: m.update(stopped="no")),
+        ("best", lambda t, m: m.update(best=[1.0])),
+        ("optimizer", lambda t, m: m.pop("optimizer")),
+        ("optimizer.state.0.exp_avg", lambda t, m: t.update({"opt/0/exp_avg": torch.zeros(7, 7)})),
+        ("rng/batch_order", lambda t, m: t.pop("rng/batch_order")),
+        ("model/A", lambda t, m: t.update({"model/A": torch.full_like(t["model/A"], NAN)})),
+    ],
+)
+def test_trainer_resume_refuses_a_bad_checkpoint_naming_the_field(tmp_path: Path, field: str, edit) -> None:
+    from idlkit.io import read_tensors, write_tensors
+
+    ckpt = tmp_path / "run.safetensors"
+    Trainer(epochs=1, batch_size=10).fit(_model(), (X3, Y2), checkpoint=ckpt)
+    tensors, meta = read_tensors(ckpt)
+    edit(tensors, meta)
+    write_tensors(ckpt, tensors, meta)
+    with pytest.raises(CheckpointError, match=field.replace(".", r"\.")):
+        Trainer(epochs=2, batch_size=10).fit(_model(), (X3, Y2), checkpoint=ckpt, resume=True)
