@@ -361,6 +361,10 @@ class ImplicitModel(ImplicitBase):
         for k, v in (("b", b), ("d", d)):
             if v is not None:
                 check_float_tensor(k, v)
+        for k, v in (*mats.items(), ("b", b), ("d", d)):
+            if v is not None and v.device != A.device:
+                raise InputError(f"{k} is on {v.device} but A on {A.device}; move the matrices to one "
+                                 f"device (e.g. {k}.to('{A.device}'))")
         n, p, q = A.shape[0], B.shape[1], C.shape[0]
         expected = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
         for k, M in mats.items():
