@@ -45,7 +45,7 @@ __all__ = ["sdp_attack"]
 _MAX_SIZE = 400
 
 
-def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
+def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: int | None = None, *,
                clip: tuple[float, float] | None = None, solver: str | None = None,
                max_size: int = _MAX_SIZE, **solver_options: object) -> AttackResult:
     """SDP bound (4.19) on ``max ||x - x0||_2^2`` over the input box, and the extracted attack.
@@ -54,6 +54,8 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (sparse matrices are densified:
             ``n + p + 1 <= max_size``).
         u0: nominal input ``(p,)``; sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
+        k: must be ``None``: the SDP (4.19) is stated for the box set (4.1) only; a cardinality
+            set raises :class:`~idlkit.errors.ConfigurationError` naming the alternatives.
         clip: valid input range ``(lo, hi)`` intersected with the box.
         solver: ``"CLARABEL"`` or ``"SCS"``; ``None`` tries Clarabel, then SCS.
         solver_options: passed to ``problem.solve``.
@@ -66,6 +68,13 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
         (``lambda_2 / lambda_1`` of ``M``: 0 when the relaxation is exact), ``solver``.
     """
     require_relu(model, "the SDP relaxation (eq. 4.19)")
+    if k is not None:
+        raise ConfigurationError(
+            f"sdp_attack (the SDP relaxation 4.19) supports the box set (4.1) only, got k = {k!r} "
+            f"(the cardinality set 4.2). Alternatives: lp_attack(model, u0, sigma_u, k=k, "
+            f"card_method='hull' or 'milp') for a bound and an attack over the cardinality set, "
+            f"state_box_bound(model, sigma_u, k=k) / output_box_bound (Thm 4.1-4.4 with k), or "
+            f"sdp_attack with k=None (a valid, looser bound over the whole box)")
     try:
         import cvxpy as cp
     except ImportError as exc:  # pragma: no cover - optional dependency
