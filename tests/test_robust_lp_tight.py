@@ -20,7 +20,6 @@ from idlkit._matrix import as_matrix
 from idlkit.convert import from_torch
 from idlkit.errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from idlkit.robust._model import float64_copy
-from idlkit.robust.lp import true_states
 
 
 def ffn(widths: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64) -> torch.nn.Sequential:
@@ -103,14 +102,16 @@ def test_sparse_conversion_equals_dense_without_densifying(cnn_pair, monkeypatch
     sparse = everything(ms)
     for key, a in dense.items():
         b = sparse[key]
-        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True):
+        pairs = zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True)
+        for x, y in pairs:
             x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
             assert torch.allclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True), key
 
 
 # ----------------------------------------------------------------------------- 2. LP tightness
 
-def layer_lp_bounds(net: torch.nn.Sequential, u0: np.ndarray, eps: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def layer_lp_bounds(net: torch.nn.Sequential, u0: np.ndarray, eps: float
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Reference: layer-by-layer LP-tight pre-activation bounds of a ReLU MLP, written from its
     weights (variables ``u, x_1, ..., x_{L-1}``; ``x_l >= 0``, ``x_l >= z_l``, triangle upper cut
     on the final bounds of ``z_l``; ``max / min z_L`` per unit with scipy's linprog)."""
@@ -184,7 +185,8 @@ def test_lp_state_bounds_are_layerwise_lp_tight(eps: float) -> None:
     np.testing.assert_array_equal(more.upper.numpy(), sb.upper.numpy())
     # inside IBP and the Thm 4.1 box
     ib = R.interval_bounds(model, torch.as_tensor(u0)[None], eps)
-    assert np.all(sb.upper.numpy() <= ib.x_upper[0].numpy()) and np.all(sb.lower.numpy() >= ib.x_lower[0].numpy())
+    assert np.all(sb.upper.numpy() <= ib.x_upper[0].numpy())
+    assert np.all(sb.lower.numpy() >= ib.x_lower[0].numpy())
     sx = R.state_box_bound(model, eps).numpy()
     x0 = sb.x0.numpy()
     assert np.all(sb.upper.numpy() <= x0 + sx + 1e-5) and np.all(sb.lower.numpy() >= x0 - sx - 1e-5)
@@ -201,3 +203,210 @@ def test_lp_state_bounds_are_layerwise_lp_tight(eps: float) -> None:
         ibp_hi = float(ib.y_upper[0, j])
         assert tight.bound <= plain.bound + 1e-9 and plain.bound <= ibp_hi + 1e-9
         assert tight.value <= tight.bound and plain.value <= plain.bound
+
+
+# ----------------------------------------------------------------------------- 3. soundness
+
+def pgd_points(net: torch.nn.Sequential, u0: np.ndarray, eps: float, starts: int, steps: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Projected sign-gradient ascent on +-y_j (each output) from random starts in the box."""
+    out = []
+    q = linears(net)[-1][0].shape[0]
+    lo, hi = torch.as_tensor(u0 - eps), torch.as_tensor(u0 + eps)
+    for j in range(q):
+        for sign in (1.0, -1.0):
+            u = torch.as_tensor(u0 + rng.uniform(-eps, eps, (starts, u0.size)))
+            for _ in range(steps):
+                u.requires_grad_(True)
+                (g,) = torch.autograd.grad(sign * net(u)[:, j].sum(), u)
+                u = torch.minimum(torch.maximum(u.detach() + 0.25 * eps * g.sign(), lo), hi)
+            out.append(u.detach().numpy())
+    return np.concatenate(out)
+
+
+def test_every_bound_holds_on_1e5_points_float32_model() -> None:
+    """Box (Thm 4.1), IBP, LP (states and outputs) and the sensitivity output box computed from a
+    float32 model contain its float64 evaluation at 10^5 sampled points (half of them box
+    vertices) and PGD points: 0 violations; IBP and LP with no tolerance at all."""
+    rng = np.random.default_rng(5)
+    net32 = ffn((6, 12, 12, 3), 5, torch.float32)
+    model = from_torch(net32, torch.zeros(1, 6))
+    m64 = float64_copy(model)
+    u0 = rng.uniform(0, 1, 6).astype(np.float32).astype(np.float64)
+    eps = 0.15
+    Rn = rng.uniform(-1, 1, (100_000, 6))
+    Rn[:50_000] = np.sign(Rn[:50_000])
+    U = np.concatenate([u0 + eps * Rn, pgd_points(net32.double(), u0, eps, 100, 20, rng)])
+    with torch.no_grad():
+        X = m64.equilibrium(torch.as_tensor(U)).numpy()
+        Y = m64(torch.as_tensor(U)).numpy()
+    ut = torch.as_tensor(u0)
+    bb = R.box_bounds(model, ut[None], eps)
+    ib = R.interval_bounds(model, ut[None], eps)
+    sb = R.lp_state_bounds(model, ut, eps)
+    C, D, d = (M.detach().double().numpy() for M in (model.C, model.D, model.d))
+    lp_hi = np.array([R.lp_attack(model, ut, eps, objective="linear", c=C[j], e=D[j], const=float(d[j]),
+                                  refine=0).bound for j in range(3)])
+    lp_lo = -np.array([R.lp_attack(model, ut, eps, objective="linear", c=-C[j], e=-D[j], const=-float(d[j]),
+                                   refine=0).bound for j in range(3)])
+    y0 = bb.y0[0].numpy()
+    sy = R.output_box_bound(model, eps).numpy()
+    ulp = 4 * np.finfo(np.float64).eps
+    checks = {  # (lower, upper, values, tolerance)
+        "box states": (bb.x_lower[0].numpy(), bb.x_upper[0].numpy(), X, ulp * (1 + np.abs(X))),
+        "box outputs": (bb.y_lower[0].numpy(), bb.y_upper[0].numpy(), Y, ulp * (1 + np.abs(Y))),
+        "sensitivity output box": (y0 - sy, y0 + sy, Y, ulp * (1 + np.abs(Y))),
+        "ibp states": (ib.x_lower[0].numpy(), ib.x_upper[0].numpy(), X, 0.0),
+        "ibp outputs": (ib.y_lower[0].numpy(), ib.y_upper[0].numpy(), Y, 0.0),
+        "lp states": (sb.lower.numpy(), sb.upper.numpy(), X, 0.0),
+        "lp outputs": (lp_lo, lp_hi, Y, 0.0),
+    }
+    assert U.shape[0] >= 100_000
+    viol = {k: int(((V < lo - t) | (V > hi + t)).sum()) for k, (lo, hi, V, t) in checks.items()}
+    assert all(v == 0 for v in viol.values()), viol
+    # the bounds are not vacuous: the LP is much tighter than the box, and PGD gets close to it
+    assert np.mean(lp_hi - lp_lo) < np.mean(2 * sy)
+    assert np.all(Y.max(0) >= lp_hi - 0.5 * (lp_hi - lp_lo))
+
+
+def milp_worst_case(net: torch.nn.Sequential, u0: np.ndarray, eps: float, c: np.ndarray
+                    ) -> tuple[float, np.ndarray]:
+    """Exact ``max c^T net(u)`` over the box by a big-M MILP written from the weights (bounds by
+    interval arithmetic here); returns (optimum, maximiser)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    Ws = linears(net)
+    p = u0.size
+    lo_prev, hi_prev = u0 - eps, u0 + eps
+    sizes = [W.shape[0] for W, _ in Ws[:-1]]
+    nv = p + 2 * sum(sizes)
+    lb, ub = np.concatenate([lo_prev, np.zeros(nv - p)]), np.concatenate([hi_prev, np.zeros(nv - p)])
+    integ = np.zeros(nv)
+    rows, rlo, rhi = [], [], []
+    prev = slice(0, p)
+    off = p
+    for (W, b), h in zip(Ws[:-1], sizes, strict=True):
+        zc = W @ ((lo_prev + hi_prev) / 2) + b
+        zr = np.abs(W) @ ((hi_prev - lo_prev) / 2)
+        zl, zh = zc - zr - 1e-9, zc + zr + 1e-9
+        xs, ds = slice(off, off + h), slice(off + h, off + 2 * h)
+        ub[xs], ub[ds], integ[ds] = np.maximum(zh, 0), 1.0, 1.0
+        for i in range(h):
+            Wz = np.zeros(nv)
+            Wz[prev] = W[i]
+            ex = np.zeros(nv)
+            ex[xs.start + i] = 1.0
+            ed = np.zeros(nv)
+            ed[ds.start + i] = 1.0
+            # x >= z;  x <= z - zl (1 - d)  <=>  x - z - zl d <= -zl;  x <= zh d
+            rows += [ex - Wz, ex - Wz - zl[i] * ed, ex - zh[i] * ed]
+            rlo += [b[i], -np.inf, -np.inf]
+            rhi += [np.inf, b[i] - zl[i], 0.0]
+        lo_prev, hi_prev = np.maximum(zl, 0), np.maximum(zh, 0)
+        prev = xs
+        off += 2 * h
+    Wo, bo = Ws[-1]
+    obj = np.zeros(nv)
+    obj[prev] = -(c @ Wo)
+    res = milp(obj, constraints=LinearConstraint(np.array(rows), rlo, rhi), integrality=integ,
+               bounds=Bounds(lb, ub), options={"mip_rel_gap": 1e-9})
+    assert res.status == 0
+    return float(-res.fun + c @ bo), res.x[:p]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lp_bounds_against_exact_milp_worst_case(seed: int) -> None:
+    """LP bounds (default and tightened) are never below the exact worst case (a big-M MILP from
+    the weights) nor below the model's value at the MILP maximiser (no tolerance); the attack's
+    value never exceeds the exact optimum."""
+    rng = np.random.default_rng(seed)
+    net = ffn((4, 8, 8, 3), 10 + seed)
+    model = from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
+    u0 = rng.uniform(-1, 1, 4)
+    for eps in (0.05, 0.4):
+        c = rng.normal(size=3)
+        opt, u_star = milp_worst_case(net, u0, eps, c)
+        u_star = np.clip(u_star, u0 - eps, u0 + eps)  # the MILP's point is feasible up to 1e-7 only
+        with torch.no_grad():
+            v_star = float(c @ model(torch.as_tensor(u_star)[None]).numpy()[0])
+        assert abs(v_star - opt) <= 1e-6 * (1 + abs(opt))
+        C, D, d = (M.detach().numpy() for M in (model.C, model.D, model.d))
+        for tighten in (False, True):
+            r = R.lp_attack(model, torch.as_tensor(u0), eps, objective="linear", c=c @ C, e=c @ D,
+                            const=float(c @ d), refine=0, tighten=tighten)
+            assert r.bound >= v_star and r.bound >= opt - 1e-9, (tighten, r.bound, v_star)
+            assert r.value <= opt + 1e-6 * (1 + abs(opt))
+
+
+def test_bound_never_below_value_at_its_own_attack() -> None:
+    """Where the relaxation is exact (tiny boxes: every unit stable) the LP bound and the reachable
+    value coincide up to rounding; the bound must still be >= the value, with no tolerance."""
+    worst = np.inf
+    for seed in range(25):
+        rng = np.random.default_rng(100 + seed)
+        net = ffn((3, 6, 6, 2), 100 + seed)
+        model = from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        u0 = torch.as_tensor(rng.uniform(-1, 1, 3))
+        C, D, d = (M.detach().numpy() for M in (model.C, model.D, model.d))
+        for j in range(2):
+            r = R.lp_attack(model, u0, 1e-4, objective="linear", c=C[j], e=D[j], const=float(d[j]), refine=0)
+            assert r.value <= r.bound
+            worst = min(worst, r.bound - r.value)
+        r = R.lp_attack(model, u0, 1e-4)  # l2 objective
+        assert r.value <= r.bound
+    assert worst < 1e-6  # the relaxation was exact: the test did probe the rounding
+
+
+# ----------------------------------------------------------------------------- 4. bad input
+
+def test_refusals_name_the_method_and_the_alternatives() -> None:
+    net = ffn((3, 5, 2), 0)
+    model = from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+    u0 = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ConfigurationError, match="sdp_attack.*box set.*lp_attack"):
+        R.sdp_attack(model, u0, 0.1, k=1)
+    tnet = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    tanh = from_torch(tnet, torch.zeros(1, 3, dtype=torch.float64))
+    for call in (R.lp_attack, R.lp_state_bounds, R.sdp_attack):
+        with pytest.raises(ConfigurationError, match="ReLU.*interval_bounds"):
+            call(tanh, u0, 0.1)
+    from idlkit import ImplicitModel
+    gelu = ImplicitModel(3, 6, 2, activation="gelu", dtype=torch.float64, kappa=0.5)
+    with pytest.raises(ConfigurationError, match="monotone.*measure='inf'"):
+        R.lipschitz_bound(gelu, "mu")
+    # start boxes
+    n = model.hidden
+    with pytest.raises(ShapeError, match="start"):
+        R.lp_state_bounds(model, u0, 0.1, start=(np.zeros(n + 1), np.ones(n + 1)))
+    with pytest.raises(InputError, match="lower <= upper"):
+        R.lp_state_bounds(model, u0, 0.1, start=(np.ones(n), np.zeros(n)))
+    with pytest.raises(InputError, match="nominal state"):
+        R.lp_attack(model, u0, 0.1, start=(np.full(n, 50.0), np.full(n, 60.0)))
+    with pytest.raises(NonFiniteError):
+        R.lp_state_bounds(model, u0, 0.1, start=(np.full(n, np.nan), np.ones(n)))
+    with pytest.raises(ConfigurationError, match="start"):
+        R.lp_state_bounds(model, u0, 0.1, start=np.zeros(n))
+    # an infinite start box is accepted (no information)
+    free = R.lp_state_bounds(model, u0, 0.1, start=(np.full(n, -np.inf), np.full(n, np.inf)))
+    base = R.lp_state_bounds(model, u0, 0.1)
+    np.testing.assert_array_equal(free.upper.numpy(), base.upper.numpy())
+
+
+def test_ibp_with_cardinality_is_valid_and_tighter() -> None:
+    rng = np.random.default_rng(3)
+    for sparse in (False, True):
+        net = ffn((8, 10, 10, 2), 4)
+        model = from_torch(net, torch.zeros(1, 8, dtype=torch.float64), sparse=sparse)
+        u0 = rng.uniform(-1, 1, 8)
+        box, card = (R.interval_bounds(model, torch.as_tensor(u0)[None], 0.3, k) for k in (None, 2))
+        assert torch.all(card.x_upper <= box.x_upper) and torch.all(card.x_lower >= box.x_lower)
+        assert float((card.y_upper - card.y_lower).mean()) < float((box.y_upper - box.y_lower).mean())
+        Rn = np.sign(rng.uniform(-1, 1, (4000, 8)))
+        keep = np.zeros_like(Rn, dtype=bool)
+        for i in range(keep.shape[0]):
+            keep[i, rng.choice(8, 2, replace=False)] = True
+        U = torch.as_tensor(u0 + 0.3 * np.where(keep, Rn, 0.0))
+        with torch.no_grad():
+            X, Y = model.equilibrium(U), model(U)
+        assert torch.all((X >= card.x_lower) & (X <= card.x_upper))
+        assert torch.all((Y >= card.y_lower) & (Y <= card.y_upper))
