@@ -63,6 +63,13 @@ def _no_densify(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     monkeypatch.setattr(torch.Tensor, "to_dense", guard(torch.Tensor.to_dense))
 
 
+def _value_or_error(f):  # noqa: ANN001, ANN202
+    try:
+        return torch.tensor(f())
+    except Exception as exc:  # noqa: BLE001 - the same typed error on both models is the result
+        return torch.tensor(float(len(type(exc).__name__)))
+
+
 def test_sparse_conversion_equals_dense_without_densifying(cnn_pair, monkeypatch) -> None:  # noqa: ANN001
     ms, md, net = cnn_pair
     rng = np.random.default_rng(0)
@@ -91,6 +98,15 @@ def test_sparse_conversion_equals_dense_without_densifying(cnn_pair, monkeypatch
         out["sens_att"] = R.attack(m, U, labels, 0.1, method="sensitivity").u_adv
         out["fgsm"] = R.fgsm_attack(m, U, labels, 0.1).u_adv
         out["lp_margin"] = R.lp_margin_attack(m, U[:1], labels[:1], eps).bound
+        out["saliency"] = R.saliency_attack(m, U, labels, R.Budget(k=5, epsilon=0.1)).u_adv
+        out["rate"] = torch.tensor(R.success_rate(m, "sensitivity", U, labels, 0.1).rate)
+        out["block"] = R.state_block_bound(m, eps)
+        out["linf"] = _value_or_error(lambda: R.state_linf_bound(m, eps))
+        cb = R.compare_bounds(m, U, eps)
+        out["compare"] = (cb.ibp_output_width, cb.box_output_width)
+        P = R.perturbation_bound(m, m.A * 1.01)
+        assert P.layout == m.A.layout  # sparse stays sparse
+        out["perturbation"] = R.model_error_bound(m, P, U)
         return out
 
     dense = everything(md)
