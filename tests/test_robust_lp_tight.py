@@ -426,3 +426,31 @@ def test_ibp_with_cardinality_is_valid_and_tighter() -> None:
             X, Y = model.equilibrium(U), model(U)
         assert torch.all((X >= card.x_lower) & (X <= card.x_upper))
         assert torch.all((Y >= card.y_lower) & (Y <= card.y_upper))
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "softmax"])
+def test_box_bounds_cover_the_solver_error_of_x0(act: str) -> None:
+    """A loose solver (tol 1e-3): x0 is off by ~1e-3, yet box_bounds (even with sigma_u = 0)
+    contains the exact states and outputs, through the residual-based x_err / y_err."""
+    from idlkit import ImplicitModel
+
+    torch.manual_seed(2)
+    base = ImplicitModel(4, 12, 3, activation=act, dtype=torch.float64, kappa=0.9)
+    mats = [getattr(base, k).detach() for k in ("A", "B", "C", "D")]
+    if act == "softmax":  # BLIP: lambda_pf(Gamma N(A)) < 1 needs a smaller A
+        mats[0] = mats[0] * 0.2
+    kw = dict(b=base.b.detach(), d=base.d.detach(), activation=base.activation, wellposedness=None,
+              solver="picard")
+    loose = ImplicitModel.from_matrices(*mats, **kw, tol=1e-3, max_iter=10_000)
+    exact = ImplicitModel.from_matrices(*mats, **kw, tol=1e-14, max_iter=100_000)
+    U = torch.randn(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        X, Y = exact.equilibrium(U), exact(U)
+    for sigma in (0.0, 0.05):
+        bb = R.box_bounds(loose, U, sigma)
+        assert float(bb.x_err.max()) > 1e-8  # the error term is not vacuous here
+        assert torch.all((X >= bb.x_lower) & (X <= bb.x_upper))
+        assert torch.all((Y >= bb.y_lower) & (Y <= bb.y_upper))
+        assert float(bb.x_err.max()) < 1e-1
+    exact_err = R.box_bounds(exact, U, 0.0).x_err
+    assert float(exact_err.max()) < 1e-10
