@@ -102,13 +102,14 @@ def state_bound(model: object, sigma_u: object, k: int | None = None, method: st
     k = check_k(k, d.p)
     NA, NB, _, _ = norm_matrices(d)
     what = "the state box bound (Thm 4.1/4.2)"
+    up = 1 + 2 * (d.p + 2) * np.finfo(np.float64).eps  # outward: rounding of sums of p terms >= 0
     if k is None:
-        R = np.asarray(NB @ s).reshape(-1, 1)
+        R = np.asarray(NB @ s).reshape(-1, 1) * up
         X, cert = solve_nonneg(NA, R, method=method, what=what)
         eta = X[:, 0]
     else:
         T, cert = solve_nonneg(NA, dense(NB), method=method, what=what)
-        eta = top_k_sum(T * s[None, :], k) if T.shape[0] else np.zeros(0)
+        eta = top_k_sum(T * s[None, :], k) * up if T.shape[0] else np.zeros(0)
     sig = _expand(eta, d.blocks.sizes) if not d.componentwise else eta
     return StateBound(torch.from_numpy(np.ascontiguousarray(sig)), torch.from_numpy(eta.copy()), k, cert)
 
