@@ -189,11 +189,17 @@ def true_states(model: torch.nn.Module, U: np.ndarray) -> np.ndarray:
     return X.detach().to("cpu", torch.float64).numpy()
 
 
-def _state_slack(model: torch.nn.Module) -> float:
-    """Widening of the state box covering the solver's error on ``x0`` and ``x(u)``."""
-    tol = float(getattr(model.settings, "tol", 1e-6))
-    eps = float(torch.finfo(model.A.dtype).eps)
-    return 10.0 * max(tol, 100 * eps)
+def _state_slack(model: torch.nn.Module, u0: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """``(n,)`` widening of the Thm 4.1 box around the computed ``x0`` that covers its distance to
+    the exact equilibrium at ``u0``: the certified residual bound of
+    :func:`idlkit.robust.bounds.solution_error` (the model's solver tolerance, its float32
+    arithmetic and the rounding of ``u0`` to the model's dtype included), plus ``1e-12 (1 + |x0|)``."""
+    from .bounds import solution_error
+
+    if x0.size == 0:
+        return np.zeros(0)
+    err = solution_error(model, torch.from_numpy(np.atleast_2d(u0)), torch.from_numpy(np.atleast_2d(x0)))[0]
+    return err + 1e-12 * (1.0 + np.abs(x0))
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -271,7 +277,7 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
 
     n = model.hidden
     sx = state_sigma(model, sigma_u, k)
-    slack = _state_slack(model) * (1.0 + np.abs(x0))
+    slack = _state_slack(model, u0, x0)
     sxw = sx * (1 + 1e-9) + slack
     xlo, xhi = np.maximum(x0 - sxw, 0.0), x0 + sxw
     if n:

@@ -94,7 +94,7 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: i
     lo, hi = input_box(u0n, sig, clip)
     x0 = true_states(model, u0n)[0]
     sx = state_sigma(model, sig)
-    sxw = sx * (1 + 1e-9) + _state_slack(model) * (1.0 + np.abs(x0))
+    sxw = sx * (1 + 1e-9) + _state_slack(model, u0n, x0)
     xlo, xhi = np.maximum(x0 - sxw, 0.0), x0 + sxw
     A = _dense(_to_np(model.A, (n, n)))
     Bm = _dense(_to_np(model.B, (n, p)))
