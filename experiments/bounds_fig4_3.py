@@ -11,8 +11,9 @@ coordinates are compared:
   ``max / min z_i`` of the pre-activations (the linear objectives of §4.5), the state bounds
   being their ReLU images. It starts from the Thm 4.1 box intersected with IBP, and on this
   feed-forward (triangular) model it is layer-by-layer LP-tight in one round (each layer's
-  bounds are LPs over the triangle relaxation of the earlier layers with their final bounds);
-  ``rounds = 2`` re-solves the same LPs and must give the same numbers (reported as a check).
+  bounds are LPs over the triangle relaxation of the earlier layers with their final bounds), a
+  fixed point, so ``rounds`` is ignored on it; the "2 rounds" column is kept for comparison with
+  earlier runs (it equals "1 round").
 
 Model: a small ReLU feed-forward network 784-64-32-10 trained on MNIST (2 epochs of Adam, cached in
 ``~/.cache/idlkit/bench/``, shared with ``benchmarks/bench_robust.py``), converted exactly to an

@@ -196,9 +196,17 @@ def test_lp_state_bounds_are_layerwise_lp_tight(eps: float) -> None:
         np.testing.assert_allclose(zh[sl], hi, rtol=1e-6, atol=1e-6)  # and as tight
         np.testing.assert_allclose(zl[sl], lo, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(sb.upper.numpy()[sl], np.maximum(hi, 0), rtol=1e-6, atol=1e-6)
-    more = R.lp_state_bounds(model, torch.as_tensor(u0), eps, rounds=3)
-    np.testing.assert_array_equal(more.lower.numpy(), sb.lower.numpy())
-    np.testing.assert_array_equal(more.upper.numpy(), sb.upper.numpy())
+    # a fixed point: a second pass started from its own bounds changes nothing
+    more = R.lp_state_bounds(model, torch.as_tensor(u0), eps, start=(sb.lower.numpy(), sb.upper.numpy()))
+    np.testing.assert_allclose(more.lower.numpy(), sb.lower.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(more.upper.numpy(), sb.upper.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(more.z_upper.numpy(), sb.z_upper.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(more.z_lower.numpy(), sb.z_lower.numpy(), rtol=0, atol=1e-12)
+    assert R.lp_state_bounds(model, torch.as_tensor(u0), eps, rounds=3).n_lp == sb.n_lp
+    # coords in the first layer only: no LP needed (exact intervals)
+    first = R.lp_state_bounds(model, torch.as_tensor(u0), eps, coords=np.arange(n - 10, n))
+    assert first.n_lp == 0
+    np.testing.assert_allclose(first.upper.numpy(), sb.upper.numpy()[n - 10:], rtol=0, atol=1e-12)
     # inside IBP and the Thm 4.1 box
     ib = R.interval_bounds(model, torch.as_tensor(u0)[None], eps)
     assert np.all(sb.upper.numpy() <= ib.x_upper[0].numpy())

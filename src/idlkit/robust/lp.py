@@ -609,8 +609,9 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
       over the relaxation of levels ``< L`` only, whose cuts use the final bounds of those
       levels. This is the layer-by-layer LP-tight bound (each ``[zlo_i, zhi_i]`` is the exact
       optimum of the triangle relaxation of the earlier layers, up to the outward rounding),
-      computed in **one** round; further rounds re-solve the same LPs and do not shrink it
-      (tested).
+      computed in **one** pass, which is a fixed point: re-solving with its own bounds as the
+      ``start`` box gives the same bounds (tested), so ``rounds`` is ignored here. Only the levels
+      up to the highest one in ``coords`` are solved.
     * **Other ``A``** (a cycle): Jacobi rounds. Each round bounds every ``z_i`` over the full
       relaxation; the bounds of a round give the boxes and cuts of the next; ``rounds`` rounds
       (the last one for ``coords`` only).
@@ -624,7 +625,8 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
         u0: nominal input ``(p,)``; sigma_u: box radius, scalar or ``(p,)``; k: cardinality.
         coords: state coordinates to bound (default: all ``n``).
         clip, triangle, card_method: as in :func:`lp_attack`.
-        rounds: ``>= 1``; see above (one suffices for a feed-forward ``A``).
+        rounds: ``>= 1``; Jacobi rounds for a non-triangular ``A`` (ignored for a feed-forward one:
+            one pass is LP-tight).
         start: optional valid state box ``(lower, upper)`` (``(n,)`` each, e.g. linear bounds).
 
     Raises:
@@ -672,25 +674,26 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
 
     zlo, zhi = _interval_z(A, Bm, b, xlo, xhi, ulo, uhi) if n else (np.zeros(0), np.zeros(0))
     if level is not None:
-        depth = int(level.max()) + 1 if n else 0
-        for _ in range(rounds):
-            for L in range(depth):
-                S = np.flatnonzero(level == L)
-                P = np.flatnonzero(level < L)
-                AP = A[P][:, P] if P.size else sp.csr_array((0, 0))
-                zl_ia, zh_ia = _interval_z(A[S][:, P], Bm[S], b[S], xlo[P], xhi[P], ulo, uhi)
-                if L == 0 and k is None:  # z = B u + b on a box: interval arithmetic is the LP optimum
-                    zl, zh = zl_ia, zh_ia
-                else:
-                    sub = LPProblem.assemble(AP, Bm[P], b[P], xlo[P], xhi[P], ulo, uhi, u0n, sig, k,
-                                             card_method, triangle, z_bounds=(zlo[P], zhi[P]))
-                    zl, zh, m = _z_bounds(sub, A[S][:, P], Bm[S], b[S], np.arange(S.size))
-                    n_lp += m
-                    zl, zh = np.maximum(zl, zl_ia), np.minimum(zh, zh_ia)
-                zlo[S], zhi[S] = np.maximum(zlo[S], zl), np.minimum(zhi[S], zh)
-                zhi[S] = np.minimum(zhi[S], xhi[S])  # z <= x
-                zlo[S] = np.minimum(zlo[S], zhi[S])
-                relu_box(S, zlo[S], zhi[S])
+        # one pass is the fixed point (see the docstring): ``rounds`` does not repeat it; only the
+        # levels up to the highest one asked for in ``coords`` are bounded
+        depth = int(level[idx].max()) + 1 if idx.size else 0
+        for L in range(depth):
+            S = np.flatnonzero(level == L)
+            P = np.flatnonzero(level < L)
+            AP = A[P][:, P] if P.size else sp.csr_array((0, 0))
+            zl_ia, zh_ia = _interval_z(A[S][:, P], Bm[S], b[S], xlo[P], xhi[P], ulo, uhi)
+            if L == 0 and k is None:  # z = B u + b on a box: interval arithmetic is the LP optimum
+                zl, zh = zl_ia, zh_ia
+            else:
+                sub = LPProblem.assemble(AP, Bm[P], b[P], xlo[P], xhi[P], ulo, uhi, u0n, sig, k,
+                                         card_method, triangle, z_bounds=(zlo[P], zhi[P]))
+                zl, zh, m = _z_bounds(sub, A[S][:, P], Bm[S], b[S], np.arange(S.size))
+                n_lp += m
+                zl, zh = np.maximum(zl, zl_ia), np.minimum(zh, zh_ia)
+            zlo[S], zhi[S] = np.maximum(zlo[S], zl), np.minimum(zhi[S], zh)
+            zhi[S] = np.minimum(zhi[S], xhi[S])  # z <= x
+            zlo[S] = np.minimum(zlo[S], zhi[S])
+            relu_box(S, zlo[S], zhi[S])
     else:
         for r in range(rounds):
             prob = LPProblem.assemble(A, Bm, b, xlo, xhi, ulo, uhi, u0n, sig, k, card_method, triangle,
