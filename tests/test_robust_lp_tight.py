@@ -434,6 +434,8 @@ def test_ibp_with_cardinality_is_valid_and_tighter() -> None:
             X, Y = model.equilibrium(U), model(U)
         assert torch.all((X >= card.x_lower) & (X <= card.x_upper))
         assert torch.all((Y >= card.y_lower) & (Y <= card.y_upper))
+        cmp = R.compare_bounds(model, torch.as_tensor(u0)[None], 0.3, k=2)
+        assert torch.allclose(cmp.ibp_output_width, (card.y_upper - card.y_lower).mean(1))
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "softmax"])

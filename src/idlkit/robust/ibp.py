@@ -232,17 +232,18 @@ class BoundComparison:
         return float((self.box_output_width < self.ibp_output_width).double().mean())
 
 
-def compare_bounds(model: object, u0: Tensor, sigma_u: object) -> BoundComparison:
-    """IBP vs the implicit box bound on the same input box (paper 003 Fig. 4.3).
+def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None) -> BoundComparison:
+    """IBP vs the implicit box bound on the same input set (paper 003 Fig. 4.3): the box (4.1), or
+    with ``k`` the cardinality set (4.2).
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
     """
     from .bounds import state_box_bound
     from .sensitivity import output_box_bound
 
-    ib = interval_bounds(model, u0, sigma_u)
-    sx = state_box_bound(model, sigma_u)
-    sy = output_box_bound(model, sigma_u)
+    ib = interval_bounds(model, u0, sigma_u, k)
+    sx = state_box_bound(model, sigma_u, k)
+    sy = output_box_bound(model, sigma_u, k)
     m = ib.x_lower.shape[0]
     return BoundComparison((ib.x_upper - ib.x_lower).mean(1), (2 * sx).mean().expand(m).clone(),
                            (ib.y_upper - ib.y_lower).mean(1), (2 * sy).mean().expand(m).clone())

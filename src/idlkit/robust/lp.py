@@ -74,7 +74,7 @@ from ..errors import (
 )
 from .result import AttackResult
 
-__all__ = ["lp_attack", "lp_state_bounds", "LPStateBounds", "state_sigma", "LPProblem"]
+__all__ = ["lp_attack", "lp_state_bounds", "LPStateBounds", "state_sigma", "start_box", "LPProblem"]
 
 Objective = Literal["l2", "linear"]
 
