@@ -464,3 +464,22 @@ def test_box_bounds_cover_the_solver_error_of_x0(act: str) -> None:
         assert float(bb.x_err.max()) < 1e-1
     exact_err = R.box_bounds(exact, U, 0.0).x_err
     assert float(exact_err.max()) < 1e-10
+
+
+def test_warm_started_highs_equals_linprog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-started HiGHS path and scipy's linprog (fallback) give the same bounds."""
+    import idlkit.robust.lp as lp
+
+    net = ffn((4, 8, 8, 2), 21)
+    model = from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
+    u0 = torch.as_tensor(np.random.default_rng(2).uniform(-1, 1, 4))
+    warm = R.lp_state_bounds(model, u0, 0.2)
+    wa = R.lp_attack(model, u0, 0.2, tighten=True)
+    made = lp._new_highs()
+    assert made is not None  # scipy's bundled HiGHS (or highspy) is available here
+    monkeypatch.setattr(lp, "_new_highs", lambda: None)
+    cold = R.lp_state_bounds(model, u0, 0.2)
+    ca = R.lp_attack(model, u0, 0.2, tighten=True)
+    np.testing.assert_allclose(warm.upper.numpy(), cold.upper.numpy(), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(warm.lower.numpy(), cold.lower.numpy(), rtol=1e-7, atol=1e-9)
+    assert abs(wa.bound - ca.bound) <= 1e-7 * (1 + abs(ca.bound))

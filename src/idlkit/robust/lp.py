@@ -306,6 +306,32 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
 
 # ----------------------------------------------------------------------------- the LP
 
+def _new_highs() -> tuple[object, object] | None:
+    """``(module, Highs instance)`` with its output off, or ``None``: scipy's bundled HiGHS
+    (``scipy.optimize._highspy._core``, the solver of ``linprog(method="highs")``; private, so any
+    failure falls through), else the ``highspy`` package when installed (it prints a banner once
+    per process), else ``None`` (then ``linprog`` is used, without warm starts)."""
+    try:
+        from scipy.optimize._highspy import _core as hp
+
+        h = hp._Highs()
+        opts = hp.HighsOptions()
+        opts.output_flag = False
+        opts.log_to_console = False
+        h.passOptions(opts)
+        hp.HighsLp, hp.MatrixFormat.kRowwise, hp.HighsModelStatus.kOptimal  # noqa: B018 - API check
+        return hp, h
+    except Exception:  # noqa: BLE001 - private API: any change means "not available"
+        pass
+    try:
+        import highspy
+    except ImportError:
+        return None
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return highspy, h
+
+
 @dataclass(frozen=True)
 class LPProblem:
     """The relaxed feasible set (box/triangle constraints of the module docstring), float64.
@@ -479,23 +505,21 @@ class LPProblem:
         return max(self._dual_bound(-obj, marg), float(np.nextafter(-val, np.inf))), v
 
     def _solve_highspy(self, obj: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
-        """``min obj^T v`` with the ``highspy`` package when it is installed (``None`` otherwise):
-        one HiGHS instance per problem, warm-started from the previous basis (only the objective
+        """``min obj^T v`` with a HiGHS instance of its own (:func:`_new_highs`; ``None`` when none
+        can be made): one per problem, warm-started from the previous basis (only the objective
         changes between the ``2 n`` bound LPs): ``(value, v, row duals)``."""
         h = self._cache.get("highs")
         if h is None:
-            try:
-                import highspy
-            except ImportError:  # scipy's linprog (same HiGHS, no warm start)
+            made = _new_highs()
+            if made is None:  # scipy's linprog (same HiGHS, no warm start)
                 return None
-            h = highspy.Highs()
-            h.setOptionValue("output_flag", False)
+            highspy, h = made
             lp = highspy.HighsLp()
             nv, m = self.lower.size, self.b_ub.size
             lp.num_col_, lp.num_row_ = nv, m
             lp.col_cost_ = np.zeros(nv)
             lp.col_lower_, lp.col_upper_ = self.lower.copy(), self.upper.copy()
-            lp.row_lower_, lp.row_upper_ = np.full(m, -highspy.kHighsInf), self.b_ub.copy()
+            lp.row_lower_, lp.row_upper_ = np.full(m, -np.inf), self.b_ub.copy()
             M = sp.csr_array(self.A_ub)
             lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
             lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = nv, m
@@ -504,7 +528,7 @@ class LPProblem:
             lp.a_matrix_.value_ = M.data.astype(np.float64)
             h.passModel(lp)
             self._cache["highs"] = h
-            self._cache["optimal"] = highspy.HighsModelStatus.kOptimal
+            self._cache["optimal"] = highspy.HighsModelStatus.kOptimal  # type: ignore[attr-defined]
             self._cache["cols"] = np.arange(nv, dtype=np.int32)
         h.changeColsCost(obj.size, self._cache["cols"], obj.astype(np.float64))
         h.run()
