@@ -501,3 +501,52 @@ def test_sparse_block_norms_are_exact_without_densifying(monkeypatch: pytest.Mon
     _no_densify(monkeypatch, n)
     sparse = _sparse_block_norms(sp.csr_array(A), bs)
     np.testing.assert_allclose(sparse.toarray(), dense, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("clip", [None, (-0.2, 0.7)])
+def test_cardinality_hull_knapsack_equals_the_lp(clip) -> None:  # noqa: ANN001
+    """First-layer bounds over the cardinality hull (closed form, a fractional knapsack) equal the
+    LP over the same hull; every k-sparse sample lies inside."""
+    from idlkit.robust.lp import LPProblem, _card_hull_z, _z_bounds, input_box
+
+    rng = np.random.default_rng(4)
+    p, m, k = 9, 6, 3
+    W = sp.csr_array(rng.normal(size=(m, p)) * (rng.random((m, p)) < 0.7))
+    b = rng.normal(size=m)
+    u0 = rng.uniform(-0.2, 0.5, p)
+    sig = rng.uniform(0.0, 0.6, p)
+    sig[2] = 0.0
+    ulo, uhi = input_box(u0, sig, clip)
+    zl, zh = _card_hull_z(W, b, u0, ulo, uhi, sig, k)
+    empty = sp.csr_array((0, 0))
+    prob = LPProblem.assemble(empty, sp.csr_array((0, p)), np.zeros(0), np.zeros(0), np.zeros(0), ulo, uhi,
+                              u0, sig, k, "hull", True)
+    ll, lh, _ = _z_bounds(prob, sp.csr_array((m, 0)), W, b, np.arange(m))
+    np.testing.assert_allclose(zh, lh, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(zl, ll, rtol=1e-9, atol=1e-9)
+    for _ in range(2000):
+        u = u0.copy()
+        j = rng.choice(p, k, replace=False)
+        u[j] = rng.uniform(ulo[j], uhi[j])
+        u[j[:1]] = np.where(rng.random() < 0.5, ulo[j[:1]], uhi[j[:1]])
+        z = W @ u + b
+        assert np.all(z >= zl) and np.all(z <= zh)
+
+
+def test_lp_state_bounds_cardinality_on_a_conversion() -> None:
+    """k-sparse inputs with clipping on a feed-forward conversion: the bounds contain 20,000
+    k-sparse samples (half at box vertices) and are inside IBP for the same k."""
+    rng = np.random.default_rng(9)
+    net = ffn((10, 12, 12, 3), 8)
+    model = from_torch(net, torch.zeros(1, 10, dtype=torch.float64))
+    u0 = rng.uniform(0, 1, 10)
+    sb = R.lp_state_bounds(model, torch.as_tensor(u0), 0.4, k=3, clip=(0.0, 1.0))
+    ib = R.interval_bounds(model, torch.as_tensor(u0)[None], 0.4, k=3)
+    assert np.all(sb.upper.numpy() <= ib.x_upper[0].numpy() + 1e-12)
+    Rn = rng.uniform(-1, 1, (20_000, 10))
+    Rn[:10_000] = np.sign(Rn[:10_000])
+    keep = np.argsort(rng.random((20_000, 10)), axis=1) < 3
+    U = np.clip(u0 + 0.4 * np.where(keep, Rn, 0.0), 0.0, 1.0)
+    with torch.no_grad():
+        X = model.equilibrium(torch.as_tensor(U)).numpy()
+    assert np.all(X >= sb.lower.numpy()) and np.all(X <= sb.upper.numpy())
