@@ -3,7 +3,8 @@
 Problem (4.12): ``p* = max_{x, u in U} sum_i f_i(x_i) : x = (A x + B u + b)_+, |x - x0| <= sigma_x``
 with ``sigma_x`` the box bound of Thm 4.1, ``sigma_x = (I - |A|)^-1 |B| sigma_u`` (eq. 4.5;
 :func:`idlkit.robust.bounds.state_box_bound`, with its cardinality refinement when ``k`` is
-given), widened by the model solver's tolerance, and ``U`` the box (4.1) or the
+given), widened by a certified bound on the model solver's error on ``x0``
+(:func:`idlkit.robust.bounds.solution_error`), and ``U`` the box (4.1) or the
 cardinality-constrained set (4.2), optionally intersected with a valid input range
 ``clip = (lo, hi)``. The state box actually used is the tightest cheap one, :func:`start_box`:
 the Thm 4.1 box intersected with ``x >= 0``, with the IBP intervals
@@ -15,7 +16,8 @@ feed-forward model, the "implicit LP" bounds of paper 003 Fig. 4.3).
 What is solved (all in float64, with scipy's HiGHS):
 
 * **Relaxed constraints** (the bidual of Thm 4.5 for ReLU, end of §4.5): ``x >= A x + B u + b``,
-  ``x >= 0``, ``xlo <= x <= xhi`` with ``xlo = (x0 - sigma_x)_+``, ``xhi = x0 + sigma_x``. With
+  ``x >= 0``, ``xlo <= x <= xhi`` (the start box, e.g. ``xlo = (x0 - sigma_x)_+``,
+  ``xhi = x0 + sigma_x`` intersected with IBP). With
   ``triangle=True`` (default) the upper side of the ReLU graph is added as well (the convex hull
   of ``{(z, z_+) : zlo <= z <= zhi}``, the "triangle" relaxation): ``x_i <= zhi_i (z_i - zlo_i) /
   (zhi_i - zlo_i)`` for an unstable unit, ``x_i <= z_i`` for ``zlo_i >= 0`` and ``x_i <= 0`` for
@@ -48,8 +50,9 @@ ever reported from it. **Rounding.** A reported bound is never the raw solver op
 optimum can lie 1e-7 relative on either side of the true one; 2e-15 below a reachable value was
 seen): it is the safe dual bound of :meth:`LPProblem.maximize` (weak duality with HiGHS'
 multipliers, evaluated with an outward rounding margin), which is valid for *any* multipliers and
-so at worst looser by the solver's dual tolerance; a MILP's bound is HiGHS' dual bound plus
-``1e-6 (1 + |v|)``.
+so at worst looser by the solver's dual tolerance; a MILP's bound is the smaller of its LP
+relaxation's safe bound and HiGHS' dual bound plus ``1e-6 (1 + |v|)``. The LPs of one relaxation
+share a warm-started HiGHS instance (scipy's bundled one; only the objective changes).
 """
 
 from __future__ import annotations
