@@ -3,7 +3,7 @@
 
 Teacher: the bias-free ``784-64-32-16-10`` ReLU network on Fashion-MNIST cached by
 ``experiments/sim_fashion_anchor.py`` (86.4 % test accuracy). The fit is the default ``SIM()``
-(l1, beta 1 in the teacher's units, layered A, relaxed-lasso refit; ``loky`` with 2 jobs).
+(l1, scale-aware beta in the teacher's units, layered A, relaxed-lasso refit; ``loky`` with 2 jobs).
 
 1. **Samples.** For ``m`` in ``--sizes`` (default 1k, 5k, 20k, 60k training images): the state
    extraction, the Gram matrix ``G = F^T F`` (``F`` is ``m x 906``: the only step that reads all
@@ -130,7 +130,7 @@ def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"# bench_sim_scale ({res['date']})", "",
              f"CPU: {res['cpu']} (2 usable cores, shared), torch {res['torch']}, commit {res['commit']}. "
-             f"Default `SIM()` (l1, beta 1 in teacher units, layered A, refit; tol {c.get('tol', 1e-4):g}), "
+             f"Default `SIM()` (l1, scale-aware beta in teacher units, layered A, refit; tol {c.get('tol', 1e-4):g}), "
              f"Fashion-MNIST teacher 784-64-32-16-10 (86.4 %), test accuracy on {c['test']} test images.", "",
              "## Fit time vs samples", "",
              "`fit` = `SIMReport.seconds` (the whole `fit_states`: F, G = F^T F, the row solves on G, "
