@@ -130,7 +130,8 @@ def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"# bench_sim_scale ({res['date']})", "",
              f"CPU: {res['cpu']} (2 usable cores, shared), torch {res['torch']}, commit {res['commit']}. "
-             f"Default `SIM()` (l1, scale-aware beta in teacher units, layered A, refit; tol {c.get('tol', 1e-4):g}), "
+             f"Default `SIM()` (l1, scale-aware beta in teacher units, layered A, refit; "
+             f"tol {c.get('tol', 1e-4):g}), "
              f"Fashion-MNIST teacher 784-64-32-16-10 (86.4 %), test accuracy on {c['test']} test images.", "",
              "## Fit time vs samples", "",
              "`fit` = `SIMReport.seconds` (the whole `fit_states`: F, G = F^T F, the row solves on G, "
