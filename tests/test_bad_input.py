@@ -384,6 +384,10 @@ CASES += [
     ("datasets.load seed str", lambda: datasets.load("digits", seed="x"), ("seed", "'x'")),
     ("resnet20 num_classes", lambda: idl.convert.resnet20(num_classes=-1), ("num_classes", "-1")),
     ("resnet20 width", lambda: idl.convert.resnet20(width=0), ("width", "0")),
+    ("load map_location", lambda: idl.load(ROOT / "pyproject.toml", map_location="nope"), ("'nope'",)),
+    ("load a path that is an int", lambda: idl.load(3), ("3",)),
+    ("save to a path that is an int", lambda: idl.save(_model(), 3), ("3",)),
+    ("load a text file", lambda: idl.load(ROOT / "pyproject.toml"), ("pyproject.toml",)),
     ("penalty l1 of a string", lambda: idl.train.l1("x"), ("str",)),
     (
         "penalty lipschitz int",

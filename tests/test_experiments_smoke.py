@@ -101,7 +101,7 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
         assert row["gamma_a_inf"] <= 0.99 + 1e-9 and row["sim_test_accuracy"] > 0.5
     runs = res["newsgroups"]["runs"] if data is not None else []
     if data is not None:
-        assert [r["fit"].split(",")[0] for r in runs] == ["newsgroups FFN GELU + pooled"] * 3 + [
+        assert [r["fit"].split(",")[0] for r in runs] == ["newsgroups FFN GELU + pooled"] * 4 + [
             "newsgroups pooled only"]
     for row in runs:
         assert row["n"] > 0 and row["gamma_a_inf"] <= 0.99 + 1e-9 and 0 <= row["sim_test_accuracy"] <= 1

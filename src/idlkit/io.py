@@ -111,6 +111,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _as_path(path: object, what: str = "path") -> Path:
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise CheckpointError(f"{what} must be a file path (str or pathlib.Path), got {path!r} "
+                              f"({type(path).__name__})")
+    return Path(path)
+
+
 def _payload_hash(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
     h = hashlib.sha256()
@@ -127,9 +134,9 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
     and the SHA-256 of the tensors as ``meta["sha256"]``."""
     from safetensors.torch import save as st_save
 
+    path = _as_path(path)
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     data = st_save(cpu, metadata={"idlkit": json.dumps({**meta, "sha256": _payload_hash(cpu)})})
-    path = Path(path)
     _atomic_write(path, data)
     return path
 
@@ -140,7 +147,7 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (" (it is a directory)" if path.is_dir() else ""))
     try:
@@ -215,7 +222,12 @@ def _split_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Read a model written by :func:`save`."""
-    path = Path(path)
+    path = _as_path(path)
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"map_location must name a device such as 'cpu' or 'cuda:0', got "
+                              f"{map_location!r}") from exc
     tensors, cfg = read_tensors(path)
     if cfg.get("format") not in _FORMATS:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
@@ -236,7 +248,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         if cls is not ImplicitModel:
             raise CheckpointError(f"{path}: sparse matrices are only stored for ImplicitModel, "
                                   f"not {cls.__name__}")
-        return _load_sparse(path, tensors, config, sparse, dtype).to(map_location)
+        return _load_sparse(path, tensors, config, sparse, dtype).to(device)
     expected = _expected_shapes(path, cfg["format"], config)
     got = {k: tuple(t.shape) for k, t in tensors.items()}
     if got != expected:  # checked before anything is allocated
@@ -253,7 +265,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
-    return model.to(map_location)
+    return model.to(device)
 
 
 def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
