@@ -1,0 +1,677 @@
+"""Linear bound propagation (CROWN, alpha-CROWN) for implicit models under an l_inf input box.
+
+Input set: ``U = {u : |u - u0| <= sigma_u}`` (paper 000 eq. 4.1), optionally intersected with a
+valid input range ``clip = (lo, hi)``. Model: ``x = phi(z)``, ``z = A x + B u + b``,
+``y = C x + D u + d`` with a componentwise ``phi`` (a :class:`~idlkit.activations.Blockwise` of
+componentwise maps and ``Centered`` shifts included; block maps are not supported: use IBP or the
+Thm 4.1 box).
+
+**Relaxations.** For each state ``i`` with pre-activation interval ``z_i in [l_i, h_i]`` two
+*families* of lines are built (:func:`relax`), each the convex combination
+``(1 - t) L0 + t L1``, ``t in [0, 1]``, of two lines that are sound on ``[l, h]``:
+``L0(z) <= phi(z)`` and ``L1(z) <= phi(z)`` imply ``(1 - t) L0 + t L1 <= phi`` (and likewise for
+upper lines). Hence *every* ``t`` gives a sound relaxation, which is what makes alpha-CROWN
+sound for any parameters.
+
+* ``phi`` convex on ``[l, h]`` (ReLU, leaky ReLU with slope <= 1, softplus, ELU/CELU with
+  ``alpha <= 1``, the convex side of tanh/sigmoid/hardtanh): upper = the chord; lower = the
+  tangents at ``l`` and ``h`` (sound for a convex map; at a kink torch's one-sided derivative is a
+  subgradient). For ReLU with ``l < 0 < h`` this is exactly CROWN's relaxation: upper chord
+  ``h (z - l) / (h - l)``, lower ``alpha z`` with ``alpha = t``; CROWN's default
+  ``t = 1 if h >= -l else 0`` (the "adaptive" choice).
+* ``phi`` concave on ``[l, h]``: the mirror image (lower = chord, upper = tangents).
+* otherwise (an inflection inside, or a map of unknown shape, monotone or not): the slope range
+  ``phi' in [a, b]`` on ``[l, h]`` gives ``phi(l) + a (z - l) <= phi(z)`` and
+  ``phi(h) + b (z - h) <= phi(z)``, and ``phi(z) <= phi(l) + b (z - l)``, ``phi(z) <= phi(h) + a (z - h)``
+  (integrate ``a <= phi' <= b``). ``[a, b]`` is the activation's global ``[slope_min, slope_max]``
+  (always sound), or the local range for the maps whose derivative is unimodal with its peak at
+  0 (tanh, sigmoid, softsign: ``a = min(phi'(l), phi'(h))``, ``b = phi'(clip(0, l, h))``).
+
+**Triangular ``A`` (CROWN).** A converted feed-forward network has a strictly triangular ``A`` up
+to a permutation: the states form dependency levels (paper 000 Thm 2.8-2.9, as in
+:mod:`idlkit.robust.ibp`). For level ``k`` the rows ``z_S = A_S x + B_S u + b_S`` are bounded by
+backward substitution through the levels ``k - 1, ..., 0``: a coefficient vector ``lam`` on
+``x_T`` is replaced by ``lam+ (a_u z_T + c_u) + lam- (a_l z_T + c_l)`` (an upper bound), then
+``z_T = A_T x + B_T u + b_T``, until only ``u`` is left; the linear function of ``u`` is maximised
+over the box in closed form (``lam_u u_c + |lam_u| u_r``). Lower bounds are ``-upper(-f)``. The
+pre-activation intervals of level ``k`` use the relaxations of the earlier levels; the outputs
+use all levels. With the relaxations above this is CROWN (Zhang et al. 2018) exactly.
+
+**alpha-CROWN.** The output bounds are recomputed with the family parameters ``t`` (lower and
+upper families, one per unit, per output and per side) as free variables, optimised by projected
+Adam steps (clamp to ``[0, 1]``) from CROWN's choice; the elementwise best bound over the
+iterates is returned. Every iterate is a sound bound (see above), so the minimum is sound.
+
+**General ``A`` (non-triangular).** Let ``[x_lo, x_hi]`` be a box known to contain ``x(u)`` for
+all ``u in U``, and ``[l, h]`` intervals containing ``z(u)``. For an objective ``lam_0^T x``
+the same substitution as above gives, after one step, ``lam_0^T x <= lam_1^T x + g_1(u)`` with
+``lam_1 = (lam_0+ a_u + lam_0- a_l) A`` and ``g_1`` affine in ``u`` (the equilibrium equation is
+used once: ``z = A x + B u + b``). Repeating gives, for every ``K``,
+``lam_0^T x <= lam_K^T x + g_K(u) <= max_{x in box} lam_K^T x + max_{u in U} g_K(u)``:
+**each truncation is a sound bound** (no contraction is needed for soundness), and we keep the
+best over ``K``. When ``|a| |A|`` is a contraction (``lambda_pf(gamma |A|) < 1``, as Thm 4.1
+asks) ``lam_K -> 0`` geometrically and the box term vanishes. The sound starting box is Thm 4.1
+around the nominal state ``x0`` computed by the model, widened by the certified error bound
+``(I - gamma |A|)^-1 |r|`` of its residual ``r = x0 - phi(A x0 + B u0 + b)`` (so the bounds hold
+for the exact equilibrium, whatever the solver's tolerance). Then ``rounds`` refinements: the
+``z`` rows (``lam_0 = A_i``) are bounded this way, intersected with their interval bounds,
+the relaxations rebuilt, and the state box intersected with ``phi([l, h])`` (each step keeps
+every interval sound). When Thm 4.1 cannot be certified (``lambda_pf(gamma |A|) >= 1``) a
+:class:`~idlkit.errors.WellPosednessError` is raised: there is no sound starting box.
+
+**Rounding.** Pre-activation intervals are widened outward by ``2 (n + p + 4) eps`` times the
+magnitude ``|lam_u| |u| + sum |terms|`` of the linear bound (the rounding of our sums and of the
+model's own float64 evaluation) plus ``1e-12 (1 + |value|)`` (the ulp-level error of the
+relaxation slopes computed in float64); the returned bounds get the same widening and a final
+``nextafter`` outward. The widening is ~1e-12 relative: negligible next to any input box.
+
+Float64 throughout (a float32 model is copied to float64; the bounds hold for its float64
+evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._matrix import block_pattern_graph, to_dense
+from .._validation import check_int, check_scalar
+from ..activations import Activation, Blockwise, Centered, ComponentwiseActivation
+from ..errors import ConfigurationError, NonFiniteError
+from ._model import as_batch64, as_sigma, componentwise_maps
+
+__all__ = ["LinearBounds", "linear_bounds", "relax", "Relaxation", "state_levels"]
+
+_EPS = float(np.finfo(np.float64).eps)
+_REL = 1e-12
+_DENSE_MAX = 30_000_000  # entries of a dense A (240 MB) the linear bounds accept
+
+
+@dataclass(frozen=True)
+class LinearBounds:
+    """Linear-relaxation bounds (float64, batch-first).
+
+    Attributes:
+        x_lower, x_upper: ``(batch, n)`` state bounds; ``y_lower, y_upper``: ``(batch, q)`` output
+            bounds; every state/output of every input of the set lies inside.
+        method: ``"crown"``, ``"alpha-crown"`` (triangular ``A``) or ``"linear-fixed-point"``,
+            ``"alpha-linear-fixed-point"`` (general ``A``).
+        levels: number of dependency levels (``0`` for a general ``A``).
+    """
+
+    x_lower: Tensor
+    x_upper: Tensor
+    y_lower: Tensor
+    y_upper: Tensor
+    method: str
+    levels: int
+
+
+# ----------------------------------------------------------------------------- relaxations
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Two line families on a set of units, ``(batch, k)`` tensors each.
+
+    Lower: ``(1 - t) (ls0 z + lo0) + t (ls1 z + lo1) <= phi(z)``; upper likewise with ``us*``,
+    ``uo*`` and ``>=``; sound for every ``t in [0, 1]`` on the unit's interval. ``tl``, ``tu``:
+    CROWN's default parameters."""
+
+    ls0: Tensor
+    lo0: Tensor
+    ls1: Tensor
+    lo1: Tensor
+    us0: Tensor
+    uo0: Tensor
+    us1: Tensor
+    uo1: Tensor
+    tl: Tensor
+    tu: Tensor
+
+    def lines(self, tl: Tensor | None = None, tu: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(a_l, c_l, a_u, c_u)`` for parameters ``tl``, ``tu`` (default CROWN's); the
+        parameters may carry extra leading dimensions (one per objective row)."""
+        rows = (tl is not None and tl.dim() == 3) or (tu is not None and tu.dim() == 3)
+        e = (lambda v: v[:, None, :]) if rows else (lambda v: v)  # noqa: E731
+        tl = e(self.tl) if tl is None else tl
+        tu = e(self.tu) if tu is None else tu
+        al = e(self.ls0) + tl * e(self.ls1 - self.ls0)
+        cl = e(self.lo0) + tl * e(self.lo1 - self.lo0)
+        au = e(self.us0) + tu * e(self.us1 - self.us0)
+        cu = e(self.uo0) + tu * e(self.uo1 - self.uo0)
+        return al, cl, au, cu
+
+    @property
+    def free(self) -> Tensor:
+        """Units whose parameters change a line (for the optimiser)."""
+        return (self.ls0 != self.ls1) | (self.lo0 != self.lo1) | (self.us0 != self.us1) | (self.uo0 != self.uo1)
+
+
+def _shape(f: ComponentwiseActivation) -> tuple[float, float]:
+    """``(c1, c2)``: ``f`` is convex on ``(-inf, c1]`` and concave on ``[c2, inf)``."""
+    name = getattr(f, "name", "")
+    inf = math.inf
+    if name == "identity":
+        return inf, -inf
+    if name == "relu":
+        return inf, 0.0
+    if name == "leaky_relu":
+        return (inf, 0.0) if f.negative_slope <= 1 else (0.0, -inf)  # type: ignore[attr-defined]
+    if name in ("tanh", "sigmoid", "softsign"):
+        return 0.0, 0.0
+    if name in ("hardtanh", "relu6"):
+        return f.max_val, f.min_val  # type: ignore[attr-defined]
+    if name == "hardsigmoid":
+        return 3.0, -3.0
+    if name == "softplus":
+        return inf, inf
+    if name in ("elu", "celu"):
+        a = float(getattr(f, "alpha", 1.0))
+        if 0 <= a <= 1 or name == "celu":
+            return inf, 0.0
+        return (0.0, 0.0) if a > 1 else (-inf, inf)
+    if name == "selu":
+        return 0.0, 0.0
+    if name == "logsigmoid":
+        return -inf, -inf
+    return -inf, inf  # unknown shape: the slope-range lines only
+
+
+def _local_slopes(f: ComponentwiseActivation, l: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope range of ``f`` on ``[l, h]`` (sound; slightly widened for the rounding of ``f'``)."""
+    if getattr(f, "name", "") in ("tanh", "sigmoid", "softsign"):
+        a = torch.minimum(f.derivative(l), f.derivative(h))
+        b = f.derivative(torch.clamp(torch.zeros_like(l), l, h))
+        return a * (1 - 4 * _EPS), b * (1 + 4 * _EPS)
+    return torch.full_like(l, float(f.slope_min)), torch.full_like(l, float(f.slope_max))
+
+
+def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
+    """The line families of the module docstring for a componentwise map ``f`` on ``[l, h]``.
+
+    Args:
+        f: a componentwise activation, possibly ``Centered`` (its shift moves every offset).
+        l, h: ``(batch, k)`` pre-activation bounds, ``l <= h``.
+    """
+    shift = 0.0
+    if isinstance(f, Centered):
+        shift = float(f.base(torch.zeros(1, 1, dtype=torch.float64)))
+        f = f.base
+    if not isinstance(f, ComponentwiseActivation):
+        raise ConfigurationError(f"linear bounds need a componentwise activation, got {f!r}; use "
+                                 f"method='ibp' or 'box'")
+    c1, c2 = _shape(f)
+    fl, fh = f(l), f(h)
+    w = h - l
+    pos = w > 0
+    wsafe = torch.where(pos, w, torch.ones_like(w))
+    chord = torch.where(pos, (fh - fl) / wsafe, f.derivative(l))
+    ch_o = fl - chord * l
+    dl, dh = f.derivative(l), f.derivative(h)
+    tan_l_o, tan_h_o = fl - dl * l, fh - dh * h
+    a, b = _local_slopes(f, l, h)
+    convex = h <= c1
+    concave = (l >= c2) & ~convex
+    gen = ~(convex | concave)
+    # generic lines (slope range)
+    g_ls0, g_lo0, g_ls1, g_lo1 = a, fl - a * l, b, fh - b * h
+    g_us0, g_uo0, g_us1, g_uo1 = b, fl - b * l, a, fh - a * h
+    W = torch.where
+    ls0 = W(convex, dl, W(concave, chord, g_ls0))
+    lo0 = W(convex, tan_l_o, W(concave, ch_o, g_lo0))
+    ls1 = W(convex, dh, W(concave, chord, g_ls1))
+    lo1 = W(convex, tan_h_o, W(concave, ch_o, g_lo1))
+    us0 = W(convex, chord, W(concave, dl, g_us0))
+    uo0 = W(convex, ch_o, W(concave, tan_l_o, g_uo0))
+    us1 = W(convex, chord, W(concave, dh, g_us1))
+    uo1 = W(convex, ch_o, W(concave, tan_h_o, g_uo1))
+    # CROWN's default: the tangent at the end of larger magnitude (ReLU: alpha = 1 iff h >= -l)
+    adapt = (h >= -l).to(l.dtype)
+    tl = W(convex, adapt, W(concave, torch.zeros_like(l), torch.full_like(l, 0.5)))
+    tu = W(concave, adapt, W(convex, torch.zeros_like(l), torch.full_like(l, 0.5)))
+    del gen
+    if shift:
+        lo0, lo1, uo0, uo1 = lo0 - shift, lo1 - shift, uo0 - shift, uo1 - shift
+    return Relaxation(ls0, lo0, ls1, lo1, us0, uo0, us1, uo1, tl, tu)
+
+
+def _segments(act: Activation, n: int) -> list[tuple[int, int, Activation]]:
+    """``(start, stop, map)`` per Blockwise segment (one segment for a plain map)."""
+    base = act.base if isinstance(act, Centered) else act
+    if isinstance(base, Blockwise):
+        out, s = [], 0
+        for size, a in base.segments:
+            a2 = Centered(a) if isinstance(act, Centered) else a
+            out.append((s, s + size, a2))
+            s += size
+        return out
+    return [(0, n, act)]
+
+
+def _relax_units(segs: list[tuple[int, int, Activation]], idx: Tensor, l: Tensor, h: Tensor) -> Relaxation:
+    """Relaxation of the units ``idx`` (sorted global state indices) with bounds ``l, h``
+    ``(batch, len(idx))``."""
+    parts: list[tuple[Tensor, Relaxation]] = []
+    for s0, s1, f in segs:
+        sel = torch.nonzero((idx >= s0) & (idx < s1)).flatten()
+        if sel.numel():
+            parts.append((sel, relax(f, l[:, sel], h[:, sel])))
+    if len(parts) == 1:
+        return parts[0][1]
+    fields = {}
+    for name in Relaxation.__dataclass_fields__:
+        out = torch.empty_like(l)
+        for sel, r in parts:
+            out[:, sel] = getattr(r, name)
+        fields[name] = out
+    return Relaxation(**fields)
+
+
+def _interval(segs: list[tuple[int, int, Activation]], idx: Tensor, l: Tensor, h: Tensor
+              ) -> tuple[Tensor, Tensor]:
+    """Interval image ``phi([l, h])`` on the units ``idx``, widened by a few ulps."""
+    lo, hi = torch.empty_like(l), torch.empty_like(h)
+    for s0, s1, f in segs:
+        sel = torch.nonzero((idx >= s0) & (idx < s1)).flatten()
+        if sel.numel():
+            a, b = f.interval(l[:, sel].T, h[:, sel].T)
+            lo[:, sel], hi[:, sel] = a.T, b.T
+    pad = 16 * _EPS * (1 + torch.maximum(lo.abs(), hi.abs()) + torch.maximum(l.abs(), h.abs()))
+    return lo - pad, hi + pad
+
+
+# ----------------------------------------------------------------------------- model plumbing
+
+def state_levels(A: object) -> np.ndarray | None:
+    """Dependency level of each state (``0``: depends on ``u`` only), or ``None`` when the
+    dependency graph of ``A`` has a cycle (Thm 2.8-2.9)."""
+    n = A.shape[0]  # type: ignore[attr-defined]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    G = block_pattern_graph(A)
+    if G.diagonal().any():
+        return None
+    nz = np.flatnonzero(np.diff(G.indptr))
+    level = np.zeros(n, dtype=np.int64)
+    for _ in range(n + 1):
+        new = np.zeros(n, dtype=np.int64)
+        if nz.size:
+            new[nz] = np.maximum.reduceat(level[G.indices], G.indptr[nz]) + 1
+        if np.array_equal(new, level):
+            return level
+        level = new
+    return None
+
+
+def _dense64(M: Tensor | None, shape: tuple[int, int]) -> Tensor:
+    if M is None:
+        return torch.zeros(shape, dtype=torch.float64)
+    M = M.detach().cpu()
+    if M.layout != torch.strided:
+        if M.shape[0] * M.shape[1] > _DENSE_MAX:
+            raise ConfigurationError(
+                f"linear bounds densify the model matrices; {tuple(M.shape)} is too large "
+                f"(> {_DENSE_MAX} entries). Use method='ibp' or 'box'")
+        M = to_dense(M)
+    return M.to(torch.float64).reshape(shape)
+
+
+def _check_activation(model: object) -> list[tuple[int, int, Activation]]:
+    act = model.activation  # type: ignore[attr-defined]
+    if componentwise_maps(act) is None:
+        raise ConfigurationError(
+            f"linear bounds (CROWN) need a componentwise activation (or a Blockwise of them), got "
+            f"{act!r}. Fix: use method='ibp' (interval propagation, any map, triangular A) or "
+            f"method='box' (Thm 4.1-4.4, any Lipschitz map)")
+    return _segments(act, model.A.shape[0])  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Net:
+    A: Tensor
+    B: Tensor
+    b: Tensor
+    C: Tensor
+    D: Tensor
+    d: Tensor
+    segs: list
+    n: int
+    p: int
+    q: int
+
+
+def _net(model: object) -> _Net:
+    A0 = model.A  # type: ignore[attr-defined]
+    n, p = A0.shape[0], model.B.shape[1]  # type: ignore[attr-defined]
+    q = model.C.shape[0]  # type: ignore[attr-defined]
+    if n * n > _DENSE_MAX:
+        raise ConfigurationError(f"linear bounds handle up to ~{int(math.isqrt(_DENSE_MAX))} states "
+                                 f"densely, got n = {n}. Use method='ibp' or 'box'")
+    segs = _check_activation(model)
+    b = getattr(model, "b", None)
+    d = getattr(model, "d", None)
+    vec = lambda v, k: (torch.zeros(k, dtype=torch.float64) if v is None  # noqa: E731
+                        else v.detach().cpu().to(torch.float64).reshape(k))
+    return _Net(_dense64(A0, (n, n)), _dense64(model.B, (n, p)), vec(b, n),  # type: ignore[attr-defined]
+                _dense64(model.C, (q, n)), _dense64(model.D, (q, p)), vec(d, q), segs, n, p, q)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- backward substitution
+
+@dataclass
+class _Lin:
+    """An affine bound ``lam_x x + lam_u u + const`` for rows ``(batch, r)``; ``mag`` tracks
+    ``sum |terms|`` for the rounding pad."""
+
+    lam_x: Tensor  # (m, r, n)
+    lam_u: Tensor  # (m, r, p)
+    const: Tensor  # (m, r)
+    mag: Tensor    # (m, r)
+
+
+def _substitute(L: _Lin, T: Tensor, rel: Relaxation, net: _Net, tl: Tensor | None = None,
+                tu: Tensor | None = None) -> _Lin:
+    """Replace ``lam_x[:, :, T] x_T`` by its upper relaxation and ``z_T = A_T x + B_T u + b_T``."""
+    al, cl, au, cu = rel.lines(tl, tu)
+    if al.dim() == 2:
+        al, cl, au, cu = (v[:, None, :] for v in (al, cl, au, cu))
+    lam = L.lam_x[:, :, T]
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    w = pos * au + neg * al
+    const = L.const + (pos * cu + neg * cl).sum(-1) + w @ net.b[T]
+    mag = L.mag + (lam.abs() * torch.maximum(cu.abs(), cl.abs())).sum(-1) + w.abs() @ net.b[T].abs()
+    lam_x = L.lam_x.index_fill(2, T, 0.0) + w @ net.A[T]
+    lam_u = L.lam_u + w @ net.B[T]
+    return _Lin(lam_x, lam_u, const, mag)
+
+
+def _concretize(L: _Lin, uc: Tensor, ur: Tensor, n_terms: int) -> Tensor:
+    """``max_u`` of the affine bound over the box (``lam_x`` must be zero), widened outward."""
+    val = L.const + (L.lam_u @ uc[:, :, None])[..., 0] + (L.lam_u.abs() @ ur[:, :, None])[..., 0]
+    mag = L.mag + (L.lam_u.abs() @ (uc.abs() + ur)[:, :, None])[..., 0]
+    return val + 2 * (n_terms + 4) * _EPS * mag + _REL * (1 + val.abs())
+
+
+def _box_term(L: _Lin, xl: Tensor, xh: Tensor) -> tuple[Tensor, Tensor]:
+    """``max_{x in box} lam_x x`` and its magnitude."""
+    pos, neg = L.lam_x.clamp(min=0), L.lam_x.clamp(max=0)
+    v = (pos * xh[:, None, :]).sum(-1) + (neg * xl[:, None, :]).sum(-1)
+    mag = (L.lam_x.abs() * torch.maximum(xh.abs(), xl.abs())[:, None, :]).sum(-1)
+    return v, mag
+
+
+def _start(net: _Net, rows_x: Tensor, rows_u: Tensor, const: Tensor, m: int) -> _Lin:
+    """The objective ``[f; -f]`` (``2 r`` rows) for each of ``m`` inputs."""
+    lx = torch.cat([rows_x, -rows_x])[None].expand(m, -1, -1)
+    lu = torch.cat([rows_u, -rows_u])[None].expand(m, -1, -1)
+    c = torch.cat([const, -const])[None].expand(m, -1)
+    return _Lin(lx, lu, c, c.abs())
+
+
+def _split(val: Tensor) -> tuple[Tensor, Tensor]:
+    r = val.shape[1] // 2
+    return -val[:, r:], val[:, :r]
+
+
+# ----------------------------------------------------------------------------- triangular (CROWN)
+
+def _crown_triangular(net: _Net, levels: np.ndarray, uc: Tensor, ur: Tensor, *, alpha: bool,
+                      iters: int, lr: float, ibp: tuple[Tensor, Tensor] | None
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    m, n = uc.shape[0], net.n
+    L = int(levels.max()) + 1 if n else 0
+    groups = [torch.from_numpy(np.flatnonzero(levels == k)) for k in range(L)]
+    rels: list[Relaxation] = []
+    xl = torch.zeros(m, n, dtype=torch.float64)
+    xh = torch.zeros(m, n, dtype=torch.float64)
+    n_terms = n + net.p
+    for k, S in enumerate(groups):
+        lin = _start(net, net.A[S], net.B[S], net.b[S], m)
+        for j in reversed(range(k)):
+            lin = _substitute(lin, groups[j], rels[j], net)
+        zl, zh = _split(_concretize(lin, uc, ur, n_terms))
+        if ibp is not None:
+            zl, zh = torch.maximum(zl, ibp[0][:, S]), torch.minimum(zh, ibp[1][:, S])
+            zh = torch.maximum(zl, zh)
+        if torch.isnan(zl).any() or torch.isnan(zh).any():
+            raise NonFiniteError("linear bounds became NaN (an overflow); scale the inputs or weights down")
+        rels.append(_relax_units(net.segs, S, zl, zh))
+        xl[:, S], xh[:, S] = _interval(net.segs, S, zl, zh)
+
+    def out_bounds(tls: list[Tensor | None], tus: list[Tensor | None]) -> Tensor:
+        lin = _start(net, net.C, net.D, net.d, m)
+        for j in reversed(range(L)):
+            lin = _substitute(lin, groups[j], rels[j], net, tls[j], tus[j])
+        return _concretize(lin, uc, ur, n_terms)
+
+    val = out_bounds([None] * L, [None] * L)
+    if alpha and L and iters > 0:
+        val = _optimise(out_bounds, rels, val, iters, lr)
+    yl, yh = _split(val)
+    return xl, xh, yl, yh
+
+
+def _optimise(bound_fn, rels: list[Relaxation], val0: Tensor, iters: int, lr: float) -> Tensor:
+    """Projected Adam on the family parameters (one per unit, objective row and side), from
+    CROWN's choice; the elementwise best (smallest) upper bound over the iterates."""
+    r = val0.shape[1]
+    params = []
+    tls: list[Tensor | None] = []
+    tus: list[Tensor | None] = []
+    for rel in rels:
+        if not bool(rel.free.any()):
+            tls.append(None)
+            tus.append(None)
+            continue
+        tl = rel.tl[:, None, :].expand(-1, r, -1).clone().requires_grad_(True)
+        tu = rel.tu[:, None, :].expand(-1, r, -1).clone().requires_grad_(True)
+        params += [tl, tu]
+        tls.append(tl)
+        tus.append(tu)
+    if not params:
+        return val0
+    opt = torch.optim.Adam(params, lr=lr)
+    best = val0.detach().clone()
+    for _ in range(iters):
+        opt.zero_grad()
+        val = bound_fn(tls, tus)
+        best = torch.minimum(best, val.detach())
+        val.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for t in params:
+                t.clamp_(0.0, 1.0)
+    with torch.no_grad():
+        best = torch.minimum(best, bound_fn(tls, tus))
+    return best
+
+
+# ----------------------------------------------------------------------------- general A
+
+def _start_box(model: object, net: _Net, U: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray
+               ) -> tuple[Tensor, Tensor]:
+    """A sound state box: Thm 4.1 around the model's nominal state at the box centre, widened by
+    the certified error bound of its residual (module docstring)."""
+    from ._linalg import solve_nonneg
+    from ._model import float64_copy, model_data, norm_matrices
+
+    dm = model_data(model)
+    NA, NB, _, _ = norm_matrices(dm)
+    uc = (s_lo + s_hi) / 2
+    ur = (s_hi - s_lo) / 2
+    m64 = float64_copy(model)
+    with torch.no_grad():
+        x0 = m64.equilibrium(torch.from_numpy(uc)).to(torch.float64)  # type: ignore[attr-defined]
+        z0 = x0 @ net.A.T + torch.from_numpy(uc) @ net.B.T + net.b
+        act = model.activation  # type: ignore[attr-defined]
+        res = (x0 - act(z0.T).T).abs()
+    res = res + 4 * (net.n + net.p + 4) * _EPS * (x0.abs() @ net.A.abs().T + torch.from_numpy(
+        np.abs(uc)) @ net.B.abs().T + net.b.abs() + 1)
+    R = np.asarray(NB @ ur.T) + res.numpy().T  # (n, m)
+    X, _ = solve_nonneg(NA, np.ascontiguousarray(R), what="the starting box of the linear bounds (Thm 4.1)")
+    rad = torch.from_numpy(np.ascontiguousarray(X.T)) * (1 + 1e-9)
+    return x0 - rad, x0 + rad
+
+
+def _neumann(lin: _Lin, rel: Relaxation, net: _Net, xl: Tensor, xh: Tensor, uc: Tensor, ur: Tensor,
+             steps: int, tl: Tensor | None = None, tu: Tensor | None = None) -> Tensor:
+    """Best over ``K <= steps`` of the truncated substitution closed by the box (module docstring)."""
+    allidx = torch.arange(net.n)
+    n_terms = net.n + net.p
+    best = None
+    for _ in range(steps + 1):
+        bx, bmag = _box_term(lin, xl, xh)
+        closed = _Lin(lin.lam_x, lin.lam_u, lin.const + bx, lin.mag + bmag)
+        v = _concretize(closed, uc, ur, n_terms)
+        best = v if best is None else torch.minimum(best, v)
+        if not lin.lam_x.numel() or float(lin.lam_x.abs().max()) == 0.0:
+            break
+        lin = _substitute(lin, allidx, rel, net, tl, tu)
+    assert best is not None
+    return best
+
+
+def _linear_general(model: object, net: _Net, U: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
+                    alpha: bool, iters: int, lr: float, steps: int, rounds: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    m, n = lo.shape[0], net.n
+    uc = torch.from_numpy((lo + hi) / 2)
+    ur = torch.from_numpy((hi - lo) / 2)
+    xl, xh = _start_box(model, net, U, lo, hi)
+    allidx = torch.arange(n)
+    n_terms = n + net.p
+    rel = None
+    for _ in range(rounds + 1):
+        # interval bounds of z over the boxes of x and u
+        xc, xr = (xl + xh) / 2, (xh - xl) / 2
+        zc = xc @ net.A.T + uc @ net.B.T + net.b
+        zr = xr @ net.A.abs().T + ur @ net.B.abs().T
+        mag = xc.abs() @ net.A.abs().T + (uc.abs() + ur) @ net.B.abs().T + net.b.abs() + xr @ net.A.abs().T
+        pad = 2 * (n_terms + 4) * _EPS * mag + _REL * (1 + zc.abs() + zr)
+        zl, zh = zc - zr - pad, zc + zr + pad
+        if rel is not None:
+            lin = _start(net, net.A, net.B, net.b, m)
+            zl2, zh2 = _split(_neumann(lin, rel, net, xl, xh, uc, ur, steps))
+            zl, zh = torch.maximum(zl, zl2), torch.minimum(zh, zh2)
+            zh = torch.maximum(zl, zh)
+        if torch.isnan(zl).any() or torch.isnan(zh).any():
+            raise NonFiniteError("linear bounds became NaN (an overflow); scale the inputs or weights down")
+        rel = _relax_units(net.segs, allidx, zl, zh)
+        il, ih = _interval(net.segs, allidx, zl, zh)
+        xl, xh = torch.maximum(xl, il), torch.minimum(xh, ih)
+        xh = torch.maximum(xl, xh)
+        rel = _relax_units(net.segs, allidx, zl, zh)
+    assert rel is not None
+
+    def out_bounds(tls: list, tus: list) -> Tensor:
+        lin = _start(net, net.C, net.D, net.d, m)
+        return _neumann(lin, rel, net, xl, xh, uc, ur, steps, tls[0], tus[0])
+
+    val = out_bounds([None], [None])
+    if alpha and iters > 0:
+        val = _optimise(out_bounds, [rel], val, iters, lr)
+    yl, yh = _split(val)
+    return xl, xh, yl, yh
+
+
+# ----------------------------------------------------------------------------- public entry
+
+def input_box(u0: np.ndarray, sigma: np.ndarray, clip: tuple[float, float] | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``[u0 - sigma, u0 + sigma]`` per row of ``u0`` (``(m, p)``), intersected with ``clip``."""
+    from .lp import input_box as _lp_box
+
+    if clip is None:
+        return u0 - sigma, u0 + sigma
+    pairs = [_lp_box(u, sigma, clip) for u in u0]
+    return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+
+
+def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[float, float] | None = None,
+                  alpha: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.5,
+                  intersect_ibp: bool = False, steps: int = 200, rounds: int = 2) -> LinearBounds:
+    """CROWN / alpha-CROWN bounds of the states and outputs over ``|u - u0| <= sigma_u``.
+
+    Triangular ``A`` (a converted feed-forward network): CROWN level by level (exactly CROWN for
+    a ``nn.Sequential``); general ``A``: the truncated-substitution method of the module
+    docstring, sound at every step.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with a componentwise activation.
+        u0: ``(batch, p)`` (or ``(p,)``) nominal inputs; sigma_u: scalar or ``(p,)`` radius.
+        clip: valid input range ``(lo, hi)`` intersected with the box.
+        alpha: optimise the relaxation parameters of the output bounds (alpha-CROWN).
+        alpha_iters, alpha_lr: projected Adam iterations and step size.
+        intersect_ibp: intersect CROWN's pre-activation intervals with IBP's (tighter, sound;
+            triangular only).
+        steps: substitution steps of the general method; rounds: its ``z``-refinement rounds.
+
+    Returns:
+        :class:`LinearBounds` (float64, ``(batch, n)`` and ``(batch, q)``).
+
+    Raises:
+        ConfigurationError: a block activation (SoftMax, BlockMax, Product), or a model too large
+            to densify; WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+    >>> lb = linear_bounds(model, torch.zeros(3, 4), 0.1)
+    >>> lb.y_lower.shape
+    torch.Size([3, 2])
+    """
+    check_int("alpha_iters", alpha_iters, 0)
+    check_scalar("alpha_lr", alpha_lr, low=0.0, low_inclusive=False)
+    check_int("steps", steps, 0)
+    check_int("rounds", rounds, 0)
+    net = _net(model)
+    s = as_sigma(sigma_u, net.p)
+    U = as_batch64(u0, net.p, "u0")
+    lo, hi = input_box(U, s, clip)
+    levels = state_levels(model.A)  # type: ignore[attr-defined]
+    if levels is not None:
+        ibp = None
+        if intersect_ibp and net.n:
+            ibp = _ibp_pre(net, levels, lo, hi)
+        xl, xh, yl, yh = _crown_triangular(net, levels, torch.from_numpy((lo + hi) / 2),
+                                           torch.from_numpy((hi - lo) / 2), alpha=alpha,
+                                           iters=alpha_iters, lr=alpha_lr, ibp=ibp)
+        method = "alpha-crown" if alpha else "crown"
+        depth = int(levels.max()) + 1 if net.n else 0
+    else:
+        xl, xh, yl, yh = _linear_general(model, net, U, lo, hi, alpha=alpha, iters=alpha_iters,
+                                         lr=alpha_lr, steps=steps, rounds=rounds)
+        method = "alpha-linear-fixed-point" if alpha else "linear-fixed-point"
+        depth = 0
+    out = [t.detach().contiguous() for t in (xl, xh, yl, yh)]
+    down = lambda t: torch.nextafter(t, torch.full_like(t, -math.inf))  # noqa: E731
+    up = lambda t: torch.nextafter(t, torch.full_like(t, math.inf))  # noqa: E731
+    return LinearBounds(down(out[0]), up(out[1]), down(out[2]), up(out[3]), method, depth)
+
+
+def _ibp_pre(net: _Net, levels: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[Tensor, Tensor]:
+    """IBP pre-activation intervals level by level (the same widening as the CROWN ones)."""
+    m, n = lo.shape[0], net.n
+    uc = torch.from_numpy((lo + hi) / 2)
+    ur = torch.from_numpy((hi - lo) / 2)
+    xl = torch.zeros(m, n, dtype=torch.float64)
+    xh = torch.zeros(m, n, dtype=torch.float64)
+    zl = torch.zeros(m, n, dtype=torch.float64)
+    zh = torch.zeros(m, n, dtype=torch.float64)
+    n_terms = n + net.p
+    for k in range(int(levels.max()) + 1):
+        S = torch.from_numpy(np.flatnonzero(levels == k))
+        xc, xr = (xl + xh) / 2, (xh - xl) / 2
+        A_S = net.A[S]
+        zc = xc @ A_S.T + uc @ net.B[S].T + net.b[S]
+        zr = xr @ A_S.abs().T + ur @ net.B[S].abs().T
+        mag = (xc.abs() + xr) @ A_S.abs().T + (uc.abs() + ur) @ net.B[S].abs().T + net.b[S].abs()
+        pad = 2 * (n_terms + 4) * _EPS * mag + _REL * (1 + zc.abs() + zr)
+        zl[:, S], zh[:, S] = zc - zr - pad, zc + zr + pad
+        xl[:, S], xh[:, S] = _interval(net.segs, S, zl[:, S], zh[:, S])
+    return zl, zh
+
