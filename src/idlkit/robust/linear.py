@@ -149,7 +149,8 @@ class Relaxation:
     @property
     def free(self) -> Tensor:
         """Units whose parameters change a line (for the optimiser)."""
-        return (self.ls0 != self.ls1) | (self.lo0 != self.lo1) | (self.us0 != self.us1) | (self.uo0 != self.uo1)
+        return ((self.ls0 != self.ls1) | (self.lo0 != self.lo1) | (self.us0 != self.us1)
+                | (self.uo0 != self.uo1))
 
 
 def _shape(f: ComponentwiseActivation) -> tuple[float, float]:
@@ -529,7 +530,9 @@ def _neumann(lin: _Lin, rel: Relaxation, net: _Net, xl: Tensor, xh: Tensor, uc: 
         closed = _Lin(lin.lam_x, lin.lam_u, lin.const + bx, lin.mag + bmag)
         v = _concretize(closed, uc, ur, n_terms)
         best = v if best is None else torch.minimum(best, v)
-        if not lin.lam_x.numel() or float(lin.lam_x.abs().max()) == 0.0:
+        # the rest can move the bound by about the box term only: stop when it is negligible
+        small = 1e-13 * (1 + float(best.detach().abs().max()))
+        if not lin.lam_x.numel() or float(bmag.detach().max()) <= small:
             break
         lin = _substitute(lin, allidx, rel, net, tl, tu)
     assert best is not None
