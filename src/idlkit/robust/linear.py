@@ -421,45 +421,97 @@ def _split(val: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- triangular (CROWN)
 
-def _crown_triangular(net: _Net, levels: np.ndarray, uc: Tensor, ur: Tensor, *, alpha: bool,
-                      iters: int, lr: float, ibp: tuple[Tensor, Tensor] | None
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _crown_pass(net: _Net, groups: list[Tensor], uc: Tensor, ur: Tensor, params: dict | None,
+                clamp: list[tuple[Tensor, Tensor]] | None
+                ) -> tuple[Tensor, Tensor, Tensor, list[Relaxation], list[tuple[Tensor, Tensor]]]:
+    """One CROWN pass: pre-activation bounds level by level, then the outputs. ``params[(k, j)]``:
+    the family parameters ``(tl, tu)`` of level ``j`` in the bound of level ``k`` (``k = -1``: the
+    outputs), ``(batch, rows, units)``; ``None``: CROWN's choice. ``clamp``: sound intervals to
+    intersect the pre-activation bounds with (IBP's, or CROWN's when optimising)."""
     m, n = uc.shape[0], net.n
-    L = int(levels.max()) + 1 if n else 0
-    groups = [torch.from_numpy(np.flatnonzero(levels == k)) for k in range(L)]
+    params = {} if params is None else params
+    n_terms = n + net.p
     rels: list[Relaxation] = []
+    zs: list[tuple[Tensor, Tensor]] = []
     xl = torch.zeros(m, n, dtype=torch.float64)
     xh = torch.zeros(m, n, dtype=torch.float64)
-    n_terms = n + net.p
     for k, S in enumerate(groups):
         lin = _start(net, net.A[S], net.B[S], net.b[S], m)
         for j in reversed(range(k)):
-            lin = _substitute(lin, groups[j], rels[j], net)
+            lin = _substitute(lin, groups[j], rels[j], net, *params.get((k, j), (None, None)))
         zl, zh = _split(_concretize(lin, uc, ur, n_terms))
-        if ibp is not None:
-            zl, zh = torch.maximum(zl, ibp[0][:, S]), torch.minimum(zh, ibp[1][:, S])
+        if clamp is not None:
+            zl, zh = torch.maximum(zl, clamp[k][0]), torch.minimum(zh, clamp[k][1])
             zh = torch.maximum(zl, zh)
         if torch.isnan(zl).any() or torch.isnan(zh).any():
             raise NonFiniteError("linear bounds became NaN (an overflow); scale the inputs or weights down")
+        zs.append((zl, zh))
         rels.append(_relax_units(net.segs, S, zl, zh))
-        xl[:, S], xh[:, S] = _interval(net.segs, S, zl, zh)
+        a, b = _interval(net.segs, S, zl, zh)
+        xl = xl.index_copy(1, S, a)
+        xh = xh.index_copy(1, S, b)
+    lin = _start(net, net.C, net.D, net.d, m)
+    for j in reversed(range(len(groups))):
+        lin = _substitute(lin, groups[j], rels[j], net, *params.get((-1, j), (None, None)))
+    return _concretize(lin, uc, ur, n_terms), xl, xh, rels, zs
 
-    def out_bounds(tls: list[Tensor | None], tus: list[Tensor | None]) -> Tensor:
-        lin = _start(net, net.C, net.D, net.d, m)
-        for j in reversed(range(L)):
-            lin = _substitute(lin, groups[j], rels[j], net, tls[j], tus[j])
-        return _concretize(lin, uc, ur, n_terms)
 
-    val = out_bounds([None] * L, [None] * L)
+def _crown_triangular(net: _Net, levels: np.ndarray, uc: Tensor, ur: Tensor, *, alpha: bool,
+                      iters: int, lr: float, ibp: tuple[Tensor, Tensor] | None
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n = net.n
+    L = int(levels.max()) + 1 if n else 0
+    groups = [torch.from_numpy(np.flatnonzero(levels == k)) for k in range(L)]
+    clamp = None if ibp is None else [(ibp[0][:, S], ibp[1][:, S]) for S in groups]
+    val, xl, xh, rels, zs = _crown_pass(net, groups, uc, ur, None, clamp)
     if alpha and L and iters > 0:
-        val = _optimise(out_bounds, rels, val, iters, lr)
+        val, xl, xh = _optimise(net, groups, uc, ur, rels, zs, (val, xl, xh), iters, lr)
     yl, yh = _split(val)
     return xl, xh, yl, yh
 
 
-def _optimise(bound_fn, rels: list[Relaxation], val0: Tensor, iters: int, lr: float) -> Tensor:
-    """Projected Adam on the family parameters (one per unit, objective row and side), from
-    CROWN's choice; the elementwise best (smallest) upper bound over the iterates."""
+def _optimise(net: _Net, groups: list[Tensor], uc: Tensor, ur: Tensor, rels: list[Relaxation],
+              zs: list[tuple[Tensor, Tensor]], init: tuple[Tensor, Tensor, Tensor], iters: int, lr: float
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha-CROWN: projected Adam on the family parameters of every (bounded level, relaxed
+    level) pair and of the outputs, from CROWN's choice, minimising the sum of the output upper
+    bounds (of ``[y; -y]``); the pre-activation bounds of each iterate are intersected with
+    CROWN's. Every iterate is sound; the elementwise best over the iterates is returned."""
+    val0, xl0, xh0 = init
+    params: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+    rows = {k: 2 * int(S.numel()) for k, S in enumerate(groups)}
+    rows[-1] = val0.shape[1]
+    for k in [*range(1, len(groups)), -1]:
+        for j in range(len(groups) if k == -1 else k):
+            rel = rels[j]
+            if not bool(rel.free.any()):
+                continue
+            r = rows[k]
+            params[(k, j)] = (rel.tl[:, None, :].expand(-1, r, -1).clone().requires_grad_(True),
+                              rel.tu[:, None, :].expand(-1, r, -1).clone().requires_grad_(True))
+    if not params:
+        return init
+    flat = [t for pair in params.values() for t in pair]
+    opt = torch.optim.Adam(flat, lr=lr)
+    best, bxl, bxh = val0.detach().clone(), xl0.detach().clone(), xh0.detach().clone()
+    for it in range(iters + 1):
+        opt.zero_grad()
+        val, xl, xh, _, _ = _crown_pass(net, groups, uc, ur, params, zs)
+        best = torch.minimum(best, val.detach())
+        bxl, bxh = torch.maximum(bxl, xl.detach()), torch.minimum(bxh, xh.detach())
+        if it == iters:
+            break
+        val.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for t in flat:
+                t.clamp_(0.0, 1.0)
+    return best, bxl, bxh
+
+
+def _optimise_general(bound_fn, rels: list[Relaxation], val0: Tensor, iters: int, lr: float) -> Tensor:
+    """Projected Adam on the family parameters of the output bound (one per unit, objective row
+    and side) of the general method, from CROWN's choice; the elementwise best over the iterates."""
     r = val0.shape[1]
     params = []
     tls: list[Tensor | None] = []
@@ -490,6 +542,7 @@ def _optimise(bound_fn, rels: list[Relaxation], val0: Tensor, iters: int, lr: fl
     with torch.no_grad():
         best = torch.minimum(best, bound_fn(tls, tus))
     return best
+
 
 
 # ----------------------------------------------------------------------------- general A
@@ -577,7 +630,7 @@ def _linear_general(model: object, net: _Net, U: np.ndarray, lo: np.ndarray, hi:
 
     val = out_bounds([None], [None])
     if alpha and iters > 0:
-        val = _optimise(out_bounds, [rel], val, iters, lr)
+        val = _optimise_general(out_bounds, [rel], val, iters, lr)
     yl, yh = _split(val)
     return xl, xh, yl, yh
 

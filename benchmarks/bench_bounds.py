@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Certified output bounds of converted ReLU nets: mean interval widths and seconds per input.
+
+Rows (issue 21): random 20-50-50-10 at eps 0.01 and 0.1, random 784-100-50-10 at eps 0.01, a
+64-64-32-10 net trained a few seconds on digits (``idlkit.datasets.load("digits")``, inputs in
+[0, 1]) at eps 0.1, all converted exactly by :func:`idlkit.convert.from_torch` (triangular ``A``),
+float64; a general non-triangular ReLU implicit model (random ``A`` with ``||A||_inf = 0.9``);
+optionally (``--resnet``) the CIFAR ResNet-20 conversion, IBP only (the dense linear bounds do not
+fit its state size).
+
+Columns: ``idl.robust.output_bounds`` with ``method`` = ``box`` (Thm 4.1-4.4), ``ibp``, ``lp``
+(``lp_state_bounds`` defaults, then ``2 q`` output LPs), ``crown``, ``alpha-crown`` (20 projected
+Adam steps on the output bounds), ``best``; and an independent dense reference CROWN written
+here layer by layer (the ratio ``crown / ref`` must be 1). Widths are the mean of
+``upper - lower`` over the inputs and outputs; times are seconds per input (batched where the
+method batches).
+
+Reference numbers (issue 21, auto_LiRPA 0.3 on *its own* random nets, so only ratios compare):
+CROWN 0.00683 / 0.125 / 0.0832 / 56.7 and alpha-CROWN 0.00679 / 0.118 / 0.0822 / 50.9.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_bounds.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/bench_bounds.py --quick    # small inputs count, no LP on 784
+
+Writes ``bench_bounds.json`` / ``bench_bounds.md`` (``_quick`` with ``--quick``) to ``--out``
+(default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import atomic_write, config_of, cpu_model, git_commit
+from torch import nn
+
+import idlkit as idl
+
+HERE = Path(__file__).resolve().parent
+F64 = torch.float64
+REF = {"20-50-50-10 eps 0.01": (0.00683, 0.00679), "20-50-50-10 eps 0.1": (0.125, 0.118),
+       "784-100-50-10 eps 0.01": (0.0832, 0.0822), "digits 64-64-32-10 eps 0.1": (56.7, 50.9)}
+
+
+def mlp(sizes: list[int], seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).to(F64)
+
+
+def digits_net(epochs: int, seed: int) -> tuple[nn.Sequential, torch.Tensor, float]:
+    """64-64-32-10 trained with Adam for ``epochs`` (a few seconds); returns the net, test inputs,
+    test accuracy."""
+    ds = idl.datasets.load("digits", as_torch=True)
+    X, y = ds.x_train.to(F64), ds.y_train
+    net = mlp([64, 64, 32, 10], seed)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=gen)
+        X, y = X[perm], y[perm]
+        for i in range(0, len(X), 128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(X[i:i + 128]), y[i:i + 128]).backward()
+            opt.step()
+    with torch.no_grad():
+        acc = float((net(ds.x_test.to(F64)).argmax(1) == ds.y_test).double().mean())
+    return net, ds.x_test.to(F64), acc
+
+
+def ref_crown(net: nn.Sequential, u0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent dense CROWN (Linear/ReLU), layer by layer, adaptive lower slope, chord upper."""
+    Ws = [m.weight.detach().to(F64) for m in net if isinstance(m, nn.Linear)]
+    bs = [m.bias.detach().to(F64) for m in net if isinstance(m, nn.Linear)]
+    slopes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def bound(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for sign in (1.0, -1.0):
+            lam, const = sign * Ws[k], sign * bs[k]
+            for j in range(k - 1, -1, -1):
+                dl, du, cu = slopes[j]
+                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+                const = const + pos @ cu
+                lam = pos * du + neg * dl
+                const = const + lam @ bs[j]
+                lam = lam @ Ws[j]
+            out.append(sign * (const + lam @ u0 + eps * lam.abs().sum(1)))
+        return out[1], out[0]
+
+    for k in range(len(Ws) - 1):
+        l, h = bound(k)
+        du = torch.where(h <= 0, 0.0, torch.where(l >= 0, 1.0, h / (h - l)))
+        cu = torch.where((l < 0) & (h > 0), -l * h / (h - l), 0.0)
+        dl = torch.where(h <= 0, 0.0, torch.where(l >= 0, 1.0, (h >= -l).to(F64)))
+        slopes.append((dl, du, cu))
+    return bound(len(Ws) - 1)
+
+
+def measure(model: object, U: torch.Tensor, eps: float, methods: list[str], lp_inputs: int) -> dict:
+    out: dict = {}
+    for m in methods:
+        X = U[:lp_inputs] if m == "lp" else U
+        if m == "lp" and lp_inputs == 0:
+            out[m] = None
+            continue
+        t0 = time.perf_counter()
+        ob = idl.robust.output_bounds(model, X, eps, method=m)
+        sec = (time.perf_counter() - t0) / X.shape[0]
+        out[m] = {"width": float(ob.width.mean()), "sec_per_input": sec, "method": ob.method,
+                  "inputs": int(X.shape[0])}
+    return out
+
+
+def row_ff(name: str, net: nn.Sequential, U: torch.Tensor, eps: float, args: argparse.Namespace,
+           lp_inputs: int, extra: dict | None = None) -> dict:
+    model = idl.convert.from_torch(net, U[:1])
+    res = measure(model, U, eps, ["box", "ibp", "lp", "crown", "alpha-crown", "best"], lp_inputs)
+    t0 = time.perf_counter()
+    widths = [ref_crown(net, u, eps) for u in U]
+    tref = (time.perf_counter() - t0) / U.shape[0]
+    wref = float(np.mean([float((h - l).mean()) for l, h in widths]))
+    row = {"row": name, "eps": eps, "inputs": int(U.shape[0]), "n": int(model.A.shape[0]), **res,
+           "ref_crown": {"width": wref, "sec_per_input": tref},
+           "crown_over_ref": res["crown"]["width"] / wref,
+           "best_over_alpha": res["best"]["width"] / res["alpha-crown"]["width"]}
+    if name in REF:
+        c, a = REF[name]
+        row["auto_lirpa_issue"] = {"crown": c, "alpha_crown": a, "alpha_over_crown": a / c}
+    row["alpha_over_crown"] = res["alpha-crown"]["width"] / res["crown"]["width"]
+    if extra:
+        row.update(extra)
+    return row
+
+
+def row_general(args: argparse.Namespace) -> dict:
+    g = torch.Generator().manual_seed(0)
+    n, p, q = (30, 10, 5) if args.quick else (60, 20, 10)
+    A = torch.randn(n, n, generator=g, dtype=F64)
+    A = 0.9 * A / A.abs().sum(1).max()
+    model = idl.ImplicitModel.from_matrices(A, torch.randn(n, p, generator=g, dtype=F64) / p ** 0.5,
+                                            torch.randn(q, n, generator=g, dtype=F64),
+                                            torch.randn(q, p, generator=g, dtype=F64),
+                                            b=0.1 * torch.randn(n, generator=g, dtype=F64), activation="relu",
+                                            tol=1e-12, solver="picard", max_iter=5000)
+    U = torch.randn(args.inputs_general, p, generator=g, dtype=F64)
+    eps = 0.1
+    res = measure(model, U, eps, ["box", "lp", "crown", "alpha-crown", "best"], args.inputs_general)
+    return {"row": f"general implicit ReLU n={n} p={p} q={q}, ||A||_inf=0.9", "eps": eps,
+            "inputs": int(U.shape[0]), "n": n, **res, "ibp": None}
+
+
+def row_resnet(args: argparse.Namespace) -> dict:
+    from idlkit.convert import resnet20
+
+    torch.manual_seed(0)
+    net = resnet20().eval()
+    u = torch.rand(1, 3, 32, 32)
+    t0 = time.perf_counter()
+    model = idl.convert.from_torch(net, u)
+    tconv = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ob = idl.robust.output_bounds(model, u.reshape(1, -1), 1 / 255, method="ibp")
+    t_ibp = time.perf_counter() - t0
+    return {"row": "ResNet-20 (random weights) eps 1/255", "eps": 1 / 255, "inputs": 1,
+            "n": int(model.A.shape[0]), "convert_s": tconv,
+            "ibp": {"width": float(ob.width.mean()), "sec_per_input": t_ibp, "method": "ibp", "inputs": 1},
+            "crown": None, "note": "linear bounds densify A: not run at this n"}
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    cols = ["box", "ibp", "lp", "crown", "alpha-crown", "best"]
+    f = lambda r, c: "-" if r.get(c) is None else f"{r[c]['width']:.4g}"  # noqa: E731
+    t = lambda r, c: "-" if r.get(c) is None else f"{r[c]['sec_per_input']:.3g}"  # noqa: E731
+    out = [f"# bench_bounds ({'quick' if meta['quick'] else 'full'})", "",
+           f"CPU: {meta['cpu']}, threads {meta['threads']}, torch {meta['torch']}, commit {meta['commit']}, "
+           f"{meta['date']}", "",
+           "Mean output interval width (float64, `idl.robust.output_bounds`); seconds per input in the "
+           "second table. Triangular rows: converted `nn.Sequential` ReLU nets.", "",
+           "| row | n | " + " | ".join(cols) + " | ref CROWN | CROWN/ref | alpha/CROWN | best/alpha |",
+           "|---|---|" + "---|" * (len(cols) + 4)]
+    for r in rows:
+        ref = r.get("ref_crown")
+        out.append(f"| {r['row']} | {r['n']} | " + " | ".join(f(r, c) for c in cols) + " | "
+                   + (f"{ref['width']:.4g} | {r['crown_over_ref']:.12f} | {r['alpha_over_crown']:.4f} | "
+                      f"{r['best_over_alpha']:.4f} |" if ref else "- | - | - | - |"))
+    out += ["", "| row | " + " | ".join(cols) + " | ref CROWN |", "|---|" + "---|" * (len(cols) + 1)]
+    for r in rows:
+        ref = r.get("ref_crown")
+        out.append(f"| {r['row']} | " + " | ".join(t(r, c) for c in cols) + " | "
+                   + (f"{ref['sec_per_input']:.3g} |" if ref else "- |"))
+    out += ["", "auto_LiRPA 0.3 numbers quoted in issue 21 (their own random nets / training, so only the "
+            "alpha/CROWN ratio is comparable):", "",
+            "| row | CROWN | alpha-CROWN | alpha/CROWN |", "|---|---|---|---|"]
+    for r in rows:
+        if "auto_lirpa_issue" in r:
+            a = r["auto_lirpa_issue"]
+            out.append(f"| {r['row']} | {a['crown']} | {a['alpha_crown']} | {a['alpha_over_crown']:.4f} |")
+    out += ["", meta.get("notes", ""), ""]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", type=int, default=20, help="inputs per row (CROWN, IBP, box, best)")
+    ap.add_argument("--lp-inputs", type=int, default=3, help="inputs per row for the LP column")
+    ap.add_argument("--inputs-general", type=int, default=3)
+    ap.add_argument("--train-epochs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resnet", action="store_true", help="add the ResNet-20 IBP row")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.inputs, args.lp_inputs, args.inputs_general, args.train_epochs = 2, 1, 1, 5
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    meta = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+            "python": platform.python_version(), "commit": git_commit(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
+            "config": config_of(args),
+            "notes": "auto_LiRPA was not run side by side (see the closing note of issue 21): the "
+                     "reference CROWN column is an independent implementation in this script."}
+    rows: list[dict] = []
+    g = torch.Generator().manual_seed(1)
+    small = mlp([20, 50, 50, 10], seed=0)
+    U = torch.randn(args.inputs, 20, generator=g, dtype=F64)
+    for eps in (0.01, 0.1):
+        rows.append(row_ff(f"20-50-50-10 eps {eps}", small, U, eps, args, args.lp_inputs))
+    big = mlp([784, 100, 50, 10], seed=0)
+    Ub = torch.rand(args.inputs, 784, generator=g, dtype=F64)
+    rows.append(row_ff("784-100-50-10 eps 0.01", big, Ub, 0.01, args, 0 if args.quick else args.lp_inputs))
+    t0 = time.perf_counter()
+    dnet, Xt, acc = digits_net(args.train_epochs, seed=0)
+    t_train = time.perf_counter() - t0
+    rows.append(row_ff("digits 64-64-32-10 eps 0.1", dnet, Xt[:args.inputs], 0.1, args, args.lp_inputs,
+                       {"test_accuracy": acc, "train_seconds": t_train}))
+    rows.append(row_general(args))
+    if args.resnet:
+        rows.append(row_resnet(args))
+    stem = "bench_bounds_quick" if args.quick else "bench_bounds"
+    atomic_write(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    md = markdown(meta, rows)
+    atomic_write(args.out / f"{stem}.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
