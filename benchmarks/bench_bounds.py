@@ -201,6 +201,20 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         ref = r.get("ref_crown")
         out.append(f"| {r['row']} | " + " | ".join(t(r, c) for c in cols) + " | "
                    + (f"{ref['sec_per_input']:.3g} |" if ref else "- |"))
+    if any("auto_lirpa" in r for r in rows):
+        out += ["", "Side by side with auto_LiRPA on the same nets and inputs (float64):", "",
+                "| row | auto_LiRPA CROWN | ours CROWN | ours/auto_LiRPA | auto_LiRPA alpha-CROWN | "
+                "ours alpha | ours/auto_LiRPA | s/input auto_LiRPA CROWN, alpha |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "auto_lirpa" not in r:
+                continue
+            a = r["auto_lirpa"]
+            c, ca = r["crown"]["width"], a["crown"]["width"]
+            al, aa = r["alpha-crown"]["width"], a["alpha-crown"]["width"]
+            out.append(f"| {r['row']} | {ca:.6g} | {c:.6g} | {c / ca:.10f} | {aa:.6g} | {al:.6g} | "
+                       f"{al / aa:.4f} | {a['crown']['sec_per_input']:.3g}, "
+                       f"{a['alpha-crown']['sec_per_input']:.3g} |")
     out += ["", "auto_LiRPA 0.3 numbers quoted in issue 21 (their own random nets / training, so only the "
             "alpha/CROWN ratio is comparable):", "",
             "| row | CROWN | alpha-CROWN | alpha/CROWN |", "|---|---|---|---|"]
@@ -210,6 +224,26 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             out.append(f"| {r['row']} | {a['crown']} | {a['alpha_crown']} | {a['alpha_over_crown']:.4f} |")
     out += ["", meta.get("notes", ""), ""]
     return "\n".join(out)
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, nn.Sequential, torch.Tensor, float, int, dict]]:
+    """The feed-forward rows: ``(name, net, inputs, eps, lp_inputs, extra)``, deterministic (also
+    rebuilt by ``bench_bounds_lirpa.py`` to run auto_LiRPA on the same nets and inputs)."""
+    out = []
+    g = torch.Generator().manual_seed(1)
+    small = mlp([20, 50, 50, 10], seed=0)
+    U = torch.randn(args.inputs, 20, generator=g, dtype=F64)
+    for eps in (0.01, 0.1):
+        out.append((f"20-50-50-10 eps {eps}", small, U, eps, args.lp_inputs, {}))
+    big = mlp([784, 100, 50, 10], seed=0)
+    Ub = torch.rand(args.inputs, 784, generator=g, dtype=F64)
+    out.append(("784-100-50-10 eps 0.01", big, Ub, 0.01, 0 if args.quick else args.lp_inputs, {}))
+    t0 = time.perf_counter()
+    dnet, Xt, acc = digits_net(args.train_epochs, seed=0)
+    t_train = time.perf_counter() - t0
+    out.append(("digits 64-64-32-10 eps 0.1", dnet, Xt[:args.inputs], 0.1, args.lp_inputs,
+                {"test_accuracy": acc, "train_seconds": t_train}))
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -238,23 +272,21 @@ def main(argv: list[str] | None = None) -> int:
             "notes": "auto_LiRPA was not run side by side (see the closing note of issue 21): the "
                      "reference CROWN column is an independent implementation in this script."}
     rows: list[dict] = []
-    g = torch.Generator().manual_seed(1)
-    small = mlp([20, 50, 50, 10], seed=0)
-    U = torch.randn(args.inputs, 20, generator=g, dtype=F64)
-    for eps in (0.01, 0.1):
-        rows.append(row_ff(f"20-50-50-10 eps {eps}", small, U, eps, args, args.lp_inputs))
-    big = mlp([784, 100, 50, 10], seed=0)
-    Ub = torch.rand(args.inputs, 784, generator=g, dtype=F64)
-    rows.append(row_ff("784-100-50-10 eps 0.01", big, Ub, 0.01, args, 0 if args.quick else args.lp_inputs))
-    t0 = time.perf_counter()
-    dnet, Xt, acc = digits_net(args.train_epochs, seed=0)
-    t_train = time.perf_counter() - t0
-    rows.append(row_ff("digits 64-64-32-10 eps 0.1", dnet, Xt[:args.inputs], 0.1, args, args.lp_inputs,
-                       {"test_accuracy": acc, "train_seconds": t_train}))
+    for name, net, U, eps, lp_inputs, extra in cases(args):
+        rows.append(row_ff(name, net, U, eps, args, lp_inputs, extra))
     rows.append(row_general(args))
     if args.resnet:
         rows.append(row_resnet(args))
     stem = "bench_bounds_quick" if args.quick else "bench_bounds"
+    lirpa = args.out / f"{stem}_lirpa.json"
+    if lirpa.exists():  # written by bench_bounds_lirpa.py (auto_LiRPA in its own venv), same nets
+        lr = {r["row"]: r for r in json.loads(lirpa.read_text())["rows"]}
+        meta["lirpa"] = json.loads(lirpa.read_text())["meta"]
+        meta["notes"] = ("auto_LiRPA columns: bench_bounds_lirpa.py on the same nets and inputs "
+                         f"(auto_LiRPA {meta['lirpa'].get('auto_lirpa')}, see its meta).")
+        for r in rows:
+            if r["row"] in lr:
+                r["auto_lirpa"] = lr[r["row"]]
     atomic_write(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     md = markdown(meta, rows)
     atomic_write(args.out / f"{stem}.md", md)
