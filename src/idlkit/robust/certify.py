@@ -10,6 +10,8 @@ Methods (all float64, all sound: every state/output of every input of the set li
 * ``"crown"`` / ``"alpha-crown"``: linear bounds (:func:`idlkit.robust.linear_bounds`); any ``A``
   (CROWN for triangular ``A``, the truncated-substitution method otherwise), componentwise
   activations.
+* ``"crown-ibp"``: one backward CROWN pass for the outputs over IBP's pre-activation intervals,
+  on the sparse matrices (triangular ``A``; for models too large to densify, e.g. ResNet-20).
 * ``"lp"``: the LP relaxation of Thm 4.5 (:func:`idlkit.robust.lp_state_bounds`, ReLU only, one
   input at a time, ``2 n`` LPs per round): the state bounds are its per-unit LP bounds; the output
   bounds are ``max +-(C_j x + D_j u) + d_j`` over the same relaxation with those state bounds
@@ -37,7 +39,7 @@ from ._model import as_batch64, as_sigma, check_k, componentwise_maps
 
 __all__ = ["OutputBounds", "StateBounds", "output_bounds", "state_bounds", "BOUND_METHODS"]
 
-BOUND_METHODS = ("best", "alpha-crown", "crown", "lp", "ibp", "box")
+BOUND_METHODS = ("best", "alpha-crown", "crown", "crown-ibp", "lp", "ibp", "box")
 _K_METHODS = ("box", "lp")
 
 
@@ -104,11 +106,11 @@ def _ibp(model: object, U: np.ndarray, s: np.ndarray, clip: tuple[float, float] 
 
 
 def _linear(model: object, U: np.ndarray, s: np.ndarray, clip: tuple[float, float] | None, alpha: bool,
-            alpha_iters: int, intersect_ibp: bool = False) -> _Four:
+            alpha_iters: int, intersect_ibp: bool = False, intermediate: str = "crown") -> _Four:
     from .linear import linear_bounds
 
     lb = linear_bounds(model, torch.from_numpy(U), s, clip=clip, alpha=alpha, alpha_iters=alpha_iters,
-                       intersect_ibp=intersect_ibp)
+                       intersect_ibp=intersect_ibp, intermediate=intermediate)
     return lb.x_lower, lb.x_upper, lb.y_lower, lb.y_upper
 
 
@@ -148,7 +150,7 @@ def _require(model: object, method: str, k: int | None) -> None:
             f"use method='box' (Thm 4.1-4.4 with the cardinality refinement), 'lp' (ReLU, the hull "
             f"of eq. 4.2) or 'best' (their intersection), or k=None for the box set")
     act = model.activation  # type: ignore[attr-defined]
-    if method in ("crown", "alpha-crown") and componentwise_maps(act) is None:
+    if method in ("crown", "alpha-crown", "crown-ibp") and componentwise_maps(act) is None:
         raise ConfigurationError(
             f"method={method!r} needs a componentwise activation (or a Blockwise of them), got {act!r}; "
             f"use method='ibp' (any map, triangular A), 'box' (any Lipschitz map) or 'best'")
@@ -181,6 +183,8 @@ def _compute(model: object, u0: object, sigma_u: object, k: int | None, method: 
     if method in ("crown", "alpha-crown"):
         out = _linear(model, U, s, clip, method == "alpha-crown", alpha_iters)
         return out, method, time.perf_counter() - t0
+    if method == "crown-ibp":
+        return _linear(model, U, s, clip, False, 0, intermediate="ibp"), method, time.perf_counter() - t0
     if method == "lp":
         return _lp(model, U, s, k, clip, lp_rounds), "lp", time.perf_counter() - t0
     # best: intersect what applies
@@ -203,8 +207,11 @@ def _compute(model: object, u0: object, sigma_u: object, k: int | None, method: 
     else:
         attempt("ibp", lambda: _ibp(model, U, s, clip))
         if componentwise_maps(model.activation) is not None:  # type: ignore[attr-defined]
+            n_before = len(results)
             tc = attempt("crown", lambda: _linear(model, U, s, clip, False, 0, intersect_ibp=True))
-            if time.perf_counter() - t0 + (alpha_iters + 2) * tc < budget:
+            if len(results) == n_before:  # too large to densify (or cyclic A): the sparse CROWN-IBP
+                attempt("crown-ibp", lambda: _linear(model, U, s, clip, False, 0, intermediate="ibp"))
+            elif time.perf_counter() - t0 + (alpha_iters + 2) * tc < budget:
                 attempt("alpha-crown", lambda: _linear(model, U, s, clip, True, alpha_iters,
                                                        intersect_ibp=True))
     if not results:
