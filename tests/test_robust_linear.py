@@ -323,6 +323,8 @@ def test_clip_and_batch_shapes():
     assert _violations(model, U, clipped.lower[0], clipped.upper[0]) == 0
     ib = idl.robust.output_bounds(model, u0, 0.5, method="ibp", clip=(0.0, 1.0))
     assert ib.lower.shape == (3, 2)
+    fast = idl.robust.output_bounds(model, u0, 0.5, time_budget=1e-9)  # no time for alpha-CROWN
+    assert "alpha-crown" not in fast.method and fast.lower.shape == (3, 2)
     kb = idl.robust.output_bounds(model, u0[0], 0.5, k=2)
     assert kb.lower.shape == (1, 2) and kb.method.startswith("best(")
 

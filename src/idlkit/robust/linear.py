@@ -617,7 +617,6 @@ def _linear_general(model: object, net: _Net, U: np.ndarray, lo: np.ndarray, hi:
             zh = torch.maximum(zl, zh)
         if torch.isnan(zl).any() or torch.isnan(zh).any():
             raise NonFiniteError("linear bounds became NaN (an overflow); scale the inputs or weights down")
-        rel = _relax_units(net.segs, allidx, zl, zh)
         il, ih = _interval(net.segs, allidx, zl, zh)
         xl, xh = torch.maximum(xl, il), torch.minimum(xh, ih)
         xh = torch.maximum(xl, xh)
