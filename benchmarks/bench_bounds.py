@@ -211,7 +211,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         out.append(f"| {r['row']} | " + " | ".join(t(r, c) for c in cols) + " | "
                    + (f"{ref['sec_per_input']:.3g} |" if ref else "- |"))
     if any("auto_lirpa" in r for r in rows):
-        out += ["", "Side by side with auto_LiRPA on the same nets and inputs (float64):", "",
+        out += ["", "Side by side with auto_LiRPA on the same nets and inputs (ours float64, auto_LiRPA "
+                "float32):", "",
                 "| row | auto_LiRPA CROWN | ours CROWN | ours/auto_LiRPA | auto_LiRPA alpha-CROWN | "
                 "ours alpha | ours/auto_LiRPA | s/input auto_LiRPA CROWN, alpha |",
                 "|---|---|---|---|---|---|---|---|"]

@@ -22,6 +22,11 @@ Methods (all float64, all sound: every state/output of every input of the set li
   intersection of sound intervals is sound.
 
 ``k`` (cardinality-constrained inputs, eq. 4.2) is supported by ``box`` and ``lp`` only.
+
+General (non-triangular) ``A``: IBP does not apply (no sweep order); the linear bounds need the
+Thm 4.1 starting box, i.e. a certified ``lambda_pf(gamma |A|) < 1`` (else
+:class:`~idlkit.errors.WellPosednessError`); ``"best"`` skips the methods that do not apply and
+intersects the others.
 """
 
 from __future__ import annotations
@@ -263,7 +268,8 @@ def state_bounds(model: object, u0: object, sigma_u: object, k: int | None = Non
                  clip: tuple[float, float] | None = None, time_budget: float | None = None,
                  alpha_iters: int = 20, lp_rounds: int = 1) -> StateBounds:
     """Certified state bounds, ``(batch, n)``; arguments and errors as :func:`output_bounds`
-    (alpha-CROWN optimises the output bounds only, so its state bounds are CROWN's)."""
+    (alpha-CROWN optimises the output bounds; its state bounds are the best over its iterates on a
+    triangular ``A``, CROWN's on a general one)."""
     (xl, xh, _, _), name, sec = _compute(model, u0, sigma_u, k, method, clip, time_budget, alpha_iters,
                                          lp_rounds)
     return StateBounds(xl.to(torch.float64), xh.to(torch.float64), name, sec)
