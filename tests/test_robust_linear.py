@@ -296,6 +296,17 @@ def test_alpha_never_looser_and_crown_vs_ibp():
             assert best.method.startswith("best(")
 
 
+def test_chunked_batch_equals_per_input():
+    net = _net([5, 12, 3], torch.nn.ReLU, seed=8)
+    model = idl.convert.from_torch(net, torch.zeros(1, 5, dtype=F64))
+    u0 = torch.randn(7, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    whole = linear_bounds(model, u0, 0.2, batch_size=3)
+    for r in range(7):
+        one = linear_bounds(model, u0[r], 0.2)
+        torch.testing.assert_close(whole.y_lower[r], one.y_lower[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(whole.y_upper[r], one.y_upper[0], rtol=0, atol=1e-12)
+
+
 def test_float32_model_bounds_hold_for_float64_evaluation():
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Linear(7, 20), torch.nn.ReLU(), torch.nn.Linear(20, 20),

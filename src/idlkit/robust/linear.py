@@ -650,7 +650,7 @@ def input_box(u0: np.ndarray, sigma: np.ndarray, clip: tuple[float, float] | Non
 def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[float, float] | None = None,
                   alpha: bool = False, alpha_iters: int = 20, alpha_lr: float = 0.5,
                   intersect_ibp: bool = False, steps: int = 200, rounds: int = 2,
-                  intermediate: str = "crown") -> LinearBounds:
+                  intermediate: str = "crown", batch_size: int = 64) -> LinearBounds:
     """CROWN / alpha-CROWN bounds of the states and outputs over ``|u - u0| <= sigma_u``.
 
     Triangular ``A`` (a converted feed-forward network): CROWN level by level (exactly CROWN for
@@ -669,6 +669,7 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
         intermediate: ``"crown"`` (default) or ``"ibp"``: pre-activation intervals from IBP and one
             backward pass for the outputs ("CROWN-IBP"), on the sparse matrices as they are (for
             models too large to densify, e.g. a converted ResNet-20); triangular ``A``, no ``alpha``.
+        batch_size: inputs bounded together (memory ``batch_size x rows x n`` per level).
 
     Returns:
         :class:`LinearBounds` (float64, ``(batch, n)`` and ``(batch, q)``).
@@ -687,6 +688,7 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
     check_scalar("alpha_lr", alpha_lr, low=0.0, low_inclusive=False)
     check_int("steps", steps, 0)
     check_int("rounds", rounds, 0)
+    check_int("batch_size", batch_size, 1)
     check_choice("intermediate", intermediate, ("crown", "ibp"))
     p = model.B.shape[1]  # type: ignore[attr-defined]
     s = as_sigma(sigma_u, p)
@@ -701,21 +703,30 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
         xl, xh, yl, yh = _crown_ibp_sparse(model, levels, lo, hi)
         return _finish(xl, xh, yl, yh, "crown-ibp", int(levels.max()) + 1 if levels.size else 0)
     net = _net(model)
+    parts = []
+    for i in range(0, max(U.shape[0], 1), batch_size):  # chunks bound the memory (batch x rows x n)
+        sl = slice(i, i + batch_size)
+        parts.append(_dense_bounds(model, net, levels, U[sl], lo[sl], hi[sl], alpha=alpha, iters=alpha_iters,
+                                   lr=alpha_lr, intersect_ibp=intersect_ibp, steps=steps, rounds=rounds))
+    xl, xh, yl, yh = (torch.cat([pt[j] for pt in parts]) for j in range(4))
     if levels is not None:
-        ibp = None
-        if intersect_ibp and net.n:
-            ibp = _ibp_pre(net, levels, lo, hi)
-        xl, xh, yl, yh = _crown_triangular(net, levels, torch.from_numpy((lo + hi) / 2),
-                                           torch.from_numpy((hi - lo) / 2), alpha=alpha,
-                                           iters=alpha_iters, lr=alpha_lr, ibp=ibp)
         method = "alpha-crown" if alpha else "crown"
         depth = int(levels.max()) + 1 if net.n else 0
     else:
-        xl, xh, yl, yh = _linear_general(model, net, U, lo, hi, alpha=alpha, iters=alpha_iters,
-                                         lr=alpha_lr, steps=steps, rounds=rounds)
         method = "alpha-linear-fixed-point" if alpha else "linear-fixed-point"
         depth = 0
     return _finish(xl, xh, yl, yh, method, depth)
+
+
+def _dense_bounds(model: object, net: _Net, levels: np.ndarray | None, U: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray, *, alpha: bool, iters: int, lr: float, intersect_ibp: bool, steps: int,
+                  rounds: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The dense linear bounds of one chunk of inputs (CROWN, or the general method)."""
+    if levels is not None:
+        ibp = _ibp_pre(net, levels, lo, hi) if intersect_ibp and net.n else None
+        uc, ur = torch.from_numpy((lo + hi) / 2), torch.from_numpy((hi - lo) / 2)
+        return _crown_triangular(net, levels, uc, ur, alpha=alpha, iters=iters, lr=lr, ibp=ibp)
+    return _linear_general(model, net, U, lo, hi, alpha=alpha, iters=iters, lr=lr, steps=steps, rounds=rounds)
 
 
 def _finish(xl: Tensor, xh: Tensor, yl: Tensor, yh: Tensor, method: str, depth: int) -> LinearBounds:
