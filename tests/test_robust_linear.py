@@ -43,6 +43,17 @@ def _implicit(n: int, p: int, q: int, act: str, seed: int, scale: float = 0.9) -
                                            solver="picard")
 
 
+def _implicit_pf(n: int, p: int, q: int, act: str, seed: int, pf: float = 0.9) -> idl.ImplicitModel:
+    """lambda_pf(|A|) = pf < 1 but ||A||_inf > 1 (Thm 4.1 holds, eq. 4.3 does not)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=F64)
+    A = pf * A / float(np.max(np.abs(np.linalg.eigvals(A.abs().numpy()))))
+    assert float(A.abs().sum(1).max()) > 1
+    mats = [torch.randn(*s, generator=g, dtype=F64) for s in ((n, p), (q, n), (q, p))]
+    return idl.ImplicitModel.from_matrices(A, *mats, activation=act, tol=1e-13, max_iter=5000,
+                                           solver="anderson", wellposedness=None)
+
+
 def _attack_points(f, u0: torch.Tensor, eps: float, q: int, n_rand: int, seed: int) -> torch.Tensor:
     """Random points, box vertices and PGD points (both signs of every output) around ``u0 (p,)``."""
     g = torch.Generator().manual_seed(seed)
@@ -109,6 +120,16 @@ def test_implicit_general_sound(act):
     box = idl.robust.output_bounds(model, u0, eps, method="box")
     crown = idl.robust.output_bounds(model, u0, eps, method="crown")
     assert bool((crown.width <= box.width + 1e-9).all())
+
+
+def test_implicit_pf_only_sound():
+    """||A||_inf = 1.1 > 1 with lambda_pf(|A|) = 0.9: the linear bounds (and best) still hold."""
+    model = _implicit_pf(20, 6, 3, "relu", seed=4)
+    u0 = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    U = _attack_points(model, u0, 0.1, 3, 80_000, seed=2)
+    for method in ("crown", "alpha-crown", "best"):
+        ob = idl.robust.output_bounds(model, u0, 0.1, method=method)
+        assert _violations(model, U, ob.lower, ob.upper, tol=1e-9) == 0, method
 
 
 # ----------------------------------------------------------------------------- exact worst cases
