@@ -122,6 +122,20 @@ def test_implicit_general_sound(act):
     assert bool((crown.width <= box.width + 1e-9).all())
 
 
+def test_loose_solver_tolerance_still_sound():
+    """The model's own solver at tol 1e-3: box, linear bounds and best hold for the exact equilibria
+    (evaluated by a tol-1e-13 twin of the same matrices)."""
+    exact = _implicit(12, 5, 3, "relu", seed=9, scale=0.95)
+    loose = idl.ImplicitModel.from_matrices(exact.A.detach(), exact.B.detach(), exact.C.detach(),
+                                            exact.D.detach(), b=exact.b.detach(), d=exact.d.detach(),
+                                            activation="relu", tol=1e-3, solver="picard")
+    u0 = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=F64)
+    U = _attack_points(exact, u0, 1e-7, 3, 20_000, seed=4)
+    for method in ("box", "crown", "best"):
+        ob = idl.robust.output_bounds(loose, u0, 1e-7, method=method)
+        assert _violations(exact, U, ob.lower, ob.upper, tol=1e-10) == 0, method
+
+
 def test_implicit_pf_only_sound():
     """||A||_inf = 1.1 > 1 with lambda_pf(|A|) = 0.9: the linear bounds (and best) still hold."""
     model = _implicit_pf(20, 6, 3, "relu", seed=4)

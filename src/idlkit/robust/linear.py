@@ -84,7 +84,7 @@ from ..activations import Activation, Blockwise, Centered, ComponentwiseActivati
 from ..errors import ConfigurationError, NonFiniteError
 from ._model import as_batch64, as_sigma, componentwise_maps
 
-__all__ = ["LinearBounds", "linear_bounds", "relax", "Relaxation", "state_levels"]
+__all__ = ["LinearBounds", "linear_bounds", "relax", "Relaxation", "state_levels", "equilibrium_error"]
 
 _EPS = float(np.finfo(np.float64).eps)
 _REL = 1e-12
@@ -547,29 +547,57 @@ def _optimise_general(bound_fn, rels: list[Relaxation], val0: Tensor, iters: int
 
 # ----------------------------------------------------------------------------- general A
 
-def _start_box(model: object, net: _Net, U: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray
-               ) -> tuple[Tensor, Tensor]:
-    """A sound state box: Thm 4.1 around the model's nominal state at the box centre, widened by
-    the certified error bound of its residual (module docstring)."""
+def equilibrium_error(model: object, U: np.ndarray, extra: np.ndarray | None = None
+                      ) -> tuple[Tensor, np.ndarray]:
+    """The model's float64 nominal states ``x0`` at the rows of ``U`` and a certified bound on their
+    distance to the exact equilibria (plus ``(I - gamma |A|)^-1 extra``, e.g. Thm 4.1's term).
+
+    With ``r = |x0 - phi(A x0 + B u + b)|`` (evaluated in float64, widened by
+    ``4 (n + p + 4) eps`` times the magnitude of the sums) and a componentwise ``gamma``-Lipschitz
+    ``phi``: ``|x0 - x*| <= gamma |A| |x0 - x*| + r``, so ``|x0 - x*| <= (I - gamma |A|)^-1 r``
+    (certified with :func:`idlkit.robust._linalg.solve_nonneg`, which needs
+    ``lambda_pf(gamma |A|) < 1``). Dense or sparse matrices, never densified.
+
+    Returns:
+        ``x0`` ``(m, n)`` tensor and the radius ``(m, n)`` float64 array.
+    """
     from ._linalg import solve_nonneg
     from ._model import float64_copy, model_data, norm_matrices
 
     dm = model_data(model)
-    NA, NB, _, _ = norm_matrices(dm)
-    uc = (s_lo + s_hi) / 2
-    ur = (s_hi - s_lo) / 2
+    if not dm.componentwise:
+        raise ConfigurationError(f"equilibrium_error needs a componentwise activation, got {dm.activation!r}")
+    NA, _, _, _ = norm_matrices(dm)
     m64 = float64_copy(model)
     with torch.no_grad():
-        x0 = m64.equilibrium(torch.from_numpy(uc)).to(torch.float64)  # type: ignore[attr-defined]
-        z0 = x0 @ net.A.T + torch.from_numpy(uc) @ net.B.T + net.b
-        act = model.activation  # type: ignore[attr-defined]
-        res = (x0 - act(z0.T).T).abs()
-    res = res + 4 * (net.n + net.p + 4) * _EPS * (x0.abs() @ net.A.abs().T + torch.from_numpy(
-        np.abs(uc)) @ net.B.abs().T + net.b.abs() + 1)
-    R = np.asarray(NB @ ur.T) + res.numpy().T  # (n, m)
-    X, _ = solve_nonneg(NA, np.ascontiguousarray(R), what="the starting box of the linear bounds (Thm 4.1)")
-    rad = torch.from_numpy(np.ascontiguousarray(X.T)) * (1 + 1e-9)
-    return x0 - rad, x0 + rad
+        x0 = m64.equilibrium(torch.from_numpy(U)).to(torch.float64)  # type: ignore[attr-defined]
+    X = x0.numpy().T  # (n, m)
+    bv = getattr(model, "b", None)
+    b = np.zeros((dm.n, 1)) if bv is None else bv.detach().cpu().to(torch.float64).numpy()[:, None]
+    absA = abs(dm.A) if hasattr(dm.A, "tocsr") else np.abs(dm.A)
+    absB = abs(dm.B) if hasattr(dm.B, "tocsr") else np.abs(dm.B)
+    Z = np.asarray(dm.A @ X) + np.asarray(dm.B @ U.T) + b
+    with torch.no_grad():
+        res = np.abs(X - model.activation(torch.from_numpy(Z)).numpy())  # type: ignore[attr-defined]
+    res = res + 4 * (dm.n + dm.p + 4) * _EPS * (np.asarray(absA @ np.abs(X)) + np.asarray(absB @ np.abs(U.T))
+                                                 + np.abs(b) + np.abs(X) + 1)
+    R = res if extra is None else res + extra
+    Xr, _ = solve_nonneg(NA, np.ascontiguousarray(R), what="the equilibrium error bound (Thm 4.1)")
+    return x0, np.ascontiguousarray(Xr.T) * (1 + 1e-9)
+
+
+def _start_box(model: object, net: _Net, U: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray
+               ) -> tuple[Tensor, Tensor]:
+    """A sound state box: Thm 4.1 around the model's nominal state at the box centre, widened by
+    the certified error bound of its residual (module docstring, :func:`equilibrium_error`)."""
+    from ._model import model_data, norm_matrices
+
+    _, NB, _, _ = norm_matrices(model_data(model))
+    uc = (s_lo + s_hi) / 2
+    ur = (s_hi - s_lo) / 2
+    x0, rad = equilibrium_error(model, uc, np.asarray(NB @ ur.T))
+    radt = torch.from_numpy(rad)
+    return x0 - radt, x0 + radt
 
 
 def _neumann(lin: _Lin, rel: Relaxation, net: _Net, xl: Tensor, xh: Tensor, uc: Tensor, ur: Tensor,
