@@ -37,10 +37,16 @@ over the box in closed form (``lam_u u_c + |lam_u| u_r``). Lower bounds are ``-u
 pre-activation intervals of level ``k`` use the relaxations of the earlier levels; the outputs
 use all levels. With the relaxations above this is CROWN (Zhang et al. 2018) exactly.
 
-**alpha-CROWN.** The output bounds are recomputed with the family parameters ``t`` (lower and
-upper families, one per unit, per output and per side) as free variables, optimised by projected
-Adam steps (clamp to ``[0, 1]``) from CROWN's choice; the elementwise best bound over the
-iterates is returned. Every iterate is a sound bound (see above), so the minimum is sound.
+**alpha-CROWN.** The family parameters ``t`` (lower and upper families, one per unit, per
+objective row and side) become free variables for every pair (bounded level ``k``, relaxed level
+``j < k``) and for the outputs, as in auto_LiRPA's alpha-CROWN; they are optimised by projected
+Adam steps (clamp to ``[0, 1]``) from CROWN's choice, minimising the sum of the output bounds,
+with each iterate's pre-activation intervals intersected with CROWN's. Every iterate is a sound
+bound (every ``t`` gives sound lines on sound intervals), so the elementwise best over the
+iterates, which is returned (outputs and states), is sound and never looser than CROWN.
+
+**CROWN-IBP** (``intermediate="ibp"``): IBP's pre-activation intervals and one backward pass for
+the outputs, on the sparse matrices as they are (for models too large to densify).
 
 **General ``A`` (non-triangular).** Let ``[x_lo, x_hi]`` be a box known to contain ``x(u)`` for
 all ``u in U``, and ``[l, h]`` intervals containing ``z(u)``. For an objective ``lam_0^T x``
@@ -53,10 +59,12 @@ best over ``K``. When ``|a| |A|`` is a contraction (``lambda_pf(gamma |A|) < 1``
 asks) ``lam_K -> 0`` geometrically and the box term vanishes. The sound starting box is Thm 4.1
 around the nominal state ``x0`` computed by the model, widened by the certified error bound
 ``(I - gamma |A|)^-1 |r|`` of its residual ``r = x0 - phi(A x0 + B u0 + b)`` (so the bounds hold
-for the exact equilibrium, whatever the solver's tolerance). Then ``rounds`` refinements: the
-``z`` rows (``lam_0 = A_i``) are bounded this way, intersected with their interval bounds,
-the relaxations rebuilt, and the state box intersected with ``phi([l, h])`` (each step keeps
-every interval sound). When Thm 4.1 cannot be certified (``lambda_pf(gamma |A|) >= 1``) a
+for the exact equilibrium, whatever the solver's tolerance; :func:`equilibrium_error`). Then up
+to ``rounds`` refinements: the ``z`` rows (``lam_0 = A_i``) are bounded this way, intersected
+with their interval bounds and the previous round's, the relaxations rebuilt, and the state box
+intersected with ``phi([l, h])`` (each step keeps every interval sound); the rounds stop when they
+narrow the intervals by less than 0.1 %. alpha optimises the output bound's parameters only.
+When Thm 4.1 cannot be certified (``lambda_pf(gamma |A|) >= 1``) a
 :class:`~idlkit.errors.WellPosednessError` is raised: there is no sound starting box.
 
 **Rounding.** Pre-activation intervals are widened outward by ``2 (n + p + 4) eps`` times the
