@@ -424,3 +424,33 @@ def test_crown_ibp_sparse_cnn():
         with torch.no_grad():
             Y = net(U.reshape(-1, 1, 6, 6))
         assert int(((Y < ci.lower[r]) | (Y > ci.upper[r])).sum()) == 0
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "identity", "tanh", "sigmoid", "softsign", "gelu",
+                                  "silu", "mish", "hardswish", "elu", "celu", "selu", "softplus",
+                                  "hardtanh", "relu6", "hardsigmoid", "logsigmoid", "tanhshrink",
+                                  "softshrink"])
+def test_relaxation_families_sound_for_every_t(name):
+    """``relax``: for random intervals and t in {0, 0.3, 0.7, 1} (both families), the lines stay
+    below / above the map on a dense grid of the interval."""
+    from idlkit.activations import ACTIVATIONS, get_activation
+    from idlkit.robust.linear import relax
+
+    if name not in ACTIVATIONS:
+        pytest.skip(f"{name} not registered")
+    f = get_activation(name)
+    g = torch.Generator().manual_seed(0)
+    c = 6 * torch.randn(1, 400, generator=g, dtype=F64)
+    scale = torch.tensor([0.01, 1.0, 8.0], dtype=F64).repeat(134)[:400]
+    w = torch.rand(1, 400, generator=g, dtype=F64) * scale
+    l, h = c - w, c + w
+    rel = relax(f, l, h)
+    s = torch.linspace(0, 1, 201, dtype=F64)[:, None]
+    Z = l + s * (h - l)  # (201, 400)
+    FZ = f(Z)
+    for t in (0.0, 0.3, 0.7, 1.0):
+        T = torch.full_like(l, t)
+        al, cl, au, cu = rel.lines(T, T)
+        tol = 1e-12 * (1 + FZ.abs() + Z.abs())
+        assert bool((al * Z + cl <= FZ + tol).all()), (name, t)
+        assert bool((au * Z + cu >= FZ - tol).all()), (name, t)

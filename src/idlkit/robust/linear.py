@@ -223,6 +223,15 @@ def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
     ch_o = fl - chord * l
     dl, dh = f.derivative(l), f.derivative(h)
     tan_l_o, tan_h_o = fl - dl * l, fh - dh * h
+    # the tangent side of a single-curvature interval: the tangents at l and h for the piecewise
+    # linear maps (ReLU's alpha family); the tangent at the midpoint for the smooth ones (CROWN's
+    # choice there; a fixed line, so alpha does not move it)
+    t_sl, t_so, t_hl, t_ho = dl, tan_l_o, dh, tan_h_o
+    if getattr(f, "name", "") not in _PIECEWISE_LINEAR:
+        mid = (l + h) / 2
+        dm = f.derivative(mid)
+        t_sl = t_hl = dm
+        t_so = t_ho = f(mid) - dm * mid
     a, b = _local_slopes(f, l, h)
     convex = h <= c1
     concave = (l >= c2) & ~convex
@@ -231,22 +240,81 @@ def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
     g_ls0, g_lo0, g_ls1, g_lo1 = a, fl - a * l, b, fh - b * h
     g_us0, g_uo0, g_us1, g_uo1 = b, fl - b * l, a, fh - a * h
     W = torch.where
-    ls0 = W(convex, dl, W(concave, chord, g_ls0))
-    lo0 = W(convex, tan_l_o, W(concave, ch_o, g_lo0))
-    ls1 = W(convex, dh, W(concave, chord, g_ls1))
-    lo1 = W(convex, tan_h_o, W(concave, ch_o, g_lo1))
-    us0 = W(convex, chord, W(concave, dl, g_us0))
-    uo0 = W(convex, ch_o, W(concave, tan_l_o, g_uo0))
-    us1 = W(convex, chord, W(concave, dh, g_us1))
-    uo1 = W(convex, ch_o, W(concave, tan_h_o, g_uo1))
+    ls0 = W(convex, t_sl, W(concave, chord, g_ls0))
+    lo0 = W(convex, t_so, W(concave, ch_o, g_lo0))
+    ls1 = W(convex, t_hl, W(concave, chord, g_ls1))
+    lo1 = W(convex, t_ho, W(concave, ch_o, g_lo1))
+    us0 = W(convex, chord, W(concave, t_sl, g_us0))
+    uo0 = W(convex, ch_o, W(concave, t_so, g_uo0))
+    us1 = W(convex, chord, W(concave, t_hl, g_us1))
+    uo1 = W(convex, ch_o, W(concave, t_ho, g_uo1))
     # CROWN's default: the tangent at the end of larger magnitude (ReLU: alpha = 1 iff h >= -l)
     adapt = (h >= -l).to(l.dtype)
     tl = W(convex, adapt, W(concave, torch.zeros_like(l), torch.full_like(l, 0.5)))
     tu = W(concave, adapt, W(convex, torch.zeros_like(l), torch.full_like(l, 0.5)))
-    del gen
+    if getattr(f, "name", "") in _S_SHAPED:
+        s_mask = gen & (l < 0) & (h > 0)
+        if bool(s_mask.any()):
+            us0, uo0, us1, uo1, ls0, lo0, ls1, lo1, tl, tu = _s_shaped(
+                f, l, h, fl, fh, dl, dh, chord, ch_o, tan_l_o, tan_h_o, s_mask,
+                (us0, uo0, us1, uo1, ls0, lo0, ls1, lo1, tl, tu))
     if shift:
         lo0, lo1, uo0, uo1 = lo0 - shift, lo1 - shift, uo0 - shift, uo1 - shift
     return Relaxation(ls0, lo0, ls1, lo1, us0, uo0, us1, uo1, tl, tu)
+
+
+_PIECEWISE_LINEAR = ("relu", "leaky_relu", "identity", "hardtanh", "relu6", "hardsigmoid")
+_S_SHAPED = ("tanh", "sigmoid", "softsign")  # smooth, convex on (-inf, 0], concave on [0, inf)
+
+
+def _tangent_point(f: ComponentwiseActivation, lo: Tensor, hi: Tensor, anchor: Tensor, f_anchor: Tensor,
+                   keep_hi: bool, iters: int = 60) -> Tensor:
+    """Bisection for the point ``d`` whose tangent passes through ``(anchor, f(anchor))``:
+    ``g(d) = f(d) + f'(d) (anchor - d) - f(anchor)`` is increasing on ``[lo, hi]`` with a sign change.
+    Returns the bracket end with ``g >= 0`` (``keep_hi``) or ``g <= 0``, so that the tangent stays
+    on the sound side."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        g = f(mid) + f.derivative(mid) * (anchor - mid) - f_anchor
+        pos = g >= 0
+        hi = torch.where(pos, mid, hi)
+        lo = torch.where(pos, lo, mid)
+    return hi if keep_hi else lo
+
+
+def _s_shaped(f: ComponentwiseActivation, l: Tensor, h: Tensor, fl: Tensor, fh: Tensor, dl: Tensor,
+              dh: Tensor, chord: Tensor, ch_o: Tensor, tan_l_o: Tensor, tan_h_o: Tensor, mask: Tensor,
+              cur: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Lines of an S-shaped map (convex left of 0, concave right of it) on ``l < 0 < h`` (the units of
+    ``mask``), as in CROWN. Upper: the chord when ``f'(h) >= chord slope`` (then the tangent at ``h``
+    lies above ``(l, f(l))`` and the chord above ``f``); else the family between the tangent at
+    ``d*`` (in ``[0, h]``, the tangent through ``(l, f(l))``) and the tangent at ``h``: a tangent at
+    ``d >= d*`` on the concave side lies above ``f`` on ``[0, h]``, above ``f(l)`` at ``l`` (its
+    value at ``l`` grows with ``d``) and above ``f(0)``, hence above the convex part. Lower: the
+    mirror image (tangents at ``l`` and at ``d_* in [l, 0]``, the tangent through ``(h, f(h))``)."""
+    us0, uo0, us1, uo1, ls0, lo0, ls1, lo1, tl, tu = cur
+    W = torch.where
+    z = torch.zeros_like(l)
+    hs, ls = W(mask, h, torch.ones_like(h)), W(mask, l, -torch.ones_like(l))
+    d_up = _tangent_point(f, z, hs, ls, f(ls), keep_hi=True)
+    d_lo = _tangent_point(f, ls, z, hs, f(hs), keep_hi=False)
+    fu, du = f(d_up), f.derivative(d_up)
+    fd, dd = f(d_lo), f.derivative(d_lo)
+    up_chord = mask & (dh >= chord)
+    up_tan = mask & ~up_chord
+    lo_chord = mask & (dl >= chord)
+    lo_tan = mask & ~lo_chord
+    us0 = W(up_chord, chord, W(up_tan, du, us0))
+    uo0 = W(up_chord, ch_o, W(up_tan, fu - du * d_up, uo0))
+    us1 = W(up_chord, chord, W(up_tan, dh, us1))
+    uo1 = W(up_chord, ch_o, W(up_tan, tan_h_o, uo1))
+    ls0 = W(lo_chord, chord, W(lo_tan, dl, ls0))
+    lo0 = W(lo_chord, ch_o, W(lo_tan, tan_l_o, lo0))
+    ls1 = W(lo_chord, chord, W(lo_tan, dd, ls1))
+    lo1 = W(lo_chord, ch_o, W(lo_tan, fd - dd * d_lo, lo1))
+    tu = W(mask, z, tu)  # the tangent through (l, f(l)), as CROWN
+    tl = W(mask, torch.ones_like(l), tl)  # the tangent through (h, f(h))
+    return us0, uo0, us1, uo1, ls0, lo0, ls1, lo1, tl, tu
 
 
 def _segments(act: Activation, n: int) -> list[tuple[int, int, Activation]]:
