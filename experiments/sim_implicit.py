@@ -112,7 +112,8 @@ def measure(name: str, model: nn.Module, implicit: nn.Module, report: object, te
            "state_error": float((Xm - teacher_X).norm() / teacher_X.norm()),
            "fgsm": [fgsm(model, X, y, e) for e in FGSM_EPS[dataset]],
            "sensitivity": sensitivity(implicit, X, y, *SENS[dataset]),
-           "chosen_beta": getattr(report, "chosen_weight", None)}
+           "chosen_beta": getattr(report, "chosen_weight", None),
+           "penalty_weight": getattr(report, "penalty_weight", None)}
     return row
 
 
@@ -130,11 +131,11 @@ def run(dataset: str, args: argparse.Namespace) -> dict:
     rows = [measure("teacher (its exact implicit form, unscaled A)", net, teacher_impl, None,
                     teacher_states.X, test, 0.0, dataset, x_scale=teacher_states.scale)]
     rows[0]["nnz"], rows[0]["sparsity"] = nnz_t, 0.0
-    settings = [("SIM() default (l1, beta 5e-4 per sample, layered, teacher units, refit)", {}, None)]
+    settings = [("SIM() default (l1, scale-aware beta, layered, teacher units, refit)", {}, None)]
     if not args.quick:
         settings += [
             ("SIM() with val= (beta chosen on held-out images)", {}, V),
-            ("SIM(objective='perspective') default alpha 2.5e-4", {"objective": "perspective"}, None),
+            ("SIM(objective='perspective') default alpha (beta / 2)", {"objective": "perspective"}, None),
             ("paper-literal: l1 beta 0.02 (summed matching terms), rescaled units, free A, no refit",
              {"beta": 0.02, "penalty_units": "rescaled", "structure": "free", "refit": False,
               "per_sample": False}, None),
@@ -175,7 +176,8 @@ def markdown(res: dict) -> str:
                   f"fit (s) | target |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
-            beta = f" (chose beta {r['chosen_beta']:g})" if r.get("chosen_beta") else ""
+            beta = (f" (chose beta {r['chosen_beta']:.3g})" if r.get("chosen_beta")
+                    else f" (weight {r['penalty_weight']:.3g})" if r.get("penalty_weight") else "")
             lines.append(
                 f"| {r['name']}{beta} | {100 * r['accuracy']:.1f} | {r['sparsity']:.1f} | {r['nnz']:,} | "
                 f"{r['nnz_A']:,} | {r['a_inf']:.3g} | {r['state_error']:.3g} | {100 * r['fgsm'][0]:.1f} / "

@@ -164,8 +164,9 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(idlio.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(idlio.CheckpointError, match="disk full") as info:
         idlkit.save(_model(CONFIGS["tanh-none-nobias"], 2), path)
+    assert isinstance(info.value.__cause__, OSError)  # the OS error is kept as the cause
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.idl"]

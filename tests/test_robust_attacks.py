@@ -342,7 +342,10 @@ def test_solver_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     class Fail:
         status, message, x, fun = 4, "numerical difficulties", None, None
 
+    from idlkit.robust.lp import LPProblem
+
     monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **k: Fail())
+    monkeypatch.setattr(LPProblem, "_solve_highspy", lambda self, obj: None)  # the linprog path
     model = random_model(0, 4, 2)
     with pytest.raises(SolverError, match="status 4"):
         lp_attack(model, torch.zeros(2, dtype=torch.float64), 0.1)

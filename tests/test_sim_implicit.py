@@ -14,6 +14,8 @@ relaxed-lasso refit and held-out selection of the penalty weight (paper 002 §3,
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,38 @@ def test_low_rank_option_is_exact_at_full_rank_and_refits_below_it():
         SIM(rank=50, **kw).fit(net, U)
     with pytest.raises(ConfigurationError):
         SIM(rank=0)
+
+
+def test_default_weight_is_scale_aware_and_its_threshold_zeroes_rows():
+    """beta=None: penalty_ratio x the median over rows of beta_max,i, the weight from which row i's
+    solution is zero. Checked through fits: above max_i beta_max,i every penalised coefficient is
+    zero, just below min_i beta_max,i no row is; and the rule follows a change of input units."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 4, bias=False), nn.ReLU(),
+                        nn.Linear(4, 3, bias=False)).double()
+    U = torch.rand(120, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    st = extract_states(net, U, dtype=torch.float64)
+    kw = dict(backend="serial", structure="free", refit=False, tol=1e-10, prune_tol=0.0)
+    _, rep = SIM(**kw).fit_states(st)
+    # thresholds written out here: 2 (lambda / m) |F_j^T t_i| / (c_i sigma_j), teacher units
+    X, Uf, Z, Yh = (getattr(st, k).numpy() for k in ("X", "U", "Z", "Y_hat"))
+    F, T = np.hstack([X, Uf]), np.hstack([Z, Yh])
+    c = st.scale.numpy()
+    sig = np.r_[c, np.ones(6)]
+    rows = np.r_[c, np.ones(3)]
+    bmax = (2 * 0.1 / 120) * (np.abs(T.T @ F) / sig).max(axis=1) / rows
+    assert rep.penalty_weight == pytest.approx(1.5e-4 * np.median(bmax), rel=1e-12)
+    m_hi, _ = SIM(beta=1.001 * bmax.max(), **kw).fit_states(st)
+    assert all(float(_dense(M).__abs__().max()) == 0.0 for M in (m_hi.A, m_hi.B, m_hi.C, m_hi.D))
+    m_lo, _ = SIM(beta=0.98 * bmax.min(), **kw).fit_states(st)
+    W = np.vstack([np.hstack([_dense(m_lo.A), _dense(m_lo.B)]), np.hstack([_dense(m_lo.C), _dense(m_lo.D)])])
+    assert np.all(np.abs(W).max(axis=1) > 0)
+    # inputs in other units (U / 10, first layer x 10): same states, the weight follows the scale
+    net10 = copy.deepcopy(net)
+    with torch.no_grad():
+        net10[0].weight.mul_(10.0)
+    st10 = extract_states(net10, U / 10, dtype=torch.float64)
+    _, rep10 = SIM(**kw).fit_states(st10)
+    assert rep10.penalty_weight != pytest.approx(rep.penalty_weight, rel=1e-3)
+    with pytest.raises(ConfigurationError, match="penalty_ratio"):
+        SIM(penalty_ratio=0.0)

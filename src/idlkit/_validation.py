@@ -211,3 +211,55 @@ def check_choice(name: str, value: object, choices: Iterable[object], *,
         raise error(f"{name} must be one of {options}, got {value!r}; pass e.g. "
                     f"{name}={options[0]!r}")
     return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool; a truthy string such as ``"no"`` is refused, not taken as True."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ConfigurationError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                             f"pass a bool")
+
+
+def check_float_dtype(name: str, value: object, *, allow_none: bool = True) -> torch.dtype | None:
+    """A floating torch dtype (or None): integer and complex dtypes, strings and numpy dtypes
+    are refused with the fix."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return value
+    raise ConfigurationError(f"{name} must be a floating torch dtype such as torch.float32 or "
+                             f"torch.float64, got {value!r}")
+
+
+def check_float_tensor(name: str, value: object) -> Tensor:
+    """A floating, finite tensor (matrices given to a model): integer dtypes and NaN/Inf refused."""
+    from .errors import InputError, NonFiniteError
+
+    if not isinstance(value, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}; wrap it with "
+                         f"torch.as_tensor(..., dtype=torch.float64)")
+    if not value.is_floating_point():
+        raise InputError(f"{name} has dtype {value.dtype}; pass a floating tensor ({name}.double() "
+                         f"or {name}.float())")
+    vals = value.values() if value.layout != torch.strided else value
+    if vals.numel() and not bool(torch.isfinite(vals).all()):
+        raise NonFiniteError(f"{name} contains NaN or Inf entries; repair them before building a model")
+    return value
+
+
+def check_allocation(what: str, elements: int, dtype: torch.dtype | None) -> None:
+    """Refuse an allocation larger than the machine's physical memory (a typed error instead of
+    a MemoryError or an allocator crash)."""
+    import os
+
+    itemsize = torch.empty((), dtype=dtype or torch.get_default_dtype()).element_size()
+    need = elements * itemsize
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return
+    if need > total:
+        raise ConfigurationError(f"{what} needs {need / 2**30:.1f} GiB, more than this machine's "
+                                 f"{total / 2**30:.1f} GiB of memory; use a smaller size or a sparse "
+                                 f"or low-rank model")

@@ -1159,13 +1159,21 @@ def get_activation(spec: str | dict | Activation, **kwargs: object) -> Activatio
     if isinstance(spec, dict):
         cfg = dict(spec)
         name = cfg.pop("name", None)
-        if name == "centered":
-            return Centered(get_activation(cfg["base"]))
-        if name == "blockwise":
-            return Blockwise([(int(s), get_activation(a)) for s, a in cfg["segments"]])
-        if name == "product":
-            return Product(get_activation(cfg.get("first", "sigmoid")),
-                           get_activation(cfg.get("second", "tanh")))
+        try:
+            if name == "centered":
+                return Centered(get_activation(cfg["base"]))
+            if name == "blockwise":
+                return Blockwise([(int(s), get_activation(a)) for s, a in cfg["segments"]])
+            if name == "product":
+                return Product(get_activation(cfg.get("first", "sigmoid")),
+                               get_activation(cfg.get("second", "tanh")))
+        except (KeyError, TypeError, ValueError) as exc:
+            needs = {"centered": "'base'", "blockwise": "'segments'"}.get(str(name), "'first', 'second'")
+            raise ConfigurationError(f"activation config {spec!r} is incomplete or malformed "
+                                     f"({type(exc).__name__}: {exc}); a {name!r} config needs "
+                                     f"{needs}") from exc
+        if name is None:
+            raise ConfigurationError(f"activation config {spec!r} has no 'name'; e.g. {{'name': 'relu'}}")
         return get_activation(str(name), **cfg)
     if not isinstance(spec, str):
         raise ConfigurationError(f"activation must be a name, a config dict or an Activation, "

@@ -1,7 +1,14 @@
-"""The ``idlkit`` command (typer). Nothing imports this module."""
+"""The ``idlkit`` command (typer). Nothing imports this module.
+
+Every command validates its options' ranges before any work (typer ranges: a usage error, exit
+2), checks its output path before training, and :func:`main` (the console script) turns any
+:class:`~idlkit.errors.IdlError` or ``OSError`` into a one-line ``error: ...`` on stderr with exit
+status 2: never a traceback.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,44 +23,99 @@ def _main() -> None:
     """idlkit command line."""
 
 
-def _fail(msg: object) -> NoReturn:
-    """Print ``error: msg`` (one line) on stderr and exit with status 2."""
+def _error_line(msg: object) -> None:
     from rich.console import Console
 
     text = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
     Console(stderr=True).print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(msg: object) -> NoReturn:
+    """Print ``error: msg`` (one line) on stderr and exit with status 2."""
+    _error_line(msg)
     raise typer.Exit(code=2)
+
+
+def _check_out(path: Path, option: str = "--out") -> None:
+    """Refuse an output file path that cannot be written, before any long work."""
+    if path.is_dir():
+        _fail(f"{option} {path} is a directory; pass a file path such as {path / 'model.safetensors'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        _fail(f"{option} {path}: the folder {parent} is not writable; choose another path")
+
+
+def main() -> None:
+    """The console script: ``app`` with every IdlError / OSError as a one-line message (exit 2)."""
+    from .errors import IdlError
+
+    try:
+        status = app(standalone_mode=False)  # returns the code of a typer.Exit raised inside
+    except typer.Exit as exc:  # the status a command chose
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: an option out of range, a missing value
+        _error_line(exc.format_message() + " (see --help)")
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        _error_line("interrupted")
+        sys.exit(130)
+    except (IdlError, OSError) as exc:
+        cause = f" ({exc.__cause__})" if isinstance(exc.__cause__, OSError) else ""
+        _error_line(f"{type(exc).__name__}: {exc}{cause}")
+        sys.exit(2)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo/model.safetensors"), help="where to save"),
-         hidden: int = typer.Option(100, help="state size n"),
-         epochs: int = typer.Option(15, help="training epochs"),
-         kappa: float = typer.Option(0.95, help="bound on ||A||_inf"),
-         seed: int = typer.Option(0, help="random seed")) -> None:
+         hidden: int = typer.Option(100, min=1, help="state size n"),
+         epochs: int = typer.Option(15, min=1, help="training epochs"),
+         kappa: float = typer.Option(0.95, help="bound on ||A||_inf, in (0, 1)"),
+         seed: int = typer.Option(0, min=0, help="random seed")) -> None:
     """Train a small implicit model on scikit-learn's digits, report and save it."""
     from .demo import run_demo
+    from .errors import IdlError
 
-    run_demo(out=out, hidden=hidden, epochs=epochs, kappa=kappa, seed=seed)
+    _check_kappa(kappa, open_top=True)
+    _check_out(out)
+    try:
+        run_demo(out=out, hidden=hidden, epochs=epochs, kappa=kappa, seed=seed)
+    except IdlError as exc:
+        _fail(str(exc))
+
+
+def _check_kappa(kappa: float, *, open_top: bool) -> None:
+    import math
+
+    ok = math.isfinite(kappa) and 0 < kappa and (kappa < 1 if open_top else kappa <= 1)
+    if not ok:
+        _fail(f"--kappa must lie in (0, 1{')' if open_top else ']'} (the bound ||A||_inf <= kappa that "
+              f"makes the model well-posed); got {kappa}")
 
 
 @app.command()
 def train(
     data: str = typer.Option(..., "--data", help="dataset name: digits, mnist, fashion_mnist, gtsrb, "
                              "newsgroups20 or cifar10 (files found via $IDLKIT_DATA)"),
-    hidden: int = typer.Option(100, help="state size n (hidden features)"),
-    epochs: int = typer.Option(10, help="training epochs"),
-    batch_size: int = typer.Option(100, help="mini-batch size"),
-    lr: float = typer.Option(1e-3, help="learning rate"),
+    hidden: int = typer.Option(100, min=1, help="state size n (hidden features)"),
+    epochs: int = typer.Option(10, min=1, help="training epochs"),
+    batch_size: int = typer.Option(100, min=1, help="mini-batch size"),
+    lr: float = typer.Option(1e-3, help="learning rate (> 0)"),
     optimizer: str = typer.Option("adam", help="optimizer: adam, sgd, adamw or rmsprop"),
     kappa: float = typer.Option(0.95, help="bound on ||A||_inf (well-posedness), in (0, 1)"),
     activation: str = typer.Option("relu", help="activation of the implicit layer"),
     solver: str = typer.Option("anderson", help="fixed-point solver (anderson, picard, ...)"),
-    tol: float = typer.Option(1e-6, help="solver tolerance"),
-    seed: int = typer.Option(0, help="random seed (initialisation, validation split, batch order)"),
+    tol: float = typer.Option(1e-6, help="solver tolerance (> 0)"),
+    seed: int = typer.Option(0, min=0, help="random seed (initialisation, validation split, batch order)"),
     val_fraction: float = typer.Option(0.1, help="fraction of the training set held out for "
                                        "validation (deterministic from --seed); 0 disables it"),
-    patience: int | None = typer.Option(None, help="early stopping after this many epochs without a "
+    patience: int | None = typer.Option(None, min=1, help="early stopping after this many epochs without a "
                                         "better validation loss (default: off)"),
     float64: bool = typer.Option(False, "--float64", help="train in double precision"),
     checkpoint: Path | None = typer.Option(None, help="trainer checkpoint file, written every epoch"),
@@ -75,6 +137,14 @@ def train(
         fail(f"--val-fraction must lie in [0, 1), got {val_fraction}")
     if limit is not None and limit < 1:
         fail(f"--limit must be a positive integer, got {limit}")
+    if not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr must be a positive number, got {lr}")
+    if not (math.isfinite(tol) and tol > 0):
+        fail(f"--tol must be a positive number, got {tol}")
+    _check_kappa(kappa, open_top=True)
+    _check_out(out)
+    if checkpoint is not None:
+        _check_out(checkpoint, "--checkpoint")
 
     import numpy as np
     import torch
@@ -162,16 +232,18 @@ def sim(
     data: str = typer.Option(..., "--data", help="dataset name: digits, mnist, fashion_mnist, gtsrb, "
                              "newsgroups, cifar10"),
     hidden: str = typer.Option("64,32,16", help="hidden sizes of the ReLU MLP teacher, comma separated"),
-    epochs: int = typer.Option(5, help="teacher training epochs (Adam, lr 1e-3, batch 64)"),
-    samples: int = typer.Option(2000, help="training samples whose states SIM matches"),
+    epochs: int = typer.Option(5, min=1, help="teacher training epochs (Adam, lr 1e-3, batch 64)"),
+    samples: int = typer.Option(2000, min=1, help="training samples whose states SIM matches"),
     objective: str = typer.Option("l1", help="exact, l1, perspective or lasso (paper 002 App. C)"),
     kappa: float = typer.Option(0.99, help="well-posedness bound ||A||_inf <= kappa, in (0, 1]"),
-    beta: float = typer.Option(5e-4, help="l1 weight (objective l1; teacher's units, per sample)"),
-    alpha: float = typer.Option(2.5e-4, help="perspective weight (objective perspective)"),
+    beta: float | None = typer.Option(None, help="l1 weight (objective l1; teacher's units, per sample; "
+                                      "default: scale-aware, 1.5e-4 x the median weight that zeroes a row)"),
+    alpha: float | None = typer.Option(None, help="perspective weight (objective perspective; default: "
+                                       "half the scale-aware l1 weight)"),
     lambda_state: float = typer.Option(0.1, help="state-matching weight lambda_1"),
     lambda_output: float = typer.Option(0.1, help="output-matching weight lambda_2"),
     backend: str = typer.Option("loky", help="loky, threading, ray, dask or serial"),
-    n_jobs: int | None = typer.Option(None, help="workers (default: all cores)"),
+    n_jobs: int | None = typer.Option(None, min=1, help="workers (default: all cores)"),
     bias: bool = typer.Option(False, "--bias", help="teacher layers with biases"),
     seed: int = typer.Option(0, help="random seed"),
     out: Path = typer.Option(Path("sim_model.safetensors"), help="where to save the fitted model"),
@@ -189,8 +261,8 @@ def sim(
         fail(f"--hidden must be comma-separated integers such as 64,32,16; got {hidden!r}")
     if not sizes or min(sizes) < 1:
         fail(f"--hidden needs at least one positive size; got {hidden!r}")
-    if samples < 1 or epochs < 0:
-        fail(f"--samples must be >= 1 and --epochs >= 0; got {samples} and {epochs}")
+    _check_kappa(kappa, open_top=False)
+    _check_out(out)
 
     import numpy as np
     import torch
@@ -242,4 +314,4 @@ def sim(
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._validation import check_choice
+from ._validation import check_choice, check_scalar
 from .errors import ConfigurationError, IdlError
 from .synthetic import (
     ArithmeticTask,
@@ -502,8 +502,15 @@ def load(
     if name not in DATASETS:
         raise ConfigurationError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     check_choice("split", split, ("train", "test", "both"))
-    if not np.issubdtype(np.dtype(dtype), np.floating):
-        raise ConfigurationError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
+    try:
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ConfigurationError(f"dtype must be a floating numpy dtype such as np.float32 or "
+                                 f"np.float64, got {dtype!r}")
+    check_scalar("test_size", test_size, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    check_scalar("seed", seed, kind=int, low=0, high=2**32 - 1)
     if sparse and as_torch:
         raise ConfigurationError("sparse=True cannot be combined with as_torch=True")
 

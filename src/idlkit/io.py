@@ -14,13 +14,29 @@ the components (lengths, ``crow_indices`` monotone from 0 to nnz, column indices
 and strictly increasing within each row, shape, dtypes) before building the tensor, so a
 tampered file raises :class:`CheckpointError` and never yields an invalid sparse tensor;
 no dense ``(n, n)`` matrix is allocated for a sparse model.
+
+Integrity. :func:`write_tensors` stores the SHA-256 of the tensor payload (every tensor's name,
+dtype, shape and bytes, in name order) in the header as ``"sha256"``; :func:`read_tensors`
+recomputes it and raises :class:`CheckpointError` on a mismatch (a flipped bit anywhere in the
+weights). Files written before the hash existed still load, with a :class:`CheckpointWarning`.
+:func:`load` then checks the header against the stored tensors *before* building the model
+(the dimensions the config claims must be those of the stored matrices, so a 1 KB file cannot
+make it allocate a large model) and refuses NaN/Inf weights.
+
+Writing. The file is written to a temporary sibling ``.<name>.<pid>.<random>.tmp`` and moved into
+place with ``os.replace``, so the destination is always the old or the new file; temporaries
+left by an interrupted writer (a process that no longer exists) are removed by the next save to
+the same place. OS errors (a directory as the destination, a regular file as a parent, no
+permission or space) raise :class:`CheckpointError` with the OS error as ``__cause__``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +47,7 @@ from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
 from .rnn import ImplicitRNN
 
-__all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError"]
+__all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError", "CheckpointWarning"]
 
 _FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1", "idlkit.ImplicitRNN/1")
 _CSR_PARTS = ("crow_indices", "col_indices", "values")
@@ -39,53 +55,115 @@ _INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 
 
 class CheckpointError(IdlError):
-    """A checkpoint file is missing, truncated, tampered or of another format."""
+    """A checkpoint file is missing, truncated, tampered, of another format, or cannot be written."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads but cannot be fully verified (written before content hashes)."""
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` siblings of ``path`` whose writer process is gone."""
+    for tmp in path.parent.glob(f"{_tmp_prefix(path)}*.tmp"):
+        pid_text = tmp.name[len(_tmp_prefix(path)):].split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:  # the writer is gone: its temporary is stale
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OSError):
+            continue  # alive (another user's process) or unknown: leave it
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write a checkpoint to {path}: it is a directory; pass a file "
+                              f"path such as {path / 'model.safetensors'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write a checkpoint to {path}: {exc.strerror or exc} (is a "
+                              f"parent a regular file, or the folder read-only?); choose another "
+                              f"path") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write a checkpoint to {path}: {exc.strerror or exc}; the "
+                              f"previous file (if any) is intact") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _payload_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Atomically write ``tensors`` (safetensors) with the JSON-serialisable ``meta`` in its header."""
+    """Atomically write ``tensors`` (safetensors) with the JSON-serialisable ``meta`` in its header
+    and the SHA-256 of the tensors as ``meta["sha256"]``."""
     from safetensors.torch import save as st_save
 
-    data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                   metadata={"idlkit": json.dumps(meta)})
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = st_save(cpu, metadata={"idlkit": json.dumps({**meta, "sha256": _payload_hash(cpu)})})
     path = Path(path)
     _atomic_write(path, data)
     return path
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Inverse of :func:`write_tensors`; a missing, truncated or tampered file raises
-    :class:`CheckpointError` (no pickle: nothing in the file is executed)."""
+    """Inverse of :func:`write_tensors`; a missing, truncated or tampered file (content hash
+    mismatch) raises :class:`CheckpointError` (no pickle: nothing in the file is executed)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    raw = path.read_bytes()
+        raise CheckpointError(f"no checkpoint at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         meta = json.loads(json.loads(raw[8:8 + header_len]).get("__metadata__", {})["idlkit"])
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, OverflowError,
+            json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
                               f"tampered?): {exc}") from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: the header is not a JSON object")
+    stored = meta.pop("sha256", None)
+    if stored is None:
+        warnings.warn(f"{path} has no content hash (written by an older idlkit): its weights cannot "
+                      f"be verified; save it again to add one", CheckpointWarning, stacklevel=3)
+    elif stored != _payload_hash(tensors):
+        raise CheckpointError(f"{path}: the tensor data does not match its SHA-256 (corrupted or "
+                              f"tampered file); restore it from a backup or save the model again")
     return tensors, meta
 
 
@@ -153,20 +231,75 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     sparse = cfg.get("sparse", {})
     if not isinstance(sparse, dict):
         raise CheckpointError(f"{path}: the 'sparse' header entry is not a JSON object")
+    _check_finite(path, tensors)
     if sparse:
         if cls is not ImplicitModel:
             raise CheckpointError(f"{path}: sparse matrices are only stored for ImplicitModel, "
                                   f"not {cls.__name__}")
         return _load_sparse(path, tensors, config, sparse, dtype).to(map_location)
+    expected = _expected_shapes(path, cfg["format"], config)
+    got = {k: tuple(t.shape) for k, t in tensors.items()}
+    if got != expected:  # checked before anything is allocated
+        diff = sorted(f"{k}: stored {got.get(k)}, config {expected.get(k)}"
+                      for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        raise CheckpointError(f"{path}: the stored tensors do not match the config "
+                              f"({'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}); the file "
+                              f"is tampered or of another model")
     try:
         model = cls(**config, dtype=dtype)
-    except (TypeError, ValueError, IdlError) as exc:
-        raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
+    except (TypeError, ValueError, KeyError, IdlError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({type(exc).__name__}: {exc})") from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
     return model.to(map_location)
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise CheckpointError(f"{path}: NaN/Inf in the stored weights {bad[:8]}; the model was saved "
+                              f"after a diverged step or the file is corrupted: load an earlier checkpoint")
+
+
+def _dims(path: Path, config: dict, *names: str) -> list[int]:
+    out = []
+    for name in names:
+        v = config.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CheckpointError(f"{path}: invalid model config ({name} must be a positive int, got {v!r})")
+        out.append(v)
+    return out
+
+
+def _expected_shapes(path: Path, fmt: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes the config of a dense checkpoint claims (computed, not allocated)."""
+    bias = config.get("bias", True)
+    if not isinstance(bias, bool):
+        raise CheckpointError(f"{path}: invalid model config (bias must be a bool, got {bias!r})")
+    if fmt == _FORMATS[2]:  # ImplicitRNN: a cell on [u_t, h_{t-1}] and an optional linear head
+        p, n = _dims(path, config, "input_size", "hidden")
+        out = config.get("output_size")
+        out = None if out is None else _dims(path, config, "output_size")[0]
+        r = config.get("recurrent_size", out if out is not None else n)
+        r = _dims(path, {"recurrent_size": r}, "recurrent_size")[0]
+        shapes = {"cell.A": (n, n), "cell.B": (n, p + r), "cell.C": (r, n), "cell.D": (r, p + r)}
+        if bias:
+            shapes.update({"cell.b": (n,), "cell.d": (r,)})
+        if out is not None:
+            shapes.update({"head.weight": (out, r), "head.bias": (out,)})
+        return shapes
+    p, n, q = _dims(path, config, "in_features", "hidden", "out_features")
+    shapes = {"B": (n, p), "C": (q, n), "D": (q, p)}
+    if fmt == _FORMATS[1]:
+        k = _dims(path, config, "rank")[0]
+        shapes.update({"L": (n, k), "R": (n, k)})
+    else:
+        shapes["A"] = (n, n)
+    if bias:
+        shapes.update({"b": (n,), "d": (q,)})
+    return shapes
 
 
 def _load_sparse(path: Path, tensors: dict[str, torch.Tensor], config: dict, sparse: dict,
@@ -179,7 +312,7 @@ def _load_sparse(path: Path, tensors: dict[str, torch.Tensor], config: dict, spa
         raise CheckpointError(f"{path}: invalid model config (bias must be a bool, got {bias!r})")
     try:
         model = ImplicitModel(**config, dtype=dtype, _allocate=False)
-    except (TypeError, ValueError, IdlError) as exc:
+    except (TypeError, ValueError, KeyError, IdlError) as exc:
         raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
     n, p, q = model.hidden, model.in_features, model.out_features
     shapes = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import wellposed as wp
-from ._validation import all_finite, check_int
+from ._validation import all_finite, check_bool, check_float_dtype, check_int
 from .activations import Activation, get_activation
 from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord
@@ -330,6 +330,8 @@ class LowRankImplicitModel(ImplicitBase):
         hidden = check_int("hidden", hidden, 1)
         out_features = check_int("out_features", out_features, 1)
         rank = check_int("rank", rank, 1)
+        bias = check_bool("bias", bias)
+        dtype = check_float_dtype("dtype", dtype)
         if rank > hidden:
             raise ConfigurationError(f"rank must satisfy 1 <= rank <= hidden = {hidden}, got "
                                      f"{rank}; use ImplicitModel for a full-rank A")
@@ -484,6 +486,9 @@ class LowRankImplicitModel(ImplicitBase):
         kw.update(solver_kwargs)
         dense = lambda M: M.detach().to_dense() if M.layout != torch.strided else M.detach()  # noqa: E731
         A = dense(model.A)  # a sparse (CSR) model is factorised densely: L, R are dense anyway
+        if not all_finite(A):
+            raise NonFiniteError("the model's A has NaN/Inf entries: it has no SVD; repair A or load an "
+                                 "earlier checkpoint")
         U, S, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
         sq = S[:rank].sqrt()
         L64, R64 = U[:, :rank] * sq, Vh[:rank].t() * sq
@@ -611,7 +616,7 @@ class LowRankImplicitModel(ImplicitBase):
     # ------------------------------------------------------------------ forward
 
     def _as_batch(self, u: Tensor) -> tuple[Tensor, bool]:
-        return batch_input(u, self.in_features, self.L.dtype)
+        return batch_input(u, self.in_features, self.L.dtype, self.L.device)
 
     def _pre(self, U: Tensor) -> Tensor:
         """``c = B u + b`` batch-first ``(m, n)``."""

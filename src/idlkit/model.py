@@ -25,7 +25,14 @@ from ._matrix import (
     sparse_key,
     store_sparse,
 )
-from ._validation import all_finite, check_int
+from ._validation import (
+    all_finite,
+    check_allocation,
+    check_bool,
+    check_float_dtype,
+    check_float_tensor,
+    check_int,
+)
 from .activations import Activation, Centered, get_activation
 from .errors import ConfigurationError, InputError, NonFiniteError, ShapeError, WellPosednessError
 from .function import SolveRecord, equilibrium
@@ -38,7 +45,8 @@ WELLPOSEDNESS = ("inf", "pf", "mu", "triangular", None)
 _RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor, bool]:
+def batch_input(u: Tensor, in_features: int, dtype: torch.dtype,
+                device: torch.device | None = None) -> tuple[Tensor, bool]:
     """Validate a model input; returns ``(U, squeezed)`` with ``U`` of shape ``(batch, p)``.
 
     Accepts ``(p,)`` (a single sample: ``squeezed`` is True), ``(batch, p)`` and
@@ -54,6 +62,9 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype) -> tuple[Tensor
     if u.dtype != dtype:
         raise InputError(f"input dtype {u.dtype} differs from the model's {dtype}; convert "
                          f"the input (u.to({dtype})) or the model (model.to({u.dtype}))")
+    if device is not None and u.device != device:
+        raise InputError(f"input is on {u.device}, the model on {device}; move one of them "
+                         f"(u.to('{device}') or model.to('{u.device}'))")
     p = in_features
     if u.dim() == 1 and u.shape[0] == p:
         return u.unsqueeze(0), True
@@ -260,6 +271,11 @@ class ImplicitModel(ImplicitBase):
         in_features = check_int("in_features", in_features, 1)
         hidden = check_int("hidden", hidden, 0)
         out_features = check_int("out_features", out_features, 1)
+        bias = check_bool("bias", bias)
+        dtype = check_float_dtype("dtype", dtype)
+        if _allocate:
+            check_allocation(f"ImplicitModel(hidden={hidden})",
+                             hidden * (hidden + in_features) + out_features * (hidden + in_features), dtype)
         if wellposedness not in WELLPOSEDNESS:
             raise ConfigurationError(f"wellposedness must be one of {list(WELLPOSEDNESS)}, got "
                                      f"{wellposedness!r}")
@@ -341,6 +357,14 @@ class ImplicitModel(ImplicitBase):
         for k, M in mats.items():
             if not isinstance(M, Tensor) or M.dim() != 2:
                 raise ShapeError(f"{k} must be a 2-D tensor, got {getattr(M, 'shape', type(M))}")
+            check_float_tensor(k, M)
+        for k, v in (("b", b), ("d", d)):
+            if v is not None:
+                check_float_tensor(k, v)
+        for k, v in (*mats.items(), ("b", b), ("d", d)):
+            if v is not None and v.device != A.device:
+                raise InputError(f"{k} is on {v.device} but A on {A.device}; move the matrices to one "
+                                 f"device (e.g. {k}.to('{A.device}'))")
         n, p, q = A.shape[0], B.shape[1], C.shape[0]
         expected = {"A": (n, n), "B": (n, p), "C": (q, n), "D": (q, p)}
         for k, M in mats.items():
@@ -403,6 +427,9 @@ class ImplicitModel(ImplicitBase):
         if self.sparse:
             self._check_wellposed()
             return self
+        if not all_finite(self.A):
+            raise NonFiniteError("A has NaN/Inf entries (the last optimizer step diverged): there is "
+                                 "nothing to project; lower the learning rate or restore a checkpoint")
         with torch.no_grad():
             A, act, kind = self.A, self.activation, self.wellposedness
             if kind == "inf":
@@ -539,7 +566,7 @@ class ImplicitModel(ImplicitBase):
     # ------------------------------------------------------------------ forward
 
     def _as_batch(self, u: Tensor) -> tuple[Tensor, bool]:
-        return batch_input(u, self.in_features, self.A.dtype)
+        return batch_input(u, self.in_features, self.A.dtype, self.A.device)
 
     def _solve_activation(self) -> tuple[Activation, Tensor | None]:
         """The activation the solver sees and ``phi(0)`` when it is shifted (§3.1)."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._matrix import nonzero_indices
+from .errors import InputError
 
 __all__ = ["spy", "sensitivity_heatmaps", "attack_images"]
 
@@ -42,6 +43,10 @@ def spy(model: Any, ax: Any = None, *, matrix: str = "A", markersize: float = 0.
     nonzeros a uniform random subset (``seed``) is drawn. Returns the ``Axes``.
     """
     plt = _pyplot()
+    if not isinstance(model, Tensor) and not isinstance(getattr(model, matrix, None), Tensor):
+        raise InputError(f"spy draws an implicit model's {matrix} (or a tensor); got "
+                         f"{type(model).__name__} without a matrix {matrix!r}: convert a network first "
+                         f"with idlkit.convert.from_torch")
     M = getattr(model, matrix) if not isinstance(model, Tensor) else model
     r, c, shape = _pattern(M)
     nnz = int(r.size)

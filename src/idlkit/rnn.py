@@ -312,6 +312,8 @@ class ImplicitRNN(nn.Module):
             if tuple(h0.shape) != (batch, self.recurrent_size):
                 raise ShapeError(f"h0 must have shape ({batch}, {self.recurrent_size}), got "
                                  f"{tuple(h0.shape)}")
+            if h0.dtype != dtype:
+                raise InputError(f"h0 has dtype {h0.dtype}, the model {dtype}; convert with h0.to({dtype})")
             if not all_finite(h0):
                 raise NonFiniteError("h0 contains NaN or Inf")
         if lengths is not None:

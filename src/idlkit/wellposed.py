@@ -36,7 +36,7 @@ from .activations import (
     get_activation,
     stack_activations,
 )
-from .errors import ConfigurationError, ShapeError, WellPosednessError
+from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednessError
 
 __all__ = [
     "inf_norm",
@@ -79,12 +79,28 @@ def check_kappa(kappa: float, name: str = "kappa") -> float:
                         why="well-posedness needs a contraction factor strictly below 1")
 
 
+def _finite_matrix(A: object, name: str = "A") -> np.ndarray | sp.csr_array:
+    """``A`` as :func:`as_matrix` gives it, refused with a typed error when it is not a numeric
+    matrix or holds NaN/Inf (every certificate of a NaN matrix would be NaN or a LinAlgError)."""
+    try:
+        M = as_matrix(A)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"{name} must be a numeric matrix (tensor, array or scipy sparse), got "
+                         f"{type(A).__name__}: {exc}") from exc
+    vals = M.data if sp.issparse(M) else M
+    if vals.size and not np.all(np.isfinite(vals)):
+        raise NonFiniteError(f"{name} has NaN/Inf entries (a diverged training step?); no "
+                             f"well-posedness certificate exists: repair {name} or load an earlier "
+                             f"checkpoint")
+    return M
+
+
 def inf_norm(A: Tensor | np.ndarray) -> float:
     """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64.
 
     Dense or sparse (torch sparse, scipy sparse) input; sparse stays sparse.
     """
-    M = as_matrix(A)
+    M = _finite_matrix(A)
     if M.shape[0] == 0 or M.shape[1] == 0:
         return 0.0
     return float(_row_abs_sums(M).max())
@@ -107,7 +123,7 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse input.
     """
-    M = as_matrix(A)
+    M = _finite_matrix(A)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
     if M.shape[0] == 0:
@@ -132,6 +148,10 @@ def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"M must be a square (n, n) matrix, got shape {A.shape}")
     vals = A.data if sp.issparse(A) else A
+    if vals.size and not np.all(np.isfinite(vals)):
+        raise NonFiniteError("the matrix has NaN/Inf entries (a model's A or low-rank factors after a "
+                             "diverged step?): no Perron-Frobenius certificate exists; repair the "
+                             "weights or load an earlier checkpoint")
     if vals.size and vals.min() < 0:
         raise ConfigurationError(f"pf_eigenvalue needs a nonnegative matrix; min entry is "
                                  f"{vals.min():.3g} (pass abs(A) for the CONE certificate)")
@@ -427,6 +447,7 @@ def project_inf_ball(A: Tensor, kappa: float) -> Tensor:
     if not isinstance(A, Tensor) or A.dim() != 2:
         raise ShapeError(f"project_inf_ball expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
     kappa = _check_kappa(kappa, high=None, why="it is the radius of the l_inf ball")
+    _finite_matrix(A)
     return _project_rows_l1(A, kappa)
 
 
@@ -451,6 +472,7 @@ def project_mu_set(A: Tensor, gamma: float) -> Tensor:
         raise ShapeError(f"project_mu_set expects a square 2-D tensor, got "
                          f"{getattr(A, 'shape', A)!r}")
     g = check_scalar("gamma", gamma)
+    _finite_matrix(A)
     n = A.shape[0]
     if n == 0:
         return A.clone()
@@ -937,6 +959,7 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             (which lands on its boundary) is reported inside it.
     """
     act = get_activation(activation)
+    _finite_matrix(A)
     if is_sparse(A):
         M = as_matrix(A)
         n = M.shape[0]

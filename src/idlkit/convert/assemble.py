@@ -21,8 +21,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_bool
 from ..activations import stack_activations
-from ..errors import ConversionError
+from ..errors import ConversionError, ShapeError
 from ..model import ImplicitModel
 from .expr import INPUT, Affine
 from .trace import NeedsBuild, StateBlock, Tracer
@@ -105,6 +106,9 @@ def _terms(expr: Affine, offs: dict[int, int]) -> tuple[list, list]:
 
 
 def _net_dtype(net: nn.Module, example: Tensor) -> torch.dtype:
+    if not example.is_floating_point():
+        raise ConversionError(f"example_input must be a floating tensor (the model's dtype), got "
+                              f"{example.dtype}; convert it with example_input.float() or .double()")
     for t in list(net.parameters()) + list(net.buffers()):
         if t.is_floating_point() and t.dtype != example.dtype:
             raise ConversionError(f"example_input has dtype {example.dtype} but the network holds "
@@ -178,6 +182,12 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
     """
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
+    if sparse != "auto":
+        sparse = check_bool("sparse", sparse)
+    if not isinstance(example_input, Tensor) or example_input.dim() < 1 or example_input.shape[0] == 0:
+        raise ShapeError(f"example_input must be a non-empty batch (batch >= 1, *dims), got "
+                         f"{getattr(example_input, 'shape', type(example_input).__name__)}; pass e.g. "
+                         f"one real input with a leading batch dimension")
     dtype = _net_dtype(net, example_input)
     with torch.no_grad():
         tr = Tracer(net, example_input, build=True).run()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._validation import check_int
+
 __all__ = ["BasicBlock", "resnet20"]
 
 
@@ -40,6 +42,8 @@ def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3, softm
 
     ``softmax=True`` ends with a softmax layer, as in paper 000 Fig. 7.
     """
+    for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):
+        check_int(name, value, 1)
     layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                nn.ReLU(inplace=True)]
     cin = width

@@ -38,7 +38,7 @@ from torch import Tensor
 from .._matrix import block_pattern_graph
 from ..activations import Activation, Blockwise, Centered, Product
 from ..errors import ConfigurationError, NonFiniteError
-from ._model import as_batch64, as_sigma, model_data
+from ._model import as_batch64, as_sigma, check_k, dense, model_data, top_k_sum
 
 __all__ = ["IntervalBounds", "interval_bounds", "BoundComparison", "compare_bounds"]
 
@@ -60,15 +60,16 @@ class IntervalBounds:
     sweeps: int
 
 
-def _depth(A: object, sizes: tuple[int, ...]) -> int:
-    """Number of levels of the block dependency graph of ``A`` (longest chain + 1, Thm 2.8-2.9).
+def block_levels(A: object, sizes: tuple[int, ...]) -> np.ndarray:
+    """Level of each activation block of ``A`` (``(L,)`` int64): 0 for blocks that depend on no state,
+    else 1 + the largest level of the blocks they depend on (longest chain, Thm 2.8-2.9).
 
     Raises :class:`ConfigurationError` when the graph has a cycle (``A`` is not strictly block
     triangular under any permutation of whole blocks)."""
     G = block_pattern_graph(A, sizes)
     L = G.shape[0]
     if L == 0:
-        return 0
+        return np.zeros(0, dtype=np.int64)
     if G.diagonal().any():
         I = int(np.flatnonzero(G.diagonal())[0])
         raise ConfigurationError(
@@ -83,13 +84,19 @@ def _depth(A: object, sizes: tuple[int, ...]) -> int:
         if nz.size:
             new[nz] = np.maximum.reduceat(level[G.indices], G.indptr[nz]) + 1
         if np.array_equal(new, level):
-            return int(level.max()) + 1
+            return level
         level = new
     raise ConfigurationError(
         "IBP needs a strictly (block) triangular A (a converted feed-forward network, paper 000 "
         "Thm 2.8-2.9); the dependency graph of A has a cycle, so the states have no finite sweep "
         "order. Use state_box_bound / output_box_bound (Thm 4.1-4.4), which hold for any "
         "well-posed model")
+
+
+def _depth(A: object, sizes: tuple[int, ...]) -> int:
+    """Number of levels of the block dependency graph of ``A`` (see :func:`block_levels`)."""
+    level = block_levels(A, sizes)
+    return int(level.max()) + 1 if level.size else 0
 
 
 def _factor_scale(act: Activation) -> float:
@@ -109,7 +116,21 @@ def _abs(M: np.ndarray | sp.csr_array) -> np.ndarray | sp.csr_array:
     return abs(M) if sp.issparse(M) else np.abs(M)
 
 
-def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBounds:
+def _radius(absM: np.ndarray | sp.csr_array, s: np.ndarray, k: int | None) -> np.ndarray:
+    """``|M| sigma`` (box) or the ``k`` largest terms of each row of ``|M| diag(sigma)`` (eq. 4.2)."""
+    if k is None:
+        return np.asarray(absM @ s)
+    if sp.issparse(absM):
+        W = sp.csr_array(absM @ sp.diags_array(s))
+        out = np.zeros(W.shape[0])
+        for i in range(W.shape[0]):  # row by row: top-k of the stored entries (the rest are 0)
+            v = W.data[W.indptr[i]:W.indptr[i + 1]]
+            out[i] = np.sort(v)[-k:].sum() if v.size else 0.0
+        return out
+    return top_k_sum(dense(absM) * s[None, :], k) if absM.shape[0] else np.zeros(0)
+
+
+def interval_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None) -> IntervalBounds:
     """IBP intervals of the states and outputs for inputs in ``[u0 - sigma_u, u0 + sigma_u]``.
 
     Works for every activation of :mod:`idlkit.activations` (each has an interval image), monotone
@@ -121,6 +142,10 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBound
             permutation of whole activation blocks (e.g. from :func:`idlkit.convert.from_torch`),
             dense or sparse.
         u0: ``(batch, p)`` nominal inputs; ``sigma_u``: scalar or ``(p,)`` radius.
+        k: at most ``k`` inputs perturbed (the cardinality set, eq. 4.2); ``None`` for the box.
+            Only the terms ``B u`` and ``D u`` see ``k``: the radius of row ``i`` is ``s_k`` of
+            ``|B_i| . sigma_u`` (its ``k`` largest terms, exact for that row over eq. 4.2); the
+            propagation through the states is IBP's as for the box.
 
     Returns:
         :class:`IntervalBounds` with ``(batch, n)`` state and ``(batch, q)`` output bounds that
@@ -139,6 +164,7 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBound
     """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
+    k = check_k(k, d.p)
     U = as_batch64(u0, d.p, "u0").T  # (p, m)
     m = U.shape[1]
     act = d.activation
@@ -148,7 +174,7 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBound
     absA, absB = _abs(d.A), _abs(d.B)
     uabs = np.abs(U) + s[:, None]
     zc0 = np.asarray(d.B @ U) + bias
-    zr0 = np.asarray(absB @ s)[:, None]
+    zr0 = _radius(absB, s, k)[:, None]
     mag0 = np.asarray(absB @ uabs) + np.abs(bias)
     # rounding: z of (n + p + 1)-term sums, ours and the model's; the phi(0) shift adds |A phi(0)|
     rho_z = 2 * (d.n + d.p + 4) * _EPS
@@ -177,7 +203,7 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object) -> IntervalBound
     dd = np.zeros((d.q, 1)) if dvec is None else dvec.detach().to("cpu", torch.float64).numpy()[:, None]
     absC, absD = _abs(d.C), _abs(d.D)
     yc = np.asarray(d.C @ xc) + np.asarray(d.D @ U) + dd
-    yr = np.asarray(absC @ xr) + np.asarray(absD @ s)[:, None]
+    yr = np.asarray(absC @ xr) + _radius(absD, s, k)[:, None]
     yr = yr + rho_z * (np.asarray(absC @ xabs) + np.asarray(absD @ uabs) + np.abs(dd))
     if np.isnan(yc).any() or np.isnan(yr).any():
         raise NonFiniteError("IBP output intervals are NaN (an overflow of the state intervals); scale "
@@ -206,17 +232,18 @@ class BoundComparison:
         return float((self.box_output_width < self.ibp_output_width).double().mean())
 
 
-def compare_bounds(model: object, u0: Tensor, sigma_u: object) -> BoundComparison:
-    """IBP vs the implicit box bound on the same input box (paper 003 Fig. 4.3).
+def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None) -> BoundComparison:
+    """IBP vs the implicit box bound on the same input set (paper 003 Fig. 4.3): the box (4.1), or
+    with ``k`` the cardinality set (4.2).
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
     """
     from .bounds import state_box_bound
     from .sensitivity import output_box_bound
 
-    ib = interval_bounds(model, u0, sigma_u)
-    sx = state_box_bound(model, sigma_u)
-    sy = output_box_bound(model, sigma_u)
+    ib = interval_bounds(model, u0, sigma_u, k)
+    sx = state_box_bound(model, sigma_u, k)
+    sy = output_box_bound(model, sigma_u, k)
     m = ib.x_lower.shape[0]
     return BoundComparison((ib.x_upper - ib.x_lower).mean(1), (2 * sx).mean().expand(m).clone(),
                            (ib.y_upper - ib.y_lower).mean(1), (2 * sy).mean().expand(m).clone())

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .._matrix import as_dense_array, as_matrix
+from .._matrix import as_dense_array, as_matrix, from_scipy_csr
 from ..errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from ._linalg import solve_nonneg
 from ._model import as_batch64, float64_copy, model_data
@@ -28,12 +28,16 @@ __all__ = ["model_error_bound", "perturbation_bound"]
 
 
 def perturbation_bound(model: object, A: Tensor) -> Tensor:
-    """``E = |A - A0|`` for a perturbed matrix ``A`` of the model's ``A0``, dense float64."""
-    A0 = as_dense_array(model.A)  # type: ignore[attr-defined]
-    A1 = as_dense_array(A)
-    if A1.shape != A0.shape:
-        raise ShapeError(f"perturbed A has shape {A1.shape}, the model's is {A0.shape}")
-    return torch.from_numpy(np.abs(A1 - A0))
+    """``E = |A - A0|`` for a perturbed matrix ``A`` of the model's ``A0``, float64.
+
+    Dense unless both matrices are sparse: then ``E`` is a sparse CSR tensor with the union of
+    their patterns (neither matrix is densified), which :func:`model_error_bound` takes as is."""
+    M0, M1 = as_matrix(model.A), as_matrix(A)  # type: ignore[attr-defined]
+    if M1.shape != M0.shape:
+        raise ShapeError(f"perturbed A has shape {M1.shape}, the model's is {M0.shape}")
+    if sp.issparse(M0) and sp.issparse(M1):
+        return from_scipy_csr(sp.csr_array(abs(M1 - M0)), torch.float64)
+    return torch.from_numpy(np.abs(as_dense_array(M1) - as_dense_array(M0)))
 
 
 def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str = "auto") -> Tensor:

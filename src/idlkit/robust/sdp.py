@@ -43,9 +43,10 @@ from .result import AttackResult
 __all__ = ["sdp_attack"]
 
 _MAX_SIZE = 400
+_SOLVER_TOL = {"CLARABEL": 1e-8, "SCS": 1e-4}  # their default relative gap / feasibility tolerances
 
 
-def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
+def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: int | None = None, *,
                clip: tuple[float, float] | None = None, solver: str | None = None,
                max_size: int = _MAX_SIZE, **solver_options: object) -> AttackResult:
     """SDP bound (4.19) on ``max ||x - x0||_2^2`` over the input box, and the extracted attack.
@@ -54,18 +55,30 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (sparse matrices are densified:
             ``n + p + 1 <= max_size``).
         u0: nominal input ``(p,)``; sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
+        k: must be ``None``: the SDP (4.19) is stated for the box set (4.1) only; a cardinality
+            set raises :class:`~idlkit.errors.ConfigurationError` naming the alternatives.
         clip: valid input range ``(lo, hi)`` intersected with the box.
         solver: ``"CLARABEL"`` or ``"SCS"``; ``None`` tries Clarabel, then SCS.
         solver_options: passed to ``problem.solve``.
 
     Returns:
         :class:`AttackResult`: ``bound`` = the optimal value of (4.19) (an upper bound of ``p*``
-        up to the solver's tolerance), ``u_adv`` = the better of the two extractions, ``value`` its
+        up to the solver's tolerance), rounded outward by 100 times the solver's default
+        tolerance (``1e-6 (1 + |v|)`` for Clarabel, ``1e-2 (1 + |v|)`` for SCS) and never below
+        the value of the extracted attack; for a rigorous bound use :func:`lp_attack` (a safe dual
+        bound), ``u_adv`` = the better of the two extractions, ``value`` its
         true discrepancy; ``extra``: ``value_u`` and ``u_opt`` (optimal-``u`` extraction),
         ``value_rank1`` and ``u_rank1`` (rank-one extraction), ``rank1_ratio``
         (``lambda_2 / lambda_1`` of ``M``: 0 when the relaxation is exact), ``solver``.
     """
     require_relu(model, "the SDP relaxation (eq. 4.19)")
+    if k is not None:
+        raise ConfigurationError(
+            f"sdp_attack (the SDP relaxation 4.19) supports the box set (4.1) only, got k = {k!r} "
+            f"(the cardinality set 4.2). Alternatives: lp_attack(model, u0, sigma_u, k=k, "
+            f"card_method='hull' or 'milp') for a bound and an attack over the cardinality set, "
+            f"state_box_bound(model, sigma_u, k=k) / output_box_bound (Thm 4.1-4.4 with k), or "
+            f"sdp_attack with k=None (a valid, looser bound over the whole box)")
     try:
         import cvxpy as cp
     except ImportError as exc:  # pragma: no cover - optional dependency
@@ -81,7 +94,7 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
     lo, hi = input_box(u0n, sig, clip)
     x0 = true_states(model, u0n)[0]
     sx = state_sigma(model, sig)
-    sxw = sx * (1 + 1e-9) + _state_slack(model) * (1.0 + np.abs(x0))
+    sxw = sx * (1 + 1e-9) + _state_slack(model, u0n, x0)
     xlo, xhi = np.maximum(x0 - sxw, 0.0), x0 + sxw
     A = _dense(_to_np(model.A, (n, n)))
     Bm = _dense(_to_np(model.B, (n, p)))
@@ -125,7 +138,11 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, *,
     else:  # the rank-one factor has no affine part: fall back on the optimal u
         u_r1, v_r1 = u_opt, v_opt
     u_best, v_best = (u_opt, v_opt) if v_opt >= v_r1 else (u_r1, v_r1)
-    return AttackResult(u_adv=torch.as_tensor(u_best, dtype=model.A.dtype), bound=float(prob.value),
+    # outward: the solvers stop at a relative gap/feasibility tolerance (Clarabel 1e-8, SCS 1e-4);
+    # widened by 100x it (not a rigorous certificate, unlike the LP's safe dual bound)
+    tol = _SOLVER_TOL.get(name, 1e-4) * 100
+    bound = max(float(np.nextafter(float(prob.value) + tol * (1 + abs(float(prob.value))), np.inf)), v_best)
+    return AttackResult(u_adv=torch.as_tensor(u_best, dtype=model.A.dtype), bound=bound,
                         value=v_best, status=str(prob.status), objective="l2",
                         n_perturbed=torch.tensor(int((u_best != u0n).sum())),
                         extra={"u_opt": u_opt, "value_u": v_opt, "u_rank1": u_r1, "value_rank1": v_r1,

@@ -71,7 +71,8 @@ def sensitivity(model: object, form: str = "auto", method: str = "auto") -> Sens
     else:  # (I - M) T = Gamma N(B) with p right-hand sides; S = N(C) T
         T, cert = solve_nonneg(NA, dense(NB), method=method, what=what)
         S = np.asarray(NC @ T) if d.n else np.zeros((d.q, d.p))
-    S = S + dense(absD)
+    # outward: products and sums of nonnegative terms (n + p of them at most), relative rounding
+    S = (S + dense(absD)) * (1 + 4 * (d.n + d.p + 3) * np.finfo(np.float64).eps)
     return Sensitivity(torch.from_numpy(np.ascontiguousarray(S)),
                        "cone" if d.componentwise else "blip", cert)
 
@@ -92,4 +93,5 @@ def output_box_bound(model: object, sigma_u: object, k: int | None = None, metho
     k = check_k(k, d.p)
     S = sensitivity_matrix(model, method=method).numpy()
     out = S @ s if k is None else top_k_sum(S * s[None, :], k)
+    out = out * (1 + 2 * (d.p + 2) * np.finfo(np.float64).eps)  # outward rounding of the sums
     return torch.from_numpy(np.ascontiguousarray(out))

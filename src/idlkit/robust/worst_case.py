@@ -34,7 +34,8 @@ class WorstCaseLoss:
 
     Attributes:
         nominal: ``(batch,)`` loss at ``u0``; ``bound``: ``(batch,)`` upper bound over the set.
-        sigma_y: ``(q,)`` output radius used; ``loss``: the loss name.
+        sigma_y: ``(q,)`` output radius (the bound also adds the solver-error term ``y_err`` of
+            :class:`~idlkit.robust.BoxBounds`); ``loss``: the loss name.
     """
 
     nominal: Tensor
@@ -82,12 +83,13 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
     U = as_batch64(u0, p, "u0")
     bb = box_bounds(model, torch.from_numpy(U), sigma_u, k)
     Y = _targets(y, U.shape[0], q, loss)
-    y0, sy = bb.y0, bb.sigma_y
+    y0 = bb.y0
+    sy = bb.sigma_y if bb.y_err is None else bb.sigma_y + bb.y_err  # (batch, q) with the solver error
     if loss == "squared_error":
         nominal = ((Y - y0) ** 2).sum(1)
         bound = (((Y - y0).abs() + sy) ** 2).sum(1)
     else:
         nominal = torch.logsumexp(y0, 1) - (Y * y0).sum(1)
-        bound = torch.logsumexp(y0 + sy, 1) - (Y * y0).sum(1) + Y @ sy
+        bound = torch.logsumexp(y0 + sy, 1) - (Y * y0).sum(1) + (Y * sy).sum(1)
     bound = bound * (1 + 1e-12) + 1e-300  # outward rounding
-    return WorstCaseLoss(nominal, bound, sy, loss)
+    return WorstCaseLoss(nominal, bound, bb.sigma_y, loss)

@@ -106,6 +106,8 @@ class SIMReport:
             (a ``RuntimeWarning`` names them too).
         validation: with ``fit(..., val=...)``, one entry per penalty weight tried (weight,
             held-out agreement with the baseline, nnz, sparsity); ``chosen_weight`` the one kept.
+        penalty_weight: the l1 / perspective weight the fit used (``beta`` or ``alpha``, after the
+            scale-aware default rule when they were None); None for the other objectives.
     """
 
     objective: str
@@ -129,6 +131,7 @@ class SIMReport:
     retried_rows: tuple[int, ...] = field(default=())
     validation: tuple[dict, ...] | None = None
     chosen_weight: float | None = None
+    penalty_weight: float | None = None
 
     def summary(self) -> str:
         """A markdown table of the headline figures."""
@@ -297,11 +300,20 @@ class SIM:
             l1 budget of each whole row ``(a, b)``.
         lambda_state, lambda_output: ``lambda_1``, ``lambda_2`` of problems 10-11.
         beta: l1 weight (problem 11). alpha: perspective weight (problem 10). Both count in the
-            units of ``penalty_units``, against the per-sample matching terms (``per_sample``); the
-            defaults (5e-4 and 2.5e-4, the same weight on small coefficients) are the measured
-            choice on digits and Fashion-MNIST (``experiments/sim_implicit.py``);
-            ``fit(..., val=...)`` picks one.
-        alpha: perspective weight (problem 10).
+            units of ``penalty_units``, against the per-sample matching terms (``per_sample``).
+            None (default): scale-aware, ``beta = penalty_ratio * median_i beta_max,i`` where
+            ``beta_max,i = (2 lambda / m) max_j |F_j^T t_i| / (c_i sigma_j)`` is the weight at
+            which row ``i``'s solution becomes zero (its optimality condition at ``w = 0``), and
+            ``alpha = beta / 2`` (the same weight on small coefficients). A fixed number would
+            not survive a change of units: the weight that zeroes a row was 6.4 on
+            Fashion-MNIST's teacher but 0.096 on a Transformer's hooked states, so one absolute
+            default over-penalised the second 65-fold (``experiments/sim_newsgroups.py``).
+            ``fit(..., val=...)`` picks the weight on held-out inputs instead; the weight used
+            is ``SIMReport.penalty_weight``.
+        penalty_ratio: the factor of that rule, 1.5e-4: the measured choice on digits and
+            Fashion-MNIST (``experiments/sim_implicit.py``; it gives beta = 5.0e-4 on the digits
+            teacher, 9.5e-4 on Fashion-MNIST's, 1.4e-5 on the Transformer of
+            ``experiments/sim_newsgroups.py``).
         l1_ratio: ``"elastic_net"`` only: the l1 share ``r`` of ``beta (r |w| + (1 - r)/2 w^2)``
             in [0, 1] (torchidl's ``l1_ratio``).
         kappa_output: ``"lasso"`` only: l1 budget of the output rows (None: least squares).
@@ -373,8 +385,9 @@ class SIM:
     kappa: float = 0.99
     lambda_state: float = 0.1
     lambda_output: float = 0.1
-    beta: float = 5e-4
-    alpha: float = 2.5e-4
+    beta: float | None = None
+    alpha: float | None = None
+    penalty_ratio: float = 1.5e-4
     kappa_output: float | None = None
     l1_ratio: float = 0.5
     match_eps: float = 0.0
@@ -408,8 +421,10 @@ class SIM:
                                      f"{self.objective!r} has its own solver (use solver='auto')")
         check_kappa(self.kappa, high_inclusive=True, example=0.99,
                     why="well-posedness ||A||_inf <= kappa certifies a unique state")
-        for name in ("lambda_state", "lambda_output", "beta", "alpha", "tol", "match_tol"):
+        for name in ("lambda_state", "lambda_output", "penalty_ratio", "tol", "match_tol"):
             check_positive(name, getattr(self, name))
+        for name in ("beta", "alpha"):
+            check_positive(name, getattr(self, name), allow_none=True)
         check_positive("kappa_output", self.kappa_output, allow_none=True)
         check_probability("l1_ratio", self.l1_ratio, example=0.5)
         check_positive("match_eps", self.match_eps, allow_zero=True)
@@ -472,6 +487,8 @@ class SIM:
                              f"{getattr(val, 'shape', type(val).__name__)}")
         field_name = "alpha" if self.objective == "perspective" else "beta"
         base = getattr(self, field_name)
+        if base is None:
+            base = self._auto_weights(states, bias)[0 if field_name == "beta" else 1]
         grid = sorted(float(check_positive("weights", w)) for w in (weights or [base * f for f in
                                                                                 (0.1, 0.3, 1, 3, 10)]))
         with torch.no_grad():
@@ -503,14 +520,15 @@ class SIM:
         if not isinstance(states, States):
             raise InputError(f"states must be idlkit.sim.States (from extract_states); "
                              f"got {type(states).__name__}")
+        penalized = self.objective in ("l1", "perspective", "elastic_net")
+        if penalized and (self.beta is None or self.alpha is None):
+            beta, alpha = self._auto_weights(states, bias)
+            resolved = replace(self, beta=self.beta if self.beta is not None else beta,
+                               alpha=self.alpha if self.alpha is not None else alpha)
+            model, report = resolved.fit_states(states, bias=bias, dtype=dtype, init=init)
+            return model, replace(report, seconds=time.perf_counter() - t_start)
         fit_bias = bool(bias if bias is not None else (self.bias or False))
-        X = states.X.detach().cpu().double().numpy()
-        Uf = states.U.detach().cpu().double().numpy()
-        Z = states.Z.detach().cpu().double().numpy()
-        Yh = states.Y_hat.detach().cpu().double().numpy()
-        for name, arr in (("X", X), ("U", Uf), ("Z", Z), ("Y_hat", Yh)):
-            if not np.all(np.isfinite(arr)):
-                raise InputError(f"states.{name} contains NaN or Inf; check the baseline and the inputs")
+        X, Uf, Z, Yh = _state_arrays(states)
         m, n = X.shape
         p, q = Uf.shape[1], Yh.shape[1]
         F = np.hstack([X, Uf] + ([np.ones((m, 1))] if fit_bias else []))
@@ -524,7 +542,7 @@ class SIM:
         free = np.zeros(d, bool)
         if fit_bias:
             free[-1] = True
-        sigma, row_scale = self._penalty_scales(states, G, m, d, n, q)
+        sigma, row_scale = self._penalty_scales(states, np.diag(G), m, d, n, q)
         cons_state = np.zeros(d, bool)
         cons_state[: n if self.objective != "lasso" else n + p] = True
         W0 = _init_rows(init, n, p, q, fit_bias, states) if init is not None else None
@@ -601,7 +619,9 @@ class SIM:
             seconds=time.perf_counter() - t_start, solve_seconds=secs, iterations=iters,
             shared=shared,
             fallback_rows=tuple(i for i in range(n + q) if status[i] == "fallback"),
-            retried_rows=retried)
+            retried_rows=retried,
+            penalty_weight=(self.alpha if self.objective == "perspective" else self.beta)
+            if self.objective in ("l1", "perspective", "elastic_net") else None)
         return model, report
 
     # ------------------------------------------------------------------------------- helpers
@@ -632,7 +652,33 @@ class SIM:
             groups.append((np.flatnonzero(depth == dep), np.flatnonzero(keep)))
         return groups
 
-    def _penalty_scales(self, states: States, G: np.ndarray, m: int, d: int, n: int, q: int
+    def _auto_weights(self, states: States, bias: bool | None) -> tuple[float, float]:
+        """The scale-aware default ``(beta, alpha)`` (see ``beta``): ``penalty_ratio`` times the
+        median over the rows of the weight ``beta_max,i`` that makes row ``i``'s solution zero
+        (with a free bias the exact threshold is on centred data; the uncentred one used here is
+        a scale of the problem, the same rule for every baseline)."""
+        fit_bias = bool(bias if bias is not None else (self.bias or False))
+        X, Uf, Z, Yh = _state_arrays(states)
+        m, n = X.shape
+        q = Yh.shape[1]
+        F = np.hstack([X, Uf])  # the free bias column has no penalty
+        gdiag = np.r_[np.einsum("ij,ij->j", F, F), [float(m)] * fit_bias]
+        sigma, row_scale = self._penalty_scales(states, gdiag, m, F.shape[1] + fit_bias, n, q)
+        if fit_bias:  # the bias is free: its gradient plays no part in the zero test
+            sigma = sigma[:-1]
+        T = np.hstack([Z, Yh])
+        per = m if self.per_sample else 1
+        lam = np.r_[np.full(n, self.lambda_state), np.full(q, self.lambda_output)] / per
+        grad0 = 2.0 * lam[:, None] * np.abs(T.T @ F) / sigma[None, :]
+        bmax = grad0.max(axis=1) / row_scale
+        bmax = bmax[bmax > 0]
+        if bmax.size == 0:
+            raise InputError("every state and output of the baseline is zero on these samples: nothing "
+                             "to fit; check the inputs U")
+        beta = self.penalty_ratio * float(np.median(bmax))
+        return beta, beta / 2.0
+
+    def _penalty_scales(self, states: States, gdiag: np.ndarray, m: int, d: int, n: int, q: int
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Column weights ``sigma`` of the penalty and per-row factors of its weight (see
         ``penalty_units``): teacher units ``(c_F, c_rows)``, the column RMS, or ones."""
@@ -641,7 +687,7 @@ class SIM:
         if self.objective not in ("l1", "perspective", "elastic_net") and not self.standardize:
             units = "rescaled"  # basis pursuit / lasso: the paper's weights (no penalty weight to scale)
         if units == "standardized":
-            return np.sqrt(np.diag(G) / m), rows
+            return np.sqrt(gdiag / m), rows
         if units == "rescaled":
             return np.ones(d), rows
         c = states.scale.detach().cpu().double().numpy()
@@ -695,13 +741,22 @@ class SIM:
             sl = slice(start, min(r, start + size))
             jobs.append(_Job(
                 kind=kind, rows=rows[sl], C=C[sl], tt=tt[sl], Y=Y[sl], resid=resid[sl], lam=lam,
-                weight=(self.alpha if self.objective == "perspective" else self.beta) * factor_w,
+                weight=((self.alpha if self.objective == "perspective" else self.beta) or 0.0) * factor_w,
                 penalty=self.objective if self.objective in ("perspective", "elastic_net") else "l1",
                 kappa=kappa, constrained=constrained, free=free,
                 W0=None if W0 is None else W0[sl], sigma=sigma, tol=self.tol, max_iter=self.max_iter,
                 cvx_solvers=tuple(self.cvx_solvers), l1_ratio=self.l1_ratio, match_tol=self.match_tol,
                 match_eps=self.match_eps, keep=keep))
         return jobs
+
+
+def _state_arrays(states: States) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, U, Z, Y_hat)`` as float64 numpy arrays, refused when any holds NaN/Inf."""
+    out = tuple(getattr(states, k).detach().cpu().double().numpy() for k in ("X", "U", "Z", "Y_hat"))
+    for name, arr in zip(("X", "U", "Z", "Y_hat"), out, strict=True):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"states.{name} contains NaN or Inf; check the baseline and the inputs")
+    return out  # type: ignore[return-value]
 
 
 #: Exceptions by which the parallel backends report a worker process that died (killed, out of

@@ -6,12 +6,37 @@ tensor with autograd. ``||.||_inf`` is the max-row-sum norm throughout.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, ShapeError, WellPosednessError
+from ..errors import ConfigurationError, InputError, ShapeError, WellPosednessError
+
+_F = TypeVar("_F", bound=Callable[..., Tensor])
+
+
+def _matrices(fn: _F) -> _F:
+    """Check that the matrix arguments of a penalty are floating tensors (a typed error naming
+    the argument instead of an AttributeError deep in torch); the rest is passed through."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.annotation in ("Tensor", Tensor)]
+
+    @functools.wraps(fn)
+    def checked(*args: object, **kwargs: object) -> Tensor:
+        for name, value in zip(names, args, strict=False):
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                got = (f"a tensor of dtype {value.dtype}" if isinstance(value, Tensor)
+                       else type(value).__name__)
+                raise InputError(f"{fn.__name__}: {name} must be a floating torch.Tensor (a model matrix "
+                                 f"such as model.A), got {got}")
+        return fn(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
 
 __all__ = [
     "l1",
@@ -28,6 +53,7 @@ __all__ = [
 ]
 
 
+@_matrices
 def inf_norm_torch(M: Tensor) -> Tensor:
     """``||M||_inf = max_i sum_j |M_ij|`` with autograd (0 for an empty matrix)."""
     if M.numel() == 0:
@@ -35,6 +61,7 @@ def inf_norm_torch(M: Tensor) -> Tensor:
     return M.abs().sum(dim=1).amax()
 
 
+@_matrices
 def mu_inf_torch(A: Tensor) -> Tensor:
     """``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004) with autograd."""
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
@@ -43,11 +70,13 @@ def mu_inf_torch(A: Tensor) -> Tensor:
     return (d + A.abs().sum(dim=1) - d.abs()).amax()
 
 
+@_matrices
 def l1(M: Tensor) -> Tensor:
     """Elementwise sparsity penalty ``sum_ij |M_ij|`` (paper 000 §5, §6)."""
     return M.abs().sum()
 
 
+@_matrices
 def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
     """Column-sparsity penalty ``sum_j ||N e_j||_alpha`` (paper 000 §5, alpha > 1).
 
@@ -59,6 +88,7 @@ def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
     return torch.linalg.vector_norm(N, ord=a, dim=0).sum()
 
 
+@_matrices
 def feature_selection(B: Tensor, D: Tensor, alpha: float = 2.0) -> Tensor:
     """``P(B, D) = sum_j ||(B; D) e_j||_alpha`` (eq. 5.1): a zero column ``j`` removes input ``j``."""
     if B.shape[1] != D.shape[1]:
@@ -75,12 +105,14 @@ def _contraction_margin(A: Tensor, what: str) -> Tensor:
     return 1 - a
 
 
+@_matrices
 def lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``kappa = ||B|| ||C|| / (1 - ||A||) + ||D||`` (eq. 4.8): l_inf -> l_inf Lipschitz
     constant of ``u -> y`` for a CONE activation and ``||A||_inf < 1``."""
     return inf_norm_torch(B) * inf_norm_torch(C) / _contraction_margin(A, "eq. 4.8") + inf_norm_torch(D)
 
 
+@_matrices
 def lipschitz_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``P = 1/2 (||B||^2 + ||C||^2) / (1 - ||A||) + ||D||`` (eq. 4.9), a convex upper bound
     of :func:`lipschitz_bound` (AM-GM: ``||B|| ||C|| <= (||B||^2 + ||C||^2) / 2``)."""
@@ -88,6 +120,7 @@ def lipschitz_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     return 0.5 * (b * b + c * c) / _contraction_margin(A, "eq. 4.9") + inf_norm_torch(D)
 
 
+@_matrices
 def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``S = |C| (I - |A|)^-1 |B| + |D|`` (Thm 4.3), with autograd, for a CONE activation.
 
@@ -105,12 +138,14 @@ def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     return C.abs() @ X + D.abs()
 
 
+@_matrices
 def sensitivity_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||S||_inf`` of the sensitivity matrix (paper 000 §6, "an l_inf-norm bound on S");
     ``||y(u) - y(u0)||_inf <= ||S||_inf ||u - u0||_inf``, never larger than eq. 4.8."""
     return inf_norm_torch(sensitivity_matrix(A, B, C, D))
 
 
+@_matrices
 def mu_lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||B|| ||C|| / (1 - mu_inf(A)_+) + ||D||`` (paper 004, input-output Lipschitz bound,
     plus the direct term), for monotone CONE activations and ``mu_inf(A) < 1``."""

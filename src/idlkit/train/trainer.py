@@ -113,6 +113,55 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], m
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _check_resume_fields(path: Path, meta: dict, tensors: dict[str, Tensor], model: nn.Module,
+                         opt: torch.optim.Optimizer) -> None:
+    """Refuse a Trainer checkpoint whose fields are missing, of the wrong type or out of range, or
+    whose optimizer state does not fit the parameters, naming the field (before any is used)."""
+
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: Trainer checkpoint field {field!r} {why}; the file is "
+                               f"corrupted or from another run: start without resume")
+
+    epoch = meta.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise bad("epoch", f"must be an int >= 1 (the last finished epoch), got {epoch!r}")
+    if not isinstance(meta.get("stopped"), bool):
+        raise bad("stopped", f"must be a bool, got {meta.get('stopped')!r}")
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != epoch \
+            or not all(isinstance(r, dict) for r in history):
+        size = len(history) if isinstance(history, list) else "-"
+        raise bad("history", f"must list one record per finished epoch ({epoch}), got "
+                             f"{type(history).__name__} of length {size}")
+    best = meta.get("best")
+    if not (isinstance(best, list) and len(best) == 3 and isinstance(best[0], int | float)
+            and isinstance(best[1], int) and isinstance(best[2], bool)):
+        raise bad("best", f"must be [loss, epoch, has_weights], got {best!r}")
+    if "rng/batch_order" not in tensors or tensors["rng/batch_order"].dtype != torch.uint8:
+        raise bad("rng/batch_order", "is missing or not a generator state")
+    om = meta.get("optimizer")
+    if not isinstance(om, dict) or not isinstance(om.get("state"), dict) \
+            or not isinstance(om.get("param_groups"), list):
+        raise bad("optimizer", "must hold 'state' and 'param_groups'")
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for pid, st in om["state"].items():
+        if not (pid.isdigit() and int(pid) < len(params)) or not isinstance(st, dict):
+            raise bad(f"optimizer.state.{pid}", f"names no parameter of the optimizer ({len(params)})")
+        for key, v in st.items():
+            if not (isinstance(v, dict) and "__tensor__" in v):
+                continue
+            t = tensors.get(v["__tensor__"])
+            if t is None:
+                raise bad(f"optimizer.state.{pid}.{key}", "points to a missing tensor")
+            if t.dim() and tuple(t.shape) != tuple(params[int(pid)].shape):
+                raise bad(f"optimizer.state.{pid}.{key}", f"has shape {tuple(t.shape)}, the parameter "
+                                                           f"{tuple(params[int(pid)].shape)}")
+    bad_t = sorted(k for k, t in tensors.items()
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad_t:
+        raise bad(bad_t[0], f"holds NaN/Inf ({len(bad_t)} tensors: {bad_t[:4]})")
+
+
 class Trainer:
     """Mini-batch projected gradient descent on ``loss + sum_k w_k P_k`` (problem 6.4).
 
@@ -152,6 +201,8 @@ class Trainer:
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
             check_int(name, v, 1)
         lr = check_positive("lr", lr, example=1e-3)
+        weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True, example=1e-4)
+        momentum = check_positive("momentum", momentum, allow_zero=True, example=0.9)
         check_int("patience", patience, 1, allow_none=True)
         for pen, w in penalties:
             if isinstance(pen, str) and pen not in PENALTIES:
@@ -243,6 +294,7 @@ class Trainer:
         if meta.get("model") != shapes:
             raise CheckpointError(f"{path} holds a model with parameter shapes {meta.get('model')}, "
                                   f"not {shapes}: resume with the same model")
+        _check_resume_fields(path, meta, tensors, model, opt)
         try:
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
             _restore_optimizer(opt, tensors, meta["optimizer"])
