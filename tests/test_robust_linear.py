@@ -454,3 +454,16 @@ def test_relaxation_families_sound_for_every_t(name):
         tol = 1e-12 * (1 + FZ.abs() + Z.abs())
         assert bool((al * Z + cl <= FZ + tol).all()), (name, t)
         assert bool((au * Z + cu >= FZ - tol).all()), (name, t)
+
+
+def test_best_with_budget_adds_lp():
+    net = _net([4, 10, 8, 3], torch.nn.ReLU, seed=12)
+    model = idl.convert.from_torch(net, torch.zeros(1, 4, dtype=F64))
+    u0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    best = idl.robust.output_bounds(model, u0, 0.3, time_budget=60.0)
+    assert best.method.endswith(",lp)")
+    for m in ("lp", "alpha-crown", "ibp"):
+        other = idl.robust.output_bounds(model, u0, 0.3, method=m)
+        assert bool((best.lower >= other.lower - 1e-12).all() and (best.upper <= other.upper + 1e-12).all())
+    U = _attack_points(net, u0[0], 0.3, 3, 20000, seed=0)
+    assert _violations(model, U, best.lower[0], best.upper[0]) == 0
