@@ -9,11 +9,13 @@ optionally (``--resnet``) the CIFAR ResNet-20 conversion, IBP only (the dense li
 fit its state size).
 
 Columns: ``idl.robust.output_bounds`` with ``method`` = ``box`` (Thm 4.1-4.4), ``ibp``, ``lp``
-(``lp_state_bounds`` defaults, then ``2 q`` output LPs), ``crown``, ``alpha-crown`` (20 projected
-Adam steps on the output bounds), ``best``; and an independent dense reference CROWN written
-here layer by layer (the ratio ``crown / ref`` must be 1). Widths are the mean of
-``upper - lower`` over the inputs and outputs; times are seconds per input (batched where the
-method batches).
+(``lp_state_bounds`` defaults, then ``2 q`` output LPs; on the first ``--lp-inputs`` inputs only,
+compared on those inputs in a separate table), ``crown``, ``alpha-crown`` (20 projected Adam steps
+on all levels), ``best`` (no budget: box, IBP, CROWN, alpha-CROWN), ``best+lp`` (``best`` with
+``time_budget = --best-budget`` seconds per input, which adds the LP on ReLU nets), ``crown-ibp``;
+and an independent dense reference CROWN written here layer by layer (the ratio ``crown / ref``
+must be 1). Widths are the mean of ``upper - lower`` over the inputs and outputs; times are
+seconds per input (batched where the method batches).
 
 Reference numbers (issue 21, auto_LiRPA 0.3 on *its own* random nets, so only ratios compare):
 CROWN 0.00683 / 0.125 / 0.0832 / 56.7 and alpha-CROWN 0.00679 / 0.118 / 0.0822 / 50.9.
@@ -109,25 +111,32 @@ def ref_crown(net: nn.Sequential, u0: torch.Tensor, eps: float) -> tuple[torch.T
     return bound(len(Ws) - 1)
 
 
-def measure(model: object, U: torch.Tensor, eps: float, methods: list[str], lp_inputs: int) -> dict:
+def measure(model: object, U: torch.Tensor, eps: float, methods: list[str], lp_inputs: int,
+            budget: float = 0.0) -> dict:
+    """Per method: mean width, seconds per input, the per-input mean widths. ``"best+lp"`` is
+    ``method="best"`` with ``time_budget = budget`` seconds per input (adds the LP on ReLU nets)."""
     out: dict = {}
     for m in methods:
         X = U[:lp_inputs] if m == "lp" else U
-        if m == "lp" and lp_inputs == 0:
+        if m in ("lp", "best+lp") and lp_inputs == 0:
             out[m] = None
             continue
         t0 = time.perf_counter()
-        ob = idl.robust.output_bounds(model, X, eps, method=m)
+        if m == "best+lp":
+            ob = idl.robust.output_bounds(model, X, eps, method="best", time_budget=budget * X.shape[0])
+        else:
+            ob = idl.robust.output_bounds(model, X, eps, method=m)
         sec = (time.perf_counter() - t0) / X.shape[0]
         out[m] = {"width": float(ob.width.mean()), "sec_per_input": sec, "method": ob.method,
-                  "inputs": int(X.shape[0])}
+                  "inputs": int(X.shape[0]), "per_input": ob.width.mean(1).tolist()}
     return out
 
 
 def row_ff(name: str, net: nn.Sequential, U: torch.Tensor, eps: float, args: argparse.Namespace,
            lp_inputs: int, extra: dict | None = None) -> dict:
     model = idl.convert.from_torch(net, U[:1])
-    res = measure(model, U, eps, ["box", "ibp", "lp", "crown", "alpha-crown", "best", "crown-ibp"], lp_inputs)
+    res = measure(model, U, eps, ["box", "ibp", "lp", "crown", "alpha-crown", "best", "best+lp", "crown-ibp"],
+                  lp_inputs, args.best_budget)
     row = {"row": name, "eps": eps, "inputs": int(U.shape[0]), "n": int(model.A.shape[0]), **res,
            "best_over_alpha": res["best"]["width"] / res["alpha-crown"]["width"]}
     if all(isinstance(m, nn.Linear | nn.ReLU) for m in net):  # the reference is for Linear/ReLU nets
@@ -137,6 +146,10 @@ def row_ff(name: str, net: nn.Sequential, U: torch.Tensor, eps: float, args: arg
         wref = float(np.mean([float((h - l).mean()) for l, h in widths]))
         row["ref_crown"] = {"width": wref, "sec_per_input": tref}
         row["crown_over_ref"] = res["crown"]["width"] / wref
+    if res.get("lp"):  # LP ran on the first lp_inputs inputs only: compare there
+        k = res["lp"]["inputs"]
+        row["on_lp_inputs"] = {m: float(np.mean(res[m]["per_input"][:k]))
+                               for m in ("lp", "crown", "alpha-crown", "best", "best+lp") if res.get(m)}
     if name in REF:
         c, a = REF[name]
         row["auto_lirpa_issue"] = {"crown": c, "alpha_crown": a, "alpha_over_crown": a / c}
@@ -158,7 +171,8 @@ def row_general(args: argparse.Namespace) -> dict:
                                             tol=1e-12, solver="picard", max_iter=5000)
     U = torch.randn(args.inputs_general, p, generator=g, dtype=F64)
     eps = 0.1
-    res = measure(model, U, eps, ["box", "lp", "crown", "alpha-crown", "best"], args.inputs_general)
+    res = measure(model, U, eps, ["box", "lp", "crown", "alpha-crown", "best", "best+lp"],
+                  args.inputs_general, args.best_budget)
     return {"row": f"general implicit ReLU n={n} p={p} q={q}, ||A||_inf=0.9", "eps": eps,
             "inputs": int(U.shape[0]), "n": n, **res, "ibp": None}
 
@@ -191,7 +205,7 @@ def row_resnet(args: argparse.Namespace) -> dict:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    cols = ["box", "ibp", "lp", "crown", "alpha-crown", "best", "crown-ibp"]
+    cols = ["box", "ibp", "lp", "crown", "alpha-crown", "best", "best+lp", "crown-ibp"]
     f = lambda r, c: "-" if r.get(c) is None else f"{r[c]['width']:.4g}"  # noqa: E731
     t = lambda r, c: "-" if r.get(c) is None else f"{r[c]['sec_per_input']:.3g}"  # noqa: E731
     out = [f"# bench_bounds ({'quick' if meta['quick'] else 'full'})", "",
@@ -214,6 +228,15 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         ref = r.get("ref_crown")
         out.append(f"| {r['row']} | " + " | ".join(t(r, c) for c in cols) + " | "
                    + (f"{ref['sec_per_input']:.3g} |" if ref else "- |"))
+    sub = [r for r in rows if "on_lp_inputs" in r]
+    if sub:
+        out += ["", "On the inputs the LP column ran on (the first `--lp-inputs`), mean width:", "",
+                "| row | LP | CROWN | alpha-CROWN | best | best+lp |", "|---|---|---|---|---|---|"]
+        for r in sub:
+            o = r["on_lp_inputs"]
+            cells = " | ".join(f"{o[m]:.4g}" if m in o else "-"
+                               for m in ("lp", "crown", "alpha-crown", "best", "best+lp"))
+            out.append(f"| {r['row']} | {cells} |")
     if any("auto_lirpa" in r for r in rows):
         out += ["", "Side by side with auto_LiRPA on the same nets and inputs (ours float64, auto_LiRPA "
                 "float32):", "",
@@ -267,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--inputs", type=int, default=20, help="inputs per row (CROWN, IBP, box, best)")
     ap.add_argument("--lp-inputs", type=int, default=3, help="inputs per row for the LP column")
     ap.add_argument("--inputs-general", type=int, default=3)
+    ap.add_argument("--best-budget", type=float, default=3.0,
+                    help="seconds per input of the best+lp column (best with a time_budget: adds the LP)")
     ap.add_argument("--train-epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resnet", action="store_true", help="add the ResNet-20 IBP row")
@@ -275,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.inputs, args.lp_inputs, args.inputs_general, args.train_epochs = 2, 1, 1, 5
+        args.best_budget = 0.5
     return args
 
 
