@@ -40,6 +40,11 @@ from .lp import LPStateBounds, lp_attack, lp_state_bounds
 from .result import AttackResult
 from .sdp import sdp_attack
 
+# isort: split
+# --- linear bound propagation (CROWN / alpha-CROWN) and the one entry for all bounds
+from .certify import BOUND_METHODS, OutputBounds, StateBounds, output_bounds, state_bounds
+from .linear import LinearBounds, linear_bounds
+
 __all__ = [
     # bounds
     "BoxBounds",
@@ -69,4 +74,7 @@ __all__ = [
     "AttackResult", "lp_attack", "lp_state_bounds", "LPStateBounds", "sdp_attack",
     "Budget", "SuccessRate", "attack", "ATTACKS",
     "sensitivity_attack", "saliency_attack", "fgsm_attack", "lp_margin_attack", "success_rate",
+    # linear bounds and the one entry
+    "LinearBounds", "linear_bounds", "OutputBounds", "StateBounds", "output_bounds", "state_bounds",
+    "BOUND_METHODS",
 ]
