@@ -10,8 +10,14 @@ from .lowrank import (
     LowRankFunction,
     LowRankImplicitModel,
 )
+from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
 
 __all__ = [
+    "prune_states",
+    "prune_inputs",
+    "selected_features",
+    "PruneReport",
+    "FeatureSelection",
     "LOWRANK_SOLVERS",
     "LowRankApproximation",
     "LowRankCertificate",
