@@ -20,7 +20,14 @@ Write the state as ``x = (x_1, x_2)`` after a permutation (the model is permutat
 
 Removing states can create new zero rows (a state that read only constants) or zero columns
 (a state read only by unused states), so (a) and (b) are repeated until nothing changes (each
-round is one vectorised pass over the patterns, ``O(nnz)``).
+round is one vectorised pass over the patterns, ``O(nnz)``). The repeated column rule removes
+every state with no path to the output *except* those on cycles of ``A`` that the output never
+reads (``C_2 = 0``, ``A_12 = 0``, ``A_22`` not nilpotent): a final pass removes those too (reason
+``"unobservable"``, a graph search). This extends §5.2 exactly: the kept states' equations do
+not involve them, so the outputs are those of the original for every input (where the original
+has a solution: for a well-posed model, always). The analogous rows-side closure (a cycle with
+zero rows of ``B`` is a constant too) would need a fixed-point solve to fold its value, so it is
+not done: such states are kept.
 
 Exactness. Each step maps the solution set of the fixed-point equation one-to-one onto that
 of the reduced equation (the removed states are explicit functions of the kept ones), for any
@@ -54,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.sparse.csgraph import breadth_first_order
 from torch import Tensor
 
 from .._matrix import as_matrix, from_scipy_csr, is_sparse
@@ -68,6 +76,8 @@ Matrix = np.ndarray | sp.csr_array
 REASONS = {
     "constant": "rows of (A, B) zero: x_i = phi(b_i), folded into b and d (§5.2, B_2 = 0)",
     "unused": "columns of (A; C) zero: x_i is read by nothing (§5.2, C_2 = 0)",
+    "unobservable": "no path through A to the output: read only by states that are themselves "
+                    "unobservable (a cycle; the closure of the column rule)",
 }
 
 
@@ -84,8 +94,9 @@ class PruneReport:
             ``kept[k]`` of the original (the order is kept).
         removed: original indices of the removed states, in the order they were removed.
         reasons: one per entry of ``removed``: ``"constant"`` (case (a): zero rows of
-            ``(A, B)``, value ``phi(b_i)`` folded into the biases) or ``"unused"`` (case (b):
-            zero columns of ``(A; C)``), see :data:`REASONS`.
+            ``(A, B)``, value ``phi(b_i)`` folded into the biases), ``"unused"`` (case (b):
+            zero columns of ``(A; C)``) or ``"unobservable"`` (on a cycle of ``A`` with no path
+            to the output; last round), see :data:`REASONS`.
         rounds: the round (1, 2, ...) in which each removed state went: a state removed in a
             later round became prunable once earlier ones were gone (a cascade).
         closed_form: indices *in the pruned model* of the states with zero rows of ``A``
@@ -134,7 +145,8 @@ class PruneReport:
         count = {r: self.reasons.count(r) for r in REASONS}
         nnz0, nnz1 = sum(self.nnz_before.values()), sum(self.nnz_after.values())
         return (f"PruneReport(n {self.n_before} -> {self.n_after}: {count['constant']} constant, "
-                f"{count['unused']} unused, in {max(self.rounds, default=0)} round(s); "
+                f"{count['unused']} unused, {count['unobservable']} unobservable, in "
+                f"{max(self.rounds, default=0)} round(s); "
                 f"{len(self.closed_form)} closed-form, {len(self.one_step)} one-step, "
                 f"{self.n_iterated} iterated; nnz {nnz0} -> {nnz1}; tol={self.tol:g}, "
                 f"exact={self.exact})")
@@ -270,7 +282,8 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
 
     Repeats, until nothing changes: remove the blocks of states whose rows of ``(A, B)`` are
     zero (constants ``phi(b_i)``, folded into the biases: ``b += A[:, i] phi(b_i)``,
-    ``d += C[:, i] phi(b_i)``) and those whose columns of ``(A; C)`` are zero (unused).
+    ``d += C[:, i] phi(b_i)``) and those whose columns of ``(A; C)`` are zero (unused); then
+    the blocks with no path through ``A`` to the output (unobservable).
     States with zero rows (columns) of ``A`` only are kept and reported as
     :attr:`~PruneReport.closed_form` (:attr:`~PruneReport.one_step`). See the module docstring
     for the derivation, block maps and ``tol``.
@@ -351,6 +364,26 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
             reasons += [why] * idx.size
             rounds += [r] * idx.size
         active &= ~(unused | const)
+
+    # unobservable blocks: no path through A to the output (cycles the column rule cannot peel)
+    if active.any():
+        M = sp.csr_array((np.ones(n), (np.arange(n), block_of)), shape=(n, sizes.size))
+        keep = sp.diags_array(active.astype(np.float64))
+        G = sp.csr_array(M.T @ (keep @ PA @ keep) @ M)  # block I reads block J
+        L = sizes.size
+        seed = _group_any(active & c_cols, starts)
+        src = sp.csr_array((np.ones(int(seed.sum())), (np.full(int(seed.sum()), L), np.flatnonzero(seed))),
+                           shape=(L + 1, L + 1))
+        G = sp.csr_array(sp.block_array([[G, None], [None, sp.csr_array((1, 1))]])) + src
+        seen = np.zeros(L + 1, dtype=bool)
+        seen[breadth_first_order(G, L, directed=True, return_predecessors=False)] = True
+        dead = active & ~seen[:L][block_of]
+        if dead.any():
+            idx = np.flatnonzero(dead)
+            removed += idx.tolist()
+            reasons += ["unobservable"] * idx.size
+            rounds += [r + 1] * idx.size
+            active &= ~dead
 
     kept = np.flatnonzero(active)
     A1, B1, C1 = _take(A, kept, kept), _take(B, kept, None), _take(C, None, kept)
