@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import idlkit as idl
-from idlkit.activations import Blockwise, Product, SoftMax, get_activation
+from idlkit.activations import Blockwise, Centered, Product, SoftMax, get_activation
 from idlkit.compress import (
     FeatureSelection,
     PruneReport,
@@ -594,3 +594,30 @@ def test_unobservable_cycle():
     assert rep.kept == (0, 1, 2) and dict(zip(rep.removed, rep.reasons, strict=True)) == {
         3: "unobservable", 4: "unobservable"}
     assert _max_diff(model, small, _inputs(model)) <= 1e-12
+
+
+def test_edge_cases_blocks_and_empty():
+    U = torch.randn(5, 3, dtype=torch.float64)
+    m0 = idl.ImplicitModel(3, 0, 2, dtype=torch.float64)  # no state at all
+    s, rep = prune_states(m0)
+    assert s.hidden == 0 and rep.removed == () and _max_diff(m0, s, U) == 0.0
+    # one SoftMax block over all states: removed only whole
+    m = idl.ImplicitModel(3, 4, 2, activation="softmax", dtype=torch.float64, tol=1e-14)
+    with torch.no_grad():
+        m.A.zero_()
+        m.B.zero_()  # a constant block softmax(b), folded into d
+    s, rep = prune_states(m)
+    assert s.hidden == 0 and rep.reasons == ("constant",) * 4
+    assert _max_diff(m, s, U) <= 1e-14
+    # a user's Centered(Blockwise(...)): restricted to the kept blocks, still centred
+    act = Centered(Blockwise([(2, "sigmoid"), (4, SoftMax(block_size=2))]))
+    m = idl.ImplicitModel(3, 6, 2, activation=act, dtype=torch.float64, tol=1e-14)
+    with torch.no_grad():
+        m.A[:, 0] = 0
+        m.C[:, 0] = 0
+        m.A[2:4] = 0
+        m.B[2:4] = 0
+    s, rep = prune_states(m)
+    assert dict(zip(rep.removed, rep.reasons, strict=True)) == {0: "unused", 2: "constant", 3: "constant"}
+    assert isinstance(s.activation, Centered) and s.activation.blocks(3).sizes == (1, 2)
+    assert _max_diff(m, s, U) <= 1e-12
