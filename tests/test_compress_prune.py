@@ -109,7 +109,7 @@ def _inputs(model, m=64, seed=1, scale=2.0):
     return torch.randn(m, model.in_features, generator=g, dtype=model.A.dtype) * scale
 
 
-def _check_structure(model, small, rep):
+def _check_structure(model, small, rep, linear=False):
     """Independent checks of a prune result: partition of the states, the kept submatrices,
     maximality (no zero row of (A, B) and no zero column of (A; C) in a kept block), the
     declared well-posedness."""
@@ -120,9 +120,10 @@ def _check_structure(model, small, rep):
     kept = torch.tensor(rep.kept, dtype=torch.long)
     A, B, C = (_dense(model.A), _dense(model.B), _dense(model.C))
     assert torch.equal(_dense(small.A), A[kept][:, kept])
-    assert torch.equal(_dense(small.B), B[kept])
-    assert torch.equal(_dense(small.C), C[:, kept])
-    assert torch.equal(_dense(small.D), _dense(model.D))
+    if not linear:  # substitutions change B, C, D
+        assert torch.equal(_dense(small.B), B[kept])
+        assert torch.equal(_dense(small.C), C[:, kept])
+        assert torch.equal(_dense(small.D), _dense(model.D))
     sizes = small.activation.blocks(small.hidden).sizes
     A1, B1, C1 = _dense(small.A), _dense(small.B), _dense(small.C)
     s0 = 0
@@ -411,10 +412,14 @@ def test_converted_mlp_with_dead_units():
 # ----------------------------------------------------------------------------- hypothesis
 
 
-@given(st.integers(1, 12), st.integers(0, 2**31 - 1), st.sampled_from(["relu", "tanh", "leaky_relu"]),
-       st.booleans(), st.booleans(), st.floats(0.05, 0.9))
-def test_random_patterns(n, seed, act, sparse, bias, density):
+@given(st.integers(1, 12), st.integers(0, 2**31 - 1),
+       st.sampled_from(["relu", "tanh", "leaky_relu", "mixed"]), st.booleans(), st.booleans(),
+       st.floats(0.05, 0.9), st.booleans())
+def test_random_patterns(n, seed, act, sparse, bias, density, linear):
     rng = np.random.default_rng(seed)
+    if act == "mixed":  # identity states (substituted with linear=True) among tanh ones
+        k = n // 2
+        act = Blockwise([(k, "identity"), (n - k, "tanh")]) if 0 < k < n else "identity"
     p, q = 3, 2
     A = rng.normal(size=(n, n)) * (rng.random((n, n)) < density)
     A *= 0.5 / max(np.abs(A).sum(1).max(), 1e-300)
@@ -426,11 +431,15 @@ def test_random_patterns(n, seed, act, sparse, bias, density):
         T = [M.to_sparse_csr() for M in T]
     bb = torch.tensor(rng.normal(size=n)) if bias else None
     model = idl.ImplicitModel.from_matrices(*T, bb, activation=act, **TIGHT)
-    small, rep = prune_states(model)
-    _check_structure(model, small, rep)
+    small, rep = prune_states(model, linear=linear)
+    _check_structure(model, small, rep, linear=linear)
     assert _max_diff(model, small, _inputs(model, m=16)) <= 1e-12
+    if linear:
+        A1 = _dense(small.A)
+        for k, is_lin in enumerate(_lin_mask(small)):
+            assert not is_lin or bool((A1[k] != 0).any() and (A1[:, k] != 0).any())
     # idempotent: a second pass finds nothing
-    again, rep2 = prune_states(small)
+    again, rep2 = prune_states(small, linear=linear)
     assert rep2.removed == () and again.hidden == small.hidden
 
 
@@ -621,3 +630,74 @@ def test_edge_cases_blocks_and_empty():
     assert dict(zip(rep.removed, rep.reasons, strict=True)) == {0: "unused", 2: "constant", 3: "constant"}
     assert isinstance(s.activation, Centered) and s.activation.blocks(3).sizes == (1, 2)
     assert _max_diff(m, s, U) <= 1e-12
+
+
+# ----------------------------------------------------------------------------- linear=True
+
+
+def _lin_mask(model):
+    from idlkit.activations import Identity, block_activations
+
+    return [s == 1 and isinstance(a, Identity) for s, a in block_activations(model.activation, model.hidden)]
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_substitution(sparse, seed):
+    rng = np.random.default_rng(seed)
+    n_lin, n_relu = 10, 10
+    act = Blockwise([(n_lin, "identity"), (n_relu, "relu")])
+    roles = _roles(rng, n_lin + n_relu, core=4)
+    model, S = _planted(act, [1] * (n_lin + n_relu), roles, sparse=sparse, seed=seed)
+    plain, rep0 = prune_states(model)
+    small, rep = prune_states(model, linear=True)
+    U = _inputs(model)
+    assert _max_diff(model, small, U) <= 1e-12
+    assert (small.sparse, small.B.layout, small.C.layout) == (model.sparse, model.B.layout, model.C.layout)
+    why = dict(zip(rep.removed, rep.reasons, strict=True))
+    for i in S["closed"]:
+        assert why.get(int(i)) == ("linear_closed_form" if i < n_lin else None)
+    for i in S["onestep"]:
+        assert why.get(int(i)) == ("linear_one_step" if i < n_lin else None)
+    assert small.hidden <= plain.hidden
+    assert set(rep0.removed) <= set(rep.removed)
+    # no identity state with a zero row or zero column of A is left
+    A1 = _dense(small.A)
+    for k, is_lin in enumerate(_lin_mask(small)):
+        if is_lin:
+            assert bool((A1[k] != 0).any() and (A1[:, k] != 0).any())
+    assert small.certificate().holds["inf"]
+
+
+def test_linear_chains():
+    """Identity states in chains: x0 = B0 u; x1 = 0.5 x0 (closed form once x0 is substituted);
+    x2 = relu(...) reads x1 and itself; x3 = 0.4 x2 + B3 u, x4 = 0.5 x3 read by the output only
+    (one step, then x3 once x4 is substituted). The converters compose linear layers already, so
+    identity states come from hand-built or fitted models."""
+    act = Blockwise([(2, "identity"), (1, "relu"), (2, "identity")])
+    A = torch.zeros(5, 5, dtype=torch.float64)
+    A[1, 0], A[2, 1], A[2, 2], A[3, 2], A[4, 3] = 0.5, 0.3, 0.2, 0.4, 0.5
+    B = torch.zeros(5, 3, dtype=torch.float64)
+    B[0] = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    B[2, 1], B[3, 2] = 1.0, -1.0
+    C = torch.zeros(2, 5, dtype=torch.float64)
+    C[:, 4] = torch.tensor([1.0, -3.0], dtype=torch.float64)
+    C[0, 2] = 0.7
+    D = torch.ones(2, 3, dtype=torch.float64)
+    b = torch.tensor([0.1, -0.2, 0.3, 0.4, -0.5], dtype=torch.float64)
+    model = idl.ImplicitModel.from_matrices(A, B, C, D, b, activation=act, **TIGHT)
+    small, rep = prune_states(model, linear=True)
+    assert rep.kept == (2,) and small.activation.blocks(1).sizes == (1,)
+    got = {i: (w, r) for i, w, r in zip(rep.removed, rep.reasons, rep.rounds, strict=True)}
+    assert got == {0: ("linear_closed_form", 1), 1: ("linear_closed_form", 2),
+                   4: ("linear_one_step", 1), 3: ("linear_one_step", 2)}  # (c) then (d) per round
+    # the substituted model, by hand: x2 = relu(0.2 x2 + 0.3 (0.5 (B0 u + b0) + b1) + B2 u + b2)
+    B2 = 0.3 * 0.5 * B[0] + B[2]
+    assert torch.allclose(_dense(small.B)[0], B2, rtol=0, atol=1e-15)
+    assert float(small.b[0]) == pytest.approx(0.3 * (0.5 * 0.1 - 0.2) + 0.3, abs=1e-15)
+    U = _inputs(model)
+    assert _max_diff(model, small, U) <= 1e-12
+    plain, rep0 = prune_states(model)  # without substitution nothing goes
+    assert rep0.removed == () and set(rep0.closed_form) == {0} and set(rep0.one_step) == {4}
+
+

@@ -12,11 +12,14 @@ Write the state as ``x = (x_1, x_2)`` after a permutation (the model is permutat
     ``x_1 = phi(A_11 x_1 + B_1 u + b_1)`` does not involve it: the states are removed.
 (c) **zero rows of A only**: ``x_2 = phi(B_2 u + b_2)`` in closed form, computed before the
     fixed point of ``x_1``. It is a nonlinear function of ``u`` that the affine maps of a
-    smaller implicit model cannot absorb (except for the identity map), so these states are
-    *kept*, exactly as they are, and listed in :attr:`PruneReport.closed_form`: they need no
-    iteration (a solver sees rows of ``A`` equal to zero).
+    smaller implicit model cannot absorb, so these states are *kept*, exactly as they are, and
+    listed in :attr:`PruneReport.closed_form`: they need no iteration (a solver sees rows of
+    ``A`` equal to zero). Where ``phi`` is the identity on such a state (a ``Blockwise`` segment
+    of ``Identity``), ``linear=True`` substitutes it exactly: ``B_1 += A_12 B_2``,
+    ``b_1 += A_12 b_2``, ``D += C_2 B_2``, ``d += C_2 b_2``.
 (d) **zero columns of A only**: ``x_2 = phi(A_21 x_1 + B_2 u + b_2)`` in one step after
-    ``x_1``; kept as well and listed in :attr:`PruneReport.one_step`.
+    ``x_1``; kept as well and listed in :attr:`PruneReport.one_step`; identity states are
+    substituted with ``linear=True``: ``C_1 += C_2 A_21``, ``D += C_2 B_2``, ``d += C_2 b_2``.
 
 Removing states can create new zero rows (a state that read only constants) or zero columns
 (a state read only by unused states), so (a) and (b) are repeated until nothing changes (each
@@ -66,6 +69,7 @@ from torch import Tensor
 
 from .._matrix import as_matrix, from_scipy_csr, is_sparse
 from .._validation import check_scalar
+from ..activations import Identity, block_activations
 from ..errors import ConfigurationError, NonFiniteError
 from ..model import ImplicitModel
 
@@ -76,6 +80,10 @@ Matrix = np.ndarray | sp.csr_array
 REASONS = {
     "constant": "rows of (A, B) zero: x_i = phi(b_i), folded into b and d (§5.2, B_2 = 0)",
     "unused": "columns of (A; C) zero: x_i is read by nothing (§5.2, C_2 = 0)",
+    "linear_closed_form": "identity map, zero row of A: x_i = B_i u + b_i substituted into B, b, D, d "
+                          "(case (c), linear=True)",
+    "linear_one_step": "identity map, zero column of A: x_i = A_i x + B_i u + b_i substituted into "
+                       "C, D, d (case (d), linear=True)",
     "unobservable": "no path through A to the output: read only by states that are themselves "
                     "unobservable (a cycle; the closure of the column rule)",
 }
@@ -95,8 +103,9 @@ class PruneReport:
         removed: original indices of the removed states, in the order they were removed.
         reasons: one per entry of ``removed``: ``"constant"`` (case (a): zero rows of
             ``(A, B)``, value ``phi(b_i)`` folded into the biases), ``"unused"`` (case (b):
-            zero columns of ``(A; C)``) or ``"unobservable"`` (on a cycle of ``A`` with no path
-            to the output; last round), see :data:`REASONS`.
+            zero columns of ``(A; C)``), ``"linear_closed_form"`` / ``"linear_one_step"``
+            (cases (c) / (d) of an identity state, ``linear=True``) or ``"unobservable"`` (on a
+            cycle of ``A`` with no path to the output; last round), see :data:`REASONS`.
         rounds: the round (1, 2, ...) in which each removed state went: a state removed in a
             later round became prunable once earlier ones were gone (a cascade).
         closed_form: indices *in the pruned model* of the states with zero rows of ``A``
@@ -145,7 +154,8 @@ class PruneReport:
         count = {r: self.reasons.count(r) for r in REASONS}
         nnz0, nnz1 = sum(self.nnz_before.values()), sum(self.nnz_after.values())
         return (f"PruneReport(n {self.n_before} -> {self.n_after}: {count['constant']} constant, "
-                f"{count['unused']} unused, {count['unobservable']} unobservable, in "
+                f"{count['unused']} unused, {count['unobservable']} unobservable, "
+                f"{count['linear_closed_form'] + count['linear_one_step']} substituted, in "
                 f"{max(self.rounds, default=0)} round(s); "
                 f"{len(self.closed_form)} closed-form, {len(self.one_step)} one-step, "
                 f"{self.n_iterated} iterated; nnz {nnz0} -> {nnz1}; tol={self.tol:g}, "
@@ -252,6 +262,21 @@ def _to_tensor(M: Matrix, like: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(M)).to(dtype=like.dtype, device=like.device)
 
 
+def _row_nonzero(M: Matrix) -> np.ndarray:
+    """Whether each row of ``M`` has a nonzero entry (by value: explicit zeros do not count)."""
+    if sp.issparse(M):
+        M = sp.csr_array(M)
+        return np.asarray(abs(M).sum(axis=1)).ravel() > 0
+    return (np.asarray(M) != 0).any(axis=1)
+
+
+def _same_kind(M: object, like: Matrix) -> Matrix:
+    """``M`` as a scipy CSR array when ``like`` is sparse, else as a dense numpy array."""
+    if sp.issparse(like):
+        return sp.csr_array(M)
+    return M.toarray() if sp.issparse(M) else np.asarray(M)
+
+
 def _group_any(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per block: whether any state of it has ``flags`` (blocks start at ``starts``)."""
     if not starts.size:
@@ -277,7 +302,8 @@ def _rebuild(model: ImplicitModel, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
 # ---------------------------------------------------------------------------- states
 
 
-def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel, PruneReport]:
+def prune_states(model: ImplicitModel, tol: float = 0.0, *,
+                 linear: bool = False) -> tuple[ImplicitModel, PruneReport]:
     """Remove the states that paper 000 §5.2 shows are not needed; same outputs.
 
     Repeats, until nothing changes: remove the blocks of states whose rows of ``(A, B)`` are
@@ -292,6 +318,11 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
         model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices, any activation).
         tol: entries of ``A``, ``B``, ``C`` with ``|entry| <= tol`` count as (and are set to)
             zero; ``0`` (default) prunes exactly.
+        linear: also substitute the states whose map is the identity in cases (c) and (d)
+            (then exactly: ``x_i = B_i u + b_i`` into ``B``, ``b`` and ``D``, ``d``;
+            ``x_i = A_i x + B_i u + b_i`` into ``C``, ``D``, ``d``); this changes ``B``, ``C``,
+            ``D`` (fill-in) but not ``A`` beyond the principal submatrix. Off by default: the
+            kept blocks of ``A, B, C`` are then exactly the original's.
 
     Returns:
         ``(small, report)``: an :class:`~idlkit.ImplicitModel` with ``report.n_after`` states,
@@ -327,13 +358,16 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
     if not (np.isfinite(b).all() and np.isfinite(d).all()):
         raise NonFiniteError("the biases b, d have NaN or Inf entries; restore finite parameters first")
     A, B, C = mats["A"], mats["B"], mats["C"]
+    D = as_matrix(model.D.detach())
     PA = _pattern(A)
     PAT = sp.csr_array(PA.T)
-    b_rows = np.asarray(_pattern(B).sum(axis=1)).ravel() > 0
-    c_cols = np.asarray(_pattern(C).sum(axis=0)).ravel() > 0
     sizes = np.asarray(act.blocks(n).sizes, dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if sizes.size else sizes
     block_of = np.repeat(np.arange(sizes.size), sizes)
+    lin = np.zeros(n, dtype=bool)  # states whose map is the identity (substitutable)
+    if linear and n:
+        lin = np.concatenate([np.full(size, size == 1 and isinstance(a, Identity))
+                              for size, a in block_activations(act, n)])
 
     active = np.ones(n, dtype=bool)
     removed: list[int] = []
@@ -341,16 +375,23 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
     rounds: list[int] = []
     r = 0
     while active.any():
+        b_rows = _row_nonzero(B)
+        c_cols = _row_nonzero(C.T)
         live = active.astype(np.float64)
-        reads = (PA @ live > 0) | b_rows  # row of (A, B) over the live states is nonzero
-        read = (PAT @ live > 0) | c_cols  # column of (A; C) over the live states is nonzero
+        a_rows, a_cols = PA @ live > 0, PAT @ live > 0  # rows / columns of A over the live states
+        reads = a_rows | b_rows  # row of (A, B) over the live states is nonzero
+        read = a_cols | c_cols  # column of (A; C) over the live states is nonzero
         alive = _group_any(active, starts)
         unused_g = alive & ~_group_any(read, starts)
         const_g = alive & ~_group_any(reads, starts) & ~unused_g
-        if not (unused_g.any() or const_g.any()):
+        unused, const = unused_g[block_of], const_g[block_of]
+        closed = active & lin & ~a_rows & ~unused & ~const
+        one_step = active & lin & ~a_cols & ~unused & ~const & ~closed
+        if unused.any() or const.any():  # substitutions only when (a), (b) are done
+            closed[:] = one_step[:] = False
+        elif not (closed.any() or one_step.any()):
             break
         r += 1
-        unused, const = unused_g[block_of], const_g[block_of]
         if const.any():
             with torch.no_grad():
                 phi_b = act(torch.from_numpy(b).to(dtype).reshape(n, 1)).double().numpy().ravel()
@@ -358,12 +399,30 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
             value = phi_b[idx]
             b = b + np.asarray(_take(A, None, idx) @ value).ravel()
             d = d + np.asarray(_take(C, None, idx) @ value).ravel()
-        for flag, why in ((unused, "unused"), (const, "constant")):
+        if closed.any():  # x_i = B_i u + b_i: into the rows that read it and into the output
+            idx = np.flatnonzero(closed)
+            Ai, Bi, Ci = _take(A, None, idx), _take(B, idx, None), _take(C, None, idx)
+            B = _same_kind(B + Ai @ Bi, B)
+            D = _same_kind(D + Ci @ Bi, D)
+            b = b + np.asarray(Ai @ b[idx]).ravel()
+            d = d + np.asarray(Ci @ b[idx]).ravel()
+        if one_step.any():  # x_i = A_i x + B_i u + b_i, read by the output only; after the
+            # closed-form ones of this round (folded into B_i, b_i above, dropped from A_i here)
+            idx = np.flatnonzero(one_step)
+            keep = sp.diags_array((active & ~closed).astype(np.float64))
+            Ai = _take(A, idx, None) @ keep  # only the live states: the removed ones are folded
+            Bi, Ci = _take(B, idx, None), _take(C, None, idx)
+            C = _same_kind(C + Ci @ Ai, C)
+            D = _same_kind(D + Ci @ Bi, D)
+            d = d + np.asarray(Ci @ b[idx]).ravel()
+        for flag, why in ((unused, "unused"), (const, "constant"), (closed, "linear_closed_form"),
+                          (one_step, "linear_one_step")):
             idx = np.flatnonzero(flag)
             removed += idx.tolist()
             reasons += [why] * idx.size
             rounds += [r] * idx.size
-        active &= ~(unused | const)
+        active &= ~(unused | const | closed | one_step)
+    c_cols = _row_nonzero(C.T)
 
     # unobservable blocks: no path through A to the output (cycles the column rule cannot peel)
     if active.any():
@@ -392,8 +451,9 @@ def prune_states(model: ImplicitModel, tol: float = 0.0) -> tuple[ImplicitModel,
     like = model.b if has_bias else model.A
     to_vec = (lambda v: torch.from_numpy(v).to(dtype=dtype, device=like.device)) if bias else None
     new_act = act if kept.size == n else act.restrict(torch.from_numpy(kept))
+    D1 = model.D.detach() if not linear else _to_tensor(D, model.D)
     small = _rebuild(model, _to_tensor(A1, model.A), _to_tensor(B1, model.B),
-                     _to_tensor(C1, model.C), model.D.detach(),
+                     _to_tensor(C1, model.C), D1,
                      to_vec(b1) if to_vec else None, to_vec(d1) if to_vec else None, new_act)
 
     # cases (c), (d) on the pruned A, block by block
