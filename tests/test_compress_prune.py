@@ -286,9 +286,12 @@ def test_settings_and_parameters_carried():
     model, _ = _planted("relu", [1] * 10, _roles(np.random.default_rng(1), 10, core=3), seed=1)
     model.B.requires_grad_(False)
     model.eval()
-    small, _ = prune_states(model)
+    small, rep = prune_states(model)
     assert small.settings is model.settings
     assert not small.B.requires_grad and small.A.requires_grad and not small.training
+    assert rep.reason(rep.removed[0]) == rep.reasons[0] and rep.reason(rep.kept[0]) is None
+    small(_inputs(model, m=4)).sum().backward()  # a fresh trainable model: implicit gradients
+    assert small.A.grad is not None and small.A.grad.shape == (small.hidden, small.hidden)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -520,6 +523,7 @@ def test_selected_features_and_prune_inputs(sparse):
         np.testing.assert_allclose(norms, np.linalg.norm(BD, ord=alpha, axis=0), rtol=1e-14)
     small, sel2 = prune_inputs(model)
     assert sel2 == sel and small.in_features == 6 and small.sparse == model.sparse
+    assert (sel.p_before, sel.p_after) == (8, 6)
     U = _inputs(model)
     assert _max_diff(model, small, U, U[:, sel.index()]) <= 1e-12
     # with tol: columns whose entries are all small go; the result is the thresholded model
