@@ -188,12 +188,13 @@ def test_every_case_exact_float64(act, sparse, bias):
     assert "exact=True" in str(rep)
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("act", ["relu", "tanh", "leaky_relu", "sigmoid"])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_every_case_exact_float32(act, sparse):
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_every_case_exact_float32(act, sparse, bias):
     rng = np.random.default_rng(5)
     model, _ = _planted(act, [1] * 20, _roles(rng, 20, core=5), sparse=sparse, dtype=torch.float32,
-                        seed=5)
+                        seed=5, bias=bias)
     small, rep = prune_states(model)
     _check_structure(model, small, rep)
     assert small.A.dtype == torch.float32

@@ -32,9 +32,10 @@ has a solution: for a well-posed model, always). The analogous rows-side closure
 zero rows of ``B`` is a constant too) would need a fixed-point solve to fold its value, so it is
 not done: such states are kept.
 
-Exactness. Each step maps the solution set of the fixed-point equation one-to-one onto that
-of the reduced equation (the removed states are explicit functions of the kept ones), for any
-input ``u``, so the outputs agree whether or not the model is well-posed; they agree to
+Exactness. Each step of (a), (b) and the substitutions maps the solution set of the
+fixed-point equation one-to-one onto that of the reduced equation (the removed states are
+explicit functions of the kept ones), for any input ``u``, so the outputs agree whether or not
+the model is well-posed (the unobservable pass needs only that the original has a solution); they agree to
 rounding (the folded biases sum the same terms in another order). Well-posedness is kept: the
 new ``A`` is a principal submatrix of the old one, which can only lower ``||A||_inf``,
 ``mu_inf(A)`` and ``lambda_pf(|A|)`` and keeps strict (block) upper triangularity, so the
