@@ -8,6 +8,7 @@ and the docstrings, which cite the papers' equations.
 from . import (
     activations,
     compose,
+    compress,
     convert,
     datasets,
     errors,
@@ -22,6 +23,7 @@ from . import (
     wellposed,
 )
 from .activations import get_activation
+from .compress import LowRankImplicitModel
 from .errors import (
     ConfigurationError,
     ConvergenceError,
@@ -32,7 +34,6 @@ from .errors import (
     WellPosednessError,
 )
 from .io import load, save
-from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
 from .rnn import ImplicitRNN
 from .solve import SolveInfo, fixed_point
@@ -50,6 +51,7 @@ __all__ = [
     "load",
     "activations",
     "compose",
+    "compress",
     "convert",
     "datasets",
     "lowrank",

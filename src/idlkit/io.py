@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 
 from ._matrix import sorted_csr
+from .compress import LowRankImplicitModel
 from .errors import IdlError
-from .lowrank import LowRankImplicitModel
 from .model import ImplicitModel
 from .rnn import ImplicitRNN
 

@@ -143,7 +143,7 @@ class ImplicitBase(SolveReports, nn.Module):
     """What every implicit model shares: frozen solver settings, solve reports, the
     projected-gradient hook and the well-posedness protocol.
 
-    :class:`ImplicitModel`, :class:`~idlkit.lowrank.LowRankImplicitModel` and (through its
+    :class:`ImplicitModel`, :class:`~idlkit.compress.LowRankImplicitModel` and (through its
     cell) :class:`~idlkit.rnn.ImplicitRNN` build their :class:`~idlkit.solve.SolverSettings`
     here from the constructor's solver arguments, so that the arguments, their validation
     (registered solver names, tolerances, budgets) and the adjoint's stopping rule are one

@@ -1,0 +1,26 @@
+"""Model compression (paper 000 §5): low-rank models (§5.3), pruning of states and inputs
+(§5.1-5.2); the error of a sparsified ``A`` is bounded by :func:`idlkit.robust.model_error_bound`
+(Thm 5.1, §5.4).
+"""
+
+from .lowrank import (
+    LOWRANK_SOLVERS,
+    LowRankApproximation,
+    LowRankCertificate,
+    LowRankFunction,
+    LowRankImplicitModel,
+)
+from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
+
+__all__ = [
+    "prune_states",
+    "prune_inputs",
+    "selected_features",
+    "PruneReport",
+    "FeatureSelection",
+    "LOWRANK_SOLVERS",
+    "LowRankApproximation",
+    "LowRankCertificate",
+    "LowRankFunction",
+    "LowRankImplicitModel",
+]
