@@ -16,6 +16,7 @@ import idlkit as idl
 from idlkit.errors import ConfigurationError, InputError, NonFiniteError, ShapeError
 from idlkit.robust._model import float64_copy
 from idlkit.robust.linear import linear_bounds
+from idlkit.robust.lp import _lp_tol
 
 F64 = torch.float64
 METHODS = ("box", "ibp", "crown", "alpha-crown", "crown-ibp", "best")
@@ -467,3 +468,22 @@ def test_best_with_budget_adds_lp():
         assert bool((best.lower >= other.lower - 1e-12).all() and (best.upper <= other.upper + 1e-12).all())
     U = _attack_points(net, u0[0], 0.3, 3, 20000, seed=0)
     assert _violations(model, U, best.lower[0], best.upper[0]) == 0
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.1])
+def test_lp_starts_from_crown_and_is_at_least_as_tight(eps):
+    """method='lp' starts from CROWN's state bounds and takes its triangle cuts from its own LP
+    bounds on z: the triangle relaxation with those intervals contains CROWN's and alpha-CROWN's
+    linear bounds, so its output interval is never wider (up to the outward rounding), and it
+    stays sound against the exact MILP range."""
+    net = _net([6, 12, 10, 3], torch.nn.ReLU, seed=5)
+    U = torch.rand(2, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    model = idl.convert.from_torch(net, U)
+    lp = idl.robust.output_bounds(model, U, eps, method="lp")
+    for other in ("crown", "alpha-crown"):
+        ob = idl.robust.output_bounds(model, U, eps, method=other)
+        slack = 2 * torch.from_numpy(_lp_tol(ob.upper.numpy())) + 1e-9  # the LP's outward rounding
+        assert (lp.lower >= ob.lower - slack).all() and (lp.upper <= ob.upper + slack).all(), other
+    for i in range(2):
+        ymin, ymax = _milp_range(net, U[i].numpy(), eps)
+        assert (lp.lower[i].numpy() <= ymin + 1e-7).all() and (lp.upper[i].numpy() >= ymax - 1e-7).all()

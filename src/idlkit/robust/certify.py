@@ -15,7 +15,9 @@ Methods (all float64, all sound: every state/output of every input of the set li
 * ``"lp"``: the LP relaxation of Thm 4.5 (:func:`idlkit.robust.lp_state_bounds`, ReLU only, one
   input at a time, ``2 n`` LPs per round): the state bounds are its per-unit LP bounds; the output
   bounds are ``max +-(C_j x + D_j u) + d_j`` over the same relaxation with those state bounds
-  (``2 q`` more LPs), widened for HiGHS' tolerances. ``k`` supported (hull of eq. 4.2).
+  (``2 q`` more LPs), widened for HiGHS' tolerances. It starts from the tightest cheap box: Thm
+  4.1, IBP and (without ``k``) CROWN's state bounds, intersected (``lp_state_bounds(start=)``).
+  ``k`` supported (hull of eq. 4.2).
 * ``"best"``: the elementwise intersection (max of lowers, min of uppers) of the methods that
   apply: box, IBP, CROWN with IBP-intersected pre-activation bounds, and alpha-CROWN when the
   ``time_budget`` allows it (estimated from CROWN's time); for a ReLU model *with* a
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_scalar
-from ..errors import ConfigurationError, WellPosednessError
+from ..errors import ConfigurationError, InputError, WellPosednessError
 from ._model import as_batch64, as_sigma, check_k, componentwise_maps
 
 __all__ = ["OutputBounds", "StateBounds", "output_bounds", "state_bounds", "BOUND_METHODS"]
@@ -135,7 +137,10 @@ def _linear(model: object, U: np.ndarray, s: np.ndarray, clip: tuple[float, floa
 
 
 def _lp(model: object, U: np.ndarray, s: np.ndarray, k: int | None, clip: tuple[float, float] | None,
-        rounds: int) -> _Four:
+        rounds: int, start: tuple[Tensor, Tensor] | None = None) -> _Four:
+    """LP bounds per input; ``start`` (``(m, n)`` lower and upper state bounds, e.g. CROWN's)
+    is intersected with the LP's own starting box (Thm 4.1 and IBP), so the LP starts from the
+    tightest cheap box and its triangle cuts from the tightest pre-activation intervals."""
     from .lp import LPProblem, _lp_tol, lp_state_bounds
 
     C = model.C.detach().cpu().to(torch.float64)  # type: ignore[attr-defined]
@@ -145,11 +150,16 @@ def _lp(model: object, U: np.ndarray, s: np.ndarray, k: int | None, clip: tuple[
     dv = getattr(model, "d", None)
     dd = np.zeros(C.shape[0]) if dv is None else dv.detach().cpu().to(torch.float64).numpy()
     xs, ys = [], []
-    for u in U:
-        sb = lp_state_bounds(model, u, s, k, clip=clip, rounds=rounds)  # type: ignore[arg-type]
+    for r, u in enumerate(U):
+        st = None if start is None else (start[0][r].numpy(), start[1][r].numpy())
+        try:
+            sb = lp_state_bounds(model, u, s, k, clip=clip, rounds=rounds, start=st)  # type: ignore[arg-type]
+        except InputError:  # a start box that misses the solver's x0 by its tolerance: start without it
+            sb = lp_state_bounds(model, u, s, k, clip=clip, rounds=rounds)  # type: ignore[arg-type]
         lo, hi = sb.lower.numpy(), sb.upper.numpy()
+        zb = None if sb.z_lower is None else (sb.z_lower.numpy(), sb.z_upper.numpy())
         prob = LPProblem.build(model, u, s, k, clip, "hull", True, x0=sb.x0.numpy(),  # type: ignore[arg-type]
-                               x_bounds=(lo, hi))
+                               x_bounds=(lo, hi), z_bounds=zb)
         yl, yh = np.empty(C.shape[0]), np.empty(C.shape[0])
         for j in range(C.shape[0]):
             vmax = prob.maximize(C[j], D[j])[0]
@@ -206,7 +216,8 @@ def _compute(model: object, u0: object, sigma_u: object, k: int | None, method: 
     if method == "crown-ibp":
         return _linear(model, U, s, clip, False, 0, intermediate="ibp"), method, time.perf_counter() - t0
     if method == "lp":
-        return _lp(model, U, s, k, clip, lp_rounds), "lp", time.perf_counter() - t0
+        return _lp(model, U, s, k, clip, lp_rounds, _linear_start(model, U, s, k, clip)), "lp", \
+            time.perf_counter() - t0
     # best: intersect what applies
     results: list[tuple[str, _Four]] = []
 
@@ -234,8 +245,10 @@ def _compute(model: object, u0: object, sigma_u: object, k: int | None, method: 
             elif time.perf_counter() - t0 + (alpha_iters + 2) * tc < budget:
                 attempt("alpha-crown", lambda: _linear(model, U, s, clip, True, alpha_iters,
                                                        intersect_ibp=True))
-        if is_relu and time_budget is not None:
-            _lp_rows(model, U, s, clip, lp_rounds, t0 + budget, results)
+        if is_relu and time_budget is not None and results:
+            start = (torch.stack([r[0] for _, r in results]).amax(0),
+                     torch.stack([r[1] for _, r in results]).amin(0))
+            _lp_rows(model, U, s, clip, lp_rounds, t0 + budget, results, start)
     if not results:
         raise ConfigurationError("no bound method applies to this model; see output_bounds' methods")
     xl = torch.stack([r[0] for _, r in results]).amax(0)
@@ -246,8 +259,20 @@ def _compute(model: object, u0: object, sigma_u: object, k: int | None, method: 
     return (xl, xh, yl, yh), name, time.perf_counter() - t0
 
 
+def _linear_start(model: object, U: np.ndarray, s: np.ndarray, k: int | None,
+                  clip: tuple[float, float] | None) -> tuple[Tensor, Tensor] | None:
+    """CROWN's state bounds (intersected with IBP) as the LP's start box, when they apply."""
+    if k is not None or componentwise_maps(model.activation) is None:  # type: ignore[attr-defined]
+        return None
+    try:
+        out = _linear(model, U, s, clip, False, 0, intersect_ibp=True)
+    except (ConfigurationError, WellPosednessError):
+        return None
+    return out[0], out[1]
+
+
 def _lp_rows(model: object, U: np.ndarray, s: np.ndarray, clip: tuple[float, float] | None, rounds: int,
-             deadline: float, results: list) -> None:
+             deadline: float, results: list, start: tuple[Tensor, Tensor] | None = None) -> None:
     """LP bounds row by row while the time lasts (a row is started when the time left exceeds the
     previous row's LP time, so the budget may be overrun by at most one row); rows without an LP
     keep infinite bounds, so the intersection is unchanged there."""
@@ -263,7 +288,8 @@ def _lp_rows(model: object, U: np.ndarray, s: np.ndarray, clip: tuple[float, flo
             break
         t = time.perf_counter()
         try:
-            out = _lp(model, U[r:r + 1], s, None, clip, rounds)
+            out = _lp(model, U[r:r + 1], s, None, clip, rounds,
+                      None if start is None else (start[0][r:r + 1], start[1][r:r + 1]))
         except (ConfigurationError, WellPosednessError):
             return
         for j in range(4):
