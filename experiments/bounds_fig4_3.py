@@ -14,6 +14,9 @@ coordinates are compared:
   bounds are LPs over the triangle relaxation of the earlier layers with their final bounds), a
   fixed point, so ``rounds`` is ignored on it; the "2 rounds" column is kept for comparison with
   earlier runs (it equals "1 round").
+* **CROWN / alpha-CROWN** (linear bound propagation, :func:`idlkit.robust.state_bounds` with
+  ``method="crown"`` / ``"alpha-crown"``), and the LP started from CROWN's box
+  (``method="lp"``): the bounds the thesis figure did not have, for comparison.
 
 Model: a small ReLU feed-forward network 784-64-32-10 trained on MNIST (2 epochs of Adam, cached in
 ``~/.cache/idlkit/bench/``, shared with ``benchmarks/bench_robust.py``), converted exactly to an
@@ -113,6 +116,11 @@ def bounds_for(model: torch.nn.Module, u0: torch.Tensor, sigma: float, rounds: l
         lb = R.lp_state_bounds(model, u0, sigma, rounds=r)
         sec[f"lp{r}"] = time.perf_counter() - t
         out[f"lp{r}"] = (lb.lower.numpy(), lb.upper.numpy())
+    for key, method in (("crown", "crown"), ("alpha", "alpha-crown"), ("lpc", "lp")):
+        t = time.perf_counter()
+        sb = R.state_bounds(model, u0[None], sigma, method=method)
+        sec[key] = time.perf_counter() - t
+        out[key] = (sb.lower[0].numpy(), sb.upper[0].numpy())
     out["sampled"] = sampled_range(model, u0.numpy(), sigma, m, rng)
     return {"x0": x0, "intervals": out, "seconds": sec}
 
@@ -133,7 +141,8 @@ def figure(path: Path, results: list[dict], coords: tuple[int, int], labels: dic
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    colors = {"ibp": "tab:red", "box": "tab:blue", "lp1": "tab:green", "lp2": "darkgreen"}
+    colors = {"ibp": "tab:red", "box": "tab:blue", "lp1": "tab:green", "lp2": "darkgreen",
+              "crown": "tab:orange", "alpha": "tab:purple", "lpc": "black"}
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0), squeeze=False)
     i, j = coords
     for ax, res in zip(axes[0], results, strict=True):
@@ -182,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MNIST {'-'.join(map(str, WIDTHS))}: test accuracy {acc:.4f}; implicit model n = {n}", flush=True)
     labels = {"ibp": "IBP", "box": "implicit box (Thm 4.1)", "box+": "implicit box ∩ {x >= 0}",
               **{f"lp{r}": f"implicit LP ({r} round{'s' if r > 1 else ''})" for r in args.rounds},
+              "crown": "CROWN (linear bounds)", "alpha": "alpha-CROWN",
+              "lpc": "implicit LP from CROWN's box (output_bounds 'lp')",
               "sampled": "sampled range (inner)"}
     x0_first = true_states(model, Xt[0].numpy())[0]
     active = np.flatnonzero(x0_first[:n_last] > 0)
