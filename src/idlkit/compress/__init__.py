@@ -10,9 +10,14 @@ from .lowrank import (
     LowRankFunction,
     LowRankImplicitModel,
 )
+from .magnitude import CompressionBound, MagnitudePruneReport, compression_bound, magnitude_prune
 from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
 
 __all__ = [
+    "magnitude_prune",
+    "MagnitudePruneReport",
+    "compression_bound",
+    "CompressionBound",
     "prune_states",
     "prune_inputs",
     "selected_features",
