@@ -208,3 +208,21 @@ def test_bad_models_are_typed():
             0.5,
             fine_tune=(torch.zeros(4, 7, dtype=F64), torch.zeros(4, dtype=torch.long)),
         )
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_prune_states_with_a_tolerance_reports_a_bound_that_holds(sparse):
+    from idlkit.compress import prune_states
+
+    for seed in range(3):
+        m = _model(20 + seed, act="tanh", sparse=sparse)
+        U = _U(seed, m=300)
+        vals = np.sort(np.abs(_dense(m.A)).ravel())
+        tol = float(vals[int(0.4 * vals.size)])  # drops 40 % of A's entries (and small ones of B, C)
+        small, rep = prune_states(m, tol, u=U)
+        with torch.no_grad():
+            dy = (small(U) - m(U)).abs()
+        assert rep.bound is not None and bool((dy <= rep.bound.output + 1e-9).all())
+        assert float(rep.bound.output.max()) > 0
+        exact, rep0 = prune_states(m, 0.0, u=U)
+        assert float(rep0.bound.output.max()) <= 1e-12

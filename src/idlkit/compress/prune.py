@@ -118,6 +118,9 @@ class PruneReport:
         max_dropped: largest ``|entry|`` zeroed by ``tol`` in each of ``A``, ``B``, ``C``
             (0 when ``tol = 0``): a nonzero value means the pruned model is exact for the
             thresholded model only (bound the difference with Thm 5.1).
+        bound: with ``prune_states(..., u=U)``, the certified
+            :class:`~idlkit.compress.CompressionBound` of the thresholded model against the
+            original on ``U`` (the pruned model's outputs equal the thresholded one's), else None.
     """
 
     n_before: int
@@ -132,6 +135,7 @@ class PruneReport:
     nnz_after: dict[str, int]
     tol: float
     max_dropped: dict[str, float]
+    bound: object | None = None
 
     @property
     def n_iterated(self) -> int:
@@ -304,7 +308,7 @@ def _rebuild(model: ImplicitModel, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
 
 
 def prune_states(model: ImplicitModel, tol: float = 0.0, *,
-                 linear: bool = False) -> tuple[ImplicitModel, PruneReport]:
+                 linear: bool = False, u: Tensor | None = None) -> tuple[ImplicitModel, PruneReport]:
     """Remove the states that paper 000 §5.2 shows are not needed; same outputs.
 
     Repeats, until nothing changes: remove the blocks of states whose rows of ``(A, B)`` are
@@ -324,6 +328,9 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *,
             ``x_i = A_i x + B_i u + b_i`` into ``C``, ``D``, ``d``); this changes ``B``, ``C``,
             ``D`` (fill-in) but not ``A`` beyond the principal submatrix. Off by default: the
             kept blocks of ``A, B, C`` are then exactly the original's.
+        u: inputs ``(batch, p)``: the report then carries the certified bound on how far the
+            outputs move (:func:`~idlkit.compress.compression_bound`; zero up to rounding when
+            ``tol = 0``), Thm 5.1 extended to ``B`` and ``C``.
 
     Returns:
         ``(small, report)``: an :class:`~idlkit.ImplicitModel` with ``report.n_after`` states,
@@ -475,8 +482,19 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *,
         one_step=tuple(one_step.tolist()),
         nnz_before={k: _nnz(getattr(model, k)) for k in names},
         nnz_after={k: _nnz(getattr(small, k)) for k in names},
-        tol=tol, max_dropped=dropped)
+        tol=tol, max_dropped=dropped,
+        bound=None if u is None else _threshold_bound(model, mats, u))
     return small, report
+
+
+def _threshold_bound(model: ImplicitModel, mats: dict[str, Matrix], u: Tensor) -> object:
+    """The certified bound of the same-size thresholded model (``mats``) against ``model``."""
+    from .magnitude import compression_bound
+
+    same = _rebuild(model, *(_to_tensor(mats[k], getattr(model, k).detach()) for k in ("A", "B", "C")),
+                    model.D.detach(), None if model.b is None else model.b.detach(),
+                    None if model.d is None else model.d.detach(), model.activation)
+    return compression_bound(model, same, u)
 
 
 # ---------------------------------------------------------------------------- inputs
