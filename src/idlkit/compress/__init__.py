@@ -3,6 +3,7 @@
 (Thm 5.1, §5.4).
 """
 
+from .architecture import ShrinkReport, column_group_prox_, shrink
 from .lowrank import (
     LOWRANK_SOLVERS,
     LowRankApproximation,
@@ -14,6 +15,9 @@ from .magnitude import CompressionBound, MagnitudePruneReport, compression_bound
 from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
 
 __all__ = [
+    "shrink",
+    "ShrinkReport",
+    "column_group_prox_",
     "magnitude_prune",
     "MagnitudePruneReport",
     "compression_bound",

@@ -1,0 +1,95 @@
+"""Architecture optimisation: drive a model to fewer states, then remove them (paper 001 §6.4,
+paper 000 §5.1-5.2).
+
+A state ``i`` is unused once its column of ``N = (A; C)`` is zero (§5.2 case (b)); the group
+penalty ``sum_i ||N e_i||_2`` (paper 000 §5, :func:`idlkit.train.group_columns`) favours
+exactly that. :func:`shrink` trains with it by proximal gradient: after every optimizer step the
+columns are shrunk by the group soft threshold (the prox of ``step * weight * ||.||_2``,
+``N e_i <- (1 - step weight / ||N e_i||)_+ N e_i``), so whole columns reach exact zeros instead
+of hovering near them; the well-posedness projection follows (a row-wise l1-ball projection
+keeps zeros at zero). :func:`~idlkit.compress.prune_states` then removes the unused states and
+whatever only fed them, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._validation import check_int, check_scalar
+from ..errors import ConfigurationError
+from ..model import ImplicitModel
+from .prune import PruneReport, _check_model, prune_states
+
+__all__ = ["ShrinkReport", "shrink", "column_group_prox_"]
+
+
+@dataclass(frozen=True)
+class ShrinkReport:
+    """What :func:`shrink` did.
+
+    Attributes:
+        n_before, n_after: state sizes before training and after the removal.
+        zero_columns: states whose column of ``(A; C)`` the training drove to zero.
+        final_loss: the training loss of the last epoch.
+        prune: the :class:`PruneReport` of the removal.
+    """
+
+    n_before: int
+    n_after: int
+    zero_columns: int
+    final_loss: float
+    prune: PruneReport
+
+
+def column_group_prox_(model: ImplicitModel, threshold: float) -> int:
+    """In place: ``N e_i <- (1 - threshold / ||N e_i||_2)_+ N e_i`` for the columns of
+    ``N = (A; C)``; returns the number of zero columns afterwards."""
+    with torch.no_grad():
+        A, C = model.A, model.C
+        norms = torch.sqrt((A * A).sum(0) + (C * C).sum(0))
+        scale = torch.clamp(1.0 - threshold / torch.clamp(norms, min=torch.finfo(norms.dtype).tiny), min=0.0)
+        A.mul_(scale[None, :])
+        C.mul_(scale[None, :])
+        return int(((norms * scale) == 0).sum())
+
+
+def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float = 1e-3, epochs: int = 10,
+           lr: float = 1e-3, batch_size: int = 64, loss: str = "cross_entropy", seed: int = 0,
+           ) -> tuple[ImplicitModel, ShrinkReport]:
+    """Train ``model`` in place with the state-group penalty by proximal Adam steps, then remove
+    the states it switched off (module docstring). Returns ``(smaller model, report)``.
+
+    Args:
+        model: a dense :class:`~idlkit.ImplicitModel` (trained or not).
+        data: ``(X, y)`` for :class:`~idlkit.train.Trainer`.
+        weight: the penalty weight against the mean loss; each step's group threshold is
+            ``lr * weight`` (with Adam's normalised steps, ``weight`` of order 1 starts removing
+            states); larger gives fewer states.
+        epochs, lr, batch_size, loss, seed: the training settings.
+    """
+    from ..train import Trainer
+
+    model = _check_model(model, "shrink")
+    if model.sparse:
+        raise ConfigurationError("shrink trains dense parameters; the model's matrices are sparse (frozen "
+                                 "CSR buffers): use prune_states on it directly, or a dense model")
+    w = float(check_scalar("weight", weight, low=0.0, example=1e-3))
+    step = float(check_scalar("lr", lr, low=0.0, low_inclusive=False, example=1e-3))
+    check_int("epochs", epochs, 1)
+    n_before = model.hidden
+
+    def optimizer(params: object) -> torch.optim.Optimizer:
+        opt = torch.optim.Adam(params, lr=step)  # type: ignore[arg-type]
+        opt.register_step_post_hook(lambda *_: column_group_prox_(model, step * w))
+        return opt
+
+    result = Trainer(optimizer=optimizer, lr=step, epochs=epochs, batch_size=batch_size, loss=loss, seed=seed,
+                     project=True).fit(model, data)
+    zero = column_group_prox_(model, 0.0)
+    small, rep = prune_states(model)
+    last = result.history[-1].train_loss if result.history else float("nan")
+    return small, ShrinkReport(n_before=n_before, n_after=small.hidden, zero_columns=zero,
+                               final_loss=float(last), prune=rep)
