@@ -226,3 +226,23 @@ def test_prune_states_with_a_tolerance_reports_a_bound_that_holds(sparse):
         assert float(rep.bound.output.max()) > 0
         exact, rep0 = prune_states(m, 0.0, u=U)
         assert float(rep0.bound.output.max()) <= 1e-12
+
+
+def test_sparse_models_are_pruned_on_their_values_without_densifying(monkeypatch):
+    import idlkit.compress.magnitude as mg
+
+    m = _model(30, sparse=True)
+    dense = _model(30, sparse=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("densified")
+
+    monkeypatch.setattr(torch.Tensor, "to_dense", refuse)
+    for structured in (False, True):
+        small, rep = mg.magnitude_prune(m, 0.5, structured=structured)
+        assert small.sparse
+        monkeypatch.undo()
+        small_d, rep_d = mg.magnitude_prune(dense, 0.5, structured=structured)
+        assert rep.nnz_after == rep_d.nnz_after and rep.n_after == rep_d.n_after
+        np.testing.assert_array_equal(_dense(small.A), _dense(small_d.A))
+        monkeypatch.setattr(torch.Tensor, "to_dense", refuse)

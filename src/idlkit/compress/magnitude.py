@@ -38,7 +38,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .._matrix import as_dense_array, as_matrix, is_sparse
+from .._matrix import as_dense_array, as_matrix, from_scipy_csr, is_sparse
 from .._validation import check_int, check_probability, check_scalar
 from ..activations import ComponentwiseActivation
 from ..errors import ConfigurationError, ShapeError, WellPosednessError
@@ -179,29 +179,43 @@ def _equilibrium64(model: ImplicitModel, U: Tensor) -> np.ndarray:
         return m.equilibrium(U.to(m.A.device)).cpu().double().numpy()
 
 
-def _masked(model: ImplicitModel, keep: dict[str, Tensor]) -> ImplicitModel:
-    """``model`` with the entries outside ``keep`` (boolean masks or sparse patterns) zeroed."""
-    mats = {}
-    for k in _MATRICES:
-        M = getattr(model, k).detach()
-        if k not in keep:
-            mats[k] = M
-        elif is_sparse(M):
-            S = sp.csr_array(as_matrix(M, dtype=None))
-            S = sp.csr_array(S.multiply(keep[k].cpu().numpy()))
-            S.eliminate_zeros()
-            from .._matrix import from_scipy_csr
+def _thresholded(M: Tensor, thr: float | None, keep_cols: np.ndarray | None) -> Tensor:
+    """``M`` (same layout, dtype, device) with the entries ``|m| <= thr`` and the columns outside
+    ``keep_cols`` set to zero; a sparse matrix is filtered on its values (never densified)."""
+    M = M.detach()
+    if is_sparse(M):
+        S = sp.csr_array(as_matrix(M, dtype=None))
+        data = S.data.copy()
+        if thr is not None:
+            data[np.abs(data) <= thr] = 0.0
+        if keep_cols is not None:
+            data[~keep_cols[S.indices]] = 0.0
+        S = sp.csr_array((data, S.indices.copy(), S.indptr.copy()), shape=S.shape)
+        S.eliminate_zeros()
+        return from_scipy_csr(S, M.dtype, M.device)
+    out = M.clone()
+    if thr is not None:
+        out[out.abs() <= thr] = 0.0
+    if keep_cols is not None:
+        out[:, torch.from_numpy(~keep_cols).to(out.device)] = 0.0
+    return out
 
-            mats[k] = from_scipy_csr(S, M.dtype, M.device)
-        else:
-            mats[k] = M * keep[k].to(M.dtype)
-    return _rebuild(model, mats["A"], mats["B"], mats["C"], mats["D"],
+
+def _values(M: Tensor) -> np.ndarray:
+    """``|entries|`` of ``M`` (the stored values of a sparse matrix), float64."""
+    a = as_matrix(M.detach())
+    return np.abs(a.data if sp.issparse(a) else np.asarray(a).ravel())
+
+
+def _col_abs_sums(M: Tensor) -> np.ndarray:
+    a = as_matrix(M.detach())
+    return np.asarray(abs(a).sum(axis=0)).ravel() if sp.issparse(a) else np.abs(a).sum(axis=0)
+
+
+def _with(model: ImplicitModel, mats: dict[str, Tensor]) -> ImplicitModel:
+    return _rebuild(model, *(mats.get(k, getattr(model, k).detach()) for k in _MATRICES),
                     None if model.b is None else model.b.detach(),
                     None if model.d is None else model.d.detach(), model.activation)
-
-
-def _dense_abs(M: Tensor) -> np.ndarray:
-    return np.abs(as_dense_array(as_matrix(M.detach())))
 
 
 def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool = False,
@@ -246,22 +260,20 @@ def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool =
     removed: tuple[int, ...] = ()
     prune_rep = None
     if structured:
-        A, C = _dense_abs(model.A), _dense_abs(model.C)
-        score = A.sum(axis=0) + C.sum(axis=0)
+        score = _col_abs_sums(model.A) + _col_abs_sums(model.C)
         k_rm = min(n, math.ceil(s * n - 1e-9)) if n else 0
         order = np.argsort(score, kind="stable")[:k_rm]
         threshold = float(score[order].max()) if k_rm else 0.0
-        keep_cols = torch.ones(n, dtype=torch.bool)
-        keep_cols[torch.from_numpy(order.astype(np.int64))] = False
-        masks = {"A": keep_cols[None, :].expand(n, n), "C": keep_cols[None, :].expand(model.out_features, n)}
-        masked = _masked(model, masks)
+        keep_cols = np.ones(n, dtype=bool)
+        keep_cols[order] = False
+        masked = _with(model, {k: _thresholded(getattr(model, k), None, keep_cols) for k in ("A", "C")})
     else:
-        entries = np.concatenate([_dense_abs(getattr(model, k)).ravel() for k in matrices])
+        entries = np.concatenate([_values(getattr(model, k)) for k in matrices])
         nz = np.sort(entries[entries > 0])
         k_rm = math.ceil(s * nz.size - 1e-9)
-        threshold = float(nz[k_rm - 1]) if k_rm else 0.0
-        masks = {k: torch.from_numpy(_dense_abs(getattr(model, k)) > threshold) for k in matrices}
-        masked = _masked(model, masks)
+        threshold = float(nz[k_rm - 1]) if k_rm else -1.0
+        masked = _with(model, {k: _thresholded(getattr(model, k), threshold, None) for k in matrices})
+        threshold = max(threshold, 0.0)
     tuned = 0
     if fine_tune is not None:
         masked = _fine_tune(masked, fine_tune, epochs, lr, loss)
