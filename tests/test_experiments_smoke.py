@@ -106,3 +106,20 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
     for row in runs:
         assert row["n"] > 0 and row["gamma_a_inf"] <= 0.99 + 1e-9 and 0 <= row["sim_test_accuracy"] <= 1
     assert (tmp_path / "sim_newsgroups_quick.md").read_text().startswith("# SIM on hooked states")
+
+
+def test_compression_smoke(tmp_path: Path) -> None:
+    """experiments/compression.py --quick: every compression method on digits, a table and a figure."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(EXP / "compression.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "compression_quick.json").read_text())
+    methods = {r["method"] for r in res["rows"]}
+    assert {"base", "l1 penalty", "group + prune_states", "Frank-Wolfe", "low rank (SVD)",
+            "magnitude (entries)", "magnitude (states)", "SIM l1 (default)", "SIM perspective",
+            "SIM exact"} <= methods
+    for r in res["rows"]:
+        assert "error" in r or (0 <= r["accuracy"] <= 1 and r["nnz"] > 0)
+    assert (tmp_path / "compression_quick.png").stat().st_size > 0
+    assert "Paper 002 Table 1" in (tmp_path / "compression_quick.md").read_text()
