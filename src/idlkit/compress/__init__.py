@@ -11,6 +11,7 @@ from .lowrank import (
     LowRankImplicitModel,
 )
 from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
+from .rank import RankReport, low_rank, nuclear_norm, rank_step
 
 __all__ = [
     "prune_states",
@@ -23,4 +24,8 @@ __all__ = [
     "LowRankCertificate",
     "LowRankFunction",
     "LowRankImplicitModel",
+    "low_rank",
+    "RankReport",
+    "nuclear_norm",
+    "rank_step",
 ]
