@@ -8,10 +8,13 @@
     spectral and Frobenius norms), by :meth:`LowRankImplicitModel.from_dense`.
 
 ``"balanced"``: a low-rank approximation weighted by the Gramians of the linearised system
-    ``x+ = A x + B u``, ``y = C x`` (the fixed-point map read as a discrete-time system, as in
-    balanced truncation). With ``rho(A) < 1`` the Stein (discrete Lyapunov) equations
+    ``x+ = gamma (A x + B u)``, ``y = C x`` (the fixed-point map read as a discrete-time
+    system, as in balanced truncation, with the activation replaced by its largest slope
+    ``gamma``: 1 for CONE maps such as ReLU and tanh, where this is ``x+ = A x + B u``; 1/4 for
+    the sigmoid). With ``A_g = gamma A``, ``B_g = gamma B`` and ``rho(A_g) < 1`` the Stein
+    (discrete Lyapunov) equations
 
-        P = A P A^T + B B^T,      Q = A^T Q A + C^T C                                    (1)
+        P = A_g P A_g^T + B_g B_g^T,      Q = A_g^T Q A_g + C^T C                          (1)
 
     have PSD solutions (scipy.linalg.solve_discrete_lyapunov). Classical balanced truncation
     changes the state coordinates (``x -> T x``) and keeps ``k`` balanced states; that is not
@@ -32,10 +35,10 @@
     are dropped first. It is never worse than ``"svd"`` in the weighted norm (2) (tested),
     and usually worse in the plain spectral norm. At ``k = n`` nothing is truncated and both
     methods return the SVD split of ``A`` itself (so the outputs are those of the dense
-    model to rounding). When ``rho(A) >= 1`` the Gramians do not exist:
-    :class:`~idlkit.errors.ConfigurationError` (a well-posed CONE model has
-    ``rho(A) <= lambda_pf(|A|) < 1`` under the PF certificate, but not always under ``"inf"``
-    with ``gamma < 1`` or ``"mu"``).
+    model to rounding). When ``rho(gamma A) >= 1`` the Gramians do not exist:
+    :class:`~idlkit.errors.ConfigurationError`. Every model certified by the PF condition has
+    ``rho(gamma A) <= lambda_pf(gamma |A|) < 1``, as has every ``"inf"``-certified one
+    (``rho <= ||.||_inf``); a ``"mu"``-certified ``A`` may not.
 
 Well-posedness: the result declares ``wellposedness="pf"``: ``lambda_pf(gamma |R|^T |L|) <=
 kappa`` (< 1), the certificate of the low-rank class (see :mod:`idlkit.compress.lowrank`; it
@@ -149,22 +152,24 @@ def _sqrt_psd(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (V * s) @ V.T, (V / s) @ V.T
 
 
-def balanced_weights(A: np.ndarray, B: np.ndarray, C: np.ndarray, ridge: float = 1e-8
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def balanced_weights(A: np.ndarray, B: np.ndarray, C: np.ndarray, gamma: float = 1.0,
+                     ridge: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
     """``(S_o, S_c)``: square roots of the regularised Gramians of module doc (1).
 
     ``W_c = P + eps_c I``, ``W_o = Q + eps_o I`` with ``eps = ridge * max(trace / n, tiny)``.
-    Raises :class:`ConfigurationError` when ``rho(A) >= 1`` (no Gramians).
+    Raises :class:`ConfigurationError` when ``rho(gamma A) >= 1`` (no Gramians).
     """
     n = A.shape[0]
-    rho = float(np.abs(np.linalg.eigvals(A)).max()) if n else 0.0
+    Ag, Bg = gamma * A, gamma * B
+    rho = float(np.abs(np.linalg.eigvals(Ag)).max()) if n else 0.0
     if not rho < 1:
         raise ConfigurationError(
-            f"method='balanced' needs the Gramians of x+ = A x + B u, y = C x, which exist only "
-            f"for rho(A) < 1; got rho(A) = {rho:.6g}. Use method='svd', or make A contractive "
-            f"first (declare wellposedness='pf' and call model.project_())")
-    P = scipy.linalg.solve_discrete_lyapunov(A, B @ B.T)
-    Q = scipy.linalg.solve_discrete_lyapunov(A.T, C.T @ C)
+            f"method='balanced' needs the Gramians of x+ = gamma (A x + B u), y = C x, which "
+            f"exist only for rho(gamma A) < 1; got rho(gamma A) = {rho:.6g} (gamma = {gamma:g}). "
+            f"Use method='svd', or make A contractive first (declare wellposedness='pf' and "
+            f"call model.project_())")
+    P = scipy.linalg.solve_discrete_lyapunov(Ag, Bg @ Bg.T)
+    Q = scipy.linalg.solve_discrete_lyapunov(Ag.T, C.T @ C)
 
     def reg(W: np.ndarray) -> np.ndarray:
         W = (W + W.T) / 2
@@ -247,7 +252,7 @@ def low_rank(model: ImplicitModel, rank: int, method: str = "svd", repair: bool 
         B, C = _dense64(model.B), _dense64(model.C)
         if not (np.isfinite(B).all() and np.isfinite(C).all()):
             raise NonFiniteError("B or C has NaN/Inf entries: the Gramians are undefined")
-        S_o, S_c = balanced_weights(A, B, C, ridge)
+        S_o, S_c = balanced_weights(A, B, C, out.gamma, ridge)
         M = S_o @ A @ S_c
         U, S, Vt = np.linalg.svd(M)
         wsv = tuple(float(x) for x in S)
