@@ -204,24 +204,46 @@ def test_balanced_never_worse_in_its_weighted_norm(seed, k):
 # ----------------------------------------------------------------------------- certificate
 
 
-def test_certificate_and_repair():
-    m = _model(0, nuc=None, pf=0.9)  # dense-certified, but the SVD split of rank 8 is not
-    with pytest.raises(WellPosednessError, match=r"rank-8.*repair=True"):
-        low_rank(m, 8, "svd", repair=False)
-    _, plain = low_rank(m, 8, "svd", repair=True)
-    small, rep = low_rank(m, 8, "svd")
-    assert rep.repaired and plain.repaired
+@pytest.mark.parametrize("method", ["svd", "balanced"])
+def test_certificate_and_repair(method):
+    m = _model(0, nuc=None, pf=0.9)  # dense-certified, but the SVD split of rank 5 is not
+    with pytest.raises(WellPosednessError, match=r"rank-5.*repair=True"):
+        low_rank(m, 5, method, repair=False)
+    small, rep = low_rank(m, 5, method)
+    assert rep.repaired and rep.split == "sqrt"
     L, R = small.L.detach().numpy(), small.R.detach().numpy()
     value = _rho(np.abs(R).T @ np.abs(L))  # gamma = 1
     assert rep.certificate == pytest.approx(value, rel=1e-10)
     assert rep.certificate <= rep.kappa * (1 + 1e-12) and rep.certificate_before > rep.kappa
     assert rep.rescaled == pytest.approx(math.sqrt(rep.kappa / rep.certificate_before))
-    # the repaired model is the truncation scaled by rescaled^2: at full rank, A itself
-    np.testing.assert_allclose(small.dense_matrix().numpy(), rep.rescaled ** 2 * _A(m), atol=1e-13)
-    assert rep.relative_error == pytest.approx(1 - rep.rescaled ** 2, rel=1e-9)
+    # the repaired model is the truncation scaled by rescaled^2
+    if method == "svd":
+        U, s, Vt = np.linalg.svd(_A(m))
+        X = (U[:, :5] * s[:5]) @ Vt[:5]
+        np.testing.assert_allclose(small.dense_matrix().numpy(), rep.rescaled ** 2 * X, atol=1e-13)
+        assert rep.truncation_error == pytest.approx(s[5] / s[0], rel=1e-10)
+        E = _A(m) - rep.rescaled ** 2 * X
+        assert rep.relative_error == pytest.approx(np.linalg.norm(E, 2) / s[0], rel=1e-10)
     assert small.wellposedness == "pf" and small.certificate(dense=False).holds
     with torch.no_grad():
         small(_inputs(0))  # the declared check passes on forward
+
+
+@pytest.mark.parametrize("method", ["svd", "balanced"])
+def test_full_rank_uses_the_exact_identity_split_when_the_svd_split_fails(method):
+    m = _model(0, nuc=None, pf=0.9)
+    small, rep = low_rank(m, 8, method, repair=False, **SOLVE)
+    assert rep.split == "identity" and not rep.repaired
+    np.testing.assert_allclose(small.L.detach().numpy(), _A(m), atol=0)
+    assert rep.certificate == pytest.approx(0.9, rel=1e-10)  # the dense PF value
+    u = _inputs(0)
+    with torch.no_grad():
+        np.testing.assert_allclose(small(u).numpy(), m(u).numpy(), atol=1e-10, rtol=0)
+    # when even the dense value exceeds kappa, full rank is repaired by rescaling
+    with pytest.raises(WellPosednessError, match="rank-8"):
+        low_rank(m, 8, method, repair=False, kappa=0.8)
+    small2, rep2 = low_rank(m, 8, method, kappa=0.8)
+    assert rep2.repaired and rep2.certificate <= 0.8 * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("method", ["svd", "balanced"])

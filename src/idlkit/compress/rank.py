@@ -42,10 +42,15 @@
 
 Well-posedness: the result declares ``wellposedness="pf"``: ``lambda_pf(gamma |R|^T |L|) <=
 kappa`` (< 1), the certificate of the low-rank class (see :mod:`idlkit.compress.lowrank`; it
-implies the dense one for ``L R^T`` and can be more conservative). When the truncation fails
-it, ``repair=True`` rescales ``L, R`` by ``sqrt(kappa / value)`` each (``L R^T`` is then
-scaled by ``kappa / value``: reported in :attr:`RankReport.rescaled`); ``repair=False``
-raises :class:`~idlkit.errors.WellPosednessError` naming the rank, the value and the fixes.
+implies the dense one for ``L R^T`` and can be more conservative). The certificate depends on
+the split of ``L R^T`` into factors: at full rank the exact split ``L = A``, ``R = I`` (whose
+certificate is the dense ``lambda_pf(gamma |A|)``) is used when the SVD split fails
+(:attr:`RankReport.split`). When the truncation still fails it, ``repair=True`` rescales
+``L, R`` by ``sqrt(kappa / value)`` each (``L R^T`` is then scaled by ``kappa / value``:
+reported in :attr:`RankReport.rescaled`); ``repair=False`` raises
+:class:`~idlkit.errors.WellPosednessError` naming the rank, the value and the fixes. A repair
+adds its own error, so the error of the returned model need not decrease with the rank (the
+truncation's does: :attr:`RankReport.truncation_error`).
 
 Error: :attr:`RankReport.relative_error` is ``||A - L R^T||_2 / ||A||_2`` of the *returned*
 factors (after any repair); with inputs ``u``, :attr:`RankReport.state_bound` is Thm 5.1
@@ -101,6 +106,12 @@ class RankReport:
         state_bound: Thm 5.1 bound ``(batch, n)`` on ``|x(L R^T) - x(A)|`` for the given ``u``
             (``None`` without ``u``, or when Thm 5.1 does not apply: see ``state_bound_note``).
         state_bound_note: why ``state_bound`` is ``None`` when ``u`` was given.
+        split: how ``L R^T`` was split into factors: ``"sqrt"`` (``L = U_k Sigma_k^{1/2}``,
+            ``R = V_k Sigma_k^{1/2}`` of the truncated SVD, weighted for ``"balanced"``) or
+            ``"identity"`` (full rank only: ``L = A``, ``R = I``, chosen when the sqrt split
+            fails the certificate and ``lambda_pf(gamma |A|) <= kappa``; exact, and its
+            certificate is the dense PF one). Positive diagonal rescalings of a split leave the
+            certificate unchanged, so no other diagonal choice can help.
     """
 
     rank: int
@@ -117,6 +128,7 @@ class RankReport:
     rescaled: float
     state_bound: Tensor | None = None
     state_bound_note: str | None = None
+    split: str = "sqrt"
 
     @property
     def max_state_bound(self) -> float | None:
@@ -276,6 +288,16 @@ def low_rank(model: ImplicitModel, rank: int, method: str = "svd", repair: bool 
     before = out._pf_value()
     scale = 1.0
     slack = 1 + 1e-12 if out.L.dtype == torch.float64 else 1 + 1e-5
+    split = "sqrt"
+    if not before <= kappa * slack and rank == n:
+        # at full rank L = A, R = I is exact too, and its certificate is the dense one,
+        # lambda_pf(gamma |A|) <= lambda_pf(gamma |R|^T |L|) of any split (module doc of lowrank)
+        if out.gamma * wp.pf_eigenvalue(np.abs(A)) <= kappa * slack:
+            with torch.no_grad():
+                out.L.copy_(torch.from_numpy(A))
+                out.R.copy_(torch.eye(n, dtype=torch.float64))
+            out._wp_cache = None
+            split, before = "identity", out._pf_value()
     if not before <= kappa * slack:
         if not repair:
             raise WellPosednessError(
@@ -299,7 +321,7 @@ def low_rank(model: ImplicitModel, rank: int, method: str = "svd", repair: bool 
                         relative_error=rel_err(), truncation_error=trunc_err, weighted_error=werr,
                         certificate=after, certificate_before=before, kappa=kappa,
                         repaired=scale != 1.0, rescaled=scale, state_bound=bound,
-                        state_bound_note=note)
+                        state_bound_note=note, split=split)
     return out, report
 
 
