@@ -437,3 +437,49 @@ def test_rank_step_zero_and_full_threshold():
     np.testing.assert_allclose(_A(m), A0, atol=1e-14)
     assert rank_step(m, 1e9) == 0
     assert np.abs(_A(m)).max() == 0.0
+
+
+def test_rank_step_on_a_low_rank_model():
+    g = np.random.default_rng(9)
+    n, k = 10, 6
+    L, R = g.standard_normal((n, k)), g.standard_normal((n, k))
+    c = math.sqrt(0.9 / _rho(np.abs(R).T @ np.abs(L)))
+    t = lambda M: torch.as_tensor(M, dtype=F64)  # noqa: E731
+    m = LowRankImplicitModel.from_factors(t(L * c), t(R * c), t(g.standard_normal((n, 2))),
+                                          t(g.standard_normal((1, n))), t(np.zeros((1, 2))),
+                                          kappa=0.95, **SOLVE)
+    X = m.dense_matrix().numpy()
+    s = np.linalg.svd(X, compute_uv=False)[:k]
+    lam = float(s[2])
+    assert float(nuclear_norm(m)) == pytest.approx(s.sum(), rel=1e-12)
+    assert rank_step(m, lam) == 2
+    X1 = m.dense_matrix().numpy()
+    s1 = np.linalg.svd(X1, compute_uv=False)
+    assert np.linalg.matrix_rank(X1, tol=1e-10 * s[0]) == 2
+    shrunk = np.maximum(s - lam, 0)
+    np.testing.assert_allclose(s1[:k], s1[0] / shrunk[0] * shrunk, atol=1e-12)
+    assert s1[0] <= shrunk[0] * (1 + 1e-12)
+    L1, R1 = m.L.detach().numpy(), m.R.detach().numpy()
+    assert _rho(np.abs(R1).T @ np.abs(L1)) <= 0.95 * (1 + 1e-12)
+    assert m.L.shape == (n, k)
+    with torch.no_grad():
+        m(torch.ones(3, 2, dtype=F64))
+    assert rank_step(m, 1e9) == 0
+
+
+def test_sparse_model_is_factorised_densely():
+    m = _model(4)
+    A = m.A.detach().clone()
+    A[A.abs() < 0.02] = 0
+    sp = idlkit.ImplicitModel.from_matrices(A.to_sparse_csr(), m.B.detach(), m.C.detach(),
+                                            m.D.detach(), m.b.detach(), m.d.detach(),
+                                            wellposedness="inf", **SOLVE)
+    dense = idlkit.ImplicitModel.from_matrices(A, m.B.detach(), m.C.detach(), m.D.detach(),
+                                               m.b.detach(), m.d.detach(), wellposedness="inf", **SOLVE)
+    for method in ("svd", "balanced"):
+        a, ra = low_rank(sp, 3, method)
+        b, rb = low_rank(dense, 3, method)
+        np.testing.assert_allclose(a.dense_matrix().numpy(), b.dense_matrix().numpy(), atol=1e-12)
+        assert ra.relative_error == pytest.approx(rb.relative_error, rel=1e-10)
+    with pytest.raises(ConfigurationError, match="dense"):
+        rank_step(sp, 0.1)

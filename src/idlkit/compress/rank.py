@@ -344,12 +344,16 @@ def nuclear_norm(A: Tensor | nn.Module) -> Tensor:
     zero, prefer the proximal :func:`rank_step`.
 
     Args:
-        A: an ``(n, n)`` (or ``(m, n)``) tensor, or a model with a dense ``A`` parameter.
+        A: an ``(n, n)`` (or ``(m, n)``) tensor, a model with a dense ``A`` parameter, or a
+            :class:`LowRankImplicitModel` (the norm of ``L R^T``, differentiable in ``L, R``).
 
     >>> nuclear_norm(torch.diag(torch.tensor([3.0, -2.0])))
     tensor(5.)
     """
-    M = A.A if isinstance(A, nn.Module) and hasattr(A, "A") else A
+    if isinstance(A, LowRankImplicitModel):
+        M: object = A.L @ A.R.t()
+    else:
+        M = A.A if isinstance(A, nn.Module) and hasattr(A, "A") else A
     if not isinstance(M, Tensor) or M.dim() != 2:
         raise ShapeError(f"nuclear_norm expects a 2-D tensor or a model with a matrix A, got "
                          f"{getattr(M, 'shape', type(M).__name__)}")
@@ -368,7 +372,7 @@ def _numerical_rank(A: Tensor) -> int:
     return int((S > tol).sum())
 
 
-def rank_step(model: ImplicitModel, lam: float) -> int:
+def rank_step(model: ImplicitModel | LowRankImplicitModel, lam: float) -> int:
     """One proximal step of ``lam ||A||_*`` on ``model.A`` in place, then back to the
     well-posedness set; returns the new (numerical) rank of ``A``.
 
@@ -381,10 +385,18 @@ def rank_step(model: ImplicitModel, lam: float) -> int:
     act row by row and would raise it again); for ``"triangular"`` by the model's own
     projection (zeroing the lower part; the rank may then change, and the returned value is
     measured after it); with ``None`` nothing is enforced. Shrinking singular values lowers
-    ``||A||_2`` but can raise ``||A||_inf``, so the rescaling is sometimes needed.
+    ``||A||_2`` but can raise ``lambda_pf(|A|)`` and ``mu_inf(A)`` (examples in the tests), so
+    the rescaling is sometimes needed.
+
+    A :class:`LowRankImplicitModel` is thresholded in its factors: ``L R^T = Q_L (T_L T_R^T)
+    Q_R^T`` (thin QRs), the ``k x k`` SVD of ``T_L T_R^T`` is soft-thresholded and split as
+    ``L = Q_L U sqrt(s')``, ``R = Q_R V sqrt(s')`` (zero columns for the dropped values: the
+    shapes stay ``(n, k)``, ``O(n k^2)``), then :meth:`LowRankImplicitModel.project_` rescales
+    onto ``lambda_pf(gamma |R|^T |L|) <= kappa`` (which keeps the rank).
 
     Args:
-        model: a dense :class:`~idlkit.ImplicitModel` (a sparse ``A`` is frozen).
+        model: a dense :class:`~idlkit.ImplicitModel` (a sparse ``A`` is frozen) or a
+            :class:`LowRankImplicitModel`.
         lam: threshold ``>= 0``.
 
     Returns:
@@ -394,6 +406,8 @@ def rank_step(model: ImplicitModel, lam: float) -> int:
     >>> rank_step(m, 1e9)
     0
     """
+    if isinstance(model, LowRankImplicitModel):
+        return _rank_step_factors(model, float(check_scalar("lam", lam, low=0.0)))
     model = _check_model(model, "rank_step")
     lam = float(check_scalar("lam", lam, low=0.0))
     if model.sparse:
@@ -421,3 +435,25 @@ def rank_step(model: ImplicitModel, lam: float) -> int:
         if kind == "triangular":
             model.project_()
     return _numerical_rank(model.A)
+
+
+def _rank_step_factors(model: LowRankImplicitModel, lam: float) -> int:
+    """:func:`rank_step` on the factors of a low-rank model (see there)."""
+    L, R = model.L, model.R
+    if not (all_finite(L) and all_finite(R)):
+        raise NonFiniteError("L or R has NaN/Inf entries (the last optimizer step diverged): lower "
+                             "the learning rate or restore a checkpoint")
+    with torch.no_grad():
+        Ql, Tl = torch.linalg.qr(L.detach().to(torch.float64))
+        Qr, Tr = torch.linalg.qr(R.detach().to(torch.float64))
+        U, S, Vh = torch.linalg.svd(Tl @ Tr.t())
+        S = torch.clamp(S - lam, min=0.0)
+        sq = S.sqrt()
+        L.copy_(((Ql @ U) * sq).to(L.dtype))
+        R.copy_(((Qr @ Vh.t()) * sq).to(R.dtype))
+        model._wp_cache = None
+        model.project_()
+    if float(S[0]) == 0.0:
+        return 0
+    tol = 10 * model.hidden * float(torch.finfo(L.dtype).eps) * float(S[0])
+    return int((S > tol).sum())
