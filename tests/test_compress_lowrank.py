@@ -216,6 +216,11 @@ def test_certificate_and_repair(method):
     assert rep.certificate == pytest.approx(value, rel=1e-10)
     assert rep.certificate <= rep.kappa * (1 + 1e-12) and rep.certificate_before > rep.kappa
     assert rep.rescaled == pytest.approx(math.sqrt(rep.kappa / rep.certificate_before))
+    if method == "svd":
+        assert small.approximation.rescaled == rep.rescaled
+        assert small.approximation.pf == rep.certificate_before
+    else:
+        assert small.approximation is None
     # the repaired model is the truncation scaled by rescaled^2
     if method == "svd":
         U, s, Vt = np.linalg.svd(_A(m))

@@ -65,6 +65,7 @@ a low rank of ``A`` but gives no algorithm: this is the standard proximal-gradie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -313,7 +314,9 @@ def low_rank(model: ImplicitModel, rank: int, method: str = "svd", repair: bool 
     out._wp_cache = None
     after = out._pf_value()
     out._check_wellposed()
-    out.approximation = None if method == "balanced" else out.approximation
+    # from_dense's record describes the plain SVD split: keep it (updated) for "svd" only
+    out.approximation = (None if method == "balanced" else
+                         dataclasses.replace(appr, pf=before, rescaled=scale))
     bound, note = None, None
     if u is not None:
         bound, note = _state_bound(model, A - _dense64(out.dense_matrix()), u)
