@@ -13,6 +13,7 @@ from .lowrank import (
 )
 from .magnitude import CompressionBound, MagnitudePruneReport, compression_bound, magnitude_prune
 from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
+from .rank import RankReport, low_rank, nuclear_norm, rank_step
 
 __all__ = [
     "shrink",
@@ -32,4 +33,8 @@ __all__ = [
     "LowRankCertificate",
     "LowRankFunction",
     "LowRankImplicitModel",
+    "low_rank",
+    "RankReport",
+    "nuclear_norm",
+    "rank_step",
 ]
