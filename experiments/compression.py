@@ -11,8 +11,9 @@ by every method idlkit has, each at a few strengths:
 * **Frank-Wolfe** (paper 001 §6.2): :func:`idlkit.train.frank_wolfe` from the base model inside
   l1 balls of ``B, C, D`` of a fraction of their current norms (sparse vertices; steps
   ``2 / (t0 + t + 2)`` with ``t0 = 50``, so the first step does not jump to a vertex);
-* **low rank** (paper 000 §5.3): ``LowRankImplicitModel.from_dense(base, k)`` (truncated SVD,
-  PF-certified), parameters ``2 n k`` for ``A``;
+* **low rank** (paper 000 §5.3): :func:`idlkit.compress.low_rank` (truncated SVD, and the
+  Gramian-weighted "balanced" approximation in the original state coordinates; PF-certified,
+  rescaled when needed), parameters ``2 n k`` for ``A``;
 * **magnitude pruning**, unstructured (entries) and structured (states), one epoch of masked
   fine-tuning (:func:`idlkit.compress.magnitude_prune`), with the certified output bound;
 * **SIM** (paper 002): the default ``SIM()`` (l1), the perspective objective and exact matching
@@ -41,7 +42,7 @@ from torch import nn
 
 import idlkit as idl
 from idlkit.baselines import fit_classifier
-from idlkit.compress import magnitude_prune, prune_states, shrink
+from idlkit.compress import low_rank, magnitude_prune, prune_states, shrink
 from idlkit.datasets import load
 from idlkit.sim import SIM
 from idlkit.train import Trainer, frank_wolfe
@@ -153,11 +154,19 @@ def run(args: argparse.Namespace) -> dict:
         frank_wolfe(m, (X, y), steps=args.fw_steps, radii=radii, batch_size=512, t0=50, seed=args.seed)
         rows.append(row("Frank-Wolfe", f"l1 radii x{r:g}", m, test, time.perf_counter() - t))
     for k in args.ranks:
-        t = time.perf_counter()
-        lr_model = idl.LowRankImplicitModel.from_dense(base, k, project=True)
-        rows.append(
-            row("low rank (SVD)", f"rank {k}", lr_model, test, time.perf_counter() - t, n=args.hidden)
-        )
+        for method in ("svd", "balanced"):
+            t = time.perf_counter()
+            lr_model, lr_rep = low_rank(base, k, method=method, u=U)
+            rows.append(
+                row(
+                    f"low rank ({method})",
+                    f"rank {k}{' (rescaled)' if lr_rep.repaired else ''}",
+                    lr_model,
+                    test,
+                    time.perf_counter() - t,
+                    n=args.hidden,
+                )
+            )
     for structured, levels in ((False, args.unstructured), (True, args.structured)):
         for s in levels:
             t = time.perf_counter()

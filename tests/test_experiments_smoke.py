@@ -21,8 +21,7 @@ EXP = ROOT / "experiments"
 
 
 def _data_dir(file: str) -> Path | None:
-    dirs = [*idlkit.datasets.search_dirs(), ROOT / "shared" / "datasets",
-            ROOT.parent / "shared" / "datasets"]
+    dirs = [*idlkit.datasets.search_dirs(), ROOT / "shared" / "datasets", ROOT.parent / "shared" / "datasets"]
     return next((d for d in dirs if (d / file).is_file()), None)
 
 
@@ -30,8 +29,14 @@ def _run(script: str, args: list[str], tmp_path: Path, data: Path | None = None)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if data is not None:
         env["IDLKIT_DATA"] = str(data)
-    proc = subprocess.run([sys.executable, str(EXP / script), *args, "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(EXP / script), *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stem = Path(script).stem
     assert json.loads((tmp_path / f"{stem}.json").read_text())["runs"]
@@ -40,27 +45,71 @@ def _run(script: str, args: list[str], tmp_path: Path, data: Path | None = None)
 
 
 def test_synthetic_smoke(tmp_path: Path) -> None:
-    _run("synthetic_7_2_1.py", ["--seeds", "1", "--epochs", "4", "--lrs", "1e-2", "--eval-every", "2"],
-         tmp_path)
+    _run(
+        "synthetic_7_2_1.py",
+        ["--seeds", "1", "--epochs", "4", "--lrs", "1e-2", "--eval-every", "2"],
+        tmp_path,
+    )
 
 
-@pytest.mark.parametrize(("script", "file"), [("mnist_7_2_2.py", "mnist.npz"),
-                                              ("gtsrb_7_2_3.py", "gtsrb32_gray.npz")])
+@pytest.mark.parametrize(
+    ("script", "file"), [("mnist_7_2_2.py", "mnist.npz"), ("gtsrb_7_2_3.py", "gtsrb32_gray.npz")]
+)
 def test_image_smoke(script: str, file: str, tmp_path: Path) -> None:
     data = _data_dir(file)
     if data is None:
         pytest.skip(f"{file} not found in $IDLKIT_DATA, the idlkit cache or shared/datasets")
-    _run(script, ["--limit", "300", "--epochs", "1", "--test-limit", "500", "--hidden", "20",
-                  "--nn-lrs", "1e-3", "--quiet"], tmp_path, data)
+    _run(
+        script,
+        [
+            "--limit",
+            "300",
+            "--epochs",
+            "1",
+            "--test-limit",
+            "500",
+            "--hidden",
+            "20",
+            "--nn-lrs",
+            "1e-3",
+            "--quiet",
+        ],
+        tmp_path,
+        data,
+    )
 
 
 def test_lstm_robustness_smoke(tmp_path: Path) -> None:
     """experiments/lstm_robustness.py with one epoch, one eps and five digits (bundled digits)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(EXP / "lstm_robustness.py"), "--epochs", "1", "--eps", "1e-3",
-                           "--images", "5", "--samples", "40", "--pgd-steps", "2", "--hidden", "4",
-                           "--l1", "0", "1e-3", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXP / "lstm_robustness.py"),
+            "--epochs",
+            "1",
+            "--eps",
+            "1e-3",
+            "--images",
+            "5",
+            "--samples",
+            "40",
+            "--pgd-steps",
+            "2",
+            "--hidden",
+            "4",
+            "--l1",
+            "0",
+            "1e-3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "lstm_robustness.json").read_text())
     assert [r["l1"] for r in res["runs"]] == [0.0, 1e-3]
@@ -73,9 +122,14 @@ def test_lstm_robustness_smoke(tmp_path: Path) -> None:
 def test_sim_implicit_smoke(tmp_path: Path) -> None:
     """experiments/sim_implicit.py --quick: digits, the default SIM(), 200 test images."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(EXP / "sim_implicit.py"), "--quick", "--test", "200",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=180, env=env,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(EXP / "sim_implicit.py"), "--quick", "--test", "200", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "sim_implicit.json").read_text())
     rows = res["datasets"][0]["rows"]
@@ -92,8 +146,14 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
     if data is not None:
         env["IDLKIT_DATA"] = str(data)
     args = ["--quick", "--out", str(tmp_path)] + ([] if data is not None else ["--skip-newsgroups"])
-    proc = subprocess.run([sys.executable, str(EXP / "sim_newsgroups.py"), *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(EXP / "sim_newsgroups.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "sim_newsgroups_quick.json").read_text())
     for row in res["digits"]:
@@ -102,7 +162,8 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
     runs = res["newsgroups"]["runs"] if data is not None else []
     if data is not None:
         assert [r["fit"].split(",")[0] for r in runs] == ["newsgroups FFN GELU + pooled"] * 4 + [
-            "newsgroups pooled only"]
+            "newsgroups pooled only"
+        ]
     for row in runs:
         assert row["n"] > 0 and row["gamma_a_inf"] <= 0.99 + 1e-9 and 0 <= row["sim_test_accuracy"] <= 1
     assert (tmp_path / "sim_newsgroups_quick.md").read_text().startswith("# SIM on hooked states")
@@ -111,14 +172,30 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
 def test_compression_smoke(tmp_path: Path) -> None:
     """experiments/compression.py --quick: every compression method on digits, a table and a figure."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(EXP / "compression.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(EXP / "compression.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "compression_quick.json").read_text())
     methods = {r["method"] for r in res["rows"]}
-    assert {"base", "l1 penalty", "group + prune_states", "Frank-Wolfe", "low rank (SVD)",
-            "magnitude (entries)", "magnitude (states)", "SIM l1 (default)", "SIM perspective",
-            "SIM exact"} <= methods
+    assert {
+        "base",
+        "l1 penalty",
+        "group + prune_states",
+        "Frank-Wolfe",
+        "low rank (svd)",
+        "low rank (balanced)",
+        "magnitude (entries)",
+        "magnitude (states)",
+        "SIM l1 (default)",
+        "SIM perspective",
+        "SIM exact",
+    } <= methods
     for r in res["rows"]:
         assert "error" in r or (0 <= r["accuracy"] <= 1 and r["nnz"] > 0)
     assert (tmp_path / "compression_quick.png").stat().st_size > 0

@@ -1,6 +1,7 @@
-"""Model compression (paper 000 §5): low-rank models (§5.3), pruning of states and inputs
-(§5.1-5.2); the error of a sparsified ``A`` is bounded by :func:`idlkit.robust.model_error_bound`
-(Thm 5.1, §5.4).
+"""Model compression (paper 000 §5, paper 001 §6): low-rank models and ``low_rank`` (§5.3),
+exact pruning of states and inputs (§5.1-5.2), magnitude pruning, architecture optimisation by
+group-proximal training (``shrink``, paper 001 §6.4); every compression can report a certified
+bound on how far it moves the outputs (``compression_bound``, Thm 5.1 extended, §5.4).
 """
 
 from .architecture import ShrinkReport, column_group_prox_, shrink
