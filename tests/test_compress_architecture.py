@@ -60,3 +60,15 @@ def test_shrink_bad_input():
     )
     with pytest.raises(ConfigurationError, match="sparse"):
         shrink(sparse, (X, y))
+
+
+def test_shrink_reports_a_certified_bound_that_holds():
+    X, y = _data()
+    torch.manual_seed(2)
+    m = idl.ImplicitModel(8, 30, 3, dtype=torch.float64, tol=1e-12)
+    original = __import__("copy").deepcopy(m)
+    U = X[:100].double()
+    small, rep = shrink(m, (X.double(), y), weight=2.0, epochs=3, lr=1e-2, u=U)
+    with torch.no_grad():
+        dy = (small(U) - original(U)).abs()
+    assert rep.bound is not None and bool((dy <= rep.bound.output + 1e-9).all())

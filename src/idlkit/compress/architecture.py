@@ -13,6 +13,7 @@ whatever only fed them, exactly.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,9 @@ class ShrinkReport:
         zero_columns: states whose column of ``(A; C)`` the training drove to zero.
         final_loss: the training loss of the last epoch.
         prune: the :class:`PruneReport` of the removal.
+        bound: with ``u``, the certified :class:`~idlkit.compress.CompressionBound` of the trained
+            model against the model as it was given (the smaller model's outputs equal the
+            trained one's), else None.
     """
 
     n_before: int
@@ -42,6 +46,7 @@ class ShrinkReport:
     zero_columns: int
     final_loss: float
     prune: PruneReport
+    bound: object | None = None
 
 
 def column_group_prox_(model: ImplicitModel, threshold: float) -> int:
@@ -58,7 +63,7 @@ def column_group_prox_(model: ImplicitModel, threshold: float) -> int:
 
 def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float = 1e-3, epochs: int = 10,
            lr: float = 1e-3, batch_size: int = 64, loss: str = "cross_entropy", seed: int = 0,
-           ) -> tuple[ImplicitModel, ShrinkReport]:
+           u: Tensor | None = None) -> tuple[ImplicitModel, ShrinkReport]:
     """Train ``model`` in place with the state-group penalty by proximal Adam steps, then remove
     the states it switched off (module docstring). Returns ``(smaller model, report)``.
 
@@ -69,6 +74,8 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
             ``lr * weight`` (with Adam's normalised steps, ``weight`` of order 1 starts removing
             states); larger gives fewer states.
         epochs, lr, batch_size, loss, seed: the training settings.
+        u: inputs ``(batch, p)``: the report then carries the certified bound on how far the
+            outputs moved from the model as given.
     """
     from ..train import Trainer
 
@@ -80,6 +87,7 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
     step = float(check_scalar("lr", lr, low=0.0, low_inclusive=False, example=1e-3))
     check_int("epochs", epochs, 1)
     n_before = model.hidden
+    original = copy.deepcopy(model) if u is not None else None
 
     def optimizer(params: object) -> torch.optim.Optimizer:
         opt = torch.optim.Adam(params, lr=step)  # type: ignore[arg-type]
@@ -89,7 +97,12 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
     result = Trainer(optimizer=optimizer, lr=step, epochs=epochs, batch_size=batch_size, loss=loss, seed=seed,
                      project=True).fit(model, data)
     zero = column_group_prox_(model, 0.0)
+    bound = None
+    if original is not None:
+        from .magnitude import compression_bound
+
+        bound = compression_bound(original, model, u)
     small, rep = prune_states(model)
     last = result.history[-1].train_loss if result.history else float("nan")
     return small, ShrinkReport(n_before=n_before, n_after=small.hidden, zero_columns=zero,
-                               final_loss=float(last), prune=rep)
+                               final_loss=float(last), prune=rep, bound=bound)
