@@ -42,6 +42,7 @@ from .sdp import sdp_attack
 
 # isort: split
 # --- linear bound propagation (CROWN / alpha-CROWN) and the one entry for all bounds
+from .certified import CertifiedAccuracy, certified_accuracy
 from .certify import BOUND_METHODS, OutputBounds, StateBounds, output_bounds, state_bounds
 from .linear import LinearBounds, linear_bounds
 
@@ -76,5 +77,6 @@ __all__ = [
     "sensitivity_attack", "saliency_attack", "fgsm_attack", "lp_margin_attack", "success_rate",
     # linear bounds and the one entry
     "LinearBounds", "linear_bounds", "OutputBounds", "StateBounds", "output_bounds", "state_bounds",
+    "CertifiedAccuracy", "certified_accuracy",
     "BOUND_METHODS",
 ]
