@@ -79,37 +79,18 @@ def test_image_smoke(script: str, file: str, tmp_path: Path) -> None:
     )
 
 
+def _run_experiment(script: str, args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """Run ``experiments/<script> *args`` on one BLAS thread from the repository root."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(EXP / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
 def test_lstm_robustness_smoke(tmp_path: Path) -> None:
     """experiments/lstm_robustness.py with one epoch, one eps and five digits (bundled digits)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(EXP / "lstm_robustness.py"),
-            "--epochs",
-            "1",
-            "--eps",
-            "1e-3",
-            "--images",
-            "5",
-            "--samples",
-            "40",
-            "--pgd-steps",
-            "2",
-            "--hidden",
-            "4",
-            "--l1",
-            "0",
-            "1e-3",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
+    args = ["--epochs", "1", "--eps", "1e-3", "--images", "5", "--samples", "40", "--pgd-steps", "2",
+            "--hidden", "4", "--l1", "0", "1e-3", "--out", str(tmp_path)]
+    proc = _run_experiment("lstm_robustness.py", args, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "lstm_robustness.json").read_text())
     assert [r["l1"] for r in res["runs"]] == [0.0, 1e-3]
@@ -171,15 +152,7 @@ def test_sim_newsgroups_smoke(tmp_path: Path) -> None:
 
 def test_compression_smoke(tmp_path: Path) -> None:
     """experiments/compression.py --quick: every compression method on digits, a table and a figure."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, str(EXP / "compression.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
+    proc = _run_experiment("compression.py", ["--quick", "--out", str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "compression_quick.json").read_text())
     methods = {r["method"] for r in res["rows"]}

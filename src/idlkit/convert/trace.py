@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,10 +55,12 @@ def _user_frame(stack_trace: str | None) -> str | None:
             code = lines[i + 1].strip() if i + 1 < len(lines) and not lines[i + 1].strip().startswith(
                 "File ") else ""
             frames.append((text, code))
-    frames = [f for f in frames if "/torch/fx/" not in f[0]]
+    torch_dir = os.path.dirname(torch.__file__)
+    fx_dir = os.path.join(torch_dir, "fx")
+    frames = [f for f in frames if fx_dir not in f[0]]
     if not frames:
         return None
-    user = [f for f in frames if "/site-packages/torch/" not in f[0]]
+    user = [f for f in frames if torch_dir not in f[0]]
     text, code = (user or frames)[-1]
     return f"{text}: {code}" if code else text
 

@@ -53,7 +53,20 @@ _K_METHODS = ("box", "lp")
 
 
 @dataclass(frozen=True)
-class OutputBounds:
+class _Bounds:
+    lower: Tensor
+    upper: Tensor
+    method: str
+    seconds: float
+
+    @property
+    def width(self) -> Tensor:
+        """``upper - lower``."""
+        return self.upper - self.lower
+
+
+@dataclass(frozen=True)
+class OutputBounds(_Bounds):
     """``lower <= y(u) <= upper`` for every ``u`` of the set, ``(batch, q)`` float64.
 
     Attributes:
@@ -61,33 +74,14 @@ class OutputBounds:
         seconds: wall time of the computation.
     """
 
-    lower: Tensor
-    upper: Tensor
-    method: str
-    seconds: float
-
-    @property
-    def width(self) -> Tensor:
-        """``upper - lower``, ``(batch, q)``."""
-        return self.upper - self.lower
-
 
 @dataclass(frozen=True)
-class StateBounds:
+class StateBounds(_Bounds):
     """``lower <= x(u) <= upper`` for every ``u`` of the set, ``(batch, n)`` float64.
 
     Attributes:
         method, seconds: as in :class:`OutputBounds`.
     """
-
-    lower: Tensor
-    upper: Tensor
-    method: str
-    seconds: float
-
-    @property
-    def width(self) -> Tensor:
-        return self.upper - self.lower
 
 
 _Four = tuple[Tensor, Tensor, Tensor, Tensor]
