@@ -15,7 +15,7 @@ from .lowrank import (
 )
 from .magnitude import CompressionBound, MagnitudePruneReport, compression_bound, magnitude_prune
 from .prune import FeatureSelection, PruneReport, prune_inputs, prune_states, selected_features
-from .rank import RankReport, low_rank, nuclear_norm, rank_step
+from .rank import RankReport, low_rank, nuclear_norm, rank_step, singular_value_threshold
 from .staged import StagedImplicitModel, Staging, stage_partition
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "RankReport",
     "nuclear_norm",
     "rank_step",
+    "singular_value_threshold",
     "StagedImplicitModel",
     "Staging",
     "stage_partition",
