@@ -95,12 +95,12 @@ def test_factor_steps_descend_and_solve_their_convex_problems():
 
 
 def test_rank_k_fit_reaches_the_unconstrained_objective():
-    U, Y = _rank_teacher(m=60)
+    U, Y = _rank_teacher(m=40)
     runs = {}
     for rank in (None, 2):
         torch.manual_seed(3)
         model = idlkit.ImplicitModel(3, 8, 2, "relu", wellposedness="inf", kappa=0.9, dtype=F64)
-        res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=12, rank=rank, inner_iterations=100)
+        res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=8, rank=rank, inner_iterations=100)
         runs[rank] = (model, res)
     model, res = runs[2]
     # every block, the two factor steps included, is a descent step
