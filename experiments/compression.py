@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
             m, (X, y)
         )
         tol = 1e-3 * max(float(getattr(m, k).detach().abs().max()) for k in "ABC")
-        small, rep = prune_states(m, tol, u=U)
+        small, rep = prune_states(m, tol, split=False, u=U)
         rows.append(
             row(
                 "l1 penalty",
