@@ -202,10 +202,10 @@ def test_lmi_feasible_when_sigma_max_or_pf_below_one(seed: int) -> None:
 
 
 def test_lmi_certifies_what_inf_pf_and_sigma_max_do_not() -> None:
-    # D R D^-1 with R = 0.5 [[1, 1], [-1, 1]] (sigma_max 0.71) and D = diag(1, 10):
-    # A = [[0.5, 0.05], [-5, 0.5]], ||A||_inf = mu_inf = 5.5, lambda_pf(|A|) = 1.0, sigma_max 5.0;
-    # S = diag(1, 1/100) (D^-2) brings it back to R
-    R = 0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]])
+    # D R D^-1 with R = [[0.5, 0.55], [-0.55, 0.5]] (a scaled rotation, sigma_max 0.74) and
+    # D = diag(1, 10): A = [[0.5, 0.055], [-5.5, 0.5]], ||A||_inf = mu_inf = 6.0,
+    # lambda_pf(|A|) = 0.5 + sqrt(0.055 * 5.5) = 1.05, sigma_max 5.5; S = D^-2 brings back R
+    R = np.array([[0.5, 0.55], [-0.55, 0.5]])
     A = np.diag([1.0, 10.0]) @ R @ np.diag([1.0, 0.1])
     rep = wp.check(A, "relu", lmi=True)
     for k in ("inf", "pf", "mu", "l1", "sigma_max", "triangular"):

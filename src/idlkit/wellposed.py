@@ -110,6 +110,14 @@ def _finite_matrix(A: object, name: str = "A") -> np.ndarray | sp.csr_array:
     return M
 
 
+def _finite_square(A: object) -> np.ndarray | sp.csr_array:
+    """:func:`_finite_matrix`, refused with :class:`ShapeError` unless square."""
+    M = _finite_matrix(A)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    return M
+
+
 def inf_norm(A: Tensor | np.ndarray) -> float:
     """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64.
 
@@ -138,9 +146,7 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse input.
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     if M.shape[0] == 0:
         return -math.inf
     d = np.asarray(M.diagonal())
@@ -157,9 +163,7 @@ def mu_1(A: Tensor | np.ndarray) -> float:
     >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
     1.0
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     if M.shape[0] == 0:
         return -math.inf
     d = np.asarray(M.diagonal())
@@ -177,9 +181,7 @@ def mu_2(A: Tensor | np.ndarray) -> float:
     >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
     0.0
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     n = M.shape[0]
     if n == 0:
         return -math.inf
@@ -756,9 +758,7 @@ def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") 
     >>> l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu")
     0.95
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     n = M.shape[0]
     if n == 0:
         return 0.0
@@ -794,9 +794,7 @@ def sigma_max_condition(A: Tensor | np.ndarray, activation: str | Activation = "
     >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
     0.707107
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     n = M.shape[0]
     if n == 0:
         return 0.0
@@ -865,7 +863,7 @@ def diagonal_lmi(A: Tensor | np.ndarray, activation: str | Activation = "relu", 
     so the cost grows like ``n^6``: about 0.2 s at ``n = 20`` and 5-10 s at ``n = 50`` on one
     core); a larger or sparse ``A`` raises :class:`ConfigurationError`.
 
-    >>> r = diagonal_lmi(np.array([[0.5, 5.0], [-0.05, 0.5]]))   # ||A||_inf, pf, sigma_max > 1
+    >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
     >>> r.holds, r.factor < 1
     (True, True)
     """
@@ -1280,7 +1278,7 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
     ``n <= lmi_max_n``; otherwise (sparse, too large, cvxpy missing, solver failure) it is
     recorded in ``skipped`` with the reason, and ``holds`` has no ``lmi`` entry.
 
-    >>> rep = check(np.array([[0.5, 5.0], [-0.05, 0.5]]), "relu", lmi=True)
+    >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
     >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
     (False, False, False, True)
 
