@@ -36,6 +36,17 @@ from .penalties import (
 )
 from .trainer import LOSSES, OPTIMIZERS, EpochRecord, Trainer, TrainResult
 
+# isort: split
+# --- robust training (paper 001 §5)
+from .robust import (
+    ROBUST_METHODS,
+    RobustFitResult,
+    RobustRecord,
+    TrainingCertificate,
+    robust_fit,
+    training_certificate,
+)
+
 __all__ = [
     "frank_wolfe",
     "FWResult",
@@ -73,4 +84,10 @@ __all__ = [
     "FENCHEL_LOSSES",
     "layered_bcd",
     "LayeredBCDResult",
+    "robust_fit",
+    "RobustFitResult",
+    "RobustRecord",
+    "TrainingCertificate",
+    "training_certificate",
+    "ROBUST_METHODS",
 ]
