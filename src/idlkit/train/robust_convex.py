@@ -257,12 +257,14 @@ def _margin_expr(cp: object, C: object, D: object, d: object, R: object, sigma: 
     W = C - ones @ C[t:t + 1, :]
     V = D - ones @ D[t:t + 1, :]
     mt = Uc.shape[1]
-    H = W @ R + V
+    H = W @ R + V if W.shape[1] else V
     shift = (np.abs(H) if isinstance(H, np.ndarray) else cp.abs(H)) @ sigma + (d - d[t])  # type: ignore[attr-defined]
     if isinstance(shift, np.ndarray):
         bias = np.outer(shift, np.ones(mt))
     else:
         bias = cp.reshape(shift, (q, 1), order="F") @ np.ones((1, mt))  # type: ignore[attr-defined]
+    if W.shape[1] == 0:  # no states
+        return V @ Uc + bias
     absW = np.abs(W) if isinstance(W, np.ndarray) else cp.abs(W)  # type: ignore[attr-defined]
     return W @ c + absW @ r + V @ Uc + bias  # type: ignore[attr-defined]
 
@@ -349,41 +351,49 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
     lo, hi, Rn = (t.to(_F64).numpy() for t in (states.lo.T, states.hi.T, states.R))
     c, r = (hi + lo) / 2, np.maximum((hi - lo) / 2, 0.0)
     floor = np.abs(Rn) @ s
-    A, B, C, D = (cp.Variable(M.shape) for M in (A0, B0, C0, D0))  # type: ignore[attr-defined]
-    b = cp.Variable(n) if has_bias else np.zeros(n)  # type: ignore[attr-defined]
+    C = cp.Variable(C0.shape) if n else C0  # type: ignore[attr-defined]
+    D = cp.Variable(D0.shape)  # type: ignore[attr-defined]
     d = cp.Variable(q) if has_bias else np.zeros(q)  # type: ignore[attr-defined]
     ones_m = np.ones((1, m))
 
     def col(v: object, k: int) -> object:
         return cp.reshape(v, (k, 1), order="F") @ ones_m  # type: ignore[attr-defined]
 
-    g = cp.abs(A @ Rn + B - Rn) @ s  # type: ignore[attr-defined]
-    base = B @ Un.T + col(b, n) if has_bias else B @ Un.T
-    absAr = cp.abs(A) @ r  # type: ignore[attr-defined]
-    cons = [hi - (A @ c + absAr + base + col(g, n)) >= 0]
-    active = (lo > -floor[:, None] + 1e-12).astype(float)
-    cons.append(cp.multiply(active, lo - (A @ c - absAr + base - col(g, n))) <= 0)  # type: ignore[attr-defined]
+    cons = []
     if n:
+        A, B = cp.Variable(A0.shape), cp.Variable(B0.shape)  # type: ignore[attr-defined]
+        b = cp.Variable(n) if has_bias else np.zeros(n)  # type: ignore[attr-defined]
+        g = cp.abs(A @ Rn + B - Rn) @ s  # type: ignore[attr-defined]
+        base = B @ Un.T + col(b, n) if has_bias else B @ Un.T
+        absAr = cp.abs(A) @ r  # type: ignore[attr-defined]
+        cons.append(hi - (A @ c + absAr + base + col(g, n)) >= 0)
+        active = (lo > -floor[:, None] + 1e-12).astype(float)
+        cons.append(cp.multiply(active, lo - (A @ c - absAr + base - col(g, n))) <= 0)  # type: ignore[attr-defined]
         cons.append(cp.sum(cp.abs(A), axis=1) <= kappa)  # type: ignore[attr-defined]
+    else:  # no states: y = D u + d (the block is the whole, convex, problem)
+        A, B, b = A0, B0, b0
     terms = []
     for t, idx in _class_groups(Yn):
         Mt = _margin_expr(cp, C, D, d, Rn, s, Un[idx].T, c[:, idx], r[:, idx], t, q)
         terms.append(cp.sum(cp.log_sum_exp(Mt, axis=0)))  # type: ignore[attr-defined]
     loss = sum(terms) / max(m, 1)
     obj = loss
+    mats = [D] + ([B, C] if n else [])
     if weight_decay:
-        obj = obj + weight_decay / 2 * (cp.sum_squares(B) + cp.sum_squares(C) + cp.sum_squares(D))  # type: ignore[attr-defined]
+        obj = obj + weight_decay / 2 * sum(cp.sum_squares(M) for M in mats)  # type: ignore[attr-defined]
     if l1:
-        obj = obj + l1 * (cp.sum(cp.abs(B)) + cp.sum(cp.abs(C)) + cp.sum(cp.abs(D)))  # type: ignore[attr-defined]
+        obj = obj + l1 * sum(cp.sum(cp.abs(M)) for M in mats)  # type: ignore[attr-defined]
     if prox:
-        pr = cp.sum_squares(A - A0) + cp.sum_squares(B - B0) + cp.sum_squares(C - C0) + cp.sum_squares(D - D0)  # type: ignore[attr-defined]
+        pairs = [(D, D0)] + ([(A, A0), (B, B0), (C, C0)] if n else [])
         if has_bias:
-            pr = pr + cp.sum_squares(b - b0) + cp.sum_squares(d - d0)  # type: ignore[attr-defined]
-        obj = obj + prox / 2 * pr
+            pairs += [(d, d0)] + ([(b, b0)] if n else [])
+        obj = obj + prox / 2 * sum(cp.sum_squares(V - V0) for V, V0 in pairs)  # type: ignore[attr-defined]
     prob = cp.Problem(cp.Minimize(obj), cons)  # type: ignore[attr-defined]
     _solve(prob, "the model block of robust training")
 
     def val(v: object, like: np.ndarray) -> Tensor:
+        if like.size == 0:
+            return torch.zeros(like.shape, dtype=_F64)
         arr = np.asarray(v.value if hasattr(v, "value") else v, dtype=np.float64)
         return torch.from_numpy(arr.reshape(like.shape).copy())
 
