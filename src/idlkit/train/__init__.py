@@ -38,6 +38,17 @@ from .penalties import (
 )
 from .trainer import LOSSES, OPTIMIZERS, EpochRecord, Trainer, TrainResult
 
+# isort: split
+# --- robust training (paper 001 §5)
+from .robust import (
+    ROBUST_METHODS,
+    RobustFitResult,
+    RobustRecord,
+    TrainingCertificate,
+    robust_fit,
+    training_certificate,
+)
+
 __all__ = [
     "adversarial_fit",
     "ADVERSARIAL_ATTACKS",
@@ -77,4 +88,10 @@ __all__ = [
     "FENCHEL_LOSSES",
     "layered_bcd",
     "LayeredBCDResult",
+    "robust_fit",
+    "RobustFitResult",
+    "RobustRecord",
+    "TrainingCertificate",
+    "training_certificate",
+    "ROBUST_METHODS",
 ]
