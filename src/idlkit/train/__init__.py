@@ -4,9 +4,11 @@ So far: projected-gradient training (:class:`Trainer`, problem 6.4), Frank-Wolfe
 (:func:`frank_wolfe`, §6.2), the alternating block scheme of §7.1, Fenchel-divergence
 block-coordinate descent (:func:`fenchel_bcd`, paper 001 §4, paper 000 §6.3; its per-layer,
 proxy-free form of paper 001 §7.1, :func:`layered_bcd`), the losses of
-eq. 6.2 (:mod:`.losses`) and the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`).
+eq. 6.2 (:mod:`.losses`), the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`) and
+adversarial training (:func:`adversarial_fit`, the empirical baseline of issue 17).
 """
 
+from .adversarial import ADVERSARIAL_ATTACKS, adversarial_fit
 from .alternating import AlternatingResult, alternating_fit, fit_output_layer
 from .fenchel import (
     FENCHEL_ACTIVATIONS,
@@ -48,6 +50,8 @@ from .robust import (
 )
 
 __all__ = [
+    "adversarial_fit",
+    "ADVERSARIAL_ATTACKS",
     "frank_wolfe",
     "FWResult",
     "FWRecord",
