@@ -216,10 +216,21 @@ def _write(model: object, A: Tensor, B: Tensor, b: Tensor, C: Tensor, D: Tensor,
             P = getattr(model, name)
             if P is not None:
                 P.copy_(val.to(P.dtype))
-        if model.A.shape[0]:  # type: ignore[attr-defined]
-            A64 = model.A.detach().to(_F64)  # type: ignore[attr-defined]
-            if float(A64.abs().sum(1).max()) > kappa:
-                model.A.copy_(wp.project_inf_ball(A64, kappa).to(model.A.dtype))  # type: ignore[attr-defined]
+        _enforce(model, kappa)
+
+
+def _enforce(model: object, kappa: float) -> None:
+    """``||A||_inf <= kappa`` for the matrix as stored (float64 row sums of the model's dtype): the
+    exact projection, onto a radius a few ulps of the model's dtype inside ``kappa`` so that the
+    rounding of a float32 copy cannot leave it outside."""
+    A = model.A  # type: ignore[attr-defined]
+    if not A.shape[0]:
+        return
+    with torch.no_grad():
+        if float(A.detach().to(_F64).abs().sum(1).max()) > kappa:
+            eps = torch.finfo(A.dtype).eps
+            radius = kappa * (1 - 4 * eps * (A.shape[0] + 1))
+            A.copy_(wp.project_inf_ball(A.detach().to(_F64), radius).to(A.dtype))
 
 
 def _accuracy(model: object, U: Tensor, Y: Tensor) -> float:
@@ -399,8 +410,11 @@ def _fit_adversarial(model: object, U: Tensor, Y: Tensor, s: Tensor, options: di
                      ) -> list[RobustRecord]:
     from .adversarial import adversarial_fit  # built on its own branch; imported lazily
 
-    eps = float(s[0]) if bool((s == s[0]).all()) else s
-    res = adversarial_fit(model, U.to(model.A.dtype), Y, eps, **options)  # type: ignore[attr-defined]
+    if not bool((s == s[0]).all()):
+        raise ConfigurationError("method 'adversarial' attacks an l_inf ball: sigma_u must be one number "
+                                 f"(got radii from {float(s.min()):g} to {float(s.max()):g}); pass a scalar "
+                                 "or rescale the inputs")
+    res = adversarial_fit(model, U.to(model.A.dtype), Y, float(s[0]), **options)  # type: ignore[attr-defined]
     hist = [RobustRecord(int(e.epoch), float(e.train_loss), math.nan, float(e.val_accuracy), float(e.seconds))
             for e in res.history]
     if hist:  # the clean training accuracy of the result, measured once at the end
@@ -433,7 +447,8 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
             bounded state satisfies raises :class:`~idlkit.errors.InfeasibleError` naming the rows.
         certify_method: bound method of :func:`idlkit.robust.certified_accuracy` for ``certified``.
         options: ``"adversarial"`` only: passed to ``adversarial_fit`` (``attack``, ``steps``,
-            ``epochs``, ``lr``, ...).
+            ``mix``, ``clip``, Trainer settings); ``epochs``, ``lr``, ``batch_size`` and ``seed`` are
+            this function's own. ``sigma_u`` must then be one number (an ``l_inf`` ball).
 
     Shapes: ``U (m, p)``, ``Y (m,)``; the result's ``recourse`` is ``(n, p)``.
 
@@ -466,16 +481,14 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
         raise ConfigurationError(f"unknown options {sorted(options)} for method {method!r} (extra options "
                                  f"go to adversarial_fit only)")
     # well-posedness first: the fixed points below need ||A||_inf < 1
-    with torch.no_grad():
-        if method != "adversarial" and model.A.shape[0]:  # type: ignore[attr-defined]
-            A64 = model.A.detach().to(_F64)  # type: ignore[attr-defined]
-            if float(A64.abs().sum(1).max()) > kappa:
-                model.A.copy_(wp.project_inf_ball(A64, kappa).to(model.A.dtype))  # type: ignore[attr-defined]
+    if method != "adversarial":
+        _enforce(model, kappa)
     t0 = time.perf_counter()
     R = None
     if method == "adversarial":
         used = "adversarial"
-        history = _fit_adversarial(model, U, Y, s, dict(options))
+        opts = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, **options}
+        history = _fit_adversarial(model, U, Y, s, opts)
     else:
         s_train = torch.zeros_like(s) if method == "lp" else s
         recourse = method == "recourse"
