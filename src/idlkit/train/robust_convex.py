@@ -341,6 +341,15 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
 
     (module docstring: convex in the model). ``prox`` keeps the step near the current model
     ``theta_0`` (a proximal alternating scheme). Without ``has_bias`` ``b`` and ``d`` stay 0.
+
+    The block separates into two convex problems, solved one after the other: the output part
+    ``(C, D, d)`` carries the whole loss and no constraint (exponential cones), the state part
+    ``(A, B, b)`` carries the constraints and only penalties (a QP, itself separable by rows of
+    ``(A, B, b)``, as problem 13 of paper 001). Hence, with the states fixed, ``A`` and ``B`` move
+    only as far as the penalties pull them inside the set the states certify: the loss reaches
+    them through the next state block (their effect on the smallest interval). This is the
+    paper's alternating scheme; the first-order path differentiates through the state block
+    instead, and learns ``A, B`` much faster (see :func:`~idlkit.train.robust_fit`).
     """
     cp = _cvxpy()
     A0, B0, b0, C0, D0, d0 = (t.numpy() for t in _mats(model))
@@ -377,19 +386,31 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
         Mt = _margin_expr(cp, C, D, d, Rn, s, Un[idx].T, c[:, idx], r[:, idx], t, q)
         terms.append(cp.sum(cp.log_sum_exp(Mt, axis=0)))  # type: ignore[attr-defined]
     loss = sum(terms) / max(m, 1)
-    obj = loss
-    mats = [D] + ([B, C] if n else [])
-    if weight_decay:
-        obj = obj + weight_decay / 2 * sum(cp.sum_squares(M) for M in mats)  # type: ignore[attr-defined]
-    if l1:
-        obj = obj + l1 * sum(cp.sum(cp.abs(M)) for M in mats)  # type: ignore[attr-defined]
-    if prox:
-        pairs = [(D, D0)] + ([(A, A0), (B, B0), (C, C0)] if n else [])
-        if has_bias:
-            pairs += [(d, d0)] + ([(b, b0)] if n else [])
-        obj = obj + prox / 2 * sum(cp.sum_squares(V - V0) for V, V0 in pairs)  # type: ignore[attr-defined]
-    prob = cp.Problem(cp.Minimize(obj), cons)  # type: ignore[attr-defined]
-    _solve(prob, "the model block of robust training")
+
+    def penalties(mats: list, pairs: list) -> object:
+        out = 0.0
+        if weight_decay:
+            out = out + weight_decay / 2 * sum(cp.sum_squares(M) for M in mats)  # type: ignore[attr-defined]
+        if l1:
+            out = out + l1 * sum(cp.sum(cp.abs(M)) for M in mats)  # type: ignore[attr-defined]
+        if prox:
+            out = out + prox / 2 * sum(cp.sum_squares(V - V0) for V, V0 in pairs)  # type: ignore[attr-defined]
+        return out
+
+    # the block separates: the loss sees only (C, D, d), the constraints only (A, B, b)
+    out_pairs = [(D, D0)] + ([(C, C0)] if n else []) + ([(d, d0)] if has_bias else [])
+    prob_out = cp.Problem(cp.Minimize(loss + penalties([D] + ([C] if n else []), out_pairs)))  # type: ignore[attr-defined]
+    _solve(prob_out, "the output part (C, D, d) of the model block of robust training")
+    value = float(prob_out.value)
+    if n:
+        st_pairs = [(A, A0), (B, B0)] + ([(b, b0)] if has_bias else [])
+        pen = penalties([B], st_pairs)
+        if isinstance(pen, float):  # no penalty at all: stay at the (feasible) current point
+            A, B, b = A0, B0, b0
+        else:
+            prob_st = cp.Problem(cp.Minimize(pen), cons)  # type: ignore[attr-defined]
+            _solve(prob_st, "the state part (A, B, b) of the model block of robust training")
+            value += float(prob_st.value)
 
     def val(v: object, like: np.ndarray) -> Tensor:
         if like.size == 0:
@@ -398,4 +419,4 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
         return torch.from_numpy(arr.reshape(like.shape).copy())
 
     return ModelStep(val(A, A0), val(B, B0), val(b, b0), val(C, C0), val(D, D0), val(d, d0),
-                     float(prob.value), float(loss.value))
+                     value, float(loss.value))
