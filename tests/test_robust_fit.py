@@ -221,6 +221,21 @@ def test_robust_fit_cvxpy_certificate_holds_and_survives_attacks(method: str) ->
         assert res.history[-1].robust_loss == pytest.approx(res.certificate.worst_case_loss, rel=1e-6)
 
 
+@pytest.mark.parametrize("method", ["counterpart", "lp", "recourse"])
+def test_robust_fit_first_order_certificate_holds(method: str) -> None:
+    model = _model(seed=10)
+    U, Y = _data(40)
+    res = idl.train.robust_fit(model, (U, Y), 0.1, method, solver="first_order", epochs=8, batch_size=16,
+                               lr=2e-2)
+    assert res.solver == "first_order" and len(res.history) == 8
+    assert res.certificate_holds
+    assert float(model.A.abs().sum(1).max()) <= model.kappa + 1e-12
+    assert res.history[-1].robust_loss < res.history[0].robust_loss
+    if method == "recourse":
+        assert res.recourse is not None and float(res.recourse.abs().max()) > 0
+    _certified_survive(model, U, Y, res.sigma_u, res.certificate.certified_mask)
+
+
 def test_first_order_matches_cvxpy_objective() -> None:
     """Both paths minimise the same J(theta). Without states (n = 0: y = D u + d, the robust cross
     entropy with |D_j - D_t| sigma) J is convex: one cvxpy block is its global minimum, and the
