@@ -277,9 +277,10 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     computed from the model alone and verified (module docstring of :mod:`.robust_convex`).
 
     The fixed point is computed in float64, widened by ``2 residual / (1 - ||A||_inf)`` plus a
-    relative ``1e-9`` and then *checked* to satisfy every robust counterpart constraint: the check,
-    not the iteration, is the proof. Margin bounds then certify samples with ``max_{j != t} M_j <
-    0`` (strictly, beyond a ``1e-9`` relative slack).
+    relative ``1e-9`` and then *checked* to satisfy every robust counterpart constraint with a slack
+    above the rounding error of the check: the check, not the iteration, is the proof. Margin
+    bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
+    relative slack).
 
     >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
     >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
@@ -300,8 +301,18 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     pad = 2 * st.residual / (1 - a) + 1e-9 * scale
     st = _widen(st, pad)
     worst, per = constraint_violation(model, U, s, st)
-    ok = per <= 0
-    _, _, _, C, D, d = _mats64(model)
+    # the check itself is rounded: demand a slack above its float64 error (sums of n + p + 2
+    # terms of at most this magnitude each)
+    A64, B64, b64, C, D, d = _mats64(model)
+    n, eps = A64.shape[0], float(torch.finfo(_F64).eps)
+    if n:
+        big = torch.maximum(st.lo.abs(), st.hi.abs())
+        mag = (big @ A64.abs().T + U.abs() @ B64.abs().T + b64.abs()).amax(1) + big.amax(1)
+        mag = mag + 2 * float((st.R.abs() @ s).max())
+    else:
+        mag = torch.zeros(U.shape[0], dtype=_F64)
+    rounding = 8 * (n + U.shape[1] + 2) * eps * (1 + mag)
+    ok = per <= -rounding if n else torch.ones(U.shape[0], dtype=torch.bool)  # n = 0: no state
     M = margin_bounds(C, D, d, st.R, s, U, Y, st.lo, st.hi)
     wc = float(worst_case_cross_entropy(M).mean())
     off = M.clone()
