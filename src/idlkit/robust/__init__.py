@@ -33,6 +33,7 @@ from .attacks import (
     fgsm_attack,
     jsma_attack,
     lp_margin_attack,
+    pgd_attack,
     saliency_attack,
     sensitivity_attack,
     success_rate,
@@ -76,8 +77,8 @@ __all__ = [
     # relaxations and attacks
     "AttackResult", "lp_attack", "lp_state_bounds", "LPStateBounds", "sdp_attack",
     "Budget", "SuccessRate", "attack", "ATTACKS",
-    "sensitivity_attack", "saliency_attack", "fgsm_attack", "jsma_attack", "lp_margin_attack",
-    "success_rate",
+    "sensitivity_attack", "saliency_attack", "fgsm_attack", "pgd_attack", "jsma_attack",
+    "lp_margin_attack", "success_rate",
     # linear bounds and the one entry
     "LinearBounds", "linear_bounds", "OutputBounds", "StateBounds", "output_bounds", "state_bounds",
     "CertifiedAccuracy", "certified_accuracy",

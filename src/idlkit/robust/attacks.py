@@ -25,6 +25,10 @@ Attacks (the "margin" below is ``max_{j != y} yhat_j - yhat_y``: positive = misc
 * :func:`saliency_attack` (§7.3.1, the comparison): the same, with the inputs ranked per sample by
   ``|grad_u loss(u, y)|`` (saliency map).
 * :func:`fgsm_attack`: ``u + epsilon sign(grad_u loss)`` on every input (l_inf).
+* :func:`pgd_attack`: projected gradient descent (Madry et al. 2018), the iterated FGSM: from a
+  random point of the l_inf ball (intersected with ``clip``), ``steps`` sign-gradient steps of the
+  cross-entropy (or margin) loss, each projected back onto the set; the iterate with the largest
+  margin is kept, over ``restarts`` random starts.
 * :func:`jsma_attack` (thesis §4.4; Papernot et al. 2016): the Jacobian saliency map over pairs of
   inputs, moved step by step until the class changes or ``k`` inputs are spent (targeted, or
   untargeted by the best target).
@@ -58,7 +62,7 @@ from .lp import _dense, _to_np, lp_attack, state_sigma
 from .result import AttackResult
 
 __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_attack", "fgsm_attack",
-           "jsma_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
+           "pgd_attack", "jsma_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,98 @@ def fgsm_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
                    "fgsm")
 
 
+def _ball(U: Tensor, budget: Budget, who: str) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]``: the l_inf ball ``|u' - u| <= epsilon`` intersected with ``clip`` (as FGSM's
+    :func:`_perturb` clips); every input may change (``Budget.k`` must be ``None``)."""
+    if budget.epsilon is None:
+        raise ConfigurationError(f"{who} needs Budget.epsilon (the l_inf radius), e.g. Budget(epsilon=0.1)")
+    if budget.k is not None:
+        raise ConfigurationError(f"{who} perturbs every input (Budget.k must be None); for k inputs use "
+                                 f"saliency_attack or sensitivity_attack")
+    lo, hi = U - budget.epsilon, U + budget.epsilon
+    if budget.clip is not None:
+        lo, hi = lo.clamp(min=float(budget.clip[0])), hi.clamp(max=float(budget.clip[1]))
+        if bool((lo > hi).any()):
+            bad = int(torch.nonzero((lo > hi).any(dim=1))[0, 0])
+            raise InputError(f"{who}: input row {bad} lies farther than epsilon = {budget.epsilon:g} outside "
+                             f"clip = {budget.clip}: the attacked set is empty; clip the inputs first "
+                             f"or widen Budget.clip")
+    return lo, hi
+
+
+def _pgd_loss(logits: Tensor, Y: Tensor, loss: str) -> Tensor:
+    """Per-sample loss the attack ascends: cross entropy of the true class, or the margin."""
+    if loss == "ce":
+        return F.cross_entropy(logits, Y, reduction="none")
+    return margins(logits, Y)
+
+
+def pgd_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
+               steps: int = 10, step_size: float | None = None, restarts: int = 1, loss: str = "ce",
+               random_start: bool = True, generator: torch.Generator | None = None) -> AttackResult:
+    """Projected gradient descent in the l_inf ball (Madry et al. 2018; the iterated FGSM).
+
+    The set is ``S = {u' : |u' - u|_inf <= epsilon} ∩ clip^p`` (eq. 4.1 with ``k = None``, clipped
+    as :func:`fgsm_attack` clips). From ``u^0`` uniform in ``S`` (``random_start``; else ``u``)::
+
+        u^{t+1} = Proj_S(u^t + step_size * sign(grad_u L(u^t, y)))        t = 0 .. steps - 1
+
+    with ``L`` the cross entropy of the true class (``loss="ce"``) or the margin ``max_{j != y}
+    yhat_j - yhat_y`` (``loss="margin"``), gradients by the implicit backward. ``Proj_S`` is the
+    componentwise clamp (exact for a box). Of all iterates ``u^0 .. u^steps`` (and all
+    ``restarts``) the one with the largest margin is kept; a restart attacks only the samples no
+    earlier restart has flipped. ``step_size`` defaults to ``2.5 epsilon / steps`` (Madry et al.).
+
+    Shapes: ``u (batch, p)`` or ``(p,)``, ``y (batch,)``; the result's ``u_adv`` has ``u``'s shape,
+    ``value`` (the margin at ``u_adv``) and ``success`` are ``(batch,)``. ``bound`` is ``None``
+    (a heuristic attack: it never certifies robustness).
+
+    >>> model = idlkit.ImplicitModel(4, 6, 3)
+    >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+    >>> r = pgd_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), steps=5)
+    >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-7).all()), r.u_adv.shape
+    (True, torch.Size([5, 4]))
+    """
+    b = as_budget(budget)
+    steps = check_int("steps", steps, 0)
+    restarts = check_int("restarts", restarts, 1)
+    check_choice("loss", loss, ("ce", "margin"))
+    U, Y, squeeze = _inputs(model, u, y)
+    lo, hi = _ball(U, b, "pgd_attack")
+    eps = float(b.epsilon)  # type: ignore[arg-type]
+    alpha = (2.5 * eps / max(steps, 1) if step_size is None
+             else check_positive("step_size", step_size, example=0.01))
+    best_u, best_m = U.clone(), torch.full((U.shape[0],), -math.inf, dtype=U.dtype, device=U.device)
+    todo = torch.arange(U.shape[0], device=U.device)
+    for _ in range(restarts):
+        if todo.numel() == 0:
+            break
+        l, h = lo[todo], hi[todo]
+        Yr = Y[todo]
+        if random_start:
+            r = torch.rand(l.shape, generator=generator, dtype=U.dtype).to(U.device)
+            x = l + r * (h - l)
+        else:
+            x = U[todo].clone()
+        for t in range(steps + 1):
+            with torch.enable_grad():
+                xg = x.clone().requires_grad_(True)
+                logits = model(xg)
+                mg = margins(logits.detach(), Yr)
+                if t < steps:
+                    (g,) = torch.autograd.grad(_pgd_loss(logits, Yr, loss).sum(), xg)
+            better = mg > best_m[todo]
+            if bool(better.any()):
+                idx = todo[better]
+                best_m[idx] = mg[better]
+                best_u[idx] = x[better]
+            if t < steps:
+                x = torch.minimum(torch.maximum(x + alpha * g.sign(), l), h)
+        todo = todo[best_m[todo] <= 0]
+    return _finish(model, U, Y, best_u, squeeze, "pgd",
+                   extra={"steps": steps, "step_size": alpha, "restarts": restarts, "loss": loss})
+
+
 def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
                      objective: str = "margin", card_method: str = "hull", triangle: bool = True
                      ) -> AttackResult:
@@ -438,7 +534,7 @@ def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "sensitivity": sensitivity_attack, "saliency": saliency_attack, "fgsm": fgsm_attack,
-    "lp": lp_margin_attack,
+    "pgd": pgd_attack, "lp": lp_margin_attack,
     "jsma": jsma_attack,
 }
 

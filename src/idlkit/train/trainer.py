@@ -181,6 +181,10 @@ class Trainer:
         dtype: ``torch.float64`` trains (and converts the model) in double precision.
         project: call ``model.project_()`` after every step (projected gradient).
         log: ``f(EpochRecord)`` called after every epoch (e.g. ``print``).
+        transform: ``f(model, X_batch, y_batch) -> X_batch'`` applied to every training batch
+            before the forward pass (same shape; e.g. adversarial examples, see
+            :func:`idlkit.train.adversarial_fit`); the objective and ``train_loss`` are measured
+            on its output. Validation data is never transformed.
     """
 
     def __init__(self, *, loss: str | Callable[..., Tensor] = "cross_entropy",
@@ -189,7 +193,8 @@ class Trainer:
                  batch_size: int = 100, schedule: str = "constant",
                  penalties: Sequence[tuple[str | Callable[[nn.Module], Tensor], float]] = (),
                  patience: int | None = None, seed: int = 0, dtype: torch.dtype | None = None,
-                 project: bool = True, log: Callable[[EpochRecord], object] | None = None) -> None:
+                 project: bool = True, log: Callable[[EpochRecord], object] | None = None,
+                 transform: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> None:
         if isinstance(loss, str) and loss not in LOSSES:
             raise ConfigurationError(f"unknown loss {loss!r}; choose one of {list(LOSSES)} or pass "
                                      f"a callable")
@@ -210,11 +215,14 @@ class Trainer:
                                          f"or pass a callable model -> scalar")
             check_positive(f"the weight of penalty {pen!r}", w, allow_zero=True, example=1e-4)
         check_choice("dtype", dtype, (None, torch.float32, torch.float64))
+        if transform is not None and not callable(transform):
+            raise ConfigurationError(f"transform must be a callable (model, X, y) -> X or None, got "
+                                     f"{type(transform).__name__}")
         self.loss, self.optimizer, self.lr = loss, optimizer, float(lr)
         self.weight_decay, self.momentum = float(weight_decay), float(momentum)
         self.epochs, self.batch_size, self.schedule = epochs, batch_size, schedule
         self.penalties, self.patience, self.seed = tuple(penalties), patience, int(seed)
-        self.dtype, self.project, self.log = dtype, project, log
+        self.dtype, self.project, self.log, self.transform = dtype, project, log, transform
 
     # ------------------------------------------------------------------ pieces
 
@@ -260,6 +268,13 @@ class Trainer:
                 value = PENALTIES[pen](model.A, model.B, model.C, model.D)
             total = total + w * value
         return total
+
+    def _transformed(self, model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        out = self.transform(model, xb, yb)  # type: ignore[misc]
+        if not isinstance(out, Tensor) or out.shape != xb.shape:
+            raise ShapeError(f"transform must return a tensor of the batch's shape {tuple(xb.shape)}, got "
+                             f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+        return out.detach().to(xb.dtype)
 
     def _loss_fn(self) -> Callable[..., Tensor]:
         return LOSSES[self.loss] if isinstance(self.loss, str) else self.loss
@@ -367,7 +382,10 @@ class Trainer:
             total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
             for i in range(0, X.shape[0], self.batch_size):
                 idx = perm[i:i + self.batch_size]
-                objective = loss_fn(model(X[idx]), y[idx])
+                xb = X[idx]
+                if self.transform is not None:
+                    xb = self._transformed(model, xb, y[idx])
+                objective = loss_fn(model(xb), y[idx])
                 if self.penalties:
                     objective = objective + self._penalty(model)
                 value = float(objective.detach())
