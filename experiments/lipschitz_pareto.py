@@ -134,7 +134,7 @@ def train(model: nn.Module, kind: str, lam: float, data: dict, args: argparse.Na
             opt.step()
             if kind == "inf":
                 model.project_()
-            tot, nb = tot + float(loss), nb + 1
+            tot, nb = tot + float(loss.detach()), nb + 1
         hist.append({"epoch": ep + 1, "objective": tot / nb, "seconds": time.perf_counter() - t0})
         log(f"  {kind:3s} lambda={lam:g} epoch {ep + 1}: objective {tot / nb:.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mon-m", type=float, default=0.05)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])
     ap.add_argument("--models", nargs="+", default=list(KINDS), choices=KINDS)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--limit", type=int, default=20000, help="training images (0: all)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--limit", type=int, default=30000, help="training images (0: all)")
     ap.add_argument("--test", type=int, default=0, help="test images (0: all)")
     ap.add_argument("--attack-test", type=int, default=2000)
     ap.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
@@ -329,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     if args.quick:
-        args.dataset, args.hidden, args.epochs, args.limit, args.test, args.lr = "digits", 20, 6, 0, 0, 1e-2
-        args.lambdas, args.eps, args.attack_test = [0.0, 1e-2], [0.0, 0.2], 200
-        args.emp_pairs, args.emp_steps = 20, 5
+        args.dataset, args.hidden, args.epochs, args.limit, args.test, args.lr = "digits", 16, 3, 600, 0, 1e-2
+        args.lambdas, args.eps, args.attack_test = [0.0, 1e-2], [0.0, 0.2], 100
+        args.emp_pairs, args.emp_steps = 10, 3
     torch.set_num_threads(1)
     res = run(args)
     res["machine"] = machine()
