@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])
     ap.add_argument("--models", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--limit", type=int, default=30000, help="training images (0: all)")
+    ap.add_argument("--limit", type=int, default=0, help="training images (0: all)")
     ap.add_argument("--test", type=int, default=0, help="test images (0: all)")
     ap.add_argument("--attack-test", type=int, default=2000)
     ap.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
