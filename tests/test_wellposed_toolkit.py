@@ -90,9 +90,10 @@ def test_mu_parametrization_always_in_the_set(seed, n, gamma, scale):
     for i in range(n):
         if T[i, i] >= 0:
             assert rows[i] == pytest.approx(gamma, abs=1e-10 * (1 + scale * n))
-    # right_inverse reproduces any A of the set
-    P = wp.MuInfParametrization(gamma)
-    torch.testing.assert_close(P(P.right_inverse(A)), A, rtol=0, atol=1e-10 * (1 + scale * n))
+    # right_inverse reproduces any A of the set (the module takes gamma < 1 only: well-posedness)
+    if gamma < 1:
+        P = wp.MuInfParametrization(gamma)
+        torch.testing.assert_close(P(P.right_inverse(A)), A, rtol=0, atol=1e-10 * (1 + scale * n))
 
 
 def test_mu_parametrization_trains_inside_the_set():

@@ -631,11 +631,20 @@ class MuInfParametrization(torch.nn.Module):
     ``parametrize.register_parametrization(model, "A", MuInfParametrization(0.9))``
     makes ``model.A`` satisfy ``mu_inf(A) <= 0.9`` after every optimizer step.
     (``right_inverse`` maps an ``A`` already in the set to a ``T`` producing it.)
+
+    The module exists to keep a model well-posed (paper 004 trains with ``mu_inf(A) <= gamma``,
+    "``gamma < 1`` is a hyperparameter"), so ``gamma`` must be a finite number below 1
+    (negative values ask for a strictly contracting flow); ``gamma >= 1`` raises
+    :class:`ConfigurationError`. For an activation with slopes up to ``L`` pass ``gamma < 1 / L``.
+    :func:`mu_parametrization` itself describes the set for any ``gamma``.
     """
 
     def __init__(self, gamma: float) -> None:
         super().__init__()
-        self.gamma = float(gamma)
+        self.gamma = float(check_scalar(
+            "gamma", gamma, high=1.0, high_inclusive=False, example=0.95,
+            why="mu_inf(A) <= gamma certifies well-posedness of x = phi(A x + B u + b) only "
+                "for gamma < 1 (paper 004)"))
 
     def forward(self, T: Tensor) -> Tensor:
         return mu_parametrization(T, self.gamma)

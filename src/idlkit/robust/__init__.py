@@ -2,8 +2,9 @@
 
 Certified bounds (float64): state bounds under box and cardinality-constrained inputs
 (eq. 4.1-4.5, Thm 4.1-4.2), the sensitivity matrix (Thm 4.3-4.4), Lipschitz bounds
-(eq. 4.8, paper 004), worst-case losses (§4.4), the model-error bound (Thm 5.1), and
-interval bound propagation for comparison (paper 003 Fig. 4.3).
+(eq. 4.8, paper 004) next to their empirical lower bound by gradient ascent, worst-case
+losses (§4.4), the model-error bound (Thm 5.1), and interval bound propagation for
+comparison (paper 003 Fig. 4.3).
 """
 
 # --- bounds, sensitivity, Lipschitz, worst-case losses, model error, IBP
@@ -31,6 +32,7 @@ from .attacks import (
     SuccessRate,
     attack,
     fgsm_attack,
+    inversion_attack,
     jsma_attack,
     lp_margin_attack,
     pgd_attack,
@@ -46,6 +48,7 @@ from .sdp import sdp_attack
 # --- linear bound propagation (CROWN / alpha-CROWN) and the one entry for all bounds
 from .certified import CertifiedAccuracy, certified_accuracy
 from .certify import BOUND_METHODS, OutputBounds, StateBounds, output_bounds, state_bounds
+from .empirical import EmpiricalLipschitz, empirical_lipschitz
 from .linear import LinearBounds, linear_bounds
 
 __all__ = [
@@ -78,9 +81,10 @@ __all__ = [
     "AttackResult", "lp_attack", "lp_state_bounds", "LPStateBounds", "sdp_attack",
     "Budget", "SuccessRate", "attack", "ATTACKS",
     "sensitivity_attack", "saliency_attack", "fgsm_attack", "pgd_attack", "jsma_attack",
-    "lp_margin_attack", "success_rate",
+    "inversion_attack", "lp_margin_attack", "success_rate",
     # linear bounds and the one entry
     "LinearBounds", "linear_bounds", "OutputBounds", "StateBounds", "output_bounds", "state_bounds",
     "CertifiedAccuracy", "certified_accuracy",
+    "EmpiricalLipschitz", "empirical_lipschitz",
     "BOUND_METHODS",
 ]

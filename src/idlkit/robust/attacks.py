@@ -62,7 +62,7 @@ from .lp import _dense, _to_np, lp_attack, state_sigma
 from .result import AttackResult
 
 __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_attack", "fgsm_attack",
-           "pgd_attack", "jsma_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
+           "pgd_attack", "jsma_attack", "inversion_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
 
 
 @dataclass(frozen=True)
@@ -532,10 +532,42 @@ def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
     return _finish(model, U, Y, Uadv, squeeze, "jsma", extra={"target": best_t})
 
 
+def inversion_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
+                     center: float = 0.5) -> AttackResult:
+    """Inversion attack of paper 004 (slides, "Empirical robustness of INNs"):
+    ``u_adv = clip(u + epsilon sign(center - u))``, every pixel pushed towards the middle grey
+    (``center = 1/2`` for inputs in ``[0, 1]``), clipped to ``Budget.clip`` when given (the
+    domain of the other attacks; a float budget is ``Budget(epsilon=...)``, unclipped as in the
+    paper's formula). Needs no gradient, so any classifier ``(batch, p) -> (batch, q)`` works
+    (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.baselines.MON`, MLPs).
+
+    >>> net = torch.nn.Linear(4, 3)
+    >>> r = inversion_attack(net, torch.tensor([[0., 1., .2, .9]]), torch.tensor([0]), 0.25)
+    >>> r.u_adv
+    tensor([[0.2500, 0.7500, 0.4500, 0.6500]])
+    """
+    b = as_budget(budget)
+    if b.epsilon is None or b.k is not None:
+        raise ConfigurationError(f"inversion_attack moves every input by epsilon: it needs "
+                                 f"Budget.epsilon and Budget.k=None, got {b!r}")
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    p = getattr(model, "in_features", u.shape[-1] if isinstance(u, Tensor) else 0)
+    U, squeeze = batch_input(u, p, dtype, None)
+    Y = torch.as_tensor(y, device=U.device).reshape(-1)
+    if Y.is_floating_point() or Y.shape[0] != U.shape[0]:
+        raise InputError(f"y must hold {U.shape[0]} integer class labels, got {Y.dtype} "
+                         f"{tuple(Y.shape)}")
+    Uadv = U + b.epsilon * torch.sign(float(center) - U)
+    if b.clip is not None:
+        Uadv = Uadv.clamp(float(b.clip[0]), float(b.clip[1]))
+    return _finish(model, U.detach(), Y.long(), Uadv.detach(), squeeze, "inversion")
+
+
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "sensitivity": sensitivity_attack, "saliency": saliency_attack, "fgsm": fgsm_attack,
     "pgd": pgd_attack, "lp": lp_margin_attack,
-    "jsma": jsma_attack,
+    "jsma": jsma_attack, "inversion": inversion_attack,
 }
 
 
