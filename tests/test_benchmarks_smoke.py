@@ -115,3 +115,12 @@ def test_bench_sim_scale_quick(tmp_path: Path) -> None:
     assert all(r["best_s"] and r["speedup"] for r in res["backends"])
     assert res["config"]["out"] == tmp_path.name  # no machine path recorded
     assert "## Backends" in (tmp_path / "bench_sim_scale_quick.md").read_text()
+
+
+def test_bench_prune_quick(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_prune.py", "--quick", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_prune_quick.json").read_text())
+    staged = [r for r in res["rows"] if r["variant"] == "pruned, staged"]
+    assert len(staged) == 2 and staged[0]["iterated_states"] == 0  # the MLP is fully explicit
+    assert all(r["max_abs_diff"] < 1e-4 for r in res["rows"])
+    assert "| speed-up |" in (tmp_path / "bench_prune_quick.md").read_text()

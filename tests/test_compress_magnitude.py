@@ -219,12 +219,12 @@ def test_prune_states_with_a_tolerance_reports_a_bound_that_holds(sparse):
         U = _U(seed, m=300)
         vals = np.sort(np.abs(_dense(m.A)).ravel())
         tol = float(vals[int(0.4 * vals.size)])  # drops 40 % of A's entries (and small ones of B, C)
-        small, rep = prune_states(m, tol, u=U)
+        small, rep = prune_states(m, tol, split=False, u=U)
         with torch.no_grad():
             dy = (small(U) - m(U)).abs()
         assert rep.bound is not None and bool((dy <= rep.bound.output + 1e-9).all())
         assert float(rep.bound.output.max()) > 0
-        exact, rep0 = prune_states(m, 0.0, u=U)
+        exact, rep0 = prune_states(m, 0.0, split=False, u=U)
         assert float(rep0.bound.output.max()) <= 1e-12
 
 

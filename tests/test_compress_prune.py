@@ -165,7 +165,7 @@ def test_every_case_exact_float64(act, sparse, bias):
     rng = np.random.default_rng(3)
     rng.shuffle(roles)
     model, S = _planted(act, [1] * len(roles), roles, bias=bias, sparse=sparse)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     U = _inputs(model)
     assert _max_diff(model, small, U) <= 1e-12
@@ -195,7 +195,7 @@ def test_every_case_exact_float32(act, sparse, bias):
     rng = np.random.default_rng(5)
     model, _ = _planted(act, [1] * 20, _roles(rng, 20, core=5), sparse=sparse, dtype=torch.float32,
                         seed=5, bias=bias)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert small.A.dtype == torch.float32
     assert _max_diff(model, small, _inputs(model, scale=0.5)) <= 1e-5
@@ -203,7 +203,7 @@ def test_every_case_exact_float32(act, sparse, bias):
 
 def test_states_equal_on_kept_indices():
     model, _ = _planted("tanh", [1] * 16, _roles(np.random.default_rng(0), 16, core=4), seed=2)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     U = _inputs(model)
     with torch.no_grad():
         X, X1 = model.equilibrium(U), small.equilibrium(U)
@@ -235,7 +235,7 @@ def test_cascading_chains():
     b = torch.linspace(-1, 1, n, dtype=torch.float64)
     model = idl.ImplicitModel.from_matrices(A, B, C, torch.ones(1, p, dtype=torch.float64), b,
                                             activation="tanh", **TIGHT)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert rep.kept == (10, 11, 12)
     rounds = dict(zip(rep.removed, rep.rounds, strict=True))
@@ -253,12 +253,12 @@ def test_cascading_chains():
 
 def test_nothing_to_prune_and_everything():
     model = idl.ImplicitModel(3, 6, 2, activation="tanh", **TIGHT).double()
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     assert rep.removed == () and small.hidden == 6 and rep.rounds == ()
     assert _max_diff(model, small, _inputs(model)) == 0.0
     with torch.no_grad():
         model.C.zero_()  # nothing reaches the output: every state is unused
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     assert small.hidden == 0 and set(rep.reasons) == {"unobservable"}  # a dense A: cycles
     assert _max_diff(model, small, _inputs(model)) <= 1e-12
 
@@ -275,7 +275,7 @@ def test_wellposedness_kept(kind):
     model = idl.ImplicitModel.from_matrices(A, model.B.detach(), model.C.detach(), model.D.detach(),
                                             model.b.detach(), model.d.detach(), wellposedness=kind,
                                             kappa=0.9, **TIGHT)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     assert small.wellposedness == kind and small.kappa == 0.9
     _check_structure(model, small, rep)
     c0, c1 = model.certificate(), small.certificate()
@@ -287,7 +287,7 @@ def test_settings_and_parameters_carried():
     model, _ = _planted("relu", [1] * 10, _roles(np.random.default_rng(1), 10, core=3), seed=1)
     model.B.requires_grad_(False)
     model.eval()
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     assert small.settings is model.settings
     assert not small.B.requires_grad and small.A.requires_grad and not small.training
     assert rep.reason(rep.removed[0]) == rep.reasons[0] and rep.reason(rep.kept[0]) is None
@@ -303,7 +303,7 @@ def test_softmax_blocks(sparse):
     rng = np.random.default_rng(11)
     roles = _roles(rng, 10, core=3)
     model, S = _planted(SoftMax(block_size=2), [2] * 10, roles, seed=11, sparse=sparse)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert _max_diff(model, small, _inputs(model)) <= 1e-12
     removed = set(rep.removed)
@@ -318,7 +318,7 @@ def test_blockwise_mixed():
     sizes = list(act.blocks(17).sizes)
     roles = _roles(np.random.default_rng(4), len(sizes), core=4)
     model, S = _planted(act, sizes, roles, seed=4)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert _max_diff(model, small, _inputs(model)) <= 1e-12
     assert small.activation.blocks(small.hidden).sizes == tuple(
@@ -336,7 +336,7 @@ def test_partly_zero_block_is_kept():
     C[:, 3] = 0.0  # ... state 3 alone looks unused, its partner 2 does not
     m = idl.ImplicitModel.from_matrices(A, B, C, model.D.detach(), model.b.detach(), model.d.detach(),
                                         activation=SoftMax(block_size=2), **TIGHT)
-    small, rep = prune_states(m)
+    small, rep = prune_states(m, split=False)
     assert rep.removed == () and small.hidden == 6
     assert _max_diff(m, small, _inputs(m)) <= 1e-12
 
@@ -360,7 +360,7 @@ def test_thresholded_random_model():
     b, d = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(q, generator=g, dtype=torch.float64)
     for act in ("relu", "tanh"):
         model = idl.ImplicitModel.from_matrices(A, B, C, D, b, d, activation=act, **TIGHT)
-        small, rep = prune_states(model)
+        small, rep = prune_states(model, split=False)
         _check_structure(model, small, rep)
         assert 0 < small.hidden < n
         assert _max_diff(model, small, _inputs(model)) <= 1e-12
@@ -382,7 +382,7 @@ def test_l1_trained_model():
             for W in (model.A, model.B, model.C):
                 W.copy_(torch.sign(W) * (W.abs() - 0.05 * lam * 40).clamp_min(0))
         model.project_()
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert rep.removed  # the penalty zeroed whole rows/columns
     assert _max_diff(model, small, U) <= 1e-12
@@ -404,7 +404,7 @@ def test_converted_mlp_with_dead_units():
         net[2].weight[0, 2] = 1.0
     model = idl.convert.from_torch(net, torch.randn(3, 4, dtype=torch.float64))
     model.set_solver(tol=1e-14)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     U = torch.randn(50, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -435,7 +435,7 @@ def test_random_patterns(n, seed, act, sparse, bias, density, linear):
         T = [M.to_sparse_csr() for M in T]
     bb = torch.tensor(rng.normal(size=n)) if bias else None
     model = idl.ImplicitModel.from_matrices(*T, bb, activation=act, **TIGHT)
-    small, rep = prune_states(model, linear=linear)
+    small, rep = prune_states(model, linear=linear, split=False)
     _check_structure(model, small, rep, linear=linear)
     assert _max_diff(model, small, _inputs(model, m=16)) <= 1e-12
     if linear:
@@ -443,7 +443,7 @@ def test_random_patterns(n, seed, act, sparse, bias, density, linear):
         for k, is_lin in enumerate(_lin_mask(small)):
             assert not is_lin or bool((A1[k] != 0).any() and (A1[:, k] != 0).any())
     # idempotent: a second pass finds nothing
-    again, rep2 = prune_states(small, linear=linear)
+    again, rep2 = prune_states(small, linear=linear, split=False)
     assert rep2.removed == () and again.hidden == small.hidden
 
 
@@ -466,7 +466,7 @@ def test_tol_respects_thm_5_1(seed, act):
     A *= 0.5 / float(A.abs().sum(1).max())
     model = idl.ImplicitModel.from_matrices(A, model.B.detach(), model.C.detach(), model.D.detach(),
                                             model.b.detach(), model.d.detach(), activation=act, **TIGHT)
-    small, rep = prune_states(model, tol=tol)
+    small, rep = prune_states(model, tol=tol, split=False)
     assert rep.max_dropped["B"] == rep.max_dropped["C"] == 0.0 and 0 < rep.max_dropped["A"] <= tol
     assert not rep.exact
     # the thresholded model, built independently
@@ -492,7 +492,7 @@ def test_tol_zero_drops_nothing_nonzero():
     model, _ = _planted("relu", [1] * 8, _roles(np.random.default_rng(2), 8, core=2), seed=2)
     with torch.no_grad():
         model.A[0, 1] = 1e-300 if model.A[0, 1] == 0 else model.A[0, 1]
-    _, rep = prune_states(model, tol=0.0)
+    _, rep = prune_states(model, tol=0.0, split=False)
     assert rep.exact and rep.max_dropped == {"A": 0.0, "B": 0.0, "C": 0.0}
 
 
@@ -547,7 +547,7 @@ def test_prune_inputs_then_states_compose():
         model.B[:, 2] = 0.0
         model.D[:, 2] = 0.0
     m1, sel = prune_inputs(model)
-    m2, rep = prune_states(m1)
+    m2, rep = prune_states(m1, split=False)
     U = _inputs(model)
     assert _max_diff(model, m2, U, U[:, sel.index()]) <= 1e-12
 
@@ -559,7 +559,7 @@ def test_bad_input():
     model = idl.ImplicitModel(3, 4, 2)
     for tol in (-1.0, float("nan"), float("inf"), "0.1", True):
         with pytest.raises(ConfigurationError, match="tol"):
-            prune_states(model, tol=tol)
+            prune_states(model, tol=tol, split=False)
         with pytest.raises(ConfigurationError, match="tol"):
             selected_features(model, tol=tol)
     with pytest.raises(ConfigurationError, match="from_torch"):
@@ -568,14 +568,14 @@ def test_bad_input():
         prune_inputs(torch.nn.Linear(3, 2))
     lr = idl.LowRankImplicitModel(3, 6, 2, rank=2)
     with pytest.raises(ConfigurationError, match="to_dense"):
-        prune_states(lr)
+        prune_states(lr, split=False)
     with pytest.raises(ConfigurationError, match="alpha"):
         selected_features(model, alpha=0.5)
     bad = idl.ImplicitModel(3, 4, 2, wellposedness=None)
     with torch.no_grad():
         bad.C[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="C"):
-        prune_states(bad)
+        prune_states(bad, split=False)
     with torch.no_grad():
         model.B.zero_()
         model.D.zero_()
@@ -603,7 +603,7 @@ def test_unobservable_cycle():
     C[0, 1] = 1.0
     model = idl.ImplicitModel.from_matrices(A, B, C, torch.ones(1, 2, dtype=torch.float64),
                                             activation="tanh", **TIGHT)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     _check_structure(model, small, rep)
     assert rep.kept == (0, 1, 2) and dict(zip(rep.removed, rep.reasons, strict=True)) == {
         3: "unobservable", 4: "unobservable"}
@@ -613,14 +613,14 @@ def test_unobservable_cycle():
 def test_edge_cases_blocks_and_empty():
     U = torch.randn(5, 3, dtype=torch.float64)
     m0 = idl.ImplicitModel(3, 0, 2, dtype=torch.float64)  # no state at all
-    s, rep = prune_states(m0)
+    s, rep = prune_states(m0, split=False)
     assert s.hidden == 0 and rep.removed == () and _max_diff(m0, s, U) == 0.0
     # one SoftMax block over all states: removed only whole
     m = idl.ImplicitModel(3, 4, 2, activation="softmax", dtype=torch.float64, tol=1e-14)
     with torch.no_grad():
         m.A.zero_()
         m.B.zero_()  # a constant block softmax(b), folded into d
-    s, rep = prune_states(m)
+    s, rep = prune_states(m, split=False)
     assert s.hidden == 0 and rep.reasons == ("constant",) * 4
     assert _max_diff(m, s, U) <= 1e-14
     # a user's Centered(Blockwise(...)): restricted to the kept blocks, still centred
@@ -631,7 +631,7 @@ def test_edge_cases_blocks_and_empty():
         m.C[:, 0] = 0
         m.A[2:4] = 0
         m.B[2:4] = 0
-    s, rep = prune_states(m)
+    s, rep = prune_states(m, split=False)
     assert dict(zip(rep.removed, rep.reasons, strict=True)) == {0: "unused", 2: "constant", 3: "constant"}
     assert isinstance(s.activation, Centered) and s.activation.blocks(3).sizes == (1, 2)
     assert _max_diff(m, s, U) <= 1e-12
@@ -654,8 +654,8 @@ def test_linear_substitution(sparse, seed):
     act = Blockwise([(n_lin, "identity"), (n_relu, "relu")])
     roles = _roles(rng, n_lin + n_relu, core=4)
     model, S = _planted(act, [1] * (n_lin + n_relu), roles, sparse=sparse, seed=seed)
-    plain, rep0 = prune_states(model)
-    small, rep = prune_states(model, linear=True)
+    plain, rep0 = prune_states(model, split=False)
+    small, rep = prune_states(model, linear=True, split=False)
     U = _inputs(model)
     assert _max_diff(model, small, U) <= 1e-12
     assert (small.sparse, small.B.layout, small.C.layout) == (model.sparse, model.B.layout, model.C.layout)
@@ -691,7 +691,7 @@ def test_linear_chains():
     D = torch.ones(2, 3, dtype=torch.float64)
     b = torch.tensor([0.1, -0.2, 0.3, 0.4, -0.5], dtype=torch.float64)
     model = idl.ImplicitModel.from_matrices(A, B, C, D, b, activation=act, **TIGHT)
-    small, rep = prune_states(model, linear=True)
+    small, rep = prune_states(model, linear=True, split=False)
     assert rep.kept == (2,) and small.activation.blocks(1).sizes == (1,)
     got = {i: (w, r) for i, w, r in zip(rep.removed, rep.reasons, rep.rounds, strict=True)}
     assert got == {0: ("linear_closed_form", 1), 1: ("linear_closed_form", 2),
@@ -702,7 +702,7 @@ def test_linear_chains():
     assert float(small.b[0]) == pytest.approx(0.3 * (0.5 * 0.1 - 0.2) + 0.3, abs=1e-15)
     U = _inputs(model)
     assert _max_diff(model, small, U) <= 1e-12
-    plain, rep0 = prune_states(model)  # without substitution nothing goes
+    plain, rep0 = prune_states(model, split=False)  # without substitution nothing goes
     assert rep0.removed == () and set(rep0.closed_form) == {0} and set(rep0.one_step) == {4}
 
 

@@ -91,7 +91,7 @@ def test_float64_and_regression_and_custom_pieces():
 
 
 @pytest.mark.parametrize("kw", [dict(optimizer="lbfgs"), dict(loss="hinge"), dict(schedule="warm"),
-                                dict(penalties=[("nuclear", 1.0)]), dict(penalties=[("l1", -1.0)]),
+                                dict(penalties=[("trace", 1.0)]), dict(penalties=[("l1", -1.0)]),
                                 dict(epochs=0), dict(lr=0.0), dict(patience=0),
                                 dict(dtype=torch.float16)])
 def test_bad_settings(kw):

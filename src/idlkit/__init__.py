@@ -40,10 +40,24 @@ from .solve import SolveInfo, fixed_point
 
 __version__ = "0.1.0"
 
+_SKLEARN = ("ImplicitClassifier", "ImplicitRegressor")
+
+
+def __getattr__(name: str) -> object:
+    """The scikit-learn estimators, imported on first use (scikit-learn is optional:
+    ``pip install idlkit[sklearn]``)."""
+    if name in _SKLEARN:
+        from . import sklearn as _sk
+
+        return getattr(_sk, name)
+    raise AttributeError(f"module 'idlkit' has no attribute {name!r}")
+
 __all__ = [
     "ImplicitModel",
     "ImplicitRNN",
     "LowRankImplicitModel",
+    "ImplicitClassifier",
+    "ImplicitRegressor",
     "SolveInfo",
     "fixed_point",
     "get_activation",

@@ -15,6 +15,12 @@ and strictly increasing within each row, shape, dtypes) before building the tens
 tampered file raises :class:`CheckpointError` and never yields an invalid sparse tensor;
 no dense ``(n, n)`` matrix is allocated for a sparse model.
 
+A :class:`~idlkit.compress.StagedImplicitModel` is stored as the single model it rebuilds
+(:meth:`~idlkit.compress.StagedImplicitModel.to_implicit`) under the format
+``"idlkit.StagedImplicitModel/1"`` with its split in the header (``"staging"``); :func:`load`
+re-stages the loaded model (the split is a function of ``A``'s pattern) and refuses a header
+whose split differs.
+
 Integrity. :func:`write_tensors` stores the SHA-256 of the tensor payload (every tensor's name,
 dtype, shape and bytes, in name order) in the header as ``"sha256"``; :func:`read_tensors`
 recomputes it and raises :class:`CheckpointError` on a mismatch (a flipped bit anywhere in the
@@ -42,14 +48,15 @@ from pathlib import Path
 import torch
 
 from ._matrix import sorted_csr
-from .compress import LowRankImplicitModel
+from .compress import LowRankImplicitModel, StagedImplicitModel
 from .errors import IdlError
 from .model import ImplicitModel
 from .rnn import ImplicitRNN
 
 __all__ = ["save", "load", "write_tensors", "read_tensors", "CheckpointError", "CheckpointWarning"]
 
-_FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1", "idlkit.ImplicitRNN/1")
+_FORMATS = ("idlkit.ImplicitModel/1", "idlkit.LowRankImplicitModel/1", "idlkit.ImplicitRNN/1",
+            "idlkit.StagedImplicitModel/1")
 _CSR_PARTS = ("crow_indices", "col_indices", "values")
 _INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 
@@ -175,24 +182,36 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.LowRankImplicitModel`
-    or :class:`~idlkit.ImplicitRNN`) to ``path`` atomically.
+    """Write ``model`` (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.LowRankImplicitModel`,
+    :class:`~idlkit.ImplicitRNN` or :class:`~idlkit.compress.StagedImplicitModel`) to ``path``
+    atomically.
 
     The file is a safetensors file whose metadata holds the JSON config
     (activation, solver, well-posedness settings, library version). Sparse CSR matrices are
-    stored as their components (see the module docstring) and loaded back exactly.
+    stored as their components (see the module docstring) and loaded back exactly. A staged
+    model is stored as its :meth:`~idlkit.compress.StagedImplicitModel.to_implicit` (format
+    ``idlkit.StagedImplicitModel/1``, the split in the header) and re-staged on load: the split
+    is a function of ``A``'s pattern, and :func:`load` checks that it comes out the same.
     """
     from . import __version__
 
-    if not isinstance(model, ImplicitModel | LowRankImplicitModel | ImplicitRNN):
-        raise CheckpointError(f"save() writes ImplicitModel, LowRankImplicitModel and "
-                              f"ImplicitRNN, got {type(model).__name__}")
+    if not isinstance(model, ImplicitModel | LowRankImplicitModel | ImplicitRNN | StagedImplicitModel):
+        raise CheckpointError(f"save() writes ImplicitModel, LowRankImplicitModel, ImplicitRNN and "
+                              f"StagedImplicitModel, got {type(model).__name__}")
+    staging = None
+    if isinstance(model, StagedImplicitModel):
+        staging = model.config()["staging"]
+        model = model.to_implicit()
     fmt = (_FORMATS[1] if isinstance(model, LowRankImplicitModel)
            else _FORMATS[2] if isinstance(model, ImplicitRNN) else _FORMATS[0])
+    if staging is not None:
+        fmt = _FORMATS[3]
     # an ImplicitModel made of sparse matrices without bias has no parameters at all
     dtype = model.A.dtype if isinstance(model, ImplicitModel) else next(model.parameters()).dtype
     cfg: dict = {"format": fmt, "version": __version__, "config": model.config(),
                  "dtype": str(dtype).replace("torch.", "")}
+    if staging is not None:
+        cfg["staging"] = staging
     tensors, sparse = _split_sparse(model.state_dict())
     if sparse:
         cfg["sparse"] = sparse
@@ -223,13 +242,31 @@ def _split_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Read a model written by :func:`save`."""
     path = _as_path(path)
+    _device(map_location)
+    tensors, cfg = read_tensors(path)
+    if isinstance(cfg, dict) and cfg.get("format") == _FORMATS[3]:
+        model = _load_model(path, tensors, {**cfg, "format": _FORMATS[0]}, map_location)
+        staged = StagedImplicitModel.from_implicit(model)  # type: ignore[arg-type]
+        if staged.config()["staging"] != cfg.get("staging"):
+            raise CheckpointError(f"{path}: the stored split {cfg.get('staging')!r} is not the split "
+                                  f"of the stored matrices (tampered file?)")
+        return staged
+    return _load_model(path, tensors, cfg, map_location)
+
+
+def _device(map_location: object) -> torch.device:
     try:
-        device = torch.device(map_location)
+        return torch.device(map_location)  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as exc:
         raise CheckpointError(f"map_location must name a device such as 'cpu' or 'cuda:0', got "
                               f"{map_location!r}") from exc
-    tensors, cfg = read_tensors(path)
-    if cfg.get("format") not in _FORMATS:
+
+
+def _load_model(path: Path, tensors: dict[str, torch.Tensor], cfg: dict,
+                map_location: str | torch.device) -> torch.nn.Module:
+    """:func:`load` after the file is read: one of the first three formats."""
+    device = _device(map_location)
+    if cfg.get("format") not in _FORMATS[:3]:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
         raise CheckpointError(f"{path} has format {fmt!r}, expected one of {list(_FORMATS)}")
     cls = {_FORMATS[0]: ImplicitModel, _FORMATS[1]: LowRankImplicitModel,

@@ -451,7 +451,12 @@ class ImplicitModel(ImplicitBase):
         return self
 
     def _pf_value(self) -> float:
-        return wp.check(self.A, self.activation).pf
+        """``lambda_pf(Gamma N(A))`` alone (float64): the projection's test, without the other
+        certificates of :func:`~idlkit.wellposed.check` (a sparse A keeps check's exact 0 for
+        an acyclic block graph)."""
+        if self.sparse:
+            return wp.check(self.A, self.activation).pf
+        return wp.blip_condition(self.A, self.activation)
 
     def certificate(self) -> wp.WellPosedness:
         """Float64 report: ``||A||_inf``, ``lambda_pf``, ``mu_inf``, triangularity, margins.

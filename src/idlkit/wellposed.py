@@ -11,7 +11,15 @@ solution for every ``b`` (Def. 2.1). The sufficient conditions implemented here:
   ``0 <= phi' <= gamma`` (paper 004: one-sided Lipschitz / contraction theory);
 * ``triangular``: exact for (block) strictly upper-triangular ``A`` (Thm 2.8/2.9),
   and for upper-triangular ``A`` with ``diag(A) < 1`` and a piecewise-linear
-  positively homogeneous map such as ReLU (Remark 2.5).
+  positively homogeneous map such as ReLU (Remark 2.5);
+* ``l1``: ``||Gamma_1 |A| ||_1 < 1`` and ``sigma_max``: ``sigma_max(Gamma_2 A) < 1`` (paper 001
+  §3.1, eq. 2: contractions in ``l_1`` and ``l_2``), for every activation with its
+  ``l_1``/``l_2`` Lipschitz constants (:func:`lipschitz_weights`);
+* ``lmi``: a diagonal ``S > 0`` with ``S - M^T S M > 0``, ``M = Gamma_2 A`` (paper 001 §3.2, the
+  ``sigma_max`` condition refined by diagonal scaling), solved with cvxpy on request
+  (:func:`diagonal_lmi`, ``check(..., lmi=True)``).
+
+The matrix measures ``mu_1`` and ``mu_2`` (paper 004) are reported next to ``mu_inf``.
 
 All certificates are computed in float64 on the CPU and report so.
 """
@@ -27,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ._matrix import as_dense_array, as_matrix, block_pattern_graph, is_sparse, row_min_col
-from ._validation import check_choice, check_scalar
+from ._validation import check_choice, check_int, check_scalar
 from ._validation import check_kappa as _check_kappa
 from .activations import (
     Activation,
@@ -41,7 +49,14 @@ from .errors import ConfigurationError, NonFiniteError, ShapeError, WellPosednes
 __all__ = [
     "inf_norm",
     "mu_inf",
+    "mu_1",
+    "mu_2",
     "pf_eigenvalue",
+    "lipschitz_weights",
+    "l1_condition",
+    "sigma_max_condition",
+    "diagonal_lmi",
+    "DiagonalLMI",
     "blip_norm_matrix",
     "is_upper_triangular",
     "project_inf_ball",
@@ -95,6 +110,14 @@ def _finite_matrix(A: object, name: str = "A") -> np.ndarray | sp.csr_array:
     return M
 
 
+def _finite_square(A: object) -> np.ndarray | sp.csr_array:
+    """:func:`_finite_matrix`, refused with :class:`ShapeError` unless square."""
+    M = _finite_matrix(A)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    return M
+
+
 def inf_norm(A: Tensor | np.ndarray) -> float:
     """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64.
 
@@ -123,13 +146,52 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse input.
     """
-    M = _finite_matrix(A)
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ShapeError(f"A must be a square (n, n) matrix, got shape {M.shape}")
+    M = _finite_square(A)
     if M.shape[0] == 0:
         return -math.inf
     d = np.asarray(M.diagonal())
     return float((d + _row_abs_sums(M) - np.abs(d)).max())
+
+
+def mu_1(A: Tensor | np.ndarray) -> float:
+    """l_1 matrix measure ``mu_1(A) = max_j (A_jj + sum_{i != j} |A_ij|)`` (paper 004), float64.
+
+    The column form of :func:`mu_inf` (``mu_1(A) = mu_inf(A^T)``): the one-sided derivative
+    ``lim_{h -> 0+} (||I + h A||_1 - 1) / h`` of the induced l_1 norm (max column sum). Dense or
+    sparse input (never densified).
+
+    >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
+    1.0
+    """
+    M = _finite_square(A)
+    if M.shape[0] == 0:
+        return -math.inf
+    d = np.asarray(M.diagonal())
+    return float((d + _row_abs_sums(M.T) - np.abs(d)).max())
+
+
+def mu_2(A: Tensor | np.ndarray) -> float:
+    """l_2 matrix measure ``mu_2(A) = lambda_max((A + A^T) / 2)`` (paper 004), float64.
+
+    The one-sided derivative ``lim_{h -> 0+} (||I + h A||_2 - 1) / h`` of the spectral norm.
+    Dense input, and sparse input up to ``n = 1024``: the symmetric eigenvalues (exact up to
+    rounding). A larger sparse ``A`` (kept sparse) gets a Lanczos estimate (``eigsh``), which
+    is not certified; :func:`check` reports ``nan`` for it instead.
+
+    >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
+    0.0
+    """
+    M = _finite_square(A)
+    n = M.shape[0]
+    if n == 0:
+        return -math.inf
+    if sp.issparse(M) and n > _EXACT_EIG_MAX_N:
+        from scipy.sparse.linalg import eigsh
+
+        H = sp.csr_array((M + M.T) * 0.5)
+        return float(eigsh(H, k=1, which="LA", return_eigenvectors=False)[0])
+    D = M.toarray() if sp.issparse(M) else M
+    return float(np.linalg.eigvalsh((D + D.T) * 0.5)[-1])
 
 
 def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10_000) -> float:
@@ -660,6 +722,219 @@ def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
         on_nonconvergence=s.on_nonconvergence)
 
 
+# ----------------------------------------------------------------------------- l_1, l_2 and LMI
+
+
+def lipschitz_weights(activation: str | Activation, n: int, r: float) -> np.ndarray:
+    """``(n,)`` per-state constants ``c`` with ``||phi_l(z) - phi_l(z')||_r <= c_l ||z_l - z'_l||_r``
+    on every BLIP block ``l`` (each state carries its block's constant), float64.
+
+    Block ``l`` is ``gamma_l``-Lipschitz in its own norm ``p_l``; the norm equivalences
+    ``||v||_r <= m^{max(0, 1/r - 1/p)} ||v||_p`` on ``R^m`` give, in ``l_r``,
+    ``c_l = gamma_l n_l^{|1/r - 1/p_l|}`` (``n_l`` the block size). For a componentwise map every
+    block is a single state and ``c_i = gamma``, the scalar Lipschitz constant, whatever ``r``.
+    (SoftMax blocks of size ``m``, 1-Lipschitz in ``l_1``, get ``sqrt(m)`` in ``l_2``: valid, loose.)
+    """
+    act = get_activation(activation)
+    bs = act.blocks(n)
+    c = [g * (s ** abs(1.0 / r - 1.0 / p) if s > 1 else 1.0)
+         for s, p, g in zip(bs.sizes, bs.norms, bs.gammas, strict=True)]
+    return np.repeat(np.asarray(c, dtype=np.float64), np.asarray(bs.sizes, dtype=np.int64))
+
+
+def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") -> float:
+    """``||Gamma_1 |A| ||_1 = max_j sum_i c_i |A_ij|`` (paper 001 §3.1, eq. 2: ``||A||_{1,1} < 1``), float64.
+
+    Below 1 certifies well-posedness for every activation (``c`` of :func:`lipschitz_weights`
+    with ``r = 1``; ``gamma ||A||_1`` for a componentwise ``gamma``-Lipschitz map).
+
+    Proof. With ``d = x - x'`` and ``z - z' = A d``, block by block
+    ``||phi(z) - phi(z')||_1 = sum_l ||phi_l(z_l) - phi_l(z'_l)||_1 <= sum_i c_i |(A d)_i|
+    <= sum_j (sum_i c_i |A_ij|) |d_j| <= ||Gamma_1 |A| ||_1 ||d||_1``: ``x -> phi(A x + b)`` is a
+    strict contraction in ``l_1`` for every ``b``, so by Banach's theorem it has exactly one fixed
+    point, the limit of the Picard iteration (paper 001 §3.1). Dense or sparse (kept sparse).
+    For componentwise maps it never certifies more than ``pf`` (``lambda_pf <= ||.||_1``).
+
+    >>> l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu")
+    0.95
+    """
+    M = _finite_square(A)
+    n = M.shape[0]
+    if n == 0:
+        return 0.0
+    c = lipschitz_weights(activation, n, 1.0)
+    absM = abs(M) if sp.issparse(M) else np.abs(M)
+    return float(np.asarray(absM.T @ c).max())
+
+
+def _sigma_max_dense(M: np.ndarray) -> float:
+    """Largest singular value, float64, widened by the SVD's rounding (backward stable:
+    ``|sigma - sigma_exact| <= O(n eps) ||M||_2``)."""
+    if M.size == 0:
+        return 0.0
+    return float(np.linalg.norm(M, 2)) * (1 + _rounding_slack(M.shape[0]))
+
+
+def sigma_max_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") -> float:
+    """``sigma_max(Gamma_2 A)`` (paper 001 §3.1, eq. 2: ``||A||_{2,2} = sigma_max(A) < 1``), float64.
+
+    Below 1 certifies well-posedness for every activation (``Gamma_2 = diag(c)``, ``c`` of
+    :func:`lipschitz_weights` with ``r = 2``; ``gamma sigma_max(A)`` for a componentwise
+    ``gamma``-Lipschitz map: ReLU, tanh, GELU, ... monotone or not).
+
+    Proof. Per block ``||phi_l(z_l) - phi_l(z'_l)||_2 <= c_l ||(A d)_l||_2``, so
+    ``||phi(A x + b) - phi(A x' + b)||_2 <= ||Gamma_2 A d||_2 <= sigma_max(Gamma_2 A) ||d||_2``: a
+    strict contraction in ``l_2``; Banach's theorem gives one fixed point for every ``b``, reached
+    by the Picard iteration.
+
+    Exact singular values (widened by their rounding, so the value is an upper bound) for
+    ``n <= 1024``; above, and for a sparse ``A`` above that size (never densified), the
+    certified upper bound ``sqrt(||M||_1 ||M||_inf)`` (``M = Gamma_2 A``).
+
+    >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
+    0.707107
+    """
+    M = _finite_square(A)
+    n = M.shape[0]
+    if n == 0:
+        return 0.0
+    c = lipschitz_weights(activation, n, 2.0)
+    if n <= _EXACT_EIG_MAX_N:
+        D = M.toarray() if sp.issparse(M) else M
+        return _sigma_max_dense(c[:, None] * D)
+    G = sp.csr_array(sp.diags_array(c) @ M) if sp.issparse(M) else c[:, None] * M
+    one = float(_row_abs_sums(G.T).max())
+    inf = float(_row_abs_sums(G).max())
+    return math.sqrt(one * inf) * (1 + _rounding_slack(n))
+
+
+@dataclass(frozen=True)
+class DiagonalLMI:
+    """Result of :func:`diagonal_lmi` (float64).
+
+    Attributes:
+        scaling: ``(n,)`` the diagonal of ``S`` found (``max = 1``; constant on each BLIP block);
+            ``None`` when the solver gave nothing.
+        factor: ``||S^{1/2} M S^{-1/2}||_2`` for ``M = Gamma_2 A``, recomputed in float64 from
+            ``scaling`` (exact singular values, widened by their rounding): the contraction
+            factor of ``x -> phi(A x + b)`` in the norm ``||v||_S = sqrt(v^T S v)``; ``nan``
+            without a scaling.
+        holds: ``factor < 1``, i.e. ``S - M^T S M > 0`` checked again in float64.
+        min_eig: the smallest eigenvalue of ``S - M^T S M`` (float64; positive when it holds).
+        status: the solver's status (``"optimal"``, ...) or why nothing was solved.
+    """
+
+    scaling: np.ndarray | None
+    factor: float
+    holds: bool
+    min_eig: float
+    status: str
+
+
+def diagonal_lmi(A: Tensor | np.ndarray, activation: str | Activation = "relu", *,
+                 max_n: int = 40, solver: str | None = None) -> DiagonalLMI:
+    """Find diagonal ``S > 0`` with ``S - (Gamma_2 A)^T S (Gamma_2 A) > 0`` (paper 001 §3.2), by cvxpy.
+
+    Paper 001 §3.2 ("Invariance"): the largest-singular-value condition refined by diagonal
+    scaling: ``A`` is well-posed if some diagonal ``S > 0`` has ``S - A^T S A > 0``, i.e.
+    ``sigma_max(S^{1/2} A S^{-1/2}) < 1``. With the activation's ``l_2`` constants
+    ``Gamma_2 = diag(c)`` (:func:`lipschitz_weights`), ``M = Gamma_2 A``, and ``S`` constant on
+    each BLIP block, it holds for every activation:
+
+    Proof. In the norm ``||v||_S^2 = sum_l s_l ||v_l||_2^2``,
+    ``||phi(A x + b) - phi(A x' + b)||_S^2 <= sum_l s_l c_l^2 ||(A d)_l||_2^2 = d^T M^T S M d
+    < d^T S d``: a strict contraction (factor ``||S^{1/2} M S^{-1/2}||_2 < 1``), so one fixed
+    point for every ``b``, the limit of the Picard iteration. (For a positively homogeneous
+    map this is the paper's argument: ``D A D^{-1}`` with ``D = S^{1/2}`` is well-posed together
+    with ``A``; the norm argument needs no homogeneity.)
+
+    What it generalises (for componentwise maps): ``S = I`` gives ``sigma_max(Gamma A) < 1``;
+    and ``lambda_pf(gamma |A|) < 1`` implies feasibility: a Schur-stable nonnegative matrix
+    ``N = gamma |A|`` has a diagonal ``S`` with ``N^T S N < S`` (positive systems), and
+    ``x^T M^T S M x = ||S^{1/2} M x||^2 <= ||S^{1/2} N |x| ||^2 < |x|^T S |x| = x^T S x``. So
+    the LMI certifies whatever ``inf``, ``l1``, ``pf`` and ``sigma_max`` certify, and more; it
+    does not cover ``mu`` (``A = -2``: ``mu_inf < 0`` but ``|A| > 1``) nor the triangular
+    criterion.
+
+    Solved as ``max t : S - M^T S M >= t I, 0 <= s <= 1`` (Clarabel, then SCS; cvxpy is
+    imported here), then re-checked in float64: ``holds`` is decided by the recomputed
+    ``factor``, never by the solver's word. Dense ``A`` with ``n <= max_n`` only (the PSD
+    variable is ``n x n``; an interior-point step factors a dense block of size ``n^2 / 2``,
+    so the cost grows like ``n^6``: about 0.2 s at ``n = 20`` and 5-10 s at ``n = 50`` on one
+    core); a larger or sparse ``A`` raises :class:`ConfigurationError`.
+
+    >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
+    >>> r.holds, r.factor < 1
+    (True, True)
+    """
+    act = get_activation(activation)
+    if is_sparse(A):
+        raise ConfigurationError("diagonal_lmi needs a dense A (its PSD variable is n x n); for a "
+                                 "sparse A use the sparse certificates (check(A) reports them)")
+    M = _square(as_dense_array(A))
+    _finite_matrix(M)
+    n = M.shape[0]
+    max_n = check_int("max_n", max_n, 1)
+    if n > max_n:
+        raise ConfigurationError(f"diagonal_lmi: n = {n} exceeds max_n = {max_n} (an n x n SDP); "
+                                 f"raise max_n or rely on the pf / sigma_max certificates")
+    if solver is not None:
+        check_choice("solver", solver, ("CLARABEL", "SCS"))
+    if n == 0:
+        return DiagonalLMI(np.ones(0), 0.0, True, math.inf, "empty")
+    try:
+        import cvxpy as cp
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise ConfigurationError("diagonal_lmi needs cvxpy: pip install cvxpy clarabel") from exc
+    bs = act.blocks(n)
+    Mg = lipschitz_weights(act, n, 2.0)[:, None] * M
+    P = _segment_matrix(bs.sizes)
+    L = len(bs.sizes)
+    w = cp.Variable(L)
+    t = cp.Variable()
+    # S - M^T S M = sum_l w_l (diag(P_l) - sum_{i in l} m_i m_i^T), m_i the rows of M: one
+    # (n^2, L) coefficient matrix (cvxpy's own canonicalisation of M^T diag(s) M is far slower)
+    K = np.empty((n * n, L))
+    for lo, size, l in zip(np.cumsum((0,) + bs.sizes[:-1]), bs.sizes, range(L), strict=True):
+        rows = Mg[lo:lo + size]
+        blk = -(rows.T @ rows)
+        blk[np.arange(lo, lo + size), np.arange(lo, lo + size)] += 1.0
+        K[:, l] = blk.reshape(-1)
+    Z = cp.Variable((n, n), PSD=True)  # (Clarabel solves this form ~2x faster than G >> t I)
+    cons = [Z == cp.reshape(K @ w, (n, n), order="C") - t * np.eye(n), w >= 0, w <= 1]
+    prob = cp.Problem(cp.Maximize(t), cons)
+    status = "not solved"
+    for name in [solver] if solver is not None else ["CLARABEL", "SCS"]:
+        try:
+            prob.solve(solver=name)
+        except cp.error.SolverError as exc:
+            status = f"{name}: {exc}"
+            continue
+        status = str(prob.status)
+        if w.value is not None and prob.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+            break
+    if w.value is None:
+        return DiagonalLMI(None, math.nan, False, math.nan, status)
+    wv = np.asarray(w.value, dtype=np.float64).reshape(-1)
+    wv = np.maximum(wv, 0.0)
+    if wv.max() <= 0:
+        return DiagonalLMI(None, math.nan, False, math.nan, status)
+    wv = wv / wv.max()
+    sv = P @ wv
+    if sv.min() <= 0:  # a zero weight: no norm, nothing certified
+        return DiagonalLMI(_frozen(sv), math.inf, False, -math.inf, status)
+    r = np.sqrt(sv)
+    factor = _sigma_max_dense(r[:, None] * Mg / r[None, :])
+    min_eig = float(np.linalg.eigvalsh(np.diag(sv) - Mg.T @ (sv[:, None] * Mg))[0])
+    return DiagonalLMI(_frozen(sv), factor, factor < 1, min_eig, status)
+
+
+def _frozen(v: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    v.flags.writeable = False
+    return v
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -681,6 +956,18 @@ class WellPosedness:
         margins: ``1 - value`` for each condition (positive when it holds).
         declared: the condition the model declares, if any, and ``kappa`` its bound.
         dtype: always ``"float64"``.
+        mu_1: ``mu_1(A)`` (max over columns), reported next to ``mu_inf``; no condition of its own.
+        mu_2: ``mu_2(A) = lambda_max((A + A^T) / 2)``; no condition of its own (``nan`` for a
+            sparse ``A`` above ``n = 1024``).
+        l1: ``||Gamma_1 |A| ||_1`` (:func:`l1_condition`; ``gamma ||A||_1`` for componentwise
+            maps); ``holds["l1"]`` when below 1 (paper 001 §3.1).
+        sigma_max: ``sigma_max(Gamma_2 A)`` (:func:`sigma_max_condition`; an upper bound above
+            ``n = 1024``); ``holds["sigma_max"]`` when below 1 (paper 001 §3.1).
+        lmi: the contraction factor ``||S^{1/2} Gamma_2 A S^{-1/2}||_2`` of the diagonal
+            scaling found by :func:`diagonal_lmi` (paper 001 §3.2), ``nan`` when not solved;
+            ``holds["lmi"]`` when below 1 (entries present only when it was asked for).
+        lmi_scaling: ``(n,)`` the diagonal of that ``S`` (the evidence), or ``None``.
+        skipped: certificates not evaluated, with the reason (``{"lmi": "sparse A ..."}``).
     """
 
     inf_norm: float
@@ -693,6 +980,13 @@ class WellPosedness:
     declared: str | None = None
     kappa: float | None = None
     dtype: str = "float64"
+    mu_1: float = math.nan
+    mu_2: float = math.nan
+    l1: float = math.nan
+    sigma_max: float = math.nan
+    lmi: float = math.nan
+    lmi_scaling: np.ndarray | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def wellposed(self) -> bool:
@@ -711,11 +1005,17 @@ class WellPosedness:
             f"well-posedness certificate (float64): {'HOLDS' if self.wellposed else 'NOT CERTIFIED'}",
             f"  ||A||_inf         = {self.inf_norm:.6g}   (x gamma_inf={self.gamma_inf:g})",
             f"  lambda_pf         = {self.pf:.6g}",
-            f"  mu_inf(A)         = {self.mu_inf:.6g}",
+            f"  mu_inf(A)         = {self.mu_inf:.6g}   mu_1 = {self.mu_1:.6g}   mu_2 = {self.mu_2:.6g}",
+            f"  ||Gamma A||_1     = {self.l1:.6g}",
+            f"  sigma_max(Gamma A)= {self.sigma_max:.6g}",
             f"  triangular        = {self.triangular}",
         ]
+        if not math.isnan(self.lmi):
+            lines.append(f"  LMI factor        = {self.lmi:.6g}   (diagonal scaling S found)")
         for k, ok in self.holds.items():
             lines.append(f"  [{'x' if ok else ' '}] {k:<12s} margin {self.margins[k]:+.4g}")
+        for k, why in self.skipped.items():
+            lines.append(f"  [-] {k:<12s} skipped: {why}")
         if self.declared is not None:
             lines.append(f"  declared: {self.declared}"
                          + (f" with kappa={self.kappa:g}" if self.kappa is not None else ""))
@@ -827,6 +1127,8 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
                     failing.append(comps[-1])
                 continue
         exact = False
+        if ncomp == 1:
+            break  # one irreducible block, not triangular: its certificates are check's own
         sub = stack_activations([blocks[i] for i in members])
         if not any(_norm_certificates(blk, sub)[4].values()):
             failing.append(comps[-1])
@@ -904,9 +1206,25 @@ def _rounding_slack(n: int) -> float:
     return 16 * max(n, 1) * float(np.finfo(np.float64).eps)
 
 
+def _extra_certificates(M: np.ndarray | sp.csr_array, act: Activation, holds: dict[str, bool],
+                        margins: dict[str, float]) -> dict[str, float]:
+    """``l1`` and ``sigma_max`` (paper 001 §3.1) into ``holds``/``margins``; returns their values
+    with ``mu_1`` and ``mu_2`` (``nan`` for a sparse ``M`` above ``n = 1024``)."""
+    n = M.shape[0]
+    l1 = l1_condition(M, act)
+    sig = sigma_max_condition(M, act)
+    holds["l1"], margins["l1"] = l1 < 1, 1 - l1
+    holds["sigma_max"], margins["sigma_max"] = sig < 1, 1 - sig
+    big_sparse = sp.issparse(M) and n > _EXACT_EIG_MAX_N
+    return {"l1": l1, "sigma_max": sig, "mu_1": mu_1(M) if n else -math.inf,
+            "mu_2": math.nan if big_sparse else (mu_2(M) if n else -math.inf)}
+
+
 def _norm_certificates(M: np.ndarray, act: Activation
-                       ) -> tuple[float, float, float, float, dict[str, bool], dict[str, float]]:
-    """The ``inf``, ``pf`` and ``mu`` certificates of a dense float64 matrix (no triangular)."""
+                       ) -> tuple[float, float, float, float, dict[str, bool], dict[str, float],
+                                  dict[str, float]]:
+    """The ``inf``, ``pf``, ``mu``, ``l1`` and ``sigma_max`` certificates of a dense float64
+    matrix (no triangular, no LMI), and the values of :func:`_extra_certificates`."""
     bs = act.blocks(M.shape[0])
     gamma_inf = float(act.lipschitz_inf)
     nrm = inf_norm(M)
@@ -919,7 +1237,8 @@ def _norm_certificates(M: np.ndarray, act: Activation
         mu = mu_inf(M)
         holds["mu"] = base.lipschitz * mu < 1
         margins["mu"] = 1 - base.lipschitz * mu
-    return nrm, gamma_inf, pf, mu, holds, margins
+    extra = _extra_certificates(M, act, holds, margins)
+    return nrm, gamma_inf, pf, mu, holds, margins, extra
 
 
 def _sparse_certificates(M: sp.csr_array, act: Activation) -> tuple:
@@ -941,12 +1260,27 @@ def _sparse_certificates(M: sp.csr_array, act: Activation) -> tuple:
         mu = mu_inf(M) if M.shape[0] else -math.inf
         holds["mu"] = base.lipschitz * mu < 1
         margins["mu"] = 1 - base.lipschitz * mu
-    return nrm, gamma_inf, pf, mu, holds, margins, tri_rep
+    extra = _extra_certificates(M, act, holds, margins)
+    return nrm, gamma_inf, pf, mu, holds, margins, tri_rep, extra
 
 
 def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
-          declared: str | None = None, kappa: float | None = None) -> WellPosedness:
+          declared: str | None = None, kappa: float | None = None, *, lmi: bool = False,
+          lmi_max_n: int = 40) -> WellPosedness:
     """Evaluate every certificate for ``A`` and ``activation``; never raises on failure.
+
+    The conditions (each sufficient; ``holds`` names those that hold): ``inf``, ``pf``, ``mu``,
+    ``triangular`` (module docstring), ``l1`` and ``sigma_max`` (paper 001 §3.1,
+    :func:`l1_condition`, :func:`sigma_max_condition`) and, when ``lmi=True``, ``lmi`` (paper 001
+    §3.2, :func:`diagonal_lmi`). The LMI is off by default: ``check`` runs inside projections,
+    composition and the triangular criterion, where an SDP per call (and importing cvxpy) would
+    cost far more than the rest together. With ``lmi=True`` it is solved for a dense ``A`` with
+    ``n <= lmi_max_n``; otherwise (sparse, too large, cvxpy missing, solver failure) it is
+    recorded in ``skipped`` with the reason, and ``holds`` has no ``lmi`` entry.
+
+    >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
+    >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
+    (False, False, False, True)
 
     Args:
         A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
@@ -959,16 +1293,38 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             (which lands on its boundary) is reported inside it.
     """
     act = get_activation(activation)
+    lmi_max_n = check_int("lmi_max_n", lmi_max_n, 1)
+    if not isinstance(lmi, bool):
+        raise ConfigurationError(f"lmi must be True or False, got {lmi!r}")
     _finite_matrix(A)
+    skipped: dict[str, str] = {}
+    lmi_rep = None
     if is_sparse(A):
         M = as_matrix(A)
         n = M.shape[0]
-        nrm, gamma_inf, pf, mu, holds, margins, tri_rep = _sparse_certificates(M, act)
+        nrm, gamma_inf, pf, mu, holds, margins, tri_rep, extra = _sparse_certificates(M, act)
+        if math.isnan(extra["mu_2"]):
+            skipped["mu_2"] = f"sparse A with n = {n} > {_EXACT_EIG_MAX_N}: no exact eigenvalues"
+        if lmi:
+            skipped["lmi"] = "sparse A: the LMI needs a dense n x n PSD variable"
     else:
         M = _square(as_dense_array(A))
         n = M.shape[0]
-        nrm, gamma_inf, pf, mu, holds, margins = _norm_certificates(M, act)
+        nrm, gamma_inf, pf, mu, holds, margins, extra = _norm_certificates(M, act)
         tri_rep = triangular_criterion(M, act) if n else TriangularReport(True, True, True, (), ())
+        if lmi and n > lmi_max_n:
+            skipped["lmi"] = f"n = {n} > lmi_max_n = {lmi_max_n} (an n x n SDP); raise lmi_max_n"
+        elif lmi:
+            try:
+                lmi_rep = diagonal_lmi(M, act, max_n=lmi_max_n)
+            except ConfigurationError as exc:  # cvxpy missing
+                skipped["lmi"] = str(exc)
+            else:
+                if lmi_rep.scaling is None:
+                    skipped["lmi"] = f"the SDP solver returned no scaling ({lmi_rep.status})"
+                    lmi_rep = None
+                else:
+                    holds["lmi"], margins["lmi"] = lmi_rep.holds, 1 - lmi_rep.factor
     base = getattr(act, "base", act)
     tri = tri_rep.triangular and tri_rep.wellposed
     holds["triangular"] = tri
@@ -982,7 +1338,11 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             # lands on its boundary, so allow that much
             holds[declared] = value <= float(kappa) * (1 + _rounding_slack(n))
     return WellPosedness(inf_norm=nrm, gamma_inf=gamma_inf, pf=pf, mu_inf=mu, triangular=tri,
-                         holds=holds, margins=margins, declared=declared, kappa=kappa)
+                         holds=holds, margins=margins, declared=declared, kappa=kappa,
+                         mu_1=extra["mu_1"], mu_2=extra["mu_2"], l1=extra["l1"],
+                         sigma_max=extra["sigma_max"],
+                         lmi=math.nan if lmi_rep is None else lmi_rep.factor,
+                         lmi_scaling=None if lmi_rep is None else lmi_rep.scaling, skipped=skipped)
 
 
 def require(A: Tensor | np.ndarray, activation: str | Activation = "relu",

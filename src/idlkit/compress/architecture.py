@@ -102,7 +102,7 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
         from .magnitude import compression_bound
 
         bound = compression_bound(original, model, u)
-    small, rep = prune_states(model)
+    small, rep = prune_states(model, split=False)
     last = result.history[-1].train_loss if result.history else float("nan")
     return small, ShrinkReport(n_before=n_before, n_after=small.hidden, zero_columns=zero,
                                final_loss=float(last), prune=rep, bound=bound)

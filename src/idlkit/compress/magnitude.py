@@ -283,7 +283,7 @@ def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool =
     bound = compression_bound(model, masked, u) if u is not None else None
     small = masked
     if structured:
-        small, prune_rep = prune_states(masked)
+        small, prune_rep = prune_states(masked, split=False)
         removed = tuple(int(i) for i in prune_rep.removed)
     nnz_after = sum(_nnz(getattr(small, k)) for k in _MATRICES)
     if structured:

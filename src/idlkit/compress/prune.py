@@ -12,13 +12,19 @@ Write the state as ``x = (x_1, x_2)`` after a permutation (the model is permutat
     ``x_1 = phi(A_11 x_1 + B_1 u + b_1)`` does not involve it: the states are removed.
 (c) **zero rows of A only**: ``x_2 = phi(B_2 u + b_2)`` in closed form, computed before the
     fixed point of ``x_1``. It is a nonlinear function of ``u`` that the affine maps of a
-    smaller implicit model cannot absorb, so these states are *kept*, exactly as they are, and
-    listed in :attr:`PruneReport.closed_form`: they need no iteration (a solver sees rows of
-    ``A`` equal to zero). Where ``phi`` is the identity on such a state (a ``Blockwise`` segment
-    of ``Identity``), ``linear=True`` substitutes it exactly: ``B_1 += A_12 B_2``,
+    smaller implicit model cannot absorb. With ``split=True`` (default) these states, and
+    iteratively those that read only them, are taken out of the fixed point: the result is a
+    :class:`~idlkit.compress.StagedImplicitModel` (explicit pre levels, an implicit core on
+    ``x_1`` with input ``[u; x_2]``, explicit post levels; :mod:`idlkit.compress.staged`).
+    With ``split=False`` they are *kept* inside one :class:`~idlkit.ImplicitModel`, exactly as
+    they are (a solver sees rows of ``A`` equal to zero). Either way they are listed in
+    :attr:`PruneReport.closed_form` and the split in :attr:`PruneReport.staging`. Where
+    ``phi`` is the identity on such a state (a ``Blockwise`` segment of ``Identity``),
+    ``linear=True`` substitutes it exactly: ``B_1 += A_12 B_2``,
     ``b_1 += A_12 b_2``, ``D += C_2 B_2``, ``d += C_2 b_2``.
 (d) **zero columns of A only**: ``x_2 = phi(A_21 x_1 + B_2 u + b_2)`` in one step after
-    ``x_1``; kept as well and listed in :attr:`PruneReport.one_step`; identity states are
+    ``x_1``; split out (post levels) with ``split=True``, kept with ``split=False``, and
+    listed in :attr:`PruneReport.one_step`; identity states are
     substituted with ``linear=True``: ``C_1 += C_2 A_21``, ``D += C_2 B_2``, ``d += C_2 b_2``.
 
 Removing states can create new zero rows (a state that read only constants) or zero columns
@@ -69,10 +75,11 @@ from scipy.sparse.csgraph import breadth_first_order
 from torch import Tensor
 
 from .._matrix import as_matrix, from_scipy_csr, is_sparse
-from .._validation import check_scalar
+from .._validation import check_bool, check_scalar
 from ..activations import Identity, block_activations
 from ..errors import ConfigurationError, NonFiniteError
 from ..model import ImplicitModel
+from .staged import StagedImplicitModel, Staging, stage_partition
 
 __all__ = ["PruneReport", "FeatureSelection", "prune_states", "prune_inputs", "selected_features"]
 
@@ -87,6 +94,15 @@ REASONS = {
                        "C, D, d (case (d), linear=True)",
     "unobservable": "no path through A to the output: read only by states that are themselves "
                     "unobservable (a cycle; the closure of the column rule)",
+}
+
+#: Why a kept state goes to each part of the split (``split=True``; :class:`Staging`).
+PARTS = {
+    "pre": "explicit before the fixed point: its rows of A over the states not yet computed are "
+           "zero (case (c), iterated level by level)",
+    "core": "implicit: on a cycle of A or reading one that is read back (the fixed point of x_1)",
+    "post": "explicit after the fixed point: no state left in the fixed point reads it (case (d), "
+            "iterated level by level)",
 }
 
 
@@ -121,6 +137,11 @@ class PruneReport:
         bound: with ``prune_states(..., u=U)``, the certified
             :class:`~idlkit.compress.CompressionBound` of the thresholded model against the
             original on ``U`` (the pruned model's outputs equal the thresholded one's), else None.
+        staging: the :class:`~idlkit.compress.Staging` of the kept states (indices in the
+            pruned model, as :attr:`closed_form`): explicit pre levels, the implicit core, the
+            explicit post levels (see :data:`PARTS` for why); computed for either ``split``.
+        split: whether :func:`prune_states` returned the staged model (``split=True``) or one
+            :class:`~idlkit.ImplicitModel`.
     """
 
     n_before: int
@@ -136,6 +157,32 @@ class PruneReport:
     tol: float
     max_dropped: dict[str, float]
     bound: object | None = None
+    staging: Staging | None = None
+    split: bool = False
+
+    @property
+    def n_pre(self) -> int:
+        """Kept states computed explicitly before the fixed point (pre levels)."""
+        return 0 if self.staging is None else self.staging.n_pre
+
+    @property
+    def n_core(self) -> int:
+        """Kept states that need the fixed point once split (the core)."""
+        return self.n_after if self.staging is None else self.staging.n_core
+
+    @property
+    def n_post(self) -> int:
+        """Kept states computed explicitly after the fixed point (post levels)."""
+        return 0 if self.staging is None else self.staging.n_post
+
+    def part(self, i: int) -> str | None:
+        """``"pre"``, ``"core"`` or ``"post"`` for state ``i`` of the *pruned* model
+        (``None`` without a staging); :data:`PARTS` says why."""
+        if self.staging is None:
+            return None
+        if i in self.staging.core:
+            return "core"
+        return "pre" if any(i in lv for lv in self.staging.pre) else "post"
 
     @property
     def n_iterated(self) -> int:
@@ -163,8 +210,9 @@ class PruneReport:
                 f"{count['linear_closed_form'] + count['linear_one_step']} substituted, in "
                 f"{max(self.rounds, default=0)} round(s); "
                 f"{len(self.closed_form)} closed-form, {len(self.one_step)} one-step, "
-                f"{self.n_iterated} iterated; nnz {nnz0} -> {nnz1}; tol={self.tol:g}, "
-                f"exact={self.exact})")
+                f"{self.n_iterated} iterated; split {self.n_pre} pre / {self.n_core} core / "
+                f"{self.n_post} post (returned {'staged' if self.split else 'one model'}); "
+                f"nnz {nnz0} -> {nnz1}; tol={self.tol:g}, exact={self.exact})")
 
 
 @dataclass(frozen=True)
@@ -307,22 +355,28 @@ def _rebuild(model: ImplicitModel, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
 # ---------------------------------------------------------------------------- states
 
 
-def prune_states(model: ImplicitModel, tol: float = 0.0, *,
-                 linear: bool = False, u: Tensor | None = None) -> tuple[ImplicitModel, PruneReport]:
+def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
+                 linear: bool = False, u: Tensor | None = None
+                 ) -> tuple[StagedImplicitModel | ImplicitModel, PruneReport]:
     """Remove the states that paper 000 §5.2 shows are not needed; same outputs.
 
     Repeats, until nothing changes: remove the blocks of states whose rows of ``(A, B)`` are
     zero (constants ``phi(b_i)``, folded into the biases: ``b += A[:, i] phi(b_i)``,
     ``d += C[:, i] phi(b_i)``) and those whose columns of ``(A; C)`` are zero (unused); then
     the blocks with no path through ``A`` to the output (unobservable).
-    States with zero rows (columns) of ``A`` only are kept and reported as
-    :attr:`~PruneReport.closed_form` (:attr:`~PruneReport.one_step`). See the module docstring
-    for the derivation, block maps and ``tol``.
+    States with zero rows (columns) of ``A`` only (cases (c), (d)), and iteratively those that
+    read (are read by) only them, are taken out of the fixed point with ``split=True``: the
+    result is a :class:`~idlkit.compress.StagedImplicitModel` whose core is the fixed point on
+    the rest. See the module docstring for the derivation, block maps and ``tol``.
 
     Args:
         model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices, any activation).
         tol: entries of ``A``, ``B``, ``C`` with ``|entry| <= tol`` count as (and are set to)
             zero; ``0`` (default) prunes exactly.
+        split: ``True`` (default): return the :class:`~idlkit.compress.StagedImplicitModel`
+            (explicit pre levels, implicit core, explicit post levels; ``to_implicit()`` gives
+            the single model back); ``False``: one :class:`~idlkit.ImplicitModel` with the
+            closed-form and one-step states kept inside the fixed point.
         linear: also substitute the states whose map is the identity in cases (c) and (d)
             (then exactly: ``x_i = B_i u + b_i`` into ``B``, ``b`` and ``D``, ``d``;
             ``x_i = A_i x + B_i u + b_i`` into ``C``, ``D``, ``d``); this changes ``B``, ``C``,
@@ -333,26 +387,33 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *,
             ``tol = 0``), Thm 5.1 extended to ``B`` and ``C``.
 
     Returns:
-        ``(small, report)``: an :class:`~idlkit.ImplicitModel` with ``report.n_after`` states,
+        ``(small, report)``: with ``split=False`` an :class:`~idlkit.ImplicitModel` with
+        ``report.n_after`` states,
         the same inputs and outputs, activation (restricted to the kept blocks), declared
         well-posedness, ``kappa`` and solver settings, matrices in the same layouts (a sparse
         matrix stays sparse), dtype and device; biases where the original had them or a fold
         made them nonzero. ``small(u)`` equals ``model(u)`` up to rounding and the solver
-        tolerance when ``report.exact``.
+        tolerance when ``report.exact``. With ``split=True`` the
+        :class:`~idlkit.compress.StagedImplicitModel` of that model (the same outputs and
+        states). Pruning every state is not an error: the result is the static affine map
+        ``y = D u + d`` (``hidden = 0``).
 
     Raises:
-        ConfigurationError: ``model`` is not an ImplicitModel; ``tol`` negative or not finite.
+        ConfigurationError: ``model`` is not an ImplicitModel; ``tol`` negative or not finite;
+            ``split`` or ``linear`` not a bool.
         NonFiniteError: a matrix or bias has NaN or Inf entries.
 
     >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]]); B = torch.tensor([[1.0], [0.0]])
     >>> m = ImplicitModel.from_matrices(A, B, torch.ones(1, 2), torch.zeros(1, 1),
     ...                                 b=torch.tensor([0.0, 2.0]))
-    >>> small, report = prune_states(m)      # x_2 = relu(2) = 2 is a constant
+    >>> small, report = prune_states(m, split=False)  # x_2 = relu(2) = 2 is a constant
     >>> small.hidden, report.removed, report.reasons, small.b.tolist(), small.d.tolist()
     (1, (1,), ('constant',), [1.0], [2.0])
     """
     model = _check_model(model, "prune_states")
     tol = _check_tol(tol)
+    split = check_bool("split", split)
+    linear = check_bool("linear", linear)
     n, act = model.hidden, model.activation
     mats: dict[str, Matrix] = {}
     dropped: dict[str, float] = {}
@@ -483,8 +544,9 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *,
         nnz_before={k: _nnz(getattr(model, k)) for k in names},
         nnz_after={k: _nnz(getattr(small, k)) for k in names},
         tol=tol, max_dropped=dropped,
-        bound=None if u is None else _threshold_bound(model, mats, u))
-    return small, report
+        bound=None if u is None else _threshold_bound(model, mats, u),
+        staging=stage_partition(small.A, small.activation), split=split)
+    return (StagedImplicitModel(small, report.staging) if split else small), report
 
 
 def _threshold_bound(model: ImplicitModel, mats: dict[str, Matrix], u: Tensor) -> object:

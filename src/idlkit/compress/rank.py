@@ -80,7 +80,8 @@ from ..errors import ConfigurationError, NonFiniteError, ShapeError, WellPosedne
 from ..model import ImplicitModel
 from .lowrank import LowRankImplicitModel
 
-__all__ = ["RankReport", "low_rank", "nuclear_norm", "rank_step", "RANK_METHODS"]
+__all__ = ["RankReport", "low_rank", "nuclear_norm", "rank_step", "singular_value_threshold",
+           "RANK_METHODS"]
 
 RANK_METHODS = ("svd", "balanced")
 
@@ -367,6 +368,20 @@ def nuclear_norm(A: Tensor | nn.Module) -> Tensor:
     return torch.linalg.matrix_norm(M, ord="nuc")
 
 
+def singular_value_threshold(A: Tensor, lam: float) -> Tensor:
+    """The proximal operator of ``lam ||.||_*``: ``U diag(max(s - lam, 0)) V^T`` for the thin
+    SVD ``A = U diag(s) V^T`` (singular-value soft-thresholding; paper 001 §6.3's rank
+    sparsity), in float64; ``(m, n) -> (m, n)``. Every singular value ``<= lam`` becomes exactly
+    zero, so the rank of the result is the number of ``s_i > lam``.
+
+    >>> singular_value_threshold(torch.diag(torch.tensor([3.0, 0.5])), 1.0)
+    tensor([[2., 0.],
+            [0., 0.]], dtype=torch.float64)
+    """
+    U, S, Vh = torch.linalg.svd(A.detach().to(torch.float64), full_matrices=False)
+    return (U * torch.clamp(S - float(lam), min=0.0)) @ Vh
+
+
 def _numerical_rank(A: Tensor) -> int:
     S = torch.linalg.svdvals(A.detach().to(torch.float64))
     if S.numel() == 0 or float(S[0]) == 0.0:
@@ -421,9 +436,7 @@ def rank_step(model: ImplicitModel | LowRankImplicitModel, lam: float) -> int:
         raise NonFiniteError("A has NaN/Inf entries (the last optimizer step diverged): lower the "
                              "learning rate or restore a checkpoint")
     with torch.no_grad():
-        U, S, Vh = torch.linalg.svd(A.detach().to(torch.float64), full_matrices=False)
-        S = torch.clamp(S - lam, min=0.0)
-        A_new = (U * S) @ Vh
+        A_new = singular_value_threshold(A, lam)
         kind, act, kappa = model.wellposedness, model.activation, model.kappa
         value = None
         if kind == "inf":

@@ -18,7 +18,7 @@ from .bounds import (
     state_linf_bound,
 )
 from .ibp import BoundComparison, IntervalBounds, compare_bounds, interval_bounds
-from .lipschitz import LipschitzBounds, lipschitz_bound, lipschitz_bounds
+from .lipschitz import LipschitzBounds, lipschitz_bound, lipschitz_bounds, state_lipschitz_bound
 from .model_error import model_error_bound, perturbation_bound
 from .sensitivity import Sensitivity, output_box_bound, sensitivity, sensitivity_matrix
 from .worst_case import WorstCaseLoss, worst_case_loss
@@ -31,6 +31,7 @@ from .attacks import (
     SuccessRate,
     attack,
     fgsm_attack,
+    jsma_attack,
     lp_margin_attack,
     pgd_attack,
     saliency_attack,
@@ -68,6 +69,7 @@ __all__ = [
     "LipschitzBounds",
     "lipschitz_bound",
     "lipschitz_bounds",
+    "state_lipschitz_bound",
     "model_error_bound",
     "perturbation_bound",
     "WorstCaseLoss",
@@ -75,7 +77,8 @@ __all__ = [
     # relaxations and attacks
     "AttackResult", "lp_attack", "lp_state_bounds", "LPStateBounds", "sdp_attack",
     "Budget", "SuccessRate", "attack", "ATTACKS",
-    "sensitivity_attack", "saliency_attack", "fgsm_attack", "pgd_attack", "lp_margin_attack", "success_rate",
+    "sensitivity_attack", "saliency_attack", "fgsm_attack", "pgd_attack", "jsma_attack",
+    "lp_margin_attack", "success_rate",
     # linear bounds and the one entry
     "LinearBounds", "linear_bounds", "OutputBounds", "StateBounds", "output_bounds", "state_bounds",
     "CertifiedAccuracy", "certified_accuracy",

@@ -29,6 +29,9 @@ Attacks (the "margin" below is ``max_{j != y} yhat_j - yhat_y``: positive = misc
   random point of the l_inf ball (intersected with ``clip``), ``steps`` sign-gradient steps of the
   cross-entropy (or margin) loss, each projected back onto the set; the iterate with the largest
   margin is kept, over ``restarts`` random starts.
+* :func:`jsma_attack` (thesis §4.4; Papernot et al. 2016): the Jacobian saliency map over pairs of
+  inputs, moved step by step until the class changes or ``k`` inputs are spent (targeted, or
+  untargeted by the best target).
 * :func:`lp_margin_attack` (§7.3.2): for each sample and each wrong class ``j``, the LP relaxation of
   Thm 4.5 (:func:`idlkit.robust.lp.lp_attack`) maximises the linear margin ``(C_j - C_y) x +
   (D_j - D_y) u + d_j - d_y`` over the box (or the cardinality set for ``k``); the candidate with the
@@ -52,14 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_positive, check_probability
+from .._validation import check_choice, check_int, check_positive, check_probability, check_scalar
 from ..errors import ConfigurationError, InputError, ShapeError
 from ..model import batch_input
 from .lp import _dense, _to_np, lp_attack, state_sigma
 from .result import AttackResult
 
 __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_attack", "fgsm_attack",
-           "pgd_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
+           "pgd_attack", "jsma_attack", "lp_margin_attack", "success_rate", "ATTACKS"]
 
 
 @dataclass(frozen=True)
@@ -389,9 +392,150 @@ def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
                    status="optimal", extra={"objective": objective})
 
 
+def _jsma_targeted(model: torch.nn.Module, U: Tensor, T: Tensor, lo: Tensor, hi: Tensor, kmax: int,
+                   theta: float, mixed: bool, max_iter: int, logits: bool = False) -> Tensor:
+    """Papernot et al.'s JSMA towards the targets ``T`` (one per row): the adversarial rows."""
+    X = U.clone()
+    B, p = X.shape
+    active = torch.ones(B, dtype=torch.bool, device=X.device)
+    rows = torch.arange(B, device=X.device)
+    eye = torch.eye(p, dtype=torch.bool, device=X.device)
+    step = abs(theta)
+    for _ in range(max_iter):
+        with torch.enable_grad():
+            Xg = X.clone().requires_grad_(True)
+            out = model(Xg)
+            out = out if logits else torch.softmax(out, dim=1)
+            (gt,) = torch.autograd.grad(out.gather(1, T[:, None]).sum(), Xg, retain_graph=True)
+            (ga,) = torch.autograd.grad(out.sum(), Xg)
+        active &= out.detach().argmax(dim=1) != T
+        if not bool(active.any()):
+            break
+        alpha, beta = gt, ga - gt  # d Z_t / du and d sum_{j != t} Z_j / du (logits Z)
+        sgn = (torch.where(alpha >= 0, 1.0, -1.0).to(X.dtype) if mixed
+               else torch.full_like(X, 1.0 if theta > 0 else -1.0))
+        a, b = sgn * alpha, sgn * beta
+        movable = torch.where(sgn > 0, X < hi, X > lo)
+        fresh = (X == U).to(torch.int64)  # moving it adds one changed feature
+        room = kmax - (X != U).sum(dim=1)  # (B,)
+        pa, pb = a[:, :, None] + a[:, None, :], b[:, :, None] + b[:, None, :]
+        pnew = fresh[:, :, None] + fresh[:, None, :]
+        ok = (movable[:, :, None] & movable[:, None, :] & ~eye & (pa > 0) & (pb < 0)
+              & (pnew <= room[:, None, None]))
+        score = torch.where(ok, pa * pb.abs(), torch.full_like(pa, -math.inf)).reshape(B, -1)
+        best, idx = score.max(dim=1)
+        # no admissible pair (one slot or one feature left): the best single feature
+        ok1 = movable & (a > 0) & (b < 0) & (fresh <= room[:, None])
+        s1 = torch.where(ok1, a * b.abs(), torch.full_like(a, -math.inf))
+        best1, idx1 = s1.max(dim=1)
+        use_pair = torch.isfinite(best)
+        active &= use_pair | torch.isfinite(best1)
+        if not bool(active.any()):
+            break
+        i = torch.where(use_pair, idx // p, idx1)
+        j = torch.where(use_pair, idx % p, idx1)
+        for f in (i, j):
+            r, c = rows[active], f[active]
+            new = X[r, c] + sgn[r, c] * step
+            X[r, c] = torch.minimum(torch.maximum(new, lo[r, c]), hi[r, c])
+    return X
+
+
+def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
+                theta: float = 1.0, target: Tensor | int | None = None, mixed: bool = False,
+                max_iter: int | None = None, logits: bool = False) -> AttackResult:
+    """Jacobian-based saliency map attack (Papernot et al. 2016; thesis §4.4's comparison).
+
+    For a target class ``t`` and the outputs ``F`` (the softmax probabilities, as in the paper;
+    the logits with ``logits=True``), ``alpha_i = dF_t/du_i`` and ``beta_i = sum_{j != t} dF_j/du_i``;
+    each iteration picks the pair of features ``(p, q)``
+    (still movable, ``p != q``) maximising ``(alpha_p + alpha_q) |beta_p + beta_q|`` subject to
+    ``alpha_p + alpha_q > 0`` and ``beta_p + beta_q < 0`` (the saliency map over pairs) and moves
+    both by ``theta`` (``theta > 0`` increases features, ``< 0`` decreases them, as in the paper),
+    clipped to the budget's box ``[u - epsilon, u + epsilon] ∩ clip``; a feature at its end leaves
+    the search domain. It stops when the prediction is ``t``, when no pair qualifies, or after
+    ``max_iter`` iterations (default: ``k`` times the steps that cross the widest box). At most
+    ``Budget.k`` features change: a pair is admissible only if it keeps the count within ``k``;
+    when no pair is (one slot or one movable feature left), the best single feature is taken.
+
+    ``target=None`` runs the attack towards every class ``t != y`` and keeps, per sample, the
+    best result (a success with the fewest changed features, else the largest margin):
+    untargeted by the best target. ``mixed=True`` lets each feature move in its own direction
+    (the sign of ``alpha_i``; the "maximal JSMA" generalisation), which needs no choice of sign.
+    With probabilities ``beta = -alpha`` (they sum to 1), so the map ranks pairs by the target's
+    probability gradient; with logits the sign conditions are stricter. Measured on a digits
+    model (``tests/test_robust_certs.py``'s, k = 4, epsilon = 0.5, 139 samples): probabilities
+    61 % (mixed 67 %), logits 43 % (mixed 47 %), the saliency attack 49 %.
+
+    Args:
+        budget: :class:`Budget` (``k``: changed features; ``epsilon``/``clip``: the box).
+        theta: the step per iteration, nonzero and finite.
+        target: ``(batch,)`` or one class for every row; must differ from ``y``.
+
+    Returns:
+        :class:`AttackResult` with ``extra["target"]`` the ``(batch,)`` classes aimed at.
+
+    >>> res = jsma_attack(model, u, y, Budget(k=4, clip=(0.0, 1.0)), theta=1.0)  # doctest: +SKIP
+    """
+    b = as_budget(budget)
+    U, Y, squeeze = _inputs(model, u, y)
+    theta = check_scalar("theta", theta, why="the change of a feature per iteration")
+    if theta == 0:
+        raise ConfigurationError("theta must be nonzero (> 0 increases features, < 0 decreases "
+                                 "them), got 0")
+    if not isinstance(mixed, bool):
+        raise ConfigurationError(f"mixed must be True or False, got {mixed!r}")
+    q, p = model.out_features, model.in_features
+    kmax = b.count(p)
+    eps, clip = b.epsilon, b.clip
+    lo = U - eps if eps is not None else torch.full_like(U, float(clip[0]))  # type: ignore[index]
+    hi = U + eps if eps is not None else torch.full_like(U, float(clip[1]))  # type: ignore[index]
+    if clip is not None:
+        lo, hi = lo.clamp(min=float(clip[0])), hi.clamp(max=float(clip[1]))
+        lo, hi = torch.minimum(lo, U), torch.maximum(hi, U)  # an input outside clip stays put
+    if max_iter is None:
+        width = float((hi - lo).max()) if U.numel() else 0.0
+        max_iter = max(1, kmax * max(1, math.ceil(width / abs(theta) - 1e-12)))
+    else:
+        max_iter = check_int("max_iter", max_iter, 1)
+    if target is not None:
+        T = torch.as_tensor(target, device=U.device)
+        if T.dtype.is_floating_point or T.dim() > 1:
+            raise InputError(f"target must hold integer classes, got {T.dtype} {tuple(T.shape)}")
+        T = T.long().expand(U.shape[0]) if T.dim() == 0 else T.long()
+        if T.shape[0] != U.shape[0]:
+            raise ShapeError(f"target has {T.shape[0]} classes for {U.shape[0]} inputs")
+        if T.numel() and (int(T.min()) < 0 or int(T.max()) >= q):
+            raise InputError(f"targets must lie in [0, {q}), got [{int(T.min())}, {int(T.max())}]")
+        if bool((T == Y).any()):
+            raise InputError("a target equals the true label y: a targeted attack needs another "
+                             "class (or target=None for the best one)")
+        Uadv = _jsma_targeted(model, U, T, lo, hi, kmax, theta, mixed, max_iter, logits)
+        return _finish(model, U, Y, Uadv, squeeze, "jsma", extra={"target": T})
+    Uadv, best_t = U.clone(), torch.full_like(Y, -1)
+    key = torch.full((U.shape[0],), -math.inf, dtype=torch.float64, device=U.device)
+    for t in range(q):
+        sel = (Y != t).nonzero().flatten()
+        if not sel.numel():
+            continue
+        Tt = torch.full((sel.numel(),), t, dtype=torch.long, device=U.device)
+        Xt = _jsma_targeted(model, U[sel], Tt, lo[sel], hi[sel], kmax, theta, mixed, max_iter,
+                            logits)
+        with torch.no_grad():
+            mg = margins(model(Xt), Y[sel]).to(torch.float64)
+        changed = (Xt != U[sel]).sum(dim=1).to(torch.float64)
+        # success first (fewest changes), then the largest margin
+        k_t = torch.where(mg > 0, 1e6 - changed, torch.clamp(mg, max=0.0) - 1e6)
+        better = k_t > key[sel]
+        idx = sel[better]
+        Uadv[idx], key[idx], best_t[idx] = Xt[better], k_t[better], t
+    return _finish(model, U, Y, Uadv, squeeze, "jsma", extra={"target": best_t})
+
+
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "sensitivity": sensitivity_attack, "saliency": saliency_attack, "fgsm": fgsm_attack,
     "pgd": pgd_attack, "lp": lp_margin_attack,
+    "jsma": jsma_attack,
 }
 
 

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .. import wellposed as wp
+from .._validation import check_choice
 from ..errors import WellPosednessError
 from ._linalg import SolveCertificate, solve_nonneg
 from ._model import (
@@ -128,27 +128,34 @@ def state_block_bound(model: object, sigma_u: object, k: int | None = None, meth
     return state_bound(model, sigma_u, k, method).eta
 
 
-def state_linf_bound(model: object, sigma_u: object, k: int | None = None) -> float:
+def state_linf_bound(model: object, sigma_u: object, k: int | None = None, measure: str = "inf"
+                     ) -> float:
     """``||x - x0||_inf <= gamma ||B| sigma_u||_inf / (1 - gamma ||A||_inf)`` (eq. 4.3), float64.
 
     With ``k`` (eq. 4.2) the numerator is ``gamma delta``, ``delta = max_i s_k(sigma_u . |B|^T e_i)``
     (eq. 4.4). ``gamma`` is the activation's l_inf Lipschitz constant (1 for CONE maps).
+    ``measure="mu"`` replaces ``||A||_inf`` by ``mu_inf(A)_+`` (paper 004's input-to-state bound,
+    for monotone componentwise maps with ``0 <= phi' <= gamma``; the derivation of
+    :func:`~idlkit.robust.lipschitz.state_lipschitz_bound` with ``|(B du)_i| <= delta``), which
+    also covers ``||A||_inf >= 1 > gamma mu_inf(A)``.
 
     Raises:
-        WellPosednessError: ``gamma ||A||_inf >= 1`` (the bound needs a contraction).
+        WellPosednessError: ``gamma ||A||_inf >= 1`` (``gamma mu_inf(A) >= 1`` for ``"mu"``): the
+            bound needs a contraction.
+        ConfigurationError: ``"mu"`` with a non-monotone or block activation.
     """
+    from .lipschitz import contraction
+
+    check_choice("measure", measure, ("inf", "mu"))
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
     k = check_k(k, d.p)
     if d.n == 0:
         return 0.0
-    gamma = float(d.activation.lipschitz_inf)
-    a = gamma * wp.inf_norm(d.A)
-    if not a < 1:
-        raise WellPosednessError(
-            f"eq. 4.3/4.4 needs gamma ||A||_inf < 1, got {a:.6g} (gamma = {gamma:g}); use "
-            f"state_box_bound (needs only lambda_pf < 1) or rescale the model "
-            f"(idlkit.wellposed.rescale)")
+    try:
+        gamma, denom = contraction(d, measure)
+    except WellPosednessError as exc:
+        raise WellPosednessError(f"{exc}; state_box_bound needs only lambda_pf < 1") from None
     absB = abs(d.B) if sp.issparse(d.B) else np.abs(d.B)
     if k is None:
         delta = float(np.asarray(absB @ s).max(initial=0.0))
@@ -157,7 +164,7 @@ def state_linf_bound(model: object, sigma_u: object, k: int | None = None) -> fl
         delta = float(top_k_sum(W, k).max(initial=0.0))
     num = gamma * delta
     # outward rounding: the bound must not be an underestimate
-    return float(np.nextafter(num / (1 - a) * (1 + 4 * (d.n + d.p) * np.finfo(float).eps), np.inf))
+    return float(np.nextafter(num / denom * (1 + 4 * (d.n + d.p) * np.finfo(float).eps), np.inf))
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,23 @@ def solution_error(model: object, U: Tensor, X0: Tensor, method: str = "auto", b
     d = model_data(model)
     if d.n == 0:
         return np.zeros((U.shape[0], 0))
+    r = residual_bound(model, U, X0)
+    sizes = np.asarray(d.blocks.sizes, dtype=np.int64)
+    if not d.componentwise:
+        r = np.add.reduceat(r, np.concatenate(([0], np.cumsum(sizes)[:-1])), axis=1)
+    NA = norm_matrices(d)[0]
+    E, _ = solve_nonneg(NA, np.ascontiguousarray(r.T), method=method,
+                        what="the solver-error bound of the nominal states")
+    E = E.T
+    return E if d.componentwise or blocks else np.repeat(E, sizes, axis=1)
+
+
+def residual_bound(model: object, U: Tensor, X0: Tensor) -> np.ndarray:
+    """``(batch, n)`` upper bound on ``|x0 - phi(A x0 + B u + b)|`` at computed states ``X0``
+    (float64), including the rounding of its own evaluation (see :func:`solution_error`)."""
+    d = model_data(model)
+    if d.n == 0:
+        return np.zeros((U.shape[0], 0))
     b = getattr(model, "b", None)
     bias = np.zeros(d.n) if b is None else b.detach().to("cpu", torch.float64).numpy()
     Xn, Un = X0.numpy(), U.numpy()
@@ -234,15 +258,7 @@ def solution_error(model: object, U: Tensor, X0: Tensor, method: str = "auto", b
     mag = np.asarray(absA @ np.abs(Xn).T).T + np.asarray(absB @ np.abs(Un).T).T + np.abs(bias)
     gam = np.repeat(np.asarray(d.blocks.gammas, dtype=np.float64), np.asarray(d.blocks.sizes))
     eps = np.finfo(np.float64).eps
-    r = r + 4 * (d.n + d.p + 2) * eps * gam * mag + 16 * eps * (np.abs(Xn) + np.abs(PZ) + 1e-300)
-    sizes = np.asarray(d.blocks.sizes, dtype=np.int64)
-    if not d.componentwise:
-        r = np.add.reduceat(r, np.concatenate(([0], np.cumsum(sizes)[:-1])), axis=1)
-    NA = norm_matrices(d)[0]
-    E, _ = solve_nonneg(NA, np.ascontiguousarray(r.T), method=method,
-                        what="the solver-error bound of the nominal states")
-    E = E.T
-    return E if d.componentwise or blocks else np.repeat(E, sizes, axis=1)
+    return r + 4 * (d.n + d.p + 2) * eps * gam * mag + 16 * eps * (np.abs(Xn) + np.abs(PZ) + 1e-300)
 
 
 def box_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None,

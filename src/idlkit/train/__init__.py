@@ -5,7 +5,9 @@ So far: projected-gradient training (:class:`Trainer`, problem 6.4), Frank-Wolfe
 block-coordinate descent (:func:`fenchel_bcd`, paper 001 §4, paper 000 §6.3; its per-layer,
 proxy-free form of paper 001 §7.1, :func:`layered_bcd`), the losses of
 eq. 6.2 (:mod:`.losses`), the penalties of §4.3, §5.1 and paper 004 (:mod:`.penalties`) and
-adversarial training (:func:`adversarial_fit`, the empirical baseline of issue 17).
+adversarial training (:func:`adversarial_fit`, the empirical baseline of issue 17); robust
+training by convex relaxations (:func:`robust_fit`, paper 001 §5: robust counterpart, LP
+relaxation, affine recourse, and the adversarial baseline; convex blocks in :mod:`.robust_convex`).
 """
 
 from .adversarial import ADVERSARIAL_ATTACKS, adversarial_fit

@@ -44,6 +44,29 @@ Block-coordinate descent (§4.2), one sweep = the blocks in ``order``:
   row-wise l1-ball projection of :func:`idlkit.wellposed.project_inf_ball`.
 * with the group penalty, which couples B and D, the two model blocks are one joint
   proximal-gradient block ``ABCD`` (group-lasso proximal operator :func:`group_lasso_prox`).
+* rank sparsity (paper 001 §6.3). ``nuclear=w`` adds ``w ||A||_*`` to the penalty; the ``AB``
+  step's proximal map on ``A`` is then the singular-value soft threshold
+  (:func:`idlkit.compress.singular_value_threshold`, as in :func:`idlkit.compress.rank_step`)
+  followed by the rescaling ``A <- A radius / ||A||_inf`` when it leaves the ball (which keeps
+  the rank, where the row-wise projection would raise it). That composition is not the exact
+  proximal map of ``w ||.||_* +`` the ball's indicator, so the block is a *feasible descent*
+  method: the safeguarded FISTA rejects a step that would increase the objective.
+  ``rank=k`` keeps ``A = L R^T`` (``L, R``: ``(n, k)``): the ``A`` update "is not jointly
+  convex in ``A = L R^T`` but may be addressed by alternating over the factors" (§6.3), so the
+  ``AB`` block becomes two convex blocks of the same objective, ``L`` (with ``B, b``; ``R``
+  fixed: regressors ``[R^T X; U; 1]``) and ``R`` (``L, B, b`` fixed; ``Z = L R^T X + B U + b``,
+  gradient ``X G^T L``, step ``1 / (max(lam) ||L||_2^2 ||X||_2^2)``). Well-posedness of the
+  low-rank class: ``||L R^T||_inf <= ||L||_inf ||R||_1`` and ``lambda_pf(|R|^T |L|) =
+  lambda_pf(|L| |R|^T) <= || |L| |R|^T ||_inf <= ||L||_inf ||R||_1`` (``||R||_1``: the largest
+  column l1 norm), so the constraint ``||L||_inf ||R||_1 <= radius = kappa / gamma`` certifies
+  both the dense ``||A||_inf`` set and the :class:`~idlkit.compress.LowRankImplicitModel`
+  certificate ``gamma lambda_pf(|R|^T |L|) <= kappa``. With the other factor fixed it is an
+  l1-ball per row of ``L`` (radius ``radius / ||R||_1``) or per column of ``R`` (radius
+  ``radius / ||L||_inf``): convex, with the exact projection of
+  :func:`idlkit.wellposed.project_inf_ball`, and the current factor is feasible, so each step is
+  a projected-gradient descent step that never increases the objective. After the pair the
+  factors are rebalanced (``L t, R / t`` with ``||L||_inf = ||R||_1``: ``A`` is unchanged).
+  ``rank(A) <= k`` holds exactly in the factors (:attr:`FenchelBCDResult.L`, ``.R``).
 * ``X``: problem 14, strictly convex and column-separable: damped Newton per column
   (Hessian ``A^T diag(lam phi'(Z)) A + mu I``) with Armijo backtracking; or the paper's
   fixed-point iteration ``X = P - mu^-1 A^T diag(lam) (phi(A X + B U) - P)`` (``x_solver=
@@ -74,6 +97,7 @@ that break them are refused with :class:`~idlkit.errors.ConfigurationError`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -225,6 +249,8 @@ class _Problem:
     ridge: float
     ball_B: float | None
     ball_CD: float | None
+    rank: int | None = None  # A = L R^T with (n, rank) factors (§6.3)
+    nuclear: float = 0.0  # weight of ||A||_* (§6.3)
 
     @property
     def n(self) -> int:
@@ -277,6 +303,8 @@ def _penalty(pb: _Problem, TAB: Tensor, TCD: Tensor) -> float:
         val += pb.group * float(torch.linalg.vector_norm(torch.cat([B, D]), dim=0).sum())
     if pb.ridge:
         val += 0.5 * pb.ridge * float((C * C).sum() + (D * D).sum())
+    if pb.nuclear:
+        val += pb.nuclear * float(torch.linalg.matrix_norm(TAB[:, :n], ord="nuc"))
     return val
 
 
@@ -334,14 +362,33 @@ def _newton_columns(V0: Tensor, fun: Callable[[Tensor], Tensor], grad: Callable[
 # ----------------------------------------------------------------------------- blocks
 
 
+def _prox_B(pb: _Problem, B: Tensor, step: Tensor | float) -> Tensor:
+    return _l1_ball(_soft(B, pb.l1 * step) * pb.masks["B"], pb.ball_B)
+
+
 def _prox_AB(pb: _Problem, T: Tensor, step: Tensor | float) -> Tensor:
     n, p = pb.n, pb.p
     A, B, b = _split(T, n, p)
     A = A * pb.masks["A"]
-    if pb.radius is not None:
+    if pb.nuclear:
+        A = _nuclear_prox(pb, A, pb.nuclear * float(step))
+    elif pb.radius is not None:
         A = wp.project_inf_ball(A, pb.radius)
-    B = _l1_ball(_soft(B, pb.l1 * step) * pb.masks["B"], pb.ball_B)
+    B = _prox_B(pb, B, step)
     return torch.cat([A, B] + ([b] if b is not None else []), dim=1)
+
+
+def _nuclear_prox(pb: _Problem, A: Tensor, threshold: float) -> Tensor:
+    """Singular-value soft threshold, then back into ``||A||_inf <= radius`` by rescaling (which
+    keeps the rank; module docstring)."""
+    from ..compress.rank import singular_value_threshold  # compress imports train
+
+    A = singular_value_threshold(A, threshold).to(A.dtype)
+    if pb.radius is not None and A.numel():
+        v = float(A.abs().sum(dim=1).max())
+        if v > pb.radius:
+            A = A * (pb.radius / v)
+    return A
 
 
 def _prox_CD(pb: _Problem, T: Tensor, step: Tensor | float) -> Tensor:
@@ -393,7 +440,7 @@ def _sigma2(M: Tensor) -> float:
 
 
 def _row_separable(pb: _Problem) -> bool:
-    return pb.group == 0 and pb.ball_B is None
+    return pb.group == 0 and pb.ball_B is None and pb.nuclear == 0
 
 
 def _step_AB(pb: _Problem, TAB: Tensor, X: Tensor, P: Tensor, it: int, tol: float) -> Tensor:
@@ -408,6 +455,115 @@ def _step_AB(pb: _Problem, TAB: Tensor, X: Tensor, P: Tensor, it: int, tol: floa
     out = _fista_blocks([TAB], obj, lambda v: [_grad_AB(pb, v[0], W, P)],
                  lambda v, s: [_prox_AB(pb, v[0], s[0])], [steps], it, tol)
     return out[0]
+
+
+# ----------------------------------------------------------------------------- rank-k A = L R^T (§6.3)
+
+
+def _row_l1(L: Tensor) -> float:
+    """``||L||_inf``: the largest row l1 norm."""
+    return float(L.abs().sum(dim=1).max()) if L.numel() else 0.0
+
+
+def _col_l1(R: Tensor) -> float:
+    """``||R||_1``: the largest column l1 norm."""
+    return float(R.abs().sum(dim=0).max()) if R.numel() else 0.0
+
+
+def _balance(pb: _Problem, L: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L t, R / t)`` with ``||L||_inf = ||R||_1`` (same ``L R^T``), both scaled down together
+    when ``||L||_inf ||R||_1`` exceeds the radius (with a margin of 1e-12 for rounding)."""
+    a, c = _row_l1(L), _col_l1(R)
+    if a == 0 or c == 0:
+        return L, R
+    t = math.sqrt(c / a)
+    L, R = L * t, R / t
+    limit = None if pb.radius is None else pb.radius * (1 - 1e-12)
+    if limit is not None and a * c > limit:
+        f = math.sqrt(limit / (a * c))
+        L, R = L * f, R * f
+    return L, R
+
+
+def _init_factors(pb: _Problem, A: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Balanced factors of the truncated SVD of ``A`` (singular values floored at ``1e-3 s_1``,
+    or 1e-3 for ``A = 0``, so that neither factor starts at the saddle ``L = R = 0``), feasible."""
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    top = float(S[0]) if S.numel() and float(S[0]) > 0 else 1.0
+    s = torch.clamp(S[:k], min=1e-3 * top).sqrt()
+    return _balance(pb, U[:, :k] * s, Vh[:k].t() * s)
+
+
+def _step_L(pb: _Problem, TAB: Tensor, L: Tensor, R: Tensor, X: Tensor, P: Tensor, it: int,
+            tol: float) -> tuple[Tensor, Tensor]:
+    """``(L, B, b)`` with ``R`` fixed: problem 13 with regressors ``[R^T X; U; 1]`` and the rows
+    of ``L`` in the l1 ball of radius ``radius / ||R||_1`` (convex; rows decouple)."""
+    n, p, k = pb.n, pb.p, L.shape[1]
+    _, B, b = _split(TAB, n, p)
+    W = pb.W(R.t() @ X)
+    c = _col_l1(R)
+    radius = None if pb.radius is None or c == 0 else pb.radius / c
+    s2 = max(_sigma2(W), 1e-300)
+    steps: Tensor | float = 1 / (pb.lam * s2) if _row_separable(pb) else 1 / (float(pb.lam.max()) * s2)
+
+    def obj(v: list[Tensor]) -> float:
+        return float(_divergence_cols(pb, P, v[0] @ W).sum()) + pb.l1 * float(v[0][:, k:k + p].abs().sum())
+
+    def prox(v: list[Tensor], st: list[Tensor | float]) -> list[Tensor]:
+        T = v[0]
+        Lp = T[:, :k] if radius is None else wp.project_inf_ball(T[:, :k], radius)
+        return [torch.cat([Lp, _prox_B(pb, T[:, k:k + p], st[0]), T[:, k + p:]], dim=1)]
+
+    T0 = torch.cat([L, B] + ([b] if b is not None else []), dim=1)
+    T = _fista_blocks([T0], obj, lambda v: [_grad_AB(pb, v[0], W, P)], prox, [steps], it, tol)[0]
+    L = T[:, :k]
+    return torch.cat([L @ R.t(), T[:, k:]], dim=1), L
+
+
+def _step_R(pb: _Problem, TAB: Tensor, L: Tensor, R: Tensor, X: Tensor, P: Tensor, it: int,
+            tol: float) -> tuple[Tensor, Tensor]:
+    """``R`` with ``L, B, b`` fixed: ``Z = L R^T X + B U + b`` is linear in ``R``, the gradient
+    of the divergence is ``X G^T L`` (``G = lam (phi(Z) - P)``); the columns of ``R`` stay in the
+    l1 ball of radius ``radius / ||L||_inf`` (convex)."""
+    n, p = pb.n, pb.p
+    _, B, b = _split(TAB, n, p)
+    Z0 = B @ pb.U + (b if b is not None else 0.0)
+    a = _row_l1(L)
+    radius = None if pb.radius is None or a == 0 else pb.radius / a
+    step = 1 / max(float(pb.lam.max()) * _sigma2(L) * _sigma2(X), 1e-300)
+
+    def z(Rv: Tensor) -> Tensor:
+        return L @ (Rv.t() @ X) + Z0
+
+    def grad(v: list[Tensor]) -> list[Tensor]:
+        G = pb.lam * (_phi(z(v[0]), pb.act) - P)
+        return [X @ (G.t() @ L)]
+
+    def prox(v: list[Tensor], _s: list[Tensor | float]) -> list[Tensor]:
+        return [v[0] if radius is None else wp.project_inf_ball(v[0].t(), radius).t()]
+
+    R = _fista_blocks([R], lambda v: float(_divergence_cols(pb, P, z(v[0])).sum()), grad, prox,
+                      [step], it, tol)[0]
+    return torch.cat([L @ R.t(), TAB[:, n:]], dim=1), R
+
+
+def _stationarity_factors(pb: _Problem, TAB: Tensor, L: Tensor, R: Tensor, X: Tensor,
+                          P: Tensor) -> dict[str, float]:
+    """Unit-step projected-gradient residuals of the ``L`` (with ``B, b``) and ``R`` blocks."""
+    n, p, k = pb.n, pb.p, L.shape[1]
+    W = pb.W(R.t() @ X)
+    TL = torch.cat([L, TAB[:, n:]], dim=1)
+    GL = _grad_AB(pb, TL, W, P)
+    c, a = _col_l1(R), _row_l1(L)
+    rl = None if pb.radius is None or c == 0 else pb.radius / c
+    rr = None if pb.radius is None or a == 0 else pb.radius / a
+    V = TL - GL
+    Lp = V[:, :k] if rl is None else wp.project_inf_ball(V[:, :k], rl)
+    new = torch.cat([Lp, _prox_B(pb, V[:, k:k + p], 1.0), V[:, k + p:]], dim=1)
+    G = pb.lam * (_phi(L @ (R.t() @ X) + TAB[:, n:] @ W[k:], pb.act) - P)
+    VR = R - X @ (G.t() @ L)
+    Rp = VR if rr is None else wp.project_inf_ball(VR.t(), rr).t()
+    return {"L": float(torch.linalg.norm(TL - new)), "R": float(torch.linalg.norm(R - Rp))}
 
 
 def _zero_cd(pb: _Problem) -> Tensor:
@@ -622,6 +778,8 @@ class FenchelBCDResult:
         converged: the stationarity measure fell below ``tol``.
         seconds: wall time.
         X, P: final states, batch-first ``(m, n)``.
+        L, R: with ``rank=k``, the float64 factors ``(n, k)`` of ``A = L R^T`` (the model holds
+            their product in its dtype), ``||L||_inf ||R||_1 <= kappa / gamma``; else None.
     """
 
     objectives: tuple[float, ...]
@@ -630,6 +788,8 @@ class FenchelBCDResult:
     seconds: float
     X: Tensor
     P: Tensor
+    L: Tensor | None = None
+    R: Tensor | None = None
 
     @property
     def stationarity(self) -> float:
@@ -766,7 +926,8 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
                 ridge: float = 0.0, ball_B: float | None = None, ball_CD: float | None = None,
                 order: Sequence[str] = _BLOCKS, tol: float = 1e-6, inner_iterations: int = 200,
                 inner_tol: float = 1e-10, x_solver: str = "newton",
-                callback: Callable[[FenchelSweep], None] | None = None) -> FenchelBCDResult:
+                callback: Callable[[FenchelSweep], None] | None = None, rank: int | None = None,
+                nuclear: float = 0.0) -> FenchelBCDResult:
     """Block-coordinate descent on the Fenchel relaxation (paper 001 eqs. 10-15, Theorem 2).
 
     Args:
@@ -797,6 +958,23 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         x_solver: ``"newton"`` or ``"fixed_point"`` (the paper's iteration; Newton is used
             when it does not contract).
         callback: called with each :class:`FenchelSweep`.
+        rank: keep ``A = L R^T`` with ``(n, rank)`` factors, ``1 <= rank <= n`` (paper 001
+            §6.3): the ``AB`` block becomes the blocks ``"L"`` (with ``B, b``) and ``"R"``,
+            alternating convex steps under ``||L||_inf ||R||_1 <= kappa / gamma`` (module
+            docstring); the factors start from the truncated SVD of the model's ``A``. Not with
+            ``triangular``, a mask on ``A``, ``group`` or ``nuclear``.
+        nuclear: weight ``>= 0`` of the rank-sparsity penalty ``||A||_*`` (§6.3); its ``A``
+            step is the singular-value soft threshold. Not with ``triangular`` or a mask on A.
+
+    Raises:
+        ConfigurationError: bad settings (unknown loss, ``rank`` outside ``[1, n]``, a
+            negative weight, incompatible options, ...).
+
+    >>> model = idlkit.ImplicitModel(3, 6, 1, wellposedness="inf", kappa=0.5, dtype=torch.float64)
+    >>> U = torch.randn(50, 3, dtype=torch.float64); Y = U[:, :1].clone()
+    >>> res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=3, rank=2)
+    >>> torch.linalg.matrix_rank(res.L @ res.R.T).item() <= 2
+    True
     """
     t0 = time.perf_counter()
     check_int("iterations", iterations, 0)
@@ -815,6 +993,7 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
     if U.dim() != 2:
         U = U.reshape(U.shape[0], -1)
     pb = _problem(model, U, Y, lam, mu, loss, radius, tri, masks, l1, group, ridge, ball_B, ball_CD)
+    pb = _rank_settings(pb, rank, nuclear)
 
     TAB, TCD = _thetas(model)
     # start from a feasible point: the projections are no-ops for a model that satisfies them
@@ -822,6 +1001,10 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         TAB, TCD = _prox_joint(pb, TAB, TCD, 0.0)
     else:
         TAB, TCD = _prox_AB(pb, TAB, 0.0), _prox_CD(pb, TCD, 0.0)
+    L = R = None
+    if pb.rank is not None:
+        L, R = _init_factors(pb, TAB[:, :pb.n], pb.rank)
+        TAB = torch.cat([L @ R.t(), TAB[:, pb.n:]], dim=1)
     with torch.no_grad():
         _write(model, pb, TAB, TCD)
         X = model.equilibrium(U.to(model.A.dtype)).to(_F64).t()
@@ -841,6 +1024,13 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
                     continue
                 TAB, TCD = _step_joint(pb, TAB, TCD, X, P, it, itol)
                 done_model, name = True, "ABCD"
+            elif name == "AB" and L is not None and R is not None:
+                TAB, L = _step_L(pb, TAB, L, R, X, P, it, itol)
+                blocks.append(("L", _objective(pb, TAB, TCD, X, P)))
+                TAB, R = _step_R(pb, TAB, L, R, X, P, it, itol)
+                L, R = _balance(pb, L, R)
+                TAB = torch.cat([L @ R.t(), TAB[:, pb.n:]], dim=1)
+                name = "R"
             elif name == "AB":
                 TAB = _step_AB(pb, TAB, X, P, it, itol)
             elif name == "CD":
@@ -851,6 +1041,9 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
                 P = _step_P(pb, TAB, TCD, X, P, it, itol)
             blocks.append((name, _objective(pb, TAB, TCD, X, P)))
         stat = _stationarity(pb, TAB, TCD, X, P)
+        if L is not None and R is not None:
+            del stat["AB"]
+            stat.update(_stationarity_factors(pb, TAB, L, R, X, P))
         total = math.sqrt(sum(v * v for v in stat.values()))
         rec = FenchelSweep(k, blocks[-1][1], tuple(blocks), stat, total)
         sweeps.append(rec)
@@ -862,7 +1055,27 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
             break
     _write(model, pb, TAB, TCD)
     return FenchelBCDResult(tuple(objectives), tuple(sweeps), converged, time.perf_counter() - t0,
-                            X.t().contiguous(), P.t().contiguous())
+                            X.t().contiguous(), P.t().contiguous(), L, R)
+
+
+def _rank_settings(pb: _Problem, rank: object, nuclear: object) -> _Problem:
+    """``pb`` with the rank-sparsity options (§6.3) validated."""
+    nuclear = check_positive("nuclear", nuclear, allow_zero=True, example=1e-3,
+                             why="the weight of the nuclear norm of A")
+    a_masked = bool((pb.masks["A"] == 0).any())
+    if rank is not None:
+        rank = check_int("rank", rank, 1)
+        if rank > pb.n:
+            raise ConfigurationError(f"rank = {rank} exceeds the state size n = {pb.n}; pass 1 <= rank "
+                                     f"<= {pb.n} (rank = n is the unconstrained A)")
+        if a_masked or pb.group or nuclear:
+            raise ConfigurationError("rank=k keeps A = L R^T: it cannot be combined with a triangular "
+                                     "or masked A, group or nuclear (their A steps are not factored); "
+                                     "drop one of them")
+    if nuclear and a_masked:
+        raise ConfigurationError("nuclear: the singular-value threshold of A does not keep a triangular "
+                                 "or masked pattern; use nuclear without triangular/masks['A']")
+    return dataclasses.replace(pb, rank=rank, nuclear=float(nuclear))
 
 
 def _write(model: nn.Module, pb: _Problem, TAB: Tensor, TCD: Tensor) -> None:

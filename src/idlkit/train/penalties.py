@@ -49,6 +49,7 @@ __all__ = [
     "sensitivity_matrix",
     "sensitivity_penalty",
     "mu_lipschitz_bound",
+    "nuclear",
     "PENALTIES",
 ]
 
@@ -155,6 +156,20 @@ def mu_lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     return inf_norm_torch(B) * inf_norm_torch(C) / (1 - torch.clamp(mu, min=0)) + inf_norm_torch(D)
 
 
+def nuclear(A: Tensor | torch.nn.Module) -> Tensor:
+    """Rank-sparsity penalty ``||A||_* = sum_i sigma_i(A)`` (paper 001 §6.3: the convex envelope
+    of ``rank A``), differentiable; :func:`idlkit.compress.nuclear_norm` (which also takes a
+    model, a :class:`~idlkit.compress.LowRankImplicitModel` giving ``||L R^T||_*``).
+    ``Trainer(penalties=[("nuclear", w)])`` passes the model.
+
+    >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))
+    tensor(5.)
+    """
+    from ..compress.rank import nuclear_norm  # compress imports train: resolved at call time
+
+    return nuclear_norm(A)
+
+
 PENALTIES = {
     "l1": l1,
     "group_columns": group_columns,
@@ -162,4 +177,5 @@ PENALTIES = {
     "lipschitz": lipschitz_penalty,
     "sensitivity": sensitivity_penalty,
     "mu_lipschitz": mu_lipschitz_bound,
+    "nuclear": nuclear,
 }

@@ -216,10 +216,21 @@ def _write(model: object, A: Tensor, B: Tensor, b: Tensor, C: Tensor, D: Tensor,
             P = getattr(model, name)
             if P is not None:
                 P.copy_(val.to(P.dtype))
-        if model.A.shape[0]:  # type: ignore[attr-defined]
-            A64 = model.A.detach().to(_F64)  # type: ignore[attr-defined]
-            if float(A64.abs().sum(1).max()) > kappa:
-                model.A.copy_(wp.project_inf_ball(A64, kappa).to(model.A.dtype))  # type: ignore[attr-defined]
+        _enforce(model, kappa)
+
+
+def _enforce(model: object, kappa: float) -> None:
+    """``||A||_inf <= kappa`` for the matrix as stored (float64 row sums of the model's dtype): the
+    exact projection, onto a radius a few ulps of the model's dtype inside ``kappa`` so that the
+    rounding of a float32 copy cannot leave it outside."""
+    A = model.A  # type: ignore[attr-defined]
+    if not A.shape[0]:
+        return
+    with torch.no_grad():
+        if float(A.detach().to(_F64).abs().sum(1).max()) > kappa:
+            eps = torch.finfo(A.dtype).eps
+            radius = kappa * (1 - 4 * eps * (A.shape[0] + 1))
+            A.copy_(wp.project_inf_ball(A.detach().to(_F64), radius).to(A.dtype))
 
 
 def _accuracy(model: object, U: Tensor, Y: Tensor) -> float:
@@ -266,9 +277,10 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     computed from the model alone and verified (module docstring of :mod:`.robust_convex`).
 
     The fixed point is computed in float64, widened by ``2 residual / (1 - ||A||_inf)`` plus a
-    relative ``1e-9`` and then *checked* to satisfy every robust counterpart constraint: the check,
-    not the iteration, is the proof. Margin bounds then certify samples with ``max_{j != t} M_j <
-    0`` (strictly, beyond a ``1e-9`` relative slack).
+    relative ``1e-9`` and then *checked* to satisfy every robust counterpart constraint with a slack
+    above the rounding error of the check: the check, not the iteration, is the proof. Margin
+    bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
+    relative slack).
 
     >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
     >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
@@ -289,8 +301,18 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     pad = 2 * st.residual / (1 - a) + 1e-9 * scale
     st = _widen(st, pad)
     worst, per = constraint_violation(model, U, s, st)
-    ok = per <= 0
-    _, _, _, C, D, d = _mats64(model)
+    # the check itself is rounded: demand a slack above its float64 error (sums of n + p + 2
+    # terms of at most this magnitude each)
+    A64, B64, b64, C, D, d = _mats64(model)
+    n, eps = A64.shape[0], float(torch.finfo(_F64).eps)
+    if n:
+        big = torch.maximum(st.lo.abs(), st.hi.abs())
+        mag = (big @ A64.abs().T + U.abs() @ B64.abs().T + b64.abs()).amax(1) + big.amax(1)
+        mag = mag + 2 * float((st.R.abs() @ s).max())
+    else:
+        mag = torch.zeros(U.shape[0], dtype=_F64)
+    rounding = 8 * (n + U.shape[1] + 2) * eps * (1 + mag)
+    ok = per <= -rounding if n else torch.ones(U.shape[0], dtype=torch.bool)  # n = 0: no state
     M = margin_bounds(C, D, d, st.R, s, U, Y, st.lo, st.hi)
     wc = float(worst_case_cross_entropy(M).mean())
     off = M.clone()
@@ -399,8 +421,11 @@ def _fit_adversarial(model: object, U: Tensor, Y: Tensor, s: Tensor, options: di
                      ) -> list[RobustRecord]:
     from .adversarial import adversarial_fit  # built on its own branch; imported lazily
 
-    eps = float(s[0]) if bool((s == s[0]).all()) else s
-    res = adversarial_fit(model, U.to(model.A.dtype), Y, eps, **options)  # type: ignore[attr-defined]
+    if not bool((s == s[0]).all()):
+        raise ConfigurationError("method 'adversarial' attacks an l_inf ball: sigma_u must be one number "
+                                 f"(got radii from {float(s.min()):g} to {float(s.max()):g}); pass a scalar "
+                                 "or rescale the inputs")
+    res = adversarial_fit(model, U.to(model.A.dtype), Y, float(s[0]), **options)  # type: ignore[attr-defined]
     hist = [RobustRecord(int(e.epoch), float(e.train_loss), math.nan, float(e.val_accuracy), float(e.seconds))
             for e in res.history]
     if hist:  # the clean training accuracy of the result, measured once at the end
@@ -433,7 +458,8 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
             bounded state satisfies raises :class:`~idlkit.errors.InfeasibleError` naming the rows.
         certify_method: bound method of :func:`idlkit.robust.certified_accuracy` for ``certified``.
         options: ``"adversarial"`` only: passed to ``adversarial_fit`` (``attack``, ``steps``,
-            ``epochs``, ``lr``, ...).
+            ``mix``, ``clip``, Trainer settings); ``epochs``, ``lr``, ``batch_size`` and ``seed`` are
+            this function's own. ``sigma_u`` must then be one number (an ``l_inf`` ball).
 
     Shapes: ``U (m, p)``, ``Y (m,)``; the result's ``recourse`` is ``(n, p)``.
 
@@ -466,16 +492,14 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
         raise ConfigurationError(f"unknown options {sorted(options)} for method {method!r} (extra options "
                                  f"go to adversarial_fit only)")
     # well-posedness first: the fixed points below need ||A||_inf < 1
-    with torch.no_grad():
-        if method != "adversarial" and model.A.shape[0]:  # type: ignore[attr-defined]
-            A64 = model.A.detach().to(_F64)  # type: ignore[attr-defined]
-            if float(A64.abs().sum(1).max()) > kappa:
-                model.A.copy_(wp.project_inf_ball(A64, kappa).to(model.A.dtype))  # type: ignore[attr-defined]
+    if method != "adversarial":
+        _enforce(model, kappa)
     t0 = time.perf_counter()
     R = None
     if method == "adversarial":
         used = "adversarial"
-        history = _fit_adversarial(model, U, Y, s, dict(options))
+        opts = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, **options}
+        history = _fit_adversarial(model, U, Y, s, opts)
     else:
         s_train = torch.zeros_like(s) if method == "lp" else s
         recourse = method == "recourse"

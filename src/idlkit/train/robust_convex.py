@@ -257,12 +257,14 @@ def _margin_expr(cp: object, C: object, D: object, d: object, R: object, sigma: 
     W = C - ones @ C[t:t + 1, :]
     V = D - ones @ D[t:t + 1, :]
     mt = Uc.shape[1]
-    H = W @ R + V
+    H = W @ R + V if W.shape[1] else V
     shift = (np.abs(H) if isinstance(H, np.ndarray) else cp.abs(H)) @ sigma + (d - d[t])  # type: ignore[attr-defined]
     if isinstance(shift, np.ndarray):
         bias = np.outer(shift, np.ones(mt))
     else:
         bias = cp.reshape(shift, (q, 1), order="F") @ np.ones((1, mt))  # type: ignore[attr-defined]
+    if W.shape[1] == 0:  # no states
+        return V @ Uc + bias
     absW = np.abs(W) if isinstance(W, np.ndarray) else cp.abs(W)  # type: ignore[attr-defined]
     return W @ c + absW @ r + V @ Uc + bias  # type: ignore[attr-defined]
 
@@ -339,6 +341,15 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
 
     (module docstring: convex in the model). ``prox`` keeps the step near the current model
     ``theta_0`` (a proximal alternating scheme). Without ``has_bias`` ``b`` and ``d`` stay 0.
+
+    The block separates into two convex problems, solved one after the other: the output part
+    ``(C, D, d)`` carries the whole loss and no constraint (exponential cones), the state part
+    ``(A, B, b)`` carries the constraints and only penalties (a QP, itself separable by rows of
+    ``(A, B, b)``, as problem 13 of paper 001). Hence, with the states fixed, ``A`` and ``B`` move
+    only as far as the penalties pull them inside the set the states certify: the loss reaches
+    them through the next state block (their effect on the smallest interval). This is the
+    paper's alternating scheme; the first-order path differentiates through the state block
+    instead, and learns ``A, B`` much faster (see :func:`~idlkit.train.robust_fit`).
     """
     cp = _cvxpy()
     A0, B0, b0, C0, D0, d0 = (t.numpy() for t in _mats(model))
@@ -349,43 +360,63 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
     lo, hi, Rn = (t.to(_F64).numpy() for t in (states.lo.T, states.hi.T, states.R))
     c, r = (hi + lo) / 2, np.maximum((hi - lo) / 2, 0.0)
     floor = np.abs(Rn) @ s
-    A, B, C, D = (cp.Variable(M.shape) for M in (A0, B0, C0, D0))  # type: ignore[attr-defined]
-    b = cp.Variable(n) if has_bias else np.zeros(n)  # type: ignore[attr-defined]
+    C = cp.Variable(C0.shape) if n else C0  # type: ignore[attr-defined]
+    D = cp.Variable(D0.shape)  # type: ignore[attr-defined]
     d = cp.Variable(q) if has_bias else np.zeros(q)  # type: ignore[attr-defined]
     ones_m = np.ones((1, m))
 
     def col(v: object, k: int) -> object:
         return cp.reshape(v, (k, 1), order="F") @ ones_m  # type: ignore[attr-defined]
 
-    g = cp.abs(A @ Rn + B - Rn) @ s  # type: ignore[attr-defined]
-    base = B @ Un.T + col(b, n) if has_bias else B @ Un.T
-    absAr = cp.abs(A) @ r  # type: ignore[attr-defined]
-    cons = [hi - (A @ c + absAr + base + col(g, n)) >= 0]
-    active = (lo > -floor[:, None] + 1e-12).astype(float)
-    cons.append(cp.multiply(active, lo - (A @ c - absAr + base - col(g, n))) <= 0)  # type: ignore[attr-defined]
+    cons = []
     if n:
+        A, B = cp.Variable(A0.shape), cp.Variable(B0.shape)  # type: ignore[attr-defined]
+        b = cp.Variable(n) if has_bias else np.zeros(n)  # type: ignore[attr-defined]
+        g = cp.abs(A @ Rn + B - Rn) @ s  # type: ignore[attr-defined]
+        base = B @ Un.T + col(b, n) if has_bias else B @ Un.T
+        absAr = cp.abs(A) @ r  # type: ignore[attr-defined]
+        cons.append(hi - (A @ c + absAr + base + col(g, n)) >= 0)
+        active = (lo > -floor[:, None] + 1e-12).astype(float)
+        cons.append(cp.multiply(active, lo - (A @ c - absAr + base - col(g, n))) <= 0)  # type: ignore[attr-defined]
         cons.append(cp.sum(cp.abs(A), axis=1) <= kappa)  # type: ignore[attr-defined]
+    else:  # no states: y = D u + d (the block is the whole, convex, problem)
+        A, B, b = A0, B0, b0
     terms = []
     for t, idx in _class_groups(Yn):
         Mt = _margin_expr(cp, C, D, d, Rn, s, Un[idx].T, c[:, idx], r[:, idx], t, q)
         terms.append(cp.sum(cp.log_sum_exp(Mt, axis=0)))  # type: ignore[attr-defined]
     loss = sum(terms) / max(m, 1)
-    obj = loss
-    if weight_decay:
-        obj = obj + weight_decay / 2 * (cp.sum_squares(B) + cp.sum_squares(C) + cp.sum_squares(D))  # type: ignore[attr-defined]
-    if l1:
-        obj = obj + l1 * (cp.sum(cp.abs(B)) + cp.sum(cp.abs(C)) + cp.sum(cp.abs(D)))  # type: ignore[attr-defined]
-    if prox:
-        pr = cp.sum_squares(A - A0) + cp.sum_squares(B - B0) + cp.sum_squares(C - C0) + cp.sum_squares(D - D0)  # type: ignore[attr-defined]
-        if has_bias:
-            pr = pr + cp.sum_squares(b - b0) + cp.sum_squares(d - d0)  # type: ignore[attr-defined]
-        obj = obj + prox / 2 * pr
-    prob = cp.Problem(cp.Minimize(obj), cons)  # type: ignore[attr-defined]
-    _solve(prob, "the model block of robust training")
+
+    def penalties(mats: list, pairs: list) -> object:
+        out = 0.0
+        if weight_decay:
+            out = out + weight_decay / 2 * sum(cp.sum_squares(M) for M in mats)  # type: ignore[attr-defined]
+        if l1:
+            out = out + l1 * sum(cp.sum(cp.abs(M)) for M in mats)  # type: ignore[attr-defined]
+        if prox:
+            out = out + prox / 2 * sum(cp.sum_squares(V - V0) for V, V0 in pairs)  # type: ignore[attr-defined]
+        return out
+
+    # the block separates: the loss sees only (C, D, d), the constraints only (A, B, b)
+    out_pairs = [(D, D0)] + ([(C, C0)] if n else []) + ([(d, d0)] if has_bias else [])
+    prob_out = cp.Problem(cp.Minimize(loss + penalties([D] + ([C] if n else []), out_pairs)))  # type: ignore[attr-defined]
+    _solve(prob_out, "the output part (C, D, d) of the model block of robust training")
+    value = float(prob_out.value)
+    if n:
+        st_pairs = [(A, A0), (B, B0)] + ([(b, b0)] if has_bias else [])
+        pen = penalties([B], st_pairs)
+        if isinstance(pen, float):  # no penalty at all: stay at the (feasible) current point
+            A, B, b = A0, B0, b0
+        else:
+            prob_st = cp.Problem(cp.Minimize(pen), cons)  # type: ignore[attr-defined]
+            _solve(prob_st, "the state part (A, B, b) of the model block of robust training")
+            value += float(prob_st.value)
 
     def val(v: object, like: np.ndarray) -> Tensor:
+        if like.size == 0:
+            return torch.zeros(like.shape, dtype=_F64)
         arr = np.asarray(v.value if hasattr(v, "value") else v, dtype=np.float64)
         return torch.from_numpy(arr.reshape(like.shape).copy())
 
     return ModelStep(val(A, A0), val(B, B0), val(b, b0), val(C, C0), val(D, D0), val(d, d0),
-                     float(prob.value), float(loss.value))
+                     value, float(loss.value))

@@ -174,7 +174,7 @@ class Trainer:
             third of the epochs).
         penalties: pairs ``(name or f(model) -> scalar, weight)``; names from
             :data:`idlkit.train.PENALTIES` (``l1`` sums over A, B, C, D; ``feature_selection``
-            uses (B, D); the others take (A, B, C, D)).
+            uses (B, D); ``nuclear`` the model's ``A`` (or ``L R^T``); the others take (A, B, C, D)).
         patience: early stopping after this many epochs without a better validation loss;
             the best weights are restored (needs ``val_data``). ``None`` disables it.
         seed: seeds the private generator of the batch order (runs are reproducible).
@@ -262,6 +262,8 @@ class Trainer:
                 value = sum(PENALTIES["l1"](getattr(model, k)) for k in ("A", "B", "C", "D"))
             elif pen == "feature_selection":
                 value = PENALTIES[pen](model.B, model.D)
+            elif pen == "nuclear":
+                value = PENALTIES[pen](model)
             else:
                 value = PENALTIES[pen](model.A, model.B, model.C, model.D)
             total = total + w * value
