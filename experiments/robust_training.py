@@ -132,19 +132,19 @@ def train_all(X: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> lis
         if method not in args.robust_fit or (args.methods and name not in args.methods):
             continue
         if robust_fit is None:
-            out.append({"method": name, "setting": f"sigma {s:g}, float64", "model": None,
+            out.append({"method": name, "setting": f"sigma {s:g}", "model": None,
                         "train_seconds": 0.0,
                         "note": "not available: idl.train.robust_fit is not on this branch"})
             log(f"  skipped {name}: idl.train.robust_fit not available")
             continue
 
         def rf(method=method):
-            m = _fresh(p, args, dtype=torch.float64)
+            m = _fresh(p, args)
             r = robust_fit(m, (X, y), s, method=method, epochs=args.epochs, seed=args.seed)
             return m, (f"solver {r.solver}, training certificate holds: {r.certificate_holds}, "
                        f"certifies {100 * r.certificate.certified:.1f} % of the training points")
 
-        add(name, f"sigma {s:g}, float64", rf)
+        add(name, f"sigma {s:g}", rf)
     return out
 
 
@@ -156,7 +156,7 @@ def _batched(fn, U: torch.Tensor, Y: torch.Tensor, batch: int = 500) -> torch.Te
 
 
 def evaluate(model: idl.ImplicitModel, Xt: torch.Tensor, yt: torch.Tensor, args: argparse.Namespace) -> dict:
-    Xt = Xt.to(model.A.dtype)  # the robust_fit rows are float64 models
+    Xt = Xt.to(model.A.dtype)
     with torch.no_grad():
         correct = model(Xt).argmax(1) == yt
     res: dict = {"clean": float(correct.float().mean()), "sigmas": {}}
