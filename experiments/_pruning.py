@@ -109,11 +109,14 @@ def _kept_parameters(net: nn.Sequential, keep: list[Tensor]) -> int:
 
 
 def _keep_by_score(net: nn.Sequential, scores: list[Tensor], target: float) -> list[Tensor]:
-    """Remove the neurons of lowest score (over all hidden layers) until at least ``target`` of
-    the parameters are gone (counted exactly: a removed neuron takes its weight row, its bias and
-    its outgoing column); at least one neuron per layer stays."""
+    """Remove the neurons of lowest score (relative to their layer's largest, over all hidden
+    layers) until at least ``target`` of the parameters are gone (counted exactly: a removed
+    neuron takes its weight row, its bias and its outgoing column); one per layer stays."""
     total = parameters(net)
-    flat = sorted((float(s), layer, j) for layer, sc in enumerate(scores) for j, s in enumerate(sc))
+    # scores relative to their layer's largest: a row norm over 784 inputs and one over 64 are
+    # not comparable, and raw scores would empty the narrower layer first (a 1-neuron bottleneck)
+    rel = [sc / sc.max().clamp_min(1e-30) for sc in scores]
+    flat = sorted((float(s), layer, j) for layer, sc in enumerate(rel) for j, s in enumerate(sc))
     keep = [torch.ones(len(sc), dtype=torch.bool) for sc in scores]
     for _, layer, j in flat:
         if _kept_parameters(net, keep) <= (1 - target) * total:
