@@ -258,7 +258,9 @@ def test_nothing_to_prune_and_everything():
     assert _max_diff(model, small, _inputs(model)) == 0.0
     with torch.no_grad():
         model.C.zero_()  # nothing reaches the output: every state is unused
-    small, rep = prune_states(model, split=False)
+    with pytest.raises(ConfigurationError, match="would remove all 6 states"):
+        prune_states(model, split=False)
+    small, rep = prune_states(model, split=False, allow_empty=True)
     assert small.hidden == 0 and set(rep.reasons) == {"unobservable"}  # a dense A: cycles
     assert _max_diff(model, small, _inputs(model)) <= 1e-12
 
@@ -382,7 +384,7 @@ def test_l1_trained_model():
             for W in (model.A, model.B, model.C):
                 W.copy_(torch.sign(W) * (W.abs() - 0.05 * lam * 40).clamp_min(0))
         model.project_()
-    small, rep = prune_states(model, split=False)
+    small, rep = prune_states(model, split=False, allow_empty=True)
     _check_structure(model, small, rep)
     assert rep.removed  # the penalty zeroed whole rows/columns
     assert _max_diff(model, small, U) <= 1e-12
@@ -435,7 +437,7 @@ def test_random_patterns(n, seed, act, sparse, bias, density, linear):
         T = [M.to_sparse_csr() for M in T]
     bb = torch.tensor(rng.normal(size=n)) if bias else None
     model = idl.ImplicitModel.from_matrices(*T, bb, activation=act, **TIGHT)
-    small, rep = prune_states(model, linear=linear, split=False)
+    small, rep = prune_states(model, linear=linear, split=False, allow_empty=True)
     _check_structure(model, small, rep, linear=linear)
     assert _max_diff(model, small, _inputs(model, m=16)) <= 1e-12
     if linear:
@@ -443,7 +445,7 @@ def test_random_patterns(n, seed, act, sparse, bias, density, linear):
         for k, is_lin in enumerate(_lin_mask(small)):
             assert not is_lin or bool((A1[k] != 0).any() and (A1[:, k] != 0).any())
     # idempotent: a second pass finds nothing
-    again, rep2 = prune_states(small, linear=linear, split=False)
+    again, rep2 = prune_states(small, linear=linear, split=False, allow_empty=True)
     assert rep2.removed == () and again.hidden == small.hidden
 
 
@@ -620,7 +622,7 @@ def test_edge_cases_blocks_and_empty():
     with torch.no_grad():
         m.A.zero_()
         m.B.zero_()  # a constant block softmax(b), folded into d
-    s, rep = prune_states(m, split=False)
+    s, rep = prune_states(m, split=False, allow_empty=True)
     assert s.hidden == 0 and rep.reasons == ("constant",) * 4
     assert _max_diff(m, s, U) <= 1e-14
     # a user's Centered(Blockwise(...)): restricted to the kept blocks, still centred

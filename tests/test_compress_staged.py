@@ -290,10 +290,12 @@ def test_prune_states_split():
     with torch.no_grad():
         torch.testing.assert_close(staged(U), model(U), atol=1e-12, rtol=0)
         torch.testing.assert_close(plain(U), model(U), atol=1e-12, rtol=0)
-    # everything removed: the static affine map, not an error
+    # everything removed: an error unless asked for, then the static affine map
     with torch.no_grad():
         model.C.zero_()
-    empty, rep2 = prune_states(model)
+    with pytest.raises(ConfigurationError, match="allow_empty"):
+        prune_states(model)
+    empty, rep2 = prune_states(model, allow_empty=True)
     assert empty.hidden == 0 and rep2.n_after == 0
     with torch.no_grad():
         torch.testing.assert_close(empty(U), model(U), atol=1e-12, rtol=0)

@@ -356,7 +356,7 @@ def _rebuild(model: ImplicitModel, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
 
 
 def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
-                 linear: bool = False, u: Tensor | None = None
+                 linear: bool = False, u: Tensor | None = None, allow_empty: bool = False
                  ) -> tuple[StagedImplicitModel | ImplicitModel, PruneReport]:
     """Remove the states that paper 000 §5.2 shows are not needed; same outputs.
 
@@ -395,12 +395,14 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
         made them nonzero. ``small(u)`` equals ``model(u)`` up to rounding and the solver
         tolerance when ``report.exact``. With ``split=True`` the
         :class:`~idlkit.compress.StagedImplicitModel` of that model (the same outputs and
-        states). Pruning every state is not an error: the result is the static affine map
-        ``y = D u + d`` (``hidden = 0``).
+        states). Pruning every state of a model that has some raises (the model is then the
+        static affine map ``y = D u + d``, usually a sign that ``tol`` is too large or ``C``
+        reads no state); ``allow_empty=True`` returns that map (``hidden = 0``).
 
     Raises:
         ConfigurationError: ``model`` is not an ImplicitModel; ``tol`` negative or not finite;
-            ``split`` or ``linear`` not a bool.
+            ``split``, ``linear`` or ``allow_empty`` not a bool; every state would be removed
+            (without ``allow_empty``).
         NonFiniteError: a matrix or bias has NaN or Inf entries.
 
     >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]]); B = torch.tensor([[1.0], [0.0]])
@@ -414,6 +416,7 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
     tol = _check_tol(tol)
     split = check_bool("split", split)
     linear = check_bool("linear", linear)
+    allow_empty = check_bool("allow_empty", allow_empty)
     n, act = model.hidden, model.activation
     mats: dict[str, Matrix] = {}
     dropped: dict[str, float] = {}
@@ -536,6 +539,12 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
     closed = np.flatnonzero(~row_nz)
     one_step = np.flatnonzero(~col_nz & row_nz)
 
+    if n1 == 0 and n > 0 and not allow_empty:
+        why = sorted(set(reasons))
+        raise ConfigurationError(
+            f"prune_states would remove all {n} states ({', '.join(why)}; tol={tol:g}): the model is "
+            f"the static map y = D u + d. Fix: a smaller tol, check that C reads the states, or pass "
+            f"allow_empty=True to get that map")
     names = ("A", "B", "C", "D")
     report = PruneReport(
         n_before=n, n_after=n1, kept=tuple(kept.tolist()), removed=tuple(removed),
