@@ -115,3 +115,22 @@ def test_bench_sim_scale_quick(tmp_path: Path) -> None:
     assert all(r["best_s"] and r["speedup"] for r in res["backends"])
     assert res["config"]["out"] == tmp_path.name  # no machine path recorded
     assert "## Backends" in (tmp_path / "bench_sim_scale_quick.md").read_text()
+
+
+def test_bench_sparse_quick(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_sparse.py", "--quick", "--sizes", "60", "--densities", "0.05", "0.5",
+          "--batches", "1", "4", "--p", "8", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_sparse_quick.json").read_text())
+    for sec in ("general", "triangular"):
+        cells = [c for c in res[sec]["cells"] if not c.get("skipped")]
+        assert cells
+        for c in cells:  # same model, same solver: same iterations and outputs to rounding
+            assert c["same_iterations_forward"] and c["same_iterations_backward"]
+            tol = 1e-4 if c["dtype"] == "float32" else 1e-10
+            assert c["max_abs_dy"] <= tol * max(1.0, c["max_abs_y"])
+            assert c["inf_norm_A"] <= res["config"]["kappa"] + 1e-9 or sec == "triangular"
+        keys = {(x["n"], x["dtype"], x["direction"], x["batch"]) for x in res[sec]["crossovers"]}
+        assert keys == {(60, d, r, b) for d in ("float32", "float64") for r in ("forward", "backward")
+                        for b in (1, 4)}
+    assert res["config"]["out"] == tmp_path.name  # no machine path recorded
+    assert "Crossover density" in (tmp_path / "bench_sparse_quick.md").read_text()
