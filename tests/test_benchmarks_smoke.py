@@ -124,8 +124,10 @@ def test_bench_sparse_quick(tmp_path: Path) -> None:
     for sec in ("general", "triangular"):
         cells = [c for c in res[sec]["cells"] if not c.get("skipped")]
         assert cells
-        for c in cells:  # same model, same solver: same iterations and outputs to rounding
-            assert c["same_iterations_forward"] and c["same_iterations_backward"]
+        for c in cells:  # same model, same solver: same iterations (float64) and outputs to rounding
+            for d in ("forward", "backward"):
+                its = [c[side][d]["iterations"] for side in ("dense", "csr")]
+                assert abs(its[0] - its[1]) <= (0 if c["dtype"] == "float64" else 1)
             tol = 1e-4 if c["dtype"] == "float32" else 1e-10
             assert c["max_abs_dy"] <= tol * max(1.0, c["max_abs_y"])
             assert c["inf_norm_A"] <= res["config"]["kappa"] + 1e-9 or sec == "triangular"
