@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
+    ap.add_argument("--tag", default="", help="suffix of the output file names (e.g. _batch1)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)
     if a.quick:
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["elapsed_s"] = time.perf_counter() - t0
     res["notes"] = NOTES
     md = markdown(res)
-    stem = "bench_sparse_quick" if args.quick else "bench_sparse"
+    stem = ("bench_sparse_quick" if args.quick else "bench_sparse") + args.tag
     atomic_write(args.out / f"{stem}.json", json.dumps(res, indent=1) + "\n")
     atomic_write(args.out / f"{stem}.md", md)
     print()
