@@ -124,3 +124,24 @@ def test_bench_prune_quick(tmp_path: Path) -> None:
     assert len(staged) == 2 and staged[0]["iterated_states"] == 0  # the MLP is fully explicit
     assert all(r["max_abs_diff"] < 1e-4 for r in res["rows"])
     assert "| speed-up |" in (tmp_path / "bench_prune_quick.md").read_text()
+
+
+def test_bench_sparse_quick(tmp_path: Path) -> None:
+    _run(["benchmarks/bench_sparse.py", "--quick", "--sizes", "60", "--densities", "0.05", "0.5",
+          "--batches", "1", "4", "--p", "8", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_sparse_quick.json").read_text())
+    for sec in ("general", "triangular"):
+        cells = [c for c in res[sec]["cells"] if not c.get("skipped")]
+        assert cells
+        for c in cells:  # same model, same solver: same iterations (float64) and outputs to rounding
+            for d in ("forward", "backward"):
+                its = [c[side][d]["iterations"] for side in ("dense", "csr")]
+                assert abs(its[0] - its[1]) <= (0 if c["dtype"] == "float64" else 1)
+            tol = 1e-4 if c["dtype"] == "float32" else 1e-10
+            assert c["max_abs_dy"] <= tol * max(1.0, c["max_abs_y"])
+            assert c["inf_norm_A"] <= res["config"]["kappa"] + 1e-9 or sec == "triangular"
+        keys = {(x["n"], x["dtype"], x["direction"], x["batch"]) for x in res[sec]["crossovers"]}
+        assert keys == {(60, d, r, b) for d in ("float32", "float64") for r in ("forward", "backward")
+                        for b in (1, 4)}
+    assert res["config"]["out"] == tmp_path.name  # no machine path recorded
+    assert "Crossover density" in (tmp_path / "bench_sparse_quick.md").read_text()
