@@ -30,7 +30,7 @@ def git_commit() -> str | None:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE.parent,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev + ("+dirty(src)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
