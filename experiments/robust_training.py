@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -291,7 +293,9 @@ def markdown(res: dict, args: argparse.Namespace) -> str:
         lines.append("")
     lines += ["What the papers claim (no table is printed for robust training):", ""]
     lines += [f"- {src}: {claim}" for src, claim in PAPER_CLAIMS]
-    lines += ["", f"Command: `python experiments/robust_training.py{' --quick' if args.quick else ''}`", ""]
+    argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = f"cd experiments && ../.venv/bin/python robust_training.py {argv}".rstrip()
+    lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
 
 
