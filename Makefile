@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU build of torch (on local disk here); override elsewhere, e.g. TORCH_SPEC="torch>=2.2".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.idlkit-installed
+# the suite on both cores, one test file per worker (files share module-level fixtures)
+PYTEST_ARGS ?= -n 2 --dist loadfile
 SHARED_DATA := $(abspath ../shared/datasets)
 ifneq ($(wildcard $(SHARED_DATA)),)
 export IDLKIT_DATA ?= $(SHARED_DATA)
@@ -25,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m idlkit.cli demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
