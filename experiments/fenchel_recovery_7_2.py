@@ -283,6 +283,18 @@ def plot(runs: list[dict], variants: list[str], weights_of: dict, data0: dict, p
     return f"figure: {path.name}"
 
 
+def _portable(value: object) -> str:
+    """An argument for the results file; a path relative to the repository (or its bare name), so
+    no machine path is recorded."""
+    if isinstance(value, Path):
+        root = Path(__file__).resolve().parent.parent
+        try:
+            return str(value.resolve().relative_to(root))
+        except ValueError:
+            return value.name
+    return str(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -429,7 +441,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     write_atomic(args.out / f"fenchel_recovery_7_2{args.tag}.md", text)
     write_atomic(args.out / f"fenchel_recovery_7_2{args.tag}.json", json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds, "table": table,
+        {"args": {k: _portable(v) for k, v in vars(args).items()}, "seconds": seconds, "table": table,
          "runs": all_runs, "true_supports": [d["cols"] for d in datas]}, indent=1))
     print(text)
 
