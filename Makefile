@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export IDLKIT_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench package clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# sdist + wheel in dist/ (offline: the build backend comes with the dev extras), then the check
+# that the wheel installed on its own runs the README's examples
+package: $(STAMP)
+	$(PY) -m build --no-isolation --outdir dist .
+	$(PY) -m pytest -p no:cacheprovider tests/test_packaging.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
@@ -39,4 +45,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_wellposed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs dist .pytest_cache .ruff_cache
