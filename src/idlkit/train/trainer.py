@@ -185,6 +185,15 @@ class Trainer:
             before the forward pass (same shape; e.g. adversarial examples, see
             :func:`idlkit.train.adversarial_fit`); the objective and ``train_loss`` are measured
             on its output. Validation data is never transformed.
+        distributed: data-parallel training across the processes of an initialised
+            ``torch.distributed`` group (``None``: whenever one with more than one process is
+            initialised). Every process passes the same data and settings; each global batch
+            (the same seeded permutation everywhere) is split across the ranks, the model runs
+            wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, and each rank's mean
+            loss is weighted by its share of the batch, so the averaged gradient is the gradient
+            of the global batch's mean loss: the steps, and so the well-posedness projection
+            after them, are those of single-process training on every rank (up to the summation
+            order of the all-reduce). Only rank 0 writes ``checkpoint``.
     """
 
     def __init__(self, *, loss: str | Callable[..., Tensor] = "cross_entropy",
@@ -194,7 +203,8 @@ class Trainer:
                  penalties: Sequence[tuple[str | Callable[[nn.Module], Tensor], float]] = (),
                  patience: int | None = None, seed: int = 0, dtype: torch.dtype | None = None,
                  project: bool = True, log: Callable[[EpochRecord], object] | None = None,
-                 transform: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> None:
+                 transform: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+                 distributed: bool | None = None) -> None:
         if isinstance(loss, str) and loss not in LOSSES:
             raise ConfigurationError(f"unknown loss {loss!r}; choose one of {list(LOSSES)} or pass "
                                      f"a callable")
@@ -223,6 +233,9 @@ class Trainer:
         self.epochs, self.batch_size, self.schedule = epochs, batch_size, schedule
         self.penalties, self.patience, self.seed = tuple(penalties), patience, int(seed)
         self.dtype, self.project, self.log, self.transform = dtype, project, log, transform
+        if distributed is not None and not isinstance(distributed, bool):
+            raise ConfigurationError(f"distributed must be True, False or None (auto), got {distributed!r}")
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ pieces
 
@@ -325,6 +338,17 @@ class Trainer:
         state = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")} if has else None
         return int(meta["epoch"]) + 1, history, (float(loss), int(ep), state), bool(meta["stopped"])
 
+    def _group(self) -> tuple[int, int] | None:
+        """``(rank, world size)`` of the data-parallel group, or None for one process."""
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        if self.distributed and not ready:
+            raise ConfigurationError("distributed=True needs an initialised torch.distributed process "
+                                     "group: call torch.distributed.init_process_group(...) first")
+        if self.distributed is False or not ready or dist.get_world_size() == 1:
+            return None
+        return dist.get_rank(), dist.get_world_size()
+
     def evaluate(self, model: nn.Module, data: object) -> tuple[float, float]:
         """Mean loss and accuracy (``nan`` unless labels are integers) on ``data``."""
         X, y = _as_tensors(data, "data")
@@ -374,6 +398,11 @@ class Trainer:
             start, history, best, stopped = self._resume(Path(checkpoint), model, opt, sched, gen)
             if stopped:  # the run had already stopped early: nothing left to do
                 start = self.epochs + 1
+        group = self._group()
+        rank, world = group if group is not None else (0, 1)
+        net: nn.Module = model
+        if group is not None:  # parameters broadcast from rank 0, gradients averaged over ranks
+            net = nn.parallel.DistributedDataParallel(model)
         t_start = time.perf_counter()
         model.train()
         for epoch in range(start, self.epochs + 1):
@@ -382,13 +411,23 @@ class Trainer:
             total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
             for i in range(0, X.shape[0], self.batch_size):
                 idx = perm[i:i + self.batch_size]
-                xb = X[idx]
+                share = idx[rank::world]
+                # a rank without samples (a last batch smaller than the group) still runs one
+                # forward and backward, weighted 0, so that every rank joins the all-reduce
+                mine = share if len(share) else idx[:1]
+                xb = X[mine]
                 if self.transform is not None:
-                    xb = self._transformed(model, xb, y[idx])
-                objective = loss_fn(model(xb), y[idx])
+                    xb = self._transformed(model, xb, y[mine])
+                objective = loss_fn(net(xb), y[mine])
+                if group is not None:  # DDP averages over ranks: weight by the share of the batch
+                    objective = objective * (len(share) * world / len(idx))
                 if self.penalties:
                     objective = objective + self._penalty(model)
                 value = float(objective.detach())
+                if group is not None:
+                    v = torch.tensor([value], dtype=torch.float64)
+                    torch.distributed.all_reduce(v)
+                    value = float(v) / world
                 if not math.isfinite(value):
                     raise NonFiniteError(f"the training objective became {value} at epoch "
                                          f"{epoch}; lower lr (now {opt.param_groups[0]['lr']:g})")
@@ -418,7 +457,7 @@ class Trainer:
             if val_data is not None and val_loss < best[0]:
                 best = (val_loss, epoch, copy.deepcopy(model.state_dict()) if self.patience else None)
             stop = self.patience is not None and epoch - best[1] >= self.patience
-            if checkpoint is not None:
+            if checkpoint is not None and rank == 0:
                 self._save(Path(checkpoint), model, opt, sched, gen, epoch, history, best, stop)
             if stop:
                 stopped = True
