@@ -67,6 +67,11 @@ from .states import States, extract_states
 
 __all__ = ["BACKENDS", "OBJECTIVES", "PENALTY_UNITS", "SIM", "SIMReport"]
 
+#: ``SIM(sparse="auto")`` stores the fitted matrices as CSR at most at this density (fraction of
+#: nonzero entries of ``[A B; C D]``): below the lowest CSR / dense crossover that
+#: ``benchmarks/bench_sparse.py`` measured.
+SPARSE_DENSITY = 0.05
+
 OBJECTIVES = ("exact", "l1", "perspective", "elastic_net", "lasso")
 PENALTY_UNITS = ("teacher", "rescaled", "standardized")
 BACKENDS = ("loky", "threading", "ray", "dask", "serial")
@@ -374,8 +379,12 @@ class SIM:
             row's largest are set to zero (interior point solutions are never exactly sparse);
             only shrinks ``||a||_1``.
         bias: fit the biases ``b, d`` (unpenalised). None: when the baseline has biases.
-        sparse: store A, B, C, D as CSR (``True``, ``False``, or ``"auto"``: when at most half of
-            the entries are nonzero); the fitted model then solves with the sparse A.
+        sparse: store A, B, C, D as CSR (``True``, ``False``, or ``"auto"``: when at most
+            :data:`SPARSE_DENSITY` (5 %) of the entries are nonzero); the fitted model then
+            solves with the sparse A. ``benchmarks/bench_sparse.py`` puts the CSR / dense
+            crossover at 11-21 % density for batches of 64-256 and 3-28 % for one input;
+            above it CSR is slower (a 784-64-32-10 MNIST fit at ~27 % density: 920 ms sparse
+            vs 78 ms dense on 10,000 images), so "auto" stays below the lowest crossover.
         gamma: rescaling factor of paper 002 §3 (None: ``1.01 / kappa``).
         block_rows: rows per task (None: the rows split evenly over the workers).
         dtype: dtype of the fitted model (None: the baseline's).
@@ -984,7 +993,7 @@ def _assemble(W: np.ndarray, n: int, p: int, q: int, bias: bool, states: States,
         A = _float32_rows_ok(A, kappa if a_norm <= kappa * (1 + 1e-6) else a_norm)
     a_norm = float(np.max(np.sum(np.abs(A.astype(np.float64)), axis=1), initial=0.0))
     dense_nnz = np.count_nonzero(W)
-    use_sparse = sparse is True or (sparse == "auto" and dense_nnz <= 0.5 * W.size)
+    use_sparse = sparse is True or (sparse == "auto" and dense_nnz <= SPARSE_DENSITY * W.size)
 
     def tens(M: np.ndarray) -> Tensor:
         t = torch.from_numpy(np.ascontiguousarray(M.astype(npdt)))
