@@ -215,3 +215,20 @@ def test_cli_analyze_writes_the_report(tmp_path, monkeypatch):
     small = idl.save(idl.ImplicitModel(5, 4, 2), tmp_path / "s.safetensors")
     bad = runner.invoke(app, ["analyze", str(small), "--data", "digits", "--out", str(out)])
     assert bad.exit_code == 2 and "64 features" in bad.output
+
+
+def test_ill_posed_model_gives_a_page_that_says_why(tmp_path):
+    torch.manual_seed(0)
+    A = 1.5 * torch.eye(6, dtype=torch.float64) + 0.1 * torch.rand(6, 6, dtype=torch.float64)
+    model = idl.ImplicitModel.from_matrices(A, torch.rand(6, 4, dtype=torch.float64),
+                                            torch.rand(2, 6, dtype=torch.float64),
+                                            torch.rand(2, 4, dtype=torch.float64), wellposedness=None)
+    assert model.certificate().pf > 1  # the independent fact the page must report
+    res = write_report(model, tmp_path, data=(torch.rand(10, 4), torch.randint(0, 2, (10,))))
+    page = res.path.read_text()
+    assert res.sections["certificate"] == "ok" and res.sections["sparsity"] == "ok"
+    assert _values(page)["wellposed"] == "False"
+    assert "ConvergenceError" in res.sections["iterations"]
+    assert "lambda_pf" in res.sections["sensitivity"]
+    for s in ("iterations", "sensitivity", "attacks", "lipschitz"):
+        assert res.sections[s] != "ok" and html_escape(res.sections[s]) in page

@@ -4,7 +4,8 @@
 PNG figures **next to it**, referenced by relative file names (``spy.png``, ...), so the folder
 can be moved or zipped as a whole. Each section is optional: a section whose inputs are missing
 (no data, no training history, inputs that are not square images, a hypothesis that fails)
-says why in the page instead of failing. The sections:
+says why in the page instead of failing, and so does a section where the model itself fails
+(a :class:`~idlkit.errors.ConvergenceError` of an ill-posed model, ...). The sections:
 
 ``certificate``  the float64 well-posedness report :meth:`ImplicitModel.certificate` (paper 000
                  Thm 2.2/2.7, paper 004) as a table;
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigurationError, InputError, ShapeError
+from .errors import ConfigurationError, IdlError, InputError, ShapeError
 from .io import _atomic_write
 
 __all__ = ["SECTIONS", "ReportResult", "write_report"]
@@ -151,7 +152,7 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
     >>> m = idl.ImplicitModel(4, 6, 2)
     >>> r = write_report(m, tempfile.mkdtemp(), sections=("certificate", "sparsity"))
     >>> r.path.name, [f.name for f in r.figures], r.sections["certificate"]
-    ('index.html', ['sparsity.png'], 'ok')
+    ('index.html', ['spy.png'], 'ok')
     """
     t0 = time.perf_counter()
     if not all(isinstance(getattr(model, m, None), Tensor) for m in "ABCD") or not hasattr(
@@ -187,6 +188,10 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
         except _Skip as exc:
             body, figs = f'<p class="skip">Not shown: {html.escape(str(exc))}</p>', {}
             status[name] = str(exc)
+        except IdlError as exc:  # the model itself fails here (no convergence, no certificate)
+            why = f"could not be computed: {type(exc).__name__}: {exc}"
+            body, figs = f'<p class="skip">Not shown: {html.escape(why)}</p>', {}
+            status[name] = why
         pngs.update(figs)
         for fname in figs:
             body += (f'<figure><img src="{fname}" alt="{html.escape(name)} figure">'
@@ -289,7 +294,7 @@ def _sensitivity(ctx: dict) -> tuple[str, dict]:
     model = ctx["model"]
     try:
         S = sensitivity_matrix(model)
-    except Exception as exc:  # a hypothesis of Thm 4.3 fails (e.g. rho(|A|) >= 1)
+    except IdlError as exc:  # a hypothesis of Thm 4.3 fails (e.g. rho(|A|) >= 1)
         raise _Skip(f"the sensitivity matrix does not apply: {exc}") from exc
     shape = _image_shape(model.in_features)
     if shape is not None:
@@ -317,23 +322,31 @@ def _lipschitz(ctx: dict) -> tuple[str, dict]:
             "(paper 004)", cert.mu), _row("lip.sensitivity", "certified, ||S||_inf", cert.sensitivity),
             _row("lip.best", "certified, best", cert.best)]
     labels, vals = ["eq. 4.8", "mu_inf", "||S||_inf"], [cert.inf, cert.mu, cert.sensitivity]
+    note = "<p>No data: the empirical lower bound is not shown.</p>"
     if ctx["data"] is not None:
         U, _ = ctx["data"]
         g = torch.Generator().manual_seed(int(ctx["seed"]))
-        emp = empirical_lipschitz(model, U[: ctx["samples"]], pairs=min(32, U.shape[0]), steps=10,
-                                  generator=g)
-        rows.append(_row("lip.empirical", "empirical lower bound (gradient ascent)", emp.value))
+        try:
+            emp = empirical_lipschitz(model, U[: ctx["samples"]], pairs=min(32, U.shape[0]), steps=10,
+                                      generator=g).value
+            note = ""
+        except IdlError as exc:  # the model does not solve (ill-posed): certified rows still shown
+            emp = math.nan
+            note = (f'<p class="skip">Empirical lower bound not computed: '
+                    f'{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>')
+        rows.append(_row("lip.empirical", "empirical lower bound (gradient ascent)", emp))
         labels.append("empirical")
-        vals.append(emp.value)
+        vals.append(emp)
     fig = _figure(figsize=(6, 3.2))
     ax = fig.subplots()
-    shown = [(lab, v) for lab, v in zip(labels, vals, strict=True) if math.isfinite(v)]
+    shown = [(lab, v) for lab, v in zip(labels, vals, strict=True) if math.isfinite(v) and v > 0]
+    if not shown:
+        raise _Skip("no certified bound applies (the model is not certified well-posed) and no "
+                    "empirical value was found")
     ax.bar([s[0] for s in shown], [s[1] for s in shown],
-           color=["tab:blue"] * (len(shown) - (ctx["data"] is not None)) + ["tab:orange"] * (
-               ctx["data"] is not None))
+           color=["tab:orange" if s[0] == "empirical" else "tab:blue" for s in shown])
     ax.set_yscale("log")
     ax.set_ylabel("l_inf Lipschitz constant")
-    note = "" if ctx["data"] is not None else "<p>No data: the empirical lower bound is not shown.</p>"
     return note + "<table>" + "".join(rows) + "</table>", {"lipschitz.png": _png(fig)}
 
 
