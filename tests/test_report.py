@@ -59,6 +59,10 @@ def test_every_section_present_and_every_png_decodes(trained):
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert not list(res.path.parent.glob("*.tmp"))
     v = _values(page)
+    _, _, _, (Ut, Yt) = trained
+    with torch.no_grad():
+        acc = (trained[0](Ut.to(trained[0].A.dtype)).argmax(1) == Yt).double().mean().item()
+    assert float(v["accuracy"]) == pytest.approx(acc, abs=1e-12)
     assert int(v["train.epochs"]) == len(hist.history)
     assert float(v["train.last_loss"]) == hist.history[-1].train_loss
 

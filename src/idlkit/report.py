@@ -198,6 +198,8 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
                      f'</figure>')
         parts.append(f'<section id="{name}"><h2>{_TITLES[name]}</h2>{body}</section>')
 
+    if U_Y is not None and "certificate" in sections:  # accuracy next to the certificate
+        parts.insert(0, _accuracy(model, U_Y))
     page = _page(title or "idlkit analysis report", model, parts)
     written = []
     for fname, data_png in pngs.items():  # figures first, the page last: no page without figures
@@ -230,6 +232,20 @@ def _page(title: str, model: Any, parts: list[str]) -> str:
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{html.escape(desc)}; idlkit {__version__}.</p>"
             + "".join(parts) + "</body></html>\n")
+
+
+def _accuracy(model: Any, data: tuple[Tensor, Tensor]) -> str:
+    """A one-row table: the accuracy of ``argmax model(U)`` on the given labels."""
+    U, Y = data
+    if Y.dim() != 1 or Y.is_floating_point():
+        return ""
+    try:
+        with torch.no_grad():
+            acc = float((model(U).argmax(1) == Y.to(U.device)).double().mean())
+    except IdlError as exc:
+        return f'<p class="skip">Accuracy not computed: {html.escape(str(exc))}</p>'
+    return ('<section id="accuracy"><h2>Accuracy</h2><table>' + _row(
+        "accuracy", f"accuracy on the {U.shape[0]} given samples", acc) + "</table></section>")
 
 
 def _need_data(ctx: dict) -> tuple[Tensor, Tensor]:
