@@ -313,5 +313,56 @@ def sim(
     console.print(f"model saved to {saved}", highlight=False)
 
 
+@app.command()
+def analyze(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
+                                      "idlkit.save (a .safetensors file)"),
+    data: str | None = typer.Option(None, "--data", help="dataset whose test split feeds the data "
+                                    "sections (iterations, empirical Lipschitz, attacks): digits, "
+                                    "mnist, fashion_mnist, gtsrb, newsgroups20 or cifar10 (files found "
+                                    "via $IDLKIT_DATA); default: none, those sections say so"),
+    out: Path = typer.Option(Path("report"), help="folder of the report (index.html and its PNGs)"),
+    samples: int = typer.Option(200, min=1, help="test inputs used for the iteration histogram and "
+                                "the empirical Lipschitz search"),
+    attack_samples: int = typer.Option(5, min=1, help="test inputs attacked and drawn"),
+    seed: int = typer.Option(0, min=0, help="random seed (data split, empirical Lipschitz search)"),
+) -> None:
+    """Write the HTML analysis report of a saved model: certificate, solver iterations, sparsity of
+    A, sensitivity per class, certified vs empirical Lipschitz bounds, attacked inputs."""
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; pass a folder such as {out.with_suffix('')}")
+    if not model_path.is_file():
+        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
+              f"(e.g. by idlkit train --out model.safetensors)")
+    _check_out(out / "index.html")
+
+    import numpy as np
+    import torch
+
+    from . import datasets, io
+    from .errors import IdlError
+    from .report import write_report
+
+    try:
+        model = io.load(model_path)
+        pair = None
+        if data is not None:
+            ds = datasets.load(data, split="test", seed=seed)
+            U = torch.as_tensor(np.asarray(ds.x_test)).flatten(1)
+            if U.shape[1] != model.in_features:
+                _fail(f"--data {data} has {U.shape[1]} features but the model takes "
+                      f"{model.in_features}; pass the dataset the model was trained on")
+            pair = (U, torch.as_tensor(np.asarray(ds.y_test)))
+        result = write_report(model, out, data=pair, samples=samples, attack_samples=attack_samples,
+                              seed=seed, title=f"idlkit analysis report: {model_path.name}")
+    except IdlError as exc:
+        _fail(str(exc))
+    skipped = {k: v for k, v in result.sections.items() if v != "ok"}
+    for name, why in skipped.items():
+        typer.echo(f"section {name} not shown: {why}")
+    typer.echo(f"report written to {result.path} ({len(result.figures)} figures, "
+               f"{result.seconds:.1f} s)")
+
+
 if __name__ == "__main__":
     main()
