@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export IDLKIT_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup demo test lint bench package clean
+.PHONY: setup demo test lint bench package docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,5 +44,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_wellposed.py
 
+# the documentation site into site/ (mkdocs-material + mkdocstrings; the `docs` extra, installed
+# on first use), with --strict: any warning (broken link, unresolved ::: name) fails the build
+docs: $(STAMP)
+	$(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install -q -e ".[dev,docs]"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs dist site .pytest_cache .ruff_cache

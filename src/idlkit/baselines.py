@@ -453,7 +453,7 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
     teachers of SIM and of the robustness studies are trained this way; ``X`` is cast to the
     network's dtype.
 
-    >>> torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
+    >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
     >>> net = fit_classifier(nn.Linear(2, 2), X, y, epochs=30)
     >>> bool((net(X).argmax(1) == y).float().mean() > 0.9)
     True

@@ -764,7 +764,7 @@ def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") 
     point, the limit of the Picard iteration (paper 001 §3.1). Dense or sparse (kept sparse).
     For componentwise maps it never certifies more than ``pf`` (``lambda_pf <= ||.||_1``).
 
-    >>> l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu")
+    >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
     0.95
     """
     M = _finite_square(A)

@@ -127,7 +127,7 @@ def compression_bound(original: ImplicitModel, compressed: ImplicitModel, u: Ten
     """Certified ``|x - x0|`` and ``|y - y0|`` between two models of one state size on inputs
     ``u`` ``(batch, p)`` (module docstring), float64, rounded outward.
 
-    >>> torch.manual_seed(0); m = ImplicitModel(3, 5, 2, dtype=torch.float64)
+    >>> _ = torch.manual_seed(0); m = ImplicitModel(3, 5, 2, dtype=torch.float64)
     >>> small, rep = magnitude_prune(m, 0.5, u=torch.rand(4, 3, dtype=torch.float64))
     >>> bool((rep.bound.output >= 0).all())
     True
@@ -235,7 +235,7 @@ def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool =
         fine_tune: ``(U, Y)`` to fine-tune on for ``epochs`` (Adam, ``lr``, ``loss``, projected)
             with the pruned entries held at zero (masked gradients).
 
-    >>> torch.manual_seed(0); m = ImplicitModel(4, 6, 2)
+    >>> _ = torch.manual_seed(0); m = ImplicitModel(4, 6, 2)
     >>> small, rep = magnitude_prune(m, 0.5)
     >>> rep.achieved >= 0.5, rep.nnz_after < rep.nnz_before
     (True, True)
