@@ -87,3 +87,61 @@ def test_sim_bad_options_exit_2(tmp_path, args, match):
     assert res.exit_code == 2
     assert match in _plain(res.output)
     assert not (tmp_path / "m.st").exists()
+
+
+def _saved_digits_model(tmp_path):
+    out = tmp_path / "m.safetensors"
+    res = runner.invoke(app, ["train", "--data", "digits", "--hidden", "16", "--epochs", "3",
+                              "--limit", "400", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_attack_reports_the_success_rate_of_the_library(tmp_path):
+    import numpy as np
+
+    from idlkit import datasets
+    from idlkit.robust import Budget, success_rate
+
+    path = _saved_digits_model(tmp_path)
+    res = runner.invoke(app, ["attack", str(path), "--data", "digits", "--method", "sensitivity",
+                              "--k", "4", "--samples", "60"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    # the same numbers computed here through the library
+    model = idl.load(path)
+    ds = datasets.load("digits", split="test", seed=0)
+    U = torch.as_tensor(np.asarray(ds.x_test)).flatten(1)[:60].float()
+    Y = torch.as_tensor(np.asarray(ds.y_test))[:60]
+    ref = success_rate(model, "sensitivity", U, Y, Budget(k=4, clip=(float(U.min()), float(U.max()))))
+    text = _plain(res.output)
+    assert f"{ref.rate:.4f} ({ref.n_success} flipped)" in text
+    assert f"{ref.clean_accuracy:.4f}" in text
+    bad = runner.invoke(app, ["attack", str(path), "--data", "digits", "--method", "nope"])
+    assert bad.exit_code == 2 and "nope" in _plain(bad.output)
+    bad = runner.invoke(app, ["attack", str(path), "--data", "digits", "--k", "-1"])
+    assert bad.exit_code == 2
+
+
+def test_bench_times_a_saved_model(tmp_path):
+    path = _saved_digits_model(tmp_path)
+    res = runner.invoke(app, ["bench", str(path), "--batch", "32", "--repeats", "3"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    text = _plain(res.output)
+    assert "forward + backward" in text and "n = 16, batch 32" in text
+    model = idl.load(path)  # the same inputs as the command's: its seed, its batch
+    with torch.no_grad():
+        model(torch.rand(32, 64, generator=torch.Generator().manual_seed(0)))
+    row = next(line for line in text.splitlines() if "forward" in line and "backward" not in line)
+    cells = [c.strip() for c in row.replace("│", "|").split("|") if c.strip()]
+    assert cells[0] == "forward" and float(cells[1]) > 0 and int(cells[2]) == model.last_solve.iterations
+    missing = runner.invoke(app, ["bench", str(tmp_path / "nothing.safetensors")])
+    assert missing.exit_code == 2
+
+
+def test_every_command_documents_its_options():
+    for cmd, opts in (("attack", ("--data", "--method", "--k", "--epsilon", "--samples", "--seed")),
+                      ("bench", ("--batch", "--repeats", "--float64", "--seed"))):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+        assert res.exit_code == 0
+        for opt in opts:
+            assert opt in _plain(res.output), f"{cmd} {opt}"

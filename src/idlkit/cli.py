@@ -364,5 +364,134 @@ def analyze(
                f"{result.seconds:.1f} s)")
 
 
+def _load_model_and_test(model_path: Path, data: str, seed: int, samples: int) -> tuple:
+    """A saved implicit model and the first ``samples`` test inputs / labels of ``data``."""
+    if not model_path.is_file():
+        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
+              f"(e.g. by idlkit train --out model.safetensors)")
+    import numpy as np
+    import torch
+
+    from . import datasets, io
+
+    model = io.load(model_path)
+    ds = datasets.load(data, split="test", seed=seed)
+    U = torch.as_tensor(np.asarray(ds.x_test)).flatten(1)[:samples]
+    if U.shape[1] != model.in_features:
+        _fail(f"--data {data} has {U.shape[1]} features but the model takes {model.in_features}; "
+              f"pass the dataset the model was trained on")
+    Y = torch.as_tensor(np.asarray(ds.y_test))[:samples]
+    return model, U.to(next(model.parameters()).dtype), Y
+
+
+@app.command()
+def attack(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
+                                      "idlkit.save (a .safetensors file)"),
+    data: str = typer.Option(..., "--data", help="dataset whose test split is attacked: digits, mnist, "
+                             "fashion_mnist, gtsrb, newsgroups20 or cifar10 (via $IDLKIT_DATA)"),
+    method: str = typer.Option("sensitivity", help="attack: sensitivity, saliency, fgsm, pgd, jsma, lp "
+                               "or inversion (idlkit.robust.ATTACKS)"),
+    k: float | None = typer.Option(0.05, help="inputs the attack may change: a fraction in (0, 1] or, "
+                                   "if >= 1, a count; none for every input (fgsm, pgd, inversion)"),
+    epsilon: float | None = typer.Option(None, help="largest change of one input (>= 0); default: "
+                                         "only the valid range of the data limits it"),
+    samples: int = typer.Option(200, min=1, help="test inputs attacked (the first N)"),
+    seed: int = typer.Option(0, min=0, help="random seed (data split)"),
+) -> None:
+    """Attack a saved model on test inputs and print the success rate (paper 000 §7.3, Table 1):
+    only the inputs it classifies correctly are attacked; the valid range of the data is kept."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .errors import IdlError
+    from .robust import ATTACKS, Budget, success_rate
+
+    if method not in ATTACKS:
+        _fail(f"--method {method!r} is not an attack; choose from {sorted(ATTACKS)}")
+    if k is not None and not (k > 0):
+        _fail(f"--k must be > 0 (a fraction in (0, 1] or a count >= 1), got {k}")
+    if epsilon is not None and not (epsilon >= 0):
+        _fail(f"--epsilon must be >= 0, got {epsilon}")
+    try:
+        model, U, Y = _load_model_and_test(model_path, data, seed, samples)
+        count = None if k is None else (int(k) if k >= 1 else float(k))
+        if method in ("fgsm", "pgd", "inversion"):
+            count = None  # these move every input
+        lo, hi = float(U.min()), float(U.max())
+        budget = Budget(k=count, epsilon=epsilon, clip=(lo, hi))
+        res = success_rate(model, method, U, Y, budget)
+    except IdlError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{method} attack on {model_path.name} ({data}, {U.shape[0]} test inputs)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("clean accuracy", f"{res.clean_accuracy:.4f}")
+    table.add_row("attacked (correct before)", f"{res.n_attacked}")
+    table.add_row("success rate", f"{res.rate:.4f} ({res.n_success} flipped)")
+    table.add_row("accuracy under attack", f"{res.clean_accuracy * (1 - res.rate):.4f}")
+    table.add_row("mean inputs changed", f"{res.mean_perturbed:.1f} of {U.shape[1]}")
+    table.add_row("budget", f"k={budget.k}, epsilon={budget.epsilon}, clip=({lo:g}, {hi:g})")
+    Console().print(table)
+
+
+@app.command()
+def bench(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
+                                      "idlkit.save (a .safetensors file)"),
+    batch: int = typer.Option(256, min=1, help="inputs per call"),
+    repeats: int = typer.Option(20, min=1, help="timed calls (the median is printed)"),
+    float64: bool = typer.Option(False, "--float64", help="time the model in double precision"),
+    seed: int = typer.Option(0, min=0, help="random seed of the inputs"),
+) -> None:
+    """Time a saved model: forward (equilibrium solve) and backward (implicit gradient) on random
+    inputs, with the solver's iteration counts; the median of --repeats calls, one thread."""
+    import statistics
+    import time
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import io
+    from .errors import IdlError
+
+    if not model_path.is_file():
+        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save")
+    try:
+        model = io.load(model_path)
+        if float64:
+            model = model.double()
+        dtype = next(model.parameters()).dtype
+        gen = torch.Generator().manual_seed(seed)
+        U = torch.rand(batch, model.in_features, generator=gen, dtype=dtype)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fwd, bwd = [], []
+            for _ in range(repeats + 1):  # the first call warms up
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    model(U)
+                fwd.append(time.perf_counter() - t0)
+                it_f = model.last_solve.iterations
+                Ug = U.clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                model(Ug).square().sum().backward()
+                bwd.append(time.perf_counter() - t0)
+                it_b = model.last_backward_solve.iterations if model.last_backward_solve else 0
+        finally:
+            torch.set_num_threads(threads)
+    except IdlError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{model_path.name}: n = {model.hidden}, batch {batch}, {str(dtype)[6:]}, 1 thread")
+    table.add_column("pass")
+    table.add_column("median (ms)", justify="right")
+    table.add_column("iterations", justify="right")
+    table.add_row("forward", f"{1e3 * statistics.median(fwd[1:]):.2f}", f"{it_f}")
+    table.add_row("forward + backward", f"{1e3 * statistics.median(bwd[1:]):.2f}", f"{it_b}")
+    Console().print(table)
+
+
 if __name__ == "__main__":
     main()
