@@ -108,7 +108,7 @@ def test_bench_sim_scale_quick(tmp_path: Path) -> None:
         pytest.skip("cached Fashion-MNIST teacher not present")
     _run(["benchmarks/bench_sim_scale.py", "--quick", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "bench_sim_scale_quick.json").read_text())
-    assert [r["samples"] for r in res["samples"]] == [200, 400]
+    assert [r["samples"] for r in res["samples"]] == [200]
     for r in res["samples"]:
         assert r["fit_s"] > 0 and 0 < r["accuracy"] <= 1 and r["nnz_A"] > 0 and r["a_inf"] <= 0.99
     assert {r["backend"] for r in res["backends"]} == {"serial", "loky"}
