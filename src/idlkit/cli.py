@@ -250,7 +250,6 @@ def sim(
 ) -> None:
     """Train an MLP teacher, fit an implicit model to its states with SIM, compare and save it."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     fail = _fail
@@ -298,18 +297,15 @@ def sim(
         fail(str(exc))
 
     arch = "-".join(str(v) for v in [x.shape[1], *sizes, ds.num_classes])
-    table = Table(title=f"SIM ({objective}) on {data}: teacher {arch}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row("teacher test accuracy", f"{acc_t:.4f}")
-    table.add_row("SIM model test accuracy", f"{acc_s:.4f}")
-    table.add_row("nonzeros (teacher)", f"{report.nnz} ({report.baseline_nnz})")
-    table.add_row("sparsity (paper 002 §4.1)", f"{report.sparsity:.1f} %")
-    table.add_row("||A||_inf", f"{report.a_inf_norm:.4f} (kappa {kappa})")
-    table.add_row("state / output residual", f"{report.state_residual:.2e} / {report.output_residual:.2e}")
-    table.add_row("rows", f"{len(report.status)}, {len(report.fallback_rows)} by a fallback solver")
-    table.add_row("fit time", f"{report.seconds:.1f} s ({report.backend}, {report.n_jobs} jobs)")
-    console.print(table)
+    _print_quantities(f"SIM ({objective}) on {data}: teacher {arch}", [
+        ("teacher test accuracy", f"{acc_t:.4f}"),
+        ("SIM model test accuracy", f"{acc_s:.4f}"),
+        ("nonzeros (teacher)", f"{report.nnz} ({report.baseline_nnz})"),
+        ("sparsity (paper 002 §4.1)", f"{report.sparsity:.1f} %"),
+        ("||A||_inf", f"{report.a_inf_norm:.4f} (kappa {kappa})"),
+        ("state / output residual", f"{report.state_residual:.2e} / {report.output_residual:.2e}"),
+        ("rows", f"{len(report.status)}, {len(report.fallback_rows)} by a fallback solver"),
+        ("fit time", f"{report.seconds:.1f} s ({report.backend}, {report.n_jobs} jobs)")])
     console.print(f"model saved to {saved}", highlight=False)
 
 
@@ -336,23 +332,12 @@ def analyze(
               f"(e.g. by idlkit train --out model.safetensors)")
     _check_out(out / "index.html")
 
-    import numpy as np
-    import torch
-
-    from . import datasets, io
     from .errors import IdlError
     from .report import write_report
 
     try:
-        model = io.load(model_path)
-        pair = None
-        if data is not None:
-            ds = datasets.load(data, split="test", seed=seed)
-            U = torch.as_tensor(np.asarray(ds.x_test)).flatten(1)
-            if U.shape[1] != model.in_features:
-                _fail(f"--data {data} has {U.shape[1]} features but the model takes "
-                      f"{model.in_features}; pass the dataset the model was trained on")
-            pair = (U, torch.as_tensor(np.asarray(ds.y_test)))
+        model = _saved_model(model_path)
+        pair = None if data is None else _test_split(data, seed, model.in_features)
         result = write_report(model, out, data=pair, samples=samples, attack_samples=attack_samples,
                               seed=seed, title=f"idlkit analysis report: {model_path.name}")
     except IdlError as exc:
@@ -364,24 +349,43 @@ def analyze(
                f"{result.seconds:.1f} s)")
 
 
-def _load_model_and_test(model_path: Path, data: str, seed: int, samples: int) -> tuple:
-    """A saved implicit model and the first ``samples`` test inputs / labels of ``data``."""
+def _saved_model(model_path: Path) -> object:
+    """The implicit model in ``model_path`` (written by ``idlkit.save``), or a one-line error."""
     if not model_path.is_file():
         _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
               f"(e.g. by idlkit train --out model.safetensors)")
+    from . import io
+
+    return io.load(model_path)
+
+
+def _test_split(data: str, seed: int, in_features: int, samples: int | None = None) -> tuple:
+    """The first ``samples`` (all: None) test inputs ``(m, p)`` and labels of ``data``, or a
+    one-line error when ``p`` is not the model's ``in_features``."""
     import numpy as np
     import torch
 
-    from . import datasets, io
+    from . import datasets
 
-    model = io.load(model_path)
     ds = datasets.load(data, split="test", seed=seed)
     U = torch.as_tensor(np.asarray(ds.x_test)).flatten(1)[:samples]
-    if U.shape[1] != model.in_features:
-        _fail(f"--data {data} has {U.shape[1]} features but the model takes {model.in_features}; "
+    if U.shape[1] != in_features:
+        _fail(f"--data {data} has {U.shape[1]} features but the model takes {in_features}; "
               f"pass the dataset the model was trained on")
-    Y = torch.as_tensor(np.asarray(ds.y_test))[:samples]
-    return model, U.to(next(model.parameters()).dtype), Y
+    return U, torch.as_tensor(np.asarray(ds.y_test))[:samples]
+
+
+def _print_quantities(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table (quantity, value) on the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
 
 
 @app.command()
@@ -401,9 +405,6 @@ def attack(
 ) -> None:
     """Attack a saved model on test inputs and print the success rate (paper 000 §7.3, Table 1):
     only the inputs it classifies correctly are attacked; the valid range of the data is kept."""
-    from rich.console import Console
-    from rich.table import Table
-
     from .errors import IdlError
     from .robust import ATTACKS, Budget, success_rate
 
@@ -414,7 +415,9 @@ def attack(
     if epsilon is not None and not (epsilon >= 0):
         _fail(f"--epsilon must be >= 0, got {epsilon}")
     try:
-        model, U, Y = _load_model_and_test(model_path, data, seed, samples)
+        model = _saved_model(model_path)
+        U, Y = _test_split(data, seed, model.in_features, samples)
+        U = U.to(next(model.parameters()).dtype)
         count = None if k is None else (int(k) if k >= 1 else float(k))
         if method in ("fgsm", "pgd", "inversion"):
             count = None  # these move every input
@@ -423,16 +426,13 @@ def attack(
         res = success_rate(model, method, U, Y, budget)
     except IdlError as exc:
         _fail(str(exc))
-    table = Table(title=f"{method} attack on {model_path.name} ({data}, {U.shape[0]} test inputs)")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row("clean accuracy", f"{res.clean_accuracy:.4f}")
-    table.add_row("attacked (correct before)", f"{res.n_attacked}")
-    table.add_row("success rate", f"{res.rate:.4f} ({res.n_success} flipped)")
-    table.add_row("accuracy under attack", f"{res.clean_accuracy * (1 - res.rate):.4f}")
-    table.add_row("mean inputs changed", f"{res.mean_perturbed:.1f} of {U.shape[1]}")
-    table.add_row("budget", f"k={budget.k}, epsilon={budget.epsilon}, clip=({lo:g}, {hi:g})")
-    Console().print(table)
+    _print_quantities(f"{method} attack on {model_path.name} ({data}, {U.shape[0]} test inputs)", [
+        ("clean accuracy", f"{res.clean_accuracy:.4f}"),
+        ("attacked (correct before)", f"{res.n_attacked}"),
+        ("success rate", f"{res.rate:.4f} ({res.n_success} flipped)"),
+        ("accuracy under attack", f"{res.clean_accuracy * (1 - res.rate):.4f}"),
+        ("mean inputs changed", f"{res.mean_perturbed:.1f} of {U.shape[1]}"),
+        ("budget", f"k={budget.k}, epsilon={budget.epsilon}, clip=({lo:g}, {hi:g})")])
 
 
 @app.command()
@@ -453,13 +453,10 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from . import io
     from .errors import IdlError
 
-    if not model_path.is_file():
-        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save")
     try:
-        model = io.load(model_path)
+        model = _saved_model(model_path)
         if float64:
             model = model.double()
         dtype = next(model.parameters()).dtype

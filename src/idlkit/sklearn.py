@@ -109,14 +109,13 @@ class _ImplicitEstimator(BaseEstimator):
         elif not hasattr(self, "optimizer_"):
             self.optimizer_ = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
         loss_fn = cross_entropy if self._loss == "cross_entropy" else squared_error
+        trainer = self._trainer(1, self._step_seed)  # its penalties, applied as in fit
         U = self._inputs(X)
         gen = torch.Generator().manual_seed(self._step_seed + self.n_iter_)
         self.model_.train()
         for idx in torch.randperm(U.shape[0], generator=gen).split(self.batch_size):
             self.optimizer_.zero_grad()
-            loss = loss_fn(self.model_(U[idx]), Y[idx])
-            if self.l1:
-                loss = loss + self.l1 * sum(getattr(self.model_, k).abs().sum() for k in "ABCD")
+            loss = loss_fn(self.model_(U[idx]), Y[idx]) + trainer._penalty(self.model_)
             loss.backward()
             self.optimizer_.step()
             self.model_.project_()

@@ -411,7 +411,7 @@ class Trainer:
             total, fwd, bwd, batches = 0.0, 0.0, 0.0, 0
             for i in range(0, X.shape[0], self.batch_size):
                 idx = perm[i:i + self.batch_size]
-                share = idx[rank::world]
+                share = idx if group is None else idx[rank::world]
                 # a rank without samples (a last batch smaller than the group) still runs one
                 # forward and backward, weighted 0, so that every rank joins the all-reduce
                 mine = share if len(share) else idx[:1]
