@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m idlkit.cli demo
+	$(VENV)/bin/idlkit demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -205,7 +205,7 @@ def test_cli_analyze_writes_the_report(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "report written to" in res.output and (out / "index.html").is_file()
     page = (out / "index.html").read_text()
-    assert len(re.findall(r"<img ", page)) == 5  # every section but training (no history)
+    assert len(re.findall(r"<img ", page)) == len(SECTIONS) - 2  # not certificate, not training
     assert "section training not shown" in res.output
     assert float(_values(page)["inf_norm"]) == idl.load(path).certificate().inf_norm
 
@@ -236,3 +236,100 @@ def test_ill_posed_model_gives_a_page_that_says_why(tmp_path):
     assert "lambda_pf" in res.sections["sensitivity"]
     for s in ("iterations", "sensitivity", "attacks", "lipschitz"):
         assert res.sections[s] != "ok" and html_escape(res.sections[s]) in page
+
+
+# --- the bounds, compression and caller sections, several histories, several attacks ---------
+
+
+def test_bounds_section_contains_independently_sampled_outputs(trained, tmp_path):
+    model, _, _, (Ut, Yt) = trained
+    res = write_report(model, tmp_path, data=(Ut, Yt), sections=("bounds",), attack_samples=3,
+                       bound_epsilon=0.03, seed=5)
+    v = _values(res.path.read_text())
+    assert res.sections["bounds"] == "ok" and int(v["bounds.violations"]) == 0
+    u = Ut[:3].double()
+    for method in ("box", "crown"):
+        ob = idl.robust.output_bounds(model, u, 0.03, method=method, clip=(0.0, 1.0))
+        lo, hi = torch.as_tensor(ob.lower), torch.as_tensor(ob.upper)
+        assert float(v[f"bounds.{method}.width"]) == pytest.approx(float((hi - lo).mean()), rel=1e-9)
+        g = torch.Generator().manual_seed(11)  # try to leave the certified interval
+        w = (u + 0.03 * (2 * torch.rand((4000, *u.shape), generator=g, dtype=u.dtype) - 1)).clamp(0, 1)
+        with torch.no_grad():
+            y = model(w.reshape(-1, 64).to(model.A.dtype)).double().reshape(4000, 3, -1)
+        assert bool((y >= lo - 1e-5).all() and (y <= hi + 1e-5).all())
+    # the sampled width is a lower bound of every certified one
+    assert float(v["bounds.empirical.width"]) <= float(v["bounds.crown.width"]) <= float(
+        v["bounds.box.width"]) * (1 + 1e-9)
+
+
+def test_compression_section_accuracies_and_zero_fractions(trained, tmp_path):
+    from idlkit.report import PRUNE_LEVELS
+
+    model, _, _, (Ut, Yt) = trained
+    res = write_report(model, tmp_path, data=(Ut, Yt), sections=("compression",), samples=150)
+    v = _values(res.path.read_text())
+    for level in PRUNE_LEVELS:
+        pruned = model if level == 0 else idl.compress.magnitude_prune(model, level)[0]
+        W = torch.cat([getattr(pruned, m).detach().flatten() for m in "ABCD"])
+        assert float((W == 0).double().mean()) >= level - 0.01  # the asked fraction of zeros
+        with torch.no_grad():
+            acc = float((pruned(Ut[:150]).argmax(1) == Yt[:150]).double().mean())
+        assert float(v[f"prune.{level:g}"]) == acc
+    with torch.no_grad():
+        assert float(v["prune.0"]) == float((model(Ut[:150]).argmax(1) == Yt[:150]).double().mean())
+    assert v["prune_states.n"].endswith(f"of {model.A.shape[0]}")
+
+
+def test_several_histories_and_the_lp_attack(trained, tmp_path):
+    model, hist, _, (Ut, Yt) = trained
+    res = write_report(model, tmp_path, data=(Ut, Yt), history={"first": hist, "second": hist.history[:1]},
+                       sections=("training", "attacks"), attack_samples=2,
+                       attack_methods=("sensitivity", "lp"))
+    page = res.path.read_text()
+    v = _values(page)
+    assert int(v["train.first.epochs"]) == len(hist.history) and int(v["train.second.epochs"]) == 1
+    lo, hi = float(Ut.min()), float(Ut.max())
+    r = idl.robust.attack(model, Ut[:2], Yt[:2], idl.robust.Budget(k=0.05, epsilon=hi - lo,
+                                                                   clip=(lo, hi)), method="lp")
+    with torch.no_grad():
+        flips = int((model(r.u_adv).argmax(1) != model(Ut[:2]).argmax(1)).sum())
+    assert v["attack.lp.success"] == f"{flips} of 2"
+    assert {f.name for f in res.figures} == {"training.png", "attacks.png", "attacks_lp.png"}
+    assert page.count("<figcaption>") == 2
+    with pytest.raises(ConfigurationError, match="attack_methods"):
+        write_report(model, tmp_path, data=(Ut, Yt), attack_methods=("nope",))
+    with pytest.raises(InputError, match="history"):
+        write_report(model, tmp_path, history={"a": [1, 2]})
+
+
+def test_caller_sections_first_or_last_and_their_checks(tmp_path):
+    from idlkit.report import ReportSection
+
+    model = idl.ImplicitModel(4, 6, 2)
+    fig_png = _tiny_png()
+    res = write_report(model, tmp_path, sections=("certificate",), extra=(
+        ReportSection("intro", "Intro", "<p>hello</p>", first=True),
+        ReportSection("more", "More", "<p>bye</p>", {"more_1.png": fig_png})))
+    page = res.path.read_text()
+    assert page.index('id="intro"') < page.index('id="certificate"') < page.index('id="more"')
+    assert (tmp_path / "more_1.png").read_bytes() == fig_png
+    assert res.sections["intro"] == "ok" and res.sections["more"] == "ok"
+    for bad in (ReportSection("certificate", "x", ""), ReportSection("Bad Id", "x", ""),
+                ReportSection("ok", "x", "", {"spy.png": fig_png}),
+                ReportSection("ok", "x", "", {"../up.png": fig_png})):
+        with pytest.raises(ConfigurationError):
+            write_report(model, tmp_path, sections=("certificate",), extra=(bad,))
+    with pytest.raises(InputError):
+        write_report(model, tmp_path, extra=("not a section",))
+
+
+def _tiny_png() -> bytes:
+    import io as _io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().plot([0, 1], [1, 0])
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -73,21 +73,40 @@ def main() -> None:
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo/model.safetensors"), help="where to save"),
-         hidden: int = typer.Option(100, min=1, help="state size n"),
-         epochs: int = typer.Option(15, min=1, help="training epochs"),
-         kappa: float = typer.Option(0.95, help="bound on ||A||_inf, in (0, 1)"),
+def demo(out: Path = typer.Option(Path("runs/demo"), help="folder of the saved models and "
+                                  "certificates.json"),
+         report: Path = typer.Option(Path("report"), help="folder of the HTML report "
+                                     "(index.html and its PNG figures)"),
+         hidden: int = typer.Option(64, min=1, help="state size n of the trained implicit model"),
+         epochs: int = typer.Option(15, min=1, help="training epochs (implicit model and network)"),
+         kappa: float = typer.Option(0.95, help="bound on ||A||_inf kept during training, in (0, 1)"),
+         attack_samples: int = typer.Option(5, min=1, help="test digits attacked and drawn"),
+         sim_samples: int = typer.Option(1000, min=10, help="training digits whose states SIM matches"),
          seed: int = typer.Option(0, min=0, help="random seed")) -> None:
-    """Train a small implicit model on scikit-learn's digits, report and save it."""
+    """The whole pipeline on scikit-learn's digits: train an implicit model and a network, convert,
+    certify, attack, fit SIM, compress, and write report/index.html."""
     from .demo import run_demo
-    from .errors import IdlError
 
     _check_kappa(kappa, open_top=True)
-    _check_out(out)
-    try:
-        run_demo(out=out, hidden=hidden, epochs=epochs, kappa=kappa, seed=seed)
-    except IdlError as exc:
-        _fail(str(exc))
+    _check_folder(out, "--out")
+    _check_folder(report, "--report")
+    run_demo(out_dir=out, report_dir=report, hidden=hidden, epochs=epochs, kappa=kappa, seed=seed,
+             attack_samples=attack_samples, sim_samples=sim_samples)
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """Refuse an output folder that is a file or cannot be created/written, before any work."""
+    import os
+
+    if path.exists() and not path.is_dir():
+        _fail(f"{option} {path} is a file; pass a folder path")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK):
+        _fail(f"{option} {path}: the folder {parent} is not writable; choose another path")
 
 
 def _check_kappa(kappa: float, *, open_top: bool) -> None:

@@ -19,8 +19,17 @@ says why in the page instead of failing, and so does a section where the model i
                  found by gradient ascent (:func:`idlkit.robust.empirical_lipschitz`);
 ``attacks``      the sensitivity-matrix attack (paper 000 §7.3.1) on a few test inputs:
                  clean / adversarial / changed pixels (:func:`idlkit.plot.attack_images`);
+``bounds``       certified output intervals around a few test inputs for an l_inf ball of radius
+                 ``bound_epsilon`` (Thm 4.1 box and CROWN, :func:`idlkit.robust.output_bounds`)
+                 next to the range of outputs reached by sampled vertices of the ball;
+``compression``  accuracy against the fraction of zero weights after magnitude pruning
+                 (:func:`idlkit.compress.magnitude_prune`, no fine-tuning) and the exact state
+                 pruning (:func:`idlkit.compress.prune_states`);
 ``training``     training loss, validation loss and accuracy per epoch of a
-                 :class:`~idlkit.train.TrainResult`.
+                 :class:`~idlkit.train.TrainResult` (or of several, by name).
+
+Callers add their own sections (text and figures) with ``extra=`` (:class:`ReportSection`), as
+``idlkit demo`` does for its model comparison.
 
 Every file is written atomically (a temporary then ``os.replace``); the figures are rendered in
 memory first and ``index.html`` is written last, so a failure leaves no partial page.
@@ -32,8 +41,9 @@ from __future__ import annotations
 import html
 import io as _bytesio
 import math
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +55,37 @@ from torch import Tensor
 from .errors import ConfigurationError, IdlError, InputError, ShapeError
 from .io import _atomic_write
 
-__all__ = ["SECTIONS", "ReportResult", "write_report"]
+__all__ = ["SECTIONS", "ReportResult", "ReportSection", "write_report"]
 
-SECTIONS: tuple[str, ...] = ("certificate", "iterations", "sparsity", "sensitivity", "lipschitz",
-                             "attacks", "training")
+SECTIONS: tuple[str, ...] = ("certificate", "training", "iterations", "sparsity", "sensitivity",
+                             "lipschitz", "bounds", "attacks", "compression")
+
+#: the sparsity levels of the ``compression`` section (fraction of zero weights)
+PRUNE_LEVELS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A section supplied by the caller (``write_report(..., extra=...)``).
+
+    Attributes:
+        id: the section's anchor, lowercase letters, digits, ``-`` or ``_``; must not repeat a
+            built-in section's name.
+        title: its heading (plain text, escaped).
+        html: its body, trusted HTML (escape any text you put in it with :func:`html.escape`).
+        figures: ``{file name: PNG bytes}``; each is written next to ``index.html`` and shown
+            after the body, in order. Names end in ``.png`` and contain no ``/``.
+        first: place the section before the built-in ones (default: after them).
+
+    >>> ReportSection("notes", "Notes", "<p>trained on digits</p>").id
+    'notes'
+    """
+
+    id: str
+    title: str
+    html: str
+    figures: dict[str, bytes] = field(default_factory=dict)
+    first: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,12 +97,14 @@ class ReportResult:
         figures: the PNG files written next to it, in page order.
         seconds: wall time of the whole report.
         sections: ``{section: "ok" or the reason it was skipped}``, for every requested section.
+        section_seconds: ``{section: wall time}`` of each built-in section.
     """
 
     path: Path
     figures: tuple[Path, ...]
     seconds: float
     sections: dict[str, str] = field(default_factory=dict)
+    section_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _Skip(Exception):
@@ -128,7 +167,10 @@ def _check_data(model: Any, data: object) -> tuple[Tensor, Tensor] | None:
 
 def write_report(model: Any, out_dir: str | Path, *, data: object = None, history: Any = None,
                  sections: Sequence[str] = SECTIONS, samples: int = 200, attack_samples: int = 5,
-                 attack_k: float = 0.05, seed: int = 0, title: str | None = None) -> ReportResult:
+                 attack_k: float = 0.05, attack_methods: Sequence[str] = ("sensitivity",),
+                 bound_epsilon: float = 0.02, seed: int = 0, title: str | None = None,
+                 extra: Sequence[ReportSection] = (),
+                 progress: Callable[[str], object] | None = None) -> ReportResult:
     """Write the HTML analysis report of ``model`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -137,13 +179,21 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
         out_dir: the folder; created if missing. ``index.html`` and the PNGs are replaced.
         data: ``(U, Y)``, ``U (N, p)`` test inputs and ``Y (N,)`` class labels (or ``None``:
             the data sections say they need data).
-        history: a :class:`~idlkit.train.TrainResult` (or its ``history`` tuple) for the curves.
+        history: a :class:`~idlkit.train.TrainResult` (or its ``history`` tuple) for the curves,
+            or ``{name: TrainResult}`` to draw several trainings side by side.
         sections: which of :data:`SECTIONS` to include, in page order.
-        samples: inputs used for the iteration histogram and the empirical Lipschitz search.
-        attack_samples: test inputs attacked and drawn; attack_k: the fraction of inputs the
-            sensitivity attack may change (values are clipped to the data's range).
-        seed: random source of the empirical Lipschitz search.
+        samples: inputs used for the iteration histogram, the empirical Lipschitz search and
+            the accuracy of the pruned models.
+        attack_samples: test inputs attacked and drawn, and inputs of the ``bounds`` section.
+        attack_k: the fraction of inputs an attack may change (values are clipped to the data's
+            range).
+        attack_methods: names in :data:`idlkit.robust.ATTACKS` run on the same inputs, one
+            figure each (``"lp"``: the LP-relaxation attack of paper 000 §7.3.2, ReLU models).
+        bound_epsilon: radius of the l_inf ball of the ``bounds`` section (> 0).
+        seed: random source of the empirical Lipschitz search and the sampled vertices.
         title: the page title (default ``"idlkit analysis report"``).
+        extra: caller sections (:class:`ReportSection`) appended after the built-in ones.
+        progress: called with each section's name before it is built (a progress bar).
 
     Returns:
         :class:`ReportResult`.
@@ -165,23 +215,29 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise ConfigurationError(f"unknown report sections {unknown!r}; choose from {list(SECTIONS)}")
-    from ._validation import check_int, check_probability
+    from ._validation import check_int, check_positive, check_probability
 
     samples = check_int("samples", samples, 1)
     attack_samples = check_int("attack_samples", attack_samples, 1)
     attack_k = check_probability("attack_k", attack_k, low_inclusive=False)
+    bound_epsilon = check_positive("bound_epsilon", bound_epsilon, example=0.02)
+    attack_methods = _check_methods(attack_methods)
+    extra = _check_extra(extra)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"out_dir {out} is a file; pass a folder path such as {out.with_suffix('')}")
     U_Y = _check_data(model, data)
-    if history is not None and hasattr(history, "history"):
-        history = history.history
-    ctx = {"model": model, "data": U_Y, "history": history, "samples": samples,
-           "attack_samples": attack_samples, "attack_k": attack_k, "seed": seed}
+    ctx = {"model": model, "data": U_Y, "history": _check_history(history), "samples": samples,
+           "attack_samples": attack_samples, "attack_k": attack_k, "seed": seed,
+           "attack_methods": attack_methods, "bound_epsilon": bound_epsilon}
     parts: list[str] = []
     pngs: dict[str, bytes] = {}
     status: dict[str, str] = {}
+    timings: dict[str, float] = {}
     for name in sections:
+        if progress is not None:
+            progress(name)
+        t_section = time.perf_counter()
         try:
             body, figs = _BUILDERS[name](ctx)
             status[name] = "ok"
@@ -192,11 +248,25 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
             why = f"could not be computed: {type(exc).__name__}: {exc}"
             body, figs = f'<p class="skip">Not shown: {html.escape(why)}</p>', {}
             status[name] = why
-        pngs.update(figs)
-        for fname in figs:
-            body += (f'<figure><img src="{fname}" alt="{html.escape(name)} figure">'
+        timings[name] = time.perf_counter() - t_section
+        for fname, fig_bytes in figs.items():
+            caption = ""
+            if isinstance(fig_bytes, tuple):  # (PNG, caption)
+                fig_bytes, caption = fig_bytes
+                caption = f"<figcaption>{html.escape(caption)}</figcaption>"
+            pngs[fname] = fig_bytes
+            body += (f'<figure><img src="{fname}" alt="{html.escape(name)} figure">{caption}'
                      f'</figure>')
         parts.append(f'<section id="{name}"><h2>{_TITLES[name]}</h2>{body}</section>')
+    head = []
+    for sec in extra:
+        pngs.update(sec.figures)
+        figs_html = "".join(f'<figure><img src="{f}" alt="{html.escape(sec.id)} figure"></figure>'
+                            for f in sec.figures)
+        (head if sec.first else parts).append(
+            f'<section id="{sec.id}"><h2>{html.escape(sec.title)}</h2>{sec.html}{figs_html}</section>')
+        status[sec.id] = "ok"
+    parts = head + parts
 
     if U_Y is not None and "certificate" in sections:  # accuracy next to the certificate
         parts.insert(0, _accuracy(model, U_Y))
@@ -208,19 +278,70 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
     path = out / "index.html"
     _atomic_write(path, page.encode("utf-8"))
     return ReportResult(path=path, figures=tuple(written), seconds=time.perf_counter() - t0,
-                        sections=status)
+                        sections=status, section_seconds=timings)
 
 
 _TITLES = {"certificate": "Well-posedness certificate", "iterations": "Solver iterations per sample",
            "sparsity": "Sparsity pattern of A", "sensitivity": "Sensitivity per class",
            "lipschitz": "Lipschitz bounds: certified vs empirical", "attacks": "Attacked inputs",
-           "training": "Training curves"}
+           "training": "Training curves", "bounds": "Output bounds: certified vs empirical",
+           "compression": "Accuracy vs sparsity"}
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    from .robust import ATTACKS
+
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    bad = [m for m in methods if m not in ATTACKS]
+    if bad or not methods:
+        raise ConfigurationError(f"unknown attack_methods {bad or list(methods)!r}; choose one or more "
+                                 f"of {sorted(ATTACKS)}")
+    return methods
+
+
+def _check_extra(extra: Sequence[ReportSection]) -> tuple[ReportSection, ...]:
+    extra = tuple(extra)
+    seen: set[str] = set(SECTIONS) | {"accuracy"}
+    names: set[str] = set()
+    for sec in extra:
+        if not isinstance(sec, ReportSection):
+            raise InputError(f"extra must hold ReportSection objects, got {type(sec).__name__}")
+        if not re.fullmatch(r"[a-z0-9_-]+", sec.id) or sec.id in seen:
+            raise ConfigurationError(f"extra section id {sec.id!r} must be new (not one of {sorted(seen)}) "
+                                     f"and use only a-z, 0-9, '-' and '_'")
+        seen.add(sec.id)
+        for f in sec.figures:
+            builtin = f.startswith((*SECTIONS, "spy"))  # the built-in sections' file names
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+\.png", f) or f in names or builtin:
+                raise ConfigurationError(f"figure name {f!r} of section {sec.id!r} must be a new file "
+                                         f"name ending in .png, without '/', not starting with a "
+                                         f"built-in section's name (e.g. {sec.id + '_1.png'!r})")
+            names.add(f)
+    return extra
+
+
+def _check_history(history: Any) -> dict[str, tuple] | None:
+    """``{name: epoch records}`` from a TrainResult, a tuple of records or a mapping of either."""
+    if history is None:
+        return None
+    if isinstance(history, Mapping):
+        items = list(history.items())
+    else:
+        items = [("", history)]
+    out = {}
+    for name, h in items:
+        recs = tuple(getattr(h, "history", h))
+        if not all(hasattr(r, "train_loss") and hasattr(r, "epoch") for r in recs):
+            raise InputError(f"history {name or ''!s} must be a TrainResult or its epoch records, got "
+                             f"{type(h).__name__}")
+        out[str(name)] = recs
+    return out
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.25em .6em;
 text-align:left}td{font-family:monospace}img{max-width:100%;height:auto}
-.skip{color:#a33;font-style:italic}figure{margin:.5em 0}"""
+.skip{color:#a33;font-style:italic}figure{margin:.5em 0}figcaption{font-size:.9em;color:#555}"""
 
 
 def _page(title: str, model: Any, parts: list[str]) -> str:
@@ -381,38 +502,160 @@ def _attacks(ctx: dict) -> tuple[str, dict]:
     u, y = U[:m], Y[:m].long()
     lo, hi = float(U.min()), float(U.max())
     budget = Budget(k=float(ctx["attack_k"]), clip=(lo, hi))
-    res = attack(model, u, y, budget, method="sensitivity")
+    # the LP attack works on a box (eq. 4.1): the whole data range is the same set as ``clip``
+    box_budget = Budget(k=float(ctx["attack_k"]), epsilon=hi - lo, clip=(lo, hi))
     with torch.no_grad():
         clean_pred = model(u).argmax(1)
-        adv_pred = model(res.u_adv).argmax(1)
-    fig = attack_images(u, res.u_adv, shape, labels=y, clean_predictions=clean_pred,
-                        predictions=adv_pred, vmin=lo, vmax=hi, fig=_figure(figsize=(1.9 * m, 6.3)))
-    table = ("<table>" + _row("attack.k", "fraction of inputs changed at most", float(ctx["attack_k"]))
-             + _row("attack.success", "attacks that change the prediction",
-                    f"{int((adv_pred != clean_pred).sum())} of {m}") + "</table>")
-    return table, {"attacks.png": _png(fig)}
+    rows = [_row("attack.k", "fraction of inputs changed at most", float(ctx["attack_k"]))]
+    figs, notes = {}, []
+    for method in ctx["attack_methods"]:
+        key = "attack.success" if method == "sensitivity" else f"attack.{method}.success"
+        try:
+            res = attack(model, u, y, box_budget if method == "lp" else budget, method=method)
+        except IdlError as exc:  # e.g. the LP attack on a model that is not ReLU
+            notes.append(f'<p class="skip">The {html.escape(method)} attack does not apply: '
+                         f'{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>')
+            continue
+        with torch.no_grad():
+            adv_pred = model(res.u_adv).argmax(1)
+        fig = attack_images(u, res.u_adv, shape, labels=y, clean_predictions=clean_pred,
+                            predictions=adv_pred, vmin=lo, vmax=hi,
+                            fig=_figure(figsize=(1.9 * m, 6.3)))
+        changed = int((adv_pred != clean_pred).sum())
+        rows.append(_row(key, f"{method} attack: predictions changed", f"{changed} of {m}"))
+        figs["attacks.png" if method == "sensitivity" else f"attacks_{method}.png"] = (
+            _png(fig), f"The {method} attack: clean inputs (top), attacked (middle), changed "
+                       f"inputs in red (bottom); {changed} of {m} predictions changed.")
+    if not figs:
+        raise _Skip("no attack applies to this model: " + " ".join(re.sub("<[^>]+>", "", n)
+                                                                   for n in notes))
+    return "".join(notes) + "<table>" + "".join(rows) + "</table>", figs
+
+
+def _bounds(ctx: dict) -> tuple[str, dict]:
+    from .robust import output_bounds
+
+    U, _ = _need_data(ctx)
+    model = ctx["model"]
+    m, eps = min(ctx["attack_samples"], U.shape[0]), float(ctx["bound_epsilon"])
+    u = U[:m].double()
+    lo_clip, hi_clip = float(U.min()), float(U.max())
+    widths, violations = {}, 0
+    g = torch.Generator().manual_seed(int(ctx["seed"]))
+    vertices = 256  # sampled corners of the ball: where the outputs of a ReLU model move most
+    signs = torch.randint(0, 2, (vertices, m, u.shape[1]), generator=g, dtype=torch.float64) * 2 - 1
+    w = (u + eps * signs).clamp(lo_clip, hi_clip).reshape(-1, u.shape[1])
+    with torch.no_grad():
+        y = model(w.to(model.A.dtype)).double().reshape(vertices, m, -1)
+        y0 = model(u.to(model.A.dtype)).double()
+    y = torch.cat([y, y0[None]], 0)
+    emp_lo, emp_hi = y.amin(0), y.amax(0)
+    widths["empirical"] = (emp_hi - emp_lo).mean(0)
+    rows = []
+    for method in ("box", "crown"):
+        try:
+            ob = output_bounds(model, u, eps, method=method, clip=(lo_clip, hi_clip))
+        except IdlError as exc:
+            rows.append(_row(f"bounds.{method}.width", f"{method}: not computed", f"{type(exc).__name__}"))
+            continue
+        lower, upper = torch.as_tensor(ob.lower), torch.as_tensor(ob.upper)
+        tol = 1e-6 * (1 + upper.abs().max())
+        violations += int(((emp_lo < lower - tol) | (emp_hi > upper + tol)).sum())
+        widths[method] = (upper - lower).mean(0)
+        rows.append(_row(f"bounds.{method}.width", f"{method}: mean width of the certified interval",
+                         float(widths[method].mean())))
+    if len(widths) == 1:
+        raise _Skip("no certified bound applies to this model")
+    rows.append(_row("bounds.empirical.width", f"sampled: mean width over {vertices} vertices",
+                     float(widths["empirical"].mean())))
+    rows.append(_row("bounds.violations", "sampled outputs outside a certified interval", violations))
+    fig = _figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    q = y.shape[-1]
+    bar = 0.8 / len(widths)
+    colors = {"box": "tab:blue", "crown": "tab:purple", "empirical": "tab:orange"}
+    for i, (name, wdt) in enumerate(widths.items()):
+        label = {"box": "certified, Thm 4.1 box", "crown": "certified, CROWN"}.get(name, "sampled")
+        ax.bar(np.arange(q) + (i - (len(widths) - 1) / 2) * bar, wdt.clamp_min(1e-12).numpy(), bar,
+               label=label, color=colors[name])
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(q))
+    ax.set_xlabel("output")
+    ax.set_ylabel("interval width (mean)")
+    ax.set_title(f"l_inf ball of radius {eps:g} around {m} inputs", fontsize=9)
+    ax.legend(fontsize=8)
+    note = (f"<p>Every certified interval must contain every sampled output; the width ratio "
+            f"shows how tight the certificate is (radius {eps:g}, inputs clipped to "
+            f"[{lo_clip:g}, {hi_clip:g}]).</p>")
+    return note + "<table>" + "".join(rows) + "</table>", {"bounds.png": _png(fig)}
+
+
+def _compression(ctx: dict) -> tuple[str, dict]:
+    from .compress import magnitude_prune, prune_states
+
+    U, Y = _need_data(ctx)
+    model = ctx["model"]
+    if Y.dim() != 1 or Y.is_floating_point():
+        raise _Skip("accuracy needs integer class labels Y (N,)")
+    u, y = U[: max(ctx["samples"], 1)], Y[: max(ctx["samples"], 1)].long()
+    rows, xs, accs = [], [], []
+    for level in PRUNE_LEVELS:
+        try:
+            pruned = model if level == 0 else magnitude_prune(model, level)[0]
+            with torch.no_grad():
+                acc = float((pruned(u).argmax(1) == y).double().mean())
+        except IdlError as exc:  # the pruned model may lose convergence: say so, keep going
+            rows.append(_row(f"prune.{level:g}", f"accuracy at {level:.0%} zero weights",
+                             f"not computed ({type(exc).__name__})"))
+            continue
+        xs.append(level)
+        accs.append(acc)
+        rows.append(_row(f"prune.{level:g}", f"accuracy at {level:.0%} zero weights", acc))
+    try:
+        staged, rep = prune_states(model)
+        rows.append(_row("prune_states.n", "states after exact state pruning (prune_states)",
+                         f"{rep.n_after} of {rep.n_before}"))
+    except IdlError as exc:
+        rows.append(_row("prune_states.n", "exact state pruning", f"not applied: {exc}"))
+    if not xs:
+        raise _Skip("no pruned model could be evaluated")
+    fig = _figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    ax.plot([100 * x for x in xs], accs, marker="o")
+    ax.set_xlabel("zero weights in A, B, C, D (%)")
+    ax.set_ylabel(f"accuracy ({u.shape[0]} samples)")
+    ax.set_title("magnitude pruning, no fine-tuning", fontsize=9)
+    return "<table>" + "".join(rows) + "</table>", {"compression.png": _png(fig)}
 
 
 def _training(ctx: dict) -> tuple[str, dict]:
-    hist = ctx["history"]
-    if not hist:
+    hists = ctx["history"]
+    if not hists or not any(hists.values()):
         raise _Skip("needs a training history: pass history=TrainResult")
-    ep = [r.epoch for r in hist]
     fig = _figure(figsize=(8, 3.2))
     a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, [r.train_loss for r in hist], marker="o", label="train loss")
-    if any(math.isfinite(r.val_loss) for r in hist):
-        a1.plot(ep, [r.val_loss for r in hist], marker="o", label="validation loss")
+    rows = []
+    for name, hist in hists.items():
+        if not hist:
+            continue
+        tag = f"{name}: " if name else ""
+        key = f"train.{name}." if name else "train."
+        ep = [r.epoch for r in hist]
+        a1.plot(ep, [r.train_loss for r in hist], marker="o", label=f"{tag}train loss")
+        if any(math.isfinite(r.val_loss) for r in hist):
+            a1.plot(ep, [r.val_loss for r in hist], marker="o", ls="--", label=f"{tag}validation loss")
+        a2.plot(ep, [r.val_accuracy for r in hist], marker="o", label=name or None)
+        rows += [_row(key + "epochs", f"{tag}epochs", len(hist)),
+                 _row(key + "last_loss", f"{tag}last train loss", float(hist[-1].train_loss))]
     a1.set_xlabel("epoch")
     a1.legend(fontsize=8)
-    a2.plot(ep, [r.val_accuracy for r in hist], marker="o", color="tab:green")
     a2.set_xlabel("epoch")
     a2.set_ylabel("validation accuracy")
-    return "<table>" + _row("train.epochs", "epochs", len(hist)) + _row(
-        "train.last_loss", "last train loss", float(hist[-1].train_loss)) + "</table>", {
-        "training.png": _png(fig)}
+    if len(hists) > 1:
+        a2.legend(fontsize=8)
+    return "<table>" + "".join(rows) + "</table>", {"training.png": _png(fig)}
 
 
 _BUILDERS = {"certificate": _certificate, "iterations": _iterations, "sparsity": _sparsity,
              "sensitivity": _sensitivity, "lipschitz": _lipschitz, "attacks": _attacks,
-             "training": _training}
+             "training": _training, "bounds": _bounds, "compression": _compression}
