@@ -25,8 +25,10 @@ from idlkit.report import SECTIONS  # noqa: E402
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
     res = run_demo(root / "runs", root / "report", hidden=16, epochs=2, attack_samples=2,
                    sim_samples=150, log=False)
+    assert torch.get_num_threads() == threads  # the demo's one-thread setting is restored
     return res, root
 
 
