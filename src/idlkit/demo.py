@@ -340,7 +340,7 @@ def run_demo(out_dir: str | Path = "runs/demo", report_dir: str | Path = "report
                                    "empirical": empirical["implicit"]},
                         report=rep.path, certificates=out / "certificates.json", seconds=seconds)
     if log:
-        _print_summary(result, rep, sens)
+        _print_summary(result, rep, sens, model.certificate())
     return result
 
 
@@ -432,7 +432,7 @@ def _sparsity_section(models: list[PipelineModel]) -> Any:
                          {"pipeline_sparsity.png": _png(fig)})
 
 
-def _print_summary(res: DemoResult, rep: Any, sens: Tensor) -> None:
+def _print_summary(res: DemoResult, rep: Any, sens: Tensor, certificate: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -444,6 +444,7 @@ def _print_summary(res: DemoResult, rep: Any, sens: Tensor) -> None:
         table.add_row(m.name, f"{m.accuracy:.4f}", str(m.states), str(m.nonzeros),
                       ", ".join(m.certified) or "-")
     console.print(table)
+    console.print(f"the trained implicit model's {certificate}", highlight=False)
     console.print(f"conversion: max |network - implicit form| = {res.conversion_error:.2e}; "
                   f"sensitivity matrix S {tuple(sens.shape)}, max {float(sens.max()):.3g}")
     console.print(f"Lipschitz (l_inf), implicit model: certified {res.lipschitz['certified']:.4g}, "
