@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import subprocess
@@ -48,6 +49,13 @@ def _resolve(dotted: str) -> object:
     raise ImportError(f"no module in {dotted!r}")
 
 
+def _gen_cli():
+    spec = importlib.util.spec_from_file_location("gen_cli", DOCS / "gen_cli.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _gen_results():
     spec = importlib.util.spec_from_file_location("gen_results", DOCS / "gen_results.py")
     mod = importlib.util.module_from_spec(spec)
@@ -74,9 +82,51 @@ def test_fence_pattern_sees_bad_code() -> None:
         ast.parse(code)
 
 
-def test_reference_directives_name_importable_objects() -> None:
+def _documented_names() -> list[str]:
+    """Every name the reference pages render: a ``::: module`` directive renders the module's
+    ``__all__`` (mkdocstrings' default for a module), a ``::: a.b.Name`` directive that name."""
     pages = sorted((DOCS / "reference").glob("*.md"))
-    names = [n for p in pages for n in DIRECTIVE.findall(p.read_text(encoding="utf-8"))]
+    names = []
+    for directive in (n for p in pages for n in DIRECTIVE.findall(p.read_text(encoding="utf-8"))):
+        names.append(directive)
+        obj = _resolve(directive)
+        if inspect.ismodule(obj):
+            names += [f"{directive}.{a}" for a in getattr(obj, "__all__", ())]
+    return names
+
+
+def test_every_public_module_is_in_the_reference() -> None:
+    """Each public module of the package (no leading underscore; ``cli`` has its own page; the
+    ``lowrank`` alias re-exports :mod:`idlkit.compress`) has a ``::: module`` directive."""
+    import pkgutil
+
+    import idlkit
+
+    documented = set(_documented_names())
+    modules = {f"idlkit.{m.name}" for m in pkgutil.iter_modules(idlkit.__path__)
+               if not m.name.startswith("_") and m.name not in ("cli", "lowrank")}
+    assert modules - documented == set()
+    cli_page = (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
+    assert _gen_cli().MARKER in cli_page
+
+
+def test_cli_page_shows_every_command_and_option() -> None:
+    import typer.main
+
+    from idlkit.cli import app
+
+    page = _gen_cli().render()
+    for name, cmd in typer.main.get_command(app).commands.items():
+        assert f"## idlkit {name}\n" in page
+        section = page.split(f"## idlkit {name}\n", 1)[1].split("\n## ", 1)[0]
+        for param in cmd.params:
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    assert opt in section, (name, opt)
+
+
+def test_reference_directives_name_importable_objects() -> None:
+    names = _documented_names()
     assert len(names) >= 30, names
     missing = []
     for name in names:
@@ -86,7 +136,8 @@ def test_reference_directives_name_importable_objects() -> None:
             missing.append(f"{name}: {e}")
     assert not missing, missing
     # the main public names of DESIGN.md each have a reference entry
-    for key in ("idlkit.ImplicitModel", "idlkit.ImplicitRNN", "idlkit.train.Trainer", "idlkit.sim.SIM",
+    for key in ("idlkit.model.ImplicitModel", "idlkit.rnn.ImplicitRNN", "idlkit.train.Trainer",
+                "idlkit.sim.SIM",
                 "idlkit.robust.output_bounds", "idlkit.robust.attack", "idlkit.compress.prune_states",
                 "idlkit.convert.from_torch", "idlkit.wellposed.check", "idlkit.solve.fixed_point",
                 "idlkit.io.save", "idlkit.io.load"):
@@ -149,3 +200,19 @@ def test_examples_run(page: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_griffe_extension_fences_doctests_and_reads_sphinx_roles() -> None:
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("griffe_idlkit", DOCS / "griffe_idlkit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = ("See :func:`~idlkit.robust.attack` and :class:`idlkit.ImplicitModel`.\n\n"
+            "Args:\n    x: the input.\n\n>>> a = 1\n>>> for i in range(2):\n...     a += i\n>>> a\n2\n\n"
+            "After.\n\n    >>> 1 + 1\n    2\n\n```python\n>>> kept\n```\n")
+    out = mod.rewrite(text)
+    assert "See `attack` and `idlkit.ImplicitModel`." in out
+    assert "```pycon\n>>> a = 1\n>>> for i in range(2):\n...     a += i\n>>> a\n2\n```\n\nAfter." in out
+    assert "    ```pycon\n    >>> 1 + 1\n    2\n    ```" in out
+    assert "```python\n>>> kept\n```" in out  # an existing fence is left alone
+    assert mod.rewrite("no examples here") == "no examples here"

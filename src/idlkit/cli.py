@@ -83,8 +83,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder of the saved m
          attack_samples: int = typer.Option(5, min=1, help="test digits attacked and drawn"),
          sim_samples: int = typer.Option(1000, min=10, help="training digits whose states SIM matches"),
          seed: int = typer.Option(0, min=0, help="random seed")) -> None:
-    """The whole pipeline on scikit-learn's digits: train an implicit model and a network, convert,
-    certify, attack, fit SIM, compress, and write report/index.html."""
+    """The whole pipeline on scikit-learn's digits, into report/index.html.
+
+    Trains an implicit model and a feed-forward network, converts the network, certifies every
+    model (certificates.json), computes the sensitivity matrix and Lipschitz bounds, runs the
+    sensitivity and LP attacks, fits a sparse SIM model and compresses.
+    """
     from .demo import run_demo
 
     _check_kappa(kappa, open_top=True)
