@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export IDLKIT_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup demo test lint bench package docs clean
+.PHONY: setup demo test lint bench experiment package docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps torchidl || echo "torchidl unavailable: idlkit rows only"
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_wellposed.py
+
+# one paper reproduction with the data found through $$IDLKIT_DATA (exported above):
+# make experiment NAME=compression ARGS=--quick
+experiment: $(STAMP)
+	@test -n "$(NAME)" || (echo "usage: make experiment NAME=<script in experiments/, without .py> [ARGS=...]"; exit 2)
+	cd experiments && ../$(PY) $(NAME).py $(ARGS)
 
 # the documentation site into site/ (mkdocs-material + mkdocstrings; the `docs` extra, installed
 # on first use), with --strict: any warning (broken link, unresolved ::: name) fails the build

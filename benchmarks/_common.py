@@ -67,14 +67,9 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def ensure_idlkit_data() -> str | None:
-    """Point ``$IDLKIT_DATA`` at the project's shared datasets when it is unset and such a
-    folder exists next to the checkout (never a hard-coded machine path); returns it."""
-    if "IDLKIT_DATA" not in os.environ:
-        for cand in (HERE.parent / "shared" / "datasets", HERE.parent.parent / "shared" / "datasets"):
-            if cand.is_dir():
-                os.environ["IDLKIT_DATA"] = str(cand)
-                break
+def idlkit_data_dir() -> str | None:
+    """``$IDLKIT_DATA`` (``None`` when unset): the data sets are found by ``idlkit.datasets.load``
+    there or in the idlkit cache, never through a path written here (the Makefile exports it)."""
     return os.environ.get("IDLKIT_DATA")
 
 

@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from _common import (
     atomic_write,
     cpu_model,
-    ensure_idlkit_data,
     git_commit,
     has_backward_stop,
+    idlkit_data_dir,
     load_torchidl,
     loadavg_1min,
 )
@@ -859,7 +859,7 @@ def target_tiny(args: argparse.Namespace, tidl) -> dict:
 
 
 def target_mnist(args: argparse.Namespace, tidl) -> dict:
-    ensure_idlkit_data()
+    idlkit_data_dir()
     try:
         ds = idl.datasets.load("mnist", split="train")
     except Exception as exc:  # no data: report, do not crash

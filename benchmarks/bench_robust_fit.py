@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _common import atomic_write, config_of, cpu_model, ensure_idlkit_data, git_commit
+from _common import atomic_write, config_of, cpu_model, git_commit, idlkit_data_dir
 
 import idlkit as idl
 
@@ -102,7 +102,7 @@ def table2(args: argparse.Namespace) -> list[dict]:
     res = idl.train.robust_fit(m, (U, Y), args.sigma, "counterpart", solver="first_order", epochs=1)
     secs = round(res.history[0].seconds, 3)
     rows.append({"what": f"first-order epoch, digits m={k} n={n}", "seconds": secs})
-    if not args.quick and ensure_idlkit_data():
+    if not args.quick and idlkit_data_dir():
         try:
             mn = idl.datasets.load("mnist", split="train", dtype="float64")
         except Exception as exc:  # noqa: BLE001 - the table says why the row is missing

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import atomic_write, config_of, cpu_model, ensure_idlkit_data, git_commit, loadavg_1min
+from _common import atomic_write, config_of, cpu_model, git_commit, idlkit_data_dir, loadavg_1min
 from threadpoolctl import threadpool_limits
 
 from idlkit.datasets import load
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:  # a smoke run of every step: small sizes, a loose tolerance
         args.sizes, args.backend_samples, args.backends, args.rounds, args.test, args.tol = [200], 200, \
             ["serial", "loky"], 1, 200, 1e-2
-    ensure_idlkit_data()
+    idlkit_data_dir()
     torch.set_num_threads(1)
     load_start = loadavg_1min()
     net, ds = teacher(), load("fashion_mnist", as_torch=True)

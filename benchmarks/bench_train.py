@@ -44,12 +44,6 @@ from pathlib import Path
 from _common import atomic_write, git_commit, has_backward_stop, load_torchidl
 
 HERE = Path(__file__).resolve().parent
-_SHARED = HERE.parent.parent / "shared" / "datasets"
-if "IDLKIT_DATA" not in os.environ:
-    for _cand in (HERE.parent / "shared" / "datasets", _SHARED):
-        if _cand.is_dir():
-            os.environ["IDLKIT_DATA"] = str(_cand)
-            break
 
 LIBS = ("idlkit", "idlkit-rel", "torchidl")
 HIDDEN, BATCH, LR, KAPPA, TOL = 100, 100, 1e-3, 0.95, 1e-6

@@ -29,11 +29,6 @@ import idlkit
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-if "IDLKIT_DATA" not in os.environ:
-    for _cand in (ROOT / "shared" / "datasets", ROOT.parent / "shared" / "datasets"):
-        if _cand.is_dir():
-            os.environ["IDLKIT_DATA"] = str(_cand)
-            break
 
 
 # ----------------------------------------------------------------------------- output

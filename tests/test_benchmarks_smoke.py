@@ -26,9 +26,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def _mnist_available() -> bool:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from _common import ensure_idlkit_data
+        from _common import idlkit_data_dir
 
-        ensure_idlkit_data()
+        idlkit_data_dir()
         import idlkit as idl
 
         idl.datasets.load("mnist", split="train")
