@@ -4,6 +4,16 @@ Every command validates its options' ranges before any work (typer ranges: a usa
 2), checks its output path before training, and :func:`main` (the console script) turns any
 :class:`~idlkit.errors.IdlError` or ``OSError`` into a one-line ``error: ...`` on stderr with exit
 status 2: never a traceback.
+
+``analyze``, ``attack`` and ``bench`` read MODEL through one helper, :func:`_saved_model`: a model
+saved by :func:`idlkit.save`, or, with ``--factory module:function`` (or
+``path/to/file.py:function``, ``--factory-kwargs`` a JSON object), the weights of a torch network:
+a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``: no pickled object other
+than tensors is ever loaded) or with ``safetensors.torch.save_file``. The network is converted by
+:func:`idlkit.convert.from_torch` (paper 000 §3) on one input of ``--data``'s shape (its own
+``(C, H, W)``, else flat) or of ``--input-shape``, checked against its own outputs on 16 inputs
+(the largest difference is printed; above ``--check-tol`` relative to ``max(1, max|net(u)|)`` it is
+an error), and then analysed exactly like a saved implicit model.
 """
 
 from __future__ import annotations
@@ -373,9 +383,7 @@ def analyze(
     implicit model, or with --factory a torch network, converted exactly first (paper 000 §3)."""
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; pass a folder such as {out.with_suffix('')}")
-    if not model_path.is_file():
-        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
-              f"(e.g. by idlkit train --out model.safetensors)")
+    _check_model_file(model_path)
     _check_out(out / "index.html")
 
     from .errors import IdlError
@@ -410,14 +418,13 @@ def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: s
     ``--check-tol`` it is an error. No pickled object other than tensors is ever loaded.
     Failures are :class:`~idlkit.errors.IdlError` with a one-line message.
     """
-    if not model_path.is_file():
-        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
-              f"(e.g. by idlkit train --out model.safetensors), or the weights of a torch network "
-              f"with --factory")
+    _check_model_file(model_path)
     from . import io
     from .errors import ConfigurationError
 
     net = net or _NetworkSource()
+    if not (math.isfinite(net.check_tol) and net.check_tol > 0):
+        raise ConfigurationError(f"--check-tol must be a positive number, got {net.check_tol}")
     kind = _weights_format(model_path)
     if net.factory is None:
         for given, value in (("--factory-kwargs", net.factory_kwargs), ("--input-shape", net.input_shape)):
@@ -439,12 +446,17 @@ def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: s
     if kind == "idlkit":
         raise ConfigurationError(f"MODEL {model_path} is an idlkit model (saved by idlkit.save), not "
                                  f"the weights of a torch network; drop --factory")
-    if not (math.isfinite(net.check_tol) and net.check_tol > 0):
-        raise ConfigurationError(f"--check-tol must be a positive number, got {net.check_tol}")
     shape = None if net.input_shape is None else _parse_shape(net.input_shape)
     module = _network(net.factory, net.factory_kwargs)
     _load_weights(module, model_path, kind)
     return _converted(module, model_path, net, shape, data, seed, data_option)
+
+
+def _check_model_file(model_path: Path) -> None:
+    if not model_path.is_file():
+        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
+              f"(e.g. by idlkit train --out model.safetensors), or the weights of a torch network "
+              f"with --factory")
 
 
 def _weights_format(path: Path) -> str:
