@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -442,14 +444,27 @@ def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: s
                 f"MODEL {model_path} is a safetensors file without an idlkit model header (the "
                 f"weights of a torch network?); pass --factory module:function (or "
                 f"path/to/file.py:function) that builds the network, or a model saved by idlkit.save")
-        return io.load(model_path)
+        with _quiet_sparse_beta():
+            return io.load(model_path)
     if kind == "idlkit":
         raise ConfigurationError(f"MODEL {model_path} is an idlkit model (saved by idlkit.save), not "
                                  f"the weights of a torch network; drop --factory")
     shape = None if net.input_shape is None else _parse_shape(net.input_shape)
     module = _network(net.factory, net.factory_kwargs)
     _load_weights(module, model_path, kind)
-    return _converted(module, model_path, net, shape, data, seed, data_option)
+    with _quiet_sparse_beta():
+        return _converted(module, model_path, net, shape, data, seed, data_option)
+
+
+@contextmanager
+def _quiet_sparse_beta() -> Iterator[None]:
+    """A context without torch's one-time "Sparse CSR tensor support is in beta" warning (sparse
+    models, n >= SPARSE_AUTO_THRESHOLD), which would add a stray stderr line to the command."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
 
 
 def _check_model_file(model_path: Path) -> None:
@@ -532,11 +547,17 @@ def _network(factory: str, kwargs_json: str | None) -> Any:
             path = Path(target)
             if not path.is_file():
                 raise bad(f"{path} is not a file")
-            spec = importlib.util.spec_from_file_location(f"_idlkit_factory_{path.stem}", path)
+            name = f"_idlkit_factory_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
             if spec is None or spec.loader is None:
                 raise bad(f"{path} cannot be imported as a Python file")
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            sys.modules[name] = module  # as an import does (dataclasses, pickling look it up)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
         else:
             added = str(Path.cwd()) not in sys.path and "" not in sys.path
             if added:  # as `python -m` does: modules in the working folder import
@@ -701,8 +722,9 @@ def _converted(net: Any, path: Path, src: _NetworkSource, shape: tuple[int, ...]
     if not diff <= src.check_tol * scale:
         raise ConversionError(f"the converted model differs from the network of --factory "
                               f"{src.factory}: max |model(u) - net(u)| = {diff:.3g} > --check-tol "
-                              f"{src.check_tol:g} x {scale:.3g} on {X.shape[0]} {where}; its forward "
-                              f"may depend on the batch size or be random")
+                              f"{src.check_tol:g} x {scale:.3g} on {X.shape[0]} {where}: its forward "
+                              f"may depend on the batch size or be random, or --check-tol is below "
+                              f"the rounding of {str(X.dtype)[6:]}")
     typer.echo(f"{path.name}: {type(net).__name__} from --factory {src.factory}, input shape "
                f"{','.join(map(str, shape))}, converted by idlkit.convert.from_torch to n = "
                f"{model.hidden} states; max |model(u) - net(u)| = {diff:.2e} on {X.shape[0]} {where} "
