@@ -4,24 +4,11 @@ Every command validates its options' ranges before any work (typer ranges: a usa
 2), checks its output path before training, and :func:`main` (the console script) turns any
 :class:`~idlkit.errors.IdlError` or ``OSError`` into a one-line ``error: ...`` on stderr with exit
 status 2: never a traceback.
-
-``analyze``, ``attack`` and ``bench`` read MODEL through one helper, :func:`_saved_model`: a model
-saved by :func:`idlkit.save`, or, with ``--factory module:function`` (or
-``path/to/file.py:function``, ``--factory-kwargs`` a JSON object), the weights of a torch network:
-a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``: no pickled object other
-than tensors is ever loaded) or with ``safetensors.torch.save_file``. The network is converted by
-:func:`idlkit.convert.from_torch` (paper 000 §3) on one input of ``--data``'s shape (its own
-``(C, H, W)``, else flat) or of ``--input-shape``, checked against its own outputs on 16 inputs
-(the largest difference is printed; above ``--check-tol`` relative to ``max(1, max|net(u)|)`` it is
-an error), and then analysed exactly like a saved implicit model.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -415,11 +402,15 @@ def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: s
     or with ``safetensors.torch.save_file``) are loaded into the ``nn.Module`` that the factory
     returns, the network is converted by :func:`idlkit.convert.from_torch` (paper 000 §3: an
     exactly equivalent implicit model, its input the flattened network input) on one input of
-    ``--data``'s shape or of ``--input-shape``, and the conversion is checked against the
-    network's own outputs on a few inputs: the largest difference is printed and above
-    ``--check-tol`` it is an error. No pickled object other than tensors is ever loaded.
+    ``--input-shape``, else of ``--data``'s own shape ``(C, H, W)`` or flat, whichever the network
+    runs on, and the conversion is checked against the network's own outputs on 16 inputs (8
+    test inputs and 8 uniform in their range; without data 8 uniform in [0, 1) and 8 standard
+    normal): the largest difference is printed, and above ``--check-tol`` times
+    ``max(1, max |net(u)|)`` it is an error. No pickled object other than tensors is ever loaded.
     Failures are :class:`~idlkit.errors.IdlError` with a one-line message.
     """
+    import math
+
     _check_model_file(model_path)
     from . import io
     from .errors import ConfigurationError
@@ -444,27 +435,24 @@ def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: s
                 f"MODEL {model_path} is a safetensors file without an idlkit model header (the "
                 f"weights of a torch network?); pass --factory module:function (or "
                 f"path/to/file.py:function) that builds the network, or a model saved by idlkit.save")
-        with _quiet_sparse_beta():
-            return io.load(model_path)
+        return _quietly(io.load, model_path)
     if kind == "idlkit":
         raise ConfigurationError(f"MODEL {model_path} is an idlkit model (saved by idlkit.save), not "
                                  f"the weights of a torch network; drop --factory")
     shape = None if net.input_shape is None else _parse_shape(net.input_shape)
     module = _network(net.factory, net.factory_kwargs)
     _load_weights(module, model_path, kind)
-    with _quiet_sparse_beta():
-        return _converted(module, model_path, net, shape, data, seed, data_option)
+    return _quietly(_converted, module, model_path, net, shape, data, seed, data_option)
 
 
-@contextmanager
-def _quiet_sparse_beta() -> Iterator[None]:
-    """A context without torch's one-time "Sparse CSR tensor support is in beta" warning (sparse
-    models, n >= SPARSE_AUTO_THRESHOLD), which would add a stray stderr line to the command."""
+def _quietly(fn: Any, *args: object) -> Any:
+    """``fn(*args)`` without torch's one-time "Sparse CSR tensor support is in beta" warning
+    (sparse models, n >= SPARSE_AUTO_THRESHOLD), which would be a stray stderr line."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        yield
+        return fn(*args)
 
 
 def _check_model_file(model_path: Path) -> None:
@@ -646,6 +634,8 @@ def _load_weights(net: Any, path: Path, kind: str) -> None:
 def _converted(net: Any, path: Path, src: _NetworkSource, shape: tuple[int, ...] | None,
                data: str | None, seed: int, data_option: bool) -> Any:
     """``from_torch(net, example)`` checked against ``net`` on a few inputs (see _saved_model)."""
+    import math
+
     import numpy as np
     import torch
 
