@@ -9,8 +9,9 @@ status 2: never a traceback.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -27,7 +28,8 @@ def _error_line(msg: object) -> None:
     from rich.console import Console
 
     text = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
-    Console(stderr=True).print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"error: {text}", markup=False, highlight=False, emoji=False,
+                               soft_wrap=True)
 
 
 def _fail(msg: object) -> NoReturn:
@@ -332,10 +334,48 @@ def sim(
     console.print(f"model saved to {saved}", highlight=False)
 
 
+_MODEL_HELP = ("an implicit model saved with idlkit.save (a .safetensors file), or with --factory "
+               "the weights of a torch network: its state_dict saved with torch.save or "
+               "safetensors.torch.save_file")
+
+
+@dataclass(frozen=True)
+class _NetworkSource:
+    """How MODEL becomes a torch network: the ``--factory``, ``--factory-kwargs``,
+    ``--input-shape`` and ``--check-tol`` options of analyze, attack and bench."""
+
+    factory: str | None = None
+    factory_kwargs: str | None = None
+    input_shape: str | None = None
+    check_tol: float = 1e-4
+
+
+def _factory_option() -> Any:
+    return typer.Option(None, "--factory", help="MODEL is the weights (a state_dict) of a torch "
+                        "network: module:function or path/to/file.py:function, a callable that "
+                        "returns the nn.Module (converted by idlkit.convert.from_torch); the weights "
+                        "are saved with torch.save(net.state_dict(), PATH) or safetensors")
+
+
+def _factory_kwargs_option() -> Any:
+    return typer.Option(None, "--factory-kwargs", help="keyword arguments of --factory, a JSON "
+                        "object such as '{\"hidden\": 64}'")
+
+
+def _input_shape_option(needed: str) -> Any:
+    return typer.Option(None, "--input-shape", help="shape of one input of the torch network "
+                        f"(--factory), comma separated: C,H,W or D; {needed}")
+
+
+def _check_tol_option() -> Any:
+    return typer.Option(1e-4, "--check-tol", help="largest difference max |model(u) - net(u)| "
+                        "allowed between the converted model and the torch network (--factory), "
+                        "relative to max(1, max |net(u)|); > 0")
+
+
 @app.command()
 def analyze(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
-                                      "idlkit.save (a .safetensors file)"),
+    model_path: Path = typer.Argument(..., metavar="MODEL", help=_MODEL_HELP),
     data: str | None = typer.Option(None, "--data", help="dataset whose test split feeds the data "
                                     "sections (iterations, empirical Lipschitz, attacks): digits, "
                                     "mnist, fashion_mnist, gtsrb, newsgroups20 or cifar10 (files found "
@@ -345,21 +385,25 @@ def analyze(
                                 "the empirical Lipschitz search"),
     attack_samples: int = typer.Option(5, min=1, help="test inputs attacked and drawn"),
     seed: int = typer.Option(0, min=0, help="random seed (data split, empirical Lipschitz search)"),
+    factory: str | None = _factory_option(),
+    factory_kwargs: str | None = _factory_kwargs_option(),
+    input_shape: str | None = _input_shape_option("default: the shape of --data's inputs"),
+    check_tol: float = _check_tol_option(),
 ) -> None:
     """Write the HTML analysis report of a saved model: certificate, solver iterations, sparsity of
-    A, sensitivity per class, certified vs empirical Lipschitz bounds, attacked inputs."""
+    A, sensitivity per class, certified vs empirical Lipschitz bounds, attacked inputs. MODEL is an
+    implicit model, or with --factory a torch network, converted exactly first (paper 000 §3)."""
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; pass a folder such as {out.with_suffix('')}")
-    if not model_path.is_file():
-        _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
-              f"(e.g. by idlkit train --out model.safetensors)")
+    _check_model_file(model_path)
     _check_out(out / "index.html")
 
     from .errors import IdlError
     from .report import write_report
 
     try:
-        model = _saved_model(model_path)
+        net = _NetworkSource(factory, factory_kwargs, input_shape, check_tol)
+        model = _saved_model(model_path, net, data=data, seed=seed)
         pair = None if data is None else _test_split(data, seed, model.in_features)
         result = write_report(model, out, data=pair, samples=samples, attack_samples=attack_samples,
                               seed=seed, title=f"idlkit analysis report: {model_path.name}")
@@ -372,14 +416,333 @@ def analyze(
                f"{result.seconds:.1f} s)")
 
 
-def _saved_model(model_path: Path) -> object:
-    """The implicit model in ``model_path`` (written by ``idlkit.save``), or a one-line error."""
+def _saved_model(model_path: Path, net: _NetworkSource | None = None, *, data: str | None = None,
+                 seed: int = 0, data_option: bool = True) -> Any:
+    """The implicit model in MODEL, for ``analyze``, ``attack`` and ``bench`` alike.
+
+    Without ``--factory``: a model written by :func:`idlkit.save`. With it: the weights of a
+    torch network (a ``state_dict`` saved with ``torch.save``, read with ``weights_only=True``,
+    or with ``safetensors.torch.save_file``) are loaded into the ``nn.Module`` that the factory
+    returns, the network is converted by :func:`idlkit.convert.from_torch` (paper 000 §3: an
+    exactly equivalent implicit model, its input the flattened network input) on one input of
+    ``--input-shape``, else of ``--data``'s own shape ``(C, H, W)`` or flat, whichever the network
+    runs on, and the conversion is checked against the network's own outputs on 16 inputs (8
+    test inputs and 8 uniform in their range; without data 8 uniform in [0, 1) and 8 standard
+    normal): the largest difference is printed, and above ``--check-tol`` times
+    ``max(1, max |net(u)|)`` it is an error. No pickled object other than tensors is ever loaded.
+    Failures are :class:`~idlkit.errors.IdlError` with a one-line message.
+    """
+    import math
+
+    _check_model_file(model_path)
+    from . import io
+    from .errors import ConfigurationError
+
+    net = net or _NetworkSource()
+    if not (math.isfinite(net.check_tol) and net.check_tol > 0):
+        raise ConfigurationError(f"--check-tol must be a positive number, got {net.check_tol}")
+    kind = _weights_format(model_path)
+    if net.factory is None:
+        for given, value in (("--factory-kwargs", net.factory_kwargs), ("--input-shape", net.input_shape)):
+            if value is not None:
+                raise ConfigurationError(f"{given} applies to a torch network only; pass --factory "
+                                         f"module:function with it, or drop {given}")
+        if kind == "torch":
+            raise io.CheckpointError(
+                f"MODEL {model_path} is a torch.save (pickle) file, not an idlkit model; for the "
+                f"weights of a torch network pass --factory module:function (or "
+                f"path/to/file.py:function) that builds it, the weights saved as a state_dict with "
+                f"torch.save(net.state_dict(), PATH): idlkit never unpickles whole modules")
+        if kind == "safetensors":
+            raise io.CheckpointError(
+                f"MODEL {model_path} is a safetensors file without an idlkit model header (the "
+                f"weights of a torch network?); pass --factory module:function (or "
+                f"path/to/file.py:function) that builds the network, or a model saved by idlkit.save")
+        return _quietly(io.load, model_path)
+    if kind == "idlkit":
+        raise ConfigurationError(f"MODEL {model_path} is an idlkit model (saved by idlkit.save), not "
+                                 f"the weights of a torch network; drop --factory")
+    shape = None if net.input_shape is None else _parse_shape(net.input_shape)
+    module = _network(net.factory, net.factory_kwargs)
+    _load_weights(module, model_path, kind)
+    return _quietly(_converted, module, model_path, net, shape, data, seed, data_option)
+
+
+def _quietly(fn: Any, *args: object) -> Any:
+    """``fn(*args)`` without torch's one-time "Sparse CSR tensor support is in beta" warning
+    (sparse models, n >= SPARSE_AUTO_THRESHOLD), which would be a stray stderr line."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return fn(*args)
+
+
+def _check_model_file(model_path: Path) -> None:
     if not model_path.is_file():
         _fail(f"MODEL {model_path} is not a file; pass a model saved with idlkit.save "
-              f"(e.g. by idlkit train --out model.safetensors)")
-    from . import io
+              f"(e.g. by idlkit train --out model.safetensors), or the weights of a torch network "
+              f"with --factory")
 
-    return io.load(model_path)
+
+def _weights_format(path: Path) -> str:
+    """``"torch"`` (a ``torch.save`` zip or legacy pickle), ``"idlkit"`` (a safetensors file
+    with an idlkit header), ``"safetensors"`` (another safetensors file) or ``"unknown"``, from
+    the first bytes and the safetensors JSON header only."""
+    import json
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+                return "torch"
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if not 0 < n <= min(size - 8, 100 << 20):
+                return "unknown"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError):
+        return "unknown"
+    if not isinstance(header, dict):
+        return "unknown"
+    meta = header.get("__metadata__")
+    return "idlkit" if isinstance(meta, dict) and "idlkit" in meta else "safetensors"
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,28,28"`` -> ``(1, 28, 28)``; anything else a ConfigurationError."""
+    from .errors import ConfigurationError
+
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigurationError(f"--input-shape must be positive integers separated by commas, "
+                                 f"such as 1,28,28 or 784; got {text!r}")
+    return shape
+
+
+def _network(factory: str, kwargs_json: str | None) -> Any:
+    """The ``nn.Module`` returned by the callable ``factory`` (``module:function`` or
+    ``path/to/file.py:function``, the function possibly a dotted attribute) called with the
+    JSON object ``kwargs_json``."""
+    import importlib
+    import importlib.util
+    import json
+
+    from torch import nn
+
+    from .errors import ConfigurationError
+
+    def bad(msg: str) -> ConfigurationError:
+        return ConfigurationError(f"--factory {factory}: {msg}")
+
+    target, _, attr = factory.rpartition(":")
+    if not target or not attr:
+        raise ConfigurationError(f"--factory must be module:function or path/to/file.py:function, "
+                                 f"got {factory!r}")
+    kwargs: dict = {}
+    if kwargs_json is not None:
+        try:
+            kwargs = json.loads(kwargs_json)
+        except ValueError as exc:
+            raise ConfigurationError(f"--factory-kwargs is not valid JSON ({exc}); pass an object "
+                                     f"such as '{{\"hidden\": 64}}'") from exc
+        if not isinstance(kwargs, dict):
+            raise ConfigurationError(f"--factory-kwargs must be a JSON object such as "
+                                     f"'{{\"hidden\": 64}}', got {kwargs_json!r}")
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    try:
+        if is_file:
+            path = Path(target)
+            if not path.is_file():
+                raise bad(f"{path} is not a file")
+            name = f"_idlkit_factory_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise bad(f"{path} cannot be imported as a Python file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # as an import does (dataclasses, pickling look it up)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+        else:
+            added = str(Path.cwd()) not in sys.path and "" not in sys.path
+            if added:  # as `python -m` does: modules in the working folder import
+                sys.path.insert(0, str(Path.cwd()))
+            try:
+                module = importlib.import_module(target)
+            finally:
+                if added:
+                    sys.path.remove(str(Path.cwd()))
+    except ConfigurationError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise bad(f"no module named {exc.name!r} (install it, put it on PYTHONPATH, or pass a "
+                  f"file: path/to/file.py:function)") from exc
+    except (Exception, SystemExit) as exc:  # the user's module itself fails on import
+        raise bad(f"importing {target} failed: {type(exc).__name__}: {exc}") from exc
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise bad(f"{target} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise bad(f"{attr} is of type {type(fn).__name__}, not callable; name a function or class "
+                  f"that returns the nn.Module")
+    try:
+        net = fn(**kwargs)
+    except Exception as exc:
+        raise bad(f"calling {attr}(**{kwargs}) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(net, nn.Module):
+        raise bad(f"{attr} returned an object of type {type(net).__name__}, not a torch.nn.Module; "
+                  f"the factory must build and return the network")
+    return net
+
+
+def _load_weights(net: Any, path: Path, kind: str) -> None:
+    """Load the ``state_dict`` in ``path`` into ``net`` (strict: same keys, same shapes, finite)."""
+    import pickle
+
+    import torch
+
+    from .io import CheckpointError
+
+    try:
+        if kind == "torch":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"MODEL {path} holds pickled objects other than tensors (a whole module saved with "
+            f"torch.save(net)?), which idlkit does not unpickle; save the weights with "
+            f"torch.save(net.state_dict(), PATH) and pass that file") from exc
+    except Exception as exc:  # torch / safetensors raise RuntimeError, EOFError, SafetensorError...
+        what = "a torch.save file" if kind == "torch" else "a safetensors file"
+        raise CheckpointError(f"MODEL {path} cannot be read as {what} (truncated or corrupted?): "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        keys = list(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"MODEL {path} is not a state_dict (names -> tensors): found {keys}; "
+                              f"save torch.save(net.state_dict(), PATH)")
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the network"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} " + ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6
+                                                        else "")
+                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                      ("shapes differ:", shapes)) if items]
+        raise CheckpointError(f"MODEL {path} does not match the network of --factory: "
+                              f"{'; '.join(parts)}; pass the factory (and --factory-kwargs) that "
+                              f"built the saved network")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"MODEL {path}: NaN/Inf in the weights {bad[:6]}; save a finite network")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"MODEL {path}: loading the state_dict failed: {exc}") from exc
+
+
+def _converted(net: Any, path: Path, src: _NetworkSource, shape: tuple[int, ...] | None,
+               data: str | None, seed: int, data_option: bool) -> Any:
+    """``from_torch(net, example)`` checked against ``net`` on a few inputs (see _saved_model)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from . import datasets
+    from .convert import from_torch
+    from .errors import ConfigurationError, ConversionError, IdlError
+
+    net.eval()
+    floats = [t.dtype for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+    dtype = floats[0] if floats else torch.get_default_dtype()
+    gen = torch.Generator().manual_seed(seed)
+    m = 8
+    if data is not None:
+        ds = datasets.load(data, split="test", seed=seed, flatten=False)
+        X = torch.as_tensor(np.asarray(ds.x_test[:m]), dtype=dtype)
+        lo, hi = float(X.min()), float(X.max())
+        X = torch.cat([X, lo + (hi - lo) * torch.rand(X.shape, generator=gen, dtype=dtype)])
+        p = X[0].numel()
+        if shape is not None:
+            if math.prod(shape) != p:
+                raise ConfigurationError(f"--input-shape {','.join(map(str, shape))} has "
+                                         f"{math.prod(shape)} entries but --data {data} inputs have "
+                                         f"{p}; drop --input-shape or fix it")
+            candidates = [shape]
+        else:  # the data's own shape, then flat: the first the network runs on
+            candidates = list(dict.fromkeys([tuple(X.shape[1:]), (p,)]))
+    elif shape is not None:
+        candidates = [shape]
+        X = torch.cat([torch.rand((m, *shape), generator=gen, dtype=dtype),
+                       torch.randn((m, *shape), generator=gen, dtype=dtype)])
+    else:
+        raise ConfigurationError("a torch network (--factory) needs the shape of its input: pass "
+                                 "--input-shape (such as 1,28,28 or 784)" +
+                                 (" or --data NAME" if data_option else ""))
+    failure = ""
+    for cand in candidates:
+        try:
+            with torch.no_grad():
+                out = net(X[:1].reshape(1, *cand))
+            if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == 1:
+                shape = cand
+                break
+            failure = (f"it returns {type(out).__name__} {tuple(getattr(out, 'shape', ()))}, not one "
+                       f"tensor (batch, ...)")
+        except Exception as exc:  # the network's own error on a wrong shape
+            failure = f"{type(exc).__name__}: {exc}"
+    else:
+        tried = " nor ".join(str(c) for c in candidates)
+        raise ConversionError(f"the network of --factory {src.factory} does not run on inputs of shape "
+                              f"{tried} ({failure}); pass --input-shape of its input")
+    X = X.reshape(X.shape[0], *shape)
+    try:
+        model = from_torch(net, X[:1])
+    except IdlError:
+        raise
+    except Exception as exc:  # the converter's contract is ConversionError; keep it one line
+        raise ConversionError(f"from_torch failed on the network: {type(exc).__name__}: {exc}") from exc
+    try:
+        with torch.no_grad():
+            ref = net(X).reshape(X.shape[0], -1)
+            got = model(X.flatten(1))
+    except IdlError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"the network fails on a batch of {X.shape[0]} inputs of shape {shape}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if got.shape != ref.shape:
+        raise ConversionError(f"the converted model returns {tuple(got.shape)} but the network "
+                              f"{tuple(ref.shape)} on a batch of {X.shape[0]}: its forward depends on "
+                              f"the batch size, which the converter cannot express")
+    diff = float((got - ref).abs().max())
+    scale = max(1.0, float(ref.abs().max()))
+    where = "test inputs of --data and random inputs in their range" if data else "random inputs"
+    if not diff <= src.check_tol * scale:
+        raise ConversionError(f"the converted model differs from the network of --factory "
+                              f"{src.factory}: max |model(u) - net(u)| = {diff:.3g} > --check-tol "
+                              f"{src.check_tol:g} x {scale:.3g} on {X.shape[0]} {where}: its forward "
+                              f"may depend on the batch size or be random, or --check-tol is below "
+                              f"the rounding of {str(X.dtype)[6:]}")
+    typer.echo(f"{path.name}: {type(net).__name__} from --factory {src.factory}, input shape "
+               f"{','.join(map(str, shape))}, converted by idlkit.convert.from_torch to n = "
+               f"{model.hidden} states; max |model(u) - net(u)| = {diff:.2e} on {X.shape[0]} {where} "
+               f"(tolerance {src.check_tol:g} x {scale:.3g})")
+    return model
 
 
 def _test_split(data: str, seed: int, in_features: int, samples: int | None = None) -> tuple:
@@ -413,8 +776,7 @@ def _print_quantities(title: str, rows: list[tuple[str, str]]) -> None:
 
 @app.command()
 def attack(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
-                                      "idlkit.save (a .safetensors file)"),
+    model_path: Path = typer.Argument(..., metavar="MODEL", help=_MODEL_HELP),
     data: str = typer.Option(..., "--data", help="dataset whose test split is attacked: digits, mnist, "
                              "fashion_mnist, gtsrb, newsgroups20 or cifar10 (via $IDLKIT_DATA)"),
     method: str = typer.Option("sensitivity", help="attack: sensitivity, saliency, fgsm, pgd, jsma, lp "
@@ -425,9 +787,14 @@ def attack(
                                          "only the valid range of the data limits it"),
     samples: int = typer.Option(200, min=1, help="test inputs attacked (the first N)"),
     seed: int = typer.Option(0, min=0, help="random seed (data split)"),
+    factory: str | None = _factory_option(),
+    factory_kwargs: str | None = _factory_kwargs_option(),
+    input_shape: str | None = _input_shape_option("default: the shape of --data's inputs"),
+    check_tol: float = _check_tol_option(),
 ) -> None:
     """Attack a saved model on test inputs and print the success rate (paper 000 §7.3, Table 1):
-    only the inputs it classifies correctly are attacked; the valid range of the data is kept."""
+    only the inputs it classifies correctly are attacked; the valid range of the data is kept.
+    MODEL is an implicit model, or with --factory a torch network, converted exactly first."""
     from .errors import IdlError
     from .robust import ATTACKS, Budget, success_rate
 
@@ -438,9 +805,10 @@ def attack(
     if epsilon is not None and not (epsilon >= 0):
         _fail(f"--epsilon must be >= 0, got {epsilon}")
     try:
-        model = _saved_model(model_path)
+        net = _NetworkSource(factory, factory_kwargs, input_shape, check_tol)
+        model = _saved_model(model_path, net, data=data, seed=seed)
         U, Y = _test_split(data, seed, model.in_features, samples)
-        U = U.to(next(model.parameters()).dtype)
+        U = U.to(model.A.dtype)
         count = None if k is None else (int(k) if k >= 1 else float(k))
         if method in ("fgsm", "pgd", "inversion"):
             count = None  # these move every input
@@ -460,15 +828,19 @@ def attack(
 
 @app.command()
 def bench(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="an implicit model saved with "
-                                      "idlkit.save (a .safetensors file)"),
+    model_path: Path = typer.Argument(..., metavar="MODEL", help=_MODEL_HELP),
     batch: int = typer.Option(256, min=1, help="inputs per call"),
     repeats: int = typer.Option(20, min=1, help="timed calls (the median is printed)"),
     float64: bool = typer.Option(False, "--float64", help="time the model in double precision"),
     seed: int = typer.Option(0, min=0, help="random seed of the inputs"),
+    factory: str | None = _factory_option(),
+    factory_kwargs: str | None = _factory_kwargs_option(),
+    input_shape: str | None = _input_shape_option("required with --factory"),
+    check_tol: float = _check_tol_option(),
 ) -> None:
     """Time a saved model: forward (equilibrium solve) and backward (implicit gradient) on random
-    inputs, with the solver's iteration counts; the median of --repeats calls, one thread."""
+    inputs, with the solver's iteration counts; the median of --repeats calls, one thread. MODEL is
+    an implicit model, or with --factory a torch network, converted exactly first."""
     import statistics
     import time
 
@@ -479,10 +851,11 @@ def bench(
     from .errors import IdlError
 
     try:
-        model = _saved_model(model_path)
+        net = _NetworkSource(factory, factory_kwargs, input_shape, check_tol)
+        model = _saved_model(model_path, net, seed=seed, data_option=False)
         if float64:
             model = model.double()
-        dtype = next(model.parameters()).dtype
+        dtype = model.A.dtype
         gen = torch.Generator().manual_seed(seed)
         U = torch.rand(batch, model.in_features, generator=gen, dtype=dtype)
         threads = torch.get_num_threads()
