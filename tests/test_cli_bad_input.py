@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # per command: a valid call with cheap settings (a bad value replaces one of them), the files it
 # reads, and for each numeric option the out-of-range values it must refuse
 BASE = {
-    "demo": ["demo", "--out", "{o}/demo/model.safetensors"],
+    "demo": ["demo", "--out", "{o}/demo", "--report", "{o}/report"],
     "train": ["train", "--data", "digits", "--hidden", "4", "--epochs", "1", "--limit", "60",
               "--out", "{o}/train.safetensors"],
     "sim": ["sim", "--data", "digits", "--hidden", "4", "--epochs", "1", "--samples", "20",
@@ -43,7 +43,8 @@ BASE = {
 }
 
 OUT_OF_RANGE = {
-    "demo": {"--hidden": ["0"], "--epochs": ["0"], "--kappa": ["0", "1", "nan"], "--seed": ["-1"]},
+    "demo": {"--hidden": ["0"], "--epochs": ["0"], "--kappa": ["0", "1", "nan"], "--seed": ["-1"],
+             "--attack-samples": ["0"], "--sim-samples": ["9"]},
     "train": {"--hidden": ["0"], "--epochs": ["0"], "--batch-size": ["0"], "--lr": ["0", "-1", "nan"],
               "--kappa": ["0", "1", "inf"], "--tol": ["0", "nan"], "--seed": ["-1"],
               "--val-fraction": ["-0.1", "1"], "--patience": ["0"], "--limit": ["0"]},
@@ -51,7 +52,8 @@ OUT_OF_RANGE = {
             "--alpha": ["-1", "inf"], "--lambda-state": ["-1", "nan"], "--lambda-output": ["-1", "inf"],
             "--n-jobs": ["0"], "--seed": ["-1"]},
     "analyze": {"--samples": ["0"], "--attack-samples": ["0"], "--seed": ["-1"],
-                "--check-tol": ["0", "nan"]},
+                "--check-tol": ["0", "nan"], "--attack-k": ["0", "1.5", "nan"],
+                "--bound-epsilon": ["0", "-1", "inf"]},
     "attack": {"--k": ["0", "-1", "nan"], "--epsilon": ["-1", "nan"], "--samples": ["0"], "--seed": ["-1"],
                "--check-tol": ["0", "-1"]},
     "bench": {"--batch": ["0"], "--repeats": ["0"], "--seed": ["-1"], "--check-tol": ["0", "inf"]},
@@ -93,11 +95,16 @@ def _cases() -> list[tuple[str, list[str], str]]:
     for cmd in ("demo", "train", "sim"):  # an output that cannot be written
         cases.append((f"{cmd} --out under a file", _with(BASE[cmd], "--out", "{d}/plain.safetensors/m.st"),
                       "is a file"))
+    for cmd in ("train", "sim"):  # a file output given a folder
         cases.append((f"{cmd} --out a folder", _with(BASE[cmd], "--out", "{d}"), "directory"))
+    cases.append(("demo --out a file", _with(BASE["demo"], "--out", "{d}/plain.safetensors"), "is a file"))
+    cases.append(("demo --report a file", _with(BASE["demo"], "--report", "{d}/plain.safetensors"),
+                  "is a file"))
     cases.append(("analyze --out a file", _with(BASE["analyze"], "--out", "{d}/plain.safetensors"), "--out"))
     cases.append(("train --checkpoint a folder", [*BASE["train"], "--checkpoint", "{d}"], "--checkpoint"))
     cases.append(("sim --hidden 0", _with(BASE["sim"], "--hidden", "0"), "--hidden"))
     cases.append(("attack --method nope", [*BASE["attack"], "--method", "nope"], "nope"))
+    cases.append(("analyze --attacks nope", [*BASE["analyze"], "--attacks", "sensitivity,nope"], "nope"))
     return cases
 
 

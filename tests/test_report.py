@@ -201,11 +201,14 @@ def test_cli_analyze_writes_the_report(tmp_path, monkeypatch):
     path = idl.save(model, tmp_path / "m.safetensors")
     out = tmp_path / "rep"
     res = runner.invoke(app, ["analyze", str(path), "--data", "digits", "--out", str(out),
-                              "--samples", "40", "--attack-samples", "3"])
+                              "--samples", "40", "--attack-samples", "3", "--attacks", "sensitivity,lp",
+                              "--attack-k", "0.1", "--bound-epsilon", "0.05"])
     assert res.exit_code == 0, res.output
     assert "report written to" in res.output and (out / "index.html").is_file()
     page = (out / "index.html").read_text()
-    assert len(re.findall(r"<img ", page)) == len(SECTIONS) - 2  # not certificate, not training
+    assert len(re.findall(r"<img ", page)) == len(SECTIONS) - 1  # not certificate, not training; +lp
+    assert "attacks_lp.png" in page and _values(page)["attack.k"] == "0.1"
+    assert "radius 0.05" in page
     assert "section training not shown" in res.output
     assert float(_values(page)["inf_norm"]) == idl.load(path).certificate().inf_norm
 

@@ -383,16 +383,39 @@ def analyze(
     out: Path = typer.Option(Path("report"), help="folder of the report (index.html and its PNGs)"),
     samples: int = typer.Option(200, min=1, help="test inputs used for the iteration histogram and "
                                 "the empirical Lipschitz search"),
-    attack_samples: int = typer.Option(5, min=1, help="test inputs attacked and drawn"),
+    attack_samples: int = typer.Option(5, min=1, help="test inputs attacked and drawn (also the "
+                                       "inputs of the certified output bounds)"),
+    attacks: str = typer.Option("sensitivity", help="attacks drawn, comma separated: sensitivity, "
+                                "saliency, fgsm, pgd, jsma, lp (the LP relaxation attack, ReLU models; "
+                                "seconds per input for large models) or inversion"),
+    attack_k: float = typer.Option(0.05, help="fraction of the inputs an attack may change, in (0, 1]"),
+    bound_epsilon: float = typer.Option(0.02, help="radius of the l_inf ball of the certified output "
+                                        "bounds (> 0, in the data's units)"),
     seed: int = typer.Option(0, min=0, help="random seed (data split, empirical Lipschitz search)"),
     factory: str | None = _factory_option(),
     factory_kwargs: str | None = _factory_kwargs_option(),
     input_shape: str | None = _input_shape_option("default: the shape of --data's inputs"),
     check_tol: float = _check_tol_option(),
 ) -> None:
-    """Write the HTML analysis report of a saved model: certificate, solver iterations, sparsity of
-    A, sensitivity per class, certified vs empirical Lipschitz bounds, attacked inputs. MODEL is an
-    implicit model, or with --factory a torch network, converted exactly first (paper 000 §3)."""
+    """Write the HTML analysis report of a saved model (implicit, or a torch network).
+
+    Certificate, solver iterations per sample, sparsity of A, sensitivity per class, certified vs
+    empirical Lipschitz and output bounds, attacked inputs, accuracy vs sparsity. MODEL is an
+    implicit model, or with --factory a torch network, converted exactly first (paper 000 §3).
+    """
+    import math
+
+    from .robust import ATTACKS
+
+    methods = tuple(m.strip() for m in attacks.split(",") if m.strip())
+    unknown = [m for m in methods if m not in ATTACKS]
+    if unknown or not methods:
+        _fail(f"--attacks {attacks!r}: unknown {unknown or 'empty list'}; choose from "
+              f"{', '.join(sorted(ATTACKS))}, comma separated")
+    if not (math.isfinite(attack_k) and 0 < attack_k <= 1):
+        _fail(f"--attack-k must lie in (0, 1] (a fraction of the inputs), got {attack_k}")
+    if not (math.isfinite(bound_epsilon) and bound_epsilon > 0):
+        _fail(f"--bound-epsilon must be a positive radius, got {bound_epsilon}")
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; pass a folder such as {out.with_suffix('')}")
     _check_model_file(model_path)
@@ -406,6 +429,7 @@ def analyze(
         model = _saved_model(model_path, net, data=data, seed=seed)
         pair = None if data is None else _test_split(data, seed, model.in_features)
         result = write_report(model, out, data=pair, samples=samples, attack_samples=attack_samples,
+                              attack_methods=methods, attack_k=attack_k, bound_epsilon=bound_epsilon,
                               seed=seed, title=f"idlkit analysis report: {model_path.name}")
     except IdlError as exc:
         _fail(str(exc))
@@ -792,9 +816,11 @@ def attack(
     input_shape: str | None = _input_shape_option("default: the shape of --data's inputs"),
     check_tol: float = _check_tol_option(),
 ) -> None:
-    """Attack a saved model on test inputs and print the success rate (paper 000 §7.3, Table 1):
-    only the inputs it classifies correctly are attacked; the valid range of the data is kept.
-    MODEL is an implicit model, or with --factory a torch network, converted exactly first."""
+    """Attack a saved model on test inputs and print the success rate (paper 000 §7.3, Table 1).
+
+    Only the inputs it classifies correctly are attacked; the valid range of the data is kept.
+    MODEL is an implicit model, or with --factory a torch network, converted exactly first.
+    """
     from .errors import IdlError
     from .robust import ATTACKS, Budget, success_rate
 
@@ -838,9 +864,11 @@ def bench(
     input_shape: str | None = _input_shape_option("required with --factory"),
     check_tol: float = _check_tol_option(),
 ) -> None:
-    """Time a saved model: forward (equilibrium solve) and backward (implicit gradient) on random
-    inputs, with the solver's iteration counts; the median of --repeats calls, one thread. MODEL is
-    an implicit model, or with --factory a torch network, converted exactly first."""
+    """Time a saved model: forward (equilibrium solve) and backward (implicit gradient).
+
+    Random inputs, with the solver's iteration counts; the median of --repeats calls, one thread.
+    MODEL is an implicit model, or with --factory a torch network, converted exactly first.
+    """
     import statistics
     import time
 
