@@ -53,6 +53,15 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype,
     ``(batch, *dims)`` with ``prod(dims) = p`` (images, flattened). Anything else, a
     non-floating tensor or a dtype other than the model's raises a typed error naming
     the expected shape or the conversion to apply.
+
+    Examples:
+        >>> U, squeezed = batch_input(torch.ones(3), 3, torch.float32)
+        >>> U.shape, squeezed
+        (torch.Size([1, 3]), True)
+        >>> batch_input(torch.ones(2, 4), 3, torch.float32)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ShapeError: expected input of shape (batch, 3), (3,) or (batch, *dims) ...
     """
     if not isinstance(u, Tensor):
         raise InputError(f"input must be a torch.Tensor, got {type(u).__name__}")
@@ -149,6 +158,11 @@ class ImplicitBase(SolveReports, nn.Module):
     (registered solver names, tolerances, budgets) and the adjoint's stopping rule are one
     code path. Subclasses implement :meth:`project_`, :meth:`certificate` and
     ``_check_wellposed``.
+
+    Examples:
+        >>> model = ImplicitModel(3, 5, 2)
+        >>> isinstance(model, ImplicitBase), model.settings.method
+        (True, 'anderson')
     """
 
     settings: SolverSettings
@@ -254,6 +268,14 @@ class ImplicitModel(ImplicitBase):
             replaced or edited in place (a dense ``A`` is re-checked every call).
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
+
+    Examples:
+        >>> model = ImplicitModel(in_features=3, hidden=5, out_features=2, kappa=0.9)
+        >>> u = torch.randn(4, 3)
+        >>> model(u).shape, model.equilibrium(u).shape
+        (torch.Size([4, 2]), torch.Size([4, 5]))
+        >>> bool(model.last_solve.converged), model.certificate().wellposed
+        (True, True)
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int,

@@ -773,8 +773,8 @@ def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
 
     Examples:
         >>> A = torch.tensor([[0.0, 3.0], [0.0, 0.0]])
-        >>> model = idlkit.ImplicitModel.from_matrices(A, torch.ones(2, 1), torch.ones(1, 2), torch.zeros(1, 1),
-        ...                                            wellposedness=None)
+        >>> B, C, D = torch.ones(2, 1), torch.ones(1, 2), torch.zeros(1, 1)
+        >>> model = idlkit.ImplicitModel.from_matrices(A, B, C, D, wellposedness=None)
         >>> small = rescale(model)
         >>> inf_norm(small.A) < 1
         True

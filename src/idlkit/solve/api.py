@@ -117,6 +117,16 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
     of the loss with respect to the pre-activation; ``G`` is the gradient with
     respect to the state ``X``. It is linear in ``V``; the same solvers apply, and
     ``tol`` is absolute here (the models apply their ``backward_stop`` rule first).
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> Z = torch.ones(2, 3, dtype=torch.float64)          # pre-activations, ReLU active
+        >>> G = torch.ones(2, 3, dtype=torch.float64)
+        >>> V, info = adjoint_fixed_point(A, Z, G, "relu")
+        >>> V.shape, bool(info.converged)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(V, torch.linalg.solve(torch.eye(2, dtype=torch.float64) - A.T, G))
+        True
     """
     act = get_activation(activation)
     opts = _options(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta,
@@ -141,6 +151,16 @@ def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: flo
     ``X``: ``(m, d)`` start; ``alpha``: the step. Returns ``(X, aux, info)`` in column
     convention ``(d, m)``. ``zero_start``: ``X`` is zero and ``F`` has ``at_zero()``, its
     value there without the matrix product.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T.contiguous(), idlkit.get_activation("relu"))
+        >>> X, Z, info = iterate_map(F, torch.zeros(3, 2, dtype=torch.float64), "picard", 1.0, 1e-10, 200)
+        >>> X.shape, bool(info.converged)  # column convention (n, m)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
+        True
     """
     solver = get_solver(method, iterative=True)
     opts = SolveOptions(tol, max_iter, alpha, anderson_m, beta, on_nonconvergence, per_sample,

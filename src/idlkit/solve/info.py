@@ -43,6 +43,12 @@ class SolveInfo:
         tol: the (absolute) tolerance the solve stopped on.
         fallbacks: Anderson steps rejected by the safeguard (column-steps).
         per_sample: whether ``per_sample_iterations`` was measured sample by sample.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> X, info = idlkit.fixed_point(A, torch.ones(2, 3, dtype=torch.float64), "relu", method="picard")
+        >>> info.method, bool(info.converged), info.per_sample_iterations.shape, info.residual <= info.tol
+        ('picard', True, torch.Size([3]), True)
     """
 
     method: str

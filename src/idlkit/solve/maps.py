@@ -29,7 +29,15 @@ def elementwise(act: Activation) -> bool:
 
 class FixedPointMap(Protocol):
     """A batch-first map for the iterative solvers: ``F(X) -> (F(X), aux)`` with ``X`` and
-    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples."""
+    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> F = ForwardMap(0.5 * torch.eye(2), torch.ones(3, 2), idlkit.get_activation("relu"))
+        >>> FX, Z = F(torch.zeros(3, 2))
+        >>> FX.shape, Z.shape
+        (torch.Size([3, 2]), torch.Size([3, 2]))
+    """
 
     def restrict(self, rows: Tensor) -> FixedPointMap: ...
 

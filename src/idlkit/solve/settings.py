@@ -64,6 +64,13 @@ class SolverSettings:
             (``False``), or by problem size (``None``, default).
         check_every: iterations between residual reads of lean solves (``None``: predicted
             from the contraction rate, see :mod:`idlkit.solve.lean`).
+
+    Examples:
+        >>> s = SolverSettings(method="picard", tol=1e-8)
+        >>> s.method, s.tol, s.backward_method
+        ('picard', 1e-08, None)
+        >>> idlkit.ImplicitModel(3, 4, 2, solver="picard").settings.method
+        'picard'
     """
 
     method: str = "anderson"

@@ -267,6 +267,14 @@ class PlanCache:
     ``A`` the versions of its index and value storages, which a detached view shares);
     :meth:`get` rebuilds the plan when the key changes or a dense ``A``'s pattern no
     longer fits the levels.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> cache = PlanCache()
+        >>> b = torch.ones(2, 3, dtype=torch.float64)
+        >>> X, Z, info = solve_levels(A, b, idlkit.get_activation("relu"), 1e-9, cache)
+        >>> X[:, 0].tolist(), info.method
+        ([2.0, 1.0], 'triangular')
     """
 
     def __init__(self) -> None:
@@ -329,6 +337,11 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
     pattern, with no per-row Python loop (:func:`idlkit._triangular.block_levels`).
     Raises :class:`ConfigurationError` when ``A`` has a nonzero entry below the (block)
     diagonal, or a nonzero diagonal (block) when ``allow_diagonal`` is false.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        >>> [lv.tolist() for lv in triangular_levels(A)]
+        [[2], [1], [0]]
     """
     n = A.shape[0]
     if sizes is None:
