@@ -67,7 +67,17 @@ __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_at
 
 @dataclass(frozen=True)
 class Budget:
-    """What an attack may change (see the module docstring)."""
+    """What an attack may change (see the module docstring).
+
+    Examples:
+        >>> b = Budget(k=2, epsilon=0.1, clip=(0.0, 1.0))   # change at most 2 inputs by at most 0.1
+        >>> b.k, b.epsilon, b.clip
+        (2, 0.1, (0.0, 1.0))
+        >>> Budget(epsilon=-1.0)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: Budget.epsilon must be a finite number >= 0 or None, got ...
+    """
 
     k: int | float | None = None
     epsilon: float | None = None
@@ -216,6 +226,13 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
     """Sensitivity-matrix attack (§7.3.1): the ``k`` inputs with the largest ``S[y, :]``.
 
     ``S`` (the ``(q, p)`` sensitivity matrix) may be passed to reuse it across calls.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = sensitivity_attack(model, u, y, Budget(k=2, epsilon=0.5))
+        >>> r.u_adv.shape, bool((((r.u_adv - u).abs() > 0).sum(dim=1) <= 2).all())
+        (torch.Size([5, 4]), True)
     """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
@@ -232,7 +249,15 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
 
 def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
                     mode: str = "sign", generator: torch.Generator | None = None) -> AttackResult:
-    """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``."""
+    """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = saliency_attack(model, u, y, Budget(k=1, epsilon=0.5))
+        >>> r.u_adv.shape, ((r.u_adv - u).abs() > 0).sum(dim=1).tolist()   # one input changed per sample
+        (torch.Size([5, 4]), [1, 1, 1, 1, 1])
+    """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
     check_choice("mode", mode, ("sign", "random"))
@@ -244,7 +269,17 @@ def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: 
 
 def fgsm_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float
                 ) -> AttackResult:
-    """FGSM: ``clip(u + epsilon sign(grad_u loss(u, y)))`` on every input (l_inf ball)."""
+    """FGSM: ``clip(u + epsilon sign(grad_u loss(u, y)))`` on every input (l_inf ball).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = fgsm_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)))
+        >>> r.u_adv.shape, r.success.shape
+        (torch.Size([5, 4]), torch.Size([5]))
+        >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-6).all()), bool(((r.u_adv >= 0) & (r.u_adv <= 1)).all())
+        (True, True)
+    """
     b = as_budget(budget)
     if b.epsilon is None:
         raise ConfigurationError("fgsm_attack needs Budget.epsilon")
@@ -356,6 +391,13 @@ def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
 
     ``bound`` is a ``(batch,)`` float64 tensor: for ``objective="margin"`` a certified upper bound of
     the margin over the set (``< 0``: certified robust), for ``"l2"`` of ``||x - x0||_2^2``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> u = torch.rand(2, 3, dtype=torch.float64); y = torch.tensor([0, 1])
+        >>> r = lp_margin_attack(model, u, y, Budget(epsilon=0.1))
+        >>> r.u_adv.shape, bool(((r.u_adv - u).abs() <= 0.1 + 1e-9).all())
+        (torch.Size([2, 3]), True)
     """
     b = as_budget(budget)
     if b.epsilon is None:
@@ -573,7 +615,17 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
 
 def attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float,
            method: str = "sensitivity", **options: object) -> AttackResult:
-    """Run the attack named ``method`` (one of :data:`ATTACKS`)."""
+    """Run the attack named ``method`` (one of :data:`ATTACKS`).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), method="fgsm")
+        >>> r.u_adv.shape, bool(((r.u_adv - u).abs() <= 0.1 + 1e-6).all())
+        (torch.Size([5, 4]), True)
+        >>> sorted(ATTACKS)[:3]
+        ['fgsm', 'inversion', 'jsma']
+    """
     if method not in ATTACKS:
         raise ConfigurationError(f"unknown attack {method!r}; choose from {sorted(ATTACKS)}")
     return ATTACKS[method](model, u, y, budget, **options)
@@ -610,6 +662,13 @@ def success_rate(model: torch.nn.Module, method: str | Callable[..., AttackResul
 
     Only the samples the model classifies correctly are attacked (``only_correct=True``): the rate
     is the fraction of them the attack flips.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> U = torch.rand(8, 4); Y = model(U).argmax(1)          # every sample is correct
+        >>> sr = success_rate(model, "fgsm", U, Y, Budget(epsilon=0.2))
+        >>> sr.n_total, sr.n_attacked, sr.clean_accuracy, 0.0 <= sr.rate <= 1.0
+        (8, 8, 1.0, True)
     """
     b = as_budget(budget)
     fn = ATTACKS.get(method) if isinstance(method, str) else method

@@ -334,7 +334,18 @@ def state_bounds(model: object, u0: object, sigma_u: object, k: int | None = Non
                  alpha_iters: int = 20, lp_rounds: int = 1) -> StateBounds:
     """Certified state bounds, ``(batch, n)``; arguments and errors as :func:`output_bounds`
     (alpha-CROWN optimises the output bounds; its state bounds are the best over its iterates on a
-    triangular ``A``, CROWN's on a general one)."""
+    triangular ``A``, CROWN's on a general one).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> sb = state_bounds(model, torch.zeros(3, 3, dtype=torch.float64), 0.1, method="crown")
+        >>> sb.lower.shape, bool((sb.lower <= sb.upper).all())
+        (torch.Size([3, 6]), True)
+        >>> x = model.equilibrium(0.1 * (2 * torch.rand(3, 3, dtype=torch.float64) - 1))   # inside the set
+        >>> bool(((sb.lower - 1e-9 <= x) & (x <= sb.upper + 1e-9)).all())
+        True
+    """
     (xl, xh, _, _), name, sec = _compute(model, u0, sigma_u, k, method, clip, time_budget, alpha_iters,
                                          lp_rounds)
     return StateBounds(xl.to(torch.float64), xh.to(torch.float64), name, sec)

@@ -237,6 +237,13 @@ def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = N
     with ``k`` the cardinality set (4.2).
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> cmp = compare_bounds(model, torch.zeros(2, 3, dtype=torch.float64), 0.1)
+        >>> cmp.ibp_output_width.shape, bool((cmp.ibp_output_width <= cmp.box_output_width + 1e-9).all())
+        (torch.Size([2]), True)
     """
     from .bounds import state_box_bound
     from .sensitivity import output_box_bound

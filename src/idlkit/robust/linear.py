@@ -206,6 +206,17 @@ def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
     Args:
         f: a componentwise activation, possibly ``Centered`` (its shift moves every offset).
         l, h: ``(batch, k)`` pre-activation bounds, ``l <= h``.
+
+    Examples:
+        >>> l = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
+        >>> h = torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+        >>> r = relax(idlkit.get_activation("relu"), l, h)
+        >>> r.us0.shape
+        torch.Size([1, 2])
+        >>> z = torch.linspace(0, 1, 11, dtype=torch.float64)[:, None] * (h - l) + l   # points of [l, h]
+        >>> upper = r.us0 * z + r.uo0                                                 # one upper line
+        >>> bool((torch.relu(z) <= upper + 1e-12).all())
+        True
     """
     shift = 0.0
     if isinstance(f, Centered):
@@ -366,7 +377,14 @@ def _interval(segs: list[tuple[int, int, Activation]], idx: Tensor, l: Tensor, h
 
 def state_levels(A: object) -> np.ndarray | None:
     """Dependency level of each state (``0``: depends on ``u`` only), or ``None`` when the
-    dependency graph of ``A`` has a cycle (Thm 2.8-2.9)."""
+    dependency graph of ``A`` has a cycle (Thm 2.8-2.9).
+
+    Examples:
+        >>> state_levels(torch.tensor([[0.0, 1.0], [0.0, 0.0]])).tolist()   # x_1 needs x_2
+        [1, 0]
+        >>> state_levels(torch.tensor([[0.0, 1.0], [1.0, 0.0]])) is None      # a cycle
+        True
+    """
     n = A.shape[0]  # type: ignore[attr-defined]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -636,6 +654,12 @@ def equilibrium_error(model: object, U: np.ndarray, extra: np.ndarray | None = N
 
     Returns:
         ``x0`` ``(m, n)`` tensor and the radius ``(m, n)`` float64 array.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> x0, err = equilibrium_error(model, np.zeros((2, 3)))
+        >>> x0.shape, err.shape, bool((err >= 0).all())
+        (torch.Size([2, 5]), (2, 5), True)
     """
     from ._linalg import solve_nonneg
     from ._model import float64_copy, model_data, norm_matrices

@@ -170,6 +170,12 @@ def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray, k: int | None = Non
     Raises:
         WellPosednessError: ``lambda_pf(|A|) < 1`` cannot be certified (the bound would be
             meaningless); the message names ``lambda_pf``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> sx = state_sigma(model, np.full(3, 0.1))
+        >>> sx.shape, np.allclose(sx, idlkit.robust.state_box_bound(model, 0.1).numpy())
+        ((5,), True)
     """
     from .bounds import state_box_bound
 
@@ -302,6 +308,15 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
 
     Raises:
         InputError: ``start`` does not contain the nominal state ``x0`` (it cannot be valid).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> u0 = np.zeros(3)
+        >>> x0 = model.equilibrium(torch.zeros(1, 3, dtype=torch.float64))[0].detach().numpy()
+        >>> xlo, xhi, sx = start_box(model, u0, np.full(3, 0.1), None, None, x0)
+        >>> xlo.shape, bool((xlo <= x0).all() and (x0 <= xhi).all())
+        ((6,), True)
     """
     from .ibp import interval_bounds
 
@@ -807,6 +822,13 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
         :meth:`LPProblem.maximize`, plus the constant, rounded up), ``value`` (the objective at
         the model's true state at ``u_adv``), ``status``; ``extra`` holds ``sigma_x``, ``x0``,
         ``lp_value`` (the relaxation's own objective at its solution) and ``n_lp`` (LPs solved).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> r = lp_attack(model, torch.zeros(3, dtype=torch.float64), 0.1)
+        >>> r.u_adv.shape, r.status, bool(r.value <= r.bound + 1e-9)
+        (torch.Size([3]), 'optimal', True)
     """
     require_relu(model, "the LP relaxation (Thm 4.5)")
     check_choice("objective", objective, ("l2", "linear"))
