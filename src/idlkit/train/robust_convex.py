@@ -192,7 +192,13 @@ def margin_bounds(C: Tensor, D: Tensor, d: Tensor, R: Tensor, sigma: Tensor, U: 
 
 
 def worst_case_cross_entropy(M: Tensor) -> Tensor:
-    """``(m,)`` bound ``lse_j M_j`` of the worst-case cross entropy (module docstring)."""
+    """``(m,)`` bound ``lse_j M_j`` of the worst-case cross entropy (module docstring).
+
+    Examples:
+        >>> M = torch.tensor([[0.0, -1.0, -2.0]], dtype=torch.float64)   # margins y_j - y_t, M_t = 0
+        >>> worst_case_cross_entropy(M), torch.logsumexp(M, dim=1)
+        (tensor([0.4076], dtype=torch.float64), tensor([0.4076], dtype=torch.float64))
+    """
     return torch.logsumexp(M, dim=1)
 
 
