@@ -161,6 +161,11 @@ class Dataset:
     ``x_*`` are numpy arrays (``(N, D)`` when flattened, ``(N, C, H, W)`` channels-first
     otherwise; a scipy CSR matrix for ``newsgroups20`` with ``sparse=True``) or torch tensors;
     ``y_*`` are int64 labels in ``[0, num_classes)``. ``source`` says where the data came from.
+
+    Examples:
+        >>> ds = load("digits", split="test")
+        >>> isinstance(ds, Dataset), ds.x_train is None, ds.x_test.shape[1], ds.name
+        (True, True, 64, 'digits')
     """
 
     x_train: Any
@@ -193,13 +198,23 @@ class Dataset:
 # ---------------------------------------------------------------------------- locations
 
 def cache_dir() -> Path:
-    """The cache directory: ``$IDLKIT_CACHE`` if set, else ``~/.cache/idlkit``."""
+    """The cache directory: ``$IDLKIT_CACHE`` if set, else ``~/.cache/idlkit``.
+
+    Examples:
+        >>> cache_dir().name in ("idlkit",) or "IDLKIT_CACHE" in os.environ
+        True
+    """
     env = os.environ.get("IDLKIT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "idlkit"
 
 
 def search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache."""
+    """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache.
+
+    Examples:
+        >>> str(search_dirs("/data/mine")[0])                  # root first, then $IDLKIT_DATA, the cache
+        '/data/mine'
+    """
     dirs: list[Path] = []
     if root is not None:
         dirs.append(Path(root).expanduser())
@@ -498,6 +513,11 @@ def load(
     Raises:
         ConfigurationError: unknown name or split, or an invalid option combination.
         DatasetError: the file is missing (message lists the searched directories) or corrupt.
+
+    Examples:
+        >>> ds = load("digits", as_torch=True)                    # bundled with scikit-learn
+        >>> ds.x_train.shape[1], ds.num_classes, ds.x_train.shape[0] + ds.x_test.shape[0]
+        (64, 10, 1797)
     """
     if name not in DATASETS:
         raise ConfigurationError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")

@@ -159,6 +159,13 @@ class LowRankFunction(torch.autograd.Function):
     ``backward_tol * ||G||_inf``, as :class:`idlkit.function.ImplicitFunction` does.
     Saved for backward: ``L, R, C, Z`` (``O(n k + m n)``), independent of the
     number of iterations.
+
+    Examples:
+        >>> model = LowRankImplicitModel(3, 8, 2, rank=2)
+        >>> u = torch.randn(4, 3, requires_grad=True)
+        >>> model(u).sum().backward()                            # backward through LowRankFunction
+        >>> u.grad.shape
+        torch.Size([4, 3])
     """
 
     @staticmethod
@@ -312,6 +319,14 @@ class LowRankImplicitModel(ImplicitBase):
         L, R, B, C, D, b, d: parameters (``b``, ``d`` are ``None`` without bias).
         last_solve, last_backward_solve: :class:`~idlkit.solve.SolveInfo` of the latent solves.
         approximation: :class:`LowRankApproximation` when built by :meth:`from_dense`.
+
+    Examples:
+        >>> model = LowRankImplicitModel(in_features=3, hidden=8, out_features=2, rank=2)
+        >>> u = torch.randn(4, 3)
+        >>> model(u).shape, model.L.shape, model.R.shape        # A = L R^T of rank 2
+        (torch.Size([4, 2]), torch.Size([8, 2]), torch.Size([8, 2]))
+        >>> torch.linalg.matrix_rank(model.L @ model.R.T).item(), model.certificate().holds
+        (2, True)
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, rank: int,

@@ -243,6 +243,15 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
     ``nn.RNN``: each layer's hidden states; a product: the pairs of factor pre-activations
     and the products, see :class:`~idlkit.activations.Product`). Blocks nothing reads are
     left out here as in :func:`from_torch`.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> u = torch.randn(5, 4)
+        >>> Z, X = states(net, u)
+        >>> Z.shape, X.shape                                     # (batch, n): one state per hidden unit
+        (torch.Size([5, 6]), torch.Size([5, 6]))
+        >>> torch.allclose(X, torch.relu(net[0](u)))
+        True
     """
     _net_dtype(net, u)
     with torch.no_grad():

@@ -156,7 +156,13 @@ def _spec(mod: nn.Module) -> nl.Spec | str | None:
 
 def hookable_modules(net: nn.Module, skip_layers: Sequence[str] = ()) -> list[str]:
     """Names of the modules whose calls :func:`hook_states` records as states (in module order,
-    not forward order; ``skip_layers`` and their submodules left out)."""
+    not forward order; ``skip_layers`` and their submodules left out).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> hookable_modules(net)
+        ['1']
+    """
     skip = _check_names(net, skip_layers, "skip_layers")
     out = []
     for name, mod in net.named_modules():

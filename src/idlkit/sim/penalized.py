@@ -120,7 +120,13 @@ class PenalizedResult:
 
 
 def penalty_value(W: Any, penalty: str, weight: float, sigma: Any = None, l1_ratio: float = 0.5) -> Any:
-    """``sum_j pen(sigma_j w_j)`` per row of ``W`` (module docstring; ``sigma`` default ones)."""
+    """``sum_j pen(sigma_j w_j)`` per row of ``W`` (module docstring; ``sigma`` default ones).
+
+    Examples:
+        >>> W = np.array([[1.0, -2.0], [0.0, 0.5]])
+        >>> penalty_value(W, "l1", 1.0).tolist()                    # sum_j |w_j| per row
+        [3.0, 0.5]
+    """
     if isinstance(W, Tensor):
         A = W.abs() if sigma is None else W.abs() * torch.as_tensor(sigma, dtype=W.dtype, device=W.device)
         if penalty == "l1":
