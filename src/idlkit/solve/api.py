@@ -30,7 +30,18 @@ def solve_forward(A: Tensor, b: Tensor, act: Activation, method: str, opts: Solv
                   x0: Tensor | None = None, cache: PlanCache | None = None
                   ) -> tuple[Tensor, Tensor, SolveInfo]:
     """Forward solve for already validated settings: ``(X, Z = A X + b, info)``, column
-    convention, no autograd graph (the hot path of :class:`~idlkit.function.ImplicitFunction`)."""
+    convention, no autograd graph (the hot path of :class:`~idlkit.function.ImplicitFunction`).
+
+    Examples:
+        >>> from idlkit.solve.registry import SolveOptions
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> relu = idlkit.get_activation("relu")
+        >>> X, Z, info = solve_forward(A, b, relu, "anderson", SolveOptions(tol=1e-10))
+        >>> X.shape, torch.allclose(Z, A @ X + b)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))    # x = relu(x / 2 + 1)
+        True
+    """
     with torch.no_grad():
         A, b = A.detach(), b.detach()
         if not all_finite(b):
@@ -47,7 +58,17 @@ def solve_forward(A: Tensor, b: Tensor, act: Activation, method: str, opts: Solv
 def solve_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation, method: str,
                   opts: SolveOptions, x0: Tensor | None = None, cache: PlanCache | None = None
                   ) -> tuple[Tensor, SolveInfo]:
-    """Adjoint solve for already validated settings (see :func:`adjoint_fixed_point`)."""
+    """Adjoint solve for already validated settings (see :func:`adjoint_fixed_point`).
+
+    Examples:
+        >>> from idlkit.solve.registry import SolveOptions
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> Z, G = torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+        >>> relu = idlkit.get_activation("relu")
+        >>> V, info = solve_adjoint(A, Z, G, relu, "anderson", SolveOptions(tol=1e-10))
+        >>> V.shape, torch.allclose(V, torch.full((2, 3), 2.0, dtype=torch.float64))   # (I - A^T)^-1 G
+        (torch.Size([2, 3]), True)
+    """
     with torch.no_grad():
         if not all_finite(G):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")

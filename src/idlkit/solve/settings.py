@@ -33,7 +33,15 @@ def check_solve_args(method: object, tol: object, max_iter: object, on_nonconver
                      per_sample: object = None, check_every: object = None,
                      *, role: str = "solver", prefix: str = "") -> None:
     """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
-    the registered choices or the valid range (``prefix``: ``"backward_"`` in messages)."""
+    the registered choices or the valid range (``prefix``: ``"backward_"`` in messages).
+
+    Examples:
+        >>> check_solve_args("anderson", 1e-6, 500, "raise")        # valid: returns None
+        >>> check_solve_args("anderson", -1.0, 500, "raise")
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: tol must be a finite number > 0, got -1.0; pass tol > 0, ...
+    """
     get_solver(method, role=role)
     check_tol(tol, prefix + "tol", allow_zero=False)
     check_int(prefix + "max_iter", max_iter, 1)
