@@ -90,6 +90,11 @@ class RemoteFile:
     the file must be put in place by hand). ``sha256`` is the checksum a download must have.
     ``local_sha256`` is the checksum of the copy in the project's ``shared/datasets``
     folder, recorded for reference (that copy is a re-pack, so it differs from ``sha256``).
+
+    Examples:
+        >>> rf = RemoteFile(url=None, sha256=None, local_sha256=None, note="bundled with scikit-learn")
+        >>> rf.url is None, rf.note
+        (True, 'bundled with scikit-learn')
     """
 
     url: str | None

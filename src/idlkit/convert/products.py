@@ -63,7 +63,16 @@ def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Interval ``[lo, hi]`` of each state ``x = act(z)`` of a block, given ``pre_lo <= z <=
     pre_hi`` (``+-inf`` allowed): the map's interval image where the box is finite, never wider
-    than the map's ``value_range``."""
+    than the map's ``value_range``.
+
+    Examples:
+        >>> tanh = idlkit.get_activation("tanh")
+        >>> lo, hi = block_ranges(tanh, np.array([-1.0, 0.0]), np.array([1.0, 2.0]))
+        >>> np.round(lo, 4).tolist(), np.round(hi, 4).tolist()          # tanh of the box
+        ([-0.7616, 0.0], [0.7616, 0.964])
+        >>> [v.tolist() for v in block_ranges(tanh, np.array([0.0]), np.array([np.inf]))]   # the map's range
+        [[-1.0], [1.0]]
+    """
     n = pre_lo.size
     vlo, vhi = act.value_range
     lo, hi = np.full(n, vlo, dtype=np.float64), np.full(n, vhi, dtype=np.float64)
@@ -79,7 +88,14 @@ def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
 def expr_range(expr: Affine, ranges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Interval of every entry of ``expr`` when each state block ``j`` lies in ``ranges[j]``
     and the input is unrestricted (center/radius interval arithmetic; ``+-inf`` where an input
-    term or an unbounded state enters)."""
+    term or an unbounded state enters).
+
+    Examples:
+        >>> e = Affine.source(0, (2,)).linear(np.array([[1.0, -1.0]]), (1,))   # v = s_1 - s_2
+        >>> lo, hi = expr_range(e, [(np.array([0.0, 0.0]), np.array([1.0, 2.0]))])   # s in [0, 1] x [0, 2]
+        >>> lo.tolist(), hi.tolist()
+        ([-2.0], [1.0])
+    """
     lo = expr.const.astype(np.float64).copy()
     hi = lo.copy()
     for key, M in expr.terms.items():
@@ -111,7 +127,14 @@ def _mul(M: sp.csr_array, v: np.ndarray) -> np.ndarray:
 
 def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
     """``(block, columns)`` when ``expr`` just picks entries of one state block (coefficient 1,
-    one entry per row, no constant), else ``None``."""
+    one entry per row, no constant), else ``None``.
+
+    Examples:
+        >>> e = Affine.source(0, (3,)).gather(np.array([2, 0]), (2,))      # picks s[2], s[0] of block 0
+        >>> key, cols = selection_source(e)
+        >>> key, cols.tolist(), selection_source(e.scale(2.0))
+        (0, [2, 0], None)
+    """
     if len(expr.terms) != 1 or expr.const.any():
         return None
     (key, M), = expr.terms.items()
@@ -124,7 +147,13 @@ def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
 
 
 def identity_on(lo: float, hi: float) -> Hardtanh:
-    """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips."""
+    """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips.
+
+    Examples:
+        >>> phi = identity_on(-1.0, 2.0)
+        >>> phi(torch.tensor([-1.0, 0.5, 2.0])).tolist(), phi.min_val < -1.0 and phi.max_val > 2.0
+        ([-1.0, 0.5, 2.0], True)
+    """
     width = max(abs(lo), abs(hi))
     pad = MARGIN_REL * width + MARGIN_ABS
     return Hardtanh(lo - pad, hi + pad)

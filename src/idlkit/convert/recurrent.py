@@ -112,7 +112,15 @@ def _const_term(c: Tensor, batch: int) -> Term:
 def concat(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
     """Concatenate per-sample expressions (flattened, in order) into one of shape ``shape``:
     each source's term assembled once from the parts' entries shifted by their row offsets
-    (linear in the total size, no pairwise sums)."""
+    (linear in the total size, no pairwise sums).
+
+    Examples:
+        >>> from idlkit.convert.expr import INPUT
+        >>> a = Affine.source(INPUT, (2,)); b = Affine.source(INPUT, (2,)).scale(3.0)
+        >>> c = concat([a, b], (4,))
+        >>> c.shape, c.terms[INPUT].toarray().tolist()
+        ((4,), [[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 3.0]])
+    """
     total = sum(p.size for p in parts)
     assert total == math.prod(shape)
     entries: dict[int, list] = {}
@@ -290,7 +298,12 @@ _PACKED = ("a PackedSequence (variable-length sequences) is not supported: the i
 
 
 def packed_refusal(f: object) -> str | None:
-    """The reason for refusing ``f`` when it packs or unpacks a ``PackedSequence``, else ``None``."""
+    """The reason for refusing ``f`` when it packs or unpacks a ``PackedSequence``, else ``None``.
+
+    Examples:
+        >>> packed_refusal(torch.nn.utils.rnn.pack_padded_sequence) is not None, packed_refusal(torch.tanh)
+        (True, None)
+    """
     name = getattr(f, "__name__", "").lstrip("_")
     return _PACKED if name in ("pack_padded_sequence", "pad_packed_sequence", "pack_sequence") else None
 
