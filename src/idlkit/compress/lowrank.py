@@ -273,6 +273,16 @@ class LowRankApproximation:
         pf: ``lambda_pf(gamma |R|^T |L|)`` of the factors (before any rescaling).
         rescaled: the factor applied to ``L`` and ``R`` each by ``project=True``
             (1.0 when nothing was done; the model then differs from the truncation).
+
+    Examples:
+        >>> dense = idlkit.ImplicitModel(3, 6, 2, kappa=0.5)
+        >>> low = LowRankImplicitModel.from_dense(dense, rank=2, wellposedness=None)
+        >>> ap = low.approximation
+        >>> ap.rank, len(ap.singular_values), ap.exact                 # a random A has rank 6 > 2
+        (2, 6, False)
+        >>> s = torch.linalg.svdvals(dense.A.detach().double())
+        >>> abs(ap.spectral_error - float(s[2])) < 1e-6                # sigma_3 (Eckart-Young)
+        True
     """
 
     rank: int

@@ -52,6 +52,11 @@ class Factor:
         act: a bounded componentwise map.
         pre: the pre-activation expression, per-sample shape ``(k,)`` (``None`` when not building).
         z: the pre-activation on the traced input, ``(batch, k)``.
+
+    Examples:
+        >>> f = Factor(idlkit.get_activation("sigmoid"), None, torch.zeros(2, 3))   # sigmoid(z), z = 0
+        >>> f.act.name, f.z.shape
+        ('sigmoid', torch.Size([2, 3]))
     """
 
     act: ComponentwiseActivation
@@ -163,7 +168,16 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
                    hi: np.ndarray | None) -> Factor | str:
     """A factor from a bounded componentwise ``act`` with pre-activation ``pre`` (value ``z``), or,
     with ``act`` the identity and an interval ``[lo, hi]``, the identity on it. Returns a reason
-    (a string) when the factor is unbounded."""
+    (a string) when the factor is unbounded.
+
+    Examples:
+        >>> f = product_factor(idlkit.get_activation("tanh"), None, torch.zeros(2, 3), None, None)
+        >>> type(f).__name__, f.z.shape
+        ('Factor', torch.Size([2, 3]))
+        >>> relu = idlkit.get_activation("relu")
+        >>> isinstance(product_factor(relu, None, torch.zeros(2, 3), None, None), str)   # unbounded: a reason
+        True
+    """
     if isinstance(act, ComponentwiseActivation) and np.isfinite(act.bound):
         return Factor(act, pre, z)
     if lo is None or hi is None:
@@ -176,7 +190,17 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
 
 def pair_up(a: Factor, b: Factor, build: bool) -> tuple[Product, Affine | None, Tensor]:
     """The :class:`Product` block of ``a * b``: its map, its pre-activation (the pre-activations
-    of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``."""
+    of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``.
+
+    Examples:
+        >>> a = Factor(idlkit.get_activation("tanh"), None, torch.ones(2, 3))
+        >>> b = Factor(idlkit.get_activation("sigmoid"), None, torch.zeros(2, 3))
+        >>> phi, pre, z = pair_up(a, b, build=False)                  # tanh(z_a) sigmoid(z_b) per pair
+        >>> type(phi).__name__, pre, z.shape
+        ('Product', None, torch.Size([2, 6]))
+        >>> torch.allclose(phi(z.T).T[:, 0::2], torch.tanh(torch.ones(2, 3)) * 0.5)
+        True
+    """
     k = a.z.shape[1]
     z = torch.stack((a.z, b.z), dim=2).reshape(a.z.shape[0], 2 * k)
     pre = None

@@ -170,6 +170,15 @@ def track_entries(tr: Tracer, node: fx.Node, env: _Env, fn: object = None) -> Af
 
     Returns an :class:`Affine` (its ``batch_dim`` where the batch went; shape markers only when
     ``tr`` does not build) or a tuple of them (``unbind``, ``split``, ``chunk``).
+
+    Examples:
+        >>> class Pick(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.relu(torch.cat([x[:, 2:], x[:, :1]], dim=1))   # slices, cat: entries move
+        >>> model = idlkit.convert.from_torch(Pick(), torch.zeros(1, 4))
+        >>> u = torch.randn(5, 4)
+        >>> model(u).shape, torch.allclose(model(u), Pick()(u))
+        (torch.Size([5, 3]), True)
     """
     inputs = [a for a in node.all_input_nodes if isinstance(env.expr.get(a), Affine)]
     first: _Untrackable | None = None
@@ -508,7 +517,21 @@ def convert_recurrent(tr: Tracer, node: fx.Node, env: _Env, mod: nn.Module, args
                       value: object) -> object:
     """Expressions of an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, ``(out, h_n)`` or
     ``(out, (h_n, c_n))``, or of a cell ``RNNCell``/``GRUCell`` (``h'``) or ``LSTMCell`` (``(h', c')``),
-    making its state blocks on ``tr`` (module docstring)."""
+    making its state blocks on ``tr`` (module docstring).
+
+    Examples:
+        >>> class Last(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.rnn = torch.nn.RNN(2, 3, batch_first=True)
+        ...     def forward(self, s):
+        ...         out, _ = self.rnn(s)                           # converted by convert_recurrent
+        ...         return out[:, -1]
+        >>> net = Last()
+        >>> s = torch.randn(4, 5, 2)
+        >>> model = idlkit.convert.from_torch(net, s)
+        >>> model(s.flatten(1)).shape, torch.allclose(model(s.flatten(1)), net(s), atol=1e-5)
+        (torch.Size([4, 3]), True)
+    """
     from .trace import NeedsBuild
 
     if not tr.build:

@@ -384,6 +384,18 @@ class LPProblem:
     Variables ``v = [x (n), u (p), t (p if k is not None)]``; ``t`` are the cardinality
     indicators (continuous in [0, 1] for the hull, binary for the MILP). ``zlo, zhi``: the
     pre-activation intervals the triangle cuts use.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> net = net.double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> u0, sigma = np.zeros(3), np.full(3, 0.1)
+        >>> prob = LPProblem.build(model, u0, sigma, None, None, "hull", True)
+        >>> c = np.zeros(prob.n); c[0] = 1.0                      # maximise x_1 over the relaxed set
+        >>> bound, x, u, status = prob.maximize(c, np.zeros(prob.p))
+        >>> U = torch.from_numpy(u0 + sigma * (2 * np.random.default_rng(0).random((64, 3)) - 1))
+        >>> status, bool(model.equilibrium(U)[:, 0].max() <= bound + 1e-9)
+        ('optimal', True)
     """
 
     n: int
