@@ -85,6 +85,12 @@ class RobustRecord:
         cross entropy bound over the set (``nan`` for ``"adversarial"``). clean_accuracy:
         training accuracy at the nominal inputs (``nan`` when not measured). seconds: time of
         the iteration.
+
+    Examples:
+        >>> rec = RobustRecord(iteration=1, objective=0.71, robust_loss=0.69, clean_accuracy=0.9,
+        ...                    seconds=0.01)
+        >>> rec.iteration, rec.robust_loss <= rec.objective          # one entry of RobustFitResult.history
+        (1, True)
     """
 
     iteration: int
