@@ -1132,10 +1132,11 @@ class Product(_BlockMap):
 
     The Jacobian of a pair is ``[[phi_1'(a) phi_2(b), phi_1(a) phi_2'(b)], [0, 0]]``.
 
-    >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
-    >>> act(torch.tensor([[0.0], [1.0]]))           # (sigmoid(0) tanh(1), 0)
-    tensor([[0.3808],
-            [0.0000]])
+    Examples:
+        >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
+        >>> act(torch.tensor([[0.0], [1.0]]))           # (sigmoid(0) tanh(1), 0)
+        tensor([[0.3808],
+                [0.0000]])
     """
 
     name = "product"

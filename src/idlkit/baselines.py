@@ -328,9 +328,10 @@ class BoundedAttention(nn.Module):
     unit is one of §3.6's multiplicative units, so ``idlkit.convert.from_torch`` converts it
     exactly (each product a :class:`~idlkit.activations.Product` state pair).
 
-    >>> att = BoundedAttention(8, heads=2)
-    >>> att(torch.randn(3, 5, 8)).shape
-    torch.Size([3, 5, 8])
+    Examples:
+        >>> att = BoundedAttention(8, heads=2)
+        >>> att(torch.randn(3, 5, 8)).shape
+        torch.Size([3, 5, 8])
     """
 
     def __init__(self, dim: int, heads: int = 1, *, bias: bool = True) -> None:
@@ -486,10 +487,11 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
     teachers of SIM and of the robustness studies are trained this way; ``X`` is cast to the
     network's dtype.
 
-    >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
-    >>> net = fit_classifier(nn.Linear(2, 2), X, y, epochs=30)
-    >>> bool((net(X).argmax(1) == y).float().mean() > 0.9)
-    True
+    Examples:
+        >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
+        >>> net = fit_classifier(nn.Linear(2, 2), X, y, epochs=30)
+        >>> bool((net(X).argmax(1) == y).float().mean() > 0.9)
+        True
     """
     check_int("epochs", epochs, 1)
     check_int("batch_size", batch_size, 1)
@@ -610,9 +612,10 @@ class MON(nn.Module):
     Attributes:
         last_iterations: iterations of the last forward solve; last_residual: its largest residual.
 
-    >>> net = MON(4, 8, 3, m=0.1)
-    >>> net(torch.randn(5, 4)).shape
-    torch.Size([5, 3])
+    Examples:
+        >>> net = MON(4, 8, 3, m=0.1)
+        >>> net(torch.randn(5, 4)).shape
+        torch.Size([5, 3])
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, *, m: float = 0.05,

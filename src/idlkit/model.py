@@ -190,7 +190,8 @@ class ImplicitBase(SolveReports, nn.Module):
         """Change solver settings in place, validated (names as in the constructor:
         ``solver``, ``tol``, ``backward_stop``, ...); returns ``self``.
 
-        >>> model = ImplicitModel(4, 8, 2).set_solver(solver="picard", tol=1e-8)
+        Examples:
+            >>> model = ImplicitModel(4, 8, 2).set_solver(solver="picard", tol=1e-8)
         """
         names = {"solver": "method", "backward_solver": "backward_method"}
         old = self.settings

@@ -144,11 +144,12 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
         classes_ (n_classes,), n_features_in_, model_ (the trained ImplicitModel),
         history_ (the TrainResult of ``fit``), n_iter_ (epochs run).
 
-    >>> from sklearn.datasets import load_iris
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ImplicitClassifier(hidden=16, epochs=60, random_state=0).fit(X, y)
-    >>> clf.predict_proba(X[:2]).shape, clf.score(X, y) > 0.9
-    ((2, 3), True)
+    Examples:
+        >>> from sklearn.datasets import load_iris
+        >>> X, y = load_iris(return_X_y=True)
+        >>> clf = ImplicitClassifier(hidden=16, epochs=60, random_state=0).fit(X, y)
+        >>> clf.predict_proba(X[:2]).shape, clf.score(X, y) > 0.9
+        ((2, 3), True)
     """
 
     def _targets(self, y: np.ndarray) -> Tensor:
@@ -211,10 +212,11 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
     mean squared error; ``y`` is ``(m,)`` or ``(m, q)`` (multi-output). Arguments as for
     :class:`ImplicitClassifier`.
 
-    >>> X = np.linspace(-1, 1, 200)[:, None]; y = np.abs(X[:, 0])
-    >>> reg = ImplicitRegressor(hidden=16, epochs=200, random_state=0).fit(X, y)
-    >>> reg.predict(X[:3]).shape, reg.score(X, y) > 0.9
-    ((3,), True)
+    Examples:
+        >>> X = np.linspace(-1, 1, 200)[:, None]; y = np.abs(X[:, 0])
+        >>> reg = ImplicitRegressor(hidden=16, epochs=200, random_state=0).fit(X, y)
+        >>> reg.predict(X[:3]).shape, reg.score(X, y) > 0.9
+        ((3,), True)
     """
 
     _loss = "squared_error"

@@ -178,8 +178,9 @@ def mu_1(A: Tensor | np.ndarray) -> float:
     ``lim_{h -> 0+} (||I + h A||_1 - 1) / h`` of the induced l_1 norm (max column sum). Dense or
     sparse input (never densified).
 
-    >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
-    1.0
+    Examples:
+        >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
+        1.0
     """
     M = _finite_square(A)
     if M.shape[0] == 0:
@@ -196,8 +197,9 @@ def mu_2(A: Tensor | np.ndarray) -> float:
     rounding). A larger sparse ``A`` (kept sparse) gets a Lanczos estimate (``eigsh``), which
     is not certified; :func:`check` reports ``nan`` for it instead.
 
-    >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
-    0.0
+    Examples:
+        >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
+        0.0
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -865,8 +867,9 @@ def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") 
     point, the limit of the Picard iteration (paper 001 §3.1). Dense or sparse (kept sparse).
     For componentwise maps it never certifies more than ``pf`` (``lambda_pf <= ||.||_1``).
 
-    >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
-    0.95
+    Examples:
+        >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
+        0.95
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -901,8 +904,9 @@ def sigma_max_condition(A: Tensor | np.ndarray, activation: str | Activation = "
     ``n <= 1024``; above, and for a sparse ``A`` above that size (never densified), the
     certified upper bound ``sqrt(||M||_1 ||M||_inf)`` (``M = Gamma_2 A``).
 
-    >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
-    0.707107
+    Examples:
+        >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
+        0.707107
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -973,9 +977,10 @@ def diagonal_lmi(A: Tensor | np.ndarray, activation: str | Activation = "relu", 
     so the cost grows like ``n^6``: about 0.2 s at ``n = 20`` and 5-10 s at ``n = 50`` on one
     core); a larger or sparse ``A`` raises :class:`ConfigurationError`.
 
-    >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
-    >>> r.holds, r.factor < 1
-    (True, True)
+    Examples:
+        >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
+        >>> r.holds, r.factor < 1
+        (True, True)
     """
     act = get_activation(activation)
     if is_sparse(A):
@@ -1404,10 +1409,6 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
     ``n <= lmi_max_n``; otherwise (sparse, too large, cvxpy missing, solver failure) it is
     recorded in ``skipped`` with the reason, and ``holds`` has no ``lmi`` entry.
 
-    >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
-    >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
-    (False, False, False, True)
-
     Args:
         A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
         activation: name or :class:`~idlkit.activations.Activation`.
@@ -1417,6 +1418,11 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             condition holds when ``value <= kappa (1 + 16 n eps_64)``: the float64
             evaluation's own rounding, so that a matrix just projected onto the set
             (which lands on its boundary) is reported inside it.
+
+    Examples:
+        >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
+        >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
+        (False, False, False, True)
     """
     act = get_activation(activation)
     lmi_max_n = check_int("lmi_max_n", lmi_max_n, 1)

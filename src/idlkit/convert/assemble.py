@@ -169,16 +169,17 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
         :class:`~idlkit.activations.Product` pair of states; blocks nothing reads (a gate
         whose pre-activation the product reads directly) are not states.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
-    >>> model = from_torch(net.double(), torch.randn(5, 3, dtype=torch.float64))
-    >>> model.hidden, model.activation
-    (4, GELU(approximate='none'))
-
     Raises:
         ConversionError: an unsupported layer or function, a training-mode batch norm or
             dropout, dynamic control flow (on tensor values), a ``PackedSequence``, an
             unbounded factor of a product, or a shape mismatch; the message names the
             node, the module and the reason. Nothing is returned half-converted.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
+        >>> model = from_torch(net.double(), torch.randn(5, 3, dtype=torch.float64))
+        >>> model.hidden, model.activation
+        (4, GELU(approximate='none'))
     """
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")

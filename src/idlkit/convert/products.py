@@ -221,9 +221,10 @@ def matmul_pairs(sa: tuple[int, ...], sb: tuple[int, ...]
     row (``b``: a column) and that dimension is dropped from the result; the leading dimensions
     broadcast. Built by broadcasting index tensors (no loop over entries).
 
-    >>> IA, IB, shape = matmul_pairs((2, 3), (3,))
-    >>> shape, IA[1].tolist(), IB[1].tolist()
-    ((2,), [3, 4, 5], [0, 1, 2])
+    Examples:
+        >>> IA, IB, shape = matmul_pairs((2, 3), (3,))
+        >>> shape, IA[1].tolist(), IB[1].tolist()
+        ((2,), [3, 4, 5], [0, 1, 2])
     """
     a = torch.arange(math.prod(sa)).reshape(sa)
     b = torch.arange(math.prod(sb)).reshape(sb)

@@ -338,11 +338,12 @@ def pgd_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budge
     ``value`` (the margin at ``u_adv``) and ``success`` are ``(batch,)``. ``bound`` is ``None``
     (a heuristic attack: it never certifies robustness).
 
-    >>> model = idlkit.ImplicitModel(4, 6, 3)
-    >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
-    >>> r = pgd_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), steps=5)
-    >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-7).all()), r.u_adv.shape
-    (True, torch.Size([5, 4]))
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = pgd_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), steps=5)
+        >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-7).all()), r.u_adv.shape
+        (True, torch.Size([5, 4]))
     """
     b = as_budget(budget)
     steps = check_int("steps", steps, 0)
@@ -517,7 +518,8 @@ def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
     Returns:
         :class:`AttackResult` with ``extra["target"]`` the ``(batch,)`` classes aimed at.
 
-    >>> res = jsma_attack(model, u, y, Budget(k=4, clip=(0.0, 1.0)), theta=1.0)  # doctest: +SKIP
+    Examples:
+        >>> res = jsma_attack(model, u, y, Budget(k=4, clip=(0.0, 1.0)), theta=1.0)  # doctest: +SKIP
     """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
@@ -583,10 +585,11 @@ def inversion_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
     paper's formula). Needs no gradient, so any classifier ``(batch, p) -> (batch, q)`` works
     (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.baselines.MON`, MLPs).
 
-    >>> net = torch.nn.Linear(4, 3)
-    >>> r = inversion_attack(net, torch.tensor([[0., 1., .2, .9]]), torch.tensor([0]), 0.25)
-    >>> r.u_adv
-    tensor([[0.2500, 0.7500, 0.4500, 0.6500]])
+    Examples:
+        >>> net = torch.nn.Linear(4, 3)
+        >>> r = inversion_attack(net, torch.tensor([[0., 1., .2, .9]]), torch.tensor([0]), 0.25)
+        >>> r.u_adv
+        tensor([[0.2500, 0.7500, 0.4500, 0.6500]])
     """
     b = as_budget(budget)
     if b.epsilon is None or b.k is not None:

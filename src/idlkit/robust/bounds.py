@@ -309,10 +309,11 @@ def box_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None,
     contain the exact states and outputs, not only those of the exact nominal equilibrium.
     Sparse models stay sparse.
 
-    >>> model = idlkit.ImplicitModel(3, 8, 2, activation="relu", dtype=torch.float64, kappa=0.5)
-    >>> bb = box_bounds(model, torch.zeros(4, 3, dtype=torch.float64), 0.1)
-    >>> bb.x_lower.shape
-    torch.Size([4, 8])
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 8, 2, activation="relu", dtype=torch.float64, kappa=0.5)
+        >>> bb = box_bounds(model, torch.zeros(4, 3, dtype=torch.float64), 0.1)
+        >>> bb.x_lower.shape
+        torch.Size([4, 8])
     """
     from .sensitivity import output_box_bound
 

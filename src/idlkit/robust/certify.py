@@ -318,11 +318,12 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
             does not support (the message names the alternatives), an unknown method.
         ShapeError, NonFiniteError, InputError: bad ``u0`` / ``sigma_u``.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
-    >>> ob = output_bounds(model, torch.zeros(3, 4), 0.1)
-    >>> ob.lower.shape, bool((ob.lower <= ob.upper).all())
-    (torch.Size([3, 2]), True)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+        >>> ob = output_bounds(model, torch.zeros(3, 4), 0.1)
+        >>> ob.lower.shape, bool((ob.lower <= ob.upper).all())
+        (torch.Size([3, 2]), True)
     """
     (_, _, yl, yh), name, sec = _compute(model, u0, sigma_u, k, method, clip, time_budget, alpha_iters,
                                          lp_rounds)

@@ -100,12 +100,13 @@ def empirical_lipschitz(model: nn.Module, U: Tensor, *, norm: str = "inf", pairs
     Returns:
         :class:`EmpiricalLipschitz` (``value`` and its pair ``u, v``).
 
-    >>> f = torch.nn.Linear(3, 2, bias=False, dtype=torch.float64)
-    >>> with torch.no_grad(): _ = f.weight.copy_(torch.tensor([[1., -2., 0.5], [0., 1., 1.]]))
-    >>> g = torch.Generator().manual_seed(0)
-    >>> U = torch.randn(64, 3, dtype=torch.float64, generator=g)
-    >>> round(empirical_lipschitz(f, U, steps=10, generator=g).value, 9)   # ||W||_inf
-    3.5
+    Examples:
+        >>> f = torch.nn.Linear(3, 2, bias=False, dtype=torch.float64)
+        >>> with torch.no_grad(): _ = f.weight.copy_(torch.tensor([[1., -2., 0.5], [0., 1., 1.]]))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> U = torch.randn(64, 3, dtype=torch.float64, generator=g)
+        >>> round(empirical_lipschitz(f, U, steps=10, generator=g).value, 9)   # ||W||_inf
+        3.5
     """
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -156,11 +156,12 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = 
             :func:`~idlkit.robust.state_box_bound`).
         NonFiniteError: the intervals overflowed (inputs or weights too large).
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
-    >>> ib = interval_bounds(model, torch.zeros(3, 4, dtype=torch.float64), 0.1)
-    >>> ib.y_lower.shape, ib.sweeps
-    (torch.Size([3, 2]), 1)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
+        >>> ib = interval_bounds(model, torch.zeros(3, 4, dtype=torch.float64), 0.1)
+        >>> ib.y_lower.shape, ib.sweeps
+        (torch.Size([3, 2]), 1)
     """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)

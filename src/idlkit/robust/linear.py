@@ -813,11 +813,12 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
         ConfigurationError: a block activation (SoftMax, BlockMax, Product), or a model too large
             to densify; WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
-    >>> lb = linear_bounds(model, torch.zeros(3, 4), 0.1)
-    >>> lb.y_lower.shape
-    torch.Size([3, 2])
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+        >>> lb = linear_bounds(model, torch.zeros(3, 4), 0.1)
+        >>> lb.y_lower.shape
+        torch.Size([3, 2])
     """
     check_int("alpha_iters", alpha_iters, 0)
     check_scalar("alpha_lr", alpha_lr, low=0.0, low_inclusive=False)

@@ -121,12 +121,13 @@ def state_lipschitz_bound(model: object, measure: str = "inf") -> float:
     ``||dx|| <= lam_i (mu_inf(A) ||dx|| + |(B du)_i|)``, so
     ``||dx|| <= gamma ||B|| ||du|| / (1 - gamma mu_inf(A)_+)``.
 
-    >>> model = idlkit.ImplicitModel(3, 8, 2, wellposedness="mu", kappa=0.5, dtype=torch.float64)
-    >>> state_lipschitz_bound(model, "mu") >= 0
-    True
-
     Raises:
         WellPosednessError, ConfigurationError: as :func:`lipschitz_bound`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 8, 2, wellposedness="mu", kappa=0.5, dtype=torch.float64)
+        >>> state_lipschitz_bound(model, "mu") >= 0
+        True
     """
     check_choice("measure", measure, MEASURES)
     d = model_data(model)

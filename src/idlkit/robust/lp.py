@@ -716,12 +716,13 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
         HiGHS failed; WellPosednessError: Thm 4.1 cannot be certified; InputError: ``start``
         excludes the nominal state.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
-    ...                           torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
-    >>> sb = lp_state_bounds(model, torch.zeros(3, dtype=torch.float64), 0.1)
-    >>> sb.lower.shape, sb.layerwise
-    (torch.Size([16]), True)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+        ...                           torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> sb = lp_state_bounds(model, torch.zeros(3, dtype=torch.float64), 0.1)
+        >>> sb.lower.shape, sb.layerwise
+        (torch.Size([16]), True)
     """
     from .ibp import block_levels
 

@@ -167,11 +167,12 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
         rho_measure: for ``"rho"``: ``"inf"`` (eq. 4.3, the paper's), ``"mu"``, ``"box"`` or
             ``"best"``.
 
-    >>> model = idlkit.ImplicitModel(4, 8, 3, kappa=0.5, dtype=torch.float64)
-    >>> u, y = torch.rand(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
-    >>> r = worst_case_loss(model, u, y, 0.1, "cross_entropy", bound="rho")
-    >>> bool((r.bound >= worst_case_loss(model, u, y, 0.1, "cross_entropy").bound).all())
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 8, 3, kappa=0.5, dtype=torch.float64)
+        >>> u, y = torch.rand(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+        >>> r = worst_case_loss(model, u, y, 0.1, "cross_entropy", bound="rho")
+        >>> bool((r.bound >= worst_case_loss(model, u, y, 0.1, "cross_entropy").bound).all())
+        True
     """
     check_choice("loss", loss, LOSSES)
     check_choice("bound", bound, ("refined", "rho"))

@@ -161,10 +161,11 @@ def basis_pursuit(F: Any, T: Any, **kwargs: Any) -> BasisPursuitResult:
     """:func:`basis_pursuit_rows` from the data ``F`` (``m x d``) and targets ``T`` (``rows x m``,
     one target row per row) directly: the reduced factor is :func:`idlkit.sim.cvx.factor`.
 
-    >>> rng = np.random.default_rng(0); F = rng.normal(size=(12, 20)); w = np.zeros(20); w[3] = 0.5
-    >>> res = basis_pursuit(F, (F @ w)[None, :], kappa=None, constrained=None)
-    >>> res.status, bool(np.allclose(res.W[0], w, atol=1e-8))
-    (('optimal',), True)
+    Examples:
+        >>> rng = np.random.default_rng(0); F = rng.normal(size=(12, 20)); w = np.zeros(20); w[3] = 0.5
+        >>> res = basis_pursuit(F, (F @ w)[None, :], kappa=None, constrained=None)
+        >>> res.status, bool(np.allclose(res.W[0], w, atol=1e-8))
+        (('optimal',), True)
     """
     from .cvx import factor
 

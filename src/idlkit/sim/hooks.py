@@ -314,12 +314,6 @@ def hook_states(net: nn.Module, U: Tensor, *, skip_layers: Sequence[str] = (),
     Returns:
         :class:`HookedStates`: raw states, last call on top, with the map of each block.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.GELU(),
-    ...                           torch.nn.Linear(4, 2))
-    >>> hs = hook_states(net, torch.randn(5, 3))
-    >>> hs.Z.shape, [lay.label for lay in hs.layers]
-    (torch.Size([5, 4]), ['2'])
-
     Raises:
         ConfigurationError: a name in ``skip_layers``/``identity_layers`` that is no module.
         InputError: no activation module ran (functional activations are invisible to hooks;
@@ -327,6 +321,13 @@ def hook_states(net: nn.Module, U: Tensor, *, skip_layers: Sequence[str] = (),
             ``LogSoftmax``, ``GLU``, ... : put it in ``skip_layers``), training mode.
         ShapeError: an activation tensor that is not batch-first, or a forward that fails on U.
         NonFiniteError: NaN/Inf in the states or outputs (naming the rows and blocks).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.GELU(),
+        ...                           torch.nn.Linear(4, 2))
+        >>> hs = hook_states(net, torch.randn(5, 3))
+        >>> hs.Z.shape, [lay.label for lay in hs.layers]
+        (torch.Size([5, 4]), ['2'])
     """
     if not isinstance(net, nn.Module):
         raise InputError(f"net must be a torch.nn.Module, got {type(net).__name__}")

@@ -257,11 +257,12 @@ def penalized_rows(G: Any, C: Any, tt: Any, *, lam: float, penalty: str, weight:
         :class:`PenalizedResult` (numpy arrays, or tensors on ``device`` when ``G`` or ``C`` is
         a tensor). See the module docstring for the method.
 
-    >>> F = np.random.default_rng(0).normal(size=(30, 5)); T = F[:, :2].T.copy()
-    >>> res = penalized_rows(F.T @ F, T @ F, (T * T).sum(1), lam=1.0, penalty="l1", weight=0.1,
-    ...                      kappa=None, constrained=None)
-    >>> res.W.shape, res.status
-    ((2, 5), ('optimal', 'optimal'))
+    Examples:
+        >>> F = np.random.default_rng(0).normal(size=(30, 5)); T = F[:, :2].T.copy()
+        >>> res = penalized_rows(F.T @ F, T @ F, (T * T).sum(1), lam=1.0, penalty="l1", weight=0.1,
+        ...                      kappa=None, constrained=None)
+        >>> res.W.shape, res.status
+        ((2, 5), ('optimal', 'optimal'))
     """
     check_choice("penalty", penalty, PENALTIES)
     check_positive("lam", lam)

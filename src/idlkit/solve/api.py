@@ -113,10 +113,11 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
     ``1e-4`` from the fixed point, enough to flip a few ReLU units: choose ``tol`` for
     the accuracy you need, not only for the residual.
 
-    >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
-    >>> X, info = fixed_point(A, b, "relu")
-    >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
-    True
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> X, info = fixed_point(A, b, "relu")
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
+        True
     """
     opts = _options(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta,
                     per_sample, check_every)

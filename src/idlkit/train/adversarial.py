@@ -79,11 +79,12 @@ def adversarial_fit(model: nn.Module, U: Tensor, Y: Tensor, epsilon: float, *, a
     Returns: the :class:`~idlkit.train.TrainResult` of the run (``train_loss`` is the objective on
     the mixed batches). The model keeps its declared well-posedness (projected after every step).
 
-    >>> model = idlkit.ImplicitModel(64, 20, 10)
-    >>> U = torch.rand(256, 64); Y = torch.randint(0, 10, (256,))
-    >>> r = adversarial_fit(model, U, Y, 0.05, steps=3, epochs=1, clip=(0.0, 1.0))
-    >>> len(r.history), model.certificate().holds["inf"]
-    (1, True)
+    Examples:
+        >>> model = idlkit.ImplicitModel(64, 20, 10)
+        >>> U = torch.rand(256, 64); Y = torch.randint(0, 10, (256,))
+        >>> r = adversarial_fit(model, U, Y, 0.05, steps=3, epochs=1, clip=(0.0, 1.0))
+        >>> len(r.history), model.certificate().holds["inf"]
+        (1, True)
     """
     epsilon = check_positive("epsilon", epsilon, allow_zero=True, example=0.1,
                              why="the l_inf radius of the attack")

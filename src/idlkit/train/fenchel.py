@@ -992,11 +992,12 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         ConfigurationError: bad settings (unknown loss, ``rank`` outside ``[1, n]``, a
             negative weight, incompatible options, ...).
 
-    >>> model = idlkit.ImplicitModel(3, 6, 1, wellposedness="inf", kappa=0.5, dtype=torch.float64)
-    >>> U = torch.randn(50, 3, dtype=torch.float64); Y = U[:, :1].clone()
-    >>> res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=3, rank=2)
-    >>> torch.linalg.matrix_rank(res.L @ res.R.T).item() <= 2
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 6, 1, wellposedness="inf", kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(50, 3, dtype=torch.float64); Y = U[:, :1].clone()
+        >>> res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=3, rank=2)
+        >>> torch.linalg.matrix_rank(res.L @ res.R.T).item() <= 2
+        True
     """
     t0 = time.perf_counter()
     check_int("iterations", iterations, 0)

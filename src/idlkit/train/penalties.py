@@ -227,8 +227,9 @@ def nuclear(A: Tensor | torch.nn.Module) -> Tensor:
     model, a :class:`~idlkit.compress.LowRankImplicitModel` giving ``||L R^T||_*``).
     ``Trainer(penalties=[("nuclear", w)])`` passes the model.
 
-    >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))
-    tensor(5.)
+    Examples:
+        >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))
+        tensor(5.)
     """
     from ..compress.rank import nuclear_norm  # compress imports train: resolved at call time
 

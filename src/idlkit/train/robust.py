@@ -288,11 +288,12 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
     relative slack).
 
-    >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
-    >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    >>> cert = training_certificate(model, U, Y, 0.1)
-    >>> cert.holds
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+        >>> cert = training_certificate(model, U, Y, 0.1)
+        >>> cert.holds
+        True
     """
     kappa = _check_model(model, "counterpart")
     U, Y = _data(model, (U, Y))
@@ -469,11 +470,12 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
 
     Shapes: ``U (m, p)``, ``Y (m,)``; the result's ``recourse`` is ``(n, p)``.
 
-    >>> model = idlkit.ImplicitModel(4, 6, 3, kappa=0.5, dtype=torch.float64)
-    >>> U = torch.randn(30, 4, dtype=torch.float64); Y = U[:, :3].argmax(1)
-    >>> res = robust_fit(model, (U, Y), 0.05, "counterpart", iterations=2)
-    >>> res.certificate_holds
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(30, 4, dtype=torch.float64); Y = U[:, :3].argmax(1)
+        >>> res = robust_fit(model, (U, Y), 0.05, "counterpart", iterations=2)
+        >>> res.certificate_holds
+        True
     """
     check_choice("method", method, ROBUST_METHODS)
     check_choice("solver", solver, SOLVERS)

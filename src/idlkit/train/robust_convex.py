@@ -160,10 +160,11 @@ def interval_states(model: object, U: Tensor, sigma: Tensor, R: Tensor | None = 
     ``sigma`` (``(p,)``) and the recourse ``R`` (``(n, p)``, default 0): the fixed point of the
     interval map (module docstring), iterated in float64 until the update is below ``tol``.
 
-    >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
-    >>> s = interval_states(model, torch.zeros(4, 3, dtype=torch.float64), torch.full((3,), 0.1))
-    >>> bool((s.lo <= s.hi).all())
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> s = interval_states(model, torch.zeros(4, 3, dtype=torch.float64), torch.full((3,), 0.1))
+        >>> bool((s.lo <= s.hi).all())
+        True
     """
     A, B, b, _, _, _ = _mats(model)
     U = U.detach().to("cpu", _F64)
