@@ -603,14 +603,19 @@ class MON(nn.Module):
     (``||dy||_inf <= ||dy||_2`` and ``||dx||_2 <= sqrt(r) ||dx||_inf``).
 
     Args:
-        in_features, hidden, out_features: ``p``, ``n``, ``q``.
+        in_features: ``p``, the input size.
+        hidden: ``n``, the number of states.
+        out_features: ``q``, the output size.
         m: monotonicity margin in ``(0, 1]``.
-        splitting: one of :data:`SPLITTINGS`; ``alpha``: its step (default 1 for Peaceman-Rachford).
-        tol, max_iter: stopping rule; a solve over budget raises
+        splitting: one of :data:`SPLITTINGS`.
+        alpha: the splitting's step (default 1 for Peaceman-Rachford).
+        tol: stopping rule of the forward solve.
+        max_iter: iteration budget; a solve over budget raises
             :class:`~idlkit.errors.ConvergenceError`.
 
     Attributes:
-        last_iterations: iterations of the last forward solve; last_residual: its largest residual.
+        last_iterations: iterations of the last forward solve.
+        last_residual: the largest residual of the last forward solve.
 
     Examples:
         >>> net = MON(4, 8, 3, m=0.1)

@@ -510,7 +510,8 @@ def load(
         as_torch: return torch tensors instead of numpy arrays.
         root: first directory searched (see the module docstring for the lookup order).
         download: allow a checksum-verified download into the cache when the file is absent.
-        seed, test_size: the deterministic stratified train/test split of ``digits``.
+        seed: seed of the deterministic stratified train/test split of ``digits``.
+        test_size: fraction of ``digits`` in the test split.
         max_features: vocabulary size of the TF-IDF vectorizer (fitted on the train split only)
             for ``newsgroups20``; ``None`` keeps the whole vocabulary.
         sparse: return a scipy CSR matrix for ``newsgroups20`` (not with ``as_torch``).

@@ -238,10 +238,13 @@ class ImplicitModel(ImplicitBase):
             triangular A, Thm 2.8) or ``None`` (unchecked: the solver must converge).
         kappa: bound of the condition, in (0, 1).
         solver: forward solver, one of ``picard``, ``averaged``, ``anderson``, ``triangular``.
-        tol, max_iter: stopping rule of the forward (and by default backward) solve.
-        backward_solver, backward_tol, backward_max_iter: adjoint solve settings
-            (default: ``anderson``, or ``triangular`` with a triangular forward solver);
-            ``backward_tol`` is relative to ``||dL/dx||_inf`` unless ``backward_stop="absolute"``.
+        tol: stopping rule of the forward (and by default backward) solve.
+        max_iter: iteration budget of the forward (and by default backward) solve.
+        backward_solver: adjoint solver (default: ``anderson``, or ``triangular`` with a
+            triangular forward solver).
+        backward_tol: adjoint stopping rule, relative to ``||dL/dx||_inf`` unless
+            ``backward_stop="absolute"`` (default: ``tol``).
+        backward_max_iter: adjoint iteration budget (default: ``max_iter``).
         backward_stop: the adjoint's stopping rule, ``"relative"`` (default: residual at most
             ``backward_tol * ||dL/dx||_inf``) or ``"absolute"`` (at most ``backward_tol``, as
             torchidl's ``grad_tol``); see :mod:`idlkit.solve.settings`.
@@ -254,10 +257,11 @@ class ImplicitModel(ImplicitBase):
         anderson_m: Anderson memory.
         on_nonconvergence: ``"raise"`` (default :class:`~idlkit.errors.ConvergenceError`),
             ``"warn"`` or ``"ignore"``.
-        device, dtype: as for :class:`torch.nn.Linear`.
+        device: as for :class:`torch.nn.Linear`.
+        dtype: as for :class:`torch.nn.Linear`.
 
     Attributes:
-        A, B, C, D, b, d: the parameters (``b``, ``d`` are ``None`` without bias).
+        A: ``(n, n)`` state matrix.
             A model made by :meth:`from_matrices` from torch *sparse* matrices (as
             :func:`idlkit.convert.from_torch` makes) keeps each sparse matrix sparse, as a
             frozen *buffer* (not a parameter: it receives no gradient; gradients still
@@ -267,6 +271,11 @@ class ImplicitModel(ImplicitBase):
             (paper 000 Thm 2.8-2.9: levels and per-level row blocks of ``A`` and ``A^T``) in
             the model's own :class:`~idlkit.solve.PlanCache`; it is rebuilt when ``A`` is
             replaced or edited in place (a dense ``A`` is re-checked every call).
+        B: ``(n, p)`` input matrix (sparse as ``A``).
+        C: ``(q, n)`` output matrix (sparse as ``A``).
+        D: ``(q, p)`` feed-through matrix (sparse as ``A``).
+        b: ``(n,)`` state bias, ``None`` without bias.
+        d: ``(q,)`` output bias, ``None`` without bias.
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
 

@@ -225,7 +225,8 @@ class ImplicitRNN(nn.Module):
         warm_start: start each step's solve from the previous step's state.
         activation, bias, wellposedness, kappa, solver, tol, max_iter, and keyword
             ``**cell_kwargs``: the cell's :class:`~idlkit.model.ImplicitModel` settings.
-        device, dtype: as for :class:`torch.nn.RNN`.
+        device: as for :class:`torch.nn.RNN`.
+        dtype: as for :class:`torch.nn.RNN`.
 
     Input ``s`` is batch-first ``(batch, T, p)``, or ``(T, p)`` for one sequence (as
     :class:`torch.nn.RNN`); ``lengths`` (``(batch,)``, each in ``[1, T]``) runs padded

@@ -133,9 +133,15 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
 
     Args:
         hidden: the state size ``n``.
-        activation, wellposedness, kappa, solver, tol: as for :class:`~idlkit.ImplicitModel`.
-        epochs, lr, batch_size: Adam on the mean cross-entropy (eq. 6.2), projected onto the
+        activation: as for :class:`~idlkit.ImplicitModel`.
+        wellposedness: as for :class:`~idlkit.ImplicitModel`.
+        kappa: as for :class:`~idlkit.ImplicitModel`.
+        solver: as for :class:`~idlkit.ImplicitModel`.
+        tol: as for :class:`~idlkit.ImplicitModel`.
+        epochs: passes of Adam on the mean cross-entropy (eq. 6.2), projected onto the
             well-posedness set after every step.
+        lr: Adam's step size.
+        batch_size: mini-batch size.
         l1: weight of the l1 penalty on ``A, B, C, D`` (sparsity, paper 000 §5).
         dtype: ``"float32"`` or ``"float64"``.
         random_state: seeds the initial weights and the batch order.

@@ -32,7 +32,8 @@ class ShrinkReport:
     """What :func:`shrink` did.
 
     Attributes:
-        n_before, n_after: state sizes before training and after the removal.
+        n_before: state size before training.
+        n_after: state size after the removal.
         zero_columns: states whose column of ``(A; C)`` the training drove to zero.
         final_loss: the training loss of the last epoch.
         prune: the :class:`PruneReport` of the removal.
@@ -83,7 +84,11 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
         weight: the penalty weight against the mean loss; each step's group threshold is
             ``lr * weight`` (with Adam's normalised steps, ``weight`` of order 1 starts removing
             states); larger gives fewer states.
-        epochs, lr, batch_size, loss, seed: the training settings.
+        epochs: passes over the data.
+        lr: Adam's step size.
+        batch_size: mini-batch size.
+        loss: the training loss (``"cross_entropy"`` or ``"squared_error"``).
+        seed: seed of the mini-batch order.
         u: inputs ``(batch, p)``: the report then carries the certified bound on how far the
             outputs moved from the model as given.
 

@@ -215,7 +215,8 @@ class LowRankCertificate:
         gamma: componentwise Lipschitz constant of the activation.
         pf: ``lambda_pf(gamma |R|^T |L|)``, the certificate of §5.3 (sufficient when < 1).
         holds: ``pf < 1``.
-        declared, kappa: the model's declared condition (``"pf"`` or ``None``) and bound.
+        declared: the model's declared condition (``"pf"`` or ``None``).
+        kappa: the bound of the declared condition.
         declared_holds: ``pf <= kappa`` (up to float64 rounding) when declared.
         dense: :func:`idlkit.wellposed.check` of ``A = L R^T`` (``||A||_inf``,
             ``lambda_pf(gamma |A|) <= pf``, ``mu_inf``, ...), or ``None`` when skipped.
@@ -321,13 +322,26 @@ class LowRankImplicitModel(ImplicitBase):
         tol: stopping rule: l_inf residual ``||G(z) - z||_inf`` of the *latent* iterate
             (the state error is then at most ``||L||_inf gamma`` times the latent error).
         max_iter: iteration budget (forward, and backward unless ``backward_max_iter``).
-        backward_solver, backward_tol, backward_max_iter, alpha, anderson_m,
-        on_nonconvergence, device, dtype: as for :class:`~idlkit.ImplicitModel`
-            (``alpha`` default: 1 for Anderson's fallback step, 0.5 for ``averaged``).
+        backward_solver: as for :class:`~idlkit.ImplicitModel`.
+        backward_tol: as for :class:`~idlkit.ImplicitModel`.
+        backward_max_iter: as for :class:`~idlkit.ImplicitModel`.
+        alpha: as for :class:`~idlkit.ImplicitModel` (default: 1 for Anderson's fallback
+            step, 0.5 for ``averaged``).
+        anderson_m: as for :class:`~idlkit.ImplicitModel`.
+        on_nonconvergence: as for :class:`~idlkit.ImplicitModel`.
+        device: as for :class:`~idlkit.ImplicitModel`.
+        dtype: as for :class:`~idlkit.ImplicitModel`.
 
     Attributes:
-        L, R, B, C, D, b, d: parameters (``b``, ``d`` are ``None`` without bias).
-        last_solve, last_backward_solve: :class:`~idlkit.solve.SolveInfo` of the latent solves.
+        L: ``(n, k)`` left factor of ``A = L R^T`` (parameter).
+        R: ``(n, k)`` right factor of ``A = L R^T`` (parameter).
+        B: ``(n, p)`` input matrix (parameter).
+        C: ``(q, n)`` output matrix (parameter).
+        D: ``(q, p)`` feed-through matrix (parameter).
+        b: ``(n,)`` state bias, ``None`` without bias.
+        d: ``(q,)`` output bias, ``None`` without bias.
+        last_solve: :class:`~idlkit.solve.SolveInfo` of the last latent forward solve.
+        last_backward_solve: :class:`~idlkit.solve.SolveInfo` of the last latent adjoint solve.
         approximation: :class:`LowRankApproximation` when built by :meth:`from_dense`.
 
     Examples:

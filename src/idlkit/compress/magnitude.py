@@ -71,13 +71,16 @@ class MagnitudePruneReport:
     """What :func:`magnitude_prune` removed.
 
     Attributes:
-        sparsity: the fraction asked for. achieved: the fraction removed (of the chosen
-            matrices' nonzeros, or of the states when ``structured``).
+        sparsity: the fraction asked for.
+        achieved: the fraction removed (of the chosen matrices' nonzeros, or of the states when
+            ``structured``).
         structured: states (True) or entries (False).
         matrices: the matrices pruned (unstructured).
         threshold: the largest magnitude removed (an entry's, or a state's score).
-        nnz_before, nnz_after: nonzeros of ``A, B, C, D`` together.
-        n_before, n_after: state sizes.
+        nnz_before: nonzeros of ``A, B, C, D`` together, before pruning.
+        nnz_after: nonzeros of ``A, B, C, D`` together, after pruning.
+        n_before: state size before pruning.
+        n_after: state size after pruning.
         removed_states: original indices of the states removed (structured, with the cascade).
         fine_tune_epochs: epochs of masked fine-tuning (0: none).
         prune: the :class:`PruneReport` of the exact state removal (structured), else None.

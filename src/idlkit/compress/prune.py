@@ -114,7 +114,8 @@ class PruneReport:
     """What :func:`prune_states` removed and what it kept (paper 000 §5.2).
 
     Attributes:
-        n_before, n_after: state sizes of the original and of the pruned model.
+        n_before: state size of the original model.
+        n_after: state size of the pruned model.
         kept: original indices of the kept states; state ``k`` of the pruned model is state
             ``kept[k]`` of the original (the order is kept).
         removed: original indices of the removed states, in the order they were removed.
@@ -129,7 +130,8 @@ class PruneReport:
             (case (c)): ``x_i = phi(B_i u + b_i)``, computable before any iteration.
         one_step: indices in the pruned model of the other states with zero columns of ``A``
             (case (d)): computed in one step from the iterated states.
-        nnz_before, nnz_after: nonzero count of each of ``A``, ``B``, ``C``, ``D``.
+        nnz_before: nonzero count of each of ``A``, ``B``, ``C``, ``D`` before pruning.
+        nnz_after: nonzero count of each of ``A``, ``B``, ``C``, ``D`` after pruning.
         tol: the threshold: entries of ``A``, ``B``, ``C`` with ``|entry| <= tol`` were zeroed.
         max_dropped: largest ``|entry|`` zeroed by ``tol`` in each of ``A``, ``B``, ``C``
             (0 when ``tol = 0``): a nonzero value means the pruned model is exact for the

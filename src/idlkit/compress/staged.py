@@ -249,12 +249,14 @@ class StagedImplicitModel(nn.Module):
     are those of the original model; :meth:`to_implicit` rebuilds it.
 
     Attributes:
-        in_features, out_features: ``p`` and ``q``.
+        in_features: ``p``, the input size.
+        out_features: ``q``, the output size.
         hidden: ``n``, all states (explicit and implicit).
         staging: the :class:`Staging` (indices of the original's states).
-        pre, post: ``nn.ModuleList`` of the explicit levels, in computation order; level
-            ``k`` holds ``A`` (its rows, columns: the states computed before it, in
+        pre: ``nn.ModuleList`` of the explicit levels before the core, in computation order;
+            level ``k`` holds ``A`` (its rows, columns: the states computed before it, in
             computation order), ``B``, ``b`` and its activation.
+        post: ``nn.ModuleList`` of the explicit levels after the core, in the same form.
         core: the :class:`~idlkit.ImplicitModel` on the core states, input ``[u; x_pre]``
             (``B = [B_1, A_1,pre]``, ``C = C_1``, ``D = [D, C_pre]``, ``d``), with the
             original's well-posedness declaration, ``kappa`` and solver settings.

@@ -74,10 +74,12 @@ class StateBlock:
         size: number of states.
         act: its activation map (componentwise, ``BlockMax(K)`` or ``SoftMax(k)``).
         pre: its pre-activation as an :class:`Affine` of the input and earlier blocks.
-        z, x: the pre- and post-activation values on the traced input, ``(batch, size)``.
-        lo, hi: ``(size,)`` interval holding each state for every input (``+-inf`` when
-            unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
+        z: the pre-activation values on the traced input, ``(batch, size)``.
+        x: the post-activation values on the traced input, ``(batch, size)``.
+        lo: ``(size,)`` lower end of an interval holding each state for every input (``-inf``
+            when unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
             factors of products.
+        hi: ``(size,)`` upper end of that interval (``+inf`` when unbounded).
         deps: the earlier blocks its pre-activation reads (the keys of ``pre``), by which
             :meth:`Tracer.live` finds the blocks nobody reads.
 

@@ -645,7 +645,8 @@ class SuccessRate:
         n_total: samples given.
         clean_accuracy: accuracy without attack.
         mean_perturbed: mean number of changed inputs over the attacked samples.
-        method: the attack's name; budget: the :class:`Budget` used.
+        method: the attack's name.
+        budget: the :class:`Budget` used.
     """
 
     rate: float

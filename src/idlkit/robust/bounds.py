@@ -200,9 +200,10 @@ class BoxBounds:
     """Certified bounds around nominal inputs ``u0`` (Thm 4.1-4.4), float64, batch-first.
 
     Attributes:
-        x0: ``(batch, n)`` nominal states; ``y0``: ``(batch, q)`` nominal outputs (as computed by
-            the model's solver in float64).
-        sigma_x: ``(n,)`` state radius; ``sigma_y``: ``(q,)`` output radius (``S sigma_u``).
+        x0: ``(batch, n)`` nominal states (as computed by the model's solver in float64).
+        y0: ``(batch, q)`` nominal outputs (as computed by the model's solver in float64).
+        sigma_x: ``(n,)`` state radius.
+        sigma_y: ``(q,)`` output radius (``S sigma_u``).
         k: cardinality of the input set, ``None`` for the box.
         x_err: ``(batch, n)`` bound on the solver's error ``|x0 - x*(u0)|`` (see
             :func:`box_bounds`); ``y_err``: ``(batch, q)`` its image ``N(C) x_err``. The bounds

@@ -31,7 +31,8 @@ class CertifiedAccuracy:
     Attributes:
         accuracy: clean accuracy (prediction at ``u0``).
         certified: fraction of samples certified (each is also correct).
-        certified_mask: ``(m,)`` which samples are certified; correct_mask: which are correct.
+        certified_mask: ``(m,)`` which samples are certified.
+        correct_mask: ``(m,)`` which samples are correct.
         method: the bound method used (as :func:`output_bounds` reports it).
     """
 

@@ -80,7 +80,8 @@ class StateBounds(_Bounds):
     """``lower <= x(u) <= upper`` for every ``u`` of the set, ``(batch, n)`` float64.
 
     Attributes:
-        method, seconds: as in :class:`OutputBounds`.
+        method: as in :class:`OutputBounds`.
+        seconds: as in :class:`OutputBounds`.
     """
 
 
@@ -300,7 +301,8 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
 
     Args:
         model: an :class:`~idlkit.ImplicitModel` (converted nets: triangular ``A``).
-        u0: ``(batch, p)`` or ``(p,)`` nominal inputs; sigma_u: scalar or ``(p,)`` radius ``>= 0``.
+        u0: ``(batch, p)`` or ``(p,)`` nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius ``>= 0``.
         k: at most ``k`` inputs perturbed (eq. 4.2): methods ``"box"``, ``"lp"``, ``"best"`` only.
         method: ``"best"``, ``"alpha-crown"``, ``"crown"``, ``"lp"``, ``"ibp"`` or ``"box"`` (see
             the module docstring).
@@ -308,7 +310,8 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
         time_budget: seconds ``"best"`` may spend (alpha-CROWN is skipped when CROWN's time says
             it would not fit; the LP of a ReLU model runs input by input in what is left, overrunning
             by at most one input's LP); ``None``: no limit, and no LP (the cheap methods only).
-        alpha_iters: alpha-CROWN iterations; lp_rounds: LP tightening rounds (``lp_state_bounds``).
+        alpha_iters: alpha-CROWN iterations.
+        lp_rounds: LP tightening rounds (``lp_state_bounds``).
 
     Returns:
         :class:`OutputBounds` with ``(batch, q)`` float64 ``lower``, ``upper``.

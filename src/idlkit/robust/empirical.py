@@ -44,7 +44,8 @@ class EmpiricalLipschitz:
     Attributes:
         value: the largest ratio ``||f(u) - f(v)|| / ||u - v||`` found (a lower bound of the
             Lipschitz constant in ``norm``).
-        u, v: the pair that attains it, each ``(p,)``.
+        u: ``(p,)`` first input of the pair that attains it.
+        v: ``(p,)`` second input of that pair.
         norm: ``"inf"`` or ``"2"`` (the same norm on inputs and outputs).
         trials: ratios evaluated (``pairs * (steps + 1)``).
         per_pair: ``(pairs,)`` best ratio of each pair.

@@ -141,7 +141,8 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = 
         model: an :class:`~idlkit.ImplicitModel` whose ``A`` is strictly (block) triangular up to a
             permutation of whole activation blocks (e.g. from :func:`idlkit.convert.from_torch`),
             dense or sparse.
-        u0: ``(batch, p)`` nominal inputs; ``sigma_u``: scalar or ``(p,)`` radius.
+        u0: ``(batch, p)`` nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius.
         k: at most ``k`` inputs perturbed (the cardinality set, eq. 4.2); ``None`` for the box.
             Only the terms ``B u`` and ``D u`` see ``k``: the radius of row ``i`` is ``s_k`` of
             ``|B_i| . sigma_u`` (its ``k`` largest terms, exact for that row over eq. 4.2); the
@@ -218,8 +219,10 @@ class BoundComparison:
     """Mean interval widths of IBP and of the implicit box bound (Thm 4.1/4.3), per sample.
 
     Attributes:
-        ibp_state_width, box_state_width: ``(batch,)`` mean of ``x_upper - x_lower`` over states.
-        ibp_output_width, box_output_width: ``(batch,)`` the same for the outputs.
+        ibp_state_width: ``(batch,)`` mean of ``x_upper - x_lower`` over states, by IBP.
+        box_state_width: ``(batch,)`` the same for the implicit box bound.
+        ibp_output_width: ``(batch,)`` mean of ``y_upper - y_lower`` over outputs, by IBP.
+        box_output_width: ``(batch,)`` the same for the implicit box bound.
     """
 
     ibp_state_width: Tensor

@@ -104,8 +104,11 @@ class LinearBounds:
     """Linear-relaxation bounds (float64, batch-first).
 
     Attributes:
-        x_lower, x_upper: ``(batch, n)`` state bounds; ``y_lower, y_upper``: ``(batch, q)`` output
-            bounds; every state/output of every input of the set lies inside.
+        x_lower: ``(batch, n)`` lower state bounds; every state of every input of the set lies
+            above.
+        x_upper: ``(batch, n)`` upper state bounds.
+        y_lower: ``(batch, q)`` lower output bounds.
+        y_upper: ``(batch, q)`` upper output bounds.
         method: ``"crown"``, ``"alpha-crown"`` (triangular ``A``) or ``"linear-fixed-point"``,
             ``"alpha-linear-fixed-point"`` (general ``A``).
         levels: number of dependency levels (``0`` for a general ``A``).
@@ -205,7 +208,8 @@ def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
 
     Args:
         f: a componentwise activation, possibly ``Centered`` (its shift moves every offset).
-        l, h: ``(batch, k)`` pre-activation bounds, ``l <= h``.
+        l: ``(batch, k)`` lower pre-activation bounds.
+        h: ``(batch, k)`` upper pre-activation bounds, ``l <= h``.
 
     Examples:
         >>> l = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
@@ -793,14 +797,17 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
 
     Args:
         model: an :class:`~idlkit.ImplicitModel` with a componentwise activation.
-        u0: ``(batch, p)`` (or ``(p,)``) nominal inputs; sigma_u: scalar or ``(p,)`` radius.
+        u0: ``(batch, p)`` (or ``(p,)``) nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius.
         clip: valid input range ``(lo, hi)`` intersected with the box.
         alpha: optimise the relaxation parameters of the output bounds (alpha-CROWN).
-        alpha_iters, alpha_lr: projected Adam iterations and step size.
+        alpha_iters: projected Adam iterations.
+        alpha_lr: projected Adam step size.
         intersect_ibp: intersect CROWN's pre-activation intervals with IBP's (tighter, sound;
             triangular only).
-        steps: substitution steps of the general method; rounds: its ``z``-refinement rounds (at
-            most; it stops when a round narrows the intervals by less than 0.1 %).
+        steps: substitution steps of the general method.
+        rounds: its ``z``-refinement rounds (at most; it stops when a round narrows the
+            intervals by less than 0.1 %).
         intermediate: ``"crown"`` (default) or ``"ibp"``: pre-activation intervals from IBP and one
             backward pass for the outputs ("CROWN-IBP"), on the sparse matrices as they are (for
             models too large to densify, e.g. a converted ResNet-20); triangular ``A``, no ``alpha``.

@@ -50,7 +50,9 @@ class LipschitzBounds:
     """Every applicable l_inf Lipschitz bound of ``u -> y`` (``nan`` where its hypothesis fails).
 
     Attributes:
-        inf: eq. 4.8; ``mu``: paper 004's ``mu_inf`` form; ``sensitivity``: ``||S||_inf``.
+        inf: eq. 4.8.
+        mu: paper 004's ``mu_inf`` form.
+        sensitivity: ``||S||_inf``.
         best: the smallest finite one.
     """
 

@@ -615,13 +615,16 @@ class LPStateBounds:
     """Per-coordinate LP bounds on the state (Thm 4.5 relaxation), float64.
 
     Attributes:
-        lower, upper: ``(len(coords),)`` tensors: ``lower <= x(u)[coords] <= upper`` for every
-            ``u`` in the set (rounded outward: safe dual bounds of the LPs).
+        lower: ``(len(coords),)`` tensor: ``lower <= x(u)[coords]`` for every ``u`` in the set
+            (rounded outward: safe dual bounds of the LPs).
+        upper: ``(len(coords),)`` tensor: ``x(u)[coords] <= upper``, likewise.
         coords: the state coordinates bounded, ``(len(coords),)`` int64.
-        x0: ``(n,)`` nominal state; ``sigma_x``: ``(n,)`` the Thm 4.1 radius of the start box.
+        x0: ``(n,)`` nominal state.
+        sigma_x: ``(n,)`` the Thm 4.1 radius of the start box.
         n_lp: number of LPs solved.
-        z_lower, z_upper: ``(n,)`` bounds of the pre-activations ``z = A x + B u + b`` of every
+        z_lower: ``(n,)`` lower bounds of the pre-activations ``z = A x + B u + b`` of every
             state: LP bounds where they were solved, interval arithmetic on the boxes elsewhere.
+        z_upper: ``(n,)`` upper bounds of the pre-activations, likewise.
         layerwise: the bounds were computed level by level (strictly triangular ``A``).
     """
 
@@ -704,9 +707,13 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
 
     Args:
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (dense or sparse) with ``lambda_pf(|A|) < 1``.
-        u0: nominal input ``(p,)``; sigma_u: box radius, scalar or ``(p,)``; k: cardinality.
+        u0: nominal input ``(p,)``.
+        sigma_u: box radius, scalar or ``(p,)``.
+        k: cardinality.
         coords: state coordinates to bound (default: all ``n``).
-        clip, triangle, card_method: as in :func:`lp_attack`.
+        clip: as in :func:`lp_attack`.
+        triangle: as in :func:`lp_attack`.
+        card_method: as in :func:`lp_attack`.
         rounds: ``>= 1``; Jacobi rounds for a non-triangular ``A`` (ignored for a feed-forward one:
             one pass is LP-tight).
         start: optional valid state box ``(lower, upper)`` (``(n,)`` each, e.g. linear bounds).

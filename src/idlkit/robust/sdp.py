@@ -54,7 +54,8 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: i
     Args:
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (sparse matrices are densified:
             ``n + p + 1 <= max_size``).
-        u0: nominal input ``(p,)``; sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
+        u0: nominal input ``(p,)``.
+        sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
         k: must be ``None``: the SDP (4.19) is stated for the box set (4.1) only; a cardinality
             set raises :class:`~idlkit.errors.ConfigurationError` naming the alternatives.
         clip: valid input range ``(lo, hi)`` intersected with the box.

@@ -50,7 +50,8 @@ class WorstCaseLoss:
     """Per-sample nominal loss and its worst-case upper bound (float64).
 
     Attributes:
-        nominal: ``(batch,)`` loss at ``u0``; ``bound``: ``(batch,)`` upper bound over the set.
+        nominal: ``(batch,)`` loss at ``u0``.
+        bound: ``(batch,)`` upper bound over the set.
         sigma_y: ``(q,)`` output radius (the bound also adds the solver-error term ``y_err`` of
             :class:`~idlkit.robust.BoxBounds`); ``loss``: the loss name.
         kind: ``"refined"`` (the box bound of §4.4) or ``"rho"`` (the single-radius bound).
@@ -158,9 +159,11 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
     """Upper bound of ``max_{u in U} L(y, yhat(u))`` around each row of ``u0`` (§4.4).
 
     Args:
-        u0: ``(batch, p)`` nominal inputs; ``y``: ``(batch, q)`` targets (for cross entropy
-            probability vectors or ``(batch,)`` integer labels).
-        sigma_u: input radius (eq. 4.1); ``k``: cardinality (eq. 4.2).
+        u0: ``(batch, p)`` nominal inputs.
+        y: ``(batch, q)`` targets (for cross entropy probability vectors or ``(batch,)`` integer
+            labels).
+        sigma_u: input radius (eq. 4.1).
+        k: cardinality (eq. 4.2).
         loss: ``"squared_error"`` or ``"cross_entropy"``.
         bound: ``"refined"`` (the box bound, default) or ``"rho"`` (the single-radius bound of
             §4.4; module docstring).

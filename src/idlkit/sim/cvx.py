@@ -93,10 +93,12 @@ def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained:
     the objective is ``sum_j sigma_j |w_j|`` (standardised penalty).
 
     Args:
-        R, y: reduced factor and reduced target (``R w = y`` is ``F w = t`` when ``t`` lies in
-            the range of ``F``; the caller checks that).
+        R: reduced factor (``R w = y`` is ``F w = t`` when ``t`` lies in the range of ``F``;
+            the caller checks that).
+        y: reduced target.
         kappa: l1 budget on ``constrained`` coordinates (None: no constraint).
-        constrained, penalized: boolean ``(d,)`` masks (the bias is neither).
+        constrained: boolean ``(d,)`` mask of the l1-constrained coordinates.
+        penalized: boolean ``(d,)`` mask of the penalised coordinates (the bias is neither).
 
     Examples:
         >>> rng = np.random.default_rng(0)

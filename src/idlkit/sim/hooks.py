@@ -101,7 +101,8 @@ class HookedStates:
     """Raw (unscaled) states recorded by :func:`hook_states`, batch-first.
 
     Attributes:
-        Z, X: ``(m, n)`` pre- and post-activation states, last call on top; ``X = phi(Z)``.
+        Z: ``(m, n)`` pre-activation states, last call on top.
+        X: ``(m, n)`` post-activation states, ``X = phi(Z)``.
         Y_hat: the network's output, flattened to ``(m, q)``.
         U: the input, flattened to ``(m, p)``.
         layers: the blocks in stacked order (top, i.e. last call, first).

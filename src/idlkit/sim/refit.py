@@ -46,9 +46,11 @@ class RegenReport:
 
     Attributes:
         m: samples used.
-        output_error_before, output_error_after: ``||Y_model - Y_hat||_F / ||Y_hat||_F`` with the
-            old and the refitted ``(C, D, d)`` (on the same samples).
-        mse_before, mse_after: the mean squared output errors, ``||.||_F^2 / (m q)``.
+        output_error_before: ``||Y_model - Y_hat||_F / ||Y_hat||_F`` with the old ``(C, D, d)``
+            (on the same samples).
+        output_error_after: the same with the refitted ``(C, D, d)``.
+        mse_before: the mean squared output error ``||.||_F^2 / (m q)`` before the refit.
+        mse_after: the same after the refit.
         rank: numerical rank of ``F = (X', U[, 1])``.
         columns: columns of ``F`` (``n + p [+ 1]``). ``rank < columns`` (e.g. fewer samples than
             unknowns) means the unregularised fit interpolates the samples (minimum-norm

@@ -113,7 +113,8 @@ class States:
             ``B' = diag(c) B``, ``b' = c * b``, ``C' = C diag(c)^{-1}``.
         divisor: ``s`` the weights were divided by (1.0 without rescaling or for an
             ImplicitModel baseline).
-        gamma, kappa: the rescaling parameters used (``gamma`` is None without rescaling).
+        gamma: the rescaling parameter used (None without rescaling).
+        kappa: the well-posedness bound of the rescaling.
         activation: ``phi`` on the stacked state (blockwise), so that ``X = phi(Z)``.
         baseline_nnz: nonzero parameters of the baseline, ``||N||_0`` in paper 002's
             sparsity ``(1 - ||M||_0 / ||N||_0) * 100`` (§4.1).
@@ -353,7 +354,8 @@ def extract_states(baseline: nn.Module, U: Tensor, *, dtype: torch.dtype | None 
             :class:`~idlkit.errors.ConversionError`; hooks directly when ``skip_layers`` or
             ``identity_layers`` is given), ``"convert"`` or ``"hooks"``. Ignored for an
             ImplicitModel.
-        skip_layers, identity_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
+        skip_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
+        identity_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
 
     Returns:
         :class:`States` (batch-first, last layer on top; with the converter in the state order

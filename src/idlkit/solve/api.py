@@ -95,9 +95,10 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
         alpha: averaging step for ``averaged`` and for Anderson's fallback step
             (default: the solver's ``default_step``: 1 for picard; for anderson 1 when
             ``||A||_inf < 1``, else :func:`default_alpha`).
-        anderson_m: Anderson memory; ``beta``: Anderson mixing parameter (default
-            ``alpha``: Anderson then accelerates the averaged map, which is a
-            contraction under the mu_inf condition even when ``||A||_inf >= 1``).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing parameter (default ``alpha``: Anderson then accelerates the
+            averaged map, which is a contraction under the mu_inf condition even when
+            ``||A||_inf >= 1``).
         on_nonconvergence: ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
         per_sample: each column's own depth in ``info.per_sample_iterations`` and retirement
             of converged columns (``True``); one block (``False``, the lean loop); ``None``:

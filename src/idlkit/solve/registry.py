@@ -66,7 +66,8 @@ class SolveOptions:
         max_iter: iteration budget.
         alpha: step of ``averaged`` and of Anderson's fallback (``None``: the solver's
             :meth:`Solver.default_step`).
-        anderson_m: Anderson memory. beta: Anderson mixing (``None``: the step).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing (``None``: the step).
         on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
         per_sample: track each sample's depth and retire converged samples (``True``),
             iterate the batch as one block (``False``), or decide by the problem size

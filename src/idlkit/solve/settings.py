@@ -62,11 +62,15 @@ class SolverSettings:
 
     Attributes:
         method: forward solver, a name of :data:`idlkit.solve.SOLVERS`.
-        tol, max_iter: forward stopping rule (absolute l_inf residual) and budget.
-        alpha, anderson_m, beta: step, Anderson memory and mixing.
+        tol: forward stopping rule (absolute l_inf residual).
+        max_iter: forward iteration budget.
+        alpha: the step (averaged iteration, Anderson's fallback).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing.
         on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
         backward_method: adjoint solver (``None``: the forward solver's ``adjoint_default``).
-        backward_tol, backward_max_iter: adjoint stopping rule and budget (default: forward's).
+        backward_tol: adjoint stopping rule (default: the forward's).
+        backward_max_iter: adjoint iteration budget (default: the forward's).
         backward_stop: ``"relative"`` or ``"absolute"`` (module doc).
         per_sample: per-sample depths and retirement (``True``), lean whole-batch solves
             (``False``), or by problem size (``None``, default).

@@ -66,7 +66,9 @@ def adversarial_fit(model: nn.Module, U: Tensor, Y: Tensor, epsilon: float, *, a
             (:func:`~idlkit.robust.lp_margin_attack`: ``q - 1`` LPs of Thm 4.5 per attacked sample,
             ReLU models only; seconds per batch even for small models, so meant for tiny ones).
         steps: PGD steps (ignored by the other attacks).
-        epochs, lr, batch_size: as :class:`~idlkit.train.Trainer`.
+        epochs: as :class:`~idlkit.train.Trainer`.
+        lr: as :class:`~idlkit.train.Trainer`.
+        batch_size: as :class:`~idlkit.train.Trainer`.
         mix: fraction of every mini-batch replaced by its adversarial inputs, in ``[0, 1]``.
         generator: the PGD random starts (default: a generator seeded with the Trainer's ``seed``,
             so a run is reproducible without global seeding).

@@ -790,9 +790,11 @@ class FenchelBCDResult:
         sweeps: the per-sweep records.
         converged: the stationarity measure fell below ``tol``.
         seconds: wall time.
-        X, P: final states, batch-first ``(m, n)``.
-        L, R: with ``rank=k``, the float64 factors ``(n, k)`` of ``A = L R^T`` (the model holds
+        X: final states, batch-first ``(m, n)``.
+        P: final proxies of the states, batch-first ``(m, n)``.
+        L: with ``rank=k``, the float64 factor ``(n, k)`` of ``A = L R^T`` (the model holds
             their product in its dtype), ``||L||_inf ||R||_1 <= kappa / gamma``; else None.
+        R: with ``rank=k``, the float64 factor ``(n, k)``; else None.
     """
 
     objectives: tuple[float, ...]
@@ -972,11 +974,12 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         group: weight of the feature-selection penalty ``sum_j ||(B; D) e_j||_2`` (paper 000
             eq. 5.1); makes the model step one joint (A, B, C, D) block.
         ridge: ``ridge/2 ||(C, D)||_F^2``.
-        ball_B, ball_CD: l1-ball radii ``||B||_1 <= ball_B``, ``||(C, D)||_1 <= ball_CD``
-            (eqs. 12-13).
+        ball_B: l1-ball radius ``||B||_1 <= ball_B`` (eq. 12).
+        ball_CD: l1-ball radius ``||(C, D)||_1 <= ball_CD`` (eq. 13).
         order: the blocks of a sweep, a permutation of ``("CD", "AB", "X", "P")``.
         tol: stop when the stationarity measure (Theorem 2) falls below it.
-        inner_iterations, inner_tol: limits of each block's solver.
+        inner_iterations: iteration limit of each block's solver.
+        inner_tol: tolerance of each block's solver.
         x_solver: ``"newton"`` or ``"fixed_point"`` (the paper's iteration; Newton is used
             when it does not contract).
         callback: called with each :class:`FenchelSweep`.
@@ -1262,7 +1265,8 @@ def layered_bcd(weights: Sequence[Tensor], train_data: object, *, eps: float | N
         activation: ``"tanh"`` (the X-steps use the barrier ``g`` of the tanh divergence, eq.
             8; the ReLU divergence has the constraint ``X >= 0`` and is not supported here:
             use :func:`fenchel_bcd`).
-        inner_iterations, inner_tol: Newton limits per block.
+        inner_iterations: Newton iteration limit per block.
+        inner_tol: Newton tolerance per block.
         callback: called with ``(sweep, objective, weights)`` after each sweep.
 
     Examples:

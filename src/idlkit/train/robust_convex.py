@@ -103,7 +103,9 @@ class IntervalStates:
     """Interval states of :mod:`.robust_convex` (module docstring), batch-first float64.
 
     Attributes:
-        lo, hi: ``(m, n)`` the interval at the nominal inputs; ``x(u) in [lo, hi] + R (u - u_hat)``.
+        lo: ``(m, n)`` lower end of the interval at the nominal inputs;
+            ``x(u) in [lo, hi] + R (u - u_hat)``.
+        hi: ``(m, n)`` upper end of that interval.
         R: ``(n, p)`` recourse matrix (zeros for the counterpart).
         iterations: fixed-point iterations used (0 for a cvxpy solution).
         residual: ``l_inf`` size of the last fixed-point update.

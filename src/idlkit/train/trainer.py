@@ -168,8 +168,11 @@ class Trainer:
     Args:
         loss: ``"cross_entropy"`` (eq. 6.2), ``"squared_error"`` or ``f(y_hat, y) -> scalar``.
         optimizer: ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"`` or ``f(params) -> Optimizer``.
-        lr, weight_decay, momentum: optimizer settings (momentum for SGD/RMSprop).
-        epochs, batch_size: passes over the data and mini-batch size.
+        lr: optimizer step size.
+        weight_decay: optimizer weight decay.
+        momentum: momentum for SGD/RMSprop.
+        epochs: passes over the data.
+        batch_size: mini-batch size.
         schedule: ``"constant"``, ``"cosine"`` (to 0 over ``epochs``) or ``"step"`` (x0.1 every
             third of the epochs).
         penalties: pairs ``(name or f(model) -> scalar, weight)``; names from
