@@ -29,6 +29,7 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import re
 
 import idlkit
 
@@ -212,6 +213,91 @@ def test_exempt_results_are_shown_by_an_example() -> None:
         assert fn is not None, f"{name}: {shown_by!r} is not a public name"
         assert has_example(fn), f"{name}: {shown_by} has no example to show it"
         assert obj.__name__ in inspect.getsource(fn), f"{name}: {shown_by} does not return it"
+
+
+#: public names whose parameter list is not one name per line yet: name -> why
+STYLE_PENDING: dict[str, str] = {
+    "idlkit.report.write_report": "report.py is being edited on another branch (issue 20): "
+                                  "split 'attack_samples: ...; attack_k: ...' there",
+}
+
+_SECTION = re.compile(r"^(Args|Arguments|Attributes|Raises|Keyword Args|Other Parameters):\s*$")
+_ENTRY = re.compile(r"^(\*{0,2}[A-Za-z_][\w.]*)(\s*\([^)]*\))?:(\s|$)")
+
+
+def style_problems(obj: object) -> list[str]:
+    """Google-style violations in the ``Args``/``Attributes``/``Raises`` sections of ``obj``'s
+    docstring (a class's and its ``__init__``'s): an entry that is not one ``name: description``
+    (``a, b: ...``), or a line that starts a second entry after a ``;`` or a ``.``
+    (``a: ...; b: ...``, with ``b`` a parameter of the signature or an exception name)."""
+    docs = [inspect.getdoc(obj) or ""]
+    if inspect.isclass(obj) and "__init__" in vars(obj):
+        docs.append(inspect.getdoc(vars(obj)["__init__"]) or "")
+    try:
+        params = set(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    out = []
+    for doc in docs:
+        section, indent = None, 0
+        for line in doc.split("\n"):
+            stripped = line.strip()
+            lead = len(line) - len(line.lstrip())
+            if _SECTION.match(line):
+                section, indent = line.strip()[:-1], lead + 4
+                continue
+            if section is None or not stripped:
+                continue
+            if lead < indent:  # dedent: the section is over
+                section = None
+                continue
+            if lead == indent and not _ENTRY.match(stripped):
+                out.append(f"{section}: not one 'name: description': {stripped[:70]!r}")
+            for m in re.finditer(r"[;.]\s+(?:``)?(\*{0,2}[A-Za-z_]\w*)(?:``)?:\s", stripped):
+                if m.group(1) in params or m.group(1).endswith("Error"):
+                    out.append(f"{section}: two entries on one line: {stripped[:70]!r}")
+    return out
+
+
+def test_parameter_lists_are_google_style() -> None:
+    """mkdocstrings renders a table row per ``name: description`` line; grouped names
+    (``lr, momentum: ...``) and entries crammed after a ``;`` render as one row of text."""
+    bad = {name: p for name, obj in public_objects().items()
+           if name not in STYLE_PENDING and (p := style_problems(obj))}
+    assert not bad, "\n".join(f"{n}: {p}" for n, ps in sorted(bad.items()) for p in ps)
+
+
+def test_style_check_sees_grouped_and_crammed_entries() -> None:
+    def grouped(lr: float, momentum: float) -> None:
+        """Steps.
+
+        Args:
+            lr, momentum: optimizer settings.
+        """
+
+    def crammed(lr: float, momentum: float) -> None:
+        """Steps.
+
+        Args:
+            lr: step size; momentum: heavy ball.
+        """
+
+    def fine(lr: float, momentum: float) -> None:
+        """Steps.
+
+        Args:
+            lr: step size; default: 0.1.
+            momentum: heavy ball
+                weight.
+
+        Raises:
+            ValueError: a negative ``lr``.
+        """
+
+    assert style_problems(grouped) and style_problems(crammed) and not style_problems(fine)
+    stale = sorted(n for n in STYLE_PENDING if n not in public_objects()
+                   or not style_problems(public_objects()[n]))
+    assert not stale, f"remove from STYLE_PENDING: {stale}"
 
 
 def test_the_search_is_not_vacuous() -> None:

@@ -223,8 +223,14 @@ class ImplicitRNN(nn.Module):
             there is no head). The cell maps ``p + r`` inputs to ``r`` outputs.
         mode: ``"seq2one"`` (head on ``h_T``) or ``"seq2seq"`` (head on every ``h_i``).
         warm_start: start each step's solve from the previous step's state.
-        activation, bias, wellposedness, kappa, solver, tol, max_iter, and keyword
-            ``**cell_kwargs``: the cell's :class:`~idlkit.model.ImplicitModel` settings.
+        activation: the cell's activation (as for :class:`~idlkit.model.ImplicitModel`).
+        bias: the cell's biases (as for :class:`~idlkit.model.ImplicitModel`).
+        wellposedness: the cell's condition (as for :class:`~idlkit.model.ImplicitModel`).
+        kappa: the cell's bound (as for :class:`~idlkit.model.ImplicitModel`).
+        solver: the cell's solver (as for :class:`~idlkit.model.ImplicitModel`).
+        tol: the cell's stopping rule (as for :class:`~idlkit.model.ImplicitModel`).
+        max_iter: the cell's iteration budget (as for :class:`~idlkit.model.ImplicitModel`).
+        **cell_kwargs: further :class:`~idlkit.model.ImplicitModel` settings of the cell.
         device: as for :class:`torch.nn.RNN`.
         dtype: as for :class:`torch.nn.RNN`.
 

@@ -147,8 +147,11 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
         random_state: seeds the initial weights and the batch order.
 
     Attributes:
-        classes_ (n_classes,), n_features_in_, model_ (the trained ImplicitModel),
-        history_ (the TrainResult of ``fit``), n_iter_ (epochs run).
+        classes_: ``(n_classes,)`` the class labels.
+        n_features_in_: the number of input features ``p``.
+        model_: the trained :class:`~idlkit.ImplicitModel`.
+        history_: the :class:`~idlkit.train.TrainResult` of ``fit``.
+        n_iter_: epochs run.
 
     Examples:
         >>> from sklearn.datasets import load_iris

@@ -206,8 +206,8 @@ class BoxBounds:
         sigma_y: ``(q,)`` output radius (``S sigma_u``).
         k: cardinality of the input set, ``None`` for the box.
         x_err: ``(batch, n)`` bound on the solver's error ``|x0 - x*(u0)|`` (see
-            :func:`box_bounds`); ``y_err``: ``(batch, q)`` its image ``N(C) x_err``. The bounds
-            ``x_lower``/``x_upper`` and ``y_lower``/``y_upper`` include them.
+            :func:`box_bounds`); the bounds ``x_lower``/``x_upper`` include it.
+        y_err: ``(batch, q)`` its image ``N(C) x_err``; ``y_lower``/``y_upper`` include it.
     """
 
     x0: Tensor

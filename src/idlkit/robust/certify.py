@@ -319,7 +319,9 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
     Raises:
         ConfigurationError: ``k`` with a method that does not support it, an activation the method
             does not support (the message names the alternatives), an unknown method.
-        ShapeError, NonFiniteError, InputError: bad ``u0`` / ``sigma_u``.
+        ShapeError: ``u0`` / ``sigma_u`` of the wrong shape.
+        NonFiniteError: NaN/Inf in ``u0`` / ``sigma_u``.
+        InputError: otherwise bad ``u0`` / ``sigma_u`` (e.g. a negative radius).
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

@@ -818,7 +818,8 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
 
     Raises:
         ConfigurationError: a block activation (SoftMax, BlockMax, Product), or a model too large
-            to densify; WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
+            to densify.
+        WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

@@ -124,7 +124,8 @@ def state_lipschitz_bound(model: object, measure: str = "inf") -> float:
     ``||dx|| <= gamma ||B|| ||du|| / (1 - gamma mu_inf(A)_+)``.
 
     Raises:
-        WellPosednessError, ConfigurationError: as :func:`lipschitz_bound`.
+        WellPosednessError: as :func:`lipschitz_bound`.
+        ConfigurationError: as :func:`lipschitz_bound`.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 8, 2, wellposedness="mu", kappa=0.5, dtype=torch.float64)

@@ -719,9 +719,10 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
         start: optional valid state box ``(lower, upper)`` (``(n,)`` each, e.g. linear bounds).
 
     Raises:
-        ConfigurationError: not ReLU, bad ``k``/``rounds``/``card_method``/``start``; SolverError:
-        HiGHS failed; WellPosednessError: Thm 4.1 cannot be certified; InputError: ``start``
-        excludes the nominal state.
+        ConfigurationError: not ReLU, bad ``k``/``rounds``/``card_method``/``start``.
+        SolverError: HiGHS failed.
+        WellPosednessError: Thm 4.1 cannot be certified.
+        InputError: ``start`` excludes the nominal state.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),

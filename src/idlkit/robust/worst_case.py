@@ -53,7 +53,8 @@ class WorstCaseLoss:
         nominal: ``(batch,)`` loss at ``u0``.
         bound: ``(batch,)`` upper bound over the set.
         sigma_y: ``(q,)`` output radius (the bound also adds the solver-error term ``y_err`` of
-            :class:`~idlkit.robust.BoxBounds`); ``loss``: the loss name.
+            :class:`~idlkit.robust.BoxBounds`).
+        loss: the loss name.
         kind: ``"refined"`` (the box bound of §4.4) or ``"rho"`` (the single-radius bound).
         rho: ``(batch,)`` the state radius used by ``"rho"`` (solver error included), else ``None``.
     """

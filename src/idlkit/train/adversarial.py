@@ -59,7 +59,8 @@ def adversarial_fit(model: nn.Module, U: Tensor, Y: Tensor, epsilon: float, *, a
 
     Args:
         model: a classifier (:class:`~idlkit.ImplicitModel` or any ``nn.Module`` the attacks take).
-        U: inputs ``(m, p)``; Y: integer class labels ``(m,)``.
+        U: inputs ``(m, p)``.
+        Y: integer class labels ``(m,)``.
         epsilon: l_inf radius of the attack, ``>= 0`` (``0``: standard training on the clean data).
         attack: ``"pgd"`` (:func:`~idlkit.robust.pgd_attack` with ``steps`` steps from a random start),
             ``"fgsm"`` (:func:`~idlkit.robust.fgsm_attack`) or ``"lp"``
