@@ -257,6 +257,13 @@ def cascade(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
     well-posed iff both parts are (Thm 2.9), and its PF value is the larger of the
     parts' (remark after Thm 2.9).
 
+    Args:
+        m1: the first model, ``p -> r``.
+        m2: the second model, ``r -> q`` (its input is ``m1``'s output).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
+
     Raises:
         ShapeError: ``m1.out_features != m2.in_features``.
         InputError: the models' dtypes (or devices) differ, or an argument is not a model.
@@ -297,6 +304,14 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
         C = [w_1 C_1, w_2 C_2]  D = w_1 D_1 + w_2 D_2  d = w_1 d_1 + w_2 d_2
 
     ``A`` is block diagonal: well-posed iff both parts are (Thm 2.9).
+
+    Args:
+        m1: a model ``p -> q``.
+        m2: a model ``p -> q``.
+        weights: ``(w_1, w_2)``, the weights of the two outputs.
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
 
     Raises:
         ShapeError: the input sizes or the output sizes differ.
@@ -340,6 +355,13 @@ def concat(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
     With ``x = (x_1, x_2)``: ``A = diag(A_1, A_2)``, ``B = [[B_1], [B_2]]``,
     ``C = diag(C_1, C_2)``, ``D = [[D_1], [D_2]]``, ``b = (b_1, b_2)``, ``d = (d_1, d_2)``.
     Well-posed iff both parts are (Thm 2.9).
+
+    Args:
+        m1: a model ``p -> q_1``.
+        m2: a model ``p -> q_2`` (the same input).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q_1 + q_2``, outputs of ``m1`` first.
 
     Raises:
         ShapeError: the input sizes differ.
@@ -401,6 +423,15 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
     evaluated, and when none holds a
     :class:`WellPosednessError` with the numbers is raised (``require_wellposed=True``),
     or the model is returned unchecked (``False``; its solver may then fail to converge).
+
+    Args:
+        m1: the forward model ``p -> q``; its output is the result's.
+        m2: the feedback model ``q -> p``, added to the input of ``m1``.
+        require_wellposed: raise when no certificate holds for the result (else return it
+            unchecked).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
 
     Raises:
         ShapeError: ``m2.in_features != m1.out_features`` or ``m2.out_features != m1.in_features``.
@@ -484,6 +515,13 @@ def with_output_activation(m: ImplicitModel, phi_o: str | Activation) -> Implici
     well-posed iff ``A`` is. ``phi_o`` is any activation name or instance acting on the
     ``q`` outputs; ``"softmax"`` is one SoftMax over all ``q`` outputs.
 
+    Args:
+        m: a model ``p -> q``.
+        phi_o: the output activation (a name or an :class:`~idlkit.activations.Activation`).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` whose output passes through ``phi_o``.
+
     Raises:
         ShapeError: ``phi_o`` is a :class:`Blockwise` map whose size is not ``q``.
         ConfigurationError: unknown activation name.
@@ -521,6 +559,14 @@ def affine(W: Tensor, b: Tensor | None = None, **solver_kwargs: object) -> Impli
     used for normalisation and test-time batch normalisation (:func:`batch_norm`).
     ``W`` is ``(q, p)``, ``b`` is ``(q,)``; dtype and device are ``W``'s.
     ``solver_kwargs`` go to the model (they only matter once it is composed).
+
+    Args:
+        W: ``(q, p)`` weight.
+        b: ``(q,)`` bias, or ``None``.
+        **solver_kwargs: settings of the model (:class:`~idlkit.ImplicitModel`).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``hidden = 0``.
 
     Raises:
         ShapeError: ``W`` is not 2-D or ``b`` is not ``(q,)``.
@@ -561,6 +607,17 @@ def batch_norm(running_mean: Tensor, running_var: Tensor, weight: Tensor | None 
     The paper's ``[D, d] = diag(sigma)^{-1} [I, -u^]`` with ``sigma = sqrt(var + eps)``
     (as :class:`torch.nn.BatchNorm1d` in eval mode), followed by the optional learned
     scale and shift: ``y = weight * (u - mean) / sigma + bias``.
+
+    Args:
+        running_mean: ``(p,)`` running mean of the batch norm.
+        running_var: ``(p,)`` running variance.
+        weight: ``(p,)`` scale ``gamma`` (default ones).
+        bias: ``(p,)`` shift ``beta`` (default zeros).
+        eps: the batch norm's ``eps``.
+        **solver_kwargs: settings of the model.
+
+    Returns:
+        The affine :class:`~idlkit.ImplicitModel` ``p -> p`` of the batch norm in eval mode.
 
     Examples:
         >>> bn = torch.nn.BatchNorm1d(3).eval()

@@ -215,6 +215,13 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     ``idlkit.StagedImplicitModel/1``, the split in the header) and re-staged on load: the split
     is a function of ``A``'s pattern, and :func:`load` checks that it comes out the same.
 
+    Args:
+        model: the model to write.
+        path: the file to write (replaced atomically).
+
+    Returns:
+        The path written.
+
     Examples:
         >>> import tempfile, pathlib
         >>> model = idlkit.ImplicitModel(3, 5, 2)
@@ -271,6 +278,13 @@ def _split_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Read a model written by :func:`save`.
+
+    Args:
+        path: a file written by :func:`save`.
+        map_location: device of the loaded tensors.
+
+    Returns:
+        The model, of the class that was saved.
 
     Examples:
         >>> import tempfile, pathlib

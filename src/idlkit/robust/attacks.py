@@ -227,6 +227,18 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
 
     ``S`` (the ``(q, p)`` sensitivity matrix) may be passed to reuse it across calls.
 
+    Args:
+        model: an implicit classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` (``k`` inputs per class, ``epsilon`` or ``clip``).
+        mode: ``"sign"`` (along the loss gradient's sign) or ``"random"`` (module docstring).
+        S: the ``(q, p)`` sensitivity matrix, to reuse it (default: computed).
+        generator: the random numbers of ``mode="random"``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)
         >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
@@ -251,6 +263,17 @@ def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: 
                     mode: str = "sign", generator: torch.Generator | None = None) -> AttackResult:
     """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``.
 
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` (``k`` inputs per sample, ``epsilon`` or ``clip``).
+        mode: ``"sign"`` (along the loss gradient's sign) or ``"random"`` (module docstring).
+        generator: the random numbers of ``mode="random"``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)
         >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
@@ -270,6 +293,15 @@ def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: 
 def fgsm_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float
                 ) -> AttackResult:
     """FGSM: ``clip(u + epsilon sign(grad_u loss(u, y)))`` on every input (l_inf ball).
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` with ``epsilon`` (``k`` must be ``None``), or a ``float``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
 
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)
@@ -392,6 +424,18 @@ def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
 
     ``bound`` is a ``(batch,)`` float64 tensor: for ``objective="margin"`` a certified upper bound of
     the margin over the set (``< 0``: certified robust), for ``"l2"`` of ``||x - x0||_2^2``.
+
+    Args:
+        model: a ReLU :class:`~idlkit.ImplicitModel` classifier.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` with ``epsilon`` (and optionally ``k``, ``clip``).
+        objective: ``"margin"`` or ``"l2"`` (module docstring).
+        card_method: ``"hull"`` or ``"milp"``, as in :func:`idlkit.robust.lp.lp_attack`.
+        triangle: add the triangle cuts, as in :func:`idlkit.robust.lp.lp_attack`.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
@@ -620,6 +664,17 @@ def attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | 
            method: str = "sensitivity", **options: object) -> AttackResult:
     """Run the attack named ``method`` (one of :data:`ATTACKS`).
 
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)`` (an implicit model or any module).
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget`, or a ``float``: ``Budget(epsilon=...)``.
+        method: a name of :data:`ATTACKS`.
+        **options: the attack's own options.
+
+    Returns:
+        The attack's :class:`~idlkit.robust.AttackResult`.
+
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)
         >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
@@ -666,6 +721,19 @@ def success_rate(model: torch.nn.Module, method: str | Callable[..., AttackResul
 
     Only the samples the model classifies correctly are attacked (``only_correct=True``): the rate
     is the fraction of them the attack flips.
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        method: a name of :data:`ATTACKS` or an attack function.
+        U: inputs ``(m, p)``.
+        Y: integer labels ``(m,)``.
+        budget: a :class:`Budget`, or a ``float``: ``Budget(epsilon=...)``.
+        batch_size: samples attacked at once.
+        only_correct: attack only the correctly classified samples.
+        **options: the attack's own options.
+
+    Returns:
+        :class:`SuccessRate`.
 
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)

@@ -141,6 +141,25 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
     respect to the state ``X``. It is linear in ``V``; the same solvers apply, and
     ``tol`` is absolute here (the models apply their ``backward_stop`` rule first).
 
+    Args:
+        A: ``(n, n)`` matrix.
+        Z: ``(n, m)`` pre-activations of the forward solution (column convention).
+        G: ``(n, m)`` gradient of the loss with respect to the state ``X``.
+        activation: name or :class:`~idlkit.activations.Activation`.
+        method: a name of :data:`idlkit.solve.SOLVERS`.
+        tol: absolute l_inf stopping rule.
+        max_iter: iteration budget.
+        x0: warm start ``(n, m)``.
+        alpha: step of ``averaged`` and of Anderson's fallback.
+        anderson_m: Anderson memory.
+        beta: Anderson mixing.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        per_sample: retire converged samples (``None``: by size).
+        check_every: residual-read period (``None``: adaptive).
+
+    Returns:
+        ``(V, info)``: ``V`` ``(n, m)`` and the :class:`~idlkit.solve.SolveInfo`.
+
     Examples:
         >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
         >>> Z = torch.ones(2, 3, dtype=torch.float64)          # pre-activations, ReLU active
@@ -174,6 +193,24 @@ def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: flo
     ``X``: ``(m, d)`` start; ``alpha``: the step. Returns ``(X, aux, info)`` in column
     convention ``(d, m)``. ``zero_start``: ``X`` is zero and ``F`` has ``at_zero()``, its
     value there without the matrix product.
+
+    Args:
+        F: the map (:class:`~idlkit.solve.maps.FixedPointMap`).
+        X: ``(m, d)`` start.
+        method: an iterative solver of the registry.
+        alpha: the step.
+        tol: stop when every sample's l_inf residual is at most ``tol``.
+        max_iter: iteration budget.
+        anderson_m: Anderson memory.
+        beta: Anderson mixing (``None``: the step).
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        zero_start: ``X`` is zero and ``F`` has ``at_zero()``, its value there without the
+            matrix product.
+        per_sample: retire converged samples (``None``: by size).
+        check_every: residual-read period of the lean loops (``None``: adaptive).
+
+    Returns:
+        ``(X, aux, info)``, ``X`` and ``aux`` in column convention ``(d, m)``.
 
     Examples:
         >>> from idlkit.solve.maps import ForwardMap
