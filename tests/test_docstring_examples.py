@@ -21,6 +21,11 @@ Exempt, by rule or by name (:data:`EXEMPT`), each with its reason:
 
 :data:`PENDING` lists the names whose example is not written yet, with why; it may only shrink:
 an entry that has gained an example, or that is no longer public, fails the test until removed.
+
+The same public docstrings are checked for Google-style parameter lists (mkdocstrings renders one
+table row per ``name: description`` line of ``Args``/``Attributes``/``Raises``): no grouped names
+(``lr, momentum: ...``) and no second entry crammed after a ``;`` (:data:`STYLE_PENDING` lists
+the exceptions, in files other branches are editing).
 """
 
 from __future__ import annotations
