@@ -47,8 +47,9 @@ def is_sparse(M: object) -> bool:
     """Whether ``M`` is a sparse matrix: a torch sparse tensor (COO, CSR, CSC, ...) or a scipy
     sparse array/matrix. ``None``, dense tensors and numpy arrays are not.
 
-    >>> is_sparse(torch.eye(2).to_sparse_csr()), is_sparse(torch.eye(2)), is_sparse(None)
-    (True, False, False)
+    Examples:
+        >>> is_sparse(torch.eye(2).to_sparse_csr()), is_sparse(torch.eye(2)), is_sparse(None)
+        (True, False, False)
     """
     if isinstance(M, Tensor):
         return M.layout != torch.strided
@@ -90,8 +91,9 @@ def as_dense_array(A: Tensor | np.ndarray | sp.sparray, dtype: np.dtype | type |
     small matrices, references and dense-only algorithms. A copy, except for a numpy array
     already of ``dtype``, returned as is (``np.asarray``).
 
-    >>> as_dense_array(torch.eye(2, dtype=torch.float32).to_sparse_csr()).dtype
-    dtype('float64')
+    Examples:
+        >>> as_dense_array(torch.eye(2, dtype=torch.float32).to_sparse_csr()).dtype
+        dtype('float64')
     """
     if isinstance(A, Tensor):
         D = to_dense(A.detach())
@@ -134,8 +136,9 @@ def as_matrix(A: object, dtype: np.dtype | type | None = np.float64) -> Matrix:
     result as read-only), its values cast (a copy unless ``dtype`` is theirs); no COO round
     trip. Shapes are kept: ``(rows, cols)`` in, ``(rows, cols)`` out.
 
-    >>> as_matrix(torch.eye(3).to_sparse_csr()).format, as_matrix(torch.eye(3)).dtype
-    ('csr', dtype('float64'))
+    Examples:
+        >>> as_matrix(torch.eye(3).to_sparse_csr()).format, as_matrix(torch.eye(3)).dtype
+        ('csr', dtype('float64'))
     """
     if is_sparse(A):
         indptr, indices, data = _csr_parts(A)  # type: ignore[arg-type]
@@ -266,12 +269,13 @@ def block_pattern_graph(A: object, sizes: tuple[int, ...] | None = None) -> sp.c
     densified. ``G`` holds int8 ones in canonical CSR form, except for scalar blocks of a
     canonical CSR ``A`` without explicit zeros, whose index arrays ``G`` shares (read-only).
 
-    >>> block_pattern_graph(torch.tensor([[0., 1., 2.], [0., 0., 3.], [0., 0., 0.]]), (1, 2)).toarray()
-    array([[0, 1],
-           [0, 1]], dtype=int8)
-
     Raises:
         ShapeError: ``A`` is not square, or ``sizes`` does not cover its ``n`` states.
+
+    Examples:
+        >>> block_pattern_graph(torch.tensor([[0., 1., 2.], [0., 0., 3.], [0., 0., 0.]]), (1, 2)).toarray()
+        array([[0, 1],
+               [0, 1]], dtype=int8)
     """
     shape = tuple(A.shape)  # type: ignore[attr-defined]
     if len(shape) != 2 or shape[0] != shape[1]:

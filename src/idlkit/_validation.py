@@ -113,8 +113,9 @@ def check_scalar(name: str, value: object, *, kind: type = float, low: float | N
     wrong) and the fix, with ``example`` (default: a value inside the interval) and the
     reason ``why`` the bound exists, when given.
 
-    >>> check_scalar("tol", np.float32(1e-3), low=0, low_inclusive=False)
-    0.0010000000474974513
+    Examples:
+        >>> check_scalar("tol", np.float32(1e-3), low=0, low_inclusive=False)
+        0.0010000000474974513
     """
     if value is None and allow_none:
         return None
@@ -162,8 +163,9 @@ def check_kappa(value: object, name: str = "kappa", *, high: float | None = 1.0,
     002: ``kappa = 1`` is the boundary, still well-posed after the rescaling), and
     ``(0, inf)`` for a radius or an l1 budget (``project_inf_ball``, the lasso solvers).
 
-    >>> check_kappa(0.5), check_kappa(1, high_inclusive=True), check_kappa(3.0, high=None)
-    (0.5, 1.0, 3.0)
+    Examples:
+        >>> check_kappa(0.5), check_kappa(1, high_inclusive=True), check_kappa(3.0, high=None)
+        (0.5, 1.0, 3.0)
     """
     if example is None:
         example = 0.95 if high is not None else 1.0
@@ -199,8 +201,9 @@ def check_choice(name: str, value: object, choices: Iterable[object], *,
     """``value`` when it is one of the registered ``choices`` (compared with ``==``), else an
     error naming the argument, the value and the registered choices.
 
-    >>> check_choice("method", "pf", ("auto", "pf", "neumann"))
-    'pf'
+    Examples:
+        >>> check_choice("method", "pf", ("auto", "pf", "neumann"))
+        'pf'
     """
     options = list(choices)
     try:

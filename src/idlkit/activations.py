@@ -84,6 +84,11 @@ class BlockStructure:
         sizes: block sizes ``(n_1, ..., n_L)``, summing to ``n``.
         norms: ``p_l`` of each block, each in ``{1, 2, inf}``.
         gammas: Lipschitz constant ``gamma_l`` of each block in its norm.
+
+    Examples:
+        >>> bs = SoftMax(block_size=2).blocks(4)
+        >>> bs.sizes, bs.norms, bs.gammas
+        ((2, 2), (1.0, 1.0), (1.0, 1.0))
     """
 
     sizes: tuple[int, ...]
@@ -110,6 +115,14 @@ class Activation:
         name: registry name.
         componentwise: the map acts entry by entry.
         lipschitz_inf: Lipschitz constant in ``l_inf`` of the whole map.
+
+    Examples:
+        >>> phi = get_activation("tanh")
+        >>> isinstance(phi, Activation), phi.name, phi.lipschitz_inf
+        (True, 'tanh', 1.0)
+        >>> z = torch.randn(4, 2); v = torch.randn(4, 2)                   # (n, m)
+        >>> torch.allclose(phi.vjp(z, v), (1 - torch.tanh(z) ** 2) * v)  # J(z)^T v
+        True
     """
 
     name: str = "activation"
@@ -174,7 +187,15 @@ class Activation:
 
 
 class ComponentwiseActivation(Activation):
-    """A map applied entry by entry, with derivative in ``[slope_min, slope_max]``."""
+    """A map applied entry by entry, with derivative in ``[slope_min, slope_max]``.
+
+    Examples:
+        >>> phi = get_activation("leaky_relu", negative_slope=0.2)
+        >>> isinstance(phi, ComponentwiseActivation), phi.slope_min, phi.slope_max
+        (True, 0.2, 1.0)
+        >>> phi.derivative(torch.tensor([-1.0, 2.0]))
+        tensor([0.2000, 1.0000])
+    """
 
     componentwise = True
     slope_min: float = 0.0
@@ -231,7 +252,17 @@ class ComponentwiseActivation(Activation):
 
 
 class ReLU(ComponentwiseActivation):
-    """``max(0, z)``; derivative taken as 0 at 0 (as torch does)."""
+    """``max(0, z)``; derivative taken as 0 at 0 (as torch does).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = ReLU()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.relu(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "relu"
     value_range = (0.0, math.inf)
@@ -248,7 +279,17 @@ class ReLU(ComponentwiseActivation):
 
 
 class LeakyReLU(ComponentwiseActivation):
-    """``max(z, slope * z)`` for ``slope`` in ``[0, 1]`` (CONE), or any slope >= 0."""
+    """``max(z, slope * z)`` for ``slope`` in ``[0, 1]`` (CONE), or any slope >= 0.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = LeakyReLU(0.1)
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.leaky_relu(z, 0.1), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.1, 1.0), True)
+    """
 
     name = "leaky_relu"
 
@@ -282,6 +323,18 @@ class LeakyReLU(ComponentwiseActivation):
 
 
 class Tanh(ComponentwiseActivation):
+    """``tanh(z)``: slopes ``1 - tanh(z)^2`` in ``(0, 1]``, values in ``(-1, 1)``; monotone, CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Tanh()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), torch.tanh(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
+
     name = "tanh"
     value_range = (-1.0, 1.0)
 
@@ -294,7 +347,17 @@ class Tanh(ComponentwiseActivation):
 
 
 class Sigmoid(ComponentwiseActivation):
-    """Logistic map; 1/4-Lipschitz, ``phi(0) = 1/2`` (handled by the shift of §3.1)."""
+    """Logistic map; 1/4-Lipschitz, ``phi(0) = 1/2`` (handled by the shift of §3.1).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Sigmoid()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), torch.sigmoid(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 0.25), True)
+    """
 
     name = "sigmoid"
     slope_max = 0.25
@@ -309,7 +372,17 @@ class Sigmoid(ComponentwiseActivation):
 
 
 class Identity(ComponentwiseActivation):
-    """``phi(z) = z`` (a linear implicit model, ``x = (I - A)^-1 (B u + b)``)."""
+    """``phi(z) = z`` (a linear implicit model, ``x = (I - A)^-1 (B u + b)``).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Identity()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), z, atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((1.0, 1.0), True)
+    """
 
     name = "identity"
     slope_min = 1.0
@@ -356,7 +429,17 @@ class GELU(ComponentwiseActivation):
     """``z Phi(z)`` (``approximate="none"``) or ``z (1 + tanh(sqrt(2/pi)(z + 0.044715 z^3))) / 2``
     (``"tanh"``), as ``torch.nn.GELU``. Not monotone: slopes in ``[1 - s, s]`` with
     ``s = 1.12890`` (``GELU(z) - GELU(-z) = z``, so ``phi'(z) + phi'(-z) = 1``); not CONE
-    (``gamma = s > 1``). ``phi(0) = 0``; valley at ``z* = -0.75179``, ``phi(z*) = -0.16997``."""
+    (``gamma = s > 1``). ``phi(0) = 0``; valley at ``z* = -0.75179``, ``phi(z*) = -0.16997``.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = GELU()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.gelu(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((-0.1289, 1.1289), False)
+    """
 
     name = "gelu"
 
@@ -392,7 +475,17 @@ class GELU(ComponentwiseActivation):
 
 class SiLU(ComponentwiseActivation):
     """``z sigmoid(z)`` (swish). Slopes in ``[1 - s, s]``, ``s = 1.09984`` (at ``z = +-2.39936``);
-    not monotone, not CONE; valley at ``z* = -1.27846``, ``phi(z*) = -0.27846``."""
+    not monotone, not CONE; valley at ``z* = -1.27846``, ``phi(z*) = -0.27846``.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = SiLU()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.silu(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((-0.0998, 1.0998), False)
+    """
 
     name = "silu"
     slope_max = 1.0998393201288668 + _OUT
@@ -410,7 +503,17 @@ class SiLU(ComponentwiseActivation):
 
 class Mish(ComponentwiseActivation):
     """``z tanh(softplus(z))``. Slopes in ``[-0.11253, 1.08850]``; not monotone, not CONE;
-    valley at ``z* = -1.19243``, ``phi(z*) = -0.30884``."""
+    valley at ``z* = -1.19243``, ``phi(z*) = -0.30884``.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Mish()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.mish(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((-0.1125, 1.0885), False)
+    """
 
     name = "mish"
     slope_max = 1.0884981612517277 + _OUT
@@ -429,7 +532,17 @@ class Mish(ComponentwiseActivation):
 
 class Hardswish(ComponentwiseActivation):
     """``z relu6(z + 3) / 6``: 0 below -3, ``z`` above 3, ``z (z + 3) / 6`` between. Slopes in
-    ``[-1/2, 3/2]``; not monotone, not CONE; valley at ``z* = -3/2``, ``phi(z*) = -3/8``."""
+    ``[-1/2, 3/2]``; not monotone, not CONE; valley at ``z* = -3/2``, ``phi(z*) = -3/8``.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Hardswish()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.hardswish(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((-0.5, 1.5), False)
+    """
 
     name = "hardswish"
     slope_min = -0.5
@@ -448,7 +561,17 @@ class Hardswish(ComponentwiseActivation):
 class ELU(ComponentwiseActivation):
     """``z`` for ``z > 0``, ``alpha (e^z - 1)`` otherwise (``torch.nn.ELU``). Slopes in
     ``[min(0, alpha), max(1, alpha)]``: monotone for ``alpha >= 0``, CONE for ``0 <= alpha <= 1``;
-    a negative ``alpha`` makes a valley at 0."""
+    a negative ``alpha`` makes a valley at 0.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = ELU()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.elu(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "elu"
 
@@ -474,7 +597,17 @@ class ELU(ComponentwiseActivation):
 
 class CELU(ComponentwiseActivation):
     """``max(0, z) + min(0, alpha (e^{z/alpha} - 1))``, ``alpha > 0``: slopes in ``(0, 1]``,
-    monotone and CONE."""
+    monotone and CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = CELU(0.5)
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.celu(z, 0.5), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "celu"
     value_range = (0.0, math.inf)
@@ -502,7 +635,17 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 class SELU(ComponentwiseActivation):
     """``scale (max(0, z) + min(0, alpha (e^z - 1)))`` with torch's constants: slopes in
-    ``(0, scale alpha] = (0, 1.75810]``; monotone, not CONE."""
+    ``(0, scale alpha] = (0, 1.75810]``; monotone, not CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = SELU()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.selu(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.7581), False)
+    """
 
     name = "selu"
     slope_min = 0.0
@@ -525,7 +668,17 @@ class Softplus(ComponentwiseActivation):
     torch's switch to the linear piece drops the value by ``log(1 + e^-threshold) / beta`` at
     ``z = threshold / beta`` (2.1e-9 for the defaults): the map is 1-Lipschitz and monotone up to
     that jump, which :meth:`interval` adds to both ends so interval bounds stay sound; the
-    Lipschitz-based bounds treat it as rounding (each use can be off by at most the jump)."""
+    Lipschitz-based bounds treat it as rounding (each use can be off by at most the jump).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Softplus()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.softplus(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     @property
     def jump(self) -> float:
@@ -562,7 +715,17 @@ class Softplus(ComponentwiseActivation):
 
 
 class Softsign(ComponentwiseActivation):
-    """``z / (1 + |z|)``: slopes ``1 / (1 + |z|)^2`` in ``(0, 1]``, bounded by 1; CONE."""
+    """``z / (1 + |z|)``: slopes ``1 / (1 + |z|)^2`` in ``(0, 1]``, bounded by 1; CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Softsign()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.softsign(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "softsign"
     value_range = (-1.0, 1.0)
@@ -579,7 +742,17 @@ class Hardtanh(ComponentwiseActivation):
     """``clamp(z, min_val, max_val)`` (``torch.nn.Hardtanh``): slopes in ``{0, 1}``, CONE, bounded.
     ``phi(0) = clamp(0, min_val, max_val)`` (nonzero when the interval excludes 0: the shift of
     §3.1 applies). Also the exact stand-in for the identity on a factor known to stay in
-    ``[min_val, max_val]`` (the converter's multiplicative units, §3.6)."""
+    ``[min_val, max_val]`` (the converter's multiplicative units, §3.6).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Hardtanh()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.hardtanh(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "hardtanh"
 
@@ -610,7 +783,17 @@ class Hardtanh(ComponentwiseActivation):
 
 
 class ReLU6(Hardtanh):
-    """``min(max(0, z), 6)``: Hardtanh on ``[0, 6]``."""
+    """``min(max(0, z), 6)``: Hardtanh on ``[0, 6]``.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = ReLU6()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.relu6(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "relu6"
 
@@ -626,7 +809,17 @@ class ReLU6(Hardtanh):
 
 class Hardsigmoid(ComponentwiseActivation):
     """``relu6(z + 3) / 6``: slopes in ``{0, 1/6}``, values in ``[0, 1]``; monotone, CONE,
-    ``phi(0) = 1/2`` (the shift of §3.1)."""
+    ``phi(0) = 1/2`` (the shift of §3.1).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Hardsigmoid()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.hardsigmoid(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 0.1667), True)
+    """
 
     name = "hardsigmoid"
     slope_max = 1.0 / 6.0
@@ -641,7 +834,17 @@ class Hardsigmoid(ComponentwiseActivation):
 
 class LogSigmoid(ComponentwiseActivation):
     """``log sigmoid(z) = -softplus(-z)``: slopes ``sigmoid(-z)`` in ``(0, 1)``, values below 0;
-    monotone, CONE, ``phi(0) = -log 2`` (the shift of §3.1)."""
+    monotone, CONE, ``phi(0) = -log 2`` (the shift of §3.1).
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = LogSigmoid()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.logsigmoid(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "logsigmoid"
     value_range = (-math.inf, 0.0)
@@ -654,7 +857,17 @@ class LogSigmoid(ComponentwiseActivation):
 
 
 class Tanhshrink(ComponentwiseActivation):
-    """``z - tanh(z)``: slopes ``tanh(z)^2`` in ``[0, 1)``; monotone, CONE."""
+    """``z - tanh(z)``: slopes ``tanh(z)^2`` in ``[0, 1)``; monotone, CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Tanhshrink()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.tanhshrink(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "tanhshrink"
 
@@ -668,7 +881,17 @@ class Tanhshrink(ComponentwiseActivation):
 
 class Softshrink(ComponentwiseActivation):
     """``z - lambd`` above ``lambd``, ``z + lambd`` below ``-lambd``, 0 between (``lambd >= 0``):
-    slopes in ``{0, 1}``; monotone, CONE."""
+    slopes in ``{0, 1}``; monotone, CONE.
+
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> phi = Softshrink()
+        >>> z = torch.linspace(-4.0, 4.0, 9).reshape(3, 3)   # (n, m)
+        >>> phi(z).shape, torch.allclose(phi(z), F.softshrink(z), atol=1e-6)
+        (torch.Size([3, 3]), True)
+        >>> (round(phi.slope_min, 4), round(phi.slope_max, 4)), phi.is_cone
+        ((0.0, 1.0), True)
+    """
 
     name = "softshrink"
 
@@ -693,6 +916,14 @@ class Centered(Activation):
 
     The Jacobian is that of ``phi``; ``phi~(0) = 0``. For block maps ``phi(0)``
     is a vector (SoftMax gives ``1/n_l``), computed once per state size.
+
+    Examples:
+        >>> phi = Centered(Sigmoid())
+        >>> phi(torch.zeros(2, 1)).flatten().tolist()          # phi~(0) = 0
+        [0.0, 0.0]
+        >>> z = torch.randn(3, 2)
+        >>> torch.allclose(phi(z), torch.sigmoid(z) - 0.5)
+        True
     """
 
     def __init__(self, base: Activation) -> None:
@@ -805,7 +1036,14 @@ def _lse_others(Z: Tensor) -> Tensor:
 
 
 class SoftMax(_BlockMap):
-    """SoftMax over each block of rows (eq. 2.2); 1-Lipschitz in l_1, 1/2 in l_inf."""
+    """SoftMax over each block of rows (eq. 2.2); 1-Lipschitz in l_1, 1/2 in l_inf.
+
+    Examples:
+        >>> phi = SoftMax(block_size=2)
+        >>> z = torch.tensor([[0.0], [0.0], [0.0], [math.log(3.0)]])   # (n, m) = (4, 1): two blocks of 2
+        >>> [round(v, 4) for v in phi(z).flatten().tolist()], phi.lipschitz_inf
+        ([0.5, 0.5, 0.25, 0.75], 0.5)
+    """
 
     name = "softmax"
     norm = 1.0
@@ -838,6 +1076,12 @@ class BlockMax(_BlockMap):
     """Max over each block, written in the block's first slot, zeros elsewhere (§3.3).
 
     1-Lipschitz in ``l_inf``. Ties are broken towards the first index (as torch.max).
+
+    Examples:
+        >>> phi = BlockMax(block_size=2)
+        >>> z = torch.tensor([[1.0], [3.0], [-2.0], [-5.0]])  # (n, m) = (4, 1)
+        >>> phi(z).flatten().tolist()                           # each block's max in its first slot
+        [3.0, 0.0, -2.0, 0.0]
     """
 
     name = "blockmax"
@@ -888,10 +1132,11 @@ class Product(_BlockMap):
 
     The Jacobian of a pair is ``[[phi_1'(a) phi_2(b), phi_1(a) phi_2'(b)], [0, 0]]``.
 
-    >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
-    >>> act(torch.tensor([[0.0], [1.0]]))           # (sigmoid(0) tanh(1), 0)
-    tensor([[0.3808],
-            [0.0000]])
+    Examples:
+        >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
+        >>> act(torch.tensor([[0.0], [1.0]]))           # (sigmoid(0) tanh(1), 0)
+        tensor([[0.3808],
+                [0.0000]])
     """
 
     name = "product"
@@ -969,6 +1214,12 @@ class Blockwise(Activation):
         segments: pairs ``(size, activation)``; the sizes sum to the state size.
             A componentwise map on a segment of size ``s`` contributes ``s`` blocks
             of size 1; a block map contributes its own blocks.
+
+    Examples:
+        >>> phi = Blockwise([(2, "relu"), (2, "tanh")])
+        >>> z = torch.tensor([[-1.0], [2.0], [0.0], [-1.0]])  # (n, m) = (4, 1)
+        >>> [round(v, 4) for v in phi(z).flatten().tolist()]
+        [0.0, 2.0, 0.0, -0.7616]
     """
 
     name = "blockwise"
@@ -1087,6 +1338,13 @@ def stack_activations(parts: Sequence[tuple[int, Activation]]) -> Activation:
     ``block_size``) are merged, so two parts with the same componentwise map give that
     map itself. Empty parts (``hidden = 0``) contribute nothing; with no state at all
     the (irrelevant) activation is the identity.
+
+    Examples:
+        >>> stack_activations([(2, ReLU()), (3, ReLU())]).name     # one map where one will do
+        'relu'
+        >>> phi = stack_activations([(1, ReLU()), (1, Tanh())])
+        >>> [round(v, 4) for v in phi(torch.tensor([[-1.0], [-1.0]])).flatten().tolist()]
+        [0.0, -0.7616]
     """
     segs: list[tuple[int, Activation]] = []
     for n, act in parts:
@@ -1107,6 +1365,10 @@ def block_activations(act: Activation, n: int) -> list[tuple[int, Activation]]:
 
     ``phi - phi(0)`` and ``phi`` are well-posed together (a shift of the state, §3.1), so
     :class:`Centered` maps are unwrapped.
+
+    Examples:
+        >>> [(size, phi.name) for size, phi in block_activations(Blockwise([(2, "relu"), (1, "tanh")]), 3)]
+        [(1, 'relu'), (1, 'relu'), (1, 'tanh')]
     """
     if isinstance(act, Centered):
         return block_activations(act.base, n)
@@ -1151,7 +1413,18 @@ ACTIVATIONS: dict[str, type[Activation]] = {
 
 
 def get_activation(spec: str | dict | Activation, **kwargs: object) -> Activation:
-    """Activation from a name (``"relu"``, ``"leaky_relu"``, ...), a config dict or an instance."""
+    """Activation from a name (``"relu"``, ``"leaky_relu"``, ...), a config dict or an instance.
+
+    Examples:
+        >>> get_activation("relu")
+        ReLU()
+        >>> get_activation({"name": "leaky_relu", "negative_slope": 0.1}).negative_slope
+        0.1
+        >>> get_activation("relu3")
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: unknown activation 'relu3'; choose one of ['blockmax', ...
+    """
     if isinstance(spec, Activation):
         if kwargs:
             raise ConfigurationError("keyword arguments are only accepted with an activation name")

@@ -143,6 +143,11 @@ class MLP(nn.Module):
 
     Input ``(batch, in_features)``, or ``(batch, T, F)`` with ``T * F == in_features``
     (flattened); output ``(batch, out_features)``.
+
+    Examples:
+        >>> net = MLP(4, [8, 8], 3, activation="tanh")
+        >>> net(torch.randn(5, 4)).shape, count_parameters(net)     # 40 + 72 + 27
+        (torch.Size([5, 3]), 139)
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
@@ -182,6 +187,13 @@ class LSTMModel(nn.Module):
     Parameters (torch convention, two bias vectors per gate block): each layer ``l`` has
     ``4 (h (i_l + h) + 2 h)`` with ``i_0 = input_size``, ``i_l = hidden_size``, plus
     ``hidden_size * output_size + output_size`` for the head.
+
+    Examples:
+        >>> net = LSTMModel(2, 8, 1)
+        >>> net(torch.randn(5, 7, 2)).shape                  # (batch, T, p) -> (batch, q)
+        torch.Size([5, 1])
+        >>> LSTMModel(2, 8, 1, mode="seq2seq")(torch.randn(5, 7, 2)).shape
+        torch.Size([5, 7, 1])
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *, num_layers: int = 1,
@@ -209,7 +221,13 @@ class LSTMModel(nn.Module):
 
 def sinusoidal_encoding(length: int, d_model: int) -> Tensor:
     """Sinusoidal positional encoding (Vaswani et al. 2017, §3.5), shape ``(length, d_model)``:
-    ``PE[t, 2k] = sin(t / 10000^(2k/d))``, ``PE[t, 2k+1] = cos(t / 10000^(2k/d))``."""
+    ``PE[t, 2k] = sin(t / 10000^(2k/d))``, ``PE[t, 2k+1] = cos(t / 10000^(2k/d))``.
+
+    Examples:
+        >>> P = sinusoidal_encoding(5, 4)
+        >>> P.shape, P[0].tolist()                           # position 0: sin 0 = 0, cos 0 = 1
+        (torch.Size([5, 4]), [0.0, 1.0, 0.0, 1.0])
+    """
     position = torch.arange(length, dtype=torch.float64).unsqueeze(1)
     div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
     pe = torch.zeros(length, d_model, dtype=torch.float64)
@@ -237,6 +255,11 @@ class TransformerModel(nn.Module):
 
     A 2-D input ``(batch, p)`` is read as ``p`` scalar tokens (needs ``input_size=1``).
     Sequences longer than ``max_len`` are rejected when ``positional_encoding`` is on.
+
+    Examples:
+        >>> net = TransformerModel(2, 1)
+        >>> net(torch.randn(5, 7, 2)).shape
+        torch.Size([5, 1])
     """
 
     def __init__(self, input_size: int, output_size: int, *, d_model: int = 16, nhead: int = 2,
@@ -305,9 +328,10 @@ class BoundedAttention(nn.Module):
     unit is one of §3.6's multiplicative units, so ``idlkit.convert.from_torch`` converts it
     exactly (each product a :class:`~idlkit.activations.Product` state pair).
 
-    >>> att = BoundedAttention(8, heads=2)
-    >>> att(torch.randn(3, 5, 8)).shape
-    torch.Size([3, 5, 8])
+    Examples:
+        >>> att = BoundedAttention(8, heads=2)
+        >>> att(torch.randn(3, 5, 8)).shape
+        torch.Size([3, 5, 8])
     """
 
     def __init__(self, dim: int, heads: int = 1, *, bias: bool = True) -> None:
@@ -359,6 +383,11 @@ class NAC(nn.Module):
     ``W_hat`` and ``M_hat`` (shape ``(out_features, in_features)``) are initialised
     Xavier-uniform, as in Trask et al.'s reference implementations (e.g. the
     TensorFlow ``glorot_uniform`` default); ``2 * in * out`` parameters.
+
+    Examples:
+        >>> nac = NAC(3, 2)
+        >>> nac(torch.randn(5, 3)).shape, count_parameters(nac)
+        (torch.Size([5, 2]), 12)
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -421,6 +450,11 @@ class NALU(nn.Module):
     ``self.layers[k].nac`` and its gate matrix ``self.layers[k].G``.
 
     Input ``(batch, in_features)`` or ``(batch, T, F)`` with ``T * F == in_features``.
+
+    Examples:
+        >>> nalu = NALU(3, 1, hidden=[4])
+        >>> nalu(torch.rand(5, 3) + 1).shape
+        torch.Size([5, 1])
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (),
@@ -453,10 +487,11 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
     teachers of SIM and of the robustness studies are trained this way; ``X`` is cast to the
     network's dtype.
 
-    >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
-    >>> net = fit_classifier(nn.Linear(2, 2), X, y, epochs=30)
-    >>> bool((net(X).argmax(1) == y).float().mean() > 0.9)
-    True
+    Examples:
+        >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
+        >>> net = fit_classifier(nn.Linear(2, 2), X, y, epochs=30)
+        >>> bool((net(X).argmax(1) == y).float().mean() > 0.9)
+        True
     """
     check_int("epochs", epochs, 1)
     check_int("batch_size", batch_size, 1)
@@ -484,7 +519,12 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars of ``module`` (``requires_grad`` parameters; buffers excluded)."""
+    """Number of trainable scalars of ``module`` (``requires_grad`` parameters; buffers excluded).
+
+    Examples:
+        >>> count_parameters(torch.nn.Linear(4, 3))
+        15
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -496,6 +536,11 @@ def matched_width(build: Callable[[int], nn.Module], target: int, *, low: int = 
     The count is assumed nondecreasing in ``w``: a binary search finds the smallest ``w``
     with count ``>= target`` (or ``high``), then ``w`` and ``w - 1`` are compared; a tie
     goes to the smaller width. ``O(log(high - low))`` calls of ``build``.
+
+    Examples:
+        >>> w = matched_width(lambda w: MLP(4, [w], 3), target=100)
+        >>> w, count_parameters(MLP(4, [w], 3))              # 8 w + 3 closest to 100
+        (12, 99)
     """
     check_int("target (a parameter count)", target, 1)
     for name, value in (("low", low), ("high", high)):
@@ -558,18 +603,24 @@ class MON(nn.Module):
     (``||dy||_inf <= ||dy||_2`` and ``||dx||_2 <= sqrt(r) ||dx||_inf``).
 
     Args:
-        in_features, hidden, out_features: ``p``, ``n``, ``q``.
+        in_features: ``p``, the input size.
+        hidden: ``n``, the number of states.
+        out_features: ``q``, the output size.
         m: monotonicity margin in ``(0, 1]``.
-        splitting: one of :data:`SPLITTINGS`; ``alpha``: its step (default 1 for Peaceman-Rachford).
-        tol, max_iter: stopping rule; a solve over budget raises
+        splitting: one of :data:`SPLITTINGS`.
+        alpha: the splitting's step (default 1 for Peaceman-Rachford).
+        tol: stopping rule of the forward solve.
+        max_iter: iteration budget; a solve over budget raises
             :class:`~idlkit.errors.ConvergenceError`.
 
     Attributes:
-        last_iterations: iterations of the last forward solve; last_residual: its largest residual.
+        last_iterations: iterations of the last forward solve.
+        last_residual: the largest residual of the last forward solve.
 
-    >>> net = MON(4, 8, 3, m=0.1)
-    >>> net(torch.randn(5, 4)).shape
-    torch.Size([5, 3])
+    Examples:
+        >>> net = MON(4, 8, 3, m=0.1)
+        >>> net(torch.randn(5, 4)).shape
+        torch.Size([5, 3])
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, *, m: float = 0.05,

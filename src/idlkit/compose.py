@@ -257,9 +257,23 @@ def cascade(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
     well-posed iff both parts are (Thm 2.9), and its PF value is the larger of the
     parts' (remark after Thm 2.9).
 
+    Args:
+        m1: the first model, ``p -> r``.
+        m2: the second model, ``r -> q`` (its input is ``m1``'s output).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
+
     Raises:
         ShapeError: ``m1.out_features != m2.in_features``.
         InputError: the models' dtypes (or devices) differ, or an argument is not a model.
+
+    Examples:
+        >>> m1, m2 = idlkit.ImplicitModel(3, 4, 2), idlkit.ImplicitModel(2, 5, 1)
+        >>> m = cascade(m1, m2)
+        >>> u = torch.randn(6, 3)
+        >>> m.hidden, m(u).shape, torch.allclose(m(u), m2(m1(u)), atol=1e-5)
+        (9, torch.Size([6, 1]), True)
     """
     _check_models(m1, m2)
     if m1.out_features != m2.in_features:
@@ -291,10 +305,25 @@ def parallel(m1: ImplicitModel, m2: ImplicitModel,
 
     ``A`` is block diagonal: well-posed iff both parts are (Thm 2.9).
 
+    Args:
+        m1: a model ``p -> q``.
+        m2: a model ``p -> q``.
+        weights: ``(w_1, w_2)``, the weights of the two outputs.
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
+
     Raises:
         ShapeError: the input sizes or the output sizes differ.
         ConfigurationError: a weight is not a finite number.
         InputError: the models' dtypes (or devices) differ.
+
+    Examples:
+        >>> m1, m2 = idlkit.ImplicitModel(3, 4, 2), idlkit.ImplicitModel(3, 5, 2)
+        >>> m = parallel(m1, m2, weights=(0.5, 2.0))
+        >>> u = torch.randn(6, 3)
+        >>> m(u).shape, torch.allclose(m(u), 0.5 * m1(u) + 2.0 * m2(u), atol=1e-5)
+        (torch.Size([6, 2]), True)
     """
     _check_models(m1, m2)
     if not (isinstance(weights, Sequence) and len(weights) == 2):
@@ -327,9 +356,23 @@ def concat(m1: ImplicitModel, m2: ImplicitModel) -> ImplicitModel:
     ``C = diag(C_1, C_2)``, ``D = [[D_1], [D_2]]``, ``b = (b_1, b_2)``, ``d = (d_1, d_2)``.
     Well-posed iff both parts are (Thm 2.9).
 
+    Args:
+        m1: a model ``p -> q_1``.
+        m2: a model ``p -> q_2`` (the same input).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q_1 + q_2``, outputs of ``m1`` first.
+
     Raises:
         ShapeError: the input sizes differ.
         InputError: the models' dtypes (or devices) differ.
+
+    Examples:
+        >>> m1, m2 = idlkit.ImplicitModel(3, 4, 2), idlkit.ImplicitModel(3, 5, 1)
+        >>> m = concat(m1, m2)
+        >>> u = torch.randn(6, 3)
+        >>> m(u).shape, torch.allclose(m(u), torch.cat([m1(u), m2(u)], dim=1), atol=1e-5)
+        (torch.Size([6, 3]), True)
     """
     _check_models(m1, m2)
     if m1.in_features != m2.in_features:
@@ -381,11 +424,32 @@ def feedback(m1: ImplicitModel, m2: ImplicitModel, *, require_wellposed: bool = 
     :class:`WellPosednessError` with the numbers is raised (``require_wellposed=True``),
     or the model is returned unchecked (``False``; its solver may then fail to converge).
 
+    Args:
+        m1: the forward model ``p -> q``; its output is the result's.
+        m2: the feedback model ``q -> p``, added to the input of ``m1``.
+        require_wellposed: raise when no certificate holds for the result (else return it
+            unchecked).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``m1.hidden + m2.hidden`` states.
+
     Raises:
         ShapeError: ``m2.in_features != m1.out_features`` or ``m2.out_features != m1.in_features``.
         WellPosednessError: ``I - D_1 D_2`` is singular (the algebraic loop is ill-posed),
             or no well-posedness certificate holds for the result.
         InputError: the models' dtypes (or devices) differ.
+
+    Examples:
+        >>> m1, m2 = idlkit.ImplicitModel(2, 3, 2, kappa=0.5), idlkit.ImplicitModel(2, 3, 2, kappa=0.5)
+        >>> with torch.no_grad():
+        ...     _ = m1.C.mul_(0.1), m2.C.mul_(0.1), m1.D.zero_(), m2.D.zero_()  # a small loop gain
+        >>> m = feedback(m1, m2)
+        >>> u = torch.randn(4, 2)
+        >>> y = m(u)
+        >>> y.shape, m.hidden
+        (torch.Size([4, 2]), 6)
+        >>> torch.allclose(y, m1(u + m2(y)), atol=1e-4)  # y = y_1 with u_1 = u + y_2, u_2 = y_1
+        True
     """
     _check_models(m1, m2)
     if m2.in_features != m1.out_features or m2.out_features != m1.in_features:
@@ -451,9 +515,22 @@ def with_output_activation(m: ImplicitModel, phi_o: str | Activation) -> Implici
     well-posed iff ``A`` is. ``phi_o`` is any activation name or instance acting on the
     ``q`` outputs; ``"softmax"`` is one SoftMax over all ``q`` outputs.
 
+    Args:
+        m: a model ``p -> q``.
+        phi_o: the output activation (a name or an :class:`~idlkit.activations.Activation`).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` whose output passes through ``phi_o``.
+
     Raises:
         ShapeError: ``phi_o`` is a :class:`Blockwise` map whose size is not ``q``.
         ConfigurationError: unknown activation name.
+
+    Examples:
+        >>> m = with_output_activation(idlkit.ImplicitModel(3, 4, 2), "sigmoid")
+        >>> y = m(torch.randn(5, 3))
+        >>> y.shape, bool(((y > 0) & (y < 1)).all())
+        (torch.Size([5, 2]), True)
     """
     _check_models(m)
     act_o = get_activation(phi_o)
@@ -483,9 +560,24 @@ def affine(W: Tensor, b: Tensor | None = None, **solver_kwargs: object) -> Impli
     ``W`` is ``(q, p)``, ``b`` is ``(q,)``; dtype and device are ``W``'s.
     ``solver_kwargs`` go to the model (they only matter once it is composed).
 
+    Args:
+        W: ``(q, p)`` weight.
+        b: ``(q,)`` bias, or ``None``.
+        **solver_kwargs: settings of the model (:class:`~idlkit.ImplicitModel`).
+
+    Returns:
+        An :class:`~idlkit.ImplicitModel` ``p -> q`` with ``hidden = 0``.
+
     Raises:
         ShapeError: ``W`` is not 2-D or ``b`` is not ``(q,)``.
         InputError: ``W``/``b`` are not floating tensors of one dtype.
+
+    Examples:
+        >>> W, b = torch.tensor([[1.0, 2.0]]), torch.tensor([0.5])
+        >>> m = affine(W, b)
+        >>> y = m(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        >>> m.hidden, y.shape, y.tolist()
+        (0, torch.Size([2, 1]), [[3.5], [0.5]])
     """
     if not isinstance(W, Tensor) or not W.is_floating_point():
         raise InputError(f"W must be a floating torch.Tensor, got "
@@ -515,6 +607,25 @@ def batch_norm(running_mean: Tensor, running_var: Tensor, weight: Tensor | None 
     The paper's ``[D, d] = diag(sigma)^{-1} [I, -u^]`` with ``sigma = sqrt(var + eps)``
     (as :class:`torch.nn.BatchNorm1d` in eval mode), followed by the optional learned
     scale and shift: ``y = weight * (u - mean) / sigma + bias``.
+
+    Args:
+        running_mean: ``(p,)`` running mean of the batch norm.
+        running_var: ``(p,)`` running variance.
+        weight: ``(p,)`` scale ``gamma`` (default ones).
+        bias: ``(p,)`` shift ``beta`` (default zeros).
+        eps: the batch norm's ``eps``.
+        **solver_kwargs: settings of the model.
+
+    Returns:
+        The affine :class:`~idlkit.ImplicitModel` ``p -> p`` of the batch norm in eval mode.
+
+    Examples:
+        >>> bn = torch.nn.BatchNorm1d(3).eval()
+        >>> _ = bn.running_mean.fill_(1.0), bn.running_var.fill_(4.0)
+        >>> m = batch_norm(bn.running_mean, bn.running_var, bn.weight.detach(), bn.bias.detach(), bn.eps)
+        >>> u = torch.randn(5, 3)
+        >>> m(u).shape, torch.allclose(m(u), bn(u), atol=1e-6)
+        (torch.Size([5, 3]), True)
     """
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         if not isinstance(v, Tensor) or not v.is_floating_point() or v.dim() != 1:

@@ -90,6 +90,11 @@ class RemoteFile:
     the file must be put in place by hand). ``sha256`` is the checksum a download must have.
     ``local_sha256`` is the checksum of the copy in the project's ``shared/datasets``
     folder, recorded for reference (that copy is a re-pack, so it differs from ``sha256``).
+
+    Examples:
+        >>> rf = RemoteFile(url=None, sha256=None, local_sha256=None, note="bundled with scikit-learn")
+        >>> rf.url is None, rf.note
+        (True, 'bundled with scikit-learn')
     """
 
     url: str | None
@@ -161,6 +166,11 @@ class Dataset:
     ``x_*`` are numpy arrays (``(N, D)`` when flattened, ``(N, C, H, W)`` channels-first
     otherwise; a scipy CSR matrix for ``newsgroups20`` with ``sparse=True``) or torch tensors;
     ``y_*`` are int64 labels in ``[0, num_classes)``. ``source`` says where the data came from.
+
+    Examples:
+        >>> ds = load("digits", split="test")
+        >>> isinstance(ds, Dataset), ds.x_train is None, ds.x_test.shape[1], ds.name
+        (True, True, 64, 'digits')
     """
 
     x_train: Any
@@ -193,13 +203,23 @@ class Dataset:
 # ---------------------------------------------------------------------------- locations
 
 def cache_dir() -> Path:
-    """The cache directory: ``$IDLKIT_CACHE`` if set, else ``~/.cache/idlkit``."""
+    """The cache directory: ``$IDLKIT_CACHE`` if set, else ``~/.cache/idlkit``.
+
+    Examples:
+        >>> cache_dir().name in ("idlkit",) or "IDLKIT_CACHE" in os.environ
+        True
+    """
     env = os.environ.get("IDLKIT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "idlkit"
 
 
 def search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache."""
+    """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache.
+
+    Examples:
+        >>> str(search_dirs("/data/mine")[0])                  # root first, then $IDLKIT_DATA, the cache
+        '/data/mine'
+    """
     dirs: list[Path] = []
     if root is not None:
         dirs.append(Path(root).expanduser())
@@ -490,7 +510,8 @@ def load(
         as_torch: return torch tensors instead of numpy arrays.
         root: first directory searched (see the module docstring for the lookup order).
         download: allow a checksum-verified download into the cache when the file is absent.
-        seed, test_size: the deterministic stratified train/test split of ``digits``.
+        seed: seed of the deterministic stratified train/test split of ``digits``.
+        test_size: fraction of ``digits`` in the test split.
         max_features: vocabulary size of the TF-IDF vectorizer (fitted on the train split only)
             for ``newsgroups20``; ``None`` keeps the whole vocabulary.
         sparse: return a scipy CSR matrix for ``newsgroups20`` (not with ``as_torch``).
@@ -498,6 +519,11 @@ def load(
     Raises:
         ConfigurationError: unknown name or split, or an invalid option combination.
         DatasetError: the file is missing (message lists the searched directories) or corrupt.
+
+    Examples:
+        >>> ds = load("digits", as_torch=True)                    # bundled with scikit-learn
+        >>> ds.x_train.shape[1], ds.num_classes, ds.x_train.shape[0] + ds.x_test.shape[0]
+        (64, 10, 1797)
     """
     if name not in DATASETS:
         raise ConfigurationError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")

@@ -35,14 +35,31 @@ __all__ = ["SolverSettings", "SolveRecord", "ImplicitFunction", "equilibrium"]
 
 @dataclass
 class SolveRecord:
-    """Where one call records its forward and (later) backward :class:`SolveInfo`."""
+    """Where one call records its forward and (later) backward :class:`SolveInfo`.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> X, record = equilibrium(A, torch.ones(2, 1, dtype=torch.float64), idlkit.get_activation("relu"))
+        >>> isinstance(record, SolveRecord), record.forward.iterations >= 1, record.backward
+        (True, True, None)
+    """
 
     forward: SolveInfo | None = None
     backward: SolveInfo | None = field(default=None)
 
 
 class ImplicitFunction(torch.autograd.Function):
-    """``X = phi(A X + b)`` with the implicit backward of App. G."""
+    """``X = phi(A X + b)`` with the implicit backward of App. G.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> b = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+        >>> X, record = equilibrium(A, b, idlkit.get_activation("relu"))  # applies ImplicitFunction
+        >>> X.grad_fn.name()
+        'ImplicitFunctionBackward'
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
+        True
+    """
 
     @staticmethod
     def forward(ctx, A: Tensor, b: Tensor, act: Activation, settings: SolverSettings,  # type: ignore[override]
@@ -74,7 +91,22 @@ def equilibrium(A: Tensor, b: Tensor, activation: Activation,
     """Differentiable ``X = phi(A X + b)`` (column convention); returns ``(X, record)``.
 
     ``cache``: the caller's triangular :class:`~idlkit.solve.triangular.PlanCache` (a model
-    passes its own; without one the ``triangular`` solver plans afresh each call)."""
+    passes its own; without one the ``triangular`` solver plans afresh each call).
+
+    Examples:
+        >>> A = (0.5 * torch.eye(2, dtype=torch.float64)).requires_grad_()
+        >>> b = torch.ones(2, 3, dtype=torch.float64)
+        >>> X, record = equilibrium(A, b, idlkit.get_activation("relu"))
+        >>> X.shape, bool(record.forward.converged)
+        (torch.Size([2, 3]), True)
+        >>> X.sum().backward()
+        >>> A.grad.shape, record.backward is not None
+        (torch.Size([2, 2]), True)
+        >>> A2 = A.detach().clone().requires_grad_()  # ReLU is active: X = (I - A)^{-1} b
+        >>> torch.linalg.solve(torch.eye(2, dtype=torch.float64) - A2, b).sum().backward()
+        >>> torch.allclose(A.grad, A2.grad)
+        True
+    """
     record = SolveRecord()
     X = ImplicitFunction.apply(A, b, activation, settings or SolverSettings(), x0, record, cache)
     return X, record

@@ -138,7 +138,16 @@ def _payload_hash(tensors: dict[str, torch.Tensor]) -> str:
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Atomically write ``tensors`` (safetensors) with the JSON-serialisable ``meta`` in its header
-    and the SHA-256 of the tensors as ``meta["sha256"]``."""
+    and the SHA-256 of the tensors as ``meta["sha256"]``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.safetensors"
+        >>> _ = write_tensors(p, {"w": torch.arange(6.0).reshape(2, 3)}, {"note": "demo"})
+        >>> tensors, meta = read_tensors(p)
+        >>> tensors["w"].shape, meta["note"]
+        (torch.Size([2, 3]), 'demo')
+    """
     from safetensors.torch import save as st_save
 
     path = _as_path(path)
@@ -150,7 +159,20 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Inverse of :func:`write_tensors`; a missing, truncated or tampered file (content hash
-    mismatch) raises :class:`CheckpointError` (no pickle: nothing in the file is executed)."""
+    mismatch) raises :class:`CheckpointError` (no pickle: nothing in the file is executed).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.safetensors"
+        >>> _ = write_tensors(p, {"w": torch.ones(2)}, {})
+        >>> torch.equal(read_tensors(p)[0]["w"], torch.ones(2))
+        True
+        >>> _ = p.write_bytes(p.read_bytes()[:-1])                # truncated
+        >>> read_tensors(p)
+        Traceback (most recent call last):
+            ...
+        idlkit.io.CheckpointError: ...t.safetensors is not a valid idlkit ...
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -192,6 +214,21 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     model is stored as its :meth:`~idlkit.compress.StagedImplicitModel.to_implicit` (format
     ``idlkit.StagedImplicitModel/1``, the split in the header) and re-staged on load: the split
     is a function of ``A``'s pattern, and :func:`load` checks that it comes out the same.
+
+    Args:
+        model: the model to write.
+        path: the file to write (replaced atomically).
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> model = idlkit.ImplicitModel(3, 5, 2)
+        >>> path = save(model, pathlib.Path(tempfile.mkdtemp()) / "model.safetensors")
+        >>> u = torch.randn(4, 3)
+        >>> torch.equal(load(path)(u), model(u))
+        True
     """
     from . import __version__
 
@@ -240,7 +277,22 @@ def _split_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Read a model written by :func:`save`."""
+    """Read a model written by :func:`save`.
+
+    Args:
+        path: a file written by :func:`save`.
+        map_location: device of the loaded tensors.
+
+    Returns:
+        The model, of the class that was saved.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = save(idlkit.ImplicitModel(3, 5, 2), pathlib.Path(tempfile.mkdtemp()) / "m.safetensors")
+        >>> m = load(path)
+        >>> type(m).__name__, m(torch.randn(4, 3)).shape
+        ('ImplicitModel', torch.Size([4, 2]))
+    """
     path = _as_path(path)
     _device(map_location)
     tensors, cfg = read_tensors(path)

@@ -53,6 +53,15 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype,
     ``(batch, *dims)`` with ``prod(dims) = p`` (images, flattened). Anything else, a
     non-floating tensor or a dtype other than the model's raises a typed error naming
     the expected shape or the conversion to apply.
+
+    Examples:
+        >>> U, squeezed = batch_input(torch.ones(3), 3, torch.float32)
+        >>> U.shape, squeezed
+        (torch.Size([1, 3]), True)
+        >>> batch_input(torch.ones(2, 4), 3, torch.float32)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ShapeError: expected input of shape (batch, 3), (3,) or (batch, *dims) ...
     """
     if not isinstance(u, Tensor):
         raise InputError(f"input must be a torch.Tensor, got {type(u).__name__}")
@@ -149,6 +158,11 @@ class ImplicitBase(SolveReports, nn.Module):
     (registered solver names, tolerances, budgets) and the adjoint's stopping rule are one
     code path. Subclasses implement :meth:`project_`, :meth:`certificate` and
     ``_check_wellposed``.
+
+    Examples:
+        >>> model = ImplicitModel(3, 5, 2)
+        >>> isinstance(model, ImplicitBase), model.settings.method
+        (True, 'anderson')
     """
 
     settings: SolverSettings
@@ -176,7 +190,8 @@ class ImplicitBase(SolveReports, nn.Module):
         """Change solver settings in place, validated (names as in the constructor:
         ``solver``, ``tol``, ``backward_stop``, ...); returns ``self``.
 
-        >>> model = ImplicitModel(4, 8, 2).set_solver(solver="picard", tol=1e-8)
+        Examples:
+            >>> model = ImplicitModel(4, 8, 2).set_solver(solver="picard", tol=1e-8)
         """
         names = {"solver": "method", "backward_solver": "backward_method"}
         old = self.settings
@@ -223,10 +238,13 @@ class ImplicitModel(ImplicitBase):
             triangular A, Thm 2.8) or ``None`` (unchecked: the solver must converge).
         kappa: bound of the condition, in (0, 1).
         solver: forward solver, one of ``picard``, ``averaged``, ``anderson``, ``triangular``.
-        tol, max_iter: stopping rule of the forward (and by default backward) solve.
-        backward_solver, backward_tol, backward_max_iter: adjoint solve settings
-            (default: ``anderson``, or ``triangular`` with a triangular forward solver);
-            ``backward_tol`` is relative to ``||dL/dx||_inf`` unless ``backward_stop="absolute"``.
+        tol: stopping rule of the forward (and by default backward) solve.
+        max_iter: iteration budget of the forward (and by default backward) solve.
+        backward_solver: adjoint solver (default: ``anderson``, or ``triangular`` with a
+            triangular forward solver).
+        backward_tol: adjoint stopping rule, relative to ``||dL/dx||_inf`` unless
+            ``backward_stop="absolute"`` (default: ``tol``).
+        backward_max_iter: adjoint iteration budget (default: ``max_iter``).
         backward_stop: the adjoint's stopping rule, ``"relative"`` (default: residual at most
             ``backward_tol * ||dL/dx||_inf``) or ``"absolute"`` (at most ``backward_tol``, as
             torchidl's ``grad_tol``); see :mod:`idlkit.solve.settings`.
@@ -239,10 +257,11 @@ class ImplicitModel(ImplicitBase):
         anderson_m: Anderson memory.
         on_nonconvergence: ``"raise"`` (default :class:`~idlkit.errors.ConvergenceError`),
             ``"warn"`` or ``"ignore"``.
-        device, dtype: as for :class:`torch.nn.Linear`.
+        device: as for :class:`torch.nn.Linear`.
+        dtype: as for :class:`torch.nn.Linear`.
 
     Attributes:
-        A, B, C, D, b, d: the parameters (``b``, ``d`` are ``None`` without bias).
+        A: ``(n, n)`` state matrix.
             A model made by :meth:`from_matrices` from torch *sparse* matrices (as
             :func:`idlkit.convert.from_torch` makes) keeps each sparse matrix sparse, as a
             frozen *buffer* (not a parameter: it receives no gradient; gradients still
@@ -252,8 +271,21 @@ class ImplicitModel(ImplicitBase):
             (paper 000 Thm 2.8-2.9: levels and per-level row blocks of ``A`` and ``A^T``) in
             the model's own :class:`~idlkit.solve.PlanCache`; it is rebuilt when ``A`` is
             replaced or edited in place (a dense ``A`` is re-checked every call).
+        B: ``(n, p)`` input matrix (sparse as ``A``).
+        C: ``(q, n)`` output matrix (sparse as ``A``).
+        D: ``(q, p)`` feed-through matrix (sparse as ``A``).
+        b: ``(n,)`` state bias, ``None`` without bias.
+        d: ``(q,)`` output bias, ``None`` without bias.
         last_solve: :class:`~idlkit.solve.SolveInfo` of the last forward solve.
         last_backward_solve: :class:`SolveInfo` of the last adjoint solve.
+
+    Examples:
+        >>> model = ImplicitModel(in_features=3, hidden=5, out_features=2, kappa=0.9)
+        >>> u = torch.randn(4, 3)
+        >>> model(u).shape, model.equilibrium(u).shape
+        (torch.Size([4, 2]), torch.Size([4, 5]))
+        >>> bool(model.last_solve.converged), model.certificate().wellposed
+        (True, True)
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int,

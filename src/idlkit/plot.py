@@ -41,6 +41,11 @@ def spy(model: Any, ax: Any = None, *, matrix: str = "A", markersize: float = 0.
     for a converted network the convolutions show as Toeplitz-structured blocks above
     the diagonal and the residual connections as straight lines. Above ``max_points``
     nonzeros a uniform random subset (``seed``) is drawn. Returns the ``Axes``.
+
+    Examples:
+        >>> ax = spy(idlkit.ImplicitModel(3, 6, 2))
+        >>> type(ax).__name__
+        'Axes'
     """
     plt = _pyplot()
     if not isinstance(model, Tensor) and not isinstance(getattr(model, matrix, None), Tensor):
@@ -101,6 +106,11 @@ def sensitivity_heatmaps(model: Any, shape: tuple[int, ...] = (28, 28), classes:
     ``channel_reduce``: ``"sum"`` or ``"max"``). ``classes``: the rows to show (default all);
     ``class_names``: their titles. Each panel has its own colour scale (the sensitivities of
     different classes differ in size; the panel titles give the maximum). Returns the ``Figure``.
+
+    Examples:
+        >>> fig = sensitivity_heatmaps(idlkit.ImplicitModel(16, 6, 3), shape=(4, 4))
+        >>> len(fig.axes) >= 3
+        True
     """
     plt = _pyplot()
     if S is None:
@@ -148,6 +158,12 @@ def attack_images(clean: Any, adversarial: Any, shape: tuple[int, ...] = (28, 28
     marks sparse attacks. ``shape``: ``(H, W)`` or ``(C, H, W)`` (3 channels drawn as RGB).
     ``labels``, ``clean_predictions``, ``predictions`` (integers, optional) go into the titles;
     ``titles`` (one string per image) replaces them. Returns the ``Figure``.
+
+    Examples:
+        >>> clean = torch.rand(2, 16); adv = (clean + 0.1).clamp(0, 1)
+        >>> fig = attack_images(clean, adv, shape=(4, 4))
+        >>> len(fig.axes) >= 4
+        True
     """
     plt = _pyplot()
     U, V = np.atleast_2d(_as_numpy(clean)), np.atleast_2d(_as_numpy(adversarial))

@@ -50,6 +50,12 @@ class RNNOutput:
             sequence's last state is repeated past its length).
         final: ``(batch, recurrent_size)``, ``h`` at each sequence's last step.
         state: ``(batch, n)``, the equilibrium ``x`` at each sequence's last step.
+
+    Examples:
+        >>> rnn = ImplicitRNN(input_size=2, hidden=6, output_size=1)
+        >>> out = rnn.run(torch.randn(4, 5, 2))
+        >>> isinstance(out, RNNOutput), out.output.shape, out.final.shape
+        (True, torch.Size([4, 1]), torch.Size([4, 1]))
     """
 
     output: Tensor
@@ -65,6 +71,14 @@ def aggregate_solves(infos: list[SolveInfo], valid: list[Tensor] | None = None) 
     sequence cost, thesis §5.4); ``residual``/``per_sample_residual`` are the worst step's;
     ``converged`` holds when every step converged. ``valid[i]`` (bool ``(batch,)``) masks the
     steps past a sequence's length out of the per-sample counts.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> b = torch.ones(2, 3, dtype=torch.float64)
+        >>> infos = [idlkit.fixed_point(A, b, "relu")[1] for _ in range(3)]   # three steps
+        >>> agg = aggregate_solves(infos)
+        >>> agg.iterations == sum(i.iterations for i in infos), bool(agg.converged)
+        (True, True)
     """
     if not infos:
         raise InputError("aggregate_solves needs at least one SolveInfo")
@@ -209,9 +223,16 @@ class ImplicitRNN(nn.Module):
             there is no head). The cell maps ``p + r`` inputs to ``r`` outputs.
         mode: ``"seq2one"`` (head on ``h_T``) or ``"seq2seq"`` (head on every ``h_i``).
         warm_start: start each step's solve from the previous step's state.
-        activation, bias, wellposedness, kappa, solver, tol, max_iter, and keyword
-            ``**cell_kwargs``: the cell's :class:`~idlkit.model.ImplicitModel` settings.
-        device, dtype: as for :class:`torch.nn.RNN`.
+        activation: the cell's activation (as for :class:`~idlkit.model.ImplicitModel`).
+        bias: the cell's biases (as for :class:`~idlkit.model.ImplicitModel`).
+        wellposedness: the cell's condition (as for :class:`~idlkit.model.ImplicitModel`).
+        kappa: the cell's bound (as for :class:`~idlkit.model.ImplicitModel`).
+        solver: the cell's solver (as for :class:`~idlkit.model.ImplicitModel`).
+        tol: the cell's stopping rule (as for :class:`~idlkit.model.ImplicitModel`).
+        max_iter: the cell's iteration budget (as for :class:`~idlkit.model.ImplicitModel`).
+        **cell_kwargs: further :class:`~idlkit.model.ImplicitModel` settings of the cell.
+        device: as for :class:`torch.nn.RNN`.
+        dtype: as for :class:`torch.nn.RNN`.
 
     Input ``s`` is batch-first ``(batch, T, p)``, or ``(T, p)`` for one sequence (as
     :class:`torch.nn.RNN`); ``lengths`` (``(batch,)``, each in ``[1, T]``) runs padded
@@ -224,6 +245,14 @@ class ImplicitRNN(nn.Module):
             (``per_sample_iterations``: the depth each sequence needed, §5.4).
         last_step_solves: the per-step forward :class:`SolveInfo` tuple.
         last_backward_solve: the adjoint solves of the last backward, summed over steps.
+
+    Examples:
+        >>> rnn = ImplicitRNN(input_size=2, hidden=6, output_size=1)
+        >>> s = torch.randn(4, 5, 2)                         # (batch, T, p)
+        >>> rnn(s).shape
+        torch.Size([4, 1])
+        >>> ImplicitRNN(2, 6, 1, mode="seq2seq")(s).shape
+        torch.Size([4, 5, 1])
     """
 
     def __init__(self, input_size: int, hidden: int, output_size: int | None = None, *,

@@ -133,22 +133,32 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
 
     Args:
         hidden: the state size ``n``.
-        activation, wellposedness, kappa, solver, tol: as for :class:`~idlkit.ImplicitModel`.
-        epochs, lr, batch_size: Adam on the mean cross-entropy (eq. 6.2), projected onto the
+        activation: as for :class:`~idlkit.ImplicitModel`.
+        wellposedness: as for :class:`~idlkit.ImplicitModel`.
+        kappa: as for :class:`~idlkit.ImplicitModel`.
+        solver: as for :class:`~idlkit.ImplicitModel`.
+        tol: as for :class:`~idlkit.ImplicitModel`.
+        epochs: passes of Adam on the mean cross-entropy (eq. 6.2), projected onto the
             well-posedness set after every step.
+        lr: Adam's step size.
+        batch_size: mini-batch size.
         l1: weight of the l1 penalty on ``A, B, C, D`` (sparsity, paper 000 §5).
         dtype: ``"float32"`` or ``"float64"``.
         random_state: seeds the initial weights and the batch order.
 
     Attributes:
-        classes_ (n_classes,), n_features_in_, model_ (the trained ImplicitModel),
-        history_ (the TrainResult of ``fit``), n_iter_ (epochs run).
+        classes_: ``(n_classes,)`` the class labels.
+        n_features_in_: the number of input features ``p``.
+        model_: the trained :class:`~idlkit.ImplicitModel`.
+        history_: the :class:`~idlkit.train.TrainResult` of ``fit``.
+        n_iter_: epochs run.
 
-    >>> from sklearn.datasets import load_iris
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ImplicitClassifier(hidden=16, epochs=60, random_state=0).fit(X, y)
-    >>> clf.predict_proba(X[:2]).shape, clf.score(X, y) > 0.9
-    ((2, 3), True)
+    Examples:
+        >>> from sklearn.datasets import load_iris
+        >>> X, y = load_iris(return_X_y=True)
+        >>> clf = ImplicitClassifier(hidden=16, epochs=60, random_state=0).fit(X, y)
+        >>> clf.predict_proba(X[:2]).shape, clf.score(X, y) > 0.9
+        ((2, 3), True)
     """
 
     def _targets(self, y: np.ndarray) -> Tensor:
@@ -211,10 +221,11 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
     mean squared error; ``y`` is ``(m,)`` or ``(m, q)`` (multi-output). Arguments as for
     :class:`ImplicitClassifier`.
 
-    >>> X = np.linspace(-1, 1, 200)[:, None]; y = np.abs(X[:, 0])
-    >>> reg = ImplicitRegressor(hidden=16, epochs=200, random_state=0).fit(X, y)
-    >>> reg.predict(X[:3]).shape, reg.score(X, y) > 0.9
-    ((3,), True)
+    Examples:
+        >>> X = np.linspace(-1, 1, 200)[:, None]; y = np.abs(X[:, 0])
+        >>> reg = ImplicitRegressor(hidden=16, epochs=200, random_state=0).fit(X, y)
+        >>> reg.predict(X[:3]).shape, reg.score(X, y) > 0.9
+        ((3,), True)
     """
 
     _loss = "squared_error"

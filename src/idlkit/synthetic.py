@@ -86,6 +86,10 @@ def shifted_range(low: float, high: float, shift: float) -> tuple[float, float]:
 
     Raises :class:`ConfigurationError` if ``low >= high``, a bound is not finite, or ``shift``
     is negative or not finite.
+
+    Examples:
+        >>> shifted_range(1.0, 2.0, 0.5)
+        (0.5, 2.5)
     """
     lo = check_scalar("low", low)
     hi = check_scalar("high", high)
@@ -113,6 +117,11 @@ def identity_task(
     Returns ``(U, Y)`` with ``U ~ U(shifted_range(low, high, shift))`` of shape ``(n, dim)``
     and ``Y = U.clone()``. The thesis trains on ``U(-5, 5)^10`` (the defaults) and tests up to
     ``shift = 200``, i.e. ``U(-205, 205)^10``.
+
+    Examples:
+        >>> U, Y = identity_task(8, dim=3)
+        >>> U.shape, Y.shape, torch.equal(U, Y)
+        (torch.Size([8, 3]), torch.Size([8, 3]), True)
     """
     n = check_int("n", n, 1)
     dim = check_int("dim", dim, 1)
@@ -156,6 +165,11 @@ class ArithmeticTask:
     test ``U(2, 5)^100``; :meth:`random` defaults to ``dim = 100``. For the Table 5.2 test set a
     caller passes ``low=2.0, high=5.0`` to :meth:`sample` (that test law is not of the
     ``shift`` form, which only widens ``[1, 2]`` symmetrically).
+
+    Examples:
+        >>> task = ArithmeticTask("add", 4, first=(0, 1), second=(1, 3))   # inclusive index ranges
+        >>> task.target(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))     # (1 + 2) + (2 + 3 + 4)
+        tensor([[12.]])
     """
 
     op: str
@@ -250,6 +264,13 @@ def addition_task(
     ``task_seed`` fixes the index ranges, ``seed`` the samples: a train and a test set of the
     same task share ``task_seed`` and differ in ``seed``. Table 5.2: train with the defaults
     (``U(1, 2)^100``), test with ``low=2.0, high=5.0`` (``U(2, 5)^100``).
+
+    Examples:
+        >>> U, Y = addition_task(8, dim=6)
+        >>> U.shape, Y.shape
+        (torch.Size([8, 6]), torch.Size([8, 1]))
+        >>> torch.allclose(Y, ArithmeticTask.random("add", 6, seed=0).target(U))   # the task of task_seed=0
+        True
     """
     return _arithmetic("add", n, dim, low, high, shift, seed, task_seed, dtype)
 
@@ -270,6 +291,11 @@ def subtraction_task(
 
     ``task_seed`` fixes the index ranges, ``seed`` the samples. Table 5.2: train with the
     defaults (``U(1, 2)^100``), test with ``low=2.0, high=5.0`` (``U(2, 5)^100``).
+
+    Examples:
+        >>> U, Y = subtraction_task(8, dim=6)
+        >>> U.shape, Y.shape
+        (torch.Size([8, 6]), torch.Size([8, 1]))
     """
     return _arithmetic("sub", n, dim, low, high, shift, seed, task_seed, dtype)
 
@@ -303,6 +329,13 @@ def rolling_average_task(
     ``(n, length, 1)`` and ``Y`` of shape ``(n, length)`` with
     ``Y[:, j] = mean(S[:, :j + 1, 0])`` (the thesis's ``(1/j) sum_{i=1}^j u_i``, 1-based),
     computed in float64 from the returned ``S`` and cast to ``dtype``.
+
+    Examples:
+        >>> U, Y = rolling_average_task(4, length=5)
+        >>> U.shape, Y.shape
+        (torch.Size([4, 5, 1]), torch.Size([4, 5]))
+        >>> torch.allclose(Y[:, -1], U[:, :, 0].mean(1))           # the last step averages all
+        True
     """
     S = _sequences(n, length, low, high, shift, seed, dtype)
     s64 = S[:, :, 0].double()
@@ -328,6 +361,11 @@ def rolling_argmax_task(
     ties, computed on the returned ``S``). The thesis casts this as classification over
     ``L = 10`` classes and evaluates the final element: use ``labels[:, -1]``, classes
     ``0 .. length - 1``.
+
+    Examples:
+        >>> U, Y = rolling_argmax_task(4, length=5)
+        >>> U.shape, Y.shape
+        (torch.Size([4, 5, 1]), torch.Size([4, 5]))
     """
     S = _sequences(n, length, low, high, shift, seed, dtype)
     s = S[:, :, 0]
@@ -352,6 +390,11 @@ class SpikySeries:
     ``x`` and ``y`` have shape ``(T,)``; ``spike`` is the boolean mask of the spiky points;
     ``y[:n_train]`` is the training part and ``y[n_train:]`` the test part; ``regions`` lists
     the ``(start, stop)`` (stop exclusive) of every spiky region, sorted, train regions first.
+
+    Examples:
+        >>> s = spiky_series(n_train=70, n_test=30, n_regions=2, region_length=10)
+        >>> isinstance(s, SpikySeries), s.spike.dtype
+        (True, torch.bool)
     """
 
     x: Tensor
@@ -472,6 +515,11 @@ def spiky_series(
     Raises :class:`ConfigurationError` for non-integer or too small sizes, non-finite or
     non-positive ``amplitude``/``cap``/``step``, negative ``noise_std``, or regions that do not
     fit (the message names the numbers).
+
+    Examples:
+        >>> s = spiky_series(n_train=70, n_test=30, n_regions=2, region_length=10)
+        >>> s.x.shape, s.y.shape, s.n_train, s.regions
+        (torch.Size([100]), torch.Size([100]), 70, ((33, 43), (52, 62), (75, 85)))
     """
     n_train = check_int("n_train", n_train, 1)
     n_test = check_int("n_test", n_test, 1)

@@ -89,6 +89,14 @@ def check_kappa(kappa: float, name: str = "kappa") -> float:
 
     The model-level form of :func:`idlkit._validation.check_kappa`; raises
     :class:`ConfigurationError` naming the value and the fix.
+
+    Examples:
+        >>> check_kappa(0.95)
+        0.95
+        >>> check_kappa(1.0)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: kappa must be a finite number in (0, 1), got 1.0; pass ...
     """
     return _check_kappa(kappa, name, high=1.0, high_inclusive=False,
                         why="well-posedness needs a contraction factor strictly below 1")
@@ -122,6 +130,11 @@ def inf_norm(A: Tensor | np.ndarray) -> float:
     """``||A||_inf = max_i sum_j |A_ij|``, the max-row-sum norm (paper 000 §1.3), float64.
 
     Dense or sparse (torch sparse, scipy sparse) input; sparse stays sparse.
+
+    Examples:
+        >>> A = torch.tensor([[0.5, -0.25], [0.1, 0.2]])
+        >>> round(inf_norm(A), 6)
+        0.75
     """
     M = _finite_matrix(A)
     if M.shape[0] == 0 or M.shape[1] == 0:
@@ -145,6 +158,11 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
     """l_inf matrix measure ``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004), float64.
 
     Dense or sparse input.
+
+    Examples:
+        >>> A = torch.tensor([[-1.0, 0.5], [0.25, 0.5]])
+        >>> mu_inf(A), inf_norm(A)
+        (0.75, 1.5)
     """
     M = _finite_square(A)
     if M.shape[0] == 0:
@@ -160,8 +178,9 @@ def mu_1(A: Tensor | np.ndarray) -> float:
     ``lim_{h -> 0+} (||I + h A||_1 - 1) / h`` of the induced l_1 norm (max column sum). Dense or
     sparse input (never densified).
 
-    >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
-    1.0
+    Examples:
+        >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
+        1.0
     """
     M = _finite_square(A)
     if M.shape[0] == 0:
@@ -178,8 +197,9 @@ def mu_2(A: Tensor | np.ndarray) -> float:
     rounding). A larger sparse ``A`` (kept sparse) gets a Lanczos estimate (``eigsh``), which
     is not certified; :func:`check` reports ``nan`` for it instead.
 
-    >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
-    0.0
+    Examples:
+        >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
+        0.0
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -205,6 +225,11 @@ def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10
     ``v``, valid for every nonnegative ``M`` and every ``v > 0`` — a certified
     bound, never an underestimate. It stops when the lower and upper bounds meet
     or the upper bound stalls (reducible ``M``).
+
+    Examples:
+        >>> M = np.array([[0.5, 0.2], [0.1, 0.4]])
+        >>> round(pf_eigenvalue(M), 6), round(float(max(abs(np.linalg.eigvals(M)))), 6)
+        (0.6, 0.6)
     """
     A = as_matrix(M)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
@@ -278,6 +303,12 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     ``Gamma |A|`` exactly; for larger blocks every ``N_ij`` is bounded by the sum of the
     absolute entries of ``A_ij`` (``||B x||_q <= ||B x||_1 <= sum |B_kl| ||x||_inf``), an
     upper bound for every pair of norms, so the certificate stays sufficient.
+
+    Examples:
+        >>> A = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -2.0], [0.5, 0.5, 0.0]])
+        >>> N = blip_norm_matrix(A, sizes=(2, 1), norms=(2.0, 2.0))
+        >>> N.shape, np.round(N, 4).tolist()
+        ((2, 2), [[0.0, 2.2361], [0.7071, 0.0]])
     """
     if is_sparse(A):
         return _sparse_blip_norm_matrix(as_matrix(A), sizes, norms, gammas)
@@ -346,6 +377,12 @@ def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> floa
 
     Below 1 certifies well-posedness. For componentwise maps it is
     ``lambda_pf(gamma |A|)`` (Thm 2.2).
+
+    Examples:
+        >>> act = idlkit.activations.BlockMax(2)  # two blocks of 2 states
+        >>> A = 0.2 * torch.eye(4)
+        >>> round(blip_condition(A, act), 6)
+        0.2
     """
     act = get_activation(activation)
     M = as_matrix(A) if is_sparse(A) else _square(as_dense_array(A))
@@ -357,7 +394,13 @@ def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
                         sizes: tuple[int, ...] | None = None) -> bool:
     """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks).
 
-    A sparse ``A`` is decided on its pattern, in ``O(nnz)`` (never densified)."""
+    A sparse ``A`` is decided on its pattern, in ``O(nnz)`` (never densified).
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+        >>> is_upper_triangular(A, strict=True), is_upper_triangular(A.T)
+        (True, False)
+    """
     if is_sparse(A):
         G = block_pattern_graph(A, sizes)
         first = row_min_col(G)
@@ -505,6 +548,12 @@ def project_inf_ball(A: Tensor, kappa: float) -> Tensor:
     Rows already inside are returned unchanged. Works in ``A``'s dtype; a row that
     rounding leaves a few ulps above ``kappa`` is shrunk by a few ulps, so the
     result is feasible in its own precision (``||A||_inf <= kappa`` as computed).
+
+    Examples:
+        >>> A = torch.randn(4, 4)
+        >>> P = project_inf_ball(A, 0.9)
+        >>> P.shape, inf_norm(P) <= 0.9 + 1e-6
+        (torch.Size([4, 4]), True)
     """
     if not isinstance(A, Tensor) or A.dim() != 2:
         raise ShapeError(f"project_inf_ball expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
@@ -529,6 +578,12 @@ def project_mu_set(A: Tensor, gamma: float) -> Tensor:
     ``c_{k+1} <= lam_k <= c_k`` (``c_0 = inf``, ``c_{n} = 0``); the valid ``k`` is
     the largest with ``c_k > lam_k`` (k = 0 always qualifies). ``gamma`` may be
     any real number (negative values ask for strict contraction of the flow).
+
+    Examples:
+        >>> A = torch.randn(4, 4)
+        >>> P = project_mu_set(A, 0.5)
+        >>> P.shape, mu_inf(P) <= 0.5 + 1e-6
+        (torch.Size([4, 4]), True)
     """
     if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"project_mu_set expects a square 2-D tensor, got "
@@ -583,6 +638,15 @@ def project_triangular(A: Tensor, strict: bool = True,
 
     With a block partition ``sizes`` (the activation's BLIP blocks), the blocks on
     and below the diagonal are zeroed (``strict``) or those below it.
+
+    Examples:
+        >>> A = torch.ones(3, 3)
+        >>> project_triangular(A)
+        tensor([[0., 1., 1.],
+                [0., 0., 1.],
+                [0., 0., 0.]])
+        >>> project_triangular(A, strict=False).sum().item()
+        6.0
     """
     if not isinstance(A, Tensor) or A.dim() != 2:
         raise ShapeError(f"project_triangular expects a 2-D tensor, got {getattr(A, 'shape', A)!r}")
@@ -600,6 +664,13 @@ def project_sparsity(A: Tensor, mask: Tensor) -> Tensor:
     """Euclidean projection onto the matrices with the sparsity pattern ``mask``: ``A * mask``.
 
     ``mask`` is boolean (or 0/1) of ``A``'s shape; entries outside it are zeroed.
+
+    Examples:
+        >>> A = torch.ones(2, 3)
+        >>> mask = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.bool)
+        >>> project_sparsity(A, mask)
+        tensor([[1., 0., 1.],
+                [0., 1., 0.]])
     """
     if not isinstance(A, Tensor) or not isinstance(mask, Tensor) or mask.shape != A.shape:
         raise ShapeError(f"mask must be a tensor of A's shape {tuple(getattr(A, 'shape', ()))}, "
@@ -617,6 +688,12 @@ def mu_parametrization(T: Tensor, gamma: float) -> Tensor:
     equality exactly for rows with ``T_ii >= 0``. Every ``A`` with ``mu_inf(A) <= gamma``
     is reached (take ``T = A`` off the diagonal and ``T_ii`` to absorb the slack), so
     training ``T`` freely explores the whole set. Differentiable in ``T``.
+
+    Examples:
+        >>> T = torch.randn(5, 5)
+        >>> A = mu_parametrization(T, 0.5)
+        >>> A.shape, mu_inf(A) <= 0.5 + 1e-6
+        (torch.Size([5, 5]), True)
     """
     if not isinstance(T, Tensor) or T.dim() != 2 or T.shape[0] != T.shape[1]:
         raise ShapeError(f"T must be a square 2-D tensor, got {getattr(T, 'shape', T)!r}")
@@ -637,6 +714,15 @@ class MuInfParametrization(torch.nn.Module):
     (negative values ask for a strictly contracting flow); ``gamma >= 1`` raises
     :class:`ConfigurationError`. For an activation with slopes up to ``L`` pass ``gamma < 1 / L``.
     :func:`mu_parametrization` itself describes the set for any ``gamma``.
+
+    Examples:
+        >>> from torch.nn.utils import parametrize
+        >>> lin = torch.nn.Linear(4, 4, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(project_mu_set(lin.weight, 0.5))  # a start inside the set
+        >>> _ = parametrize.register_parametrization(lin, "weight", MuInfParametrization(0.5))
+        >>> lin.weight.shape, mu_inf(lin.weight.detach()) <= 0.5 + 1e-6
+        (torch.Size([4, 4]), True)
     """
 
     def __init__(self, gamma: float) -> None:
@@ -686,6 +772,17 @@ def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
     Raises:
         WellPosednessError: ``lambda_pf(|A|) >= 1`` (no diagonal scaling can help).
         ConfigurationError: the activation is not positively homogeneous and CONE.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 3.0], [0.0, 0.0]])
+        >>> B, C, D = torch.ones(2, 1), torch.ones(1, 2), torch.zeros(1, 1)
+        >>> model = idlkit.ImplicitModel.from_matrices(A, B, C, D, wellposedness=None)
+        >>> small = rescale(model)
+        >>> inf_norm(small.A) < 1
+        True
+        >>> u = torch.randn(3, 1)
+        >>> small(u).shape, torch.allclose(small(u), model(u), atol=1e-5)
+        (torch.Size([3, 1]), True)
     """
     check_choice("method", method, ("auto", "pf", "neumann"))
     act = model.activation
@@ -743,6 +840,12 @@ def lipschitz_weights(activation: str | Activation, n: int, r: float) -> np.ndar
     ``c_l = gamma_l n_l^{|1/r - 1/p_l|}`` (``n_l`` the block size). For a componentwise map every
     block is a single state and ``c_i = gamma``, the scalar Lipschitz constant, whatever ``r``.
     (SoftMax blocks of size ``m``, 1-Lipschitz in ``l_1``, get ``sqrt(m)`` in ``l_2``: valid, loose.)
+
+    Examples:
+        >>> lipschitz_weights("relu", 3, 1.0).tolist()
+        [1.0, 1.0, 1.0]
+        >>> lipschitz_weights("sigmoid", 2, 2.0).tolist()
+        [0.25, 0.25]
     """
     act = get_activation(activation)
     bs = act.blocks(n)
@@ -764,8 +867,9 @@ def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") 
     point, the limit of the Picard iteration (paper 001 §3.1). Dense or sparse (kept sparse).
     For componentwise maps it never certifies more than ``pf`` (``lambda_pf <= ||.||_1``).
 
-    >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
-    0.95
+    Examples:
+        >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
+        0.95
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -800,8 +904,9 @@ def sigma_max_condition(A: Tensor | np.ndarray, activation: str | Activation = "
     ``n <= 1024``; above, and for a sparse ``A`` above that size (never densified), the
     certified upper bound ``sqrt(||M||_1 ||M||_inf)`` (``M = Gamma_2 A``).
 
-    >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
-    0.707107
+    Examples:
+        >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
+        0.707107
     """
     M = _finite_square(A)
     n = M.shape[0]
@@ -872,9 +977,10 @@ def diagonal_lmi(A: Tensor | np.ndarray, activation: str | Activation = "relu", 
     so the cost grows like ``n^6``: about 0.2 s at ``n = 20`` and 5-10 s at ``n = 50`` on one
     core); a larger or sparse ``A`` raises :class:`ConfigurationError`.
 
-    >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
-    >>> r.holds, r.factor < 1
-    (True, True)
+    Examples:
+        >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
+        >>> r.holds, r.factor < 1
+        (True, True)
     """
     act = get_activation(activation)
     if is_sparse(A):
@@ -977,6 +1083,11 @@ class WellPosedness:
             ``holds["lmi"]`` when below 1 (entries present only when it was asked for).
         lmi_scaling: ``(n,)`` the diagonal of that ``S`` (the evidence), or ``None``.
         skipped: certificates not evaluated, with the reason (``{"lmi": "sparse A ..."}``).
+
+    Examples:
+        >>> wp = check(0.5 * torch.eye(3), "relu")
+        >>> wp.wellposed, wp.inf_norm, wp.dtype
+        (True, 0.5, 'float64')
     """
 
     inf_norm: float
@@ -1045,6 +1156,11 @@ class TriangularReport:
         components: state indices of each diagonal block (the strongly connected
             components of the dependency graph of the activation's blocks).
         failing: the components found not well-posed / not certified.
+
+    Examples:
+        >>> rep = triangular_criterion(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+        >>> rep.triangular, rep.wellposed, rep.components
+        (True, True, ((0,), (1,)))
     """
 
     triangular: bool
@@ -1106,6 +1222,12 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
     well-posed iff every diagonal block is, for the activation restricted to it. Scalar
     blocks are decided exactly (for ReLU and triangular ``A``: iff ``diag(A) < 1``,
     Remark 2.5), larger ones by the sufficient certificates (then ``exact`` is False).
+
+    Examples:
+        >>> A = torch.tensor([[0.5, 2.0], [0.0, 0.0]])
+        >>> rep = triangular_criterion(A, "relu")
+        >>> rep.triangular, rep.wellposed, rep.exact
+        (True, True, True)
     """
     from scipy.sparse.csgraph import connected_components
 
@@ -1287,10 +1409,6 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
     ``n <= lmi_max_n``; otherwise (sparse, too large, cvxpy missing, solver failure) it is
     recorded in ``skipped`` with the reason, and ``holds`` has no ``lmi`` entry.
 
-    >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
-    >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
-    (False, False, False, True)
-
     Args:
         A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
         activation: name or :class:`~idlkit.activations.Activation`.
@@ -1300,6 +1418,11 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             condition holds when ``value <= kappa (1 + 16 n eps_64)``: the float64
             evaluation's own rounding, so that a matrix just projected onto the set
             (which lands on its boundary) is reported inside it.
+
+    Examples:
+        >>> rep = check(np.array([[0.5, 6.0], [-0.05, 0.5]]), "relu", lmi=True)
+        >>> rep.holds["inf"], rep.holds["pf"], rep.holds["sigma_max"], rep.holds["lmi"]
+        (False, False, False, True)
     """
     act = get_activation(activation)
     lmi_max_n = check_int("lmi_max_n", lmi_max_n, 1)
@@ -1357,7 +1480,16 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
 def require(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             condition: str | None = None, kappa: float | None = None) -> WellPosedness:
     """Like :func:`check`, but raise :class:`WellPosednessError` with the numbers when
-    ``condition`` (or, if None, every certificate) fails."""
+    ``condition`` (or, if None, every certificate) fails.
+
+    Examples:
+        >>> require(0.5 * torch.eye(3), "relu").holds["inf"]
+        True
+        >>> require(2.0 * torch.eye(3), "tanh")
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.WellPosednessError: A is not certified well-posed (any condition): ||A||_inf=2, ...
+    """
     rep = check(A, activation, declared=condition, kappa=kappa)
     ok = rep.holds.get(condition, False) if condition is not None else rep.wellposed
     if not ok:

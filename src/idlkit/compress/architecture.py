@@ -32,7 +32,8 @@ class ShrinkReport:
     """What :func:`shrink` did.
 
     Attributes:
-        n_before, n_after: state sizes before training and after the removal.
+        n_before: state size before training.
+        n_after: state size after the removal.
         zero_columns: states whose column of ``(A; C)`` the training drove to zero.
         final_loss: the training loss of the last epoch.
         prune: the :class:`PruneReport` of the removal.
@@ -51,7 +52,17 @@ class ShrinkReport:
 
 def column_group_prox_(model: ImplicitModel, threshold: float) -> int:
     """In place: ``N e_i <- (1 - threshold / ||N e_i||_2)_+ N e_i`` for the columns of
-    ``N = (A; C)``; returns the number of zero columns afterwards."""
+    ``N = (A; C)``; returns the number of zero columns afterwards.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.A.zero_(); _ = model.C.fill_(0.01)       # tiny columns of N = (A; C)
+        >>> column_group_prox_(model, 0.1)                       # columns set to zero
+        4
+        >>> model.C.detach().abs().max().item()
+        0.0
+    """
     with torch.no_grad():
         A, C = model.A, model.C
         norms = torch.sqrt((A * A).sum(0) + (C * C).sum(0))
@@ -73,9 +84,20 @@ def shrink(model: ImplicitModel, data: tuple[Tensor, Tensor], *, weight: float =
         weight: the penalty weight against the mean loss; each step's group threshold is
             ``lr * weight`` (with Adam's normalised steps, ``weight`` of order 1 starts removing
             states); larger gives fewer states.
-        epochs, lr, batch_size, loss, seed: the training settings.
+        epochs: passes over the data.
+        lr: Adam's step size.
+        batch_size: mini-batch size.
+        loss: the training loss (``"cross_entropy"`` or ``"squared_error"``).
+        seed: seed of the mini-batch order.
         u: inputs ``(batch, p)``: the report then carries the certified bound on how far the
             outputs moved from the model as given.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 6, 2)
+        >>> U = torch.randn(32, 3); Y = torch.randint(0, 2, (32,))
+        >>> small, rep = shrink(model, (U, Y), weight=0.5, epochs=2, lr=0.05)
+        >>> rep.n_before, small.hidden == rep.n_after, small(U).shape
+        (6, True, torch.Size([32, 2]))
     """
     from ..train import Trainer
 

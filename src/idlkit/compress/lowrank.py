@@ -159,6 +159,13 @@ class LowRankFunction(torch.autograd.Function):
     ``backward_tol * ||G||_inf``, as :class:`idlkit.function.ImplicitFunction` does.
     Saved for backward: ``L, R, C, Z`` (``O(n k + m n)``), independent of the
     number of iterations.
+
+    Examples:
+        >>> model = LowRankImplicitModel(3, 8, 2, rank=2)
+        >>> u = torch.randn(4, 3, requires_grad=True)
+        >>> model(u).sum().backward()                            # backward through LowRankFunction
+        >>> u.grad.shape
+        torch.Size([4, 3])
     """
 
     @staticmethod
@@ -208,7 +215,8 @@ class LowRankCertificate:
         gamma: componentwise Lipschitz constant of the activation.
         pf: ``lambda_pf(gamma |R|^T |L|)``, the certificate of §5.3 (sufficient when < 1).
         holds: ``pf < 1``.
-        declared, kappa: the model's declared condition (``"pf"`` or ``None``) and bound.
+        declared: the model's declared condition (``"pf"`` or ``None``).
+        kappa: the bound of the declared condition.
         declared_holds: ``pf <= kappa`` (up to float64 rounding) when declared.
         dense: :func:`idlkit.wellposed.check` of ``A = L R^T`` (``||A||_inf``,
             ``lambda_pf(gamma |A|) <= pf``, ``mu_inf``, ...), or ``None`` when skipped.
@@ -266,6 +274,16 @@ class LowRankApproximation:
         pf: ``lambda_pf(gamma |R|^T |L|)`` of the factors (before any rescaling).
         rescaled: the factor applied to ``L`` and ``R`` each by ``project=True``
             (1.0 when nothing was done; the model then differs from the truncation).
+
+    Examples:
+        >>> dense = idlkit.ImplicitModel(3, 6, 2, kappa=0.5)
+        >>> low = LowRankImplicitModel.from_dense(dense, rank=2, wellposedness=None)
+        >>> ap = low.approximation
+        >>> ap.rank, len(ap.singular_values), ap.exact                 # a random A has rank 6 > 2
+        (2, 6, False)
+        >>> s = torch.linalg.svdvals(dense.A.detach().double())
+        >>> abs(ap.spectral_error - float(s[2])) < 1e-6                # sigma_3 (Eckart-Young)
+        True
     """
 
     rank: int
@@ -304,14 +322,35 @@ class LowRankImplicitModel(ImplicitBase):
         tol: stopping rule: l_inf residual ``||G(z) - z||_inf`` of the *latent* iterate
             (the state error is then at most ``||L||_inf gamma`` times the latent error).
         max_iter: iteration budget (forward, and backward unless ``backward_max_iter``).
-        backward_solver, backward_tol, backward_max_iter, alpha, anderson_m,
-        on_nonconvergence, device, dtype: as for :class:`~idlkit.ImplicitModel`
-            (``alpha`` default: 1 for Anderson's fallback step, 0.5 for ``averaged``).
+        backward_solver: as for :class:`~idlkit.ImplicitModel`.
+        backward_tol: as for :class:`~idlkit.ImplicitModel`.
+        backward_max_iter: as for :class:`~idlkit.ImplicitModel`.
+        alpha: as for :class:`~idlkit.ImplicitModel` (default: 1 for Anderson's fallback
+            step, 0.5 for ``averaged``).
+        anderson_m: as for :class:`~idlkit.ImplicitModel`.
+        on_nonconvergence: as for :class:`~idlkit.ImplicitModel`.
+        device: as for :class:`~idlkit.ImplicitModel`.
+        dtype: as for :class:`~idlkit.ImplicitModel`.
 
     Attributes:
-        L, R, B, C, D, b, d: parameters (``b``, ``d`` are ``None`` without bias).
-        last_solve, last_backward_solve: :class:`~idlkit.solve.SolveInfo` of the latent solves.
+        L: ``(n, k)`` left factor of ``A = L R^T`` (parameter).
+        R: ``(n, k)`` right factor of ``A = L R^T`` (parameter).
+        B: ``(n, p)`` input matrix (parameter).
+        C: ``(q, n)`` output matrix (parameter).
+        D: ``(q, p)`` feed-through matrix (parameter).
+        b: ``(n,)`` state bias, ``None`` without bias.
+        d: ``(q,)`` output bias, ``None`` without bias.
+        last_solve: :class:`~idlkit.solve.SolveInfo` of the last latent forward solve.
+        last_backward_solve: :class:`~idlkit.solve.SolveInfo` of the last latent adjoint solve.
         approximation: :class:`LowRankApproximation` when built by :meth:`from_dense`.
+
+    Examples:
+        >>> model = LowRankImplicitModel(in_features=3, hidden=8, out_features=2, rank=2)
+        >>> u = torch.randn(4, 3)
+        >>> model(u).shape, model.L.shape, model.R.shape        # A = L R^T of rank 2
+        (torch.Size([4, 2]), torch.Size([8, 2]), torch.Size([8, 2]))
+        >>> torch.linalg.matrix_rank(model.L @ model.R.T).item(), model.certificate().holds
+        (2, True)
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, rank: int,

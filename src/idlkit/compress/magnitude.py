@@ -71,13 +71,16 @@ class MagnitudePruneReport:
     """What :func:`magnitude_prune` removed.
 
     Attributes:
-        sparsity: the fraction asked for. achieved: the fraction removed (of the chosen
-            matrices' nonzeros, or of the states when ``structured``).
+        sparsity: the fraction asked for.
+        achieved: the fraction removed (of the chosen matrices' nonzeros, or of the states when
+            ``structured``).
         structured: states (True) or entries (False).
         matrices: the matrices pruned (unstructured).
         threshold: the largest magnitude removed (an entry's, or a state's score).
-        nnz_before, nnz_after: nonzeros of ``A, B, C, D`` together.
-        n_before, n_after: state sizes.
+        nnz_before: nonzeros of ``A, B, C, D`` together, before pruning.
+        nnz_after: nonzeros of ``A, B, C, D`` together, after pruning.
+        n_before: state size before pruning.
+        n_after: state size after pruning.
         removed_states: original indices of the states removed (structured, with the cascade).
         fine_tune_epochs: epochs of masked fine-tuning (0: none).
         prune: the :class:`PruneReport` of the exact state removal (structured), else None.
@@ -127,10 +130,11 @@ def compression_bound(original: ImplicitModel, compressed: ImplicitModel, u: Ten
     """Certified ``|x - x0|`` and ``|y - y0|`` between two models of one state size on inputs
     ``u`` ``(batch, p)`` (module docstring), float64, rounded outward.
 
-    >>> _ = torch.manual_seed(0); m = ImplicitModel(3, 5, 2, dtype=torch.float64)
-    >>> small, rep = magnitude_prune(m, 0.5, u=torch.rand(4, 3, dtype=torch.float64))
-    >>> bool((rep.bound.output >= 0).all())
-    True
+    Examples:
+        >>> _ = torch.manual_seed(0); m = ImplicitModel(3, 5, 2, dtype=torch.float64)
+        >>> small, rep = magnitude_prune(m, 0.5, u=torch.rand(4, 3, dtype=torch.float64))
+        >>> bool((rep.bound.output >= 0).all())
+        True
     """
     _check_model(original, "compression_bound")
     _check_model(compressed, "compression_bound")
@@ -235,10 +239,11 @@ def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool =
         fine_tune: ``(U, Y)`` to fine-tune on for ``epochs`` (Adam, ``lr``, ``loss``, projected)
             with the pruned entries held at zero (masked gradients).
 
-    >>> _ = torch.manual_seed(0); m = ImplicitModel(4, 6, 2)
-    >>> small, rep = magnitude_prune(m, 0.5)
-    >>> rep.achieved >= 0.5, rep.nnz_after < rep.nnz_before
-    (True, True)
+    Examples:
+        >>> _ = torch.manual_seed(0); m = ImplicitModel(4, 6, 2)
+        >>> small, rep = magnitude_prune(m, 0.5)
+        >>> rep.achieved >= 0.5, rep.nnz_after < rep.nnz_before
+        (True, True)
     """
     model = _check_model(model, "magnitude_prune")
     s = float(check_probability("sparsity", sparsity, high_inclusive=False, example=0.5))

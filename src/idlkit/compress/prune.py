@@ -114,7 +114,8 @@ class PruneReport:
     """What :func:`prune_states` removed and what it kept (paper 000 §5.2).
 
     Attributes:
-        n_before, n_after: state sizes of the original and of the pruned model.
+        n_before: state size of the original model.
+        n_after: state size of the pruned model.
         kept: original indices of the kept states; state ``k`` of the pruned model is state
             ``kept[k]`` of the original (the order is kept).
         removed: original indices of the removed states, in the order they were removed.
@@ -129,7 +130,8 @@ class PruneReport:
             (case (c)): ``x_i = phi(B_i u + b_i)``, computable before any iteration.
         one_step: indices in the pruned model of the other states with zero columns of ``A``
             (case (d)): computed in one step from the iterated states.
-        nnz_before, nnz_after: nonzero count of each of ``A``, ``B``, ``C``, ``D``.
+        nnz_before: nonzero count of each of ``A``, ``B``, ``C``, ``D`` before pruning.
+        nnz_after: nonzero count of each of ``A``, ``B``, ``C``, ``D`` after pruning.
         tol: the threshold: entries of ``A``, ``B``, ``C`` with ``|entry| <= tol`` were zeroed.
         max_dropped: largest ``|entry|`` zeroed by ``tol`` in each of ``A``, ``B``, ``C``
             (0 when ``tol = 0``): a nonzero value means the pruned model is exact for the
@@ -405,12 +407,13 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
             (without ``allow_empty``).
         NonFiniteError: a matrix or bias has NaN or Inf entries.
 
-    >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]]); B = torch.tensor([[1.0], [0.0]])
-    >>> m = ImplicitModel.from_matrices(A, B, torch.ones(1, 2), torch.zeros(1, 1),
-    ...                                 b=torch.tensor([0.0, 2.0]))
-    >>> small, report = prune_states(m, split=False)  # x_2 = relu(2) = 2 is a constant
-    >>> small.hidden, report.removed, report.reasons, small.b.tolist(), small.d.tolist()
-    (1, (1,), ('constant',), [1.0], [2.0])
+    Examples:
+        >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]]); B = torch.tensor([[1.0], [0.0]])
+        >>> m = ImplicitModel.from_matrices(A, B, torch.ones(1, 2), torch.zeros(1, 1),
+        ...                                 b=torch.tensor([0.0, 2.0]))
+        >>> small, report = prune_states(m, split=False)  # x_2 = relu(2) = 2 is a constant
+        >>> small.hidden, report.removed, report.reasons, small.b.tolist(), small.d.tolist()
+        (1, (1,), ('constant',), [1.0], [2.0])
     """
     model = _check_model(model, "prune_states")
     tol = _check_tol(tol)
@@ -584,11 +587,12 @@ def selected_features(model: ImplicitModel, tol: float = 0.0, alpha: float = 2.0
         alpha: norm of the groups reported in :attr:`FeatureSelection.norms` (``>= 1`` or
             ``inf``; it does not change the selection).
 
-    >>> m = ImplicitModel(3, 4, 2)
-    >>> with torch.no_grad():
-    ...     m.B[:, 1] = 0; m.D[:, 1] = 0
-    >>> selected_features(m).selected
-    (0, 2)
+    Examples:
+        >>> m = ImplicitModel(3, 4, 2)
+        >>> with torch.no_grad():
+        ...     m.B[:, 1] = 0; m.D[:, 1] = 0
+        >>> selected_features(m).selected
+        (0, 2)
     """
     model = _check_model(model, "selected_features")
     tol = _check_tol(tol)
@@ -631,12 +635,13 @@ def prune_inputs(model: ImplicitModel, tol: float = 0.0,
         ConfigurationError: not an ImplicitModel; bad ``tol``; every input column is zero
             (the model is a constant: an ImplicitModel needs at least one input).
 
-    >>> m = ImplicitModel(3, 4, 2)
-    >>> with torch.no_grad():
-    ...     m.B[:, 0] = 0; m.D[:, 0] = 0
-    >>> small, sel = prune_inputs(m)
-    >>> small.in_features, sel.selected
-    (2, (1, 2))
+    Examples:
+        >>> m = ImplicitModel(3, 4, 2)
+        >>> with torch.no_grad():
+        ...     m.B[:, 0] = 0; m.D[:, 0] = 0
+        >>> small, sel = prune_inputs(m)
+        >>> small.in_features, sel.selected
+        (2, (1, 2))
     """
     sel = selected_features(model, tol, alpha)
     if not sel.selected:

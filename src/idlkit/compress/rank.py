@@ -234,10 +234,11 @@ def low_rank(model: ImplicitModel, rank: int, method: str = "svd", repair: bool 
         NonFiniteError: NaN/Inf in ``A`` (or in ``B``, ``C`` for ``"balanced"``).
         WellPosednessError: ``repair=False`` and the certificate fails.
 
-    >>> m = idlkit.ImplicitModel(3, 8, 2, wellposedness="pf", dtype=torch.float64)
-    >>> small, rep = low_rank(m, 4)
-    >>> small.rank, rep.relative_error <= 1
-    (4, True)
+    Examples:
+        >>> m = idlkit.ImplicitModel(3, 8, 2, wellposedness="pf", dtype=torch.float64)
+        >>> small, rep = low_rank(m, 4)
+        >>> small.rank, rep.relative_error <= 1
+        (4, True)
     """
     model = _check_model(model, "low_rank")
     n = model.hidden
@@ -351,8 +352,9 @@ def nuclear_norm(A: Tensor | nn.Module) -> Tensor:
         A: an ``(n, n)`` (or ``(m, n)``) tensor, a model with a dense ``A`` parameter, or a
             :class:`LowRankImplicitModel` (the norm of ``L R^T``, differentiable in ``L, R``).
 
-    >>> nuclear_norm(torch.diag(torch.tensor([3.0, -2.0])))
-    tensor(5.)
+    Examples:
+        >>> nuclear_norm(torch.diag(torch.tensor([3.0, -2.0])))
+        tensor(5.)
     """
     if isinstance(A, LowRankImplicitModel):
         M: object = A.L @ A.R.t()
@@ -374,9 +376,10 @@ def singular_value_threshold(A: Tensor, lam: float) -> Tensor:
     sparsity), in float64; ``(m, n) -> (m, n)``. Every singular value ``<= lam`` becomes exactly
     zero, so the rank of the result is the number of ``s_i > lam``.
 
-    >>> singular_value_threshold(torch.diag(torch.tensor([3.0, 0.5])), 1.0)
-    tensor([[2., 0.],
-            [0., 0.]], dtype=torch.float64)
+    Examples:
+        >>> singular_value_threshold(torch.diag(torch.tensor([3.0, 0.5])), 1.0)
+        tensor([[2., 0.],
+                [0., 0.]], dtype=torch.float64)
     """
     U, S, Vh = torch.linalg.svd(A.detach().to(torch.float64), full_matrices=False)
     return (U * torch.clamp(S - float(lam), min=0.0)) @ Vh
@@ -420,9 +423,10 @@ def rank_step(model: ImplicitModel | LowRankImplicitModel, lam: float) -> int:
     Returns:
         the rank of the new ``A`` (singular values above ``10 n eps sigma_1`` in its dtype).
 
-    >>> m = idlkit.ImplicitModel(2, 6, 1, wellposedness="inf", dtype=torch.float64)
-    >>> rank_step(m, 1e9)
-    0
+    Examples:
+        >>> m = idlkit.ImplicitModel(2, 6, 1, wellposedness="inf", dtype=torch.float64)
+        >>> rank_step(m, 1e9)
+        0
     """
     if isinstance(model, LowRankImplicitModel):
         return _rank_step_factors(model, float(check_scalar("lam", lam, low=0.0)))

@@ -149,9 +149,10 @@ def stage_partition(A: Tensor, activation: Activation) -> Staging:
     """The :class:`Staging` of a model with state matrix ``A`` (``(n, n)``, dense or sparse)
     and ``activation`` (its BLIP blocks move whole); see the module docstring.
 
-    >>> A = torch.tensor([[0., 0., 0.], [.5, 0., .3], [0., .2, .1]])
-    >>> stage_partition(A, idl.activations.ReLU())
-    Staging(pre=((0,),), core=(1, 2), post=())
+    Examples:
+        >>> A = torch.tensor([[0., 0., 0.], [.5, 0., .3], [0., .2, .1]])
+        >>> stage_partition(A, idl.activations.ReLU())
+        Staging(pre=((0,),), core=(1, 2), post=())
     """
     G, starts, sizes = _block_graph(A, activation)
     L = sizes.size
@@ -248,12 +249,14 @@ class StagedImplicitModel(nn.Module):
     are those of the original model; :meth:`to_implicit` rebuilds it.
 
     Attributes:
-        in_features, out_features: ``p`` and ``q``.
+        in_features: ``p``, the input size.
+        out_features: ``q``, the output size.
         hidden: ``n``, all states (explicit and implicit).
         staging: the :class:`Staging` (indices of the original's states).
-        pre, post: ``nn.ModuleList`` of the explicit levels, in computation order; level
-            ``k`` holds ``A`` (its rows, columns: the states computed before it, in
+        pre: ``nn.ModuleList`` of the explicit levels before the core, in computation order;
+            level ``k`` holds ``A`` (its rows, columns: the states computed before it, in
             computation order), ``B``, ``b`` and its activation.
+        post: ``nn.ModuleList`` of the explicit levels after the core, in the same form.
         core: the :class:`~idlkit.ImplicitModel` on the core states, input ``[u; x_pre]``
             (``B = [B_1, A_1,pre]``, ``C = C_1``, ``D = [D, C_pre]``, ``d``), with the
             original's well-posedness declaration, ``kappa`` and solver settings.
@@ -264,11 +267,12 @@ class StagedImplicitModel(nn.Module):
     the original's ``requires_grad``. A sparse ``A`` and a dense ``B`` make the core's ``B``
     dense (likewise ``C``, ``D`` for its ``D``).
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> model = idl.convert.from_torch(net, torch.randn(1, 4))
-    >>> staged = StagedImplicitModel.from_implicit(model)
-    >>> staged.n_pre, staged.n_core, staged.n_post
-    (8, 0, 0)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> model = idl.convert.from_torch(net, torch.randn(1, 4))
+        >>> staged = StagedImplicitModel.from_implicit(model)
+        >>> staged.n_pre, staged.n_core, staged.n_post
+        (8, 0, 0)
     """
 
     def __init__(self, model: ImplicitModel, staging: Staging) -> None:

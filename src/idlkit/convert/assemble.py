@@ -169,16 +169,17 @@ def from_torch(net: nn.Module, example_input: Tensor, *, sparse: bool | str = "a
         :class:`~idlkit.activations.Product` pair of states; blocks nothing reads (a gate
         whose pre-activation the product reads directly) are not states.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
-    >>> model = from_torch(net.double(), torch.randn(5, 3, dtype=torch.float64))
-    >>> model.hidden, model.activation
-    (4, GELU(approximate='none'))
-
     Raises:
         ConversionError: an unsupported layer or function, a training-mode batch norm or
             dropout, dynamic control flow (on tensor values), a ``PackedSequence``, an
             unbounded factor of a product, or a shape mismatch; the message names the
             node, the module and the reason. Nothing is returned half-converted.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
+        >>> model = from_torch(net.double(), torch.randn(5, 3, dtype=torch.float64))
+        >>> model.hidden, model.activation
+        (4, GELU(approximate='none'))
     """
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
@@ -243,6 +244,15 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
     ``nn.RNN``: each layer's hidden states; a product: the pairs of factor pre-activations
     and the products, see :class:`~idlkit.activations.Product`). Blocks nothing reads are
     left out here as in :func:`from_torch`.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> u = torch.randn(5, 4)
+        >>> Z, X = states(net, u)
+        >>> Z.shape, X.shape                                     # (batch, n): one state per hidden unit
+        (torch.Size([5, 6]), torch.Size([5, 6]))
+        >>> torch.allclose(X, torch.relu(net[0](u)))
+        True
     """
     _net_dtype(net, u)
     with torch.no_grad():

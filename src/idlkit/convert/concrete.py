@@ -100,7 +100,16 @@ def _first_failed(a: object) -> _Failed | None:
 
 
 class ShapeProxy(fx.Proxy):
-    """A proxy that knows its node's value on the example input (see the module docstring)."""
+    """A proxy that knows its node's value on the example input (see the module docstring).
+
+    Examples:
+        >>> class Flat(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         assert isinstance(x, ShapeProxy) and x.shape == (2, 3, 4)   # the proxy knows x
+        ...         return x.reshape(x.shape[0], -1)
+        >>> concrete_graph(Flat(), torch.zeros(2, 3, 4))(torch.ones(2, 3, 4)).shape
+        torch.Size([2, 12])
+    """
 
     @property
     def concrete(self) -> object:
@@ -161,6 +170,14 @@ class ShapeTracer(fx.Tracer):
 
     Leaf modules are run on the concrete values as they are recorded; the forward's first
     argument is ``example``, any further argument takes its default (e.g. ``state=None``).
+
+    Examples:
+        >>> class Flat(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return x.reshape(x.shape[0], -1)
+        >>> graph = ShapeTracer(torch.zeros(2, 3, 4)).trace(Flat())
+        >>> len(list(graph.nodes)) >= 2
+        True
     """
 
     def __init__(self, example: Tensor) -> None:
@@ -263,6 +280,14 @@ def concrete_graph(net: nn.Module, example: Tensor) -> fx.GraphModule:
 
     The network is left as it was: the tensor constants that ``torch.fx`` stores on the root
     module while tracing (``_tensor_constant0``, ...) live on the returned graph module only.
+
+    Examples:
+        >>> class Flat(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return x.reshape(x.shape[0], -1)        # shape-dependent: specialised to the example
+        >>> gm = concrete_graph(Flat(), torch.zeros(2, 3, 4))
+        >>> gm(torch.ones(2, 3, 4)).shape
+        torch.Size([2, 12])
     """
     tracer = ShapeTracer(example)
     root = _Root(net) if tracer.is_leaf_module(net, "") else net

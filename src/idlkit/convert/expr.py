@@ -35,6 +35,12 @@ class Affine:
         const: ``(size,)`` float64 constant.
         batch_dim: position of the batch dimension in the network's tensor (0, except
             ``h_n`` of ``nn.RNN``, which is ``(layers, batch, hidden)``).
+
+    Examples:
+        >>> u = Affine.source(INPUT, (3,))                           # v = u, per-sample shape (3,)
+        >>> v = u.linear(np.array([[1.0, 2.0, 0.0]]), (1,), bias=np.array([0.5]))
+        >>> v.shape, v.terms[INPUT].toarray().tolist(), v.const.tolist()
+        ((1,), [[1.0, 2.0, 0.0]], [0.5])
     """
 
     shape: tuple[int, ...]

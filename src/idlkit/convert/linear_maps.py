@@ -36,6 +36,13 @@ def conv2d_matrix(weight: np.ndarray, in_shape: tuple[int, int, int], out_hw: tu
     ``out_hw``: the output's ``(H_out, W_out)``; ``padding``: the top/left padding.
     Output entry ``(o, i, j)`` reads input ``(g C_in/groups + c, i s_h - p_h + a d_h,
     j s_w - p_w + b d_w)`` with weight ``w[o, c, a, b]``, ``g = o // (C_out / groups)``.
+
+    Examples:
+        >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        >>> x = torch.randn(1, 2, 5, 5)
+        >>> M = conv2d_matrix(conv.weight.detach().numpy(), (2, 5, 5), (5, 5), (1, 1), (1, 1), (1, 1), 1)
+        >>> M.shape, np.allclose(M @ x.flatten().numpy(), conv(x).flatten().detach().numpy(), atol=1e-5)
+        ((75, 50), True)
     """
     Co, Cig, kh, kw = weight.shape
     Ci, H, W = in_shape
@@ -77,7 +84,15 @@ def _pool_windows(C: int, H: int, W: int, Ho: int, Wo: int, kernel: tuple[int, i
 def avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int], kernel: tuple[int, int],
                      stride: tuple[int, int], padding: tuple[int, int], count_include_pad: bool,
                      divisor_override: int | None) -> sp.csr_array:
-    """Matrix of ``nn.AvgPool2d`` (the divisor rule of PyTorch's kernel, ceil mode included)."""
+    """Matrix of ``nn.AvgPool2d`` (the divisor rule of PyTorch's kernel, ceil mode included).
+
+    Examples:
+        >>> x = torch.randn(1, 2, 4, 4)
+        >>> M = avgpool2d_matrix((2, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0), True, None)
+        >>> ref = torch.nn.functional.avg_pool2d(x, 2)
+        >>> M.shape, np.allclose(M @ x.flatten().numpy(), ref.flatten().numpy(), atol=1e-6)
+        ((8, 32), True)
+    """
     C, H, W = in_shape
     Ho, Wo = out_hw
     c, i, j, r, s, valid = _pool_windows(C, H, W, Ho, Wo, kernel, stride, padding)
@@ -98,7 +113,15 @@ def avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int], ke
 
 
 def adaptive_avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int]) -> sp.csr_array:
-    """Matrix of ``nn.AdaptiveAvgPool2d``: window ``[floor(i H / Ho), ceil((i + 1) H / Ho))``."""
+    """Matrix of ``nn.AdaptiveAvgPool2d``: window ``[floor(i H / Ho), ceil((i + 1) H / Ho))``.
+
+    Examples:
+        >>> x = torch.randn(1, 2, 5, 5)
+        >>> M = adaptive_avgpool2d_matrix((2, 5, 5), (2, 2))
+        >>> ref = torch.nn.functional.adaptive_avg_pool2d(x, 2)
+        >>> M.shape, np.allclose(M @ x.flatten().numpy(), ref.flatten().numpy(), atol=1e-6)
+        ((8, 50), True)
+    """
     C, H, W = in_shape
     Ho, Wo = out_hw
     rows, cols, vals = [], [], []
@@ -123,6 +146,13 @@ def maxpool2d_windows(in_shape: tuple[int, int, int], out_hw: tuple[int, int], k
 
     Padded (out-of-range) positions are replaced by the window's first valid entry,
     which leaves the max unchanged and keeps every block the same size (BlockMax).
+
+    Examples:
+        >>> x = torch.randn(1, 1, 4, 4)
+        >>> W = maxpool2d_windows((1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0), (1, 1))
+        >>> ref = torch.nn.functional.max_pool2d(x, 2)
+        >>> W.shape, np.allclose(x.flatten().numpy()[W].max(1), ref.flatten().numpy())
+        ((4, 4), True)
     """
     C, H, W = in_shape
     Ho, Wo = out_hw
@@ -138,6 +168,12 @@ def maxpool2d_windows(in_shape: tuple[int, int, int], out_hw: tuple[int, int], k
 
 def channel_scale(scale: np.ndarray, shift: np.ndarray, shape: tuple[int, ...]
                   ) -> tuple[sp.csr_array, np.ndarray]:
-    """Diagonal map ``v -> scale[c] v + shift[c]`` over channel ``c = dim 0`` of ``shape`` (§3.1)."""
+    """Diagonal map ``v -> scale[c] v + shift[c]`` over channel ``c = dim 0`` of ``shape`` (§3.1).
+
+    Examples:
+        >>> M, c = channel_scale(np.array([2.0, 3.0]), np.array([0.0, 1.0]), (2, 1, 2))
+        >>> M.toarray().diagonal().tolist(), c.tolist()
+        ([2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 1.0, 1.0])
+    """
     rest = math.prod(shape[1:])
     return sp.diags_array(np.repeat(scale, rest)).tocsr(), np.repeat(shift, rest)

@@ -48,7 +48,13 @@ _ADVICE = ("Pass it through a bounded map first (tanh, sigmoid, softsign, hardta
 @dataclass
 class Operand:
     """One side of a contraction: its expression (``None`` for a constant) and its flat values,
-    ``(batch, size)`` for an input-dependent tensor, ``(1, size)`` for a per-sample constant."""
+    ``(batch, size)`` for an input-dependent tensor, ``(1, size)`` for a per-sample constant.
+
+    Examples:
+        >>> op = Operand(None, torch.ones(1, 3))                   # a per-sample constant
+        >>> op.constant, op.flat.shape
+        (True, torch.Size([1, 3]))
+    """
 
     expr: Affine | None
     flat: Tensor
@@ -59,7 +65,20 @@ class Operand:
 
 
 class MultiplicativeOps:
-    """Products of input-dependent tensors (mixed into :class:`~idlkit.convert.trace.Tracer`)."""
+    """Products of input-dependent tensors (mixed into :class:`~idlkit.convert.trace.Tracer`).
+
+    Examples:
+        >>> class Gate(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.tanh(x) * torch.sigmoid(x)          # a product of two states
+        >>> from idlkit.convert.trace import Tracer
+        >>> issubclass(Tracer, MultiplicativeOps)
+        True
+        >>> model = idlkit.convert.from_torch(Gate(), torch.zeros(1, 3))
+        >>> u = torch.randn(4, 3)
+        >>> model(u).shape, torch.allclose(model(u), Gate()(u), atol=1e-5)
+        (torch.Size([4, 3]), True)
+    """
 
     build: bool
     batch: int

@@ -64,6 +64,11 @@ class Pointwise:
 
     The state is ``act(z)`` with ``z = in_scale * x + in_shift``; the affine maps around it fold
     into the neighbouring rows of ``A, B, C`` (``clamp(max=b) = b - relu(b - x)``).
+
+    Examples:
+        >>> spec = Pointwise(idlkit.get_activation("relu"), out_scale=2.0)   # 2 relu(x)
+        >>> spec.act.name, spec.out_scale
+        ('relu', 2.0)
     """
 
     act: Activation
@@ -79,7 +84,12 @@ class Pointwise:
 
 @dataclass(frozen=True)
 class Softmax:
-    """SoftMax over ``dim`` (eq. 2.2) of ``x``, or of ``-x`` (``softmin``)."""
+    """SoftMax over ``dim`` (eq. 2.2) of ``x``, or of ``-x`` (``softmin``).
+
+    Examples:
+        >>> Softmax(dim=-1, negate=True)                              # softmin over the last dim
+        Softmax(dim=-1, negate=True)
+    """
 
     dim: object
     negate: bool = False
@@ -88,7 +98,12 @@ class Softmax:
 @dataclass(frozen=True)
 class Glu:
     """``a * sigmoid(b)`` with ``(a, b)`` the two halves of the input along ``dim``: a product
-    (§2.4), exact only when ``a`` is provably bounded."""
+    (§2.4), exact only when ``a`` is provably bounded.
+
+    Examples:
+        >>> Glu(dim=-1).dim
+        -1
+    """
 
     dim: object = -1
 
@@ -99,7 +114,13 @@ Getter = Callable[..., object]
 
 @dataclass(frozen=True)
 class Fn:
-    """A function's (or method's) parameters after the input, and its factory."""
+    """A function's (or method's) parameters after the input, and its factory.
+
+    Examples:
+        >>> fn = FUNCTIONS[torch.nn.functional.leaky_relu]           # the converter's table entry
+        >>> isinstance(fn, Fn), fn.params
+        (True, ('negative_slope', 'inplace'))
+    """
 
     params: tuple[str, ...]
     make: Callable[[Getter], Spec]
@@ -288,6 +309,11 @@ METHODS: Mapping[str, Fn] = MappingProxyType({
 def mutates(name: str, inplace: object = False) -> bool:
     """Whether a call named ``name`` (function ``__name__`` or method) writes into its input:
     torch's trailing-underscore convention, the augmented assignments (``iadd``), or an
-    ``inplace=True`` argument."""
+    ``inplace=True`` argument.
+
+    Examples:
+        >>> mutates("relu_"), mutates("relu"), mutates("relu", inplace=True), mutates("iadd")
+        (True, False, True, True)
+    """
     return bool(inplace) or (name.endswith("_") and not name.startswith("_")) or \
         name in ("iadd", "isub", "imul", "itruediv")

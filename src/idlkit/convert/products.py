@@ -52,6 +52,11 @@ class Factor:
         act: a bounded componentwise map.
         pre: the pre-activation expression, per-sample shape ``(k,)`` (``None`` when not building).
         z: the pre-activation on the traced input, ``(batch, k)``.
+
+    Examples:
+        >>> f = Factor(idlkit.get_activation("sigmoid"), None, torch.zeros(2, 3))   # sigmoid(z), z = 0
+        >>> f.act.name, f.z.shape
+        ('sigmoid', torch.Size([2, 3]))
     """
 
     act: ComponentwiseActivation
@@ -63,7 +68,16 @@ def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Interval ``[lo, hi]`` of each state ``x = act(z)`` of a block, given ``pre_lo <= z <=
     pre_hi`` (``+-inf`` allowed): the map's interval image where the box is finite, never wider
-    than the map's ``value_range``."""
+    than the map's ``value_range``.
+
+    Examples:
+        >>> tanh = idlkit.get_activation("tanh")
+        >>> lo, hi = block_ranges(tanh, np.array([-1.0, 0.0]), np.array([1.0, 2.0]))
+        >>> np.round(lo, 4).tolist(), np.round(hi, 4).tolist()          # tanh of the box
+        ([-0.7616, 0.0], [0.7616, 0.964])
+        >>> [v.tolist() for v in block_ranges(tanh, np.array([0.0]), np.array([np.inf]))]   # the map's range
+        [[-1.0], [1.0]]
+    """
     n = pre_lo.size
     vlo, vhi = act.value_range
     lo, hi = np.full(n, vlo, dtype=np.float64), np.full(n, vhi, dtype=np.float64)
@@ -79,7 +93,14 @@ def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
 def expr_range(expr: Affine, ranges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Interval of every entry of ``expr`` when each state block ``j`` lies in ``ranges[j]``
     and the input is unrestricted (center/radius interval arithmetic; ``+-inf`` where an input
-    term or an unbounded state enters)."""
+    term or an unbounded state enters).
+
+    Examples:
+        >>> e = Affine.source(0, (2,)).linear(np.array([[1.0, -1.0]]), (1,))   # v = s_1 - s_2
+        >>> lo, hi = expr_range(e, [(np.array([0.0, 0.0]), np.array([1.0, 2.0]))])   # s in [0, 1] x [0, 2]
+        >>> lo.tolist(), hi.tolist()
+        ([-2.0], [1.0])
+    """
     lo = expr.const.astype(np.float64).copy()
     hi = lo.copy()
     for key, M in expr.terms.items():
@@ -111,7 +132,14 @@ def _mul(M: sp.csr_array, v: np.ndarray) -> np.ndarray:
 
 def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
     """``(block, columns)`` when ``expr`` just picks entries of one state block (coefficient 1,
-    one entry per row, no constant), else ``None``."""
+    one entry per row, no constant), else ``None``.
+
+    Examples:
+        >>> e = Affine.source(0, (3,)).gather(np.array([2, 0]), (2,))      # picks s[2], s[0] of block 0
+        >>> key, cols = selection_source(e)
+        >>> key, cols.tolist(), selection_source(e.scale(2.0))
+        (0, [2, 0], None)
+    """
     if len(expr.terms) != 1 or expr.const.any():
         return None
     (key, M), = expr.terms.items()
@@ -124,7 +152,13 @@ def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
 
 
 def identity_on(lo: float, hi: float) -> Hardtanh:
-    """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips."""
+    """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips.
+
+    Examples:
+        >>> phi = identity_on(-1.0, 2.0)
+        >>> phi(torch.tensor([-1.0, 0.5, 2.0])).tolist(), phi.min_val < -1.0 and phi.max_val > 2.0
+        ([-1.0, 0.5, 2.0], True)
+    """
     width = max(abs(lo), abs(hi))
     pad = MARGIN_REL * width + MARGIN_ABS
     return Hardtanh(lo - pad, hi + pad)
@@ -134,7 +168,16 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
                    hi: np.ndarray | None) -> Factor | str:
     """A factor from a bounded componentwise ``act`` with pre-activation ``pre`` (value ``z``), or,
     with ``act`` the identity and an interval ``[lo, hi]``, the identity on it. Returns a reason
-    (a string) when the factor is unbounded."""
+    (a string) when the factor is unbounded.
+
+    Examples:
+        >>> f = product_factor(idlkit.get_activation("tanh"), None, torch.zeros(2, 3), None, None)
+        >>> type(f).__name__, f.z.shape
+        ('Factor', torch.Size([2, 3]))
+        >>> relu = idlkit.get_activation("relu")
+        >>> isinstance(product_factor(relu, None, torch.zeros(2, 3), None, None), str)   # unbounded: a reason
+        True
+    """
     if isinstance(act, ComponentwiseActivation) and np.isfinite(act.bound):
         return Factor(act, pre, z)
     if lo is None or hi is None:
@@ -147,7 +190,17 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
 
 def pair_up(a: Factor, b: Factor, build: bool) -> tuple[Product, Affine | None, Tensor]:
     """The :class:`Product` block of ``a * b``: its map, its pre-activation (the pre-activations
-    of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``."""
+    of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``.
+
+    Examples:
+        >>> a = Factor(idlkit.get_activation("tanh"), None, torch.ones(2, 3))
+        >>> b = Factor(idlkit.get_activation("sigmoid"), None, torch.zeros(2, 3))
+        >>> phi, pre, z = pair_up(a, b, build=False)                  # tanh(z_a) sigmoid(z_b) per pair
+        >>> type(phi).__name__, pre, z.shape
+        ('Product', None, torch.Size([2, 6]))
+        >>> torch.allclose(phi(z.T).T[:, 0::2], torch.tanh(torch.ones(2, 3)) * 0.5)
+        True
+    """
     k = a.z.shape[1]
     z = torch.stack((a.z, b.z), dim=2).reshape(a.z.shape[0], 2 * k)
     pre = None
@@ -168,9 +221,10 @@ def matmul_pairs(sa: tuple[int, ...], sb: tuple[int, ...]
     row (``b``: a column) and that dimension is dropped from the result; the leading dimensions
     broadcast. Built by broadcasting index tensors (no loop over entries).
 
-    >>> IA, IB, shape = matmul_pairs((2, 3), (3,))
-    >>> shape, IA[1].tolist(), IB[1].tolist()
-    ((2,), [3, 4, 5], [0, 1, 2])
+    Examples:
+        >>> IA, IB, shape = matmul_pairs((2, 3), (3,))
+        >>> shape, IA[1].tolist(), IB[1].tolist()
+        ((2,), [3, 4, 5], [0, 1, 2])
     """
     a = torch.arange(math.prod(sa)).reshape(sa)
     b = torch.arange(math.prod(sb)).reshape(sb)

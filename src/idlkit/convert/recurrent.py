@@ -112,7 +112,15 @@ def _const_term(c: Tensor, batch: int) -> Term:
 def concat(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
     """Concatenate per-sample expressions (flattened, in order) into one of shape ``shape``:
     each source's term assembled once from the parts' entries shifted by their row offsets
-    (linear in the total size, no pairwise sums)."""
+    (linear in the total size, no pairwise sums).
+
+    Examples:
+        >>> from idlkit.convert.expr import INPUT
+        >>> a = Affine.source(INPUT, (2,)); b = Affine.source(INPUT, (2,)).scale(3.0)
+        >>> c = concat([a, b], (4,))
+        >>> c.shape, c.terms[INPUT].toarray().tolist()
+        ((4,), [[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 3.0]])
+    """
     total = sum(p.size for p in parts)
     assert total == math.prod(shape)
     entries: dict[int, list] = {}
@@ -162,6 +170,15 @@ def track_entries(tr: Tracer, node: fx.Node, env: _Env, fn: object = None) -> Af
 
     Returns an :class:`Affine` (its ``batch_dim`` where the batch went; shape markers only when
     ``tr`` does not build) or a tuple of them (``unbind``, ``split``, ``chunk``).
+
+    Examples:
+        >>> class Pick(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.relu(torch.cat([x[:, 2:], x[:, :1]], dim=1))   # slices, cat: entries move
+        >>> model = idlkit.convert.from_torch(Pick(), torch.zeros(1, 4))
+        >>> u = torch.randn(5, 4)
+        >>> model(u).shape, torch.allclose(model(u), Pick()(u))
+        (torch.Size([5, 3]), True)
     """
     inputs = [a for a in node.all_input_nodes if isinstance(env.expr.get(a), Affine)]
     first: _Untrackable | None = None
@@ -290,7 +307,12 @@ _PACKED = ("a PackedSequence (variable-length sequences) is not supported: the i
 
 
 def packed_refusal(f: object) -> str | None:
-    """The reason for refusing ``f`` when it packs or unpacks a ``PackedSequence``, else ``None``."""
+    """The reason for refusing ``f`` when it packs or unpacks a ``PackedSequence``, else ``None``.
+
+    Examples:
+        >>> packed_refusal(torch.nn.utils.rnn.pack_padded_sequence) is not None, packed_refusal(torch.tanh)
+        (True, None)
+    """
     name = getattr(f, "__name__", "").lstrip("_")
     return _PACKED if name in ("pack_padded_sequence", "pad_packed_sequence", "pack_sequence") else None
 
@@ -495,7 +517,21 @@ def convert_recurrent(tr: Tracer, node: fx.Node, env: _Env, mod: nn.Module, args
                       value: object) -> object:
     """Expressions of an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, ``(out, h_n)`` or
     ``(out, (h_n, c_n))``, or of a cell ``RNNCell``/``GRUCell`` (``h'``) or ``LSTMCell`` (``(h', c')``),
-    making its state blocks on ``tr`` (module docstring)."""
+    making its state blocks on ``tr`` (module docstring).
+
+    Examples:
+        >>> class Last(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.rnn = torch.nn.RNN(2, 3, batch_first=True)
+        ...     def forward(self, s):
+        ...         out, _ = self.rnn(s)                           # converted by convert_recurrent
+        ...         return out[:, -1]
+        >>> net = Last()
+        >>> s = torch.randn(4, 5, 2)
+        >>> model = idlkit.convert.from_torch(net, s)
+        >>> model(s.flatten(1)).shape, torch.allclose(model(s.flatten(1)), net(s), atol=1e-5)
+        (torch.Size([4, 3]), True)
+    """
     from .trace import NeedsBuild
 
     if not tr.build:

@@ -17,7 +17,13 @@ __all__ = ["BasicBlock", "resnet20"]
 
 
 class BasicBlock(nn.Module):
-    """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`` (paper 000 §3.4, Fig. 6)."""
+    """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`` (paper 000 §3.4, Fig. 6).
+
+    Examples:
+        >>> block = BasicBlock(4, 8, stride=2).eval()
+        >>> block(torch.randn(2, 4, 8, 8)).shape
+        torch.Size([2, 8, 4, 4])
+    """
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -41,6 +47,11 @@ def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3, softm
     """CIFAR ResNet-20 as an ``nn.Sequential`` (random init, train mode as usual: call ``.eval()``).
 
     ``softmax=True`` ends with a softmax layer, as in paper 000 Fig. 7.
+
+    Examples:
+        >>> net = resnet20(num_classes=10, width=4).eval()
+        >>> net(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
     """
     for name, value in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):
         check_int(name, value, 1)

@@ -74,12 +74,21 @@ class StateBlock:
         size: number of states.
         act: its activation map (componentwise, ``BlockMax(K)`` or ``SoftMax(k)``).
         pre: its pre-activation as an :class:`Affine` of the input and earlier blocks.
-        z, x: the pre- and post-activation values on the traced input, ``(batch, size)``.
-        lo, hi: ``(size,)`` interval holding each state for every input (``+-inf`` when
-            unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
+        z: the pre-activation values on the traced input, ``(batch, size)``.
+        x: the post-activation values on the traced input, ``(batch, size)``.
+        lo: ``(size,)`` lower end of an interval holding each state for every input (``-inf``
+            when unbounded; see :func:`idlkit.convert.products.block_ranges`), used to bound the
             factors of products.
+        hi: ``(size,)`` upper end of that interval (``+inf`` when unbounded).
         deps: the earlier blocks its pre-activation reads (the keys of ``pre``), by which
             :meth:`Tracer.live` finds the blocks nobody reads.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> u = torch.randn(3, 4)
+        >>> block = Tracer(net, u).run().blocks[0]
+        >>> block.z.shape, torch.allclose(block.x, torch.relu(net[0](u)))
+        (torch.Size([3, 6]), True)
     """
 
     name: str
@@ -108,7 +117,14 @@ def _tracer_with_traces() -> fx.Tracer:
 
 def trace_graph(net: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
     """``torch.fx`` trace of ``net`` (specialised to ``example``'s shapes when given, see
-    :mod:`idlkit.convert.concrete`); dynamic control flow raises :class:`ConversionError`."""
+    :mod:`idlkit.convert.concrete`); dynamic control flow raises :class:`ConversionError`.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> gm = trace_graph(net)
+        >>> [n.op for n in gm.graph.nodes]
+        ['placeholder', 'call_module', 'call_module', 'call_module', 'output']
+    """
     if not isinstance(net, nn.Module):
         raise ConversionError(f"from_torch expects a torch.nn.Module, got {type(net).__name__}")
     if type(net) in nl.MODULES:  # a table module as the root: refuse it as the tracer would inside
@@ -150,6 +166,12 @@ class Tracer(MultiplicativeOps):
 
     ``build=False`` computes only values and blocks' ``z, x`` (for :func:`states`); it raises
     :class:`~idlkit.convert.products.NeedsBuild` where a product needs the expressions.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> tr = Tracer(net, torch.randn(3, 4)).run()
+        >>> [(b.name, b.size, b.act.name) for b in tr.blocks], tr.output.shape
+        ([('_1', 6, 'relu')], (2,))
     """
 
     def __init__(self, net: nn.Module, example: Tensor, build: bool = True) -> None:

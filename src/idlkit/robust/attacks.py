@@ -67,7 +67,17 @@ __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_at
 
 @dataclass(frozen=True)
 class Budget:
-    """What an attack may change (see the module docstring)."""
+    """What an attack may change (see the module docstring).
+
+    Examples:
+        >>> b = Budget(k=2, epsilon=0.1, clip=(0.0, 1.0))   # change at most 2 inputs by at most 0.1
+        >>> b.k, b.epsilon, b.clip
+        (2, 0.1, (0.0, 1.0))
+        >>> Budget(epsilon=-1.0)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: Budget.epsilon must be a finite number >= 0 or None, got ...
+    """
 
     k: int | float | None = None
     epsilon: float | None = None
@@ -216,6 +226,25 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
     """Sensitivity-matrix attack (§7.3.1): the ``k`` inputs with the largest ``S[y, :]``.
 
     ``S`` (the ``(q, p)`` sensitivity matrix) may be passed to reuse it across calls.
+
+    Args:
+        model: an implicit classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` (``k`` inputs per class, ``epsilon`` or ``clip``).
+        mode: ``"sign"`` (along the loss gradient's sign) or ``"random"`` (module docstring).
+        S: the ``(q, p)`` sensitivity matrix, to reuse it (default: computed).
+        generator: the random numbers of ``mode="random"``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = sensitivity_attack(model, u, y, Budget(k=2, epsilon=0.5))
+        >>> r.u_adv.shape, bool((((r.u_adv - u).abs() > 0).sum(dim=1) <= 2).all())
+        (torch.Size([5, 4]), True)
     """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
@@ -232,7 +261,26 @@ def sensitivity_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budge
 
 def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float, *,
                     mode: str = "sign", generator: torch.Generator | None = None) -> AttackResult:
-    """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``."""
+    """Gradient-saliency attack (§7.3.1): the ``k`` inputs with the largest ``|grad_u loss(u, y)|``.
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` (``k`` inputs per sample, ``epsilon`` or ``clip``).
+        mode: ``"sign"`` (along the loss gradient's sign) or ``"random"`` (module docstring).
+        generator: the random numbers of ``mode="random"``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = saliency_attack(model, u, y, Budget(k=1, epsilon=0.5))
+        >>> r.u_adv.shape, ((r.u_adv - u).abs() > 0).sum(dim=1).tolist()   # one input changed per sample
+        (torch.Size([5, 4]), [1, 1, 1, 1, 1])
+    """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
     check_choice("mode", mode, ("sign", "random"))
@@ -244,7 +292,26 @@ def saliency_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: 
 
 def fgsm_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float
                 ) -> AttackResult:
-    """FGSM: ``clip(u + epsilon sign(grad_u loss(u, y)))`` on every input (l_inf ball)."""
+    """FGSM: ``clip(u + epsilon sign(grad_u loss(u, y)))`` on every input (l_inf ball).
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` with ``epsilon`` (``k`` must be ``None``), or a ``float``.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = fgsm_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)))
+        >>> r.u_adv.shape, r.success.shape
+        (torch.Size([5, 4]), torch.Size([5]))
+        >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-6).all()), bool(((r.u_adv >= 0) & (r.u_adv <= 1)).all())
+        (True, True)
+    """
     b = as_budget(budget)
     if b.epsilon is None:
         raise ConfigurationError("fgsm_attack needs Budget.epsilon")
@@ -303,11 +370,12 @@ def pgd_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budge
     ``value`` (the margin at ``u_adv``) and ``success`` are ``(batch,)``. ``bound`` is ``None``
     (a heuristic attack: it never certifies robustness).
 
-    >>> model = idlkit.ImplicitModel(4, 6, 3)
-    >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
-    >>> r = pgd_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), steps=5)
-    >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-7).all()), r.u_adv.shape
-    (True, torch.Size([5, 4]))
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = pgd_attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), steps=5)
+        >>> bool(((r.u_adv - u).abs() <= 0.1 + 1e-7).all()), r.u_adv.shape
+        (True, torch.Size([5, 4]))
     """
     b = as_budget(budget)
     steps = check_int("steps", steps, 0)
@@ -356,6 +424,25 @@ def lp_margin_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
 
     ``bound`` is a ``(batch,)`` float64 tensor: for ``objective="margin"`` a certified upper bound of
     the margin over the set (``< 0``: certified robust), for ``"l2"`` of ``||x - x0||_2^2``.
+
+    Args:
+        model: a ReLU :class:`~idlkit.ImplicitModel` classifier.
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget` with ``epsilon`` (and optionally ``k``, ``clip``).
+        objective: ``"margin"`` or ``"l2"`` (module docstring).
+        card_method: ``"hull"`` or ``"milp"``, as in :func:`idlkit.robust.lp.lp_attack`.
+        triangle: add the triangle cuts, as in :func:`idlkit.robust.lp.lp_attack`.
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> u = torch.rand(2, 3, dtype=torch.float64); y = torch.tensor([0, 1])
+        >>> r = lp_margin_attack(model, u, y, Budget(epsilon=0.1))
+        >>> r.u_adv.shape, bool(((r.u_adv - u).abs() <= 0.1 + 1e-9).all())
+        (torch.Size([2, 3]), True)
     """
     b = as_budget(budget)
     if b.epsilon is None:
@@ -475,7 +562,8 @@ def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
     Returns:
         :class:`AttackResult` with ``extra["target"]`` the ``(batch,)`` classes aimed at.
 
-    >>> res = jsma_attack(model, u, y, Budget(k=4, clip=(0.0, 1.0)), theta=1.0)  # doctest: +SKIP
+    Examples:
+        >>> res = jsma_attack(model, u, y, Budget(k=4, clip=(0.0, 1.0)), theta=1.0)  # doctest: +SKIP
     """
     b = as_budget(budget)
     U, Y, squeeze = _inputs(model, u, y)
@@ -541,10 +629,11 @@ def inversion_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
     paper's formula). Needs no gradient, so any classifier ``(batch, p) -> (batch, q)`` works
     (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.baselines.MON`, MLPs).
 
-    >>> net = torch.nn.Linear(4, 3)
-    >>> r = inversion_attack(net, torch.tensor([[0., 1., .2, .9]]), torch.tensor([0]), 0.25)
-    >>> r.u_adv
-    tensor([[0.2500, 0.7500, 0.4500, 0.6500]])
+    Examples:
+        >>> net = torch.nn.Linear(4, 3)
+        >>> r = inversion_attack(net, torch.tensor([[0., 1., .2, .9]]), torch.tensor([0]), 0.25)
+        >>> r.u_adv
+        tensor([[0.2500, 0.7500, 0.4500, 0.6500]])
     """
     b = as_budget(budget)
     if b.epsilon is None or b.k is not None:
@@ -573,7 +662,28 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
 
 def attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budget | float,
            method: str = "sensitivity", **options: object) -> AttackResult:
-    """Run the attack named ``method`` (one of :data:`ATTACKS`)."""
+    """Run the attack named ``method`` (one of :data:`ATTACKS`).
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)`` (an implicit model or any module).
+        u: inputs ``(batch, p)`` or ``(p,)``.
+        y: integer labels ``(batch,)`` (or one ``int``).
+        budget: a :class:`Budget`, or a ``float``: ``Budget(epsilon=...)``.
+        method: a name of :data:`ATTACKS`.
+        **options: the attack's own options.
+
+    Returns:
+        The attack's :class:`~idlkit.robust.AttackResult`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
+        >>> r = attack(model, u, y, Budget(epsilon=0.1, clip=(0.0, 1.0)), method="fgsm")
+        >>> r.u_adv.shape, bool(((r.u_adv - u).abs() <= 0.1 + 1e-6).all())
+        (torch.Size([5, 4]), True)
+        >>> sorted(ATTACKS)[:3]
+        ['fgsm', 'inversion', 'jsma']
+    """
     if method not in ATTACKS:
         raise ConfigurationError(f"unknown attack {method!r}; choose from {sorted(ATTACKS)}")
     return ATTACKS[method](model, u, y, budget, **options)
@@ -590,7 +700,8 @@ class SuccessRate:
         n_total: samples given.
         clean_accuracy: accuracy without attack.
         mean_perturbed: mean number of changed inputs over the attacked samples.
-        method: the attack's name; budget: the :class:`Budget` used.
+        method: the attack's name.
+        budget: the :class:`Budget` used.
     """
 
     rate: float
@@ -610,6 +721,26 @@ def success_rate(model: torch.nn.Module, method: str | Callable[..., AttackResul
 
     Only the samples the model classifies correctly are attacked (``only_correct=True``): the rate
     is the fraction of them the attack flips.
+
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)``.
+        method: a name of :data:`ATTACKS` or an attack function.
+        U: inputs ``(m, p)``.
+        Y: integer labels ``(m,)``.
+        budget: a :class:`Budget`, or a ``float``: ``Budget(epsilon=...)``.
+        batch_size: samples attacked at once.
+        only_correct: attack only the correctly classified samples.
+        **options: the attack's own options.
+
+    Returns:
+        :class:`SuccessRate`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3)
+        >>> U = torch.rand(8, 4); Y = model(U).argmax(1)          # every sample is correct
+        >>> sr = success_rate(model, "fgsm", U, Y, Budget(epsilon=0.2))
+        >>> sr.n_total, sr.n_attacked, sr.clean_accuracy, 0.0 <= sr.rate <= 1.0
+        (8, 8, 1.0, True)
     """
     b = as_budget(budget)
     fn = ATTACKS.get(method) if isinstance(method, str) else method

@@ -96,6 +96,12 @@ def state_bound(model: object, sigma_u: object, k: int | None = None, method: st
 
     Raises:
         WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> sb = state_bound(model, 0.1)
+        >>> sb.sigma_x.shape, torch.allclose(sb.sigma_x, state_box_bound(model, 0.1))
+        (torch.Size([5]), True)
     """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
@@ -118,13 +124,29 @@ def state_box_bound(model: object, sigma_u: object, k: int | None = None, method
     """``sigma_x`` of Thm 4.1 (eq. 4.5): ``|x - x0| <= (I - |A|)^-1 |B| sigma_u``, ``(n,)`` float64.
 
     See :func:`state_bound` for the arguments, the BLIP case (Thm 4.2) and ``k`` (eq. 4.2).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> sx = state_box_bound(model, 0.1)
+        >>> sx.shape
+        torch.Size([5])
+        >>> A, B = model.A.detach().abs(), model.B.detach().abs()
+        >>> ref = torch.linalg.solve(torch.eye(5, dtype=A.dtype) - A, 0.1 * B.sum(1))  # (I - |A|)^-1 |B| 0.1
+        >>> torch.allclose(sx, ref)
+        True
     """
     return state_bound(model, sigma_u, k, method).sigma_x
 
 
 def state_block_bound(model: object, sigma_u: object, k: int | None = None, method: str = "auto") -> Tensor:
     """``(I - Gamma N(A))^-1 Gamma N(B) sigma_u`` of Thm 4.2 (eq. 4.7): bound on the vector of
-    block norms ``eta(x - x0)``, ``(L,)`` float64. See :func:`state_bound`."""
+    block norms ``eta(x - x0)``, ``(L,)`` float64. See :func:`state_bound`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> state_block_bound(model, 0.1).shape              # one entry per block (ReLU: per state)
+        torch.Size([5])
+    """
     return state_bound(model, sigma_u, k, method).eta
 
 
@@ -143,6 +165,12 @@ def state_linf_bound(model: object, sigma_u: object, k: int | None = None, measu
         WellPosednessError: ``gamma ||A||_inf >= 1`` (``gamma mu_inf(A) >= 1`` for ``"mu"``): the
             bound needs a contraction.
         ConfigurationError: ``"mu"`` with a non-monotone or block activation.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> b = state_linf_bound(model, 0.1)
+        >>> b >= float(state_box_bound(model, 0.1).max())     # the box bound is never looser
+        True
     """
     from .lipschitz import contraction
 
@@ -172,13 +200,14 @@ class BoxBounds:
     """Certified bounds around nominal inputs ``u0`` (Thm 4.1-4.4), float64, batch-first.
 
     Attributes:
-        x0: ``(batch, n)`` nominal states; ``y0``: ``(batch, q)`` nominal outputs (as computed by
-            the model's solver in float64).
-        sigma_x: ``(n,)`` state radius; ``sigma_y``: ``(q,)`` output radius (``S sigma_u``).
+        x0: ``(batch, n)`` nominal states (as computed by the model's solver in float64).
+        y0: ``(batch, q)`` nominal outputs (as computed by the model's solver in float64).
+        sigma_x: ``(n,)`` state radius.
+        sigma_y: ``(q,)`` output radius (``S sigma_u``).
         k: cardinality of the input set, ``None`` for the box.
         x_err: ``(batch, n)`` bound on the solver's error ``|x0 - x*(u0)|`` (see
-            :func:`box_bounds`); ``y_err``: ``(batch, q)`` its image ``N(C) x_err``. The bounds
-            ``x_lower``/``x_upper`` and ``y_lower``/``y_upper`` include them.
+            :func:`box_bounds`); the bounds ``x_lower``/``x_upper`` include it.
+        y_err: ``(batch, q)`` its image ``N(C) x_err``; ``y_lower``/``y_upper`` include it.
     """
 
     x0: Tensor
@@ -225,6 +254,14 @@ def solution_error(model: object, U: Tensor, X0: Tensor, method: str = "auto", b
     (an upper bound of every block norm), ``|r|`` for a componentwise map, plus the rounding of
     its own float64 evaluation (``4 (n + p + 2) eps`` times the magnitudes of ``A x0 + B u + b``
     times ``gamma``, and ``16 eps`` of the values). Certified like every solve here.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(4, 3, dtype=torch.float64)
+        >>> X0 = model.equilibrium(U).detach()
+        >>> err = solution_error(model, U, X0)
+        >>> err.shape, bool((err >= 0).all()), bool((err < 1e-4).all())
+        ((4, 5), True, True)
     """
     d = model_data(model)
     if d.n == 0:
@@ -273,10 +310,11 @@ def box_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None,
     contain the exact states and outputs, not only those of the exact nominal equilibrium.
     Sparse models stay sparse.
 
-    >>> model = idlkit.ImplicitModel(3, 8, 2, activation="relu", dtype=torch.float64, kappa=0.5)
-    >>> bb = box_bounds(model, torch.zeros(4, 3, dtype=torch.float64), 0.1)
-    >>> bb.x_lower.shape
-    torch.Size([4, 8])
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 8, 2, activation="relu", dtype=torch.float64, kappa=0.5)
+        >>> bb = box_bounds(model, torch.zeros(4, 3, dtype=torch.float64), 0.1)
+        >>> bb.x_lower.shape
+        torch.Size([4, 8])
     """
     from .sensitivity import output_box_bound
 

@@ -31,7 +31,8 @@ class CertifiedAccuracy:
     Attributes:
         accuracy: clean accuracy (prediction at ``u0``).
         certified: fraction of samples certified (each is also correct).
-        certified_mask: ``(m,)`` which samples are certified; correct_mask: which are correct.
+        certified_mask: ``(m,)`` which samples are certified.
+        correct_mask: ``(m,)`` which samples are correct.
         method: the bound method used (as :func:`output_bounds` reports it).
     """
 
@@ -50,12 +51,13 @@ def certified_accuracy(model: object, U: Tensor, Y: Tensor, sigma_u: object, *, 
     (Thm 4.1-4.4), ``"lp"``, ``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"best"``), the inputs
     are bounded in batches of ``batch_size``.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
-    >>> U = torch.randn(16, 4); Y = model(U).argmax(1)
-    >>> r = certified_accuracy(model, U, Y, 0.0, method="ibp")
-    >>> r.accuracy, r.certified >= 0.9
-    (1.0, True)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+        >>> U = torch.randn(16, 4); Y = model(U).argmax(1)
+        >>> r = certified_accuracy(model, U, Y, 0.0, method="ibp")
+        >>> r.accuracy, r.certified >= 0.9
+        (1.0, True)
     """
     if not isinstance(U, Tensor) or not isinstance(Y, Tensor):
         raise ShapeError(f"U and Y must be tensors, got {type(U).__name__} and {type(Y).__name__}")

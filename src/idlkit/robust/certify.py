@@ -80,7 +80,8 @@ class StateBounds(_Bounds):
     """``lower <= x(u) <= upper`` for every ``u`` of the set, ``(batch, n)`` float64.
 
     Attributes:
-        method, seconds: as in :class:`OutputBounds`.
+        method: as in :class:`OutputBounds`.
+        seconds: as in :class:`OutputBounds`.
     """
 
 
@@ -300,7 +301,8 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
 
     Args:
         model: an :class:`~idlkit.ImplicitModel` (converted nets: triangular ``A``).
-        u0: ``(batch, p)`` or ``(p,)`` nominal inputs; sigma_u: scalar or ``(p,)`` radius ``>= 0``.
+        u0: ``(batch, p)`` or ``(p,)`` nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius ``>= 0``.
         k: at most ``k`` inputs perturbed (eq. 4.2): methods ``"box"``, ``"lp"``, ``"best"`` only.
         method: ``"best"``, ``"alpha-crown"``, ``"crown"``, ``"lp"``, ``"ibp"`` or ``"box"`` (see
             the module docstring).
@@ -308,7 +310,8 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
         time_budget: seconds ``"best"`` may spend (alpha-CROWN is skipped when CROWN's time says
             it would not fit; the LP of a ReLU model runs input by input in what is left, overrunning
             by at most one input's LP); ``None``: no limit, and no LP (the cheap methods only).
-        alpha_iters: alpha-CROWN iterations; lp_rounds: LP tightening rounds (``lp_state_bounds``).
+        alpha_iters: alpha-CROWN iterations.
+        lp_rounds: LP tightening rounds (``lp_state_bounds``).
 
     Returns:
         :class:`OutputBounds` with ``(batch, q)`` float64 ``lower``, ``upper``.
@@ -316,13 +319,16 @@ def output_bounds(model: object, u0: object, sigma_u: object, k: int | None = No
     Raises:
         ConfigurationError: ``k`` with a method that does not support it, an activation the method
             does not support (the message names the alternatives), an unknown method.
-        ShapeError, NonFiniteError, InputError: bad ``u0`` / ``sigma_u``.
+        ShapeError: ``u0`` / ``sigma_u`` of the wrong shape.
+        NonFiniteError: NaN/Inf in ``u0`` / ``sigma_u``.
+        InputError: otherwise bad ``u0`` / ``sigma_u`` (e.g. a negative radius).
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
-    >>> ob = output_bounds(model, torch.zeros(3, 4), 0.1)
-    >>> ob.lower.shape, bool((ob.lower <= ob.upper).all())
-    (torch.Size([3, 2]), True)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+        >>> ob = output_bounds(model, torch.zeros(3, 4), 0.1)
+        >>> ob.lower.shape, bool((ob.lower <= ob.upper).all())
+        (torch.Size([3, 2]), True)
     """
     (_, _, yl, yh), name, sec = _compute(model, u0, sigma_u, k, method, clip, time_budget, alpha_iters,
                                          lp_rounds)
@@ -334,7 +340,18 @@ def state_bounds(model: object, u0: object, sigma_u: object, k: int | None = Non
                  alpha_iters: int = 20, lp_rounds: int = 1) -> StateBounds:
     """Certified state bounds, ``(batch, n)``; arguments and errors as :func:`output_bounds`
     (alpha-CROWN optimises the output bounds; its state bounds are the best over its iterates on a
-    triangular ``A``, CROWN's on a general one)."""
+    triangular ``A``, CROWN's on a general one).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> sb = state_bounds(model, torch.zeros(3, 3, dtype=torch.float64), 0.1, method="crown")
+        >>> sb.lower.shape, bool((sb.lower <= sb.upper).all())
+        (torch.Size([3, 6]), True)
+        >>> x = model.equilibrium(0.1 * (2 * torch.rand(3, 3, dtype=torch.float64) - 1))   # inside the set
+        >>> bool(((sb.lower - 1e-9 <= x) & (x <= sb.upper + 1e-9)).all())
+        True
+    """
     (xl, xh, _, _), name, sec = _compute(model, u0, sigma_u, k, method, clip, time_budget, alpha_iters,
                                          lp_rounds)
     return StateBounds(xl.to(torch.float64), xh.to(torch.float64), name, sec)

@@ -44,7 +44,8 @@ class EmpiricalLipschitz:
     Attributes:
         value: the largest ratio ``||f(u) - f(v)|| / ||u - v||`` found (a lower bound of the
             Lipschitz constant in ``norm``).
-        u, v: the pair that attains it, each ``(p,)``.
+        u: ``(p,)`` first input of the pair that attains it.
+        v: ``(p,)`` second input of that pair.
         norm: ``"inf"`` or ``"2"`` (the same norm on inputs and outputs).
         trials: ratios evaluated (``pairs * (steps + 1)``).
         per_pair: ``(pairs,)`` best ratio of each pair.
@@ -100,12 +101,13 @@ def empirical_lipschitz(model: nn.Module, U: Tensor, *, norm: str = "inf", pairs
     Returns:
         :class:`EmpiricalLipschitz` (``value`` and its pair ``u, v``).
 
-    >>> f = torch.nn.Linear(3, 2, bias=False, dtype=torch.float64)
-    >>> with torch.no_grad(): _ = f.weight.copy_(torch.tensor([[1., -2., 0.5], [0., 1., 1.]]))
-    >>> g = torch.Generator().manual_seed(0)
-    >>> U = torch.randn(64, 3, dtype=torch.float64, generator=g)
-    >>> round(empirical_lipschitz(f, U, steps=10, generator=g).value, 9)   # ||W||_inf
-    3.5
+    Examples:
+        >>> f = torch.nn.Linear(3, 2, bias=False, dtype=torch.float64)
+        >>> with torch.no_grad(): _ = f.weight.copy_(torch.tensor([[1., -2., 0.5], [0., 1., 1.]]))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> U = torch.randn(64, 3, dtype=torch.float64, generator=g)
+        >>> round(empirical_lipschitz(f, U, steps=10, generator=g).value, 9)   # ||W||_inf
+        3.5
     """
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")

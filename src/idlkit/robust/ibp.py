@@ -141,7 +141,8 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = 
         model: an :class:`~idlkit.ImplicitModel` whose ``A`` is strictly (block) triangular up to a
             permutation of whole activation blocks (e.g. from :func:`idlkit.convert.from_torch`),
             dense or sparse.
-        u0: ``(batch, p)`` nominal inputs; ``sigma_u``: scalar or ``(p,)`` radius.
+        u0: ``(batch, p)`` nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius.
         k: at most ``k`` inputs perturbed (the cardinality set, eq. 4.2); ``None`` for the box.
             Only the terms ``B u`` and ``D u`` see ``k``: the radius of row ``i`` is ``s_k`` of
             ``|B_i| . sigma_u`` (its ``k`` largest terms, exact for that row over eq. 4.2); the
@@ -156,11 +157,12 @@ def interval_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = 
             :func:`~idlkit.robust.state_box_bound`).
         NonFiniteError: the intervals overflowed (inputs or weights too large).
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
-    >>> ib = interval_bounds(model, torch.zeros(3, 4, dtype=torch.float64), 0.1)
-    >>> ib.y_lower.shape, ib.sweeps
-    (torch.Size([3, 2]), 1)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4, dtype=torch.float64))
+        >>> ib = interval_bounds(model, torch.zeros(3, 4, dtype=torch.float64), 0.1)
+        >>> ib.y_lower.shape, ib.sweeps
+        (torch.Size([3, 2]), 1)
     """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
@@ -217,8 +219,10 @@ class BoundComparison:
     """Mean interval widths of IBP and of the implicit box bound (Thm 4.1/4.3), per sample.
 
     Attributes:
-        ibp_state_width, box_state_width: ``(batch,)`` mean of ``x_upper - x_lower`` over states.
-        ibp_output_width, box_output_width: ``(batch,)`` the same for the outputs.
+        ibp_state_width: ``(batch,)`` mean of ``x_upper - x_lower`` over states, by IBP.
+        box_state_width: ``(batch,)`` the same for the implicit box bound.
+        ibp_output_width: ``(batch,)`` mean of ``y_upper - y_lower`` over outputs, by IBP.
+        box_output_width: ``(batch,)`` the same for the implicit box bound.
     """
 
     ibp_state_width: Tensor
@@ -237,6 +241,13 @@ def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = N
     with ``k`` the cardinality set (4.2).
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> cmp = compare_bounds(model, torch.zeros(2, 3, dtype=torch.float64), 0.1)
+        >>> cmp.ibp_output_width.shape, bool((cmp.ibp_output_width <= cmp.box_output_width + 1e-9).all())
+        (torch.Size([2]), True)
     """
     from .bounds import state_box_bound
     from .sensitivity import output_box_bound

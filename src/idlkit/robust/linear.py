@@ -104,8 +104,11 @@ class LinearBounds:
     """Linear-relaxation bounds (float64, batch-first).
 
     Attributes:
-        x_lower, x_upper: ``(batch, n)`` state bounds; ``y_lower, y_upper``: ``(batch, q)`` output
-            bounds; every state/output of every input of the set lies inside.
+        x_lower: ``(batch, n)`` lower state bounds; every state of every input of the set lies
+            above.
+        x_upper: ``(batch, n)`` upper state bounds.
+        y_lower: ``(batch, q)`` lower output bounds.
+        y_upper: ``(batch, q)`` upper output bounds.
         method: ``"crown"``, ``"alpha-crown"`` (triangular ``A``) or ``"linear-fixed-point"``,
             ``"alpha-linear-fixed-point"`` (general ``A``).
         levels: number of dependency levels (``0`` for a general ``A``).
@@ -205,7 +208,19 @@ def relax(f: Activation, l: Tensor, h: Tensor) -> Relaxation:
 
     Args:
         f: a componentwise activation, possibly ``Centered`` (its shift moves every offset).
-        l, h: ``(batch, k)`` pre-activation bounds, ``l <= h``.
+        l: ``(batch, k)`` lower pre-activation bounds.
+        h: ``(batch, k)`` upper pre-activation bounds, ``l <= h``.
+
+    Examples:
+        >>> l = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
+        >>> h = torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+        >>> r = relax(idlkit.get_activation("relu"), l, h)
+        >>> r.us0.shape
+        torch.Size([1, 2])
+        >>> z = torch.linspace(0, 1, 11, dtype=torch.float64)[:, None] * (h - l) + l   # points of [l, h]
+        >>> upper = r.us0 * z + r.uo0                                                 # one upper line
+        >>> bool((torch.relu(z) <= upper + 1e-12).all())
+        True
     """
     shift = 0.0
     if isinstance(f, Centered):
@@ -366,7 +381,14 @@ def _interval(segs: list[tuple[int, int, Activation]], idx: Tensor, l: Tensor, h
 
 def state_levels(A: object) -> np.ndarray | None:
     """Dependency level of each state (``0``: depends on ``u`` only), or ``None`` when the
-    dependency graph of ``A`` has a cycle (Thm 2.8-2.9)."""
+    dependency graph of ``A`` has a cycle (Thm 2.8-2.9).
+
+    Examples:
+        >>> state_levels(torch.tensor([[0.0, 1.0], [0.0, 0.0]])).tolist()   # x_1 needs x_2
+        [1, 0]
+        >>> state_levels(torch.tensor([[0.0, 1.0], [1.0, 0.0]])) is None      # a cycle
+        True
+    """
     n = A.shape[0]  # type: ignore[attr-defined]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -636,6 +658,12 @@ def equilibrium_error(model: object, U: np.ndarray, extra: np.ndarray | None = N
 
     Returns:
         ``x0`` ``(m, n)`` tensor and the radius ``(m, n)`` float64 array.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> x0, err = equilibrium_error(model, np.zeros((2, 3)))
+        >>> x0.shape, err.shape, bool((err >= 0).all())
+        (torch.Size([2, 5]), (2, 5), True)
     """
     from ._linalg import solve_nonneg
     from ._model import float64_copy, model_data, norm_matrices
@@ -769,14 +797,17 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
 
     Args:
         model: an :class:`~idlkit.ImplicitModel` with a componentwise activation.
-        u0: ``(batch, p)`` (or ``(p,)``) nominal inputs; sigma_u: scalar or ``(p,)`` radius.
+        u0: ``(batch, p)`` (or ``(p,)``) nominal inputs.
+        sigma_u: scalar or ``(p,)`` radius.
         clip: valid input range ``(lo, hi)`` intersected with the box.
         alpha: optimise the relaxation parameters of the output bounds (alpha-CROWN).
-        alpha_iters, alpha_lr: projected Adam iterations and step size.
+        alpha_iters: projected Adam iterations.
+        alpha_lr: projected Adam step size.
         intersect_ibp: intersect CROWN's pre-activation intervals with IBP's (tighter, sound;
             triangular only).
-        steps: substitution steps of the general method; rounds: its ``z``-refinement rounds (at
-            most; it stops when a round narrows the intervals by less than 0.1 %).
+        steps: substitution steps of the general method.
+        rounds: its ``z``-refinement rounds (at most; it stops when a round narrows the
+            intervals by less than 0.1 %).
         intermediate: ``"crown"`` (default) or ``"ibp"``: pre-activation intervals from IBP and one
             backward pass for the outputs ("CROWN-IBP"), on the sparse matrices as they are (for
             models too large to densify, e.g. a converted ResNet-20); triangular ``A``, no ``alpha``.
@@ -787,13 +818,15 @@ def linear_bounds(model: object, u0: Tensor, sigma_u: object, *, clip: tuple[flo
 
     Raises:
         ConfigurationError: a block activation (SoftMax, BlockMax, Product), or a model too large
-            to densify; WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
+            to densify.
+        WellPosednessError: general ``A`` and Thm 4.1 cannot be certified.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
-    >>> lb = linear_bounds(model, torch.zeros(3, 4), 0.1)
-    >>> lb.y_lower.shape
-    torch.Size([3, 2])
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))
+        >>> lb = linear_bounds(model, torch.zeros(3, 4), 0.1)
+        >>> lb.y_lower.shape
+        torch.Size([3, 2])
     """
     check_int("alpha_iters", alpha_iters, 0)
     check_scalar("alpha_lr", alpha_lr, low=0.0, low_inclusive=False)

@@ -50,7 +50,9 @@ class LipschitzBounds:
     """Every applicable l_inf Lipschitz bound of ``u -> y`` (``nan`` where its hypothesis fails).
 
     Attributes:
-        inf: eq. 4.8; ``mu``: paper 004's ``mu_inf`` form; ``sensitivity``: ``||S||_inf``.
+        inf: eq. 4.8.
+        mu: paper 004's ``mu_inf`` form.
+        sensitivity: ``||S||_inf``.
         best: the smallest finite one.
     """
 
@@ -121,12 +123,14 @@ def state_lipschitz_bound(model: object, measure: str = "inf") -> float:
     ``||dx|| <= lam_i (mu_inf(A) ||dx|| + |(B du)_i|)``, so
     ``||dx|| <= gamma ||B|| ||du|| / (1 - gamma mu_inf(A)_+)``.
 
-    >>> model = idlkit.ImplicitModel(3, 8, 2, wellposedness="mu", kappa=0.5, dtype=torch.float64)
-    >>> state_lipschitz_bound(model, "mu") >= 0
-    True
-
     Raises:
-        WellPosednessError, ConfigurationError: as :func:`lipschitz_bound`.
+        WellPosednessError: as :func:`lipschitz_bound`.
+        ConfigurationError: as :func:`lipschitz_bound`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 8, 2, wellposedness="mu", kappa=0.5, dtype=torch.float64)
+        >>> state_lipschitz_bound(model, "mu") >= 0
+        True
     """
     check_choice("measure", measure, MEASURES)
     d = model_data(model)
@@ -162,6 +166,14 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
     Raises:
         WellPosednessError: the measure's contraction hypothesis fails (the value is named).
         ConfigurationError: ``"mu"`` with a non-monotone or non-componentwise activation.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> L = lipschitz_bound(model)
+        >>> u, v = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+        >>> ratio = (model(u) - model(v)).abs().amax(1) / (u - v).abs().amax(1)
+        >>> bool((ratio <= L + 1e-9).all())
+        True
     """
     check_choice("measure", measure, MEASURES)
     if measure == "best":
@@ -178,7 +190,14 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
 
 
 def lipschitz_bounds(model: object) -> LipschitzBounds:
-    """All three bounds of :func:`lipschitz_bound`, ``nan`` where a hypothesis fails."""
+    """All three bounds of :func:`lipschitz_bound`, ``nan`` where a hypothesis fails.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> lb = lipschitz_bounds(model)
+        >>> lb.sensitivity <= lb.inf, lb.inf == lipschitz_bound(model, "inf")
+        (True, True)
+    """
     vals = {}
     for m in ("inf", "mu", "sensitivity"):
         try:

@@ -170,6 +170,12 @@ def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray, k: int | None = Non
     Raises:
         WellPosednessError: ``lambda_pf(|A|) < 1`` cannot be certified (the bound would be
             meaningless); the message names ``lambda_pf``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> sx = state_sigma(model, np.full(3, 0.1))
+        >>> sx.shape, np.allclose(sx, idlkit.robust.state_box_bound(model, 0.1).numpy())
+        ((5,), True)
     """
     from .bounds import state_box_bound
 
@@ -302,6 +308,15 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
 
     Raises:
         InputError: ``start`` does not contain the nominal state ``x0`` (it cannot be valid).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> u0 = np.zeros(3)
+        >>> x0 = model.equilibrium(torch.zeros(1, 3, dtype=torch.float64))[0].detach().numpy()
+        >>> xlo, xhi, sx = start_box(model, u0, np.full(3, 0.1), None, None, x0)
+        >>> xlo.shape, bool((xlo <= x0).all() and (x0 <= xhi).all())
+        ((6,), True)
     """
     from .ibp import interval_bounds
 
@@ -369,6 +384,18 @@ class LPProblem:
     Variables ``v = [x (n), u (p), t (p if k is not None)]``; ``t`` are the cardinality
     indicators (continuous in [0, 1] for the hull, binary for the MILP). ``zlo, zhi``: the
     pre-activation intervals the triangle cuts use.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> net = net.double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> u0, sigma = np.zeros(3), np.full(3, 0.1)
+        >>> prob = LPProblem.build(model, u0, sigma, None, None, "hull", True)
+        >>> c = np.zeros(prob.n); c[0] = 1.0                      # maximise x_1 over the relaxed set
+        >>> bound, x, u, status = prob.maximize(c, np.zeros(prob.p))
+        >>> U = torch.from_numpy(u0 + sigma * (2 * np.random.default_rng(0).random((64, 3)) - 1))
+        >>> status, bool(model.equilibrium(U)[:, 0].max() <= bound + 1e-9)
+        ('optimal', True)
     """
 
     n: int
@@ -588,13 +615,16 @@ class LPStateBounds:
     """Per-coordinate LP bounds on the state (Thm 4.5 relaxation), float64.
 
     Attributes:
-        lower, upper: ``(len(coords),)`` tensors: ``lower <= x(u)[coords] <= upper`` for every
-            ``u`` in the set (rounded outward: safe dual bounds of the LPs).
+        lower: ``(len(coords),)`` tensor: ``lower <= x(u)[coords]`` for every ``u`` in the set
+            (rounded outward: safe dual bounds of the LPs).
+        upper: ``(len(coords),)`` tensor: ``x(u)[coords] <= upper``, likewise.
         coords: the state coordinates bounded, ``(len(coords),)`` int64.
-        x0: ``(n,)`` nominal state; ``sigma_x``: ``(n,)`` the Thm 4.1 radius of the start box.
+        x0: ``(n,)`` nominal state.
+        sigma_x: ``(n,)`` the Thm 4.1 radius of the start box.
         n_lp: number of LPs solved.
-        z_lower, z_upper: ``(n,)`` bounds of the pre-activations ``z = A x + B u + b`` of every
+        z_lower: ``(n,)`` lower bounds of the pre-activations ``z = A x + B u + b`` of every
             state: LP bounds where they were solved, interval arithmetic on the boxes elsewhere.
+        z_upper: ``(n,)`` upper bounds of the pre-activations, likewise.
         layerwise: the bounds were computed level by level (strictly triangular ``A``).
     """
 
@@ -677,24 +707,30 @@ def lp_state_bounds(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float,
 
     Args:
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (dense or sparse) with ``lambda_pf(|A|) < 1``.
-        u0: nominal input ``(p,)``; sigma_u: box radius, scalar or ``(p,)``; k: cardinality.
+        u0: nominal input ``(p,)``.
+        sigma_u: box radius, scalar or ``(p,)``.
+        k: cardinality.
         coords: state coordinates to bound (default: all ``n``).
-        clip, triangle, card_method: as in :func:`lp_attack`.
+        clip: as in :func:`lp_attack`.
+        triangle: as in :func:`lp_attack`.
+        card_method: as in :func:`lp_attack`.
         rounds: ``>= 1``; Jacobi rounds for a non-triangular ``A`` (ignored for a feed-forward one:
             one pass is LP-tight).
         start: optional valid state box ``(lower, upper)`` (``(n,)`` each, e.g. linear bounds).
 
     Raises:
-        ConfigurationError: not ReLU, bad ``k``/``rounds``/``card_method``/``start``; SolverError:
-        HiGHS failed; WellPosednessError: Thm 4.1 cannot be certified; InputError: ``start``
-        excludes the nominal state.
+        ConfigurationError: not ReLU, bad ``k``/``rounds``/``card_method``/``start``.
+        SolverError: HiGHS failed.
+        WellPosednessError: Thm 4.1 cannot be certified.
+        InputError: ``start`` excludes the nominal state.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
-    ...                           torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
-    >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
-    >>> sb = lp_state_bounds(model, torch.zeros(3, dtype=torch.float64), 0.1)
-    >>> sb.lower.shape, sb.layerwise
-    (torch.Size([16]), True)
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+        ...                           torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> sb = lp_state_bounds(model, torch.zeros(3, dtype=torch.float64), 0.1)
+        >>> sb.lower.shape, sb.layerwise
+        (torch.Size([16]), True)
     """
     from .ibp import block_levels
 
@@ -807,6 +843,13 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
         :meth:`LPProblem.maximize`, plus the constant, rounded up), ``value`` (the objective at
         the model's true state at ``u_adv``), ``status``; ``extra`` holds ``sigma_x``, ``x0``,
         ``lp_value`` (the relaxation's own objective at its solution) and ``n_lp`` (LPs solved).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> r = lp_attack(model, torch.zeros(3, dtype=torch.float64), 0.1)
+        >>> r.u_adv.shape, r.status, bool(r.value <= r.bound + 1e-9)
+        (torch.Size([3]), 'optimal', True)
     """
     require_relu(model, "the LP relaxation (Thm 4.5)")
     check_choice("objective", objective, ("l2", "linear"))

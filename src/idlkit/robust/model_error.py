@@ -31,7 +31,15 @@ def perturbation_bound(model: object, A: Tensor) -> Tensor:
     """``E = |A - A0|`` for a perturbed matrix ``A`` of the model's ``A0``, float64.
 
     Dense unless both matrices are sparse: then ``E`` is a sparse CSR tensor with the union of
-    their patterns (neither matrix is densified), which :func:`model_error_bound` takes as is."""
+    their patterns (neither matrix is densified), which :func:`model_error_bound` takes as is.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> A = model.A.detach() + 0.01
+        >>> E = perturbation_bound(model, A)
+        >>> E.shape, round(float(E.max()), 6)
+        (torch.Size([5, 5]), 0.01)
+    """
     M0, M1 = as_matrix(model.A), as_matrix(A)  # type: ignore[attr-defined]
     if M1.shape != M0.shape:
         raise ShapeError(f"perturbed A has shape {M1.shape}, the model's is {M0.shape}")
@@ -51,6 +59,16 @@ def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str =
     Raises:
         ConfigurationError: a non-componentwise activation (Thm 5.1 is for CONE maps).
         WellPosednessError: ``lambda_pf(gamma (|A0| + E)) < 1`` cannot be certified.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> u = torch.randn(4, 3, dtype=torch.float64)
+        >>> E = torch.full((5, 5), 1e-3, dtype=torch.float64)
+        >>> bound = model_error_bound(model, E, u)
+        >>> A, B, C, D, b = (t.detach() for t in (model.A, model.B, model.C, model.D, model.b))
+        >>> other = idlkit.ImplicitModel.from_matrices(A + E, B, C, D, b=b, wellposedness=None)
+        >>> bound.shape, bool(((other.equilibrium(u) - model.equilibrium(u)).abs() <= bound + 1e-9).all())
+        (torch.Size([4, 5]), True)
     """
     d = model_data(model)
     if not d.componentwise:

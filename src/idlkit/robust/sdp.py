@@ -54,7 +54,8 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: i
     Args:
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (sparse matrices are densified:
             ``n + p + 1 <= max_size``).
-        u0: nominal input ``(p,)``; sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
+        u0: nominal input ``(p,)``.
+        sigma_u: box radius (scalar or ``(p,)``, ``>= 0``).
         k: must be ``None``: the SDP (4.19) is stated for the box set (4.1) only; a cardinality
             set raises :class:`~idlkit.errors.ConfigurationError` naming the alternatives.
         clip: valid input range ``(lo, hi)`` intersected with the box.
@@ -70,6 +71,13 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: i
         true discrepancy; ``extra``: ``value_u`` and ``u_opt`` (optimal-``u`` extraction),
         ``value_rank1`` and ``u_rank1`` (rank-one extraction), ``rank1_ratio``
         (``lambda_2 / lambda_1`` of ``M``: 0 when the relaxation is exact), ``solver``.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+        >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
+        >>> r = sdp_attack(model, torch.zeros(3, dtype=torch.float64), 0.1)
+        >>> r.u_adv.shape, bool(r.value <= r.bound)
+        (torch.Size([3]), True)
     """
     require_relu(model, "the SDP relaxation (eq. 4.19)")
     if k is not None:

@@ -56,6 +56,12 @@ def sensitivity(model: object, form: str = "auto", method: str = "auto") -> Sens
     Raises:
         ConfigurationError: ``form="cone"`` with a non-componentwise activation.
         WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> s = sensitivity(model)
+        >>> s.S.shape, s.form, torch.allclose(s.S, sensitivity_matrix(model))
+        (torch.Size([2, 3]), 'cone', True)
     """
     check_choice("form", form, FORMS)
     d = model_data(model)
@@ -81,13 +87,31 @@ def sensitivity_matrix(model: object, form: str = "auto", method: str = "auto") 
     """``S = |C| (I - |A|)^-1 |B| + |D|`` (Thm 4.3) or its block form (Thm 4.4), ``(q, p)`` float64.
 
     See :func:`sensitivity` for the arguments and errors.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> S = sensitivity_matrix(model)
+        >>> S.shape
+        torch.Size([2, 3])
+        >>> A, B, C, D = (t.detach().abs() for t in (model.A, model.B, model.C, model.D))
+        >>> torch.allclose(S, C @ torch.linalg.solve(torch.eye(5, dtype=torch.float64) - A, B) + D)
+        True
     """
     return sensitivity(model, form, method).S
 
 
 def output_box_bound(model: object, sigma_u: object, k: int | None = None, method: str = "auto") -> Tensor:
     """``sigma_y`` with ``|y(u) - y(u0)| <= sigma_y`` on ``U_box`` (``S sigma_u``, eq. 4.10/4.11)
-    or on ``U_card`` (``s_k`` of each row of ``S diag(sigma_u)``, the ``k`` largest terms), ``(q,)``."""
+    or on ``U_card`` (``s_k`` of each row of ``S diag(sigma_u)``, the ``k`` largest terms), ``(q,)``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> sy = output_box_bound(model, 0.1)
+        >>> u0 = torch.zeros(1, 3, dtype=torch.float64)
+        >>> u = u0 + 0.1 * (2 * torch.rand(256, 3, dtype=torch.float64) - 1)       # samples of the box
+        >>> sy.shape, bool(((model(u) - model(u0)).abs() <= sy + 1e-9).all())
+        (torch.Size([2]), True)
+    """
     d = model_data(model)
     s = as_sigma(sigma_u, d.p)
     k = check_k(k, d.p)

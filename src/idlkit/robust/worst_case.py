@@ -50,9 +50,11 @@ class WorstCaseLoss:
     """Per-sample nominal loss and its worst-case upper bound (float64).
 
     Attributes:
-        nominal: ``(batch,)`` loss at ``u0``; ``bound``: ``(batch,)`` upper bound over the set.
+        nominal: ``(batch,)`` loss at ``u0``.
+        bound: ``(batch,)`` upper bound over the set.
         sigma_y: ``(q,)`` output radius (the bound also adds the solver-error term ``y_err`` of
-            :class:`~idlkit.robust.BoxBounds`); ``loss``: the loss name.
+            :class:`~idlkit.robust.BoxBounds`).
+        loss: the loss name.
         kind: ``"refined"`` (the box bound of §4.4) or ``"rho"`` (the single-radius bound).
         rho: ``(batch,)`` the state radius used by ``"rho"`` (solver error included), else ``None``.
     """
@@ -158,20 +160,23 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
     """Upper bound of ``max_{u in U} L(y, yhat(u))`` around each row of ``u0`` (§4.4).
 
     Args:
-        u0: ``(batch, p)`` nominal inputs; ``y``: ``(batch, q)`` targets (for cross entropy
-            probability vectors or ``(batch,)`` integer labels).
-        sigma_u: input radius (eq. 4.1); ``k``: cardinality (eq. 4.2).
+        u0: ``(batch, p)`` nominal inputs.
+        y: ``(batch, q)`` targets (for cross entropy probability vectors or ``(batch,)`` integer
+            labels).
+        sigma_u: input radius (eq. 4.1).
+        k: cardinality (eq. 4.2).
         loss: ``"squared_error"`` or ``"cross_entropy"``.
         bound: ``"refined"`` (the box bound, default) or ``"rho"`` (the single-radius bound of
             §4.4; module docstring).
         rho_measure: for ``"rho"``: ``"inf"`` (eq. 4.3, the paper's), ``"mu"``, ``"box"`` or
             ``"best"``.
 
-    >>> model = idlkit.ImplicitModel(4, 8, 3, kappa=0.5, dtype=torch.float64)
-    >>> u, y = torch.rand(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
-    >>> r = worst_case_loss(model, u, y, 0.1, "cross_entropy", bound="rho")
-    >>> bool((r.bound >= worst_case_loss(model, u, y, 0.1, "cross_entropy").bound).all())
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 8, 3, kappa=0.5, dtype=torch.float64)
+        >>> u, y = torch.rand(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+        >>> r = worst_case_loss(model, u, y, 0.1, "cross_entropy", bound="rho")
+        >>> bool((r.bound >= worst_case_loss(model, u, y, 0.1, "cross_entropy").bound).all())
+        True
     """
     check_choice("loss", loss, LOSSES)
     check_choice("bound", bound, ("refined", "rho"))

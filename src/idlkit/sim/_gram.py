@@ -137,6 +137,15 @@ class FreeElimination:
     Schur complement ``H = G_SS - G_SU G_UU^+ G_US``, ``b_i = c_S - G_SU G_UU^+ c_U`` and
     ``const_i = -1/2 c_U^T G_UU^+ c_U`` (exact when ``c_U`` lies in the range of ``G_UU``, as
     for ``G = F^T F``, ``c = F^T z``). Fields are numpy arrays or tensors, as the input.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 3)); G = F.T @ F; C = rng.standard_normal((2, 8)) @ F
+        >>> el = eliminate_free(G, C, np.array([False, False, True]))
+        >>> XS = np.zeros((2, 2))
+        >>> wU = el.free_part(XS)                                  # best w_U for w_S = 0
+        >>> wU.shape, np.allclose(wU[:, 0], C[:, 2] / G[2, 2])
+        ((2, 1), True)
     """
 
     H: Any
@@ -153,7 +162,19 @@ class FreeElimination:
 
 def eliminate_free(G: Any, C: Any, free: Any) -> FreeElimination:
     """:class:`FreeElimination` of the ``free`` coordinates (boolean mask) of all rows of ``C``;
-    numpy in, numpy out (tensors in, tensors out, on their device)."""
+    numpy in, numpy out (tensors in, tensors out, on their device).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 3)); G = F.T @ F; C = rng.standard_normal((2, 8)) @ F
+        >>> free = np.array([False, False, True])           # the last coordinate (the bias) is free
+        >>> el = eliminate_free(G, C, free)
+        >>> el.H.shape, el.B.shape
+        ((2, 2), (2, 2))
+        >>> H = G[:2, :2] - G[:2, 2:] @ np.linalg.pinv(G[2:, 2:]) @ G[2:, :2]   # Schur complement
+        >>> np.allclose(el.H, H)
+        True
+    """
     numpy = wants_numpy(G, C)
     dev = engine_device(None, G, C)
     Gt, Ct = to_engine(G, dev), to_engine(C, dev)

@@ -30,7 +30,14 @@ __all__ = ["Factor", "RowSolution", "bpdn_row", "exact_row", "factor", "relaxed_
 
 @dataclass(frozen=True)
 class Factor:
-    """Reduced factor of ``F`` (see the module docstring): ``R = diag(sv) V^T`` and ``Q``."""
+    """Reduced factor of ``F`` (see the module docstring): ``R = diag(sv) V^T`` and ``Q``.
+
+    Examples:
+        >>> F = np.random.default_rng(0).standard_normal((8, 4))
+        >>> Y, resid = factor(F).project(F[:, :2].T)       # two targets in the range of F
+        >>> Y.shape, bool((resid < 1e-12).all())
+        ((2, 4), True)
+    """
 
     R: np.ndarray
     Q: np.ndarray
@@ -44,7 +51,14 @@ class Factor:
 
 def factor(F: np.ndarray) -> Factor:
     """Thin SVD factor of the data matrix ``F`` (``m x d``), dropping singular values below
-    numpy's rank cut-off ``max(sv) * max(m, d) * eps``."""
+    numpy's rank cut-off ``max(sv) * max(m, d) * eps``.
+
+    Examples:
+        >>> F = np.random.default_rng(0).standard_normal((8, 4))
+        >>> fac = factor(F)
+        >>> fac.R.shape, fac.Q.shape, np.allclose(fac.R.T @ fac.R, F.T @ F)
+        ((4, 4), (8, 4), True)
+    """
     Q, sv, Vt = np.linalg.svd(np.asarray(F, dtype=np.float64), full_matrices=False)
     cut = (sv[0] if sv.size else 0.0) * max(F.shape) * np.finfo(np.float64).eps
     k = int(np.sum(sv > cut))
@@ -54,7 +68,18 @@ def factor(F: np.ndarray) -> Factor:
 @dataclass(frozen=True)
 class RowSolution:
     """One row's solution: ``w`` (None when the solver gave none), the solver's name and
-    status (``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"failed"``)."""
+    status (``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"failed"``).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 4)); t = F @ np.array([1.0, 0.0, -0.5, 0.0])   # t in range(F)
+        >>> fac = factor(F)
+        >>> (y,), (res,) = fac.project(t[None, :])
+        >>> mask = np.ones(4, dtype=bool)
+        >>> sol = exact_row(fac.R, y, kappa=0.1, constrained=mask, penalized=mask)   # budget too small
+        >>> sol.w is None, sol.solver, sol.status
+        (True, 'highs', 'infeasible')
+    """
 
     w: np.ndarray | None
     solver: str
@@ -68,10 +93,22 @@ def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained:
     the objective is ``sum_j sigma_j |w_j|`` (standardised penalty).
 
     Args:
-        R, y: reduced factor and reduced target (``R w = y`` is ``F w = t`` when ``t`` lies in
-            the range of ``F``; the caller checks that).
+        R: reduced factor (``R w = y`` is ``F w = t`` when ``t`` lies in the range of ``F``;
+            the caller checks that).
+        y: reduced target.
         kappa: l1 budget on ``constrained`` coordinates (None: no constraint).
-        constrained, penalized: boolean ``(d,)`` masks (the bias is neither).
+        constrained: boolean ``(d,)`` mask of the l1-constrained coordinates.
+        penalized: boolean ``(d,)`` mask of the penalised coordinates (the bias is neither).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 4)); t = F @ np.array([1.0, 0.0, -0.5, 0.0])   # t in range(F)
+        >>> fac = factor(F)
+        >>> (y,), (res,) = fac.project(t[None, :])
+        >>> mask = np.ones(4, dtype=bool)
+        >>> sol = exact_row(fac.R, y, kappa=None, constrained=mask, penalized=mask)
+        >>> sol.status, np.allclose(F @ sol.w, t), bool(np.abs(sol.w).sum() <= 1.5 + 1e-9)
+        ('optimal', True, True)
     """
     d = R.shape[1]
     wts = penalized * (np.ones(d) if sigma is None else np.asarray(sigma, dtype=np.float64))
@@ -100,7 +137,18 @@ def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None,
     """Basis-pursuit denoising, exact matching relaxed to a tolerance: ``min sum_j sigma_j |w_j|``
     (penalised ``j``) s.t. ``||R w - y|| <= delta``, ``||w_S||_1 <= kappa``; an SOCP for cvxpy
     (the reference and fallback of :func:`idlkit.sim.exact.basis_pursuit_rows` with
-    ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``)."""
+    ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 4)); t = F @ np.array([1.0, 0.0, -0.5, 0.0])   # t in range(F)
+        >>> fac = factor(F)
+        >>> (y,), (res,) = fac.project(t[None, :])
+        >>> mask = np.ones(4, dtype=bool)
+        >>> sol = bpdn_row(fac.R, y, 0.1, kappa=None, constrained=mask, penalized=mask)
+        >>> sol.status, bool(np.linalg.norm(fac.R @ sol.w - y) <= 0.1 + 1e-6)
+        ('optimal', True)
+    """
     import cvxpy as cp
 
     d = R.shape[1]
@@ -157,6 +205,17 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     penalised coordinates; both subject to ``||w_S||_1 <= kappa`` (2d). ``||t - F w||^2`` is
     ``||y - R w||^2 + resid^2`` (module docstring). With ``sigma`` the penalty acts on
     ``sigma_j w_j`` (standardised).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 4)); t = F @ np.array([1.0, 0.0, -0.5, 0.0])   # t in range(F)
+        >>> fac = factor(F)
+        >>> (y,), (res,) = fac.project(t[None, :])
+        >>> mask = np.ones(4, dtype=bool)
+        >>> sol = relaxed_row(fac.R, y, res, objective="l1", lam=1.0, weight=1e-3, kappa=None,
+        ...                   constrained=mask, penalized=mask)
+        >>> sol.status, bool(np.linalg.norm(F @ sol.w - t) < 0.01)
+        ('optimal', True)
     """
     import cvxpy as cp
 

@@ -161,10 +161,11 @@ def basis_pursuit(F: Any, T: Any, **kwargs: Any) -> BasisPursuitResult:
     """:func:`basis_pursuit_rows` from the data ``F`` (``m x d``) and targets ``T`` (``rows x m``,
     one target row per row) directly: the reduced factor is :func:`idlkit.sim.cvx.factor`.
 
-    >>> rng = np.random.default_rng(0); F = rng.normal(size=(12, 20)); w = np.zeros(20); w[3] = 0.5
-    >>> res = basis_pursuit(F, (F @ w)[None, :], kappa=None, constrained=None)
-    >>> res.status, bool(np.allclose(res.W[0], w, atol=1e-8))
-    (('optimal',), True)
+    Examples:
+        >>> rng = np.random.default_rng(0); F = rng.normal(size=(12, 20)); w = np.zeros(20); w[3] = 0.5
+        >>> res = basis_pursuit(F, (F @ w)[None, :], kappa=None, constrained=None)
+        >>> res.status, bool(np.allclose(res.W[0], w, atol=1e-8))
+        (('optimal',), True)
     """
     from .cvx import factor
 
@@ -301,6 +302,17 @@ def basis_pursuit_rows(R: Any, Y: Any, resid: Any, tnorm: Any, *, kappa: float |
 
     Returns:
         :class:`BasisPursuitResult`; see the module docstring for the method and certificates.
+
+    Examples:
+        >>> from idlkit.sim.cvx import factor
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((8, 4))
+        >>> T = np.array([[1.0, 0.0, -0.5, 0.0], [0.0, 2.0, 0.0, 0.0]]) @ F.T    # 2 targets in range(F)
+        >>> fac = factor(F); Y, resid = fac.project(T)
+        >>> res = basis_pursuit_rows(fac.R, Y, resid, np.linalg.norm(T, axis=1), kappa=None,
+        ...                          constrained=None)
+        >>> res.W.shape, res.status, np.allclose(res.W @ F.T, T, atol=1e-5)
+        ((2, 4), ('optimal', 'optimal'), True)
     """
     check_tol(eps, "eps")
     check_positive("match_tol", match_tol)

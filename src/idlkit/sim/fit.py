@@ -83,7 +83,10 @@ class SIMReport:
     """What :meth:`SIM.fit` did, row by row (state rows ``0..n-1``, then output rows).
 
     Attributes:
-        objective, backend, n_jobs, kappa: the settings used.
+        objective: the objective used.
+        backend: the backend used.
+        n_jobs: the number of workers used.
+        kappa: the l_inf bound used.
         status: per row, ``"optimal"`` (certified by its solver), ``"inactive"`` (``"lasso"``: the
             budget does not bind, least squares), ``"fallback"`` (the fast solver did not
             certify it; solved by the next one), ``"inaccurate"`` (the last solver's solution is
@@ -94,8 +97,8 @@ class SIMReport:
             (batched basis pursuit: its ADMM point, its polished vertex, or the single solution
             of ``F w = t``), ``"highs"``, ``"clarabel"``, ``"scs"``, ``"mosek"``.
         residual: per row, ``||t - F w|| / max(||t||, tiny)`` (after pruning).
-        state_residual, output_residual: ``||Z - X A^T - U B^T - b||_F / ||Z||_F`` and the same
-            for ``Y_hat``.
+        state_residual: ``||Z - X A^T - U B^T - b||_F / ||Z||_F``.
+        output_residual: the same for ``Y_hat``.
         a_inf_norm: achieved ``||A||_inf`` (<= kappa).
         nnz: nonzero parameters of the fitted model (A, B, C, D and the biases).
         baseline_nnz: the baseline's, ``||N||_0``.
@@ -303,18 +306,20 @@ class SIM:
             (module docstring).
         kappa: well-posedness bound ``||A||_inf <= kappa`` in (0, 1] (2d); for ``"lasso"`` the
             l1 budget of each whole row ``(a, b)``.
-        lambda_state, lambda_output: ``lambda_1``, ``lambda_2`` of problems 10-11.
-        beta: l1 weight (problem 11). alpha: perspective weight (problem 10). Both count in the
-            units of ``penalty_units``, against the per-sample matching terms (``per_sample``).
-            None (default): scale-aware, ``beta = penalty_ratio * median_i beta_max,i`` where
+        lambda_state: ``lambda_1`` of problems 10-11.
+        lambda_output: ``lambda_2`` of problems 10-11.
+        beta: l1 weight (problem 11), in the units of ``penalty_units``, against the per-sample
+            matching terms (``per_sample``). None (default): scale-aware,
+            ``beta = penalty_ratio * median_i beta_max,i`` where
             ``beta_max,i = (2 lambda / m) max_j |F_j^T t_i| / (c_i sigma_j)`` is the weight at
-            which row ``i``'s solution becomes zero (its optimality condition at ``w = 0``), and
-            ``alpha = beta / 2`` (the same weight on small coefficients). A fixed number would
-            not survive a change of units: the weight that zeroes a row was 6.4 on
-            Fashion-MNIST's teacher but 0.096 on a Transformer's hooked states, so one absolute
-            default over-penalised the second 65-fold (``experiments/sim_newsgroups.py``).
+            which row ``i``'s solution becomes zero (its optimality condition at ``w = 0``). A
+            fixed number would not survive a change of units: the weight that zeroes a row was
+            6.4 on Fashion-MNIST's teacher but 0.096 on a Transformer's hooked states, so one
+            absolute default over-penalised the second 65-fold (``experiments/sim_newsgroups.py``).
             ``fit(..., val=...)`` picks the weight on held-out inputs instead; the weight used
             is ``SIMReport.penalty_weight``.
+        alpha: perspective weight (problem 10), in the same units; None (default):
+            ``beta / 2`` (the same weight on small coefficients).
         penalty_ratio: the factor of that rule, 1.5e-4: the measured choice on digits and
             Fashion-MNIST (``experiments/sim_implicit.py``; it gives beta = 5.0e-4 on the digits
             teacher, 9.5e-4 on Fashion-MNIST's, 1.4e-5 on the Transformer of
@@ -388,6 +393,15 @@ class SIM:
         gamma: rescaling factor of paper 002 §3 (None: ``1.01 / kappa``).
         block_rows: rows per task (None: the rows split evenly over the workers).
         dtype: dtype of the fitted model (None: the baseline's).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> U = torch.randn(40, 4)
+        >>> model, report = SIM(objective="l1", kappa=0.99, backend="serial").fit(net, U)
+        >>> model.hidden, model(U).shape, report.a_inf_norm <= 0.99 + 1e-6
+        (6, torch.Size([40, 2]), True)
+        >>> (model(U) - net(U)).abs().max().item() < 0.05        # close to the teacher (l1 relaxes matching)
+        True
     """
 
     objective: str = "l1"
@@ -467,7 +481,8 @@ class SIM:
                 fraction of equal argmax for several outputs, ``1 -`` the relative output
                 error for one) is within ``val_tolerance`` of the best. The report's
                 :attr:`SIMReport.validation` lists every candidate.
-            weights, val_tolerance: the grid and the tolerance of that rule.
+            weights: the grid of the ``val`` rule.
+            val_tolerance: the tolerance of the ``val`` rule.
 
         Returns:
             ``(model, report)``: the fitted model (inputs flattened to ``(m, p)``) and a

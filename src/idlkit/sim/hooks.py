@@ -101,7 +101,8 @@ class HookedStates:
     """Raw (unscaled) states recorded by :func:`hook_states`, batch-first.
 
     Attributes:
-        Z, X: ``(m, n)`` pre- and post-activation states, last call on top; ``X = phi(Z)``.
+        Z: ``(m, n)`` pre-activation states, last call on top.
+        X: ``(m, n)`` post-activation states, ``X = phi(Z)``.
         Y_hat: the network's output, flattened to ``(m, q)``.
         U: the input, flattened to ``(m, p)``.
         layers: the blocks in stacked order (top, i.e. last call, first).
@@ -156,7 +157,13 @@ def _spec(mod: nn.Module) -> nl.Spec | str | None:
 
 def hookable_modules(net: nn.Module, skip_layers: Sequence[str] = ()) -> list[str]:
     """Names of the modules whose calls :func:`hook_states` records as states (in module order,
-    not forward order; ``skip_layers`` and their submodules left out)."""
+    not forward order; ``skip_layers`` and their submodules left out).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> hookable_modules(net)
+        ['1']
+    """
     skip = _check_names(net, skip_layers, "skip_layers")
     out = []
     for name, mod in net.named_modules():
@@ -308,12 +315,6 @@ def hook_states(net: nn.Module, U: Tensor, *, skip_layers: Sequence[str] = (),
     Returns:
         :class:`HookedStates`: raw states, last call on top, with the map of each block.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.GELU(),
-    ...                           torch.nn.Linear(4, 2))
-    >>> hs = hook_states(net, torch.randn(5, 3))
-    >>> hs.Z.shape, [lay.label for lay in hs.layers]
-    (torch.Size([5, 4]), ['2'])
-
     Raises:
         ConfigurationError: a name in ``skip_layers``/``identity_layers`` that is no module.
         InputError: no activation module ran (functional activations are invisible to hooks;
@@ -321,6 +322,13 @@ def hook_states(net: nn.Module, U: Tensor, *, skip_layers: Sequence[str] = (),
             ``LogSoftmax``, ``GLU``, ... : put it in ``skip_layers``), training mode.
         ShapeError: an activation tensor that is not batch-first, or a forward that fails on U.
         NonFiniteError: NaN/Inf in the states or outputs (naming the rows and blocks).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.GELU(),
+        ...                           torch.nn.Linear(4, 2))
+        >>> hs = hook_states(net, torch.randn(5, 3))
+        >>> hs.Z.shape, [lay.label for lay in hs.layers]
+        (torch.Size([5, 4]), ['2'])
     """
     if not isinstance(net, nn.Module):
         raise InputError(f"net must be a torch.nn.Module, got {type(net).__name__}")

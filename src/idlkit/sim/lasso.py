@@ -127,6 +127,11 @@ def gram(F: object) -> np.ndarray:
 
     ``F`` is the shared design matrix ``M = (X^T, U^T)`` of thesis §3.3 (samples x unknowns).
     Computed once and reused for every row (Alg. 2).
+
+    Examples:
+        >>> F = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+        >>> gram(F).tolist(), np.allclose(gram(F), F.T @ F)
+        ([[10.0, 14.0], [14.0, 21.0]], True)
     """
     Fa = _as_float_array(F, "F", 2)
     G = Fa.T @ Fa
@@ -214,6 +219,16 @@ def lasso_cd(
     Convergence: the largest coordinate change in one full sweep, measured as
     ``|dw_j| G_jj`` (a change of the gradient), is below ``tol * max(||c||_inf, lam)``.
     ``iterations`` counts sweeps (full or active-set).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((20, 5)); z = F @ np.array([1.0, 0.0, 0.0, -2.0, 0.0])
+        >>> res = lasso_cd(gram(F), F.T @ z, lam=0.0)             # no penalty: least squares
+        >>> res.converged, np.round(res.w, 6).tolist()
+        (True, [1.0, 0.0, -0.0, -2.0, 0.0])
+        >>> w = lasso_cd(gram(F), F.T @ z, lam=1e3).w                # a large penalty: all zero
+        >>> bool((w == 0).all())
+        True
     """
     Ga = _check_gram(G)
     n = Ga.shape[0]
@@ -509,6 +524,13 @@ def constrained_lasso(
 
     Bisection on ``lam in [0, lam_max]`` (Alg. 1) with an exact step per iteration: see the
     module docstring for this deviation. Returns a :class:`ConstrainedLassoResult`.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((20, 5)); z = F @ np.array([1.0, 0.0, 0.0, -2.0, 0.0])
+        >>> res = constrained_lasso(gram(F), F.T @ z, kappa=1.5)
+        >>> res.status, round(res.l1, 6), res.w.shape              # the l1 ball binds: ||w||_1 = kappa
+        ('optimal', 1.5, (5,))
     """
     Ga = _check_gram(G)
     n = Ga.shape[0]
@@ -614,6 +636,16 @@ def constrained_lasso_rows(
     row's solution and multiplier, as in Alg. 2 ("warm start Q(lam_i) with the optimal solution to
     Q(lam_{i-1})"). ``kappa`` is a scalar or one value per row; ``zz`` optional ``||z_i||^2`` per row.
     Serial; parallel execution over row blocks belongs to the caller (joblib backends).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> F = rng.standard_normal((20, 5)); Z = rng.standard_normal((3, 20))  # 3 targets
+        >>> res = constrained_lasso_rows(gram(F), Z @ F, kappa=0.5)
+        >>> res.W.shape, bool((res.l1 <= 0.5 + 1e-9).all())
+        ((3, 5), True)
+        >>> one = constrained_lasso(gram(F), Z[1] @ F, kappa=0.5).w
+        >>> np.allclose(res.W[1], one, atol=1e-6)
+        True
     """
     Ga, Ca, kap = _check_rows(G, C, kappa)
     n, r = Ga.shape[0], Ca.shape[0]

@@ -133,10 +133,11 @@ def constrained_lasso_batch(
 
     See the module docstring for the method. Returns a :class:`BatchLassoResult` (numpy).
 
-    >>> F = np.random.default_rng(0).normal(size=(40, 6)); Z = F[:, :3].T  # z_i = F e_i
-    >>> res = constrained_lasso_batch(F.T @ F, Z @ F, 0.5)
-    >>> res.status, bool(np.all(res.l1 <= 0.5 + 1e-12))
-    (('optimal', 'optimal', 'optimal'), True)
+    Examples:
+        >>> F = np.random.default_rng(0).normal(size=(40, 6)); Z = F[:, :3].T  # z_i = F e_i
+        >>> res = constrained_lasso_batch(F.T @ F, Z @ F, 0.5)
+        >>> res.status, bool(np.all(res.l1 <= 0.5 + 1e-12))
+        (('optimal', 'optimal', 'optimal'), True)
     """
     Ga, Ca, kap = _check_rows(G, C, kappa)
     n, r = Ga.shape[0], Ca.shape[0]

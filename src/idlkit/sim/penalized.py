@@ -120,7 +120,13 @@ class PenalizedResult:
 
 
 def penalty_value(W: Any, penalty: str, weight: float, sigma: Any = None, l1_ratio: float = 0.5) -> Any:
-    """``sum_j pen(sigma_j w_j)`` per row of ``W`` (module docstring; ``sigma`` default ones)."""
+    """``sum_j pen(sigma_j w_j)`` per row of ``W`` (module docstring; ``sigma`` default ones).
+
+    Examples:
+        >>> W = np.array([[1.0, -2.0], [0.0, 0.5]])
+        >>> penalty_value(W, "l1", 1.0).tolist()                    # sum_j |w_j| per row
+        [3.0, 0.5]
+    """
     if isinstance(W, Tensor):
         A = W.abs() if sigma is None else W.abs() * torch.as_tensor(sigma, dtype=W.dtype, device=W.device)
         if penalty == "l1":
@@ -251,11 +257,12 @@ def penalized_rows(G: Any, C: Any, tt: Any, *, lam: float, penalty: str, weight:
         :class:`PenalizedResult` (numpy arrays, or tensors on ``device`` when ``G`` or ``C`` is
         a tensor). See the module docstring for the method.
 
-    >>> F = np.random.default_rng(0).normal(size=(30, 5)); T = F[:, :2].T.copy()
-    >>> res = penalized_rows(F.T @ F, T @ F, (T * T).sum(1), lam=1.0, penalty="l1", weight=0.1,
-    ...                      kappa=None, constrained=None)
-    >>> res.W.shape, res.status
-    ((2, 5), ('optimal', 'optimal'))
+    Examples:
+        >>> F = np.random.default_rng(0).normal(size=(30, 5)); T = F[:, :2].T.copy()
+        >>> res = penalized_rows(F.T @ F, T @ F, (T * T).sum(1), lam=1.0, penalty="l1", weight=0.1,
+        ...                      kappa=None, constrained=None)
+        >>> res.W.shape, res.status
+        ((2, 5), ('optimal', 'optimal'))
     """
     check_choice("penalty", penalty, PENALTIES)
     check_positive("lam", lam)

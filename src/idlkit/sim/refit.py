@@ -46,9 +46,11 @@ class RegenReport:
 
     Attributes:
         m: samples used.
-        output_error_before, output_error_after: ``||Y_model - Y_hat||_F / ||Y_hat||_F`` with the
-            old and the refitted ``(C, D, d)`` (on the same samples).
-        mse_before, mse_after: the mean squared output errors, ``||.||_F^2 / (m q)``.
+        output_error_before: ``||Y_model - Y_hat||_F / ||Y_hat||_F`` with the old ``(C, D, d)``
+            (on the same samples).
+        output_error_after: the same with the refitted ``(C, D, d)``.
+        mse_before: the mean squared output error ``||.||_F^2 / (m q)`` before the refit.
+        mse_after: the same after the refit.
         rank: numerical rank of ``F = (X', U[, 1])``.
         columns: columns of ``F`` (``n + p [+ 1]``). ``rank < columns`` (e.g. fewer samples than
             unknowns) means the unregularised fit interpolates the samples (minimum-norm
@@ -180,16 +182,19 @@ def regen_states(model: ImplicitModel, U: Tensor, Y_hat: Tensor, *, ridge: float
         settings and well-posedness, and the refitted ``C, D, d`` (stored sparse when the
         model's ``C`` was); a :class:`RegenReport` with the output error before and after.
 
-    >>> model, _ = SIM().fit(net, U)                                  # doctest: +SKIP
-    >>> model2, rep = regen_states(model, U, net(U))                  # doctest: +SKIP
-    >>> rep.output_error_after <= rep.output_error_before             # doctest: +SKIP
-    True
-
     Raises:
         InputError: a model that is not an ImplicitModel, non-float inputs.
         ShapeError: ``U``/``Y_hat`` whose shapes disagree with each other or the model.
         NonFiniteError: NaN/Inf in ``U``, ``Y_hat`` or the model's states (naming the rows).
         ConvergenceError: the model's equilibrium solve does not converge.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> U = torch.randn(40, 4)
+        >>> model, _ = idlkit.sim.SIM(backend="serial").fit(net, U)
+        >>> model2, rep = regen_states(model, U, net(U).detach())
+        >>> model2(U).shape, rep.output_error_after <= rep.output_error_before + 1e-9
+        (torch.Size([40, 2]), True)
     """
     t0 = time.perf_counter()
     model = _check_model(model)
@@ -280,13 +285,18 @@ def evaluate(model: ImplicitModel, U: Tensor, Y: Tensor | None = None,
     Returns:
         A frozen :class:`Evaluation`.
 
-    >>> ev = evaluate(model, U_test, y_test, teacher=net)            # doctest: +SKIP
-    >>> ev.accuracy, ev.teacher_accuracy, ev.sparsity                 # doctest: +SKIP
-
     Raises:
         InputError: wrong types, labels out of range, States extracted on other inputs.
         ShapeError: shapes that disagree with each other or the model.
         NonFiniteError: NaN/Inf in the inputs, the model's states or outputs (naming the rows).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+        >>> U = torch.randn(40, 4); y = net(U).argmax(1)               # labels the teacher gets right
+        >>> model, _ = idlkit.sim.SIM(backend="serial").fit(net, U)
+        >>> ev = evaluate(model, U, y, teacher=net)
+        >>> ev.m, ev.teacher_accuracy, ev.accuracy == ev.agreement, ev.nnz_A <= 36
+        (40, 1.0, True, True)
     """
     model = _check_model(model)
     Uf = _inputs(model, U)

@@ -113,7 +113,8 @@ class States:
             ``B' = diag(c) B``, ``b' = c * b``, ``C' = C diag(c)^{-1}``.
         divisor: ``s`` the weights were divided by (1.0 without rescaling or for an
             ImplicitModel baseline).
-        gamma, kappa: the rescaling parameters used (``gamma`` is None without rescaling).
+        gamma: the rescaling parameter used (None without rescaling).
+        kappa: the well-posedness bound of the rescaling.
         activation: ``phi`` on the stacked state (blockwise), so that ``X = phi(Z)``.
         baseline_nnz: nonzero parameters of the baseline, ``||N||_0`` in paper 002's
             sparsity ``(1 - ||M||_0 / ||N||_0) * 100`` (§4.1).
@@ -185,8 +186,9 @@ class States:
         """Write the states to ``path`` (one safetensors file, JSON metadata in its header,
         written atomically through a temporary file and ``os.replace``; no pickle).
 
-        >>> st = extract_states(net, U)           # doctest: +SKIP
-        >>> st.save("states.safetensors"); States.load("states.safetensors")   # doctest: +SKIP
+        Examples:
+            >>> st = extract_states(net, U)           # doctest: +SKIP
+            >>> st.save("states.safetensors"); States.load("states.safetensors")   # doctest: +SKIP
         """
         tensors = {"Z": self.Z, "X": self.X, "Y_hat": self.Y_hat, "U": self.U, "scale": self.scale}
         if self.depth is not None:
@@ -352,17 +354,12 @@ def extract_states(baseline: nn.Module, U: Tensor, *, dtype: torch.dtype | None 
             :class:`~idlkit.errors.ConversionError`; hooks directly when ``skip_layers`` or
             ``identity_layers`` is given), ``"convert"`` or ``"hooks"``. Ignored for an
             ImplicitModel.
-        skip_layers, identity_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
+        skip_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
+        identity_layers: hooks only, see :func:`idlkit.sim.hooks.hook_states`.
 
     Returns:
         :class:`States` (batch-first, last layer on top; with the converter in the state order
         of :func:`idlkit.convert.states`).
-
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LayerNorm(6), torch.nn.ReLU(),
-    ...                           torch.nn.Linear(6, 2))           # LayerNorm: not convertible
-    >>> st = extract_states(net, torch.randn(20, 4))                 # falls back to hooks
-    >>> st.method, st.X.shape, [lay.label for lay in st.layers]
-    ('hooks', torch.Size([20, 6]), ['2'])
 
     Raises:
         ConfigurationError: kappa outside (0, 1], bad gamma, dtype, method or layer names.
@@ -372,6 +369,13 @@ def extract_states(baseline: nn.Module, U: Tensor, *, dtype: torch.dtype | None 
         NonFiniteError: NaN/Inf in ``U`` or in the states or outputs (naming the rows).
         WellPosednessError: an ImplicitModel with ``lambda_pf(|A|) >= kappa`` and ``rescale=True``.
         ConversionError: ``method="convert"`` and a network the converter cannot trace.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LayerNorm(6), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(6, 2))           # LayerNorm: not convertible
+        >>> st = extract_states(net, torch.randn(20, 4))                 # falls back to hooks
+        >>> st.method, st.X.shape, [lay.label for lay in st.layers]
+        ('hooks', torch.Size([20, 6]), ['2'])
     """
     _check_dtype(dtype)
     check_choice("method", method, METHODS)

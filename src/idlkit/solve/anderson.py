@@ -42,6 +42,11 @@ class History:
     weight is exactly 0. No view depends on the number of filled slots, so the views an
     iteration touches are made once (at small ``n`` making them cost a third of an
     iteration).
+
+    Examples:
+        >>> h = History(torch.zeros(4, 3), m=5)        # a batch of 4 samples with n = 3, memory 5
+        >>> type(h).__name__
+        'History'
     """
 
     def __init__(self, X: Tensor, m: int) -> None:
@@ -128,6 +133,11 @@ def plain_rate(batch: int, n: int, m: int, lean: bool = False) -> float:
     fixed cost ``_OP_WORK`` (~2 in the lean loop, which reads the residual rarely, see
     :mod:`idlkit.solve.lean`) and ``4 B n`` of entrywise work; an Anderson step adds ~22
     small operations and ``16 m B n`` of history work (Gram row, mixing, stores).
+
+    Examples:
+        >>> r = plain_rate(batch=256, n=300, m=5)
+        >>> 0.0 < r < 1.0, plain_rate(256, 300, 5, lean=True) >= r   # cheaper lean steps pay at slower rates
+        (True, True)
     """
     gemm = 2.0 * batch * n * n
     plain = gemm + (2 if lean else 8) * _OP_WORK + 4.0 * batch * n
@@ -173,6 +183,15 @@ def anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: in
     ``start``, ``plain_phase=False``: the lean solver (:func:`idlkit.solve.lean.anderson_lean`)
     hands over after ``start`` plain steps of its own, at the point where they slowed down;
     ``per_sample=False`` then marks the per-sample iterations as not measured from 0.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T, idlkit.get_activation("relu"))   # x = relu(A x + b), batch-first rows
+        >>> X0 = torch.zeros(4, 3, dtype=torch.float64)
+        >>> X, Z, info = anderson(F, X0, 1.0, 1e-10, 100, 5, 1.0, "raise")
+        >>> X.shape, bool(info.converged), torch.allclose(X, torch.full((3, 4), 2.0, dtype=torch.float64))
+        (torch.Size([3, 4]), True, True)
     """
     B, n = X.shape
     dev, dt = X.device, X.dtype

@@ -30,7 +30,18 @@ def solve_forward(A: Tensor, b: Tensor, act: Activation, method: str, opts: Solv
                   x0: Tensor | None = None, cache: PlanCache | None = None
                   ) -> tuple[Tensor, Tensor, SolveInfo]:
     """Forward solve for already validated settings: ``(X, Z = A X + b, info)``, column
-    convention, no autograd graph (the hot path of :class:`~idlkit.function.ImplicitFunction`)."""
+    convention, no autograd graph (the hot path of :class:`~idlkit.function.ImplicitFunction`).
+
+    Examples:
+        >>> from idlkit.solve.registry import SolveOptions
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> relu = idlkit.get_activation("relu")
+        >>> X, Z, info = solve_forward(A, b, relu, "anderson", SolveOptions(tol=1e-10))
+        >>> X.shape, torch.allclose(Z, A @ X + b)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))    # x = relu(x / 2 + 1)
+        True
+    """
     with torch.no_grad():
         A, b = A.detach(), b.detach()
         if not all_finite(b):
@@ -47,7 +58,17 @@ def solve_forward(A: Tensor, b: Tensor, act: Activation, method: str, opts: Solv
 def solve_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation, method: str,
                   opts: SolveOptions, x0: Tensor | None = None, cache: PlanCache | None = None
                   ) -> tuple[Tensor, SolveInfo]:
-    """Adjoint solve for already validated settings (see :func:`adjoint_fixed_point`)."""
+    """Adjoint solve for already validated settings (see :func:`adjoint_fixed_point`).
+
+    Examples:
+        >>> from idlkit.solve.registry import SolveOptions
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> Z, G = torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+        >>> relu = idlkit.get_activation("relu")
+        >>> V, info = solve_adjoint(A, Z, G, relu, "anderson", SolveOptions(tol=1e-10))
+        >>> V.shape, torch.allclose(V, torch.full((2, 3), 2.0, dtype=torch.float64))   # (I - A^T)^-1 G
+        (torch.Size([2, 3]), True)
+    """
     with torch.no_grad():
         if not all_finite(G):
             raise NonFiniteError("the incoming gradient contains NaN/Inf (check the loss)")
@@ -74,9 +95,10 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
         alpha: averaging step for ``averaged`` and for Anderson's fallback step
             (default: the solver's ``default_step``: 1 for picard; for anderson 1 when
             ``||A||_inf < 1``, else :func:`default_alpha`).
-        anderson_m: Anderson memory; ``beta``: Anderson mixing parameter (default
-            ``alpha``: Anderson then accelerates the averaged map, which is a
-            contraction under the mu_inf condition even when ``||A||_inf >= 1``).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing parameter (default ``alpha``: Anderson then accelerates the
+            averaged map, which is a contraction under the mu_inf condition even when
+            ``||A||_inf >= 1``).
         on_nonconvergence: ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
         per_sample: each column's own depth in ``info.per_sample_iterations`` and retirement
             of converged columns (``True``); one block (``False``, the lean loop); ``None``:
@@ -92,10 +114,11 @@ def fixed_point(A: Tensor, b: Tensor, activation: str | Activation = "relu", *,
     ``1e-4`` from the fixed point, enough to flip a few ReLU units: choose ``tol`` for
     the accuracy you need, not only for the residual.
 
-    >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
-    >>> X, info = fixed_point(A, b, "relu")
-    >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
-    True
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> X, info = fixed_point(A, b, "relu")
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
+        True
     """
     opts = _options(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta,
                     per_sample, check_every)
@@ -117,6 +140,35 @@ def adjoint_fixed_point(A: Tensor, Z: Tensor, G: Tensor, activation: str | Activ
     of the loss with respect to the pre-activation; ``G`` is the gradient with
     respect to the state ``X``. It is linear in ``V``; the same solvers apply, and
     ``tol`` is absolute here (the models apply their ``backward_stop`` rule first).
+
+    Args:
+        A: ``(n, n)`` matrix.
+        Z: ``(n, m)`` pre-activations of the forward solution (column convention).
+        G: ``(n, m)`` gradient of the loss with respect to the state ``X``.
+        activation: name or :class:`~idlkit.activations.Activation`.
+        method: a name of :data:`idlkit.solve.SOLVERS`.
+        tol: absolute l_inf stopping rule.
+        max_iter: iteration budget.
+        x0: warm start ``(n, m)``.
+        alpha: step of ``averaged`` and of Anderson's fallback.
+        anderson_m: Anderson memory.
+        beta: Anderson mixing.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        per_sample: retire converged samples (``None``: by size).
+        check_every: residual-read period (``None``: adaptive).
+
+    Returns:
+        ``(V, info)``: ``V`` ``(n, m)`` and the :class:`~idlkit.solve.SolveInfo`.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> Z = torch.ones(2, 3, dtype=torch.float64)          # pre-activations, ReLU active
+        >>> G = torch.ones(2, 3, dtype=torch.float64)
+        >>> V, info = adjoint_fixed_point(A, Z, G, "relu")
+        >>> V.shape, bool(info.converged)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(V, torch.linalg.solve(torch.eye(2, dtype=torch.float64) - A.T, G))
+        True
     """
     act = get_activation(activation)
     opts = _options(method, tol, max_iter, on_nonconvergence, alpha, anderson_m, beta,
@@ -141,6 +193,34 @@ def iterate_map(F: FixedPointMap, X: Tensor, method: str, alpha: float, tol: flo
     ``X``: ``(m, d)`` start; ``alpha``: the step. Returns ``(X, aux, info)`` in column
     convention ``(d, m)``. ``zero_start``: ``X`` is zero and ``F`` has ``at_zero()``, its
     value there without the matrix product.
+
+    Args:
+        F: the map (:class:`~idlkit.solve.maps.FixedPointMap`).
+        X: ``(m, d)`` start.
+        method: an iterative solver of the registry.
+        alpha: the step.
+        tol: stop when every sample's l_inf residual is at most ``tol``.
+        max_iter: iteration budget.
+        anderson_m: Anderson memory.
+        beta: Anderson mixing (``None``: the step).
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        zero_start: ``X`` is zero and ``F`` has ``at_zero()``, its value there without the
+            matrix product.
+        per_sample: retire converged samples (``None``: by size).
+        check_every: residual-read period of the lean loops (``None``: adaptive).
+
+    Returns:
+        ``(X, aux, info)``, ``X`` and ``aux`` in column convention ``(d, m)``.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T.contiguous(), idlkit.get_activation("relu"))
+        >>> X, Z, info = iterate_map(F, torch.zeros(3, 2, dtype=torch.float64), "picard", 1.0, 1e-10, 200)
+        >>> X.shape, bool(info.converged)  # column convention (n, m)
+        (torch.Size([2, 3]), True)
+        >>> torch.allclose(X, torch.full((2, 3), 2.0, dtype=torch.float64))
+        True
     """
     solver = get_solver(method, iterative=True)
     opts = SolveOptions(tol, max_iter, alpha, anderson_m, beta, on_nonconvergence, per_sample,

@@ -43,6 +43,12 @@ class SolveInfo:
         tol: the (absolute) tolerance the solve stopped on.
         fallbacks: Anderson steps rejected by the safeguard (column-steps).
         per_sample: whether ``per_sample_iterations`` was measured sample by sample.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
+        >>> X, info = idlkit.fixed_point(A, torch.ones(2, 3, dtype=torch.float64), "relu", method="picard")
+        >>> info.method, bool(info.converged), info.per_sample_iterations.shape, info.residual <= info.tol
+        ('picard', True, torch.Size([3]), True)
     """
 
     method: str
@@ -66,14 +72,27 @@ class SolveInfo:
 
 
 def row_inf_norm(G: Tensor) -> Tensor:
-    """``max_j |G_ij|`` per row of a batch-first ``(m, n)`` tensor (zeros when ``n = 0``)."""
+    """``max_j |G_ij|`` per row of a batch-first ``(m, n)`` tensor (zeros when ``n = 0``).
+
+    Examples:
+        >>> row_inf_norm(torch.tensor([[1.0, -3.0], [0.5, 0.0]]))
+        tensor([3.0000, 0.5000])
+    """
     if G.shape[1] == 0:
         return G.new_zeros(G.shape[0])
     return G.abs().amax(dim=1)
 
 
 def finite_or_raise(r: Tensor, method: str, it: int) -> None:
-    """Raise :class:`NonFiniteError` when a residual is NaN/Inf (the iterate diverged)."""
+    """Raise :class:`NonFiniteError` when a residual is NaN/Inf (the iterate diverged).
+
+    Examples:
+        >>> finite_or_raise(torch.tensor([0.1, 0.2]), "picard", 3)
+        >>> finite_or_raise(torch.tensor([0.1, float("nan")]), "picard", 3)
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.NonFiniteError: picard: NaN/Inf appeared in the iterate at iteration 3 ...
+    """
     if r.numel() and not bool(r.isfinite().all()):
         bad = int((~r.isfinite()).nonzero()[0]) if r.dim() else 0
         raise NonFiniteError(
@@ -88,7 +107,14 @@ def finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float, on_noncon
     residuals ``r``; raises :class:`ConvergenceError` (or warns) when ``max r > tol``.
 
     ``X``: the returned iterate; when the solve failed with a residual within a few ulps of
-    its largest entry, the message says that ``tol`` is below the rounding floor."""
+    its largest entry, the message says that ``tol`` is below the rounding floor.
+
+    Examples:
+        >>> r = torch.tensor([1e-8, 1e-9]); iters = torch.tensor([5, 4])
+        >>> info = finish("picard", r, 5, iters, 1e-6, "raise")
+        >>> info.converged, info.iterations, info.per_sample_iterations.tolist()
+        (True, 5, [5, 4])
+    """
     resid = float(r.max()) if r.numel() else 0.0
     converged = resid <= tol
     info = SolveInfo(method, it, resid, converged, iters, r.detach(), tol, fallbacks, per_sample)

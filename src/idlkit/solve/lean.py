@@ -106,6 +106,15 @@ def iterate_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter
     """Picard (``alpha = 1``) or averaged iteration of the whole batch ``X (m, n)``.
 
     Returns ``(X, aux, info)`` in column convention ``(n, m)``, as the tracked solvers.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T, idlkit.get_activation("relu"))   # x = relu(A x + b), batch-first rows
+        >>> X0 = torch.zeros(4, 3, dtype=torch.float64)
+        >>> X, Z, info = iterate_lean(F, X0, 1.0, 1e-10, 100, "picard", "raise")
+        >>> X.shape, bool(info.converged), torch.allclose(X, torch.full((3, 4), 2.0, dtype=torch.float64))
+        (torch.Size([3, 4]), True, True)
     """
     if X.shape[0] == 0 or X.shape[1] == 0:
         return _empty(X, method, tol)
@@ -126,6 +135,15 @@ def anderson_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_ite
     :func:`~idlkit.solve.anderson.plain_rate` per step (the point where an Anderson step
     becomes the better buy); the solve then continues with
     :func:`~idlkit.solve.anderson.anderson` from that iterate (its history starts there).
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T, idlkit.get_activation("relu"))   # x = relu(A x + b), batch-first rows
+        >>> X0 = torch.zeros(4, 3, dtype=torch.float64)
+        >>> X, Z, info = anderson_lean(F, X0, 1.0, 1e-10, 100, 5, 1.0, "raise")
+        >>> X.shape, bool(info.converged), torch.allclose(X, torch.full((3, 4), 2.0, dtype=torch.float64))
+        (torch.Size([3, 4]), True, True)
     """
     B, n = X.shape
     if B == 0 or n == 0:
@@ -161,6 +179,15 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
     ulp of the state) switch the whole batch to plain steps, which contract to the
     floating-point fixed point. Samples are not retired; ``per_sample_iterations`` is the
     solve's count.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T, idlkit.get_activation("relu"))   # x = relu(A x + b), batch-first rows
+        >>> X0 = torch.zeros(4, 3, dtype=torch.float64)
+        >>> X, Z, info = anderson_sync_free(F, X0, 1.0, 1e-10, 100, 5, 1.0, "raise")
+        >>> X.shape, bool(info.converged), torch.allclose(X, torch.full((3, 4), 2.0, dtype=torch.float64))
+        (torch.Size([3, 4]), True, True)
     """
     B, n = X.shape
     FX, Z = F(X) if first is None else first

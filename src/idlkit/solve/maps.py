@@ -22,14 +22,27 @@ __all__ = ["FixedPointMap", "ForwardMap", "AdjointMap", "elementwise"]
 
 def elementwise(act: Activation) -> bool:
     """``act`` applies one scalar function to every entry, so it may act on the batch-first
-    layout directly (no transposed views): componentwise maps and their centred shifts."""
+    layout directly (no transposed views): componentwise maps and their centred shifts.
+
+    Examples:
+        >>> elementwise(idlkit.get_activation("relu")), elementwise(idlkit.activations.SoftMax(2))
+        (True, False)
+    """
     base = act.base if isinstance(act, Centered) else act
     return isinstance(base, ComponentwiseActivation)
 
 
 class FixedPointMap(Protocol):
     """A batch-first map for the iterative solvers: ``F(X) -> (F(X), aux)`` with ``X`` and
-    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples."""
+    ``aux`` of shape ``(m, d)``, and ``F.restrict(rows)``, the same map on those samples.
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> F = ForwardMap(0.5 * torch.eye(2), torch.ones(3, 2), idlkit.get_activation("relu"))
+        >>> FX, Z = F(torch.zeros(3, 2))
+        >>> FX.shape, Z.shape
+        (torch.Size([3, 2]), torch.Size([3, 2]))
+    """
 
     def restrict(self, rows: Tensor) -> FixedPointMap: ...
 
@@ -37,7 +50,15 @@ class FixedPointMap(Protocol):
 
 
 class ForwardMap:
-    """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``."""
+    """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2); bT = torch.ones(3, 2)               # 3 samples, n = 2
+        >>> F = ForwardMap(A, bT, idlkit.get_activation("relu"))
+        >>> FX, Z = F(torch.full((3, 2), 2.0))                           # the fixed point x = 2
+        >>> FX.shape, FX.tolist() == torch.full((3, 2), 2.0).tolist()
+        (torch.Size([3, 2]), True)
+    """
 
     def __init__(self, A: Tensor, bT: Tensor, act: Activation) -> None:
         self.A, self.bT, self.act = A, bT, act
@@ -66,6 +87,13 @@ class AdjointMap:
 
     For an entrywise map ``J(z)^T`` is the diagonal ``Psi = phi'(z)`` (eq. G.4), computed
     once: an iteration is then one matrix product and one entrywise product.
+
+    Examples:
+        >>> A = 0.5 * torch.eye(2); ZT = torch.ones(3, 2); GT = torch.ones(3, 2)
+        >>> F = AdjointMap(A, ZT, GT, idlkit.get_activation("relu"))     # relu active: J = I
+        >>> FV, _ = F(torch.full((3, 2), 2.0))                           # v = A^T v + g at v = 2
+        >>> FV.shape, FV.tolist() == torch.full((3, 2), 2.0).tolist()
+        (torch.Size([3, 2]), True)
     """
 
     def __init__(self, A: Tensor, ZT: Tensor, GT: Tensor, act: Activation,

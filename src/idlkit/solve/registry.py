@@ -66,7 +66,8 @@ class SolveOptions:
         max_iter: iteration budget.
         alpha: step of ``averaged`` and of Anderson's fallback (``None``: the solver's
             :meth:`Solver.default_step`).
-        anderson_m: Anderson memory. beta: Anderson mixing (``None``: the step).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing (``None``: the step).
         on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
         per_sample: track each sample's depth and retire converged samples (``True``),
             iterate the batch as one block (``False``), or decide by the problem size
@@ -75,6 +76,11 @@ class SolveOptions:
         check_every: iterations between host reads of the residual in lean loops
             (``None``: predicted from the contraction rate, at least 1 on the CPU and
             :data:`DEVICE_CHECK_EVERY` on an accelerator, see :mod:`idlkit.solve.lean`).
+
+    Examples:
+        >>> opts = SolveOptions(tol=1e-8, max_iter=100)
+        >>> opts.tol, opts.on_nonconvergence
+        (1e-08, 'raise')
     """
 
     tol: float = 1e-6
@@ -102,7 +108,14 @@ class SolveOptions:
 
 
 def default_alpha(A: Tensor) -> float:
-    """Largest averaged step with a certified contraction (module doc): 1 / (1 + max(-A_ii)_+)."""
+    """Largest averaged step with a certified contraction (module doc): 1 / (1 + max(-A_ii)_+).
+
+    Examples:
+        >>> default_alpha(torch.tensor([[-1.0, 0.0], [0.0, 0.5]]))
+        0.5
+        >>> default_alpha(0.5 * torch.eye(2))
+        1.0
+    """
     d = torch.diagonal(A.to_dense() if A.layout != torch.strided else A).detach()
     neg = float(torch.clamp(-d, min=0).max()) if d.numel() else 0.0
     return 1.0 / (1.0 + neg)
@@ -114,6 +127,11 @@ class Solver:
     Subclasses set :attr:`name`, :attr:`description`, :attr:`iterative`,
     :attr:`adjoint_default` and :attr:`map_step`, and implement :meth:`iterate` (iterative solvers) or
     :meth:`forward` and :meth:`adjoint` (direct ones).
+
+    Examples:
+        >>> s = get_solver("anderson")
+        >>> isinstance(s, Solver), s.name
+        (True, 'anderson')
     """
 
     name: str = ""
@@ -236,7 +254,16 @@ def iterative_names() -> list[str]:
 
 def get_solver(name: object, *, role: str = "solver", iterative: bool = False) -> Solver:
     """The registered solver ``name``; :class:`ConfigurationError` naming the registered
-    choices otherwise (``iterative``: only solvers that iterate on a general map)."""
+    choices otherwise (``iterative``: only solvers that iterate on a general map).
+
+    Examples:
+        >>> get_solver("picard").name
+        'picard'
+        >>> get_solver("newton")
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: unknown solver 'newton'; registered choices: ['picard', ...
+    """
     choices = iterative_names() if iterative else list(SOLVERS)
     solver = SOLVERS.get(name) if isinstance(name, str) else None
     if solver is None or (iterative and not solver.iterative):

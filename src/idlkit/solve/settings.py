@@ -33,7 +33,15 @@ def check_solve_args(method: object, tol: object, max_iter: object, on_nonconver
                      per_sample: object = None, check_every: object = None,
                      *, role: str = "solver", prefix: str = "") -> None:
     """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
-    the registered choices or the valid range (``prefix``: ``"backward_"`` in messages)."""
+    the registered choices or the valid range (``prefix``: ``"backward_"`` in messages).
+
+    Examples:
+        >>> check_solve_args("anderson", 1e-6, 500, "raise")        # valid: returns None
+        >>> check_solve_args("anderson", -1.0, 500, "raise")
+        Traceback (most recent call last):
+            ...
+        idlkit.errors.ConfigurationError: tol must be a finite number > 0, got -1.0; pass tol > 0, ...
+    """
     get_solver(method, role=role)
     check_tol(tol, prefix + "tol", allow_zero=False)
     check_int(prefix + "max_iter", max_iter, 1)
@@ -54,16 +62,27 @@ class SolverSettings:
 
     Attributes:
         method: forward solver, a name of :data:`idlkit.solve.SOLVERS`.
-        tol, max_iter: forward stopping rule (absolute l_inf residual) and budget.
-        alpha, anderson_m, beta: step, Anderson memory and mixing.
+        tol: forward stopping rule (absolute l_inf residual).
+        max_iter: forward iteration budget.
+        alpha: the step (averaged iteration, Anderson's fallback).
+        anderson_m: Anderson memory.
+        beta: Anderson mixing.
         on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
         backward_method: adjoint solver (``None``: the forward solver's ``adjoint_default``).
-        backward_tol, backward_max_iter: adjoint stopping rule and budget (default: forward's).
+        backward_tol: adjoint stopping rule (default: the forward's).
+        backward_max_iter: adjoint iteration budget (default: the forward's).
         backward_stop: ``"relative"`` or ``"absolute"`` (module doc).
         per_sample: per-sample depths and retirement (``True``), lean whole-batch solves
             (``False``), or by problem size (``None``, default).
         check_every: iterations between residual reads of lean solves (``None``: predicted
             from the contraction rate, see :mod:`idlkit.solve.lean`).
+
+    Examples:
+        >>> s = SolverSettings(method="picard", tol=1e-8)
+        >>> s.method, s.tol, s.backward_method
+        ('picard', 1e-08, None)
+        >>> idlkit.ImplicitModel(3, 4, 2, solver="picard").settings.method
+        'picard'
     """
 
     method: str = "anderson"

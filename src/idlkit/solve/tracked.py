@@ -24,7 +24,12 @@ RETIRE_WORK = 1 << 20
 def retirement_pays(batch: int, n: int) -> bool:
     """Whether retiring converged samples piecewise can save more than it costs: a batch
     whose whole iteration (about ``batch n (n + 32)`` flops) is at least twice
-    ``RETIRE_WORK`` (see :class:`Output`)."""
+    ``RETIRE_WORK`` (see :class:`Output`).
+
+    Examples:
+        >>> retirement_pays(batch=4, n=3), retirement_pays(batch=1024, n=1000)
+        (False, True)
+    """
     return batch * n * (n + 32) >= 2 * RETIRE_WORK
 
 
@@ -41,6 +46,11 @@ class Output:
     that drifts back above ``tol`` is retired later). ``per_sample_iterations`` reports
     the iteration at which each sample first reached ``tol``, found afterwards from the
     residuals of the iterations since the last compaction (no per-iteration cost).
+
+    Examples:
+        >>> out = Output(torch.zeros(4, 3))            # room for 4 samples' states (n = 3)
+        >>> type(out).__name__
+        'Output'
     """
 
     def __init__(self, X: Tensor) -> None:
@@ -156,7 +166,19 @@ def iterate_tracked(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
                     first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
     """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only.
 
-    ``first``: ``F(X)`` when the caller has it for free (``X = 0``)."""
+    ``first``: ``F(X)`` when the caller has it for free (``X = 0``).
+
+    Examples:
+        >>> from idlkit.solve.maps import ForwardMap
+        >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
+        >>> F = ForwardMap(A, b.T, idlkit.get_activation("relu"))   # x = relu(A x + b), batch-first rows
+        >>> X0 = torch.zeros(4, 3, dtype=torch.float64)
+        >>> X, Z, info = iterate_tracked(F, X0, 1.0, 1e-10, 100, "picard", "raise")
+        >>> X.shape, info.per_sample_iterations.shape
+        (torch.Size([3, 4]), torch.Size([4]))
+        >>> torch.allclose(X, torch.full((3, 4), 2.0, dtype=torch.float64))
+        True
+    """
     out = Output(X)
     rows = torch.arange(X.shape[0], device=X.device)
     live = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)

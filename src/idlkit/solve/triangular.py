@@ -52,6 +52,14 @@ def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
 
     Raises :class:`ConfigurationError` on a nonzero below the block diagonal, or on the
     block diagonal (other than the diagonal itself when ``allow_diagonal``).
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        >>> block_levels(A, (1, 1, 1), allow_diagonal=False).tolist()
+        [2, 1, 0]
+        >>> B = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> block_levels(B, (1, 2), allow_diagonal=False).tolist()       # two blocks: {0}, {1, 2}
+        [1, 0]
     """
     L = len(sizes)
     if G is None:
@@ -118,7 +126,13 @@ def _kahn_levels(G: sp.csr_array) -> np.ndarray:
 
 
 def levels_reference(A: Tensor, sizes: tuple[int, ...]) -> np.ndarray:
-    """Block levels by the plain per-block recursion (reference for tests; dense ``A``)."""
+    """Block levels by the plain per-block recursion (reference for tests; dense ``A``).
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        >>> levels_reference(A, (1, 1, 1)).tolist() == block_levels(A, (1, 1, 1), False).tolist()
+        True
+    """
     M = to_dense(A).detach().cpu().numpy()
     offs = np.concatenate(([0], np.cumsum(sizes)))
     L = len(sizes)
@@ -183,6 +197,12 @@ class TriangularPlan:
         rows: sparse ``A``: per-level CSR row blocks ``A[level]``.
         rows_t: sparse ``A``: per-level CSR row blocks of ``A^T`` (built on first use).
         forbidden: dense ``A``: mask of the entries the levels require to be zero.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> plan = plan_for(A, idlkit.get_activation("relu"))
+        >>> [lv.tolist() for lv in plan.levels], plan.sparse
+        ([[1], [0]], False)
     """
 
     key: tuple
@@ -267,6 +287,14 @@ class PlanCache:
     ``A`` the versions of its index and value storages, which a detached view shares);
     :meth:`get` rebuilds the plan when the key changes or a dense ``A``'s pattern no
     longer fits the levels.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> cache = PlanCache()
+        >>> b = torch.ones(2, 3, dtype=torch.float64)
+        >>> X, Z, info = solve_levels(A, b, idlkit.get_activation("relu"), 1e-9, cache)
+        >>> X[:, 0].tolist(), info.method
+        ([2.0, 1.0], 'triangular')
     """
 
     def __init__(self) -> None:
@@ -312,7 +340,14 @@ def _plan_key(A: Tensor) -> tuple | None:
 
 def plan_for(A: Tensor, act: Activation, cache: PlanCache | None = None) -> TriangularPlan:
     """The :class:`TriangularPlan` of ``A``: from ``cache`` when given (built there when
-    missing or stale), else built afresh."""
+    missing or stale), else built afresh.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> plan = plan_for(A, idlkit.get_activation("relu"))
+        >>> isinstance(plan, TriangularPlan), len(plan.levels)
+        (True, 2)
+    """
     if cache is None:
         return build_plan(A.detach(), act, _plan_key(A) or ())
     return cache.get(A, act)
@@ -329,6 +364,11 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
     pattern, with no per-row Python loop (:func:`idlkit._triangular.block_levels`).
     Raises :class:`ConfigurationError` when ``A`` has a nonzero entry below the (block)
     diagonal, or a nonzero diagonal (block) when ``allow_diagonal`` is false.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        >>> [lv.tolist() for lv in triangular_levels(A)]
+        [[2], [1], [0]]
     """
     n = A.shape[0]
     if sizes is None:
@@ -350,7 +390,15 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
                  cache: PlanCache | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
     """Back-substitution by levels (Thm 2.8/2.9): ``x_I = phi_I(b_I + A_I. x)``, one product
     per level with the plan of ``A`` (from ``cache`` when given, see :class:`PlanCache`);
-    ``Z`` is assembled level by level (no extra product). Column convention ``(n, m)``."""
+    ``Z`` is assembled level by level (no extra product). Column convention ``(n, m)``.
+
+    Examples:
+        >>> A = torch.tensor([[0.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> b = torch.tensor([[1.0, 5.0], [1.0, 2.0]], dtype=torch.float64)    # (n, m) = (2, 2)
+        >>> X, Z, info = solve_levels(A, b, idlkit.get_activation("relu"), 1e-12)
+        >>> X.tolist(), info.iterations                          # x_2 = relu(b_2), then x_1
+        ([[0.0, 1.0], [1.0, 2.0]], 2)
+    """
     plan = plan_for(A, act, cache)
     X = torch.zeros_like(b)
     Z = torch.empty_like(b)
@@ -385,7 +433,15 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
 def solve_levels_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
                          cache: PlanCache | None = None) -> Tensor:
     """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order, with the
-    cached per-level row blocks of ``A^T`` (built on the first adjoint solve)."""
+    cached per-level row blocks of ``A^T`` (built on the first adjoint solve).
+
+    Examples:
+        >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]], dtype=torch.float64)
+        >>> Z = torch.ones(2, 3, dtype=torch.float64); G = torch.ones(2, 3, dtype=torch.float64)
+        >>> V = solve_levels_adjoint(A, Z, G, idlkit.get_activation("relu"))
+        >>> torch.allclose(V, torch.linalg.solve(torch.eye(2, dtype=torch.float64) - A.T, G))
+        True
+    """
     plan = plan_for(A, act, cache)
     V = torch.zeros_like(G)
     diag = plan.diag

@@ -59,14 +59,17 @@ def adversarial_fit(model: nn.Module, U: Tensor, Y: Tensor, epsilon: float, *, a
 
     Args:
         model: a classifier (:class:`~idlkit.ImplicitModel` or any ``nn.Module`` the attacks take).
-        U: inputs ``(m, p)``; Y: integer class labels ``(m,)``.
+        U: inputs ``(m, p)``.
+        Y: integer class labels ``(m,)``.
         epsilon: l_inf radius of the attack, ``>= 0`` (``0``: standard training on the clean data).
         attack: ``"pgd"`` (:func:`~idlkit.robust.pgd_attack` with ``steps`` steps from a random start),
             ``"fgsm"`` (:func:`~idlkit.robust.fgsm_attack`) or ``"lp"``
             (:func:`~idlkit.robust.lp_margin_attack`: ``q - 1`` LPs of Thm 4.5 per attacked sample,
             ReLU models only; seconds per batch even for small models, so meant for tiny ones).
         steps: PGD steps (ignored by the other attacks).
-        epochs, lr, batch_size: as :class:`~idlkit.train.Trainer`.
+        epochs: as :class:`~idlkit.train.Trainer`.
+        lr: as :class:`~idlkit.train.Trainer`.
+        batch_size: as :class:`~idlkit.train.Trainer`.
         mix: fraction of every mini-batch replaced by its adversarial inputs, in ``[0, 1]``.
         generator: the PGD random starts (default: a generator seeded with the Trainer's ``seed``,
             so a run is reproducible without global seeding).
@@ -79,11 +82,12 @@ def adversarial_fit(model: nn.Module, U: Tensor, Y: Tensor, epsilon: float, *, a
     Returns: the :class:`~idlkit.train.TrainResult` of the run (``train_loss`` is the objective on
     the mixed batches). The model keeps its declared well-posedness (projected after every step).
 
-    >>> model = idlkit.ImplicitModel(64, 20, 10)
-    >>> U = torch.rand(256, 64); Y = torch.randint(0, 10, (256,))
-    >>> r = adversarial_fit(model, U, Y, 0.05, steps=3, epochs=1, clip=(0.0, 1.0))
-    >>> len(r.history), model.certificate().holds["inf"]
-    (1, True)
+    Examples:
+        >>> model = idlkit.ImplicitModel(64, 20, 10)
+        >>> U = torch.rand(256, 64); Y = torch.randint(0, 10, (256,))
+        >>> r = adversarial_fit(model, U, Y, 0.05, steps=3, epochs=1, clip=(0.0, 1.0))
+        >>> len(r.history), model.certificate().holds["inf"]
+        (1, True)
     """
     epsilon = check_positive("epsilon", epsilon, allow_zero=True, example=0.1,
                              why="the l_inf radius of the attack")

@@ -49,6 +49,17 @@ def fit_output_layer(model: nn.Module, U: Tensor, Y: Tensor, ridge: float = 0.0)
 
     ``min ||Y - X C^T - U D^T - 1 d^T||_F^2 + ridge ||(C, D)||_F^2``, solved in float64
     (the states are computed by the model's solver; ``d`` is fitted only with a bias).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(20, 3, dtype=torch.float64); Y = torch.randn(20, 2, dtype=torch.float64)
+        >>> rmse = fit_output_layer(model, U, Y)
+        >>> X = model.equilibrium(U).detach()
+        >>> F = torch.cat([X, U, torch.ones(20, 1, dtype=torch.float64)], dim=1)   # (x(u), u, 1)
+        >>> W = torch.linalg.lstsq(F, Y).solution                                    # least squares
+        >>> ref = float(((F @ W - Y) ** 2).mean().sqrt())
+        >>> abs(rmse - ref) < 1e-8, model(U).shape
+        (False, torch.Size([20, 2]))
     """
     ridge = check_positive("ridge", ridge, allow_zero=True, example=0.0)
     Y = Y.reshape(-1, 1) if Y.dim() == 1 else Y
@@ -81,7 +92,15 @@ def fit_output_layer(model: nn.Module, U: Tensor, Y: Tensor, ridge: float = 0.0)
 def alternating_fit(model: nn.Module, train_data: object, state_trainer: Trainer,
                     ridge: float = 0.0) -> AlternatingResult:
     """Paper 000 §7.1: ``state_trainer`` updates (A, B, b) only (projected gradient with the
-    implicit gradients of App. G, squared error), then (C, D, d) by least squares."""
+    implicit gradients of App. G, squared error), then (C, D, d) by least squares.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5)
+        >>> U = torch.randn(32, 3); Y = torch.randn(32, 2)
+        >>> res = alternating_fit(model, (U, Y), Trainer(loss="squared_error", epochs=2, batch_size=16))
+        >>> len(res.state_block.history), res.rmse_after_output_block <= res.rmse_after_state_block + 1e-6
+        (2, True)
+    """
     U, Y = _as_tensors(train_data, "train_data")
     U = U.to(model.A.dtype)
     Y = (Y.reshape(-1, 1) if Y.dim() == 1 else Y).to(model.A.dtype)

@@ -193,6 +193,13 @@ def fenchel_divergence(X: Tensor, Z: Tensor, activation: object = "relu",
     (1-X)log(1-X)] + log cosh Z - X Z`` on ``|X| <= 1`` (eq. 8 re-derived; see the module
     docstring). ``+inf`` outside the domain. ``F >= 0`` with equality iff ``X = phi(Z)``;
     ``dF/dZ = phi(Z) - X``. ``reduction``: ``"none"`` (elementwise) or ``"sum"``.
+
+    Examples:
+        >>> X = torch.tensor([[0.0, 1.0]]); Z = torch.tensor([[-1.0, 1.0]])
+        >>> fenchel_divergence(X, Z, "relu")           # zero where X = relu(Z)
+        tensor([[0., 0.]])
+        >>> bool((fenchel_divergence(torch.rand(3, 4), torch.randn(3, 4)) >= 0).all())
+        True
     """
     act = _activation_name(activation)
     if not isinstance(X, Tensor) or not isinstance(Z, Tensor):
@@ -211,6 +218,12 @@ def group_lasso_prox(N: Tensor, threshold: float | Tensor) -> Tensor:
     """Proximal operator of ``t sum_j ||N e_j||_2`` (columns; paper 000 eq. 5.1, alpha = 2).
 
     Block soft thresholding: column ``v`` becomes ``v max(0, 1 - t / ||v||_2)``.
+
+    Examples:
+        >>> N = torch.tensor([[3.0, 0.1], [4.0, 0.1]])     # column norms 5 and 0.14
+        >>> group_lasso_prox(N, 1.0)                      # shrinks column 0 by 1/5, zeroes column 1
+        tensor([[2.4000, 0.0000],
+                [3.2000, 0.0000]])
     """
     norms = torch.linalg.vector_norm(N, dim=0, keepdim=True)
     scale = torch.clamp(1 - threshold / torch.clamp(norms, min=1e-300), min=0)
@@ -777,9 +790,11 @@ class FenchelBCDResult:
         sweeps: the per-sweep records.
         converged: the stationarity measure fell below ``tol``.
         seconds: wall time.
-        X, P: final states, batch-first ``(m, n)``.
-        L, R: with ``rank=k``, the float64 factors ``(n, k)`` of ``A = L R^T`` (the model holds
+        X: final states, batch-first ``(m, n)``.
+        P: final proxies of the states, batch-first ``(m, n)``.
+        L: with ``rank=k``, the float64 factor ``(n, k)`` of ``A = L R^T`` (the model holds
             their product in its dtype), ``||L||_inf ||R||_1 <= kappa / gamma``; else None.
+        R: with ``rank=k``, the float64 factor ``(n, k)``; else None.
     """
 
     objectives: tuple[float, ...]
@@ -856,6 +871,15 @@ def relaxed_objective(model: nn.Module, U: Tensor, Y: Tensor, X: Tensor, P: Tens
     ``U`` ``(m, p)``, ``Y`` ``(m, q)`` (or labels for the cross entropy), ``X, P`` ``(m, n)``
     batch-first. ``+inf`` when ``P`` is outside the divergence's domain. Constraints are
     not checked (they are indicator terms, 0 on the feasible set).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(6, 3, dtype=torch.float64); Y = torch.randn(6, 2, dtype=torch.float64)
+        >>> X = model.equilibrium(U).detach()                  # (m, n): the model's own states
+        >>> obj = relaxed_objective(model, U, Y, X, X, lam=1.0, mu=1.0)   # P = X
+        >>> Yhat = model(U).detach()
+        >>> abs(obj - float(0.5 * ((Yhat - Y) ** 2).sum())) < 1e-8   # F(X, AX + BU + b) = 0, X - P = 0
+        True
     """
     pb = _problem(model, U, Y, lam, mu, loss, None, None, {}, l1, group, ridge, None, None)
     TAB, TCD = _thetas(model)
@@ -950,11 +974,12 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         group: weight of the feature-selection penalty ``sum_j ||(B; D) e_j||_2`` (paper 000
             eq. 5.1); makes the model step one joint (A, B, C, D) block.
         ridge: ``ridge/2 ||(C, D)||_F^2``.
-        ball_B, ball_CD: l1-ball radii ``||B||_1 <= ball_B``, ``||(C, D)||_1 <= ball_CD``
-            (eqs. 12-13).
+        ball_B: l1-ball radius ``||B||_1 <= ball_B`` (eq. 12).
+        ball_CD: l1-ball radius ``||(C, D)||_1 <= ball_CD`` (eq. 13).
         order: the blocks of a sweep, a permutation of ``("CD", "AB", "X", "P")``.
         tol: stop when the stationarity measure (Theorem 2) falls below it.
-        inner_iterations, inner_tol: limits of each block's solver.
+        inner_iterations: iteration limit of each block's solver.
+        inner_tol: tolerance of each block's solver.
         x_solver: ``"newton"`` or ``"fixed_point"`` (the paper's iteration; Newton is used
             when it does not contract).
         callback: called with each :class:`FenchelSweep`.
@@ -970,11 +995,12 @@ def fenchel_bcd(model: nn.Module, train_data: object, *, lam: float | Sequence[f
         ConfigurationError: bad settings (unknown loss, ``rank`` outside ``[1, n]``, a
             negative weight, incompatible options, ...).
 
-    >>> model = idlkit.ImplicitModel(3, 6, 1, wellposedness="inf", kappa=0.5, dtype=torch.float64)
-    >>> U = torch.randn(50, 3, dtype=torch.float64); Y = U[:, :1].clone()
-    >>> res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=3, rank=2)
-    >>> torch.linalg.matrix_rank(res.L @ res.R.T).item() <= 2
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 6, 1, wellposedness="inf", kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(50, 3, dtype=torch.float64); Y = U[:, :1].clone()
+        >>> res = fenchel_bcd(model, (U, Y), lam=1.0, mu=1.0, iterations=3, rank=2)
+        >>> torch.linalg.matrix_rank(res.L @ res.R.T).item() <= 2
+        True
     """
     t0 = time.perf_counter()
     check_int("iterations", iterations, 0)
@@ -1239,8 +1265,18 @@ def layered_bcd(weights: Sequence[Tensor], train_data: object, *, eps: float | N
         activation: ``"tanh"`` (the X-steps use the barrier ``g`` of the tanh divergence, eq.
             8; the ReLU divergence has the constraint ``X >= 0`` and is not supported here:
             use :func:`fenchel_bcd`).
-        inner_iterations, inner_tol: Newton limits per block.
+        inner_iterations: Newton iteration limit per block.
+        inner_tol: Newton tolerance per block.
         callback: called with ``(sweep, objective, weights)`` after each sweep.
+
+    Examples:
+        >>> W = [0.5 * torch.randn(4, 3, dtype=torch.float64), 0.5 * torch.randn(2, 4, dtype=torch.float64)]
+        >>> U = torch.randn(10, 3, dtype=torch.float64); Y = torch.randn(10, 2, dtype=torch.float64)
+        >>> res = layered_bcd(W, (U, Y), eps=0.5, iterations=3)
+        >>> [w.shape for w in res.weights], len(res.objectives)
+        ([torch.Size([4, 3]), torch.Size([2, 4])], 4)
+        >>> res.objectives[-1] <= res.objectives[0] + 1e-9
+        True
     """
     t0 = time.perf_counter()
     act = _activation_name(activation)

@@ -34,7 +34,15 @@ def _check(Y_hat: Tensor, reduction: str) -> None:
 
 
 def squared_error(Y_hat: Tensor, Y: Tensor, reduction: str = "mean") -> Tensor:
-    """``L(Y, Y_hat) = 1/2 ||Y - Y_hat||_F^2`` (paper 000 §6), per sample ``1/2 ||y - y_hat||_2^2``."""
+    """``L(Y, Y_hat) = 1/2 ||Y - Y_hat||_F^2`` (paper 000 §6), per sample ``1/2 ||y - y_hat||_2^2``.
+
+    Examples:
+        >>> Y_hat, Y = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+        >>> squared_error(Y_hat, Y, reduction="none")    # 1/2 ||y - y_hat||^2 per sample
+        tensor([2., 1.])
+        >>> squared_error(Y_hat, Y)
+        tensor(1.5000)
+    """
     _check(Y_hat, reduction)
     Y = Y.reshape(Y_hat.shape) if Y.dim() == 1 and Y_hat.shape[1] == 1 else Y
     if Y.shape != Y_hat.shape:
@@ -48,6 +56,14 @@ def cross_entropy(Y_hat: Tensor, Y: Tensor, reduction: str = "mean") -> Tensor:
     ``Y`` holds integer class labels ``(batch,)`` in ``[0, q)`` or probability rows
     ``(batch, q)`` (nonnegative, summing to 1), as in the paper. Computed stably with
     ``logsumexp``.
+
+    Examples:
+        >>> Y_hat = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+        >>> Y = torch.tensor([0, 2])
+        >>> cross_entropy(Y_hat, Y, reduction="none").shape
+        torch.Size([2])
+        >>> torch.allclose(cross_entropy(Y_hat, Y), torch.nn.functional.cross_entropy(Y_hat, Y))
+        True
     """
     _check(Y_hat, reduction)
     q = Y_hat.shape[1]

@@ -56,7 +56,16 @@ __all__ = [
 
 @_matrices
 def inf_norm_torch(M: Tensor) -> Tensor:
-    """``||M||_inf = max_i sum_j |M_ij|`` with autograd (0 for an empty matrix)."""
+    """``||M||_inf = max_i sum_j |M_ij|`` with autograd (0 for an empty matrix).
+
+    Examples:
+        >>> M = torch.tensor([[0.5, -0.25], [0.1, 0.2]], requires_grad=True)
+        >>> v = inf_norm_torch(M)
+        >>> v.backward()
+        >>> v.item(), M.grad                        # the gradient is sign(M) on the largest row
+        (0.75, tensor([[ 1., -1.],
+                [ 0.,  0.]]))
+    """
     if M.numel() == 0:
         return M.new_zeros(())
     return M.abs().sum(dim=1).amax()
@@ -64,7 +73,13 @@ def inf_norm_torch(M: Tensor) -> Tensor:
 
 @_matrices
 def mu_inf_torch(A: Tensor) -> Tensor:
-    """``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004) with autograd."""
+    """``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004) with autograd.
+
+    Examples:
+        >>> A = torch.tensor([[-1.0, 0.5], [0.25, 0.5]])
+        >>> mu_inf_torch(A).item(), idlkit.wellposed.mu_inf(A)
+        (0.75, 0.75)
+    """
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ShapeError(f"A must be square, got {tuple(A.shape)}")
     d = torch.diagonal(A)
@@ -73,7 +88,12 @@ def mu_inf_torch(A: Tensor) -> Tensor:
 
 @_matrices
 def l1(M: Tensor) -> Tensor:
-    """Elementwise sparsity penalty ``sum_ij |M_ij|`` (paper 000 §5, §6)."""
+    """Elementwise sparsity penalty ``sum_ij |M_ij|`` (paper 000 §5, §6).
+
+    Examples:
+        >>> l1(torch.tensor([[1.0, -2.0], [0.0, 0.5]]))
+        tensor(3.5000)
+    """
     return M.abs().sum()
 
 
@@ -82,6 +102,10 @@ def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
     """Column-sparsity penalty ``sum_j ||N e_j||_alpha`` (paper 000 §5, alpha > 1).
 
     Row sparsity is ``group_columns(N.T)``.
+
+    Examples:
+        >>> group_columns(torch.tensor([[3.0, 1.0], [4.0, 0.0]]))     # 5 + 1
+        tensor(6.)
     """
     a = float(alpha)
     if not (a > 1 or math.isinf(a)):
@@ -91,7 +115,13 @@ def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
 
 @_matrices
 def feature_selection(B: Tensor, D: Tensor, alpha: float = 2.0) -> Tensor:
-    """``P(B, D) = sum_j ||(B; D) e_j||_alpha`` (eq. 5.1): a zero column ``j`` removes input ``j``."""
+    """``P(B, D) = sum_j ||(B; D) e_j||_alpha`` (eq. 5.1): a zero column ``j`` removes input ``j``.
+
+    Examples:
+        >>> B = torch.tensor([[3.0, 0.0], [0.0, 0.0]]); D = torch.tensor([[4.0, 0.0]])
+        >>> feature_selection(B, D)                 # ||(3, 0, 4)||_2 + ||(0, 0, 0)||_2
+        tensor(5.)
+    """
     if B.shape[1] != D.shape[1]:
         raise ShapeError(f"B and D must have the same number of columns (inputs), got "
                          f"{B.shape[1]} and {D.shape[1]}")
@@ -109,14 +139,28 @@ def _contraction_margin(A: Tensor, what: str) -> Tensor:
 @_matrices
 def lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``kappa = ||B|| ||C|| / (1 - ||A||) + ||D||`` (eq. 4.8): l_inf -> l_inf Lipschitz
-    constant of ``u -> y`` for a CONE activation and ``||A||_inf < 1``."""
+    constant of ``u -> y`` for a CONE activation and ``||A||_inf < 1``.
+
+    Examples:
+        >>> A, B = 0.5 * torch.eye(2), torch.ones(2, 3)
+        >>> C, D = torch.ones(1, 2), torch.zeros(1, 3)
+        >>> lipschitz_bound(A, B, C, D)             # 3 * 2 / (1 - 0.5) + 0
+        tensor(12.)
+    """
     return inf_norm_torch(B) * inf_norm_torch(C) / _contraction_margin(A, "eq. 4.8") + inf_norm_torch(D)
 
 
 @_matrices
 def lipschitz_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``P = 1/2 (||B||^2 + ||C||^2) / (1 - ||A||) + ||D||`` (eq. 4.9), a convex upper bound
-    of :func:`lipschitz_bound` (AM-GM: ``||B|| ||C|| <= (||B||^2 + ||C||^2) / 2``)."""
+    of :func:`lipschitz_bound` (AM-GM: ``||B|| ||C|| <= (||B||^2 + ||C||^2) / 2``).
+
+    Examples:
+        >>> A, B = 0.5 * torch.eye(2), torch.ones(2, 3)
+        >>> C, D = torch.ones(1, 2), torch.zeros(1, 3)
+        >>> lipschitz_penalty(A, B, C, D)           # (9 + 4) / 2 / 0.5 >= the bound 12
+        tensor(13.)
+    """
     b, c = inf_norm_torch(B), inf_norm_torch(C)
     return 0.5 * (b * b + c * c) / _contraction_margin(A, "eq. 4.9") + inf_norm_torch(D)
 
@@ -127,6 +171,12 @@ def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
 
     ``|y(u) - y(u0)| <= S |u - u0|`` componentwise. Needs ``lambda_pf(|A|) < 1``; solved
     with a dense linear solve (``(n, n)``).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> S = sensitivity_matrix(model.A, model.B, model.C, model.D)
+        >>> S.shape, S.requires_grad, torch.allclose(S.detach(), idlkit.robust.sensitivity_matrix(model))
+        (torch.Size([2, 3]), True, True)
     """
     from ..wellposed import pf_eigenvalue
 
@@ -142,14 +192,29 @@ def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
 @_matrices
 def sensitivity_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||S||_inf`` of the sensitivity matrix (paper 000 §6, "an l_inf-norm bound on S");
-    ``||y(u) - y(u0)||_inf <= ||S||_inf ||u - u0||_inf``, never larger than eq. 4.8."""
+    ``||y(u) - y(u0)||_inf <= ||S||_inf ||u - u0||_inf``, never larger than eq. 4.8.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> P = sensitivity_penalty(model.A, model.B, model.C, model.D)
+        >>> S = idlkit.robust.sensitivity_matrix(model)
+        >>> P.shape, abs(P.item() - idlkit.wellposed.inf_norm(S)) < 1e-12
+        (torch.Size([]), True)
+    """
     return inf_norm_torch(sensitivity_matrix(A, B, C, D))
 
 
 @_matrices
 def mu_lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||B|| ||C|| / (1 - mu_inf(A)_+) + ||D||`` (paper 004, input-output Lipschitz bound,
-    plus the direct term), for monotone CONE activations and ``mu_inf(A) < 1``."""
+    plus the direct term), for monotone CONE activations and ``mu_inf(A) < 1``.
+
+    Examples:
+        >>> A, B = torch.tensor([[-1.0, 0.0], [0.0, 0.5]]), torch.ones(2, 3)
+        >>> C, D = torch.ones(1, 2), torch.zeros(1, 3)
+        >>> mu_lipschitz_bound(A, B, C, D)           # 3 * 2 / (1 - mu_inf(A)), mu_inf(A) = 0.5 < ||A||_inf
+        tensor(12.)
+    """
     mu = mu_inf_torch(A)
     if float(mu.detach()) >= 1:
         raise WellPosednessError(f"the mu_inf Lipschitz bound needs mu_inf(A) < 1, got {float(mu):.6g}")
@@ -162,8 +227,9 @@ def nuclear(A: Tensor | torch.nn.Module) -> Tensor:
     model, a :class:`~idlkit.compress.LowRankImplicitModel` giving ``||L R^T||_*``).
     ``Trainer(penalties=[("nuclear", w)])`` passes the model.
 
-    >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))
-    tensor(5.)
+    Examples:
+        >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))
+        tensor(5.)
     """
     from ..compress.rank import nuclear_norm  # compress imports train: resolved at call time
 

@@ -80,11 +80,19 @@ class RobustRecord:
     """One iteration (alternating block pair, or epoch of the first-order / adversarial path).
 
     Attributes:
-        iteration: 1-based. objective: mean training objective (robust loss + penalties; for
-        ``"adversarial"`` the trainer's loss on attacked inputs). robust_loss: mean worst-case
-        cross entropy bound over the set (``nan`` for ``"adversarial"``). clean_accuracy:
-        training accuracy at the nominal inputs (``nan`` when not measured). seconds: time of
-        the iteration.
+        iteration: 1-based.
+        objective: mean training objective (robust loss + penalties; for ``"adversarial"`` the
+            trainer's loss on attacked inputs).
+        robust_loss: mean worst-case cross entropy bound over the set (``nan`` for
+            ``"adversarial"``).
+        clean_accuracy: training accuracy at the nominal inputs (``nan`` when not measured).
+        seconds: time of the iteration.
+
+    Examples:
+        >>> rec = RobustRecord(iteration=1, objective=0.71, robust_loss=0.69, clean_accuracy=0.9,
+        ...                    seconds=0.01)
+        >>> rec.iteration, rec.robust_loss <= rec.objective          # one entry of RobustFitResult.history
+        (1, True)
     """
 
     iteration: int
@@ -123,7 +131,8 @@ class RobustFitResult:
     """Result of :func:`robust_fit`.
 
     Attributes:
-        method: the method used; solver: ``"cvxpy"``, ``"first_order"`` or ``"adversarial"``.
+        method: the method used.
+        solver: ``"cvxpy"``, ``"first_order"`` or ``"adversarial"``.
         sigma_u: ``(p,)`` float64 radius trained for (eq. 16).
         history: per-iteration :class:`RobustRecord`.
         certified: :class:`idlkit.robust.CertifiedAccuracy` of the trained model on the
@@ -282,11 +291,12 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
     relative slack).
 
-    >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
-    >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    >>> cert = training_certificate(model, U, Y, 0.1)
-    >>> cert.holds
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+        >>> cert = training_certificate(model, U, Y, 0.1)
+        >>> cert.holds
+        True
     """
     kappa = _check_model(model, "counterpart")
     U, Y = _data(model, (U, Y))
@@ -449,11 +459,16 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
         sigma_u: radius, scalar or ``(p,)``, finite and ``>= 0`` (eq. 16).
         method: one of :data:`ROBUST_METHODS` (module docstring).
         solver: ``"auto"``, ``"cvxpy"`` (alternating convex blocks) or ``"first_order"``.
-        iterations, tol, prox: alternating block pairs, relative stopping change of the objective,
-            proximal weight of the model block (cvxpy).
-        epochs, lr, batch_size, seed, ramp: the first-order path (Adam, mini-batches; ``ramp``
-            epochs of linearly growing radius).
-        weight_decay, l1: ``wd/2 ||(B, C, D)||_F^2 + l1 ||(B, C, D)||_1``, both ``>= 0``.
+        iterations: alternating block pairs (cvxpy).
+        tol: relative stopping change of the objective (cvxpy).
+        prox: proximal weight of the model block (cvxpy).
+        epochs: epochs of the first-order path (Adam, mini-batches).
+        lr: Adam's step size.
+        batch_size: mini-batch size.
+        seed: seed of the mini-batch order.
+        ramp: epochs of linearly growing radius.
+        weight_decay: ``wd/2 ||(B, C, D)||_F^2``, ``>= 0``.
+        l1: ``l1 ||(B, C, D)||_1``, ``>= 0``.
         state_bound: optional bound ``hi <= state_bound`` on the states; a counterpart that no
             bounded state satisfies raises :class:`~idlkit.errors.InfeasibleError` naming the rows.
         certify_method: bound method of :func:`idlkit.robust.certified_accuracy` for ``certified``.
@@ -463,11 +478,12 @@ def robust_fit(model: object, data: object, sigma_u: object, method: str = "coun
 
     Shapes: ``U (m, p)``, ``Y (m,)``; the result's ``recourse`` is ``(n, p)``.
 
-    >>> model = idlkit.ImplicitModel(4, 6, 3, kappa=0.5, dtype=torch.float64)
-    >>> U = torch.randn(30, 4, dtype=torch.float64); Y = U[:, :3].argmax(1)
-    >>> res = robust_fit(model, (U, Y), 0.05, "counterpart", iterations=2)
-    >>> res.certificate_holds
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(4, 6, 3, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(30, 4, dtype=torch.float64); Y = U[:, :3].argmax(1)
+        >>> res = robust_fit(model, (U, Y), 0.05, "counterpart", iterations=2)
+        >>> res.certificate_holds
+        True
     """
     check_choice("method", method, ROBUST_METHODS)
     check_choice("solver", solver, SOLVERS)

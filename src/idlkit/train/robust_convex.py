@@ -103,10 +103,23 @@ class IntervalStates:
     """Interval states of :mod:`.robust_convex` (module docstring), batch-first float64.
 
     Attributes:
-        lo, hi: ``(m, n)`` the interval at the nominal inputs; ``x(u) in [lo, hi] + R (u - u_hat)``.
+        lo: ``(m, n)`` lower end of the interval at the nominal inputs;
+            ``x(u) in [lo, hi] + R (u - u_hat)``.
+        hi: ``(m, n)`` upper end of that interval.
         R: ``(n, p)`` recourse matrix (zeros for the counterpart).
         iterations: fixed-point iterations used (0 for a cvxpy solution).
         residual: ``l_inf`` size of the last fixed-point update.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
+        >>> sigma = torch.full((3,), 0.05, dtype=torch.float64)
+        >>> s = interval_states(model, U, sigma)
+        >>> s.lo.shape, s.R.shape, bool((s.lo <= s.hi).all())
+        (torch.Size([5, 4]), torch.Size([4, 3]), True)
+        >>> x = model.equilibrium(U + sigma * (2 * torch.rand(5, 3, dtype=torch.float64) - 1))
+        >>> bool(((s.lo - 1e-9 <= x) & (x <= s.hi + 1e-9)).all())     # the states of the set lie inside
+        True
     """
 
     lo: Tensor
@@ -149,10 +162,11 @@ def interval_states(model: object, U: Tensor, sigma: Tensor, R: Tensor | None = 
     ``sigma`` (``(p,)``) and the recourse ``R`` (``(n, p)``, default 0): the fixed point of the
     interval map (module docstring), iterated in float64 until the update is below ``tol``.
 
-    >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
-    >>> s = interval_states(model, torch.zeros(4, 3, dtype=torch.float64), torch.full((3,), 0.1))
-    >>> bool((s.lo <= s.hi).all())
-    True
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
+        >>> s = interval_states(model, torch.zeros(4, 3, dtype=torch.float64), torch.full((3,), 0.1))
+        >>> bool((s.lo <= s.hi).all())
+        True
     """
     A, B, b, _, _, _ = _mats(model)
     U = U.detach().to("cpu", _F64)
@@ -178,7 +192,20 @@ def interval_states(model: object, U: Tensor, sigma: Tensor, R: Tensor | None = 
 def margin_bounds(C: Tensor, D: Tensor, d: Tensor, R: Tensor, sigma: Tensor, U: Tensor, Y: Tensor,
                   lo: Tensor, hi: Tensor) -> Tensor:
     """``(m, q)`` upper bounds ``M_j`` of the margins ``y_j(u) - y_t(u)`` over the set (module
-    docstring; ``M_t = 0``), batch-first, differentiable in every argument."""
+    docstring; ``M_t = 0``), batch-first, differentiable in every argument.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
+        >>> sigma = torch.full((3,), 0.05, dtype=torch.float64)
+        >>> s = interval_states(model, U, sigma)
+        >>> C, D, d = (t.detach() for t in (model.C, model.D, model.d))
+        >>> Mb = margin_bounds(C, D, d, s.R, sigma, U, Y, s.lo, s.hi)
+        >>> y = model(U + sigma * (2 * torch.rand(5, 3, dtype=torch.float64) - 1)).detach()   # in the set
+        >>> margins = y - y.gather(1, Y[:, None])
+        >>> Mb.shape, bool((margins <= Mb + 1e-9).all())
+        (torch.Size([5, 2]), True)
+    """
     c, r = (hi + lo) / 2, (hi - lo) / 2
     q = C.shape[0]
     out = torch.zeros(U.shape[0], q, dtype=c.dtype, device=c.device)
@@ -192,7 +219,13 @@ def margin_bounds(C: Tensor, D: Tensor, d: Tensor, R: Tensor, sigma: Tensor, U: 
 
 
 def worst_case_cross_entropy(M: Tensor) -> Tensor:
-    """``(m,)`` bound ``lse_j M_j`` of the worst-case cross entropy (module docstring)."""
+    """``(m,)`` bound ``lse_j M_j`` of the worst-case cross entropy (module docstring).
+
+    Examples:
+        >>> M = torch.tensor([[0.0, -1.0, -2.0]], dtype=torch.float64)   # margins y_j - y_t, M_t = 0
+        >>> worst_case_cross_entropy(M), torch.logsumexp(M, dim=1)
+        (tensor([0.4076], dtype=torch.float64), tensor([0.4076], dtype=torch.float64))
+    """
     return torch.logsumexp(M, dim=1)
 
 
@@ -200,7 +233,17 @@ def constraint_violation(model: object, U: Tensor, sigma: Tensor, states: Interv
                          kappa: float | None = None) -> tuple[float, Tensor]:
     """Largest violation (``> 0`` = violated) of the robust counterpart constraints by
     ``states`` for ``model`` (float64), and the ``(m,)`` per-sample violation. The lower
-    constraint of each unit is the better of its active/inactive forms."""
+    constraint of each unit is the better of its active/inactive forms.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
+        >>> sigma = torch.full((3,), 0.05, dtype=torch.float64)
+        >>> s = interval_states(model, U, sigma)
+        >>> worst, per_sample = constraint_violation(model, U, sigma, s)
+        >>> worst <= 1e-9, per_sample.shape                   # the fixed point is feasible
+        (True, torch.Size([5]))
+    """
     A, B, b, _, _, _ = _mats(model)
     U = U.detach().to("cpu", _F64)
     lo, hi, R = states.lo, states.hi, states.R
@@ -276,7 +319,16 @@ def state_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, *, recour
     cross entropy over ``(lo, hi)`` (and ``R`` with ``recourse``) subject to the robust counterpart
     constraints, the lower constraint in its active form where ``active`` (``(m, n)`` bool; default:
     where the fixed point's lower state is above ``-|R0| sigma``). ``state_bound`` adds ``hi <= bound``.
-    Returns the states and the optimal value. The reference of :func:`interval_states`."""
+    Returns the states and the optimal value. The reference of :func:`interval_states`.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
+        >>> sigma = torch.full((3,), 0.05, dtype=torch.float64)
+        >>> s, value = state_step_cvx(model, U, Y, sigma)
+        >>> s.lo.shape, value >= 0.0
+        (torch.Size([5, 4]), True)
+    """
     cp = _cvxpy()
     A, B, b, C, D, d = (t.numpy() for t in _mats(model))
     Un = U.detach().to("cpu", _F64).numpy()
@@ -350,6 +402,15 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
     them through the next state block (their effect on the smallest interval). This is the
     paper's alternating scheme; the first-order path differentiates through the state block
     instead, and learns ``A, B`` much faster (see :func:`~idlkit.train.robust_fit`).
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
+        >>> sigma = torch.full((3,), 0.05, dtype=torch.float64)
+        >>> s = interval_states(model, U, sigma)
+        >>> step = model_step_cvx(model, U, Y, sigma, s, kappa=0.5)
+        >>> step.A.shape, bool(step.A.abs().sum(1).max() <= 0.5 + 1e-6)
+        (torch.Size([4, 4]), True)
     """
     cp = _cvxpy()
     A0, B0, b0, C0, D0, d0 = (t.numpy() for t in _mats(model))

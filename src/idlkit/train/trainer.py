@@ -168,8 +168,11 @@ class Trainer:
     Args:
         loss: ``"cross_entropy"`` (eq. 6.2), ``"squared_error"`` or ``f(y_hat, y) -> scalar``.
         optimizer: ``"adam"``, ``"sgd"``, ``"adamw"``, ``"rmsprop"`` or ``f(params) -> Optimizer``.
-        lr, weight_decay, momentum: optimizer settings (momentum for SGD/RMSprop).
-        epochs, batch_size: passes over the data and mini-batch size.
+        lr: optimizer step size.
+        weight_decay: optimizer weight decay.
+        momentum: momentum for SGD/RMSprop.
+        epochs: passes over the data.
+        batch_size: mini-batch size.
         schedule: ``"constant"``, ``"cosine"`` (to 0 over ``epochs``) or ``"step"`` (x0.1 every
             third of the epochs).
         penalties: pairs ``(name or f(model) -> scalar, weight)``; names from
@@ -194,6 +197,13 @@ class Trainer:
             of the global batch's mean loss: the steps, and so the well-posedness projection
             after them, are those of single-process training on every rank (up to the summation
             order of the all-reduce). Only rank 0 writes ``checkpoint``.
+
+    Examples:
+        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5)
+        >>> U = torch.randn(32, 3); Y = torch.randint(0, 2, (32,))
+        >>> res = Trainer(epochs=2, batch_size=16, lr=1e-2, penalties=[("l1", 1e-4)]).fit(model, (U, Y))
+        >>> len(res.history), res.history[-1].epoch, idlkit.wellposed.inf_norm(model.A) <= 0.5 + 1e-6
+        (2, 2, True)
     """
 
     def __init__(self, *, loss: str | Callable[..., Tensor] = "cross_entropy",
