@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 import idlkit  # noqa: E402
-from idlkit.demo import run_demo  # noqa: E402
+from idlkit.demo import DemoResult, run_demo  # noqa: E402
 from idlkit.report import SECTIONS  # noqa: E402
 
 
@@ -29,6 +29,7 @@ def demo(tmp_path_factory):
     res = run_demo(root / "runs", root / "report", hidden=16, epochs=2, attack_samples=2,
                    sim_samples=150, log=False)
     assert torch.get_num_threads() == threads  # the demo's one-thread setting is restored
+    assert isinstance(res, DemoResult)
     return res, root
 
 

@@ -68,6 +68,11 @@ class PipelineModel:
         certified: the well-posedness conditions that hold (``"inf"``, ``"pf"``, ``"mu"``,
             ``"triangular"``, ...; empty for the network itself).
         path: where it was saved (``None`` for models that are not saved).
+
+    Examples:
+        >>> m = PipelineModel("network 64-64-32-10", 0.95, 96, 6570, ())
+        >>> m.name, m.certified, m.path is None
+        ('network 64-64-32-10', (), True)
     """
 
     name: str
@@ -205,7 +210,7 @@ def run_demo(out_dir: str | Path = "runs/demo", report_dir: str | Path = "report
         :class:`DemoResult`.
 
     Raises:
-        ConfigurationError / InputError: for options out of range (see :mod:`idlkit._validation`).
+        ConfigurationError: an option out of range (named in the message, with the fix).
     """
     from . import compress, datasets, robust
     from ._validation import check_int, check_probability
