@@ -404,3 +404,13 @@ def test_worst_case_loss_takes_a_scalar_label_for_a_single_input():
         sampled = torch.nn.functional.cross_entropy(m(U), torch.ones(4000, dtype=torch.long),
                                                     reduction="none")
     assert float(sampled.max()) <= float(one.bound)
+
+
+def test_non_numeric_input_is_a_typed_error():
+    import idlkit as idl
+    from idlkit.errors import InputError
+
+    m = idl.ImplicitModel(3, 4, 2)
+    for bad in ("x", [["a", 1, 2]], object()):
+        with pytest.raises(InputError, match="u0 must be numbers"):
+            idl.robust.output_bounds(m, bad, 0.1)

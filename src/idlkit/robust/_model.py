@@ -253,7 +253,11 @@ def as_batch64(u: object, p: int, name: str = "u") -> np.ndarray:
     if isinstance(u, Tensor):
         a = u.detach().to("cpu", torch.float64).numpy()
     else:
-        a = np.asarray(u, dtype=np.float64)
+        try:
+            a = np.asarray(u, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} must be numbers (a tensor or array of shape (batch, {p})), got "
+                             f"{type(u).__name__} {str(u)[:40]!r}; pass a float tensor") from exc
     if a.ndim == 1 and a.shape[0] == p:
         a = a[None]
     elif a.ndim >= 2 and math.prod(a.shape[1:]) == p:
