@@ -67,8 +67,9 @@ class Factor:
 def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Interval ``[lo, hi]`` of each state ``x = act(z)`` of a block, given ``pre_lo <= z <=
-    pre_hi`` (``+-inf`` allowed): the map's interval image where the box is finite, never wider
-    than the map's ``value_range``.
+    pre_hi`` (``+-inf`` allowed): the map's interval image when every bound of the block is finite
+    (a blockwise map needs its whole box), else the map's ``value_range`` for the whole block; never
+    wider than ``value_range``.
 
     Examples:
         >>> tanh = idlkit.get_activation("tanh")
