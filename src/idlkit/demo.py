@@ -29,7 +29,9 @@ The models go to ``out_dir`` (safetensors, reloaded and checked), the certificat
 runs them on one intra-op thread during the demo (restored afterwards; the SIM row solvers use
 two worker processes): on a 2-core machine two threads per matrix product of this size were 7x
 slower when the other core was busy. The whole run takes about 25 s on two idle cores (the run
-prints the seconds of every step); it is deterministic for a given ``seed``.
+prints the seconds of every step). Training is deterministic for a given ``seed``; the SIM row
+solvers run in two worker processes and may differ in the last digits between runs, which can
+move SIM's nonzero count by one or two.
 """
 
 from __future__ import annotations
