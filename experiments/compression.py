@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
     ):
         t = time.perf_counter()
         try:
-            m, rep = SIM(backend="loky", n_jobs=2, **kw).fit(teacher, Xd)
+            m, rep = SIM(backend=args.sim_backend, n_jobs=2, **kw).fit(teacher, Xd)
         except idl.IdlError as exc:
             log(f"  {label}: {type(exc).__name__}: {exc}")
             rows.append({"method": label, "setting": f"{args.sim_samples} samples", "error": str(exc)[:200]})
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--structured", type=float, nargs="*", default=[0.3, 0.6])
     ap.add_argument("--sim-samples", type=int, default=2000)
     ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--sim-backend", default="loky", choices=("loky", "serial"),
+                    help="SIM's backend (loky: 2 workers; --quick: serial, no worker start-up)")
     ap.add_argument("--sim-weak-ratio", type=float, default=3e-5, help="penalty_ratio of the weaker SIM row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="digits, small settings (a smoke run)")
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         args.teacher_epochs = 20
         args.l1, args.group, args.fw_radii, args.fw_steps = [1e-3], [1.0], [0.3], 20
         args.ranks, args.unstructured, args.structured, args.sim_samples = [5], [0.5], [0.3], 400
+        args.sim_backend = "serial"
     torch.set_num_threads(1)
     res = run(args)
     res["machine"] = machine()

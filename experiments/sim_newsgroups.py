@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     sim_kw = {"lambda_state": 0.1, "lambda_output": 0.1, "tol": 1e-4, "backend": "loky",
               "n_jobs": 2, "dtype": torch.float64, "per_sample": False, "penalty_units": "rescaled",
               "structure": "free", "refit": False}
+    if q:  # the smoke run: one process (two loky workers only add start-up and pickling to tiny fits)
+        sim_kw.update(backend="serial", n_jobs=None)
     cmd = "python experiments/sim_newsgroups.py" + (" --quick" if q else "")
     res: dict = {"command": cmd, "quick": q, "seed": args.seed,
                  "sim": {k: v for k, v in sim_kw.items() if k != "dtype"}, "wp_bound": WP_BOUND,
