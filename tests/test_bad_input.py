@@ -628,23 +628,81 @@ CLI = [
 ]
 
 
-@pytest.mark.parametrize("argv,names", CLI, ids=[" ".join(a) for a, _ in CLI])
-def test_cli_exits_nonzero_with_one_line_and_no_traceback(
-    argv: list[str], names: str, tmp_path: Path
-) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "idlkit.cli", *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    err = proc.stderr.strip()
-    assert "Traceback" not in err + proc.stdout
+# The cases run as `python -m idlkit.cli ARGV`, each in its own process forked from one driver that
+# imported idlkit.cli once (a fresh interpreter per case cost ~2 s of start-up and imports, 14 times);
+# the child ends the way the interpreter ends `python -m` (a SystemExit's code, its message when not
+# an int; any other exception: the traceback and status 1), then exits without the interpreter's
+# teardown. One case also runs in a fresh interpreter (test_cli_in_a_fresh_interpreter).
+_CLI_DRIVER = """
+import json, os, runpy, sys, traceback
+import idlkit.cli  # its imports (torch, typer, ...) once; the module itself runs afresh in each child
+del sys.modules["idlkit.cli"]
+folder, cases = sys.argv[1], json.loads(sys.argv[2])
+codes = []
+for i, argv in enumerate(cases):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.makedirs(f"{folder}/{i}")
+        os.chdir(f"{folder}/{i}")
+        for fd, name in ((1, "out"), (2, "err")):
+            os.dup2(os.open(f"{folder}/{i}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = ["idlkit", *argv]
+        try:
+            runpy.run_module("idlkit.cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:  # what the interpreter does with it
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if not isinstance(exc.code, int) and exc.code is not None:
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter teardown: ~0.9 s per child with torch loaded
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def _cli_env() -> dict[str, str]:
+    path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of every CLI case, in the order of CLI."""
+    import json
+
+    folder = tmp_path_factory.mktemp("cli")
+    proc = subprocess.run([sys.executable, "-c", _CLI_DRIVER, str(folder), json.dumps([a for a, _ in CLI])],
+                          capture_output=True, text=True, env=_cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = json.loads(proc.stdout.splitlines()[-1])
+    return [(code, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text())
+            for i, code in enumerate(codes)]
+
+
+def _check_cli_error(returncode: int, stdout: str, stderr: str, names: str) -> None:
+    assert returncode != 0
+    err = stderr.strip()
+    assert "Traceback" not in err + stdout
     assert err.startswith("error:") and len(err.splitlines()) == 1 and names in err, err
+
+
+@pytest.mark.parametrize("case", range(len(CLI)), ids=[" ".join(a) for a, _ in CLI])
+def test_cli_exits_nonzero_with_one_line_and_no_traceback(case: int, cli_runs) -> None:
+    _check_cli_error(*cli_runs[case], CLI[case][1])
+
+
+@pytest.mark.parametrize("argv,names", [CLI[0]], ids=[" ".join(CLI[0][0])])
+def test_cli_in_a_fresh_interpreter(argv: list[str], names: str, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "idlkit.cli", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env=_cli_env(), timeout=120)
+    _check_cli_error(proc.returncode, proc.stdout, proc.stderr, names)
 
 
 @pytest.mark.parametrize(
