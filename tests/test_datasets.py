@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from idlkit import datasets
 from idlkit.datasets import Dataset, DatasetError, load
 from idlkit.errors import ConfigurationError, IdlError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout
+# the real data, found only through $IDLKIT_DATA (read before the fixture below hides it)
+SHARED = Path(os.environ.get("IDLKIT_DATA") or "/nonexistent-IDLKIT_DATA-unset")
 HAS_PIL = importlib.util.find_spec("PIL") is not None
 
 

@@ -21,7 +21,7 @@ EXP = ROOT / "experiments"
 
 
 def _data_dir(file: str) -> Path | None:
-    dirs = [*idlkit.datasets.search_dirs(), ROOT / "shared" / "datasets", ROOT.parent / "shared" / "datasets"]
+    dirs = idlkit.datasets.search_dirs()  # $IDLKIT_DATA and the cache: never a path of this machine
     return next((d for d in dirs if (d / file).is_file()), None)
 
 
@@ -58,7 +58,7 @@ def test_synthetic_smoke(tmp_path: Path) -> None:
 def test_image_smoke(script: str, file: str, tmp_path: Path) -> None:
     data = _data_dir(file)
     if data is None:
-        pytest.skip(f"{file} not found in $IDLKIT_DATA, the idlkit cache or shared/datasets")
+        pytest.skip(f"{file} not found in $IDLKIT_DATA or the idlkit cache (make test sets IDLKIT_DATA)")
     _run(
         script,
         [
