@@ -133,3 +133,19 @@ def test_cli_demo_refuses_bad_options_before_work(tmp_path, capsys, monkeypatch)
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_printed_summary_keeps_the_certificate_text(demo, capsys):
+    """The summary prints the certificate verbatim: its '[x] inf' lines are not rich markup."""
+    from types import SimpleNamespace
+
+    from idlkit.demo import _print_summary
+
+    res, _ = demo
+    model = idlkit.load(res.models[0].path)
+    cert = model.certificate()
+    _print_summary(res, SimpleNamespace(path=res.report, figures=()), torch.zeros(10, 64), cert)
+    out = capsys.readouterr().out
+    assert "[x] inf" in out and str(cert).splitlines()[1].strip() in out
+    for m in res.models:  # the table wraps long names: each accuracy is on its row
+        assert f"{m.accuracy:.4f}" in out

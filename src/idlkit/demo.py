@@ -443,7 +443,7 @@ def _print_summary(res: DemoResult, rep: Any, sens: Tensor, certificate: Any) ->
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False, highlight=False)  # certificates print '[x]' literally
     table = Table(title="idlkit demo: every model on the 360 test digits")
     for col in ("model", "test acc.", "states", "nonzeros", "certified"):
         table.add_column(col)
@@ -451,7 +451,7 @@ def _print_summary(res: DemoResult, rep: Any, sens: Tensor, certificate: Any) ->
         table.add_row(m.name, f"{m.accuracy:.4f}", str(m.states), str(m.nonzeros),
                       ", ".join(m.certified) or "-")
     console.print(table)
-    console.print(f"the trained implicit model's {certificate}", highlight=False)
+    console.print(f"the trained implicit model's {certificate}")
     console.print(f"conversion: max |network - implicit form| = {res.conversion_error:.2e}; "
                   f"sensitivity matrix S {tuple(sens.shape)}, max {float(sens.max()):.3g}")
     console.print(f"Lipschitz (l_inf), implicit model: certified {res.lipschitz['certified']:.4g}, "
