@@ -379,7 +379,7 @@ def _certificate(ctx: dict) -> tuple[str, dict]:
     c = ctx["model"].certificate()
     rows = [_row("inf_norm", "||A||_inf", c.inf_norm), _row("gamma_inf", "gamma_inf (activation)",
             c.gamma_inf), _row("pf", "lambda_pf (Thm 2.2/2.7)", c.pf), _row("mu_inf", "mu_inf(A)",
-            c.mu_inf), _row("triangular", "triangular", c.triangular),
+            c.mu_inf), _row("triangular", "block triangular criterion (Thm 2.8/2.9)", c.triangular),
             _row("wellposed", "well-posed", bool(c.wellposed))]
     if c.declared is not None:
         rows.append(_row("declared", "declared condition", f"{c.declared} (kappa {c.kappa})"))

@@ -1065,8 +1065,12 @@ class WellPosedness:
             ``lambda_pf(Gamma N(A))`` (BLIP, Thm 2.7).
         mu_inf: ``mu_inf(A)``; ``gamma * mu_inf(A) < 1`` certifies monotone
             componentwise maps (paper 004); ``nan`` when not applicable.
-        triangular: ``A`` is (block) strictly upper triangular, or upper triangular
-            with ``diag(A) < 1`` for a piecewise-linear homogeneous map.
+        triangular: the block triangular criterion (Thm 2.8/2.9 with Remark 2.6,
+            :func:`triangular_criterion`): ``A`` permuted by whole activation blocks is block
+            upper triangular with more than one diagonal block (or has no coupling at all), and
+            every diagonal block is well-posed. Strictly triangular ``A`` (converted networks:
+            nilpotent, ``pf = 0``) is the exact case; a trained ``A`` with decoupled states can
+            pass too, its largest diagonal block certified by the other conditions.
         holds: which sufficient conditions hold, by name.
         margins: ``1 - value`` for each condition (positive when it holds).
         declared: the condition the model declares, if any, and ``kappa`` its bound.
