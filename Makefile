@@ -29,11 +29,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# sdist + wheel in dist/ (offline: the build backend comes with the dev extras), then the check
-# that the wheel installed on its own runs the README's examples
+# sdist + wheel in dist/ (offline: the build backend comes with the dev extras), the packaging
+# tests, then a fresh virtual environment that installs only the wheel (and its dependencies, torch
+# pinned by TORCH_SPEC) and runs the README's examples from it
 package: $(STAMP)
+	rm -rf dist
 	$(PY) -m build --no-isolation --outdir dist .
 	$(PY) -m pytest -p no:cacheprovider tests/test_packaging.py
+	$(PYTHON) -m venv dist/fresh-venv
+	dist/fresh-venv/bin/python -m pip install -q "$(TORCH_SPEC)" dist/idlkit-*.whl
+	cd dist && OMP_NUM_THREADS=1 fresh-venv/bin/python ../tests/run_readme_examples.py ../README.md --expect-under fresh-venv
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
