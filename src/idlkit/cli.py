@@ -100,6 +100,14 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder of the saved m
              attack_samples=attack_samples, sim_samples=sim_samples)
 
 
+def _as_options(message: str, names: tuple[str, ...]) -> str:
+    """``message`` with each library parameter name in ``names`` written as its ``--option``."""
+    import re
+
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
 def _check_folder(path: Path, option: str) -> None:
     """Refuse an output folder that is a file or cannot be created/written, before any work."""
     import os
@@ -270,7 +278,7 @@ def sim(
     backend: str = typer.Option("loky", help="loky, threading, ray, dask or serial"),
     n_jobs: int | None = typer.Option(None, min=1, help="workers (default: all cores)"),
     bias: bool = typer.Option(False, "--bias", help="teacher layers with biases"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
     out: Path = typer.Option(Path("sim_model.safetensors"), help="where to save the fitted model"),
 ) -> None:
     """Train an MLP teacher, fit an implicit model to its states with SIM, compare and save it."""
@@ -300,6 +308,10 @@ def sim(
     try:
         fitter = SIM(objective=objective, kappa=kappa, beta=beta, alpha=alpha, lambda_state=lambda_state,
                      lambda_output=lambda_output, backend=backend, n_jobs=n_jobs)
+    except IdlError as exc:  # name the option the user typed, not SIM's parameter
+        fail(_as_options(str(exc), ("objective", "kappa", "beta", "alpha", "lambda_state",
+                                    "lambda_output", "backend", "n_jobs")))
+    try:
         ds = datasets.load(data, seed=seed)
         x = torch.as_tensor(np.asarray(ds.x_train), dtype=torch.float32).flatten(1)
         y = torch.as_tensor(np.asarray(ds.y_train)).long()
