@@ -451,3 +451,14 @@ def test_tampered_sparse_checkpoint_raises(tmp_path, case):
         idlkit.load(bad)
     msg = str(exc.value)
     assert "tampered.idl" in msg and fragment in msg, msg
+
+
+def test_a_safetensors_file_not_written_by_idlkit_says_so(tmp_path):
+    import safetensors.torch as st
+
+    from idlkit.io import CheckpointError
+
+    path = tmp_path / "plain.safetensors"
+    st.save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not one written by idlkit"):
+        idlkit.load(path)

@@ -186,9 +186,18 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        meta = json.loads(json.loads(raw[8:8 + header_len]).get("__metadata__", {})["idlkit"])
-    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, OverflowError,
+        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, TypeError, AttributeError, OverflowError,
             json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
+                              f"tampered?): {exc}") from exc
+    if "idlkit" not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not one written by idlkit (no "
+                              f"'idlkit' entry in its metadata); pass a file written by idlkit's "
+                              f"save or a Trainer checkpoint")
+    try:
+        meta = json.loads(metadata["idlkit"])
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a valid idlkit checkpoint (truncated or "
                               f"tampered?): {exc}") from exc
     if not isinstance(meta, dict):
