@@ -83,6 +83,10 @@ def saved(tmp_path_factory):
         nn.functional.cross_entropy(mlp(x), y).backward()
         opt.step()
     torch.save(mlp.state_dict(), d / "mlp.pt")
+    # a training checkpoint around the same weights, with DataParallel's "module." names
+    torch.save({"epoch": 60, "model_state_dict": {f"module.{k}": v for k, v in mlp.state_dict().items()},
+                "optimizer": {"lr": 1e-2}}, d / "mlp_checkpoint.pt")
+    torch.save({"epoch": 1, "misc": {"a": torch.zeros(1)}, "other": 3}, d / "no_weights.pt")
     save_file(_build("cnn").state_dict(), d / "cnn.safetensors")
     save_file(_build("unsupported").state_dict(), d / "unsupported.safetensors")
     save_file(_build("BatchScaled").state_dict(), d / "scaled.safetensors")
@@ -212,6 +216,7 @@ ERRORS = [  # (weights file, extra arguments, fragments of the one error line)
     ("cnn.safetensors", [], ["without an idlkit model header", "--factory"]),
     ("implicit.safetensors", ["--factory", "{d}/nets.py:mlp"], ["drop --factory"]),
     ("mlp.pt", ["--factory", "{d}/nets.py:mlp", "--check-tol", "0"], ["--check-tol"]),
+    ("no_weights.pt", ["--factory", "{d}/nets.py:mlp"], ["not a state_dict", "model_state_dict"]),
     ("mlp.pt", ["--factory", "{d}/nets.py:mlp", "--input-shape", "8,x"], ["--input-shape"]),
 ]
 
@@ -241,3 +246,15 @@ def test_network_errors_are_the_same_for_analyze_and_attack(saved, tmp_path, mon
     run = run_main(["attack", str(saved / "mlp.pt"), "--factory", f"{saved / 'nets.py'}:mlp", "--data",
                     "digits", "--input-shape", "1,8,8"], monkeypatch, capsys)
     run.assert_one_error_line("does not run on inputs of shape (1, 8, 8)")
+
+
+def test_a_training_checkpoint_gives_the_same_model_as_its_state_dict(saved, monkeypatch, capsys):
+    """{"model_state_dict": {"module.0.weight": ...}, "epoch": ...} is unwrapped: bench on it and on
+    the plain state_dict print the same iteration counts and both conversions are exact."""
+    outs = []
+    for weights in ("mlp.pt", "mlp_checkpoint.pt"):
+        run = run_main(_bench(saved, weights, "--factory", f"{saved / 'nets.py'}:mlp"), monkeypatch, capsys)
+        assert run.code == 0, run.err
+        assert _max_diff(run.out) == 0.0
+        outs.append([ln for ln in run.out.splitlines() if "iterations" in ln])
+    assert outs[0] == outs[1] and outs[0]

@@ -348,7 +348,8 @@ def sim(
 
 _MODEL_HELP = ("an implicit model saved with idlkit.save (a .safetensors file), or with --factory "
                "the weights of a torch network: its state_dict saved with torch.save or "
-               "safetensors.torch.save_file")
+               "safetensors.torch.save_file, or a training checkpoint dict holding it under "
+               "state_dict / model_state_dict / model (names may carry DataParallel's module. prefix)")
 
 
 @dataclass(frozen=True)
@@ -639,6 +640,30 @@ def _network(factory: str, kwargs_json: str | None) -> Any:
     return net
 
 
+#: where training scripts commonly keep the weights inside a checkpoint dictionary
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def _unwrap_state_dict(state: Any) -> Any:
+    """The weights of a training checkpoint: ``{"state_dict": {...}, "epoch": ...}`` (or one of
+    :data:`_STATE_KEYS`) gives the inner dictionary, and names that all start with ``module.``
+    (``DataParallel`` / ``DistributedDataParallel``) lose that prefix. Anything else is returned
+    as it is (and refused by the caller when it is not names -> tensors)."""
+    import torch
+
+    def tensors(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+    if isinstance(state, dict) and not tensors(state):
+        inner = [state[k] for k in _STATE_KEYS if tensors(state.get(k))]
+        if len(inner) == 1:
+            state = inner[0]
+    if tensors(state) and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def _load_weights(net: Any, path: Path, kind: str) -> None:
     """Load the ``state_dict`` in ``path`` into ``net`` (strict: same keys, same shapes, finite)."""
     import pickle
@@ -663,10 +688,12 @@ def _load_weights(net: Any, path: Path, kind: str) -> None:
         what = "a torch.save file" if kind == "torch" else "a safetensors file"
         raise CheckpointError(f"MODEL {path} cannot be read as {what} (truncated or corrupted?): "
                               f"{type(exc).__name__}: {exc}") from exc
+    state = _unwrap_state_dict(state)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         keys = list(state)[:6] if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"MODEL {path} is not a state_dict (names -> tensors): found {keys}; "
+        raise CheckpointError(f"MODEL {path} is not a state_dict (names -> tensors), nor a "
+                              f"checkpoint holding one under {'/'.join(_STATE_KEYS)}: found {keys}; "
                               f"save torch.save(net.state_dict(), PATH)")
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
