@@ -5,8 +5,9 @@ cross-references use Sphinx roles (``:func:`~idlkit.robust.attack```). Markdown 
 ``>>>`` line as a nested quote and print the roles literally, so before the Google-style parser
 runs (:meth:`IdlkitDocstrings.on_instance`, on every object Griffe loads):
 
-* each doctest block (a ``>>>`` line, its ``...`` continuations and its output, up to a blank
-  line) is fenced as ``pycon`` code at its own indentation;
+* each doctest block outside an ``Examples:`` section (a ``>>>`` line, its ``...``
+  continuations and its output, up to a blank line) is fenced as ``pycon`` code at its own
+  indentation (Griffe reads the blocks of an ``Examples:`` section as code itself);
 * each Sphinx role becomes inline code, ``~`` keeping the last dotted part as Sphinx does.
 
 Only the rendered text changes; the docstrings and the doctests run by ``make test`` do not.
@@ -29,19 +30,31 @@ def _role(match: re.Match[str]) -> str:
     return f"`{target}`"
 
 
+_EXAMPLES = re.compile(r"^(\s*)Examples?:\s*$")
+
+
 def fence_doctests(text: str) -> str:
-    """Wrap every doctest block of ``text`` in a fenced ``pycon`` block (indentation kept)."""
+    """Wrap every doctest block of ``text`` in a fenced ``pycon`` block (indentation kept).
+
+    Blocks under a Google ``Examples:`` section are left to Griffe's parser, which reads them
+    as code itself (fencing them there would print the fence)."""
     lines, out, i, fenced = text.splitlines(), [], 0, False
+    section: int | None = None  # indentation of the current Examples: header
     while i < len(lines):
         line = lines[i]
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
         stripped = line.lstrip()
-        if fenced or not stripped.startswith(">>>"):
+        indent_len = len(line) - len(stripped)
+        if section is not None and stripped and indent_len <= section:
+            section = None  # a line back at the header's level ends the section
+        if (m := _EXAMPLES.match(line)) and not fenced:
+            section = len(m.group(1))
+        if stripped.startswith("```"):
+            fenced = not fenced
+        if fenced or section is not None or not stripped.startswith(">>>"):
             out.append(line)
             i += 1
             continue
-        indent = line[: len(line) - len(stripped)]
+        indent = line[:indent_len]
         block = []
         while i < len(lines) and lines[i].strip() and lines[i].startswith(indent):
             block.append(lines[i][len(indent):])

@@ -216,3 +216,7 @@ def test_griffe_extension_fences_doctests_and_reads_sphinx_roles() -> None:
     assert "    ```pycon\n    >>> 1 + 1\n    2\n    ```" in out
     assert "```python\n>>> kept\n```" in out  # an existing fence is left alone
     assert mod.rewrite("no examples here") == "no examples here"
+    sectioned = "Text.\n\nExamples:\n    >>> 1 + 1\n    2\n\n    More text.\n\n>>> 3\n3\n"
+    out = mod.rewrite(sectioned)  # Griffe parses the Examples: section; the bare block is fenced
+    assert "Examples:\n    >>> 1 + 1\n    2\n" in out and "```pycon\n>>> 3\n3\n```" in out
+    assert out.count("```pycon") == 1
