@@ -342,6 +342,25 @@ def state_bounds(model: object, u0: object, sigma_u: object, k: int | None = Non
     (alpha-CROWN optimises the output bounds; its state bounds are the best over its iterates on a
     triangular ``A``, CROWN's on a general one).
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        u0: ``(batch, p)`` or ``(p,)`` nominal inputs.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: one of :data:`BOUND_METHODS`; default ``"best"`` (the tightest of those applicable).
+        clip: valid input range ``(lo, hi)`` intersected with the set; ``None`` for none.
+        time_budget: seconds allowed to the slower methods (``None``: no limit).
+        alpha_iters: optimisation steps of alpha-CROWN.
+        lp_rounds: tightening rounds of the LP bound.
+
+    Returns:
+        :class:`StateBounds`, ``lower``/``upper`` of shape ``(batch, n)`` float64.
+
+    Raises:
+        ConfigurationError: an unknown ``method``, or one that does not apply to the model.
+        ShapeError: ``u0`` or ``sigma_u`` of the wrong shape.
+        InputError: a negative ``sigma_u`` or a bad ``k``.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
         >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))

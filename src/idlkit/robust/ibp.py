@@ -242,6 +242,19 @@ def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = N
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with a (block) triangular ``A``.
+        u0: ``(batch, p)`` nominal inputs.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+
+    Returns:
+        :class:`BoundComparison` of the two bounds' widths.
+
+    Raises:
+        ConfigurationError: ``A`` is not triangular (IBP does not apply).
+        WellPosednessError: the implicit box bound cannot be certified.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
         >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))

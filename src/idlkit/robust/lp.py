@@ -171,6 +171,14 @@ def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray, k: int | None = Non
         WellPosednessError: ``lambda_pf(|A|) < 1`` cannot be certified (the bound would be
             meaningless); the message names ``lambda_pf``.
 
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel`.
+        sigma_u: ``(p,)`` float64 radius, ``>= 0``.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+
+    Returns:
+        ``(n,)`` float64 array ``sigma_x``.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> sx = state_sigma(model, np.full(3, 0.1))
@@ -308,6 +316,18 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
 
     Raises:
         InputError: ``start`` does not contain the nominal state ``x0`` (it cannot be valid).
+
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel`.
+        u0: ``(p,)`` float64 nominal input.
+        sigma_u: ``(p,)`` float64 radius.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        clip: valid input range ``(lo, hi)``, or ``None``.
+        x0: ``(n,)`` nominal state at ``u0``.
+        start: a valid state box ``(lower, upper)`` of ``(n,)`` arrays, or ``None``.
+
+    Returns:
+        ``(xlo, xhi, sigma_x)``, three ``(n,)`` float64 arrays.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
@@ -816,6 +836,9 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
     """LP bound (Thm 4.5) on the worst-case state objective and the attack it suggests.
 
     Args:
+        c: ``(n,)`` state weights of the ``"linear"`` objective.
+        e: ``(p,)`` input weights of the ``"linear"`` objective; ``None``: zero.
+        const: constant added to the ``"linear"`` objective.
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (dense or sparse matrices) with
             ``lambda_pf(|A|) < 1``.
         u0: nominal input ``(p,)``.
