@@ -182,7 +182,17 @@ class Dataset:
     source: str
 
     def torch_dataset(self, split: Literal["train", "test"] = "train") -> Any:
-        """Return a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` for ``split``."""
+        """Return a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` for ``split``.
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+
+        Returns:
+            :class:`torch.utils.data.TensorDataset` of ``(x, y)``.
+
+        Raises:
+            ConfigurationError: another ``split``.
+        """
         import torch
         from torch.utils.data import TensorDataset
 
@@ -215,6 +225,12 @@ def cache_dir() -> Path:
 
 def search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache.
+
+    Args:
+        root: a directory searched first, or ``None``.
+
+    Returns:
+        The directories as :class:`~pathlib.Path` (duplicates dropped), in search order.
 
     Examples:
         >>> str(search_dirs("/data/mine")[0])                  # root first, then $IDLKIT_DATA, the cache
