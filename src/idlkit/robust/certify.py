@@ -70,6 +70,8 @@ class OutputBounds(_Bounds):
     """``lower <= y(u) <= upper`` for every ``u`` of the set, ``(batch, q)`` float64.
 
     Attributes:
+        lower: ``(batch, q)`` float64 lower bounds.
+        upper: ``(batch, q)`` float64 upper bounds.
         method: the method used (for ``"best"``: ``"best(m1,m2,...)"``, the methods combined).
         seconds: wall time of the computation.
     """
@@ -80,6 +82,8 @@ class StateBounds(_Bounds):
     """``lower <= x(u) <= upper`` for every ``u`` of the set, ``(batch, n)`` float64.
 
     Attributes:
+        lower: ``(batch, n)`` float64 lower bounds.
+        upper: ``(batch, n)`` float64 upper bounds.
         method: as in :class:`OutputBounds`.
         seconds: as in :class:`OutputBounds`.
     """

@@ -50,6 +50,10 @@ class IntervalBounds:
     """IBP intervals, batch-first float64: ``x_lower <= x <= x_upper``, ``y_lower <= y <= y_upper``.
 
     Attributes:
+        x_lower: ``(batch, n)`` lower state bounds.
+        x_upper: ``(batch, n)`` upper state bounds.
+        y_lower: ``(batch, q)`` lower output bounds.
+        y_upper: ``(batch, q)`` upper output bounds.
         sweeps: number of level sweeps (the depth of the level structure of ``A``).
     """
 

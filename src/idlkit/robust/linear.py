@@ -130,7 +130,20 @@ class Relaxation:
 
     Lower: ``(1 - t) (ls0 z + lo0) + t (ls1 z + lo1) <= phi(z)``; upper likewise with ``us*``,
     ``uo*`` and ``>=``; sound for every ``t in [0, 1]`` on the unit's interval. ``tl``, ``tu``:
-    CROWN's default parameters."""
+    CROWN's default parameters.
+
+    Attributes:
+        ls0: slopes of the first lower line.
+        lo0: offsets of the first lower line.
+        ls1: slopes of the second lower line.
+        lo1: offsets of the second lower line.
+        us0: slopes of the first upper line.
+        uo0: offsets of the first upper line.
+        us1: slopes of the second upper line.
+        uo1: offsets of the second upper line.
+        tl: CROWN's default lower parameters in ``[0, 1]``.
+        tu: CROWN's default upper parameters in ``[0, 1]``.
+    """
 
     ls0: Tensor
     lo0: Tensor
