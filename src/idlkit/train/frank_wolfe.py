@@ -83,6 +83,13 @@ def lmo_inf_ball(G: Tensor, radius: float) -> Tensor:
     Returns a tensor like ``G`` with at most one nonzero per row; the optimal value is
     ``<G, S> = -radius * sum_i max_j |G_ij|``.
 
+    Args:
+        G: ``(n, m)`` gradient.
+        radius: the ball's radius ``r >= 0``.
+
+    Returns:
+        ``S``, like ``G``, with at most one nonzero per row.
+
     Examples:
         >>> G = torch.tensor([[1.0, -3.0], [2.0, 0.5]])
         >>> S = lmo_inf_ball(G, 1.0)
@@ -107,6 +114,13 @@ def lmo_l1_ball(G: Tensor, radius: float) -> Tensor:
     is ``-radius sign(G_kl) E_kl`` at the largest ``|G_kl|`` (the first in row-major order
     on ties), with value ``-radius max_kl |G_kl|``. ``G = 0`` gives ``S = 0``.
 
+    Args:
+        G: gradient, any shape.
+        radius: the ball's radius ``r >= 0``.
+
+    Returns:
+        ``S``, like ``G``, with at most one nonzero.
+
     Examples:
         >>> G = torch.tensor([[1.0, -3.0], [2.0, 0.5]])
         >>> lmo_l1_ball(G, 2.0)                  # the whole radius on the largest |G_kl|
@@ -126,6 +140,14 @@ def lmo_l1_ball(G: Tensor, radius: float) -> Tensor:
 def fw_gap(grads: dict[str, Tensor], params: dict[str, Tensor], vertices: dict[str, Tensor]) -> float:
     """The Frank-Wolfe gap ``sum_blocks <G_M, M - S_M>`` (float64); ``>= 0`` when each ``S_M`` is
     the LMO of ``G_M`` over a set that contains ``M``.
+
+    Args:
+        grads: ``name -> G_M`` gradients of the blocks.
+        params: ``name -> M`` current values.
+        vertices: ``name -> S_M`` the LMO's answers.
+
+    Returns:
+        The gap as a float.
 
     Examples:
         >>> G = {"A": torch.tensor([[1.0, -3.0], [2.0, 0.5]])}

@@ -291,6 +291,19 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
     relative slack).
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with ``||A||_inf < 1``.
+        U: ``(m, p)`` inputs.
+        Y: ``(m,)`` integer labels.
+        sigma_u: input radius, scalar or ``(p,)``.
+        R: recourse matrix of the robust counterpart, or ``None``.
+
+    Returns:
+        :class:`TrainingCertificate` with the certified samples.
+
+    Raises:
+        ConfigurationError: ``||A||_inf >= 1``.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> U, Y = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
