@@ -396,14 +396,6 @@ ARGS_PENDING: dict[str, str] = {
     "idlkit.solve.tracked": "not written yet (6 names)",
     "idlkit.solve.triangular": "not written yet (12 names)",
     "idlkit.synthetic": "not written yet (13 names)",
-    "idlkit.train.alternating": "not written yet (3 names)",
-    "idlkit.train.fenchel": "not written yet (3 names)",
-    "idlkit.train.frank_wolfe": "not written yet (5 names)",
-    "idlkit.train.losses": "not written yet (2 names)",
-    "idlkit.train.penalties": "not written yet (11 names)",
-    "idlkit.train.robust": "not written yet (2 names)",
-    "idlkit.train.robust_convex": "not written yet (6 names)",
-    "idlkit.train.trainer": "not written yet (4 names)",
 }
 
 _PARAM_SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Keyword Args|Other Parameters):\s*$")

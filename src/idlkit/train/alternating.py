@@ -24,7 +24,13 @@ __all__ = ["fit_output_layer", "alternating_fit", "AlternatingResult"]
 
 @dataclass(frozen=True)
 class AlternatingResult:
-    """Training RMSE after each block, and the gradient phase's history."""
+    """Training RMSE after each block, and the gradient phase's history.
+
+    Attributes:
+        rmse_after_state_block: training RMSE after the gradient phase on ``(A, B, b)``.
+        rmse_after_output_block: training RMSE after the least-squares fit of ``(C, D, d)``.
+        state_block: the gradient phase's :class:`~idlkit.train.TrainResult`.
+    """
 
     rmse_after_state_block: float
     rmse_after_output_block: float

@@ -201,7 +201,16 @@ def _shrink_rounding(M: Tensor, radius: float, rowwise: bool) -> None:
 class FWRecord:
     """One Frank-Wolfe step ``t`` (0-based), measured at the iterate ``M_t`` *before* the update:
     the (mini-batch) loss, the duality gap ``<grad, M_t - S_t>`` summed over the updated blocks,
-    the step ``gamma_t`` taken, and ``nnz(A_t)`` in total and in its fullest row."""
+    the step ``gamma_t`` taken, and ``nnz(A_t)`` in total and in its fullest row.
+
+    Attributes:
+        step: the step ``t``, 0-based.
+        loss: the (mini-batch) loss at ``M_t``.
+        gap: the duality gap ``<grad, M_t - S_t>`` over the updated blocks.
+        gamma: the step ``gamma_t`` taken.
+        nnz_A: number of nonzeros of ``A_t``.
+        max_row_nnz_A: nonzeros of the fullest row of ``A_t``.
+    """
 
     step: int
     loss: float
@@ -214,7 +223,14 @@ class FWRecord:
 @dataclass(frozen=True)
 class FWResult:
     """History of :func:`frank_wolfe`; ``final_loss`` is the mean loss on the whole training data
-    after the last step and ``nnz`` the number of nonzeros of each matrix at the end."""
+    after the last step and ``nnz`` the number of nonzeros of each matrix at the end.
+
+    Attributes:
+        history: one :class:`FWRecord` per step.
+        final_loss: mean loss on the whole training data after the last step.
+        nnz: number of nonzeros of each matrix at the end, by name.
+        seconds: wall time of the run.
+    """
 
     history: tuple[FWRecord, ...]
     final_loss: float

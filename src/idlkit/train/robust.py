@@ -113,7 +113,8 @@ class TrainingCertificate:
             contains every equilibrium of the set).
         violation: largest constraint violation of the verified states (``<= 0`` when it holds).
         certified: fraction of training samples whose margins bounds are all negative (each
-            is then correctly classified for every input of the set); certified_mask ``(m,)``.
+            is then correctly classified for every input of the set).
+        certified_mask: ``(m,)`` bool, which training samples are certified.
         worst_case_loss: mean worst-case cross-entropy bound on the training set.
     """
 

@@ -44,7 +44,19 @@ class EpochRecord:
     """One epoch: mean training objective (loss + penalties), validation loss and accuracy
     (``nan`` without validation data or for regression), learning rate, the training time
     ``seconds`` (optimisation steps only) and the validation time ``val_seconds``, and the
-    mean forward/backward solver iterations per batch."""
+    mean forward/backward solver iterations per batch.
+
+    Attributes:
+        epoch: the epoch, 1-based.
+        train_loss: mean training objective (loss + penalties).
+        val_loss: validation loss (``nan`` without validation data).
+        val_accuracy: validation accuracy (``nan`` without validation data or for regression).
+        lr: the learning rate of the epoch.
+        seconds: training time (optimisation steps only).
+        forward_iterations: mean forward solver iterations per batch.
+        backward_iterations: mean backward solver iterations per batch.
+        val_seconds: validation time.
+    """
 
     epoch: int
     train_loss: float
@@ -60,7 +72,14 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrainResult:
     """History of a :meth:`Trainer.fit`; ``best_epoch`` is the one whose weights the model
-    holds at the end when early stopping restored them (else the last)."""
+    holds at the end when early stopping restored them (else the last).
+
+    Attributes:
+        history: one :class:`EpochRecord` per epoch.
+        best_epoch: the epoch whose weights the model holds at the end.
+        stopped_early: whether early stopping ended the run.
+        seconds: wall time of the run.
+    """
 
     history: tuple[EpochRecord, ...]
     best_epoch: int
