@@ -351,20 +351,14 @@ def test_the_search_is_not_vacuous() -> None:
 # public class (defined in the class, not inherited) and each class's constructor names every
 # parameter of its signature in its own docstring: a function or method under ``Args:``, a class
 # under ``Args:`` or ``Attributes:`` (a dataclass's fields are its constructor's parameters).
-# ``self``/``cls``, ``*args``/``**kwargs`` (which may be documented as ``**options`` etc.) and
-# private parameters (``_cache``) are not required.
+# ``self``/``cls`` (and an autograd Function's ``ctx``), ``*args``/``**kwargs`` (which may be
+# documented as ``**options`` etc.) and private parameters (``_cache``) are not required.
 
 #: modules whose public functions do not all have a complete ``Args:`` section yet: module -> why.
 #: It may only shrink: a module that passes fails :func:`test_args_pending_is_not_stale`.
 ARGS_PENDING: dict[str, str] = {
     "idlkit.activations": "not written yet (70 names)",
     "idlkit.baselines": "not written yet (20 names)",
-    "idlkit.compress.architecture": "not written yet (1 names)",
-    "idlkit.compress.lowrank": "not written yet (11 names)",
-    "idlkit.compress.magnitude": "not written yet (2 names)",
-    "idlkit.compress.prune": "not written yet (4 names)",
-    "idlkit.compress.rank": "not written yet (1 names)",
-    "idlkit.compress.staged": "not written yet (6 names)",
     "idlkit.convert.assemble": "not written yet (1 names)",
     "idlkit.convert.concrete": "not written yet (7 names)",
     "idlkit.convert.expr": "not written yet (5 names)",
@@ -426,7 +420,7 @@ def required_params(obj: object) -> list[str]:
     except (TypeError, ValueError):
         return []
     return [name for name, p in sig.parameters.items()
-            if name not in ("self", "cls") and not name.startswith("_")
+            if name not in ("self", "cls", "ctx") and not name.startswith("_")
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
