@@ -369,7 +369,6 @@ ARGS_PENDING: dict[str, str] = {
     "idlkit.convert.reference": "not written yet (3 names)",
     "idlkit.convert.trace": "not written yet (2 names)",
     "idlkit.io": "not written yet (2 names)",
-    "idlkit.plot": "not written yet (3 names)",
     "idlkit.solve.anderson": "not written yet (7 names)",
     "idlkit.solve.info": "not written yet (3 names)",
     "idlkit.solve.lean": "not written yet (3 names)",
