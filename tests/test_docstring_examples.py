@@ -358,16 +358,9 @@ def test_the_search_is_not_vacuous() -> None:
 #: It may only shrink: a module that passes fails :func:`test_args_pending_is_not_stale`.
 ARGS_PENDING: dict[str, str] = {
     "idlkit.activations": "not written yet (70 names)",
-    "idlkit.convert.assemble": "not written yet (1 names)",
-    "idlkit.convert.concrete": "not written yet (7 names)",
-    "idlkit.convert.expr": "not written yet (5 names)",
-    "idlkit.convert.linear_maps": "not written yet (5 names)",
-    "idlkit.convert.multiplicative": "not written yet (1 names)",
-    "idlkit.convert.nonlinear": "not written yet (5 names)",
+    "idlkit.convert.concrete": "not written yet (2 names)",
     "idlkit.convert.products": "not written yet (7 names)",
     "idlkit.convert.recurrent": "not written yet (4 names)",
-    "idlkit.convert.reference": "not written yet (3 names)",
-    "idlkit.convert.trace": "not written yet (2 names)",
     "idlkit.io": "not written yet (2 names)",
     "idlkit.solve.anderson": "not written yet (7 names)",
     "idlkit.solve.info": "not written yet (3 names)",
