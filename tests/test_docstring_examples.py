@@ -359,8 +359,6 @@ def test_the_search_is_not_vacuous() -> None:
 ARGS_PENDING: dict[str, str] = {
     "idlkit.activations": "not written yet (70 names)",
     "idlkit.convert.concrete": "not written yet (2 names)",
-    "idlkit.convert.products": "not written yet (7 names)",
-    "idlkit.convert.recurrent": "not written yet (4 names)",
     "idlkit.io": "not written yet (2 names)",
     "idlkit.solve.anderson": "not written yet (7 names)",
     "idlkit.solve.info": "not written yet (3 names)",
