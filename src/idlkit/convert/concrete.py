@@ -195,11 +195,32 @@ class ShapeTracer(fx.Tracer):
         self._running = False  # True while a leaf module runs on concrete values
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        """``fx.Tracer.call_module``, except inside a leaf module being run for its value.
+
+        Args:
+            m: the called module.
+            forward: its forward.
+            args: the call's positional arguments.
+            kwargs: the call's keyword arguments.
+
+        Returns:
+            The call's value (inside a running leaf) or its proxy.
+        """
         if self._running:  # a submodule of a leaf module being run for its value
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        """``fx.Tracer.getattr``, except inside a leaf module being run for its value.
+
+        Args:
+            attr: the attribute's name.
+            attr_val: its value.
+            parameter_proxy_cache: ``fx``'s cache of parameter proxies.
+
+        Returns:
+            ``attr_val`` (inside a running leaf) or ``fx``'s proxy for it.
+        """
         if self._running:
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
