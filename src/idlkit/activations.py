@@ -1550,13 +1550,6 @@ class BlockMax(_BlockMap):
 
         Returns:
             ``(n, m)`` tensor ``J(z) v``.
-
-        Args:
-            z: ``(n, m)`` pre-activations.
-            v: ``(n, m)`` vectors.
-
-        Returns:
-            ``(n, m)`` tensor ``J(z) v``.
         """
         zb, vb = self._view(z), self._view(v)
         idx = zb.argmax(dim=1, keepdim=True)
