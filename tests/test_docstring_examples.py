@@ -342,3 +342,183 @@ def test_the_search_is_not_vacuous() -> None:
 
     assert has_example(with_example) and not has_example(without)
     assert _exempt_by_rule(idlkit.errors.ShapeError) and not _exempt_by_rule(idlkit.ImplicitModel)
+
+
+# --------------------------------------------------------------------------- Args sections
+#
+# The API reference shows a parameter table only for a Google-style ``Args:`` section, so in
+# every public module not listed in ARGS_PENDING each public function, each public method of a
+# public class (defined in the class, not inherited) and each class's constructor names every
+# parameter of its signature in its own docstring: a function or method under ``Args:``, a class
+# under ``Args:`` or ``Attributes:`` (a dataclass's fields are its constructor's parameters).
+# ``self``/``cls`` (and an autograd Function's ``ctx``), ``*args``/``**kwargs`` (which may be
+# documented as ``**options`` etc.) and private parameters (``_cache``) are not required.
+
+#: modules whose public functions do not all have a complete ``Args:`` section yet: module -> why.
+#: It may only shrink: a module that passes fails :func:`test_args_pending_is_not_stale`.
+ARGS_PENDING: dict[str, str] = {
+    "idlkit.io": "write_tensors, read_tensors: src/idlkit/io.py is being edited on another branch",
+}
+
+_PARAM_SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Keyword Args|Other Parameters):\s*$")
+
+
+def documented_params(doc: str, sections: tuple[str, ...] = ("Args", "Arguments", "Keyword Args",
+                                                            "Other Parameters")) -> set[str]:
+    """Names with an entry (``name: ...`` / ``name (type): ...``, stars dropped) in the
+    ``sections`` of a cleaned docstring."""
+    names: set[str] = set()
+    indent = None
+    for line in doc.split("\n"):
+        m = _PARAM_SECTION.match(line)
+        if m:
+            indent = len(m.group(1)) + 4 if m.group(2) in sections else None
+            continue
+        if indent is None or not line.strip():
+            continue
+        lead = len(line) - len(line.lstrip())
+        if lead < indent:  # dedent: the section is over
+            indent = None
+            continue
+        if lead == indent and (e := _ENTRY.match(line.strip())):
+            names.add(e.group(1).lstrip("*"))
+    return names
+
+
+def _own_doc(obj: object) -> str:
+    """The object's own docstring (not one inherited from ``torch.nn.Module.forward``)."""
+    return inspect.cleandoc(getattr(obj, "__doc__", None) or "")
+
+
+def required_params(obj: object) -> list[str]:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    return [name for name, p in sig.parameters.items()
+            if name not in ("self", "cls", "ctx") and not name.startswith("_")
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def missing_args(obj: object) -> list[str]:
+    """Parameters of ``obj``'s signature without an entry in its ``Args:`` section (a class: its
+    or its ``__init__``'s ``Args:``/``Attributes:``)."""
+    if inspect.isclass(obj):
+        docs = [_own_doc(obj)]
+        if "__init__" in vars(obj):
+            docs.append(_own_doc(vars(obj)["__init__"]))
+        sections: tuple[str, ...] = ("Args", "Arguments", "Keyword Args", "Other Parameters",
+                                     "Attributes")
+    else:
+        docs, sections = [_own_doc(obj)], ("Args", "Arguments", "Keyword Args", "Other Parameters")
+    have = set().union(*(documented_params(d, sections) for d in docs))
+    return [p for p in required_params(obj) if p not in have]
+
+
+def args_targets() -> dict[str, object]:
+    """``name -> object`` for the public functions and classes and the public methods that the
+    classes define themselves (``staticmethod``/``classmethod`` unwrapped; properties skipped)."""
+    out: dict[str, object] = {}
+    for name, obj in public_objects().items():
+        if _exempt_by_rule(obj):
+            continue
+        out[name] = obj
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                if inspect.isfunction(value):
+                    out[f"{name}.{attr}"] = value
+    return out
+
+
+def _module_of(name: str, objs: dict[str, object]) -> str:
+    """The public module a target is named under (``idlkit.robust.bounds`` for
+    ``idlkit.robust.bounds.BoxBounds.x_lower``)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i + 1]) in objs:  # the public object the name starts with
+            return ".".join(parts[:i])
+    raise AssertionError(name)
+
+
+def args_problems() -> dict[str, dict[str, list[str]]]:
+    """``module -> {name: missing parameters}`` over every public module."""
+    objs = public_objects()
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, obj in args_targets().items():
+        if miss := missing_args(obj):
+            out.setdefault(_module_of(name, objs), {})[name] = miss
+    return out
+
+
+def test_every_parameter_is_under_args() -> None:
+    bad = {m: p for m, p in args_problems().items() if m not in ARGS_PENDING}
+    assert not bad, (
+        "add an 'Args:' section (one 'name: description' line per parameter, with its shape) "
+        "naming these parameters:\n  " + "\n  ".join(
+            f"{n}: {miss}" for m in sorted(bad) for n, miss in sorted(bad[m].items())))
+
+
+def test_args_pending_is_not_stale() -> None:
+    problems = args_problems()
+    modules = set(_modules())
+    gone = sorted(m for m in ARGS_PENDING if m not in modules)
+    assert not gone, f"not a public module, remove from ARGS_PENDING: {gone}"
+    done = sorted(m for m in ARGS_PENDING if m not in problems)
+    assert not done, f"complete now, remove from ARGS_PENDING: {done}"
+    for module, reason in ARGS_PENDING.items():
+        assert reason.strip(), f"{module}: a pending entry says why"
+
+
+def test_args_check_can_fail() -> None:
+    def prose(u: object, sigma_u: float) -> None:
+        """Bounds ``u`` by ``sigma_u`` (parameters described only in prose)."""
+
+    def partial(u: object, sigma_u: float, *, k: int | None = None, **options: object) -> None:
+        """Bounds.
+
+        Args:
+            u: ``(batch, p)`` inputs.
+            sigma_u: radius.
+
+        Returns:
+            k: not a parameter entry (another section).
+        """
+
+    def complete(u: object, sigma_u: float, *args: object, _cache: object = None,
+                 **options: object) -> None:
+        """Bounds.
+
+        Args:
+            u: ``(batch, p)`` inputs.
+            sigma_u (float): radius,
+                over two lines.
+            **options: passed on.
+        """
+
+    class Config:
+        """Settings.
+
+        Attributes:
+            lr: step size.
+        """
+
+        def __init__(self, lr: float, momentum: float) -> None:
+            self.lr, self.momentum = lr, momentum
+
+        def step(self, scale: float) -> None:
+            """Steps (no Args)."""
+
+    assert missing_args(prose) == ["u", "sigma_u"]
+    assert missing_args(partial) == ["k"]
+    assert missing_args(complete) == []
+    assert missing_args(Config) == ["momentum"]
+    assert missing_args(Config.step) == ["scale"]
+    targets = args_targets()
+    assert "idlkit.model.ImplicitModel.equilibrium" in targets
+    assert "idlkit.robust.bounds.box_bounds" in targets
+    objs = public_objects()
+    assert _module_of("idlkit.robust.bounds.BoxBounds.x_lower", objs) == "idlkit.robust.bounds"

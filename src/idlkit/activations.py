@@ -134,11 +134,27 @@ class Activation:
         raise NotImplementedError
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """``J(z)^T v`` column by column (``z, v``: ``(n, m)``)."""
+        """``J(z)^T v`` column by column (``z, v``: ``(n, m)``).
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         raise NotImplementedError
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """``J(z) v`` column by column (``z, v``: ``(n, m)``)."""
+        """``J(z) v`` column by column (``z, v``: ``(n, m)``).
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         raise NotImplementedError
 
     @property
@@ -152,6 +168,14 @@ class Activation:
         return False
 
     def blocks(self, n: int) -> BlockStructure:  # pragma: no cover - abstract
+        """The BLIP block structure on ``n`` states.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The :class:`BlockStructure`.
+        """
         raise NotImplementedError
 
     @property
@@ -163,18 +187,40 @@ class Activation:
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Bounds on ``phi(z)`` over the box ``lo <= z <= hi`` (``(n, m)``): the interval image
         used by interval bound propagation. Sound (contains the image); exact for the maps here
-        except where a subclass says otherwise."""
+        except where a subclass says otherwise.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         raise ConfigurationError(f"{self!r} has no interval image; interval bound propagation "
                                  f"supports the componentwise maps, SoftMax, BlockMax and Product")
 
     def restrict(self, rows: Tensor) -> Activation:
         """The map acting on the states ``rows`` only (sorted indices covering whole blocks):
         ``phi(z)[rows] = phi.restrict(rows)(z[rows])``. Used by the triangular solver to apply
-        one level's part of a block map without touching the other states."""
+        one level's part of a block map without touching the other states.
+
+        Args:
+            rows: sorted state indices covering whole blocks.
+
+        Returns:
+            The restricted :class:`Activation`.
+        """
         return self  # maps acting on equal blocks (componentwise, fixed block size)
 
     def centered(self, n: int) -> Activation:
-        """``phi~ = phi - phi(0)`` on an ``n``-state (§3.1); ``self`` when ``phi(0) = 0``."""
+        """``phi~ = phi - phi(0)`` on an ``n``-state (§3.1); ``self`` when ``phi(0) = 0``.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The centred :class:`Activation` (``self`` when ``phi(0) = 0``).
+        """
         zero = self(torch.zeros(n, 1, dtype=torch.float64))
         return self if not bool(zero.abs().sum() > 0) else Centered(self)
 
@@ -203,12 +249,28 @@ class ComponentwiseActivation(Activation):
     valley: tuple[float, float] | None = None
 
     def derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         raise NotImplementedError
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Monotone maps: ``[phi(lo), phi(hi)]``. A *valley* map (decreasing up to ``z*``, then
         increasing: GELU, SiLU, Mish, Hardswish, ELU with a negative ``alpha``): the upper end is
-        ``max(phi(lo), phi(hi))``, the lower end ``phi(z*)`` (rounded down) when ``z*`` is in the box."""
+        ``max(phi(lo), phi(hi))``, the lower end ``phi(z*)`` (rounded down) when ``z*`` is in the box.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         if self.monotone:
             return self(lo), self(hi)
         if self.valley is None:  # pragma: no cover - every non-monotone map here has a valley
@@ -221,6 +283,14 @@ class ComponentwiseActivation(Activation):
         return low, torch.maximum(f_lo, f_hi)
 
     def restrict(self, rows: Tensor) -> Activation:
+        """The map acting on the states ``rows`` only.
+
+        Args:
+            rows: sorted state indices covering whole blocks.
+
+        Returns:
+            The restricted :class:`Activation`.
+        """
         return self
 
     @property
@@ -242,12 +312,38 @@ class ComponentwiseActivation(Activation):
         return self.lipschitz <= 1.0
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         return self.derivative(z) * v
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         return self.derivative(z) * v
 
     def blocks(self, n: int) -> BlockStructure:
+        """The BLIP block structure on ``n`` states.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The :class:`BlockStructure`.
+        """
         return BlockStructure((1,) * n, (math.inf,) * n, (self.lipschitz,) * n)
 
 
@@ -271,6 +367,14 @@ class ReLU(ComponentwiseActivation):
         return torch.relu(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return (z > 0).to(z.dtype)
 
     @property
@@ -280,6 +384,12 @@ class ReLU(ComponentwiseActivation):
 
 class LeakyReLU(ComponentwiseActivation):
     """``max(z, slope * z)`` for ``slope`` in ``[0, 1]`` (CONE), or any slope >= 0.
+
+    Args:
+        negative_slope: the slope for ``z < 0``, ``>= 0`` (CONE for ``<= 1``).
+
+    Raises:
+        ConfigurationError: a negative or non-finite slope.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -308,6 +418,14 @@ class LeakyReLU(ComponentwiseActivation):
         return torch.nn.functional.leaky_relu(z, self.negative_slope)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         one = torch.ones((), dtype=z.dtype, device=z.device)
         return torch.where(z > 0, one, one * self.negative_slope)
 
@@ -342,6 +460,14 @@ class Tanh(ComponentwiseActivation):
         return torch.tanh(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         t = torch.tanh(z)
         return 1 - t * t
 
@@ -367,6 +493,14 @@ class Sigmoid(ComponentwiseActivation):
         return torch.sigmoid(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         s = torch.sigmoid(z)
         return s * (1 - s)
 
@@ -391,12 +525,38 @@ class Identity(ComponentwiseActivation):
         return z
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return torch.ones_like(z)
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         return v
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         return v
 
     @property
@@ -431,6 +591,12 @@ class GELU(ComponentwiseActivation):
     ``s = 1.12890`` (``GELU(z) - GELU(-z) = z``, so ``phi'(z) + phi'(-z) = 1``); not CONE
     (``gamma = s > 1``). ``phi(0) = 0``; valley at ``z* = -0.75179``, ``phi(z*) = -0.16997``.
 
+    Args:
+        approximate: ``"none"`` (exact, ``Phi`` the normal CDF) or ``"tanh"``.
+
+    Raises:
+        ConfigurationError: another ``approximate``.
+
     Examples:
         >>> import torch.nn.functional as F
         >>> phi = GELU()
@@ -459,6 +625,14 @@ class GELU(ComponentwiseActivation):
         return torch.nn.functional.gelu(z, approximate=self.approximate)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         if self.approximate == "none":
             return 0.5 * (1 + torch.erf(z / math.sqrt(2.0))) + z * _phi_normal(z)
         k = math.sqrt(2 / math.pi)
@@ -497,6 +671,14 @@ class SiLU(ComponentwiseActivation):
         return torch.nn.functional.silu(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         s = torch.sigmoid(z)
         return s * (1 + z * (1 - s))
 
@@ -525,6 +707,14 @@ class Mish(ComponentwiseActivation):
         return torch.nn.functional.mish(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         sp_ = torch.nn.functional.softplus(z)
         t = torch.tanh(sp_)
         return t + z * (1 - t * t) * torch.sigmoid(z)
@@ -554,6 +744,14 @@ class Hardswish(ComponentwiseActivation):
         return torch.nn.functional.hardswish(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         mid = (2 * z + 3) / 6
         return torch.where(z < -3, torch.zeros_like(z), torch.where(z > 3, torch.ones_like(z), mid))
 
@@ -562,6 +760,12 @@ class ELU(ComponentwiseActivation):
     """``z`` for ``z > 0``, ``alpha (e^z - 1)`` otherwise (``torch.nn.ELU``). Slopes in
     ``[min(0, alpha), max(1, alpha)]``: monotone for ``alpha >= 0``, CONE for ``0 <= alpha <= 1``;
     a negative ``alpha`` makes a valley at 0.
+
+    Args:
+        alpha: the scale of the negative part (finite).
+
+    Raises:
+        ConfigurationError: a non-finite ``alpha``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -586,6 +790,14 @@ class ELU(ComponentwiseActivation):
         return torch.nn.functional.elu(z, self.alpha)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(torch.clamp_max(z, 0)))
 
     def __repr__(self) -> str:
@@ -598,6 +810,12 @@ class ELU(ComponentwiseActivation):
 class CELU(ComponentwiseActivation):
     """``max(0, z) + min(0, alpha (e^{z/alpha} - 1))``, ``alpha > 0``: slopes in ``(0, 1]``,
     monotone and CONE.
+
+    Args:
+        alpha: the scale of the negative part, ``> 0``.
+
+    Raises:
+        ConfigurationError: ``alpha <= 0``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -620,6 +838,14 @@ class CELU(ComponentwiseActivation):
         return torch.nn.functional.celu(z, self.alpha)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return torch.where(z > 0, torch.ones_like(z), torch.exp(torch.clamp_max(z, 0) / self.alpha))
 
     def __repr__(self) -> str:
@@ -656,6 +882,14 @@ class SELU(ComponentwiseActivation):
         return torch.nn.functional.selu(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         neg = _SELU_SCALE * _SELU_ALPHA * torch.exp(torch.clamp_max(z, 0))
         return torch.where(z > 0, torch.full_like(z, _SELU_SCALE), neg)
 
@@ -669,6 +903,13 @@ class Softplus(ComponentwiseActivation):
     ``z = threshold / beta`` (2.1e-9 for the defaults): the map is 1-Lipschitz and monotone up to
     that jump, which :meth:`interval` adds to both ends so interval bounds stay sound; the
     Lipschitz-based bounds treat it as rounding (each use can be off by at most the jump).
+
+    Args:
+        beta: the sharpness, ``> 0``.
+        threshold: ``beta z`` above which the map is linear, ``>= 0``.
+
+    Raises:
+        ConfigurationError: ``beta <= 0`` or a negative or non-finite ``threshold``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -686,6 +927,15 @@ class Softplus(ComponentwiseActivation):
         return math.log1p(math.exp(-self.threshold)) / self.beta
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds on ``phi(z)`` over the box ``lo <= z <= hi``.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         return self(lo) - self.jump, self(hi) + self.jump
 
     name = "softplus"
@@ -704,6 +954,14 @@ class Softplus(ComponentwiseActivation):
         return torch.nn.functional.softplus(z, self.beta, self.threshold)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         bz = self.beta * z
         return torch.where(bz > self.threshold, torch.ones_like(z), torch.sigmoid(bz))
 
@@ -734,6 +992,14 @@ class Softsign(ComponentwiseActivation):
         return torch.nn.functional.softsign(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         d = 1 + z.abs()
         return 1 / (d * d)
 
@@ -743,6 +1009,13 @@ class Hardtanh(ComponentwiseActivation):
     ``phi(0) = clamp(0, min_val, max_val)`` (nonzero when the interval excludes 0: the shift of
     §3.1 applies). Also the exact stand-in for the identity on a factor known to stay in
     ``[min_val, max_val]`` (the converter's multiplicative units, §3.6).
+
+    Args:
+        min_val: lower clamp.
+        max_val: upper clamp, ``> min_val``.
+
+    Raises:
+        ConfigurationError: ``min_val >= max_val`` or a non-finite bound.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -769,6 +1042,14 @@ class Hardtanh(ComponentwiseActivation):
         return torch.clamp(z, self.min_val, self.max_val)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return ((z > self.min_val) & (z < self.max_val)).to(z.dtype)
 
     @property
@@ -829,6 +1110,14 @@ class Hardsigmoid(ComponentwiseActivation):
         return torch.nn.functional.hardsigmoid(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return ((z > -3) & (z < 3)).to(z.dtype) / 6
 
 
@@ -853,6 +1142,14 @@ class LogSigmoid(ComponentwiseActivation):
         return torch.nn.functional.logsigmoid(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return torch.sigmoid(-z)
 
 
@@ -875,6 +1172,14 @@ class Tanhshrink(ComponentwiseActivation):
         return torch.nn.functional.tanhshrink(z)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         t = torch.tanh(z)
         return t * t
 
@@ -882,6 +1187,12 @@ class Tanhshrink(ComponentwiseActivation):
 class Softshrink(ComponentwiseActivation):
     """``z - lambd`` above ``lambd``, ``z + lambd`` below ``-lambd``, 0 between (``lambd >= 0``):
     slopes in ``{0, 1}``; monotone, CONE.
+
+    Args:
+        lambd: the shrinkage ``>= 0``.
+
+    Raises:
+        ConfigurationError: a negative ``lambd``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -902,6 +1213,14 @@ class Softshrink(ComponentwiseActivation):
         return torch.nn.functional.softshrink(z, self.lambd)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return (z.abs() > self.lambd).to(z.dtype)
 
     def __repr__(self) -> str:
@@ -916,6 +1235,9 @@ class Centered(Activation):
 
     The Jacobian is that of ``phi``; ``phi~(0) = 0``. For block maps ``phi(0)``
     is a vector (SoftMax gives ``1/n_l``), computed once per state size.
+
+    Args:
+        base: the map ``phi`` to centre.
 
     Examples:
         >>> phi = Centered(Sigmoid())
@@ -941,27 +1263,78 @@ class Centered(Activation):
             self.value_range = (lo - shift, hi - shift)
 
     def offset(self, n: int, like: Tensor) -> Tensor:
-        """``phi(0)`` as an ``(n, 1)`` column."""
+        """``phi(0)`` as an ``(n, 1)`` column.
+
+        Args:
+            n: number of states.
+            like: a tensor whose dtype and device the result takes.
+
+        Returns:
+            ``(n, 1)`` tensor.
+        """
         return self.base(torch.zeros(n, 1, dtype=like.dtype, device=like.device))
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.base(z) - self.offset(z.shape[0], z).reshape(-1, *([1] * (z.dim() - 1)))
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         return self.base.vjp(z, v)
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         return self.base.jvp(z, v)
 
     def derivative(self, z: Tensor) -> Tensor:
+        """``phi'(z)`` entrywise.
+
+        Args:
+            z: pre-activations, any shape.
+
+        Returns:
+            Tensor of ``z``'s shape.
+        """
         return self.base.derivative(z)  # type: ignore[attr-defined]
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds on ``phi(z)`` over the box ``lo <= z <= hi``.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         a, b = self.base.interval(lo, hi)
         off = self.offset(lo.shape[0], lo).reshape(-1, *([1] * (lo.dim() - 1)))
         return a - off, b - off
 
     def restrict(self, rows: Tensor) -> Activation:
+        """The map acting on the states ``rows`` only.
+
+        Args:
+            rows: sorted state indices covering whole blocks.
+
+        Returns:
+            The restricted :class:`Activation`.
+        """
         base = self.base.restrict(rows)
         return self if base is self.base else Centered(base)
 
@@ -974,9 +1347,25 @@ class Centered(Activation):
         return bool(getattr(self.base, "monotone", False))
 
     def blocks(self, n: int) -> BlockStructure:
+        """The BLIP block structure on ``n`` states.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The :class:`BlockStructure`.
+        """
         return self.base.blocks(n)
 
     def centered(self, n: int) -> Activation:
+        """``phi~ = phi - phi(0)`` on an ``n``-state.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The centred :class:`Activation` (``self`` when ``phi(0) = 0``).
+        """
         return self
 
     def __repr__(self) -> str:
@@ -1038,6 +1427,12 @@ def _lse_others(Z: Tensor) -> Tensor:
 class SoftMax(_BlockMap):
     """SoftMax over each block of rows (eq. 2.2); 1-Lipschitz in l_1, 1/2 in l_inf.
 
+    Args:
+        block_size: rows per block, ``>= 1``; ``None``: one block of all the states.
+
+    Raises:
+        ConfigurationError: a ``block_size < 1``.
+
     Examples:
         >>> phi = SoftMax(block_size=2)
         >>> z = torch.tensor([[0.0], [0.0], [0.0], [math.log(3.0)]])   # (n, m) = (4, 1): two blocks of 2
@@ -1056,7 +1451,15 @@ class SoftMax(_BlockMap):
         box are ``sigmoid(lo_i - LSE_{j != i} hi_j)`` and ``sigmoid(hi_i - LSE_{j != i} lo_j)``
         (exact per entry; ``LSE`` is log-sum-exp). ``LSE_{j != i}`` joins prefix and suffix
         log-cumsum-exps: no cancellation (``sum_j e^{z_j} - e^{z_i}`` loses every digit when
-        ``e^{z_i}`` dominates) and no underflow of ``e^{z_i}`` far below the block's max."""
+        ``e^{z_i}`` dominates) and no underflow of ``e^{z_i}`` far below the block's max.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         L, H = self._view(lo), self._view(hi)
         return (torch.sigmoid(L - _lse_others(H)).reshape(lo.shape),
                 torch.sigmoid(H - _lse_others(L)).reshape(hi.shape))
@@ -1065,6 +1468,15 @@ class SoftMax(_BlockMap):
         return torch.softmax(self._view(z), dim=1).reshape(z.shape)
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         s = torch.softmax(self._view(z), dim=1)
         w = self._view(v)
         return (s * (w - (s * w).sum(dim=1, keepdim=True))).reshape(z.shape)
@@ -1076,6 +1488,12 @@ class BlockMax(_BlockMap):
     """Max over each block, written in the block's first slot, zeros elsewhere (§3.3).
 
     1-Lipschitz in ``l_inf``. Ties are broken towards the first index (as torch.max).
+
+    Args:
+        block_size: rows per block, ``>= 1``; ``None``: one block of all the states.
+
+    Raises:
+        ConfigurationError: a ``block_size < 1``.
 
     Examples:
         >>> phi = BlockMax(block_size=2)
@@ -1090,6 +1508,15 @@ class BlockMax(_BlockMap):
     lipschitz_inf = 1.0
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds on ``phi(z)`` over the box ``lo <= z <= hi``.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         return self(lo), self(hi)  # max is monotone in every argument
 
     def __call__(self, z: Tensor) -> Tensor:
@@ -1099,6 +1526,15 @@ class BlockMax(_BlockMap):
         return out.reshape(z.shape)
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         zb, vb = self._view(z), self._view(v)
         idx = zb.argmax(dim=1, keepdim=True)
         out = torch.zeros_like(vb)
@@ -1106,6 +1542,15 @@ class BlockMax(_BlockMap):
         return out.reshape(z.shape)
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         zb, vb = self._view(z), self._view(v)
         idx = zb.argmax(dim=1, keepdim=True)
         out = torch.zeros_like(vb)
@@ -1131,6 +1576,13 @@ class Product(_BlockMap):
     ``Hardtanh(lo, hi)``, which equals the identity there.
 
     The Jacobian of a pair is ``[[phi_1'(a) phi_2(b), phi_1(a) phi_2'(b)], [0, 0]]``.
+
+    Args:
+        first: the bounded map ``phi_1`` of the first slot (name, config or instance).
+        second: the bounded map ``phi_2`` of the second slot.
+
+    Raises:
+        ConfigurationError: an unbounded or non-componentwise factor map.
 
     Examples:
         >>> act = Product("sigmoid", "tanh")           # the LSTM's i * g and o * tanh(c)
@@ -1178,6 +1630,15 @@ class Product(_BlockMap):
         return self._out(self.first(a) * self.second(b), z)
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         a, b = self._pairs(z)
         w = self._view(v)[:, 0]
         out = torch.empty_like(self._view(z))
@@ -1186,13 +1647,30 @@ class Product(_BlockMap):
         return out.reshape(z.shape)
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         a, b = self._pairs(z)
         va, vb = self._pairs(v)
         d = self.first.derivative(a) * self.second(b) * va + self.first(a) * self.second.derivative(b) * vb
         return self._out(d, z)
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Interval product of the factors' interval images (the min and max of the 4 corners)."""
+        """Interval product of the factors' interval images (the min and max of the 4 corners).
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         la, lb = self._pairs(lo)
         ha, hb = self._pairs(hi)
         a_lo, a_hi = self.first.interval(la, ha)
@@ -1256,9 +1734,27 @@ class Blockwise(Activation):
         return self._apply("__call__", z)
 
     def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z)^T v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z)^T v``.
+        """
         return self._apply("vjp", z, v)
 
     def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J(z) v`` column by column.
+
+        Args:
+            z: ``(n, m)`` pre-activations.
+            v: ``(n, m)`` vectors.
+
+        Returns:
+            ``(n, m)`` tensor ``J(z) v``.
+        """
         return self._apply("jvp", z, v)
 
     @property
@@ -1267,6 +1763,15 @@ class Blockwise(Activation):
                 max(a.value_range[1] for _, a in self.segments))
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds on ``phi(z)`` over the box ``lo <= z <= hi``.
+
+        Args:
+            lo: ``(n, m)`` lower ends of the box.
+            hi: ``(n, m)`` upper ends of the box.
+
+        Returns:
+            ``(lower, upper)``, ``(n, m)`` each.
+        """
         _check_rows(lo, self.size, "Blockwise activation")
         lows, highs, start = [], [], 0
         for size, act in self.segments:
@@ -1277,7 +1782,14 @@ class Blockwise(Activation):
         return torch.cat(lows, dim=0), torch.cat(highs, dim=0)
 
     def restrict(self, rows: Tensor) -> Activation:
-        """The segments met by ``rows`` (whole blocks), each restricted to its rows there."""
+        """The segments met by ``rows`` (whole blocks), each restricted to its rows there.
+
+        Args:
+            rows: sorted state indices covering whole blocks.
+
+        Returns:
+            The restricted :class:`Activation`.
+        """
         r = rows.detach().cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
         if r.size == self.size:
             return self
@@ -1290,6 +1802,14 @@ class Blockwise(Activation):
         return stack_activations(parts)
 
     def blocks(self, n: int) -> BlockStructure:
+        """The BLIP block structure on ``n`` states.
+
+        Args:
+            n: number of states.
+
+        Returns:
+            The :class:`BlockStructure`.
+        """
         if n != self.size:
             raise ShapeError(f"Blockwise activation covers {self.size} states, model has {n}")
         sizes: list[int] = []
@@ -1339,6 +1859,12 @@ def stack_activations(parts: Sequence[tuple[int, Activation]]) -> Activation:
     map itself. Empty parts (``hidden = 0``) contribute nothing; with no state at all
     the (irrelevant) activation is the identity.
 
+    Args:
+        parts: ``(size, map)`` per part, in state order.
+
+    Returns:
+        The combined :class:`Activation` (a :class:`Blockwise` when the parts differ).
+
     Examples:
         >>> stack_activations([(2, ReLU()), (3, ReLU())]).name     # one map where one will do
         'relu'
@@ -1365,6 +1891,16 @@ def block_activations(act: Activation, n: int) -> list[tuple[int, Activation]]:
 
     ``phi - phi(0)`` and ``phi`` are well-posed together (a shift of the state, §3.1), so
     :class:`Centered` maps are unwrapped.
+
+    Args:
+        act: the model's activation.
+        n: the number of states.
+
+    Returns:
+        ``(size, map)`` per BLIP block, in state order.
+
+    Raises:
+        ShapeError: a :class:`Blockwise` map covering another number of states.
 
     Examples:
         >>> [(size, phi.name) for size, phi in block_activations(Blockwise([(2, "relu"), (1, "tanh")]), 3)]
@@ -1414,6 +1950,17 @@ ACTIVATIONS: dict[str, type[Activation]] = {
 
 def get_activation(spec: str | dict | Activation, **kwargs: object) -> Activation:
     """Activation from a name (``"relu"``, ``"leaky_relu"``, ...), a config dict or an instance.
+
+    Args:
+        spec: a name (``"relu"``, ``"leaky_relu"``, ...), a config dict (:meth:`Activation.config`)
+            or an :class:`Activation` (returned as is).
+        **kwargs: the map's constructor arguments, with a name only (e.g. ``negative_slope``).
+
+    Returns:
+        The :class:`Activation`.
+
+    Raises:
+        ConfigurationError: an unknown name, a malformed config, or keywords with an instance.
 
     Examples:
         >>> get_activation("relu")

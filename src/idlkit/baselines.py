@@ -144,6 +144,15 @@ class MLP(nn.Module):
     Input ``(batch, in_features)``, or ``(batch, T, F)`` with ``T * F == in_features``
     (flattened); output ``(batch, out_features)``.
 
+    Args:
+        in_features: input size.
+        hidden: widths of the hidden layers (``()``: a linear model).
+        out_features: output size.
+        activation: one of :data:`ACTIVATIONS`.
+
+    Raises:
+        ConfigurationError: an unknown ``activation`` or a non-positive size.
+
     Examples:
         >>> net = MLP(4, [8, 8], 3, activation="tanh")
         >>> net(torch.randn(5, 4)).shape, count_parameters(net)     # 40 + 72 + 27
@@ -168,7 +177,14 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``."""
+        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``.
+
+        Args:
+            x: ``(batch, in_features)`` or ``(batch, T, F)`` input.
+
+        Returns:
+            ``(batch, out_features)`` output.
+        """
         return self.net(_flat_input(x, self.in_features))
 
 
@@ -187,6 +203,16 @@ class LSTMModel(nn.Module):
     Parameters (torch convention, two bias vectors per gate block): each layer ``l`` has
     ``4 (h (i_l + h) + 2 h)`` with ``i_0 = input_size``, ``i_l = hidden_size``, plus
     ``hidden_size * output_size + output_size`` for the head.
+
+    Args:
+        input_size: features per time step.
+        hidden_size: LSTM state size.
+        output_size: output size of the head.
+        num_layers: stacked LSTM layers.
+        mode: ``"seq2one"`` or ``"seq2seq"``.
+
+    Raises:
+        ConfigurationError: an unknown ``mode`` or a non-positive size.
 
     Examples:
         >>> net = LSTMModel(2, 8, 1)
@@ -209,7 +235,14 @@ class LSTMModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq) for ``x``
-        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``)."""
+        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``).
+
+        Args:
+            x: ``(batch, T, input_size)`` sequences, or ``(batch, p)`` with ``input_size=1``.
+
+        Returns:
+            ``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq).
+        """
         h, _ = self.lstm(_seq_input(x, self.input_size))
         if self.mode == "seq2one":
             return self.head(h[:, -1])
@@ -222,6 +255,13 @@ class LSTMModel(nn.Module):
 def sinusoidal_encoding(length: int, d_model: int) -> Tensor:
     """Sinusoidal positional encoding (Vaswani et al. 2017, §3.5), shape ``(length, d_model)``:
     ``PE[t, 2k] = sin(t / 10000^(2k/d))``, ``PE[t, 2k+1] = cos(t / 10000^(2k/d))``.
+
+    Args:
+        length: number of positions ``T``.
+        d_model: encoding size.
+
+    Returns:
+        ``(length, d_model)`` float tensor.
 
     Examples:
         >>> P = sinusoidal_encoding(5, 4)
@@ -255,6 +295,21 @@ class TransformerModel(nn.Module):
 
     A 2-D input ``(batch, p)`` is read as ``p`` scalar tokens (needs ``input_size=1``).
     Sequences longer than ``max_len`` are rejected when ``positional_encoding`` is on.
+
+    Args:
+        input_size: features per time step.
+        output_size: output size of the head.
+        d_model: embedding size.
+        nhead: attention heads (dividing ``d_model``).
+        num_layers: encoder layers.
+        dim_feedforward: width of each layer's feed-forward block.
+        dropout: dropout probability in ``[0, 1)``.
+        mode: ``"seq2one"`` or ``"seq2seq"``.
+        positional_encoding: add the sinusoidal encoding.
+        max_len: longest sequence the encoding is precomputed for.
+
+    Raises:
+        ConfigurationError: an unknown ``mode`` or ``nhead`` not dividing ``d_model``.
 
     Examples:
         >>> net = TransformerModel(2, 1)
@@ -292,7 +347,17 @@ class TransformerModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq) for ``x``
-        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``)."""
+        of shape ``(batch, T, input_size)`` or ``(batch, p)`` (with ``input_size=1``).
+
+        Args:
+            x: ``(batch, T, input_size)`` sequences, or ``(batch, p)`` with ``input_size=1``.
+
+        Returns:
+            ``(batch, output_size)`` (seq2one) or ``(batch, T, output_size)`` (seq2seq).
+
+        Raises:
+            ShapeError: a sequence longer than ``max_len`` or of another feature size.
+        """
         x = _seq_input(x, self.input_size)
         T = x.shape[1]
         z = self.input_proj(x)
@@ -328,6 +393,14 @@ class BoundedAttention(nn.Module):
     unit is one of §3.6's multiplicative units, so ``idlkit.convert.from_torch`` converts it
     exactly (each product a :class:`~idlkit.activations.Product` state pair).
 
+    Args:
+        dim: feature size of ``x``.
+        heads: attention heads, dividing ``dim``.
+        bias: learn the biases ``b_q, b_k, b_v, b_o``.
+
+    Raises:
+        ConfigurationError: ``dim`` not divisible by ``heads``.
+
     Examples:
         >>> att = BoundedAttention(8, heads=2)
         >>> att(torch.randn(3, 5, 8)).shape
@@ -355,7 +428,17 @@ class BoundedAttention(nn.Module):
         return y.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(batch, T, dim) -> (batch, T, dim)``."""
+        """``(batch, T, dim) -> (batch, T, dim)``.
+
+        Args:
+            x: ``(batch, T, dim)`` input.
+
+        Returns:
+            ``(batch, T, dim)`` output.
+
+        Raises:
+            ShapeError: ``x`` not of shape ``(batch, T, dim)``.
+        """
         if not isinstance(x, torch.fx.Proxy):  # (a torch.fx trace cannot branch on shapes)
             if not isinstance(x, Tensor):
                 raise InputError(f"input must be a torch.Tensor, got {type(x).__name__}")
@@ -384,6 +467,10 @@ class NAC(nn.Module):
     Xavier-uniform, as in Trask et al.'s reference implementations (e.g. the
     TensorFlow ``glorot_uniform`` default); ``2 * in * out`` parameters.
 
+    Args:
+        in_features: input size.
+        out_features: output size.
+
     Examples:
         >>> nac = NAC(3, 2)
         >>> nac(torch.randn(5, 3)).shape, count_parameters(nac)
@@ -409,7 +496,14 @@ class NAC(nn.Module):
         return torch.tanh(self.W_hat) * torch.sigmoid(self.M_hat)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``a = W x`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)`` (flattened)."""
+        """``a = W x`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)`` (flattened).
+
+        Args:
+            x: ``(batch, in_features)`` or ``(batch, T, F)`` input.
+
+        Returns:
+            ``(batch, out_features)`` output ``a``.
+        """
         return _flat_input(x, self.in_features) @ self.weight.t()
 
 
@@ -451,6 +545,12 @@ class NALU(nn.Module):
 
     Input ``(batch, in_features)`` or ``(batch, T, F)`` with ``T * F == in_features``.
 
+    Args:
+        in_features: input size.
+        out_features: output size.
+        hidden: widths of the hidden NALU layers.
+        eps: the ``eps`` of ``log(|x| + eps)``, ``> 0``.
+
     Examples:
         >>> nalu = NALU(3, 1, hidden=[4])
         >>> nalu(torch.rand(5, 3) + 1).shape
@@ -469,7 +569,14 @@ class NALU(nn.Module):
                                     for i in range(len(widths) - 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``."""
+        """``(batch, out_features)`` for ``x`` of shape ``(batch, in_features)`` or ``(batch, T, F)``.
+
+        Args:
+            x: ``(batch, in_features)`` or ``(batch, T, F)`` input.
+
+        Returns:
+            ``(batch, out_features)`` output.
+        """
         y = _flat_input(x, self.in_features)
         for layer in self.layers:
             y = layer(y)
@@ -486,6 +593,22 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
     a generator seeded with ``seed``, so two calls on equal networks give equal weights). The
     teachers of SIM and of the robustness studies are trained this way; ``X`` is cast to the
     network's dtype.
+
+    Args:
+        net: the classifier ``(batch, p) -> (batch, q)``, trained in place.
+        X: ``(N, p)`` inputs.
+        y: ``(N,)`` integer labels.
+        epochs: passes over the data, ``>= 1``.
+        lr: Adam learning rate, ``> 0``.
+        batch_size: minibatch size, ``>= 1``.
+        seed: seed of the batch order.
+
+    Returns:
+        ``net``, in eval mode.
+
+    Raises:
+        ShapeError: ``X`` and ``y`` of different lengths or ``y`` not 1-D.
+        ConfigurationError: bad ``epochs``, ``lr`` or ``batch_size``.
 
     Examples:
         >>> _ = torch.manual_seed(0); X = torch.randn(64, 2); y = (X[:, 0] > 0).long()
@@ -521,6 +644,12 @@ def fit_classifier(net: nn.Module, X: Tensor, y: Tensor, *, epochs: int, lr: flo
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable scalars of ``module`` (``requires_grad`` parameters; buffers excluded).
 
+    Args:
+        module: any torch module.
+
+    Returns:
+        The count, an int.
+
     Examples:
         >>> count_parameters(torch.nn.Linear(4, 3))
         15
@@ -536,6 +665,18 @@ def matched_width(build: Callable[[int], nn.Module], target: int, *, low: int = 
     The count is assumed nondecreasing in ``w``: a binary search finds the smallest ``w``
     with count ``>= target`` (or ``high``), then ``w`` and ``w - 1`` are compared; a tie
     goes to the smaller width. ``O(log(high - low))`` calls of ``build``.
+
+    Args:
+        build: ``width -> module``.
+        target: the parameter count to match.
+        low: smallest width tried, ``>= 1``.
+        high: largest width tried, ``>= low``.
+
+    Returns:
+        The width, an int.
+
+    Raises:
+        ConfigurationError: ``low > high`` or non-positive bounds.
 
     Examples:
         >>> w = matched_width(lambda w: MLP(4, [w], 3), target=100)
@@ -603,6 +744,7 @@ class MON(nn.Module):
     (``||dy||_inf <= ||dy||_2`` and ``||dx||_2 <= sqrt(r) ||dx||_inf``).
 
     Args:
+        dtype: dtype of the parameters (``None``: torch's default).
         in_features: ``p``, the input size.
         hidden: ``n``, the number of states.
         out_features: ``q``, the output size.
@@ -691,7 +833,18 @@ class MON(nn.Module):
         return Z
 
     def equilibrium(self, x: Tensor) -> Tensor:
-        """The state ``z (batch, n)`` with implicit gradients (see the class docstring)."""
+        """The state ``z (batch, n)`` with implicit gradients (see the class docstring).
+
+        Args:
+            x: ``(batch, in_features)`` input.
+
+        Returns:
+            ``(batch, n)`` state ``z``.
+
+        Raises:
+            InputError: ``x`` not of shape ``(batch, in_features)``.
+            ConvergenceError: the splitting did not converge in ``max_iter`` iterations.
+        """
         X = _flat_input(x, self.in_features)
         if X.dtype != self.U.dtype:
             raise InputError(f"input dtype {X.dtype} differs from the model's {self.U.dtype}; "
@@ -714,7 +867,14 @@ class MON(nn.Module):
         return Z
 
     def forward(self, x: Tensor) -> Tensor:
-        """``y = C z + d``, shape ``(batch, out_features)``."""
+        """``y = C z + d``, shape ``(batch, out_features)``.
+
+        Args:
+            x: ``(batch, in_features)`` input.
+
+        Returns:
+            ``(batch, out_features)`` output.
+        """
         return self.equilibrium(x) @ self.C.t() + self.d
 
     def lipschitz_l2(self) -> float:
@@ -731,7 +891,17 @@ class MON(nn.Module):
 
     def lipschitz_penalty(self, norm: str = "inf") -> Tensor:
         """:meth:`lipschitz_inf` (``norm="inf"``) or :meth:`lipschitz_l2` (``"2"``) with autograd
-        (the training penalty ``lambda Lip`` of paper 004, applied to the baseline)."""
+        (the training penalty ``lambda Lip`` of paper 004, applied to the baseline).
+
+        Args:
+            norm: ``"inf"`` or ``"2"``.
+
+        Returns:
+            Scalar tensor, differentiable.
+
+        Raises:
+            ConfigurationError: another ``norm``.
+        """
         if norm not in ("inf", "2"):
             raise ConfigurationError(f"norm must be 'inf' or '2', got {norm!r}")
         val = (torch.linalg.matrix_norm(self.U, ord=2) * torch.linalg.matrix_norm(self.C, ord=2)

@@ -91,6 +91,12 @@ class RemoteFile:
     ``local_sha256`` is the checksum of the copy in the project's ``shared/datasets``
     folder, recorded for reference (that copy is a re-pack, so it differs from ``sha256``).
 
+    Attributes:
+        url: the canonical download address, or ``None`` (put the file in place by hand).
+        sha256: the checksum a download must have, or ``None``.
+        local_sha256: the checksum of the re-packed copy in ``shared/datasets``, or ``None``.
+        note: where the file comes from, in words.
+
     Examples:
         >>> rf = RemoteFile(url=None, sha256=None, local_sha256=None, note="bundled with scikit-learn")
         >>> rf.url is None, rf.note
@@ -167,6 +173,15 @@ class Dataset:
     otherwise; a scipy CSR matrix for ``newsgroups20`` with ``sparse=True``) or torch tensors;
     ``y_*`` are int64 labels in ``[0, num_classes)``. ``source`` says where the data came from.
 
+    Attributes:
+        x_train: training inputs (array, CSR matrix or tensor), or ``None``.
+        y_train: ``(N,)`` int64 training labels, or ``None``.
+        x_test: test inputs, or ``None``.
+        y_test: ``(N,)`` int64 test labels, or ``None``.
+        num_classes: number of classes.
+        name: the dataset's name (as given to :func:`load`).
+        source: where the data came from.
+
     Examples:
         >>> ds = load("digits", split="test")
         >>> isinstance(ds, Dataset), ds.x_train is None, ds.x_test.shape[1], ds.name
@@ -182,7 +197,17 @@ class Dataset:
     source: str
 
     def torch_dataset(self, split: Literal["train", "test"] = "train") -> Any:
-        """Return a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` for ``split``."""
+        """Return a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` for ``split``.
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+
+        Returns:
+            :class:`torch.utils.data.TensorDataset` of ``(x, y)``.
+
+        Raises:
+            ConfigurationError: another ``split``.
+        """
         import torch
         from torch.utils.data import TensorDataset
 
@@ -215,6 +240,12 @@ def cache_dir() -> Path:
 
 def search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The directories searched for dataset files, in order: ``root``, ``$IDLKIT_DATA``, cache.
+
+    Args:
+        root: a directory searched first, or ``None``.
+
+    Returns:
+        The directories as :class:`~pathlib.Path` (duplicates dropped), in search order.
 
     Examples:
         >>> str(search_dirs("/data/mine")[0])                  # root first, then $IDLKIT_DATA, the cache

@@ -37,6 +37,10 @@ __all__ = ["SolverSettings", "SolveRecord", "ImplicitFunction", "equilibrium"]
 class SolveRecord:
     """Where one call records its forward and (later) backward :class:`SolveInfo`.
 
+    Attributes:
+        forward: the forward solve's :class:`SolveInfo`, or ``None`` before it ran.
+        backward: the backward (adjoint) solve's :class:`SolveInfo`, or ``None``.
+
     Examples:
         >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
         >>> X, record = equilibrium(A, torch.ones(2, 1, dtype=torch.float64), idlkit.get_activation("relu"))
@@ -64,6 +68,20 @@ class ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: Tensor, b: Tensor, act: Activation, settings: SolverSettings,  # type: ignore[override]
                 x0: Tensor | None, record: SolveRecord, cache: PlanCache | None = None) -> Tensor:
+        """The forward solve (no autograd graph); its :class:`SolveInfo` goes to ``record``.
+
+        Args:
+            A: ``(n, n)`` state matrix (dense or sparse).
+            b: ``(n, m)`` term ``B U^T + b``.
+            act: the activation ``phi``.
+            settings: the solver settings.
+            x0: ``(n, m)`` warm start, or ``None``.
+            record: the :class:`SolveRecord` receiving the forward and backward reports.
+            cache: triangular plan cache, or ``None``.
+
+        Returns:
+            ``(n, m)`` states ``X``.
+        """
         X, Z, info = solve_forward(A, b, act, settings.method, settings.forward_options, x0, cache)
         record.forward = info
         ctx.act, ctx.settings, ctx.record, ctx.cache = act, settings, record, cache
@@ -73,6 +91,14 @@ class ImplicitFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gX: Tensor):  # type: ignore[override]
+        """The implicit backward (App. G): one adjoint solve, then ``dA = V X^T``, ``db = V``.
+
+        Args:
+            gX: ``(n, m)`` incoming gradient ``dL/dX``.
+
+        Returns:
+            ``(dA, db, None, None, None, None, None)``.
+        """
         A, X, Z = ctx.saved_tensors
         # (no .contiguous(): the solvers work on gX.t(), which is contiguous when gX is
         # the column view of a batch-first gradient, as the model produces)
@@ -92,6 +118,21 @@ def equilibrium(A: Tensor, b: Tensor, activation: Activation,
 
     ``cache``: the caller's triangular :class:`~idlkit.solve.triangular.PlanCache` (a model
     passes its own; without one the ``triangular`` solver plans afresh each call).
+
+    Args:
+        A: ``(n, n)`` state matrix (dense or sparse).
+        b: ``(n, m)`` term ``B U^T + b`` (one column per sample).
+        activation: the activation ``phi``.
+        settings: solver settings; ``None``: the defaults.
+        x0: ``(n, m)`` warm start, or ``None``.
+        cache: the caller's triangular plan cache, or ``None``.
+
+    Returns:
+        ``(X, record)``: the ``(n, m)`` states (differentiable) and the :class:`SolveRecord`.
+
+    Raises:
+        ConvergenceError: the solver did not converge (with ``on_nonconvergence="raise"``).
+        NonFiniteError: the iteration produced NaN/Inf.
 
     Examples:
         >>> A = (0.5 * torch.eye(2, dtype=torch.float64)).requires_grad_()

@@ -54,6 +54,20 @@ def batch_input(u: Tensor, in_features: int, dtype: torch.dtype,
     non-floating tensor or a dtype other than the model's raises a typed error naming
     the expected shape or the conversion to apply.
 
+    Args:
+        u: the input tensor.
+        in_features: ``p``, the model's number of inputs.
+        dtype: the model's dtype (``u`` must have it).
+        device: the model's device, or ``None`` to skip that check.
+
+    Returns:
+        ``(U, squeezed)``: ``U`` of shape ``(batch, p)`` and whether ``u`` was 1-D.
+
+    Raises:
+        InputError: not a floating tensor, or another dtype than ``dtype``.
+        ShapeError: a shape that is neither ``(p,)``, ``(batch, p)`` nor ``(batch, *dims)``
+            with ``prod(dims) = p``.
+
     Examples:
         >>> U, squeezed = batch_input(torch.ones(3), 3, torch.float32)
         >>> U.shape, squeezed
@@ -213,6 +227,12 @@ class ImplicitBase(SolveReports, nn.Module):
         """Call :meth:`project_` after every ``optimizer.step()`` (projected gradient, problem 6.4).
 
         Returns the hook handle (``handle.remove()`` detaches it).
+
+        Args:
+            optimizer: the :class:`torch.optim.Optimizer` stepping this model's parameters.
+
+        Returns:
+            The hook handle (``handle.remove()`` detaches it).
         """
         def hook(*_: object) -> None:
             self.project_()
@@ -384,6 +404,27 @@ class ImplicitModel(ImplicitBase):
         ``(n, n)`` matrix is ever allocated. The declared ``wellposedness`` must already hold:
         a violation raises :class:`WellPosednessError` (nothing is projected silently).
         ``solver_kwargs`` are the constructor's solver settings (``solver``, ``tol``, ...).
+
+        Args:
+            A: ``(n, n)`` state matrix, dense or torch sparse (COO/CSR/CSC).
+            B: ``(n, p)`` input matrix.
+            C: ``(q, n)`` output matrix.
+            D: ``(q, p)`` feed-through matrix.
+            b: ``(n,)`` state bias, or ``None``.
+            d: ``(q,)`` output bias, or ``None``.
+            activation: name or :class:`~idlkit.activations.Activation`, as in the constructor.
+            wellposedness: the condition that must hold and is enforced from now on (``"inf"``,
+                ``"mu"``, ``"pf"``, ``"triangular"``), or ``None`` for none.
+            kappa: bound of the condition, in (0, 1).
+            **solver_kwargs: the constructor's solver settings (``solver``, ``tol``, ``max_iter``, ...).
+
+        Returns:
+            A new :class:`ImplicitModel` with ``n``, ``p``, ``q`` read from the matrices.
+
+        Raises:
+            ShapeError: matrices or biases of inconsistent shapes.
+            InputError: a non-floating or non-finite matrix, or mixed dtypes/devices.
+            WellPosednessError: the declared ``wellposedness`` does not hold for ``A``.
         """
         mats = {"A": A, "B": B, "C": C, "D": D}
         for k, M in mats.items():
@@ -688,13 +729,42 @@ class ImplicitModel(ImplicitBase):
         """The state ``x`` solving ``x = phi(A x + B u + b)``, shape ``(batch, n)``.
 
         ``x0`` (``(batch, n)``) warm-starts the solver.
+
+        Args:
+            u: ``(batch, p)``, ``(p,)`` or ``(batch, *dims)`` input of the model's dtype.
+            x0: ``(batch, n)`` warm start of the solver, or ``None`` (zeros).
+
+        Returns:
+            ``(batch, n)`` states (``(n,)`` for a 1-D input).
+
+        Raises:
+            ShapeError: ``u`` or ``x0`` of the wrong shape.
+            InputError: a non-floating ``u`` or one of another dtype.
+            NonFiniteError: NaN/Inf in ``u``.
+            WellPosednessError: ``A`` violates the declared condition.
+            ConvergenceError: the solver did not converge (with ``on_nonconvergence="raise"``).
         """
         U, squeeze = self._as_batch(u)
         X = self._state(U, x0).t()
         return X.squeeze(0) if squeeze else X
 
     def forward(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
-        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
+        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input).
+
+        Args:
+            u: ``(batch, p)``, ``(p,)`` or ``(batch, *dims)`` input of the model's dtype.
+            x0: ``(batch, n)`` warm start of the solver, or ``None`` (zeros).
+
+        Returns:
+            ``(batch, q)`` predictions (``(q,)`` for a 1-D input).
+
+        Raises:
+            ShapeError: ``u`` or ``x0`` of the wrong shape.
+            InputError: a non-floating ``u`` or one of another dtype.
+            NonFiniteError: NaN/Inf in ``u``.
+            WellPosednessError: ``A`` violates the declared condition.
+            ConvergenceError: the solver did not converge (with ``on_nonconvergence="raise"``).
+        """
         U, squeeze = self._as_batch(u)
         Y = output_map(self._state(U, x0).t(), U, self.C, self.D, self.d)
         return Y.squeeze(0) if squeeze else Y
@@ -704,6 +774,18 @@ class ImplicitModel(ImplicitBase):
 
         For a caller that warm-starts the next solve from this one's state (as
         :class:`~idlkit.rnn.ImplicitRNN` does from one time step to the next).
+
+        Args:
+            u: ``(batch, p)``, ``(p,)`` or ``(batch, *dims)`` input of the model's dtype.
+            x0: ``(batch, n)`` warm start of the solver, or ``None`` (zeros).
+
+        Returns:
+            ``(y, x)``: ``(batch, q)`` predictions and ``(batch, n)`` states (1-D for a 1-D input).
+
+        Raises:
+            ShapeError: ``u`` or ``x0`` of the wrong shape.
+            WellPosednessError: ``A`` violates the declared condition.
+            ConvergenceError: the solver did not converge (with ``on_nonconvergence="raise"``).
         """
         U, squeeze = self._as_batch(u)
         X = self._state(U, x0).t()

@@ -42,6 +42,22 @@ def spy(model: Any, ax: Any = None, *, matrix: str = "A", markersize: float = 0.
     the diagonal and the residual connections as straight lines. Above ``max_points``
     nonzeros a uniform random subset (``seed``) is drawn. Returns the ``Axes``.
 
+    Args:
+        model: an implicit model (or a tensor to draw directly).
+        ax: matplotlib ``Axes`` to draw in; ``None``: a new figure.
+        matrix: ``"A"``, ``"B"``, ``"C"`` or ``"D"``.
+        markersize: size of the points.
+        max_points: most nonzeros drawn (a uniform random subset above it).
+        color: matplotlib colour of the points.
+        seed: seed of the subset.
+
+    Returns:
+        The matplotlib ``Axes``.
+
+    Raises:
+        InputError: ``model`` without the matrix ``matrix``.
+        ImportError: matplotlib missing.
+
     Examples:
         >>> ax = spy(idlkit.ImplicitModel(3, 6, 2))
         >>> type(ax).__name__
@@ -107,6 +123,24 @@ def sensitivity_heatmaps(model: Any, shape: tuple[int, ...] = (28, 28), classes:
     ``class_names``: their titles. Each panel has its own colour scale (the sensitivities of
     different classes differ in size; the panel titles give the maximum). Returns the ``Figure``.
 
+    Args:
+        model: an implicit model (ignored when ``S`` is given).
+        shape: image shape ``(H, W)`` or ``(C, H, W)`` with ``p`` entries in all.
+        classes: the rows (output indices) to show; ``None``: all.
+        class_names: panel titles, one per shown class.
+        ncols: panels per row.
+        cmap: matplotlib colour map.
+        channel_reduce: ``"sum"`` or ``"max"`` over channels.
+        S: a precomputed ``(q, p)`` sensitivity matrix, or ``None``.
+        fig: matplotlib ``Figure`` to draw in; ``None``: a new one.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Raises:
+        ValueError: a ``shape`` without ``p`` entries, an ``S`` that is not 2-D, a class index
+            out of range, or another ``channel_reduce``.
+
     Examples:
         >>> fig = sensitivity_heatmaps(idlkit.ImplicitModel(16, 6, 3), shape=(4, 4))
         >>> len(fig.axes) >= 3
@@ -158,6 +192,28 @@ def attack_images(clean: Any, adversarial: Any, shape: tuple[int, ...] = (28, 28
     marks sparse attacks. ``shape``: ``(H, W)`` or ``(C, H, W)`` (3 channels drawn as RGB).
     ``labels``, ``clean_predictions``, ``predictions`` (integers, optional) go into the titles;
     ``titles`` (one string per image) replaces them. Returns the ``Figure``.
+
+    Args:
+        clean: ``(m, p)`` or ``(p,)`` clean images, flattened.
+        adversarial: adversarial images of ``clean``'s shape.
+        shape: image shape ``(H, W)`` or ``(C, H, W)`` with ``p`` entries in all.
+        labels: ``(m,)`` true labels, or ``None``.
+        predictions: ``(m,)`` predictions on the adversarial images, or ``None``.
+        clean_predictions: ``(m,)`` predictions on the clean images, or ``None``.
+        titles: one title per image, replacing the generated ones.
+        mark_changed: add the row marking the changed inputs in red.
+        atol: change above which an input counts as changed.
+        vmin: value drawn black.
+        vmax: value drawn white.
+        cmap: matplotlib colour map of one-channel images.
+        fig: matplotlib ``Figure`` to draw in; ``None``: a new one.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Raises:
+        ValueError: images of different shapes, none at all, a ``shape`` without ``p`` entries,
+            or a label list of another length.
 
     Examples:
         >>> clean = torch.rand(2, 16); adv = (clean + 0.1).clamp(0, 1)

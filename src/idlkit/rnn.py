@@ -72,6 +72,16 @@ def aggregate_solves(infos: list[SolveInfo], valid: list[Tensor] | None = None) 
     ``converged`` holds when every step converged. ``valid[i]`` (bool ``(batch,)``) masks the
     steps past a sequence's length out of the per-sample counts.
 
+    Args:
+        infos: one :class:`SolveInfo` per time step, at least one.
+        valid: per step a bool ``(batch,)`` mask of the sequences still running, or ``None``.
+
+    Returns:
+        The combined :class:`SolveInfo`.
+
+    Raises:
+        InputError: an empty ``infos``.
+
     Examples:
         >>> A = 0.5 * torch.eye(2, dtype=torch.float64)
         >>> b = torch.ones(2, 3, dtype=torch.float64)
@@ -399,7 +409,21 @@ class ImplicitRNN(nn.Module):
 
     def run(self, s: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None
             ) -> RNNOutput:
-        """Run the recurrence over ``s`` (see the class docstring); returns :class:`RNNOutput`."""
+        """Run the recurrence over ``s`` (see the class docstring); returns :class:`RNNOutput`.
+
+        Args:
+            s: ``(batch, T, input_size)`` sequences (or one ``(T, input_size)`` sequence).
+            h0: ``(batch, recurrent_size)`` initial hidden state, or ``None`` (zeros).
+            lengths: ``(batch,)`` integer lengths in ``[1, T]`` of padded sequences, or ``None``.
+
+        Returns:
+            :class:`RNNOutput` with the prediction, the hidden states and the solve statistics.
+
+        Raises:
+            ShapeError: ``s``, ``h0`` or ``lengths`` of the wrong shape.
+            InputError: an empty batch, another dtype than the model's, or a length out of range.
+            NonFiniteError: NaN/Inf in ``s`` or ``h0``.
+        """
         s, h0, lengths, unbatched = self._check_input(s, h0, lengths)
         batch, T, _ = s.shape
         h = s.new_zeros(batch, self.recurrent_size) if h0 is None else h0
@@ -427,7 +451,20 @@ class ImplicitRNN(nn.Module):
 
     def forward(self, s: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None
                 ) -> Tensor:
-        """The prediction: ``(batch, output_size)`` (``seq2one``) or ``(batch, T, output_size)``."""
+        """The prediction: ``(batch, output_size)`` (``seq2one``) or ``(batch, T, output_size)``.
+
+        Args:
+            s: ``(batch, T, input_size)`` sequences (or one ``(T, input_size)`` sequence).
+            h0: ``(batch, recurrent_size)`` initial hidden state, or ``None`` (zeros).
+            lengths: ``(batch,)`` integer lengths in ``[1, T]`` of padded sequences, or ``None``.
+
+        Returns:
+            ``(batch, output_size)`` (``seq2one``) or ``(batch, T, output_size)``.
+
+        Raises:
+            ShapeError: ``s``, ``h0`` or ``lengths`` of the wrong shape.
+            InputError: an empty batch, another dtype than the model's, or a length out of range.
+        """
         return self.run(s, h0, lengths).output
 
     def config(self) -> dict:

@@ -165,7 +165,19 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
         return torch.as_tensor(self._encoder.transform(y), dtype=torch.long)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ImplicitClassifier:
-        """Train on ``X (m, p)``, labels ``y (m,)``; returns ``self``."""
+        """Train on ``X (m, p)``, labels ``y (m,)``; returns ``self``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+            y: ``(m,)`` class labels.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InputError: a non-numeric ``X``, ``X`` and ``y`` of different lengths, or fewer than two
+                classes.
+        """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         self._encoder = LabelEncoder().fit(y)
@@ -178,7 +190,19 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
 
     def partial_fit(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None = None
                     ) -> ImplicitClassifier:
-        """One epoch on ``(X, y)``; ``classes`` (every label) is required on the first call."""
+        """One epoch on ``(X, y)``; ``classes`` (every label) is required on the first call.
+
+        Args:
+            X: ``(m, p)`` inputs.
+            y: ``(m,)`` class labels.
+            classes: every label, required on the first call.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InputError: no ``classes`` on the first call, or labels not among them.
+        """
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32])
         check_classification_targets(y)
@@ -199,19 +223,48 @@ class ImplicitClassifier(ClassifierMixin, _ImplicitEstimator):
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """The logits ``(m, n_classes)``; for two classes the margin of class 1, ``(m,)``."""
+        """The logits ``(m, n_classes)``; for two classes the margin of class 1, ``(m,)``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+
+        Returns:
+            ``(m, n_classes)`` logits, or ``(m,)`` for two classes.
+        """
         logits = self._forward(X).double().numpy()
         return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(m, n_classes)``, in the order of ``classes_``."""
+        """Class probabilities ``(m, n_classes)``, in the order of ``classes_``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+
+        Returns:
+            ``(m, n_classes)`` probabilities.
+        """
         return torch.softmax(self._forward(X).double(), dim=1).numpy()
 
     def predict_log_proba(self, X: np.ndarray) -> np.ndarray:
+        """Log class probabilities ``(m, n_classes)``, in the order of ``classes_``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+
+        Returns:
+            ``(m, n_classes)`` float64 log-probabilities.
+        """
         return torch.log_softmax(self._forward(X).double(), dim=1).numpy()
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The most probable class of every row of ``X``."""
+        """The most probable class of every row of ``X``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+
+        Returns:
+            ``(m,)`` labels from ``classes_``.
+        """
         index = self._forward(X).argmax(1).numpy()
         return self.classes_[index]
 
@@ -220,6 +273,20 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
     """Implicit-model regressor: ``y = C x + D u + d``, ``x = phi(A x + B u + b)``, trained on the
     mean squared error; ``y`` is ``(m,)`` or ``(m, q)`` (multi-output). Arguments as for
     :class:`ImplicitClassifier`.
+
+    Args:
+        hidden: the state size ``n``.
+        activation: as for :class:`~idlkit.ImplicitModel`.
+        wellposedness: as for :class:`~idlkit.ImplicitModel`.
+        kappa: as for :class:`~idlkit.ImplicitModel`.
+        epochs: passes of Adam on the mean squared error, projected after every step.
+        lr: Adam's step size.
+        batch_size: mini-batch size.
+        l1: weight of the l1 penalty on ``A, B, C, D``.
+        solver: as for :class:`~idlkit.ImplicitModel`.
+        tol: as for :class:`~idlkit.ImplicitModel`.
+        dtype: ``"float32"`` or ``"float64"``.
+        random_state: seeds the initial weights and the batch order.
 
     Examples:
         >>> X = np.linspace(-1, 1, 200)[:, None]; y = np.abs(X[:, 0])
@@ -235,7 +302,18 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
         return Y[:, None] if Y.dim() == 1 else Y
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ImplicitRegressor:
-        """Train on ``X (m, p)``, targets ``y (m,)`` or ``(m, q)``; returns ``self``."""
+        """Train on ``X (m, p)``, targets ``y (m,)`` or ``(m, q)``; returns ``self``.
+
+        Args:
+            X: ``(m, p)`` inputs.
+            y: ``(m,)`` or ``(m, q)`` targets.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InputError: non-numeric data or ``X`` and ``y`` of different lengths.
+        """
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         self._single = y.ndim == 1
         Y = self._targets(y)
@@ -243,7 +321,18 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
         return self
 
     def partial_fit(self, X: np.ndarray, y: np.ndarray) -> ImplicitRegressor:
-        """One epoch on ``(X, y)``, continuing from earlier calls."""
+        """One epoch on ``(X, y)``, continuing from earlier calls.
+
+        Args:
+            X: ``(m, p)`` inputs.
+            y: ``(m,)`` or ``(m, q)`` targets.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InputError: targets of another width than in earlier calls.
+        """
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=first, multi_output=True, y_numeric=True,
                              dtype=[np.float64, np.float32])
@@ -257,7 +346,14 @@ class ImplicitRegressor(RegressorMixin, _ImplicitEstimator):
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions ``(m,)`` (or ``(m, q)`` for multi-output targets)."""
+        """Predictions ``(m,)`` (or ``(m, q)`` for multi-output targets).
+
+        Args:
+            X: ``(m, p)`` inputs.
+
+        Returns:
+            ``(m,)`` (or ``(m, q)`` for multi-output targets) predictions.
+        """
         out = self._forward(X).double().numpy()
         return out[:, 0] if self._single else out
 

@@ -87,6 +87,18 @@ def shifted_range(low: float, high: float, shift: float) -> tuple[float, float]:
     Raises :class:`ConfigurationError` if ``low >= high``, a bound is not finite, or ``shift``
     is negative or not finite.
 
+    Args:
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: the shift ``kappa >= 0``.
+
+    Returns:
+        ``(low - shift, high + shift)``.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
+
     Examples:
         >>> shifted_range(1.0, 2.0, 0.5)
         (0.5, 2.5)
@@ -117,6 +129,22 @@ def identity_task(
     Returns ``(U, Y)`` with ``U ~ U(shifted_range(low, high, shift))`` of shape ``(n, dim)``
     and ``Y = U.clone()``. The thesis trains on ``U(-5, 5)^10`` (the defaults) and tests up to
     ``shift = 200``, i.e. ``U(-205, 205)^10``.
+
+    Args:
+        n: number of samples, ``>= 1``.
+        dim: input dimension.
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+        seed: seed of the samples, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        ``(U, Y)``, both ``(n, dim)``.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
 
     Examples:
         >>> U, Y = identity_task(8, dim=3)
@@ -166,6 +194,15 @@ class ArithmeticTask:
     caller passes ``low=2.0, high=5.0`` to :meth:`sample` (that test law is not of the
     ``shift`` form, which only widens ``[1, 2]`` symmetrically).
 
+    Args:
+        op: ``"add"`` or ``"sub"``.
+        dim: input dimension, ``>= 2``.
+        first: 0-based inclusive index range ``(i, j)`` of ``a``.
+        second: 0-based inclusive index range ``(k, l)`` of ``b``.
+
+    Raises:
+        ConfigurationError: an unknown ``op``, ``dim < 2`` or a range outside ``[0, dim)``.
+
     Examples:
         >>> task = ArithmeticTask("add", 4, first=(0, 1), second=(1, 3))   # inclusive index ranges
         >>> task.target(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))     # (1 + 2) + (2 + 3 + 4)
@@ -191,6 +228,18 @@ class ArithmeticTask:
         Each pair is two distinct indices of ``range(dim)`` drawn without replacement and
         sorted (so every pair ``i < j`` has probability ``1 / C(dim, 2)``); the two pairs are
         independent. Deterministic in ``seed`` (thesis §5.2, after Trask et al. 2018).
+
+        Args:
+            op: ``"add"`` or ``"sub"``.
+            dim: input dimension, ``>= 2``.
+            seed: seed of the samples, ``>= 0``.
+
+        Returns:
+            The :class:`ArithmeticTask`.
+
+        Raises:
+            ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+                a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
         """
         check_choice("op", op, _OPS)
         dim = check_int("dim", dim, 2)
@@ -201,7 +250,17 @@ class ArithmeticTask:
         return cls(op=op, dim=dim, first=(i, j), second=(k, l))
 
     def target(self, U: Tensor) -> Tensor:
-        """``y`` of shape ``(n, 1)`` from inputs ``U`` of shape ``(n, dim)`` (same dtype as ``U``)."""
+        """``y`` of shape ``(n, 1)`` from inputs ``U`` of shape ``(n, dim)`` (same dtype as ``U``).
+
+        Args:
+            U: ``(n, dim)`` inputs.
+
+        Returns:
+            ``(n, 1)`` targets, ``U``'s dtype.
+
+        Raises:
+            ShapeError: ``U`` not of shape ``(n, dim)``.
+        """
         if not isinstance(U, Tensor) or U.ndim != 2 or U.shape[1] != self.dim:
             got = tuple(U.shape) if isinstance(U, Tensor) else type(U).__name__
             raise ShapeError(f"U must be a tensor of shape (n, {self.dim}), got {got}")
@@ -224,6 +283,21 @@ class ArithmeticTask:
 
         Defaults: the thesis's training law ``U(1, 2)^dim`` (Table 5.2). Its test law
         ``U(2, 5)^dim`` is ``low=2.0, high=5.0``.
+
+        Args:
+            n: number of samples, ``>= 1``.
+            low: lower end of the training support.
+            high: upper end of the training support (``> low``).
+            shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+            seed: seed of the samples, ``>= 0``.
+            dtype: floating dtype of the tensors.
+
+        Returns:
+            ``(U, y)``: ``(n, dim)`` inputs and ``(n, 1)`` targets.
+
+        Raises:
+            ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+                a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
         """
         n = check_int("n", n, 1)
         seed = _check_seed("seed", seed)
@@ -265,6 +339,23 @@ def addition_task(
     same task share ``task_seed`` and differ in ``seed``. Table 5.2: train with the defaults
     (``U(1, 2)^100``), test with ``low=2.0, high=5.0`` (``U(2, 5)^100``).
 
+    Args:
+        n: number of samples, ``>= 1``.
+        dim: input dimension.
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+        seed: seed of the samples, ``>= 0``.
+        task_seed: seed of the task's index ranges, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        ``(U, y)``: ``(n, dim)`` inputs and ``(n, 1)`` targets.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
+
     Examples:
         >>> U, Y = addition_task(8, dim=6)
         >>> U.shape, Y.shape
@@ -291,6 +382,23 @@ def subtraction_task(
 
     ``task_seed`` fixes the index ranges, ``seed`` the samples. Table 5.2: train with the
     defaults (``U(1, 2)^100``), test with ``low=2.0, high=5.0`` (``U(2, 5)^100``).
+
+    Args:
+        n: number of samples, ``>= 1``.
+        dim: input dimension.
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+        seed: seed of the samples, ``>= 0``.
+        task_seed: seed of the task's index ranges, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        ``(U, y)``: ``(n, dim)`` inputs and ``(n, 1)`` targets.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
 
     Examples:
         >>> U, Y = subtraction_task(8, dim=6)
@@ -330,6 +438,22 @@ def rolling_average_task(
     ``Y[:, j] = mean(S[:, :j + 1, 0])`` (the thesis's ``(1/j) sum_{i=1}^j u_i``, 1-based),
     computed in float64 from the returned ``S`` and cast to ``dtype``.
 
+    Args:
+        n: number of samples, ``>= 1``.
+        length: sequence length ``T``.
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+        seed: seed of the samples, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        ``(S, Y)``: ``(n, length, 1)`` sequences and ``(n, length)`` running means.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
+
     Examples:
         >>> U, Y = rolling_average_task(4, length=5)
         >>> U.shape, Y.shape
@@ -362,6 +486,22 @@ def rolling_argmax_task(
     ``L = 10`` classes and evaluates the final element: use ``labels[:, -1]``, classes
     ``0 .. length - 1``.
 
+    Args:
+        n: number of samples, ``>= 1``.
+        length: sequence length ``T``.
+        low: lower end of the training support.
+        high: upper end of the training support (``> low``).
+        shift: distribution shift ``kappa >= 0`` (:func:`shifted_range`).
+        seed: seed of the samples, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        ``(S, labels)``: ``(n, length, 1)`` sequences and ``(n, length)`` int64 labels.
+
+    Raises:
+        ConfigurationError: an invalid argument, named in the message (e.g. ``low >= high``,
+            a negative ``shift``, ``n < 1``, a non-floating ``dtype``).
+
     Examples:
         >>> U, Y = rolling_argmax_task(4, length=5)
         >>> U.shape, Y.shape
@@ -390,6 +530,13 @@ class SpikySeries:
     ``x`` and ``y`` have shape ``(T,)``; ``spike`` is the boolean mask of the spiky points;
     ``y[:n_train]`` is the training part and ``y[n_train:]`` the test part; ``regions`` lists
     the ``(start, stop)`` (stop exclusive) of every spiky region, sorted, train regions first.
+
+    Attributes:
+        x: ``(T,)`` time points.
+        y: ``(T,)`` values.
+        spike: ``(T,)`` bool mask of the spiky points.
+        n_train: length of the training part.
+        regions: ``(start, stop)`` of every spiky region, sorted, train regions first.
 
     Examples:
         >>> s = spiky_series(n_train=70, n_test=30, n_regions=2, region_length=10)
@@ -439,6 +586,16 @@ class SpikySeries:
 
         Raises :class:`ConfigurationError` if ``lookback < 1``, ``horizon < 1`` or
         ``lookback + horizon > n_train`` (no training pair).
+
+        Args:
+            lookback: input window length, ``>= 1``.
+            horizon: steps ahead of the target, ``>= 1``.
+
+        Returns:
+            ``((S_train, y_train), (S_test, y_test))``.
+
+        Raises:
+            ConfigurationError: ``lookback < 1``, ``horizon < 1`` or no training pair.
         """
         lookback = check_int("lookback", lookback, 1)
         horizon = check_int("horizon", horizon, 1)
@@ -515,6 +672,24 @@ def spiky_series(
     Raises :class:`ConfigurationError` for non-integer or too small sizes, non-finite or
     non-positive ``amplitude``/``cap``/``step``, negative ``noise_std``, or regions that do not
     fit (the message names the numbers).
+
+    Args:
+        n_train: points of the training part.
+        n_test: points of the test part.
+        n_regions: spiky regions in the training part.
+        region_length: points per spiky region.
+        amplitude: factor of the spiky sum of sines.
+        cap: magnitude cap of the spiky values.
+        noise_std: standard deviation of the noise outside the regions.
+        step: spacing of ``x``.
+        seed: seed of the samples, ``>= 0``.
+        dtype: floating dtype of the tensors.
+
+    Returns:
+        The :class:`SpikySeries`.
+
+    Raises:
+        ConfigurationError: a non-positive size, or regions that do not fit in their part.
 
     Examples:
         >>> s = spiky_series(n_train=70, n_test=30, n_regions=2, region_length=10)

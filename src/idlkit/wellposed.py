@@ -90,6 +90,16 @@ def check_kappa(kappa: float, name: str = "kappa") -> float:
     The model-level form of :func:`idlkit._validation.check_kappa`; raises
     :class:`ConfigurationError` naming the value and the fix.
 
+    Args:
+        kappa: the margin to check.
+        name: the parameter's name used in the error message.
+
+    Returns:
+        ``kappa`` as a float.
+
+    Raises:
+        ConfigurationError: ``kappa`` not a finite number in ``(0, 1)``.
+
     Examples:
         >>> check_kappa(0.95)
         0.95
@@ -131,6 +141,12 @@ def inf_norm(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse (torch sparse, scipy sparse) input; sparse stays sparse.
 
+    Args:
+        A: ``(n, m)`` matrix: dense or sparse tensor, NumPy or SciPy sparse array.
+
+    Returns:
+        ``||A||_inf`` as a Python float.
+
     Examples:
         >>> A = torch.tensor([[0.5, -0.25], [0.1, 0.2]])
         >>> round(inf_norm(A), 6)
@@ -159,6 +175,12 @@ def mu_inf(A: Tensor | np.ndarray) -> float:
 
     Dense or sparse input.
 
+    Args:
+        A: ``(n, n)`` matrix: dense or sparse tensor, NumPy or SciPy sparse array.
+
+    Returns:
+        ``mu_inf(A)`` as a Python float (may be negative).
+
     Examples:
         >>> A = torch.tensor([[-1.0, 0.5], [0.25, 0.5]])
         >>> mu_inf(A), inf_norm(A)
@@ -178,6 +200,12 @@ def mu_1(A: Tensor | np.ndarray) -> float:
     ``lim_{h -> 0+} (||I + h A||_1 - 1) / h`` of the induced l_1 norm (max column sum). Dense or
     sparse input (never densified).
 
+    Args:
+        A: ``(n, n)`` matrix: dense or sparse tensor, NumPy or SciPy sparse array.
+
+    Returns:
+        ``mu_1(A)`` as a Python float (may be negative).
+
     Examples:
         >>> mu_1(np.array([[-2.0, 1.0], [0.5, 0.0]]))
         1.0
@@ -196,6 +224,12 @@ def mu_2(A: Tensor | np.ndarray) -> float:
     Dense input, and sparse input up to ``n = 1024``: the symmetric eigenvalues (exact up to
     rounding). A larger sparse ``A`` (kept sparse) gets a Lanczos estimate (``eigsh``), which
     is not certified; :func:`check` reports ``nan`` for it instead.
+
+    Args:
+        A: ``(n, n)`` matrix: dense or sparse tensor, NumPy or SciPy sparse array.
+
+    Returns:
+        ``mu_2(A)`` as a Python float (an estimate for a sparse ``A`` with ``n > 1024``).
 
     Examples:
         >>> mu_2(np.array([[0.0, 1.0], [-1.0, 0.0]]))  # skew-symmetric: 0
@@ -225,6 +259,19 @@ def pf_eigenvalue(M: Tensor | np.ndarray, tol: float = 1e-10, max_iter: int = 10
     ``v``, valid for every nonnegative ``M`` and every ``v > 0`` — a certified
     bound, never an underestimate. It stops when the lower and upper bounds meet
     or the upper bound stalls (reducible ``M``).
+
+    Args:
+        M: ``(n, n)`` nonnegative matrix (dense or sparse tensor, or array).
+        tol: relative gap of the lower and upper bounds at which the power iteration stops.
+        max_iter: power iterations at most (large ``M`` only).
+
+    Returns:
+        ``lambda_pf(M)`` (an upper bound for large ``M``) as a Python float.
+
+    Raises:
+        ShapeError: ``M`` is not square.
+        NonFiniteError: NaN/Inf entries.
+        ConfigurationError: a negative entry.
 
     Examples:
         >>> M = np.array([[0.5, 0.2], [0.1, 0.4]])
@@ -304,6 +351,18 @@ def blip_norm_matrix(A: Tensor | np.ndarray, sizes: tuple[int, ...],
     absolute entries of ``A_ij`` (``||B x||_q <= ||B x||_1 <= sum |B_kl| ||x||_inf``), an
     upper bound for every pair of norms, so the certificate stays sufficient.
 
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        sizes: the block sizes ``n_l`` (summing to ``n``).
+        norms: the block norms ``p_l`` (``1``, ``2`` or ``inf``), one per block.
+        gammas: the blocks' Lipschitz constants to scale the rows with, or ``None``.
+
+    Returns:
+        ``(L, L)`` float64 array (SciPy CSR for a sparse ``A``).
+
+    Raises:
+        ShapeError: ``sizes`` that do not sum to ``n`` or lists of different lengths.
+
     Examples:
         >>> A = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -2.0], [0.5, 0.5, 0.0]])
         >>> N = blip_norm_matrix(A, sizes=(2, 1), norms=(2.0, 2.0))
@@ -378,6 +437,13 @@ def blip_condition(A: Tensor | np.ndarray, activation: str | Activation) -> floa
     Below 1 certifies well-posedness. For componentwise maps it is
     ``lambda_pf(gamma |A|)`` (Thm 2.2).
 
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+
+    Returns:
+        ``lambda_pf(Gamma N(A))`` as a Python float; below 1 certifies well-posedness.
+
     Examples:
         >>> act = idlkit.activations.BlockMax(2)  # two blocks of 2 states
         >>> A = 0.2 * torch.eye(4)
@@ -395,6 +461,14 @@ def is_upper_triangular(A: Tensor | np.ndarray, strict: bool = False,
     """Whether ``A`` is (block) upper triangular; ``strict`` also asks for zero diagonal (blocks).
 
     A sparse ``A`` is decided on its pattern, in ``O(nnz)`` (never densified).
+
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        strict: also require zero diagonal (blocks).
+        sizes: block sizes of the partition, or ``None`` for single entries.
+
+    Returns:
+        ``True`` when ``A`` is (strictly) block upper triangular.
 
     Examples:
         >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
@@ -549,6 +623,16 @@ def project_inf_ball(A: Tensor, kappa: float) -> Tensor:
     rounding leaves a few ulps above ``kappa`` is shrunk by a few ulps, so the
     result is feasible in its own precision (``||A||_inf <= kappa`` as computed).
 
+    Args:
+        A: ``(n, n)`` dense matrix.
+        kappa: radius, ``> 0``.
+
+    Returns:
+        ``(n, n)`` tensor of ``A``'s dtype with ``||A||_inf <= kappa``.
+
+    Raises:
+        ShapeError: ``A`` is not a 2-D tensor.
+
     Examples:
         >>> A = torch.randn(4, 4)
         >>> P = project_inf_ball(A, 0.9)
@@ -578,6 +662,17 @@ def project_mu_set(A: Tensor, gamma: float) -> Tensor:
     ``c_{k+1} <= lam_k <= c_k`` (``c_0 = inf``, ``c_{n} = 0``); the valid ``k`` is
     the largest with ``c_k > lam_k`` (k = 0 always qualifies). ``gamma`` may be
     any real number (negative values ask for strict contraction of the flow).
+
+    Args:
+        A: ``(n, n)`` dense matrix.
+        gamma: the bound on ``mu_inf``, a finite number (any sign).
+
+    Returns:
+        ``(n, n)`` tensor of ``A``'s dtype with ``mu_inf(A) <= gamma``.
+
+    Raises:
+        ShapeError: ``A`` is not square.
+        ConfigurationError: a non-finite ``gamma``.
 
     Examples:
         >>> A = torch.randn(4, 4)
@@ -639,6 +734,17 @@ def project_triangular(A: Tensor, strict: bool = True,
     With a block partition ``sizes`` (the activation's BLIP blocks), the blocks on
     and below the diagonal are zeroed (``strict``) or those below it.
 
+    Args:
+        A: ``(n, n)`` dense matrix.
+        strict: zero the diagonal (blocks) too.
+        sizes: block sizes of the partition, or ``None`` for single entries.
+
+    Returns:
+        ``(n, n)`` (strictly) block upper triangular tensor.
+
+    Raises:
+        ShapeError: ``A`` not square, or ``sizes`` that do not sum to ``n``.
+
     Examples:
         >>> A = torch.ones(3, 3)
         >>> project_triangular(A)
@@ -665,6 +771,17 @@ def project_sparsity(A: Tensor, mask: Tensor) -> Tensor:
 
     ``mask`` is boolean (or 0/1) of ``A``'s shape; entries outside it are zeroed.
 
+    Args:
+        A: ``(n, m)`` matrix.
+        mask: boolean (or 0/1) tensor of ``A``'s shape; ``True`` keeps the entry.
+
+    Returns:
+        ``A * mask``, ``A``'s shape and dtype.
+
+    Raises:
+        ShapeError: ``mask`` of another shape.
+        ConfigurationError: a mask with values other than 0 and 1.
+
     Examples:
         >>> A = torch.ones(2, 3)
         >>> mask = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.bool)
@@ -688,6 +805,17 @@ def mu_parametrization(T: Tensor, gamma: float) -> Tensor:
     equality exactly for rows with ``T_ii >= 0``. Every ``A`` with ``mu_inf(A) <= gamma``
     is reached (take ``T = A`` off the diagonal and ``T_ii`` to absorb the slack), so
     training ``T`` freely explores the whole set. Differentiable in ``T``.
+
+    Args:
+        T: ``(n, n)`` free parameter.
+        gamma: the bound on ``mu_inf(A)``, finite.
+
+    Returns:
+        ``(n, n)`` tensor ``A`` with ``mu_inf(A) <= gamma``.
+
+    Raises:
+        ShapeError: ``T`` is not square.
+        ConfigurationError: a non-finite ``gamma``.
 
     Examples:
         >>> T = torch.randn(5, 5)
@@ -715,6 +843,12 @@ class MuInfParametrization(torch.nn.Module):
     :class:`ConfigurationError`. For an activation with slopes up to ``L`` pass ``gamma < 1 / L``.
     :func:`mu_parametrization` itself describes the set for any ``gamma``.
 
+    Args:
+        gamma: the bound on ``mu_inf(A)``, finite and below 1.
+
+    Raises:
+        ConfigurationError: ``gamma >= 1`` or not finite.
+
     Examples:
         >>> from torch.nn.utils import parametrize
         >>> lin = torch.nn.Linear(4, 4, bias=False)
@@ -733,9 +867,28 @@ class MuInfParametrization(torch.nn.Module):
                 "for gamma < 1 (paper 004)"))
 
     def forward(self, T: Tensor) -> Tensor:
+        """``A = T - diag(|T| 1) + gamma I`` (:func:`mu_parametrization`).
+
+        Args:
+            T: ``(n, n)`` free parameter.
+
+        Returns:
+            ``(n, n)`` ``A`` with ``mu_inf(A) <= gamma``.
+        """
         return mu_parametrization(T, self.gamma)
 
     def right_inverse(self, A: Tensor) -> Tensor:
+        """A ``T`` with ``forward(T) = A`` for an ``A`` in the set (off-diagonal ``T = A``).
+
+        Args:
+            A: ``(n, n)`` matrix with ``mu_inf(A) <= gamma``.
+
+        Returns:
+            ``(n, n)`` ``T`` with ``forward(T) = A``.
+
+        Raises:
+            WellPosednessError: ``mu_inf(A) > gamma``: no ``T`` produces it.
+        """
         # T off-diagonal = A; on the diagonal t with t - |t| - r + gamma = a (r = off-row l1)
         # take t <= 0: 2 t = a + r - gamma, valid when a + r <= gamma (A in the set)
         n = A.shape[0]
@@ -768,6 +921,13 @@ def rescale(model: torch.nn.Module, method: str = "auto") -> torch.nn.Module:
     (The paper writes ``S A S^-1`` with ``s`` "a PF eigenvector"; the scaling that
     attains the infimum is ``S = diag(v)^-1`` for the right eigenvector ``v``, as here.)
     Computed in float64 and cast to the model's dtype.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with a positively homogeneous CONE activation.
+        method: ``"auto"``, ``"pf"`` or ``"neumann"`` (see above).
+
+    Returns:
+        A new model with the same prediction and ``||A'||_inf < 1``.
 
     Raises:
         WellPosednessError: ``lambda_pf(|A|) >= 1`` (no diagonal scaling can help).
@@ -841,6 +1001,14 @@ def lipschitz_weights(activation: str | Activation, n: int, r: float) -> np.ndar
     block is a single state and ``c_i = gamma``, the scalar Lipschitz constant, whatever ``r``.
     (SoftMax blocks of size ``m``, 1-Lipschitz in ``l_1``, get ``sqrt(m)`` in ``l_2``: valid, loose.)
 
+    Args:
+        activation: name or :class:`~idlkit.activations.Activation`.
+        n: number of states.
+        r: the norm ``l_r`` (``1``, ``2`` or ``inf``) the constants are for.
+
+    Returns:
+        ``(n,)`` float64 array ``c``.
+
     Examples:
         >>> lipschitz_weights("relu", 3, 1.0).tolist()
         [1.0, 1.0, 1.0]
@@ -866,6 +1034,13 @@ def l1_condition(A: Tensor | np.ndarray, activation: str | Activation = "relu") 
     strict contraction in ``l_1`` for every ``b``, so by Banach's theorem it has exactly one fixed
     point, the limit of the Picard iteration (paper 001 §3.1). Dense or sparse (kept sparse).
     For componentwise maps it never certifies more than ``pf`` (``lambda_pf <= ||.||_1``).
+
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+
+    Returns:
+        ``||Gamma_1 |A| ||_1`` as a Python float; below 1 certifies well-posedness.
 
     Examples:
         >>> round(l1_condition(np.array([[0.2, 0.9], [0.3, -0.05]]), "relu"), 12)   # max column sum
@@ -903,6 +1078,14 @@ def sigma_max_condition(A: Tensor | np.ndarray, activation: str | Activation = "
     Exact singular values (widened by their rounding, so the value is an upper bound) for
     ``n <= 1024``; above, and for a sparse ``A`` above that size (never densified), the
     certified upper bound ``sqrt(||M||_1 ||M||_inf)`` (``M = Gamma_2 A``).
+
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+
+    Returns:
+        An upper bound of ``sigma_max(Gamma_2 A)`` as a Python float; below 1 certifies
+        well-posedness.
 
     Examples:
         >>> round(sigma_max_condition(0.5 * np.array([[1.0, 1.0], [-1.0, 1.0]]), "relu"), 6)
@@ -976,6 +1159,18 @@ def diagonal_lmi(A: Tensor | np.ndarray, activation: str | Activation = "relu", 
     variable is ``n x n``; an interior-point step factors a dense block of size ``n^2 / 2``,
     so the cost grows like ``n^6``: about 0.2 s at ``n = 20`` and 5-10 s at ``n = 50`` on one
     core); a larger or sparse ``A`` raises :class:`ConfigurationError`.
+
+    Args:
+        A: ``(n, n)`` dense matrix (tensor or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+        max_n: largest ``n`` accepted (an ``n x n`` SDP).
+        solver: cvxpy solver name (``"CLARABEL"``, ``"SCS"``), or ``None`` for cvxpy's choice.
+
+    Returns:
+        :class:`DiagonalLMI` with the scaling ``S`` found (or the failure).
+
+    Raises:
+        ConfigurationError: a sparse ``A``, ``n > max_n``, or cvxpy missing.
 
     Examples:
         >>> r = diagonal_lmi(np.array([[0.5, 6.0], [-0.05, 0.5]]))  # ||A||_inf, pf, sigma_max > 1
@@ -1073,7 +1268,8 @@ class WellPosedness:
             pass too, its largest diagonal block certified by the other conditions.
         holds: which sufficient conditions hold, by name.
         margins: ``1 - value`` for each condition (positive when it holds).
-        declared: the condition the model declares, if any, and ``kappa`` its bound.
+        declared: the condition the model declares, if any.
+        kappa: the bound of ``declared`` (``None``: none declared).
         dtype: always ``"float64"``.
         mu_1: ``mu_1(A)`` (max over columns), reported next to ``mu_inf``; no condition of its own.
         mu_2: ``mu_2(A) = lambda_max((A + A^T) / 2)``; no condition of its own (``nan`` for a
@@ -1226,6 +1422,13 @@ def triangular_criterion(A: Tensor | np.ndarray, activation: str | Activation = 
     well-posed iff every diagonal block is, for the activation restricted to it. Scalar
     blocks are decided exactly (for ReLU and triangular ``A``: iff ``diag(A) < 1``,
     Remark 2.5), larger ones by the sufficient certificates (then ``exact`` is False).
+
+    Args:
+        A: ``(n, n)`` matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+
+    Returns:
+        :class:`TriangularReport` (``holds``, ``exact``, the diagonal blocks).
 
     Examples:
         >>> A = torch.tensor([[0.5, 2.0], [0.0, 0.0]])
@@ -1414,6 +1617,8 @@ def check(A: Tensor | np.ndarray, activation: str | Activation = "relu",
     recorded in ``skipped`` with the reason, and ``holds`` has no ``lmi`` entry.
 
     Args:
+        lmi: also try the diagonal LMI of paper 001 §3.2 (an SDP, needs cvxpy).
+        lmi_max_n: largest ``n`` for which the LMI is tried.
         A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
         activation: name or :class:`~idlkit.activations.Activation`.
         declared: the model's declared condition (``"inf"``, ``"pf"``, ``"mu"``,
@@ -1485,6 +1690,19 @@ def require(A: Tensor | np.ndarray, activation: str | Activation = "relu",
             condition: str | None = None, kappa: float | None = None) -> WellPosedness:
     """Like :func:`check`, but raise :class:`WellPosednessError` with the numbers when
     ``condition`` (or, if None, every certificate) fails.
+
+    Args:
+        A: the ``(n, n)`` model matrix (dense or sparse tensor, or array).
+        activation: name or :class:`~idlkit.activations.Activation`.
+        condition: the certificate that must hold (``"inf"``, ``"pf"``, ``"mu"``, ``"triangular"``,
+            ...), or ``None`` for any of them.
+        kappa: bound of the condition, or ``None`` for 1.
+
+    Returns:
+        The :class:`WellPosedness` report (as :func:`check`).
+
+    Raises:
+        WellPosednessError: the condition fails; the message has the numbers.
 
     Examples:
         >>> require(0.5 * torch.eye(3), "relu").holds["inf"]

@@ -54,6 +54,13 @@ def column_group_prox_(model: ImplicitModel, threshold: float) -> int:
     """In place: ``N e_i <- (1 - threshold / ||N e_i||_2)_+ N e_i`` for the columns of
     ``N = (A; C)``; returns the number of zero columns afterwards.
 
+    Args:
+        model: the :class:`~idlkit.ImplicitModel` whose ``A`` and ``C`` are shrunk in place.
+        threshold: the prox threshold ``t >= 0`` (step size times the group-lasso weight).
+
+    Returns:
+        The number of zero columns of ``(A; C)`` afterwards.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2)
         >>> with torch.no_grad():

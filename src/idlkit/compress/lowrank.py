@@ -171,6 +171,20 @@ class LowRankFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, L: Tensor, R: Tensor, CT: Tensor, act: Activation,  # type: ignore[override]
                 settings: SolverSettings, z0: Tensor | None, record: SolveRecord) -> Tensor:
+        """The latent fixed point (2), batch-first, without an autograd graph.
+
+        Args:
+            L: ``(n, k)`` left factor.
+            R: ``(n, k)`` right factor.
+            CT: ``(batch, n)`` input term ``U B^T + b``.
+            act: the componentwise activation ``phi``.
+            settings: the model's solver settings.
+            z0: ``(batch, k)`` warm start, or ``None``.
+            record: the :class:`~idlkit.function.SolveRecord` that receives the solve report.
+
+        Returns:
+            ``(batch, k)`` latent states ``Z``.
+        """
         with torch.no_grad():
             Ld, Rd, Cd = L.detach(), R.detach(), CT.detach().contiguous()
             X0 = Cd.new_zeros(Cd.shape[0], Ld.shape[1]) if z0 is None else z0.detach().clone()
@@ -184,6 +198,17 @@ class LowRankFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gZ: Tensor):  # type: ignore[override]
+        """Implicit backward (4): gradients for ``L``, ``R`` and ``CT``.
+
+        Args:
+            gZ: ``(batch, k)`` incoming gradient ``dLoss/dZ``.
+
+        Returns:
+            ``(dL, dR, dCT, None, None, None, None)``.
+
+        Raises:
+            NonFiniteError: NaN/Inf in ``gZ``.
+        """
         L, R, CT, Z = ctx.saved_tensors
         s = ctx.settings
         gZ = gZ.contiguous()
@@ -306,6 +331,9 @@ class LowRankImplicitModel(ImplicitBase):
     (:class:`LowRankFunction`).
 
     Args:
+        backward_stop: as for :class:`~idlkit.ImplicitModel`.
+        per_sample: as for :class:`~idlkit.ImplicitModel`.
+        check_every: as for :class:`~idlkit.ImplicitModel`.
         in_features: input size ``p``.
         hidden: state size ``n`` (>= 1).
         out_features: output size ``q``.
@@ -445,6 +473,26 @@ class LowRankImplicitModel(ImplicitBase):
         Shapes: ``L, R (n, k)``, ``B (n, p)``, ``C (q, n)``, ``D (q, p)``, ``b (n,)``,
         ``d (q,)``; with one bias given the other is zero. The declared ``wellposedness``
         must already hold (else :class:`WellPosednessError`; nothing is rescaled silently).
+
+        Args:
+            L: ``(n, k)`` left factor.
+            R: ``(n, k)`` right factor (``A = L R^T``).
+            B: ``(n, p)`` input matrix.
+            C: ``(q, n)`` output matrix.
+            D: ``(q, p)`` feed-through matrix.
+            b: ``(n,)`` state bias, or ``None``.
+            d: ``(q,)`` output bias, or ``None``.
+            activation: a componentwise map, as in the constructor.
+            wellposedness: ``"pf"`` (must already hold) or ``None``.
+            kappa: bound of the condition, in (0, 1).
+            **solver_kwargs: the constructor's solver settings (``solver``, ``tol``, ...).
+
+        Returns:
+            A new :class:`LowRankImplicitModel`.
+
+        Raises:
+            ShapeError: factors or matrices of inconsistent shapes.
+            WellPosednessError: the declared ``"pf"`` certificate fails.
         """
         mats = {"L": L, "R": R, "B": B, "C": C, "D": D}
         for name, M in mats.items():
@@ -584,6 +632,15 @@ class LowRankImplicitModel(ImplicitBase):
         (as :meth:`idlkit.ImplicitModel.project_` with ``"pf"``). With
         ``wellposedness=None`` and no ``kappa`` given, nothing is done unless the
         certificate fails (``v >= 1``), in which case the model's ``kappa`` is used.
+
+        Args:
+            kappa: the bound in (0, 1); None: the model's.
+
+        Returns:
+            The model itself (rescaled in place).
+
+        Raises:
+            ConfigurationError: a ``kappa`` outside (0, 1).
         """
         target = self.kappa if kappa is None else wp.check_kappa(kappa)
         with torch.no_grad():
@@ -610,7 +667,14 @@ class LowRankImplicitModel(ImplicitBase):
     def certificate(self, dense: bool = True) -> LowRankCertificate:
         """Float64 report: ``lambda_pf(gamma |R|^T |L|)`` and (``dense=True``) the dense
         certificates of ``A = L R^T`` by :func:`idlkit.wellposed.check` (``O(n^2)`` memory;
-        exact eigenvalues for ``n <= 1024``, ``O(n^3)``; a power iteration above)."""
+        exact eigenvalues for ``n <= 1024``, ``O(n^3)``; a power iteration above).
+
+        Args:
+            dense: also evaluate the dense certificates of ``A = L R^T``.
+
+        Returns:
+            :class:`LowRankCertificate`.
+        """
         value = self._pf_value()
         declared_holds = None
         if self.wellposedness is not None:
@@ -639,6 +703,14 @@ class LowRankImplicitModel(ImplicitBase):
         dense PF value is a power-iteration upper bound, and ``wellposedness=None``
         avoids a spurious failure at the boundary). Solver settings are copied unless
         overridden by ``solver_kwargs``; the dense ``tol`` is on the state residual.
+
+        Args:
+            wellposedness: the condition declared on the dense model; ``"same"``: ``"pf"`` when this
+                model declares it, else ``None``.
+            **solver_kwargs: solver settings overriding the copied ones.
+
+        Returns:
+            An :class:`~idlkit.ImplicitModel` with ``(n, n)`` ``A = L R^T``.
         """
 
         if wellposedness == "same":
@@ -688,7 +760,15 @@ class LowRankImplicitModel(ImplicitBase):
         return self.activation(P.t()).t()
 
     def latent(self, u: Tensor, z0: Tensor | None = None) -> Tensor:
-        """The latent fixed point ``z = R^T x``, shape ``(batch, k)`` (differentiable)."""
+        """The latent fixed point ``z = R^T x``, shape ``(batch, k)`` (differentiable).
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            z0: ``(batch, k)`` warm start, or ``None``.
+
+        Returns:
+            ``(batch, k)`` latent states.
+        """
         U, squeeze = self._as_batch(u)
         Z, _ = self._latent(U, z0)
         return Z.squeeze(0) if squeeze else Z
@@ -697,6 +777,16 @@ class LowRankImplicitModel(ImplicitBase):
         """One application of the latent map ``G(z) = R^T phi(L z + B u + b)``, batch-first.
 
         ``z``: ``(batch, k)``; ``u`` as for :meth:`forward`. The fixed point is :meth:`latent`.
+
+        Args:
+            z: ``(batch, k)`` latent states.
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+
+        Returns:
+            ``(batch, k)`` tensor ``G(z)``.
+
+        Raises:
+            ShapeError: ``z`` not ``(batch, k)``.
         """
         U, squeeze = self._as_batch(u)
         z = z.reshape(1, -1) if z.dim() == 1 else z
@@ -711,13 +801,28 @@ class LowRankImplicitModel(ImplicitBase):
         """The state ``x = phi(L R^T x + B u + b)``, shape ``(batch, n)`` (``(n,)`` for 1-D ``u``).
 
         ``z0`` (``(batch, k)``) warm-starts the latent solver.
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            z0: ``(batch, k)`` warm start of the latent solver, or ``None``.
+
+        Returns:
+            ``(batch, n)`` states (``(n,)`` for a 1-D input).
         """
         U, squeeze = self._as_batch(u)
         X = self._state(U, z0)
         return X.squeeze(0) if squeeze else X
 
     def forward(self, u: Tensor, z0: Tensor | None = None) -> Tensor:
-        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
+        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input).
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            z0: ``(batch, k)`` warm start of the latent solver, or ``None``.
+
+        Returns:
+            ``(batch, q)`` predictions (``(q,)`` for a 1-D input).
+        """
         U, squeeze = self._as_batch(u)
         Y = output_map(self._state(U, z0), U, self.C, self.D, self.d)
         return Y.squeeze(0) if squeeze else Y

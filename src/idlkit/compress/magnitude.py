@@ -130,6 +130,18 @@ def compression_bound(original: ImplicitModel, compressed: ImplicitModel, u: Ten
     """Certified ``|x - x0|`` and ``|y - y0|`` between two models of one state size on inputs
     ``u`` ``(batch, p)`` (module docstring), float64, rounded outward.
 
+    Args:
+        original: the reference :class:`~idlkit.ImplicitModel` (states ``x0``, outputs ``y0``).
+        compressed: a model with the same ``n``, ``p``, ``q``.
+        u: ``(batch, p)`` inputs.
+
+    Returns:
+        :class:`CompressionBound` with ``(batch, n)`` and ``(batch, q)`` float64 radii.
+
+    Raises:
+        ShapeError: models of different sizes or ``u`` of the wrong shape.
+        WellPosednessError: the bound's contraction hypothesis fails.
+
     Examples:
         >>> _ = torch.manual_seed(0); m = ImplicitModel(3, 5, 2, dtype=torch.float64)
         >>> small, rep = magnitude_prune(m, 0.5, u=torch.rand(4, 3, dtype=torch.float64))
@@ -229,6 +241,9 @@ def magnitude_prune(model: ImplicitModel, sparsity: float, *, structured: bool =
     """Prune the smallest weights (module docstring); returns ``(pruned model, report)``.
 
     Args:
+        epochs: fine-tuning epochs.
+        lr: Adam learning rate of the fine-tuning.
+        loss: the fine-tuning loss, ``"cross_entropy"`` or ``"squared_error"``.
         model: a dense or sparse :class:`~idlkit.ImplicitModel` (not modified).
         sparsity: the fraction in ``[0, 1)`` of the chosen matrices' nonzeros (or, ``structured``,
             of the states) to remove.

@@ -179,7 +179,14 @@ class PruneReport:
 
     def part(self, i: int) -> str | None:
         """``"pre"``, ``"core"`` or ``"post"`` for state ``i`` of the *pruned* model
-        (``None`` without a staging); :data:`PARTS` says why."""
+        (``None`` without a staging); :data:`PARTS` says why.
+
+        Args:
+            i: a state of the pruned model.
+
+        Returns:
+            ``"pre"``, ``"core"``, ``"post"`` or ``None``.
+        """
         if self.staging is None:
             return None
         if i in self.staging.core:
@@ -198,7 +205,14 @@ class PruneReport:
         return all(v == 0 for v in self.max_dropped.values())
 
     def reason(self, i: int) -> str | None:
-        """Why original state ``i`` was removed (``None`` when it was kept)."""
+        """Why original state ``i`` was removed (``None`` when it was kept).
+
+        Args:
+            i: a state of the original model.
+
+        Returns:
+            One of :data:`REASONS`, or ``None``.
+        """
         for j, r in zip(self.removed, self.reasons, strict=True):
             if j == i:
                 return r
@@ -372,6 +386,7 @@ def prune_states(model: ImplicitModel, tol: float = 0.0, *, split: bool = True,
     the rest. See the module docstring for the derivation, block maps and ``tol``.
 
     Args:
+        allow_empty: return the static affine map when every state goes (else raise).
         model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices, any activation).
         tol: entries of ``A``, ``B``, ``C`` with ``|entry| <= tol`` count as (and are set to)
             zero; ``0`` (default) prunes exactly.
@@ -627,6 +642,11 @@ def prune_inputs(model: ImplicitModel, tol: float = 0.0,
     settings are unchanged. For any ``u`` of the original's shape,
     ``small(u[:, sel.index()])`` equals ``model(u)`` (exactly the thresholded model's output
     when ``tol > 0``).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        tol: entries of ``B`` and ``D`` with ``|entry| <= tol`` count as zero, ``>= 0``.
+        alpha: the column norm of :func:`selected_features`.
 
     Returns:
         ``(small, selection)``: ``small.in_features = len(selection.selected)``.

@@ -376,6 +376,13 @@ def singular_value_threshold(A: Tensor, lam: float) -> Tensor:
     sparsity), in float64; ``(m, n) -> (m, n)``. Every singular value ``<= lam`` becomes exactly
     zero, so the rank of the result is the number of ``s_i > lam``.
 
+    Args:
+        A: ``(m, n)`` matrix.
+        lam: the threshold ``>= 0``.
+
+    Returns:
+        ``(m, n)`` float64 tensor of rank ``#{s_i > lam}``.
+
     Examples:
         >>> singular_value_threshold(torch.diag(torch.tensor([3.0, 0.5])), 1.0)
         tensor([[2., 0.],

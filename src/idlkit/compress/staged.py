@@ -149,6 +149,13 @@ def stage_partition(A: Tensor, activation: Activation) -> Staging:
     """The :class:`Staging` of a model with state matrix ``A`` (``(n, n)``, dense or sparse)
     and ``activation`` (its BLIP blocks move whole); see the module docstring.
 
+    Args:
+        A: ``(n, n)`` state matrix, dense or sparse.
+        activation: the model's :class:`~idlkit.activations.Activation`.
+
+    Returns:
+        The :class:`Staging`.
+
     Examples:
         >>> A = torch.tensor([[0., 0., 0.], [.5, 0., .3], [0., .2, .1]])
         >>> stage_partition(A, idl.activations.ReLU())
@@ -267,6 +274,13 @@ class StagedImplicitModel(nn.Module):
     the original's ``requires_grad``. A sparse ``A`` and a dense ``B`` make the core's ``B``
     dense (likewise ``C``, ``D`` for its ``D``).
 
+    Args:
+        model: the original :class:`~idlkit.ImplicitModel`.
+        staging: its :class:`Staging` (from :func:`stage_partition`).
+
+    Raises:
+        ConfigurationError: ``model`` is not an :class:`~idlkit.ImplicitModel`.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> model = idl.convert.from_torch(net, torch.randn(1, 4))
@@ -347,6 +361,12 @@ class StagedImplicitModel(nn.Module):
     def from_implicit(cls, model: ImplicitModel) -> StagedImplicitModel:
         """Split ``model`` by :func:`stage_partition`; same outputs, states and gradients.
 
+        Args:
+            model: the :class:`~idlkit.ImplicitModel` to split.
+
+        Returns:
+            The :class:`StagedImplicitModel`.
+
         Raises:
             ConfigurationError: ``model`` is not an :class:`~idlkit.ImplicitModel`.
         """
@@ -420,20 +440,44 @@ class StagedImplicitModel(nn.Module):
     def forward_with_state(self, u: Tensor, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y, x)``: the prediction and the full state in the original order.
 
-        ``x0`` (``(batch, n)``, original order) warm-starts the core's solve."""
+        ``x0`` (``(batch, n)``, original order) warm-starts the core's solve.
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            x0: ``(batch, n)`` warm start in the original order, or ``None``.
+
+        Returns:
+            ``(y, x)``: ``(batch, q)`` predictions and ``(batch, n)`` states.
+        """
         U, squeeze = self._as_batch(u)
         Y, X = self._parts(U, x0)
         X = X[:, self._inv]
         return (Y.squeeze(0), X.squeeze(0)) if squeeze else (Y, X)
 
     def forward(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
-        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input)."""
+        """Prediction ``y = C x + D u + d``, shape ``(batch, q)`` (``(q,)`` for a 1-D input).
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            x0: ``(batch, n)`` warm start in the original order, or ``None``.
+
+        Returns:
+            ``(batch, q)`` predictions (``(q,)`` for a 1-D input).
+        """
         U, squeeze = self._as_batch(u)
         Y = self._parts(U, x0)[0]
         return Y.squeeze(0) if squeeze else Y
 
     def equilibrium(self, u: Tensor, x0: Tensor | None = None) -> Tensor:
-        """The state solving ``x = phi(A x + B u + b)`` in the *original* order, ``(batch, n)``."""
+        """The state solving ``x = phi(A x + B u + b)`` in the *original* order, ``(batch, n)``.
+
+        Args:
+            u: ``(batch, p)`` or ``(p,)`` inputs.
+            x0: ``(batch, n)`` warm start in the original order, or ``None``.
+
+        Returns:
+            ``(batch, n)`` states in the original order.
+        """
         return self.forward_with_state(u, x0)[1]
 
     @property

@@ -245,6 +245,16 @@ def states(net: nn.Module, u: Tensor) -> tuple[Tensor, Tensor]:
     and the products, see :class:`~idlkit.activations.Product`). Blocks nothing reads are
     left out here as in :func:`from_torch`.
 
+    Args:
+        net: the torch network (as for :func:`from_torch`).
+        u: ``(batch, ...)`` example inputs.
+
+    Returns:
+        ``(Z, X)``: ``(batch, n)`` pre- and post-activation states.
+
+    Raises:
+        ConversionError: a network :func:`from_torch` cannot convert.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         >>> u = torch.randn(5, 4)

@@ -102,6 +102,10 @@ def _first_failed(a: object) -> _Failed | None:
 class ShapeProxy(fx.Proxy):
     """A proxy that knows its node's value on the example input (see the module docstring).
 
+    Args:
+        node: the graph node.
+        tracer: the :class:`ShapeTracer` that made it.
+
     Examples:
         >>> class Flat(torch.nn.Module):
         ...     def forward(self, x):
@@ -171,6 +175,9 @@ class ShapeTracer(fx.Tracer):
     Leaf modules are run on the concrete values as they are recorded; the forward's first
     argument is ``example``, any further argument takes its default (e.g. ``state=None``).
 
+    Args:
+        example: the batch-first example input the proxies carry values of.
+
     Examples:
         >>> class Flat(torch.nn.Module):
         ...     def forward(self, x):
@@ -188,20 +195,66 @@ class ShapeTracer(fx.Tracer):
         self._running = False  # True while a leaf module runs on concrete values
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        """``fx.Tracer.call_module``, except inside a leaf module being run for its value.
+
+        Args:
+            m: the called module.
+            forward: its forward.
+            args: the call's positional arguments.
+            kwargs: the call's keyword arguments.
+
+        Returns:
+            The call's value (inside a running leaf) or its proxy.
+        """
         if self._running:  # a submodule of a leaf module being run for its value
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        """``fx.Tracer.getattr``, except inside a leaf module being run for its value.
+
+        Args:
+            attr: the attribute's name.
+            attr_val: its value.
+            parameter_proxy_cache: ``fx``'s cache of parameter proxies.
+
+        Returns:
+            ``attr_val`` (inside a running leaf) or ``fx``'s proxy for it.
+        """
         if self._running:
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
+        """A :class:`ShapeProxy` for ``node`` (instead of a plain ``fx.Proxy``).
+
+        Args:
+            node: the graph node.
+
+        Returns:
+            The :class:`ShapeProxy`.
+        """
         return ShapeProxy(node, self)
 
     def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                      type_expr: Any | None = None, proxy_factory_fn: Any = None) -> Any:
+        """``fx.Tracer.create_proxy`` that also records the node's value on the example run.
+
+        Args:
+            kind: the node kind (``"placeholder"``, ``"call_module"``, ...).
+            target: the called module name, function or method name.
+            args: the call's positional arguments (proxies or constants).
+            kwargs: the call's keyword arguments.
+            name: the node's name, or ``None``.
+            type_expr: the node's type annotation, or ``None``.
+            proxy_factory_fn: ``fx``'s proxy factory, or ``None``.
+
+        Returns:
+            The :class:`ShapeProxy` of the new node (a later forward argument: its default).
+
+        Raises:
+            ExampleError: a later forward argument without a default.
+        """
         if kind == "placeholder":
             self._placeholders += 1
             if self._placeholders > 1:  # later forward arguments: specialised to their default
@@ -280,6 +333,13 @@ def concrete_graph(net: nn.Module, example: Tensor) -> fx.GraphModule:
 
     The network is left as it was: the tensor constants that ``torch.fx`` stores on the root
     module while tracing (``_tensor_constant0``, ...) live on the returned graph module only.
+
+    Args:
+        net: the torch network.
+        example: the batch-first example input.
+
+    Returns:
+        The ``torch.fx.GraphModule``, specialised to ``example``'s shapes.
 
     Examples:
         >>> class Flat(torch.nn.Module):

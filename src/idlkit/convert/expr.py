@@ -58,12 +58,29 @@ class Affine:
 
     @classmethod
     def source(cls, key: int, shape: tuple[int, ...]) -> Affine:
-        """The identity on one source (the input or a state block)."""
+        """The identity on one source (the input or a state block).
+
+        Args:
+            key: the source, :data:`INPUT` or a state block index.
+            shape: the source's per-sample shape.
+
+        Returns:
+            The identity :class:`Affine` on that source.
+        """
         k = math.prod(shape)
         return cls(tuple(shape), {key: sp.identity(k, format="csr", dtype=np.float64)})
 
     def linear(self, M: sp.sparray, shape: tuple[int, ...], bias: np.ndarray | None = None) -> Affine:
-        """``M v + bias`` with new per-sample shape ``shape``."""
+        """``M v + bias`` with new per-sample shape ``shape``.
+
+        Args:
+            M: sparse matrix with ``prod(self.shape)`` columns.
+            shape: the result's per-sample shape (``prod(shape)`` rows of ``M``).
+            bias: offset of the result's size, or ``None``.
+
+        Returns:
+            The :class:`Affine` ``M v + bias``.
+        """
         M = sp.csr_array(M)
         terms = {k: sp.csr_array(M @ T) for k, T in self.terms.items()}
         const = M @ self.const
@@ -72,7 +89,15 @@ class Affine:
         return Affine(tuple(shape), terms, np.asarray(const, dtype=np.float64).ravel())
 
     def gather(self, index: np.ndarray, shape: tuple[int, ...]) -> Affine:
-        """Rows ``index`` of ``v`` (``-1``: a zero entry), new per-sample shape ``shape``."""
+        """Rows ``index`` of ``v`` (``-1``: a zero entry), new per-sample shape ``shape``.
+
+        Args:
+            index: entries of ``v`` to take (``-1``: zero).
+            shape: the result's per-sample shape (``index``'s size).
+
+        Returns:
+            The gathered :class:`Affine`.
+        """
         index = np.asarray(index, dtype=np.int64).ravel()
         keep = index >= 0
         rows = np.nonzero(keep)[0]
@@ -80,10 +105,26 @@ class Affine:
         return self.linear(P, shape)
 
     def scale(self, a: float) -> Affine:
+        """``a v``.
+
+        Args:
+            a: the factor.
+
+        Returns:
+            The scaled :class:`Affine`.
+        """
         return Affine(self.shape, {k: sp.csr_array(T * a) for k, T in self.terms.items()},
                       self.const * a, self.batch_dim)
 
     def shift(self, c: np.ndarray) -> Affine:
+        """``v + c``.
+
+        Args:
+            c: the offset, of the per-sample size.
+
+        Returns:
+            The shifted :class:`Affine`.
+        """
         return Affine(self.shape, dict(self.terms), self.const + np.asarray(c, dtype=np.float64).ravel(),
                       self.batch_dim)
 

@@ -37,6 +37,18 @@ def conv2d_matrix(weight: np.ndarray, in_shape: tuple[int, int, int], out_hw: tu
     Output entry ``(o, i, j)`` reads input ``(g C_in/groups + c, i s_h - p_h + a d_h,
     j s_w - p_w + b d_w)`` with weight ``w[o, c, a, b]``, ``g = o // (C_out / groups)``.
 
+    Args:
+        weight: ``(C_out, C_in / groups, kh, kw)`` kernel.
+        in_shape: ``(C_in, H, W)`` input shape.
+        out_hw: ``(H_out, W_out)`` output size.
+        stride: ``(s_h, s_w)``.
+        padding: top/left zero padding ``(p_h, p_w)``.
+        dilation: ``(d_h, d_w)``.
+        groups: number of channel groups.
+
+    Returns:
+        ``(C_out H_out W_out, C_in H W)`` SciPy CSR matrix on the flattened (C, H, W) vectors.
+
     Examples:
         >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
         >>> x = torch.randn(1, 2, 5, 5)
@@ -86,6 +98,18 @@ def avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int], ke
                      divisor_override: int | None) -> sp.csr_array:
     """Matrix of ``nn.AvgPool2d`` (the divisor rule of PyTorch's kernel, ceil mode included).
 
+    Args:
+        in_shape: ``(C, H, W)`` input shape.
+        out_hw: ``(H_out, W_out)`` output size.
+        kernel: ``(kh, kw)`` window.
+        stride: ``(s_h, s_w)``.
+        padding: ``(p_h, p_w)``.
+        count_include_pad: count padded positions in the divisor (as ``nn.AvgPool2d``).
+        divisor_override: a fixed divisor, or ``None``.
+
+    Returns:
+        ``(C H_out W_out, C H W)`` SciPy CSR matrix.
+
     Examples:
         >>> x = torch.randn(1, 2, 4, 4)
         >>> M = avgpool2d_matrix((2, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0), True, None)
@@ -114,6 +138,13 @@ def avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int], ke
 
 def adaptive_avgpool2d_matrix(in_shape: tuple[int, int, int], out_hw: tuple[int, int]) -> sp.csr_array:
     """Matrix of ``nn.AdaptiveAvgPool2d``: window ``[floor(i H / Ho), ceil((i + 1) H / Ho))``.
+
+    Args:
+        in_shape: ``(C, H, W)`` input shape.
+        out_hw: ``(H_out, W_out)`` output size.
+
+    Returns:
+        ``(C H_out W_out, C H W)`` SciPy CSR matrix.
 
     Examples:
         >>> x = torch.randn(1, 2, 5, 5)
@@ -147,6 +178,20 @@ def maxpool2d_windows(in_shape: tuple[int, int, int], out_hw: tuple[int, int], k
     Padded (out-of-range) positions are replaced by the window's first valid entry,
     which leaves the max unchanged and keeps every block the same size (BlockMax).
 
+    Args:
+        in_shape: ``(C, H, W)`` input shape.
+        out_hw: ``(H_out, W_out)`` output size.
+        kernel: ``(kh, kw)`` window.
+        stride: ``(s_h, s_w)``.
+        padding: ``(p_h, p_w)``.
+        dilation: ``(d_h, d_w)``.
+
+    Returns:
+        ``(C H_out W_out, kh kw)`` int array of input indices.
+
+    Raises:
+        ValueError: a window that lies entirely in the padding.
+
     Examples:
         >>> x = torch.randn(1, 1, 4, 4)
         >>> W = maxpool2d_windows((1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0), (1, 1))
@@ -169,6 +214,14 @@ def maxpool2d_windows(in_shape: tuple[int, int, int], out_hw: tuple[int, int], k
 def channel_scale(scale: np.ndarray, shift: np.ndarray, shape: tuple[int, ...]
                   ) -> tuple[sp.csr_array, np.ndarray]:
     """Diagonal map ``v -> scale[c] v + shift[c]`` over channel ``c = dim 0`` of ``shape`` (§3.1).
+
+    Args:
+        scale: ``(C,)`` per-channel factors.
+        shift: ``(C,)`` per-channel offsets.
+        shape: the tensor shape ``(C, ...)`` (batch excluded).
+
+    Returns:
+        ``(M, v)``: the diagonal SciPy CSR matrix and the offset vector, both of size ``prod(shape)``.
 
     Examples:
         >>> M, c = channel_scale(np.array([2.0, 3.0]), np.array([0.0, 1.0]), (2, 1, 2))

@@ -50,6 +50,10 @@ class Operand:
     """One side of a contraction: its expression (``None`` for a constant) and its flat values,
     ``(batch, size)`` for an input-dependent tensor, ``(1, size)`` for a per-sample constant.
 
+    Attributes:
+        expr: the operand's :class:`~idlkit.convert.expr.Affine`, or ``None`` for a constant.
+        flat: its values, ``(batch, size)`` or ``(1, size)``.
+
     Examples:
         >>> op = Operand(None, torch.ones(1, 3))                   # a per-sample constant
         >>> op.constant, op.flat.shape

@@ -65,6 +65,13 @@ class Pointwise:
     The state is ``act(z)`` with ``z = in_scale * x + in_shift``; the affine maps around it fold
     into the neighbouring rows of ``A, B, C`` (``clamp(max=b) = b - relu(b - x)``).
 
+    Attributes:
+        act: the componentwise :class:`~idlkit.activations.Activation`.
+        in_scale: factor applied before ``act``.
+        in_shift: offset added before ``act``.
+        out_scale: factor applied after ``act``.
+        out_shift: offset added after ``act``.
+
     Examples:
         >>> spec = Pointwise(idlkit.get_activation("relu"), out_scale=2.0)   # 2 relu(x)
         >>> spec.act.name, spec.out_scale
@@ -86,6 +93,10 @@ class Pointwise:
 class Softmax:
     """SoftMax over ``dim`` (eq. 2.2) of ``x``, or of ``-x`` (``softmin``).
 
+    Attributes:
+        dim: the dimension the softmax normalises over.
+        negate: take ``-x`` (``softmin``).
+
     Examples:
         >>> Softmax(dim=-1, negate=True)                              # softmin over the last dim
         Softmax(dim=-1, negate=True)
@@ -99,6 +110,9 @@ class Softmax:
 class Glu:
     """``a * sigmoid(b)`` with ``(a, b)`` the two halves of the input along ``dim``: a product
     (§2.4), exact only when ``a`` is provably bounded.
+
+    Attributes:
+        dim: the dimension split into the halves ``a`` and ``b``.
 
     Examples:
         >>> Glu(dim=-1).dim
@@ -115,6 +129,10 @@ Getter = Callable[..., object]
 @dataclass(frozen=True)
 class Fn:
     """A function's (or method's) parameters after the input, and its factory.
+
+    Attributes:
+        params: names of the parameters after the input, in call order.
+        make: builds the layer's spec from a getter of those parameters.
 
     Examples:
         >>> fn = FUNCTIONS[torch.nn.functional.leaky_relu]           # the converter's table entry
@@ -310,6 +328,13 @@ def mutates(name: str, inplace: object = False) -> bool:
     """Whether a call named ``name`` (function ``__name__`` or method) writes into its input:
     torch's trailing-underscore convention, the augmented assignments (``iadd``), or an
     ``inplace=True`` argument.
+
+    Args:
+        name: the function's ``__name__`` or the method's name.
+        inplace: the call's ``inplace`` argument.
+
+    Returns:
+        ``True`` when the call writes into its input.
 
     Examples:
         >>> mutates("relu_"), mutates("relu"), mutates("relu", inplace=True), mutates("iadd")

@@ -71,6 +71,14 @@ def block_ranges(act: Activation, pre_lo: np.ndarray, pre_hi: np.ndarray
     (a blockwise map needs its whole box), else the map's ``value_range`` for the whole block; never
     wider than ``value_range``.
 
+    Args:
+        act: the block's activation.
+        pre_lo: lower bounds of the pre-activations ``z`` (``-inf`` allowed).
+        pre_hi: upper bounds of ``z`` (``+inf`` allowed).
+
+    Returns:
+        ``(lo, hi)``, one bound per state of the block.
+
     Examples:
         >>> tanh = idlkit.get_activation("tanh")
         >>> lo, hi = block_ranges(tanh, np.array([-1.0, 0.0]), np.array([1.0, 2.0]))
@@ -95,6 +103,13 @@ def expr_range(expr: Affine, ranges: list[tuple[np.ndarray, np.ndarray]]) -> tup
     """Interval of every entry of ``expr`` when each state block ``j`` lies in ``ranges[j]``
     and the input is unrestricted (center/radius interval arithmetic; ``+-inf`` where an input
     term or an unbounded state enters).
+
+    Args:
+        expr: the :class:`~idlkit.convert.expr.Affine` expression.
+        ranges: ``(lo, hi)`` of every state block, by block index.
+
+    Returns:
+        ``(lo, hi)``, one bound per entry of ``expr``.
 
     Examples:
         >>> e = Affine.source(0, (2,)).linear(np.array([[1.0, -1.0]]), (1,))   # v = s_1 - s_2
@@ -135,6 +150,12 @@ def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
     """``(block, columns)`` when ``expr`` just picks entries of one state block (coefficient 1,
     one entry per row, no constant), else ``None``.
 
+    Args:
+        expr: the :class:`~idlkit.convert.expr.Affine` expression.
+
+    Returns:
+        ``(block, columns)`` or ``None``.
+
     Examples:
         >>> e = Affine.source(0, (3,)).gather(np.array([2, 0]), (2,))      # picks s[2], s[0] of block 0
         >>> key, cols = selection_source(e)
@@ -155,6 +176,13 @@ def selection_source(expr: Affine) -> tuple[int, np.ndarray] | None:
 def identity_on(lo: float, hi: float) -> Hardtanh:
     """``Hardtanh`` equal to the identity on ``[lo, hi]``, widened so rounding never clips.
 
+    Args:
+        lo: lower end of the interval.
+        hi: upper end of the interval.
+
+    Returns:
+        The :class:`~idlkit.activations.Hardtanh`.
+
     Examples:
         >>> phi = identity_on(-1.0, 2.0)
         >>> phi(torch.tensor([-1.0, 0.5, 2.0])).tolist(), phi.min_val < -1.0 and phi.max_val > 2.0
@@ -170,6 +198,16 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
     """A factor from a bounded componentwise ``act`` with pre-activation ``pre`` (value ``z``), or,
     with ``act`` the identity and an interval ``[lo, hi]``, the identity on it. Returns a reason
     (a string) when the factor is unbounded.
+
+    Args:
+        act: a bounded componentwise activation, or the identity.
+        pre: the pre-activation expression, or ``None`` (a constant).
+        z: ``(batch, k)`` pre-activation values.
+        lo: lower bounds for the identity case, or ``None``.
+        hi: upper bounds for the identity case, or ``None``.
+
+    Returns:
+        The :class:`Factor`, or a string saying why the factor is unbounded.
 
     Examples:
         >>> f = product_factor(idlkit.get_activation("tanh"), None, torch.zeros(2, 3), None, None)
@@ -192,6 +230,15 @@ def product_factor(act: Activation, pre: Affine | None, z: Tensor, lo: np.ndarra
 def pair_up(a: Factor, b: Factor, build: bool) -> tuple[Product, Affine | None, Tensor]:
     """The :class:`Product` block of ``a * b``: its map, its pre-activation (the pre-activations
     of ``a`` and ``b`` interleaved, pair ``i`` = rows ``2i, 2i + 1``) and its value ``(batch, 2k)``.
+
+    Args:
+        a: the first factor.
+        b: the second factor, of ``a``'s size.
+        build: also build the pre-activation expression (else values only).
+
+    Returns:
+        ``(product, pre, value)``: the :class:`~idlkit.activations.Product` map, its
+        pre-activation expression (``None`` without ``build``) and its ``(batch, 2k)`` value.
 
     Examples:
         >>> a = Factor(idlkit.get_activation("tanh"), None, torch.ones(2, 3))
@@ -221,6 +268,16 @@ def matmul_pairs(sa: tuple[int, ...], sb: tuple[int, ...]
     ``out_shape``) is ``sum_k a.flat[IA[r, k]] * b.flat[IB[r, k]]``. Follows torch: a 1-d ``a`` is a
     row (``b``: a column) and that dimension is dropped from the result; the leading dimensions
     broadcast. Built by broadcasting index tensors (no loop over entries).
+
+    Args:
+        sa: per-sample shape of ``a``.
+        sb: per-sample shape of ``b``.
+
+    Returns:
+        ``(IA, IB, out_shape)``.
+
+    Raises:
+        ValueError: shapes ``torch.matmul`` would refuse.
 
     Examples:
         >>> IA, IB, shape = matmul_pairs((2, 3), (3,))

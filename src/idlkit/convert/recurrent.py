@@ -114,6 +114,13 @@ def concat(parts: list[Affine], shape: tuple[int, ...]) -> Affine:
     each source's term assembled once from the parts' entries shifted by their row offsets
     (linear in the total size, no pairwise sums).
 
+    Args:
+        parts: the expressions, in order.
+        shape: the result's per-sample shape.
+
+    Returns:
+        The concatenated :class:`~idlkit.convert.expr.Affine`.
+
     Examples:
         >>> from idlkit.convert.expr import INPUT
         >>> a = Affine.source(INPUT, (2,)); b = Affine.source(INPUT, (2,)).scale(3.0)
@@ -170,6 +177,15 @@ def track_entries(tr: Tracer, node: fx.Node, env: _Env, fn: object = None) -> Af
 
     Returns an :class:`Affine` (its ``batch_dim`` where the batch went; shape markers only when
     ``tr`` does not build) or a tuple of them (``unbind``, ``split``, ``chunk``).
+
+    Args:
+        tr: the :class:`~idlkit.convert.trace.Tracer`.
+        node: the op's graph node.
+        env: the tracer's node values and expressions.
+        fn: the function to run (``None``: the node's own target).
+
+    Returns:
+        The result's :class:`~idlkit.convert.expr.Affine` (a tuple of them for several outputs).
 
     Examples:
         >>> class Pick(torch.nn.Module):
@@ -308,6 +324,12 @@ _PACKED = ("a PackedSequence (variable-length sequences) is not supported: the i
 
 def packed_refusal(f: object) -> str | None:
     """The reason for refusing ``f`` when it packs or unpacks a ``PackedSequence``, else ``None``.
+
+    Args:
+        f: a function or method called in the traced network.
+
+    Returns:
+        The reason, or ``None``.
 
     Examples:
         >>> packed_refusal(torch.nn.utils.rnn.pack_padded_sequence) is not None, packed_refusal(torch.tanh)
@@ -518,6 +540,23 @@ def convert_recurrent(tr: Tracer, node: fx.Node, env: _Env, mod: nn.Module, args
     """Expressions of an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, ``(out, h_n)`` or
     ``(out, (h_n, c_n))``, or of a cell ``RNNCell``/``GRUCell`` (``h'``) or ``LSTMCell`` (``(h', c')``),
     making its state blocks on ``tr`` (module docstring).
+
+    Args:
+        tr: the :class:`~idlkit.convert.trace.Tracer` receiving the state blocks.
+        node: the call's graph node.
+        env: the tracer's node values and expressions.
+        mod: the recurrent module.
+        args: the call's positional arguments.
+        kwargs: the call's keyword arguments.
+        value: the call's output on the example input.
+
+    Returns:
+        The expressions, shaped like the module's output.
+
+    Raises:
+        ConversionError: an unsupported mode, a ``PackedSequence`` or an input not computed
+            from the network's input.
+        NeedsBuild: a values-only run that meets a product.
 
     Examples:
         >>> class Last(torch.nn.Module):

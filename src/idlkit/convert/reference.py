@@ -19,6 +19,11 @@ __all__ = ["BasicBlock", "resnet20"]
 class BasicBlock(nn.Module):
     """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`` (paper 000 §3.4, Fig. 6).
 
+    Args:
+        cin: input channels.
+        cout: output channels.
+        stride: stride of the first convolution (and of the projection shortcut).
+
     Examples:
         >>> block = BasicBlock(4, 8, stride=2).eval()
         >>> block(torch.randn(2, 4, 8, 8)).shape
@@ -37,6 +42,14 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block's output.
+
+        Args:
+            x: ``(batch, cin, H, W)`` input.
+
+        Returns:
+            ``(batch, cout, H / stride, W / stride)`` output.
+        """
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -47,6 +60,18 @@ def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3, softm
     """CIFAR ResNet-20 as an ``nn.Sequential`` (random init, train mode as usual: call ``.eval()``).
 
     ``softmax=True`` ends with a softmax layer, as in paper 000 Fig. 7.
+
+    Args:
+        num_classes: number of outputs.
+        width: channels of the first stage (doubled at each of the next two).
+        in_channels: input channels.
+        softmax: end with a softmax layer.
+
+    Returns:
+        The ``nn.Sequential``, input ``(batch, in_channels, H, W)`` (CIFAR: 32 x 32).
+
+    Raises:
+        ConfigurationError: a non-positive size.
 
     Examples:
         >>> net = resnet20(num_classes=10, width=4).eval()

@@ -119,6 +119,16 @@ def trace_graph(net: nn.Module, example: Tensor | None = None) -> fx.GraphModule
     """``torch.fx`` trace of ``net`` (specialised to ``example``'s shapes when given, see
     :mod:`idlkit.convert.concrete`); dynamic control flow raises :class:`ConversionError`.
 
+    Args:
+        net: the torch network.
+        example: an example input to specialise the shapes to, or ``None``.
+
+    Returns:
+        The ``torch.fx.GraphModule``.
+
+    Raises:
+        ConversionError: dynamic control flow or an untraceable module.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         >>> gm = trace_graph(net)
@@ -166,6 +176,14 @@ class Tracer(MultiplicativeOps):
 
     ``build=False`` computes only values and blocks' ``z, x`` (for :func:`states`); it raises
     :class:`~idlkit.convert.products.NeedsBuild` where a product needs the expressions.
+
+    Args:
+        net: the torch network.
+        example: a batch-first example input.
+        build: also build the expressions of the implicit model (else values only).
+
+    Raises:
+        ConversionError: an unsupported operation, naming it.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))

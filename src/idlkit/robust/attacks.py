@@ -69,6 +69,17 @@ __all__ = ["Budget", "SuccessRate", "attack", "sensitivity_attack", "saliency_at
 class Budget:
     """What an attack may change (see the module docstring).
 
+    Args:
+        k: inputs that may change: an int count (``>= 0``), a float fraction in ``(0, 1]`` of ``p``,
+            or ``None`` for all of them (eq. 4.2 vs 4.1).
+        epsilon: largest change per input (``>= 0``), or ``None`` for the ``clip`` range only.
+        clip: valid input range ``(lo, hi)``, ``lo <= hi``, or ``None`` for unbounded inputs.
+
+    Raises:
+        ConfigurationError: a ``k`` of another type, a ``clip`` with ``lo > hi``, or neither
+            ``epsilon`` nor ``clip``.
+        InputError: a negative ``k`` or ``epsilon``, or a fraction outside ``(0, 1]``.
+
     Examples:
         >>> b = Budget(k=2, epsilon=0.1, clip=(0.0, 1.0))   # change at most 2 inputs by at most 0.1
         >>> b.k, b.epsilon, b.clip
@@ -101,7 +112,14 @@ class Budget:
                                      "(the valid range), or both")
 
     def count(self, p: int) -> int:
-        """Number of inputs that may change, out of ``p``."""
+        """Number of inputs that may change, out of ``p``.
+
+        Args:
+            p: number of inputs of the model.
+
+        Returns:
+            ``min(k, p)`` for a count, ``ceil(k p)`` for a fraction, ``p`` for ``k=None``.
+        """
         if self.k is None:
             return p
         if isinstance(self.k, float):
@@ -370,6 +388,26 @@ def pgd_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budge
     ``value`` (the margin at ``u_adv``) and ``success`` are ``(batch,)``. ``bound`` is ``None``
     (a heuristic attack: it never certifies robustness).
 
+    Args:
+        model: a classifier ``(batch, p) -> (batch, q)`` (an :class:`~idlkit.ImplicitModel`, ...).
+        u: ``(batch, p)`` or ``(p,)`` clean inputs.
+        y: ``(batch,)`` integer labels, or one label for every row.
+        budget: :class:`Budget` (its ``epsilon`` and ``clip``), or a float ``epsilon``.
+        steps: gradient steps per restart, ``>= 1``.
+        step_size: the sign step; ``None``: ``2.5 epsilon / steps``.
+        restarts: random restarts, ``>= 1``.
+        loss: ``"ce"`` (cross entropy) or ``"margin"``.
+        random_start: start uniform in the box (else at ``u``).
+        generator: torch generator of the random starts (``None``: the global one).
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Raises:
+        ConfigurationError: a bad ``budget`` or an unknown ``loss``.
+        InputError: a non-positive ``steps``, ``restarts`` or ``step_size``, or bad labels.
+        ShapeError: ``y`` and ``u`` disagree in batch size.
+
     Examples:
         >>> model = idlkit.ImplicitModel(4, 6, 3)
         >>> u = torch.rand(5, 4); y = torch.tensor([0, 1, 2, 0, 1])
@@ -555,9 +593,15 @@ def jsma_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget: Budg
     61 % (mixed 67 %), logits 43 % (mixed 47 %), the saliency attack 49 %.
 
     Args:
+        model: a classifier ``(batch, p) -> (batch, q)`` (an :class:`~idlkit.ImplicitModel`, ...).
+        u: ``(batch, p)`` or ``(p,)`` clean inputs.
+        y: ``(batch,)`` integer labels, or one label for every row.
         budget: :class:`Budget` (``k``: changed features; ``epsilon``/``clip``: the box).
         theta: the step per iteration, nonzero and finite.
         target: ``(batch,)`` or one class for every row; must differ from ``y``.
+        mixed: each feature moves in the sign of its own ``alpha_i`` (the "maximal JSMA").
+        max_iter: iterations at most; ``None``: ``k`` times the steps that cross the widest box.
+        logits: use the logits as ``F`` instead of the softmax probabilities.
 
     Returns:
         :class:`AttackResult` with ``extra["target"]`` the ``(batch,)`` classes aimed at.
@@ -628,6 +672,20 @@ def inversion_attack(model: torch.nn.Module, u: Tensor, y: Tensor | int, budget:
     domain of the other attacks; a float budget is ``Budget(epsilon=...)``, unclipped as in the
     paper's formula). Needs no gradient, so any classifier ``(batch, p) -> (batch, q)`` works
     (:class:`~idlkit.ImplicitModel`, :class:`~idlkit.baselines.MON`, MLPs).
+
+    Args:
+        model: any classifier ``(batch, p) -> (batch, q)`` (no gradient is needed).
+        u: ``(batch, p)`` or ``(p,)`` clean inputs.
+        y: ``(batch,)`` integer labels, or one label for every row.
+        budget: :class:`Budget` (its ``epsilon`` and ``clip``), or a float ``epsilon``.
+        center: the value each input is pushed towards (``0.5``: mid grey for ``[0, 1]`` inputs).
+
+    Returns:
+        :class:`~idlkit.robust.AttackResult` with ``u_adv`` of ``u``'s shape.
+
+    Raises:
+        ConfigurationError: a bad ``budget`` (e.g. without ``epsilon``).
+        InputError: bad labels or a non-finite ``center``.
 
     Examples:
         >>> net = torch.nn.Linear(4, 3)

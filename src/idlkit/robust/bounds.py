@@ -125,6 +125,18 @@ def state_box_bound(model: object, sigma_u: object, k: int | None = None, method
 
     See :func:`state_bound` for the arguments, the BLIP case (Thm 4.2) and ``k`` (eq. 4.2).
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices).
+        sigma_u: input radius, scalar or ``(p,)``, finite and ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`state_bound`).
+
+    Returns:
+        ``(n,)`` float64 tensor ``sigma_x``.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> sx = state_box_bound(model, 0.1)
@@ -141,6 +153,18 @@ def state_box_bound(model: object, sigma_u: object, k: int | None = None, method
 def state_block_bound(model: object, sigma_u: object, k: int | None = None, method: str = "auto") -> Tensor:
     """``(I - Gamma N(A))^-1 Gamma N(B) sigma_u`` of Thm 4.2 (eq. 4.7): bound on the vector of
     block norms ``eta(x - x0)``, ``(L,)`` float64. See :func:`state_bound`.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices).
+        sigma_u: input radius, scalar or ``(p,)``, finite and ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`state_bound`).
+
+    Returns:
+        ``(L,)`` float64 tensor, one bound per activation block.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
@@ -165,6 +189,15 @@ def state_linf_bound(model: object, sigma_u: object, k: int | None = None, measu
         WellPosednessError: ``gamma ||A||_inf >= 1`` (``gamma mu_inf(A) >= 1`` for ``"mu"``): the
             bound needs a contraction.
         ConfigurationError: ``"mu"`` with a non-monotone or block activation.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices).
+        sigma_u: input radius, scalar or ``(p,)``, finite and ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        measure: ``"inf"`` (``||A||_inf``, eq. 4.3) or ``"mu"`` (``mu_inf(A)_+``, paper 004).
+
+    Returns:
+        The bound, a Python float.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
@@ -255,6 +288,19 @@ def solution_error(model: object, U: Tensor, X0: Tensor, method: str = "auto", b
     its own float64 evaluation (``4 (n + p + 2) eps`` times the magnitudes of ``A x0 + B u + b``
     times ``gamma``, and ``16 eps`` of the values). Certified like every solve here.
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        U: ``(batch, p)`` float64 inputs.
+        X0: ``(batch, n)`` float64 computed equilibria at ``U``.
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`state_bound`).
+        blocks: return the ``(batch, L)`` bound on the block norms instead.
+
+    Returns:
+        ``(batch, n)`` (or ``(batch, L)``) float64 NumPy array.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> U = torch.randn(4, 3, dtype=torch.float64)
@@ -309,6 +355,22 @@ def box_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = None,
     triangular one) and added to the radii (``x_err``, ``y_err = N(C) x_err``), so the intervals
     contain the exact states and outputs, not only those of the exact nominal equilibrium.
     Sparse models stay sparse.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (dense or sparse matrices).
+        u0: ``(batch, p)`` or ``(p,)`` nominal inputs.
+        sigma_u: input radius, scalar or ``(p,)``, finite and ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`state_bound`).
+
+    Returns:
+        :class:`BoxBounds`, ``(batch, n)`` state and ``(batch, q)`` output intervals, float64.
+
+    Raises:
+        ShapeError: ``u0`` or ``sigma_u`` of the wrong shape.
+        InputError: a negative ``sigma_u`` or a bad ``k``.
+        NonFiniteError: NaN/Inf in ``u0`` or ``sigma_u``.
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 8, 2, activation="relu", dtype=torch.float64, kappa=0.5)

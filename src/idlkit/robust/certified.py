@@ -51,6 +51,25 @@ def certified_accuracy(model: object, U: Tensor, Y: Tensor, sigma_u: object, *, 
     (Thm 4.1-4.4), ``"lp"``, ``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"best"``), the inputs
     are bounded in batches of ``batch_size``.
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (or a model a bound method accepts).
+        U: ``(batch, p)`` nominal inputs.
+        Y: ``(batch,)`` integer labels.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        method: the bound: one of :data:`~idlkit.robust.certify.BOUND_METHODS`; default ``"box"``.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        clip: valid input range ``(lo, hi)`` intersected with the set; ``None`` for none.
+        batch_size: rows bounded at a time (memory), ``>= 1``.
+        **bound_kwargs: passed to the bound method (e.g. ``time_budget`` of :func:`output_bounds`).
+
+    Returns:
+        :class:`CertifiedAccuracy` with the certified and the clean accuracy.
+
+    Raises:
+        ShapeError: ``U`` and ``Y`` disagree in batch size, or ``Y`` is not ``(batch,)``.
+        ConfigurationError: an unknown ``method`` or a keyword the method does not take.
+        InputError: ``batch_size < 1`` or a negative ``sigma_u``.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 4))

@@ -70,6 +70,8 @@ class OutputBounds(_Bounds):
     """``lower <= y(u) <= upper`` for every ``u`` of the set, ``(batch, q)`` float64.
 
     Attributes:
+        lower: ``(batch, q)`` float64 lower bounds.
+        upper: ``(batch, q)`` float64 upper bounds.
         method: the method used (for ``"best"``: ``"best(m1,m2,...)"``, the methods combined).
         seconds: wall time of the computation.
     """
@@ -80,6 +82,8 @@ class StateBounds(_Bounds):
     """``lower <= x(u) <= upper`` for every ``u`` of the set, ``(batch, n)`` float64.
 
     Attributes:
+        lower: ``(batch, n)`` float64 lower bounds.
+        upper: ``(batch, n)`` float64 upper bounds.
         method: as in :class:`OutputBounds`.
         seconds: as in :class:`OutputBounds`.
     """
@@ -341,6 +345,25 @@ def state_bounds(model: object, u0: object, sigma_u: object, k: int | None = Non
     """Certified state bounds, ``(batch, n)``; arguments and errors as :func:`output_bounds`
     (alpha-CROWN optimises the output bounds; its state bounds are the best over its iterates on a
     triangular ``A``, CROWN's on a general one).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        u0: ``(batch, p)`` or ``(p,)`` nominal inputs.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: one of :data:`BOUND_METHODS`; default ``"best"`` (the tightest of those applicable).
+        clip: valid input range ``(lo, hi)`` intersected with the set; ``None`` for none.
+        time_budget: seconds allowed to the slower methods (``None``: no limit).
+        alpha_iters: optimisation steps of alpha-CROWN.
+        lp_rounds: tightening rounds of the LP bound.
+
+    Returns:
+        :class:`StateBounds`, ``lower``/``upper`` of shape ``(batch, n)`` float64.
+
+    Raises:
+        ConfigurationError: an unknown ``method``, or one that does not apply to the model.
+        ShapeError: ``u0`` or ``sigma_u`` of the wrong shape.
+        InputError: a negative ``sigma_u`` or a bad ``k``.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()

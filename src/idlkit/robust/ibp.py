@@ -50,6 +50,10 @@ class IntervalBounds:
     """IBP intervals, batch-first float64: ``x_lower <= x <= x_upper``, ``y_lower <= y <= y_upper``.
 
     Attributes:
+        x_lower: ``(batch, n)`` lower state bounds.
+        x_upper: ``(batch, n)`` upper state bounds.
+        y_lower: ``(batch, q)`` lower output bounds.
+        y_upper: ``(batch, q)`` upper output bounds.
         sweeps: number of level sweeps (the depth of the level structure of ``A``).
     """
 
@@ -241,6 +245,19 @@ def compare_bounds(model: object, u0: Tensor, sigma_u: object, k: int | None = N
     with ``k`` the cardinality set (4.2).
 
     Both hold for every activation; IBP needs a triangular ``A`` (see :func:`interval_bounds`).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with a (block) triangular ``A``.
+        u0: ``(batch, p)`` nominal inputs.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+
+    Returns:
+        :class:`BoundComparison` of the two bounds' widths.
+
+    Raises:
+        ConfigurationError: ``A`` is not triangular (IBP does not apply).
+        WellPosednessError: the implicit box bound cannot be certified.
 
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()

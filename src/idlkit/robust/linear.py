@@ -130,7 +130,20 @@ class Relaxation:
 
     Lower: ``(1 - t) (ls0 z + lo0) + t (ls1 z + lo1) <= phi(z)``; upper likewise with ``us*``,
     ``uo*`` and ``>=``; sound for every ``t in [0, 1]`` on the unit's interval. ``tl``, ``tu``:
-    CROWN's default parameters."""
+    CROWN's default parameters.
+
+    Attributes:
+        ls0: slopes of the first lower line.
+        lo0: offsets of the first lower line.
+        ls1: slopes of the second lower line.
+        lo1: offsets of the second lower line.
+        us0: slopes of the first upper line.
+        uo0: offsets of the first upper line.
+        us1: slopes of the second upper line.
+        uo1: offsets of the second upper line.
+        tl: CROWN's default lower parameters in ``[0, 1]``.
+        tu: CROWN's default upper parameters in ``[0, 1]``.
+    """
 
     ls0: Tensor
     lo0: Tensor
@@ -146,7 +159,15 @@ class Relaxation:
     def lines(self, tl: Tensor | None = None, tu: Tensor | None = None
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(a_l, c_l, a_u, c_u)`` for parameters ``tl``, ``tu`` (default CROWN's); the
-        parameters may carry extra leading dimensions (one per objective row)."""
+        parameters may carry extra leading dimensions (one per objective row).
+
+        Args:
+            tl: lower-line parameters in ``[0, 1]``, ``(..., batch, k)``; ``None``: CROWN's.
+            tu: upper-line parameters likewise.
+
+        Returns:
+            ``(a_l, c_l, a_u, c_u)``: slopes and offsets of the lower and upper lines.
+        """
         rows = (tl is not None and tl.dim() == 3) or (tu is not None and tu.dim() == 3)
         e = (lambda v: v[:, None, :]) if rows else (lambda v: v)  # noqa: E731
         tl = e(self.tl) if tl is None else tl
@@ -382,6 +403,12 @@ def _interval(segs: list[tuple[int, int, Activation]], idx: Tensor, l: Tensor, h
 def state_levels(A: object) -> np.ndarray | None:
     """Dependency level of each state (``0``: depends on ``u`` only), or ``None`` when the
     dependency graph of ``A`` has a cycle (Thm 2.8-2.9).
+
+    Args:
+        A: ``(n, n)`` dense or sparse matrix.
+
+    Returns:
+        ``(n,)`` integer array of levels, or ``None`` for a cyclic ``A``.
 
     Examples:
         >>> state_levels(torch.tensor([[0.0, 1.0], [0.0, 0.0]])).tolist()   # x_1 needs x_2
@@ -658,6 +685,15 @@ def equilibrium_error(model: object, U: np.ndarray, extra: np.ndarray | None = N
 
     Returns:
         ``x0`` ``(m, n)`` tensor and the radius ``(m, n)`` float64 array.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with a componentwise activation.
+        U: ``(m, p)`` float64 inputs.
+        extra: ``(m, n)`` nonnegative term added to the residual, or ``None``.
+
+    Raises:
+        ConfigurationError: a non-componentwise activation.
+        WellPosednessError: ``lambda_pf(gamma |A|) < 1`` cannot be certified.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)

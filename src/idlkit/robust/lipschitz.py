@@ -111,6 +111,7 @@ def state_lipschitz_bound(model: object, measure: str = "inf") -> float:
     """Upper bound on ``sup ||x(u) - x(v)||_inf / ||u - v||_inf`` (paper 004, input-to-state), float64.
 
     Args:
+        model: an :class:`~idlkit.ImplicitModel`.
         measure: ``"inf"``: ``gamma ||B||_inf / (1 - gamma ||A||_inf)`` (eq. 4.3 per unit radius;
             paper 004's "Lip" form); ``"mu"``: ``gamma ||B||_inf / (1 - gamma mu_inf(A)_+)`` (paper
             004's theorem with ``osL <= gamma mu_inf(A)_+``; hypotheses: a monotone componentwise map,
@@ -160,6 +161,7 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
     """Upper bound on ``sup ||y(u) - y(v)||_inf / ||u - v||_inf`` (eq. 4.8, paper 004, Thm 4.3).
 
     Args:
+        model: an :class:`~idlkit.ImplicitModel`.
         measure: ``"inf"`` (eq. 4.8), ``"mu"`` (paper 004), ``"sensitivity"`` (``||S||_inf``) or
             ``"best"`` (the smallest applicable one).
 
@@ -191,6 +193,12 @@ def lipschitz_bound(model: object, measure: str = "inf") -> float:
 
 def lipschitz_bounds(model: object) -> LipschitzBounds:
     """All three bounds of :func:`lipschitz_bound`, ``nan`` where a hypothesis fails.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+
+    Returns:
+        :class:`LipschitzBounds`, one float per measure (``nan`` where it does not apply).
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)

@@ -171,6 +171,14 @@ def state_sigma(model: torch.nn.Module, sigma_u: np.ndarray, k: int | None = Non
         WellPosednessError: ``lambda_pf(|A|) < 1`` cannot be certified (the bound would be
             meaningless); the message names ``lambda_pf``.
 
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel`.
+        sigma_u: ``(p,)`` float64 radius, ``>= 0``.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+
+    Returns:
+        ``(n,)`` float64 array ``sigma_x``.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> sx = state_sigma(model, np.full(3, 0.1))
@@ -309,6 +317,18 @@ def start_box(model: torch.nn.Module, u0: np.ndarray, sigma_u: np.ndarray, k: in
     Raises:
         InputError: ``start`` does not contain the nominal state ``x0`` (it cannot be valid).
 
+    Args:
+        model: a ReLU :class:`~idlkit.model.ImplicitModel`.
+        u0: ``(p,)`` float64 nominal input.
+        sigma_u: ``(p,)`` float64 radius.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        clip: valid input range ``(lo, hi)``, or ``None``.
+        x0: ``(n,)`` nominal state at ``u0``.
+        start: a valid state box ``(lower, upper)`` of ``(n,)`` arrays, or ``None``.
+
+    Returns:
+        ``(xlo, xhi, sigma_x)``, three ``(n,)`` float64 arrays.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
         >>> model = idlkit.convert.from_torch(net, torch.zeros(1, 3, dtype=torch.float64))
@@ -385,6 +405,24 @@ class LPProblem:
     indicators (continuous in [0, 1] for the hull, binary for the MILP). ``zlo, zhi``: the
     pre-activation intervals the triangle cuts use.
 
+    Attributes:
+        n: number of states.
+        p: number of inputs.
+        A_ub: sparse constraint matrix of ``A_ub v <= b_ub``.
+        b_ub: right-hand side of the constraints.
+        lower: lower bounds of the variables ``v``.
+        upper: upper bounds of the variables ``v``.
+        integrality: per variable ``1`` for an integer (MILP indicator) and ``0`` otherwise.
+        x0: ``(n,)`` nominal state at ``u0``.
+        xlo: ``(n,)`` lower state bounds of the start box.
+        xhi: ``(n,)`` upper state bounds of the start box.
+        sigma_x: ``(n,)`` Thm 4.1 state radius.
+        u0: ``(p,)`` nominal input.
+        sigma_u: ``(p,)`` input radius.
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        zlo: ``(n,)`` lower pre-activation bounds of the triangle cuts, or ``None``.
+        zhi: ``(n,)`` upper pre-activation bounds, or ``None``.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         >>> net = net.double()
@@ -426,7 +464,24 @@ class LPProblem:
               start: object = None) -> LPProblem:
         """The relaxed set around ``u0``, starting from :func:`start_box`; ``x_bounds = (lo, hi)``:
         extra valid state bounds (e.g. from :func:`lp_state_bounds`), ``z_bounds``: valid bounds
-        of the pre-activations ``z = A x + B u + b`` (used by the triangle cuts)."""
+        of the pre-activations ``z = A x + B u + b`` (used by the triangle cuts).
+
+        Args:
+            model: a ReLU :class:`~idlkit.model.ImplicitModel`.
+            u0: ``(p,)`` float64 nominal input.
+            sigma_u: ``(p,)`` float64 input radius.
+            k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+            clip: valid input range ``(lo, hi)``, or ``None``.
+            card_method: ``"hull"`` (LP) or ``"milp"`` (binary indicators).
+            triangle: add the upper ReLU (triangle) cuts.
+            x0: ``(n,)`` nominal state; ``None``: solved here.
+            x_bounds: extra valid state bounds ``(lo, hi)``, or ``None``.
+            z_bounds: valid pre-activation bounds ``(lo, hi)``, or ``None``.
+            start: a valid state box passed to :func:`start_box`, or ``None``.
+
+        Returns:
+            The :class:`LPProblem`.
+        """
         A, Bm, b = _model_arrays(model)
         if x0 is None:
             x0 = true_states(model, u0)[0]
@@ -446,7 +501,28 @@ class LPProblem:
         """The constraints for given boxes: ``x >= A x + B u + b``, ``xlo <= x <= xhi``, ``u`` in its
         box (and the cardinality hull/MILP), and with ``triangle`` the upper ReLU cuts on the
         pre-activation intervals ``[zlo, zhi]`` = interval arithmetic on the boxes intersected with
-        ``z_bounds``, ``z <= x <= xhi`` and ``z = x`` where ``x > 0``."""
+        ``z_bounds``, ``z <= x <= xhi`` and ``z = x`` where ``x > 0``.
+
+        Args:
+            A: ``(n, n)`` sparse state matrix.
+            Bm: ``(n, p)`` sparse input matrix.
+            b: ``(n,)`` state bias.
+            xlo: ``(n,)`` lower state bounds.
+            xhi: ``(n,)`` upper state bounds.
+            ulo: ``(p,)`` lower input bounds.
+            uhi: ``(p,)`` upper input bounds.
+            u0: ``(p,)`` nominal input.
+            sigma_u: ``(p,)`` input radius.
+            k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+            card_method: ``"hull"`` or ``"milp"``.
+            triangle: add the upper ReLU cuts.
+            z_bounds: valid pre-activation bounds ``(lo, hi)``, or ``None``.
+            x0: ``(n,)`` nominal state, kept for the attack, or ``None``.
+            sigma_x: ``(n,)`` Thm 4.1 state radius, or ``None``.
+
+        Returns:
+            The :class:`LPProblem`.
+        """
         n, p = A.shape[0], Bm.shape[1]
         I = sp.identity(n, format="csr")
         rows = [sp.hstack([A - I, Bm], format="csr")]  # A x + B u + b <= x
@@ -520,7 +596,19 @@ class LPProblem:
         ``bound`` is rigorous (never below the relaxation's optimum): for an LP the safe dual bound
         of :meth:`_dual_bound`; for a MILP (``card_method="milp"``) the smaller of the LP
         relaxation's safe bound and HiGHS' MILP dual bound widened by ``1e-6 (1 + |v|)`` (its
-        feasibility tolerance 1e-7 with a margin). ``x, u`` is the solver's maximiser."""
+        feasibility tolerance 1e-7 with a margin). ``x, u`` is the solver's maximiser.
+
+        Args:
+            c: ``(n,)`` state weights.
+            e: ``(p,)`` input weights.
+
+        Returns:
+            ``(bound, x, u, status)``: the certified upper bound, the ``(n,)`` and ``(p,)`` maximiser
+            and the solver's status text.
+
+        Raises:
+            SolverError: HiGHS failed or the relaxation is infeasible.
+        """
         from scipy.optimize import Bounds, LinearConstraint, milp
 
         nv = self.lower.size
@@ -597,7 +685,15 @@ class LPProblem:
 
     def feasible_u(self, u: np.ndarray, clip_box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Project a relaxation's ``u`` into the attacked set: the box (and range), then at most
-        ``k`` changed inputs (the largest ``|u_j - u0_j| / sigma_j``)."""
+        ``k`` changed inputs (the largest ``|u_j - u0_j| / sigma_j``).
+
+        Args:
+            u: ``(p,)`` input of a relaxation's maximiser.
+            clip_box: ``(lo, hi)`` ``(p,)`` arrays of the valid input box.
+
+        Returns:
+            ``(p,)`` input in the attacked set.
+        """
         u = np.clip(u, *clip_box)
         if self.k is None:
             return u
@@ -816,6 +912,9 @@ def lp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: in
     """LP bound (Thm 4.5) on the worst-case state objective and the attack it suggests.
 
     Args:
+        c: ``(n,)`` state weights of the ``"linear"`` objective.
+        e: ``(p,)`` input weights of the ``"linear"`` objective; ``None``: zero.
+        const: constant added to the ``"linear"`` objective.
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (dense or sparse matrices) with
             ``lambda_pf(|A|) < 1``.
         u0: nominal input ``(p,)``.

@@ -33,6 +33,16 @@ def perturbation_bound(model: object, A: Tensor) -> Tensor:
     Dense unless both matrices are sparse: then ``E`` is a sparse CSR tensor with the union of
     their patterns (neither matrix is densified), which :func:`model_error_bound` takes as is.
 
+    Args:
+        model: the nominal model (matrix ``A0``, ``(n, n)``).
+        A: the perturbed ``(n, n)`` matrix, dense or sparse.
+
+    Returns:
+        ``(n, n)`` float64 tensor ``|A - A0|`` (sparse CSR when both are sparse).
+
+    Raises:
+        ShapeError: ``A`` is not ``(n, n)``.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> A = model.A.detach() + 0.01
@@ -52,6 +62,7 @@ def model_error_bound(model: object, E: Tensor | float, u: Tensor, method: str =
     """Bound ``(batch, n)`` on ``|x(A) - x(A0)|`` over every ``A`` with ``|A - A0| <= E`` (Thm 5.1).
 
     Args:
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`~idlkit.robust.bounds.state_bound`).
         model: the nominal model (matrix ``A0``; componentwise activation).
         E: ``(n, n)`` nonnegative entrywise error bound (dense or sparse), or a scalar (every entry).
         u: ``(batch, p)`` inputs.

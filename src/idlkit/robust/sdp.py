@@ -52,6 +52,7 @@ def sdp_attack(model: torch.nn.Module, u0: Tensor, sigma_u: Tensor | float, k: i
     """SDP bound (4.19) on ``max ||x - x0||_2^2`` over the input box, and the extracted attack.
 
     Args:
+        max_size: largest ``n + p + 1`` (the SDP matrix side) accepted.
         model: a ReLU :class:`~idlkit.model.ImplicitModel` (sparse matrices are densified:
             ``n + p + 1 <= max_size``).
         u0: nominal input ``(p,)``.

@@ -49,6 +49,7 @@ def sensitivity(model: object, form: str = "auto", method: str = "auto") -> Sens
     """Sensitivity matrix of Thm 4.3 (componentwise maps) or Thm 4.4 (BLIP maps), float64.
 
     Args:
+        model: an :class:`~idlkit.ImplicitModel`.
         form: ``"auto"`` (by the activation), ``"cone"`` (requires a componentwise map) or
             ``"blip"`` (any map; for a componentwise one it equals ``"cone"``).
         method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`idlkit.robust._linalg.solve_nonneg`).
@@ -88,6 +89,18 @@ def sensitivity_matrix(model: object, form: str = "auto", method: str = "auto") 
 
     See :func:`sensitivity` for the arguments and errors.
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        form: ``"auto"``, ``"cone"`` or ``"blip"`` (see :func:`sensitivity`).
+        method: ``"auto"``, ``"solve"`` or ``"iterate"``.
+
+    Returns:
+        ``(q, p)`` float64 tensor ``S``.
+
+    Raises:
+        ConfigurationError: ``form="cone"`` with a non-componentwise activation.
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> S = sensitivity_matrix(model)
@@ -103,6 +116,20 @@ def sensitivity_matrix(model: object, form: str = "auto", method: str = "auto") 
 def output_box_bound(model: object, sigma_u: object, k: int | None = None, method: str = "auto") -> Tensor:
     """``sigma_y`` with ``|y(u) - y(u0)| <= sigma_y`` on ``U_box`` (``S sigma_u``, eq. 4.10/4.11)
     or on ``U_card`` (``s_k`` of each row of ``S diag(sigma_u)``, the ``k`` largest terms), ``(q,)``.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`.
+        sigma_u: input radius, scalar or ``(p,)``, ``>= 0`` (eq. 4.1).
+        k: at most ``k`` inputs perturbed (eq. 4.2); ``None`` for the box set.
+        method: ``"auto"``, ``"solve"`` or ``"iterate"`` (see :func:`sensitivity`).
+
+    Returns:
+        ``(q,)`` float64 tensor ``sigma_y``.
+
+    Raises:
+        InputError: a negative ``sigma_u`` or a ``k`` outside ``1..p``.
+        ShapeError: ``sigma_u`` neither a scalar nor ``(p,)``.
+        WellPosednessError: ``lambda_pf(Gamma N(A)) < 1`` cannot be certified.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)

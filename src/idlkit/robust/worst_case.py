@@ -160,6 +160,7 @@ def worst_case_loss(model: object, u0: Tensor, y: Tensor, sigma_u: object,
     """Upper bound of ``max_{u in U} L(y, yhat(u))`` around each row of ``u0`` (§4.4).
 
     Args:
+        model: an :class:`~idlkit.ImplicitModel`.
         u0: ``(batch, p)`` nominal inputs.
         y: ``(batch, q)`` targets (for cross entropy probability vectors or ``(batch,)`` integer
             labels).

@@ -138,6 +138,11 @@ class FreeElimination:
     ``const_i = -1/2 c_U^T G_UU^+ c_U`` (exact when ``c_U`` lies in the range of ``G_UU``, as
     for ``G = F^T F``, ``c = F^T z``). Fields are numpy arrays or tensors, as the input.
 
+    Attributes:
+        H: ``(|S|, |S|)`` Schur complement.
+        B: ``(rows, |S|)`` reduced linear terms ``b_i``.
+        const: ``(rows,)`` constants ``const_i``.
+
     Examples:
         >>> rng = np.random.default_rng(0)
         >>> F = rng.standard_normal((8, 3)); G = F.T @ F; C = rng.standard_normal((2, 8)) @ F
@@ -156,13 +161,28 @@ class FreeElimination:
     _K: Any
 
     def free_part(self, XS: Any) -> Any:
-        """The optimal free coordinates ``w_U`` for the rows ``w_S`` of ``XS``."""
+        """The optimal free coordinates ``w_U`` for the rows ``w_S`` of ``XS``.
+
+        Args:
+            XS: ``(rows, |S|)`` constrained coordinates ``w_S``.
+
+        Returns:
+            ``(rows, |U|)`` optimal free coordinates, of ``XS``'s kind.
+        """
         return self._CU @ self._PU - XS @ self._K
 
 
 def eliminate_free(G: Any, C: Any, free: Any) -> FreeElimination:
     """:class:`FreeElimination` of the ``free`` coordinates (boolean mask) of all rows of ``C``;
     numpy in, numpy out (tensors in, tensors out, on their device).
+
+    Args:
+        G: ``(d, d)`` Gram matrix.
+        C: ``(rows, d)`` linear terms ``c_i``.
+        free: boolean ``(d,)`` mask of the free coordinates ``U``.
+
+    Returns:
+        :class:`FreeElimination` (NumPy or tensors, as the input).
 
     Examples:
         >>> rng = np.random.default_rng(0)

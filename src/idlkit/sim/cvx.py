@@ -32,6 +32,10 @@ __all__ = ["Factor", "RowSolution", "bpdn_row", "exact_row", "factor", "relaxed_
 class Factor:
     """Reduced factor of ``F`` (see the module docstring): ``R = diag(sv) V^T`` and ``Q``.
 
+    Attributes:
+        R: ``(r, d)`` reduced factor ``diag(sv) V^T`` (``r`` the numerical rank of ``F``).
+        Q: ``(m, r)`` orthonormal basis of the range of ``F``.
+
     Examples:
         >>> F = np.random.default_rng(0).standard_normal((8, 4))
         >>> Y, resid = factor(F).project(F[:, :2].T)       # two targets in the range of F
@@ -43,7 +47,14 @@ class Factor:
     Q: np.ndarray
 
     def project(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(Q^T t_i, ||t_i - Q Q^T t_i||)`` for the rows ``t_i`` of ``T`` (``rows x m``)."""
+        """``(Q^T t_i, ||t_i - Q Q^T t_i||)`` for the rows ``t_i`` of ``T`` (``rows x m``).
+
+        Args:
+            T: ``(rows, m)`` targets.
+
+        Returns:
+            ``(Y, resid)``: the ``(rows, r)`` reduced targets and the ``(rows,)`` residual norms.
+        """
         Y = T @ self.Q
         E = T - Y @ self.Q.T  # explicitly: ||t||^2 - ||Q^T t||^2 loses half the digits
         return Y, np.sqrt(np.einsum("ij,ij->i", E, E))
@@ -52,6 +63,12 @@ class Factor:
 def factor(F: np.ndarray) -> Factor:
     """Thin SVD factor of the data matrix ``F`` (``m x d``), dropping singular values below
     numpy's rank cut-off ``max(sv) * max(m, d) * eps``.
+
+    Args:
+        F: ``(m, d)`` data matrix.
+
+    Returns:
+        :class:`Factor` with ``R`` ``(r, d)`` and ``Q`` ``(m, r)``.
 
     Examples:
         >>> F = np.random.default_rng(0).standard_normal((8, 4))
@@ -69,6 +86,11 @@ def factor(F: np.ndarray) -> Factor:
 class RowSolution:
     """One row's solution: ``w`` (None when the solver gave none), the solver's name and
     status (``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"failed"``).
+
+    Attributes:
+        w: the ``(d,)`` solution, or None when the solver gave none.
+        solver: the solver's name.
+        status: ``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"`` or ``"failed"``.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -93,6 +115,7 @@ def exact_row(R: np.ndarray, y: np.ndarray, *, kappa: float | None, constrained:
     the objective is ``sum_j sigma_j |w_j|`` (standardised penalty).
 
     Args:
+        sigma: ``(d,)`` penalty scales, or None for ones.
         R: reduced factor (``R w = y`` is ``F w = t`` when ``t`` lies in the range of ``F``;
             the caller checks that).
         y: reduced target.
@@ -138,6 +161,19 @@ def bpdn_row(R: np.ndarray, y: np.ndarray, delta: float, *, kappa: float | None,
     (penalised ``j``) s.t. ``||R w - y|| <= delta``, ``||w_S||_1 <= kappa``; an SOCP for cvxpy
     (the reference and fallback of :func:`idlkit.sim.exact.basis_pursuit_rows` with
     ``eps > 0``, where ``delta^2 = eps^2 ||t||^2 - ||t - Q Q^T t||^2``).
+
+    Args:
+        R: ``(r, d)`` reduced factor.
+        y: ``(r,)`` reduced target.
+        delta: matching tolerance ``>= 0`` of ``||R w - y||``.
+        kappa: l1 budget on ``constrained`` coordinates (None: no constraint).
+        constrained: boolean ``(d,)`` mask of the l1-constrained coordinates.
+        penalized: boolean ``(d,)`` mask of the penalised coordinates.
+        sigma: ``(d,)`` penalty scales, or None for ones.
+        solvers: cvxpy solvers tried in order.
+
+    Returns:
+        :class:`RowSolution`.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -205,6 +241,26 @@ def relaxed_row(R: np.ndarray, y: np.ndarray, resid: float, *, objective: str, l
     penalised coordinates; both subject to ``||w_S||_1 <= kappa`` (2d). ``||t - F w||^2`` is
     ``||y - R w||^2 + resid^2`` (module docstring). With ``sigma`` the penalty acts on
     ``sigma_j w_j`` (standardised).
+
+    Args:
+        R: ``(r, d)`` reduced factor.
+        y: ``(r,)`` reduced target.
+        resid: norm of the part of the target outside the range of ``F``.
+        objective: ``"l1"``, ``"elastic_net"`` or ``"perspective"``.
+        lam: weight of the fit term ``||t - F w||^2``.
+        weight: weight of the penalty.
+        kappa: l1 budget on ``constrained`` coordinates (None: no constraint).
+        constrained: boolean ``(d,)`` mask of the l1-constrained coordinates.
+        penalized: boolean ``(d,)`` mask of the penalised coordinates.
+        sigma: ``(d,)`` penalty scales, or None for ones.
+        solvers: cvxpy solvers tried in order.
+        l1_ratio: l1 share of the elastic net, in ``[0, 1]``.
+
+    Returns:
+        :class:`RowSolution`.
+
+    Raises:
+        ConfigurationError: an unknown ``objective``.
 
     Examples:
         >>> rng = np.random.default_rng(0)

@@ -161,6 +161,17 @@ def basis_pursuit(F: Any, T: Any, **kwargs: Any) -> BasisPursuitResult:
     """:func:`basis_pursuit_rows` from the data ``F`` (``m x d``) and targets ``T`` (``rows x m``,
     one target row per row) directly: the reduced factor is :func:`idlkit.sim.cvx.factor`.
 
+    Args:
+        F: ``(m, d)`` data matrix.
+        T: ``(rows, m)`` targets, one row per row problem.
+        **kwargs: the keyword arguments of :func:`basis_pursuit_rows` (``kappa``, ``constrained``, ...).
+
+    Returns:
+        :class:`BasisPursuitResult`, one entry per row.
+
+    Raises:
+        ShapeError: ``T`` with another number of columns than ``F`` has rows.
+
     Examples:
         >>> rng = np.random.default_rng(0); F = rng.normal(size=(12, 20)); w = np.zeros(20); w[3] = 0.5
         >>> res = basis_pursuit(F, (F @ w)[None, :], kappa=None, constrained=None)

@@ -113,7 +113,8 @@ class SIMReport:
         retried_rows: rows solved again because a parallel worker died before returning them
             (a ``RuntimeWarning`` names them too).
         validation: with ``fit(..., val=...)``, one entry per penalty weight tried (weight,
-            held-out agreement with the baseline, nnz, sparsity); ``chosen_weight`` the one kept.
+            held-out agreement with the baseline, nnz, sparsity).
+        chosen_weight: the penalty weight kept after that validation; None without ``val``.
         penalty_weight: the l1 / perspective weight the fit used (``beta`` or ``alpha``, after the
             scale-aware default rule when they were None); None for the other objectives.
     """
@@ -539,7 +540,22 @@ class SIM:
 
     def fit_states(self, states: States, *, bias: bool | None = None, dtype: torch.dtype | None = None,
                    init: ImplicitModel | None = None) -> tuple[ImplicitModel, SIMReport]:
-        """:meth:`fit` from states already extracted (``bias`` default: ``self.bias`` or False)."""
+        """:meth:`fit` from states already extracted (``bias`` default: ``self.bias`` or False).
+
+        Args:
+            states: the :class:`~idlkit.sim.States` (from :func:`~idlkit.sim.extract_states` or
+                :meth:`States.load`).
+            bias: fit the biases ``b``, ``d``; None: ``self.bias`` or False.
+            dtype: dtype of the returned model; None: the states' dtype.
+            init: a model whose weights warm-start the row problems, or None.
+
+        Returns:
+            ``(model, report)``: the :class:`~idlkit.ImplicitModel` and its :class:`SIMReport`.
+
+        Raises:
+            InputError: states inconsistent with the settings.
+            InfeasibleError: a row problem has no solution within the budget.
+        """
         t_start = time.perf_counter()
         if not isinstance(states, States):
             raise InputError(f"states must be idlkit.sim.States (from extract_states); "

@@ -159,6 +159,13 @@ def hookable_modules(net: nn.Module, skip_layers: Sequence[str] = ()) -> list[st
     """Names of the modules whose calls :func:`hook_states` records as states (in module order,
     not forward order; ``skip_layers`` and their submodules left out).
 
+    Args:
+        net: the torch network.
+        skip_layers: module names left out (with their submodules).
+
+    Returns:
+        The module names, in module order.
+
     Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         >>> hookable_modules(net)

@@ -128,6 +128,12 @@ def gram(F: object) -> np.ndarray:
     ``F`` is the shared design matrix ``M = (X^T, U^T)`` of thesis §3.3 (samples x unknowns).
     Computed once and reused for every row (Alg. 2).
 
+    Args:
+        F: ``(samples, n)`` design matrix (array or tensor).
+
+    Returns:
+        ``(n, n)`` float64 array.
+
     Examples:
         >>> F = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
         >>> gram(F).tolist(), np.allclose(gram(F), F.T @ F)
@@ -140,7 +146,13 @@ def gram(F: object) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LassoCDResult:
-    """Result of :func:`lasso_cd`: the iterate, sweeps used and whether the tolerance was met."""
+    """Result of :func:`lasso_cd`: the iterate, sweeps used and whether the tolerance was met.
+
+    Attributes:
+        w: the ``(n,)`` iterate.
+        iterations: sweeps used.
+        converged: whether the tolerance was met.
+    """
 
     w: np.ndarray
     iterations: int
@@ -220,6 +232,22 @@ def lasso_cd(
     ``|dw_j| G_jj`` (a change of the gradient), is below ``tol * max(||c||_inf, lam)``.
     ``iterations`` counts sweeps (full or active-set).
 
+    Args:
+        G: Gram matrix ``F^T F``, ``(n, n)``.
+        c: ``F^T z``, ``(n,)``.
+        lam: penalty weight ``>= 0``.
+        w0: warm start ``(n,)``, or None (zeros).
+        mask: boolean ``(n,)``, the penalised coordinates ``S`` (None: all).
+        tol: relative tolerance of the stopping rule.
+        max_iter: sweeps at most.
+
+    Returns:
+        :class:`LassoCDResult` with ``w`` ``(n,)``.
+
+    Raises:
+        ShapeError: ``G`` not square and symmetric, or ``c``/``w0``/``mask`` of the wrong shape.
+        InputError: a negative ``lam`` or a bad ``tol``/``max_iter``.
+
     Examples:
         >>> rng = np.random.default_rng(0)
         >>> F = rng.standard_normal((20, 5)); z = F @ np.array([1.0, 0.0, 0.0, -2.0, 0.0])
@@ -257,20 +285,19 @@ def lasso_cd(
 class ConstrainedLassoResult:
     """Solution of P(kappa) for one row.
 
-    Attributes
-    ----------
-    w: the row ``(a, b)``.
-    lam: the multiplier ``lam_kappa`` of Lemma 2 (0 when the constraint is inactive).
-    l1: ``||w_S||_1`` (<= kappa).
-    objective: ``1/2 w^T G w - c^T w`` plus ``1/2 ||z||^2`` when ``zz = ||z||^2`` was given,
-        i.e. ``1/2 ||z - F w||^2`` in that case.
-    iterations: total coordinate-descent sweeps over all bisection steps.
-    bisections: number of Q(lam) solves (bisection steps of Alg. 1).
-    status: ``"optimal"`` (KKT of P(kappa) verified, constraint active, ``lam > 0``),
-        ``"inactive"`` (a least-squares solution is feasible, ``lam = 0``; KKT verified),
-        ``"approximate"`` (bisection ended at its tolerance without a verified exact step; the
-        returned ``w`` is feasible).
-    kkt: largest KKT violation of P(kappa) at ``w`` relative to ``max(||c||_inf, lam)``.
+    Attributes:
+        w: the row ``(a, b)``.
+        lam: the multiplier ``lam_kappa`` of Lemma 2 (0 when the constraint is inactive).
+        l1: ``||w_S||_1`` (<= kappa).
+        objective: ``1/2 w^T G w - c^T w`` plus ``1/2 ||z||^2`` when ``zz = ||z||^2`` was given,
+            i.e. ``1/2 ||z - F w||^2`` in that case.
+        iterations: total coordinate-descent sweeps over all bisection steps.
+        bisections: number of Q(lam) solves (bisection steps of Alg. 1).
+        status: ``"optimal"`` (KKT of P(kappa) verified, constraint active, ``lam > 0``),
+            ``"inactive"`` (a least-squares solution is feasible, ``lam = 0``; KKT verified),
+            ``"approximate"`` (bisection ended at its tolerance without a verified exact step; the
+            returned ``w`` is feasible).
+        kkt: largest KKT violation of P(kappa) at ``w`` relative to ``max(||c||_inf, lam)``.
     """
 
     w: np.ndarray
@@ -509,21 +536,32 @@ def constrained_lasso(
 ) -> ConstrainedLassoResult:
     """Solve P(kappa): ``min 1/2||z - F w||^2  s.t.  ||w_S||_1 <= kappa`` (thesis Alg. 1).
 
-    Parameters
-    ----------
-    G, c: Gram matrix ``F^T F`` (n x n) and ``F^T z`` (n,).
-    kappa: l1 budget, > 0 (the well-posedness bound ``||a||_1 <= kappa`` of eq. 3.4).
-    mask: boolean (n,), the constrained coordinates ``S`` (None: all, as in Alg. 1).
-    w0, lam0: warm start (solution and multiplier of a neighbouring problem, Alg. 2).
-    warm_start: warm-start each Q(lam) from the previous bisection step (Lemma 4); False
-        restarts every Q(lam) from zero -- only useful to measure the gain.
-    tol, max_iter: inner coordinate-descent tolerance / sweep limit (:func:`lasso_cd`).
-    max_bisect, eps: bisection limits; bisection stops at ``hi - lo <= eps * lam_max``.
-    kkt_tol: relative KKT tolerance for accepting the exact piecewise-linear step.
-    zz: ``||z||^2``; when given, ``objective`` is ``1/2||z - F w||^2``.
+    Args:
+        G: Gram matrix ``F^T F``, ``(n, n)``.
+        c: ``F^T z``, ``(n,)``.
+        kappa: l1 budget, > 0 (the well-posedness bound ``||a||_1 <= kappa`` of eq. 3.4).
+        mask: boolean (n,), the constrained coordinates ``S`` (None: all, as in Alg. 1).
+        w0: warm-start solution ``(n,)`` of a neighbouring problem (Alg. 2), or None.
+        lam0: warm-start multiplier of that problem, or None.
+        warm_start: warm-start each Q(lam) from the previous bisection step (Lemma 4); False
+            restarts every Q(lam) from zero -- only useful to measure the gain.
+        tol: inner coordinate-descent tolerance (:func:`lasso_cd`).
+        max_iter: inner coordinate-descent sweep limit.
+        max_bisect: bisection steps at most.
+        eps: bisection stops at ``hi - lo <= eps * lam_max``.
+        kkt_tol: relative KKT tolerance for accepting the exact piecewise-linear step.
+        zz: ``||z||^2``; when given, ``objective`` is ``1/2||z - F w||^2``.
 
     Bisection on ``lam in [0, lam_max]`` (Alg. 1) with an exact step per iteration: see the
     module docstring for this deviation. Returns a :class:`ConstrainedLassoResult`.
+
+    Returns:
+        :class:`ConstrainedLassoResult` with the row ``w`` ``(n,)`` and its certificate.
+
+    Raises:
+        ShapeError: ``G`` not square and symmetric, or ``c``/``mask``/``w0`` of the wrong shape.
+        ConfigurationError: ``G`` with a negative diagonal (not a Gram matrix).
+        InputError: ``kappa <= 0`` or a bad tolerance or limit.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -603,7 +641,18 @@ def _check_limits(max_iter: object, max_bisect: object) -> None:
 
 @dataclass(frozen=True)
 class ConstrainedLassoRowsResult:
-    """Per-row solutions of :func:`constrained_lasso_rows` (row ``i`` of each array is row ``i``)."""
+    """Per-row solutions of :func:`constrained_lasso_rows` (row ``i`` of each array is row ``i``).
+
+    Attributes:
+        W: ``(rows, n)`` solutions.
+        lam: ``(rows,)`` multipliers.
+        l1: ``(rows,)`` ``||w_S||_1``.
+        objective: ``(rows,)`` objectives (as in :class:`ConstrainedLassoResult`).
+        iterations: ``(rows,)`` coordinate-descent sweeps.
+        bisections: ``(rows,)`` bisection steps.
+        status: one status per row (as in :class:`ConstrainedLassoResult`).
+        kkt: ``(rows,)`` relative KKT violations.
+    """
 
     W: np.ndarray
     lam: np.ndarray
@@ -636,6 +685,27 @@ def constrained_lasso_rows(
     row's solution and multiplier, as in Alg. 2 ("warm start Q(lam_i) with the optimal solution to
     Q(lam_{i-1})"). ``kappa`` is a scalar or one value per row; ``zz`` optional ``||z_i||^2`` per row.
     Serial; parallel execution over row blocks belongs to the caller (joblib backends).
+
+    Args:
+        G: Gram matrix ``F^T F``, ``(n, n)``, shared by every row.
+        C: ``(rows, n)``, row ``i`` is ``F^T z_i``.
+        kappa: l1 budget ``> 0``, a scalar or one value per row.
+        mask: boolean ``(n,)``, the constrained coordinates ``S`` (None: all).
+        warm_start_rows: start each row from the previous row's solution (Alg. 2).
+        tol: inner coordinate-descent tolerance (:func:`lasso_cd`).
+        max_iter: inner coordinate-descent sweep limit.
+        max_bisect: bisection steps at most, per row.
+        eps: bisection stops at ``hi - lo <= eps * lam_max``.
+        kkt_tol: relative KKT tolerance for accepting the exact piecewise-linear step.
+        zz: ``(rows,)`` ``||z_i||^2``, or None.
+
+    Returns:
+        :class:`ConstrainedLassoRowsResult`, one entry per row.
+
+    Raises:
+        ShapeError: ``G`` not square and symmetric, or ``C``/``kappa``/``mask`` of the wrong shape.
+        ConfigurationError: ``G`` with a negative diagonal (not a Gram matrix).
+        InputError: a ``kappa <= 0``.
 
     Examples:
         >>> rng = np.random.default_rng(0)

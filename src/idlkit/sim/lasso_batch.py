@@ -54,22 +54,21 @@ _TINY = 1e-300
 class BatchLassoResult:
     """Per-row solutions of :func:`constrained_lasso_batch` (row ``i`` of each array is row ``i``).
 
-    Attributes
-    ----------
-    W: (rows, n) solutions ``(a, b)``.
-    objective: ``1/2 w^T G w - c^T w`` per row (add ``1/2 ||z||^2`` for ``1/2 ||z - F w||^2``).
-    l1: ``||w_S||_1`` per row (<= kappa).
-    gap: duality-gap certificate ``f(w) - f* <= gap`` per row (reduced problem; 0 for
-        ``"inactive"`` rows, NaN for ``"fallback"`` rows, which carry the exact solver's KKT check).
-    iterations: FISTA iterations per row (0 for ``"inactive"`` rows).
-    status: ``"optimal"`` (gap <= tol), ``"inactive"`` (least-squares solution feasible),
-        ``"fallback"`` (FISTA hit ``max_iter``; solved by :func:`idlkit.sim.lasso.constrained_lasso`),
-        ``"fallback-<its status>"`` when that solver did not verify optimality, ``"max_iter"``
-        (FISTA hit ``max_iter`` and ``polish=False``).
-    kkt: largest KKT violation of P(kappa) per row (Lemma 2's stationarity conditions with the
-        multiplier ``lam = ||(c - G w)_S||_inf`` for active rows, 0 otherwise), relative to
-        ``max(||c||_inf, lam)`` as in :mod:`idlkit.sim.lasso`.
-    lam: that multiplier per row.
+    Attributes:
+        W: (rows, n) solutions ``(a, b)``.
+        objective: ``1/2 w^T G w - c^T w`` per row (add ``1/2 ||z||^2`` for ``1/2 ||z - F w||^2``).
+        l1: ``||w_S||_1`` per row (<= kappa).
+        gap: duality-gap certificate ``f(w) - f* <= gap`` per row (reduced problem; 0 for
+            ``"inactive"`` rows, NaN for ``"fallback"`` rows, which carry the exact solver's KKT check).
+        iterations: FISTA iterations per row (0 for ``"inactive"`` rows).
+        status: ``"optimal"`` (gap <= tol), ``"inactive"`` (least-squares solution feasible),
+            ``"fallback"`` (FISTA hit ``max_iter``; solved by :func:`idlkit.sim.lasso.constrained_lasso`),
+            ``"fallback-<its status>"`` when that solver did not verify optimality, ``"max_iter"``
+            (FISTA hit ``max_iter`` and ``polish=False``).
+        kkt: largest KKT violation of P(kappa) per row (Lemma 2's stationarity conditions with the
+            multiplier ``lam = ||(c - G w)_S||_inf`` for active rows, 0 otherwise), relative to
+            ``max(||c||_inf, lam)`` as in :mod:`idlkit.sim.lasso`.
+        lam: that multiplier per row.
     """
 
     W: np.ndarray
@@ -114,24 +113,26 @@ def constrained_lasso_batch(
 ) -> BatchLassoResult:
     """Solve P(kappa_i) for all rows ``C[i] = F^T z_i`` together (thesis eq. 3.4, Alg. 2, batched).
 
-    Parameters
-    ----------
-    G: Gram matrix ``F^T F`` (n x n), shared by every row.
-    C: (rows, n), row ``i`` is ``F^T z_i``.
-    kappa: l1 budget, a scalar or one value per row, each > 0.
-    mask: boolean (n,), the constrained coordinates ``S`` (None: all, as in Alg. 1).
-    tol: relative duality-gap tolerance (``gap <= tol * P(0)``, module docstring).
-    max_iter: FISTA iteration limit per row.
-    polish: hand rows that did not reach ``tol`` to the exact solver
-        :func:`idlkit.sim.lasso.constrained_lasso` (status ``"fallback"``).
-    check_every: evaluate the duality gap every this many iterations (the objective, used for
-        the restart, is evaluated every iteration).
-    W0: optional warm start (rows, n) (projected onto the budget).
-    zz: optional ``||z_i||^2`` per row (the scale ``P(0)`` of the stopping rule; default
-        ``c_i^T G^+ c_i``).
-    device: torch device of the batched iterations (None: the CPU).
+    Args:
+        G: Gram matrix ``F^T F`` (n x n), shared by every row.
+        C: (rows, n), row ``i`` is ``F^T z_i``.
+        kappa: l1 budget, a scalar or one value per row, each > 0.
+        mask: boolean (n,), the constrained coordinates ``S`` (None: all, as in Alg. 1).
+        tol: relative duality-gap tolerance (``gap <= tol * P(0)``, module docstring).
+        max_iter: FISTA iteration limit per row.
+        polish: hand rows that did not reach ``tol`` to the exact solver
+            :func:`idlkit.sim.lasso.constrained_lasso` (status ``"fallback"``).
+        check_every: evaluate the duality gap every this many iterations (the objective, used for
+            the restart, is evaluated every iteration).
+        W0: optional warm start (rows, n) (projected onto the budget).
+        zz: optional ``||z_i||^2`` per row (the scale ``P(0)`` of the stopping rule; default
+            ``c_i^T G^+ c_i``).
+        device: torch device of the batched iterations (None: the CPU).
 
     See the module docstring for the method. Returns a :class:`BatchLassoResult` (numpy).
+
+    Returns:
+        :class:`BatchLassoResult` (NumPy arrays), one entry per row.
 
     Examples:
         >>> F = np.random.default_rng(0).normal(size=(40, 6)); Z = F[:, :3].T  # z_i = F e_i

@@ -122,6 +122,16 @@ class PenalizedResult:
 def penalty_value(W: Any, penalty: str, weight: float, sigma: Any = None, l1_ratio: float = 0.5) -> Any:
     """``sum_j pen(sigma_j w_j)`` per row of ``W`` (module docstring; ``sigma`` default ones).
 
+    Args:
+        W: ``(rows, d)`` rows (array or tensor).
+        penalty: ``"l1"``, ``"perspective"`` or ``"elastic_net"`` (:data:`PENALTIES`).
+        weight: the penalty's weight.
+        sigma: ``(d,)`` scales, or None for ones.
+        l1_ratio: l1 share of the elastic net, in ``[0, 1]``.
+
+    Returns:
+        ``(rows,)`` penalty values, of ``W``'s kind.
+
     Examples:
         >>> W = np.array([[1.0, -2.0], [0.0, 0.5]])
         >>> penalty_value(W, "l1", 1.0).tolist()                    # sum_j |w_j| per row

@@ -186,6 +186,12 @@ class States:
         """Write the states to ``path`` (one safetensors file, JSON metadata in its header,
         written atomically through a temporary file and ``os.replace``; no pickle).
 
+        Args:
+            path: the file to write (``.safetensors``).
+
+        Returns:
+            The path written, as a :class:`~pathlib.Path`.
+
         Examples:
             >>> st = extract_states(net, U)           # doctest: +SKIP
             >>> st.save("states.safetensors"); States.load("states.safetensors")   # doctest: +SKIP
@@ -206,6 +212,12 @@ class States:
     @classmethod
     def load(cls, path: str | os.PathLike) -> States:
         """Read states written by :meth:`save`; bit-exact round trip.
+
+        Args:
+            path: a file written by :meth:`save`.
+
+        Returns:
+            The :class:`States`.
 
         Raises:
             CheckpointError (``idlkit.io``): a missing, truncated or tampered file, another

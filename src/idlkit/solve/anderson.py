@@ -43,6 +43,10 @@ class History:
     iteration touches are made once (at small ``n`` making them cost a third of an
     iteration).
 
+    Args:
+        X: ``(m_batch, n)`` first iterate (sets the batch, size, dtype and device).
+        m: the memory size.
+
     Examples:
         >>> h = History(torch.zeros(4, 3), m=5)        # a batch of 4 samples with n = 3, memory 5
         >>> type(h).__name__
@@ -73,7 +77,14 @@ class History:
         self.inner_diag = self.inner.diagonal(dim1=1, dim2=2)
 
     def select(self, sel: Tensor) -> History:
-        """The same memory for the samples ``sel`` only (in place of a new allocation)."""
+        """The same memory for the samples ``sel`` only (in place of a new allocation).
+
+        Args:
+            sel: indices of the samples kept.
+
+        Returns:
+            This :class:`History`, restricted.
+        """
         self.Yh, self.Gh, self.H = self.Yh[sel], self.Gh[sel], self.H[sel]
         self.system, self.rhs = self.system[sel], self.rhs[sel]
         self._views()
@@ -81,7 +92,15 @@ class History:
 
     def store(self, X: Tensor, G: Tensor, beta: float, slot: int, new: bool) -> None:
         """Put ``(x + beta G, G)`` in ``slot`` and update the Gram matrix (``new``: the slot
-        was empty, so its border entries are switched on)."""
+        was empty, so its border entries are switched on).
+
+        Args:
+            X: ``(m_batch, n)`` iterates.
+            G: ``(m_batch, n)`` residuals ``F(x) - x``.
+            beta: Anderson mixing parameter.
+            slot: the memory slot written.
+            new: the slot was empty before.
+        """
         torch.add(X, G, alpha=beta, out=self.Y_slot[slot])
         self.G_slot[slot].copy_(G)
         # (an elementwise product and a sum: a batched matrix-vector bmm is 4x slower here)
@@ -93,7 +112,14 @@ class History:
             self.border_col[slot].fill_(1.0)
 
     def restart(self, idx: Tensor, X: Tensor, G: Tensor, beta: float) -> None:
-        """Samples ``idx`` forget their history: every slot holds ``(x + beta G, G)``."""
+        """Samples ``idx`` forget their history: every slot holds ``(x + beta G, G)``.
+
+        Args:
+            idx: indices of the samples restarted.
+            X: ``(len(idx), n)`` their iterates.
+            G: ``(len(idx), n)`` their residuals.
+            beta: Anderson mixing parameter.
+        """
         self.Yh[idx] = (X + beta * G).unsqueeze(1)
         self.Gh[idx] = G.unsqueeze(1)
         g2 = (G.to(torch.float64) ** 2).sum(dim=1)
@@ -103,7 +129,14 @@ class History:
 
     def restart_where(self, mask: Tensor, X: Tensor, G: Tensor, beta: float) -> None:
         """:meth:`restart` for the samples where ``mask`` holds, by masks only (no host read:
-        the sync-free solver of :mod:`idlkit.solve.lean` uses it on accelerators)."""
+        the sync-free solver of :mod:`idlkit.solve.lean` uses it on accelerators).
+
+        Args:
+            mask: ``(m_batch,)`` bool, the samples restarted.
+            X: ``(m_batch, n)`` iterates.
+            G: ``(m_batch, n)`` residuals.
+            beta: Anderson mixing parameter.
+        """
         mk = mask[:, None, None]
         self.Yh.copy_(torch.where(mk, (X + beta * G).unsqueeze(1), self.Yh))
         self.Gh.copy_(torch.where(mk, G.unsqueeze(1), self.Gh))
@@ -133,6 +166,15 @@ def plain_rate(batch: int, n: int, m: int, lean: bool = False) -> float:
     fixed cost ``_OP_WORK`` (~2 in the lean loop, which reads the residual rarely, see
     :mod:`idlkit.solve.lean`) and ``4 B n`` of entrywise work; an Anderson step adds ~22
     small operations and ``16 m B n`` of history work (Gram row, mixing, stores).
+
+    Args:
+        batch: number of samples.
+        n: size of each sample's unknown.
+        m: Anderson memory.
+        lean: the cost of the lean loop (rare residual reads).
+
+    Returns:
+        The rate, a float in ``(0, 1)``.
 
     Examples:
         >>> r = plain_rate(batch=256, n=300, m=5)
@@ -183,6 +225,28 @@ def anderson(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter: in
     ``start``, ``plain_phase=False``: the lean solver (:func:`idlkit.solve.lean.anderson_lean`)
     hands over after ``start`` plain steps of its own, at the point where they slowed down;
     ``per_sample=False`` then marks the per-sample iterations as not measured from 0.
+
+    Args:
+        F: the :class:`~idlkit.solve.maps.FixedPointMap` ``X -> (F(X), aux)``.
+        X: ``(m, n)`` batch-first start.
+        alpha: averaging step in ``(0, 1]`` (``1``: Picard).
+        tol: stop when every sample's residual is at most ``tol``.
+        max_iter: iteration budget.
+        m: Anderson memory (number of stored iterates).
+        beta: Anderson mixing parameter.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"`` when ``max_iter`` is spent.
+        first: ``(F(X), aux)`` when the caller already has it, or ``None``.
+        start: plain steps already done by the lean solver before the hand-over.
+        plain_phase: begin with plain steps while they contract fast enough (:func:`plain_rate`).
+        per_sample: whether the per-sample iteration counts are measured from 0 (``False``
+            after a hand-over from the lean solver).
+
+    Returns:
+        ``(X, aux, info)``: ``(n, m)`` iterate and auxiliary (column convention) and a :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max_iter`` spent above ``tol`` with ``on_nonconvergence="raise"``.
+        NonFiniteError: the iteration diverged to NaN/Inf.
 
     Examples:
         >>> from idlkit.solve.maps import ForwardMap

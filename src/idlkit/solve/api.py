@@ -32,6 +32,22 @@ def solve_forward(A: Tensor, b: Tensor, act: Activation, method: str, opts: Solv
     """Forward solve for already validated settings: ``(X, Z = A X + b, info)``, column
     convention, no autograd graph (the hot path of :class:`~idlkit.function.ImplicitFunction`).
 
+    Args:
+        A: ``(n, n)`` state matrix (dense or sparse).
+        b: ``(n, m)`` column-convention term ``B U^T + b`` (one column per sample).
+        act: the activation ``phi``.
+        method: solver name (``"picard"``, ``"averaged"``, ``"anderson"``, ``"triangular"``, ...).
+        opts: validated :class:`~idlkit.solve.registry.SolveOptions`.
+        x0: ``(n, m)`` warm start, or ``None``.
+        cache: triangular plan cache reused across calls, or ``None``.
+
+    Returns:
+        ``(X, Z, info)``: ``(n, m)`` states, ``(n, m)`` pre-activations and a :class:`SolveInfo`.
+
+    Raises:
+        ShapeError: ``x0`` of the wrong shape.
+        NonFiniteError: the iteration produced NaN/Inf.
+
     Examples:
         >>> from idlkit.solve.registry import SolveOptions
         >>> A = 0.5 * torch.eye(2, dtype=torch.float64); b = torch.ones(2, 3, dtype=torch.float64)
@@ -59,6 +75,22 @@ def solve_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation, method: str,
                   opts: SolveOptions, x0: Tensor | None = None, cache: PlanCache | None = None
                   ) -> tuple[Tensor, SolveInfo]:
     """Adjoint solve for already validated settings (see :func:`adjoint_fixed_point`).
+
+    Args:
+        A: ``(n, n)`` state matrix (dense or sparse).
+        Z: ``(n, m)`` pre-activations of the forward solve (``phi'`` is taken at them).
+        G: ``(n, m)`` incoming gradient ``dL/dx``.
+        act: the activation ``phi``.
+        method: solver name.
+        opts: validated :class:`~idlkit.solve.registry.SolveOptions`.
+        x0: ``(n, m)`` warm start, or ``None``.
+        cache: triangular plan cache reused across calls, or ``None``.
+
+    Returns:
+        ``(W, info)``: the ``(n, m)`` adjoint solution and a :class:`SolveInfo`.
+
+    Raises:
+        NonFiniteError: the iteration produced NaN/Inf.
 
     Examples:
         >>> from idlkit.solve.registry import SolveOptions

@@ -74,6 +74,12 @@ class SolveInfo:
 def row_inf_norm(G: Tensor) -> Tensor:
     """``max_j |G_ij|`` per row of a batch-first ``(m, n)`` tensor (zeros when ``n = 0``).
 
+    Args:
+        G: ``(m, n)`` tensor.
+
+    Returns:
+        ``(m,)`` tensor.
+
     Examples:
         >>> row_inf_norm(torch.tensor([[1.0, -3.0], [0.5, 0.0]]))
         tensor([3.0000, 0.5000])
@@ -85,6 +91,14 @@ def row_inf_norm(G: Tensor) -> Tensor:
 
 def finite_or_raise(r: Tensor, method: str, it: int) -> None:
     """Raise :class:`NonFiniteError` when a residual is NaN/Inf (the iterate diverged).
+
+    Args:
+        r: residuals.
+        method: the solver's name (for the message).
+        it: the iteration reached (for the message).
+
+    Raises:
+        NonFiniteError: a NaN/Inf residual.
 
     Examples:
         >>> finite_or_raise(torch.tensor([0.1, 0.2]), "picard", 3)
@@ -108,6 +122,23 @@ def finish(method: str, r: Tensor, it: int, iters: Tensor, tol: float, on_noncon
 
     ``X``: the returned iterate; when the solve failed with a residual within a few ulps of
     its largest entry, the message says that ``tol`` is below the rounding floor.
+
+    Args:
+        method: the solver's name.
+        r: ``(m,)`` final residuals.
+        it: updates done.
+        iters: ``(m,)`` per-sample iteration counts.
+        tol: the tolerance.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        fallbacks: samples solved again by a fallback solver.
+        per_sample: whether ``iters`` is per sample.
+        X: the returned iterate, or ``None``.
+
+    Returns:
+        The :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max r > tol`` with ``on_nonconvergence="raise"``.
 
     Examples:
         >>> r = torch.tensor([1e-8, 1e-9]); iters = torch.tensor([5, 4])

@@ -107,6 +107,25 @@ def iterate_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_iter
 
     Returns ``(X, aux, info)`` in column convention ``(n, m)``, as the tracked solvers.
 
+    Args:
+        F: the :class:`~idlkit.solve.maps.FixedPointMap` ``X -> (F(X), aux)``.
+        X: ``(m, n)`` batch-first start.
+        alpha: averaging step in ``(0, 1]`` (``1``: Picard).
+        tol: stop when every sample's residual is at most ``tol``.
+        max_iter: iteration budget.
+        method: the solver's name, reported in :class:`SolveInfo`.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"`` when ``max_iter`` is spent.
+        first: ``(F(X), aux)`` when the caller already has it, or ``None``.
+        check_every: residual reads every this many iterations (``None``: the adaptive schedule).
+        min_gap: fewest iterations between residual reads.
+
+    Returns:
+        ``(X, aux, info)``: ``(n, m)`` iterate and auxiliary (column convention) and a :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max_iter`` spent above ``tol`` with ``on_nonconvergence="raise"``.
+        NonFiniteError: the iteration diverged to NaN/Inf.
+
     Examples:
         >>> from idlkit.solve.maps import ForwardMap
         >>> A = 0.5 * torch.eye(3, dtype=torch.float64); b = torch.ones(3, 4, dtype=torch.float64)
@@ -135,6 +154,26 @@ def anderson_lean(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_ite
     :func:`~idlkit.solve.anderson.plain_rate` per step (the point where an Anderson step
     becomes the better buy); the solve then continues with
     :func:`~idlkit.solve.anderson.anderson` from that iterate (its history starts there).
+
+    Args:
+        F: the :class:`~idlkit.solve.maps.FixedPointMap` ``X -> (F(X), aux)``.
+        X: ``(m, n)`` batch-first start.
+        alpha: averaging step in ``(0, 1]`` (``1``: Picard).
+        tol: stop when every sample's residual is at most ``tol``.
+        max_iter: iteration budget.
+        m: Anderson memory (number of stored iterates).
+        beta: Anderson mixing parameter.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"`` when ``max_iter`` is spent.
+        first: ``(F(X), aux)`` when the caller already has it, or ``None``.
+        check_every: residual reads every this many iterations (``None``: the adaptive schedule).
+        min_gap: fewest iterations between residual reads.
+
+    Returns:
+        ``(X, aux, info)``: ``(n, m)`` iterate and auxiliary (column convention) and a :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max_iter`` spent above ``tol`` with ``on_nonconvergence="raise"``.
+        NonFiniteError: the iteration diverged to NaN/Inf.
 
     Examples:
         >>> from idlkit.solve.maps import ForwardMap
@@ -179,6 +218,27 @@ def anderson_sync_free(F: FixedPointMap, X: Tensor, alpha: float, tol: float, ma
     ulp of the state) switch the whole batch to plain steps, which contract to the
     floating-point fixed point. Samples are not retired; ``per_sample_iterations`` is the
     solve's count.
+
+    Args:
+        F: the :class:`~idlkit.solve.maps.FixedPointMap` ``X -> (F(X), aux)``.
+        X: ``(m, n)`` batch-first start.
+        alpha: averaging step in ``(0, 1]`` (``1``: Picard).
+        tol: stop when every sample's residual is at most ``tol``.
+        max_iter: iteration budget.
+        m: Anderson memory (number of stored iterates).
+        beta: Anderson mixing parameter.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"`` when ``max_iter`` is spent.
+        first: ``(F(X), aux)`` when the caller already has it, or ``None``.
+        check_every: residual reads every this many iterations (``None``: the adaptive schedule).
+        min_gap: fewest iterations between residual reads.
+        start: iterations already done (counted in ``info``).
+
+    Returns:
+        ``(X, aux, info)``: ``(n, m)`` iterate and auxiliary (column convention) and a :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max_iter`` spent above ``tol`` with ``on_nonconvergence="raise"``.
+        NonFiniteError: the iteration diverged to NaN/Inf.
 
     Examples:
         >>> from idlkit.solve.maps import ForwardMap

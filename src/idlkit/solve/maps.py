@@ -24,6 +24,12 @@ def elementwise(act: Activation) -> bool:
     """``act`` applies one scalar function to every entry, so it may act on the batch-first
     layout directly (no transposed views): componentwise maps and their centred shifts.
 
+    Args:
+        act: the activation.
+
+    Returns:
+        ``True`` for an entrywise map.
+
     Examples:
         >>> elementwise(idlkit.get_activation("relu")), elementwise(idlkit.activations.SoftMax(2))
         (True, False)
@@ -44,13 +50,27 @@ class FixedPointMap(Protocol):
         (torch.Size([3, 2]), torch.Size([3, 2]))
     """
 
-    def restrict(self, rows: Tensor) -> FixedPointMap: ...
+    def restrict(self, rows: Tensor) -> FixedPointMap:
+        """The same map for the samples ``rows`` only.
+
+        Args:
+            rows: indices of the samples kept.
+
+        Returns:
+            The restricted map.
+        """
+        ...
 
     def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 class ForwardMap:
     """``F(x) = phi(A x + b)`` on rows: returns ``(F(X), Z)`` with ``Z = X A^T + b^T``.
+
+    Args:
+        A: ``(n, n)`` state matrix.
+        bT: ``(m, n)`` batch-first term ``U B^T + b``.
+        act: the activation ``phi``.
 
     Examples:
         >>> A = 0.5 * torch.eye(2); bT = torch.ones(3, 2)               # 3 samples, n = 2
@@ -66,6 +86,14 @@ class ForwardMap:
         self.AT = A.t() if A.layout == torch.strided else None
 
     def restrict(self, rows: Tensor) -> ForwardMap:
+        """The same map for the samples ``rows`` only.
+
+        Args:
+            rows: indices of the samples kept.
+
+        Returns:
+            The restricted :class:`ForwardMap`.
+        """
         return ForwardMap(self.A, self.bT[rows], self.act)
 
     def at_zero(self) -> tuple[Tensor, Tensor]:
@@ -88,6 +116,14 @@ class AdjointMap:
     For an entrywise map ``J(z)^T`` is the diagonal ``Psi = phi'(z)`` (eq. G.4), computed
     once: an iteration is then one matrix product and one entrywise product.
 
+    Args:
+        A: ``(n, n)`` state matrix.
+        ZT: ``(m, n)`` batch-first forward pre-activations.
+        GT: ``(m, n)`` batch-first incoming gradient.
+        act: the activation ``phi``.
+        psi: ``(m, n)`` precomputed ``phi'(Z)`` of an entrywise map, or ``None``.
+        AT: ``A^T`` when already at hand, or ``None``.
+
     Examples:
         >>> A = 0.5 * torch.eye(2); ZT = torch.ones(3, 2); GT = torch.ones(3, 2)
         >>> F = AdjointMap(A, ZT, GT, idlkit.get_activation("relu"))     # relu active: J = I
@@ -109,6 +145,14 @@ class AdjointMap:
         self.AT = AT
 
     def restrict(self, rows: Tensor) -> AdjointMap:
+        """The same map for the samples ``rows`` only.
+
+        Args:
+            rows: indices of the samples kept.
+
+        Returns:
+            The restricted :class:`AdjointMap`.
+        """
         return AdjointMap(self.A, self.ZT[rows], self.GT[rows], self.act,
                           None if self.psi is None else self.psi[rows], self.AT)
 

@@ -96,19 +96,41 @@ class SolveOptions:
         """Whether a solve of ``batch`` samples of size ``n`` on ``device`` (a type: ``"cpu"``,
         ``"cuda"``, ...) takes the lean loop: as ``per_sample`` says, else where retiring
         samples cannot pay, and always on an accelerator (where the tracked loop would read
-        the residual on the host every step)."""
+        the residual on the host every step).
+
+        Args:
+            batch: number of samples.
+            n: size of each sample's unknown.
+            device: the device type (``"cpu"``, ``"cuda"``, ...).
+
+        Returns:
+            ``True`` for the lean loop.
+        """
         if self.per_sample is not None:
             return not self.per_sample
         return device != "cpu" or not retirement_pays(batch, n)
 
     def min_gap(self, X: Tensor) -> int:
         """Fewest iterations between residual reads of a lean solve on ``X``'s device (a read
-        synchronises an accelerator; on the CPU it costs nothing)."""
+        synchronises an accelerator; on the CPU it costs nothing).
+
+        Args:
+            X: an iterate on the solve's device.
+
+        Returns:
+            The gap, an int ``>= 1``.
+        """
         return 1 if X.device.type == "cpu" else DEVICE_CHECK_EVERY
 
 
 def default_alpha(A: Tensor) -> float:
     """Largest averaged step with a certified contraction (module doc): 1 / (1 + max(-A_ii)_+).
+
+    Args:
+        A: ``(n, n)`` state matrix.
+
+    Returns:
+        The step, a float in ``(0, 1]``.
 
     Examples:
         >>> default_alpha(torch.tensor([[-1.0, 0.0], [0.0, 0.5]]))
@@ -144,13 +166,34 @@ class Solver:
         return f"<solver {self.name!r}: {self.description}>"
 
     def default_step(self, A: Tensor) -> float:
-        """The step (``alpha``) used when the caller gives none."""
+        """The step (``alpha``) used when the caller gives none.
+
+        Args:
+            A: ``(n, n)`` state matrix.
+
+        Returns:
+            The step, a float.
+        """
         return 1.0
 
     def iterate(self, F: FixedPointMap, X: Tensor, step: float, opts: SolveOptions,
                 first: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, SolveInfo]:
         """Solve ``X = F(X)`` from the batch-first start ``X (m, d)``; ``first``: ``F(X)``
-        when known. Returns ``(X, aux, info)`` in column convention ``(d, m)``."""
+        when known. Returns ``(X, aux, info)`` in column convention ``(d, m)``.
+
+        Args:
+            F: the :class:`~idlkit.solve.maps.FixedPointMap`.
+            X: ``(m, d)`` batch-first start.
+            step: the averaging step ``alpha``.
+            opts: the :class:`SolveOptions`.
+            first: ``(X, F(X))`` when already known, or ``None``.
+
+        Returns:
+            ``(X, aux, info)``, ``X`` and ``aux`` ``(d, m)``, ``info`` a :class:`SolveInfo`.
+
+        Raises:
+            ConfigurationError: a solver that does not iterate on a general map.
+        """
         raise ConfigurationError(
             f"solver {self.name!r} solves structured systems only (it has no iteration on a "
             f"general map); choose one of {iterative_names()}")
@@ -159,7 +202,19 @@ class Solver:
                 opts: SolveOptions, cache: PlanCache | None = None
                 ) -> tuple[Tensor, Tensor, SolveInfo]:
         """``X = phi(A X + b)`` for ``b (n, m)``; returns ``(X, Z = A X + b, info)``, column
-        convention, no autograd graph. ``x0 (n, m)``: warm start (default zeros)."""
+        convention, no autograd graph. ``x0 (n, m)``: warm start (default zeros).
+
+        Args:
+            A: ``(n, n)`` state matrix (dense or sparse).
+            b: ``(n, m)`` term ``B U^T + b``.
+            act: the activation ``phi``.
+            x0: ``(n, m)`` warm start, or ``None`` (zeros).
+            opts: the :class:`SolveOptions`.
+            cache: triangular plan cache, or ``None``.
+
+        Returns:
+            ``(X, Z, info)``: ``(n, m)`` states and pre-activations and a :class:`SolveInfo`.
+        """
         X = b.new_zeros(b.shape[1], b.shape[0]) if x0 is None else x0.t().contiguous()
         F = ForwardMap(A, b.t().contiguous(), act)
         step = opts.alpha if opts.alpha is not None else self.default_step(A)
@@ -167,7 +222,20 @@ class Solver:
 
     def adjoint(self, A: Tensor, Z: Tensor, G: Tensor, act: Activation, x0: Tensor | None,
                 opts: SolveOptions, cache: PlanCache | None = None) -> tuple[Tensor, SolveInfo]:
-        """The adjoint equilibrium ``V = J(Z)^T (A^T V + G)`` (eq. G.3), column convention."""
+        """The adjoint equilibrium ``V = J(Z)^T (A^T V + G)`` (eq. G.3), column convention.
+
+        Args:
+            A: ``(n, n)`` state matrix.
+            Z: ``(n, m)`` forward pre-activations.
+            G: ``(n, m)`` incoming gradient.
+            act: the activation ``phi``.
+            x0: ``(n, m)`` warm start, or ``None``.
+            opts: the :class:`SolveOptions`.
+            cache: triangular plan cache, or ``None``.
+
+        Returns:
+            ``(V, info)``: the ``(n, m)`` adjoint solution and a :class:`SolveInfo`.
+        """
         X = G.new_zeros(G.shape[1], G.shape[0]) if x0 is None else x0.t().contiguous()
         F = AdjointMap(A, Z.t().contiguous(), G.t().contiguous(), act)
         step = opts.alpha if opts.alpha is not None else self.default_step(A)
@@ -255,6 +323,17 @@ def iterative_names() -> list[str]:
 def get_solver(name: object, *, role: str = "solver", iterative: bool = False) -> Solver:
     """The registered solver ``name``; :class:`ConfigurationError` naming the registered
     choices otherwise (``iterative``: only solvers that iterate on a general map).
+
+    Args:
+        name: the solver's registered name.
+        role: the argument's name used in the error message.
+        iterative: accept only solvers that iterate on a general map.
+
+    Returns:
+        The :class:`Solver`.
+
+    Raises:
+        ConfigurationError: an unregistered (or, with ``iterative``, non-iterative) ``name``.
 
     Examples:
         >>> get_solver("picard").name

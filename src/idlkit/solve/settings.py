@@ -35,6 +35,22 @@ def check_solve_args(method: object, tol: object, max_iter: object, on_nonconver
     """Raise :class:`ConfigurationError` for an invalid solve setting, naming the value and
     the registered choices or the valid range (``prefix``: ``"backward_"`` in messages).
 
+    Args:
+        method: the solver's name.
+        tol: tolerance, ``> 0``.
+        max_iter: iteration budget, ``>= 1``.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        alpha: averaged step in ``(0, 1]``, or ``None``.
+        anderson_m: Anderson memory, ``>= 1``.
+        beta: Anderson mixing, or ``None``.
+        per_sample: ``True``, ``False`` or ``None``.
+        check_every: residual reads every this many iterations, or ``None``.
+        role: the argument's name for ``method`` in messages.
+        prefix: prefix of the names in messages (``"backward_"``).
+
+    Raises:
+        ConfigurationError: an invalid setting, naming the value and the valid choices.
+
     Examples:
         >>> check_solve_args("anderson", 1e-6, 500, "raise")        # valid: returns None
         >>> check_solve_args("anderson", -1.0, 500, "raise")
@@ -149,7 +165,14 @@ class SolverSettings:
         """:attr:`backward_options` with the absolute tolerance of an adjoint solve whose
         incoming gradient is ``G`` (the loss's gradient with respect to the state), under
         :attr:`backward_stop` (module doc): ``backward_tol * ||G||_inf`` for ``"relative"``
-        (``backward_tol`` itself when ``G = 0``), ``backward_tol`` for ``"absolute"``."""
+        (``backward_tol`` itself when ``G = 0``), ``backward_tol`` for ``"absolute"``.
+
+        Args:
+            G: ``(n, m)`` incoming gradient.
+
+        Returns:
+            The adjoint's :class:`~idlkit.solve.registry.SolveOptions`.
+        """
         opts = self.backward_options
         if self.backward_stop != "relative" or G.numel() == 0:
             return opts

@@ -26,6 +26,13 @@ def retirement_pays(batch: int, n: int) -> bool:
     whose whole iteration (about ``batch n (n + 32)`` flops) is at least twice
     ``RETIRE_WORK`` (see :class:`Output`).
 
+    Args:
+        batch: number of samples.
+        n: size of each sample's unknown.
+
+    Returns:
+        ``True`` when piecewise retirement can pay.
+
     Examples:
         >>> retirement_pays(batch=4, n=3), retirement_pays(batch=1024, n=1000)
         (False, True)
@@ -46,6 +53,9 @@ class Output:
     that drifts back above ``tol`` is retired later). ``per_sample_iterations`` reports
     the iteration at which each sample first reached ``tol``, found afterwards from the
     residuals of the iterations since the last compaction (no per-iteration cost).
+
+    Args:
+        X: ``(m, n)`` batch-first start (sets the batch, size, dtype and device).
 
     Examples:
         >>> out = Output(torch.zeros(4, 3))            # room for 4 samples' states (n = 3)
@@ -72,6 +82,20 @@ class Output:
 
         Also raises on NaN/Inf in a live residual (``max`` propagates NaN). One reduction
         and one host read while no sample is at ``tol``.
+
+        Args:
+            r: residuals of the live samples.
+            live: indices of the live samples.
+            it: iterations done.
+            tol: the tolerance.
+            max_iter: iteration budget.
+            method: the solver's name (for the message).
+
+        Returns:
+            ``True`` when it is time to :meth:`settle`.
+
+        Raises:
+            NonFiniteError: a NaN/Inf residual.
         """
         if r.numel() == 0:
             return True
@@ -115,6 +139,19 @@ class Output:
 
         Returns ``(live, sel, finished)``: ``sel`` holds the rows to keep when it is time
         to compact the active set (else None); ``finished`` when no sample is left.
+
+        Args:
+            rows: positions of the live samples in the active batch.
+            live: indices of the live samples in the whole batch.
+            X: ``(active, n)`` iterates.
+            Z: ``(active, n)`` auxiliaries (pre-activations).
+            r: ``(active,)`` residuals.
+            it: iterations done.
+            tol: the tolerance.
+            max_iter: iteration budget.
+
+        Returns:
+            ``(live, sel, finished)``.
         """
         if live.numel() == 0:  # an empty batch: nothing to solve
             self.X, self.Z, self.r = X, Z, r
@@ -154,7 +191,22 @@ class Output:
 
     def result(self, method: str, it: int, tol: float, on_nonconvergence: str,
                fallbacks: int = 0, per_sample: bool = True) -> tuple[Tensor, Tensor, SolveInfo]:
-        """``(X, Z, info)`` back in column convention ``(n, m)``."""
+        """``(X, Z, info)`` back in column convention ``(n, m)``.
+
+        Args:
+            method: the solver's name.
+            it: iterations done.
+            tol: the tolerance.
+            on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"``.
+            fallbacks: samples solved again by a fallback.
+            per_sample: whether per-sample counts were kept.
+
+        Returns:
+            ``(X, Z, info)`` in column convention ``(n, m)``.
+
+        Raises:
+            ConvergenceError: a sample above ``tol`` with ``on_nonconvergence="raise"``.
+        """
         iters = torch.where(self.r <= tol, self.iters, it)  # the budget for the unconverged
         info = finish(method, self.r, it, iters, tol, on_nonconvergence, fallbacks, per_sample,
                       self.X)
@@ -167,6 +219,23 @@ def iterate_tracked(F: FixedPointMap, X: Tensor, alpha: float, tol: float, max_i
     """Picard (``alpha = 1``) or averaged iteration on batch-first ``X``, active samples only.
 
     ``first``: ``F(X)`` when the caller has it for free (``X = 0``).
+
+    Args:
+        F: the :class:`~idlkit.solve.maps.FixedPointMap` ``X -> (F(X), aux)``.
+        X: ``(m, n)`` batch-first start.
+        alpha: averaging step in ``(0, 1]`` (``1``: Picard).
+        tol: stop when every sample's residual is at most ``tol``.
+        max_iter: iteration budget.
+        method: the solver's name, reported in :class:`SolveInfo`.
+        on_nonconvergence: ``"raise"``, ``"warn"`` or ``"ignore"`` when ``max_iter`` is spent.
+        first: ``(F(X), aux)`` when the caller already has it, or ``None``.
+
+    Returns:
+        ``(X, aux, info)``: ``(n, m)`` iterate and auxiliary (column convention) and a :class:`SolveInfo`.
+
+    Raises:
+        ConvergenceError: ``max_iter`` spent above ``tol`` with ``on_nonconvergence="raise"``.
+        NonFiniteError: the iteration diverged to NaN/Inf.
 
     Examples:
         >>> from idlkit.solve.maps import ForwardMap

@@ -53,6 +53,19 @@ def block_levels(A: Tensor, sizes: tuple[int, ...], allow_diagonal: bool,
     Raises :class:`ConfigurationError` on a nonzero below the block diagonal, or on the
     block diagonal (other than the diagonal itself when ``allow_diagonal``).
 
+    Args:
+        A: ``(n, n)`` upper (block) triangular matrix, dense or sparse.
+        sizes: block sizes.
+        allow_diagonal: accept a nonzero diagonal.
+        G: the block pattern graph when already built, or ``None``.
+
+    Returns:
+        ``(len(sizes),)`` int64 array of levels.
+
+    Raises:
+        ConfigurationError: a nonzero below the block diagonal or, without ``allow_diagonal``,
+            on it.
+
     Examples:
         >>> A = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
         >>> block_levels(A, (1, 1, 1), allow_diagonal=False).tolist()
@@ -128,6 +141,13 @@ def _kahn_levels(G: sp.csr_array) -> np.ndarray:
 def levels_reference(A: Tensor, sizes: tuple[int, ...]) -> np.ndarray:
     """Block levels by the plain per-block recursion (reference for tests; dense ``A``).
 
+    Args:
+        A: dense ``(n, n)`` matrix.
+        sizes: block sizes.
+
+    Returns:
+        ``(len(sizes),)`` int64 array of levels.
+
     Examples:
         >>> A = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
         >>> levels_reference(A, (1, 1, 1)).tolist() == block_levels(A, (1, 1, 1), False).tolist()
@@ -188,6 +208,7 @@ class TriangularPlan:
     """Cached solve plan of one triangular ``A`` (paper 000 Thm 2.8-2.9).
 
     Attributes:
+        sparse: ``A`` is sparse.
         key: what the plan was built for (layout, dtype, device, shape, storages and
             versions of a sparse ``A``; block sizes; whether a diagonal is allowed).
         levels: state indices of each level, in solve order.
@@ -220,21 +241,44 @@ class TriangularPlan:
     def level_activations(self, act: Activation) -> list[Activation]:
         """``act`` restricted to each level's states (:meth:`Activation.restrict`), cached for the
         last activation object seen: a block map (a converted LSTM's products, pooling) is then
-        applied to one level's rows only, never to the whole state."""
+        applied to one level's rows only, never to the whole state.
+
+        Args:
+            act: the model's activation.
+
+        Returns:
+            One restricted activation per level.
+        """
         cached = self._acts
         if cached is None or cached[0] is not act:
             cached = self._acts = (act, [act.restrict(idx) for idx in self.levels])
         return cached[1]
 
     def row_block(self, A: Tensor, k: int) -> Tensor:
-        """Rows of level ``k`` of ``A``."""
+        """Rows of level ``k`` of ``A``.
+
+        Args:
+            A: the ``(n, n)`` matrix the plan is for.
+            k: the level.
+
+        Returns:
+            The rows of level ``k`` (CSR for a sparse ``A``).
+        """
         if self.rows is not None:
             return self.rows[k]
         sl = self.slices[k]
         return A[sl] if sl is not None else A[self.levels[k]]
 
     def row_block_t(self, A: Tensor, k: int) -> Tensor:
-        """Rows of level ``k`` of ``A^T``."""
+        """Rows of level ``k`` of ``A^T``.
+
+        Args:
+            A: the ``(n, n)`` matrix the plan is for.
+            k: the level.
+
+        Returns:
+            The rows of level ``k`` of ``A^T`` (CSR for a sparse ``A``).
+        """
         if self.sparse:
             if self.rows_t is None:
                 At = transpose_csr(csr_int32(A))
@@ -245,7 +289,14 @@ class TriangularPlan:
         return A[:, sl].t() if sl is not None else A[:, self.levels[k]].t()
 
     def compatible(self, A: Tensor) -> bool:
-        """Dense ``A``: its nonzero pattern still fits the levels (``O(n^2)``)."""
+        """Dense ``A``: its nonzero pattern still fits the levels (``O(n^2)``).
+
+        Args:
+            A: a dense ``(n, n)`` matrix.
+
+        Returns:
+            ``True`` when the plan still applies.
+        """
         assert self.forbidden is not None
         return not bool((A.ne(0) & self.forbidden).any())
 
@@ -310,6 +361,16 @@ class PlanCache:
         Sparse ``A``: reused while its storages and versions are unchanged. Dense ``A``:
         reused while its storage is the same and its pattern fits the levels (checked on
         every call, ``O(n^2)``); the diagonal of a homogeneous map is re-read each call.
+
+        Args:
+            A: ``(n, n)`` triangular state matrix.
+            act: the activation (its blocks and homogeneity).
+
+        Returns:
+            The :class:`TriangularPlan`.
+
+        Raises:
+            ConfigurationError: ``A`` is not (block) upper triangular.
         """
         homog = _is_homog(act)
         sizes = act.blocks(A.shape[0]).sizes
@@ -342,6 +403,17 @@ def plan_for(A: Tensor, act: Activation, cache: PlanCache | None = None) -> Tria
     """The :class:`TriangularPlan` of ``A``: from ``cache`` when given (built there when
     missing or stale), else built afresh.
 
+    Args:
+        A: ``(n, n)`` triangular state matrix.
+        act: the activation.
+        cache: a :class:`PlanCache`, or ``None``.
+
+    Returns:
+        The :class:`TriangularPlan`.
+
+    Raises:
+        ConfigurationError: ``A`` is not (block) upper triangular.
+
     Examples:
         >>> A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
         >>> plan = plan_for(A, idlkit.get_activation("relu"))
@@ -364,6 +436,18 @@ def triangular_levels(A: Tensor, sizes: tuple[int, ...] | None = None,
     pattern, with no per-row Python loop (:func:`idlkit._triangular.block_levels`).
     Raises :class:`ConfigurationError` when ``A`` has a nonzero entry below the (block)
     diagonal, or a nonzero diagonal (block) when ``allow_diagonal`` is false.
+
+    Args:
+        A: ``(n, n)`` upper (block) triangular matrix, dense or sparse.
+        sizes: block sizes of the activation (``None``: single entries).
+        allow_diagonal: accept a nonzero diagonal (the homogeneous case of Remark 2.5).
+
+    Returns:
+        Per level, the int64 tensor of its state indices, in solve order.
+
+    Raises:
+        ConfigurationError: a nonzero below the (block) diagonal, or on it without
+            ``allow_diagonal``.
 
     Examples:
         >>> A = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
@@ -391,6 +475,19 @@ def solve_levels(A: Tensor, b: Tensor, act: Activation, tol: float,
     """Back-substitution by levels (Thm 2.8/2.9): ``x_I = phi_I(b_I + A_I. x)``, one product
     per level with the plan of ``A`` (from ``cache`` when given, see :class:`PlanCache`);
     ``Z`` is assembled level by level (no extra product). Column convention ``(n, m)``.
+
+    Args:
+        A: ``(n, n)`` triangular state matrix.
+        b: ``(n, m)`` term ``B U^T + b``.
+        act: the activation.
+        tol: the tolerance reported in :class:`SolveInfo` (the solve is exact).
+        cache: a :class:`PlanCache`, or ``None``.
+
+    Returns:
+        ``(X, Z, info)``: ``(n, m)`` states and pre-activations and a :class:`SolveInfo`.
+
+    Raises:
+        ConfigurationError: ``A`` is not (block) upper triangular.
 
     Examples:
         >>> A = torch.tensor([[0.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
@@ -434,6 +531,16 @@ def solve_levels_adjoint(A: Tensor, Z: Tensor, G: Tensor, act: Activation,
                          cache: PlanCache | None = None) -> Tensor:
     """Solve ``V = J(Z)^T (A^T V + G)`` for triangular A by levels in reverse order, with the
     cached per-level row blocks of ``A^T`` (built on the first adjoint solve).
+
+    Args:
+        A: ``(n, n)`` triangular state matrix.
+        Z: ``(n, m)`` forward pre-activations.
+        G: ``(n, m)`` incoming gradient.
+        act: the activation.
+        cache: a :class:`PlanCache`, or ``None``.
+
+    Returns:
+        ``(n, m)`` adjoint solution ``V``.
 
     Examples:
         >>> A = torch.tensor([[0.0, 0.5], [0.0, 0.0]], dtype=torch.float64)

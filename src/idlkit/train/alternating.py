@@ -24,7 +24,13 @@ __all__ = ["fit_output_layer", "alternating_fit", "AlternatingResult"]
 
 @dataclass(frozen=True)
 class AlternatingResult:
-    """Training RMSE after each block, and the gradient phase's history."""
+    """Training RMSE after each block, and the gradient phase's history.
+
+    Attributes:
+        rmse_after_state_block: training RMSE after the gradient phase on ``(A, B, b)``.
+        rmse_after_output_block: training RMSE after the least-squares fit of ``(C, D, d)``.
+        state_block: the gradient phase's :class:`~idlkit.train.TrainResult`.
+    """
 
     rmse_after_state_block: float
     rmse_after_output_block: float
@@ -49,6 +55,19 @@ def fit_output_layer(model: nn.Module, U: Tensor, Y: Tensor, ridge: float = 0.0)
 
     ``min ||Y - X C^T - U D^T - 1 d^T||_F^2 + ridge ||(C, D)||_F^2``, solved in float64
     (the states are computed by the model's solver; ``d`` is fitted only with a bias).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`; its ``C``, ``D`` (``d``) are overwritten.
+        U: ``(m, p)`` inputs.
+        Y: ``(m, q)`` targets.
+        ridge: ridge weight, ``>= 0``.
+
+    Returns:
+        The training RMSE after the fit, a float.
+
+    Raises:
+        ShapeError: ``U`` and ``Y`` disagree in rows or ``Y`` has another width than ``q``.
+        InputError: a negative ``ridge``.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
@@ -93,6 +112,15 @@ def alternating_fit(model: nn.Module, train_data: object, state_trainer: Trainer
                     ridge: float = 0.0) -> AlternatingResult:
     """Paper 000 §7.1: ``state_trainer`` updates (A, B, b) only (projected gradient with the
     implicit gradients of App. G, squared error), then (C, D, d) by least squares.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel`, trained in place.
+        train_data: ``(U, Y)`` with ``U (m, p)`` and ``Y (m, q)``.
+        state_trainer: the :class:`Trainer` of the (A, B, b) block.
+        ridge: ridge weight of the output least squares, ``>= 0``.
+
+    Returns:
+        :class:`AlternatingResult` with the RMSE after each block.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5)

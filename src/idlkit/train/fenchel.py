@@ -194,6 +194,20 @@ def fenchel_divergence(X: Tensor, Z: Tensor, activation: object = "relu",
     docstring). ``+inf`` outside the domain. ``F >= 0`` with equality iff ``X = phi(Z)``;
     ``dF/dZ = phi(Z) - X``. ``reduction``: ``"none"`` (elementwise) or ``"sum"``.
 
+    Args:
+        X: states, any shape.
+        Z: pre-activations, ``X``'s shape.
+        activation: ``"relu"`` or ``"tanh"``.
+        reduction: ``"none"`` (elementwise) or ``"sum"``.
+
+    Returns:
+        Tensor of ``X``'s shape (a scalar for ``"sum"``), ``+inf`` outside the domain.
+
+    Raises:
+        ShapeError: ``X`` and ``Z`` of different shapes.
+        InputError: ``X`` or ``Z`` not a tensor.
+        ConfigurationError: an activation other than ReLU or tanh, or an unknown ``reduction``.
+
     Examples:
         >>> X = torch.tensor([[0.0, 1.0]]); Z = torch.tensor([[-1.0, 1.0]])
         >>> fenchel_divergence(X, Z, "relu")           # zero where X = relu(Z)
@@ -218,6 +232,13 @@ def group_lasso_prox(N: Tensor, threshold: float | Tensor) -> Tensor:
     """Proximal operator of ``t sum_j ||N e_j||_2`` (columns; paper 000 eq. 5.1, alpha = 2).
 
     Block soft thresholding: column ``v`` becomes ``v max(0, 1 - t / ||v||_2)``.
+
+    Args:
+        N: ``(k, p)`` matrix whose columns are shrunk.
+        threshold: ``t >= 0``, scalar or ``(p,)`` per column.
+
+    Returns:
+        Tensor of ``N``'s shape.
 
     Examples:
         >>> N = torch.tensor([[3.0, 0.1], [4.0, 0.1]])     # column norms 5 and 0.14
@@ -871,6 +892,22 @@ def relaxed_objective(model: nn.Module, U: Tensor, Y: Tensor, X: Tensor, P: Tens
     ``U`` ``(m, p)``, ``Y`` ``(m, q)`` (or labels for the cross entropy), ``X, P`` ``(m, n)``
     batch-first. ``+inf`` when ``P`` is outside the divergence's domain. Constraints are
     not checked (they are indicator terms, 0 on the feasible set).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (its ``A, B, C, D``, ``b, d``).
+        U: ``(m, p)`` inputs.
+        Y: ``(m, q)`` targets (labels for the cross entropy).
+        X: ``(m, n)`` state variables.
+        P: ``(m, n)`` pre-activation variables.
+        lam: relaxation weight, scalar (eq. 10) or one per state (eq. 11).
+        mu: coupling weight of ``mu/2 ||X - P||^2``.
+        loss: ``"squared_error"`` or ``"cross_entropy"``.
+        l1: weight of ``||B||_1 + ||C||_1 + ||D||_1`` (eq. 5).
+        group: weight of the feature-selection penalty.
+        ridge: weight of ``ridge/2 ||(C, D)||_F^2``.
+
+    Returns:
+        The objective as a float (``+inf`` outside the divergence's domain).
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)

@@ -83,6 +83,13 @@ def lmo_inf_ball(G: Tensor, radius: float) -> Tensor:
     Returns a tensor like ``G`` with at most one nonzero per row; the optimal value is
     ``<G, S> = -radius * sum_i max_j |G_ij|``.
 
+    Args:
+        G: ``(n, m)`` gradient.
+        radius: the ball's radius ``r >= 0``.
+
+    Returns:
+        ``S``, like ``G``, with at most one nonzero per row.
+
     Examples:
         >>> G = torch.tensor([[1.0, -3.0], [2.0, 0.5]])
         >>> S = lmo_inf_ball(G, 1.0)
@@ -107,6 +114,13 @@ def lmo_l1_ball(G: Tensor, radius: float) -> Tensor:
     is ``-radius sign(G_kl) E_kl`` at the largest ``|G_kl|`` (the first in row-major order
     on ties), with value ``-radius max_kl |G_kl|``. ``G = 0`` gives ``S = 0``.
 
+    Args:
+        G: gradient, any shape.
+        radius: the ball's radius ``r >= 0``.
+
+    Returns:
+        ``S``, like ``G``, with at most one nonzero.
+
     Examples:
         >>> G = torch.tensor([[1.0, -3.0], [2.0, 0.5]])
         >>> lmo_l1_ball(G, 2.0)                  # the whole radius on the largest |G_kl|
@@ -126,6 +140,14 @@ def lmo_l1_ball(G: Tensor, radius: float) -> Tensor:
 def fw_gap(grads: dict[str, Tensor], params: dict[str, Tensor], vertices: dict[str, Tensor]) -> float:
     """The Frank-Wolfe gap ``sum_blocks <G_M, M - S_M>`` (float64); ``>= 0`` when each ``S_M`` is
     the LMO of ``G_M`` over a set that contains ``M``.
+
+    Args:
+        grads: ``name -> G_M`` gradients of the blocks.
+        params: ``name -> M`` current values.
+        vertices: ``name -> S_M`` the LMO's answers.
+
+    Returns:
+        The gap as a float.
 
     Examples:
         >>> G = {"A": torch.tensor([[1.0, -3.0], [2.0, 0.5]])}
@@ -179,7 +201,16 @@ def _shrink_rounding(M: Tensor, radius: float, rowwise: bool) -> None:
 class FWRecord:
     """One Frank-Wolfe step ``t`` (0-based), measured at the iterate ``M_t`` *before* the update:
     the (mini-batch) loss, the duality gap ``<grad, M_t - S_t>`` summed over the updated blocks,
-    the step ``gamma_t`` taken, and ``nnz(A_t)`` in total and in its fullest row."""
+    the step ``gamma_t`` taken, and ``nnz(A_t)`` in total and in its fullest row.
+
+    Attributes:
+        step: the step ``t``, 0-based.
+        loss: the (mini-batch) loss at ``M_t``.
+        gap: the duality gap ``<grad, M_t - S_t>`` over the updated blocks.
+        gamma: the step ``gamma_t`` taken.
+        nnz_A: number of nonzeros of ``A_t``.
+        max_row_nnz_A: nonzeros of the fullest row of ``A_t``.
+    """
 
     step: int
     loss: float
@@ -192,7 +223,14 @@ class FWRecord:
 @dataclass(frozen=True)
 class FWResult:
     """History of :func:`frank_wolfe`; ``final_loss`` is the mean loss on the whole training data
-    after the last step and ``nnz`` the number of nonzeros of each matrix at the end."""
+    after the last step and ``nnz`` the number of nonzeros of each matrix at the end.
+
+    Attributes:
+        history: one :class:`FWRecord` per step.
+        final_loss: mean loss on the whole training data after the last step.
+        nnz: number of nonzeros of each matrix at the end, by name.
+        seconds: wall time of the run.
+    """
 
     history: tuple[FWRecord, ...]
     final_loss: float

@@ -36,6 +36,17 @@ def _check(Y_hat: Tensor, reduction: str) -> None:
 def squared_error(Y_hat: Tensor, Y: Tensor, reduction: str = "mean") -> Tensor:
     """``L(Y, Y_hat) = 1/2 ||Y - Y_hat||_F^2`` (paper 000 §6), per sample ``1/2 ||y - y_hat||_2^2``.
 
+    Args:
+        Y_hat: ``(batch, q)`` predictions.
+        Y: ``(batch, q)`` targets.
+        reduction: ``"mean"`` (over the batch), ``"sum"`` or ``"none"`` (``(batch,)``).
+
+    Returns:
+        A scalar tensor (``(batch,)`` for ``"none"``).
+
+    Raises:
+        ShapeError: ``Y`` and ``Y_hat`` of different shapes.
+
     Examples:
         >>> Y_hat, Y = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
         >>> squared_error(Y_hat, Y, reduction="none")    # 1/2 ||y - y_hat||^2 per sample
@@ -56,6 +67,18 @@ def cross_entropy(Y_hat: Tensor, Y: Tensor, reduction: str = "mean") -> Tensor:
     ``Y`` holds integer class labels ``(batch,)`` in ``[0, q)`` or probability rows
     ``(batch, q)`` (nonnegative, summing to 1), as in the paper. Computed stably with
     ``logsumexp``.
+
+    Args:
+        Y_hat: ``(batch, q)`` logits.
+        Y: ``(batch,)`` integer labels in ``[0, q)`` or ``(batch, q)`` probability rows.
+        reduction: ``"mean"`` (over the batch), ``"sum"`` or ``"none"`` (``(batch,)``).
+
+    Returns:
+        A scalar tensor (``(batch,)`` for ``"none"``).
+
+    Raises:
+        ShapeError: ``Y`` of a shape other than ``(batch,)`` or ``(batch, q)``.
+        InputError: labels out of range or rows that are not probabilities.
 
     Examples:
         >>> Y_hat = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])

@@ -58,6 +58,12 @@ __all__ = [
 def inf_norm_torch(M: Tensor) -> Tensor:
     """``||M||_inf = max_i sum_j |M_ij|`` with autograd (0 for an empty matrix).
 
+    Args:
+        M: a matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
     Examples:
         >>> M = torch.tensor([[0.5, -0.25], [0.1, 0.2]], requires_grad=True)
         >>> v = inf_norm_torch(M)
@@ -75,6 +81,15 @@ def inf_norm_torch(M: Tensor) -> Tensor:
 def mu_inf_torch(A: Tensor) -> Tensor:
     """``mu_inf(A) = max_i (A_ii + sum_{j != i} |A_ij|)`` (paper 004) with autograd.
 
+    Args:
+        A: ``(n, n)`` matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        ShapeError: ``A`` is not square.
+
     Examples:
         >>> A = torch.tensor([[-1.0, 0.5], [0.25, 0.5]])
         >>> mu_inf_torch(A).item(), idlkit.wellposed.mu_inf(A)
@@ -90,6 +105,12 @@ def mu_inf_torch(A: Tensor) -> Tensor:
 def l1(M: Tensor) -> Tensor:
     """Elementwise sparsity penalty ``sum_ij |M_ij|`` (paper 000 §5, §6).
 
+    Args:
+        M: a matrix (any shape).
+
+    Returns:
+        Scalar tensor, differentiable.
+
     Examples:
         >>> l1(torch.tensor([[1.0, -2.0], [0.0, 0.5]]))
         tensor(3.5000)
@@ -102,6 +123,16 @@ def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
     """Column-sparsity penalty ``sum_j ||N e_j||_alpha`` (paper 000 §5, alpha > 1).
 
     Row sparsity is ``group_columns(N.T)``.
+
+    Args:
+        N: ``(k, p)`` matrix.
+        alpha: the column norm, ``> 1`` (``2``: group lasso).
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        ConfigurationError: ``alpha <= 1``.
 
     Examples:
         >>> group_columns(torch.tensor([[3.0, 1.0], [4.0, 0.0]]))     # 5 + 1
@@ -116,6 +147,17 @@ def group_columns(N: Tensor, alpha: float = 2.0) -> Tensor:
 @_matrices
 def feature_selection(B: Tensor, D: Tensor, alpha: float = 2.0) -> Tensor:
     """``P(B, D) = sum_j ||(B; D) e_j||_alpha`` (eq. 5.1): a zero column ``j`` removes input ``j``.
+
+    Args:
+        B: ``(n, p)`` input matrix.
+        D: ``(q, p)`` feed-through matrix.
+        alpha: the column norm, ``> 1``.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        ShapeError: ``B`` and ``D`` with different numbers of columns.
 
     Examples:
         >>> B = torch.tensor([[3.0, 0.0], [0.0, 0.0]]); D = torch.tensor([[4.0, 0.0]])
@@ -141,6 +183,18 @@ def lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``kappa = ||B|| ||C|| / (1 - ||A||) + ||D||`` (eq. 4.8): l_inf -> l_inf Lipschitz
     constant of ``u -> y`` for a CONE activation and ``||A||_inf < 1``.
 
+    Args:
+        A: ``(n, n)`` state matrix with ``||A||_inf < 1``.
+        B: ``(n, p)`` input matrix.
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        WellPosednessError: ``||A||_inf >= 1``.
+
     Examples:
         >>> A, B = 0.5 * torch.eye(2), torch.ones(2, 3)
         >>> C, D = torch.ones(1, 2), torch.zeros(1, 3)
@@ -154,6 +208,18 @@ def lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
 def lipschitz_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``P = 1/2 (||B||^2 + ||C||^2) / (1 - ||A||) + ||D||`` (eq. 4.9), a convex upper bound
     of :func:`lipschitz_bound` (AM-GM: ``||B|| ||C|| <= (||B||^2 + ||C||^2) / 2``).
+
+    Args:
+        A: ``(n, n)`` state matrix with ``||A||_inf < 1``.
+        B: ``(n, p)`` input matrix.
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        WellPosednessError: ``||A||_inf >= 1``.
 
     Examples:
         >>> A, B = 0.5 * torch.eye(2), torch.ones(2, 3)
@@ -171,6 +237,18 @@ def sensitivity_matrix(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
 
     ``|y(u) - y(u0)| <= S |u - u0|`` componentwise. Needs ``lambda_pf(|A|) < 1``; solved
     with a dense linear solve (``(n, n)``).
+
+    Args:
+        A: ``(n, n)`` state matrix with ``lambda_pf(|A|) < 1``.
+        B: ``(n, p)`` input matrix.
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+
+    Returns:
+        ``(q, p)`` tensor ``S``, differentiable.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(|A|) >= 1`` (``I - |A|`` is not an M-matrix).
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
@@ -194,6 +272,18 @@ def sensitivity_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||S||_inf`` of the sensitivity matrix (paper 000 §6, "an l_inf-norm bound on S");
     ``||y(u) - y(u0)||_inf <= ||S||_inf ||u - u0||_inf``, never larger than eq. 4.8.
 
+    Args:
+        A: ``(n, n)`` state matrix with ``lambda_pf(|A|) < 1``.
+        B: ``(n, p)`` input matrix.
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        WellPosednessError: ``lambda_pf(|A|) >= 1``.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> P = sensitivity_penalty(model.A, model.B, model.C, model.D)
@@ -208,6 +298,18 @@ def sensitivity_penalty(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
 def mu_lipschitz_bound(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     """``||B|| ||C|| / (1 - mu_inf(A)_+) + ||D||`` (paper 004, input-output Lipschitz bound,
     plus the direct term), for monotone CONE activations and ``mu_inf(A) < 1``.
+
+    Args:
+        A: ``(n, n)`` state matrix with ``mu_inf(A) < 1``.
+        B: ``(n, p)`` input matrix.
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+
+    Returns:
+        Scalar tensor, differentiable.
+
+    Raises:
+        WellPosednessError: ``mu_inf(A) >= 1``.
 
     Examples:
         >>> A, B = torch.tensor([[-1.0, 0.0], [0.0, 0.5]]), torch.ones(2, 3)
@@ -226,6 +328,12 @@ def nuclear(A: Tensor | torch.nn.Module) -> Tensor:
     of ``rank A``), differentiable; :func:`idlkit.compress.nuclear_norm` (which also takes a
     model, a :class:`~idlkit.compress.LowRankImplicitModel` giving ``||L R^T||_*``).
     ``Trainer(penalties=[("nuclear", w)])`` passes the model.
+
+    Args:
+        A: a matrix, or a model (its ``A``; ``L R^T`` for a low-rank model).
+
+    Returns:
+        Scalar tensor, differentiable.
 
     Examples:
         >>> nuclear(torch.diag(torch.tensor([3.0, -2.0])))

@@ -113,7 +113,8 @@ class TrainingCertificate:
             contains every equilibrium of the set).
         violation: largest constraint violation of the verified states (``<= 0`` when it holds).
         certified: fraction of training samples whose margins bounds are all negative (each
-            is then correctly classified for every input of the set); certified_mask ``(m,)``.
+            is then correctly classified for every input of the set).
+        certified_mask: ``(m,)`` bool, which training samples are certified.
         worst_case_loss: mean worst-case cross-entropy bound on the training set.
     """
 
@@ -290,6 +291,19 @@ def training_certificate(model: object, U: Tensor, Y: Tensor, sigma_u: object, R
     above the rounding error of the check: the check, not the iteration, is the proof. Margin
     bounds then certify samples with ``max_{j != t} M_j < 0`` (strictly, beyond a ``1e-9``
     relative slack).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` with ``||A||_inf < 1``.
+        U: ``(m, p)`` inputs.
+        Y: ``(m,)`` integer labels.
+        sigma_u: input radius, scalar or ``(p,)``.
+        R: recourse matrix of the robust counterpart, or ``None``.
+
+    Returns:
+        :class:`TrainingCertificate` with the certified samples.
+
+    Raises:
+        ConfigurationError: ``||A||_inf >= 1``.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)

@@ -162,6 +162,18 @@ def interval_states(model: object, U: Tensor, sigma: Tensor, R: Tensor | None = 
     ``sigma`` (``(p,)``) and the recourse ``R`` (``(n, p)``, default 0): the fixed point of the
     interval map (module docstring), iterated in float64 until the update is below ``tol``.
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (ReLU, ``||A||_inf < 1``).
+        U: ``(m, p)`` nominal inputs.
+        sigma: ``(p,)`` input radius.
+        R: ``(n, p)`` recourse matrix, or ``None`` for zeros (the robust counterpart).
+        tol: stop when the ``l_inf`` update is below it.
+        max_iter: iterations at most.
+        start: a warm start ``(lo, hi)`` of ``(m, n)`` tensors, or ``None``.
+
+    Returns:
+        :class:`IntervalStates`, ``(m, n)`` ``lo``/``hi`` float64.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
         >>> s = interval_states(model, torch.zeros(4, 3, dtype=torch.float64), torch.full((3,), 0.1))
@@ -194,6 +206,20 @@ def margin_bounds(C: Tensor, D: Tensor, d: Tensor, R: Tensor, sigma: Tensor, U: 
     """``(m, q)`` upper bounds ``M_j`` of the margins ``y_j(u) - y_t(u)`` over the set (module
     docstring; ``M_t = 0``), batch-first, differentiable in every argument.
 
+    Args:
+        C: ``(q, n)`` output matrix.
+        D: ``(q, p)`` feed-through matrix.
+        d: ``(q,)`` output bias.
+        R: ``(n, p)`` recourse matrix.
+        sigma: ``(p,)`` input radius.
+        U: ``(m, p)`` nominal inputs.
+        Y: ``(m,)`` integer labels ``t``.
+        lo: ``(m, n)`` lower interval states.
+        hi: ``(m, n)`` upper interval states.
+
+    Returns:
+        ``(m, q)`` tensor of margin bounds ``M_j`` (``M_t = 0``).
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
         >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
@@ -221,6 +247,12 @@ def margin_bounds(C: Tensor, D: Tensor, d: Tensor, R: Tensor, sigma: Tensor, U: 
 def worst_case_cross_entropy(M: Tensor) -> Tensor:
     """``(m,)`` bound ``lse_j M_j`` of the worst-case cross entropy (module docstring).
 
+    Args:
+        M: ``(m, q)`` margin bounds of :func:`margin_bounds`.
+
+    Returns:
+        ``(m,)`` tensor ``logsumexp_j M_j``.
+
     Examples:
         >>> M = torch.tensor([[0.0, -1.0, -2.0]], dtype=torch.float64)   # margins y_j - y_t, M_t = 0
         >>> worst_case_cross_entropy(M), torch.logsumexp(M, dim=1)
@@ -234,6 +266,16 @@ def constraint_violation(model: object, U: Tensor, sigma: Tensor, states: Interv
     """Largest violation (``> 0`` = violated) of the robust counterpart constraints by
     ``states`` for ``model`` (float64), and the ``(m,)`` per-sample violation. The lower
     constraint of each unit is the better of its active/inactive forms.
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (ReLU).
+        U: ``(m, p)`` nominal inputs.
+        sigma: ``(p,)`` input radius.
+        states: the :class:`IntervalStates` to check.
+        kappa: also report ``||A||_inf - kappa`` as a violation, or ``None``.
+
+    Returns:
+        ``(largest, per_sample)``: a float and an ``(m,)`` float64 tensor.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
@@ -321,6 +363,24 @@ def state_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, *, recour
     where the fixed point's lower state is above ``-|R0| sigma``). ``state_bound`` adds ``hi <= bound``.
     Returns the states and the optimal value. The reference of :func:`interval_states`.
 
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (ReLU), held fixed.
+        U: ``(m, p)`` nominal inputs.
+        Y: ``(m,)`` integer labels.
+        sigma: ``(p,)`` input radius.
+        recourse: also optimise the recourse matrix ``R``.
+        R0: ``(n, p)`` current recourse (the default active set), or ``None`` for zeros.
+        active: ``(m, n)`` bool, where the lower constraint takes its active form, or ``None``.
+        state_bound: upper bound on ``hi``, or ``None``.
+
+    Returns:
+        ``(states, value)``: the :class:`IntervalStates` and the optimal value.
+
+    Raises:
+        ConfigurationError: cvxpy missing.
+        InfeasibleError: the problem is infeasible.
+        SolverError: Clarabel and SCS failed.
+
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)
         >>> U = torch.randn(5, 3, dtype=torch.float64); Y = torch.tensor([0, 1, 0, 1, 1])
@@ -402,6 +462,26 @@ def model_step_cvx(model: object, U: Tensor, Y: Tensor, sigma: Tensor, states: I
     them through the next state block (their effect on the smallest interval). This is the
     paper's alternating scheme; the first-order path differentiates through the state block
     instead, and learns ``A, B`` much faster (see :func:`~idlkit.train.robust_fit`).
+
+    Args:
+        model: an :class:`~idlkit.ImplicitModel` (ReLU), the current ``theta_0``.
+        U: ``(m, p)`` nominal inputs.
+        Y: ``(m,)`` integer labels.
+        sigma: ``(p,)`` input radius.
+        states: the fixed :class:`IntervalStates`.
+        kappa: bound ``||A||_inf <= kappa``.
+        weight_decay: ``wd`` of ``wd/2 ||(B, C, D)||_F^2``.
+        l1: weight of ``||(B, C, D)||_1``.
+        prox: weight of the proximal term ``prox/2 ||theta - theta_0||^2``.
+        has_bias: fit ``b`` and ``d`` (else they stay 0).
+
+    Returns:
+        :class:`ModelStep` with the new matrices and the optimal value.
+
+    Raises:
+        ConfigurationError: cvxpy missing.
+        InfeasibleError: the problem is infeasible.
+        SolverError: Clarabel and SCS failed.
 
     Examples:
         >>> model = idlkit.ImplicitModel(3, 4, 2, kappa=0.5, dtype=torch.float64)

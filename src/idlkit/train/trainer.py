@@ -44,7 +44,19 @@ class EpochRecord:
     """One epoch: mean training objective (loss + penalties), validation loss and accuracy
     (``nan`` without validation data or for regression), learning rate, the training time
     ``seconds`` (optimisation steps only) and the validation time ``val_seconds``, and the
-    mean forward/backward solver iterations per batch."""
+    mean forward/backward solver iterations per batch.
+
+    Attributes:
+        epoch: the epoch, 1-based.
+        train_loss: mean training objective (loss + penalties).
+        val_loss: validation loss (``nan`` without validation data).
+        val_accuracy: validation accuracy (``nan`` without validation data or for regression).
+        lr: the learning rate of the epoch.
+        seconds: training time (optimisation steps only).
+        forward_iterations: mean forward solver iterations per batch.
+        backward_iterations: mean backward solver iterations per batch.
+        val_seconds: validation time.
+    """
 
     epoch: int
     train_loss: float
@@ -60,7 +72,14 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrainResult:
     """History of a :meth:`Trainer.fit`; ``best_epoch`` is the one whose weights the model
-    holds at the end when early stopping restored them (else the last)."""
+    holds at the end when early stopping restored them (else the last).
+
+    Attributes:
+        history: one :class:`EpochRecord` per epoch.
+        best_epoch: the epoch whose weights the model holds at the end.
+        stopped_early: whether early stopping ended the run.
+        seconds: wall time of the run.
+    """
 
     history: tuple[EpochRecord, ...]
     best_epoch: int
@@ -360,7 +379,15 @@ class Trainer:
         return dist.get_rank(), dist.get_world_size()
 
     def evaluate(self, model: nn.Module, data: object) -> tuple[float, float]:
-        """Mean loss and accuracy (``nan`` unless labels are integers) on ``data``."""
+        """Mean loss and accuracy (``nan`` unless labels are integers) on ``data``.
+
+        Args:
+            model: the model to evaluate (put in eval mode for the pass, gradients off).
+            data: ``(X, y)`` tensors or a :class:`~torch.utils.data.TensorDataset`.
+
+        Returns:
+            ``(loss, accuracy)`` as floats (accuracy ``nan`` unless ``y`` holds integer labels).
+        """
         X, y = _as_tensors(data, "data")
         X, y = self._prepare(X, y, next(model.parameters()).dtype)
         loss_fn = self._loss_fn()
@@ -389,6 +416,20 @@ class Trainer:
         weights (safetensors + JSON, no pickle); a run that fails leaves the previous epoch's
         file intact. ``resume=True`` continues from that file when it exists: the result is
         bit-identical to an uninterrupted run with the same settings.
+
+        Args:
+            model: the model, trained in place (its well-posedness projection after every step).
+            train_data: ``(X, y)`` tensors or a :class:`~torch.utils.data.TensorDataset`.
+            val_data: validation data of the same kind, or ``None`` (needed for early stopping).
+            checkpoint: path of the checkpoint file, or ``None`` for none.
+            resume: continue from ``checkpoint`` when it exists.
+
+        Returns:
+            :class:`TrainResult` with the per-epoch history.
+
+        Raises:
+            ConfigurationError: ``patience`` without ``val_data``, or a checkpoint of other settings.
+            NonFiniteError: the objective became NaN/Inf.
         """
         if self.patience is not None and val_data is None:
             raise ConfigurationError("early stopping (patience) needs val_data")
