@@ -70,15 +70,19 @@ def fit_output_layer(model: nn.Module, U: Tensor, Y: Tensor, ridge: float = 0.0)
         InputError: a negative ``ridge``.
 
     Examples:
-        >>> model = idlkit.ImplicitModel(3, 5, 2, kappa=0.5, dtype=torch.float64)
-        >>> U = torch.randn(20, 3, dtype=torch.float64); Y = torch.randn(20, 2, dtype=torch.float64)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = idlkit.ImplicitModel(3, 5, 2, bias=True, kappa=0.5, dtype=torch.float64)
+        >>> U = torch.randn(20, 3, generator=g, dtype=torch.float64)
+        >>> Y = torch.randn(20, 2, generator=g, dtype=torch.float64)
         >>> rmse = fit_output_layer(model, U, Y)
         >>> X = model.equilibrium(U).detach()
         >>> F = torch.cat([X, U, torch.ones(20, 1, dtype=torch.float64)], dim=1)   # (x(u), u, 1)
         >>> W = torch.linalg.lstsq(F, Y).solution                                    # least squares
         >>> ref = float(((F @ W - Y) ** 2).mean().sqrt())
         >>> abs(rmse - ref) < 1e-8, model(U).shape
-        (False, torch.Size([20, 2]))
+        (True, torch.Size([20, 2]))
+        >>> bool(torch.allclose(model(U), F @ W, atol=1e-8))   # the fitted C, D, d predict F W
+        True
     """
     ridge = check_positive("ridge", ridge, allow_zero=True, example=0.0)
     Y = Y.reshape(-1, 1) if Y.dim() == 1 else Y
