@@ -140,6 +140,19 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
     """Atomically write ``tensors`` (safetensors) with the JSON-serialisable ``meta`` in its header
     and the SHA-256 of the tensors as ``meta["sha256"]``.
 
+    Args:
+        path: the file to write; replaced atomically (a temporary file, then ``os.replace``), so
+            a failure leaves the previous file intact.
+        tensors: ``{name: tensor}``, any shapes and dtypes; copied to contiguous CPU tensors.
+        meta: JSON-serialisable header entries (its ``"sha256"`` key is overwritten).
+
+    Returns:
+        The written path.
+
+    Raises:
+        TypeError: ``meta`` is not JSON-serialisable.
+        OSError: the folder cannot be written.
+
     Examples:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.safetensors"
@@ -160,6 +173,16 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Inverse of :func:`write_tensors`; a missing, truncated or tampered file (content hash
     mismatch) raises :class:`CheckpointError` (no pickle: nothing in the file is executed).
+
+    Args:
+        path: a file written by :func:`write_tensors` (or :func:`save`).
+
+    Returns:
+        ``(tensors, meta)``: the ``{name: tensor}`` dictionary and the header without its hash.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a safetensors file written by
+            idlkit, truncated, or its content hash does not match.
 
     Examples:
         >>> import tempfile, pathlib
