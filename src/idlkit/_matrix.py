@@ -56,6 +56,23 @@ def is_sparse(M: object) -> bool:
     return sp.issparse(M)
 
 
+def count_nonzero(t: Tensor | None) -> int:
+    """Nonzero entries of a dense or sparse tensor (the stored values of a sparse one that are
+    nonzero); ``0`` for ``None`` (a missing bias).
+
+    Examples:
+        >>> count_nonzero(torch.tensor([[0.0, 2.0], [0.0, -1.0]])), count_nonzero(None)
+        (2, 0)
+        >>> count_nonzero(torch.tensor([[0.0, 2.0], [0.0, -1.0]]).to_sparse_csr())
+        2
+    """
+    if t is None:
+        return 0
+    if is_sparse(t):
+        return int(torch.count_nonzero(t.values()))
+    return int(torch.count_nonzero(t.detach()))
+
+
 def to_dense(M: Tensor) -> Tensor:
     """``M`` as a strided torch tensor, same dtype and device: a dense ``M`` is returned as is
     (no copy), a sparse one is densified (``M.to_dense()``). For small matrices and

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._matrix import count_nonzero
 from .io import _atomic_write, load, save
 from .model import ImplicitModel
 
@@ -162,16 +163,11 @@ def _accuracy(model: nn.Module, U: Tensor, Y: Tensor) -> float:
 
 
 def _nonzeros(model: nn.Module) -> int:
-    total = 0
-    for p in model.parameters():
-        p = p.detach()
-        total += int(p._nnz()) if p.layout == torch.sparse_csr else int((p != 0).sum())
-    for name in ("A", "B", "C", "D"):  # sparse models keep their matrices outside parameters()
-        m = getattr(model, name, None)
-        if isinstance(m, Tensor) and m.layout == torch.sparse_csr and not any(
-                m is p for p in model.parameters()):
-            total += int(m._nnz())
-    return total
+    """Nonzero weights: ``A, B, C, D, b, d`` of an implicit model (sparse matrices are not
+    parameters), every parameter of a network."""
+    if isinstance(model, ImplicitModel):
+        return sum(count_nonzero(getattr(model, k)) for k in ("A", "B", "C", "D", "b", "d"))
+    return sum(count_nonzero(p) for p in model.parameters())
 
 
 def _certified(model: ImplicitModel) -> tuple[str, ...]:

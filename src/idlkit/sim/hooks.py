@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._matrix import count_nonzero
 from .._validation import all_finite
 from ..activations import Activation, BlockMax, Identity, SoftMax, stack_activations
 from ..convert import linear_maps as lm
@@ -278,10 +279,6 @@ def _weight_norm(mod: nn.Module) -> float:
     return float(W.abs().reshape(W.shape[0], -1).sum(dim=1).max())
 
 
-def _nnz(net: nn.Module) -> int:
-    return sum(int(torch.count_nonzero(p.detach())) for p in net.parameters())
-
-
 def _check_eval(net: nn.Module) -> None:
     for name, mod in net.named_modules():
         if mod.training and isinstance(mod, _RANDOM_IN_TRAINING) and (
@@ -453,4 +450,5 @@ def hook_states(net: nn.Module, U: Tensor, *, skip_layers: Sequence[str] = (),
     _check_finite_rows("Y_hat (the network's output)", Y)
     if not math.isfinite(weight_norm[0]):
         raise NonFiniteError("a Linear/Conv weight of the network has NaN or Inf")
-    return HookedStates(Z, X, Y, U.reshape(m, -1), tuple(layers), activation, weight_norm[0], _nnz(net))
+    return HookedStates(Z, X, Y, U.reshape(m, -1), tuple(layers), activation, weight_norm[0],
+                        sum(count_nonzero(p) for p in net.parameters()))

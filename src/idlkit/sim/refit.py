@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._matrix import as_dense_array, is_sparse, to_dense
+from .._matrix import as_dense_array, count_nonzero, is_sparse, to_dense
 from .._validation import check_choice, check_scalar
 from ..errors import InputError, ShapeError
 from ..model import ImplicitModel
@@ -146,14 +146,6 @@ def _inputs(model: ImplicitModel, U: object) -> Tensor:
 
 def _rel(E: Tensor, T: Tensor) -> float:
     return float(torch.linalg.norm(E.double()) / max(float(torch.linalg.norm(T.double())), _TINY))
-
-
-def _nnz(t: Tensor | None) -> int:
-    if t is None:
-        return 0
-    if is_sparse(t):
-        return int(torch.count_nonzero(t.values()))
-    return int(torch.count_nonzero(t.detach()))
 
 
 def _a_inf(A: Tensor) -> float:
@@ -331,7 +323,7 @@ def evaluate(model: ImplicitModel, U: Tensor, Y: Tensor | None = None,
                 raise InputError(f"labels must lie in [0, {k}) for a model with {model.out_features} outputs")
             labels = Y.detach().to(Yp.device)
             accuracy = float((_classes(Yp) == labels).double().mean())
-    nnz = sum(_nnz(getattr(model, k)) for k in ("A", "B", "C", "D", "b", "d"))
+    nnz = sum(count_nonzero(getattr(model, k)) for k in ("A", "B", "C", "D", "b", "d"))
     if teacher is not None:
         if isinstance(teacher, States):
             if teacher.m != m or teacher.n != model.hidden or teacher.Y_hat.shape[1] != model.out_features:
@@ -364,5 +356,5 @@ def evaluate(model: ImplicitModel, U: Tensor, Y: Tensor | None = None,
             teacher_acc = float((_classes(Yt) == labels).double().mean())
         sparsity = (1.0 - nnz / max(base_nnz, 1)) * 100.0
     return Evaluation(m=m, accuracy=accuracy, mse=mse, teacher_accuracy=teacher_acc, agreement=agreement,
-                      output_error=out_err, state_error=state_err, nnz=nnz, nnz_A=_nnz(model.A),
+                      output_error=out_err, state_error=state_err, nnz=nnz, nnz_A=count_nonzero(model.A),
                       a_inf_norm=_a_inf(model.A), baseline_nnz=base_nnz, sparsity=sparsity, seconds=secs)

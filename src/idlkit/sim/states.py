@@ -85,7 +85,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from .._matrix import as_matrix, to_dense
+from .._matrix import as_matrix, count_nonzero, to_dense
 from .._validation import all_finite, check_choice, check_kappa, check_scalar
 from ..activations import Activation, BlockMax, block_activations, get_activation
 from ..errors import ConversionError, IdlError, InputError, NonFiniteError, ShapeError, WellPosednessError
@@ -322,17 +322,6 @@ def _check_dtype(dtype: torch.dtype | None) -> None:
     check_choice("dtype", dtype, (None, torch.float32, torch.float64))
 
 
-def _nnz(tensors: list[Tensor | None]) -> int:
-    total = 0
-    for t in tensors:
-        if t is None:
-            continue
-        if t.layout == torch.sparse_csr:
-            total += int(torch.count_nonzero(t.values()))
-        else:
-            total += int(torch.count_nonzero(t.detach()))
-    return total
-
 
 def _check_finite(**arrays: Tensor) -> None:
     for name, t in arrays.items():
@@ -478,7 +467,7 @@ def _layered(net: nn.Module, U: Tensor, rescale: bool, kappa: float, gamma: floa
     _check_finite(Z=Z, X=X, Y_hat=Y)
     n = Z.shape[1]
     act = model.activation
-    nnz = _nnz(list(net.parameters()))
+    nnz = sum(count_nonzero(p) for p in net.parameters())
     ones = torch.ones(n, dtype=torch.float64)
     if not rescale:
         return States(Z, X, Y, Uf, ones, 1.0, None, float(kappa), act, nnz)
@@ -528,7 +517,7 @@ def _implicit(model: ImplicitModel, U: Tensor, rescale: bool, kappa: float, gamm
             Z = Z + model.b
         Y = model(U).detach()
     _check_finite(Z=Z, X=X, Y_hat=Y)
-    nnz = _nnz([model.A, model.B, model.C, model.D, model.b, model.d])
+    nnz = sum(count_nonzero(t) for t in (model.A, model.B, model.C, model.D, model.b, model.d))
     act = model.activation
     ones = torch.ones(n, dtype=torch.float64)
     norm = _inf_norm(A)
