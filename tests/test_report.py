@@ -59,6 +59,7 @@ def test_every_section_present_and_every_png_decodes(trained):
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert not list(res.path.parent.glob("*.tmp"))
     v = _values(page)
+    assert res.values == v  # the result carries what the page shows
     _, _, _, (Ut, Yt) = trained
     with torch.no_grad():
         acc = (trained[0](Ut.to(trained[0].A.dtype)).argmax(1) == Yt).double().mean().item()

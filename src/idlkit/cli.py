@@ -42,15 +42,27 @@ def _check_out(path: Path, option: str = "--out") -> None:
     """Refuse an output file path that cannot be written, before any long work."""
     if path.is_dir():
         _fail(f"{option} {path} is a directory; pass a file path such as {path / 'model.safetensors'}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        _fail(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    _check_writable(path.parent, path, option)
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """Refuse an output folder that is a file or cannot be created/written, before any work."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{option} {path} is a file; pass a folder path")
+    _check_writable(path, path, option)
+
+
+def _check_writable(folder: Path, path: Path, option: str) -> None:
+    """``folder`` (created later if missing) can be written: its nearest existing ancestor is a
+    writable folder."""
     import os
 
-    if not os.access(parent, os.W_OK):
-        _fail(f"{option} {path}: the folder {parent} is not writable; choose another path")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        _fail(f"{option} {path}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK):
+        _fail(f"{option} {path}: the folder {folder} is not writable; choose another path")
 
 
 def main() -> None:
@@ -106,21 +118,6 @@ def _as_options(message: str, names: tuple[str, ...]) -> str:
 
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
     return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
-
-
-def _check_folder(path: Path, option: str) -> None:
-    """Refuse an output folder that is a file or cannot be created/written, before any work."""
-    import os
-
-    if path.exists() and not path.is_dir():
-        _fail(f"{option} {path} is a file; pass a folder path")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        _fail(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK):
-        _fail(f"{option} {path}: the folder {parent} is not writable; choose another path")
 
 
 def _check_kappa(kappa: float, *, open_top: bool) -> None:

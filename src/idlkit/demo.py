@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -329,11 +328,9 @@ def run_demo(out_dir: str | Path = "runs/demo", report_dir: str | Path = "report
                                title="idlkit demo: the pipeline on digits", extra=extra,
                                progress=lambda name: advance(name))
         attacks = {}
-        page = rep.path.read_text(encoding="utf-8")
         for m in methods:
             key = "attack.success" if m == "sensitivity" else f"attack.{m}.success"
-            hit = re.search(rf'data-key="{re.escape(key)}" data-value="(\d+) of', page)
-            attacks[m] = int(hit.group(1)) if hit else -1
+            attacks[m] = int(rep.values[key].split(" of ")[0]) if key in rep.values else -1
     finally:
         torch.set_num_threads(threads)
         steps.stop()

@@ -98,6 +98,8 @@ class ReportResult:
         seconds: wall time of the whole report.
         sections: ``{section: "ok" or the reason it was skipped}``, for every requested section.
         section_seconds: ``{section: wall time}`` of each built-in section.
+        values: ``{key: value}`` of every number the page shows in a table (the cells'
+            ``data-key`` / ``data-value``, e.g. ``"attack.success": "1 of 5"``), as text.
     """
 
     path: Path
@@ -105,6 +107,7 @@ class ReportResult:
     seconds: float
     sections: dict[str, str] = field(default_factory=dict)
     section_seconds: dict[str, float] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
 
 
 class _Skip(Exception):
@@ -129,6 +132,9 @@ def _num(v: object) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.6g}"
     return html.escape(str(v))
+
+
+_VALUE = re.compile(r'data-key="([^"]+)" data-value="([^"]*)"')
 
 
 def _row(key: str, label: str, value: object) -> str:
@@ -277,8 +283,9 @@ def write_report(model: Any, out_dir: str | Path, *, data: object = None, histor
         written.append(out / fname)
     path = out / "index.html"
     _atomic_write(path, page.encode("utf-8"))
+    values = {html.unescape(k): html.unescape(v) for k, v in _VALUE.findall(page)}
     return ReportResult(path=path, figures=tuple(written), seconds=time.perf_counter() - t0,
-                        sections=status, section_seconds=timings)
+                        sections=status, section_seconds=timings, values=values)
 
 
 _TITLES = {"certificate": "Well-posedness certificate", "iterations": "Solver iterations per sample",
